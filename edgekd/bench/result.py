@@ -1,0 +1,49 @@
+"""BenchResult: one artifact measured on one device, named by the artifact's sha256."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgekd.errors import BenchError
+from edgekd.rundir import atomic_write
+
+BENCH_SCHEMA = "edgekd.bench/1"
+
+
+class BenchResult(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    schema_: str = Field(BENCH_SCHEMA, alias="schema")
+    artifact: dict[str, Any]  # name, sha256, format, precision, role, size_bytes, parameters, path
+    device: dict[str, Any]  # name, kind, info (system, python, runtime versions)
+    harness: str = "runner"  # "runner" (edgekd's device-side runner) or "native" (a runtime's own binary)
+    settings: dict[str, Any]
+    runtime: dict[str, Any] = Field(default_factory=dict)
+    latency_us: dict[str, Any]  # stats.summarize() of the timed loop
+    load_ms: float | None = None
+    first_inference_us: float | None = None
+    memory_kb: dict[str, Any] = Field(default_factory=dict)
+    latencies_ns: list[int] = Field(default_factory=list)
+    created_at: str = Field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    saved_path: Path | None = Field(None, exclude=True)
+
+    def save(self, path: Path) -> Path:
+        atomic_write(path, json.dumps(self.model_dump(mode="json", by_alias=True)) + "\n")
+        self.saved_path = path
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "BenchResult":
+        path = Path(path)
+        try:
+            result = cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError, ValidationError) as exc:
+            raise BenchError(f"cannot read bench result {path}", why=str(exc).splitlines()[0],
+                             fix="rerun the benchmark (edgekd run --force bench)") from None
+        result.saved_path = path
+        return result

@@ -1,0 +1,166 @@
+"""The `edgekd` command line: parses, calls the library, renders with rich. No logic of its own.
+
+Imports nothing heavy at module level, so `edgekd --help` is instant (torch loads only when a command needs it).
+Exit codes: 0 ok, 1 internal error, 2 user error (an EdgeKDError: what / why / fix), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+import typer
+from rich.console import Console
+
+from edgekd.errors import EdgeKDError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Distill a teacher into a small student, export it (ONNX), verify it and benchmark it.")
+console = Console()
+if not console.is_terminal:  # piped or logged: rich would assume 80 columns and fold the tables
+    console = Console(width=160)
+err_console = Console(stderr=True)
+_state = {"debug": False}
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="show tracebacks of errors")) -> None:
+    _state["debug"] = debug
+
+
+def _handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn EdgeKDError into one clear block + exit 2, anything else into exit 1 (traceback with --debug)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except EdgeKDError as exc:
+            if _state["debug"]:
+                raise
+            err_console.print(f"[bold red]error:[/] {exc.what}", highlight=False, markup=True)
+            if exc.why:
+                err_console.print(f"  why: {exc.why}", highlight=False, markup=False)
+            if exc.fix:
+                err_console.print(f"  fix: {exc.fix}", highlight=False, markup=False)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted: finished stages are kept; run the same command again to resume")
+            raise typer.Exit(130) from None
+        except Exception as exc:  # an edgekd bug, not a user mistake
+            if _state["debug"]:
+                raise
+            err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}", highlight=False)
+            err_console.print("  rerun with --debug for the traceback, and please report it")
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _run_and_show(recipe_source: Any, output_dir: Optional[Path], force: List[str]) -> None:
+    from edgekd.console import RichReporter, summary_table
+    from edgekd.pipeline import run
+    from edgekd.recipe import load_recipe
+    from edgekd.rundir import read_json
+
+    recipe = load_recipe(recipe_source)
+    with RichReporter(console) as reporter:
+        result = run(recipe, force=set(force), reporter=reporter, output_dir=output_dir)
+    if result.summary_path.is_file():
+        summary = read_json(result.summary_path)
+        console.print(summary_table(summary))
+        for finding in summary.get("findings", []):
+            console.print(f"• {finding}", highlight=False)
+    console.print(f"run directory: {result.rundir.root}   report: {result.report_path}")
+
+
+_FORCE = typer.Option([], "--force", help="rerun this stage even if it is up to date (repeatable; 'all' for every stage)")
+_OUTPUT = typer.Option(None, "--output-dir", help="root folder for run directories (default: the recipe's output_dir)")
+
+
+@app.command()
+@_handles_errors
+def demo(output_dir: Optional[Path] = _OUTPUT, force: List[str] = _FORCE) -> None:
+    """Run the built-in demo recipe (digits teacher → KD student → ONNX FP32/INT8 → host bench → report)."""
+    from edgekd.recipe import builtin_recipe_path
+
+    _run_and_show(builtin_recipe_path("demo"), output_dir, force)
+
+
+@app.command("run")
+@_handles_errors
+def run_cmd(recipe: Path = typer.Argument(..., help="recipe YAML file (or a built-in name such as 'demo')"),
+            output_dir: Optional[Path] = _OUTPUT, force: List[str] = _FORCE) -> None:
+    """Run every stage of a recipe into <output_dir>/<name>/; finished stages are skipped."""
+    _run_and_show(recipe, output_dir, force)
+
+
+@app.command()
+@_handles_errors
+def export(checkpoint: Path = typer.Argument(..., help="an edgekd checkpoint (<run>/checkpoints/*.pt)"),
+           output_dir: Path = typer.Option(Path("export/artifacts"), "--output-dir", help="where artifact folders go"),
+           precision: List[str] = typer.Option(["fp32", "int8_static", "int8_dynamic"], "--precision",
+                                               help="fp32, int8_static or int8_dynamic (repeatable)"),
+           min_agreement: float = typer.Option(0.99, help="parity threshold: top-1 agreement with PyTorch")) -> None:
+    """Export a checkpoint to ONNX artifacts, each verified against the PyTorch model."""
+    from edgekd.console import RichReporter
+    from edgekd.exporter import export_checkpoint
+
+    with RichReporter(console) as reporter:
+        artifacts = export_checkpoint(checkpoint, output_dir, precisions=list(precision),
+                                      min_agreement=min_agreement, reporter=reporter)
+    for a in artifacts:
+        p = a.parity
+        console.print(f"{a.name}: {a.size_bytes / 1024:.1f} KiB, accuracy {p.accuracy:.2%}, agreement "
+                      f"{p.agreement:.2%} → {'ok' if p.passed else 'FAILED: ' + str(p.reason)}   {a.path}")
+    if any(not a.ok for a in artifacts):
+        raise typer.Exit(1)
+
+
+@app.command()
+@_handles_errors
+def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, artifact.json files or .onnx files"),
+          device: str = typer.Option("host", "--device", help="device to run on"),
+          threads: int = typer.Option(1, min=1, help="intra-op threads"),
+          batch_size: int = typer.Option(1, min=1, help="batch size (bare model files get synthetic inputs)"),
+          min_seconds: float = typer.Option(1.0, min=0, help="time each artifact at least this long"),
+          results_dir: Optional[Path] = typer.Option(None, help="also save BenchResult JSON files here")) -> None:
+    """Benchmark artifacts on a device: latency percentiles with intervals, peak memory, load time."""
+    from edgekd.bench.harness import BenchSettings, bench as run_bench
+    from edgekd.console import RichReporter, bench_table
+
+    settings = BenchSettings(threads=threads, batch_size=batch_size, min_seconds=min_seconds)
+    with RichReporter(console) as reporter:
+        results = run_bench(artifacts, device=device, settings=settings, results_dir=results_dir, reporter=reporter)
+    console.print(bench_table(results))
+
+
+@app.command()
+@_handles_errors
+def report(run_dir: Path = typer.Argument(..., help="a run directory (export/<name>)")) -> None:
+    """Print the teacher-vs-student table of a finished run and the path of its HTML report."""
+    from edgekd.console import summary_table
+    from edgekd.errors import EdgeKDError as _Err
+    from edgekd.rundir import read_json
+
+    summary_path = run_dir / "results" / "summary.json"
+    if not summary_path.is_file():
+        raise _Err(f"no report in {run_dir}", why=f"{summary_path} does not exist",
+                   fix="run the recipe first (edgekd run RECIPE), or give the run's folder under export/")
+    summary = read_json(summary_path)
+    console.print(summary_table(summary))
+    for finding in summary.get("findings", []):
+        console.print(f"• {finding}", highlight=False)
+    console.print(f"report: {run_dir / 'report' / 'index.html'}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

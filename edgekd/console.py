@@ -1,0 +1,97 @@
+"""Rich rendering for the CLI: progress bars behind the library's Reporter protocol, and tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+
+class _RichTask:
+    def __init__(self, progress: Progress, task_id: Any) -> None:
+        self._progress, self._id = progress, task_id
+
+    def advance(self, steps: int = 1, **fields: Any) -> None:
+        info = "  ".join(f"{k.replace('_', ' ')} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                         for k, v in fields.items() if v == v)  # v == v drops NaN
+        self._progress.update(self._id, advance=steps, info=info)
+
+    def close(self) -> None:
+        self._progress.stop_task(self._id)
+
+
+class RichReporter:
+    """Progress bars for long work (training, export, bench) and one-line notes."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.progress = Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console,
+                                 transient=False)
+
+    def __enter__(self) -> "RichReporter":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def task(self, description: str, total: int | None) -> _RichTask:
+        return _RichTask(self.progress, self.progress.add_task(description, total=total, info=""))
+
+    def note(self, message: str) -> None:
+        style = "yellow" if message.startswith("[warning]") else "dim"
+        self.progress.console.print(message.replace("[warning]", "warning:"), style=style, markup=False)
+
+
+def _ci(values: list[float] | None) -> str:
+    return f"[{values[0]:.2f}, {values[1]:.2f}]" if values else ""
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    """One row per artifact: accuracy, size, p50 with interval, speed-up vs teacher and its noise verdict."""
+    machine = summary.get("machine") or {}
+    system = machine.get("system") or {}
+    title = (f"{summary.get('run')}: teacher vs student on {machine.get('device')} "
+             f"({system.get('cpu_model')}, {machine.get('threads')} thread, batch {machine.get('batch_size')})")
+    table = Table(title=title, title_justify="left")
+    for col in ("artifact", "params", "size KiB", "test acc", "agree", "p50 µs [95% CI]", "× floor",
+                "vs teacher", "worst class Δ", "parity"):
+        table.add_column(col, justify="left" if col in ("artifact", "parity", "worst class Δ") else "right")
+    for r in summary["rows"]:
+        p50 = f"{r['p50_us']:.2f} {_ci(r.get('ci95_p50'))}" if r.get("p50_us") is not None else "–"
+        if r.get("unstable"):
+            p50 += " unstable"
+        speed = r.get("speedup_vs_teacher")
+        speed_txt = "–" if speed is None or r["role"] == "teacher" else (
+            f"{speed:.2f}×" + ("" if r.get("speedup_significant") else " (noise)"))
+        worst = r.get("worst_class")
+        worst_txt = f"{worst['class']}: {worst['delta_points']:+.1f} pt" if worst else "–"
+        parity = "ok" if r.get("parity_passed") else ("FAILED" if r.get("parity_passed") is False else "–")
+        table.add_row(
+            r["name"], f"{r['parameters']:,}" if r.get("parameters") is not None else "–",
+            f"{r['size_bytes'] / 1024:.1f}",
+            f"{r['accuracy']:.2%}" if r.get("accuracy") is not None else "–",
+            f"{r['agreement']:.2%}" if r.get("agreement") is not None else "–",
+            p50, f"{r['x_floor']:.2f}" if r.get("x_floor") else "–", speed_txt, worst_txt, parity,
+            style="red" if r.get("parity_passed") is False else None,
+        )
+    return table
+
+
+def bench_table(results: list[Any]) -> Table:
+    table = Table(title="benchmark", title_justify="left")
+    for col in ("artifact", "device", "runtime", "p50 µs [95% CI]", "p90 µs", "p99 µs", "CV", "runs", "peak MiB",
+                "load ms", "first µs"):
+        table.add_column(col, justify="left" if col in ("artifact", "device", "runtime") else "right")
+    for r in results:
+        lat = r.latency_us
+        peak = r.memory_kb.get("vmhwm")
+        table.add_row(r.artifact["name"], r.device["name"], f"{r.runtime.get('name')} {r.runtime.get('version')}",
+                      f"{lat['p50']:.2f} {_ci(lat['ci95_p50'])}" + (" unstable" if lat["unstable"] else ""),
+                      f"{lat['p90']:.2f}", f"{lat['p99']:.2f}", f"{lat['cv']:.2f}", str(lat["n"]),
+                      f"{peak / 1024:.1f}" if peak else "–", f"{r.load_ms:.1f}" if r.load_ms else "–",
+                      f"{r.first_inference_us:.1f}" if r.first_inference_us else "–")
+    return table

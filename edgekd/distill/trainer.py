@@ -1,0 +1,134 @@
+"""The training loop shared by the teacher, the distilled student and the scratch baseline.
+
+All three take the same number of optimizer steps of the same batch size with the same seed, so
+"KD vs scratch" compares what the student learns from, not how long it trains.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgekd.distill.losses import UNLABELLED, LossFn
+from edgekd.progress import Reporter, SilentReporter
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    seconds: float
+    final_loss: float
+    val_accuracy: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def steps_for(n_samples: int, batch_size: int, epochs: int) -> int:
+    """Optimizer steps of `epochs` passes over `n_samples` (the shared training budget)."""
+    return epochs * math.ceil(n_samples / batch_size)
+
+
+def _batches(n: int, batch_size: int, steps: int, rng: np.random.Generator):
+    """Yield `steps` index batches, reshuffling at every pass over the n samples."""
+    size = min(batch_size, n)
+    done = 0
+    while done < steps:
+        order = rng.permutation(n)
+        for start in range(0, n, size):
+            if done == steps:
+                return
+            yield order[start:start + size]
+            done += 1
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Logits of `model` on a numpy array, in eval mode, as float32 numpy."""
+    model.eval()
+    outs = [model(torch.from_numpy(x[i:i + batch_size])).float().numpy() for i in range(0, len(x), batch_size)]
+    return np.concatenate(outs) if outs else np.zeros((0,), dtype=np.float32)
+
+
+def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
+    return float((logits.argmax(axis=1) == y).mean()) if len(y) else float("nan")
+
+
+def fit(
+    model: nn.Module,
+    x: np.ndarray,
+    target: np.ndarray,
+    *,
+    loss_fn: LossFn,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    teacher_logits: np.ndarray | None = None,
+    loss_params: dict[str, float] | None = None,
+    val: tuple[np.ndarray, np.ndarray] | None = None,
+    reporter: Reporter | None = None,
+    description: str = "train",
+    on_epoch: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Train `model` for exactly `steps` AdamW steps on (x, target[, teacher_logits]).
+
+    `target` uses -1 for samples whose label may not be used. A cosine learning-rate schedule
+    runs over the whole budget, so equal budgets mean equal schedules.
+    """
+    import time
+
+    seed_everything(seed)
+    rng = np.random.default_rng(seed)
+    reporter = reporter or SilentReporter()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+    x_t = torch.from_numpy(np.ascontiguousarray(x))
+    y_t = torch.from_numpy(np.ascontiguousarray(target)).long()
+    t_t = torch.from_numpy(np.ascontiguousarray(teacher_logits)) if teacher_logits is not None else None
+    params = loss_params or {}
+    per_pass = math.ceil(len(x) / min(batch_size, len(x)))
+    task = reporter.task(description, steps)
+    history: list[dict[str, float]] = []
+    loss_value = float("nan")
+    val_acc = float("nan")
+    start = time.perf_counter()
+    model.train()
+    for step, idx in enumerate(_batches(len(x), batch_size, steps, rng), start=1):
+        index = torch.from_numpy(idx)
+        logits = model(x_t[index])
+        loss = loss_fn(logits, t_t[index] if t_t is not None else None, y_t[index], **params)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        loss_value = float(loss.detach())
+        if step % per_pass == 0 or step == steps:
+            if val is not None:
+                val_acc = accuracy(predict_logits(model, val[0]), val[1])
+                model.train()
+            history.append({"step": step, "loss": loss_value, "val_accuracy": val_acc})
+            if on_epoch is not None:
+                on_epoch(step // per_pass)
+        task.advance(1, loss=loss_value, val_accuracy=val_acc)
+    task.close()
+    model.eval()
+    return TrainResult(steps=steps, seconds=time.perf_counter() - start, final_loss=loss_value,
+                       val_accuracy=val_acc, history=history)
+
+
+def masked_targets(y: np.ndarray, labelled: np.ndarray) -> np.ndarray:
+    """Labels where the student may see them, UNLABELLED (-1) elsewhere."""
+    return np.where(labelled, y, UNLABELLED).astype(np.int64)

@@ -1,0 +1,73 @@
+"""User-facing errors: every one says what went wrong, why, and how to fix it.
+
+The CLI prints an EdgeKDError as one short block and exits with its `exit_code`
+(2 = the user can fix it); anything else is an internal error (exit 1).
+"""
+
+from __future__ import annotations
+
+
+class EdgeKDError(Exception):
+    """Base of all errors a user can act on."""
+
+    exit_code = 2
+
+    def __init__(self, what: str, why: str | None = None, fix: str | None = None) -> None:
+        super().__init__(what)
+        self.what = what
+        self.why = why
+        self.fix = fix
+
+    def __str__(self) -> str:
+        parts = [self.what]
+        if self.why:
+            parts.append(f"why: {self.why}")
+        if self.fix:
+            parts.append(f"fix: {self.fix}")
+        return "\n".join(parts)
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"kind": type(self).__name__, "what": self.what, "why": self.why, "fix": self.fix}
+
+
+class RecipeError(EdgeKDError):
+    """A recipe file is missing, unreadable or has an invalid field."""
+
+
+class RegistryError(EdgeKDError):
+    """A name (data set, model family, loss, device) is not registered."""
+
+
+class DataError(EdgeKDError):
+    """A data set cannot be loaded or split as asked."""
+
+
+class CheckpointError(EdgeKDError):
+    """A checkpoint is missing, unsafe, or does not fit the model."""
+
+
+class ExportError(EdgeKDError):
+    """A model cannot be exported or quantized."""
+
+
+class ArtifactError(EdgeKDError):
+    """An exported artifact is missing, corrupt, or failed its checks."""
+
+
+class BenchError(EdgeKDError):
+    """A benchmark could not run or its result is unusable."""
+
+
+class OutputDirError(EdgeKDError):
+    """The run directory cannot be created or written."""
+
+
+class MissingExtraError(EdgeKDError):
+    """An optional dependency group is not installed."""
+
+    def __init__(self, extra: str, module: str, purpose: str) -> None:
+        super().__init__(
+            f"{purpose} needs the optional extra [{extra}] (module '{module}' is not installed)",
+            why=f"edgekd keeps heavy optional dependencies out of the base install",
+            fix=f"pip install 'edgekd[{extra}]'",
+        )

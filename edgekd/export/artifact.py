@@ -1,0 +1,111 @@
+"""Artifact records: every exported file has an `artifact.json` beside it saying what it is.
+
+A record carries format, precision, opset and runtime versions, input/output signature, size,
+sha256, operator histogram, quantization settings, the parity check against its PyTorch model,
+and its lineage (which run, which checkpoint, which teacher). Bench results name artifacts by sha256.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgekd.errors import ArtifactError
+from edgekd.rundir import atomic_write, sha256_file
+
+ARTIFACT_SCHEMA = "edgekd.artifact/1"
+RECORD_NAME = "artifact.json"
+
+
+class Parity(BaseModel):
+    """How the exported artifact agrees with its PyTorch model on real test-split inputs."""
+
+    reference: str
+    samples: int
+    agreement: float = Field(description="share of samples whose top-1 class matches the PyTorch model")
+    max_abs_error: float
+    mean_abs_error: float
+    accuracy: float = Field(description="the artifact's own test accuracy")
+    reference_accuracy: float
+    per_class_accuracy: list[float]
+    threshold: float
+    passed: bool
+    reason: str | None = None
+
+
+class Artifact(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    schema_: str = Field(ARTIFACT_SCHEMA, alias="schema")
+    name: str
+    role: str
+    format: Literal["onnx", "tflite"]
+    precision: str
+    file: str
+    size_bytes: int
+    sha256: str
+    parameters: int | None = None
+    opset: int | None = None
+    runtime_versions: dict[str, str] = Field(default_factory=dict)
+    inputs: list[dict[str, Any]] = Field(default_factory=list)
+    outputs: list[dict[str, Any]] = Field(default_factory=list)
+    op_histogram: dict[str, int] = Field(default_factory=dict)
+    quantization: dict[str, Any] | None = None
+    parity: Parity | None = None
+    lineage: dict[str, Any] = Field(default_factory=dict)
+    created_at: str = Field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    directory: Path | None = Field(None, exclude=True)
+
+    @property
+    def path(self) -> Path:
+        if self.directory is None:
+            raise ArtifactError(f"artifact '{self.name}' has no location", fix="load it with Artifact.load(PATH)")
+        return self.directory / self.file
+
+    @property
+    def ok(self) -> bool:
+        return self.parity is not None and self.parity.passed
+
+    def save(self) -> Path:
+        """Write artifact.json beside the model file (atomically)."""
+        record = self.model_dump(mode="json", by_alias=True)
+        return atomic_write(self.path.parent / RECORD_NAME, json.dumps(record, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, location: str | Path) -> "Artifact":
+        """Load a record from an artifact folder, its artifact.json, or the model file beside it."""
+        location = Path(location)
+        record_path = location / RECORD_NAME if location.is_dir() else location.parent / RECORD_NAME
+        if location.name == RECORD_NAME:
+            record_path = location
+        if not record_path.is_file():
+            raise ArtifactError(
+                f"no artifact record for {location}",
+                why=f"{record_path} does not exist",
+                fix="give an artifact produced by `edgekd run`/`edgekd export` (a folder with artifact.json), "
+                    "or benchmark a bare model file, which edgekd describes on the fly",
+            )
+        try:
+            data = json.loads(record_path.read_text(encoding="utf-8"))
+            artifact = cls.model_validate(data)
+        except (json.JSONDecodeError, ValidationError, UnicodeDecodeError) as exc:
+            raise ArtifactError(f"corrupt artifact record {record_path}", why=str(exc).splitlines()[0],
+                                fix="re-export the artifact") from None
+        artifact.directory = record_path.parent
+        return artifact
+
+    def verify_file(self) -> None:
+        """Check that the model file still matches the record (size and sha256)."""
+        if not self.path.is_file():
+            raise ArtifactError(f"artifact file missing: {self.path}", fix="re-export the artifact")
+        digest = sha256_file(self.path)
+        if digest != self.sha256:
+            raise ArtifactError(
+                f"artifact file {self.path} does not match its record",
+                why=f"sha256 is {digest[:12]}…, the record says {self.sha256[:12]}…",
+                fix="re-export the artifact (edgekd run --force export)",
+            )

@@ -1,0 +1,210 @@
+"""PyTorch → ONNX (torch.onnx dynamo exporter + onnxslim) and onnxruntime INT8 quantization.
+
+Graphs have one float32 input `x` with a dynamic batch dimension and one output `logits`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+import numpy as np
+
+from edgekd.errors import ArtifactError, ExportError
+from edgekd.export.quiet import captured_output
+from edgekd.rundir import atomic_path
+
+if TYPE_CHECKING:
+    from torch import nn
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAME = "x"
+OUTPUT_NAME = "logits"
+_NOISY_LOGGERS = ("torch.onnx", "torch._dynamo", "torch.export", "torch.fx", "onnxscript")
+# onnxruntime's quantizer logs through `logging.warning`, which would configure the root logger
+# (basicConfig) as a side effect; capturing it for the call leaves the root logger as it was.
+_QUANT_LOGGERS = ("onnxruntime", "")
+
+
+def _example(in_shape: tuple[int, ...]):
+    import torch
+
+    # Batch 2, not 1: with a batch-1 example torch.export specialises the batch dimension to 1.
+    return (torch.zeros(2, *in_shape, dtype=torch.float32),)
+
+
+def _to_onnx_program(model: "nn.Module", in_shape: tuple[int, ...], opset: int):
+    import torch
+
+    model.eval()
+    with captured_output(*_NOISY_LOGGERS):
+        try:
+            return torch.onnx.export(
+                model,
+                _example(in_shape),
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch")}},
+                opset_version=opset,
+                verbose=False,
+                optimize=True,
+            )
+        except Exception as exc:  # the exporter raises many types; all mean "cannot export"
+            raise ExportError(
+                f"model '{type(model).__name__}' cannot be exported to ONNX"
+                + _offending_module(model, in_shape, opset),
+                why=_first_line(exc),
+                fix="replace the named module with exportable operations (no Python-side data access such as "
+                    ".numpy() or .item(), no data-dependent control flow), or register a different model family",
+            ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _offending_module(model: "nn.Module", in_shape: tuple[int, ...], opset: int) -> str:
+    """Name the first leaf module that fails torch.export on its own input (found with forward hooks)."""
+    import torch
+
+    inputs: dict[str, tuple] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if name and not list(module.children()):
+            hooks.append(module.register_forward_hook(
+                lambda mod, args, out, name=name: inputs.setdefault(name, args)))
+    try:
+        with torch.no_grad():
+            model(*_example(in_shape))
+    except Exception as exc:
+        return f": it fails even in eager PyTorch ({_first_line(exc)})"
+    finally:
+        for h in hooks:
+            h.remove()
+    modules = dict(model.named_modules())
+    for name, args in inputs.items():
+        try:
+            with captured_output(*_NOISY_LOGGERS):
+                torch.export.export(modules[name], tuple(args))
+        except Exception:
+            return f": module '{name}' ({type(modules[name]).__name__}) is not exportable"
+    return ""
+
+
+def check_exportable(model: "nn.Module", in_shape: tuple[int, ...], opset: int) -> None:
+    """A quick trial export, run before training, so an unexportable model fails in seconds."""
+    _to_onnx_program(model, in_shape, opset)
+
+
+def export_onnx(model: "nn.Module", in_shape: tuple[int, ...], path: Path, *, opset: int) -> Path:
+    """Export `model` to an FP32 ONNX file at `path` (atomically), simplified by onnxslim."""
+    import onnx
+    import onnxslim
+
+    program = _to_onnx_program(model, in_shape, opset)
+    with atomic_path(path) as tmp:
+        with captured_output(*_NOISY_LOGGERS):
+            program.save(str(tmp))
+            slim = onnxslim.slim(str(tmp))
+        onnx.save(slim, str(tmp))
+        onnx.checker.check_model(str(tmp))
+    return path
+
+
+def _calibration_reader(x: np.ndarray, batch_size: int = 32):
+    """onnxruntime's CalibrationDataReader over a numpy array (what to feed, apart from how to quantize)."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class ArrayReader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches: Iterator[np.ndarray] = (x[i:i + batch_size] for i in range(0, len(x), batch_size))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self._batches, None)
+            return None if batch is None else {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)}
+
+    return ArrayReader()
+
+
+def quantize_static_int8(fp32: Path, out: Path, calibration: np.ndarray) -> dict[str, object]:
+    """INT8 static QDQ, per-channel weights, activations calibrated (minmax) on `calibration` inputs."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    reader = _calibration_reader(calibration)
+    settings = {"format": "QDQ", "per_channel": True, "weights": "int8", "activations": "int8",
+                "calibration": "minmax", "calibration_samples": int(len(calibration))}
+    with atomic_path(out) as tmp, captured_output(*_QUANT_LOGGERS):
+        quantize_static(str(fp32), str(tmp), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+    return settings
+
+
+def quantize_dynamic_int8(fp32: Path, out: Path) -> dict[str, object]:
+    """INT8 dynamic, restricted to MatMul/Gemm: on Conv it leaves unfused ConvInteger, several times slower."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    ops = ["MatMul", "Gemm"]
+    with atomic_path(out) as tmp, captured_output(*_QUANT_LOGGERS):
+        quantize_dynamic(str(fp32), str(tmp), op_types_to_quantize=ops, per_channel=True,
+                         weight_type=QuantType.QInt8)
+    return {"per_channel": True, "weights": "int8", "activations": "dynamic uint8", "op_types": ops}
+
+
+def load_onnx_checked(path: Path):
+    """Load and check an ONNX file, turning a corrupt or non-ONNX file into a clear error."""
+    import onnx
+
+    if not path.is_file():
+        raise ArtifactError(f"artifact not found: {path}", fix="give the path of an exported .onnx file")
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise ArtifactError(
+            f"{path} is not a valid ONNX model",
+            why=_first_line(exc),
+            fix="re-export it (edgekd export / edgekd run --force) or check that the file was copied completely",
+        ) from None
+    return model
+
+
+def describe_io(model) -> tuple[list[dict], list[dict]]:
+    """Names, shapes (symbolic dims as strings) and dtypes of an ONNX model's inputs and outputs."""
+    import onnx
+
+    def one(value) -> dict:
+        tensor = value.type.tensor_type
+        dims = [d.dim_param or d.dim_value for d in tensor.shape.dim]
+        return {"name": value.name, "shape": dims,
+                "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name}
+
+    return [one(v) for v in model.graph.input], [one(v) for v in model.graph.output]
+
+
+def op_histogram(model) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def write_identity_model(path: Path, in_shape: tuple[int, ...], opset: int) -> Path:
+    """An Identity graph of the model's input shape: timing it gives the runtime's per-call floor."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    dims = ["batch", *in_shape]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [INPUT_NAME], [OUTPUT_NAME])], "floor",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, dims)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+    return path

@@ -1,0 +1,64 @@
+"""Run an exported artifact on the host and compare it with its PyTorch model.
+
+Parity is measured on real test-split inputs (random inputs hide real divergence): top-1 agreement,
+max/mean absolute error of the logits, and the artifact's own accuracy, overall and per class.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgekd.errors import ArtifactError
+from edgekd.export.artifact import Parity
+
+
+def onnx_predict(path: Path, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Outputs of an ONNX file under onnxruntime (CPU), in batches."""
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ArtifactError(f"onnxruntime cannot load {path}", why=str(exc).splitlines()[0],
+                            fix="re-export the artifact") from None
+    name = session.get_inputs()[0].name
+    outs = [session.run(None, {name: np.ascontiguousarray(x[i:i + batch_size])})[0]
+            for i in range(0, len(x), batch_size)]
+    return np.concatenate(outs).astype(np.float32)
+
+
+def per_class_accuracy(logits: np.ndarray, y: np.ndarray, num_classes: int) -> list[float]:
+    pred = logits.argmax(axis=1)
+    return [float((pred[y == c] == c).mean()) if np.any(y == c) else float("nan") for c in range(num_classes)]
+
+
+def parity(outputs: np.ndarray, reference: np.ndarray, y: np.ndarray, *, num_classes: int,
+           threshold: float, reference_name: str) -> Parity:
+    """Compare an artifact's outputs with its PyTorch model's outputs on the same inputs."""
+    if outputs.shape != reference.shape:
+        return Parity(reference=reference_name, samples=len(y), agreement=0.0, max_abs_error=float("inf"),
+                      mean_abs_error=float("inf"), accuracy=0.0, reference_accuracy=0.0,
+                      per_class_accuracy=[], threshold=threshold, passed=False,
+                      reason=f"output shape {outputs.shape} differs from PyTorch's {reference.shape}")
+    diff = np.abs(outputs.astype(np.float64) - reference.astype(np.float64))
+    agreement = float((outputs.argmax(1) == reference.argmax(1)).mean())
+    passed = bool(agreement >= threshold and np.isfinite(outputs).all())
+    reason = None
+    if not passed:
+        reason = (f"top-1 agreement {agreement:.2%} is below the threshold {threshold:.2%}"
+                  if np.isfinite(outputs).all() else "outputs contain NaN or infinity")
+    return Parity(
+        reference=reference_name,
+        samples=int(len(y)),
+        agreement=agreement,
+        max_abs_error=float(diff.max()) if diff.size else 0.0,
+        mean_abs_error=float(diff.mean()) if diff.size else 0.0,
+        accuracy=float((outputs.argmax(1) == y).mean()),
+        reference_accuracy=float((reference.argmax(1) == y).mean()),
+        per_class_accuracy=per_class_accuracy(outputs, y, num_classes),
+        threshold=threshold,
+        passed=passed,
+        reason=reason,
+    )

@@ -1,0 +1,43 @@
+"""Model families by name, built through one entry point (`create_model`).
+
+Every builder takes the sample shape (without batch) and the number of classes, plus its own
+width/depth parameters, and returns an `nn.Module` mapping (N, *in_shape) float32 to (N, classes) logits.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any, Callable
+
+from edgekd.errors import RecipeError
+from edgekd.registry import Registry
+
+if TYPE_CHECKING:
+    from torch import nn
+
+MODELS: Registry[Callable[..., "nn.Module"]] = Registry("model family")
+
+
+def create_model(family: str, *, in_shape: tuple[int, ...], num_classes: int, **params: Any) -> "nn.Module":
+    """Build a registered model family; None-valued params are dropped so call sites stay uniform."""
+    builder = MODELS[family]
+    params = {k: v for k, v in params.items() if v is not None}
+    accepted = inspect.signature(builder).parameters
+    unknown = [k for k in params if k not in accepted]
+    if unknown:
+        raise RecipeError(
+            f"model family '{family}' has no parameter(s) {', '.join(unknown)}",
+            why=f"'{family}' accepts: {', '.join(p for p in accepted if p not in ('in_shape', 'num_classes'))}",
+            fix="remove or rename those parameters",
+        )
+    model = builder(in_shape=tuple(in_shape), num_classes=num_classes, **params)
+    model.edgekd_spec = {"family": family, "params": params, "in_shape": list(in_shape), "num_classes": num_classes}
+    return model
+
+
+def count_parameters(model: "nn.Module") -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# Register the built-in families.
+from edgekd.models import families as _families  # noqa: E402,F401

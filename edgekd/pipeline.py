@@ -1,0 +1,180 @@
+"""Runs a recipe stage by stage into its run directory, skipping stages that are already done.
+
+teacher → distill → scratch → export → bench → report. Each stage's input hash covers its recipe
+sections and the output hashes of the stages it reads, so changing a field reruns exactly the stages
+it affects, and an interrupted run resumes from its last finished stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgekd import __version__
+from edgekd.errors import RecipeError
+from edgekd.progress import Reporter, SilentReporter
+from edgekd.recipe import Recipe, dump_recipe
+from edgekd.rundir import RunDir, atomic_write, hash_obj
+
+logger = logging.getLogger(__name__)
+
+STAGE_NAMES = ("teacher", "distill", "scratch", "export", "bench", "report")
+
+
+@dataclass
+class Context:
+    recipe: Recipe
+    rundir: RunDir
+    reporter: Reporter
+    hashes: dict[str, str] = field(default_factory=dict)
+    _preflight_done: bool = False
+
+    @cached_property
+    def splits(self):
+        from edgekd.data import load_data
+
+        d = self.recipe.data
+        return load_data(d.name, seed=d.seed, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
+                         label_fraction=d.label_fraction)
+
+    @cached_property
+    def data_fingerprint(self) -> str:
+        return self.splits.fingerprint()
+
+    def model(self, role: str):
+        """A fresh model of the recipe's teacher or student architecture, initialised from the recipe's seed
+        (so its weights do not depend on what ran before it in this process)."""
+        from edgekd.distill.trainer import seed_everything
+        from edgekd.models import create_model
+
+        seed_everything(self.recipe.seed)
+        cfg = (self.recipe.teacher if role == "teacher" else self.recipe.student).model
+        return create_model(cfg.family, in_shape=self.splits.input_shape, num_classes=self.splits.num_classes,
+                            **cfg.params)
+
+    def trained(self, role: str):
+        """The trained model of a role, rebuilt from its checkpoint."""
+        from edgekd.checkpoints import load_weights
+
+        model = self.model("teacher" if role == "teacher" else "student")
+        load_weights(model, self.rundir.checkpoints / f"{role}.pt", role=role)
+        return model
+
+    def preflight(self) -> None:
+        """Trial-export both architectures before any training, so an unexportable model fails in seconds."""
+        if self._preflight_done:
+            return
+        from edgekd.export.onnx import check_exportable
+
+        task = self.reporter.task("check exportability", 2)
+        for role in ("teacher", "student"):
+            check_exportable(self.model(role), self.splits.input_shape, self.recipe.export.opset)
+            task.advance(1)
+        task.close()
+        self._preflight_done = True
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    inputs: Callable[[Context], dict[str, Any]]
+    run: Callable[[Context], tuple[list[Path], dict[str, Any]]]
+    enabled: Callable[[Context], bool] = lambda ctx: True
+
+
+@dataclass
+class RunResult:
+    """What a run produced: the run directory, its artifact records and bench results."""
+
+    rundir: RunDir
+    recipe: Recipe
+    stages: dict[str, str] = field(default_factory=dict)  # stage -> "ran" | "skipped" | "disabled"
+
+    @property
+    def artifacts(self):
+        from edgekd.export.artifact import Artifact
+
+        return [Artifact.load(p) for p in sorted(self.rundir.artifacts.glob("*/artifact.json"))]
+
+    @property
+    def results(self):
+        from edgekd.bench.result import BenchResult
+
+        return [BenchResult.load(p) for p in sorted(self.rundir.results.glob("bench-*.json"))]
+
+    @property
+    def summary_path(self) -> Path:
+        return self.rundir.results / "summary.json"
+
+    @property
+    def report_path(self) -> Path:
+        return self.rundir.report / "index.html"
+
+
+def _stages() -> list[Stage]:
+    from edgekd import stages as s
+
+    return [
+        Stage("teacher", s.teacher_inputs, s.teacher_run),
+        Stage("distill", s.distill_inputs, s.distill_run),
+        Stage("scratch", s.scratch_inputs, s.scratch_run, enabled=lambda ctx: ctx.recipe.scratch.enabled),
+        Stage("export", s.export_inputs, s.export_run),
+        Stage("bench", s.bench_inputs, s.bench_run, enabled=lambda ctx: ctx.recipe.bench.enabled),
+        Stage("report", s.report_inputs, s.report_run),
+    ]
+
+
+def run(recipe: Recipe, *, force: set[str] | None = None, reporter: Reporter | None = None,
+        output_dir: Path | None = None) -> RunResult:
+    """Execute every stage of `recipe` (resumable); `force` names stages to rerun ('all' for every one)."""
+    force = set(force or ())
+    unknown = force - set(STAGE_NAMES) - {"all"}
+    if unknown:
+        raise RecipeError(f"unknown stage(s) to force: {', '.join(sorted(unknown))}",
+                          why=f"stages: {', '.join(STAGE_NAMES)}", fix="use one of those names, or 'all'")
+    if output_dir is not None:
+        recipe = recipe.model_copy(update={"output_dir": Path(output_dir)})
+    reporter = reporter or SilentReporter()
+    rundir = RunDir(recipe.run_dir)
+    rundir.create()
+    atomic_write(rundir.recipe_path, dump_recipe(recipe))
+    ctx = Context(recipe=recipe, rundir=rundir, reporter=reporter)
+    result = RunResult(rundir=rundir, recipe=recipe)
+    for stage in _stages():
+        if not stage.enabled(ctx):
+            result.stages[stage.name] = "disabled"
+            continue
+        input_hash = hash_obj({"edgekd": __version__, **stage.inputs(ctx)})
+        forced = "all" in force or stage.name in force
+        if not forced and rundir.is_done(stage.name, input_hash):
+            ctx.hashes[stage.name] = rundir.stage_record(stage.name)["output_hash"]
+            result.stages[stage.name] = "skipped"
+            reporter.note(f"{stage.name}: up to date, skipped")
+            continue
+        started = time.perf_counter()
+        outputs, extra = stage.run(ctx)
+        seconds = time.perf_counter() - started
+        ctx.hashes[stage.name] = rundir.mark_done(stage.name, input_hash, outputs, seconds, **extra)
+        result.stages[stage.name] = "ran"
+        reporter.note(f"{stage.name}: done in {seconds:.1f} s")
+    return result
+
+
+def input_arrays_for_bench(ctx: Context, batch_size: int) -> Path:
+    """The first `batch_size` test samples as .npy: what the runner feeds (real data, not random)."""
+    from edgekd.rundir import atomic_path
+
+    path = ctx.rundir.data / f"bench_x_b{batch_size}.npy"
+    x = ctx.splits.x_test
+    reps = -(-batch_size // len(x))
+    batch = np.ascontiguousarray(np.concatenate([x] * reps)[:batch_size], dtype=np.float32)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, batch)
+    return path

@@ -1,0 +1,293 @@
+"""A recipe describes a whole run (what, not how): pydantic models loaded from YAML.
+
+Every field has a default that works, so `name: mine` alone is a valid recipe.
+Validation errors name the YAML path of the bad field, the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import inspect
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edgekd.errors import EdgeKDError, RecipeError
+
+Precision = Literal["fp32", "int8_static", "int8_dynamic"]
+Role = Literal["teacher", "student", "scratch"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Which data set, how it is split, and how many training labels the students may see."""
+
+    name: str = "digits"
+    seed: int = 0
+    val_fraction: float = Field(0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(0.15, gt=0, lt=0.5)
+    label_fraction: float = Field(
+        0.1, gt=0, le=1, description="share of the training split whose labels students see (1 = full labels)"
+    )
+
+
+class ModelConfig(_Strict):
+    """A model family from the registry and its keyword parameters (see `edgekd models`)."""
+
+    family: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(30, gt=0)
+    batch_size: int = Field(64, gt=0)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+
+
+class TeacherConfig(_Strict):
+    model: ModelConfig = ModelConfig(family="cnn")
+    checkpoint: Path | None = Field(None, description="load these weights instead of training the teacher")
+    train: TrainConfig = TrainConfig(epochs=20)
+
+
+class StudentConfig(_Strict):
+    model: ModelConfig = ModelConfig(family="mlp")
+
+
+class LossConfig(_Strict):
+    """Distillation loss: `kd` is α·T²·KL(teacher‖student at temperature T) + (1−α)·CE(student, y)."""
+
+    name: str = "kd"
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.9, ge=0, le=1)
+
+
+class DistillConfig(_Strict):
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig(epochs=60)
+    transfer_set: Literal["train_split", "labelled_only"] = Field(
+        "train_split",
+        description="train_split: teacher outputs on the whole training split (unlabelled transfer set); "
+        "labelled_only: only the samples whose labels students see",
+    )
+
+
+class ScratchConfig(_Strict):
+    """The baseline: the student's architecture trained on labels alone, same data, steps and seed."""
+
+    enabled: bool = True
+
+
+class ParityConfig(_Strict):
+    min_agreement: float = Field(0.99, gt=0, le=1)
+
+
+class ExportConfig(_Strict):
+    opset: int = Field(18, ge=17, le=23)
+    targets: dict[Role, list[Precision]] = Field(
+        default_factory=lambda: {
+            "teacher": ["fp32"],
+            "student": ["fp32", "int8_static", "int8_dynamic"],
+            "scratch": ["fp32"],
+        }
+    )
+    calibration_samples: int = Field(256, gt=0)
+    parity: ParityConfig = ParityConfig()
+
+
+class BenchConfig(_Strict):
+    enabled: bool = True
+    device: str = "host"
+    threads: int = Field(1, gt=0)
+    batch_size: int = Field(1, gt=0)
+    warmup_runs: int = Field(50, ge=0)
+    min_runs: int = Field(300, gt=0)
+    min_seconds: float = Field(1.0, ge=0)
+    max_seconds: float = Field(10.0, gt=0)
+    floor: bool = Field(True, description="also time an Identity graph: the runtime's per-call floor")
+
+
+class Recipe(_Strict):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    seed: int = 0
+    output_dir: Path = Path("export")
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
+    distill: DistillConfig = DistillConfig()
+    scratch: ScratchConfig = ScratchConfig()
+    export: ExportConfig = ExportConfig()
+    bench: BenchConfig = BenchConfig()
+
+    @field_validator("output_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output_dir / self.name
+
+    def section(self, *names: str) -> dict[str, Any]:
+        """JSON-able dump of some top-level sections (the input of a stage's hash)."""
+        dumped = self.model_dump(mode="json")
+        return {n: dumped[n] for n in names}
+
+
+# --------------------------------------------------------------------------------------
+# Loading and error messages
+# --------------------------------------------------------------------------------------
+
+def builtin_recipe_path(name: str) -> Path:
+    """Path of a recipe shipped inside the package (e.g. 'demo')."""
+    return Path(str(resources.files("edgekd") / "recipes" / f"{name}.yaml"))
+
+
+def builtin_recipes() -> list[str]:
+    folder = resources.files("edgekd") / "recipes"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_recipe(source: str | Path | dict[str, Any], *, check_names: bool = True) -> Recipe:
+    """Load and validate a recipe from a YAML path, a built-in name ('demo') or a dict."""
+    origin = "<dict>"
+    if isinstance(source, dict):
+        raw: Any = source
+    else:
+        path = Path(source)
+        if not path.exists() and not path.suffix and str(source) in builtin_recipes():
+            path = builtin_recipe_path(str(source))
+        origin = str(path)
+        raw = _read_yaml(path)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError(
+            f"{origin}: a recipe must be a YAML mapping, got {type(raw).__name__}",
+            fix="start from edgekd/recipes/demo.yaml",
+        )
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise _recipe_error(exc, origin) from None
+    if check_names:
+        check_registered_names(recipe, origin)
+    return recipe
+
+
+def _read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise RecipeError(
+            f"recipe not found: {path}",
+            why="no such file" if not path.exists() else "it is not a file",
+            fix=f"give the path of a recipe YAML file, or a built-in recipe name ({', '.join(builtin_recipes())})",
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"cannot read recipe {path}", why=str(exc), fix="check the file's permissions and encoding") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(
+            f"{path}: YAML syntax error{where}: {problem}",
+            why="the file is not valid YAML",
+            fix="fix the YAML at that line (indentation, a missing ':' or an unclosed quote or bracket)",
+        ) from None
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """One pydantic error as 'path: problem, got value'."""
+    loc = ".".join(str(p) for p in error["loc"])
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    got = error.get("input")
+    bounds = {"greater_than": (">", "gt"), "greater_than_equal": (">=", "ge"),
+              "less_than": ("<", "lt"), "less_than_equal": ("<=", "le")}
+    if kind in bounds:
+        symbol, key = bounds[kind]
+        return f"{loc}: must be {symbol} {ctx.get(key)}, got {got!r}"
+    if kind == "extra_forbidden":
+        return f"{loc}: unknown field"
+    if kind == "missing":
+        return f"{loc}: required field is missing"
+    if kind == "literal_error":
+        return f"{loc}: must be one of {ctx.get('expected')}, got {got!r}"
+    if kind == "string_pattern_mismatch":
+        return f"{loc}: must be letters, digits, '.', '_' or '-' (it names a folder), got {got!r}"
+    return f"{loc}: {error['msg'][0].lower()}{error['msg'][1:]}, got {got!r}"
+
+
+def _known_fields(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = Recipe
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None or not inspect.isclass(field.annotation) or not issubclass(field.annotation, BaseModel):
+            return []
+        model = field.annotation
+    return list(getattr(model, "model_fields", {}))
+
+
+def _recipe_error(exc: ValidationError, origin: str) -> RecipeError:
+    errors = exc.errors()
+    lines = [_describe(e) for e in errors]
+    unknown = [e for e in errors if e["type"] == "extra_forbidden"]
+    fix = f"edit {'that field' if len(lines) == 1 else 'those fields'} in {origin}"
+    if unknown:
+        known = _known_fields(tuple(unknown[0]["loc"]))
+        if known:
+            fix += f"; fields allowed there: {', '.join(known)}"
+    return RecipeError("invalid recipe: " + "; ".join(lines), why=f"in {origin}", fix=fix)
+
+
+def check_registered_names(recipe: Recipe, origin: str = "<recipe>") -> None:
+    """Resolve every registry name in the recipe now, so a typo fails before any training."""
+    from edgekd.data import DATASETS
+    from edgekd.distill.losses import LOSSES
+    from edgekd.models import MODELS
+
+    checks: list[tuple[str, Any, str]] = [("data.name", DATASETS, recipe.data.name),
+                                          ("distill.loss.name", LOSSES, recipe.distill.loss.name)]
+    for role in ("teacher", "student"):
+        cfg: ModelConfig = getattr(recipe, role).model
+        checks.append((f"{role}.model.family", MODELS, cfg.family))
+    for path, registry, name in checks:
+        if name not in registry:
+            raise RecipeError(
+                f"invalid recipe: {path}: unknown {registry.kind} '{name}'",
+                why=f"known {registry.kind}s: {', '.join(registry.names())}",
+                fix=f"set {path} in {origin} to one of those",
+            )
+    for role in ("teacher", "student"):
+        cfg = getattr(recipe, role).model
+        accepted = inspect.signature(MODELS[cfg.family]).parameters
+        for key in cfg.params:
+            if key not in accepted or key in ("in_shape", "num_classes"):
+                allowed = [p for p in accepted if p not in ("in_shape", "num_classes")]
+                raise RecipeError(
+                    f"invalid recipe: {role}.model.params.{key}: model family '{cfg.family}' has no parameter '{key}'",
+                    why=f"'{cfg.family}' accepts: {', '.join(allowed) or 'no parameters'}",
+                    fix=f"remove or rename {role}.model.params.{key} in {origin}",
+                )
+    if recipe.bench.device != "host":
+        raise RecipeError(
+            f"invalid recipe: bench.device: unknown device '{recipe.bench.device}'",
+            why="known devices: host",
+            fix=f"set bench.device in {origin} to 'host'",
+        )
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+__all__ = ["Recipe", "load_recipe", "dump_recipe", "builtin_recipe_path", "builtin_recipes", "EdgeKDError"]

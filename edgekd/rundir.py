@@ -1,0 +1,175 @@
+"""The run directory: fixed paths, atomic writes, content hashes and the stage manifest.
+
+Layout of `export/<run-name>/`:
+    recipe.yaml      the resolved recipe
+    manifest.json    finished stages with the hash of their inputs and outputs
+    checkpoints/     model weights (state dicts, loaded with weights_only=True)
+    artifacts/       one folder per exported artifact (model file + artifact.json)
+    results/         bench results (JSON)
+    report/          index.html, plots
+A stage is skipped when the manifest records the same input hash and its outputs are intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from edgekd.errors import OutputDirError
+
+MANIFEST_SCHEMA = "edgekd.manifest/1"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds.
+
+    A crash leaves at most a stray temp file, never a half-written file under the final name.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:
+    """Write bytes or text to `path` atomically (temp file + rename)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    return Path(path)
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    return atomic_write(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hash_obj(obj: Any) -> str:
+    """Content hash of a JSON-able object (canonical: sorted keys, no whitespace)."""
+    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class RunDir:
+    """Paths and manifest of one run directory."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    # -- paths -------------------------------------------------------------------------
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def recipe_path(self) -> Path:
+        return self.root / "recipe.yaml"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    def create(self) -> None:
+        """Create the directory tree, failing early with a clear message if it is not writable."""
+        try:
+            for sub in (self.root, self.checkpoints, self.artifacts, self.results, self.report, self.data):
+                sub.mkdir(parents=True, exist_ok=True)
+            probe = self.root / ".write-probe"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise OutputDirError(
+                f"cannot write the run directory {self.root}",
+                why=f"{exc.strerror or exc} ({exc.filename or self.root})",
+                fix="choose a writable folder with --output-dir (or `output_dir:` in the recipe), or fix its permissions",
+            ) from None
+
+    # -- manifest ----------------------------------------------------------------------
+    def load_manifest(self) -> dict[str, Any]:
+        if not self.manifest_path.exists():
+            return {"schema": MANIFEST_SCHEMA, "stages": {}}
+        try:
+            manifest = read_json(self.manifest_path)
+        except (OSError, json.JSONDecodeError):
+            # A manifest is only a cache of what is done: an unreadable one means "nothing done".
+            return {"schema": MANIFEST_SCHEMA, "stages": {}}
+        manifest.setdefault("stages", {})
+        return manifest
+
+    def stage_record(self, stage: str) -> dict[str, Any] | None:
+        return self.load_manifest()["stages"].get(stage)
+
+    def is_done(self, stage: str, input_hash: str) -> bool:
+        """True when `stage` finished with these inputs and its recorded outputs are intact."""
+        record = self.stage_record(stage)
+        if not record or record.get("input_hash") != input_hash:
+            return False
+        for rel, digest in record.get("outputs", {}).items():
+            path = self.root / rel
+            if not path.is_file() or sha256_file(path) != digest:
+                return False
+        return True
+
+    def mark_done(self, stage: str, input_hash: str, outputs: list[Path], seconds: float, **extra: Any) -> str:
+        """Record `stage` as finished; returns the stage's output hash (used downstream as an input)."""
+        manifest = self.load_manifest()
+        out = {str(Path(p).relative_to(self.root)): sha256_file(p) for p in outputs}
+        record = {
+            "input_hash": input_hash,
+            "outputs": out,
+            "output_hash": hash_obj(out),
+            "seconds": round(seconds, 3),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **extra,
+        }
+        manifest["stages"][stage] = record
+        atomic_write_json(self.manifest_path, manifest)
+        return record["output_hash"]
+
+    def forget(self, stage: str) -> None:
+        manifest = self.load_manifest()
+        if manifest["stages"].pop(stage, None) is not None:
+            atomic_write_json(self.manifest_path, manifest)

@@ -1,0 +1,305 @@
+"""The device-side runner, run as a real subprocess against real onnxruntime (no mocks).
+
+Every test goes through `python runner.py SPEC` exactly as a device would, and
+checks the one JSON object on stdout and the exit status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+RUNNER = Path(__file__).resolve().parents[1] / "edgekd" / "bench" / "runner.py"
+
+# Small and fast: the point is behaviour, not numbers.
+FAST = {
+    "warmup_runs": 5,
+    "warmup_min_seconds": 0.01,
+    "min_runs": 50,
+    "min_seconds": 0.05,
+    "max_seconds": 5.0,
+    "memory_runs": 3,
+}
+
+
+def _save_model(graph: onnx.GraphProto, path: Path) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # readable by every onnxruntime this project supports
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def identity_model(path: Path) -> Path:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1, 8, 8])
+    return _save_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity", [x], [y]), path)
+
+
+def linear_model(path: Path, w: np.ndarray, b: np.ndarray, batch: Any = "batch") -> Path:
+    """y = x @ w + b (MatMul + Add); batch is a dim name (dynamic) or an int (fixed)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, w.shape[0]])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, w.shape[1]])
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]
+    return _save_model(helper.make_graph(nodes, "linear", [x], [y], inits), path)
+
+
+@pytest.fixture()
+def weights() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((16, 4)).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+
+
+@pytest.fixture()
+def identity_dir(tmp_path: Path) -> Path:
+    identity_model(tmp_path / "id.onnx")
+    np.save(tmp_path / "x.npy", np.random.default_rng(1).random((1, 1, 8, 8), dtype=np.float32))
+    return tmp_path
+
+
+def run_runner(
+    spec: dict | None, workdir: Path, *, args: list[str] | None = None, stdin: str | None = None
+) -> tuple[int, dict]:
+    """Run the runner in a subprocess; assert stdout is exactly one JSON object and return (exit code, it)."""
+    if args is None:
+        (workdir / "spec.json").write_text(json.dumps(spec))
+        args = [str(workdir / "spec.json")]
+    proc = subprocess.run(
+        [sys.executable, str(RUNNER), *args],
+        input=stdin, capture_output=True, text=True, cwd=str(workdir), timeout=120,
+    )
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, f"stdout must be one JSON line, got {proc.stdout!r}; stderr: {proc.stderr}"
+    return proc.returncode, json.loads(lines[0])
+
+
+def assert_error(code: int, result: dict, kind: str) -> dict:
+    assert code == 3, result
+    assert result["schema"] == "edgekd.runner/1" and result["ok"] is False
+    error = result["error"]
+    assert error["kind"] == kind, error
+    assert set(error) == {"kind", "what", "why", "fix"} and error["what"]
+    return error
+
+
+def test_identity_run_reports_every_phase(identity_dir: Path):
+    code, r = run_runner({"artifact": "id.onnx", "runtime": "onnxruntime", "inputs": {"x": "x.npy"}, **FAST}, identity_dir)
+    assert code == 0, r
+    assert r["schema"] == "edgekd.runner/1" and r["ok"] is True
+    lat = r["latencies_ns"]
+    assert len(lat) >= FAST["min_runs"] and len(lat) == r["timed"]["runs"]
+    assert all(isinstance(v, int) and v > 0 for v in lat)
+    assert r["timed"]["seconds"] >= FAST["min_seconds"]
+    assert r["warmup"]["runs"] >= FAST["warmup_runs"] and r["warmup"]["seconds"] >= FAST["warmup_min_seconds"]
+    assert r["load_ms"] > 0 and r["first_inference_us"] > 0
+    rt = r["runtime"]
+    assert rt["name"] == "onnxruntime" and rt["io_binding"] is True and rt["delegate"] is None
+    assert rt["intra_op_threads"] == 1 and rt["inter_op_threads"] == 1
+    assert "CPUExecutionProvider" in rt["providers"]
+    assert r["inputs"] == [{"name": "x", "shape": [1, 1, 8, 8], "dtype": "float32", "model_shape": ["batch", 1, 8, 8]}]
+    assert r["outputs"][0]["name"] == "y" and r["outputs"][0]["shape"] == [1, 1, 8, 8]
+    assert r["predict"] is None
+    assert r["python"] and r["numpy"] == np.__version__
+    system = r["system"]
+    assert {"machine", "system", "cpu_model", "cpu_count_logical", "cpu_features", "governor", "affinity"} <= set(system)
+    if sys.platform.startswith("linux"):
+        mem = r["memory_kb"]
+        assert all(isinstance(mem[k], int) and mem[k] > 0 for k in mem), mem
+        assert mem["vmhwm"] >= mem["baseline_vmhwm"]
+        assert system["affinity"]
+
+
+def test_caps_stop_the_timed_loop(identity_dir: Path):
+    base = {"artifact": "id.onnx", "runtime": "onnxruntime", "inputs": {"x": "x.npy"}, **FAST}
+    code, r = run_runner({**base, "min_runs": 10, "max_runs": 10, "min_seconds": 2.0}, identity_dir)
+    assert code == 0 and r["timed"]["runs"] == 10 and r["timed"]["seconds"] < 2.0
+    code, r = run_runner({**base, "min_runs": 10**6, "max_runs": 10**6, "min_seconds": 0.0, "max_seconds": 0.1}, identity_dir)
+    assert code == 0 and 0 < r["timed"]["runs"] < 10**6 and 0.1 <= r["timed"]["seconds"] < 1.0
+
+
+def test_spec_on_stdin_resolves_paths_against_cwd(identity_dir: Path):
+    spec = {"artifact": "id.onnx", "runtime": "onnxruntime", "inputs": {"x": "x.npy"}, **FAST}
+    code, r = run_runner(None, identity_dir, args=["-"], stdin=json.dumps(spec))
+    assert code == 0 and r["ok"] and len(r["latencies_ns"]) >= FAST["min_runs"]
+
+
+def test_predict_dynamic_batch_matches_numpy(tmp_path: Path, weights):
+    w, b = weights
+    linear_model(tmp_path / "lin.onnx", w, b)
+    rng = np.random.default_rng(2)
+    np.save(tmp_path / "x.npy", rng.standard_normal((1, 16), dtype=np.float32))
+    test_x = rng.standard_normal((100, 16), dtype=np.float32)
+    np.save(tmp_path / "test_x.npy", test_x)
+    spec = {"artifact": "lin.onnx", "runtime": "onnxruntime", "inputs": {"x": "x.npy"}, **FAST,
+            "predict": {"inputs": {"x": "test_x.npy"}, "batch_size": 32, "output": "out/pred.npy"}}
+    code, r = run_runner(spec, tmp_path)
+    assert code == 0, r
+    assert r["predict"]["rows"] == 100 and r["predict"]["batch_size"] == 32 and r["predict"]["seconds"] >= 0
+    assert Path(r["predict"]["output"]) == tmp_path / "out" / "pred.npy"
+    pred = np.load(tmp_path / "out" / "pred.npy")
+    np.testing.assert_allclose(pred, test_x @ w + b, rtol=1e-5, atol=1e-5)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["pred.npy"]  # no temp file left behind
+
+
+def test_predict_fixed_batch_pads_and_trims(tmp_path: Path, weights):
+    w, b = weights
+    linear_model(tmp_path / "lin8.onnx", w, b, batch=8)
+    rng = np.random.default_rng(3)
+    np.save(tmp_path / "x.npy", rng.standard_normal((8, 16), dtype=np.float32))
+    test_x = rng.standard_normal((21, 16), dtype=np.float32)  # 8 + 8 + 5 (padded to 8)
+    np.save(tmp_path / "test_x.npy", test_x)
+    spec = {"artifact": "lin8.onnx", "runtime": "onnxruntime", "inputs": {"x": "x.npy"}, **FAST,
+            "predict": {"inputs": {"x": "test_x.npy"}, "batch_size": 64, "output": "pred.npy"}}
+    code, r = run_runner(spec, tmp_path)
+    assert code == 0, r
+    assert r["predict"]["rows"] == 21 and r["predict"]["batch_size"] == 8
+    np.testing.assert_allclose(np.load(tmp_path / "pred.npy"), test_x @ w + b, rtol=1e-5, atol=1e-5)
+
+
+def test_info_describes_the_device_without_importing_runtimes():
+    proc = subprocess.run([sys.executable, str(RUNNER), "--info"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    from importlib.metadata import version
+
+    assert info["schema"] == "edgekd.runner-info/1"
+    assert info["runtimes"]["onnxruntime"] == version("onnxruntime")
+    assert "ai_edge_litert" in info["runtimes"]
+    assert info["numpy"] == np.__version__
+    assert info["system"]["cpu_count_logical"] == os.cpu_count()
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_corrupt_artifact(identity_dir: Path):
+    (identity_dir / "bad.onnx").write_bytes(np.random.default_rng(0).bytes(512))
+    code, r = run_runner({"artifact": "bad.onnx", "runtime": "onnxruntime", "inputs": {"x": "x.npy"}, **FAST}, identity_dir)
+    error = assert_error(code, r, "artifact_load")
+    assert error["why"]  # the runtime's own message
+
+
+def test_missing_artifact(identity_dir: Path):
+    code, r = run_runner({"artifact": "nope.onnx", "runtime": "onnxruntime", "inputs": {"x": "x.npy"}}, identity_dir)
+    error = assert_error(code, r, "artifact_missing")
+    assert "nope.onnx" in error["what"]
+
+
+def test_unknown_spec_key_lists_known_keys(identity_dir: Path):
+    code, r = run_runner({"artifact": "id.onnx", "runtime": "onnxruntime", "inputs": {"x": "x.npy"}, "min_run": 5}, identity_dir)
+    error = assert_error(code, r, "spec")
+    assert "min_run" in error["what"] and "min_runs" in error["fix"] and "max_seconds" in error["fix"]
+
+
+def test_unknown_runtime_lists_known_runtimes(identity_dir: Path):
+    code, r = run_runner({"artifact": "id.onnx", "runtime": "tensorrt", "inputs": {"x": "x.npy"}}, identity_dir)
+    error = assert_error(code, r, "spec")
+    assert "tensorrt" in error["what"] and "onnxruntime" in error["fix"]
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [{"threads": "2"}, {"threads": 0}, {"min_seconds": True}, {"inputs": ["x.npy"]},
+     {"min_runs": 10, "max_runs": 5}, {"predict": {"inputs": {"x": "x.npy"}}}],
+    ids=["threads-str", "threads-0", "bool-number", "inputs-list", "min-gt-max", "predict-no-output"],
+)
+def test_bad_spec_values(identity_dir: Path, patch: dict):
+    code, r = run_runner({"artifact": "id.onnx", "runtime": "onnxruntime", "inputs": {"x": "x.npy"}, **patch}, identity_dir)
+    assert_error(code, r, "spec")
+
+
+def test_invalid_json_spec(identity_dir: Path):
+    (identity_dir / "spec.json").write_text("{not json")
+    code, r = run_runner(None, identity_dir, args=[str(identity_dir / "spec.json")])
+    assert_error(code, r, "spec")
+
+
+def test_wrong_input_name_lists_model_inputs(identity_dir: Path):
+    code, r = run_runner({"artifact": "id.onnx", "runtime": "onnxruntime", "inputs": {"input": "x.npy"}}, identity_dir)
+    error = assert_error(code, r, "input")
+    assert "input" in error["what"] and "x: float32 ['batch', 1, 8, 8]" in error["why"]
+
+
+@pytest.mark.parametrize(
+    "array",
+    [np.zeros((1, 1, 8, 8), np.float64), np.zeros((1, 1, 8, 9), np.float32), np.zeros((1, 8, 8), np.float32)],
+    ids=["dtype", "fixed-dim", "rank"],
+)
+def test_input_mismatch(identity_dir: Path, array: np.ndarray):
+    np.save(identity_dir / "bad.npy", array)
+    code, r = run_runner({"artifact": "id.onnx", "runtime": "onnxruntime", "inputs": {"x": "bad.npy"}}, identity_dir)
+    assert_error(code, r, "input")
+
+
+def test_missing_input_file(identity_dir: Path):
+    code, r = run_runner({"artifact": "id.onnx", "runtime": "onnxruntime", "inputs": {"x": "gone.npy"}}, identity_dir)
+    error = assert_error(code, r, "input")
+    assert "gone.npy" in error["what"]
+
+
+def test_missing_runtime_says_how_to_install(identity_dir: Path):
+    """Block `import onnxruntime` with a meta path finder, as on a device without it, then run the real main."""
+    (identity_dir / "spec.json").write_text(json.dumps({"artifact": "id.onnx", "runtime": "onnxruntime", "inputs": {"x": "x.npy"}}))
+    code = textwrap.dedent(f"""
+        import runpy, sys
+
+        class BlockOnnxRuntime:
+            def find_spec(self, name, path=None, target=None):
+                if name == "onnxruntime" or name.startswith("onnxruntime."):
+                    raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+                return None
+
+        sys.meta_path.insert(0, BlockOnnxRuntime())
+        sys.argv = [{str(RUNNER)!r}, {str(identity_dir / "spec.json")!r}]
+        runpy.run_path({str(RUNNER)!r}, run_name="__main__")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    error = assert_error(proc.returncode, json.loads(proc.stdout), "runtime_missing")
+    assert "pip install onnxruntime" in error["fix"]
+
+
+# ---------------------------------------------------------------- import hygiene
+
+_MODULES_PROBE = """
+import importlib.util, json, runpy, sys
+spec = importlib.util.spec_from_file_location("runner_under_test", {runner!r})
+runner = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(runner)
+runner.system_info()
+after_import = sorted(sys.modules)
+sys.argv = [{runner!r}, {spec_path!r}]
+try:
+    runpy.run_path({runner!r}, run_name="__main__")
+except SystemExit as e:
+    assert e.code == 0, e.code
+with open({out!r}, "w") as f:
+    json.dump({{"after_import": after_import, "after_run": sorted(sys.modules)}}, f)
+"""
+
+
+def test_runner_imports_no_torch_and_no_edgekd(identity_dir: Path):
+    """On a device there is no torch and no edgekd: importing the file, and a full run, must not need them."""
+    spec_path = identity_dir / "spec.json"
+    spec_path.write_text(json.dumps({"artifact": "id.onnx", "runtime": "onnxruntime", "inputs": {"x": "x.npy"}, **FAST}))
+    out = identity_dir / "modules.json"
+    code = _MODULES_PROBE.format(runner=str(RUNNER), spec_path=str(spec_path), out=str(out))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=str(identity_dir))
+    assert proc.returncode == 0, proc.stderr
+    modules = json.loads(out.read_text())
+    for phase in ("after_import", "after_run"):
+        loaded = modules[phase]
+        assert not [m for m in loaded if m == "torch" or m.startswith("torch.")], phase
+        assert not [m for m in loaded if m == "edgekd" or m.startswith("edgekd.")], phase
+    assert "onnxruntime" not in modules["after_import"]  # the runtime is imported lazily, only for a run
+    assert "onnxruntime" in modules["after_run"]
