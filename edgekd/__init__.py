@@ -36,18 +36,7 @@ def run(recipe: Any, **kwargs: Any) -> "RunResult":
     return _run(recipe if isinstance(recipe, Recipe) else load_recipe(recipe), **kwargs)
 
 
-def export(checkpoint: Any, output_dir: Any, **kwargs: Any):
-    """Export a checkpoint to verified ONNX artifacts (FP32 and INT8); see edgekd.exporter.export_checkpoint."""
-    from edgekd.exporter import export_checkpoint
-
-    return export_checkpoint(checkpoint, output_dir, **kwargs)
-
-
-def bench(artifacts: Any, device: str = "host", **kwargs: Any):
-    """Benchmark artifacts (records, folders or model files) on a device; returns BenchResults."""
-    from edgekd.bench.harness import bench as _bench
-
-    return _bench(artifacts, device=device, **kwargs)
-
+# Callable packages: edgekd.export(checkpoint, output_dir, ...) and edgekd.bench(artifacts, device=...).
+from edgekd import bench, export  # noqa: E402
 
 __all__ = ["__version__", "load_recipe", "run", "export", "bench"]

@@ -1,0 +1,9 @@
+"""Benchmarking: the device-side runner, statistics, the host harness, results and the report.
+
+Calling the package, `edgekd.bench(artifacts, device="host", ...)`, benchmarks artifacts
+(edgekd.bench.harness.bench).
+"""
+
+from edgekd._callable_package import make_callable
+
+make_callable(__name__, "edgekd.bench.harness:bench")

@@ -189,7 +189,7 @@ def plots(summary: dict[str, Any], latencies: dict[str, list[int]]) -> dict[str,
     if latencies:
         names = list(latencies)
         fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.2))
-        ax.boxplot([[v / 1000 for v in latencies[n]] for n in names], vert=False, showfliers=False)
+        ax.boxplot([[v / 1000 for v in latencies[n]] for n in names], orientation="horizontal", showfliers=False)
         ax.set_yticks(range(1, len(names) + 1), names, fontsize=8)
         ax.set_xscale("log")
         ax.set_xlabel("latency per call (µs, log scale; whiskers 1.5 IQR, outliers hidden)")

@@ -1,0 +1,9 @@
+"""Exporters (ONNX now), verification and artifact records.
+
+Calling the package, `edgekd.export(checkpoint, output_dir, ...)`, exports a checkpoint to verified
+artifacts (edgekd.exporter.export_checkpoint).
+"""
+
+from edgekd._callable_package import make_callable
+
+make_callable(__name__, "edgekd.exporter:export_checkpoint")

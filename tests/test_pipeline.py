@@ -1,0 +1,149 @@
+"""End-to-end behaviour of a run: stages, artifacts with parity, resume, force, interruption, report."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import edgekd
+from edgekd.export.artifact import Artifact
+from edgekd.rundir import read_json
+
+from conftest import TINY_RECIPE
+
+EXPECTED = {"teacher-onnx-fp32", "student-onnx-fp32", "student-onnx-int8_static", "student-onnx-int8_dynamic",
+            "scratch-onnx-fp32", "floor-onnx-fp32"}
+
+
+def test_every_stage_runs_and_writes_its_outputs(tiny_run):
+    assert tiny_run.stages == {s: "ran" for s in ("teacher", "distill", "scratch", "export", "bench", "report")}
+    root = tiny_run.rundir.root
+    for rel in ("recipe.yaml", "manifest.json", "checkpoints/teacher.pt", "checkpoints/student.pt",
+                "checkpoints/scratch.pt", "results/summary.json", "report/index.html"):
+        assert (root / rel).is_file(), rel
+
+
+def test_artifacts_are_records_with_parity_on_real_data(tiny_run):
+    artifacts = {a.name: a for a in tiny_run.artifacts}
+    assert set(artifacts) == EXPECTED
+    for art in artifacts.values():
+        assert art.size_bytes == art.path.stat().st_size
+        art.verify_file()
+        assert art.inputs[0]["name"] == "x" and art.inputs[0]["shape"][1:] == [64]
+        assert art.runtime_versions["onnxruntime"]
+        if art.role == "floor":
+            continue
+        assert art.parity is not None and art.parity.samples == 270
+        assert art.parity.passed, (art.name, art.parity.reason)
+        assert 0.9 <= art.parity.agreement <= 1.0
+        assert len(art.parity.per_class_accuracy) == 10
+        assert art.lineage["checkpoint_sha256"]
+    assert artifacts["student-onnx-fp32"].parity.max_abs_error < 1e-3
+    q = artifacts["student-onnx-int8_static"]
+    assert q.quantization["per_channel"] and "QuantizeLinear" in q.op_histogram
+    d = artifacts["student-onnx-int8_dynamic"]
+    assert "MatMulInteger" in d.op_histogram and "ConvInteger" not in d.op_histogram
+
+
+def test_bench_results_name_artifacts_by_sha_and_carry_statistics(tiny_run):
+    results = {r.artifact["name"]: r for r in tiny_run.results}
+    assert set(results) == EXPECTED
+    by_name = {a.name: a for a in tiny_run.artifacts}
+    for name, res in results.items():
+        assert res.artifact["sha256"] == by_name[name].sha256
+        lat = res.latency_us
+        assert lat["n"] >= 50 and lat["ci95_p50"][0] <= lat["p50"] <= lat["ci95_p50"][1]
+        assert res.runtime["intra_op_threads"] == 1 and res.runtime["io_binding"] is True
+        assert res.memory_kb["vmhwm"] >= res.memory_kb["baseline_vmhwm"] > 0
+        assert res.device["info"]["system"]["cpu_model"]
+        assert res.load_ms > 0 and res.first_inference_us > 0
+
+
+def test_summary_and_html_report(tiny_run):
+    summary = read_json(tiny_run.summary_path)
+    names = [r["name"] for r in summary["rows"]]
+    assert names[0] == "teacher-onnx-fp32" and "floor-onnx-fp32" not in names
+    student = next(r for r in summary["rows"] if r["name"] == "student-onnx-fp32")
+    assert student["speedup_vs_teacher"] > 0 and isinstance(student["speedup_significant"], bool)
+    assert student["worst_class"]["delta_points"] <= 0 or student["worst_class"]["class"]
+    assert summary["floor"]["p50_us"] > 0 and summary["findings"]
+    html = tiny_run.report_path.read_text()
+    assert "data:image/png;base64," in html
+    assert "http://" not in html and "https://" not in html  # self-contained, opens offline
+
+
+def test_second_run_skips_every_stage(tiny_run):
+    again = edgekd.run(tiny_run.recipe)
+    assert set(again.stages.values()) == {"skipped"}
+
+
+def test_changing_a_field_reruns_only_the_stages_it_affects(tiny_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "tiny"
+    shutil.copytree(tiny_run.rundir.root, copy)
+    recipe = tiny_run.recipe.model_copy(deep=True)
+    recipe.output_dir = tmp_path
+    recipe.bench.min_runs = 60
+    result = edgekd.run(recipe)
+    assert result.stages == {"teacher": "skipped", "distill": "skipped", "scratch": "skipped",
+                             "export": "skipped", "bench": "ran", "report": "ran"}
+    forced = edgekd.run(recipe, force={"export"})
+    assert forced.stages["export"] == "ran" and forced.stages["teacher"] == "skipped"
+
+
+def test_an_interrupted_run_resumes_from_its_last_finished_stage(tmp_path):
+    recipe = tmp_path / "slow.yaml"
+    text = TINY_RECIPE.read_text().replace("train: {epochs: 6}", "train: {epochs: 400}")
+    recipe.write_text(text.replace("name: tiny", "name: slow"))
+    manifest = tmp_path / "out" / "slow" / "manifest.json"
+    proc = subprocess.Popen([sys.executable, "-m", "edgekd.cli", "run", str(recipe), "--output-dir",
+                             str(tmp_path / "out")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if manifest.exists() and "teacher" in json.loads(manifest.read_text())["stages"]:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the teacher stage never finished")
+        time.sleep(1.0)  # now inside distillation
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    stages = json.loads(manifest.read_text())["stages"]
+    assert list(stages) == ["teacher"]
+    checkpoints = sorted(p.name for p in (tmp_path / "out" / "slow" / "checkpoints").iterdir())
+    assert checkpoints == ["teacher.pt"]  # nothing half-written under a final name (temp files are dot-files)
+    # Resume with a short budget: the teacher is reused, the rest runs.
+    recipe.write_text(TINY_RECIPE.read_text().replace("name: tiny", "name: slow")
+                      .replace("bench:\n", "bench:\n  enabled: false\n"))
+    resumed = edgekd.run(edgekd.load_recipe(recipe), output_dir=tmp_path / "out")
+    assert resumed.stages["teacher"] == "skipped" and resumed.stages["distill"] == "ran"
+
+
+def test_python_api_export_and_bench(tiny_run, tmp_path):
+    artifacts = edgekd.export(tiny_run.rundir.checkpoints / "student.pt", tmp_path / "arts",
+                              precisions=["fp32", "int8_dynamic"], min_agreement=0.9)
+    assert [a.precision for a in artifacts] == ["fp32", "int8_dynamic"] and all(a.ok for a in artifacts)
+    reloaded = Artifact.load(tmp_path / "arts" / "student-onnx-fp32")
+    assert reloaded.sha256 == artifacts[0].sha256
+    from edgekd.bench.harness import BenchSettings
+
+    fast = BenchSettings(warmup_runs=5, min_runs=30, min_seconds=0.02)
+    results = edgekd.bench([reloaded, artifacts[1].path], device="host", settings=fast, results_dir=tmp_path / "res")
+    assert [r.artifact["sha256"] for r in results] == [a.sha256 for a in artifacts]
+    assert len(list((tmp_path / "res").glob("bench-*.json"))) == 2
+
+
+def test_cli_run_prints_the_teacher_vs_student_table(tiny_run):
+    out = subprocess.run([sys.executable, "-m", "edgekd.cli", "report", str(tiny_run.rundir.root)],
+                         capture_output=True, text=True, check=True).stdout
+    assert "teacher-onnx-fp32" in out and "student-onnx-int8_static" in out and "index.html" in out
