@@ -215,7 +215,9 @@ def _describe(error: dict[str, Any]) -> str:
               "less_than": ("<", "lt"), "less_than_equal": ("<=", "le")}
     if kind in bounds:
         symbol, key = bounds[kind]
-        return f"{loc}: must be {symbol} {ctx.get(key)}, got {got!r}"
+        limit = ctx.get(key)
+        return f"{loc}: must be {symbol} {limit:g}, got {got!r}" if isinstance(limit, float) else \
+            f"{loc}: must be {symbol} {limit}, got {got!r}"
     if kind == "extra_forbidden":
         return f"{loc}: unknown field"
     if kind == "missing":
