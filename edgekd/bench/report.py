@@ -158,6 +158,16 @@ def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return front
 
 
+def _log_axis_plain(axis) -> None:
+    """Log scale with plain tick labels (5, 10, 50 µs), not 5×10⁰."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    axis.axes.set_xscale("log")
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+
+
 def plots(summary: dict[str, Any], latencies: dict[str, list[int]]) -> dict[str, str]:
     import matplotlib
 
@@ -169,16 +179,16 @@ def plots(summary: dict[str, Any], latencies: dict[str, list[int]]) -> dict[str,
     if rows:
         fig, ax = plt.subplots(figsize=(7, 4.2))
         colors = {"teacher": "tab:red", "student": "tab:blue", "scratch": "tab:gray"}
-        for r in rows:
+        for i, r in enumerate(rows):
             ax.scatter(r["p50_us"], r["accuracy"] * 100, color=colors.get(r["role"], "k"), s=40, zorder=3)
             ax.annotate(f"{r['role']} {r['precision']}", (r["p50_us"], r["accuracy"] * 100), fontsize=7,
-                        xytext=(4, 3), textcoords="offset points")
+                        xytext=(4, 4 if i % 2 == 0 else -10), textcoords="offset points")  # alternate: no overlap
         front = _pareto([(r["p50_us"], r["accuracy"] * 100) for r in rows])
         ax.step([p for p, _ in front], [a for _, a in front], where="post", color="tab:green", alpha=0.6,
                 label="Pareto front")
         if summary.get("floor"):
             ax.axvline(summary["floor"]["p50_us"], color="k", ls=":", lw=1, label="runtime floor")
-        ax.set_xscale("log")
+        _log_axis_plain(ax.xaxis)
         ax.set_xlabel("p50 latency (µs, log scale)")
         ax.set_ylabel("test accuracy of the artifact (%)")
         ax.set_title("Accuracy vs latency")
@@ -191,7 +201,7 @@ def plots(summary: dict[str, Any], latencies: dict[str, list[int]]) -> dict[str,
         fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.2))
         ax.boxplot([[v / 1000 for v in latencies[n]] for n in names], orientation="horizontal", showfliers=False)
         ax.set_yticks(range(1, len(names) + 1), names, fontsize=8)
-        ax.set_xscale("log")
+        _log_axis_plain(ax.xaxis)
         ax.set_xlabel("latency per call (µs, log scale; whiskers 1.5 IQR, outliers hidden)")
         ax.set_title("Latency distributions")
         ax.grid(alpha=0.3, axis="x")
