@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgekd.errors import CheckpointError
+from edgekd.errors import CheckpointError, first_line
 from edgekd.rundir import atomic_path
 
 if TYPE_CHECKING:
@@ -33,9 +34,11 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         raise CheckpointError(
             f"cannot load checkpoint {path}",
-            why=str(exc).strip().splitlines()[0][:300],
+            why=(f"it holds a pickled Python object ({unsafe.group(1)}), which safe loading (weights_only) refuses"
+                 if unsafe else first_line(exc)),
             fix="give a state dict saved with torch.save(model.state_dict(), PATH) or an edgekd checkpoint; "
                 "checkpoints holding pickled code are refused for safety",
         ) from None

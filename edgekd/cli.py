@@ -18,10 +18,14 @@ from edgekd.errors import EdgeKDError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distill a teacher into a small student, export it (ONNX), verify it and benchmark it.")
-console = Console()
-if not console.is_terminal:  # piped or logged: rich would assume 80 columns and fold the tables
-    console = Console(width=160)
-err_console = Console(stderr=True)
+def _console(stderr: bool = False) -> Console:
+    """A console that does not fold tables and messages at 80 columns when piped or logged."""
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=160)
+
+
+console = _console()
+err_console = _console(stderr=True)
 _state = {"debug": False}
 
 

@@ -6,6 +6,10 @@ The CLI prints an EdgeKDError as one short block and exits with its `exit_code`
 
 from __future__ import annotations
 
+import re
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
 
 class EdgeKDError(Exception):
     """Base of all errors a user can act on."""
@@ -71,3 +75,9 @@ class MissingExtraError(EdgeKDError):
             why=f"edgekd keeps heavy optional dependencies out of the base install",
             fix=f"pip install 'edgekd[{extra}]'",
         )
+
+
+def first_line(exc: BaseException, *, limit: int = 300) -> str:
+    """A third-party exception as one clean line for a `why:` field (ANSI colour codes stripped)."""
+    lines = [ln.strip() for ln in _ANSI.sub("", str(exc)).splitlines() if ln.strip()]
+    return lines[0][:limit] if lines else type(exc).__name__

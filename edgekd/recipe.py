@@ -266,7 +266,7 @@ def check_registered_names(recipe: Recipe, origin: str = "<recipe>") -> None:
         if name not in registry:
             raise RecipeError(
                 f"invalid recipe: {path}: unknown {registry.kind} '{name}'",
-                why=f"known {registry.kind}s: {', '.join(registry.names())}",
+                why=f"known {registry.plural}: {', '.join(registry.names())}",
                 fix=f"set {path} in {origin} to one of those",
             )
     for role in ("teacher", "student"):

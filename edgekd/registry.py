@@ -17,8 +17,9 @@ logger = logging.getLogger(__name__)
 class Registry(Generic[T]):
     """A named collection filled with the `register` decorator."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, plural: str | None = None) -> None:
         self.kind = kind
+        self.plural = plural or f"{kind}s"
         self._entries: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -36,7 +37,7 @@ class Registry(Generic[T]):
         except KeyError:
             raise RegistryError(
                 f"unknown {self.kind} '{name}'",
-                why=f"known {self.kind}s: {', '.join(self.names())}",
+                why=f"known {self.plural}: {', '.join(self.names())}",
                 fix=f"use one of the known names",
             ) from None
 

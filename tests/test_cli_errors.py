@@ -164,9 +164,6 @@ def test_invalid_recipe(tmp_path: Path, text: str, expected: list[str]) -> None:
     assert seconds < 60, f"validation took {seconds:.1f} s"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "edgekd/recipe.py _describe: prints the bound from pydantic's ctx as-is; for a float field it is 0.0, "
-    "so the message reads 'must be > 0.0, got -1'"))
 def test_out_of_range_message_is_exact(tmp_path: Path) -> None:
     """DESIGN.md's own example: `distill.loss.temperature: must be > 0, got -1`."""
     write_recipe(tmp_path, tiny_with(loss="loss: {name: kd, temperature: -1, alpha: 0.9}"))
@@ -270,10 +267,6 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "out" / "tiny" / "checkpoints" / "teacher.pt").exists()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "edgekd/checkpoints.py read_checkpoint: `why` is the FIRST line of torch's message, which carries raw ANSI "
-    "escapes (\\x1b[1m) and tells how to bypass weights_only, while the line naming the refused global "
-    "('Unsupported global: GLOBAL ...NotATensor') is dropped"))
 def test_refused_checkpoint_names_the_global_without_escape_codes(tmp_path: Path) -> None:
     import torch
 
@@ -304,9 +297,6 @@ def test_report_without_a_run(tmp_path: Path, folder: str) -> None:
 # the block as a piped user sees it (no COLUMNS): one line per part
 # --------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "edgekd/cli.py: err_console = Console(stderr=True) folds at 80 columns when stderr is not a terminal "
-    "(stdout's console gets width=160 for this reason, stderr's does not), splitting messages and paths"))
 def test_error_block_is_not_folded_when_piped(tmp_path: Path) -> None:
     (tmp_path / "x.onnx").write_bytes(os.urandom(4096))
     proc = run_cli(tmp_path, "bench", "x.onnx", env_extra={}, drop_columns=True)
@@ -394,11 +384,6 @@ def test_unexportable_model_fails_before_training(unexportable_run) -> None:
     assert not any(checkpoints.glob("*.pt"))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "edgekd/export/onnx.py _offending_module: the forward hook `lambda ...: inputs.setdefault(name, args)` "
-    "RETURNS the args tuple, which replaces each leaf module's output, so the probe forward breaks "
-    "('tuple' object has no attribute 'detach') and the message says 'fails even in eager PyTorch' "
-    "instead of naming module 'sorter'"))
 def test_unexportable_model_error_names_the_module(unexportable_run) -> None:
     error, _, _ = unexportable_run
     assert error is not None
@@ -406,9 +391,6 @@ def test_unexportable_model_error_names_the_module(unexportable_run) -> None:
     assert "eager" not in error.what
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "edgekd/export/onnx.py _first_line: `why` is the first line of torch's ConversionError, which holds raw "
-    "ANSI escapes ('\\x1b[96mThis is step 3/3\\x1b[0m') and ends in 'Next steps:'"))
 def test_unexportable_model_error_has_no_escape_codes(unexportable_run) -> None:
     error, _, _ = unexportable_run
     assert error is not None

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgekd.errors import BenchError
+from edgekd.errors import BenchError, first_line
 from edgekd.rundir import atomic_write
 
 BENCH_SCHEMA = "edgekd.bench/1"
@@ -43,7 +43,7 @@ class BenchResult(BaseModel):
         try:
             result = cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, json.JSONDecodeError, ValidationError) as exc:
-            raise BenchError(f"cannot read bench result {path}", why=str(exc).splitlines()[0],
+            raise BenchError(f"cannot read bench result {path}", why=first_line(exc),
                              fix="rerun the benchmark (edgekd run --force bench)") from None
         result.saved_path = path
         return result

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from edgekd.registry import Registry
 
 LossFn = Callable[..., torch.Tensor]
-LOSSES: Registry[LossFn] = Registry("loss")
+LOSSES: Registry[LossFn] = Registry("loss", "losses")
 
 UNLABELLED = -1
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgekd.errors import ArtifactError
+from edgekd.errors import ArtifactError, first_line
 from edgekd.rundir import atomic_write, sha256_file
 
 ARTIFACT_SCHEMA = "edgekd.artifact/1"
@@ -93,7 +93,7 @@ class Artifact(BaseModel):
             data = json.loads(record_path.read_text(encoding="utf-8"))
             artifact = cls.model_validate(data)
         except (json.JSONDecodeError, ValidationError, UnicodeDecodeError) as exc:
-            raise ArtifactError(f"corrupt artifact record {record_path}", why=str(exc).splitlines()[0],
+            raise ArtifactError(f"corrupt artifact record {record_path}", why=first_line(exc),
                                 fix="re-export the artifact") from None
         artifact.directory = record_path.parent
         return artifact

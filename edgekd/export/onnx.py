@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
-from edgekd.errors import ArtifactError, ExportError
+from edgekd.errors import ArtifactError, ExportError, first_line
 from edgekd.export.quiet import captured_output
 from edgekd.rundir import atomic_path
 
@@ -56,15 +56,19 @@ def _to_onnx_program(model: "nn.Module", in_shape: tuple[int, ...], opset: int):
             raise ExportError(
                 f"model '{type(model).__name__}' cannot be exported to ONNX"
                 + _offending_module(model, in_shape, opset),
-                why=_first_line(exc),
+                why=first_line(exc),
                 fix="replace the named module with exportable operations (no Python-side data access such as "
                     ".numpy() or .item(), no data-dependent control flow), or register a different model family",
             ) from None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+def _recorder(inputs: dict[str, tuple], name: str):
+    """A forward hook that records a module's inputs and returns None (a returned value would replace the output)."""
+
+    def hook(module, args, output) -> None:
+        inputs.setdefault(name, args)
+
+    return hook
 
 
 def _offending_module(model: "nn.Module", in_shape: tuple[int, ...], opset: int) -> str:
@@ -75,13 +79,12 @@ def _offending_module(model: "nn.Module", in_shape: tuple[int, ...], opset: int)
     hooks = []
     for name, module in model.named_modules():
         if name and not list(module.children()):
-            hooks.append(module.register_forward_hook(
-                lambda mod, args, out, name=name: inputs.setdefault(name, args)))
+            hooks.append(module.register_forward_hook(_recorder(inputs, name)))
     try:
         with torch.no_grad():
             model(*_example(in_shape))
     except Exception as exc:
-        return f": it fails even in eager PyTorch ({_first_line(exc)})"
+        return f": it fails even in eager PyTorch ({first_line(exc)})"
     finally:
         for h in hooks:
             h.remove()
@@ -167,7 +170,7 @@ def load_onnx_checked(path: Path):
     except Exception as exc:
         raise ArtifactError(
             f"{path} is not a valid ONNX model",
-            why=_first_line(exc),
+            why=first_line(exc),
             fix="re-export it (edgekd export / edgekd run --force) or check that the file was copied completely",
         ) from None
     return model

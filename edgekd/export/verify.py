@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.errors import ArtifactError
+from edgekd.errors import ArtifactError, first_line
 from edgekd.export.artifact import Parity
 
 
@@ -21,7 +21,7 @@ def onnx_predict(path: Path, x: np.ndarray, batch_size: int = 256) -> np.ndarray
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise ArtifactError(f"onnxruntime cannot load {path}", why=str(exc).splitlines()[0],
+        raise ArtifactError(f"onnxruntime cannot load {path}", why=first_line(exc),
                             fix="re-export the artifact") from None
     name = session.get_inputs()[0].name
     outs = [session.run(None, {name: np.ascontiguousarray(x[i:i + batch_size])})[0]

@@ -15,7 +15,7 @@ from edgekd.registry import Registry
 if TYPE_CHECKING:
     from torch import nn
 
-MODELS: Registry[Callable[..., "nn.Module"]] = Registry("model family")
+MODELS: Registry[Callable[..., "nn.Module"]] = Registry("model family", "model families")
 
 
 def create_model(family: str, *, in_shape: tuple[int, ...], num_classes: int, **params: Any) -> "nn.Module":

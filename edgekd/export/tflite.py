@@ -1,0 +1,467 @@
+"""PyTorch → TFLite (.tflite) with litert-torch (no TensorFlow), ai-edge-quantizer INT8/INT4, LiteRT checks.
+
+Everything heavy is imported inside the functions, so importing this module costs nothing and a
+machine without the [tflite] extra fails with a MissingExtraError that says how to install it.
+
+Models have one float32 input `x` (signature `serving_default`) and one output `logits`. TFLite fixes
+the batch dimension at conversion; it is 1 by default (what a device runs per request), so
+`tflite_predict` feeds one row at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import logging
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+
+from edgekd.errors import ArtifactError, ExportError, MissingExtraError
+from edgekd.export.quiet import captured_output
+from edgekd.rundir import atomic_path
+
+if TYPE_CHECKING:
+    from torch import nn
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAME = "x"
+OUTPUT_NAME = "logits"
+SIGNATURE = "serving_default"
+PRECISIONS = ("fp32", "int8_dynamic", "int8_static", "int4")
+EXTRA = "tflite"
+
+# Where the converter stack talks: torchao and torch log at import (torch's own stderr handler),
+# jax/absl log through Python logging, ai-edge-quantizer warns via the root logger (`logging.warning`),
+# litert-torch prints a rich progress tree to stdout, and the MLIR converter and the LiteRT runtime
+# log from C++ straight to file descriptor 2 (absl), which no Python-level redirect reaches.
+_NOISY_LOGGERS = ("torch", "torchao", "jax", "absl", "litert_torch", "ai_edge_quantizer", "ai_edge_litert", "")
+
+# ai-edge-quantizer recipes per edgekd precision. INT4: weight-only (int4 weights, dequantized to float
+# before the op) falls off XNNPACK for fully connected layers; the dynamic-range recipe (int4 weights,
+# activations quantized on the fly to int8) runs on XNNPACK's qd8-f32-qc4w/qb4w kernels.
+_INT4_CHANNELWISE = "dynamic_wi4_afp32"
+_BLOCK_SIZES = (32, 64, 128, 256)
+
+
+# --------------------------------------------------------------------------- imports and output
+
+
+def _require(module: str) -> Any:
+    """Import an optional dependency of the [tflite] extra, or say how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        missing = (exc.name or module) if isinstance(exc, ModuleNotFoundError) else module
+        raise MissingExtraError(EXTRA, missing, "TFLite export") from None
+
+
+@contextlib.contextmanager
+def _native_output(buffer: io.StringIO) -> Iterator[None]:
+    """Point file descriptors 1 and 2 at a temporary file for the block, then append its text to `buffer`.
+
+    C++ code (the MLIR converter, the LiteRT runtime, absl logging) writes to the descriptors directly.
+    """
+    for stream in (sys.__stdout__, sys.__stderr__, sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    try:
+        saved = (os.dup(1), os.dup(2))
+    except OSError:  # no real descriptors (embedded interpreters): leave the output alone
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            yield
+        finally:
+            _flush_c_stdio()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            sink.seek(0)
+            buffer.write(sink.read().decode("utf-8", errors="replace"))
+
+
+def _flush_c_stdio() -> None:
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[io.StringIO]:
+    """captured_output for the Python side, descriptor redirection for C++, no litert-torch progress tree."""
+    saved = os.environ.get("LITERT_TORCH_SHOW_PROGRESS")
+    os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "0"
+    try:
+        with captured_output(*_NOISY_LOGGERS) as buffer, _native_output(buffer):
+            yield buffer
+    finally:
+        if saved is None:
+            os.environ.pop("LITERT_TORCH_SHOW_PROGRESS", None)
+        else:
+            os.environ["LITERT_TORCH_SHOW_PROGRESS"] = saved
+
+
+def _import_converter() -> Any:
+    with _quiet():  # importing litert_torch logs (torchao's missing CUDA kernels, torch pytree notices)
+        litert_torch = _require("litert_torch")
+        _require("ai_edge_litert.interpreter")
+    return litert_torch
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def _unsupported_operator(message: str) -> str | None:
+    """The aten operator a litert-torch failure names, if it names one."""
+    for pattern in (r"Lowering not found: (?:torch\.ops\.)?([\w.]+)", r"target=torch\.ops\.([\w.]+)",
+                    r"[Uu]nsupported (?:op|operator)[^:]*: ([\w.:]+)"):
+        match = re.search(pattern, message)
+        if match:
+            name = match.group(1)
+            return name[: -len(".default")] if name.endswith(".default") else name
+    return None
+
+
+def _named(model: "nn.Module") -> "nn.Module":
+    """Wrap `model` so the TFLite signature output is called `logits` (a dict output names it)."""
+    import torch
+
+    class NamedOutput(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {OUTPUT_NAME: self.inner(x)}
+
+    return NamedOutput(model).eval()
+
+
+def export_tflite(model: "nn.Module", in_shape: tuple[int, ...], path: Path, *, batch_size: int = 1) -> Path:
+    """Convert `model` to an FP32 .tflite at `path` (atomically), input `x` of shape (batch_size, *in_shape)."""
+    import torch
+
+    litert_torch = _import_converter()
+    model.eval()
+    sample = {INPUT_NAME: torch.zeros(batch_size, *in_shape, dtype=torch.float32)}
+    with _quiet() as log:
+        try:
+            edge = litert_torch.signature(SIGNATURE, _named(model), sample_kwargs=sample).convert()
+            content = edge.model_content()
+        except Exception as exc:  # torch.export, the lowering and the MLIR converter raise many types
+            raise _conversion_error(model, exc, log.getvalue()) from None
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(content)
+    return Path(path)
+
+
+def _conversion_error(model: "nn.Module", exc: BaseException, log: str) -> ExportError:
+    message = f"{exc}\n{log}"
+    operator = _unsupported_operator(message)
+    what = f"model '{type(model).__name__}' cannot be converted to TFLite by litert-torch"
+    if operator:
+        what += f": operator '{operator}' is not supported"
+    return ExportError(
+        what,
+        why=_first_line(exc),
+        fix=("replace the operation that uses it with supported ones (or register a different model family); "
+             if operator else "")
+            + "check the model exports with torch.export and uses no data-dependent control flow",
+    )
+
+
+# --------------------------------------------------------------------------- quantization
+
+
+def int4_recipe_name(block_size: int | None) -> str:
+    return _INT4_CHANNELWISE if block_size is None else f"dynamic_wi4b{block_size}_afp32"
+
+
+def _recipe(precision: str, block_size: int | None) -> tuple[str, Any, dict[str, Any]]:
+    """(recipe name, recipe, settings describing it) of an edgekd precision."""
+    from ai_edge_quantizer import recipe
+
+    if precision == "int8_dynamic":
+        return "dynamic_wi8_afp32", recipe.dynamic_wi8_afp32(), {
+            "weights": "int8", "granularity": "channelwise", "activations": "float32 (int8 on the fly)"}
+    if precision == "int8_static":
+        return "static_wi8_ai8", recipe.static_wi8_ai8(), {
+            "weights": "int8", "granularity": "channelwise", "activations": "int8", "input_dtype": "int8"}
+    if precision == "int4":
+        if block_size is not None and block_size not in _BLOCK_SIZES:
+            raise ExportError(f"unsupported INT4 block size {block_size}",
+                              why=f"ai-edge-quantizer has block sizes {', '.join(map(str, _BLOCK_SIZES))}",
+                              fix="use one of them, or no block size (per-channel)")
+        name = int4_recipe_name(block_size)
+        return name, getattr(recipe, name)(), {
+            "weights": "int4", "granularity": "channelwise" if block_size is None else f"blockwise ({block_size})",
+            "activations": "float32 (int8 on the fly)"}
+    raise ExportError(f"unknown TFLite precision '{precision}'", why=f"known: {', '.join(PRECISIONS[1:])}",
+                      fix="fix export.targets in the recipe")
+
+
+def quantize_tflite(fp32_path: Path, out_path: Path, precision: str, calibration: np.ndarray | None = None, *,
+                    block_size: int | None = None) -> dict[str, Any]:
+    """Quantize an FP32 .tflite with ai-edge-quantizer; returns the settings to store in the artifact record.
+
+    precision: "int8_dynamic" (dynamic_wi8_afp32), "int8_static" (static_wi8_ai8, calibrated on
+    `calibration` rows; the model input becomes int8, quantized with the input tensor's scale and
+    zero point) or "int4" (int4 weights, per channel or, with `block_size`, per block of input channels).
+    """
+    from importlib.metadata import version
+
+    with _quiet():
+        quantizer_module = _require("ai_edge_quantizer")
+        _require("ai_edge_litert.interpreter")
+    name, recipe, settings = _recipe(precision, block_size)
+    if precision == "int8_static" and (calibration is None or len(calibration) == 0):
+        raise ExportError("int8_static needs calibration inputs", fix="pass calibration rows (e.g. 256 training samples)")
+    quantizer = quantizer_module.Quantizer(bytes(Path(fp32_path).read_bytes()), recipe)
+    with _quiet() as log:
+        try:
+            calibration_result = None
+            if quantizer.need_calibration:
+                batch = _fixed_batch(fp32_path)
+                rows = np.ascontiguousarray(calibration, dtype=np.float32)
+                samples = [{INPUT_NAME: rows[i:i + batch]} for i in range(0, len(rows) - batch + 1, batch)]
+                calibration_result = quantizer.calibrate({SIGNATURE: samples})
+            result = quantizer.quantize(calibration_result, enable_progress_report=False)
+        except Exception as exc:
+            raise ExportError(f"ai-edge-quantizer could not quantize {fp32_path} to {precision} (recipe {name})",
+                              why=_first_line(exc) if str(exc).strip() else log.getvalue().strip()[-300:],
+                              fix="export FP32 only, or choose another precision") from None
+    with atomic_path(out_path) as tmp:
+        tmp.write_bytes(bytes(result.quantized_model))
+    settings = {"tool": "ai-edge-quantizer", "tool_version": version("ai-edge-quantizer"), "recipe": name,
+                "block_size": block_size, **settings}
+    if calibration_result is not None:
+        settings.update(calibration="minmax", calibration_samples=int(len(calibration)))
+    return settings
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _interpreter(path: Path, *, num_threads: int = 1, delegates: bool = True) -> Any:
+    """A LiteRT Interpreter with tensors allocated (XNNPACK applies unless `delegates` is False)."""
+    with _quiet():
+        module = _require("ai_edge_litert.interpreter")
+    if not Path(path).is_file():
+        raise ArtifactError(f"artifact not found: {path}", fix="give the path of an exported .tflite file")
+    kwargs: dict[str, Any] = {"model_path": str(path), "num_threads": num_threads}
+    if not delegates:
+        kwargs["experimental_op_resolver_type"] = module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    with _quiet() as log:  # the runtime announces its XNNPACK delegate on fd 2
+        try:
+            interpreter = module.Interpreter(**kwargs)
+            interpreter.allocate_tensors()
+        except Exception as exc:
+            raise ArtifactError(f"LiteRT cannot load {path}", why=_first_line(exc) or log.getvalue().strip()[-300:],
+                                fix="re-export the artifact or check the file was copied completely") from None
+    return interpreter
+
+
+def _io(interpreter: Any) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:
+    """(signature name, tensor details) of the inputs and outputs, in signature order where there is one."""
+    inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+    signatures = interpreter.get_signature_list()
+    if not signatures:
+        return [(d["name"], d) for d in inputs], [(d["name"], d) for d in outputs]
+    runner = interpreter.get_signature_runner(SIGNATURE if SIGNATURE in signatures else next(iter(signatures)))
+    by_index = {d["index"]: d for d in [*inputs, *outputs]}
+    return ([(name, by_index[d["index"]]) for name, d in runner.get_input_details().items()],
+            [(name, by_index[d["index"]]) for name, d in runner.get_output_details().items()])
+
+
+def _fixed_batch(path: Path) -> int:
+    inputs, _ = _io(_interpreter(path, delegates=False))
+    dim = int(inputs[0][1]["shape_signature"][0])
+    return dim if dim > 0 else 1
+
+
+def quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
+    """Float input → the tensor's integer type with its (scale, zero point); float tensors pass through."""
+    dtype = np.dtype(detail["dtype"])
+    scale, zero_point = detail["quantization"]
+    if dtype.kind not in "iu" or not scale:
+        return np.ascontiguousarray(x, dtype=dtype)
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(dtype)
+
+
+def dequantize_output(y: np.ndarray, detail: dict) -> np.ndarray:
+    scale, zero_point = detail["quantization"]
+    if y.dtype.kind not in "iu" or not scale:
+        return y.astype(np.float32)
+    return ((y.astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+
+def tflite_predict(path: Path, x: np.ndarray, *, num_threads: int = 1) -> np.ndarray:
+    """First output of a .tflite under LiteRT for every row of `x` (quantizing/dequantizing int8 I/O)."""
+    interpreter = _interpreter(path, num_threads=num_threads)
+    inputs, outputs = _io(interpreter)
+    if len(inputs) != 1:
+        raise ArtifactError(f"{path} has {len(inputs)} inputs; tflite_predict feeds one")
+    (_, inp), (_, out) = inputs[0], outputs[0]
+    batch = int(inp["shape_signature"][0])
+    dynamic = batch <= 0
+    batch = 256 if dynamic else batch
+    chunks = []
+    for start in range(0, len(x), batch):
+        rows = x[start:start + batch]
+        real = len(rows)
+        if dynamic:
+            if tuple(interpreter.get_input_details()[0]["shape"]) != rows.shape:
+                interpreter.resize_tensor_input(inp["index"], list(rows.shape))
+                interpreter.allocate_tensors()
+        elif real < batch:
+            rows = np.concatenate([rows, np.zeros((batch - real, *rows.shape[1:]), dtype=rows.dtype)])
+        interpreter.set_tensor(inp["index"], quantize_input(rows, inp))
+        interpreter.invoke()
+        chunks.append(dequantize_output(interpreter.get_tensor(out["index"]), out)[:real])
+    if not chunks:
+        return np.zeros((0, *out["shape"][1:]), dtype=np.float32)
+    return np.concatenate(chunks)
+
+
+def describe_io(path: Path) -> tuple[list[dict], list[dict]]:
+    """Signature names, shapes, dtypes (and quantization of integer tensors) of a .tflite's inputs and outputs."""
+    interpreter = _interpreter(path, delegates=False)
+
+    def one(name: str, d: dict) -> dict:
+        entry: dict[str, Any] = {"name": name, "tensor": d["name"], "shape": [int(v) if v > 0 else "batch"
+                                 for v in d["shape_signature"]], "dtype": np.dtype(d["dtype"]).name}
+        scale, zero_point = d["quantization"]
+        if scale:
+            entry["quantization"] = {"scale": float(scale), "zero_point": int(zero_point)}
+        return entry
+
+    inputs, outputs = _io(interpreter)
+    return [one(n, d) for n, d in inputs], [one(n, d) for n, d in outputs]
+
+
+# --------------------------------------------------------------------------- inspection
+
+
+def _schema() -> Any:
+    with _quiet():
+        return _require("ai_edge_litert.schema_py_generated")
+
+
+def _read_model(path: Path) -> Any:
+    schema = _schema()
+    data = Path(path).read_bytes()
+    try:
+        if len(data) < 8 or not schema.Model.ModelBufferHasIdentifier(data, 0):
+            raise ValueError("no TFL3 file identifier")
+        model = schema.Model.GetRootAs(data, 0)
+        model.SubgraphsLength()
+    except Exception as exc:
+        raise ArtifactError(f"{path} is not a valid TFLite flatbuffer", why=_first_line(exc),
+                            fix="re-export the artifact or check the file was copied completely") from None
+    return schema, model
+
+
+def _type_names(schema: Any) -> dict[int, str]:
+    return {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_") and isinstance(v, int)}
+
+
+def tflite_weight_bits(path: Path) -> dict[str, dict[str, int]]:
+    """Constant tensors (weights, biases, quantized constants) by storage dtype: count, elements and bytes.
+
+    Read from the flatbuffer (buffers with data), so an INT4 file shows how many weight bytes are
+    really 4-bit (two values per byte) and which stayed float32/int32.
+    """
+    schema, model = _read_model(path)
+    names = _type_names(schema)
+    seen: set[int] = set()
+    out: dict[str, dict[str, int]] = {}
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        for t in range(graph.TensorsLength()):
+            tensor = graph.Tensors(t)
+            index = tensor.Buffer()
+            if index <= 0 or index in seen or index >= model.BuffersLength():
+                continue
+            buffer = model.Buffers(index)
+            size = buffer.DataLength() or (buffer.Size() if buffer.Offset() > 1 else 0)
+            if not size:
+                continue  # an activation or an input: no stored data
+            seen.add(index)
+            elements = int(np.prod(tensor.ShapeAsNumpy())) if tensor.ShapeLength() else 1
+            entry = out.setdefault(names.get(tensor.Type(), str(tensor.Type())), {"tensors": 0, "elements": 0, "bytes": 0})
+            entry["tensors"] += 1
+            entry["elements"] += elements
+            entry["bytes"] += int(size)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["bytes"]))
+
+
+def tflite_op_histogram(path: Path) -> dict[str, int]:
+    """Operator counts of a .tflite (from the flatbuffer; custom ops by their custom code)."""
+    schema, model = _read_model(path)
+    builtin = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_") and isinstance(v, int)}
+    codes = []
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        number = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        name = builtin.get(number, str(number))
+        if name == "CUSTOM" and code.CustomCode():
+            name = f"CUSTOM:{code.CustomCode().decode()}"
+        codes.append(name)
+    counts: dict[str, int] = {}
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        for o in range(graph.OperatorsLength()):
+            name = codes[graph.Operators(o).OpcodeIndex()]
+            counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def tflite_delegation(path: Path, *, num_threads: int = 1) -> dict[str, Any]:
+    """Which operators LiteRT's default XNNPACK delegate takes, and which run on the built-in kernels.
+
+    A DELEGATE node replaces the operators between its inputs and outputs; walking back from its
+    outputs to its inputs finds them. The rest (`undelegated`) run on reference/optimized built-ins,
+    often much slower for quantized types XNNPACK lacks.
+    """
+    interpreter = _interpreter(path, num_threads=num_threads)
+    ops = interpreter._get_ops_details()  # present in ai-edge-litert 1.x and 2.x
+    delegates = [op for op in ops if op["op_name"] == "DELEGATE"]
+    plain = [op for op in ops if op["op_name"] != "DELEGATE"]
+    producer = {int(t): op["index"] for op in plain for t in op["outputs"]}
+    by_index = {op["index"]: op for op in plain}
+    delegated: set[int] = set()
+    for node in delegates:
+        boundary = {int(t) for t in node["inputs"]}
+        stack = [int(t) for t in node["outputs"]]
+        while stack:
+            tensor = stack.pop()
+            op = producer.get(tensor)
+            if tensor in boundary or op is None or op in delegated:
+                continue
+            delegated.add(op)
+            stack.extend(int(t) for t in by_index[op]["inputs"])
+    undelegated: dict[str, int] = {}
+    for op in plain:
+        if op["index"] not in delegated:
+            undelegated[op["op_name"]] = undelegated.get(op["op_name"], 0) + 1
+    return {"delegate": "xnnpack (default)", "delegate_nodes": len(delegates), "ops": len(plain),
+            "delegated_ops": len(delegated), "undelegated": undelegated}
