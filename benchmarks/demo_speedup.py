@@ -105,6 +105,11 @@ def find_artifacts(run_dir: Path) -> list[dict]:
     return records
 
 
+def fail(what: str, fix: str) -> None:
+    print(f"error: {what}\nfix: {fix}", file=sys.stderr)
+    sys.exit(2)
+
+
 def ensure_demo(run_dir: Path) -> list[dict]:
     """The run's artifacts; when they are missing, run `edgekd demo` (only possible for a run named 'demo')."""
     records = find_artifacts(run_dir)
@@ -113,14 +118,15 @@ def ensure_demo(run_dir: Path) -> list[dict]:
         return records
     edgekd = Path(sys.executable).parent / "edgekd"
     if run_dir.name != "demo" or not edgekd.is_file():
-        sys.exit(f"error: {run_dir} has no floor/teacher/student ONNX artifacts (found roles: {sorted(roles) or 'none'}).\n"
-                 f"fix: run `make demo` (or `.venv/bin/edgekd run RECIPE`) first, or pass --run-dir.")
+        fail(f"{run_dir} has no floor/teacher/student ONNX artifacts (found roles: {sorted(roles) or 'none'})",
+             "run `make demo` (or `.venv/bin/edgekd run RECIPE` for another run directory) first, or pass --run-dir")
     argv = [str(edgekd), "demo", "--output-dir", str(run_dir.parent)]
     print(f"{run_dir}: artifacts missing, running the demo first (about a minute): {' '.join(argv)}", flush=True)
     done = subprocess.run(argv, check=False)
     records = find_artifacts(run_dir)
     if done.returncode != 0 or not {"floor", "teacher", "student"} <= {r["role"] for r in records}:
-        sys.exit(f"error: `edgekd demo` exited {done.returncode} without producing the artifacts in {run_dir}")
+        fail(f"`edgekd demo` exited {done.returncode} without producing the artifacts in {run_dir}",
+             "run `make demo` and read its error")
     return records
 
 
@@ -449,10 +455,10 @@ def main(argv: list[str] | None = None) -> int:
 
     results = analyse(slots, args.batch_sizes, accuracies, args.seed)
     notes = precision_notes(results, slots, args.seed)
-    for name, measured in accuracies.items():
-        stored = next(r["parity"]["accuracy"] for r in records if r["name"] == name) if measured is not None else None
-        if measured is not None and abs(measured - stored) > 1e-9:
-            notes.append(f"{name}: test accuracy measured here ({measured:.4f}) differs from artifact.json "
+    for rec in records:
+        measured, stored = accuracies[rec["name"]], (rec.get("parity") or {}).get("accuracy")
+        if measured is not None and stored is not None and abs(measured - stored) > 1e-9:
+            notes.append(f"{rec['name']}: test accuracy measured here ({measured:.4f}) differs from artifact.json "
                          f"({stored:.4f}): the record does not describe this file or split")
     for s in slots:
         if not s.sha256_ok and s.batch == args.batch_sizes[0]:
@@ -466,8 +472,8 @@ def main(argv: list[str] | None = None) -> int:
     unstable = [f"{r['name']} b{b}" for b, rows in results.items() for r in rows if r["stats"]["unstable"]]
     if unstable:
         which = "all candidates" if len(unstable) == len(slots) else ", ".join(unstable)
-        notes.append(f"summarize() flags {which} as unstable (mostly drift: the machine changed speed during the "
-                     "run; interleaving exposes all candidates to it alike)")
+        notes.append(f"summarize() flags {which} as unstable (reasons per row in the JSON; drift = the machine "
+                     "changed speed during the run, which interleaving spreads over all candidates alike)")
 
     doc = {
         "schema": SCHEMA,
@@ -490,9 +496,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.output, doc)  # temp file beside it + os.replace
+    os.chmod(args.output, 0o644)  # mkstemp made it owner-only
     print_report(doc, args.markdown)
     print(f"\nwrote {args.output}")
-    failed = [v for v in doc["goals"] if v["verdict"] != "PASS"]
+    failed = [v for v in doc["goals"] if v["verdict"] == "FAIL"]
     return 1 if args.check and failed else 0
 
 
