@@ -131,13 +131,14 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
           device: str = typer.Option("host", "--device", help="device to run on"),
           threads: int = typer.Option(1, min=1, help="intra-op threads"),
           batch_size: int = typer.Option(1, min=1, help="batch size (bare model files get synthetic inputs)"),
-          min_seconds: float = typer.Option(1.0, min=0, help="time each artifact at least this long"),
+          min_seconds: float = typer.Option(1.0, min=0, help="time each artifact at least this long (all rounds)"),
+          rounds: int = typer.Option(3, min=1, help="fresh processes per artifact, interleaved across artifacts"),
           results_dir: Optional[Path] = typer.Option(None, help="also save BenchResult JSON files here")) -> None:
     """Benchmark artifacts on a device: latency percentiles with intervals, peak memory, load time."""
     from edgekd.bench.harness import BenchSettings, bench as run_bench
     from edgekd.console import RichReporter, bench_table
 
-    settings = BenchSettings(threads=threads, batch_size=batch_size, min_seconds=min_seconds)
+    settings = BenchSettings(threads=threads, batch_size=batch_size, min_seconds=min_seconds, rounds=rounds)
     with RichReporter(console) as reporter:
         results = run_bench(artifacts, device=device, settings=settings, results_dir=results_dir, reporter=reporter)
     console.print(bench_table(results))

@@ -110,6 +110,7 @@ class BenchConfig(_Strict):
     min_runs: int = Field(300, gt=0)
     min_seconds: float = Field(1.0, ge=0)
     max_seconds: float = Field(10.0, gt=0)
+    rounds: int = Field(3, ge=1, description="fresh runner processes per artifact, interleaved across artifacts")
     floor: bool = Field(True, description="also time an Identity graph: the runtime's per-call floor")
 
 

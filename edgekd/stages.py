@@ -196,7 +196,8 @@ def bench_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     artifacts = [Artifact.load(p) for p in sorted(ctx.rundir.artifacts.glob("*/artifact.json"))]
     inputs = input_arrays_for_bench(ctx, b.batch_size)
     settings = BenchSettings(threads=b.threads, batch_size=b.batch_size, warmup_runs=b.warmup_runs,
-                             min_runs=b.min_runs, min_seconds=b.min_seconds, max_seconds=b.max_seconds)
+                             min_runs=b.min_runs, min_seconds=b.min_seconds, max_seconds=b.max_seconds,
+                             rounds=b.rounds)
     if not b.floor:
         artifacts = [a for a in artifacts if a.role != "floor"]
     for old in ctx.rundir.results.glob("bench-*.json"):

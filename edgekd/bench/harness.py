@@ -11,7 +11,7 @@ import logging
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -41,6 +41,10 @@ class BenchSettings:
     min_seconds: float = 1.0
     max_seconds: float = 10.0
     memory_runs: int = 10
+    # Each artifact is timed in `rounds` fresh processes, interleaved with the other artifacts (A B C A B C …),
+    # and the rounds are pooled: a machine that drifts between fast and slow states (this VM does, every few
+    # seconds) then affects every candidate alike instead of whichever happened to run during a slow spell.
+    rounds: int = 3
 
 
 def resolve_artifact(item: Artifact | str | Path) -> Artifact:
@@ -116,47 +120,68 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
         raise RegistryError(f"unknown device '{device}'", why=f"known devices: {', '.join(DEVICES)}",
                             fix="use --device host")
     settings = settings or BenchSettings()
+    if settings.rounds < 1:
+        raise BenchError(f"rounds must be ≥ 1, got {settings.rounds}", fix="use --rounds 1 or more")
     resolved = [resolve_artifact(a) for a in artifacts]
-    reporter = reporter or SilentReporter()
-    task = reporter.task(f"bench on {device}", len(resolved))
-    results = []
     for artifact in resolved:
-        runtime = RUNTIME_OF_FORMAT.get(artifact.format)
-        if runtime is None:
-            raise BenchError(f"no runtime for format '{artifact.format}'", fix="benchmark ONNX artifacts")
-        with tempfile.TemporaryDirectory(prefix="edgekd-bench-") as tmp:
-            feeds = ({artifact.inputs[0]["name"]: str(Path(inputs).resolve())} if inputs is not None
-                     else _synthetic_inputs(artifact, settings.batch_size, Path(tmp)))
-            spec = {"artifact": str(artifact.path.resolve()), "runtime": runtime, "threads": settings.threads,
-                    "inputs": feeds, "warmup_runs": settings.warmup_runs,
-                    "warmup_min_seconds": settings.warmup_min_seconds, "min_runs": settings.min_runs,
-                    "min_seconds": settings.min_seconds, "max_seconds": settings.max_seconds,
-                    "memory_runs": settings.memory_runs}
-            raw = run_runner(spec, Path(tmp), timeout=settings.max_seconds * 3 + 120)
-        result = to_result(raw, artifact, device, settings)
+        if artifact.format not in RUNTIME_OF_FORMAT:
+            raise BenchError(f"no runtime for format '{artifact.format}' ({artifact.name})",
+                             fix=f"benchmark formats: {', '.join(RUNTIME_OF_FORMAT)}")
+    reporter = reporter or SilentReporter()
+    task = reporter.task(f"bench on {device}", len(resolved) * settings.rounds)
+    raws: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(resolved))}
+    per_round = replace(settings, min_runs=-(-settings.min_runs // settings.rounds),
+                        min_seconds=settings.min_seconds / settings.rounds,
+                        max_seconds=settings.max_seconds / settings.rounds)
+    with tempfile.TemporaryDirectory(prefix="edgekd-bench-") as tmp:
+        for _ in range(settings.rounds):
+            for i, artifact in enumerate(resolved):
+                raws[i].append(_run_once(artifact, per_round, inputs, Path(tmp) / str(i)))
+                task.advance(1)
+    task.close()
+    results = []
+    for i, artifact in enumerate(resolved):
+        result = to_result(raws[i], artifact, device, settings)
         if results_dir is not None:
             result.save(Path(results_dir) / f"bench-{artifact.name}.json")
         results.append(result)
-        task.advance(1)
-    task.close()
     return results
 
 
-def to_result(raw: dict[str, Any], artifact: Artifact, device: str, settings: BenchSettings) -> BenchResult:
-    latencies = raw["latencies_ns"]
+def _run_once(artifact: Artifact, settings: BenchSettings, inputs: Path | None, workdir: Path) -> dict[str, Any]:
+    """One fresh runner process timing one artifact."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    feeds = ({artifact.inputs[0]["name"]: str(Path(inputs).resolve())} if inputs is not None
+             else _synthetic_inputs(artifact, settings.batch_size, workdir))
+    spec = {"artifact": str(artifact.path.resolve()), "runtime": RUNTIME_OF_FORMAT[artifact.format],
+            "threads": settings.threads, "inputs": feeds, "warmup_runs": settings.warmup_runs,
+            "warmup_min_seconds": settings.warmup_min_seconds, "min_runs": settings.min_runs,
+            "min_seconds": settings.min_seconds, "max_seconds": settings.max_seconds,
+            "memory_runs": settings.memory_runs}
+    return run_runner(spec, workdir, timeout=settings.max_seconds * 3 + 120)
+
+
+def to_result(raws: list[dict[str, Any]], artifact: Artifact, device: str, settings: BenchSettings) -> BenchResult:
+    """Pool the rounds of one artifact: all timed calls together, per-round medians kept to show the spread."""
+    first = raws[0]
+    latencies = [ns for raw in raws for ns in raw["latencies_ns"]]
+    peaks = [raw.get("memory_kb", {}) for raw in raws]
+    memory = dict(peaks[0])
+    if all(p.get("vmhwm") for p in peaks):
+        memory["vmhwm"] = max(p["vmhwm"] for p in peaks)
     return BenchResult(
         artifact={"name": artifact.name, "sha256": artifact.sha256, "format": artifact.format,
                   "precision": artifact.precision, "role": artifact.role, "size_bytes": artifact.size_bytes,
-                  "parameters": artifact.parameters,
-                  "path": str(artifact.path)},
-        device={"name": device, "kind": "local", "info": {"system": raw.get("system"), "python": raw.get("python"),
-                                                          "numpy": raw.get("numpy")}},
+                  "parameters": artifact.parameters, "path": str(artifact.path)},
+        device={"name": device, "kind": "local", "info": {"system": first.get("system"), "python": first.get("python"),
+                                                          "numpy": first.get("numpy")}},
         harness="runner",
         settings=asdict(settings),
-        runtime=raw.get("runtime", {}),
+        runtime=first.get("runtime", {}),
         latency_us=stats.summarize(latencies),
-        load_ms=raw.get("load_ms"),
-        first_inference_us=raw.get("first_inference_us"),
-        memory_kb=raw.get("memory_kb") or {},
+        round_p50_us=[stats.summarize(raw["latencies_ns"])["p50"] for raw in raws],
+        load_ms=float(np.median([raw["load_ms"] for raw in raws])),
+        first_inference_us=float(np.median([raw["first_inference_us"] for raw in raws])),
+        memory_kb=memory,
         latencies_ns=latencies,
     )

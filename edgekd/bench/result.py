@@ -24,7 +24,8 @@ class BenchResult(BaseModel):
     harness: str = "runner"  # "runner" (edgekd's device-side runner) or "native" (a runtime's own binary)
     settings: dict[str, Any]
     runtime: dict[str, Any] = Field(default_factory=dict)
-    latency_us: dict[str, Any]  # stats.summarize() of the timed loop
+    latency_us: dict[str, Any]  # stats.summarize() of the timed calls of all rounds
+    round_p50_us: list[float] = Field(default_factory=list)  # p50 of each round (fresh process): the spread
     load_ms: float | None = None
     first_inference_us: float | None = None
     memory_kb: dict[str, Any] = Field(default_factory=dict)

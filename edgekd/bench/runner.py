@@ -327,9 +327,133 @@ class OrtModel(Model):
         }
 
 
-# A new runtime (e.g. "litert" via ai_edge_litert.interpreter: resize/allocate in
-# feed, (Interpreter.invoke, interpreter) as the invoker, get_tensor in fetch) is one Model
-# subclass plus one entry here.
+LITERT_DISTRIBUTIONS = ("ai-edge-litert", "ai-edge-litert-nightly")
+
+
+class LiteRTModel(Model):
+    """LiteRT (TFLite) ``ai_edge_litert.interpreter.Interpreter`` with its default XNNPACK delegate.
+
+    Uses only API present in ai-edge-litert 1.4 (ARM boards) and 2.x. Tensors
+    are named by the model's signature (``x``/``logits``) when it has one. An
+    integer-quantized input (e.g. ``static_wi8_ai8`` makes it int8) is given
+    as float and quantized with the tensor's (scale, zero point) in feed();
+    integer outputs are dequantized in fetch(): both outside the timed call,
+    which is ``invoke()`` alone.
+    """
+
+    def __init__(self, litert: Any, path: str, threads: int):
+        self._threads = threads
+        self._interpreter = litert.Interpreter(model_path=path, num_threads=threads)
+        self._interpreter.allocate_tensors()
+        self._invoke = litert.Interpreter.invoke
+        self._in, self._out = self._signature_io()
+        self._shapes = {d["index"]: [int(v) for v in d["shape"]] for _, d in self._in}
+        self.inputs = [self._info(name, d) for name, d in self._in]
+        self.outputs = [self._info(name, d) for name, d in self._out]
+
+    def _signature_io(self) -> "tuple[List[Tuple[str, Dict]], List[Tuple[str, Dict]]]":
+        interp = self._interpreter
+        inputs, outputs = interp.get_input_details(), interp.get_output_details()
+        plain = ([(d["name"], d) for d in inputs], [(d["name"], d) for d in outputs])
+        signatures = interp.get_signature_list()
+        if len(signatures) != 1:  # none, or several (each its own subgraph): use the main subgraph's tensors
+            return plain
+        runner = interp.get_signature_runner(next(iter(signatures)))
+        by_index = {d["index"]: d for d in inputs + outputs}
+        named = ([(n, d["index"]) for n, d in runner.get_input_details().items()],
+                 [(n, d["index"]) for n, d in runner.get_output_details().items()])
+        if not all(i in by_index for pairs in named for _, i in pairs):
+            return plain
+        return [(n, by_index[i]) for n, i in named[0]], [(n, by_index[i]) for n, i in named[1]]
+
+    @staticmethod
+    def _quantization(d: Dict[str, Any]) -> "Optional[Tuple[float, int]]":
+        scale, zero_point = d["quantization"]
+        if scale and np.dtype(d["dtype"]).kind in "iu":
+            return float(scale), int(zero_point)
+        return None
+
+    def _info(self, name: str, d: Dict[str, Any]) -> TensorInfo:
+        shape = [int(v) if v >= 0 else None for v in d.get("shape_signature", d["shape"])]
+        dtype = np.dtype(d["dtype"]).name
+        info: TensorInfo = {"name": name, "shape": shape, "dtype": dtype}
+        quant = self._quantization(d)
+        if quant is not None:  # the caller gives/gets float; the model holds integers
+            info.update(dtype="float32", model_dtype=dtype, quantization={"scale": quant[0], "zero_point": quant[1]})
+        return info
+
+    def feed(self, arrays: Dict[str, Any]) -> None:
+        interp = self._interpreter
+        values = []
+        for name, d in self._in:
+            array = np.asarray(arrays[name])
+            quant = self._quantization(d)
+            if quant is not None:
+                limits = np.iinfo(np.dtype(d["dtype"]))
+                array = np.clip(np.round(array / quant[0]) + quant[1], limits.min, limits.max)
+            values.append((d["index"], np.ascontiguousarray(array, dtype=d["dtype"])))
+        resized = False
+        for index, value in values:
+            if list(value.shape) != self._shapes[index]:
+                interp.resize_tensor_input(index, list(value.shape))
+                self._shapes[index] = list(value.shape)
+                resized = True
+        if resized:
+            interp.allocate_tensors()
+        for index, value in values:
+            interp.set_tensor(index, value)
+
+    def invoker(self) -> Invoker:
+        return self._invoke, self._interpreter
+
+    def fetch(self) -> List[Any]:
+        out = []
+        for _, d in self._out:
+            value = self._interpreter.get_tensor(d["index"])
+            quant = self._quantization(d)
+            if quant is not None:
+                value = ((value.astype(np.float32) - quant[1]) * quant[0]).astype(np.float32)
+            out.append(value)
+        return out
+
+    def _undelegated_ops(self) -> Optional[Dict[str, int]]:
+        """Operators left outside XNNPACK's DELEGATE nodes (they run on LiteRT's built-in kernels)."""
+        try:
+            ops = self._interpreter._get_ops_details()  # noqa: SLF001 - present in 1.4 and 2.x
+        except Exception:
+            return None
+        plain = {op["index"]: op for op in ops if op["op_name"] != "DELEGATE"}
+        producer = {int(t): i for i, op in plain.items() for t in op["outputs"]}
+        taken: set = set()
+        for node in (op for op in ops if op["op_name"] == "DELEGATE"):
+            boundary = {int(t) for t in node["inputs"]}
+            stack = [int(t) for t in node["outputs"]]
+            while stack:
+                tensor = stack.pop()
+                i = producer.get(tensor)
+                if tensor in boundary or i is None or i in taken:
+                    continue
+                taken.add(i)
+                stack.extend(int(t) for t in plain[i]["inputs"])
+        left: Dict[str, int] = {}
+        for i, op in plain.items():
+            if i not in taken:
+                left[op["op_name"]] = left.get(op["op_name"], 0) + 1
+        return left
+
+    def runtime_info(self) -> Dict[str, Any]:
+        return {
+            "name": "litert",
+            "version": _module_version("ai_edge_litert", LITERT_DISTRIBUTIONS),
+            "threads": self._threads,
+            "delegate": "xnnpack (default)",
+            "undelegated_ops": self._undelegated_ops(),
+            "quantized_io": {i["name"]: {"dtype": i["model_dtype"], **i["quantization"]}
+                             for i in self.inputs + self.outputs if "model_dtype" in i},
+        }
+
+
+# A runtime is one Model subclass plus one entry here.
 RUNTIMES: Dict[str, RuntimeAdapter] = {
     "onnxruntime": RuntimeAdapter(
         module="onnxruntime",
@@ -337,6 +461,12 @@ RUNTIMES: Dict[str, RuntimeAdapter] = {
                        "onnxruntime-directml", "onnxruntime-silicon", "ort-nightly"),
         pip_hint="pip install onnxruntime",
         load=OrtModel,
+    ),
+    "litert": RuntimeAdapter(
+        module="ai_edge_litert.interpreter",
+        distributions=LITERT_DISTRIBUTIONS,
+        pip_hint="pip install ai-edge-litert",
+        load=LiteRTModel,
     ),
 }
 

@@ -144,7 +144,7 @@ def _named(model: "nn.Module") -> "nn.Module":
     """Wrap `model` so the TFLite signature output is called `logits` (a dict output names it)."""
     import torch
 
-    class NamedOutput(torch.nn.Module):
+    class Logits(torch.nn.Module):
         def __init__(self, inner: torch.nn.Module) -> None:
             super().__init__()
             self.inner = inner
@@ -152,7 +152,8 @@ def _named(model: "nn.Module") -> "nn.Module":
         def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
             return {OUTPUT_NAME: self.inner(x)}
 
-    return NamedOutput(model).eval()
+    Logits.__qualname__ = "Logits"  # tensor names in the .tflite start with the wrapper's qualified name
+    return Logits(model).eval()
 
 
 def export_tflite(model: "nn.Module", in_shape: tuple[int, ...], path: Path, *, batch_size: int = 1) -> Path:
@@ -233,17 +234,18 @@ def quantize_tflite(fp32_path: Path, out_path: Path, precision: str, calibration
         _require("ai_edge_litert.interpreter")
     name, recipe, settings = _recipe(precision, block_size)
     if precision == "int8_static" and (calibration is None or len(calibration) == 0):
-        raise ExportError("int8_static needs calibration inputs", fix="pass calibration rows (e.g. 256 training samples)")
+        raise ExportError("int8_static needs calibration inputs",
+                          fix="pass calibration rows (e.g. 256 training samples)")
     quantizer = quantizer_module.Quantizer(bytes(Path(fp32_path).read_bytes()), recipe)
+    calibration_method = None
     with _quiet() as log:
         try:
             calibration_result = None
             if quantizer.need_calibration:
-                batch = _fixed_batch(fp32_path)
-                rows = np.ascontiguousarray(calibration, dtype=np.float32)
-                samples = [{INPUT_NAME: rows[i:i + batch]} for i in range(0, len(rows) - batch + 1, batch)]
-                calibration_result = quantizer.calibrate({SIGNATURE: samples})
+                calibration_result, calibration_method = _calibrate(fp32_path, recipe, calibration, quantizer)
             result = quantizer.quantize(calibration_result, enable_progress_report=False)
+        except ExportError:
+            raise
         except Exception as exc:
             raise ExportError(f"ai-edge-quantizer could not quantize {fp32_path} to {precision} (recipe {name})",
                               why=_first_line(exc) if str(exc).strip() else log.getvalue().strip()[-300:],
@@ -252,9 +254,41 @@ def quantize_tflite(fp32_path: Path, out_path: Path, precision: str, calibration
         tmp.write_bytes(bytes(result.quantized_model))
     settings = {"tool": "ai-edge-quantizer", "tool_version": version("ai-edge-quantizer"), "recipe": name,
                 "block_size": block_size, **settings}
-    if calibration_result is not None:
-        settings.update(calibration="minmax", calibration_samples=int(len(calibration)))
+    if calibration_method is not None:
+        settings.update(calibration=calibration_method, calibration_samples=int(len(calibration)))
+    with contextlib.suppress(Exception):  # informative only: never fail an export over it
+        delegation = tflite_delegation(out_path)
+        settings["xnnpack_on_host"] = {"delegated_ops": delegation["delegated_ops"], "ops": delegation["ops"],
+                                       "undelegated": delegation["undelegated"],
+                                       "ai_edge_litert": version("ai-edge-litert")}
     return settings
+
+
+def _calibrate(fp32_path: Path, recipe: Any, calibration: np.ndarray, quantizer: Any) -> tuple[dict, str]:
+    """Activation ranges over the calibration rows: (QSVs, method).
+
+    ai-edge-quantizer's own `calibrate` merges per-step ranges with a moving average (factor 0.95); with
+    the batch fixed at 1 every step is one sample, so ranges shrink towards a typical sample and the
+    logits saturate (digits MLP: mean |error| 0.28 vs 0.034 with true min/max). Use its Calibrator with
+    the plain min/max update (what onnxruntime's MinMax does); fall back to the default if that API moves.
+    """
+    batch = _fixed_batch(fp32_path)
+    rows = np.ascontiguousarray(calibration, dtype=np.float32)
+    samples = [{INPUT_NAME: rows[i:i + batch]} for i in range(0, len(rows) - batch + 1, batch)]
+    if not samples:
+        raise ExportError(f"int8_static needs at least {batch} calibration rows, got {len(rows)}")
+    try:
+        from ai_edge_quantizer import calibrator, recipe_manager
+        from ai_edge_quantizer.utils import qsv_utils
+
+        manager = recipe_manager.RecipeManager()
+        manager.load_quantization_recipe(recipe)
+        calib = calibrator.Calibrator(Path(fp32_path).read_bytes(), num_threads=1,
+                                      qsv_update_func=qsv_utils.min_max_update)
+    except (ImportError, AttributeError, TypeError):
+        return quantizer.calibrate({SIGNATURE: samples}), "moving-average min/max (ai-edge-quantizer default)"
+    calib.calibrate({SIGNATURE: samples}, manager)
+    return calib.get_model_qsvs(), "minmax"
 
 
 # --------------------------------------------------------------------------- running
