@@ -355,13 +355,16 @@ class LiteRTModel(Model):
         interp = self._interpreter
         inputs, outputs = interp.get_input_details(), interp.get_output_details()
         plain = ([(d["name"], d) for d in inputs], [(d["name"], d) for d in outputs])
-        signatures = interp.get_signature_list()
-        if len(signatures) != 1:  # none, or several (each its own subgraph): use the main subgraph's tensors
+        try:
+            signatures = interp.get_signature_list()
+            if len(signatures) != 1:  # none, or several (each its own subgraph): use the main subgraph's tensors
+                return plain
+            runner = interp.get_signature_runner(next(iter(signatures)))
+            named = ([(n, d["index"]) for n, d in runner.get_input_details().items()],
+                     [(n, d["index"]) for n, d in runner.get_output_details().items()])
+        except (AttributeError, ValueError, KeyError):  # an older runtime without signature runners
             return plain
-        runner = interp.get_signature_runner(next(iter(signatures)))
         by_index = {d["index"]: d for d in inputs + outputs}
-        named = ([(n, d["index"]) for n, d in runner.get_input_details().items()],
-                 [(n, d["index"]) for n, d in runner.get_output_details().items()])
         if not all(i in by_index for pairs in named for _, i in pairs):
             return plain
         return [(n, by_index[i]) for n, i in named[0]], [(n, by_index[i]) for n, i in named[1]]

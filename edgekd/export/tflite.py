@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from edgekd.errors import ArtifactError, ExportError, MissingExtraError
+from edgekd.errors import ArtifactError, ExportError, MissingExtraError, first_line
 from edgekd.export.quiet import captured_output
 from edgekd.rundir import atomic_path
 
@@ -44,9 +44,11 @@ EXTRA = "tflite"
 # log from C++ straight to file descriptor 2 (absl), which no Python-level redirect reaches.
 _NOISY_LOGGERS = ("torch", "torchao", "jax", "absl", "litert_torch", "ai_edge_quantizer", "ai_edge_litert", "")
 
-# ai-edge-quantizer recipes per edgekd precision. INT4: weight-only (int4 weights, dequantized to float
-# before the op) falls off XNNPACK for fully connected layers; the dynamic-range recipe (int4 weights,
-# activations quantized on the fly to int8) runs on XNNPACK's qd8-f32-qc4w/qb4w kernels.
+# INT4 recipes, measured with ai-edge-litert 2.3 (x86): weight-only (`weight_only_wi4_afp32`: int4 weights +
+# DEQUANTIZE to float) falls off XNNPACK entirely, DEQUANTIZE and the ops it feeds. The dynamic-range recipe
+# (int4 weights, activations quantized to int8 on the fly) keeps FULLY_CONNECTED on XNNPACK, per channel or
+# block-wise, but its per-channel int4 CONV_2D falls off (digits CNN teacher: 2x slower than FP32). Block-wise
+# recipes quantize FULLY_CONNECTED only and leave convolutions float32: `tflite_weight_bits` shows which.
 _INT4_CHANNELWISE = "dynamic_wi4_afp32"
 _BLOCK_SIZES = (32, 64, 128, 256)
 
@@ -121,23 +123,18 @@ def _import_converter() -> Any:
     return litert_torch
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
 # --------------------------------------------------------------------------- conversion
 
 
 def _unsupported_operator(message: str) -> str | None:
-    """The aten operator a litert-torch failure names, if it names one."""
-    for pattern in (r"Lowering not found: (?:torch\.ops\.)?([\w.]+)", r"target=torch\.ops\.([\w.]+)",
-                    r"[Uu]nsupported (?:op|operator)[^:]*: ([\w.:]+)"):
-        match = re.search(pattern, message)
-        if match:
-            name = match.group(1)
-            return name[: -len(".default")] if name.endswith(".default") else name
-    return None
+    """The aten operator a litert-torch failure names, if the failure is about an unsupported operator."""
+    match = re.search(r"Lowering not found: (?:torch\.ops\.)?([\w.]+)", message)
+    if match is None and re.search(r"unsupported|not supported|no lowering", message, re.IGNORECASE):
+        match = re.search(r"target=torch\.ops\.([\w.]+)", message)  # the FX node being lowered
+    if match is None:
+        return None
+    name = match.group(1)
+    return name[: -len(".default")] if name.endswith(".default") else name
 
 
 def _named(model: "nn.Module") -> "nn.Module":
@@ -182,7 +179,7 @@ def _conversion_error(model: "nn.Module", exc: BaseException, log: str) -> Expor
         what += f": operator '{operator}' is not supported"
     return ExportError(
         what,
-        why=_first_line(exc),
+        why=first_line(exc),
         fix=("replace the operation that uses it with supported ones (or register a different model family); "
              if operator else "")
             + "check the model exports with torch.export and uses no data-dependent control flow",
@@ -236,10 +233,12 @@ def quantize_tflite(fp32_path: Path, out_path: Path, precision: str, calibration
     if precision == "int8_static" and (calibration is None or len(calibration) == 0):
         raise ExportError("int8_static needs calibration inputs",
                           fix="pass calibration rows (e.g. 256 training samples)")
-    quantizer = quantizer_module.Quantizer(bytes(Path(fp32_path).read_bytes()), recipe)
+    if not Path(fp32_path).is_file():
+        raise ArtifactError(f"FP32 model not found: {fp32_path}", fix="export it first with export_tflite")
     calibration_method = None
     with _quiet() as log:
         try:
+            quantizer = quantizer_module.Quantizer(Path(fp32_path).read_bytes(), recipe)
             calibration_result = None
             if quantizer.need_calibration:
                 calibration_result, calibration_method = _calibrate(fp32_path, recipe, calibration, quantizer)
@@ -248,7 +247,7 @@ def quantize_tflite(fp32_path: Path, out_path: Path, precision: str, calibration
             raise
         except Exception as exc:
             raise ExportError(f"ai-edge-quantizer could not quantize {fp32_path} to {precision} (recipe {name})",
-                              why=_first_line(exc) if str(exc).strip() else log.getvalue().strip()[-300:],
+                              why=first_line(exc) if str(exc).strip() else log.getvalue().strip()[-300:],
                               fix="export FP32 only, or choose another precision") from None
     with atomic_path(out_path) as tmp:
         tmp.write_bytes(bytes(result.quantized_model))
@@ -308,21 +307,25 @@ def _interpreter(path: Path, *, num_threads: int = 1, delegates: bool = True) ->
             interpreter = module.Interpreter(**kwargs)
             interpreter.allocate_tensors()
         except Exception as exc:
-            raise ArtifactError(f"LiteRT cannot load {path}", why=_first_line(exc) or log.getvalue().strip()[-300:],
+            raise ArtifactError(f"LiteRT cannot load {path}", why=first_line(exc) or log.getvalue().strip()[-300:],
                                 fix="re-export the artifact or check the file was copied completely") from None
     return interpreter
 
 
 def _io(interpreter: Any) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:
-    """(signature name, tensor details) of the inputs and outputs, in signature order where there is one."""
+    """(name, tensor details) of the inputs and outputs: signature names where the model has one signature."""
     inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+    plain = [(d["name"], d) for d in inputs], [(d["name"], d) for d in outputs]
     signatures = interpreter.get_signature_list()
-    if not signatures:
-        return [(d["name"], d) for d in inputs], [(d["name"], d) for d in outputs]
-    runner = interpreter.get_signature_runner(SIGNATURE if SIGNATURE in signatures else next(iter(signatures)))
+    if len(signatures) != 1:
+        return plain
+    runner = interpreter.get_signature_runner(next(iter(signatures)))
     by_index = {d["index"]: d for d in [*inputs, *outputs]}
-    return ([(name, by_index[d["index"]]) for name, d in runner.get_input_details().items()],
-            [(name, by_index[d["index"]]) for name, d in runner.get_output_details().items()])
+    named = ([(n, d["index"]) for n, d in runner.get_input_details().items()],
+             [(n, d["index"]) for n, d in runner.get_output_details().items()])
+    if not all(i in by_index for pairs in named for _, i in pairs):  # a signature on another subgraph
+        return plain
+    return [(n, by_index[i]) for n, i in named[0]], [(n, by_index[i]) for n, i in named[1]]
 
 
 def _fixed_batch(path: Path) -> int:
@@ -409,7 +412,7 @@ def _read_model(path: Path) -> Any:
         model = schema.Model.GetRootAs(data, 0)
         model.SubgraphsLength()
     except Exception as exc:
-        raise ArtifactError(f"{path} is not a valid TFLite flatbuffer", why=_first_line(exc),
+        raise ArtifactError(f"{path} is not a valid TFLite flatbuffer", why=first_line(exc),
                             fix="re-export the artifact or check the file was copied completely") from None
     return schema, model
 
@@ -441,7 +444,8 @@ def tflite_weight_bits(path: Path) -> dict[str, dict[str, int]]:
                 continue  # an activation or an input: no stored data
             seen.add(index)
             elements = int(np.prod(tensor.ShapeAsNumpy())) if tensor.ShapeLength() else 1
-            entry = out.setdefault(names.get(tensor.Type(), str(tensor.Type())), {"tensors": 0, "elements": 0, "bytes": 0})
+            dtype = names.get(tensor.Type(), str(tensor.Type()))
+            entry = out.setdefault(dtype, {"tensors": 0, "elements": 0, "bytes": 0})
             entry["tensors"] += 1
             entry["elements"] += elements
             entry["bytes"] += int(size)
