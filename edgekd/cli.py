@@ -17,7 +17,7 @@ from rich.console import Console
 from edgekd.errors import EdgeKDError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Distill a teacher into a small student, export it (ONNX), verify it and benchmark it.")
+                  help="Distill a teacher into a small student, export it (ONNX, TFLite), verify it and benchmark it.")
 def _console(stderr: bool = False) -> Console:
     """A console that does not fold tables and messages at 80 columns when piped or logged."""
     console = Console(stderr=stderr)
@@ -107,15 +107,16 @@ def run_cmd(recipe: Path = typer.Argument(..., help="recipe YAML file (or a buil
 @_handles_errors
 def export(checkpoint: Path = typer.Argument(..., help="an edgekd checkpoint (<run>/checkpoints/*.pt)"),
            output_dir: Path = typer.Option(Path("export/artifacts"), "--output-dir", help="where artifact folders go"),
+           fmt: List[str] = typer.Option(["onnx"], "--format", help="onnx or tflite (repeatable; tflite needs the [tflite] extra)"),
            precision: List[str] = typer.Option(["fp32", "int8_static", "int8_dynamic"], "--precision",
-                                               help="fp32, int8_static or int8_dynamic (repeatable)"),
+                                               help="fp32, int8_static, int8_dynamic or int4 (repeatable)"),
            min_agreement: float = typer.Option(0.99, help="parity threshold: top-1 agreement with PyTorch")) -> None:
-    """Export a checkpoint to ONNX artifacts, each verified against the PyTorch model."""
+    """Export a checkpoint to ONNX / TFLite artifacts, each verified against the PyTorch model."""
     from edgekd.console import RichReporter
     from edgekd.exporter import export_checkpoint
 
     with RichReporter(console) as reporter:
-        artifacts = export_checkpoint(checkpoint, output_dir, precisions=list(precision),
+        artifacts = export_checkpoint(checkpoint, output_dir, formats=list(fmt), precisions=list(precision),
                                       min_agreement=min_agreement, reporter=reporter)
     for a in artifacts:
         p = a.parity
@@ -127,7 +128,7 @@ def export(checkpoint: Path = typer.Argument(..., help="an edgekd checkpoint (<r
 
 @app.command()
 @_handles_errors
-def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, artifact.json files or .onnx files"),
+def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, artifact.json files, .onnx or .tflite files"),
           device: str = typer.Option("host", "--device", help="device to run on"),
           threads: int = typer.Option(1, min=1, help="intra-op threads"),
           batch_size: int = typer.Option(1, min=1, help="batch size (bare model files get synthetic inputs)"),

@@ -57,7 +57,7 @@ def summary_table(summary: dict[str, Any]) -> Table:
     title = (f"{summary.get('run')}: teacher vs student on {machine.get('device')} "
              f"({system.get('cpu_model')}, {machine.get('threads')} thread, batch {machine.get('batch_size')})")
     table = Table(title=title, title_justify="left")
-    for col in ("artifact", "params", "size KiB", "test acc", "agree", "p50 µs [95% CI]", "× floor",
+    for col in ("artifact", "params", "size KiB", "4-bit", "test acc", "agree", "p50 µs [95% CI]", "× floor",
                 "vs teacher", "worst class Δ", "parity"):
         table.add_column(col, justify="left" if col in ("artifact", "parity", "worst class Δ") else "right")
     for r in summary["rows"]:
@@ -73,6 +73,7 @@ def summary_table(summary: dict[str, Any]) -> Table:
         table.add_row(
             r["name"], f"{r['parameters']:,}" if r.get("parameters") is not None else "–",
             f"{r['size_bytes'] / 1024:.1f}",
+            f"{r['share_4bit']:.0%}" if r.get("share_4bit") else "–",
             f"{r['accuracy']:.2%}" if r.get("accuracy") is not None else "–",
             f"{r['agreement']:.2%}" if r.get("agreement") is not None else "–",
             p50, f"{r['x_floor']:.2f}" if r.get("x_floor") else "–", speed_txt, worst_txt, parity,

@@ -16,6 +16,8 @@ import numpy as np
 
 from edgekd.errors import CheckpointError, RecipeError
 from edgekd.export.artifact import Artifact
+from edgekd.export.formats import FORMATS, ExportOptions
+from edgekd.export.verify import parity
 from edgekd.progress import Reporter, SilentReporter
 from edgekd.rundir import sha256_file
 
@@ -24,14 +26,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ONNX_PRECISIONS = ("fp32", "int8_static", "int8_dynamic")
+PRECISIONS = ("fp32", "int8_static", "int8_dynamic", "int4")
 
 
-def runtime_versions() -> dict[str, str]:
+def runtime_versions(fmt: str) -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
+    packages = {"onnx": ("torch", "onnx", "onnxruntime", "onnxslim", "onnxscript", "numpy"),
+                "tflite": ("torch", "litert-torch", "ai-edge-quantizer", "ai-edge-litert", "numpy")}[fmt]
     out = {"python": platform.python_version()}
-    for pkg in ("torch", "onnx", "onnxruntime", "onnxslim", "onnxscript", "numpy"):
+    for pkg in packages:
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -43,73 +47,80 @@ def artifact_name(role: str, fmt: str, precision: str) -> str:
     return f"{role}-{fmt}-{precision}"
 
 
+def _record(backend, path: Path, **fields: Any) -> Artifact:
+    """An Artifact for a model file just written: size, sha256, signature, operators, weight storage."""
+    info = backend.inspect(path)
+    return Artifact(format=backend.name, file=path.name, size_bytes=path.stat().st_size, sha256=sha256_file(path),
+                    runtime_versions=runtime_versions(backend.name), inputs=info.inputs, outputs=info.outputs,
+                    op_histogram=info.op_histogram, layout_ops=info.layout_ops, weight_bits=info.weight_bits,
+                    directory=path.parent, **fields)
+
+
 def export_model(
     model: "nn.Module",
     *,
     role: str,
+    formats: list[str],
     precisions: list[str],
     out_root: Path,
     in_shape: tuple[int, ...],
     x_test: np.ndarray,
     y_test: np.ndarray,
-    x_calibration: np.ndarray,
     num_classes: int,
-    opset: int,
+    options: ExportOptions,
     min_agreement: float,
+    min_agreement_int4: float,
     lineage: dict[str, Any],
     reporter: Reporter | None = None,
 ) -> list[Artifact]:
-    """Export `model` to ONNX in each precision, check parity on (x_test, y_test), write records."""
+    """Export `model` in every format × precision, check parity on (x_test, y_test), write records.
+
+    Quantized artifacts start from the format's FP32 file; when FP32 itself is not asked for, that file
+    is removed afterwards (it is not a deliverable).
+    """
     from edgekd.distill.trainer import predict_logits
-    from edgekd.export import onnx as onnx_export
-    from edgekd.export.verify import onnx_predict, parity
     from edgekd.models import count_parameters
 
-    unknown = [p for p in precisions if p not in ONNX_PRECISIONS]
+    unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown:
-        raise RecipeError(f"unknown ONNX precision(s): {', '.join(unknown)}", why=f"known: {', '.join(ONNX_PRECISIONS)}",
+        raise RecipeError(f"unknown precision(s): {', '.join(unknown)}", why=f"known: {', '.join(PRECISIONS)}",
                           fix="fix export.targets in the recipe")
     reporter = reporter or SilentReporter()
     reference = predict_logits(model, x_test)
-    ordered = ["fp32"] + [p for p in precisions if p != "fp32"]  # quantizers start from the FP32 file
-    fp32_path = out_root / artifact_name(role, "onnx", "fp32") / "model.onnx"
+    ordered = ["fp32"] + [p for p in precisions if p != "fp32"]
     artifacts: list[Artifact] = []
-    task = reporter.task(f"export {role}", len(ordered))
-    for precision in ordered:
-        name = artifact_name(role, "onnx", precision)
-        path = out_root / name / "model.onnx"
-        started = time.perf_counter()
-        quantization: dict[str, Any] | None = None
-        if precision == "fp32":
-            onnx_export.export_onnx(model, in_shape, path, opset=opset)
-        elif precision == "int8_static":
-            quantization = onnx_export.quantize_static_int8(fp32_path, path, x_calibration)
-        else:
-            quantization = onnx_export.quantize_dynamic_int8(fp32_path, path)
-        seconds = time.perf_counter() - started
-        graph = onnx_export.load_onnx_checked(path)
-        inputs, outputs = onnx_export.describe_io(graph)
-        check = parity(onnx_predict(path, x_test), reference, y_test, num_classes=num_classes,
-                       threshold=min_agreement, reference_name=f"PyTorch {role} (fp32)")
-        artifact = Artifact(
-            name=name, role=role, format="onnx", precision=precision, file=path.name,
-            size_bytes=path.stat().st_size, sha256=sha256_file(path), parameters=count_parameters(model),
-            opset=opset, runtime_versions=runtime_versions(), inputs=inputs, outputs=outputs,
-            op_histogram=onnx_export.op_histogram(graph), quantization=quantization, parity=check,
-            lineage={**lineage, "conversion_seconds": round(seconds, 3),
-                     "derived_from": None if precision == "fp32" else artifact_name(role, "onnx", "fp32")},
-            directory=path.parent,
-        )
-        artifact.save()
-        if not check.passed:
-            reporter.note(f"[warning] {name} FAILED parity: {check.reason}")
-            logger.warning("%s failed parity: %s", name, check.reason)
-        artifacts.append(artifact)
-        task.advance(1)
+    task = reporter.task(f"export {role}", len(ordered) * len(formats))
+    for fmt in formats:
+        backend = FORMATS[fmt]()
+        fp32_path = out_root / artifact_name(role, fmt, "fp32") / f"model{backend.suffix}"
+        for precision in ordered:
+            name = artifact_name(role, fmt, precision)
+            path = out_root / name / f"model{backend.suffix}"
+            started = time.perf_counter()
+            quantization = None
+            if precision == "fp32":
+                backend.export_fp32(model, in_shape, path, options)
+            else:
+                quantization = backend.quantize(fp32_path, path, precision, options)
+            seconds = time.perf_counter() - started
+            threshold = min_agreement_int4 if precision == "int4" else min_agreement
+            check = parity(backend.predict(path, x_test), reference, y_test, num_classes=num_classes,
+                           threshold=threshold, reference_name=f"PyTorch {role} (fp32)")
+            artifact = _record(
+                backend, path, name=name, role=role, precision=precision, parameters=count_parameters(model),
+                opset=options.opset if fmt == "onnx" else None, quantization=quantization, parity=check,
+                lineage={**lineage, "conversion_seconds": round(seconds, 3),
+                         "derived_from": None if precision == "fp32" else artifact_name(role, fmt, "fp32")})
+            artifact.save()
+            if not check.passed:
+                reporter.note(f"[warning] {name} FAILED parity: {check.reason}")
+                logger.warning("%s failed parity: %s", name, check.reason)
+            artifacts.append(artifact)
+            task.advance(1)
+        if "fp32" not in precisions:
+            _remove_artifact(fp32_path.parent)
+            artifacts = [a for a in artifacts if a.name != artifact_name(role, fmt, "fp32")]
     task.close()
-    if "fp32" not in precisions:  # exported only as the quantizers' source: not a deliverable
-        _remove_artifact(out_root / artifact_name(role, "onnx", "fp32"))
-        artifacts = [a for a in artifacts if a.precision != "fp32"]
     return artifacts
 
 
@@ -119,27 +130,23 @@ def _remove_artifact(folder: Path) -> None:
     folder.rmdir()
 
 
-def floor_artifact(out_root: Path, in_shape: tuple[int, ...], opset: int) -> Artifact:
-    """The Identity graph of the models' input shape: benchmarking it measures the runtime's per-call floor."""
-    from edgekd.export import onnx as onnx_export
-
-    path = out_root / "floor-onnx-fp32" / "model.onnx"
-    onnx_export.write_identity_model(path, in_shape, opset)
-    graph = onnx_export.load_onnx_checked(path)
-    inputs, outputs = onnx_export.describe_io(graph)
-    artifact = Artifact(name="floor-onnx-fp32", role="floor", format="onnx", precision="fp32", file=path.name,
-                        size_bytes=path.stat().st_size, sha256=sha256_file(path), parameters=0, opset=opset,
-                        runtime_versions=runtime_versions(), inputs=inputs, outputs=outputs,
-                        op_histogram=onnx_export.op_histogram(graph),
-                        lineage={"purpose": "runtime per-call floor (Identity graph)"}, directory=path.parent)
+def floor_artifact(out_root: Path, fmt: str, in_shape: tuple[int, ...], options: ExportOptions) -> Artifact:
+    """An Identity graph of the models' input shape: benchmarking it measures the runtime's per-call floor."""
+    backend = FORMATS[fmt]()
+    path = out_root / artifact_name("floor", fmt, "fp32") / f"model{backend.suffix}"
+    backend.write_floor(path, in_shape, options)
+    artifact = _record(backend, path, name=artifact_name("floor", fmt, "fp32"), role="floor", precision="fp32",
+                       parameters=0, opset=options.opset if fmt == "onnx" else None,
+                       lineage={"purpose": "runtime per-call floor (Identity graph)"})
     artifact.save()
     return artifact
 
 
-def export_checkpoint(checkpoint: str | Path, output_dir: str | Path, *, precisions: list[str] | None = None,
-                      opset: int = 18, min_agreement: float = 0.99, calibration_samples: int = 256,
+def export_checkpoint(checkpoint: str | Path, output_dir: str | Path, *, formats: list[str] | None = None,
+                      precisions: list[str] | None = None, opset: int = 18, min_agreement: float = 0.99,
+                      min_agreement_int4: float = 0.97, calibration_samples: int = 256,
                       reporter: Reporter | None = None) -> list[Artifact]:
-    """Export an edgekd checkpoint (it records its architecture and data set) to verified ONNX artifacts."""
+    """Export an edgekd checkpoint (it records its architecture and data set) to verified artifacts."""
     from edgekd.checkpoints import load_weights, read_checkpoint
     from edgekd.data import load_data
     from edgekd.models import create_model
@@ -161,10 +168,14 @@ def export_checkpoint(checkpoint: str | Path, output_dir: str | Path, *, precisi
     splits = load_data(**data_cfg)
     rng = np.random.default_rng(0)
     calib = splits.x_train[rng.permutation(len(splits.x_train))[:calibration_samples]]
-    return export_model(model, role=role, precisions=list(precisions or ONNX_PRECISIONS),
+    formats = list(formats or ["onnx"])
+    for fmt in formats:
+        FORMATS[fmt]().check_available()
+    return export_model(model, role=role, formats=formats, precisions=list(precisions or PRECISIONS[:3]),
                         out_root=Path(output_dir), in_shape=splits.input_shape, x_test=splits.x_test,
-                        y_test=splits.y_test, x_calibration=calib, num_classes=splits.num_classes, opset=opset,
-                        min_agreement=min_agreement,
+                        y_test=splits.y_test, num_classes=splits.num_classes,
+                        options=ExportOptions(opset=opset, calibration=calib), min_agreement=min_agreement,
+                        min_agreement_int4=min_agreement_int4,
                         lineage={"checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(checkpoint),
                                  **{k: v for k, v in meta.items() if k not in ("data",)}},
                         reporter=reporter)

@@ -8,6 +8,7 @@ it affects, and an interrupted run resumes from its last finished stage.
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -70,12 +71,19 @@ class Context:
         """Trial-export both architectures before any training, so an unexportable model fails in seconds."""
         if self._preflight_done:
             return
-        from edgekd.export.onnx import check_exportable
+        from edgekd.export.formats import FORMATS, ExportOptions
 
-        task = self.reporter.task("check exportability", 2)
-        for role in ("teacher", "student"):
-            check_exportable(self.model(role), self.splits.input_shape, self.recipe.export.opset)
-            task.advance(1)
+        formats = list(self.recipe.export.formats)
+        backends = [FORMATS[f]() for f in formats]
+        for backend in backends:  # a missing optional extra fails here, before any training
+            backend.check_available()
+        task = self.reporter.task("check exportability", 2 * len(backends))
+        with tempfile.TemporaryDirectory(prefix="edgekd-preflight-") as tmp:
+            for role in ("teacher", "student"):
+                for backend in backends:
+                    backend.export_fp32(self.model(role), self.splits.input_shape,
+                                        Path(tmp) / f"{role}{backend.suffix}", ExportOptions(opset=self.recipe.export.opset))
+                    task.advance(1)
         task.close()
         self._preflight_done = True
 

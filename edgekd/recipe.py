@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edgekd.errors import EdgeKDError, RecipeError
 
-Precision = Literal["fp32", "int8_static", "int8_dynamic"]
+Precision = Literal["fp32", "int8_static", "int8_dynamic", "int4"]
+Format = Literal["onnx", "tflite"]
 Role = Literal["teacher", "student", "scratch"]
 
 
@@ -85,10 +86,24 @@ class ScratchConfig(_Strict):
 
 
 class ParityConfig(_Strict):
+    """Top-1 agreement with the PyTorch model an artifact needs to count as good."""
+
     min_agreement: float = Field(0.99, gt=0, le=1)
+    min_agreement_int4: float = Field(0.97, gt=0, le=1)
+
+
+class Int4Config(_Strict):
+    """INT4 knobs, recorded in each INT4 artifact (INT4 is not always faster than INT8 on CPUs: measure)."""
+
+    block_size: int = Field(32, ge=16, description="ONNX MatMulNBits block size (power of two)")
+    accuracy_level: int = Field(4, ge=0, le=4, description="ONNX MatMulNBits compute: 0 = as stored type, 4 = int8")
+    tflite_block_size: Literal[32, 64, 128, 256] | None = Field(
+        None, description="TFLite: None = per-channel int4 (stays on XNNPACK for FC); 32..256 = block-wise")
 
 
 class ExportConfig(_Strict):
+    formats: list[Format] = Field(default_factory=lambda: ["onnx"],
+                                  description="tflite needs the [tflite] extra (pip install 'edgekd[tflite]')")
     opset: int = Field(18, ge=17, le=23)
     targets: dict[Role, list[Precision]] = Field(
         default_factory=lambda: {
@@ -98,6 +113,7 @@ class ExportConfig(_Strict):
         }
     )
     calibration_samples: int = Field(256, gt=0)
+    int4: Int4Config = Int4Config()
     parity: ParityConfig = ParityConfig()
 
 

@@ -160,23 +160,33 @@ def export_inputs(ctx: Context) -> dict[str, Any]:
             "export": ctx.recipe.section("export")["export"]}
 
 
+def export_options(ctx: Context):
+    from edgekd.export.formats import ExportOptions
+
+    cfg, s = ctx.recipe.export, ctx.splits
+    rng = np.random.default_rng(ctx.recipe.seed)
+    return ExportOptions(opset=cfg.opset, calibration=s.x_train[rng.permutation(len(s.x_train))[: cfg.calibration_samples]],
+                         int4_block_size=cfg.int4.block_size, int4_accuracy_level=cfg.int4.accuracy_level,
+                         tflite_int4_block_size=cfg.int4.tflite_block_size)
+
+
 def export_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     from edgekd.exporter import export_model, floor_artifact
 
     cfg, s = ctx.recipe.export, ctx.splits
-    rng = np.random.default_rng(ctx.recipe.seed)
-    calibration = s.x_train[rng.permutation(len(s.x_train))[: cfg.calibration_samples]]
+    options = export_options(ctx)
     artifacts = []
     for role in _roles(ctx):
         checkpoint = ctx.rundir.checkpoints / f"{role}.pt"
         artifacts += export_model(
-            ctx.trained(role), role=role, precisions=list(cfg.targets[role]), out_root=ctx.rundir.artifacts,
-            in_shape=s.input_shape, x_test=s.x_test, y_test=s.y_test, x_calibration=calibration,
-            num_classes=s.num_classes, opset=cfg.opset, min_agreement=cfg.parity.min_agreement,
+            ctx.trained(role), role=role, formats=list(cfg.formats), precisions=list(cfg.targets[role]),
+            out_root=ctx.rundir.artifacts, in_shape=s.input_shape, x_test=s.x_test, y_test=s.y_test,
+            num_classes=s.num_classes, options=options, min_agreement=cfg.parity.min_agreement,
+            min_agreement_int4=cfg.parity.min_agreement_int4,
             lineage={"run": ctx.recipe.name, "checkpoint": str(checkpoint.relative_to(ctx.rundir.root)),
                      "checkpoint_sha256": sha256_file(checkpoint), "generation": 0 if role != "student" else 1},
             reporter=ctx.reporter)
-    artifacts.append(floor_artifact(ctx.rundir.artifacts, s.input_shape, cfg.opset))
+    artifacts += [floor_artifact(ctx.rundir.artifacts, fmt, s.input_shape, options) for fmt in cfg.formats]
     failed = [a.name for a in artifacts if a.parity is not None and not a.parity.passed]
     outputs = [p for a in artifacts for p in (a.path, a.path.parent / "artifact.json")]
     return outputs, {"artifacts": [a.name for a in artifacts], "failed_parity": failed}

@@ -207,6 +207,20 @@ def test_bench_corrupt_onnx(tmp_path: Path, content: str) -> None:
     assert "re-export" in msg
 
 
+@pytest.mark.parametrize("content", ["random", "empty"])
+def test_bench_corrupt_tflite(tmp_path: Path, content: str) -> None:
+    (tmp_path / "x.tflite").write_bytes(os.urandom(4096) if content == "random" else b"")
+    msg = assert_user_error(run_cli(tmp_path, "bench", "x.tflite", "--min-seconds", "0"))
+    assert "x.tflite" in msg and ("LiteRT cannot load" in msg or "not a valid TFLite" in msg)
+    assert "re-export" in msg
+
+
+def test_bench_unknown_model_format(tmp_path: Path) -> None:
+    (tmp_path / "x.pt").write_bytes(b"not a model")
+    msg = assert_user_error(run_cli(tmp_path, "bench", "x.pt", "--min-seconds", "0"))
+    assert "unknown model format '.pt'" in msg and ".onnx" in msg and ".tflite" in msg
+
+
 def test_bench_unknown_device(tmp_path: Path) -> None:
     from edgekd.export.onnx import write_identity_model
 

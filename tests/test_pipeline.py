@@ -18,8 +18,9 @@ from edgekd.rundir import read_json
 
 from conftest import TINY_RECIPE
 
-EXPECTED = {"teacher-onnx-fp32", "student-onnx-fp32", "student-onnx-int8_static", "student-onnx-int8_dynamic",
-            "scratch-onnx-fp32", "floor-onnx-fp32"}
+EXPECTED = {f"{role}-{fmt}-{precision}" for fmt in ("onnx", "tflite") for role, precisions in (
+    ("teacher", ["fp32"]), ("student", ["fp32", "int8_static", "int8_dynamic", "int4"]), ("scratch", ["fp32"]),
+    ("floor", ["fp32"])) for precision in precisions}
 
 
 def test_every_stage_runs_and_writes_its_outputs(tiny_run):
@@ -37,7 +38,7 @@ def test_artifacts_are_records_with_parity_on_real_data(tiny_run):
         assert art.size_bytes == art.path.stat().st_size
         art.verify_file()
         assert art.inputs[0]["name"] == "x" and art.inputs[0]["shape"][1:] == [64]
-        assert art.runtime_versions["onnxruntime"]
+        assert art.runtime_versions["onnxruntime" if art.format == "onnx" else "ai-edge-litert"]
         if art.role == "floor":
             continue
         assert art.parity is not None and art.parity.samples == 270
@@ -45,11 +46,19 @@ def test_artifacts_are_records_with_parity_on_real_data(tiny_run):
         assert 0.9 <= art.parity.agreement <= 1.0
         assert len(art.parity.per_class_accuracy) == 10
         assert art.lineage["checkpoint_sha256"]
-    assert artifacts["student-onnx-fp32"].parity.max_abs_error < 1e-3
+    for fmt in ("onnx", "tflite"):
+        assert artifacts[f"student-{fmt}-fp32"].parity.max_abs_error < 1e-3
+        int4 = artifacts[f"student-{fmt}-int4"]
+        assert int4.weight_bits["int4_bytes"] > 0 and int4.weight_bits["share_4bit"] > 0.5, int4.weight_bits
+        assert int4.size_bytes < artifacts[f"student-{fmt}-int8_dynamic"].size_bytes
     q = artifacts["student-onnx-int8_static"]
     assert q.quantization["per_channel"] and "QuantizeLinear" in q.op_histogram
     d = artifacts["student-onnx-int8_dynamic"]
     assert "MatMulInteger" in d.op_histogram and "ConvInteger" not in d.op_histogram
+    assert "MatMulNBits" in artifacts["student-onnx-int4"].op_histogram
+    assert artifacts["student-tflite-int8_static"].inputs[0]["dtype"] == "int8"
+    teacher_bits = artifacts["teacher-onnx-fp32"].weight_bits
+    assert teacher_bits["share_4bit"] == 0 and teacher_bits["share_8bit"] == 0 and teacher_bits["float_bytes"] > 0
 
 
 def test_bench_results_name_artifacts_by_sha_and_carry_statistics(tiny_run):
@@ -60,7 +69,10 @@ def test_bench_results_name_artifacts_by_sha_and_carry_statistics(tiny_run):
         assert res.artifact["sha256"] == by_name[name].sha256
         lat = res.latency_us
         assert lat["n"] >= 50 and lat["ci95_p50"][0] <= lat["p50"] <= lat["ci95_p50"][1]
-        assert res.runtime["intra_op_threads"] == 1 and res.runtime["io_binding"] is True
+        if res.artifact["format"] == "onnx":
+            assert res.runtime["intra_op_threads"] == 1 and res.runtime["io_binding"] is True
+        else:
+            assert res.runtime["name"] == "litert" and "xnnpack" in res.runtime["delegate"]
         assert res.memory_kb["vmhwm"] >= res.memory_kb["baseline_vmhwm"] > 0
         assert res.device["info"]["system"]["cpu_model"]
         assert res.load_ms > 0 and res.first_inference_us > 0
@@ -73,7 +85,9 @@ def test_summary_and_html_report(tiny_run):
     student = next(r for r in summary["rows"] if r["name"] == "student-onnx-fp32")
     assert student["speedup_vs_teacher"] > 0 and isinstance(student["speedup_significant"], bool)
     assert student["worst_class"]["delta_points"] <= 0 or student["worst_class"]["class"]
-    assert summary["floor"]["p50_us"] > 0 and summary["findings"]
+    assert set(summary["floors"]) == {"onnx", "tflite"} and summary["findings"]
+    compared = {(c["role"], c["precision"]) for c in summary["runtime_comparison"]}
+    assert ("teacher", "fp32") in compared and ("student", "int4") in compared
     html = tiny_run.report_path.read_text()
     assert "data:image/png;base64," in html
     assert "http://" not in html and "https://" not in html  # self-contained, opens offline
@@ -146,4 +160,4 @@ def test_python_api_export_and_bench(tiny_run, tmp_path):
 def test_cli_run_prints_the_teacher_vs_student_table(tiny_run):
     out = subprocess.run([sys.executable, "-m", "edgekd.cli", "report", str(tiny_run.rundir.root)],
                          capture_output=True, text=True, check=True).stdout
-    assert "teacher-onnx-fp32" in out and "student-onnx-int8_static" in out and "index.html" in out
+    assert "teacher-onnx-fp32" in out and "student-tflite-int4" in out and "index.html" in out

@@ -19,7 +19,7 @@ import numpy as np
 
 from edgekd.bench import stats
 from edgekd.bench.result import BenchResult
-from edgekd.errors import ArtifactError, BenchError, RegistryError
+from edgekd.errors import ArtifactError, BenchError, EdgeKDError, RegistryError
 from edgekd.export.artifact import RECORD_NAME, Artifact
 from edgekd.progress import Reporter, SilentReporter
 from edgekd.rundir import sha256_file
@@ -28,7 +28,6 @@ logger = logging.getLogger(__name__)
 
 RUNNER = Path(__file__).with_name("runner.py")
 DEVICES = ("host",)
-RUNTIME_OF_FORMAT = {"onnx": "onnxruntime"}
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ def resolve_artifact(item: Artifact | str | Path) -> Artifact:
         return item
     path = Path(item)
     if not path.exists():
-        raise ArtifactError(f"artifact not found: {path}", fix="give an artifact folder or a .onnx file")
+        raise ArtifactError(f"artifact not found: {path}", fix="give an artifact folder or an .onnx / .tflite file")
     record = path / RECORD_NAME if path.is_dir() else path.parent / RECORD_NAME
     if record.is_file() and (path.is_dir() or Artifact.load(record).file == path.name):
         artifact = Artifact.load(record)
@@ -67,16 +66,18 @@ def resolve_artifact(item: Artifact | str | Path) -> Artifact:
 
 
 def _describe_bare_file(path: Path) -> Artifact:
-    if path.suffix != ".onnx":
-        raise ArtifactError(f"cannot benchmark {path}: unknown model format '{path.suffix}'",
-                            why="supported formats: .onnx", fix="export the model to ONNX first")
-    from edgekd.export.onnx import describe_io, load_onnx_checked, op_histogram
+    """An ad-hoc record for a model file that edgekd did not export (no parity, no lineage)."""
+    from edgekd.export.formats import backend_for_file
 
-    graph = load_onnx_checked(path)
-    inputs, outputs = describe_io(graph)
-    return Artifact(name=path.stem, role="model", format="onnx", precision="unknown", file=path.name,
-                    size_bytes=path.stat().st_size, sha256=sha256_file(path), inputs=inputs, outputs=outputs,
-                    op_histogram=op_histogram(graph), directory=path.parent)
+    try:
+        backend = backend_for_file(path)
+    except EdgeKDError as exc:
+        raise ArtifactError(f"cannot benchmark {path}: {exc.what}", why=exc.why, fix=exc.fix) from None
+    info = backend.inspect(path)
+    return Artifact(name=path.stem, role="model", format=backend.name, precision="unknown", file=path.name,
+                    size_bytes=path.stat().st_size, sha256=sha256_file(path), inputs=info.inputs,
+                    outputs=info.outputs, op_histogram=info.op_histogram, layout_ops=info.layout_ops,
+                    weight_bits=info.weight_bits, directory=path.parent)
 
 
 def _synthetic_inputs(artifact: Artifact, batch_size: int, folder: Path) -> dict[str, str]:
@@ -123,10 +124,6 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
     if settings.rounds < 1:
         raise BenchError(f"rounds must be ≥ 1, got {settings.rounds}", fix="use --rounds 1 or more")
     resolved = [resolve_artifact(a) for a in artifacts]
-    for artifact in resolved:
-        if artifact.format not in RUNTIME_OF_FORMAT:
-            raise BenchError(f"no runtime for format '{artifact.format}' ({artifact.name})",
-                             fix=f"benchmark formats: {', '.join(RUNTIME_OF_FORMAT)}")
     reporter = reporter or SilentReporter()
     task = reporter.task(f"bench on {device}", len(resolved) * settings.rounds)
     raws: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(resolved))}
@@ -153,7 +150,9 @@ def _run_once(artifact: Artifact, settings: BenchSettings, inputs: Path | None, 
     workdir.mkdir(parents=True, exist_ok=True)
     feeds = ({artifact.inputs[0]["name"]: str(Path(inputs).resolve())} if inputs is not None
              else _synthetic_inputs(artifact, settings.batch_size, workdir))
-    spec = {"artifact": str(artifact.path.resolve()), "runtime": RUNTIME_OF_FORMAT[artifact.format],
+    from edgekd.export.formats import FORMATS
+
+    spec = {"artifact": str(artifact.path.resolve()), "runtime": FORMATS[artifact.format]().runtime,
             "threads": settings.threads, "inputs": feeds, "warmup_runs": settings.warmup_runs,
             "warmup_min_seconds": settings.warmup_min_seconds, "min_runs": settings.min_runs,
             "min_seconds": settings.min_seconds, "max_seconds": settings.max_seconds,

@@ -17,7 +17,10 @@ from edgekd.rundir import RunDir, atomic_write
 
 SUMMARY_SCHEMA = "edgekd.summary/1"
 ROLE_ORDER = {"teacher": 0, "student": 1, "scratch": 2}
-PRECISION_ORDER = {"fp32": 0, "int8_static": 1, "int8_dynamic": 2}
+PRECISION_ORDER = {"fp32": 0, "int8_static": 1, "int8_dynamic": 2, "int4": 3}
+FORMAT_ORDER = {"onnx": 0, "tflite": 1}
+RUNTIME_OF = {"onnx": "onnxruntime", "tflite": "LiteRT"}
+LAYOUT_SHARE_WARNING = 0.2  # warn when Transpose-like ops are this share of a graph's operators
 
 
 def _row(artifact: Artifact, result: BenchResult | None) -> dict[str, Any]:
@@ -28,6 +31,12 @@ def _row(artifact: Artifact, result: BenchResult | None) -> dict[str, Any]:
         "accuracy": p.accuracy if p else None, "agreement": p.agreement if p else None,
         "max_abs_error": p.max_abs_error if p else None, "parity_passed": p.passed if p else None,
         "parity_reason": p.reason if p else None, "per_class_accuracy": p.per_class_accuracy if p else [],
+        "ops": sum(artifact.op_histogram.values()), "layout_ops": artifact.layout_ops,
+        "int4_bytes": artifact.weight_bits.get("int4_bytes"), "share_4bit": artifact.weight_bits.get("share_4bit"),
+        "share_8bit": artifact.weight_bits.get("share_8bit"),
+        "int4_settings": ({k: artifact.quantization.get(k) for k in ("block_size", "accuracy_level", "recipe")
+                           if k in artifact.quantization} if artifact.quantization and artifact.precision == "int4"
+                          else None),
     }
     if result is not None:
         lat = result.latency_us
@@ -51,16 +60,16 @@ def build_summary(rundir: RunDir, *, recipe: dict[str, Any], model_metrics: dict
                   class_names: list[str]) -> dict[str, Any]:
     artifacts = [Artifact.load(p) for p in sorted(rundir.artifacts.glob("*/artifact.json"))]
     results = {r.artifact["sha256"]: r for r in (BenchResult.load(p) for p in sorted(rundir.results.glob("bench-*.json")))}
-    floor_art = next((a for a in artifacts if a.role == "floor"), None)
-    floor = results.get(floor_art.sha256) if floor_art else None
+    floors = {a.format: results.get(a.sha256) for a in artifacts if a.role == "floor"}
     models = sorted((a for a in artifacts if a.role != "floor"),
-                    key=lambda a: (ROLE_ORDER.get(a.role, 9), a.format, PRECISION_ORDER.get(a.precision, 9)))
+                    key=lambda a: (ROLE_ORDER.get(a.role, 9), FORMAT_ORDER.get(a.format, 9),
+                                   PRECISION_ORDER.get(a.precision, 9)))
     rows = [_row(a, results.get(a.sha256)) for a in models]
     by_name = {r["name"]: r for r in rows}
-    teacher = results.get(next((a.sha256 for a in models if a.role == "teacher" and a.precision == "fp32"), ""))
+    teachers = {a.format: results.get(a.sha256) for a in models if a.role == "teacher" and a.precision == "fp32"}
     for art, row in zip(models, rows):
-        res = results.get(art.sha256)
-        if res is not None and teacher is not None:
+        res, teacher, floor = results.get(art.sha256), teachers.get(art.format), floors.get(art.format)
+        if res is not None and teacher is not None:  # speed-up against the teacher in the same runtime
             cmp = stats.compare(teacher.latencies_ns, res.latencies_ns)
             row.update({"speedup_vs_teacher": cmp["ratio"], "speedup_ci95": cmp["ratio_ci95"],
                         "speedup_significant": cmp["significant"]})
@@ -73,21 +82,36 @@ def build_summary(rundir: RunDir, *, recipe: dict[str, Any], model_metrics: dict
             row["class_delta_reference"] = ref["name"]
             row["worst_class"] = {"class": class_names[worst] if worst < len(class_names) else str(worst),
                                   "delta_points": deltas[worst]}
-    any_result = floor or teacher or next(iter(results.values()), None)
+    any_result = next((r for r in floors.values() if r), None) or next(iter(results.values()), None)
     summary = {
         "schema": SUMMARY_SCHEMA,
         "run": recipe.get("name"),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": _machine(any_result),
+        "runtimes": {fmt: floor.runtime for fmt, floor in floors.items() if floor},
         "recipe": recipe,
         "models": model_metrics,
         "class_names": class_names,
-        "floor": ({"name": floor_art.name, "p50_us": floor.latency_us["p50"], "ci95_p50": floor.latency_us["ci95_p50"]}
-                  if floor and floor_art else None),
+        "floors": {fmt: {"p50_us": f.latency_us["p50"], "ci95_p50": f.latency_us["ci95_p50"]}
+                   for fmt, f in floors.items() if f},
         "rows": rows,
+        "runtime_comparison": _runtime_comparison(rows),
     }
     summary["findings"] = findings(summary)
     return summary
+
+
+def _runtime_comparison(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The same model and precision in onnxruntime and in LiteRT, side by side."""
+    out = []
+    by_key = {(r["role"], r["precision"], r["format"]): r for r in rows if r.get("p50_us") is not None}
+    for (role, precision, fmt), onnx_row in by_key.items():
+        lite = by_key.get((role, precision, "tflite"))
+        if fmt == "onnx" and lite is not None:
+            out.append({"role": role, "precision": precision, "onnx_p50_us": onnx_row["p50_us"],
+                        "tflite_p50_us": lite["p50_us"], "onnx_over_tflite": onnx_row["p50_us"] / lite["p50_us"],
+                        "onnx_accuracy": onnx_row.get("accuracy"), "tflite_accuracy": lite.get("accuracy")})
+    return out
 
 
 def _machine(result: BenchResult | None) -> dict[str, Any]:
@@ -116,24 +140,32 @@ def findings(summary: dict[str, Any]) -> list[str]:
         if row.get("parity_passed") is False:
             out.append(f"FAILED: {row['name']} did not pass its parity check ({row['parity_reason']}); "
                        "do not ship it.")
-    timed = [r for r in rows if r.get("p50_us") is not None and r["role"] == "student"]
-    if timed:
+    for fmt, floor in (summary.get("floors") or {}).items():
+        timed = [r for r in rows if r.get("p50_us") is not None and r["role"] == "student" and r["format"] == fmt]
+        if not timed:
+            continue
+        runtime = RUNTIME_OF.get(fmt, fmt)
         fastest = min(timed, key=lambda r: r["p50_us"])
-        floor = summary.get("floor")
-        text = f"Fastest student artifact: {fastest['name']} at p50 {fastest['p50_us']:.2f} µs"
-        if floor:
-            text += (f", {fastest['p50_us'] / floor['p50_us']:.2f}× the runtime's per-call floor "
-                     f"({floor['p50_us']:.2f} µs for an Identity graph): at this size the runtime's call overhead, "
-                     "not the model, sets the latency")
-        out.append(text + ".")
+        out.append(f"{runtime}: fastest student artifact {fastest['name']} at p50 {fastest['p50_us']:.2f} µs, "
+                   f"{fastest['p50_us'] / floor['p50_us']:.2f}× the runtime's per-call floor "
+                   f"({floor['p50_us']:.2f} µs for an Identity graph): at this size the runtime's call overhead, "
+                   "not the model, sets the latency.")
         fp32 = next((r for r in timed if r["precision"] == "fp32"), None)
         for row in timed:
-            if fp32 and row["precision"].startswith("int8") and row["p50_us"] > fp32["p50_us"]:
+            if fp32 and row["precision"] != "fp32" and row["p50_us"] > fp32["p50_us"]:
                 out.append(
-                    f"{row['name']} is slower than FP32 ({row['p50_us']:.2f} vs {fp32['p50_us']:.2f} µs): the student "
-                    f"has only {row.get('parameters') or 0:,} parameters, so quantize/dequantize steps and extra "
-                    "operators cost more than the int8 arithmetic saves; INT8 pays off when a model's time is "
-                    "spent in large matrix multiplies or convolutions.")
+                    f"{runtime}: {row['name']} is slower than FP32 ({row['p50_us']:.2f} vs {fp32['p50_us']:.2f} µs): "
+                    f"the student has only {row.get('parameters') or 0:,} parameters, so quantize/dequantize steps "
+                    "and extra operators cost more than the narrower arithmetic saves; quantization pays off when a "
+                    "model's time goes into large matrix multiplies or convolutions (and its file is smaller "
+                    f"either way: {row['size_bytes'] / 1024:.1f} vs {fp32['size_bytes'] / 1024:.1f} KiB).")
+    for row in rows:
+        if row["precision"] == "int4" and row.get("share_4bit") is not None:
+            out.append(f"{row['name']}: {row['share_4bit']:.0%} of its stored weight bytes are 4-bit "
+                       f"({(row.get('int4_bytes') or 0) / 1024:.1f} KiB; settings {row.get('int4_settings')}).")
+        if row.get("ops") and row["layout_ops"] / row["ops"] >= LAYOUT_SHARE_WARNING:
+            out.append(f"warning: {row['name']} spends {row['layout_ops']} of its {row['ops']} operators on layout "
+                       "(Transpose), which NCHW→NHWC conversion adds; consider channels-last inputs.")
     unstable = [r["name"] for r in rows if r.get("unstable")]
     if unstable:
         out.append(f"Unstable timings (high spread; rerun on a quieter machine): {', '.join(unstable)}.")
@@ -179,19 +211,22 @@ def plots(summary: dict[str, Any], latencies: dict[str, list[int]]) -> dict[str,
     if rows:
         fig, ax = plt.subplots(figsize=(7, 4.2))
         colors = {"teacher": "tab:red", "student": "tab:blue", "scratch": "tab:gray"}
+        markers = {"onnx": "o", "tflite": "s"}
         for i, r in enumerate(rows):
-            ax.scatter(r["p50_us"], r["accuracy"] * 100, color=colors.get(r["role"], "k"), s=40, zorder=3)
-            ax.annotate(f"{r['role']} {r['precision']}", (r["p50_us"], r["accuracy"] * 100), fontsize=7,
+            ax.scatter(r["p50_us"], r["accuracy"] * 100, color=colors.get(r["role"], "k"),
+                       marker=markers.get(r["format"], "o"), s=40, zorder=3)
+            ax.annotate(f"{r['role']} {r['format']} {r['precision']}", (r["p50_us"], r["accuracy"] * 100), fontsize=6,
                         xytext=(4, 4 if i % 2 == 0 else -10), textcoords="offset points")  # alternate: no overlap
         front = _pareto([(r["p50_us"], r["accuracy"] * 100) for r in rows])
         ax.step([p for p, _ in front], [a for _, a in front], where="post", color="tab:green", alpha=0.6,
                 label="Pareto front")
-        if summary.get("floor"):
-            ax.axvline(summary["floor"]["p50_us"], color="k", ls=":", lw=1, label="runtime floor")
+        for fmt, floor in (summary.get("floors") or {}).items():
+            ax.axvline(floor["p50_us"], color="k", ls=":" if fmt == "onnx" else "--", lw=1,
+                       label=f"{RUNTIME_OF.get(fmt, fmt)} floor")
         _log_axis_plain(ax.xaxis)
         ax.set_xlabel("p50 latency (µs, log scale)")
         ax.set_ylabel("test accuracy of the artifact (%)")
-        ax.set_title("Accuracy vs latency")
+        ax.set_title("Accuracy vs latency (circles onnxruntime, squares LiteRT)")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         images["pareto"] = _png(fig)
@@ -233,21 +268,31 @@ def write_html(summary: dict[str, Any], path: Path) -> Path:
         worst = r.get("worst_class")
         worst_txt = "–" if not worst else f"class {worst['class']}: {worst['delta_points']:+.1f} pt vs {r['class_delta_reference']}"
         ci = r.get("ci95_p50")
+        bits = "–" if r.get("share_4bit") is None else f"{r['share_4bit']:.0%} / {r['share_8bit']:.0%}"
         rows_html.append(
             "<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in [
-                r["name"], _fmt(r.get("parameters"), ","), f"{r['size_bytes'] / 1024:.1f} KiB",
+                r["name"], _fmt(r.get("parameters"), ","), f"{r['size_bytes'] / 1024:.1f} KiB", bits,
                 _fmt(r.get("accuracy"), ".2%"), _fmt(r.get("agreement"), ".2%"), _fmt(r.get("max_abs_error"), ".2e"),
                 (f"{r['p50_us']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" if r.get("p50_us") is not None else "–")
                 + (" unstable" if r.get("unstable") else ""),
                 _fmt(r.get("p99_us"), ".2f"), _fmt(r.get("x_floor"), ".2f"), speed_txt,
                 _fmt(r.get("vmhwm_kb") and r["vmhwm_kb"] / 1024, ".1f"), worst_txt, status]) + "</tr>")
-    header = ["artifact", "params", "size", "test acc", "agreement", "max |err|", "p50 µs [95% CI]", "p99 µs",
+    header = ["artifact", "params", "size", "4-bit / 8-bit weight bytes", "test acc", "agreement", "max |err|", "p50 µs [95% CI]", "p99 µs",
               "× floor", "speed-up vs teacher [95% CI]", "peak MiB", "worst class Δ", "parity"]
     class_names = summary.get("class_names") or []
     per_class = "".join(
         "<tr><td>" + e(r["name"]) + "</td>" + "".join(f"<td>{v:.0%}</td>" for v in r["per_class_accuracy"]) + "</tr>"
         for r in summary["rows"] if r["per_class_accuracy"])
-    floor = summary.get("floor")
+    floors = summary.get("floors") or {}
+    floor_txt = "; ".join(f"{RUNTIME_OF.get(f, f)} floor (Identity graph) p50 {v['p50_us']:.2f} µs" for f, v in floors.items())
+    comparison = "".join(
+        f"<tr><td>{e(c['role'])} {e(c['precision'])}</td><td>{c['onnx_p50_us']:.2f}</td><td>{c['tflite_p50_us']:.2f}</td>"
+        f"<td>{c['onnx_over_tflite']:.2f}×</td><td>{_fmt(c['onnx_accuracy'], '.2%')}</td>"
+        f"<td>{_fmt(c['tflite_accuracy'], '.2%')}</td></tr>" for c in summary.get("runtime_comparison", []))
+    runtimes = summary.get("runtimes") or {}
+    runtime_txt = ", ".join(f"{e(str(r.get('name')))} {e(str(r.get('version')))}"
+                            + (f" (delegate {e(str(r.get('delegate')))})" if r.get("delegate") else "")
+                            for r in runtimes.values())
     doc = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>edgekd report: {e(str(summary.get('run')))}</title>
 <style>
@@ -264,13 +309,14 @@ th {{ background: #f3f3f3; }}
 CPU {e(str(system.get('cpu_model')))} ({e(str(system.get('cpu_count_logical')))} logical cores;
 features: {e(', '.join(system.get('cpu_features') or []) or 'none detected')}) · governor {e(str(system.get('governor')))} ·
 {e(str(machine.get('threads')))} thread(s), batch {e(str(machine.get('batch_size')))} ·
-runtime {e(str((machine.get('runtime') or {}).get('name')))} {e(str((machine.get('runtime') or {}).get('version')))}</p>
+runtimes {runtime_txt}</p>
 <h2>Findings</h2><ul class="findings">{''.join(f'<li>{e(f)}</li>' for f in summary.get('findings', []))}</ul>
 <h2>Artifacts</h2>
 <table><tr>{''.join(f'<th>{e(h)}</th>' for h in header)}</tr>{''.join(rows_html)}</table>
 <p class="meta">Accuracy and agreement are measured on the exported artifact (test split) against its PyTorch model.
-Latency: {'runtime floor (Identity graph) p50 ' + format(floor['p50_us'], '.2f') + ' µs; ' if floor else ''}
+Latency: {e(floor_txt)}; "× floor" and the speed-up compare with the floor and the teacher in the same runtime;
 speed-up intervals are bootstrap 95% intervals of the ratio of medians; "within noise" means the interval contains 1.</p>
+{f'<h2>onnxruntime vs LiteRT</h2><table><tr><th>model</th><th>onnxruntime p50 µs</th><th>LiteRT p50 µs</th><th>ORT / LiteRT</th><th>ORT acc</th><th>LiteRT acc</th></tr>{comparison}</table>' if comparison else ''}
 {f'<h2>Accuracy vs latency</h2><img alt="accuracy vs p50" src="{images["pareto"]}">' if 'pareto' in images else ''}
 {f'<h2>Latency distributions</h2><img alt="latency distributions" src="{images["latency"]}">' if 'latency' in images else ''}
 <h2>Per-class test accuracy</h2>

@@ -54,6 +54,8 @@ class Artifact(BaseModel):
     inputs: list[dict[str, Any]] = Field(default_factory=list)
     outputs: list[dict[str, Any]] = Field(default_factory=list)
     op_histogram: dict[str, int] = Field(default_factory=dict)
+    layout_ops: int = Field(0, description="Transpose operators (what NCHW→NHWC conversion adds)")
+    weight_bits: dict[str, Any] = Field(default_factory=dict, description="stored constant bytes by width")
     quantization: dict[str, Any] | None = None
     parity: Parity | None = None
     lineage: dict[str, Any] = Field(default_factory=dict)

@@ -98,11 +98,6 @@ def _offending_module(model: "nn.Module", in_shape: tuple[int, ...], opset: int)
     return ""
 
 
-def check_exportable(model: "nn.Module", in_shape: tuple[int, ...], opset: int) -> None:
-    """A quick trial export, run before training, so an unexportable model fails in seconds."""
-    _to_onnx_program(model, in_shape, opset)
-
-
 def export_onnx(model: "nn.Module", in_shape: tuple[int, ...], path: Path, *, opset: int) -> Path:
     """Export `model` to an FP32 ONNX file at `path` (atomically), simplified by onnxslim."""
     import onnx

@@ -1,0 +1,194 @@
+"""Export formats behind one interface, registered by name ("onnx", "tflite").
+
+Each backend exports FP32, quantizes from that FP32 file, runs an artifact on the host (for parity),
+inspects it (signature, operators, weight storage) and writes the runtime's per-call floor graph.
+The exporter loops over formats × precisions without knowing either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from edgekd.errors import ExportError
+from edgekd.registry import Registry
+
+if TYPE_CHECKING:
+    from torch import nn
+
+LAYOUT_OPS = {"Transpose", "TRANSPOSE"}
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Knobs shared by the backends (each reads the ones it has)."""
+
+    opset: int = 18
+    calibration: np.ndarray | None = None
+    int4_block_size: int = 32  # ONNX MatMulNBits block (and the 4-bit Conv weights' blocks where used)
+    int4_accuracy_level: int = 4  # ONNX MatMulNBits: 0 = fp32 compute, 4 = int8 compute
+    tflite_int4_block_size: int | None = None  # None = per-channel (XNNPACK); 32..256 = block-wise
+
+
+@dataclass
+class Inspection:
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    op_histogram: dict[str, int]
+    weight_bits: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def layout_ops(self) -> int:
+        return sum(n for op, n in self.op_histogram.items() if op in LAYOUT_OPS)
+
+
+class Backend(Protocol):
+    name: str
+    suffix: str
+    runtime: str  # the runner's runtime name
+    precisions: tuple[str, ...]
+
+    def check_available(self) -> None: ...
+
+    def export_fp32(self, model: "nn.Module", in_shape: tuple[int, ...], path: Path, opts: ExportOptions) -> None: ...
+
+    def quantize(self, fp32: Path, out: Path, precision: str, opts: ExportOptions) -> dict[str, Any]: ...
+
+    def predict(self, path: Path, x: np.ndarray) -> np.ndarray: ...
+
+    def inspect(self, path: Path) -> Inspection: ...
+
+    def write_floor(self, path: Path, in_shape: tuple[int, ...], opts: ExportOptions) -> None: ...
+
+
+FORMATS: Registry[Backend] = Registry("export format")
+
+
+_NOT_WEIGHTS = ("int64", "bool")  # shapes and indices, not weights
+
+
+def summarize_weight_bits(by_dtype: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """Bytes of stored constants by width (4-bit / 8-bit / float / other) and the shares of weight bytes
+    (everything but int64/bool shape constants) that are 4-bit and 8-bit."""
+    groups = {"int4_bytes": 0, "int8_bytes": 0, "float_bytes": 0, "other_bytes": 0}
+    for dtype, entry in by_dtype.items():
+        key = ("int4_bytes" if dtype in ("int4", "uint4") else "int8_bytes" if dtype in ("int8", "uint8")
+               else "float_bytes" if dtype.startswith(("float", "bfloat")) else "other_bytes")
+        groups[key] += int(entry["bytes"])
+    weights = sum(groups.values()) - sum(int(by_dtype[d]["bytes"]) for d in _NOT_WEIGHTS if d in by_dtype) or 1
+    return {**groups, "share_4bit": groups["int4_bytes"] / weights, "share_8bit": groups["int8_bytes"] / weights,
+            "by_dtype": by_dtype}
+
+
+@FORMATS.register("onnx")
+class OnnxBackend:
+    name, suffix, runtime = "onnx", ".onnx", "onnxruntime"
+    precisions = ("fp32", "int8_static", "int8_dynamic", "int4")
+
+    def check_available(self) -> None:  # onnx and onnxruntime are base dependencies
+        pass
+
+    def export_fp32(self, model, in_shape, path, opts):
+        from edgekd.export.onnx import export_onnx
+
+        export_onnx(model, in_shape, path, opset=opts.opset)
+
+    def quantize(self, fp32, out, precision, opts):
+        from edgekd.export import onnx as onnx_export
+
+        if precision == "int8_static":
+            return onnx_export.quantize_static_int8(fp32, out, _calibration(opts, precision))
+        if precision == "int8_dynamic":
+            return onnx_export.quantize_dynamic_int8(fp32, out)
+        if precision == "int4":
+            from edgekd.export.onnx_int4 import quantize_int4
+
+            return quantize_int4(fp32, out, block_size=opts.int4_block_size, accuracy_level=opts.int4_accuracy_level)
+        raise _unknown(self, precision)
+
+    def predict(self, path, x):
+        from edgekd.export.verify import onnx_predict
+
+        return onnx_predict(path, x)
+
+    def inspect(self, path):
+        from edgekd.export.onnx import describe_io, load_onnx_checked, op_histogram
+        from edgekd.export.onnx_int4 import onnx_weight_bits
+
+        graph = load_onnx_checked(path)
+        inputs, outputs = describe_io(graph)
+        bits = {k: v for k, v in onnx_weight_bits(path).items() if k != "summary"}
+        return Inspection(inputs, outputs, op_histogram(graph), summarize_weight_bits(bits))
+
+    def write_floor(self, path, in_shape, opts):
+        from edgekd.export.onnx import write_identity_model
+
+        write_identity_model(path, in_shape, opts.opset)
+
+
+@FORMATS.register("tflite")
+class TfliteBackend:
+    name, suffix, runtime = "tflite", ".tflite", "litert"
+    precisions = ("fp32", "int8_static", "int8_dynamic", "int4")
+
+    def check_available(self) -> None:
+        from edgekd.export.tflite import _import_converter
+
+        _import_converter()
+
+    def export_fp32(self, model, in_shape, path, opts):
+        from edgekd.export.tflite import export_tflite
+
+        export_tflite(model, in_shape, path)
+
+    def quantize(self, fp32, out, precision, opts):
+        from edgekd.export.tflite import quantize_tflite
+
+        if precision not in self.precisions[1:]:
+            raise _unknown(self, precision)
+        return quantize_tflite(fp32, out, precision,
+                               _calibration(opts, precision) if precision == "int8_static" else None,
+                               block_size=opts.tflite_int4_block_size if precision == "int4" else None)
+
+    def predict(self, path, x):
+        from edgekd.export.tflite import tflite_predict
+
+        return tflite_predict(path, x)
+
+    def inspect(self, path):
+        from edgekd.export.tflite import describe_io, tflite_op_histogram, tflite_weight_bits
+
+        inputs, outputs = describe_io(path)
+        return Inspection(inputs, outputs, tflite_op_histogram(path), summarize_weight_bits(tflite_weight_bits(path)))
+
+    def write_floor(self, path, in_shape, opts):
+        from torch import nn
+
+        from edgekd.export.tflite import export_tflite
+
+        export_tflite(nn.Identity(), in_shape, path)  # converts to a graph with no operator: pure call overhead
+
+
+def _calibration(opts: ExportOptions, precision: str) -> np.ndarray:
+    if opts.calibration is None or len(opts.calibration) == 0:
+        raise ExportError(f"{precision} needs calibration inputs", fix="give calibration rows (export.calibration_samples)")
+    return opts.calibration
+
+
+def _unknown(backend: Backend, precision: str) -> ExportError:
+    return ExportError(f"unknown {backend.name} precision '{precision}'", why=f"known: {', '.join(backend.precisions)}",
+                       fix="fix export.targets in the recipe")
+
+
+def backend_for_file(path: Path) -> Backend:
+    """The backend of a model file, by suffix."""
+    for name in FORMATS.names():
+        backend = FORMATS[name]()
+        if Path(path).suffix == backend.suffix:
+            return backend
+    raise ExportError(f"unknown model format '{Path(path).suffix}' ({path})",
+                      why=f"known suffixes: {', '.join(FORMATS[n].suffix for n in FORMATS.names())}",
+                      fix="give an .onnx or .tflite file")
