@@ -297,12 +297,13 @@ def check_registered_names(recipe: Recipe, origin: str = "<recipe>") -> None:
                     why=f"'{cfg.family}' accepts: {', '.join(allowed) or 'no parameters'}",
                     fix=f"remove or rename {role}.model.params.{key} in {origin}",
                 )
-    if recipe.bench.device != "host":
-        raise RecipeError(
-            f"invalid recipe: bench.device: unknown device '{recipe.bench.device}'",
-            why="known devices: host",
-            fix=f"set bench.device in {origin} to 'host'",
-        )
+    from edgekd.devices.profiles import find_profile
+
+    try:
+        find_profile(recipe.bench.device)
+    except EdgeKDError as exc:
+        raise RecipeError(f"invalid recipe: bench.device: {exc.what}", why=exc.why,
+                          fix=f"set bench.device in {origin} to one of those (or a profile path)") from None
 
 
 def dump_recipe(recipe: Recipe) -> str:

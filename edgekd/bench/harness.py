@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -19,7 +17,8 @@ import numpy as np
 
 from edgekd.bench import stats
 from edgekd.bench.result import BenchResult
-from edgekd.errors import ArtifactError, BenchError, EdgeKDError, RegistryError
+from edgekd.devices.base import Device, python_argv
+from edgekd.errors import ArtifactError, BenchError, EdgeKDError
 from edgekd.export.artifact import RECORD_NAME, Artifact
 from edgekd.progress import Reporter, SilentReporter
 from edgekd.rundir import sha256_file
@@ -27,7 +26,6 @@ from edgekd.rundir import sha256_file
 logger = logging.getLogger(__name__)
 
 RUNNER = Path(__file__).with_name("runner.py")
-DEVICES = ("host",)
 
 
 @dataclass(frozen=True)
@@ -92,75 +90,106 @@ def _synthetic_inputs(artifact: Artifact, batch_size: int, folder: Path) -> dict
     return out
 
 
-def run_runner(spec: dict[str, Any], workdir: Path, timeout: float) -> dict[str, Any]:
-    """Run the runner in a fresh process with `spec`; return its JSON or raise BenchError."""
-    spec_path = workdir / "spec.json"
-    spec_path.write_text(json.dumps(spec))
-    try:
-        proc = subprocess.run([sys.executable, str(RUNNER), str(spec_path)], capture_output=True, text=True,
-                              timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"the benchmark of {spec['artifact']} did not finish within {timeout:.0f} s",
-                         fix="lower bench.max_seconds or check that the model is not stuck") from None
-    try:
-        out = json.loads(proc.stdout)
-    except json.JSONDecodeError:
-        raise BenchError("the runner crashed", why=(proc.stderr.strip().splitlines() or ["no output"])[-1],
-                         fix="run the runner by hand with the spec to see the full error") from None
-    if not out.get("ok"):
-        err = out.get("error", {})
-        raise BenchError(err.get("what", "the runner failed"), why=err.get("why"), fix=err.get("fix"))
-    return out
+class _Session:
+    """One device for the duration of a bench call: pushes each file once (skipped when the device already
+    has it, by sha256) and runs the runner with a spec."""
+
+    def __init__(self, device: Device, local_tmp: Path) -> None:
+        self.device = device
+        self.local_tmp = local_tmp
+        self.pushed: dict[str, str] = {}  # local sha256 -> remote path
+        self.runner = self.push(RUNNER, "edgekd_runner.py")
+
+    def push(self, local: Path, name: str) -> str:
+        digest = sha256_file(local)
+        if digest in self.pushed:
+            return self.pushed[digest]
+        remote = f"{self.device.workdir}/{name}"
+        if self.device.sha256(remote) != digest:
+            self.device.push(local, remote)
+        self.pushed[digest] = remote
+        return remote
+
+    def run_spec(self, spec: dict[str, Any], tag: str, timeout: float) -> dict[str, Any]:
+        """Push the spec, run the runner on the device, parse its one JSON object (or raise BenchError)."""
+        local = self.local_tmp / f"spec-{tag}.json"
+        local.write_text(json.dumps(spec))
+        remote_spec = self.push(local, f"specs/{sha256_file(local)[:16]}.json")
+        argv = [*python_argv(self.device.profile), self.runner, remote_spec]
+        if self.device.profile.cpus:
+            argv = ["taskset", "-c", ",".join(str(c) for c in self.device.profile.cpus), *argv]
+        proc = self.device.run(argv, timeout=timeout)
+        try:
+            out = json.loads(proc.stdout)
+        except json.JSONDecodeError:
+            raise BenchError(f"the runner crashed on {self.device.name}",
+                             why=(proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1],
+                             fix="run the runner by hand on the device with the spec to see the full error") from None
+        if not out.get("ok"):
+            err = out.get("error", {})
+            raise BenchError(f"{self.device.name}: {err.get('what', 'the runner failed')}", why=err.get("why"),
+                             fix=err.get("fix"))
+        return out
 
 
 def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, settings: BenchSettings | None = None,
           inputs: Path | None = None, results_dir: Path | None = None,
           reporter: Reporter | None = None) -> list[BenchResult]:
-    """Benchmark each artifact on `device`; save results under results_dir when given."""
-    if device not in DEVICES:
-        raise RegistryError(f"unknown device '{device}'", why=f"known devices: {', '.join(DEVICES)}",
-                            fix="use --device host")
+    """Benchmark each artifact on `device` (a profile name or path); save results under results_dir when given."""
+    from edgekd.devices.profiles import open_device
+
     settings = settings or BenchSettings()
     if settings.rounds < 1:
         raise BenchError(f"rounds must be ≥ 1, got {settings.rounds}", fix="use --rounds 1 or more")
     resolved = [resolve_artifact(a) for a in artifacts]
+    target = open_device(device)
     reporter = reporter or SilentReporter()
-    task = reporter.task(f"bench on {device}", len(resolved) * settings.rounds)
+    task = reporter.task(f"bench on {target.name}", len(resolved) * settings.rounds)
     raws: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(resolved))}
     per_round = replace(settings, min_runs=-(-settings.min_runs // settings.rounds),
                         min_seconds=settings.min_seconds / settings.rounds,
                         max_seconds=settings.max_seconds / settings.rounds)
-    with tempfile.TemporaryDirectory(prefix="edgekd-bench-") as tmp:
-        for _ in range(settings.rounds):
-            for i, artifact in enumerate(resolved):
-                raws[i].append(_run_once(artifact, per_round, inputs, Path(tmp) / str(i)))
-                task.advance(1)
-    task.close()
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgekd-bench-") as tmp:
+            session = _Session(target, Path(tmp))
+            specs = [_spec(session, artifact, per_round, inputs, Path(tmp)) for artifact in resolved]
+            for _ in range(settings.rounds):
+                for i, artifact in enumerate(resolved):
+                    raws[i].append(session.run_spec(specs[i], str(i), timeout=per_round.max_seconds * 3 + 120))
+                    task.advance(1)
+    finally:
+        target.close()
+        task.close()
     results = []
     for i, artifact in enumerate(resolved):
-        result = to_result(raws[i], artifact, device, settings)
+        result = to_result(raws[i], artifact, target, settings)
         if results_dir is not None:
             result.save(Path(results_dir) / f"bench-{artifact.name}.json")
         results.append(result)
     return results
 
 
-def _run_once(artifact: Artifact, settings: BenchSettings, inputs: Path | None, workdir: Path) -> dict[str, Any]:
-    """One fresh runner process timing one artifact."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    feeds = ({artifact.inputs[0]["name"]: str(Path(inputs).resolve())} if inputs is not None
-             else _synthetic_inputs(artifact, settings.batch_size, workdir))
+def _spec(session: _Session, artifact: Artifact, settings: BenchSettings, inputs: Path | None,
+          local_tmp: Path) -> dict[str, Any]:
+    """The runner spec of one artifact, with the artifact and its inputs pushed to the device."""
     from edgekd.export.formats import FORMATS
 
-    spec = {"artifact": str(artifact.path.resolve()), "runtime": FORMATS[artifact.format]().runtime,
+    if inputs is not None:
+        local_feeds = {artifact.inputs[0]["name"]: Path(inputs)}
+    else:
+        folder = local_tmp / artifact.sha256[:16]
+        folder.mkdir(parents=True, exist_ok=True)
+        local_feeds = {k: Path(v) for k, v in _synthetic_inputs(artifact, settings.batch_size, folder).items()}
+    feeds = {name: session.push(path, f"inputs/{sha256_file(path)[:16]}.npy") for name, path in local_feeds.items()}
+    remote_artifact = session.push(artifact.path, f"artifacts/{artifact.sha256[:16]}{artifact.path.suffix}")
+    return {"artifact": remote_artifact, "runtime": FORMATS[artifact.format]().runtime,
             "threads": settings.threads, "inputs": feeds, "warmup_runs": settings.warmup_runs,
             "warmup_min_seconds": settings.warmup_min_seconds, "min_runs": settings.min_runs,
             "min_seconds": settings.min_seconds, "max_seconds": settings.max_seconds,
             "memory_runs": settings.memory_runs}
-    return run_runner(spec, workdir, timeout=settings.max_seconds * 3 + 120)
 
 
-def to_result(raws: list[dict[str, Any]], artifact: Artifact, device: str, settings: BenchSettings) -> BenchResult:
+def to_result(raws: list[dict[str, Any]], artifact: Artifact, device: Device, settings: BenchSettings) -> BenchResult:
     """Pool the rounds of one artifact: all timed calls together, per-round medians kept to show the spread."""
     first = raws[0]
     latencies = [ns for raw in raws for ns in raw["latencies_ns"]]
@@ -172,8 +201,9 @@ def to_result(raws: list[dict[str, Any]], artifact: Artifact, device: str, setti
         artifact={"name": artifact.name, "sha256": artifact.sha256, "format": artifact.format,
                   "precision": artifact.precision, "role": artifact.role, "size_bytes": artifact.size_bytes,
                   "parameters": artifact.parameters, "path": str(artifact.path)},
-        device={"name": device, "kind": "local", "info": {"system": first.get("system"), "python": first.get("python"),
-                                                          "numpy": first.get("numpy")}},
+        device={"name": device.name, "kind": device.profile.kind, "emulated": device.profile.emulated,
+                "cpus": device.profile.cpus,
+                "info": {"system": first.get("system"), "python": first.get("python"), "numpy": first.get("numpy")}},
         harness="runner",
         settings=asdict(settings),
         runtime=first.get("runtime", {}),

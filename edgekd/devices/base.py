@@ -1,0 +1,115 @@
+"""The device protocol: what the bench harness needs from a phone, a board or this host.
+
+A device runs argv lists (never shell strings built from user input), copies files to and from its work
+directory, and describes itself. Implementations: local (this host), ssh (system OpenSSH client), adb.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from edgekd.errors import EdgeKDError
+
+
+class DeviceError(EdgeKDError):
+    """A device is unreachable, refused us, ran out of space or lacks what the benchmark needs."""
+
+
+class DeviceUnreachable(DeviceError):
+    """The device cannot be reached (connection refused, host down, device disconnected)."""
+
+
+class HostKeyMismatch(DeviceError):
+    """SSH refused the device because its host key is unknown or changed."""
+
+
+class DeviceOutOfSpace(DeviceError):
+    """A copy to the device failed for lack of space."""
+
+
+class RuntimeMissing(DeviceError):
+    """The device lacks Python, numpy or the runtime the artifact needs."""
+
+
+@dataclass
+class RunResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@dataclass
+class DeviceProfile:
+    """A device profile as loaded from devices/*.yaml (see edgekd.devices.profiles)."""
+
+    name: str
+    kind: str  # "local" | "ssh" | "adb"
+    python: str | list[str] | None = "python3"  # argv prefix of the device's Python (a list for emulators)
+    workdir: str = "/tmp/edgekd"
+    threads: int = 1
+    cpus: list[int] | None = None  # pin with taskset where available
+    emulated: bool = False
+    options: dict[str, Any] = field(default_factory=dict)  # kind-specific fields (host, port, serial, …)
+
+
+class Device(Protocol):
+    profile: DeviceProfile
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def workdir(self) -> str: ...
+
+    def info(self) -> dict[str, Any]:
+        """CPU model, cores, architecture, governor, Python and runtime versions (the runner's --info)."""
+        ...
+
+    def push(self, local: Path, remote: str) -> None: ...
+
+    def pull(self, remote: str, local: Path) -> None: ...
+
+    def run(self, argv: list[str], *, timeout: float | None = None) -> RunResult: ...
+
+    def sha256(self, remote: str) -> str | None:
+        """sha256 of a file on the device, or None when it does not exist (to skip pushing it again)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+RUNNER_NAME = "edgekd_runner.py"
+
+
+def python_argv(profile: DeviceProfile) -> list[str]:
+    """The device's Python as an argv prefix (a profile may name an emulator plus an interpreter)."""
+    if not profile.python:
+        raise RuntimeMissing(f"device '{profile.name}' has no Python configured",
+                             fix="set `python:` in its profile, or use the runtime's native benchmark binary")
+    return [profile.python] if isinstance(profile.python, str) else list(profile.python)
+
+
+def info_via_runner(device: Device) -> dict[str, Any]:
+    """Push the runner (if needed) and ask it to describe the device: the same code a benchmark runs."""
+    import json
+
+    from edgekd.rundir import sha256_file
+
+    local = Path(__file__).resolve().parent.parent / "bench" / "runner.py"
+    remote = f"{device.workdir}/{RUNNER_NAME}"
+    if device.sha256(remote) != sha256_file(local):
+        device.push(local, remote)
+    result = device.run([*python_argv(device.profile), remote, "--info"], timeout=120)
+    try:
+        info = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        raise RuntimeMissing(
+            f"the device's Python could not run edgekd's runner on '{device.name}'",
+            why=(result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1],
+            fix="install Python 3.9+ with numpy on the device (e.g. `pip install numpy onnxruntime` or "
+                "`pip install numpy ai-edge-litert`), or set `python:` in the device profile",
+        ) from None
+    info["emulated"] = device.profile.emulated
+    return info

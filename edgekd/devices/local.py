@@ -1,0 +1,70 @@
+"""This host as a device: files are copied into a work directory, argv lists run as subprocesses."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from edgekd.devices.base import DeviceError, DeviceOutOfSpace, DeviceProfile, RunResult, info_via_runner
+
+
+class LocalDevice:
+    def __init__(self, profile: DeviceProfile) -> None:
+        self.profile = profile
+        Path(profile.workdir).mkdir(parents=True, exist_ok=True)
+
+    @property
+    def name(self) -> str:
+        return self.profile.name
+
+    @property
+    def workdir(self) -> str:
+        return self.profile.workdir
+
+    def info(self) -> dict[str, Any]:
+        return info_via_runner(self)
+
+    def push(self, local: Path, remote: str) -> None:
+        _copy(Path(local), Path(remote))
+
+    def pull(self, remote: str, local: Path) -> None:
+        _copy(Path(remote), Path(local))
+
+    def run(self, argv: list[str], *, timeout: float | None = None) -> RunResult:
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise DeviceError(f"'{argv[0]}' did not finish within {timeout:.0f} s on {self.name}",
+                              fix="raise the timeout or check the command") from None
+        except FileNotFoundError:
+            raise DeviceError(f"'{argv[0]}' is not installed on {self.name}", fix="install it or fix the profile") from None
+        return RunResult(proc.returncode, proc.stdout, proc.stderr)
+
+    def sha256(self, remote: str) -> str | None:
+        path = Path(remote)
+        if not path.is_file():
+            return None
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+
+    def close(self) -> None:
+        pass
+
+
+def _copy(src: Path, dst: Path) -> None:
+    if src.resolve() == dst.resolve():
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        shutil.copyfile(src, dst)
+    except OSError as exc:
+        if exc.errno == 28:  # ENOSPC
+            raise DeviceOutOfSpace(f"no space left to copy {src.name} to {dst.parent}",
+                                   fix="free space on the device or point `workdir:` elsewhere") from None
+        raise DeviceError(f"cannot copy {src} to {dst}", why=exc.strerror, fix="check both paths") from None
