@@ -129,20 +129,64 @@ def export(checkpoint: Path = typer.Argument(..., help="an edgekd checkpoint (<r
 @app.command()
 @_handles_errors
 def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, artifact.json files, .onnx or .tflite files"),
-          device: str = typer.Option("host", "--device", help="device to run on"),
+          device: List[str] = typer.Option(["host"], "--device", help="device profile name or path (repeatable)"),
           threads: int = typer.Option(1, min=1, help="intra-op threads"),
           batch_size: int = typer.Option(1, min=1, help="batch size (bare model files get synthetic inputs)"),
           min_seconds: float = typer.Option(1.0, min=0, help="time each artifact at least this long (all rounds)"),
           rounds: int = typer.Option(3, min=1, help="fresh processes per artifact, interleaved across artifacts"),
-          results_dir: Optional[Path] = typer.Option(None, help="also save BenchResult JSON files here")) -> None:
-    """Benchmark artifacts on a device: latency percentiles with intervals, peak memory, load time."""
-    from edgekd.bench.harness import BenchSettings, bench as run_bench
+          results_dir: Optional[Path] = typer.Option(None, help="also save BenchResult JSON files here"),
+          history: Path = typer.Option(Path("export/history.sqlite"), help="SQLite history the results are added to"),
+          ) -> None:
+    """Benchmark artifacts on devices: latency percentiles with intervals, peak memory, load time."""
+    from edgekd.bench.harness import BenchSettings, bench_devices
     from edgekd.console import RichReporter, bench_table
 
     settings = BenchSettings(threads=threads, batch_size=batch_size, min_seconds=min_seconds, rounds=rounds)
     with RichReporter(console) as reporter:
-        results = run_bench(artifacts, device=device, settings=settings, results_dir=results_dir, reporter=reporter)
+        results = bench_devices(artifacts, list(device), settings=settings, results_dir=results_dir,
+                                history=history, reporter=reporter)
     console.print(bench_table(results))
+
+
+@app.command("history")
+@_handles_errors
+def history_cmd(device: Optional[str] = typer.Option(None, "--device", help="only this device"),
+                history: Path = typer.Option(Path("export/history.sqlite"), help="the SQLite history")) -> None:
+    """List past bench sessions (newest first)."""
+    from rich.table import Table
+
+    from edgekd.bench.history import sessions
+
+    table = Table(title=f"bench history ({history})", title_justify="left")
+    for col in ("session", "when", "device", "results"):
+        table.add_column(col)
+    for s in sessions(history, device):
+        table.add_row(s["session"], s["created_at"], s["device"], str(s["results"]))
+    console.print(table)
+
+
+@app.command()
+@_handles_errors
+def compare(a: Optional[str] = typer.Argument(None, help="earlier session (default: the one before B on B's device)"),
+            b: Optional[str] = typer.Argument(None, help="later session (default: the newest)"),
+            device: Optional[str] = typer.Option(None, "--device", help="pick sessions of this device"),
+            history: Path = typer.Option(Path("export/history.sqlite"), help="the SQLite history")) -> None:
+    """Compare two bench sessions: p50 change per artifact with its 95% interval, and whether it exceeds the noise."""
+    from rich.table import Table
+
+    from edgekd.bench.history import compare as compare_sessions
+
+    rows = compare_sessions(a, b, path=history, device=device)
+    table = Table(title=f"{rows[0]['a']} → {rows[0]['b']}", title_justify="left")
+    for col in ("artifact", "p50 before µs", "p50 after µs", "change [95% CI]", "round spread", "verdict"):
+        table.add_column(col, justify="left" if col in ("artifact", "verdict") else "right")
+    for r in rows:
+        lo, hi = r["p50_change_pct_ci95"]
+        verdict = ("faster" if r["p50_change_pct"] < 0 else "slower") if r["significant"] else "within noise"
+        table.add_row(r["artifact"] + ("" if r["same_file"] else " (file changed)"), f"{r['p50_a_us']:.2f}",
+                      f"{r['p50_b_us']:.2f}", f"{r['p50_change_pct']:+.1f}% [{lo:+.1f}, {hi:+.1f}]",
+                      f"±{r['round_spread_pct']:.0f}%", verdict)
+    console.print(table)
 
 
 @app.command()

@@ -213,7 +213,7 @@ def bench_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     for old in ctx.rundir.results.glob("bench-*.json"):
         old.unlink()
     results = bench(artifacts, device=b.device, settings=settings, inputs=inputs, results_dir=ctx.rundir.results,
-                    reporter=ctx.reporter)
+                    history=ctx.recipe.output_dir / "history.sqlite", reporter=ctx.reporter)
     return [r.saved_path for r in results], {"results": len(results)}
 
 

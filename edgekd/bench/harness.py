@@ -79,13 +79,18 @@ def _describe_bare_file(path: Path) -> Artifact:
 
 
 def _synthetic_inputs(artifact: Artifact, batch_size: int, folder: Path) -> dict[str, str]:
-    """Inputs for a bare model file: deterministic uniform data of the declared shapes."""
+    """Inputs for a bare model file: deterministic uniform data of the declared shapes.
+
+    Quantized inputs (an int8 TFLite input with a scale) get float data: the runner quantizes it with the
+    tensor's scale and zero point, as an application would.
+    """
     rng = np.random.default_rng(0)
     out = {}
     for spec in artifact.inputs:
         shape = [d if isinstance(d, int) and d > 0 else batch_size for d in spec["shape"]]
+        dtype = "float32" if spec.get("quantization") else spec.get("dtype", "float32")
         path = folder / f"{spec['name']}.npy"
-        np.save(path, rng.random(shape).astype(spec.get("dtype", "float32")))
+        np.save(path, rng.random(shape).astype(dtype))
         out[spec["name"]] = str(path)
     return out
 
@@ -132,10 +137,25 @@ class _Session:
         return out
 
 
+def bench_devices(artifacts: Iterable[Artifact | str | Path], devices: list[str], **kwargs: Any) -> list[BenchResult]:
+    """Benchmark on several devices at once (one thread per device: they are different machines)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    items = list(artifacts)
+    if len(set(devices)) != len(devices):
+        raise BenchError("a device is named twice", fix="name each device once")
+    if len(devices) == 1:
+        return bench(items, devices[0], **kwargs)
+    with ThreadPoolExecutor(max_workers=len(devices)) as pool:
+        futures = [pool.submit(bench, items, d, **kwargs) for d in devices]
+        return [r for f in futures for r in f.result()]
+
+
 def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, settings: BenchSettings | None = None,
-          inputs: Path | None = None, results_dir: Path | None = None,
+          inputs: Path | None = None, results_dir: Path | None = None, history: Path | None = None,
           reporter: Reporter | None = None) -> list[BenchResult]:
-    """Benchmark each artifact on `device` (a profile name or path); save results under results_dir when given."""
+    """Benchmark each artifact on `device` (a profile name or path); save results under results_dir and
+    record them in the SQLite `history` when given."""
     from edgekd.devices.profiles import open_device
 
     settings = settings or BenchSettings()
@@ -164,8 +184,13 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
     for i, artifact in enumerate(resolved):
         result = to_result(raws[i], artifact, target, settings)
         if results_dir is not None:
-            result.save(Path(results_dir) / f"bench-{artifact.name}.json")
+            suffix = "" if target.name == "host" else f"@{target.name}"
+            result.save(Path(results_dir) / f"bench-{artifact.name}{suffix}.json")
         results.append(result)
+    if history is not None:
+        from edgekd.bench import history as bench_history
+
+        bench_history.record(results, history)
     return results
 
 

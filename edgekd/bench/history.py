@@ -1,0 +1,141 @@
+"""SQLite history of bench results, so a run can be compared with an earlier one on the same device.
+
+One row per BenchResult; the raw latencies are stored as a compressed .npy blob (never a pickle), so a
+comparison can bootstrap the interval of the p50 change instead of comparing two bare numbers.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import time
+import uuid
+import zlib
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from edgekd.bench import stats
+from edgekd.bench.result import BenchResult
+from edgekd.errors import BenchError
+
+DEFAULT_PATH = Path("export") / "history.sqlite"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    session TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    device TEXT NOT NULL,
+    artifact_name TEXT NOT NULL,
+    artifact_sha256 TEXT NOT NULL,
+    format TEXT, precision TEXT, harness TEXT,
+    p50_us REAL, ci_lo_us REAL, ci_hi_us REAL, runs INTEGER, unstable INTEGER,
+    device_info TEXT,
+    round_p50_us TEXT,
+    latencies BLOB
+);
+CREATE INDEX IF NOT EXISTS results_session ON results(session);
+"""
+
+
+def _connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
+    if not create and not Path(path).is_file():
+        raise BenchError(f"no bench history at {path}", why="no benchmark has been recorded there yet",
+                         fix="run `edgekd bench ARTIFACT…` (or `edgekd run`), or point --history at the right file")
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(str(path), timeout=30)
+        db.executescript(_SCHEMA)
+    except (sqlite3.Error, OSError) as exc:
+        raise BenchError(f"cannot open the bench history {path}", why=str(exc),
+                         fix="check the path (--history) or delete a corrupt history file") from None
+    return db
+
+
+def _pack(latencies_ns: list[int]) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(latencies_ns, dtype=np.int64), allow_pickle=False)
+    return zlib.compress(buffer.getvalue())
+
+
+def _unpack(blob: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(zlib.decompress(blob)), allow_pickle=False)
+
+
+def record(results: Iterable[BenchResult], path: Path = DEFAULT_PATH, session: str | None = None) -> str:
+    """Store results under one session id (returned)."""
+    session = session or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    with _connect(path) as db:
+        for r in results:
+            lat = r.latency_us
+            db.execute(
+                "INSERT INTO results (session, created_at, device, artifact_name, artifact_sha256, format, precision,"
+                " harness, p50_us, ci_lo_us, ci_hi_us, runs, unstable, device_info, round_p50_us, latencies)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (session, r.created_at, r.device["name"], r.artifact["name"], r.artifact["sha256"],
+                 r.artifact.get("format"), r.artifact.get("precision"), r.harness, lat["p50"], lat["ci95_p50"][0],
+                 lat["ci95_p50"][1], lat["n"], int(bool(lat["unstable"])), json.dumps(r.device),
+                 json.dumps(r.round_p50_us), _pack(r.latencies_ns)))
+    return session
+
+
+def sessions(path: Path = DEFAULT_PATH, device: str | None = None) -> list[dict[str, Any]]:
+    """Past bench sessions, newest first."""
+    with _connect(path, create=False) as db:
+        rows = db.execute(
+            "SELECT session, MIN(created_at), device, COUNT(*) FROM results"
+            + (" WHERE device = ?" if device else "") + " GROUP BY session, device ORDER BY MIN(id) DESC",
+            (device,) if device else ()).fetchall()
+    return [{"session": s, "created_at": c, "device": d, "results": n} for s, c, d, n in rows]
+
+
+def _session_rows(db: sqlite3.Connection, session: str) -> dict[str, tuple[str, str, np.ndarray, list[float]]]:
+    rows = db.execute("SELECT artifact_name, artifact_sha256, device, latencies, round_p50_us FROM results"
+                      " WHERE session = ?", (session,)).fetchall()
+    if not rows:
+        raise BenchError(f"no bench session '{session}' in the history", fix="list sessions with `edgekd history`")
+    return {name: (sha, device, _unpack(blob), json.loads(rounds or "[]")) for name, sha, device, blob, rounds in rows}
+
+
+def _round_spread_pct(rounds: list[float]) -> float:
+    """How much the p50 moved between the fresh processes of one session (%): the machine's own noise."""
+    return (max(rounds) / min(rounds) - 1.0) * 100 if len(rounds) > 1 and min(rounds) > 0 else 0.0
+
+
+def compare(a: str | None = None, b: str | None = None, *, path: Path = DEFAULT_PATH,
+            device: str | None = None) -> list[dict[str, Any]]:
+    """Compare session `b` (default: the newest) with `a` (default: the one before it on the same device).
+
+    For each artifact in both: p50 change with a bootstrap 95% interval, and whether it exceeds the noise.
+    """
+    past = sessions(path, device)
+    if b is None:
+        if not past:
+            raise BenchError("the bench history is empty", fix="run `edgekd bench` first")
+        b = past[0]["session"]
+    with _connect(path, create=False) as db:
+        newer = _session_rows(db, b)
+        if a is None:
+            b_device = next(iter(newer.values()))[1]
+            earlier = [s["session"] for s in past if s["device"] == b_device and s["session"] != b]
+            if not earlier:
+                raise BenchError(f"no earlier session on device '{b_device}' to compare with",
+                                 fix="run `edgekd bench` again, or name two sessions: edgekd compare A B")
+            a = earlier[0]
+        older = _session_rows(db, a)
+    out = []
+    for name in sorted(set(older) & set(newer)):
+        cmp = stats.compare(older[name][2], newer[name][2])
+        # The bootstrap interval only knows the calls within each session; a change counts only when it
+        # also exceeds how far the p50 moved between the rounds (fresh processes) of either session.
+        noise = max(_round_spread_pct(older[name][3]), _round_spread_pct(newer[name][3]))
+        out.append({"artifact": name, "a": a, "b": b, "same_file": older[name][0] == newer[name][0],
+                    "p50_a_us": float(np.median(older[name][2])) / 1000, "p50_b_us": float(np.median(newer[name][2])) / 1000,
+                    "p50_change_pct": cmp["p50_change_pct"], "p50_change_pct_ci95": cmp["p50_change_pct_ci95"],
+                    "round_spread_pct": noise,
+                    "significant": bool(cmp["significant"] and abs(cmp["p50_change_pct"]) > noise)})
+    if not out:
+        raise BenchError(f"sessions {a} and {b} share no artifact", fix="compare sessions that measured the same artifacts")
+    return out
