@@ -186,3 +186,15 @@ def input_arrays_for_bench(ctx: Context, batch_size: int) -> Path:
         with open(tmp, "wb") as fh:
             np.save(fh, batch)
     return path
+
+
+def write_test_split(ctx: Context) -> tuple[Path, Path]:
+    """The test split as .npy files (inputs, labels): pushed to devices to score artifacts there."""
+    from edgekd.rundir import atomic_path
+
+    paths = (ctx.rundir.data / "test_x.npy", ctx.rundir.data / "test_y.npy")
+    for path, array in zip(paths, (ctx.splits.x_test.astype(np.float32), ctx.splits.y_test.astype(np.int64))):
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, array, allow_pickle=False)
+    return paths

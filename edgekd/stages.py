@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekd.pipeline import Context, input_arrays_for_bench
+from edgekd.pipeline import Context, input_arrays_for_bench, write_test_split
 from edgekd.rundir import atomic_write_json, read_json, sha256_file
 
 
@@ -205,6 +205,7 @@ def bench_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     b = ctx.recipe.bench
     artifacts = [Artifact.load(p) for p in sorted(ctx.rundir.artifacts.glob("*/artifact.json"))]
     inputs = input_arrays_for_bench(ctx, b.batch_size)
+    eval_data = write_test_split(ctx)
     settings = BenchSettings(threads=b.threads, batch_size=b.batch_size, warmup_runs=b.warmup_runs,
                              min_runs=b.min_runs, min_seconds=b.min_seconds, max_seconds=b.max_seconds,
                              rounds=b.rounds)
@@ -213,7 +214,8 @@ def bench_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     for old in ctx.rundir.results.glob("bench-*.json"):
         old.unlink()
     results = bench(artifacts, device=b.device, settings=settings, inputs=inputs, results_dir=ctx.rundir.results,
-                    history=ctx.recipe.output_dir / "history.sqlite", reporter=ctx.reporter)
+                    history=ctx.recipe.output_dir / "history.sqlite", eval_data=eval_data,
+                    reporter=ctx.reporter)
     return [r.saved_path for r in results], {"results": len(results)}
 
 

@@ -76,6 +76,9 @@ def test_bench_results_name_artifacts_by_sha_and_carry_statistics(tiny_run):
         assert res.memory_kb["vmhwm"] >= res.memory_kb["baseline_vmhwm"] > 0
         assert res.device["info"]["system"]["cpu_model"]
         assert res.load_ms > 0 and res.first_inference_us > 0
+        if by_name[name].role != "floor":  # scored on the device from its own outputs, like a board or phone
+            assert res.device_accuracy["samples"] == 270
+            assert res.device_accuracy["accuracy"] == pytest.approx(by_name[name].parity.accuracy)
 
 
 def test_summary_and_html_report(tiny_run):

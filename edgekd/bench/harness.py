@@ -153,9 +153,13 @@ def bench_devices(artifacts: Iterable[Artifact | str | Path], devices: list[str]
 
 def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, settings: BenchSettings | None = None,
           inputs: Path | None = None, results_dir: Path | None = None, history: Path | None = None,
-          reporter: Reporter | None = None) -> list[BenchResult]:
+          eval_data: tuple[Path, Path] | None = None, reporter: Reporter | None = None) -> list[BenchResult]:
     """Benchmark each artifact on `device` (a profile name or path); save results under results_dir and
-    record them in the SQLite `history` when given."""
+    record them in the SQLite `history` when given.
+
+    With `eval_data` (test inputs .npy, labels .npy) — or, for artifacts of a run, the run's own test split —
+    the first round also runs every test input through the artifact ON THE DEVICE; the outputs are pulled
+    and scored here, so the result carries the accuracy of the artifact where it will ship."""
     from edgekd.devices.profiles import open_device
 
     settings = settings or BenchSettings()
@@ -173,9 +177,16 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
         with tempfile.TemporaryDirectory(prefix="edgekd-bench-") as tmp:
             session = _Session(target, Path(tmp))
             specs = [_spec(session, artifact, per_round, inputs, Path(tmp)) for artifact in resolved]
-            for _ in range(settings.rounds):
+            evals = [_eval_data(artifact, eval_data) for artifact in resolved]
+            accuracies: dict[int, dict[str, Any]] = {}
+            for round_index in range(settings.rounds):
                 for i, artifact in enumerate(resolved):
-                    raws[i].append(session.run_spec(specs[i], str(i), timeout=per_round.max_seconds * 3 + 120))
+                    spec = specs[i]
+                    if round_index == 0 and evals[i] is not None:
+                        spec = {**spec, "predict": _predict_spec(session, artifact, evals[i][0])}
+                    raws[i].append(session.run_spec(spec, str(i), timeout=per_round.max_seconds * 3 + 300))
+                    if spec.get("predict"):
+                        accuracies[i] = _score(session, spec["predict"]["output"], evals[i][1], Path(tmp) / f"out{i}.npy")
                     task.advance(1)
     finally:
         target.close()
@@ -183,6 +194,7 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
     results = []
     for i, artifact in enumerate(resolved):
         result = to_result(raws[i], artifact, target, settings)
+        result.device_accuracy = accuracies.get(i)
         if results_dir is not None:
             suffix = "" if target.name == "host" else f"@{target.name}"
             result.save(Path(results_dir) / f"bench-{artifact.name}{suffix}.json")
@@ -192,6 +204,33 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
 
         bench_history.record(results, history)
     return results
+
+
+def _eval_data(artifact: Artifact, given: tuple[Path, Path] | None) -> tuple[Path, Path] | None:
+    """Test inputs and labels for on-device accuracy: given, or the test split of the artifact's run."""
+    if given is not None:
+        return Path(given[0]), Path(given[1])
+    if artifact.role in ("floor", "model") or artifact.directory is None:
+        return None
+    data = artifact.directory.parent.parent / "data"
+    x, y = data / "test_x.npy", data / "test_y.npy"
+    return (x, y) if x.is_file() and y.is_file() else None
+
+
+def _predict_spec(session: _Session, artifact: Artifact, x: Path) -> dict[str, Any]:
+    remote_x = session.push(x, f"inputs/{sha256_file(x)[:16]}.npy")
+    output = f"{session.device.workdir}/outputs/{artifact.sha256[:16]}.npy"
+    return {"inputs": {artifact.inputs[0]["name"]: remote_x}, "batch_size": 64, "output": output}
+
+
+def _score(session: _Session, remote_output: str, labels: Path, local: Path) -> dict[str, Any]:
+    """Pull the device's outputs and score them against the labels (here, not on the device)."""
+    session.device.pull(remote_output, local)
+    outputs, y = np.load(local, allow_pickle=False), np.load(labels, allow_pickle=False)
+    if len(outputs) != len(y):
+        raise BenchError(f"the device returned {len(outputs)} outputs for {len(y)} test samples",
+                         fix="check the artifact's output shape")
+    return {"samples": int(len(y)), "accuracy": float((outputs.argmax(axis=1) == y).mean())}
 
 
 def _spec(session: _Session, artifact: Artifact, settings: BenchSettings, inputs: Path | None,

@@ -43,6 +43,7 @@ def _row(artifact: Artifact, result: BenchResult | None) -> dict[str, Any]:
         row.update({"p50_us": lat["p50"], "ci95_p50": lat["ci95_p50"], "p90_us": lat["p90"], "p99_us": lat["p99"],
                     "cv": lat["cv"], "unstable": lat["unstable"], "unstable_reasons": lat.get("unstable_reasons", []),
                     "runs": lat["n"], "vmhwm_kb": result.memory_kb.get("vmhwm"), "load_ms": result.load_ms,
+                    "device_accuracy": (result.device_accuracy or {}).get("accuracy"),
                     "first_inference_us": result.first_inference_us})
     return row
 
@@ -160,6 +161,10 @@ def findings(summary: dict[str, Any]) -> list[str]:
                     "model's time goes into large matrix multiplies or convolutions (and its file is smaller "
                     f"either way: {row['size_bytes'] / 1024:.1f} vs {fp32['size_bytes'] / 1024:.1f} KiB).")
     for row in rows:
+        if row.get("device_accuracy") is not None and row.get("accuracy") is not None \
+                and abs(row["device_accuracy"] - row["accuracy"]) > 1e-9:
+            out.append(f"{row['name']}: accuracy on the device ({row['device_accuracy']:.2%}) differs from the "
+                       f"export-time check ({row['accuracy']:.2%}): the device's runtime computes differently.")
         if row["precision"] == "int4" and row.get("share_4bit") is not None:
             out.append(f"{row['name']}: {row['share_4bit']:.0%} of its stored weight bytes are 4-bit "
                        f"({(row.get('int4_bytes') or 0) / 1024:.1f} KiB; settings {row.get('int4_settings')}).")
@@ -272,12 +277,13 @@ def write_html(summary: dict[str, Any], path: Path) -> Path:
         rows_html.append(
             "<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in [
                 r["name"], _fmt(r.get("parameters"), ","), f"{r['size_bytes'] / 1024:.1f} KiB", bits,
-                _fmt(r.get("accuracy"), ".2%"), _fmt(r.get("agreement"), ".2%"), _fmt(r.get("max_abs_error"), ".2e"),
+                _fmt(r.get("accuracy"), ".2%"), _fmt(r.get("device_accuracy"), ".2%"), _fmt(r.get("agreement"), ".2%"),
+                _fmt(r.get("max_abs_error"), ".2e"),
                 (f"{r['p50_us']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" if r.get("p50_us") is not None else "–")
                 + (" unstable" if r.get("unstable") else ""),
                 _fmt(r.get("p99_us"), ".2f"), _fmt(r.get("x_floor"), ".2f"), speed_txt,
                 _fmt(r.get("vmhwm_kb") and r["vmhwm_kb"] / 1024, ".1f"), worst_txt, status]) + "</tr>")
-    header = ["artifact", "params", "size", "4-bit / 8-bit weight bytes", "test acc", "agreement", "max |err|", "p50 µs [95% CI]", "p99 µs",
+    header = ["artifact", "params", "size", "4-bit / 8-bit weight bytes", "test acc", "acc on device", "agreement", "max |err|", "p50 µs [95% CI]", "p99 µs",
               "× floor", "speed-up vs teacher [95% CI]", "peak MiB", "worst class Δ", "parity"]
     class_names = summary.get("class_names") or []
     per_class = "".join(

@@ -1,0 +1,373 @@
+"""AdbDevice against the REAL adb client and server, talking to a loopback adb-protocol device (tests/adb_device.py).
+
+A private adb server (its own port, HOME and TMPDIR) is started for this module and killed at the end; the
+loopback device listens on 127.0.0.1 and is attached with `adb connect`, exactly like a phone over Wi-Fi.
+Nothing is mocked: every call goes AdbDevice -> adb client -> adb server -> TCP -> the stand-in's shell/sync.
+These tests need Debian's `adb` package and fail (never skip) without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekd.devices.adb import ADB_WORKDIR, AdbDevice, parse_thermal
+from edgekd.devices.base import DeviceError, DeviceOutOfSpace, DeviceProfile, DeviceUnreachable, RUNNER_NAME
+
+sys.path.insert(0, str(Path(__file__).parent))
+from adb_device import DEFAULT_THERMAL, LoopbackAdbDevice  # noqa: E402
+
+RUNNER = Path(__file__).resolve().parents[1] / "edgekd" / "bench" / "runner.py"
+ADB = shutil.which("adb")
+WD = ADB_WORKDIR
+
+
+@dataclass
+class AdbServer:
+    port: int
+    env: dict[str, str]
+
+    def adb(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        return subprocess.run([ADB, "-P", str(self.port), *args], env=self.env, capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=timeout, check=False)
+
+    def connect(self, device: LoopbackAdbDevice) -> None:
+        out = self.adb("connect", device.address)
+        assert "connected to" in out.stdout, out
+        deadline = time.monotonic() + 15
+        while self.adb("-s", device.address, "get-state").stdout.strip() != "device":
+            assert time.monotonic() < deadline, f"{device.address} never came online: {self.adb('devices').stdout}"
+            time.sleep(0.05)
+
+    def disconnect(self, device: LoopbackAdbDevice) -> None:
+        self.adb("disconnect", device.address)
+
+
+def test_adb_client_is_installed():
+    """Fails (never skips) without adb, so a machine missing it cannot pass this module silently."""
+    assert ADB is not None, ("the adb client is not installed: these tests drive the real adb client and server; "
+                             "install it with `apt-get install adb` (Debian/Ubuntu)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def adb_server(tmp_path_factory):
+    """A private adb server: its own port (so tests never touch the user's 5037 server), HOME and TMPDIR."""
+    if ADB is None:
+        pytest.fail("the adb client is not installed: these tests drive the real adb client and server; "
+                    "install it with `apt-get install adb` (Debian/Ubuntu)", pytrace=False)
+    home = tmp_path_factory.mktemp("adb-home")
+    port = _free_port()
+    env = {**os.environ, "HOME": str(home), "TMPDIR": str(home), "ANDROID_ADB_SERVER_PORT": str(port)}
+    env.pop("ANDROID_SERIAL", None)
+    server = AdbServer(port, env)
+    started = server.adb("start-server")
+    assert started.returncode == 0, started
+    try:
+        yield server
+    finally:
+        server.adb("kill-server")
+
+
+def _sandbox(tmp_path_factory, name: str) -> Path:
+    return tmp_path_factory.mktemp(name)
+
+
+@contextlib.contextmanager
+def _attached(server: AdbServer, device: LoopbackAdbDevice):
+    device.start()
+    try:
+        server.connect(device)
+        yield device
+    finally:
+        server.disconnect(device)
+        device.stop()
+
+
+@pytest.fixture(scope="module")
+def phone(adb_server, tmp_path_factory):
+    """The loopback device (shell v2, like Android 7+), with a fake cpufreq governor file."""
+    sandbox = _sandbox(tmp_path_factory, "phone")
+    gov = sandbox / "sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"
+    gov.parent.mkdir(parents=True)
+    gov.write_text("schedutil\n")
+    device = LoopbackAdbDevice(sandbox, mapped_prefixes=("/data/local/tmp", "/sdcard", "/sys/devices/system/cpu"))
+    with _attached(adb_server, device):
+        yield device
+
+
+def _adb_device(server: AdbServer, serial: str, *, python: str | None = None, **options) -> AdbDevice:
+    profile = DeviceProfile(name="loopback", kind="adb", python=python, workdir=WD,
+                            options={"serial": serial, "server_port": server.port, **options})
+    return AdbDevice(profile)
+
+
+@pytest.fixture()
+def dev(adb_server, phone) -> AdbDevice:
+    return _adb_device(adb_server, phone.address)
+
+
+# --------------------------------------------------------------------------- connection
+
+
+def test_adb_connect_lists_the_loopback_device(adb_server, phone, dev):
+    listing = adb_server.adb("devices", "-l").stdout
+    line = next(line for line in listing.splitlines() if line.startswith(phone.address))
+    assert line.split()[1] == "device" and "model:edgekd_loopback" in line
+    assert dev.shell_v2() is True
+    assert dev.workdir == "/data/local/tmp/edgekd"
+    # the generic profile default (/tmp/edgekd: no /tmp on Android) becomes the adb default
+    generic = AdbDevice(DeviceProfile(name="p", kind="adb", options={"serial": "x"}))
+    assert generic.workdir == ADB_WORKDIR
+
+
+# --------------------------------------------------------------------------- files
+
+
+def test_push_pull_round_trip_binary(dev, phone, tmp_path):
+    payload = np.random.default_rng(0).integers(0, 256, size=300_000, dtype=np.uint8).tobytes()
+    payload += bytes(range(256)) + b"\r\n\0\n"  # every byte value, CR/LF and NUL survive
+    src = tmp_path / "blob.bin"
+    src.write_bytes(payload)
+    remote = f"{WD}/files/sub dir/blob.bin"  # missing parent folders (with a space) are created by the push
+    dev.push(src, remote)
+    assert phone.host_path(remote).read_bytes() == payload
+    back = tmp_path / "out" / "blob.bin"
+    dev.pull(remote, back)
+    assert back.read_bytes() == payload
+    assert not list(back.parent.glob(".*adb-part"))
+    assert dev.sha256(remote) == hashlib.sha256(payload).hexdigest()
+
+
+def test_sha256_of_a_missing_file_is_none(dev):
+    assert dev.sha256(f"{WD}/no/such/file.bin") is None
+
+
+def test_pull_of_a_missing_file_says_so(dev, tmp_path):
+    with pytest.raises(DeviceError) as err:
+        dev.pull(f"{WD}/missing.json", tmp_path / "missing.json")
+    assert not isinstance(err.value, DeviceUnreachable)
+    assert "does not exist" in (err.value.why or "")
+    assert not (tmp_path / "missing.json").exists()
+
+
+def test_push_without_space_is_device_out_of_space(dev, phone, tmp_path):
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(200_000))
+    phone.space_left = 50_000
+    try:
+        with pytest.raises(DeviceOutOfSpace) as err:
+            dev.push(src, f"{WD}/big.bin")
+    finally:
+        phone.space_left = None
+    assert "No space left on device" in err.value.why
+    assert "free space" in err.value.fix
+    assert not phone.host_path(f"{WD}/big.bin").exists()
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def test_run_returns_exit_codes_and_separate_streams(dev, phone):
+    assert dev.run(["true"]).returncode == 0
+    assert dev.run(["sh", "-c", "exit 7"]).returncode == 7
+    result = dev.run(["sh", "-c", "echo out; printf err >&2; exit 3"])
+    assert (result.returncode, result.stdout, result.stderr) == (3, "out\n", "err")
+    assert dev.run(["no-such-tool-edgekd"]).returncode == 127
+    assert dev.run(["-not-an-adb-option"]).returncode == 127  # reaches the device shell, not adb's option parser
+    assert dev.run(["printf", "no newline"]).stdout == "no newline"
+    assert any(s.startswith("shell,v2") for s in phone.opened_services)
+
+
+def test_run_passes_arguments_literally(dev, phone):
+    nasty = ["a b", "$(touch pwned)", "`touch pwned2`", "semi;colon", "it's", '"dq"', "*", "&&", "|", "x\ty",
+             "$HOME", "-n", "", "new\nline", "ünï©ødé"]
+    result = dev.run(["printf", "[%s]\n", *nasty])
+    assert result.returncode == 0, result
+    assert result.stdout == "".join(f"[{a}]\n" for a in nasty)
+    assert not list(phone.sandbox.rglob("pwned*"))
+
+
+def test_run_timeout(dev):
+    started = time.monotonic()
+    with pytest.raises(DeviceError, match="did not finish within 1 s"):
+        dev.run(["sleep", "31"], timeout=1)
+    assert time.monotonic() - started < 10
+
+
+def test_shell_v1_device_exit_codes_via_marker(adb_server, tmp_path_factory):
+    """An old adbd without shell_v2: adb exits 0 whatever the command did; the marker recovers the status."""
+    old = LoopbackAdbDevice(_sandbox(tmp_path_factory, "old-phone"), shell_v2=False)
+    with _attached(adb_server, old):
+        dev = _adb_device(adb_server, old.address)
+        assert dev.shell_v2() is False
+        result = dev.run(["sh", "-c", "echo out; echo err >&2; exit 5"])
+        assert result.returncode == 5
+        assert result.stdout == "out\nerr\n"  # v1 merges stderr into stdout
+        assert dev.run(["printf", "%s|", "a b", "$(id)"]).stdout == "a b|$(id)|"
+        assert all(s.startswith("shell:") for s in old.opened_services if s != "sync:")
+
+
+# --------------------------------------------------------------------------- device description
+
+
+def test_info_from_getprop_without_python(dev, phone):
+    info = dev.info()
+    assert info["python"] is None
+    assert info["system"]["system"] == "Android"
+    assert info["system"]["machine"] == "x86_64"
+    assert info["system"]["release"] == "14"
+    assert info["system"]["governor"] == "schedutil"
+    assert info["android"]["model"] == "edgekd-loopback"
+    assert info["android"]["abi"] == "x86_64"
+    assert info["android"]["sdk"] == "34"
+    assert info["serial"] == phone.address
+    thermal = info["thermal"]
+    assert thermal["status"] == 1 and thermal["status_name"] == "light"
+    assert {t["name"]: t["value"] for t in thermal["temperatures"]} == {"cpu0": 41.25, "battery": 31.5, "skin": 35.0}
+    assert dev.getprop("ro.product.model") == "edgekd-loopback"
+    assert dev.getprop("ro.no.such.prop") is None
+
+
+def test_thermal_unavailable_is_none(dev, phone):
+    phone.set_thermal(None)
+    try:
+        assert dev.thermal() is None
+    finally:
+        phone.set_thermal(DEFAULT_THERMAL)
+
+
+def test_info_via_runner_with_python(adb_server, phone):
+    dev = _adb_device(adb_server, phone.address, python=sys.executable)
+    info = dev.info()
+    assert info["schema"] == "edgekd.runner-info/1"
+    assert info["python"] and info["runtimes"]["onnxruntime"]
+    assert info["android"]["model"] == "edgekd-loopback" and info["thermal"]["status"] == 1
+    assert phone.host_path(f"{WD}/{RUNNER_NAME}").read_bytes() == RUNNER.read_bytes()
+
+
+def test_parse_thermal():
+    parsed = parse_thermal(DEFAULT_THERMAL)
+    assert parsed["status_name"] == "light"
+    assert [t["type"] for t in parsed["temperatures"]] == ["cpu", "battery", "skin"]
+    cached_only = ("Thermal Status: 3\nCached temperatures:\n"
+                   "\tTemperature{mValue=48.0, mType=3, mName=skin, mStatus=3}\n")
+    assert parse_thermal(cached_only)["temperatures"] == [{"name": "skin", "type": "skin", "value": 48.0, "status": 3}]
+    assert parse_thermal("Can't find service: thermalservice\n") is None
+    assert parse_thermal("") is None
+
+
+# --------------------------------------------------------------------------- a benchmark through adb
+
+
+def test_runner_benchmark_through_adb(dev, phone, tmp_path):
+    from edgekd.export.onnx import write_identity_model
+
+    bundle = f"{WD}/bench-identity"
+    model = write_identity_model(tmp_path / "identity.onnx", (64,), 18)
+    x = np.random.default_rng(1).standard_normal((1, 64)).astype(np.float32)
+    rows = np.random.default_rng(2).standard_normal((10, 64)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "rows.npy", rows)
+    spec = {"artifact": "identity.onnx", "runtime": "onnxruntime", "inputs": {"x": "x.npy"},
+            "warmup_runs": 5, "warmup_min_seconds": 0.01, "min_runs": 50, "min_seconds": 0.05, "max_seconds": 5.0,
+            "memory_runs": 3, "predict": {"inputs": {"x": "rows.npy"}, "batch_size": 4, "output": "pred.npy"}}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+
+    runner = f"{WD}/{RUNNER_NAME}"
+    dev.push(RUNNER, runner)
+    for name in ("identity.onnx", "x.npy", "rows.npy", "spec.json"):
+        dev.push(tmp_path / name, f"{bundle}/{name}")
+    assert dev.sha256(f"{bundle}/identity.onnx") == hashlib.sha256(model.read_bytes()).hexdigest()
+
+    result = dev.run([sys.executable, runner, f"{bundle}/spec.json"], timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["ok"] is True and out["schema"] == "edgekd.runner/1"
+    assert out["runtime"]["name"] == "onnxruntime"
+    assert len(out["latencies_ns"]) >= 50 and min(out["latencies_ns"]) > 0
+    assert out["inputs"][0]["shape"] == [1, 64]
+
+    dev.pull(f"{bundle}/pred.npy", tmp_path / "pred.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "pred.npy"), rows)  # Identity: predictions == inputs
+
+    # a runner failure comes back as exit 3 with its JSON error, not as a transport error
+    bad = dev.run([sys.executable, runner, f"{bundle}/no-spec.json"], timeout=120)
+    assert bad.returncode == 3 and json.loads(bad.stdout)["error"]["kind"] == "spec"
+
+
+# --------------------------------------------------------------------------- lost devices
+
+
+def test_unknown_serial_is_unreachable(adb_server):
+    dev = _adb_device(adb_server, f"127.0.0.1:{_free_port()}")
+    with pytest.raises(DeviceUnreachable) as err:
+        dev.run(["true"])
+    assert "adb connect" in err.value.fix and "adb devices" in err.value.fix
+
+
+def test_missing_adb_binary(adb_server, phone, tmp_path):
+    dev = _adb_device(adb_server, phone.address, adb=str(tmp_path / "no-adb"))
+    with pytest.raises(DeviceError, match="not installed") as err:
+        dev.run(["true"])
+    assert "apt-get install adb" in err.value.fix
+
+
+def test_disconnect_mid_run_is_unreachable(adb_server, tmp_path_factory, tmp_path):
+    flaky = LoopbackAdbDevice(_sandbox(tmp_path_factory, "flaky-phone"))
+    with _attached(adb_server, flaky):
+        dev = _adb_device(adb_server, flaky.address)
+        started = flaky.host_path(f"{WD}/started")
+        outcome: dict[str, BaseException | object] = {}
+
+        def bench():
+            try:
+                outcome["result"] = dev.run(["sh", "-c", f"mkdir -p {WD} && touch {WD}/started && echo partial "
+                                                         "&& sleep 32 && echo done"], timeout=60)
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                outcome["error"] = exc
+
+        t0 = time.monotonic()
+        thread = threading.Thread(target=bench)
+        thread.start()
+        while not started.exists():
+            assert time.monotonic() - t0 < 20, "the command never started"
+            time.sleep(0.02)
+        flaky.disconnect()
+        thread.join(30)
+        assert not thread.is_alive()
+        assert time.monotonic() - t0 < 20
+        err = outcome.get("error")
+        assert isinstance(err, DeviceUnreachable), outcome
+        assert "lost the connection" in err.what and flaky.address in err.what
+        assert "without the exit status" in err.why
+        assert "adb connect" in err.fix
+
+        # the device gone for good: the adb server reports it offline, which is DeviceUnreachable too
+        flaky.stop()
+        deadline = time.monotonic() + 15
+        while "device" == adb_server.adb("-s", flaky.address, "get-state").stdout.strip():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        with pytest.raises(DeviceUnreachable, match="offline|does not see"):
+            dev.run(["true"])
+        with pytest.raises(DeviceUnreachable):
+            dev.push(Path(__file__), f"{WD}/x.py")

@@ -1,0 +1,309 @@
+"""SSHDevice against a real sshd on 127.0.0.1 with the real OpenSSH client: no mocks.
+
+The "remote" is this machine, reached over SSH as the current user; its Python is the one running the
+tests. The device's work directory has a space in its name, so every path goes through quoting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekd.devices.base import (
+    RUNNER_NAME,
+    DeviceError,
+    DeviceOutOfSpace,
+    DeviceProfile,
+    DeviceUnreachable,
+    HostKeyMismatch,
+    python_argv,
+)
+from edgekd.devices.ssh import SSHDevice
+from sshd import INSTALL_HINT, LoopbackSSHD, find_sshd, free_port, keygen
+
+RUNNER = Path(__file__).resolve().parents[1] / "edgekd" / "bench" / "runner.py"
+DEVICE_PYTHON = sys.executable  # /work/main/.venv/bin/python when run as `.venv/bin/python -m pytest`
+
+
+def _require_openssh() -> None:
+    # Not a skip: CI installs openssh-server and these tests must run there.
+    if find_sshd() is None:
+        pytest.fail(INSTALL_HINT, pytrace=False)
+    if shutil.which("ssh") is None or shutil.which("scp") is None:
+        pytest.fail("the OpenSSH client is not installed: apt-get install openssh-client", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    """One loopback sshd for the whole session."""
+    _require_openssh()
+    server = LoopbackSSHD(tmp_path_factory.mktemp("sshd")).start()
+    yield server
+    server.stop()
+
+
+def make_device(server: LoopbackSSHD, workdir: Path, **overrides) -> SSHDevice:
+    options = {**server.profile_options(), **overrides}
+    return SSHDevice(DeviceProfile(name="loopback", kind="ssh", python=DEVICE_PYTHON, workdir=str(workdir),
+                                   options=options))
+
+
+@pytest.fixture()
+def workdir(tmp_path) -> Path:
+    return tmp_path / "remote work"  # a space: every remote path must be quoted (or taken literally)
+
+
+@pytest.fixture()
+def device(sshd, workdir):
+    dev = make_device(sshd, workdir)
+    yield dev
+    dev.close()
+
+
+def accepted_logins(server: LoopbackSSHD) -> int:
+    return server.log.read_text(errors="replace").count("Accepted publickey")
+
+
+# ---------------------------------------------------------------------- files and commands
+
+def test_push_run_pull_round_trip(device, workdir, tmp_path):
+    local = tmp_path / "in.txt"
+    local.write_text("hello edge\n" * 1000)
+    remote = f"{workdir}/sub dir/in.txt"  # workdir and sub dir are created on first use
+    device.push(local, remote)
+    assert (workdir / "sub dir" / "in.txt").read_text() == local.read_text()
+
+    result = device.run(["sh", "-c", 'tr a-z A-Z < "$1" > "$2"', "sh", remote, f"{workdir}/sub dir/out.txt"])
+    assert (result.returncode, result.stderr) == (0, "")
+    back = tmp_path / "back" / "out.txt"
+    device.pull(f"{workdir}/sub dir/out.txt", back)
+    assert back.read_text() == "HELLO EDGE\n" * 1000
+
+    echoed = device.run(["cat", remote])
+    assert echoed.stdout == local.read_text()
+    assert device.run(["sh", "-c", "echo oops >&2; exit 7"]).returncode == 7  # remote status passes through
+
+
+def test_pull_missing_file_is_a_clear_error(device, workdir, tmp_path):
+    with pytest.raises(DeviceError) as err:
+        device.pull(f"{workdir}/nope.bin", tmp_path / "nope.bin")
+    assert "No such file" in str(err.value.why) and not isinstance(err.value, (DeviceUnreachable, HostKeyMismatch))
+
+
+def test_push_missing_local_file(device, workdir, tmp_path):
+    with pytest.raises(DeviceError, match="cannot push"):
+        device.push(tmp_path / "absent.bin", f"{workdir}/absent.bin")
+
+
+def test_sha256_present_and_absent(device, workdir, tmp_path):
+    local = tmp_path / "blob.bin"
+    local.write_bytes(os.urandom(100_000))
+    remote = f"{workdir}/it's a \"blob\".bin"
+    assert device.sha256(remote) is None
+    device.push(local, remote)
+    assert device.sha256(remote) == hashlib.sha256(local.read_bytes()).hexdigest()
+    assert device.sha256(f"{workdir}") is None  # a folder is not a file
+
+
+def test_argv_with_spaces_and_shell_metacharacters_arrive_literally(device, tmp_path):
+    marker = tmp_path / "pwned"
+    args = ["two words", f"; touch {marker}", f"$(touch {marker})", f"`touch {marker}`", f"| touch {marker}",
+            f"&& touch {marker}", "'single' \"double\"", "*", "$HOME", "", "back\\slash", "new\nline", "ünï cødé",
+            "--not-an-option", "-o", "tab\there", "#comment"]
+    result = device.run([DEVICE_PYTHON, "-c", "import json, sys; print(json.dumps(sys.argv[1:]))", *args])
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == args
+    assert not marker.exists()
+
+
+def test_run_timeout(device):
+    started = time.monotonic()
+    with pytest.raises(DeviceError, match="did not finish within"):
+        device.run(["sleep", "30"], timeout=1)
+    assert time.monotonic() - started < 15
+
+
+# ---------------------------------------------------------------------- info and benchmark through ssh
+
+def test_info_comes_from_the_runner_on_the_device(device, workdir):
+    info = device.info()
+    assert info["schema"] == "edgekd.runner-info/1"
+    assert info["system"]["machine"] == platform.machine() == "x86_64"
+    assert info["python"] == platform.python_version()
+    assert info["runtimes"]["onnxruntime"]
+    assert info["emulated"] is False
+    assert (workdir / RUNNER_NAME).read_bytes() == RUNNER.read_bytes()  # pushed once, then skipped by sha256
+    assert device.info()["python"] == info["python"]
+
+
+def test_runner_benchmark_through_ssh(device, workdir, tmp_path):
+    from edgekd.export.onnx import write_identity_model
+
+    model = write_identity_model(tmp_path / "identity.onnx", (64,), 18)
+    x = np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)
+    batch = np.random.default_rng(1).standard_normal((10, 64)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "batch.npy", batch)
+    spec = {"artifact": "identity.onnx", "runtime": "onnxruntime", "threads": 1, "inputs": {"x": "x.npy"},
+            "warmup_runs": 5, "warmup_min_seconds": 0.01, "min_runs": 50, "min_seconds": 0.05,
+            "max_seconds": 5.0, "memory_runs": 2,
+            "predict": {"inputs": {"x": "batch.npy"}, "batch_size": 4, "output": "out/pred.npy"}}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+
+    bundle = f"{workdir}/bundle"
+    device.push(RUNNER, f"{workdir}/{RUNNER_NAME}")
+    for name in ("identity.onnx", "x.npy", "batch.npy", "spec.json"):
+        device.push(tmp_path / name, f"{bundle}/{name}")
+    proc = device.run([*python_argv(device.profile), f"{workdir}/{RUNNER_NAME}", f"{bundle}/spec.json"], timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["ok"] is True and result["schema"] == "edgekd.runner/1"
+    assert result["runtime"]["name"] == "onnxruntime"
+    assert len(result["latencies_ns"]) >= 50 and all(ns > 0 for ns in result["latencies_ns"])
+    assert result["inputs"][0]["name"] == "x" and result["system"]["machine"] == platform.machine()
+
+    device.pull(f"{bundle}/out/pred.npy", tmp_path / "pred.npy")  # the predict pass wrote it on the device
+    np.testing.assert_array_equal(np.load(tmp_path / "pred.npy"), batch)
+
+
+# ---------------------------------------------------------------------- one connection
+
+def test_one_controlmaster_connection_is_reused(sshd, workdir, tmp_path):
+    device = make_device(sshd, workdir)
+    before = accepted_logins(sshd)
+    assert device.run(["true"]).returncode == 0
+    sockets = [p for p in Path(device._control_dir).iterdir() if stat.S_ISSOCK(p.stat().st_mode)]
+    assert len(sockets) == 1, "the first call should leave a ControlMaster socket"
+    control_dir = device._control_dir
+    assert stat.S_IMODE(os.stat(control_dir).st_mode) == 0o700
+
+    started = time.monotonic()
+    for i in range(10):
+        assert device.run(["echo", str(i)]).stdout == f"{i}\n"
+    per_run = (time.monotonic() - started) / 10
+    (tmp_path / "f").write_text("x")
+    device.push(tmp_path / "f", f"{workdir}/f")
+    device.pull(f"{workdir}/f", tmp_path / "g")
+    assert device.sha256(f"{workdir}/f") is not None
+    assert accepted_logins(sshd) - before == 1, "every call should ride on the first connection"
+    assert per_run < 0.5, f"a multiplexed run took {per_run:.3f} s"
+
+    device.close()
+    assert not os.path.exists(control_dir)
+    device.close()  # idempotent
+
+
+def test_options_reach_the_ssh_client_and_defaults_keep_checking_on(sshd, workdir):
+    with make_device(sshd, workdir) as device:
+        args = device._base_options()
+    assert "StrictHostKeyChecking=yes" in args and "BatchMode=yes" in args
+    assert f"UserKnownHostsFile={sshd.known_hosts}" in args and f"Port={sshd.port}" in args
+    with make_device(sshd, workdir, ssh_options={"StrictHostKeyChecking": "accept-new"}) as relaxed:
+        args = relaxed._base_options()
+    assert "StrictHostKeyChecking=accept-new" in args and "StrictHostKeyChecking=yes" not in args
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"host": None}, "has no `host`"),
+    ({"host": "-oProxyCommand=touch /tmp/x"}, "not starting with '-'"),
+    ({"host": "two words"}, "one word"),
+    ({"port": "ssh"}, "must be an integer"),
+    ({"port": 70000}, "between 1 and 65535"),
+    ({"ssh_options": {"ControlPath": "/tmp/x"}}, "edgekd manages it"),
+    ({"ssh_options": {"Port": 22}}, "use `port:`"),
+    ({"ssh_options": {"Bad Key": "x"}}, "ssh_config option names"),
+    ({"ssh_options": {"ProxyCommand": "a\nb"}}, "on one line"),
+    ({"ssh_options": ["NoEquals"]}, "Key=Value"),
+    ({"identity_file": "/nonexistent/key"}, "does not exist"),
+    ({"connect_timeout": 0}, "> 0"),
+])
+def test_bad_profiles_are_rejected_before_any_connection(options, message):
+    base = {"host": "example.invalid"}
+    profile = DeviceProfile(name="bad", kind="ssh", options={**base, **options})
+    with pytest.raises(DeviceError, match=message) as err:
+        SSHDevice(profile)
+    assert err.value.fix
+
+
+# ---------------------------------------------------------------------- refusals and failures
+
+def test_wrong_host_key_is_refused(sshd, workdir, tmp_path):
+    impostor = keygen(tmp_path / "other_host_key", "not-the-server")
+    known = tmp_path / "known_hosts"
+    known.write_text(sshd.known_hosts_line(impostor))
+    device = make_device(sshd, workdir, known_hosts=str(known))
+    try:
+        with pytest.raises(HostKeyMismatch, match="host key differs") as err:
+            device.run(["true"])
+        assert "Host key verification failed" in err.value.why
+        assert "ssh-keygen -R" in err.value.fix
+        assert "ssh-keyscan" in err.value.fix and str(known) in err.value.fix
+        with pytest.raises(HostKeyMismatch):  # scp is refused the same way
+            (tmp_path / "f").write_text("x")
+            device.push(tmp_path / "f", f"{workdir}/f")
+        assert not (workdir / "f").exists()
+    finally:
+        device.close()
+
+
+def test_unknown_host_key_is_refused_not_trusted(sshd, workdir, tmp_path):
+    known = tmp_path / "empty_known_hosts"
+    known.write_text("")
+    with make_device(sshd, workdir, known_hosts=str(known)) as device:
+        with pytest.raises(HostKeyMismatch, match="host key is unknown") as err:
+            device.sha256(f"{workdir}/x")
+    assert "ssh-keyscan" in err.value.fix
+    assert known.read_text() == ""  # nothing was added behind the user's back
+
+
+def test_stopped_sshd_is_unreachable(tmp_path, workdir):
+    _require_openssh()
+    server = LoopbackSSHD(tmp_path / "sshd").start()
+    device = make_device(server, workdir)
+    try:
+        assert device.run(["true"]).returncode == 0  # a live ControlMaster connection
+        server.stop()  # the listener and its connections: the host went down
+        with pytest.raises(DeviceUnreachable) as err:
+            device.run(["true"])
+        assert err.value.fix and "127.0.0.1" in err.value.what
+        with pytest.raises(DeviceUnreachable, match="Connection refused|cannot reach"):
+            device.push(RUNNER, f"{workdir}/r.py")
+    finally:
+        device.close()
+        server.stop()
+
+
+def test_nothing_listening_is_unreachable(sshd, workdir):
+    with make_device(sshd, workdir, port=free_port(), connect_timeout=3) as device:
+        with pytest.raises(DeviceUnreachable) as err:
+            device.run(["true"])
+    assert "Connection refused" in err.value.why
+
+
+def test_full_device_raises_out_of_space(device, tmp_path):
+    small = tmp_path / "small fs"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root/CAP_SYS_ADMIN): {mounted.stderr.strip()}")
+    try:
+        big = tmp_path / "big.bin"
+        big.write_bytes(os.urandom(1 << 20))
+        with pytest.raises(DeviceOutOfSpace) as err:
+            device.push(big, f"{small}/big.bin")
+        assert "free space" in err.value.fix
+        assert not (small / "big.bin").exists()  # the partial file was removed
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
