@@ -134,7 +134,8 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
           batch_size: int = typer.Option(1, min=1, help="batch size (bare model files get synthetic inputs)"),
           min_seconds: float = typer.Option(1.0, min=0, help="time each artifact at least this long (all rounds)"),
           rounds: int = typer.Option(3, min=1, help="fresh processes per artifact, interleaved across artifacts"),
-          results_dir: Optional[Path] = typer.Option(None, help="also save BenchResult JSON files here"),
+          results_dir: Path = typer.Option(Path("export/results"), help="where BenchResult JSON files are saved"),
+          resume: bool = typer.Option(False, "--resume", help="skip artifacts that already have a complete result"),
           history: Path = typer.Option(Path("export/history.sqlite"), help="SQLite history the results are added to"),
           ) -> None:
     """Benchmark artifacts on devices: latency percentiles with intervals, peak memory, load time."""
@@ -144,7 +145,7 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
     settings = BenchSettings(threads=threads, batch_size=batch_size, min_seconds=min_seconds, rounds=rounds)
     with RichReporter(console) as reporter:
         results = bench_devices(artifacts, list(device), settings=settings, results_dir=results_dir,
-                                history=history, reporter=reporter)
+                                history=history, resume=resume, reporter=reporter)
     console.print(bench_table(results))
 
 

@@ -153,13 +153,18 @@ def bench_devices(artifacts: Iterable[Artifact | str | Path], devices: list[str]
 
 def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, settings: BenchSettings | None = None,
           inputs: Path | None = None, results_dir: Path | None = None, history: Path | None = None,
-          eval_data: tuple[Path, Path] | None = None, reporter: Reporter | None = None) -> list[BenchResult]:
+          eval_data: tuple[Path, Path] | None = None, resume: bool = False,
+          reporter: Reporter | None = None) -> list[BenchResult]:
     """Benchmark each artifact on `device` (a profile name or path); save results under results_dir and
     record them in the SQLite `history` when given.
 
     With `eval_data` (test inputs .npy, labels .npy) — or, for artifacts of a run, the run's own test split —
     the first round also runs every test input through the artifact ON THE DEVICE; the outputs are pulled
-    and scored here, so the result carries the accuracy of the artifact where it will ship."""
+    and scored here, so the result carries the accuracy of the artifact where it will ship.
+
+    When the device fails midway, what was measured is saved (marked incomplete) before the error is raised;
+    `resume=True` then skips every artifact that already has a complete result with the same settings.
+    """
     from edgekd.devices.profiles import open_device
 
     settings = settings or BenchSettings()
@@ -167,43 +172,72 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
         raise BenchError(f"rounds must be ≥ 1, got {settings.rounds}", fix="use --rounds 1 or more")
     resolved = [resolve_artifact(a) for a in artifacts]
     target = open_device(device)
+    suffix = "" if target.name == "host" else f"@{target.name}"
+    paths = [Path(results_dir) / f"bench-{a.name}{suffix}.json" if results_dir is not None else None for a in resolved]
+    done = {i: r for i, r in ((i, _finished(p, a, settings)) for i, (p, a) in enumerate(zip(paths, resolved))
+                              if resume) if r is not None}
+    todo = [i for i in range(len(resolved)) if i not in done]
     reporter = reporter or SilentReporter()
-    task = reporter.task(f"bench on {target.name}", len(resolved) * settings.rounds)
-    raws: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(resolved))}
+    task = reporter.task(f"bench on {target.name}", len(todo) * settings.rounds)
+    raws: dict[int, list[dict[str, Any]]] = {i: [] for i in todo}
+    accuracies: dict[int, dict[str, Any]] = {}
     per_round = replace(settings, min_runs=-(-settings.min_runs // settings.rounds),
                         min_seconds=settings.min_seconds / settings.rounds,
                         max_seconds=settings.max_seconds / settings.rounds)
+
+    def results_of(indices: list[int]) -> list[BenchResult]:
+        out = []
+        for i in indices:
+            result = to_result(raws[i], resolved[i], target, settings)
+            result.device_accuracy, result.complete = accuracies.get(i), len(raws[i]) == settings.rounds
+            if paths[i] is not None:
+                result.save(paths[i])
+            out.append(result)
+        return out
+
     try:
         with tempfile.TemporaryDirectory(prefix="edgekd-bench-") as tmp:
             session = _Session(target, Path(tmp))
-            specs = [_spec(session, artifact, per_round, inputs, Path(tmp)) for artifact in resolved]
-            evals = [_eval_data(artifact, eval_data) for artifact in resolved]
-            accuracies: dict[int, dict[str, Any]] = {}
+            specs = {i: _spec(session, resolved[i], per_round, inputs, Path(tmp)) for i in todo}
+            evals = {i: _eval_data(resolved[i], eval_data) for i in todo}
             for round_index in range(settings.rounds):
-                for i, artifact in enumerate(resolved):
+                for i in todo:
                     spec = specs[i]
                     if round_index == 0 and evals[i] is not None:
-                        spec = {**spec, "predict": _predict_spec(session, artifact, evals[i][0])}
+                        spec = {**spec, "predict": _predict_spec(session, resolved[i], evals[i][0])}
                     raws[i].append(session.run_spec(spec, str(i), timeout=per_round.max_seconds * 3 + 300))
                     if spec.get("predict"):
                         accuracies[i] = _score(session, spec["predict"]["output"], evals[i][1], Path(tmp) / f"out{i}.npy")
                     task.advance(1)
+    except EdgeKDError as exc:
+        kept = results_of([i for i in todo if raws[i]]) if results_dir is not None else []
+        if kept:
+            exc.fix = ((exc.fix + "; ") if exc.fix else "") + (
+                f"the {len(kept)} partial result(s) measured so far are kept in {results_dir}; after fixing, rerun "
+                "with --resume to measure only what is missing")
+        raise
     finally:
         target.close()
         task.close()
-    results = []
-    for i, artifact in enumerate(resolved):
-        result = to_result(raws[i], artifact, target, settings)
-        result.device_accuracy = accuracies.get(i)
-        if results_dir is not None:
-            suffix = "" if target.name == "host" else f"@{target.name}"
-            result.save(Path(results_dir) / f"bench-{artifact.name}{suffix}.json")
-        results.append(result)
-    if history is not None:
+    fresh = results_of(todo)
+    if history is not None and fresh:
         from edgekd.bench import history as bench_history
 
-        bench_history.record(results, history)
-    return results
+        bench_history.record(fresh, history)
+    by_index = {**done, **dict(zip(todo, fresh))}
+    return [by_index[i] for i in range(len(resolved))]
+
+
+def _finished(path: Path | None, artifact: Artifact, settings: BenchSettings) -> BenchResult | None:
+    """An earlier complete result of this very file with these settings (for --resume), else None."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        old = BenchResult.load(path)
+    except EdgeKDError:
+        return None
+    same = old.artifact.get("sha256") == artifact.sha256 and old.settings == asdict(settings)
+    return old if same and old.complete else None
 
 
 def _eval_data(artifact: Artifact, given: tuple[Path, Path] | None) -> tuple[Path, Path] | None:

@@ -1,0 +1,112 @@
+"""`edgekd bench` through real devices: a loopback sshd (OpenSSH client) — full benchmark, a device that
+goes away midway (results kept, --resume measures only what is missing), and bad profiles."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import edgekd
+from edgekd.bench.harness import BenchSettings
+from edgekd.devices.base import DeviceUnreachable
+from edgekd.errors import EdgeKDError
+from edgekd.export.onnx import write_identity_model
+from sshd import LoopbackSSHD
+
+FAST = BenchSettings(warmup_runs=5, min_runs=30, min_seconds=0.02, rounds=2)
+
+
+def _profile(server: LoopbackSSHD, folder: Path) -> Path:
+    path = folder / "board.yaml"
+    path.write_text(yaml.safe_dump({"name": "board", "kind": "ssh", "python": sys.executable,
+                                    "workdir": str(folder / "remote"), **server.profile_options()}))
+    return path
+
+
+def _models(folder: Path) -> list[Path]:
+    return [write_identity_model(folder / f"m{i}.onnx", (8 * (i + 1),), 18) for i in range(2)]
+
+
+class _StopAfterFirstRun:
+    """A progress reporter that takes the device down after its first runner call: a board lost mid-run."""
+
+    def __init__(self, server: LoopbackSSHD) -> None:
+        self.server = server
+
+    def task(self, description, total):
+        reporter = self
+
+        class Task:
+            def advance(self, steps=1, **fields):
+                reporter.server.stop()
+
+            def close(self):
+                pass
+
+        return Task()
+
+    def note(self, message):
+        pass
+
+
+def test_a_full_benchmark_over_ssh(tmp_path):
+    with LoopbackSSHD(tmp_path / "sshd") as server:
+        results = edgekd.bench(_models(tmp_path), device=str(_profile(server, tmp_path)), settings=FAST,
+                               results_dir=tmp_path / "results", history=tmp_path / "h.sqlite")
+    assert [r.device["name"] for r in results] == ["board", "board"] and all(r.complete for r in results)
+    assert all(r.latency_us["n"] >= 30 and len(r.round_p50_us) == 2 for r in results)
+    assert results[0].device["info"]["system"]["machine"]
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["bench-m0@board.json", "bench-m1@board.json"]
+
+
+def test_a_device_lost_midway_keeps_what_was_measured_and_resume_measures_the_rest(tmp_path):
+    models = _models(tmp_path)
+    server = LoopbackSSHD(tmp_path / "sshd").start()
+    profile = _profile(server, tmp_path)
+    one_round = BenchSettings(warmup_runs=5, min_runs=30, min_seconds=0.02, rounds=1)
+    with pytest.raises(DeviceUnreachable) as err:
+        edgekd.bench(models, device=str(profile), settings=one_round, results_dir=tmp_path / "results",
+                     reporter=_StopAfterFirstRun(server))
+    assert "--resume" in err.value.fix and "kept" in err.value.fix
+    from edgekd.bench.result import BenchResult
+
+    first = BenchResult.load(tmp_path / "results" / "bench-m0@board.json")
+    assert first.complete and not (tmp_path / "results" / "bench-m1@board.json").exists()
+    server.start()  # the board is back (new port: rewrite the profile)
+    profile = _profile(server, tmp_path)
+    try:
+        resumed = edgekd.bench(models, device=str(profile), settings=one_round, results_dir=tmp_path / "results",
+                               resume=True)
+    finally:
+        server.stop()
+    assert resumed[0].created_at == first.created_at  # reused, not measured again
+    assert resumed[1].complete and resumed[1].latency_us["n"] >= 30
+
+
+@pytest.mark.parametrize("content, message", [
+    ("kind: [unclosed", "cannot read device profile"),
+    ("kind: telnet\n", "`kind:` must be one of local, ssh, adb"),
+])
+def test_unreadable_profiles_are_clear_errors(tmp_path, content, message):
+    (tmp_path / "bad.yaml").write_text(content)
+    write_identity_model(tmp_path / "m.onnx", (8,), 18)
+    proc = subprocess.run([sys.executable, "-m", "edgekd.cli", "bench", "m.onnx", "--device", "bad.yaml"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_unknown_device_lists_the_profiles_found(tmp_path):
+    (tmp_path / "devices").mkdir()
+    (tmp_path / "devices" / "pi.yaml").write_text("kind: ssh\nhost: 127.0.0.1\n")
+    write_identity_model(tmp_path / "m.onnx", (8,), 18)
+    proc = subprocess.run([sys.executable, "-m", "edgekd.cli", "bench", "m.onnx", "--device", "jetson"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2 and "unknown device 'jetson'" in proc.stderr and "host, pi" in proc.stderr
+
+
+def test_the_device_base_error_is_a_user_error():
+    assert issubclass(DeviceUnreachable, EdgeKDError) and DeviceUnreachable.exit_code == 2
