@@ -134,6 +134,9 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
           batch_size: int = typer.Option(1, min=1, help="batch size (bare model files get synthetic inputs)"),
           min_seconds: float = typer.Option(1.0, min=0, help="time each artifact at least this long (all rounds)"),
           rounds: int = typer.Option(3, min=1, help="fresh processes per artifact, interleaved across artifacts"),
+          sessions: Optional[int] = typer.Option(None, min=1, help="like --rounds, with --cooldown between them; "
+                                                 "the result reports the spread between sessions"),
+          cooldown: float = typer.Option(0.0, min=0, help="seconds to pause between rounds/sessions"),
           results_dir: Path = typer.Option(Path("export/results"), help="where BenchResult JSON files are saved"),
           resume: bool = typer.Option(False, "--resume", help="skip artifacts that already have a complete result"),
           history: Path = typer.Option(Path("export/history.sqlite"), help="SQLite history the results are added to"),
@@ -142,7 +145,8 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
     from edgekd.bench.harness import BenchSettings, bench_devices
     from edgekd.console import RichReporter, bench_table
 
-    settings = BenchSettings(threads=threads, batch_size=batch_size, min_seconds=min_seconds, rounds=rounds)
+    settings = BenchSettings(threads=threads, batch_size=batch_size, min_seconds=min_seconds,
+                             rounds=sessions or rounds, cooldown_seconds=cooldown)
     with RichReporter(console) as reporter:
         results = bench_devices(artifacts, list(device), settings=settings, results_dir=results_dir,
                                 history=history, resume=resume, reporter=reporter)

@@ -82,17 +82,25 @@ def summary_table(summary: dict[str, Any]) -> Table:
     return table
 
 
+def _spread(rounds: list[float]) -> str:
+    """How far the p50 moved between the fresh processes (rounds/sessions) of one result."""
+    if len(rounds) < 2 or min(rounds) <= 0:
+        return "–"
+    return f"{min(rounds):.2f}–{max(rounds):.2f} (±{(max(rounds) / min(rounds) - 1) * 50:.0f}%)"
+
+
 def bench_table(results: list[Any]) -> Table:
-    table = Table(title="benchmark", title_justify="left")
-    for col in ("artifact", "device", "runtime", "p50 µs [95% CI]", "p90 µs", "p99 µs", "CV", "runs", "peak MiB",
-                "load ms", "first µs"):
+    table = Table(title="benchmark (emulated devices: latency is not a board's latency)"
+                  if any(r.device.get("emulated") for r in results) else "benchmark", title_justify="left")
+    for col in ("artifact", "device", "runtime", "p50 µs [95% CI]", "round p50 spread", "p99 µs", "runs", "peak MiB",
+                "load ms", "device acc"):
         table.add_column(col, justify="left" if col in ("artifact", "device", "runtime") else "right")
     for r in results:
         lat = r.latency_us
         peak = r.memory_kb.get("vmhwm")
         table.add_row(r.artifact["name"], r.device["name"], f"{r.runtime.get('name')} {r.runtime.get('version')}",
                       f"{lat['p50']:.2f} {_ci(lat['ci95_p50'])}" + (" unstable" if lat["unstable"] else ""),
-                      f"{lat['p90']:.2f}", f"{lat['p99']:.2f}", f"{lat['cv']:.2f}", str(lat["n"]),
+                      _spread(r.round_p50_us), f"{lat['p99']:.2f}", str(lat["n"]),
                       f"{peak / 1024:.1f}" if peak else "–", f"{r.load_ms:.1f}" if r.load_ms else "–",
-                      f"{r.first_inference_us:.1f}" if r.first_inference_us else "–")
+                      f"{r.device_accuracy['accuracy']:.2%}" if r.device_accuracy else "–")
     return table

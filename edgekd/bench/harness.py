@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
@@ -17,7 +18,7 @@ import numpy as np
 
 from edgekd.bench import stats
 from edgekd.bench.result import BenchResult
-from edgekd.devices.base import Device, python_argv
+from edgekd.devices.base import Device, cool_down, python_argv
 from edgekd.errors import ArtifactError, BenchError, EdgeKDError
 from edgekd.export.artifact import RECORD_NAME, Artifact
 from edgekd.progress import Reporter, SilentReporter
@@ -42,6 +43,7 @@ class BenchSettings:
     # and the rounds are pooled: a machine that drifts between fast and slow states (this VM does, every few
     # seconds) then affects every candidate alike instead of whichever happened to run during a slow spell.
     rounds: int = 3
+    cooldown_seconds: float = 0.0  # pause between rounds (sessions), e.g. to let a phone cool down
 
 
 def resolve_artifact(item: Artifact | str | Path) -> Artifact:
@@ -181,6 +183,7 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
     task = reporter.task(f"bench on {target.name}", len(todo) * settings.rounds)
     raws: dict[int, list[dict[str, Any]]] = {i: [] for i in todo}
     accuracies: dict[int, dict[str, Any]] = {}
+    thermal: list[dict[str, Any]] = []
     per_round = replace(settings, min_runs=-(-settings.min_runs // settings.rounds),
                         min_seconds=settings.min_seconds / settings.rounds,
                         max_seconds=settings.max_seconds / settings.rounds)
@@ -190,6 +193,7 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
         for i in indices:
             result = to_result(raws[i], resolved[i], target, settings)
             result.device_accuracy, result.complete = accuracies.get(i), len(raws[i]) == settings.rounds
+            result.thermal = thermal
             if paths[i] is not None:
                 result.save(paths[i])
             out.append(result)
@@ -201,6 +205,9 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
             specs = {i: _spec(session, resolved[i], per_round, inputs, Path(tmp)) for i in todo}
             evals = {i: _eval_data(resolved[i], eval_data) for i in todo}
             for round_index in range(settings.rounds):
+                if round_index and settings.cooldown_seconds:
+                    time.sleep(settings.cooldown_seconds)
+                thermal.append(cool_down(target))  # bounded wait below the profile's threshold, recorded
                 for i in todo:
                     spec = specs[i]
                     if round_index == 0 and evals[i] is not None:

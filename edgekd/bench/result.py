@@ -30,6 +30,7 @@ class BenchResult(BaseModel):
     first_inference_us: float | None = None
     memory_kb: dict[str, Any] = Field(default_factory=dict)
     device_accuracy: dict[str, Any] | None = None  # test accuracy of the artifact run ON the device
+    thermal: list[dict[str, Any]] = Field(default_factory=list)  # temperature/status before each round
     complete: bool = True  # False: the device failed before every round ran (kept for --resume)
     latencies_ns: list[int] = Field(default_factory=list)
     created_at: str = Field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))

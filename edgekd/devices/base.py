@@ -113,3 +113,44 @@ def info_via_runner(device: Device) -> dict[str, Any]:
         ) from None
     info["emulated"] = device.profile.emulated
     return info
+
+
+def temperature(device: Device) -> dict[str, Any] | None:
+    """The device's temperature now: hottest thermal zone in °C (Linux), or Android's thermal status.
+
+    None when the device exposes neither (then nothing is waited for, and the result says so).
+    """
+    thermal = getattr(device, "thermal", None)
+    if callable(thermal):  # adb: `dumpsys thermalservice` status (0 = none … 6 = shutdown)
+        status = thermal()
+        if status:
+            return status
+    # A fixed command line (no user input in it): the glob needs a shell.
+    result = device.run(["sh", "-c", "cat /sys/class/thermal/thermal_zone*/temp 2>/dev/null"], timeout=30)
+    values = [int(v) for v in result.stdout.split() if v.strip().lstrip("-").isdigit()]
+    if not values:
+        return None
+    return {"max_celsius": max(values) / 1000.0, "zones": len(values)}
+
+
+def cool_down(device: Device) -> dict[str, Any]:
+    """Wait (bounded) until the device is below its profile's threshold; returns what was seen.
+
+    Profile: `thermal: {max_celsius: 60, wait_seconds: 120, poll_seconds: 5}` (boards) or
+    `thermal: {max_status: 1, ...}` (Android thermal status). No `thermal:` → just record the reading.
+    """
+    import time
+
+    limits = device.profile.options.get("thermal") or {}
+    started = time.monotonic()
+    reading = temperature(device)
+    first = reading
+    while reading is not None and limits and time.monotonic() - started < float(limits.get("wait_seconds", 120)):
+        hot = (("max_celsius" in limits and reading.get("max_celsius", 0) > float(limits["max_celsius"]))
+               or ("max_status" in limits and reading.get("status", 0) > int(limits["max_status"])))
+        if not hot:
+            break
+        time.sleep(float(limits.get("poll_seconds", 5)))
+        reading = temperature(device)
+    return {"before_wait": first, "at_start": reading, "waited_seconds": round(time.monotonic() - started, 1),
+            "limits": limits or None}
