@@ -97,10 +97,14 @@ def bench_table(results: list[Any]) -> Table:
         table.add_column(col, justify="left" if col in ("artifact", "device", "runtime") else "right")
     for r in results:
         lat = r.latency_us
-        peak = r.memory_kb.get("vmhwm")
-        table.add_row(r.artifact["name"], r.device["name"], f"{r.runtime.get('name')} {r.runtime.get('version')}",
-                      f"{lat['p50']:.2f} {_ci(lat['ci95_p50'])}" + (" unstable" if lat["unstable"] else ""),
-                      _spread(r.round_p50_us), f"{lat['p99']:.2f}", str(lat["n"]),
-                      f"{peak / 1024:.1f}" if peak else "–", f"{r.load_ms:.1f}" if r.load_ms else "–",
+        peak = r.memory_kb.get("vmhwm") or r.memory_kb.get("peak")
+        p50 = "–" if lat.get("p50") is None else f"{lat['p50']:.2f} {_ci(lat.get('ci95_p50'))}" + (
+            " unstable" if lat.get("unstable") else "")
+        table.add_row(r.artifact["name"], r.device["name"],
+                      f"{r.runtime.get('name')} {r.runtime.get('version') or ''}" + (
+                          f" ({r.runtime.get('tool')})" if r.harness == "native" else ""),
+                      p50, _spread(r.round_p50_us), "–" if lat.get("p99") is None else f"{lat['p99']:.2f}",
+                      str(lat.get("n") or "–"), f"{peak / 1024:.1f}" if peak else "–",
+                      f"{r.load_ms:.1f}" if r.load_ms else "–",
                       f"{r.device_accuracy['accuracy']:.2%}" if r.device_accuracy else "–")
     return table

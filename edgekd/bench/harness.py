@@ -105,7 +105,11 @@ class _Session:
         self.device = device
         self.local_tmp = local_tmp
         self.pushed: dict[str, str] = {}  # local sha256 -> remote path
-        self.runner = self.push(RUNNER, "edgekd_runner.py")
+
+    @property
+    def runner(self) -> str:
+        """The runner on the device (pushed on first use: a device without Python never gets it)."""
+        return self.push(RUNNER, "edgekd_runner.py")
 
     def push(self, local: Path, name: str) -> str:
         digest = sha256_file(local)
@@ -116,6 +120,12 @@ class _Session:
             self.device.push(local, remote)
         self.pushed[digest] = remote
         return remote
+
+    def relative(self, remote: str) -> str:
+        """A device path as seen from the specs/ folder: specs carry no absolute paths, so they stay valid
+        wherever the device maps its work directory (Android sandboxes, emulated root filesystems)."""
+        prefix = f"{self.device.workdir}/"
+        return "../" + remote[len(prefix):] if remote.startswith(prefix) else remote
 
     def run_spec(self, spec: dict[str, Any], tag: str, timeout: float) -> dict[str, Any]:
         """Push the spec, run the runner on the device, parse its one JSON object (or raise BenchError)."""
@@ -202,19 +212,27 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
     try:
         with tempfile.TemporaryDirectory(prefix="edgekd-bench-") as tmp:
             session = _Session(target, Path(tmp))
-            specs = {i: _spec(session, resolved[i], per_round, inputs, Path(tmp)) for i in todo}
+            natives = {i: _native_tool(target, resolved[i]) for i in todo}
+            specs = {i: _spec(session, resolved[i], per_round, inputs, Path(tmp)) for i in todo if natives[i] is None}
             evals = {i: _eval_data(resolved[i], eval_data) for i in todo}
+            remote_outputs: dict[int, str] = {}
             for round_index in range(settings.rounds):
                 if round_index and settings.cooldown_seconds:
                     time.sleep(settings.cooldown_seconds)
                 thermal.append(cool_down(target))  # bounded wait below the profile's threshold, recorded
                 for i in todo:
+                    if natives[i] is not None:  # no Python on the device: the runtime's own benchmark binary
+                        raws[i].append({"native": _run_native(session, resolved[i], natives[i], per_round)})
+                        task.advance(1)
+                        continue
                     spec = specs[i]
                     if round_index == 0 and evals[i] is not None:
-                        spec = {**spec, "predict": _predict_spec(session, resolved[i], evals[i][0])}
+                        predict = _predict_spec(session, resolved[i], evals[i][0])
+                        remote_outputs[i] = predict.pop("_remote_output")
+                        spec = {**spec, "predict": predict}
                     raws[i].append(session.run_spec(spec, str(i), timeout=per_round.max_seconds * 3 + 300))
                     if spec.get("predict"):
-                        accuracies[i] = _score(session, spec["predict"]["output"], evals[i][1], Path(tmp) / f"out{i}.npy")
+                        accuracies[i] = _score(session, remote_outputs[i], evals[i][1], Path(tmp) / f"out{i}.npy")
                     task.advance(1)
     except EdgeKDError as exc:
         kept = results_of([i for i in todo if raws[i]]) if results_dir is not None else []
@@ -233,6 +251,38 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
         bench_history.record(fresh, history)
     by_index = {**done, **dict(zip(todo, fresh))}
     return [by_index[i] for i in range(len(resolved))]
+
+
+def _native_tool(device: Device, artifact: Artifact) -> tuple[str, Path] | None:
+    """(tool, local binary) when the device has no Python and its profile names a native benchmark binary
+    for this format (`native: {tflite: PATH, onnx: PATH}`); None when the runner is used."""
+    if device.profile.python:
+        return None
+    from edgekd.bench import native
+    from edgekd.devices.base import RuntimeMissing
+
+    tool = {"tflite": native.BENCHMARK_MODEL, "onnx": native.PERF_TEST}.get(artifact.format)
+    binary = (device.profile.options.get("native") or {}).get(artifact.format)
+    if tool is None or not binary:
+        raise RuntimeMissing(
+            f"device '{device.name}' has no Python and no native benchmark binary for {artifact.format}",
+            fix=f"set `python:` in its profile (e.g. Termux), or `native: {{{artifact.format}: PATH}}` to the "
+                f"runtime's {tool or 'benchmark'} binary built for the device")
+    path = Path(str(binary)).expanduser()
+    if not path.is_file():
+        raise RuntimeMissing(f"native benchmark binary not found: {path}",
+                             fix=f"fix `native: {{{artifact.format}: ...}}` in the profile of '{device.name}'")
+    return tool, path
+
+
+def _run_native(session: _Session, artifact: Artifact, tool_binary: tuple[str, Path],
+                settings: BenchSettings) -> dict[str, Any]:
+    from edgekd.bench import native
+
+    remote = session.push(artifact.path, f"artifacts/{artifact.sha256[:16]}{artifact.path.suffix}")
+    tool, binary = tool_binary
+    return native.run_native(session.device, binary, remote, tool, settings.threads, settings.min_runs,
+                             settings.warmup_runs, timeout=settings.max_seconds * 3 + 300)
 
 
 def _finished(path: Path | None, artifact: Artifact, settings: BenchSettings) -> BenchResult | None:
@@ -261,7 +311,8 @@ def _eval_data(artifact: Artifact, given: tuple[Path, Path] | None) -> tuple[Pat
 def _predict_spec(session: _Session, artifact: Artifact, x: Path) -> dict[str, Any]:
     remote_x = session.push(x, f"inputs/{sha256_file(x)[:16]}.npy")
     output = f"{session.device.workdir}/outputs/{artifact.sha256[:16]}.npy"
-    return {"inputs": {artifact.inputs[0]["name"]: remote_x}, "batch_size": 64, "output": output}
+    return {"inputs": {artifact.inputs[0]["name"]: session.relative(remote_x)}, "batch_size": 64,
+            "output": session.relative(output), "_remote_output": output}
 
 
 def _score(session: _Session, remote_output: str, labels: Path, local: Path) -> dict[str, Any]:
@@ -285,17 +336,44 @@ def _spec(session: _Session, artifact: Artifact, settings: BenchSettings, inputs
         folder = local_tmp / artifact.sha256[:16]
         folder.mkdir(parents=True, exist_ok=True)
         local_feeds = {k: Path(v) for k, v in _synthetic_inputs(artifact, settings.batch_size, folder).items()}
-    feeds = {name: session.push(path, f"inputs/{sha256_file(path)[:16]}.npy") for name, path in local_feeds.items()}
+    feeds = {name: session.relative(session.push(path, f"inputs/{sha256_file(path)[:16]}.npy"))
+             for name, path in local_feeds.items()}
     remote_artifact = session.push(artifact.path, f"artifacts/{artifact.sha256[:16]}{artifact.path.suffix}")
-    return {"artifact": remote_artifact, "runtime": FORMATS[artifact.format]().runtime,
+    return {"artifact": session.relative(remote_artifact), "runtime": FORMATS[artifact.format]().runtime,
             "threads": settings.threads, "inputs": feeds, "warmup_runs": settings.warmup_runs,
             "warmup_min_seconds": settings.warmup_min_seconds, "min_runs": settings.min_runs,
             "min_seconds": settings.min_seconds, "max_seconds": settings.max_seconds,
             "memory_runs": settings.memory_runs}
 
 
+def _native_result(raws: list[dict[str, Any]], artifact: Artifact, device: Device,
+                   settings: BenchSettings) -> BenchResult:
+    """A native tool prints summaries, not per-call times: keep the first round's summary and every
+    round's p50 (the spread between sessions)."""
+    from edgekd.bench import native
+
+    fields = native.bench_result_fields(raws[0]["native"])
+    fields["round_p50_us"] = [p for raw in raws for p in native.bench_result_fields(raw["native"])["round_p50_us"]]
+    return BenchResult(artifact=_artifact_summary(artifact), device=_device_summary(device, {}),
+                       settings=asdict(settings), **fields)
+
+
+def _artifact_summary(artifact: Artifact) -> dict[str, Any]:
+    return {"name": artifact.name, "sha256": artifact.sha256, "format": artifact.format,
+            "precision": artifact.precision, "role": artifact.role, "size_bytes": artifact.size_bytes,
+            "parameters": artifact.parameters, "path": str(artifact.path)}
+
+
+def _device_summary(device: Device, raw: dict[str, Any]) -> dict[str, Any]:
+    return {"name": device.name, "kind": device.profile.kind, "emulated": device.profile.emulated,
+            "cpus": device.profile.cpus,
+            "info": {"system": raw.get("system"), "python": raw.get("python"), "numpy": raw.get("numpy")}}
+
+
 def to_result(raws: list[dict[str, Any]], artifact: Artifact, device: Device, settings: BenchSettings) -> BenchResult:
     """Pool the rounds of one artifact: all timed calls together, per-round medians kept to show the spread."""
+    if "native" in raws[0]:
+        return _native_result(raws, artifact, device, settings)
     first = raws[0]
     latencies = [ns for raw in raws for ns in raw["latencies_ns"]]
     peaks = [raw.get("memory_kb", {}) for raw in raws]
@@ -303,12 +381,8 @@ def to_result(raws: list[dict[str, Any]], artifact: Artifact, device: Device, se
     if all(p.get("vmhwm") for p in peaks):
         memory["vmhwm"] = max(p["vmhwm"] for p in peaks)
     return BenchResult(
-        artifact={"name": artifact.name, "sha256": artifact.sha256, "format": artifact.format,
-                  "precision": artifact.precision, "role": artifact.role, "size_bytes": artifact.size_bytes,
-                  "parameters": artifact.parameters, "path": str(artifact.path)},
-        device={"name": device.name, "kind": device.profile.kind, "emulated": device.profile.emulated,
-                "cpus": device.profile.cpus,
-                "info": {"system": first.get("system"), "python": first.get("python"), "numpy": first.get("numpy")}},
+        artifact=_artifact_summary(artifact),
+        device=_device_summary(device, first),
         harness="runner",
         settings=asdict(settings),
         runtime=first.get("runtime", {}),

@@ -70,13 +70,14 @@ def record(results: Iterable[BenchResult], path: Path = DEFAULT_PATH, session: s
     with _connect(path) as db:
         for r in results:
             lat = r.latency_us
+            ci = lat.get("ci95_p50") or (None, None)
             db.execute(
                 "INSERT INTO results (session, created_at, device, artifact_name, artifact_sha256, format, precision,"
                 " harness, p50_us, ci_lo_us, ci_hi_us, runs, unstable, device_info, round_p50_us, latencies)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (session, r.created_at, r.device["name"], r.artifact["name"], r.artifact["sha256"],
-                 r.artifact.get("format"), r.artifact.get("precision"), r.harness, lat["p50"], lat["ci95_p50"][0],
-                 lat["ci95_p50"][1], lat["n"], int(bool(lat["unstable"])), json.dumps(r.device),
+                 r.artifact.get("format"), r.artifact.get("precision"), r.harness, lat.get("p50"), ci[0], ci[1],
+                 lat.get("n"), int(bool(lat.get("unstable"))), json.dumps(r.device),
                  json.dumps(r.round_p50_us), _pack(r.latencies_ns)))
     return session
 
@@ -127,6 +128,8 @@ def compare(a: str | None = None, b: str | None = None, *, path: Path = DEFAULT_
         older = _session_rows(db, a)
     out = []
     for name in sorted(set(older) & set(newer)):
+        if not len(older[name][2]) or not len(newer[name][2]):
+            continue  # a native tool's summary has no per-call times to bootstrap
         cmp = stats.compare(older[name][2], newer[name][2])
         # The bootstrap interval only knows the calls within each session; a change counts only when it
         # also exceeds how far the p50 moved between the rounds (fresh processes) of either session.

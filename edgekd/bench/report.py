@@ -70,11 +70,12 @@ def build_summary(rundir: RunDir, *, recipe: dict[str, Any], model_metrics: dict
     teachers = {a.format: results.get(a.sha256) for a in models if a.role == "teacher" and a.precision == "fp32"}
     for art, row in zip(models, rows):
         res, teacher, floor = results.get(art.sha256), teachers.get(art.format), floors.get(art.format)
-        if res is not None and teacher is not None:  # speed-up against the teacher in the same runtime
+        if res is not None and teacher is not None and res.latencies_ns and teacher.latencies_ns:
+            # speed-up against the teacher in the same runtime (native summaries have no per-call times)
             cmp = stats.compare(teacher.latencies_ns, res.latencies_ns)
             row.update({"speedup_vs_teacher": cmp["ratio"], "speedup_ci95": cmp["ratio_ci95"],
                         "speedup_significant": cmp["significant"]})
-        if res is not None and floor is not None:
+        if res is not None and floor is not None and res.latency_us.get("p50") and floor.latency_us.get("p50"):
             row["x_floor"] = res.latency_us["p50"] / floor.latency_us["p50"]
         ref = by_name.get(_per_class_reference(row, by_name) or "")
         if ref and row["per_class_accuracy"] and ref["per_class_accuracy"]:

@@ -1,0 +1,475 @@
+"""A runtime's own benchmark binary on a device without Python: argv, run, and parsers for its log.
+
+Where a phone has no Python (stock Android), edgekd cannot run its device-side runner; it pushes the
+runtime's benchmark binary once and reads what it prints:
+
+* LiteRT / TFLite ``benchmark_model`` (logs to stderr): warm-up and timed phases as ``count=… first=… curr=…
+  min=… max=… avg=… std=…`` lines (recent builds append ``p5=… median=… p95=…``), then
+  ``Inference timings in us: Init: …, First inference: …, Warmup (avg): …, Inference (avg): …`` and the
+  memory line (``Memory footprint delta from the start of the tool (MB): init=… overall=…``; TF 2.4 said
+  ``Peak memory footprint (MB)``; ``--report_peak_memory_footprint`` adds ``Overall peak memory footprint
+  (MB) via periodic monitoring: …``). Its statistics are LiteRT's ``Stat``: integer microseconds, ``std``
+  the population deviation truncated to an integer, percentiles the element at ``n * p / 100`` of the sorted
+  values (no interpolation; ``median`` is p50 in that sense). Numbers use C++ stream formatting, so large
+  averages read ``2.95034e+06``.
+* onnxruntime ``onnxruntime_perf_test`` (stdout): ``Session creation time cost: … s``, ``First inference
+  time cost: … ms`` (newer builds; whole milliseconds), ``Total inference requests: …``, ``Average inference
+  time cost: … ms``, ``Avg CPU usage: … %``, ``Peak working set size: … bytes`` and with ``-s``
+  ``Min/Max/P50/P90/P95/P99/P999 Latency: … s`` (early builds: ``Total iterations``, ``Average time cost``,
+  ``P50 Latency is … sec``). Its percentiles are ``sorted[int(n * p)]``; it prints no standard deviation.
+  It always runs exactly one warm-up inference (the "first inference"); the 1.x sources read for this
+  module have no flag for more.
+
+Both parsers return one normalized dict (schema ``edgekd.native/1``)::
+
+    {"schema", "harness": "native", "tool", "runs", "warmup_runs",
+     "latency_us": {"n", "mean", "min", "max", "std", "p5", "p50", "p90", "p95", "p99", "p999"},
+     "init_ms", "first_inference_us", "warmup_avg_us", "memory_kb": {...}, "extra": {...}}
+
+Every value is read from the text (or converted between units); what the tool did not print is None,
+never estimated. ``memory_kb`` keys: benchmark_model ``init_footprint`` / ``overall_footprint`` (growth of
+the process's peak RSS since the tool started, MB x 1024) and ``peak`` (periodic monitoring, when on);
+perf_test ``peak`` (its peak working set: ru_maxrss on Linux/Android, the same quantity as the runner's
+``vmhwm``). A text without the tool's summary raises BenchError (what / why / fix).
+
+``run_native`` pushes the binary (once, by sha256), runs it through ``device.run`` and parses the output;
+``bench_result_fields`` turns its dict into the fields of a BenchResult (harness "native", no per-call
+latencies, so no interval of the median and no stability verdict).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import shlex
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from edgekd.errors import BenchError
+
+logger = logging.getLogger(__name__)
+
+NATIVE_SCHEMA = "edgekd.native/1"
+BENCHMARK_MODEL = "benchmark_model"
+PERF_TEST = "onnxruntime_perf_test"
+TOOLS = (BENCHMARK_MODEL, PERF_TEST)
+LATENCY_KEYS = ("n", "mean", "min", "max", "std", "p5", "p50", "p90", "p95", "p99", "p999")
+NATIVE_TIMEOUT_S = 600.0
+_TAIL_LINES = 3  # lines of the tool's own output quoted in an error's `why`
+
+# ---------------------------------------------------------------------- shared helpers
+
+_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?nan|[-+]?inf"
+# What precedes a message on a line: indentation (pasted docs), an Android logcat header
+# ("07-08 15:34:26.201 I/tflite  ( 5395): ", "07-14 13:14:52.097 22838 22838 I tflite  : ") and the
+# severity LiteRT's logger writes ("INFO: ", "VERBOSE: ", …).
+_PREFIX = re.compile(
+    r"^\s*(?:\d\d-\d\d\s+\d\d:\d\d:\d\d\.\d+\s+(?:\d+\s+\d+\s+)?[VDIWEF][/ ]\s*\S+\s*(?:\(\s*\d+\s*\))?\s*:\s*)?"
+    r"(?:(?:INFO|VERBOSE|WARNING|ERROR|FATAL): )?"
+)
+
+
+def _message(line: str) -> str:
+    return line[_PREFIX.match(line).end():].rstrip()
+
+
+def _number(text: str | None) -> float | None:
+    """A number as printed by C++ streams (`2.95034e+06`, `nan`); None for a missing or non-finite value."""
+    if text is None:
+        return None
+    value = float(text)
+    return value if math.isfinite(value) else None
+
+
+def _scaled(text: str | None, factor: float) -> float | None:
+    value = _number(text)
+    return None if value is None else value * factor
+
+
+def _latency(**values: float | None) -> dict[str, float | int | None]:
+    out: dict[str, float | int | None] = {key: None for key in LATENCY_KEYS}
+    out.update(values)
+    return out
+
+
+def _tail(text: str, n: int = _TAIL_LINES) -> str:
+    """The last non-empty lines of the tool's output, for an error's `why`."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    return " | ".join(lines[-n:]) if lines else "no output at all"
+
+
+def _check_text(text: Any, tool: str) -> str:
+    if not isinstance(text, str):
+        raise BenchError(f"cannot parse {tool} output of type {type(text).__name__}",
+                         fix="pass the tool's stdout and stderr as one str")
+    if not text.strip():
+        raise BenchError(f"{tool} printed nothing", why="the output is empty",
+                         fix=f"run {tool} by hand on the device to see whether it starts at all "
+                             "(wrong ABI, missing shared libraries, killed for memory)")
+    return text
+
+
+def _result(tool: str, **fields: Any) -> dict[str, Any]:
+    return {"schema": NATIVE_SCHEMA, "harness": "native", "tool": tool, **fields}
+
+
+# ---------------------------------------------------------------------- benchmark_model
+
+_BM_SUMMARY = re.compile(
+    rf"Inference timings in us: Init: (?P<init>{_NUM}), First inference: (?P<first>{_NUM}), "
+    rf"Warmup \(avg\): (?P<warmup>{_NUM}), Inference \(avg\): (?P<avg>{_NUM})")
+_BM_STAT = re.compile(
+    rf"^count=(?P<count>\d+)(?:(?: first=(?P<first>{_NUM}))? curr=(?P<curr>{_NUM})(?P<same>\(all same\))?"
+    rf"(?: min=(?P<min>{_NUM}) max=(?P<max>{_NUM}) avg=(?P<avg>{_NUM}) std=(?P<std>{_NUM}))?)?"
+    rf"(?: p5=(?P<p5>{_NUM}) median=(?P<median>{_NUM}) p95=(?P<p95>{_NUM}))?(?:\s|$)")
+_BM_MEMORY = re.compile(
+    rf"(?:Memory footprint delta from the start of the tool|Peak memory footprint) \(MB\): "
+    rf"init=(?P<init>{_NUM}) overall=(?P<overall>{_NUM})")
+_BM_PEAK = re.compile(rf"Overall peak memory footprint \(MB\) via periodic monitoring: (?P<peak>{_NUM})")
+_BM_MODEL_SIZE = re.compile(rf"The input model file size \(MB\): (?P<mb>{_NUM})")
+_BM_SESSION = re.compile(rf"Initialized session in (?P<ms>{_NUM}) ?ms")
+_BM_THREADS = re.compile(r"#threads used for CPU inference: \[(?P<n>-?\d+)\]")
+
+
+def parse_benchmark_model(text: str) -> dict[str, Any]:
+    """LiteRT/TFLite `benchmark_model` output (stdout + stderr, log prefixes allowed) -> normalized dict.
+
+    The last "Inference timings in us" summary is the run; its timed statistics are the last `count=` line
+    before it (the one before that, if any, is the warm-up phase). Op-profiling tables printed after the
+    summary ("Timings (microseconds): count=…") are never read as the run's statistics.
+    """
+    tool = BENCHMARK_MODEL
+    _check_text(text, tool)
+    lines = text.splitlines()
+    messages = [_message(line) for line in lines]
+    summary_at = None
+    for i, msg in enumerate(messages):
+        if _BM_SUMMARY.search(msg):
+            summary_at = i
+    if summary_at is None:
+        failed = any(m.startswith("Benchmarking failed") for m in messages)
+        raise BenchError(
+            f"{tool} did not report any timings",
+            why=("it failed: " if failed else "no 'Inference timings in us' line in its output; it ends with: ")
+            + _error_lines(text),
+            fix=f"run the same {tool} command by hand on the device; check the model path, that the model loads "
+                "with the chosen delegate (try --use_xnnpack=false) and that the run was not cut short by a timeout")
+    summary = _BM_SUMMARY.search(messages[summary_at])
+    previous = max((i for i in range(summary_at) if _BM_SUMMARY.search(messages[i])), default=-1)
+    section = messages[previous + 1: summary_at + 1]
+    stats = [m for m in (_BM_STAT.match(msg) for msg in section) if m]
+    if not stats:
+        raise BenchError(f"{tool} printed its summary but no 'count=…' statistics line for the timed runs",
+                         why=f"summary line: {messages[summary_at].strip()}",
+                         fix="pass the complete output of the tool (stderr included: benchmark_model logs there)")
+    timed = _stat(stats[-1])
+    warm = _stat(stats[-2]) if len(stats) > 1 else None
+    if timed["count"] == 0:
+        raise BenchError(f"{tool} reported no timed runs ('count=0')",
+                         why=f"summary line: {messages[summary_at].strip()}",
+                         fix="raise --num_runs / --min_secs, or --max_secs if the model is slow")
+
+    # This run's lines: from its "STARTING!" (or the previous run's summary) to the next run's "STARTING!".
+    start = max([previous + 1] + [i for i in range(previous + 1, summary_at) if messages[i].startswith("STARTING!")])
+    end = next((i for i in range(summary_at + 1, len(messages)) if messages[i].startswith("STARTING!")), len(messages))
+    memory: dict[str, float] = {}
+    extra: dict[str, Any] = {}
+    for msg in messages[start:end]:
+        if m := _BM_MEMORY.search(msg):
+            for key, group in (("init_footprint", "init"), ("overall_footprint", "overall")):
+                if (kb := _scaled(m.group(group), 1024.0)) is not None:
+                    memory[key] = kb
+        elif m := _BM_PEAK.search(msg):
+            if (kb := _scaled(m.group("peak"), 1024.0)) is not None:
+                memory["peak"] = kb
+        elif m := _BM_MODEL_SIZE.search(msg):
+            extra["model_size_mb"] = _number(m.group("mb"))
+        elif m := _BM_SESSION.search(msg):
+            extra["initialized_session_ms"] = _number(m.group("ms"))
+        elif m := _BM_THREADS.search(msg):
+            extra["threads"] = int(m.group("n"))
+
+    mean = _number(summary.group("avg"))
+    if timed["mean"] is not None and mean is not None and not math.isclose(timed["mean"], mean, rel_tol=1e-4):
+        logger.warning("%s: the timed statistics (avg=%g) disagree with 'Inference (avg)' (%g); using the latter",
+                       tool, timed["mean"], mean)
+    latency = _latency(n=timed["count"], mean=mean if mean is not None else timed["mean"], min=timed["min"],
+                       max=timed["max"], std=timed["std"], p5=timed["p5"], p50=timed["median"], p95=timed["p95"])
+    return _result(
+        tool,
+        runs=timed["count"],
+        warmup_runs=warm["count"] if warm else None,
+        latency_us=latency,
+        init_ms=_scaled(summary.group("init"), 1e-3),
+        first_inference_us=_number(summary.group("first")),
+        warmup_avg_us=_number(summary.group("warmup")),
+        memory_kb=memory,
+        extra=extra,
+    )
+
+
+def _stat(m: re.Match) -> dict[str, Any]:
+    """One LiteRT `Stat` line. "count=N curr=X" (and "(all same)") is how it prints N equal values."""
+    count = int(m.group("count"))
+    if m.group("curr") is None:  # "count=0": nothing was measured
+        same = {"min": None, "max": None, "mean": None, "std": None}
+    elif m.group("avg") is None:  # all values equal: the tool prints only the value
+        value = _number(m.group("curr"))
+        same = {"min": value, "max": value, "mean": value, "std": 0.0}
+    else:
+        same = {"min": _number(m.group("min")), "max": _number(m.group("max")), "mean": _number(m.group("avg")),
+                "std": _number(m.group("std"))}
+    return {"count": count, **same, "p5": _number(m.group("p5")), "median": _number(m.group("median")),
+            "p95": _number(m.group("p95"))}
+
+
+_ERROR_LINE = re.compile(r"(?i)\b(?:error|fatal|failed|failure|could not|can ?not|unable to|no such file)\b")
+
+
+def _error_lines(text: str) -> str:
+    """The tool's last error lines (log prefixes removed), else its last lines."""
+    errors = [_message(line).strip() for line in text.splitlines()
+              if _ERROR_LINE.search(line) and not line.lstrip().startswith("#")]
+    errors = [e for e in errors if e and not e.startswith("Benchmarking failed")]
+    return " | ".join(errors[-_TAIL_LINES:]) if errors else _tail(text)
+
+
+# ---------------------------------------------------------------------- onnxruntime_perf_test
+
+_PT_FIELDS = {
+    "init_s": re.compile(rf"^Session creation time cost:\s*(?P<v>{_NUM})\s*s\b"),
+    "first_ms": re.compile(rf"^First inference time cost:\s*(?P<v>{_NUM})\s*ms\b"),
+    "total_s": re.compile(rf"^Total (?:inference )?time cost:\s*(?P<v>{_NUM})"),
+    "requests": re.compile(r"^Total (?:inference requests|iterations):\s*(?P<v>\d+)"),
+    "avg_ms": re.compile(rf"^Average (?:inference )?time cost:\s*(?P<v>{_NUM})\s*ms\b"),
+    "run_s": re.compile(rf"^Total (?:inference )?run time:\s*(?P<v>{_NUM})\s*s\b"),
+    "per_s": re.compile(rf"^Number of inferences per second:\s*(?P<v>{_NUM})"),
+    "cpu_pct": re.compile(rf"^(?:Avg|Total) CPU usage:\s*(?P<v>{_NUM})"),
+    "peak_bytes": re.compile(r"^Peak working set size:\s*(?P<v>\d+)"),
+    "runs": re.compile(r"^Runs:\s*(?P<v>\d+)"),
+    "threads": re.compile(r"^Setting intra_op_num_threads to (?P<v>\d+)"),
+}
+_PT_LATENCY = re.compile(rf"^(?P<name>Min|Max|P50|P90|P95|P99|P999) Latency(?::| is)\s*(?P<v>{_NUM})\s*(?:s|sec)\b")
+_PT_KEYS = {"Min": "min", "Max": "max", "P50": "p50", "P90": "p90", "P95": "p95", "P99": "p99", "P999": "p999"}
+
+
+def parse_perf_test(text: str) -> dict[str, Any]:
+    """onnxruntime `onnxruntime_perf_test` output (stdout, stderr allowed) -> normalized dict."""
+    tool = PERF_TEST
+    _check_text(text, tool)
+    found: dict[str, str] = {}
+    percentiles: dict[str, float | None] = {}
+    for line in text.splitlines():
+        msg = line.strip()
+        for key, pattern in _PT_FIELDS.items():
+            if key not in found and (m := pattern.match(msg)):
+                found[key] = m.group("v")
+                break
+        else:
+            if m := _PT_LATENCY.match(msg):
+                percentiles[_PT_KEYS[m.group("name")]] = _scaled(m.group("v"), 1e6)
+    if "requests" not in found or "avg_ms" not in found:
+        raise BenchError(
+            f"{tool} did not report its timings",
+            why="no 'Total inference requests' / 'Average inference time cost' lines; its output ends with: "
+                + _tail(text),
+            fix=f"run the same {tool} command by hand on the device; without test_data_set_* folders next to the "
+                "model it needs -I (generated inputs), and the execution provider given with -e must be built in")
+    runs = int(found["requests"])
+    if "runs" in found and int(found["runs"]) != runs:
+        logger.warning("%s: 'Runs:%s' disagrees with 'Total inference requests: %d'", tool, found["runs"], runs)
+    latency = _latency(n=runs, mean=_scaled(found["avg_ms"], 1e3), **percentiles)
+    memory = {"peak": int(found["peak_bytes"]) / 1024.0} if "peak_bytes" in found else {}
+    extra: dict[str, Any] = {}
+    for key, name in (("total_s", "total_inference_time_s"), ("run_s", "total_run_time_s"),
+                      ("per_s", "inferences_per_s"), ("cpu_pct", "cpu_usage_pct")):
+        if key in found:
+            extra[name] = _number(found[key])
+    if "threads" in found:
+        extra["threads"] = int(found["threads"])
+    return _result(
+        tool,
+        runs=runs,
+        warmup_runs=None,
+        latency_us=latency,
+        init_ms=_scaled(found.get("init_s"), 1e3),
+        first_inference_us=_scaled(found.get("first_ms"), 1e3),
+        warmup_avg_us=None,
+        memory_kb=memory,
+        extra=extra,
+    )
+
+
+PARSERS = {BENCHMARK_MODEL: parse_benchmark_model, PERF_TEST: parse_perf_test}
+RUNTIMES = {BENCHMARK_MODEL: "litert", PERF_TEST: "onnxruntime"}  # the runner's runtime names
+
+
+def parse_native(tool: str, text: str) -> dict[str, Any]:
+    return PARSERS[_check_tool(tool)](text)
+
+
+# ---------------------------------------------------------------------- argv and the device run
+
+def _check_tool(tool: Any) -> str:
+    if tool not in TOOLS:
+        raise BenchError(f"unknown native benchmark tool {tool!r}", why=f"known tools: {', '.join(TOOLS)}",
+                         fix="name one of them in the device profile")
+    return tool
+
+
+def _positive_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise BenchError(f"{name} must be an integer ≥ {minimum}, got {value!r}",
+                         fix=f"pass {name}={max(minimum, 1)} or more")
+    return value
+
+
+def native_argv(tool: str, device_binary: str, model: str, threads: int, runs: int, warmup: int) -> list[str]:
+    """The argv that runs `tool` (already on the device at `device_binary`) on `model` (a device path).
+
+    benchmark_model: --graph --num_threads --num_runs --warmup_runs --use_xnnpack=true (it still runs for at
+    least its min_secs = 1 s and warm-up min 0.5 s, so it may do more runs than asked; the parsed "runs" is
+    what it did). onnxruntime_perf_test: -m times -r RUNS -x THREADS -e cpu, plus -I (generate inputs: there
+    are no test_data_set_* folders on the device) and -s (print percentiles); it always does one warm-up run,
+    so `warmup` is not passed to it.
+    """
+    _check_tool(tool)
+    threads = _positive_int("threads", threads, 1)
+    runs = _positive_int("runs", runs, 1)
+    warmup = _positive_int("warmup", warmup, 0)
+    for name, value in (("device_binary", device_binary), ("model", model)):
+        if not isinstance(value, str) or not value or value.startswith("-") or "\n" in value or "\0" in value:
+            raise BenchError(f"invalid {name} {value!r} for {tool}", fix="give an absolute path on the device")
+    if tool == BENCHMARK_MODEL:
+        return [device_binary, f"--graph={model}", f"--num_threads={threads}", f"--num_runs={runs}",
+                f"--warmup_runs={warmup}", "--use_xnnpack=true"]
+    if warmup != 1:
+        logger.debug("%s always runs exactly one warm-up inference; warmup=%d is not passed", tool, warmup)
+    return [device_binary, "-m", "times", "-r", str(runs), "-x", str(threads), "-e", "cpu", "-I", "-s", model]
+
+
+def _cpu_mask(cpus: list[int]) -> str:
+    """taskset's hex mask: understood by util-linux and by Android's toybox taskset (which lacks -c)."""
+    if not cpus or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in cpus):
+        raise BenchError(f"cpus must be a list of CPU numbers ≥ 0, got {cpus!r}",
+                         fix="fix `cpus:` in the device profile")
+    return format(sum(1 << c for c in set(cpus)), "x")
+
+
+def remote_binary_path(device: Any, local: Path) -> str:
+    """Where the benchmark binary lives on the device: WORKDIR/bin/<its local file name>."""
+    return str(PurePosixPath(device.workdir) / "bin" / Path(local).name)
+
+
+def push_binary(device: Any, local: Path) -> tuple[str, str]:
+    """Push the benchmark binary to DEVICE_WORKDIR/bin/NAME unless the device already has it (by sha256),
+    then make it executable. Returns (device path, sha256)."""
+    from edgekd.rundir import sha256_file
+
+    local = Path(local)
+    if not local.is_file():
+        raise BenchError(f"native benchmark binary not found: {local}",
+                         fix="build the runtime's benchmark tool for the device's ABI (e.g. arm64-v8a) and point the "
+                             "device profile at it")
+    remote = remote_binary_path(device, local)
+    digest = sha256_file(local)
+    if device.sha256(remote) != digest:
+        device.push(local, remote)
+    chmod = device.run(["chmod", "755", remote], timeout=60)
+    if chmod.returncode != 0:
+        output = (chmod.stdout + chmod.stderr).strip()
+        raise BenchError(f"cannot make {remote} executable on {device.name}",
+                         why=_tail(output, 1) if output else f"chmod exit code {chmod.returncode}",
+                         fix="keep the work directory on a file system that allows executables "
+                             "(/data/local/tmp on Android; /sdcard is mounted noexec)")
+    return remote, digest
+
+
+def run_native(device: Any, binary_local_path: Path, artifact_remote_path: str, tool: str, threads: int,
+               runs: int, warmup: int, timeout: float | None = NATIVE_TIMEOUT_S) -> dict[str, Any]:
+    """Run `tool` on the device against an artifact already pushed there, and parse what it printed.
+
+    The binary is pushed once (skipped when the device's copy has the same sha256) and chmod'ed; the command
+    is pinned with taskset when the profile names `cpus`. stdout and stderr are parsed together
+    (benchmark_model logs to stderr, perf_test to stdout). Returns the parsed dict plus "argv", "returncode",
+    "device" and "binary" {remote, sha256}. A non-zero exit or an output without timings raises BenchError.
+    """
+    argv = native_argv(tool, remote_binary_path(device, Path(binary_local_path)), artifact_remote_path, threads,
+                       runs, warmup)  # validates the arguments before anything is pushed
+    remote, digest = push_binary(device, Path(binary_local_path))
+    cpus = getattr(device.profile, "cpus", None)
+    if cpus:
+        argv = ["taskset", _cpu_mask(cpus), *argv]
+    logger.debug("%s: %s", device.name, shlex.join(argv))
+    proc = device.run(argv, timeout=timeout)
+    text = proc.stdout + ("\n" if proc.stdout and not proc.stdout.endswith("\n") else "") + proc.stderr
+    if proc.returncode != 0:
+        raise BenchError(f"{tool} failed on {device.name} (exit code {proc.returncode})",
+                         why=_exit_why(proc.returncode, text),
+                         fix=_exit_fix(proc.returncode, tool, device.name, argv))
+    try:
+        parsed = PARSERS[tool](text)
+    except BenchError as exc:
+        raise BenchError(f"{device.name}: {exc.what}", why=exc.why, fix=exc.fix) from None
+    parsed.update(argv=argv, returncode=proc.returncode, device=device.name,
+                  binary={"remote": remote, "sha256": digest})
+    return parsed
+
+
+def _exit_why(code: int, text: str) -> str:
+    if code == 127:
+        return "the shell could not find or start the binary (exit 127): " + _tail(text, 2)
+    if code == 126:
+        return "the binary is not executable here (exit 126; wrong ABI, or a noexec file system): " + _tail(text, 2)
+    if code >= 128:
+        return f"killed by signal {code - 128} (exit {code}): " + _tail(text, 2)
+    return _error_lines(text)
+
+
+def _exit_fix(code: int, tool: str, device: str, argv: list[str]) -> str:
+    if code in (126, 127):
+        return (f"build {tool} for {device}'s ABI (`adb shell getprop ro.product.cpu.abi`) and put its shared "
+                "libraries next to it; then try it by hand")
+    if code >= 128:
+        return "check the device's memory (`dumpsys meminfo`) and the log (`adb logcat`); try fewer threads"
+    return f"run it by hand on the device to see the full log: {shlex.join(argv)}"
+
+
+# ---------------------------------------------------------------------- toward a BenchResult
+
+def latency_summary(parsed: dict[str, Any]) -> dict[str, Any]:
+    """The parsed latencies under the keys of `stats.summarize` (the runner path), so reports read both alike.
+
+    Only what the tool printed is filled in; cv is std / mean when both were printed. What needs the per-call
+    latencies (ci95_p50, trimmed_mean, the stability metrics and verdict) is None: a native tool prints
+    summaries only, so nothing here can say whether the run was stable.
+    """
+    lat = parsed["latency_us"]
+    mean, std = lat.get("mean"), lat.get("std")
+    return {
+        "n": lat.get("n"), "p50": lat.get("p50"), "p90": lat.get("p90"), "p99": lat.get("p99"), "mean": mean,
+        "trimmed_mean": None, "std": std, "cv": std / mean if std is not None and mean else None,
+        "ci95_p50": None, "min": lat.get("min"), "max": lat.get("max"),
+        "p5": lat.get("p5"), "p95": lat.get("p95"), "p999": lat.get("p999"),
+        "trimmed_cv": None, "rel_ci95_half_width": None, "p99_p50": None, "tail_time_share": None, "drift": None,
+        "unstable": None, "unstable_reasons": [],
+    }
+
+
+def bench_result_fields(parsed: dict[str, Any]) -> dict[str, Any]:
+    """The BenchResult fields a native run fills: BenchResult(artifact=…, device=…, settings=…, **these)."""
+    p50 = parsed["latency_us"].get("p50")
+    return {
+        "harness": "native",
+        "runtime": {"name": RUNTIMES[parsed["tool"]], "tool": parsed["tool"],
+                    "binary_sha256": (parsed.get("binary") or {}).get("sha256"), "argv": parsed.get("argv"),
+                    "runs": parsed["runs"], "warmup_runs": parsed.get("warmup_runs"),
+                    "warmup_avg_us": parsed.get("warmup_avg_us"), **parsed.get("extra", {})},
+        "latency_us": latency_summary(parsed),
+        "round_p50_us": [p50] if p50 is not None else [],
+        "load_ms": parsed.get("init_ms"),
+        "first_inference_us": parsed.get("first_inference_us"),
+        "memory_kb": dict(parsed.get("memory_kb", {})),
+        "latencies_ns": [],  # a native tool does not print per-call times
+    }

@@ -1,0 +1,50 @@
+"""`edgekd bench` through the real adb client to the loopback adb device: the runner path (Python on the
+device, as with Termux) and the native path (no Python: a benchmark binary pushed once and parsed)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+
+import edgekd
+from edgekd.bench.harness import BenchSettings
+from edgekd.export.formats import FORMATS, ExportOptions
+from test_adb_device import WD, adb_server, phone  # noqa: F401  (fixtures)
+from test_native import fake_binary, tflite_model  # noqa: F401  (fixtures: the benchmark_model stand-in, an MLP)
+
+FAST = BenchSettings(warmup_runs=5, min_runs=30, min_seconds=0.02, rounds=2)
+
+
+def _profile(folder: Path, server, device, **fields) -> Path:
+    path = folder / "phone.yaml"
+    path.write_text(yaml.safe_dump({"name": "phone", "kind": "adb", "serial": device.address,
+                                    "server_port": server.port, "workdir": WD, **fields}))
+    return path
+
+
+def _models(folder: Path) -> list[Path]:
+    paths = []
+    for fmt in ("onnx", "tflite"):
+        backend = FORMATS[fmt]()
+        path = folder / f"identity{backend.suffix}"
+        backend.write_floor(path, (16,), ExportOptions())
+        paths.append(path)
+    return paths
+
+
+def test_runner_path_over_adb(adb_server, phone, tmp_path):  # noqa: F811
+    profile = _profile(tmp_path, adb_server, phone, python=sys.executable)
+    results = edgekd.bench(_models(tmp_path), device=str(profile), settings=FAST)
+    assert [r.harness for r in results] == ["runner", "runner"]
+    assert all(r.device["kind"] == "adb" and r.latency_us["n"] >= 30 for r in results)
+
+
+def test_native_path_over_adb(adb_server, phone, fake_binary, tflite_model, tmp_path):  # noqa: F811
+    profile = _profile(tmp_path, adb_server, phone, python=None, native={"tflite": str(fake_binary)})
+    (result,) = edgekd.bench([tflite_model], device=str(profile), settings=FAST,
+                             results_dir=tmp_path / "results", history=tmp_path / "h.sqlite")
+    assert result.harness == "native" and result.runtime["tool"] == "benchmark_model"
+    assert result.latency_us["p50"] > 0 and len(result.round_p50_us) == 2
+    assert (tmp_path / "results" / "bench-mlp@phone.json").is_file()
