@@ -137,6 +137,8 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
           sessions: Optional[int] = typer.Option(None, min=1, help="like --rounds, with --cooldown between them; "
                                                  "the result reports the spread between sessions"),
           cooldown: float = typer.Option(0.0, min=0, help="seconds to pause between rounds/sessions"),
+          sustained: Optional[float] = typer.Option(None, min=1, help="minutes of continuous load: latency over "
+                                                    "time, to see thermal throttling"),
           results_dir: Path = typer.Option(Path("export/results"), help="where BenchResult JSON files are saved"),
           resume: bool = typer.Option(False, "--resume", help="skip artifacts that already have a complete result"),
           history: Path = typer.Option(Path("export/history.sqlite"), help="SQLite history the results are added to"),
@@ -145,12 +147,21 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
     from edgekd.bench.harness import BenchSettings, bench_devices
     from edgekd.console import RichReporter, bench_table
 
+    from edgekd.bench.harness import sustained_settings
+
     settings = BenchSettings(threads=threads, batch_size=batch_size, min_seconds=min_seconds,
                              rounds=sessions or rounds, cooldown_seconds=cooldown)
+    if sustained:
+        settings = sustained_settings(sustained, settings)
     with RichReporter(console) as reporter:
         results = bench_devices(artifacts, list(device), settings=settings, results_dir=results_dir,
                                 history=history, resume=resume, reporter=reporter)
     console.print(bench_table(results))
+    for r in results:
+        if r.sustained and r.sustained["windows"]:
+            trend = "  ".join(f"{w['t_start_s']:.0f}s:{w['p50_us']:.2f}" for w in r.sustained["windows"])
+            console.print(f"{r.artifact['name']} on {r.device['name']}: p50 over time (µs) {trend}; "
+                          f"last/first {r.sustained['last_over_first']:.2f}×", highlight=False)
 
 
 @app.command("history")

@@ -47,3 +47,12 @@ def test_missing_history_and_unknown_session_are_clear_errors(tmp_path):
     with pytest.raises(BenchError, match="no bench session 'nope'"):
         history.compare("nope", None, path=db)
     assert not (tmp_path / "none.sqlite").exists()
+
+
+def test_over_time_splits_calls_into_equal_wall_time_windows():
+    from edgekd.bench.harness import over_time
+
+    calls = [1000] * 5000 + [2000] * 2500  # the device slows to half speed halfway through
+    trend = over_time(calls, windows=2)
+    assert [w["p50_us"] for w in trend["windows"]] == [1.0, 2.0] and trend["last_over_first"] == 2.0
+    assert over_time([1000] * 5)["windows"] == []

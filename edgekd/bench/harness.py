@@ -44,6 +44,8 @@ class BenchSettings:
     # seconds) then affects every candidate alike instead of whichever happened to run during a slow spell.
     rounds: int = 3
     cooldown_seconds: float = 0.0  # pause between rounds (sessions), e.g. to let a phone cool down
+    max_runs: int = 200_000
+    sustained: bool = False  # one long round, reported as latency over time
 
 
 def resolve_artifact(item: Artifact | str | Path) -> Artifact:
@@ -149,6 +151,27 @@ class _Session:
         return out
 
 
+def sustained_settings(minutes: float, base: BenchSettings | None = None) -> BenchSettings:
+    """One long round of `minutes`, to see throttling: latency over time instead of one number."""
+    seconds = minutes * 60
+    return replace(base or BenchSettings(), rounds=1, min_seconds=seconds, max_seconds=seconds, min_runs=1,
+                   max_runs=5_000_000, sustained=True)
+
+
+def over_time(latencies_ns: list[int], windows: int = 10) -> dict[str, Any]:
+    """p50 per window of equal wall time (calls in order), and last/first: >1 means the device slowed down."""
+    x = np.asarray(latencies_ns, dtype=np.float64)
+    if len(x) < windows * 10:
+        return {"windows": [], "last_over_first": None}
+    elapsed = np.cumsum(x) / 1e9
+    edges = np.linspace(0, elapsed[-1], windows + 1)
+    index = np.searchsorted(elapsed, edges[1:-1])
+    parts = [p for p in np.split(x, index) if len(p)]
+    rows = [{"t_start_s": round(float(edges[k]), 2), "p50_us": float(np.median(p)) / 1000, "calls": int(len(p))}
+            for k, p in enumerate(parts)]
+    return {"windows": rows, "last_over_first": rows[-1]["p50_us"] / rows[0]["p50_us"]}
+
+
 def bench_devices(artifacts: Iterable[Artifact | str | Path], devices: list[str], **kwargs: Any) -> list[BenchResult]:
     """Benchmark on several devices at once (one thread per device: they are different machines)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -204,6 +227,8 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
             result = to_result(raws[i], resolved[i], target, settings)
             result.device_accuracy, result.complete = accuracies.get(i), len(raws[i]) == settings.rounds
             result.thermal = thermal
+            if settings.sustained and result.latencies_ns:
+                result.sustained = over_time(result.latencies_ns)
             if paths[i] is not None:
                 result.save(paths[i])
             out.append(result)
@@ -343,7 +368,7 @@ def _spec(session: _Session, artifact: Artifact, settings: BenchSettings, inputs
             "threads": settings.threads, "inputs": feeds, "warmup_runs": settings.warmup_runs,
             "warmup_min_seconds": settings.warmup_min_seconds, "min_runs": settings.min_runs,
             "min_seconds": settings.min_seconds, "max_seconds": settings.max_seconds,
-            "memory_runs": settings.memory_runs}
+            "max_runs": settings.max_runs, "memory_runs": settings.memory_runs}
 
 
 def _native_result(raws: list[dict[str, Any]], artifact: Artifact, device: Device,

@@ -31,6 +31,7 @@ class BenchResult(BaseModel):
     memory_kb: dict[str, Any] = Field(default_factory=dict)
     device_accuracy: dict[str, Any] | None = None  # test accuracy of the artifact run ON the device
     thermal: list[dict[str, Any]] = Field(default_factory=list)  # temperature/status before each round
+    sustained: dict[str, Any] | None = None  # --sustained: p50 per time window and last/first (throttling)
     complete: bool = True  # False: the device failed before every round ran (kept for --resume)
     latencies_ns: list[int] = Field(default_factory=list)
     created_at: str = Field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
