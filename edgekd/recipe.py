@@ -97,8 +97,9 @@ class Int4Config(_Strict):
 
     block_size: int = Field(32, ge=16, description="ONNX MatMulNBits block size (power of two)")
     accuracy_level: int = Field(4, ge=0, le=4, description="ONNX MatMulNBits compute: 0 = as stored type, 4 = int8")
-    tflite_block_size: Literal[32, 64, 128, 256] | None = Field(
-        None, description="TFLite: None = per-channel int4 (stays on XNNPACK for FC); 32..256 = block-wise")
+    tflite_block_size: Literal[32, 64] | None = Field(
+        None, description="TFLite: None = per-channel int4 (4-bit convolutions too); 32/64 = block-wise "
+                          "(ai-edge-quantizer then leaves convolutions float)")
 
 
 class ExportConfig(_Strict):

@@ -143,14 +143,26 @@ def quantize_static_int8(fp32: Path, out: Path, calibration: np.ndarray) -> dict
 
 
 def quantize_dynamic_int8(fp32: Path, out: Path) -> dict[str, object]:
-    """INT8 dynamic, restricted to MatMul/Gemm: on Conv it leaves unfused ConvInteger, several times slower."""
+    """INT8 dynamic, restricted to MatMul/Gemm: on Conv it leaves unfused ConvInteger, several times slower.
+
+    Conv weights are still stored as int8 (per output channel) and folded back to FP32 when onnxruntime loads
+    the session, so the file is INT8-sized while Conv runs at FP32 speed.
+    """
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from edgekd.export.onnx_int4 import conv_weights_lowbit
 
     ops = ["MatMul", "Gemm"]
     with atomic_path(out) as tmp, captured_output(*_QUANT_LOGGERS):
         quantize_dynamic(str(fp32), str(tmp), op_types_to_quantize=ops, per_channel=True,
                          weight_type=QuantType.QInt8)
-    return {"per_channel": True, "weights": "int8", "activations": "dynamic uint8", "op_types": ops}
+        model = onnx.load(str(tmp))
+        convs = conv_weights_lowbit(model, "fold", bits=8)
+        if convs:
+            onnx.save(model, str(tmp))
+    return {"per_channel": True, "weights": "int8", "activations": "dynamic uint8", "op_types": ops,
+            "conv_weights": f"int8 per channel, folded to FP32 at load ({convs} Conv)" if convs else None}
 
 
 def load_onnx_checked(path: Path):

@@ -47,7 +47,6 @@ CONV_MODES = ("qdq", "fold", "fp32")
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 INT4_OPSET = 21  # first ONNX opset whose DequantizeLinear and Cast take int4
 _MS_DOMAIN = "com.microsoft"
-_INT4_MIN, _INT4_MAX = -8, 7
 
 FC_METHOD = ("Gemm->MatMul+Add, onnxruntime MatMulNBitsQuantizer (RTN, symmetric, block-wise) "
              "-> com.microsoft.MatMulNBits")
@@ -296,12 +295,13 @@ def _matmul_nbits(model, block_size: int, accuracy_level: int) -> tuple[Any, dic
 # ----------------------------------------------------------------------------------------------------------
 # Conv weights -> int4 + DequantizeLinear (qdq) or Cast + Mul (fold)
 # ----------------------------------------------------------------------------------------------------------
-def _quantize_per_channel_int4(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int4 per output channel (axis 0): q in [-8, 7], w ≈ q · scale[c]."""
+def _quantize_per_channel(weight: np.ndarray, bits: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per output channel (axis 0): q in [-2^(b-1), 2^(b-1)-1], w ≈ q · scale[c]."""
+    q_max = 2 ** (bits - 1) - 1
     flat = weight.reshape(weight.shape[0], -1).astype(np.float64)
     amax = np.abs(flat).max(axis=1)
-    scale = np.where(amax > 0, amax / _INT4_MAX, 1.0)
-    q = np.clip(np.rint(flat / scale[:, None]), _INT4_MIN, _INT4_MAX).astype(np.int8)
+    scale = np.where(amax > 0, amax / q_max, 1.0)
+    q = np.clip(np.rint(flat / scale[:, None]), -q_max - 1, q_max).astype(np.int8)
     return q.reshape(weight.shape), scale.astype(np.float32)
 
 
@@ -326,8 +326,13 @@ def _to_opset(model, opset: int):
 
 
 def _conv_weights_int4(model, mode: str) -> int:
-    """Replace every Conv weight initializer by int4 + per-channel scales and the nodes that turn them back into
-    the FP32 weight under its original name: DequantizeLinear (mode 'qdq') or Cast + Mul (mode 'fold')."""
+    return conv_weights_lowbit(model, mode, bits=4)
+
+
+def conv_weights_lowbit(model, mode: str, bits: int) -> int:
+    """Replace every Conv weight initializer by int4/int8 + per-channel scales and the nodes that turn them back
+    into the FP32 weight under its original name: DequantizeLinear (mode 'qdq') or Cast + Mul (mode 'fold',
+    which onnxruntime folds to FP32 once at session load: a small file at FP32 speed)."""
     import ml_dtypes
     from onnx import helper, numpy_helper
 
@@ -343,23 +348,23 @@ def _conv_weights_int4(model, mode: str) -> int:
             continue
         if w_name not in inits:
             raise ExportError(
-                f"cannot quantize {_node_label(node)} to INT4: its weight '{w_name}' is not a constant initializer",
+                f"cannot quantize {_node_label(node)} to INT{bits}: its weight '{w_name}' is not a constant initializer",
                 why="weight-only quantization needs the weight stored in the file",
                 fix="export the model with constant weights, or use conv='fp32'",
             )
         if inits[w_name].data_type != 1:  # FLOAT
             raise ExportError(
-                f"cannot quantize {_node_label(node)} to INT4: weight '{w_name}' is not float32",
-                why="the Conv INT4 path quantizes FP32 weights",
+                f"cannot quantize {_node_label(node)} to INT{bits}: weight '{w_name}' is not float32",
+                why="the Conv weight path quantizes FP32 weights",
                 fix="re-export the model in FP32, or use conv='fp32'",
             )
         names.append(w_name)
     dq_nodes, dropped = [], set()
     for w_name in names:
         weight = numpy_helper.to_array(inits[w_name])
-        q, scale = _quantize_per_channel_int4(weight)
-        q_name, s_name = fresh(f"{w_name}_int4"), fresh(f"{w_name}_scale")
-        graph.initializer.append(numpy_helper.from_array(q.astype(ml_dtypes.int4), q_name))
+        q, scale = _quantize_per_channel(weight, bits)
+        q_name, s_name = fresh(f"{w_name}_int{bits}"), fresh(f"{w_name}_scale")
+        graph.initializer.append(numpy_helper.from_array(q.astype(ml_dtypes.int4) if bits == 4 else q, q_name))
         # The last node's output keeps the weight's name, so every consumer reads the dequantized tensor.
         if mode == "qdq":
             graph.initializer.append(numpy_helper.from_array(scale, s_name))
@@ -368,7 +373,7 @@ def _conv_weights_int4(model, mode: str) -> int:
         else:
             shape = (len(scale),) + (1,) * (weight.ndim - 1)  # broadcasts over the output-channel axis
             graph.initializer.append(numpy_helper.from_array(scale.reshape(shape), s_name))
-            f_name = fresh(f"{w_name}_int4_float")
+            f_name = fresh(f"{w_name}_int{bits}_float")
             dq_nodes.append(helper.make_node("Cast", [q_name], [f_name], to=1, name=fresh(f"{w_name}_Cast")))
             dq_nodes.append(helper.make_node("Mul", [f_name, s_name], [w_name], name=fresh(f"{w_name}_Mul")))
         dropped.add(w_name)

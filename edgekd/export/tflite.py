@@ -50,7 +50,7 @@ _NOISY_LOGGERS = ("torch", "torchao", "jax", "absl", "litert_torch", "ai_edge_qu
 # block-wise, but its per-channel int4 CONV_2D falls off (digits CNN teacher: 2x slower than FP32). Block-wise
 # recipes quantize FULLY_CONNECTED only and leave convolutions float32: `tflite_weight_bits` shows which.
 _INT4_CHANNELWISE = "dynamic_wi4_afp32"
-_BLOCK_SIZES = (32, 64, 128, 256)
+_BLOCK_SIZES = (32, 64)  # the block-wise int4 recipes ai-edge-quantizer 0.10 names
 
 
 # --------------------------------------------------------------------------- imports and output
