@@ -110,3 +110,14 @@ def test_unknown_device_lists_the_profiles_found(tmp_path):
 
 def test_the_device_base_error_is_a_user_error():
     assert issubclass(DeviceUnreachable, EdgeKDError) and DeviceUnreachable.exit_code == 2
+
+
+def test_cpu_pinning_is_applied_and_checked(tmp_path):
+    import os
+
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    profile = tmp_path / "pinned.yaml"
+    profile.write_text(yaml.safe_dump({"name": "pinned", "kind": "local", "cpus": [cpu],
+                                       "workdir": str(tmp_path / "work")}))
+    (result,) = edgekd.bench(_models(tmp_path)[:1], device=str(profile), settings=FAST)
+    assert result.device["affinity"] == [cpu] and result.device["pinning_applied"] is True

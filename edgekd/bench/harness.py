@@ -390,8 +390,13 @@ def _artifact_summary(artifact: Artifact) -> dict[str, Any]:
 
 
 def _device_summary(device: Device, raw: dict[str, Any]) -> dict[str, Any]:
+    """The device as the result records it, with a check that the requested CPU pinning took effect
+    (the runner reports the affinity it actually ran with)."""
+    affinity = (raw.get("system") or {}).get("affinity")
+    wanted = device.profile.cpus
     return {"name": device.name, "kind": device.profile.kind, "emulated": device.profile.emulated,
-            "cpus": device.profile.cpus,
+            "cpus": wanted, "affinity": affinity,
+            "pinning_applied": None if not wanted or affinity is None else sorted(affinity) == sorted(wanted),
             "info": {"system": raw.get("system"), "python": raw.get("python"), "numpy": raw.get("numpy")}}
 
 
