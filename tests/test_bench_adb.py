@@ -48,3 +48,20 @@ def test_native_path_over_adb(adb_server, phone, fake_binary, tflite_model, tmp_
     assert result.harness == "native" and result.runtime["tool"] == "benchmark_model"
     assert result.latency_us["p50"] > 0 and len(result.round_p50_us) == 2
     assert (tmp_path / "results" / "bench-mlp@phone.json").is_file()
+
+
+def test_thermal_status_is_read_before_each_round_and_after_the_run(adb_server, phone, tmp_path):  # noqa: F811
+    from adb_device import DEFAULT_THERMAL
+
+    hot = DEFAULT_THERMAL.replace("Thermal Status: 1", "Thermal Status: 3")
+    phone.set_thermal(hot)
+    try:
+        profile = _profile(tmp_path, adb_server, phone, python=sys.executable,
+                          thermal={"max_status": 1, "wait_seconds": 1, "poll_seconds": 0.2})
+        (result,) = edgekd.bench(_models(tmp_path)[:1], device=str(profile), settings=FAST)
+    finally:
+        phone.set_thermal(DEFAULT_THERMAL)
+    rounds = [t for t in result.thermal if "at_start" in t]
+    assert len(rounds) == 2 and rounds[0]["at_start"]["status"] == 3  # too hot: waited, bounded, and says so
+    assert 0.9 <= rounds[0]["waited_seconds"] < 10 and rounds[0]["limits"]["max_status"] == 1
+    assert result.thermal[-1]["after_run"]["status"] == 3

@@ -18,7 +18,7 @@ import numpy as np
 
 from edgekd.bench import stats
 from edgekd.bench.result import BenchResult
-from edgekd.devices.base import Device, cool_down, python_argv
+from edgekd.devices.base import Device, cool_down, python_argv, temperature
 from edgekd.errors import ArtifactError, BenchError, EdgeKDError
 from edgekd.export.artifact import RECORD_NAME, Artifact
 from edgekd.progress import Reporter, SilentReporter
@@ -259,6 +259,7 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
                     if spec.get("predict"):
                         accuracies[i] = _score(session, remote_outputs[i], evals[i][1], Path(tmp) / f"out{i}.npy")
                     task.advance(1)
+            thermal.append({"after_run": temperature(target)})  # throttling shows as a hotter device here
     except EdgeKDError as exc:
         kept = results_of([i for i in todo if raws[i]]) if results_dir is not None else []
         if kept:

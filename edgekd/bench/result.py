@@ -30,7 +30,7 @@ class BenchResult(BaseModel):
     first_inference_us: float | None = None
     memory_kb: dict[str, Any] = Field(default_factory=dict)
     device_accuracy: dict[str, Any] | None = None  # test accuracy of the artifact run ON the device
-    thermal: list[dict[str, Any]] = Field(default_factory=list)  # temperature/status before each round
+    thermal: list[dict[str, Any]] = Field(default_factory=list)  # before each round, then {"after_run": …}
     sustained: dict[str, Any] | None = None  # --sustained: p50 per time window and last/first (throttling)
     complete: bool = True  # False: the device failed before every round ran (kept for --resume)
     latencies_ns: list[int] = Field(default_factory=list)
