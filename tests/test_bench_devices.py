@@ -121,3 +121,16 @@ def test_cpu_pinning_is_applied_and_checked(tmp_path):
                                        "workdir": str(tmp_path / "work")}))
     (result,) = edgekd.bench(_models(tmp_path)[:1], device=str(profile), settings=FAST)
     assert result.device["affinity"] == [cpu] and result.device["pinning_applied"] is True
+
+
+def test_several_devices_in_one_call(tmp_path):
+    from edgekd.bench.harness import bench_devices
+
+    models = _models(tmp_path)[:1]
+    with LoopbackSSHD(tmp_path / "sshd") as server:
+        results = bench_devices(models, ["host", str(_profile(server, tmp_path))], settings=FAST,
+                                results_dir=tmp_path / "results")
+    assert sorted(r.device["name"] for r in results) == ["board", "host"]
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["bench-m0.json", "bench-m0@board.json"]
+    with pytest.raises(EdgeKDError, match="named twice"):
+        bench_devices(models, ["host", "host"], settings=FAST)
