@@ -142,6 +142,8 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
           results_dir: Path = typer.Option(Path("export/results"), help="where BenchResult JSON files are saved"),
           resume: bool = typer.Option(False, "--resume", help="skip artifacts that already have a complete result"),
           history: Path = typer.Option(Path("export/history.sqlite"), help="SQLite history the results are added to"),
+          check_threads: Optional[int] = typer.Option(None, min=2, help="only check that N intra-op threads "
+                                                      "change the latency vs 1 thread (on each artifact)"),
           ) -> None:
     """Benchmark artifacts on devices: latency percentiles with intervals, peak memory, load time."""
     from edgekd.bench.harness import BenchSettings, bench_devices
@@ -151,6 +153,19 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
 
     settings = BenchSettings(threads=threads, batch_size=batch_size, min_seconds=min_seconds,
                              rounds=sessions or rounds, cooldown_seconds=cooldown)
+    if check_threads:
+        from edgekd.bench.harness import check_threads as run_check
+
+        for name in device:
+            for artifact in artifacts:
+                c = run_check(artifact, name, check_threads, settings)
+                lo, hi = c["speedup_ci95"]
+                console.print(f"{c['artifact']} on {c['device']}: 1 thread {c['p50_us'][0]:.2f} µs, {check_threads} "
+                              f"threads {c['p50_us'][1]:.2f} µs ({c['speedup']:.2f}× [{lo:.2f}, {hi:.2f}]) → "
+                              + ("the thread setting takes effect" if c["took_effect"] else
+                                 "no difference beyond the noise (too small to split, or threads not applied)"),
+                              highlight=False)
+        return
     if sustained:
         settings = sustained_settings(sustained, settings)
     with RichReporter(console) as reporter:

@@ -134,3 +134,12 @@ def test_several_devices_in_one_call(tmp_path):
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["bench-m0.json", "bench-m0@board.json"]
     with pytest.raises(EdgeKDError, match="named twice"):
         bench_devices(models, ["host", "host"], settings=FAST)
+
+
+def test_check_threads_times_one_and_n_threads(tmp_path):
+    from edgekd.bench.harness import check_threads
+
+    check = check_threads(_models(tmp_path)[0], "host", 2, FAST)
+    assert check["threads"] == [1, 2] and all(p > 0 for p in check["p50_us"])
+    assert check["speedup_ci95"][0] <= check["speedup"] <= check["speedup_ci95"][1]
+    assert isinstance(check["took_effect"], bool)

@@ -172,6 +172,21 @@ def over_time(latencies_ns: list[int], windows: int = 10) -> dict[str, Any]:
     return {"windows": rows, "last_over_first": rows[-1]["p50_us"] / rows[0]["p50_us"]}
 
 
+def check_threads(artifact: Artifact | str | Path, device: str, threads: int,
+                  settings: BenchSettings | None = None) -> dict[str, Any]:
+    """Did the thread setting take effect? Time the artifact with 1 and with `threads` intra-op threads.
+
+    A model too small to split across threads shows no difference; a teacher-sized one should. The verdict
+    is whether the p50s differ by more than the noise (bootstrap interval of the ratio excludes 1).
+    """
+    base = replace(settings or BenchSettings(), rounds=1, min_seconds=0.5)
+    one, many = (bench([artifact], device, settings=replace(base, threads=n))[0] for n in (1, threads))
+    cmp = stats.compare(one.latencies_ns, many.latencies_ns)
+    return {"artifact": one.artifact["name"], "device": one.device["name"], "threads": [1, threads],
+            "p50_us": [one.latency_us["p50"], many.latency_us["p50"]], "speedup": cmp["ratio"],
+            "speedup_ci95": cmp["ratio_ci95"], "took_effect": bool(cmp["significant"])}
+
+
 def bench_devices(artifacts: Iterable[Artifact | str | Path], devices: list[str], **kwargs: Any) -> list[BenchResult]:
     """Benchmark on several devices at once (one thread per device: they are different machines)."""
     from concurrent.futures import ThreadPoolExecutor
