@@ -43,7 +43,6 @@ Exit status: 0, or 1 with --check when a goal fails, 2 when the run directory ca
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib
 import json
 import os
@@ -57,10 +56,14 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
+sys.path.insert(0, str(REPO / "benchmarks"))  # interleave.py: the timing shared by the benchmark scripts
 
 from edgekd.bench import stats  # noqa: E402
 from edgekd.bench.runner import RUNTIMES, RunnerError, load_model, system_info  # noqa: E402
 from edgekd.rundir import atomic_write_json, sha256_file  # noqa: E402
+
+import interleave  # noqa: E402
+from interleave import loadavg, measure, paired_ratio, print_markdown, print_table  # noqa: E402
 
 SCHEMA = "edgekd.benchmark.demo_speedup/2"
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "demo_speedup.json"
@@ -70,7 +73,6 @@ RUNTIME_LABEL = {"onnxruntime": "ONNX", "litert": "LiteRT"}
 ROLE_ORDER = {"floor": 0, "teacher": 1, "student": 2, "scratch": 3}
 PRECISION_ORDER = {"fp32": 0, "int8_static": 1, "int8_dynamic": 2, "int4": 3}
 NEEDED_ROLES = {"floor", "teacher", "student"}
-INT8_FLAGS = ("avx2", "avx512_vnni", "avx_vnni", "amx_int8")
 
 # Goals of the demo (issue acceptance text).  Each is (id, runtime, text, batch, kind, threshold); the
 # floor, the teacher and the students of a goal are all of that goal's runtime.
@@ -237,70 +239,15 @@ def fixed_batch(model) -> int | None:
 
 # --------------------------------------------------------------------------- measurement
 
-class Slot:
+class Slot(interleave.Slot):
     """One (artifact, batch size): its own session/interpreter with the input set once, and its latencies."""
 
     def __init__(self, record: dict, batch: int, x: np.ndarray, model):
         self.record, self.batch, self.runtime = record, batch, record["runtime"]
-        self.model = model  # edgekd.bench.runner OrtModel or LiteRTModel, 1 thread
-        name = self.model.inputs[0]["name"]
-        self.model.feed({name: batch_of(x, batch)})  # LiteRT: quantizes an int8 input here, outside the timed call
-        self.fn, self.arg = self.model.invoker()  # sess.run_with_iobinding, binding | Interpreter.invoke, interpreter
-        self.blocks: list[list[int]] = []  # per round: latencies in ns
-        self.calls = 1
-        self.wall_ns = self.cpu_ns = 0  # whole blocks: wall time and this process's CPU time
+        name = model.inputs[0]["name"]
+        model.feed({name: batch_of(x, batch)})  # LiteRT: quantizes an int8 input here, outside the timed call
+        super().__init__(model)
         self.sha256_ok = sha256_file(record["path"]) == record.get("sha256")
-
-    def warm(self, min_calls: int = 50, min_seconds: float = 0.1) -> None:
-        """Warm up and measure the per-call time that plan() sizes the block with."""
-        fn, arg, pc = self.fn, self.arg, time.perf_counter_ns
-        times = []
-        start = pc()
-        while len(times) < min_calls or pc() - start < min_seconds * 1e9:
-            t0 = pc()
-            fn(arg)
-            times.append(pc() - t0)
-        self.per_call_ns = float(np.median(times))
-
-    def plan(self, block: int, max_block_ms: float) -> None:
-        """Block length: --block calls, but no longer than --max-block-ms."""
-        self.calls = max(3, min(block, int(max_block_ms * 1e6 / self.per_call_ns)))
-
-    def run_block(self) -> None:
-        fn, arg, pc, cpu = self.fn, self.arg, time.perf_counter_ns, time.process_time_ns
-        c0, w0 = cpu(), pc()
-        fn(arg)  # untimed: the previous block ran another model, so caches are cold for this one
-        lat = [0] * self.calls
-        for i in range(self.calls):
-            t0 = pc()
-            fn(arg)
-            lat[i] = pc() - t0
-        self.wall_ns += pc() - w0
-        self.cpu_ns += cpu() - c0  # < wall when the OS ran something else on our core mid-block
-        self.blocks.append(lat)
-
-    @property
-    def latencies(self) -> np.ndarray:
-        return np.fromiter((v for b in self.blocks for v in b), dtype=np.int64)
-
-
-def measure(slots: list[Slot], rounds: int, seed: int) -> float:
-    """Interleave: every round runs one block of every slot in a fresh random order.  Returns seconds."""
-    rng = np.random.default_rng(seed)
-    gc.collect()
-    gc.disable()  # a collection inside a block would be timed as model latency
-    start = time.perf_counter()
-    try:
-        for r in range(rounds):
-            for k in rng.permutation(len(slots)):
-                slots[k].run_block()
-            if sys.stderr.isatty() and (r + 1) % max(1, rounds // 20) == 0:
-                print(f"\r  round {r + 1}/{rounds}", end="", file=sys.stderr, flush=True)
-    finally:
-        gc.enable()
-        if sys.stderr.isatty():
-            print("\r" + " " * 30 + "\r", end="", file=sys.stderr, flush=True)
-    return time.perf_counter() - start
 
 
 def test_accuracy(record: dict, model, x: np.ndarray, y: np.ndarray) -> float | None:
@@ -324,15 +271,6 @@ def test_accuracy(record: dict, model, x: np.ndarray, y: np.ndarray) -> float | 
             chunks.append(model.fetch()[0][:len(rows)])
         logits = np.concatenate(chunks)
     return float((np.asarray(logits).argmax(axis=1) == y).mean())
-
-
-def paired_ratio(num: Slot, den: Slot, seed: int, n_boot: int = 2000) -> dict:
-    """Median over rounds of (block median of num / block median of den): both blocks ran in the same round,
-    so a machine-state change between rounds cancels.  A cross-check of compare(), which pools all calls."""
-    r = np.array([np.median(a) / np.median(b) for a, b in zip(num.blocks, den.blocks)])
-    rng = np.random.default_rng(seed)
-    boot = np.median(rng.choice(r, size=(n_boot, r.size)), axis=1)
-    return {"ratio": float(np.median(r)), "ci95": [float(v) for v in np.percentile(boot, [2.5, 97.5])]}
 
 
 # --------------------------------------------------------------------------- analysis
@@ -477,36 +415,14 @@ def precision_notes(slots: list[Slot], results: dict[int, list[dict]], seed: int
 def machine_noise(slots: list[Slot]) -> dict:
     """How much the machine's speed moved during the run, seen by the first runtime's floor at the smallest batch."""
     floor = min((s for s in slots if s.record["role"] == "floor"), key=lambda s: (s.batch, RUNTIME_ORDER[s.runtime]))
-    med = np.array([np.median(b) for b in floor.blocks]) / 1e3
-    p = np.percentile(med, [0, 10, 50, 90, 100])
-    return {"probe": f"{floor.record['name']} batch {floor.batch}, median of each round's block (us)",
-            "min": p[0], "p10": p[1], "p50": p[2], "p90": p[3], "max": p[4], "p90_over_p10": p[3] / p[1],
-            "on_cpu_share": sum(s.cpu_ns for s in slots) / sum(s.wall_ns for s in slots)}
-
-
-def loadavg() -> str | None:
-    """1/5/15-minute load averages: > ~1 on this 2-core VM means something else was running."""
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return None
+    return interleave.machine_noise(floor, f"{floor.record['name']} batch {floor.batch}", slots)
 
 
 def machine_info(modules: dict, slots: list[Slot]) -> dict:
     system = system_info()  # the runner's device description (CPU model, flags, governor, affinity)
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip().lower() in ("flags", "features"):
-                flags.update(value.split())
-    except OSError:
-        pass
     litert = next((s.model.runtime_info() for s in slots if s.runtime == "litert"), None)
     return {
-        "cpu_model": system["cpu_model"], "logical_cores": os.cpu_count(), "machine": system["machine"],
-        "kernel": system["release"], "governor": system["governor"], "affinity": system["affinity"],
-        "int8_flags": {f: f in flags for f in INT8_FLAGS}, "cpu_features": system["cpu_features"],
+        **interleave.host_fields(system), "int8_flags": interleave.int8_flags(), "cpu_features": system["cpu_features"],
         "onnxruntime": modules["onnxruntime"].__version__ if "onnxruntime" in modules else None,
         "litert": litert["version"] if litert else None, "litert_delegate": litert["delegate"] if litert else None,
         "numpy": np.__version__, "python": platform.python_version(),
@@ -557,31 +473,6 @@ def compare_rows(comparison: list[dict]) -> list[tuple[str, ...]]:
             f"{acc(c['accuracy']['onnxruntime'])} / {acc(c['accuracy']['litert'])}",
         ))
     return out
-
-
-def print_table(title: str | None, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    try:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title=title, title_justify="left")
-        for i, c in enumerate(columns):
-            table.add_column(c, justify="left" if i == 0 else "right")
-        for r in rows:
-            table.add_row(*r)
-        Console(width=None if sys.stdout.isatty() else 160).print(table)
-    except ImportError:
-        if title:
-            print(title)
-        print(" | ".join(columns))
-        for r in rows:
-            print(" | ".join(r))
-
-
-def print_markdown(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    print("\n| " + " | ".join(columns) + " |\n|" + "|".join("---" for _ in columns) + "|")
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
 
 
 def print_report(doc: dict, markdown: bool) -> None:

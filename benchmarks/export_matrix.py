@@ -42,7 +42,6 @@ Exit status: 0, or 1 with --check when a check fails, 2 when the checkpoints can
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import platform
 import subprocess
@@ -57,16 +56,19 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
+sys.path.insert(0, str(REPO / "benchmarks"))  # interleave.py: the timing shared by the benchmark scripts
 
 from edgekd.bench import stats  # noqa: E402
 from edgekd.bench.runner import import_runtime, load_model, system_info  # noqa: E402
 from edgekd.rundir import atomic_write_json, sha256_file  # noqa: E402
 
+import interleave  # noqa: E402
+from interleave import loadavg, measure, paired_ratio, print_table  # noqa: E402
+
 SCHEMA = "edgekd.benchmark.export_matrix/1"
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "export_matrix.json"
 DEFAULT_CHECKPOINTS = REPO / "export" / "demo" / "checkpoints"
 ROLES = ("teacher", "student")
-INT8_FLAGS = ("avx2", "avx512_vnni", "avx_vnni", "amx_int8")
 
 # Thresholds of the checks.
 MIN_AGREEMENT_INT8 = 0.99
@@ -267,79 +269,19 @@ def write_floors(work: Path, in_shape: tuple[int, ...]) -> list[dict]:
 
 # --------------------------------------------------------------------------- measurement
 
-class Slot:
+class Slot(interleave.Slot):
     """One artifact loaded by the runner's adapter, its (fn, arg) call and the latencies collected so far."""
 
     def __init__(self, row: dict, x1: np.ndarray, modules: dict[str, Any]):
         self.row = row
-        self.model = load_model(row["runtime"], modules[row["runtime"]], str(row["path"]), 1)
-        self.model.feed({self.model.inputs[0]["name"]: x1})
-        self.fn, self.arg = self.model.invoker()
+        model = load_model(row["runtime"], modules[row["runtime"]], str(row["path"]), 1)
+        model.feed({model.inputs[0]["name"]: x1})
+        super().__init__(model)
         self.fn(self.arg)
         out = np.asarray(self.model.fetch()[0], dtype=np.float64).reshape(-1)
         ref = row.get("first_row_logits")
         # The timed call computes what parity checked (same file, same first test row): max |difference|.
         self.adapter_vs_predict = float(np.abs(out - np.asarray(ref)).max()) if ref is not None else None
-        self.blocks: list[list[int]] = []
-        self.calls = 1
-        self.wall_ns = self.cpu_ns = 0
-
-    def warm(self, min_calls: int = 50, min_seconds: float = 0.1) -> None:
-        fn, arg, pc = self.fn, self.arg, time.perf_counter_ns
-        times = []
-        start = pc()
-        while len(times) < min_calls or pc() - start < min_seconds * 1e9:
-            t0 = pc()
-            fn(arg)
-            times.append(pc() - t0)
-        self.per_call_ns = float(np.median(times))
-
-    def plan(self, block: int, max_block_ms: float) -> None:
-        self.calls = max(3, min(block, int(max_block_ms * 1e6 / self.per_call_ns)))
-
-    def run_block(self) -> None:
-        fn, arg, pc, cpu = self.fn, self.arg, time.perf_counter_ns, time.process_time_ns
-        c0, w0 = cpu(), pc()
-        fn(arg)  # untimed: the previous block ran another model, so caches are cold for this one
-        lat = [0] * self.calls
-        for i in range(self.calls):
-            t0 = pc()
-            fn(arg)
-            lat[i] = pc() - t0
-        self.wall_ns += pc() - w0
-        self.cpu_ns += cpu() - c0
-        self.blocks.append(lat)
-
-    @property
-    def latencies(self) -> np.ndarray:
-        return np.fromiter((v for b in self.blocks for v in b), dtype=np.int64)
-
-
-def measure(slots: list[Slot], rounds: int, seed: int) -> float:
-    """Interleave: every round runs one block of every slot in a fresh random order.  Returns seconds."""
-    rng = np.random.default_rng(seed)
-    gc.collect()
-    gc.disable()  # a collection inside a block would be timed as model latency
-    start = time.perf_counter()
-    try:
-        for r in range(rounds):
-            for k in rng.permutation(len(slots)):
-                slots[k].run_block()
-            if sys.stderr.isatty() and (r + 1) % max(1, rounds // 20) == 0:
-                print(f"\r  round {r + 1}/{rounds}", end="", file=sys.stderr, flush=True)
-    finally:
-        gc.enable()
-        if sys.stderr.isatty():
-            print("\r" + " " * 30 + "\r", end="", file=sys.stderr, flush=True)
-    return time.perf_counter() - start
-
-
-def paired_ratio(num: Slot, den: Slot, seed: int, n_boot: int = 2000) -> dict:
-    """Median over rounds of (block median of num / block median of den): both ran in the same round."""
-    r = np.array([np.median(a) / np.median(b) for a, b in zip(num.blocks, den.blocks)])
-    rng = np.random.default_rng(seed)
-    boot = np.median(rng.choice(r, size=(n_boot, r.size)), axis=1)
-    return {"ratio": float(np.median(r)), "ci95": [float(v) for v in np.percentile(boot, [2.5, 97.5])]}
 
 
 # --------------------------------------------------------------------------- analysis
@@ -513,38 +455,16 @@ def notes_for(rows: list[dict], slots: list[Slot], noise: dict) -> list[str]:
 
 
 def machine_noise(slots: list[Slot]) -> dict:
-    floor = next(s for s in slots if s.row["name"] == "floor-onnx")
-    med = np.array([np.median(b) for b in floor.blocks]) / 1e3
-    p = np.percentile(med, [0, 10, 50, 90, 100])
-    return {"probe": "floor-onnx, median of each round's block (us)",
-            "min": p[0], "p10": p[1], "p50": p[2], "p90": p[3], "max": p[4], "p90_over_p10": p[3] / p[1],
-            "on_cpu_share": sum(s.cpu_ns for s in slots) / sum(s.wall_ns for s in slots)}
-
-
-def loadavg() -> str | None:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return None
+    return interleave.machine_noise(next(s for s in slots if s.row["name"] == "floor-onnx"), "floor-onnx", slots)
 
 
 def machine_info() -> dict:
     from edgekd.exporter import runtime_versions
 
     system = system_info()
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip().lower() in ("flags", "features"):
-                flags.update(value.split())
-    except OSError:
-        pass
     versions = {**runtime_versions("onnx"), **runtime_versions("tflite")}
     return {
-        "cpu_model": system["cpu_model"], "logical_cores": os.cpu_count(), "machine": system["machine"],
-        "kernel": system["release"], "governor": system["governor"], "affinity": system["affinity"],
-        "int8_flags": {f: f in flags for f in INT8_FLAGS}, "cpu_features": system["cpu_features"],
+        **interleave.host_fields(system), "int8_flags": interleave.int8_flags(), "cpu_features": system["cpu_features"],
         "versions": versions, "python": platform.python_version(),
         "threads": 1, "ort": {"intra_op_threads": 1, "inter_op_threads": 1, "execution_mode": "sequential",
                               "io_binding": True},
@@ -597,21 +517,7 @@ def print_report(doc: dict, markdown: bool) -> None:
     v = m["versions"]
     title = (f"export matrix: {m['cpu_model']} ({m['logical_cores']} logical cores; {flags}), batch 1, 1 thread; "
              f"onnxruntime {v.get('onnxruntime')}, ai-edge-litert {v.get('ai-edge-litert')}")
-    try:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title=title, title_justify="left")
-        for i, c in enumerate(COLUMNS):
-            table.add_column(c, justify="left" if i == 0 else "right")
-        for r in trows:
-            table.add_row(*r)
-        Console(width=None if sys.stdout.isatty() else 170).print(table)
-    except ImportError:
-        print(title)
-        print(" | ".join(COLUMNS))
-        for r in trows:
-            print(" | ".join(r))
+    print_table(title, COLUMNS, trows, width=170)
     n, noise = doc["measurement"], doc["machine_noise"]
     print(f"* = the project's default INT4 setting. {n['rounds']} interleaved rounds in {n['seconds']:.1f} s "
           f"(whole script {doc['total_seconds']:.0f} s); ONNX floor block medians {noise['p10']:.2f}-"

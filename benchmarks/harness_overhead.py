@@ -78,12 +78,16 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 sys.path.insert(0, str(REPO / "tests"))  # tests/sshd.py: LoopbackSSHD
+sys.path.insert(0, str(REPO / "benchmarks"))  # interleave.py: the timing shared by the benchmark scripts
 
 import edgekd  # noqa: E402
 from edgekd.bench import stats  # noqa: E402
 from edgekd.bench.harness import BenchSettings  # noqa: E402
 from edgekd.bench.runner import system_info  # noqa: E402
 from edgekd.rundir import atomic_write_json  # noqa: E402
+
+import interleave  # noqa: E402
+from interleave import loadavg, print_markdown  # noqa: E402
 
 SCHEMA = "edgekd.benchmark.harness_overhead/1"
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "harness_overhead.json"
@@ -489,13 +493,6 @@ def verdicts(summary: dict, stability: list[dict] | None, seed: int) -> list[dic
     return goals
 
 
-def loadavg() -> str | None:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return None
-
-
 def git_state() -> dict:
     """The commit measured, and uncommitted changes to the code under test (harness, runner, devices)."""
     def git(*argv: str) -> str | None:
@@ -514,8 +511,7 @@ def machine_info(ort_version: str | None) -> dict:
     except OSError:
         clock = None
     return {
-        "cpu_model": system["cpu_model"], "logical_cores": os.cpu_count(), "machine": system["machine"],
-        "kernel": system["release"], "governor": system["governor"], "affinity": system["affinity"],
+        **interleave.host_fields(system),
         "clocksource": clock, "cpu_features": system["cpu_features"], "onnxruntime": ort_version,
         "numpy": np.__version__, "python": platform.python_version(), "edgekd": edgekd.__version__,
         "openssh": (ssh.stderr or ssh.stdout).strip() if ssh else None, "threads": 1,
@@ -609,28 +605,7 @@ def stability_rows(doc: dict) -> list[tuple[str, ...]]:
 
 
 def print_table(title: str | None, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    try:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title=title, title_justify="left")
-        for i, c in enumerate(columns):
-            table.add_column(c, justify="left" if i < 3 else "right")
-        for r in rows:
-            table.add_row(*r)
-        Console(width=None if sys.stdout.isatty() else 180).print(table)
-    except ImportError:
-        if title:
-            print(title)
-        print(" | ".join(columns))
-        for r in rows:
-            print(" | ".join(r))
-
-
-def print_markdown(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    print("\n| " + " | ".join(columns) + " |\n|" + "|".join("---" for _ in columns) + "|")
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
+    interleave.print_table(title, columns, rows, left=3, width=180)
 
 
 def print_report(doc: dict, markdown: bool) -> None:
