@@ -65,3 +65,69 @@ def test_thermal_status_is_read_before_each_round_and_after_the_run(adb_server, 
     assert len(rounds) == 2 and rounds[0]["at_start"]["status"] == 3  # too hot: waited, bounded, and says so
     assert 0.9 <= rounds[0]["waited_seconds"] < 10 and rounds[0]["limits"]["max_status"] == 1
     assert result.thermal[-1]["after_run"]["status"] == 3
+
+
+class _AfterFirstRun:
+    """A progress reporter that calls `action` after the first runner call (a phone unplugged mid-run)."""
+
+    def __init__(self, action) -> None:
+        self.action = action
+
+    def task(self, description, total):
+        outer = self
+
+        class Task:
+            def advance(self, steps=1, **fields):
+                if outer.action is not None:
+                    outer.action()
+                    outer.action = None
+
+            def close(self):
+                pass
+
+        return Task()
+
+    def note(self, message):
+        pass
+
+
+def test_a_phone_lost_midway_keeps_what_was_measured(adb_server, tmp_path_factory, tmp_path):  # noqa: F811
+    import pytest
+
+    from adb_device import LoopbackAdbDevice
+    from edgekd.bench.result import BenchResult
+    from edgekd.devices.base import DeviceUnreachable
+    from test_adb_device import _attached, _sandbox
+
+    flaky = LoopbackAdbDevice(_sandbox(tmp_path_factory, "flaky-bench-phone"))
+    one_round = BenchSettings(warmup_runs=5, min_runs=30, min_seconds=0.02, rounds=1)
+    with _attached(adb_server, flaky):
+        profile = _profile(tmp_path, adb_server, flaky, python=sys.executable)
+        with pytest.raises(DeviceUnreachable) as err:
+            edgekd.bench(_models(tmp_path), device=str(profile), settings=one_round,
+                         results_dir=tmp_path / "results", reporter=_AfterFirstRun(flaky.stop))
+    assert "adb" in err.value.fix and "--resume" in err.value.fix
+    kept = BenchResult.load(tmp_path / "results" / "bench-identity@phone.json")
+    assert kept.complete and kept.artifact["format"] == "onnx"
+
+
+def test_out_of_space_and_missing_runtime_on_the_phone_are_clear(adb_server, phone, tmp_path):  # noqa: F811
+    import pytest
+
+    from edgekd.devices.base import DeviceOutOfSpace
+    from edgekd.errors import EdgeKDError
+
+    phone.space_left = 1_000  # less than the runner itself
+    try:
+        with pytest.raises(DeviceOutOfSpace) as err:
+            edgekd.bench(_models(tmp_path)[:1], device=str(_profile(tmp_path, adb_server, phone,
+                                                                    python=sys.executable,
+                                                                    workdir=WD + "/full")), settings=FAST)
+    finally:
+        phone.space_left = None
+    assert "space" in err.value.what.lower() and err.value.fix
+    bare = "/usr/bin/python3"  # Debian's Python: no numpy, no onnxruntime
+    with pytest.raises(EdgeKDError) as err:
+        edgekd.bench(_models(tmp_path)[:1], device=str(_profile(tmp_path, adb_server, phone, python=bare)),
+                     settings=FAST)
+    assert "pip install" in (err.value.fix or "") and "numpy" in (err.value.what + (err.value.fix or ""))
