@@ -330,6 +330,32 @@ class OrtModel(Model):
 LITERT_DISTRIBUTIONS = ("ai-edge-litert", "ai-edge-litert-nightly")
 
 
+def delegation(ops: List[Dict[str, Any]]) -> "tuple[set, Dict[str, int]]":
+    """(indices of operators a DELEGATE node took, counts of the operators left) from LiteRT's ops details.
+
+    A DELEGATE node replaces the operators between its inputs and outputs; walking back from its outputs
+    to its inputs finds them. Also used on the host (edgekd.export.tflite), so it lives here, import-free.
+    """
+    plain = {op["index"]: op for op in ops if op["op_name"] != "DELEGATE"}
+    producer = {int(t): i for i, op in plain.items() for t in op["outputs"]}
+    taken: set = set()
+    for node in (op for op in ops if op["op_name"] == "DELEGATE"):
+        boundary = {int(t) for t in node["inputs"]}
+        stack = [int(t) for t in node["outputs"]]
+        while stack:
+            tensor = stack.pop()
+            i = producer.get(tensor)
+            if tensor in boundary or i is None or i in taken:
+                continue
+            taken.add(i)
+            stack.extend(int(t) for t in plain[i]["inputs"])
+    left: Dict[str, int] = {}
+    for i, op in plain.items():
+        if i not in taken:
+            left[op["op_name"]] = left.get(op["op_name"], 0) + 1
+    return taken, left
+
+
 class LiteRTModel(Model):
     """LiteRT (TFLite) ``ai_edge_litert.interpreter.Interpreter`` with its default XNNPACK delegate.
 
@@ -425,24 +451,7 @@ class LiteRTModel(Model):
             ops = self._interpreter._get_ops_details()  # noqa: SLF001 - present in 1.4 and 2.x
         except Exception:
             return None
-        plain = {op["index"]: op for op in ops if op["op_name"] != "DELEGATE"}
-        producer = {int(t): i for i, op in plain.items() for t in op["outputs"]}
-        taken: set = set()
-        for node in (op for op in ops if op["op_name"] == "DELEGATE"):
-            boundary = {int(t) for t in node["inputs"]}
-            stack = [int(t) for t in node["outputs"]]
-            while stack:
-                tensor = stack.pop()
-                i = producer.get(tensor)
-                if tensor in boundary or i is None or i in taken:
-                    continue
-                taken.add(i)
-                stack.extend(int(t) for t in plain[i]["inputs"])
-        left: Dict[str, int] = {}
-        for i, op in plain.items():
-            if i not in taken:
-                left[op["op_name"]] = left.get(op["op_name"], 0) + 1
-        return left
+        return delegation(ops)[1]
 
     def runtime_info(self) -> Dict[str, Any]:
         return {

@@ -474,32 +474,15 @@ def tflite_op_histogram(path: Path) -> dict[str, int]:
 
 
 def tflite_delegation(path: Path, *, num_threads: int = 1) -> dict[str, Any]:
-    """Which operators LiteRT's default XNNPACK delegate takes, and which run on the built-in kernels.
+    """Which operators LiteRT's default XNNPACK delegate takes, and which run on the built-in kernels
+    (`undelegated`: reference/optimized built-ins, often much slower for quantized types XNNPACK lacks).
+    The walk is the runner's, so host and device report the same thing."""
+    from edgekd.bench.runner import delegation
 
-    A DELEGATE node replaces the operators between its inputs and outputs; walking back from its
-    outputs to its inputs finds them. The rest (`undelegated`) run on reference/optimized built-ins,
-    often much slower for quantized types XNNPACK lacks.
-    """
     interpreter = _interpreter(path, num_threads=num_threads)
     ops = interpreter._get_ops_details()  # present in ai-edge-litert 1.x and 2.x
+    delegated, undelegated = delegation(ops)
     delegates = [op for op in ops if op["op_name"] == "DELEGATE"]
     plain = [op for op in ops if op["op_name"] != "DELEGATE"]
-    producer = {int(t): op["index"] for op in plain for t in op["outputs"]}
-    by_index = {op["index"]: op for op in plain}
-    delegated: set[int] = set()
-    for node in delegates:
-        boundary = {int(t) for t in node["inputs"]}
-        stack = [int(t) for t in node["outputs"]]
-        while stack:
-            tensor = stack.pop()
-            op = producer.get(tensor)
-            if tensor in boundary or op is None or op in delegated:
-                continue
-            delegated.add(op)
-            stack.extend(int(t) for t in by_index[op]["inputs"])
-    undelegated: dict[str, int] = {}
-    for op in plain:
-        if op["index"] not in delegated:
-            undelegated[op["op_name"]] = undelegated.get(op["op_name"], 0) + 1
     return {"delegate": "xnnpack (default)", "delegate_nodes": len(delegates), "ops": len(plain),
             "delegated_ops": len(delegated), "undelegated": undelegated}
