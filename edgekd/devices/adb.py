@@ -41,6 +41,7 @@ from edgekd.devices.base import (
     DeviceUnreachable,
     RunResult,
     info_via_runner,
+    run_client,
 )
 
 logger = logging.getLogger(__name__)
@@ -274,23 +275,11 @@ class AdbDevice:
         return [self.adb, *port, "-s", self.serial, *args]
 
     def _adb(self, args: list[str], *, timeout: float | None, what: str) -> subprocess.CompletedProcess:
-        argv = self.adb_argv(args)
-        logger.debug("%s: %s", self.name, shlex.join(argv))
-        try:
-            # stdin closed: adb must never read the caller's terminal (and -n tells the device the same).
-            return subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=timeout,
-                                  stdin=subprocess.DEVNULL, check=False)
-        except subprocess.TimeoutExpired:
-            raise DeviceError(f"'{what}' did not finish within {timeout:g} s on {self.name}",
-                              why="the adb client was stopped; the device closes the shell when its stream closes",
-                              fix="raise the timeout or check the command on the device") from None
-        except FileNotFoundError:
-            raise DeviceError(f"the adb client ('{self.adb}') is not installed on this machine",
-                              fix="install it (Debian/Ubuntu: `apt-get install adb`; else Android SDK platform-tools) "
-                                  "or set `adb:` in the device profile to its path") from None
-        except PermissionError:
-            raise DeviceError(f"the adb client ('{self.adb}') cannot be executed",
-                              fix="fix `adb:` in the device profile") from None
+        # -n (in the shell commands) also tells the device that stdin is closed.
+        return run_client(self.adb_argv(args), device=self.name, what=what, timeout=timeout,
+                          after_timeout="the adb client was stopped; the device closes the shell when its stream closes",
+                          install="install adb (Debian/Ubuntu: `apt-get install adb`; else Android SDK platform-tools) "
+                                  "or set `adb:` in the device profile to its path")
 
     def _raise_transport_error(self, output: str, what: str) -> None:
         """Raise DeviceUnreachable when the adb client says the device is missing, offline or unauthorized."""

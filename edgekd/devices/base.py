@@ -154,3 +154,24 @@ def cool_down(device: Device) -> dict[str, Any]:
         reading = temperature(device)
     return {"before_wait": first, "at_start": reading, "waited_seconds": round(time.monotonic() - started, 1),
             "limits": limits or None}
+
+
+def run_client(argv: list[str], *, device: str, what: str, timeout: float | None, after_timeout: str,
+               install: str) -> "subprocess.CompletedProcess[str]":
+    """Run a host-side client program for a device (ssh, scp, adb): an argv list, never a shell string,
+    stdin closed so it can never read the caller's terminal, and failures as DeviceError."""
+    import logging
+    import shlex
+    import subprocess
+
+    logging.getLogger(__name__).debug("%s: %s", device, shlex.join(argv))
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=timeout,
+                              stdin=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired:
+        raise DeviceError(f"'{what}' did not finish within {timeout:g} s on {device}", why=after_timeout,
+                          fix="raise the timeout or check the command on the device") from None
+    except FileNotFoundError:
+        raise DeviceError(f"the client '{argv[0]}' is not installed on this machine", fix=install) from None
+    except PermissionError:
+        raise DeviceError(f"the client '{argv[0]}' cannot be executed", fix=install) from None

@@ -50,6 +50,7 @@ from edgekd.devices.base import (
     HostKeyMismatch,
     RunResult,
     info_via_runner,
+    run_client,
 )
 
 logger = logging.getLogger(__name__)
@@ -247,18 +248,10 @@ class SSHDevice:
         return self._client(["scp", *flags, *self._base_options(), "--", *paths], timeout=None, what="scp")
 
     def _client(self, argv: list[str], *, timeout: float | None, what: str) -> subprocess.CompletedProcess:
-        logger.debug("%s: %s", self.name, shlex.join(argv))
-        try:
-            # stdin closed: ssh must never read the caller's terminal (and BatchMode forbids prompts anyway).
-            return subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=timeout,
-                                  stdin=subprocess.DEVNULL, check=False)
-        except subprocess.TimeoutExpired:
-            raise DeviceError(f"'{what}' did not finish within {timeout:g} s on {self.name}",
-                              why="the ssh client was stopped; the command may still be running on the device",
-                              fix="raise the timeout or check the command on the device") from None
-        except FileNotFoundError:
-            raise DeviceError(f"the OpenSSH client ('{argv[0]}') is not installed on this machine",
-                              fix="install it (e.g. apt-get install openssh-client)") from None
+        # BatchMode also forbids prompts; stdin is closed by run_client.
+        return run_client(argv, device=self.name, what=what, timeout=timeout,
+                          after_timeout="the ssh client was stopped; the command may still be running on the device",
+                          install="install the OpenSSH client (e.g. apt-get install openssh-client)")
 
     def _mkdir(self, folder: str) -> None:
         """mkdir -p once per folder and connection (the work directory on first use, then its subfolders)."""
