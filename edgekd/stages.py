@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from edgekd.pipeline import Context, input_arrays_for_bench, write_test_split
-from edgekd.rundir import atomic_write_json, read_json, sha256_file
+from edgekd.rundir import atomic_write_json, sha256_file
 
 
 def _data_inputs(ctx: Context) -> dict[str, Any]:
@@ -236,7 +236,3 @@ def report_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     summary_path = atomic_write_json(ctx.rundir.results / "summary.json", summary)
     html = write_html(summary, ctx.rundir.report / "index.html")
     return [summary_path, html], {}
-
-
-def load_summary(rundir) -> dict[str, Any]:
-    return read_json(rundir.results / "summary.json")

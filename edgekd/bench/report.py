@@ -48,12 +48,14 @@ def _row(artifact: Artifact, result: BenchResult | None) -> dict[str, Any]:
     return row
 
 
-def _per_class_reference(row: dict[str, Any], by_name: dict[str, dict[str, Any]]) -> str | None:
+def _per_class_reference(row: dict[str, Any]) -> str | None:
     """Quantized artifacts compare with their FP32 twin; FP32 students with the teacher."""
+    from edgekd.exporter import artifact_name
+
     if row["precision"] != "fp32":
-        return f"{row['role']}-{row['format']}-fp32"
+        return artifact_name(row["role"], row["format"], "fp32")
     if row["role"] in ("student", "scratch"):
-        return f"teacher-{row['format']}-fp32"
+        return artifact_name("teacher", row["format"], "fp32")
     return None
 
 
@@ -77,7 +79,7 @@ def build_summary(rundir: RunDir, *, recipe: dict[str, Any], model_metrics: dict
                         "speedup_significant": cmp["significant"]})
         if res is not None and floor is not None and res.latency_us.get("p50") and floor.latency_us.get("p50"):
             row["x_floor"] = res.latency_us["p50"] / floor.latency_us["p50"]
-        ref = by_name.get(_per_class_reference(row, by_name) or "")
+        ref = by_name.get(_per_class_reference(row) or "")
         if ref and row["per_class_accuracy"] and ref["per_class_accuracy"]:
             deltas = [(a - b) * 100 for a, b in zip(row["per_class_accuracy"], ref["per_class_accuracy"])]
             worst = min(range(len(deltas)), key=deltas.__getitem__)

@@ -80,6 +80,20 @@ class Device(Protocol):
     def close(self) -> None: ...
 
 
+class ProfiledDevice:
+    """Name and work directory straight from the profile (what local and SSH devices share)."""
+
+    profile: DeviceProfile
+
+    @property
+    def name(self) -> str:
+        return self.profile.name
+
+    @property
+    def workdir(self) -> str:
+        return self.profile.workdir
+
+
 RUNNER_NAME = "edgekd_runner.py"
 
 

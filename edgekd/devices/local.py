@@ -8,21 +8,14 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from edgekd.devices.base import DeviceError, DeviceOutOfSpace, DeviceProfile, RunResult, info_via_runner
+from edgekd.devices.base import (DeviceError, DeviceOutOfSpace, DeviceProfile, ProfiledDevice, RunResult,
+                                 info_via_runner)
 
 
-class LocalDevice:
+class LocalDevice(ProfiledDevice):
     def __init__(self, profile: DeviceProfile) -> None:
         self.profile = profile
         Path(profile.workdir).mkdir(parents=True, exist_ok=True)
-
-    @property
-    def name(self) -> str:
-        return self.profile.name
-
-    @property
-    def workdir(self) -> str:
-        return self.profile.workdir
 
     def info(self) -> dict[str, Any]:
         return info_via_runner(self)

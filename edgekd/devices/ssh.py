@@ -48,6 +48,7 @@ from edgekd.devices.base import (
     DeviceProfile,
     DeviceUnreachable,
     HostKeyMismatch,
+    ProfiledDevice,
     RunResult,
     info_via_runner,
     run_client,
@@ -93,7 +94,7 @@ _SHA256_SCRIPT = (
 _HEX64 = re.compile(r"\b[0-9a-f]{64}\b")
 
 
-class SSHDevice:
+class SSHDevice(ProfiledDevice):
     """A device reached with the system OpenSSH client; one multiplexed connection per object."""
 
     def __init__(self, profile: DeviceProfile) -> None:
@@ -113,14 +114,6 @@ class SSHDevice:
         self._scp_sftp_flag = _scp_sftp_flag()
 
     # ------------------------------------------------------------------ protocol
-    @property
-    def name(self) -> str:
-        return self.profile.name
-
-    @property
-    def workdir(self) -> str:
-        return self.profile.workdir
-
     @property
     def control_path(self) -> str:
         """The ControlMaster socket (ssh expands %C to a hash of host, port and user)."""
