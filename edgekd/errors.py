@@ -66,6 +66,18 @@ class OutputDirError(EdgeKDError):
     """The run directory cannot be created or written."""
 
 
+class FeatureError(EdgeKDError):
+    """A feature path (module name) does not exist, or teacher and student features cannot be matched."""
+
+
+class TeacherOutputError(EdgeKDError):
+    """Teacher outputs for black-box or cached distillation are missing, malformed or do not fit the data."""
+
+
+class LineageError(EdgeKDError):
+    """A distillation would train from a teacher whose generation the user has not allowed."""
+
+
 class MissingExtraError(EdgeKDError):
     """An optional dependency group is not installed."""
 
