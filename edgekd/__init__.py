@@ -36,7 +36,34 @@ def run(recipe: Any, **kwargs: Any) -> "RunResult":
     return _run(recipe if isinstance(recipe, Recipe) else load_recipe(recipe), **kwargs)
 
 
-# Callable packages: edgekd.export(checkpoint, output_dir, ...) and edgekd.bench(artifacts, device=...).
-from edgekd import bench, export  # noqa: E402
+def _make_callable(package: str, target: str) -> None:
+    """Let a subpackage double as the public function of the same name (edgekd.export, edgekd.bench).
+
+    Importing a submodule such as `edgekd.export.onnx` rebinds the attribute `edgekd.export` to the
+    package, hiding a plain function of that name; a callable package works whichever came first.
+    It lives here, in the root package every submodule loads anyway, so that importing
+    `edgekd.bench.runner` loads no other edgekd module.
+    """
+    import importlib
+    import sys
+    import types
+
+    module_name, function_name = target.split(":")
+
+    class _CallablePackage(types.ModuleType):
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            return getattr(importlib.import_module(module_name), function_name)(*args, **kwargs)
+
+    sys.modules[package].__class__ = _CallablePackage
+
+
+def __getattr__(name: str) -> Any:
+    """edgekd.export and edgekd.bench (callable packages) are imported on first use."""
+    if name in ("export", "bench"):
+        import importlib
+
+        return importlib.import_module(f"edgekd.{name}")
+    raise AttributeError(f"module 'edgekd' has no attribute {name!r}")
+
 
 __all__ = ["__version__", "load_recipe", "run", "export", "bench"]

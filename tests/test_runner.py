@@ -303,3 +303,12 @@ def test_runner_imports_no_torch_and_no_edgekd(identity_dir: Path):
         assert not [m for m in loaded if m == "edgekd" or m.startswith("edgekd.")], phase
     assert "onnxruntime" not in modules["after_import"]  # the runtime is imported lazily, only for a run
     assert "onnxruntime" in modules["after_run"]
+
+
+def test_importing_runner_as_a_module_loads_no_other_edgekd_module():
+    """`import edgekd.bench.runner` loads its parent packages and nothing else of edgekd, and no torch."""
+    code = ("import json, sys; import edgekd.bench.runner; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('edgekd', 'torch'))))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == ["edgekd", "edgekd.bench", "edgekd.bench.runner"]

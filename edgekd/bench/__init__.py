@@ -4,6 +4,6 @@ Calling the package, `edgekd.bench(artifacts, device="host", ...)`, benchmarks a
 (edgekd.bench.harness.bench).
 """
 
-from edgekd._callable_package import make_callable
+from edgekd import _make_callable
 
-make_callable(__name__, "edgekd.bench.harness:bench")
+_make_callable(__name__, "edgekd.bench.harness:bench")

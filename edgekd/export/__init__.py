@@ -4,6 +4,6 @@ Calling the package, `edgekd.export(checkpoint, output_dir, ...)`, exports a che
 artifacts (edgekd.exporter.export_checkpoint).
 """
 
-from edgekd._callable_package import make_callable
+from edgekd import _make_callable
 
-make_callable(__name__, "edgekd.exporter:export_checkpoint")
+_make_callable(__name__, "edgekd.exporter:export_checkpoint")
