@@ -47,8 +47,9 @@ _NOISY_LOGGERS = ("torch", "torchao", "jax", "absl", "litert_torch", "ai_edge_qu
 # INT4 recipes, measured with ai-edge-litert 2.3 (x86): weight-only (`weight_only_wi4_afp32`: int4 weights +
 # DEQUANTIZE to float) falls off XNNPACK entirely, DEQUANTIZE and the ops it feeds. The dynamic-range recipe
 # (int4 weights, activations quantized to int8 on the fly) keeps FULLY_CONNECTED on XNNPACK, per channel or
-# block-wise, but its per-channel int4 CONV_2D falls off (digits CNN teacher: 2x slower than FP32). Block-wise
-# recipes quantize FULLY_CONNECTED only and leave convolutions float32: `tflite_weight_bits` shows which.
+# block-wise, but its per-channel int4 CONV_2D falls off (digits CNN teacher: 2x slower than FP32). Its block-wise
+# recipes quantize FULLY_CONNECTED only and would leave convolutions float32, so edgekd's block-wise setting
+# pairs them with per-channel int4 for the other ops: `tflite_weight_bits` shows the result.
 _INT4_CHANNELWISE = "dynamic_wi4_afp32"
 _BLOCK_SIZES = (32, 64)  # the block-wise int4 recipes ai-edge-quantizer 0.10 names
 
@@ -190,7 +191,25 @@ def _conversion_error(model: "nn.Module", exc: BaseException, log: str) -> Expor
 
 
 def int4_recipe_name(block_size: int | None) -> str:
-    return _INT4_CHANNELWISE if block_size is None else f"dynamic_wi4b{block_size}_afp32"
+    return _INT4_CHANNELWISE if block_size is None else f"dynamic_wi4b{block_size}_afp32+wi4c"
+
+
+def _blockwise_int4_recipe(block_size: int) -> Any:
+    """Block-wise int4 where ai-edge-quantizer has it (FULLY_CONNECTED), per-channel int4 for the rest.
+
+    Its own block-wise recipes cover FULLY_CONNECTED and EMBEDDING_LOOKUP only and leave convolutions
+    float32 (a CNN teacher's file stays at ~64% of FP32); per-channel int4 convolutions keep the file
+    at ~15%. Later entries of a recipe take precedence for the ops they name.
+    """
+    from ai_edge_quantizer import qtyping, recipe_manager
+
+    op, granularity = qtyping.TFLOperationName, qtyping.QuantGranularity
+    manager = recipe_manager.RecipeManager()
+    manager.add_dynamic_config(regex=".*", operation_name=op.ALL_SUPPORTED, num_bits=4,
+                               granularity=granularity.CHANNELWISE)
+    manager.add_dynamic_config(regex=".*", operation_name=op.FULLY_CONNECTED, num_bits=4,
+                               granularity=getattr(granularity, f"BLOCKWISE_{block_size}"))
+    return manager.get_quantization_recipe()
 
 
 def _recipe(precision: str, block_size: int | None) -> tuple[str, Any, dict[str, Any]]:
@@ -209,8 +228,11 @@ def _recipe(precision: str, block_size: int | None) -> tuple[str, Any, dict[str,
                               why=f"ai-edge-quantizer has block sizes {', '.join(map(str, _BLOCK_SIZES))}",
                               fix="use one of them, or no block size (per-channel)")
         name = int4_recipe_name(block_size)
-        return name, getattr(recipe, name)(), {
-            "weights": "int4", "granularity": "channelwise" if block_size is None else f"blockwise ({block_size})",
+        if block_size is None:
+            return name, recipe.dynamic_wi4_afp32(), {
+                "weights": "int4", "granularity": "channelwise", "activations": "float32 (int8 on the fly)"}
+        return name, _blockwise_int4_recipe(block_size), {
+            "weights": "int4", "granularity": f"blockwise ({block_size}) for FULLY_CONNECTED, channelwise elsewhere",
             "activations": "float32 (int8 on the fly)"}
     raise ExportError(f"unknown TFLite precision '{precision}'", why=f"known: {', '.join(PRECISIONS[1:])}",
                       fix="fix export.targets in the recipe")
