@@ -38,11 +38,9 @@ class Context:
 
     @cached_property
     def splits(self):
-        from edgekd.data import load_data
+        from edgekd.distill.api import load_splits
 
-        d = self.recipe.data
-        return load_data(d.name, seed=d.seed, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
-                         label_fraction=d.label_fraction)
+        return load_splits(self.recipe)
 
     @cached_property
     def data_fingerprint(self) -> str:
@@ -51,13 +49,9 @@ class Context:
     def model(self, role: str):
         """A fresh model of the recipe's teacher or student architecture, initialised from the recipe's seed
         (so its weights do not depend on what ran before it in this process)."""
-        from edgekd.distill.trainer import seed_everything
-        from edgekd.models import create_model
+        from edgekd.distill.api import new_model
 
-        seed_everything(self.recipe.seed)
-        cfg = (self.recipe.teacher if role == "teacher" else self.recipe.student).model
-        return create_model(cfg.family, in_shape=self.splits.input_shape, num_classes=self.splits.num_classes,
-                            **cfg.params)
+        return new_model(self.recipe, self.splits, role)
 
     def trained(self, role: str):
         """The trained model of a role, rebuilt from its checkpoint."""
@@ -68,10 +62,14 @@ class Context:
         return model
 
     def preflight(self) -> None:
-        """Trial-export both architectures before any training, so an unexportable model fails in seconds."""
-        if self._preflight_done:
+        """Check the distillation plan and trial-export both architectures before any training, so a wrong
+        layer path or an unexportable model fails in seconds."""
+        if self._preflight_done or not is_writer():
             return
+        from edgekd.distill.plan import check_plan
         from edgekd.export.formats import FORMATS, ExportOptions
+
+        check_plan(self.recipe, self.splits)
 
         formats = list(self.recipe.export.formats)
         backends = [FORMATS[f]() for f in formats]
@@ -148,13 +146,21 @@ def run(recipe: Recipe, *, force: set[str] | None = None, reporter: Reporter | N
                           why=f"stages: {', '.join(STAGE_NAMES)}", fix="use one of those names, or 'all'")
     if output_dir is not None:
         recipe = recipe.model_copy(update={"output_dir": Path(output_dir)})
-    reporter = reporter or SilentReporter()
+    rank, world = _join_distributed()
+    reporter = reporter if reporter is not None and rank == 0 else SilentReporter()
     rundir = RunDir(recipe.run_dir)
-    rundir.create()
-    atomic_write(rundir.recipe_path, dump_recipe(recipe))
+    if rank == 0:
+        rundir.create()
+        atomic_write(rundir.recipe_path, dump_recipe(recipe))
     ctx = Context(recipe=recipe, rundir=rundir, reporter=reporter)
     result = RunResult(rundir=rundir, recipe=recipe)
     for stage in _stages():
+        if world > 1 and stage.name not in TRAINING_STAGES:
+            _leave_distributed()  # training is over: rank 0 exports, benchmarks and reports alone
+            if rank != 0:
+                return result
+            world = 1
+        _barrier(world)  # every rank sees the manifest rank 0 left after the previous stage
         if not stage.enabled(ctx):
             result.stages[stage.name] = "disabled"
             continue
@@ -168,10 +174,57 @@ def run(recipe: Recipe, *, force: set[str] | None = None, reporter: Reporter | N
         started = time.perf_counter()
         outputs, extra = stage.run(ctx)
         seconds = time.perf_counter() - started
-        ctx.hashes[stage.name] = rundir.mark_done(stage.name, input_hash, outputs, seconds, **extra)
+        if rank == 0:
+            ctx.hashes[stage.name] = rundir.mark_done(stage.name, input_hash, outputs, seconds, **extra)
+            reporter.note(f"{stage.name}: done in {seconds:.1f} s")
+        if world > 1:  # every rank ran this training stage: the others take rank 0's output hash
+            _barrier(world)
+            ctx.hashes[stage.name] = rundir.stage_record(stage.name)["output_hash"]
         result.stages[stage.name] = "ran"
-        reporter.note(f"{stage.name}: done in {seconds:.1f} s")
     return result
+
+
+# Stages every rank of a torchrun job runs (rank 0 alone writes their files); the rest run on rank 0 only.
+TRAINING_STAGES = ("teacher", "distill", "scratch")
+
+
+def _join_distributed() -> tuple[int, int]:
+    """(rank, world size): join the torchrun job (gloo, CPU) when WORLD_SIZE > 1, else (0, 1).
+
+    Every rank trains (the student under DistributedDataParallel); only rank 0 writes checkpoints,
+    manifests and artifacts, and exports, benchmarks and reports. All ranks of one machine share the run
+    directory; across machines it must be on a shared file system.
+    """
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _leave_distributed() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def is_writer() -> bool:
+    """False on ranks other than 0 of a distributed run: they train but leave files to rank 0."""
+    from edgekd.distill.trainer import distributed_world
+
+    return distributed_world()[0] == 0
 
 
 def input_arrays_for_bench(ctx: Context, batch_size: int) -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgekd.errors import EdgeKDError, RecipeError
 
@@ -62,21 +62,104 @@ class StudentConfig(_Strict):
 
 
 class LossConfig(_Strict):
-    """Distillation loss: `kd` is α·T²·KL(teacher‖student at temperature T) + (1−α)·CE(student, y)."""
+    """The response (logit) term: `kd` is α·T²·KL(teacher‖student at temperature T) + (1−α)·CE(student, y);
+    `dkd` (decoupled KD) takes its own weights in `params` (alpha, beta, ce_weight); `ce` ignores the teacher."""
 
     name: str = "kd"
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.9, ge=0, le=1)
+    params: dict[str, float] = Field(default_factory=dict, description="extra parameters of the loss (dkd: beta, ...)")
+
+
+class FeatureTermConfig(_Strict):
+    """A feature or relation term between a student layer and a teacher layer (paths as in named_modules();
+    `logits` names the model's output). An adapter is inserted where hint/mse/cosine shapes differ."""
+
+    loss: str
+    student: str
+    teacher: str = Field("", description="teacher layer (unused by deep supervision)")
+    weight: float = Field(1.0, ge=0)
+    params: dict[str, float] = Field(default_factory=dict)
+
+
+class EnsembleMember(_Strict):
+    """One more teacher beside `teacher`: its architecture, and weights or a training seed offset."""
+
+    model: ModelConfig
+    checkpoint: Path | None = None
+    seed_offset: int = Field(1, description="trained with seed + seed_offset when no checkpoint is given")
+
+
+class EnsembleConfig(_Strict):
+    members: list[EnsembleMember] = Field(default_factory=list, description="teachers besides `teacher`")
+    mode: Literal["soft_average", "loss_average", "confidence"] = Field(
+        "soft_average", description="soft_average: KD on the averaged soft targets; loss_average: average of "
+        "per-teacher KD losses; confidence: per-sample weights by each teacher's max probability")
+    weights: list[float] | None = Field(None, description="fixed teacher weights (teacher first); default equal")
+
+
+class ProgressiveConfig(_Strict):
+    """Stage k trains the student up to layer k against teacher layer k (hint loss), then the next, then logits."""
+
+    pairs: list[tuple[str, str]] = Field(default_factory=list, description="[student layer, teacher layer] per stage")
+    final_fraction: float = Field(0.5, gt=0, lt=1, description="share of the budget for the final logits stage")
+
+
+class SelfDistillConfig(_Strict):
+    mode: Literal["born_again", "deep_supervision"] = "born_again"
+    generations: int = Field(2, ge=1, le=10, description="born_again: students trained one from the previous")
+    heads: list[str] = Field(default_factory=list,
+                             description="deep_supervision: student layers that get auxiliary classifier heads")
+
+
+class MutualConfig(_Strict):
+    peers: int = Field(2, ge=2, le=8, description="students trained together, teaching each other")
+
+
+class BlackBoxConfig(_Strict):
+    source: str = Field("", description="teacher outputs on the training split: .npy/.npz/.jsonl, an .onnx/.tflite "
+                                        "artifact, or 'package.module:function'")
+    kind: Literal["auto", "logits", "probs"] = "auto"
+
+
+Strategy = Literal["standard", "ensemble", "progressive", "self", "mutual", "blackbox"]
 
 
 class DistillConfig(_Strict):
+    strategy: Strategy = Field("standard", description="standard | ensemble | progressive | self | mutual | blackbox")
     loss: LossConfig = LossConfig()
+    features: list[FeatureTermConfig] = Field(default_factory=list,
+                                              description="feature/relation terms added to the response term")
+    ensemble: EnsembleConfig = EnsembleConfig()
+    progressive: ProgressiveConfig = ProgressiveConfig()
+    self_distill: SelfDistillConfig = SelfDistillConfig()
+    mutual: MutualConfig = MutualConfig()
+    blackbox: BlackBoxConfig = BlackBoxConfig()
     train: TrainConfig = TrainConfig(epochs=60)
     transfer_set: Literal["train_split", "labelled_only"] = Field(
         "train_split",
         description="train_split: teacher outputs on the whole training split (unlabelled transfer set); "
         "labelled_only: only the samples whose labels students see",
     )
+    cache: bool = Field(True, description="reuse teacher outputs across runs (export/cache/teacher)")
+    cache_topk: int | None = Field(None, gt=0, description="cache only the top-k logits (large output spaces)")
+    allow_generation: bool = Field(False, description="allow a teacher of generation >= 2 (a distilled student's "
+                                                      "student); repeated self-distillation can erode rare classes")
+
+    @model_validator(mode="after")
+    def _strategy_needs(self) -> "DistillConfig":
+        needs = {"ensemble": (not self.ensemble.members, "distill.ensemble.members: list at least one more teacher"),
+                 "progressive": (not self.progressive.pairs, "distill.progressive.pairs: list [student, teacher] layers"),
+                 "blackbox": (not self.blackbox.source, "distill.blackbox.source: name the teacher's outputs"),
+                 "self": (self.self_distill.mode == "deep_supervision" and not self.self_distill.heads,
+                          "distill.self_distill.heads: name student layers for the auxiliary heads")}
+        missing, message = needs.get(self.strategy, (False, ""))
+        if missing:
+            raise ValueError(f"strategy '{self.strategy}' needs {message}")
+        if self.ensemble.weights is not None and len(self.ensemble.weights) != len(self.ensemble.members) + 1:
+            raise ValueError(f"distill.ensemble.weights needs {len(self.ensemble.members) + 1} values "
+                             f"(teacher first, then each member), got {len(self.ensemble.weights)}")
+        return self
 
 
 class ScratchConfig(_Strict):
@@ -98,8 +181,8 @@ class Int4Config(_Strict):
     block_size: int = Field(32, ge=16, description="ONNX MatMulNBits block size (power of two)")
     accuracy_level: int = Field(4, ge=0, le=4, description="ONNX MatMulNBits compute: 0 = as stored type, 4 = int8")
     tflite_block_size: Literal[32, 64] | None = Field(
-        None, description="TFLite: None = per-channel int4 (4-bit convolutions too); 32/64 = block-wise "
-                          "(ai-edge-quantizer then leaves convolutions float)")
+        None, description="TFLite: None = per-channel int4; 32/64 = block-wise int4 for fully connected "
+                          "layers (where ai-edge-quantizer has it), per-channel int4 for convolutions")
 
 
 class ExportConfig(_Strict):
@@ -242,6 +325,8 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{loc}: required field is missing"
     if kind == "literal_error":
         return f"{loc}: must be one of {ctx.get('expected')}, got {got!r}"
+    if kind == "value_error":
+        return f"{loc}: {error['msg'].removeprefix('Value error, ')}"
     if kind == "string_pattern_mismatch":
         return f"{loc}: must be letters, digits, '.', '_' or '-' (it names a folder), got {got!r}"
     return f"{loc}: {error['msg'][0].lower()}{error['msg'][1:]}, got {got!r}"
@@ -277,9 +362,11 @@ def check_registered_names(recipe: Recipe, origin: str = "<recipe>") -> None:
 
     checks: list[tuple[str, Any, str]] = [("data.name", DATASETS, recipe.data.name),
                                           ("distill.loss.name", LOSSES, recipe.distill.loss.name)]
-    for role in ("teacher", "student"):
-        cfg: ModelConfig = getattr(recipe, role).model
-        checks.append((f"{role}.model.family", MODELS, cfg.family))
+    models: list[tuple[str, ModelConfig]] = [(f"{role}.model", getattr(recipe, role).model)
+                                             for role in ("teacher", "student")]
+    models += [(f"distill.ensemble.members.{i}.model", m.model) for i, m in enumerate(recipe.distill.ensemble.members)]
+    checks += [(f"{path}.family", MODELS, cfg.family) for path, cfg in models]
+    checks += [(f"distill.features.{i}.loss", LOSSES, f.loss) for i, f in enumerate(recipe.distill.features)]
     for path, registry, name in checks:
         if name not in registry:
             raise RecipeError(
@@ -287,16 +374,16 @@ def check_registered_names(recipe: Recipe, origin: str = "<recipe>") -> None:
                 why=f"known {registry.plural}: {', '.join(registry.names())}",
                 fix=f"set {path} in {origin} to one of those",
             )
-    for role in ("teacher", "student"):
-        cfg = getattr(recipe, role).model
+    _check_loss_kinds(recipe, origin)
+    for path, cfg in models:
         accepted = inspect.signature(MODELS[cfg.family]).parameters
         for key in cfg.params:
             if key not in accepted or key in ("in_shape", "num_classes"):
                 allowed = [p for p in accepted if p not in ("in_shape", "num_classes")]
                 raise RecipeError(
-                    f"invalid recipe: {role}.model.params.{key}: model family '{cfg.family}' has no parameter '{key}'",
+                    f"invalid recipe: {path}.params.{key}: model family '{cfg.family}' has no parameter '{key}'",
                     why=f"'{cfg.family}' accepts: {', '.join(allowed) or 'no parameters'}",
-                    fix=f"remove or rename {role}.model.params.{key} in {origin}",
+                    fix=f"remove or rename {path}.params.{key} in {origin}",
                 )
     from edgekd.devices.profiles import find_profile
 
@@ -305,6 +392,20 @@ def check_registered_names(recipe: Recipe, origin: str = "<recipe>") -> None:
     except EdgeKDError as exc:
         raise RecipeError(f"invalid recipe: bench.device: {exc.what}", why=exc.why,
                           fix=f"set bench.device in {origin} to one of those (or a profile path)") from None
+
+
+def _check_loss_kinds(recipe: Recipe, origin: str) -> None:
+    """distill.loss takes a logit loss, distill.features feature/relation losses."""
+    from edgekd.distill.losses import LOSSES, loss_kind
+
+    wrong = [("distill.loss.name", recipe.distill.loss.name, "logits")] if \
+        loss_kind(recipe.distill.loss.name) != "logits" else []
+    wrong += [(f"distill.features.{i}.loss", f.loss, "features") for i, f in enumerate(recipe.distill.features)
+              if loss_kind(f.loss) != "features"]
+    for path, name, kind in wrong:
+        allowed = [n for n in LOSSES.names() if loss_kind(n) == kind]
+        raise RecipeError(f"invalid recipe: {path}: '{name}' is a {loss_kind(name)} loss, not a {kind} loss",
+                          why=f"{kind} losses: {', '.join(allowed)}", fix=f"set {path} in {origin} to one of those")
 
 
 def dump_recipe(recipe: Recipe) -> str:

@@ -31,11 +31,15 @@ def _evaluate(model, ctx: Context) -> dict[str, Any]:
 
 def _save(model, ctx: Context, role: str, metrics: dict[str, Any], **meta: Any) -> Path:
     from edgekd.checkpoints import save_checkpoint
+    from edgekd.pipeline import is_writer
 
+    path = ctx.rundir.checkpoints / f"{role}.pt"
+    if not is_writer():  # another rank of a distributed run: rank 0 holds the same weights and saves them
+        return path
     data = ctx.recipe.data
     data_meta = {"name": data.name, "seed": data.seed, "val_fraction": data.val_fraction,
                  "test_fraction": data.test_fraction, "label_fraction": data.label_fraction}
-    return save_checkpoint(model, ctx.rundir.checkpoints / f"{role}.pt", role=role, run=ctx.recipe.name,
+    return save_checkpoint(model, path, role=role, run=ctx.recipe.name,
                            data=data_meta, metrics={k: v for k, v in metrics.items() if k != "per_class_accuracy"},
                            **meta)
 
@@ -51,77 +55,97 @@ def teacher_inputs(ctx: Context) -> dict[str, Any]:
 def teacher_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     """Train the teacher on the full labelled training split, or load the recipe's checkpoint."""
     from edgekd.checkpoints import load_weights
-    from edgekd.distill.losses import LOSSES
-    from edgekd.distill.trainer import fit, steps_for
+    from edgekd.distill.api import train_classifier
+    from edgekd.distill.lineage import checkpoint_generation
 
     ctx.preflight()
-    cfg, s = ctx.recipe.teacher, ctx.splits
+    cfg = ctx.recipe.teacher
     model = ctx.model("teacher")
     if cfg.checkpoint is not None:
         load_weights(model, Path(cfg.checkpoint), role="teacher")
         source = {"source": "checkpoint", "checkpoint": str(cfg.checkpoint)}
+        generation = checkpoint_generation(Path(cfg.checkpoint))
         train_seconds = 0.0
     else:
-        t = cfg.train
-        result = fit(model, s.x_train, s.y_train, loss_fn=LOSSES["ce"],
-                     steps=steps_for(len(s.x_train), t.batch_size, t.epochs), batch_size=t.batch_size, lr=t.lr,
-                     weight_decay=t.weight_decay, seed=ctx.recipe.seed, val=(s.x_val, s.y_val),
-                     reporter=ctx.reporter, description="train teacher")
+        result = train_classifier(model, ctx.recipe, ctx.splits, seed=ctx.recipe.seed, description="train teacher",
+                                  reporter=ctx.reporter)
         source = {"source": "trained", "steps": result.steps}
         train_seconds = result.seconds
-    metrics = {**_evaluate(model, ctx), "train_seconds": round(train_seconds, 2), **source}
-    path = _save(model, ctx, "teacher", metrics, generation=0)
+        generation = 0
+    metrics = {**_evaluate(model, ctx), "train_seconds": round(train_seconds, 2), "generation": generation, **source}
+    path = _save(model, ctx, "teacher", metrics, generation=generation)
     return [path], {"metrics": metrics}
 
 
 # -- distilled student ---------------------------------------------------------------------
 
-def _transfer_set(ctx: Context) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(inputs, targets with -1 where unlabelled, indices into the training split)."""
-    from edgekd.distill.trainer import masked_targets
-
-    s = ctx.splits
-    if ctx.recipe.distill.transfer_set == "train_split":
-        idx = np.arange(len(s.x_train))
-    else:
-        idx = np.flatnonzero(s.labelled)
-    return s.x_train[idx], masked_targets(s.y_train, s.labelled)[idx], idx
-
-
-def _budget(ctx: Context) -> int:
-    """Optimizer steps shared by the distilled and the scratch student."""
-    from edgekd.distill.trainer import steps_for
-
-    t = ctx.recipe.distill.train
-    return steps_for(len(_transfer_set(ctx)[0]), t.batch_size, t.epochs)
-
-
 def distill_inputs(ctx: Context) -> dict[str, Any]:
+    d = ctx.recipe.distill
+    extra: dict[str, Any] = {}
+    if d.strategy == "blackbox" and Path(d.blackbox.source).exists():
+        source = Path(d.blackbox.source)
+        extra["blackbox_sha256"] = sha256_file(_artifact_file(source) if source.is_dir() else source)
+    if d.strategy == "ensemble":
+        extra["member_checkpoints"] = [sha256_file(m.checkpoint) if m.checkpoint and Path(m.checkpoint).is_file()
+                                       else None for m in d.ensemble.members]
     return {**_data_inputs(ctx), "teacher": ctx.hashes["teacher"], "seed": ctx.recipe.seed,
-            **ctx.recipe.section("student", "distill")}
+            **ctx.recipe.section("student", "distill"), **extra}
+
+
+def _artifact_file(folder: Path) -> Path:
+    found = [folder / n for n in ("model.onnx", "model.tflite") if (folder / n).is_file()]
+    return found[0] if found else folder
+
+
+def _teacher_generation(ctx: Context) -> int:
+    from edgekd.distill.lineage import checkpoint_generation
+
+    return checkpoint_generation(ctx.rundir.checkpoints / "teacher.pt")
+
+
+def _blackbox_generation(ctx: Context) -> int:
+    from edgekd.distill.lineage import artifact_generation
+
+    return artifact_generation(ctx.recipe.distill.blackbox.source)
 
 
 def distill_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
-    """Distil the student from the teacher's logits on the transfer set (computed once)."""
-    from edgekd.distill.losses import LOSSES
-    from edgekd.distill.trainer import fit, predict_logits
+    """Teach the student with the recipe's strategy (distill.strategy), on the transfer set."""
+    from edgekd.distill.api import build_job
+    from edgekd.distill.lineage import check_teacher_generation
+    from edgekd.distill.strategies import STRATEGIES, uses_teacher
+    from edgekd.distill.trainer import distributed_world
 
     ctx.preflight()
     d = ctx.recipe.distill
-    x, target, _ = _transfer_set(ctx)
-    teacher_logits = predict_logits(ctx.trained("teacher"), x)
-    student = ctx.model("student")
-    result = fit(student, x, target, loss_fn=LOSSES[d.loss.name], teacher_logits=teacher_logits,
-                 loss_params={"temperature": d.loss.temperature, "alpha": d.loss.alpha}, steps=_budget(ctx),
-                 batch_size=d.train.batch_size, lr=d.train.lr, weight_decay=d.train.weight_decay,
-                 seed=ctx.recipe.seed, val=(ctx.splits.x_val, ctx.splits.y_val), reporter=ctx.reporter,
-                 description="distill student")
-    metrics = {**_evaluate(student, ctx), "train_seconds": round(result.seconds, 2), "steps": result.steps,
-               "transfer_samples": int(len(x)), "labelled_samples": int((target >= 0).sum())}
-    path = _save(student, ctx, "student", metrics, generation=1,
-                 teacher_checkpoint_sha256=sha256_file(ctx.rundir.checkpoints / "teacher.pt"),
-                 loss=d.loss.model_dump())
-    return [path], {"metrics": metrics}
+    teacher_generation = _blackbox_generation(ctx) if d.strategy == "blackbox" else _teacher_generation(ctx)
+    warning = None
+    if uses_teacher(d):
+        source = d.blackbox.source if d.strategy == "blackbox" else ctx.recipe.teacher.checkpoint or "teacher.pt"
+        warning = check_teacher_generation(teacher_generation, source=str(source), allow=d.allow_generation)
+        if warning:
+            ctx.reporter.note(f"warning: {warning}")
+    job = build_job(ctx.recipe, ctx.splits, lambda: ctx.trained("teacher"), reporter=ctx.reporter,
+                    cache_root=ctx.recipe.output_dir / "cache" / "teacher", distributed=distributed_world()[1] > 1)
+    outcome = STRATEGIES[d.strategy](job)
+    student = outcome.student
+    generation = (teacher_generation if uses_teacher(d) else 0) + outcome.generation_offset
+    metrics = {**_evaluate(student, ctx), "train_seconds": round(outcome.seconds, 2), "steps": outcome.steps,
+               "budget_steps_per_student": job.steps, "transfer_samples": int(len(job.x)),
+               "labelled_samples": int((job.target >= 0).sum()), "strategy": d.strategy, "generation": generation,
+               **({"generation_warning": warning} if warning else {})}
+    teacher_sha = sha256_file(ctx.rundir.checkpoints / "teacher.pt")
+    path = _save(student, ctx, "student", metrics, generation=generation, strategy=d.strategy,
+                 teacher_checkpoint_sha256=teacher_sha if d.strategy != "blackbox" else None,
+                 teacher_generation=teacher_generation, loss=d.loss.model_dump(),
+                 details=_json_safe(outcome.details))
+    return [path], {"metrics": metrics, "details": _json_safe(outcome.details)}
+
+
+def _json_safe(value: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(value, default=float))
 
 
 # -- scratch baseline ----------------------------------------------------------------------
@@ -132,18 +156,13 @@ def scratch_inputs(ctx: Context) -> dict[str, Any]:
 
 def scratch_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     """The student's architecture trained on the labelled samples alone, with the same steps and seed."""
-    from edgekd.distill.losses import LOSSES
-    from edgekd.distill.trainer import fit
+    from edgekd.distill.api import train_scratch
+    from edgekd.distill.trainer import distributed_world
 
     ctx.preflight()
-    s, t = ctx.splits, ctx.recipe.distill.train
-    x, y = s.x_train[s.labelled], s.y_train[s.labelled]
-    model = ctx.model("student")
-    result = fit(model, x, y, loss_fn=LOSSES["ce"], steps=_budget(ctx), batch_size=t.batch_size, lr=t.lr,
-                 weight_decay=t.weight_decay, seed=ctx.recipe.seed, val=(s.x_val, s.y_val),
-                 reporter=ctx.reporter, description="train scratch baseline")
+    model, result = train_scratch(ctx.recipe, ctx.splits, ctx.reporter, distributed=distributed_world()[1] > 1)
     metrics = {**_evaluate(model, ctx), "train_seconds": round(result.seconds, 2), "steps": result.steps,
-               "labelled_samples": int(len(x))}
+               "labelled_samples": int(ctx.splits.labelled.sum())}
     path = _save(model, ctx, "scratch", metrics, generation=0)
     return [path], {"metrics": metrics}
 
@@ -171,6 +190,7 @@ def export_options(ctx: Context):
 
 
 def export_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
+    from edgekd.distill.lineage import checkpoint_generation
     from edgekd.exporter import export_model, floor_artifact
 
     cfg, s = ctx.recipe.export, ctx.splits
@@ -184,7 +204,7 @@ def export_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
             num_classes=s.num_classes, options=options, min_agreement=cfg.parity.min_agreement,
             min_agreement_int4=cfg.parity.min_agreement_int4,
             lineage={"run": ctx.recipe.name, "checkpoint": str(checkpoint.relative_to(ctx.rundir.root)),
-                     "checkpoint_sha256": sha256_file(checkpoint), "generation": 0 if role != "student" else 1},
+                     "checkpoint_sha256": sha256_file(checkpoint), "generation": checkpoint_generation(checkpoint)},
             reporter=ctx.reporter)
     artifacts += [floor_artifact(ctx.rundir.artifacts, fmt, s.input_shape, options) for fmt in cfg.formats]
     failed = [a.name for a in artifacts if a.parity is not None and not a.parity.passed]

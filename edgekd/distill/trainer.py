@@ -65,40 +65,91 @@ def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
     return float((logits.argmax(axis=1) == y).mean()) if len(y) else float("nan")
 
 
+class Objective:
+    """What a training step minimises: `objective(model, x, target, index) -> loss`.
+
+    `index` holds the batch's row numbers in the training arrays (for precomputed teacher outputs);
+    `parameters()` are extra trainable tensors the objective owns (feature adapters, auxiliary heads),
+    optimised with the model and never exported.
+    """
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def parameters(self) -> list[torch.Tensor]:
+        return []
+
+
+class ResponseObjective(Objective):
+    """loss_fn(student logits, teacher logits of the batch (precomputed) or None, target, **params)."""
+
+    def __init__(self, loss_fn: LossFn, teacher_logits: np.ndarray | None = None,
+                 params: dict[str, float] | None = None) -> None:
+        self.loss_fn = loss_fn
+        self.teacher = torch.from_numpy(np.ascontiguousarray(teacher_logits)) if teacher_logits is not None else None
+        self.params = params or {}
+
+    def __call__(self, model, x, target, index):
+        teacher = self.teacher[index] if self.teacher is not None else None
+        return self.loss_fn(model(x), teacher, target, **self.params)
+
+
+def distributed_world() -> tuple[int, int]:
+    """(rank, world size) of the torch.distributed group this process is in, (0, 1) outside one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def fit(
     model: nn.Module,
     x: np.ndarray,
     target: np.ndarray,
     *,
-    loss_fn: LossFn,
     steps: int,
     batch_size: int,
     lr: float,
     weight_decay: float,
     seed: int,
+    loss_fn: LossFn | None = None,
     teacher_logits: np.ndarray | None = None,
     loss_params: dict[str, float] | None = None,
+    objective: Objective | None = None,
     val: tuple[np.ndarray, np.ndarray] | None = None,
     reporter: Reporter | None = None,
     description: str = "train",
     on_epoch: Callable[[int], None] | None = None,
+    distributed: bool = False,
 ) -> TrainResult:
-    """Train `model` for exactly `steps` AdamW steps on (x, target[, teacher_logits]).
+    """Train `model` for exactly `steps` AdamW steps on (x, target) minimising `objective`
+    (or, for the plain case, `loss_fn` against precomputed `teacher_logits`).
 
     `target` uses -1 for samples whose label may not be used. A cosine learning-rate schedule
     runs over the whole budget, so equal budgets mean equal schedules.
+
+    `distributed=True` inside a torch.distributed group (torchrun, gloo on CPU): every rank draws the
+    same batch, trains on its 1/world share of it, and gradients are averaged, so N processes take the
+    same steps as one process with the whole batch. Only `model` is wrapped in DistributedDataParallel;
+    the objective's own parameters (adapters, heads) are averaged by an explicit all-reduce.
     """
     import time
 
+    if objective is None:
+        if loss_fn is None:
+            raise ValueError("fit needs a loss_fn or an objective")
+        objective = ResponseObjective(loss_fn, teacher_logits, loss_params)
+    rank, world = distributed_world() if distributed else (0, 1)
     seed_everything(seed)
     rng = np.random.default_rng(seed)
     reporter = reporter or SilentReporter()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    extra = [p for p in objective.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([*model.parameters(), *extra], lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+    trained = _wrap_distributed(model) if world > 1 else model
     x_t = torch.from_numpy(np.ascontiguousarray(x))
     y_t = torch.from_numpy(np.ascontiguousarray(target)).long()
-    t_t = torch.from_numpy(np.ascontiguousarray(teacher_logits)) if teacher_logits is not None else None
-    params = loss_params or {}
     per_pass = math.ceil(len(x) / min(batch_size, len(x)))
     task = reporter.task(description, steps)
     history: list[dict[str, float]] = []
@@ -107,11 +158,12 @@ def fit(
     start = time.perf_counter()
     model.train()
     for step, idx in enumerate(_batches(len(x), batch_size, steps, rng), start=1):
-        index = torch.from_numpy(idx)
-        logits = model(x_t[index])
-        loss = loss_fn(logits, t_t[index] if t_t is not None else None, y_t[index], **params)
+        index = torch.from_numpy(idx[rank::world] if world > 1 else idx)
+        loss = objective(trained, x_t[index], y_t[index], index)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if world > 1:
+            _average_gradients(extra, world)
         optimizer.step()
         schedule.step()
         loss_value = float(loss.detach())
@@ -127,6 +179,21 @@ def fit(
     model.eval()
     return TrainResult(steps=steps, seconds=time.perf_counter() - start, final_loss=loss_value,
                        val_accuracy=val_acc, history=history)
+
+
+def _wrap_distributed(model: nn.Module) -> nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model)
+
+
+def _average_gradients(parameters: list[torch.Tensor], world: int) -> None:
+    import torch.distributed as dist
+
+    for p in parameters:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad /= world
 
 
 def masked_targets(y: np.ndarray, labelled: np.ndarray) -> np.ndarray:

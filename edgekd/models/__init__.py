@@ -35,6 +35,28 @@ def create_model(family: str, *, in_shape: tuple[int, ...], num_classes: int, **
     return model
 
 
+def model_from_name_or_checkpoint(arg: str, *, data: str, role: str) -> "nn.Module":
+    """A model for inspection: a family name with default parameters on `data`'s input shape, or the
+    architecture and weights of an edgekd checkpoint."""
+    from pathlib import Path
+
+    if Path(arg).suffix == ".pt" or Path(arg).is_file():
+        from edgekd.checkpoints import load_weights, read_checkpoint
+
+        spec = read_checkpoint(Path(arg)).get("spec")
+        if not spec:
+            raise RecipeError(f"{arg} holds no architecture", why="it is a plain state dict",
+                              fix=f"give the {role} as a model family name ({', '.join(MODELS.names())})")
+        model = create_model(spec["family"], in_shape=tuple(spec["in_shape"]), num_classes=spec["num_classes"],
+                             **spec["params"])
+        load_weights(model, Path(arg), role=role)
+        return model
+    from edgekd.data import load_data
+
+    splits = load_data(data)
+    return create_model(arg, in_shape=splits.input_shape, num_classes=splits.num_classes)
+
+
 def count_parameters(model: "nn.Module") -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -1,0 +1,55 @@
+"""Check a recipe's distillation plan before any training, so a mistake fails in seconds, not after the
+teacher has trained: layer paths and their shapes, black-box output files, and the teacher's generation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgekd.recipe import Recipe
+
+if TYPE_CHECKING:
+    from edgekd.data import Splits
+
+_OUTPUT_FILES = (".npy", ".npz", ".jsonl")
+
+
+def check_plan(recipe: Recipe, splits: "Splits") -> None:
+    """Raise the error the distill stage would raise later, for everything knowable up front."""
+    from edgekd.distill.api import new_model
+    from edgekd.distill.features import match_features, resolve
+
+    d = recipe.distill
+    student = new_model(recipe, splits, "student")
+    pairs = [(f.student, f.teacher) for f in d.features if "logits" not in (f.student, f.teacher)]
+    if d.strategy == "progressive":
+        pairs += [tuple(p) for p in d.progressive.pairs]
+    if pairs:
+        match_features(new_model(recipe, splits, "teacher"), student, pairs, splits.input_shape)
+    student_only = [f.student for f in d.features if f.teacher == "logits" and f.student != "logits"]
+    if d.strategy == "self" and d.self_distill.mode == "deep_supervision":
+        student_only += d.self_distill.heads
+    if student_only:
+        resolve(student, student_only, role="student")
+    if d.strategy == "blackbox" and Path(d.blackbox.source).suffix in _OUTPUT_FILES:
+        from edgekd.distill.blackbox import load_teacher_outputs
+
+        load_teacher_outputs(d.blackbox.source, num_samples=len(splits.x_train), num_classes=splits.num_classes,
+                             kind=d.blackbox.kind)
+    _check_lineage(recipe)
+
+
+def _check_lineage(recipe: Recipe) -> None:
+    from edgekd.distill.lineage import artifact_generation, check_teacher_generation, checkpoint_generation
+    from edgekd.distill.strategies import uses_teacher
+
+    d = recipe.distill
+    if not uses_teacher(d):
+        return
+    if d.strategy == "blackbox":
+        generation, source = artifact_generation(d.blackbox.source), d.blackbox.source
+    elif recipe.teacher.checkpoint is not None and Path(recipe.teacher.checkpoint).is_file():
+        generation, source = checkpoint_generation(recipe.teacher.checkpoint), str(recipe.teacher.checkpoint)
+    else:
+        return
+    check_teacher_generation(generation, source=str(source), allow=d.allow_generation)

@@ -1,0 +1,70 @@
+"""Distillation mistakes through the real CLI: a clear block (error / why / fix), exit 2, no traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from test_cli_errors import TINY, assert_user_error, run_cli, write_recipe
+
+
+def _recipe(tmp_path: Path, **distill) -> Path:
+    recipe = yaml.safe_load(TINY)
+    recipe["distill"].update(distill)
+    return write_recipe(tmp_path, yaml.safe_dump(recipe))
+
+
+def test_feature_path_that_does_not_exist(tmp_path: Path) -> None:
+    path = _recipe(tmp_path, features=[{"loss": "hint", "student": "net.7", "teacher": "head.1"}])
+    msg = assert_user_error(run_cli(tmp_path, "run", str(path)))
+    assert "net.7" in msg and "student" in msg and "net.1" in msg  # names the bad path and valid ones
+    assert "edgekd layers" in msg
+
+
+def test_feature_loss_where_a_logit_loss_belongs(tmp_path: Path) -> None:
+    msg = assert_user_error(run_cli(tmp_path, "run", str(_recipe(tmp_path, loss={"name": "hint"}))))
+    assert "distill.loss.name" in msg and "logits losses: ce, dkd, kd" in msg
+
+
+def test_blackbox_outputs_with_wrong_shape_or_nans(tmp_path: Path) -> None:
+    outputs = tmp_path / "teacher.npy"
+    np.save(outputs, np.zeros((5, 10), dtype=np.float32))
+    path = _recipe(tmp_path, strategy="blackbox", blackbox={"source": str(outputs)})
+    msg = assert_user_error(run_cli(tmp_path, "run", str(path)))
+    assert "(5, 10)" in msg and "1257" in msg
+    bad = np.zeros((1257, 10), dtype=np.float32)
+    bad[7, 1] = np.inf
+    np.save(outputs, bad)
+    msg = assert_user_error(run_cli(tmp_path, "run", str(path)))
+    assert "inf" in msg.lower()
+
+
+def test_incompatible_teacher_and_student_output_sizes(tmp_path: Path) -> None:
+    outputs = tmp_path / "teacher.npy"
+    np.save(outputs, np.zeros((1257, 7), dtype=np.float32))  # a teacher of 7 classes for a 10-class student
+    path = _recipe(tmp_path, strategy="blackbox", blackbox={"source": str(outputs)})
+    msg = assert_user_error(run_cli(tmp_path, "run", str(path)))
+    assert "7" in msg and "10" in msg
+
+
+def test_teacher_of_generation_two_needs_allow_generation(tmp_path: Path) -> None:
+    from edgekd.checkpoints import save_checkpoint
+    from edgekd.models import create_model
+
+    student = create_model("mlp", in_shape=(64,), num_classes=10, width=16)
+    checkpoint = save_checkpoint(student, tmp_path / "gen2.pt", role="student", generation=2)
+    recipe = yaml.safe_load(TINY)
+    recipe["teacher"] = {"model": {"family": "mlp", "params": {"width": 16}}, "checkpoint": str(checkpoint)}
+    path = write_recipe(tmp_path, yaml.safe_dump(recipe))
+    msg = assert_user_error(run_cli(tmp_path, "run", str(path)))
+    assert "generation 2" in msg and "--allow-generation" in msg
+    allowed = run_cli(tmp_path, "run", str(path), "--allow-generation")
+    assert allowed.returncode == 0, allowed.stderr
+    assert "generation 2 teacher" in " ".join((allowed.stdout + allowed.stderr).split())
+
+
+def test_layers_with_an_unknown_family(tmp_path: Path) -> None:
+    msg = assert_user_error(run_cli(tmp_path, "layers", "cnn", "mlpp"))
+    assert "unknown model family 'mlpp'" in msg
