@@ -13,6 +13,7 @@ from typing import Any, Callable, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from edgekd.errors import EdgeKDError
 
@@ -46,7 +47,7 @@ def _handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except EdgeKDError as exc:
             if _state["debug"]:
                 raise
-            err_console.print(f"[bold red]error:[/] {exc.what}", highlight=False, markup=True)
+            err_console.print(f"[bold red]error:[/] {escape(exc.what)}", highlight=False, markup=True)
             if exc.why:
                 err_console.print(f"  why: {exc.why}", highlight=False, markup=False)
             if exc.fix:
@@ -58,20 +59,23 @@ def _handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:  # an edgekd bug, not a user mistake
             if _state["debug"]:
                 raise
-            err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}", highlight=False)
+            err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}", highlight=False)
             err_console.print("  rerun with --debug for the traceback, and please report it")
             raise typer.Exit(1) from None
 
     return wrapper
 
 
-def _run_and_show(recipe_source: Any, output_dir: Optional[Path], force: List[str]) -> None:
+def _run_and_show(recipe_source: Any, output_dir: Optional[Path], force: List[str],
+                  allow_generation: bool = False) -> None:
     from edgekd.console import RichReporter, summary_table
     from edgekd.pipeline import run
     from edgekd.recipe import load_recipe
     from edgekd.rundir import read_json
 
     recipe = load_recipe(recipe_source)
+    if allow_generation:
+        recipe.distill.allow_generation = True
     with RichReporter(console) as reporter:
         result = run(recipe, force=set(force), reporter=reporter, output_dir=output_dir)
     if result.summary_path.is_file():
@@ -98,9 +102,35 @@ def demo(output_dir: Optional[Path] = _OUTPUT, force: List[str] = _FORCE) -> Non
 @app.command("run")
 @_handles_errors
 def run_cmd(recipe: Path = typer.Argument(..., help="recipe YAML file (or a built-in name such as 'demo')"),
-            output_dir: Optional[Path] = _OUTPUT, force: List[str] = _FORCE) -> None:
-    """Run every stage of a recipe into <output_dir>/<name>/; finished stages are skipped."""
-    _run_and_show(recipe, output_dir, force)
+            output_dir: Optional[Path] = _OUTPUT, force: List[str] = _FORCE,
+            allow_generation: bool = typer.Option(False, "--allow-generation",
+                                                  help="allow a teacher of generation >= 2 (a distilled "
+                                                       "student's student)")) -> None:
+    """Run every stage of a recipe into <output_dir>/<name>/; finished stages are skipped.
+
+    Under `torchrun --nproc-per-node N` the student trains with DistributedDataParallel (gloo)."""
+    _run_and_show(recipe, output_dir, force, allow_generation)
+
+
+@app.command()
+@_handles_errors
+def layers(teacher: str = typer.Argument(..., help="teacher: a model family (see the recipes) or a checkpoint"),
+           student: str = typer.Argument(..., help="student: a model family or a checkpoint"),
+           data: str = typer.Option("digits", "--data", help="data set that fixes the input shape")) -> None:
+    """List candidate teacher/student layer pairs for feature KD, with shapes and the adapter each needs."""
+    from rich.table import Table
+
+    from edgekd.distill.features import PAIR_TABLE_HEADER, candidate_pairs, format_pairs
+    from edgekd.models import model_from_name_or_checkpoint
+
+    built = {role: model_from_name_or_checkpoint(arg, data=data, role=role)
+             for role, arg in (("teacher", teacher), ("student", student))}
+    in_shape = built["teacher"].edgekd_spec["in_shape"]
+    table = Table(*PAIR_TABLE_HEADER, title=f"{teacher} → {student}: layers by relative depth")
+    for row in format_pairs(candidate_pairs(built["teacher"], built["student"], tuple(in_shape))):
+        table.add_row(*row)
+    console.print(table)
+    console.print("use them in a recipe: distill.features: [{loss: hint, student: S, teacher: T}]")
 
 
 @app.command()
