@@ -78,6 +78,10 @@ class LineageError(EdgeKDError):
     """A distillation would train from a teacher whose generation the user has not allowed."""
 
 
+class CompressionError(EdgeKDError):
+    """A model cannot be pruned or quantized as the recipe asks."""
+
+
 class MissingExtraError(EdgeKDError):
     """An optional dependency group is not installed."""
 

@@ -25,7 +25,7 @@ from edgekd.rundir import RunDir, atomic_write, hash_obj
 
 logger = logging.getLogger(__name__)
 
-STAGE_NAMES = ("teacher", "distill", "scratch", "export", "bench", "report")
+STAGE_NAMES = ("teacher", "distill", "scratch", "compress", "export", "bench", "report")
 
 
 @dataclass
@@ -54,11 +54,17 @@ class Context:
         return new_model(self.recipe, self.splits, role)
 
     def trained(self, role: str):
-        """The trained model of a role, rebuilt from its checkpoint."""
-        from edgekd.checkpoints import load_weights
+        """The trained model of a role, rebuilt from its checkpoint (a pruned one gets its pruned shape first)."""
+        from edgekd.checkpoints import load_weights, read_checkpoint
 
-        model = self.model("teacher" if role == "teacher" else "student")
-        load_weights(model, self.rundir.checkpoints / f"{role}.pt", role=role)
+        path = self.rundir.checkpoints / f"{role}.pt"
+        meta = read_checkpoint(path).get("meta", {}) if role == "compressed" else {}
+        model = self.model(meta.get("architecture", "teacher" if role == "teacher" else "student"))
+        if meta.get("prune_plan"):
+            from edgekd.compress.prune import rebuild
+
+            rebuild(model, self.splits.input_shape, meta["prune_plan"])
+        load_weights(model, path, role=role)
         return model
 
     def preflight(self) -> None:
@@ -130,6 +136,7 @@ def _stages() -> list[Stage]:
         Stage("teacher", s.teacher_inputs, s.teacher_run),
         Stage("distill", s.distill_inputs, s.distill_run),
         Stage("scratch", s.scratch_inputs, s.scratch_run, enabled=lambda ctx: ctx.recipe.scratch.enabled),
+        Stage("compress", s.compress_inputs, s.compress_run, enabled=lambda ctx: ctx.recipe.compress.enabled),
         Stage("export", s.export_inputs, s.export_run),
         Stage("bench", s.bench_inputs, s.bench_run, enabled=lambda ctx: ctx.recipe.bench.enabled),
         Stage("report", s.report_inputs, s.report_run),
@@ -185,7 +192,7 @@ def run(recipe: Recipe, *, force: set[str] | None = None, reporter: Reporter | N
 
 
 # Stages every rank of a torchrun job runs (rank 0 alone writes their files); the rest run on rank 0 only.
-TRAINING_STAGES = ("teacher", "distill", "scratch")
+TRAINING_STAGES = ("teacher", "distill", "scratch")  # compress runs on rank 0 alone, like export
 
 
 def _join_distributed() -> tuple[int, int]:

@@ -18,7 +18,7 @@ from edgekd.errors import EdgeKDError, RecipeError
 
 Precision = Literal["fp32", "int8_static", "int8_dynamic", "int4"]
 Format = Literal["onnx", "tflite"]
-Role = Literal["teacher", "student", "scratch"]
+Role = Literal["teacher", "student", "scratch", "compressed"]
 
 
 class _Strict(BaseModel):
@@ -168,6 +168,34 @@ class ScratchConfig(_Strict):
     enabled: bool = True
 
 
+class PruneConfig(_Strict):
+    """How to prune: structured removes channels/neurons (smaller, faster graphs); unstructured and nm
+    (N:M, 2:4) zero weights (dense CPU runtimes do not run those faster)."""
+
+    method: Literal["structured", "unstructured", "nm"] = "structured"
+    ratio: float = Field(0.5, gt=0, lt=1, description="share of channels (structured) or weights removed")
+    max_parameters: int | None = Field(None, gt=0, description="structured: prune just enough to fit this budget")
+    round_to: int = Field(8, ge=1, description="keep channel counts multiples of this (fast CPU kernels)")
+    skip: list[str] = Field(default_factory=list, description="layers (named_modules paths) never pruned")
+    nm: tuple[int, int] = Field((2, 4), description="N:M sparsity: keep N of every M weights")
+
+
+class RecoveryConfig(_Strict):
+    """KD fine-tuning after compression, to win back the accuracy it cost."""
+
+    epochs: int = Field(20, ge=0, description="passes over the transfer set (0 = no recovery)")
+    teacher: Literal["teacher", "uncompressed"] = Field(
+        "teacher", description="teacher: the run's teacher; uncompressed: the model before compression")
+    lr: float = Field(1e-3, gt=0)
+
+
+class CompressConfig(_Strict):
+    enabled: bool = False
+    source: Literal["student", "teacher"] = Field("student", description="which trained model to compress")
+    prune: PruneConfig = PruneConfig()
+    recovery: RecoveryConfig = RecoveryConfig()
+
+
 class ParityConfig(_Strict):
     """Top-1 agreement with the PyTorch model an artifact needs to count as good."""
 
@@ -194,6 +222,7 @@ class ExportConfig(_Strict):
             "teacher": ["fp32"],
             "student": ["fp32", "int8_static", "int8_dynamic"],
             "scratch": ["fp32"],
+            "compressed": ["fp32", "int8_static"],
         }
     )
     calibration_samples: int = Field(256, gt=0)
@@ -223,6 +252,7 @@ class Recipe(_Strict):
     student: StudentConfig = StudentConfig()
     distill: DistillConfig = DistillConfig()
     scratch: ScratchConfig = ScratchConfig()
+    compress: CompressConfig = CompressConfig()
     export: ExportConfig = ExportConfig()
     bench: BenchConfig = BenchConfig()
 

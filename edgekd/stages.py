@@ -167,15 +167,43 @@ def scratch_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     return [path], {"metrics": metrics}
 
 
+# -- compression ---------------------------------------------------------------------------
+
+def compress_inputs(ctx: Context) -> dict[str, Any]:
+    source = ctx.recipe.compress.source
+    return {**_data_inputs(ctx), "source": ctx.hashes.get("distill" if source == "student" else "teacher"),
+            "teacher": ctx.hashes.get("teacher"), "seed": ctx.recipe.seed,
+            **ctx.recipe.section("compress", "distill")}
+
+
+def compress_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
+    """Prune the source model, then win back accuracy with KD fine-tuning; accuracy is measured at each step."""
+    from edgekd.compress.recovery import compress_and_recover
+    from edgekd.distill.lineage import checkpoint_generation
+
+    cfg = ctx.recipe.compress
+    source = ctx.trained(cfg.source)
+    teacher = ctx.trained("teacher" if cfg.recovery.teacher == "teacher" else cfg.source)
+    outcome = compress_and_recover(ctx.recipe, ctx.splits, source, teacher, reporter=ctx.reporter)
+    metrics = {**_evaluate(outcome.model, ctx), **outcome.metrics}
+    source_generation = checkpoint_generation(ctx.rundir.checkpoints / f"{cfg.source}.pt")
+    path = _save(outcome.model, ctx, "compressed", metrics, architecture=cfg.source, prune_plan=outcome.plan,
+                 steps=outcome.steps, generation=source_generation,
+                 source_checkpoint_sha256=sha256_file(ctx.rundir.checkpoints / f"{cfg.source}.pt"))
+    return [path], {"metrics": metrics, "steps": outcome.steps}
+
+
 # -- export --------------------------------------------------------------------------------
 
 def _roles(ctx: Context) -> list[str]:
-    return [r for r in ("teacher", "student", "scratch")
-            if ctx.recipe.export.targets.get(r) and (r != "scratch" or ctx.recipe.scratch.enabled)]
+    enabled = {"scratch": ctx.recipe.scratch.enabled, "compressed": ctx.recipe.compress.enabled}
+    return [r for r in ("teacher", "student", "scratch", "compressed")
+            if ctx.recipe.export.targets.get(r) and enabled.get(r, True)]
 
 
 def export_inputs(ctx: Context) -> dict[str, Any]:
-    return {**_data_inputs(ctx), "models": {r: ctx.hashes.get(r if r != "student" else "distill") for r in _roles(ctx)},
+    stage_of = {"student": "distill", "compressed": "compress"}
+    return {**_data_inputs(ctx), "models": {r: ctx.hashes.get(stage_of.get(r, r)) for r in _roles(ctx)},
             "export": ctx.recipe.section("export")["export"]}
 
 
@@ -189,8 +217,44 @@ def export_options(ctx: Context):
                          tflite_int4_block_size=cfg.int4.tflite_block_size)
 
 
+def _lineage(checkpoint: Path) -> dict[str, Any]:
+    """Generation, and for a compressed model the source model and its compression steps, in order."""
+    from edgekd.checkpoints import read_checkpoint
+
+    meta = read_checkpoint(checkpoint).get("meta", {})
+    extra = {"source": meta["architecture"], "steps": meta["steps"]} if meta.get("steps") else {}
+    return {"generation": int(meta.get("generation", 0) or 0), **extra}
+
+
+def _check_pruned_graphs(ctx: Context, artifacts: list) -> None:
+    """A pruned model's exported ONNX must hold as many weights as the pruned model (BatchNorm folds into the
+    convolutions, so its parameters are left out of the comparison): pruning that did not reach the graph
+    would otherwise pass parity and be reported as smaller."""
+    from edgekd.errors import ArtifactError
+    from edgekd.export.onnx import onnx_parameter_count
+
+    for artifact in artifacts:
+        if artifact.role != "compressed" or artifact.format != "onnx" or artifact.precision != "fp32":
+            continue
+        model = ctx.trained("compressed")
+        expected = sum(p.numel() for name, p in model.named_parameters()
+                       if not _is_batch_norm(model, name))
+        exported = onnx_parameter_count(artifact.path)
+        if abs(exported - expected) > 0.02 * expected + 256:
+            raise ArtifactError(f"{artifact.name} holds {exported:,} weights but the pruned model has {expected:,}",
+                                why="the exported graph does not have the pruned shapes",
+                                fix="report this with the recipe: it is a bug in pruning or export")
+        ctx.reporter.note(f"{artifact.name}: {exported:,} weights in the graph for {expected:,} in the pruned model")
+
+
+def _is_batch_norm(model, parameter_name: str) -> bool:
+    from torch import nn
+
+    module = model.get_submodule(parameter_name.rsplit(".", 1)[0]) if "." in parameter_name else model
+    return isinstance(module, nn.modules.batchnorm._BatchNorm)
+
+
 def export_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
-    from edgekd.distill.lineage import checkpoint_generation
     from edgekd.exporter import export_model, floor_artifact
 
     cfg, s = ctx.recipe.export, ctx.splits
@@ -204,8 +268,9 @@ def export_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
             num_classes=s.num_classes, options=options, min_agreement=cfg.parity.min_agreement,
             min_agreement_int4=cfg.parity.min_agreement_int4,
             lineage={"run": ctx.recipe.name, "checkpoint": str(checkpoint.relative_to(ctx.rundir.root)),
-                     "checkpoint_sha256": sha256_file(checkpoint), "generation": checkpoint_generation(checkpoint)},
+                     "checkpoint_sha256": sha256_file(checkpoint), **_lineage(checkpoint)},
             reporter=ctx.reporter)
+    _check_pruned_graphs(ctx, artifacts)
     artifacts += [floor_artifact(ctx.rundir.artifacts, fmt, s.input_shape, options) for fmt in cfg.formats]
     failed = [a.name for a in artifacts if a.parity is not None and not a.parity.passed]
     outputs = [p for a in artifacts for p in (a.path, a.path.parent / "artifact.json")]

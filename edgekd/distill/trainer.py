@@ -122,6 +122,7 @@ def fit(
     description: str = "train",
     on_epoch: Callable[[int], None] | None = None,
     distributed: bool = False,
+    after_step: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Train `model` for exactly `steps` AdamW steps on (x, target) minimising `objective`
     (or, for the plain case, `loss_fn` against precomputed `teacher_logits`).
@@ -133,6 +134,7 @@ def fit(
     same batch, trains on its 1/world share of it, and gradients are averaged, so N processes take the
     same steps as one process with the whole batch. Only `model` is wrapped in DistributedDataParallel;
     the objective's own parameters (adapters, heads) are averaged by an explicit all-reduce.
+    `after_step` runs after every optimizer step (e.g. to keep pruned weights at zero).
     """
     import time
 
@@ -165,6 +167,8 @@ def fit(
         if world > 1:
             _average_gradients(extra, world)
         optimizer.step()
+        if after_step is not None:
+            after_step()
         schedule.step()
         loss_value = float(loss.detach())
         if step % per_pass == 0 or step == steps:

@@ -218,3 +218,17 @@ def write_identity_model(path: Path, in_shape: tuple[int, ...], opset: int) -> P
     with atomic_path(path) as tmp:
         onnx.save(model, str(tmp))
     return path
+
+
+def onnx_parameter_count(path: Path) -> int:
+    """Elements in a graph's initializers (its weights and constants)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    total = 0
+    for tensor in model.graph.initializer:
+        count = 1
+        for d in tensor.dims:
+            count *= d
+        total += count
+    return total

@@ -1,0 +1,1 @@
+"""Compression of trained models: pruning (structured, unstructured, N:M) with KD recovery."""

@@ -1,0 +1,217 @@
+"""Pruning a student or teacher: structured (channels and neurons physically removed, so the exported graph
+is smaller and faster), unstructured magnitude pruning and N:M (2:4) masks (zeros in dense weights: smaller
+once compressed, but dense runtimes do not run them faster — reported honestly).
+
+Structured pruning uses torch-pruning's dependency graph (no hand-written graph walking): removing a
+conv's output channels also removes the matching BatchNorm entries and the next layer's input channels.
+Channel counts are rounded to multiples of `round_to` (8 by default), which CPU kernels handle best.
+The plan (torch-pruning's pruning history: which layer lost which channels) is stored with the
+checkpoint, so `rebuild` turns a fresh model of the same family into the pruned architecture again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+import torch
+from torch import nn
+
+from edgekd.errors import CompressionError, first_line
+
+logger = logging.getLogger(__name__)
+
+Method = Literal["structured", "unstructured", "nm"]
+PRUNABLE = (nn.Linear, nn.Conv2d)
+
+
+@dataclass
+class PruneResult:
+    model: nn.Module
+    plan: dict[str, Any]  # JSON-able: method, ratio, history (structured), sparsity
+    parameters_before: int
+    parameters_after: int
+    zeros: int = 0  # weights set to zero (unstructured / N:M)
+    notes: list[str] = field(default_factory=list)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _torch_pruning():
+    try:
+        import torch_pruning
+    except ImportError:
+        raise CompressionError("structured pruning needs torch-pruning, which is not installed",
+                               why="edgekd lists it as a dependency; this environment lacks it",
+                               fix="pip install torch-pruning") from None
+    return torch_pruning
+
+
+def _check_ratio(ratio: float) -> None:
+    if not 0.0 < float(ratio) < 1.0:
+        raise CompressionError(f"prune ratio {ratio} is outside (0, 1)",
+                               why="the ratio is the share of channels (structured) or weights (unstructured) removed",
+                               fix="use e.g. 0.25, 0.5 or 0.75")
+
+
+def _classifier(model: nn.Module) -> nn.Module:
+    """The last Linear layer: its outputs are the classes and are never pruned."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise CompressionError("the model has no Linear classifier layer", fix="prune a classifier model")
+    return linears[-1]
+
+
+def _skipped(model: nn.Module, skip: Sequence[str]) -> list[nn.Module]:
+    from edgekd.distill.features import resolve
+
+    return list(resolve(model, list(skip), role="model to prune").values()) if skip else []
+
+
+def prune_structured(model: nn.Module, in_shape: Sequence[int], ratio: float, *, round_to: int | None = 8,
+                     skip: Sequence[str] = ()) -> PruneResult:
+    """Remove `ratio` of the channels/neurons of every prunable layer (L2 magnitude), rounded to `round_to`."""
+    _check_ratio(ratio)
+    tp = _torch_pruning()
+    before = count_parameters(model)
+    ignored = [_classifier(model), *_skipped(model, skip)]
+    example = torch.zeros(2, *in_shape)
+    model.eval()
+    try:
+        pruner = tp.pruner.MetaPruner(model, example, importance=tp.importance.MagnitudeImportance(p=2),
+                                      pruning_ratio=float(ratio), ignored_layers=ignored,
+                                      round_to=round_to or None, global_pruning=False)
+        pruner.step()
+    except CompressionError:
+        raise
+    except Exception as exc:
+        raise CompressionError(f"torch-pruning cannot trace {type(model).__name__} for structured pruning",
+                               why=first_line(exc),
+                               fix="prune with method: unstructured or nm, or skip the layers it cannot follow "
+                                   "(compress.prune.skip)") from None
+    history = [[name, bool(is_out), [int(i) for i in idxs]] for name, is_out, idxs in pruner.pruning_history()]
+    after = count_parameters(model)
+    if after == before:
+        raise CompressionError(
+            f"torch-pruning found no channels it could remove from {type(model).__name__}",
+            why="its dependency graph follows autograd: a forward that leaves it (numpy round trips, in-place "
+                "tricks, data-dependent Python control flow) hides which layers feed which, or every prunable "
+                "layer is skipped",
+            fix="make the forward pure torch operations, unskip layers, or use method: unstructured or nm")
+    try:
+        with torch.no_grad():
+            model(example)
+    except Exception as exc:
+        raise CompressionError(f"the pruned {type(model).__name__} no longer runs", why=first_line(exc),
+                               fix="skip the layer named in the error (compress.prune.skip)") from None
+    return PruneResult(model, {"method": "structured", "ratio": float(ratio), "round_to": round_to,
+                               "skip": list(skip), "history": history},
+                       parameters_before=before, parameters_after=after)
+
+
+def _weights(model: nn.Module, skip_modules: list[nn.Module]) -> list[torch.Tensor]:
+    keep_dense = {id(m) for m in skip_modules} | {id(_classifier(model))}
+    return [m.weight for m in model.modules() if isinstance(m, PRUNABLE) and id(m) not in keep_dense]
+
+
+@torch.no_grad()
+def prune_unstructured(model: nn.Module, ratio: float, *, skip: Sequence[str] = ()) -> PruneResult:
+    """Zero the `ratio` smallest-magnitude weights over all prunable layers (global threshold)."""
+    _check_ratio(ratio)
+    weights = _weights(model, _skipped(model, skip))
+    flat = torch.cat([w.abs().flatten() for w in weights])
+    threshold = torch.quantile(flat, float(ratio)) if flat.numel() < 16_000_000 else flat.kthvalue(
+        max(1, int(ratio * flat.numel()))).values
+    zeros = 0
+    for w in weights:
+        mask = w.abs() > threshold
+        w.mul_(mask)
+        zeros += int((~mask).sum())
+    total = count_parameters(model)
+    return PruneResult(model, {"method": "unstructured", "ratio": float(ratio), "skip": list(skip),
+                               "sparsity": zeros / flat.numel()},
+                       parameters_before=total, parameters_after=total, zeros=zeros,
+                       notes=["unstructured sparsity: dense runtimes (onnxruntime, LiteRT/XNNPACK CPU) run the "
+                              "zeros like any weight, so latency does not drop; the file compresses better"])
+
+
+@torch.no_grad()
+def prune_nm(model: nn.Module, n: int = 2, m: int = 4, *, skip: Sequence[str] = ()) -> PruneResult:
+    """N:M sparsity: in every group of m consecutive input weights keep the n largest (2:4 by default)."""
+    if not 0 < n < m:
+        raise CompressionError(f"N:M sparsity needs 0 < N < M, got {n}:{m}", fix="use 2:4")
+    zeros = 0
+    for w in _weights(model, _skipped(model, skip)):
+        flat = w.reshape(w.shape[0], -1)
+        cols = flat.shape[1] - flat.shape[1] % m
+        if cols == 0:
+            continue
+        groups = flat[:, :cols].reshape(flat.shape[0], -1, m)
+        drop = groups.abs().argsort(dim=-1)[..., : m - n]
+        mask = torch.ones_like(groups, dtype=torch.bool).scatter_(-1, drop, False)
+        groups.mul_(mask)
+        flat[:, :cols] = groups.reshape(flat.shape[0], cols)
+        w.copy_(flat.reshape(w.shape))
+        zeros += int((~mask).sum())
+    total = count_parameters(model)
+    return PruneResult(model, {"method": "nm", "n": n, "m": m, "skip": list(skip)},
+                       parameters_before=total, parameters_after=total, zeros=zeros,
+                       notes=[f"{n}:{m} sparsity pays off on sparse tensor cores (e.g. Ampere GPUs); CPU runtimes "
+                              "run the zeros densely"])
+
+
+def prune(model: nn.Module, in_shape: Sequence[int], method: Method, ratio: float = 0.5, *,
+          round_to: int | None = 8, skip: Sequence[str] = (), nm: tuple[int, int] = (2, 4)) -> PruneResult:
+    if method == "structured":
+        return prune_structured(model, in_shape, ratio, round_to=round_to, skip=skip)
+    if method == "unstructured":
+        return prune_unstructured(model, ratio, skip=skip)
+    if method == "nm":
+        return prune_nm(model, *nm, skip=skip)
+    raise CompressionError(f"unknown pruning method '{method}'", fix="use structured, unstructured or nm")
+
+
+def prune_to_budget(model: nn.Module, in_shape: Sequence[int], max_parameters: int, *, round_to: int | None = 8,
+                    skip: Sequence[str] = ()) -> PruneResult:
+    """The smallest structured ratio whose pruned model has at most `max_parameters` (grid, then bisection;
+    every trial prunes a copy)."""
+    import copy
+
+    def size(ratio: float) -> int:
+        return prune_structured(copy.deepcopy(model), in_shape, ratio, round_to=round_to, skip=skip).parameters_after
+
+    before = count_parameters(model)
+    if before <= max_parameters:
+        return PruneResult(model, {"method": "structured", "ratio": 0.0, "history": [], "skip": list(skip)},
+                           parameters_before=before, parameters_after=before)
+    grid = [0.1 * k for k in range(1, 10)]
+    sizes = {r: size(r) for r in grid}
+    fitting = [r for r in grid if sizes[r] <= max_parameters]
+    if not fitting:
+        smallest = min(sizes.values())
+        raise CompressionError(
+            f"a budget of {max_parameters:,} parameters cannot be met: the smallest structured pruning leaves "
+            f"{smallest:,} ({smallest - max_parameters:,} over, {smallest / max_parameters:.2f}x the budget)",
+            why="the classifier and the skipped layers are never pruned, every layer keeps at least one group of "
+                f"{round_to or 1} channels",
+            fix=f"raise the budget to at least {smallest:,}, lower compress.prune.round_to, or choose a smaller student")
+    hi = fitting[0]
+    lo = max([r for r in grid if r < hi], default=0.0)
+    for _ in range(8):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if size(mid) <= max_parameters else (mid, hi)
+    return prune_structured(model, in_shape, hi, round_to=round_to, skip=skip)
+
+
+def rebuild(model: nn.Module, in_shape: Sequence[int], plan: dict[str, Any]) -> nn.Module:
+    """Give a fresh model of the original family the pruned architecture recorded in `plan` (weights are
+    loaded afterwards from the pruned checkpoint)."""
+    if plan.get("method") != "structured" or not plan.get("history"):
+        return model
+    tp = _torch_pruning()
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(2, *in_shape))
+    graph.load_pruning_history([(name, is_out, idxs) for name, is_out, idxs in plan["history"]])
+    return model

@@ -1,0 +1,109 @@
+"""Pruning with torch-pruning on the real model families, KD recovery, the compress stage and its artifacts."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+import edgekd
+from edgekd.compress.prune import count_parameters, prune, prune_to_budget, rebuild
+from edgekd.errors import CompressionError, FeatureError, RecipeError
+from edgekd.models import create_model
+
+FAMILIES = [("cnn", {"width": 32, "depth": 3, "hidden": 128}), ("mlp", {"width": 64}), ("tiny_cnn", {"width": 8})]
+
+
+def _model(family: str, params: dict) -> nn.Module:
+    torch.manual_seed(0)
+    return create_model(family, in_shape=(64,), num_classes=10, **params).eval()
+
+
+@pytest.mark.parametrize("family,params", FAMILIES)
+def test_structured_pruning_removes_channels_and_rebuilds(family, params):
+    model = _model(family, params)
+    result = prune(copy.deepcopy(model), (64,), "structured", 0.5)
+    assert result.parameters_after < 0.6 * result.parameters_before
+    for m in result.model.modules():  # hardware-friendly widths: multiples of 8 (the classifier keeps 10)
+        if isinstance(m, nn.Conv2d):
+            assert m.out_channels % 8 == 0
+    x = torch.randn(5, 64)
+    assert result.model(x).shape == (5, 10)
+    fresh = rebuild(_model(family, params), (64,), result.plan)
+    fresh.load_state_dict(result.model.state_dict())
+    torch.testing.assert_close(fresh.eval()(x), result.model(x))
+
+
+def test_unstructured_and_nm_zero_weights_without_changing_shapes():
+    model = _model("mlp", {"width": 64})
+    sparse = prune(copy.deepcopy(model), (64,), "unstructured", 0.75)
+    assert sparse.parameters_after == sparse.parameters_before
+    assert 0.74 <= sparse.plan["sparsity"] <= 0.76
+    assert any("do not" in n or "latency" in n for n in sparse.notes)
+    nm = prune(copy.deepcopy(model), (64,), "nm")
+    hidden = nm.model.net[1].weight.reshape(64, -1, 4)
+    assert bool(((hidden == 0).sum(-1) >= 2).all())  # every group of 4 inputs keeps at most 2
+
+
+def test_budget_is_met_or_says_by_how_much():
+    model = _model("cnn", {"width": 32, "depth": 3, "hidden": 128})
+    fitted = prune_to_budget(copy.deepcopy(model), (64,), 60_000)
+    assert fitted.parameters_after <= 60_000
+    with pytest.raises(CompressionError, match=r"cannot be met.*over"):
+        prune_to_budget(copy.deepcopy(model), (64,), 500)
+
+
+def test_bad_ratio_unknown_layer_and_untraceable_model():
+    model = _model("mlp", {"width": 64})
+    for ratio in (0.0, 1.0, 1.5):
+        with pytest.raises(CompressionError, match="outside"):
+            prune(copy.deepcopy(model), (64,), "structured", ratio)
+    with pytest.raises(FeatureError, match="net.1"):
+        prune(copy.deepcopy(model), (64,), "structured", 0.5, skip=["net.9"])
+
+    class LeavesAutograd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(64, 32), nn.Linear(32, 10)
+
+        def forward(self, x):
+            return self.b(torch.from_numpy(self.a(x).detach().numpy().copy()))
+
+    with pytest.raises(CompressionError, match="no channels"):
+        prune(LeavesAutograd(), (64,), "structured", 0.5)
+    with pytest.raises(RecipeError, match="compress.prune.ratio"):
+        edgekd.load_recipe({"compress": {"enabled": True, "prune": {"ratio": 1.2}}})
+
+
+def test_compress_stage_prunes_recovers_and_exports_with_lineage(tiny_run, tmp_path):
+    recipe = yaml.safe_load(open(tiny_run.rundir.recipe_path))
+    recipe.update(name="compressed", output_dir=str(tmp_path))
+    recipe["teacher"]["checkpoint"] = str(tiny_run.rundir.checkpoints / "teacher.pt")
+    recipe["scratch"] = {"enabled": False}
+    recipe["bench"]["enabled"] = False
+    recipe["compress"] = {"enabled": True, "source": "student", "prune": {"method": "structured", "ratio": 0.5},
+                          "recovery": {"epochs": 4}}
+    recipe["export"]["formats"] = ["onnx"]
+    recipe["export"]["targets"] = {"teacher": [], "student": ["fp32"], "scratch": [], "compressed": ["fp32", "int8_static"]}
+    result = edgekd.run(edgekd.load_recipe(recipe))
+    metrics = result.rundir.load_manifest()["stages"]["compress"]["metrics"]
+    assert metrics["parameters_after"] < 0.6 * metrics["parameters_before"]
+    assert "accuracy_after_prune" in metrics and "accuracy_after_recovery" in metrics
+    arts = {a.name: a for a in result.artifacts}
+    fp32, int8 = arts["compressed-onnx-fp32"], arts["compressed-onnx-int8_static"]
+    assert fp32.parameters == metrics["parameters_after"]
+    assert fp32.parity.passed and int8.parity is not None
+    steps = fp32.lineage["steps"]
+    assert steps[0] == "student checkpoint" and "structured pruning" in steps[1] and "KD recovery" in steps[2]
+    assert fp32.size_bytes < 0.7 * arts["student-onnx-fp32"].size_bytes
+    assert count_parameters(result.rundir and _reload(result)) == metrics["parameters_after"]
+
+
+def _reload(result) -> nn.Module:
+    from edgekd.pipeline import Context
+    from edgekd.progress import SilentReporter
+
+    return Context(recipe=result.recipe, rundir=result.rundir, reporter=SilentReporter()).trained("compressed")
