@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Reinstall when the package metadata or the pins change.
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench venv clean arm-board arm-board-stop
 
 venv: $(STAMP)
 
@@ -24,6 +24,15 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/demo_speedup.py
+
+# An ARM64 board to test against without owning one: Debian arm64 under qemu-aarch64, served over SSH on
+# 127.0.0.1 (devices/arm64-emulated.yaml). The first call builds it (~100 MB download); later calls only
+# make sure its sshd runs.
+arm-board: $(STAMP)
+	PYTHON=$(abspath $(BIN))/python bash devices/arm64/setup.sh
+
+arm-board-stop: $(STAMP)
+	PYTHON=$(abspath $(BIN))/python bash devices/arm64/setup.sh --stop
 
 clean:
 	rm -rf $(VENV) export/demo

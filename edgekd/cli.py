@@ -202,11 +202,35 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
         results = bench_devices(artifacts, list(device), settings=settings, results_dir=results_dir,
                                 history=history, resume=resume, reporter=reporter)
     console.print(bench_table(results))
+    if any(r.cross_arch_parity for r in results):
+        console.print(_cross_arch_table(results))
     for r in results:
         if r.sustained and r.sustained["windows"]:
             trend = "  ".join(f"{w['t_start_s']:.0f}s:{w['p50_us']:.2f}" for w in r.sustained["windows"])
             console.print(f"{r.artifact['name']} on {r.device['name']}: p50 over time (µs) {trend}; "
                           f"last/first {r.sustained['last_over_first']:.2f}×", highlight=False)
+
+
+def _cross_arch_table(results: list[Any]) -> Any:
+    """Device vs this host on the same test inputs (devices of another architecture, or emulated)."""
+    from rich.table import Table
+
+    table = Table(title="cross-architecture parity: the device's outputs vs this host's, same test inputs",
+                  title_justify="left")
+    for col in ("artifact", "device", "arch (device vs host)", "emulated", "runtime (device vs host)", "agreement",
+                "max |err|", "parity"):
+        table.add_column(col, justify="right" if col in ("agreement", "max |err|") else "left")
+    for r in results:
+        p = r.cross_arch_parity
+        if not p:
+            continue
+        verdict = p["error"] if "error" in p else ("ok" if p["passed"] else "DIFFERS")
+        table.add_row(r.artifact["name"], r.device["name"], f"{p['device_arch']} vs {p['host_arch']}",
+                      "yes" if r.emulated else "no", f"{p['device_runtime']} vs {p.get('host_runtime', '–')}",
+                      f"{p['agreement']:.2%}" if "agreement" in p else "–",
+                      f"{p['max_abs_error']:.2e}" if "max_abs_error" in p else "–", verdict,
+                      style="red" if verdict != "ok" else None)
+    return table
 
 
 @app.command("history")

@@ -1,13 +1,15 @@
 """Host side of benchmarking: run the device-side runner once per artifact, in a fresh process, and
 turn its raw timings into a BenchResult (percentiles, interval of the median, stability verdict).
 
-Only the `host` device exists so far: the runner runs with this Python in a subprocess.
+On a device of another architecture (or an emulated one) the artifact's outputs on the test split are also
+computed here, by the same runner, and compared with the device's: cross-architecture parity.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import platform
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -27,6 +29,8 @@ from edgekd.rundir import sha256_file
 logger = logging.getLogger(__name__)
 
 RUNNER = Path(__file__).with_name("runner.py")
+# Cross-architecture parity passes when the device and this host agree on the top-1 class this often.
+CROSS_ARCH_MIN_AGREEMENT = 0.99
 
 
 @dataclass(frozen=True)
@@ -231,6 +235,7 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
     task = reporter.task(f"bench on {target.name}", len(todo) * settings.rounds)
     raws: dict[int, list[dict[str, Any]]] = {i: [] for i in todo}
     accuracies: dict[int, dict[str, Any]] = {}
+    parities: dict[int, dict[str, Any]] = {}
     thermal: list[dict[str, Any]] = []
     per_round = replace(settings, min_runs=-(-settings.min_runs // settings.rounds),
                         min_seconds=settings.min_seconds / settings.rounds,
@@ -241,6 +246,7 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
         for i in indices:
             result = to_result(raws[i], resolved[i], target, settings)
             result.device_accuracy, result.complete = accuracies.get(i), len(raws[i]) == settings.rounds
+            result.cross_arch_parity = parities.get(i)
             result.thermal = thermal
             if settings.sustained and result.latencies_ns:
                 result.sustained = over_time(result.latencies_ns)
@@ -275,6 +281,10 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
                         accuracies[i] = _score(session, remote_outputs[i], evals[i][1], Path(tmp) / f"out{i}.npy")
                     task.advance(1)
             thermal.append({"after_run": temperature(target)})  # throttling shows as a hotter device here
+            for i in accuracies:
+                if _is_cross_arch(target, raws[i][0]):
+                    parities[i] = cross_arch_parity(resolved[i], evals[i][0], Path(tmp) / f"out{i}.npy",
+                                                    raws[i][0], Path(tmp) / f"host{i}")
     except EdgeKDError as exc:
         kept = results_of([i for i in todo if raws[i]]) if results_dir is not None else []
         if kept:
@@ -356,6 +366,51 @@ def _predict_spec(session: _Session, artifact: Artifact, x: Path) -> dict[str, A
             "output": session.relative(output), "_remote_output": output}
 
 
+def _is_cross_arch(device: Device, raw: dict[str, Any]) -> bool:
+    """Compare with this host when the device is emulated or its CPU architecture is not this host's."""
+    arch = (raw.get("system") or {}).get("machine")
+    return device.profile.emulated or (arch is not None and arch != platform.machine())
+
+
+def _runtime_label(runtime: dict[str, Any]) -> str:
+    return f"{runtime.get('name')} {runtime.get('version')}"
+
+
+def cross_arch_parity(artifact: Artifact, x: Path, device_outputs: Path, device_raw: dict[str, Any],
+                      folder: Path) -> dict[str, Any]:
+    """The artifact's outputs on the test inputs computed on this host by the same runner, compared with the
+    device's: top-1 agreement and max abs error. ARM-only kernel differences (e.g. INT8 paths of XNNPACK or
+    MLAS) show here, where the device's accuracy alone could hide them."""
+    from edgekd.devices.profiles import open_device
+
+    parity: dict[str, Any] = {"host_arch": platform.machine(),
+                              "device_arch": (device_raw.get("system") or {}).get("machine"),
+                              "device_runtime": _runtime_label(device_raw.get("runtime") or {})}
+    folder.mkdir(parents=True, exist_ok=True)
+    host = open_device("host")
+    try:
+        session = _Session(host, folder)
+        quick = BenchSettings(warmup_runs=0, warmup_min_seconds=0.0, min_runs=1, max_runs=1, min_seconds=0.0,
+                              max_seconds=1.0, memory_runs=0)  # one timed call: only the outputs matter here
+        predict = _predict_spec(session, artifact, x)
+        remote = predict.pop("_remote_output")
+        out = session.run_spec({**_spec(session, artifact, quick, None, folder), "predict": predict}, "host", 600)
+        host.pull(remote, folder / "host_outputs.npy")
+    except EdgeKDError as exc:  # e.g. this host lacks the runtime: the device's result still stands
+        return {**parity, "error": f"cannot run {artifact.name} on this host: {exc.what}"}
+    finally:
+        host.close()
+    mine = np.load(folder / "host_outputs.npy", allow_pickle=False).astype(np.float64)
+    theirs = np.load(device_outputs, allow_pickle=False).astype(np.float64)
+    if mine.shape != theirs.shape:
+        return {**parity, "error": f"output shapes differ: host {list(mine.shape)}, device {list(theirs.shape)}"}
+    agreement = float((mine.argmax(axis=1) == theirs.argmax(axis=1)).mean())
+    return {**parity, "host_runtime": _runtime_label(out.get("runtime") or {}), "samples": int(len(mine)),
+            "agreement": agreement, "max_abs_error": float(np.abs(mine - theirs).max()),
+            "mean_abs_error": float(np.abs(mine - theirs).mean()),
+            "passed": agreement >= CROSS_ARCH_MIN_AGREEMENT}
+
+
 def _score(session: _Session, remote_output: str, labels: Path, local: Path) -> dict[str, Any]:
     """Pull the device's outputs and score them against the labels (here, not on the device)."""
     session.device.pull(remote_output, local)
@@ -396,7 +451,7 @@ def _native_result(raws: list[dict[str, Any]], artifact: Artifact, device: Devic
     fields = native.bench_result_fields(raws[0]["native"])
     fields["round_p50_us"] = [p for raw in raws for p in native.bench_result_fields(raw["native"])["round_p50_us"]]
     return BenchResult(artifact=_artifact_summary(artifact), device=_device_summary(device, {}),
-                       settings=asdict(settings), **fields)
+                       emulated=device.profile.emulated, settings=asdict(settings), **fields)
 
 
 def _artifact_summary(artifact: Artifact) -> dict[str, Any]:
@@ -411,9 +466,10 @@ def _device_summary(device: Device, raw: dict[str, Any]) -> dict[str, Any]:
     affinity = (raw.get("system") or {}).get("affinity")
     wanted = device.profile.cpus
     return {"name": device.name, "kind": device.profile.kind, "emulated": device.profile.emulated,
-            "cpus": wanted, "affinity": affinity,
+            "arch": (raw.get("system") or {}).get("machine"), "cpus": wanted, "affinity": affinity,
             "pinning_applied": None if not wanted or affinity is None else sorted(affinity) == sorted(wanted),
-            "info": {"system": raw.get("system"), "python": raw.get("python"), "numpy": raw.get("numpy")}}
+            "info": {"system": raw.get("system"), "python": raw.get("python"), "numpy": raw.get("numpy")},
+            **({"emulator": device.emulator} if getattr(device, "emulator", None) else {})}
 
 
 def to_result(raws: list[dict[str, Any]], artifact: Artifact, device: Device, settings: BenchSettings) -> BenchResult:
@@ -429,6 +485,7 @@ def to_result(raws: list[dict[str, Any]], artifact: Artifact, device: Device, se
     return BenchResult(
         artifact=_artifact_summary(artifact),
         device=_device_summary(device, first),
+        emulated=device.profile.emulated,
         harness="runner",
         settings=asdict(settings),
         runtime=first.get("runtime", {}),

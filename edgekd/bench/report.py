@@ -44,7 +44,9 @@ def _row(artifact: Artifact, result: BenchResult | None) -> dict[str, Any]:
                     "cv": lat["cv"], "unstable": lat["unstable"], "unstable_reasons": lat.get("unstable_reasons", []),
                     "runs": lat["n"], "vmhwm_kb": result.memory_kb.get("vmhwm"), "load_ms": result.load_ms,
                     "device_accuracy": (result.device_accuracy or {}).get("accuracy"),
-                    "first_inference_us": result.first_inference_us})
+                    "first_inference_us": result.first_inference_us, "device": result.device.get("name"),
+                    "emulated": result.emulated or bool(result.device.get("emulated")),
+                    "cross_arch_parity": result.cross_arch_parity})
     return row
 
 
@@ -122,7 +124,8 @@ def _machine(result: BenchResult | None) -> dict[str, Any]:
     if result is None:
         return {}
     info = result.device.get("info", {})
-    return {"device": result.device.get("name"), "system": info.get("system"), "python": info.get("python"),
+    return {"device": result.device.get("name"), "emulated": result.emulated or bool(result.device.get("emulated")),
+            "system": info.get("system"), "python": info.get("python"),
             "runtime": result.runtime, "threads": result.settings.get("threads"),
             "batch_size": result.settings.get("batch_size")}
 
@@ -174,6 +177,21 @@ def findings(summary: dict[str, Any]) -> list[str]:
         if row.get("ops") and row["layout_ops"] / row["ops"] >= LAYOUT_SHARE_WARNING:
             out.append(f"warning: {row['name']} spends {row['layout_ops']} of its {row['ops']} operators on layout "
                        "(Transpose), which NCHW→NHWC conversion adds; consider channels-last inputs.")
+    emulated = sorted({r["device"] for r in rows if r.get("emulated")})
+    if emulated:
+        out.append(f"Emulated device ({', '.join(emulated)}): its latency and memory are the emulator's, not a "
+                   "board's; read its results for correctness (accuracy on the device, parity with this host) only.")
+    for row in rows:
+        parity = row.get("cross_arch_parity")
+        if not parity:
+            continue
+        if "error" in parity:
+            out.append(f"{row['name']}: no cross-architecture parity ({parity['error']}).")
+        else:
+            verdict = "matches" if parity["passed"] else "DIFFERS FROM"
+            out.append(f"{row['name']} on {parity['device_arch']} {verdict} this {parity['host_arch']} host: top-1 "
+                       f"agreement {parity['agreement']:.2%}, max |err| {parity['max_abs_error']:.2e} "
+                       f"({parity['device_runtime']} vs {parity['host_runtime']}).")
     unstable = [r["name"] for r in rows if r.get("unstable")]
     if unstable:
         out.append(f"Unstable timings (high spread; rerun on a quieter machine): {', '.join(unstable)}.")
@@ -283,7 +301,8 @@ def write_html(summary: dict[str, Any], path: Path) -> Path:
                 _fmt(r.get("accuracy"), ".2%"), _fmt(r.get("device_accuracy"), ".2%"), _fmt(r.get("agreement"), ".2%"),
                 _fmt(r.get("max_abs_error"), ".2e"),
                 (f"{r['p50_us']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" if r.get("p50_us") is not None else "–")
-                + (" unstable" if r.get("unstable") else ""),
+                + (" unstable" if r.get("unstable") else "")
+                + (" (emulated: not a board's latency)" if r.get("emulated") else ""),
                 _fmt(r.get("p99_us"), ".2f"), _fmt(r.get("x_floor"), ".2f"), speed_txt,
                 _fmt(r.get("vmhwm_kb") and r["vmhwm_kb"] / 1024, ".1f"), worst_txt, status]) + "</tr>")
     header = ["artifact", "params", "size", "4-bit / 8-bit weight bytes", "test acc", "acc on device", "agreement", "max |err|", "p50 µs [95% CI]", "p99 µs",
@@ -314,7 +333,7 @@ th {{ background: #f3f3f3; }}
 .meta {{ color: #555; font-size: 13px; }}
 </style></head><body>
 <h1>Teacher vs student: {e(str(summary.get('run')))}</h1>
-<p class="meta">{e(summary.get('created_at', ''))} · device {e(str(machine.get('device')))} ·
+<p class="meta">{e(summary.get('created_at', ''))} · device {e(str(machine.get('device')))}{' (EMULATED: latency is not a board&#39;s)' if machine.get('emulated') else ''} ·
 CPU {e(str(system.get('cpu_model')))} ({e(str(system.get('cpu_count_logical')))} logical cores;
 features: {e(', '.join(system.get('cpu_features') or []) or 'none detected')}) · governor {e(str(system.get('governor')))} ·
 {e(str(machine.get('threads')))} thread(s), batch {e(str(machine.get('batch_size')))} ·

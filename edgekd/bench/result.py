@@ -20,7 +20,9 @@ class BenchResult(BaseModel):
 
     schema_: str = Field(BENCH_SCHEMA, alias="schema")
     artifact: dict[str, Any]  # name, sha256, format, precision, role, size_bytes, parameters, path
-    device: dict[str, Any]  # name, kind, info (system, python, runtime versions)
+    device: dict[str, Any]  # name, kind, arch, emulated, info (system, python, runtime versions)
+    # On an emulator the latency is the emulator's: never read it as the board's (the report marks it).
+    emulated: bool = False
     harness: str = "runner"  # "runner" (edgekd's device-side runner) or "native" (a runtime's own binary)
     settings: dict[str, Any]
     runtime: dict[str, Any] = Field(default_factory=dict)
@@ -30,6 +32,9 @@ class BenchResult(BaseModel):
     first_inference_us: float | None = None
     memory_kb: dict[str, Any] = Field(default_factory=dict)
     device_accuracy: dict[str, Any] | None = None  # test accuracy of the artifact run ON the device
+    # Device vs this host on the same test inputs, when their architectures differ (or the device is emulated):
+    # host_arch, device_arch, host/device_runtime, samples, agreement, max_abs_error, passed (or error)
+    cross_arch_parity: dict[str, Any] | None = None
     thermal: list[dict[str, Any]] = Field(default_factory=list)  # before each round, then {"after_run": …}
     sustained: dict[str, Any] | None = None  # --sustained: p50 per time window and last/first (throttling)
     complete: bool = True  # False: the device failed before every round ran (kept for --resume)

@@ -489,6 +489,15 @@ PROBED_MODULES: Dict[str, Sequence[str]] = {
 }
 
 
+def install_hint(package: str, pip_hint: str) -> str:
+    """How to install a package for this Python. A wrapper around it may say (EDGEKD_PIP_INSTALL, with
+    {package}), e.g. an emulated board whose packages are installed from its host; else pip on the device."""
+    hint = os.environ.get("EDGEKD_PIP_INSTALL")
+    if hint:
+        return hint.replace("{package}", package) if "{package}" in hint else f"{hint} {package}"
+    return f"on the device: {sys.executable} -m {pip_hint}"
+
+
 def import_runtime(name: str) -> Any:
     """Import the runtime module; a missing module is the device's problem, so say how to install it."""
     adapter = RUNTIMES[name]
@@ -499,7 +508,7 @@ def import_runtime(name: str) -> Any:
             "runtime_missing",
             f"runtime {name!r} is not installed in this Python ({sys.executable})",
             why=f"import {adapter.module} failed: {e}",
-            fix=f"on the device: {sys.executable} -m {adapter.pip_hint}",
+            fix=install_hint(adapter.distributions[0], adapter.pip_hint),
         )
 
 
@@ -811,7 +820,7 @@ def run(spec: Dict[str, Any], base: str) -> Dict[str, Any]:
     """All phases in order; returns the result object (schema edgekd.runner/1)."""
     if np is None:
         raise RunnerError("runtime_missing", "numpy is not installed in this Python",
-                          fix=f"on the device: {sys.executable} -m pip install numpy")
+                          fix=install_hint("numpy", "pip install numpy"))
     module = import_runtime(spec["runtime"])
     baseline = read_memory_kb()
 

@@ -125,6 +125,7 @@ def info_via_runner(device: Device) -> dict[str, Any]:
             fix="install Python 3.9+ with numpy on the device (e.g. `pip install numpy onnxruntime` or "
                 "`pip install numpy ai-edge-litert`), or set `python:` in the device profile",
         ) from None
+    info["arch"] = (info.get("system") or {}).get("machine")  # the device's Python says, not this host's uname
     info["emulated"] = device.profile.emulated
     return info
 

@@ -1,7 +1,8 @@
 """Device profiles: YAML files in devices/ (or any path), loaded into Device objects by name.
 
 Search order for `--device NAME`: a path to a .yaml file; ./devices/NAME.yaml; ~/.config/edgekd/devices/NAME.yaml;
-the built-in `host` (this machine). Unknown names list the profiles found.
+the built-in `host` (this machine). Unknown names list the profiles found. `{profile_dir}` in a profile's
+strings is the folder of its file (for boards on this machine, such as devices/arm64-emulated.yaml).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from edgekd.errors import RegistryError
 
 KINDS = ("local", "ssh", "adb")
 _COMMON = {"name", "kind", "python", "workdir", "threads", "cpus", "emulated"}
+PROFILE_DIR = "{profile_dir}"  # expands to the profile file's folder (see _expand)
 
 
 def search_dirs() -> list[Path]:
@@ -67,6 +69,7 @@ def load_profile(path: Path) -> DeviceProfile:
         raise DeviceError(f"invalid device profile {path}",
                           why=f"`kind:` must be one of {', '.join(KINDS)}, got {raw.get('kind') if isinstance(raw, dict) else raw!r}",
                           fix="start from devices/pi.example.yaml or devices/phone.example.yaml")
+    raw = _expand(raw, str(Path(path).resolve().parent))
     common = {k: raw[k] for k in _COMMON if k in raw}
     common.setdefault("name", Path(path).stem)
     if raw["kind"] == "adb":
@@ -78,6 +81,18 @@ def load_profile(path: Path) -> DeviceProfile:
     return DeviceProfile(**common, options={k: v for k, v in raw.items() if k not in _COMMON})
 
 
+def _expand(value: Any, folder: str) -> Any:
+    """`{profile_dir}` in a profile's strings is the folder of the profile file: a board on this machine (the
+    emulated one) is described by paths next to its profile, wherever the repository is checked out."""
+    if isinstance(value, str):
+        return value.replace(PROFILE_DIR, folder)
+    if isinstance(value, list):
+        return [_expand(v, folder) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand(v, folder) for k, v in value.items()}
+    return value
+
+
 def open_device(name_or_path: str) -> Device:
     """A connected Device for a profile name or path."""
     profile = find_profile(name_or_path)
@@ -85,6 +100,10 @@ def open_device(name_or_path: str) -> Device:
         from edgekd.devices.local import LocalDevice
 
         return LocalDevice(profile)
+    if profile.kind == "ssh" and profile.options.get("board_dir"):
+        from edgekd.devices.emulated import EmulatedBoard
+
+        return EmulatedBoard(profile)
     if profile.kind == "ssh":
         from edgekd.devices.ssh import SSHDevice
 
