@@ -134,7 +134,7 @@ def test_adb_connect_lists_the_loopback_device(adb_server, phone, dev):
     assert line.split()[1] == "device" and "model:edgekd_loopback" in line
     assert dev.shell_v2() is True
     assert dev.workdir == "/data/local/tmp/edgekd"
-    # the generic profile default (/tmp/edgekd: no /tmp on Android) becomes the adb default
+    # the generic profile default (/tmp/edgekd-work: no /tmp on Android) becomes the adb default
     generic = AdbDevice(DeviceProfile(name="p", kind="adb", options={"serial": "x"}))
     assert generic.workdir == ADB_WORKDIR
 

@@ -47,7 +47,7 @@ from edgekd.devices.base import (
 logger = logging.getLogger(__name__)
 
 ADB_WORKDIR = "/data/local/tmp/edgekd"
-_GENERIC_WORKDIR = DeviceProfile.__dataclass_fields__["workdir"].default  # "/tmp/edgekd": no /tmp on Android
+_GENERIC_WORKDIR = DeviceProfile.__dataclass_fields__["workdir"].default  # "/tmp/edgekd-work": no /tmp on Android
 ADB_TIMEOUT_S = 60.0  # for our own short commands (features, getprop, sha256sum, …)
 RC_MARKER = "__EDGEKD_RC="
 _RC_AT_END = re.compile(re.escape(RC_MARKER) + r"(\d+)\r?\n?\Z")

@@ -47,7 +47,9 @@ class DeviceProfile:
     name: str
     kind: str  # "local" | "ssh" | "adb"
     python: str | list[str] | None = "python3"  # argv prefix of the device's Python (a list for emulators)
-    workdir: str = "/tmp/edgekd"
+    # Not /tmp/edgekd: a folder named like the package in /tmp shadows an editable install of edgekd
+    # (as a namespace package) for any script run from /tmp.
+    workdir: str = "/tmp/edgekd-work"
     threads: int = 1
     cpus: list[int] | None = None  # pin with taskset where available
     emulated: bool = False
