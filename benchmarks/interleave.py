@@ -128,15 +128,14 @@ def host_fields(system: dict) -> dict:
 
 
 def int8_flags() -> dict[str, bool]:
-    """Which of INT8_FLAGS /proc/cpuinfo lists (flags on x86, features on Arm); all False when it cannot be read."""
-    flags: set[str] = set()
+    """Which of INT8_FLAGS /proc/cpuinfo lists (flags on x86, features on Arm); all False when it cannot be read.
+    The parsing lives in edgekd.compress.isa (cpu_flags), which also recommends an INT8 format for the CPU."""
+    from edgekd.compress.isa import cpu_flags
+
     try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip().lower() in ("flags", "features"):
-                flags.update(value.split())
+        flags = cpu_flags(Path("/proc/cpuinfo").read_text(errors="replace"))
     except OSError:
-        pass
+        flags = set()
     return {f: f in flags for f in INT8_FLAGS}
 
 
