@@ -104,8 +104,20 @@ def export_model(
                 quantization = backend.quantize(fp32_path, path, precision, options)
             seconds = time.perf_counter() - started
             threshold = min_agreement_int4 if precision == "int4" else min_agreement
-            check = parity(backend.predict(path, x_test), reference, y_test, num_classes=num_classes,
-                           threshold=threshold, reference_name=f"PyTorch {role} (fp32)")
+
+            def check_parity(file: Path, threshold: float = threshold):
+                return parity(backend.predict(file, x_test), reference, y_test, num_classes=num_classes,
+                              threshold=threshold, reference_name=f"PyTorch {role} (fp32)")
+
+            check = check_parity(path)
+            onnx_int8 = fmt == "onnx" and precision in ("int8_static", "int8_dynamic")
+            if onnx_int8 and not check.passed and options.mixed_precision_fallback:
+                quantization, check = _mixed_precision(backend, fp32_path, path, precision, options, quantization,
+                                                       check, check_parity, x_test, reporter, name)
+                seconds = time.perf_counter() - started
+            if onnx_int8:
+                quantization = {**(quantization or {}),
+                                "layer_errors": _layer_errors(fp32_path, path, x_test, name)}
             artifact = _record(
                 backend, path, name=name, role=role, precision=precision, parameters=count_parameters(model),
                 opset=options.opset if fmt == "onnx" else None, quantization=quantization, parity=check,
@@ -122,6 +134,38 @@ def export_model(
             artifacts = [a for a in artifacts if a.name != artifact_name(role, fmt, "fp32")]
     task.close()
     return artifacts
+
+
+def _mixed_precision(backend, fp32_path: Path, path: Path, precision: str, options: ExportOptions,
+                     quantization: dict[str, Any] | None, first, check_parity, x_test: np.ndarray,
+                     reporter: Reporter, name: str):
+    """Keep the most sensitive layers FP32 until parity passes (edgekd.export.mixed_precision)."""
+    from edgekd.export.mixed_precision import fallback
+
+    x_rank = options.calibration if options.calibration is not None and len(options.calibration) else x_test
+    settings, check = fallback(backend, fp32_path, path, precision, options, check=check_parity, first=first,
+                               x_rank=x_rank)
+    if settings:
+        kept = settings.get("kept_fp32") or []
+        reporter.note(f"{name}: agreement {first.agreement:.2%} < {first.threshold:.2%}; kept {len(kept)} layer(s) "
+                      f"in FP32 ({', '.join(kept)}) → agreement {check.agreement:.2%}"
+                      + ("" if check.passed else " (still failing)"))
+    return {**(quantization or {}), **settings}, check
+
+
+def _layer_errors(fp32_path: Path, path: Path, x_test: np.ndarray, name: str) -> list[dict[str, Any]] | None:
+    """Per-layer SQNR/cosine of an ONNX INT8 artifact against its FP32 graph on test inputs (None if the
+    graphs cannot be matched: the artifact itself is still good)."""
+    from edgekd.errors import EdgeKDError
+    from edgekd.export.quant_error import layer_errors
+
+    try:
+        rows = layer_errors(fp32_path, path, x_test)
+    except EdgeKDError as exc:
+        logger.warning("%s: no per-layer quantization error: %s", name, exc.what)
+        return None
+    return [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
+            for row in rows]
 
 
 def _remove_artifact(folder: Path) -> None:

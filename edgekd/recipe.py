@@ -226,6 +226,13 @@ class ExportConfig(_Strict):
         }
     )
     calibration_samples: int = Field(256, gt=0)
+    calibration_method: Literal["minmax", "entropy", "percentile"] = Field(
+        "minmax", description="ONNX INT8 static activation calibration (onnxruntime CalibrationMethod)")
+    calibration_percentile: float = Field(99.99, gt=0, le=100,
+                                          description="percentile calibration: the |activation| percentile kept")
+    mixed_precision_fallback: bool = Field(
+        True, description="ONNX INT8 that misses parity: keep its most sensitive layers (lowest SQNR) in FP32, "
+                          "one more at a time, until it passes; the artifact lists them (quantization.kept_fp32)")
     int4: Int4Config = Int4Config()
     parity: ParityConfig = ParityConfig()
 

@@ -31,6 +31,10 @@ class ExportOptions:
     int4_block_size: int = 32  # ONNX MatMulNBits block (and the 4-bit Conv weights' blocks where used)
     int4_accuracy_level: int = 4  # ONNX MatMulNBits: 0 = fp32 compute, 4 = int8 compute
     tflite_int4_block_size: int | None = None  # None = per-channel (XNNPACK); 32..256 = block-wise
+    calibration_method: str = "minmax"  # ONNX INT8 static: minmax | entropy | percentile
+    calibration_percentile: float = 99.99  # ONNX INT8 static, percentile calibration
+    mixed_precision_fallback: bool = True  # ONNX INT8: keep the most sensitive layers FP32 until parity passes
+    keep_fp32: tuple[str, ...] = ()  # ONNX INT8: node names left in FP32 (set by the mixed-precision fallback)
 
 
 @dataclass
@@ -100,9 +104,12 @@ class OnnxBackend:
         from edgekd.export import onnx as onnx_export
 
         if precision == "int8_static":
-            return onnx_export.quantize_static_int8(fp32, out, _calibration(opts, precision))
+            return onnx_export.quantize_static_int8(fp32, out, _calibration(opts, precision),
+                                                    method=opts.calibration_method,
+                                                    percentile=opts.calibration_percentile,
+                                                    nodes_to_exclude=opts.keep_fp32)
         if precision == "int8_dynamic":
-            return onnx_export.quantize_dynamic_int8(fp32, out)
+            return onnx_export.quantize_dynamic_int8(fp32, out, nodes_to_exclude=opts.keep_fp32)
         if precision == "int4":
             from edgekd.export.onnx_int4 import quantize_int4
 
