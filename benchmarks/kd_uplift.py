@@ -329,7 +329,9 @@ def main(argv: list[str] | None = None) -> int:
         scratch_recipes.setdefault(arch_key(recipes[name]), name)
     scratch: dict[str, dict] = {k: {"recipe": n, "student": arch_label(recipes[n]), "accuracy": [], "seconds": [],
                                     "steps": None, "parameters": None} for k, n in scratch_recipes.items()}
-    fam: dict[str, dict] = {name: {"accuracy": [], "seconds": [], "steps": [], "details": []} for name in args.families}
+    fam: dict[str, dict] = {name: {"accuracy": [], "seconds": [], "cpu_seconds": [], "steps": [], "details": []}
+                            for name in args.families}
+    cpu_start, wall_start = time.process_time(), time.perf_counter()
 
     for i, s in enumerate(seeds):
         for key, name in scratch_recipes.items():
@@ -342,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
             sc["steps"], sc["parameters"] = result.steps, n_params(model)
         for name in args.families:
             r = recipes[name].model_copy(update={"seed": s})
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             if name == "ensemble":  # distill() would train the extra teachers again for every seed
                 teacher = teacher_of(r)
                 job = api.build_job(r, splits, lambda teacher=teacher: teacher, reporter=reporter,
@@ -353,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
                 outcome = api.distill(r, splits, teacher=teacher_of(r), reporter=reporter, cache_root=cache_root)
             f = fam[name]
             f["seconds"].append(time.perf_counter() - t0)
+            f["cpu_seconds"].append(time.process_time() - c0)
             f["accuracy"].append(accuracy(predict_logits(outcome.student, x_test), y_test))
             f["steps"].append(outcome.steps)
             f["details"].append(outcome.details)
@@ -362,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         base_row = "  ".join(f"scratch[{scratch[k]['student']}] {scratch[k]['accuracy'][-1]:.3f}" for k in scratch)
         print(f"seed {s} ({i + 1}/{len(seeds)}, {time.perf_counter() - started:.0f} s): {base_row}  {row}", flush=True)
     load_after = loadavg()
+    on_cpu = (time.process_time() - cpu_start) / (time.perf_counter() - wall_start)
 
     rows = []
     for j, name in enumerate(args.families):
@@ -385,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
             "models_trained": models, "student_steps": student_steps, "teacher_live_every_step": live,
             "teacher_note": extra, "generation_offset": f.get("generation_offset"),
             "wall_seconds": float(np.sum(f["seconds"])), "wall_seconds_per_seed": float(np.mean(f["seconds"])),
+            "cpu_seconds": float(np.sum(f["cpu_seconds"])), "paired_gain_per_seed":
+                (np.asarray(f["accuracy"]) - np.asarray(sc["accuracy"])).tolist(),
             "details_first_seed": f["details"][0],
         })
         expected = api.budget(r, splits) * (models if cfg.strategy == "self" else 1)
@@ -440,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         "families": rows,
         "checks": checks,
         "notes": notes,
-        "measurement": {"loadavg_before": load_before, "loadavg_after": load_after,
+        "measurement": {"loadavg_before": load_before, "loadavg_after": load_after, "on_cpu_share": on_cpu,
                         "total_seconds": time.perf_counter() - started},
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -454,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------- output
 
 COLUMNS = ("family", "recipe", "student", "steps (models)", "KD acc", "scratch acc", "gain pt", "95% CI pt",
-           "Welch p", "gain/std", "wins", "> noise", "wall s")
+           "Welch p", "gain/std", "wins", "> noise", "wall s", "CPU s")
 
 
 def table_rows(rows: list[dict]) -> list[tuple[str, ...]]:
@@ -467,7 +473,7 @@ def table_rows(rows: list[dict]) -> list[tuple[str, ...]]:
             f"{x['kd_mean']:.2%} ± {x['kd_std'] * 100:.2f}", f"{x['scratch_mean']:.2%} ± {x['scratch_std'] * 100:.2f}",
             f"{x['gain'] * 100:+.2f}", f"{lo * 100:+.2f} to {hi * 100:+.2f}", f"{x['welch_p']:.2g}",
             f"{x['gain_over_pooled_std']:+.1f}", f"{x['wins']}/{len(x['seeds'])}", "yes" if x["exceeds_noise"] else "no",
-            f"{x['wall_seconds']:.0f}",
+            f"{x['wall_seconds']:.0f}", f"{x['cpu_seconds']:.0f}",
         ))
     return out
 
@@ -490,8 +496,9 @@ def print_report(doc: dict, markdown: bool) -> None:
     print("steps = optimizer steps per seed (models trained); T = the teacher runs live at every step (feature terms); "
           "gain/std = gain / pooled std; > noise = gain > 2 pooled std and Welch p < 0.05")
     meas = doc["measurement"]
-    print(f"total {meas['total_seconds']:.0f} s; load average {meas['loadavg_before']} before, "
-          f"{meas['loadavg_after']} after")
+    print(f"total {meas['total_seconds']:.0f} s (wall and CPU s per family: all seeds); this process was on the CPU "
+          f"{meas['on_cpu_share']:.0%} of the wall time of the seed loop; load average {meas['loadavg_before']} "
+          f"before, {meas['loadavg_after']} after")
     print()
     for c in doc["checks"]:
         print(f"  {c['verdict']:<5} {c['check']}: {c['detail']}")
