@@ -214,7 +214,9 @@ def export_options(ctx: Context):
     rng = np.random.default_rng(ctx.recipe.seed)
     return ExportOptions(opset=cfg.opset, calibration=s.x_train[rng.permutation(len(s.x_train))[: cfg.calibration_samples]],
                          int4_block_size=cfg.int4.block_size, int4_accuracy_level=cfg.int4.accuracy_level,
-                         tflite_int4_block_size=cfg.int4.tflite_block_size)
+                         tflite_int4_block_size=cfg.int4.tflite_block_size, calibration_method=cfg.calibration_method,
+                         calibration_percentile=cfg.calibration_percentile,
+                         mixed_precision_fallback=cfg.mixed_precision_fallback)
 
 
 def _lineage(checkpoint: Path) -> dict[str, Any]:
