@@ -41,8 +41,6 @@ import argparse
 import dataclasses
 import math
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -96,21 +94,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def git_state(paths: tuple[str, ...] = ("edgekd/distill", "edgekd/recipes", "edgekd/models", "edgekd/data")) -> dict:
-    def git(*argv: str) -> str | None:
-        proc = subprocess.run(["git", *argv], cwd=REPO, capture_output=True, text=True, check=False)
-        return proc.stdout.strip() if proc.returncode == 0 else None
-
-    dirty = git("status", "--porcelain", "--", *paths)
-    return {"commit": git("rev-parse", "HEAD"), "uncommitted_under_test": dirty.splitlines() if dirty else []}
+    return interleave.git_state(REPO, paths)
 
 
 def machine_info(threads: int) -> dict:
-    import torch
-
-    from edgekd.bench.runner import system_info
-
-    return {**interleave.host_fields(system_info()), "torch": torch.__version__, "torch_threads": threads,
-            "numpy": np.__version__, "python": platform.python_version()}
+    return interleave.training_machine_info(threads)
 
 
 # --------------------------------------------------------------------------- regimes and metrics

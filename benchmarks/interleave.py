@@ -167,3 +167,29 @@ def print_markdown(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> Non
     print("\n| " + " | ".join(columns) + " |\n|" + "|".join("---" for _ in columns) + "|")
     for r in rows:
         print("| " + " | ".join(r) + " |")
+
+
+# --------------------------------------------------------------------------- provenance (training benchmarks)
+
+def git_state(repo: Path, paths: tuple[str, ...]) -> dict:
+    """The commit measured, and uncommitted changes under `paths` (the code under test)."""
+    import subprocess
+
+    def git(*argv: str) -> str | None:
+        proc = subprocess.run(["git", *argv], cwd=repo, capture_output=True, text=True, check=False)
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    dirty = git("status", "--porcelain", "--", *paths)
+    return {"commit": git("rev-parse", "HEAD"), "uncommitted_under_test": dirty.splitlines() if dirty else []}
+
+
+def training_machine_info(threads: int) -> dict:
+    """host_fields plus the torch, numpy and Python versions and torch's thread count."""
+    import platform
+
+    import torch
+
+    from edgekd.bench.runner import system_info
+
+    return {**host_fields(system_info()), "torch": torch.__version__, "torch_threads": threads,
+            "numpy": np.__version__, "python": platform.python_version()}

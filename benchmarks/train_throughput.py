@@ -55,8 +55,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -108,21 +106,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # --------------------------------------------------------------------------- machine
 
 def git_state(paths: tuple[str, ...] = ("edgekd/distill", "edgekd/progress.py", "edgekd/console.py")) -> dict:
-    def git(*argv: str) -> str | None:
-        proc = subprocess.run(["git", *argv], cwd=REPO, capture_output=True, text=True, check=False)
-        return proc.stdout.strip() if proc.returncode == 0 else None
-
-    dirty = git("status", "--porcelain", "--", *paths)
-    return {"commit": git("rev-parse", "HEAD"), "uncommitted_under_test": dirty.splitlines() if dirty else []}
+    return interleave.git_state(REPO, paths)
 
 
 def machine_info(threads: int) -> dict:
-    import torch
-
-    from edgekd.bench.runner import system_info
-
-    return {**interleave.host_fields(system_info()), "torch": torch.__version__, "torch_threads": threads,
-            "numpy": np.__version__, "python": platform.python_version()}
+    return interleave.training_machine_info(threads)
 
 
 # --------------------------------------------------------------------------- slots
