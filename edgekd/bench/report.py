@@ -138,11 +138,14 @@ def findings(summary: dict[str, Any]) -> list[str]:
     student, scratch = models.get("student"), models.get("scratch")
     if student and scratch:
         gain = (student["test_accuracy"] - scratch["test_accuracy"]) * 100
-        out.append(f"Distillation: the KD student reaches {student['test_accuracy']:.2%} test accuracy vs "
-                   f"{scratch['test_accuracy']:.2%} for the same architecture trained from scratch with the same "
-                   f"budget ({gain:+.1f} points), both seeing labels for {student.get('labelled_samples', '?')} "
-                   f"training samples; the KD student also learns from the teacher's outputs on "
-                   f"{student.get('transfer_samples', '?')} samples.")
+        strategy = student.get("strategy", "standard")
+        source = {"mutual": "its peers' outputs", "self": "its own earlier outputs (self-distillation)",
+                  "blackbox": "the black-box teacher's outputs"}.get(strategy, "the teacher's outputs")
+        out.append(f"Distillation ({strategy}): the KD student reaches {student['test_accuracy']:.2%} test accuracy "
+                   f"vs {scratch['test_accuracy']:.2%} for the same architecture trained from scratch with the same "
+                   f"budget per student ({gain:+.1f} points), both seeing labels for "
+                   f"{student.get('labelled_samples', '?')} training samples; the KD student also learns from "
+                   f"{source} on {student.get('transfer_samples', '?')} samples.")
     for row in rows:
         if row.get("parity_passed") is False:
             out.append(f"FAILED: {row['name']} did not pass its parity check ({row['parity_reason']}); "
