@@ -129,13 +129,14 @@ def _recipe_terms(job: DistillJob) -> list[tuple[str, str, str, float, dict[str,
 
 
 def _distill(job: DistillJob, student: nn.Module, teacher_logits: np.ndarray, description: str, *,
-             teacher: nn.Module | None = None, ensemble: dict[str, Any] | None = None) -> tuple[TrainResult, list[dict]]:
+             teacher: nn.Module | None = None, ensemble: dict[str, Any] | None = None,
+             steps: int | None = None) -> tuple[TrainResult, list[dict]]:
     terms, described = (feature_terms(job, teacher, student, _recipe_terms(job))
                         if job.config.features else (None, []))
     objective = DistillObjective(job.config.loss.name, job.response_params(), teacher_logits, terms, ensemble)
     objective.attach(student)
     try:
-        result = job.fit(student, objective, description)
+        result = job.fit(student, objective, description, steps=steps)
     finally:
         objective.close()
     return result, described
@@ -188,7 +189,7 @@ def progressive(job: DistillJob) -> DistillOutcome:
         steps, seconds = steps + result.steps, seconds + result.seconds
         stages.append({**described[0], "steps": result.steps, "final_hint_loss": result.final_loss})
     logits = job.teacher_logits(teacher, "teacher")
-    result, _ = _distill(job, student, logits, "progressive: logits", teacher=teacher)
+    result, _ = _distill(job, student, logits, "progressive: logits", teacher=teacher, steps=final_steps)
     stages.append({"stage": "logits", "steps": final_steps})
     return DistillOutcome(student, steps + result.steps, seconds + result.seconds, details={"stages": stages})
 
