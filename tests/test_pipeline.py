@@ -24,7 +24,8 @@ EXPECTED = {f"{role}-{fmt}-{precision}" for fmt in ("onnx", "tflite") for role, 
 
 
 def test_every_stage_runs_and_writes_its_outputs(tiny_run):
-    assert tiny_run.stages == {s: "ran" for s in ("teacher", "distill", "scratch", "export", "bench", "report")}
+    assert tiny_run.stages == {**{s: "ran" for s in ("teacher", "distill", "scratch", "export", "bench", "report")},
+                               "compress": "disabled"}  # off unless the recipe asks
     root = tiny_run.rundir.root
     for rel in ("recipe.yaml", "manifest.json", "checkpoints/teacher.pt", "checkpoints/student.pt",
                 "checkpoints/scratch.pt", "results/summary.json", "report/index.html"):
@@ -98,7 +99,7 @@ def test_summary_and_html_report(tiny_run):
 
 def test_second_run_skips_every_stage(tiny_run):
     again = edgekd.run(tiny_run.recipe)
-    assert set(again.stages.values()) == {"skipped"}
+    assert set(again.stages.values()) == {"skipped", "disabled"} and again.stages["compress"] == "disabled"
 
 
 def test_changing_a_field_reruns_only_the_stages_it_affects(tiny_run, tmp_path):
@@ -110,7 +111,7 @@ def test_changing_a_field_reruns_only_the_stages_it_affects(tiny_run, tmp_path):
     recipe.output_dir = tmp_path
     recipe.bench.min_runs = 60
     result = edgekd.run(recipe)
-    assert result.stages == {"teacher": "skipped", "distill": "skipped", "scratch": "skipped",
+    assert result.stages == {"teacher": "skipped", "distill": "skipped", "scratch": "skipped", "compress": "disabled",
                              "export": "skipped", "bench": "ran", "report": "ran"}
     forced = edgekd.run(recipe, force={"export"})
     assert forced.stages["export"] == "ran" and forced.stages["teacher"] == "skipped"
