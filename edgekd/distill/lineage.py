@@ -2,7 +2,8 @@
 
 Generation 0 is a model trained on data (a teacher, the scratch baseline); a student distilled from a
 generation-g teacher is generation g + 1. Teaching with a generation ≥ 2 model (a distilled student's
-student) compounds what each step loses: rare classes fade first (see benchmarks/generations.py), a small
+student) compounds what each step loses: under scarce labels accuracy erodes slowly, rare classes a little
+more (see benchmarks/generations.py), a small
 cousin of model collapse. edgekd refuses it unless the user says `--allow-generation`, and warns then.
 """
 
@@ -43,8 +44,8 @@ def check_teacher_generation(generation: int, *, source: str, allow: bool) -> st
     if not allow:
         raise LineageError(
             f"the teacher {source} is generation {generation} (a distilled model distilled again)",
-            why="each distillation step loses some of what the data taught; repeated, it erodes rare classes "
-                "first (benchmarks/generations.py measures it)",
+            why="each distillation step loses some of what the data taught; repeated, accuracy erodes slowly, "
+                "scarcely labelled classes most (benchmarks/generations.py measures it)",
             fix="distil from a generation 0 or 1 teacher, or pass --allow-generation (recipe: "
                 "distill.allow_generation: true) to do it anyway",
         )
