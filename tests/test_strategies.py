@@ -75,7 +75,6 @@ def test_example_recipe_trains_and_exports(example, demo_teacher, tiny_run, tmp_
     result = _run(recipe, tmp_path)
     metrics = _student_metrics(result)
     assert metrics["strategy"] == recipe["distill"].get("strategy", "standard")
-    print(example, metrics["test_accuracy"])
     assert metrics["test_accuracy"] > 0.25, metrics  # learned something in a few epochs (chance is 0.1)
     [artifact] = [a for a in result.artifacts if a.role == "student"]
     assert artifact.parity.passed and artifact.parity.agreement >= 0.99
@@ -132,17 +131,15 @@ def test_wrong_feature_path_lists_valid_ones(tiny_run, tmp_path):
 
 
 def test_incompatible_teacher_and_student_outputs(tiny_run, tmp_path):
-    recipe = _recipe(tiny_run, "mismatch", {})
-    recipe["teacher"]["model"] = {"family": "mlp", "params": {"width": 16}}
-    recipe["teacher"]["checkpoint"] = None
-    recipe["teacher"]["train"] = {"epochs": 1}
-    from edgekd.models import create_model
+    """A teacher checkpoint with 7 outputs for a 10-class recipe: refused by name, before any distillation."""
     import torch
 
-    wrong = create_model("mlp", in_shape=(64,), num_classes=7, width=16)
+    from edgekd.models import create_model
+
     path = tmp_path / "seven.pt"
-    torch.save(wrong.state_dict(), path)
-    recipe["teacher"]["checkpoint"] = str(path)
+    torch.save(create_model("mlp", in_shape=(64,), num_classes=7, width=16).state_dict(), path)
+    recipe = _recipe(tiny_run, "mismatch", {}, teacher_checkpoint=path)
+    recipe["teacher"]["model"] = {"family": "mlp", "params": {"width": 16}}
     with pytest.raises(edgekd.errors.CheckpointError, match="does not fit"):
         _run(recipe, tmp_path)
 
