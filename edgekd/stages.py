@@ -80,21 +80,18 @@ def teacher_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
 # -- distilled student ---------------------------------------------------------------------
 
 def distill_inputs(ctx: Context) -> dict[str, Any]:
+    from edgekd.distill.blackbox import artifact_in
+
     d = ctx.recipe.distill
     extra: dict[str, Any] = {}
     if d.strategy == "blackbox" and Path(d.blackbox.source).exists():
         source = Path(d.blackbox.source)
-        extra["blackbox_sha256"] = sha256_file(_artifact_file(source) if source.is_dir() else source)
+        extra["blackbox_sha256"] = sha256_file(artifact_in(source) if source.is_dir() else source)
     if d.strategy == "ensemble":
         extra["member_checkpoints"] = [sha256_file(m.checkpoint) if m.checkpoint and Path(m.checkpoint).is_file()
                                        else None for m in d.ensemble.members]
     return {**_data_inputs(ctx), "teacher": ctx.hashes["teacher"], "seed": ctx.recipe.seed,
             **ctx.recipe.section("student", "distill"), **extra}
-
-
-def _artifact_file(folder: Path) -> Path:
-    found = [folder / n for n in ("model.onnx", "model.tflite") if (folder / n).is_file()]
-    return found[0] if found else folder
 
 
 def _teacher_generation(ctx: Context) -> int:

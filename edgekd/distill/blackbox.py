@@ -80,7 +80,7 @@ def _from_path(path: Path, x: np.ndarray | None, n: int, c: int, expected: str) 
                                  why=f"expected teacher outputs of shape {expected} there",
                                  fix="check the path (relative paths start at the current directory)")
     if path.is_dir():
-        path = _artifact_in(path)
+        path = artifact_in(path)
     suffix = path.suffix.lower()
     if suffix == ".npy":
         if teacher_cache.is_cache_entry(path):
@@ -97,7 +97,8 @@ def _from_path(path: Path, x: np.ndarray | None, n: int, c: int, expected: str) 
                              fix=f"save the teacher outputs (shape {expected}) with np.save as .npy")
 
 
-def _artifact_in(folder: Path) -> Path:
+def artifact_in(folder: Path) -> Path:
+    """The one model file of an artifact folder (export/<run>/artifacts/<name>/)."""
     found = [folder / name for name in ARTIFACT_NAMES if (folder / name).is_file()]
     if len(found) != 1:
         why = (f"it has neither {' nor '.join(ARTIFACT_NAMES)}" if not found
