@@ -112,7 +112,7 @@ def teacher_logits_fn(recipe: Recipe, splits: "Splits", x: np.ndarray, rows: np.
     data = hash_obj({"data": splits.fingerprint(), "rows": rows.tolist()})
 
     def logits(teacher: "nn.Module", name: str) -> np.ndarray:
-        weights = hash_obj({k: v.numpy().tobytes().hex() for k, v in teacher.state_dict().items()})
+        weights = _weights_sha256(teacher)
         key = cache_key(teacher=weights, data=data, transform="identity", topk=d.cache_topk)
         entry, hit = cache.get_or_compute(key, lambda: predict_logits(teacher, x), topk=d.cache_topk,
                                           meta={"run": recipe.name, "teacher": name})
@@ -120,6 +120,18 @@ def teacher_logits_fn(recipe: Recipe, splits: "Splits", x: np.ndarray, rows: np.
         return np.asarray(entry.dense())
 
     return logits
+
+
+def _weights_sha256(model: "nn.Module") -> str:
+    """sha256 over the state dict's names, shapes, dtypes and raw bytes (the teacher-cache key)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        array = tensor.detach().cpu().contiguous().numpy()
+        digest.update(f"{name}:{array.dtype}:{array.shape};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def ensemble_members(recipe: Recipe, splits: "Splits", reporter: Reporter) -> list["nn.Module"]:
