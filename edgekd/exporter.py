@@ -136,6 +136,57 @@ def export_model(
     return artifacts
 
 
+def export_retrained(
+    model: "nn.Module",
+    *,
+    name: str,
+    role: str,
+    fmt: str,
+    precision: str,
+    quantize_as: str,
+    out_root: Path,
+    in_shape: tuple[int, ...],
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    num_classes: int,
+    options: ExportOptions,
+    reference: np.ndarray,
+    reference_name: str,
+    min_agreement: float,
+    lineage: dict[str, Any],
+    quantization: dict[str, Any] | None = None,
+) -> Artifact:
+    """One quantized artifact of a model retrained for quantization (QAT), under its own precision name.
+
+    Its FP32 graph is only an intermediate (the deliverable FP32 artifact is the un-retrained model's), so it
+    is written to a temporary folder; parity is against `reference`, the logits of the PyTorch model the
+    artifact implements (for QAT, the fake-quant model). ONNX INT8 records carry per-layer errors as usual.
+    """
+    import tempfile
+
+    from edgekd.models import count_parameters
+
+    backend = FORMATS[fmt]()
+    path = out_root / name / f"model{backend.suffix}"
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="edgekd-retrained-") as tmp:
+        fp32_path = Path(tmp) / f"fp32{backend.suffix}"
+        backend.export_fp32(model, in_shape, fp32_path, options)
+        settings = {**backend.quantize(fp32_path, path, quantize_as, options), **(quantization or {})}
+        seconds = time.perf_counter() - started
+        check = parity(backend.predict(path, x_test), reference, y_test, num_classes=num_classes,
+                       threshold=min_agreement, reference_name=reference_name)
+        if fmt == "onnx" and quantize_as in ("int8_static", "int8_dynamic"):
+            settings["layer_errors"] = _layer_errors(fp32_path, path, x_test, name)
+    artifact = _record(backend, path, name=name, role=role, precision=precision, parameters=count_parameters(model),
+                       opset=options.opset if fmt == "onnx" else None, quantization=settings, parity=check,
+                       lineage={**lineage, "conversion_seconds": round(seconds, 3)})
+    artifact.save()
+    if not check.passed:
+        logger.warning("%s failed parity: %s", name, check.reason)
+    return artifact
+
+
 def _mixed_precision(backend, fp32_path: Path, path: Path, precision: str, options: ExportOptions,
                      quantization: dict[str, Any] | None, first, check_parity, x_test: np.ndarray,
                      reporter: Reporter, name: str):

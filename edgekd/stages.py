@@ -200,8 +200,12 @@ def _roles(ctx: Context) -> list[str]:
 
 def export_inputs(ctx: Context) -> dict[str, Any]:
     stage_of = {"student": "distill", "compressed": "compress"}
+    from edgekd.compress.isa import choose_reduce_range
+
+    # "auto" resolves on this host: a run folder moved to a CPU with VNNI re-exports with 8-bit weights.
+    reduce_range = choose_reduce_range(ctx.recipe.export.int8_reduce_range)["reduce_range"]
     return {**_data_inputs(ctx), "models": {r: ctx.hashes.get(stage_of.get(r, r)) for r in _roles(ctx)},
-            "export": ctx.recipe.section("export")["export"]}
+            "export": ctx.recipe.section("export")["export"], "int8_reduce_range": reduce_range}
 
 
 def export_options(ctx: Context):
@@ -253,22 +257,46 @@ def _is_batch_norm(model, parameter_name: str) -> bool:
     return isinstance(module, nn.modules.batchnorm._BatchNorm)
 
 
+def _qat_artifacts(ctx: Context, role: str, model, made: list, options, lineage: dict[str, Any]) -> list:
+    """The role's `<role>-onnx-int8_qat` artifact when export.qat asks for quantization-aware distillation
+    (edgekd.compress.qat_fallback); otherwise none, and a QAT artifact left by an earlier export is removed
+    (bench and report read every folder under artifacts/)."""
+    import shutil
+
+    from edgekd.compress.qat_fallback import FORMAT, PRECISION, decide, qat_artifact
+    from edgekd.exporter import artifact_name
+
+    decision = decide(ctx.recipe, role, made)
+    if not decision.run:
+        stale = ctx.rundir.artifacts / artifact_name(role, FORMAT, PRECISION)
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        return []
+    teacher = ctx.rundir.checkpoints / "teacher.pt"
+    return [qat_artifact(ctx.recipe, ctx.splits, role=role, model=model, teacher=lambda: ctx.trained("teacher"),
+                         decision=decision, out_root=ctx.rundir.artifacts, options=options, lineage=lineage,
+                         teacher_sha256=sha256_file(teacher), reporter=ctx.reporter)]
+
+
 def export_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
+    import dataclasses
+
     from edgekd.exporter import export_model, floor_artifact
 
     cfg, s = ctx.recipe.export, ctx.splits
-    options = export_options(ctx)
+    options = dataclasses.replace(export_options(ctx), int8_reduce_range=cfg.int8_reduce_range)
     artifacts = []
     for role in _roles(ctx):
         checkpoint = ctx.rundir.checkpoints / f"{role}.pt"
-        artifacts += export_model(
-            ctx.trained(role), role=role, formats=list(cfg.formats), precisions=list(cfg.targets[role]),
+        lineage = {"run": ctx.recipe.name, "checkpoint": str(checkpoint.relative_to(ctx.rundir.root)),
+                   "checkpoint_sha256": sha256_file(checkpoint), **_lineage(checkpoint)}
+        model = ctx.trained(role)
+        made = export_model(
+            model, role=role, formats=list(cfg.formats), precisions=[p for p in cfg.targets[role] if p != "int8_qat"],
             out_root=ctx.rundir.artifacts, in_shape=s.input_shape, x_test=s.x_test, y_test=s.y_test,
             num_classes=s.num_classes, options=options, min_agreement=cfg.parity.min_agreement,
-            min_agreement_int4=cfg.parity.min_agreement_int4,
-            lineage={"run": ctx.recipe.name, "checkpoint": str(checkpoint.relative_to(ctx.rundir.root)),
-                     "checkpoint_sha256": sha256_file(checkpoint), **_lineage(checkpoint)},
-            reporter=ctx.reporter)
+            min_agreement_int4=cfg.parity.min_agreement_int4, lineage=lineage, reporter=ctx.reporter)
+        artifacts += made + _qat_artifacts(ctx, role, model, made, options, lineage)
     _check_pruned_graphs(ctx, artifacts)
     artifacts += [floor_artifact(ctx.rundir.artifacts, fmt, s.input_shape, options) for fmt in cfg.formats]
     failed = [a.name for a in artifacts if a.parity is not None and not a.parity.passed]
@@ -310,13 +338,16 @@ def report_inputs(ctx: Context) -> dict[str, Any]:
 
 
 def report_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
-    from edgekd.bench.report import build_summary, write_html
+    from edgekd.bench.report import PARETO_PNG, build_summary, write_html
 
     manifest = ctx.rundir.load_manifest()["stages"]
     metrics = {role: manifest.get(stage, {}).get("metrics") for role, stage in
-               (("teacher", "teacher"), ("student", "distill"), ("scratch", "scratch"))}
+               (("teacher", "teacher"), ("student", "distill"), ("scratch", "scratch"), ("compressed", "compress"))}
+    if not ctx.recipe.compress.enabled:  # a compress record left by an earlier run of this folder
+        metrics["compressed"] = None
     summary = build_summary(ctx.rundir, recipe=ctx.recipe.model_dump(mode="json"), model_metrics=metrics,
                             class_names=ctx.splits.class_names)
     summary_path = atomic_write_json(ctx.rundir.results / "summary.json", summary)
     html = write_html(summary, ctx.rundir.report / "index.html")
-    return [summary_path, html], {}
+    pareto = html.parent / PARETO_PNG
+    return [summary_path, html] + ([pareto] if pareto.is_file() else []), {}

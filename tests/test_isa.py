@@ -3,6 +3,8 @@ recommendation, and the "INT8 is not faster" explanation."""
 
 from __future__ import annotations
 
+import pytest
+
 from edgekd.compress.isa import cpu_flags, cpu_int8_features, explain_int8_speed, recommend_int8
 
 # AMD EPYC cloud VM ("model name: AMD EPYC"), the machine these tests were written on: AVX2, no AVX-512, no VNNI.
@@ -78,3 +80,125 @@ def test_this_host_and_unreadable_cpuinfo():
     empty = cpu_int8_features("", "riscv64")
     assert not empty["known"] and not recommend_int8(empty)["fast_int8"]
     assert cpu_flags("flags : a b\nFeatures: c\nmodel name : x\n") == {"a", "b", "c"}
+
+
+# -- reduce_range: chosen per CPU, recorded, and really reaching onnxruntime --------------------------------------
+
+def test_reduce_range_is_chosen_for_x86_without_vnni_only():
+    from edgekd.compress.isa import choose_reduce_range
+
+    epyc = choose_reduce_range("auto", cpu_int8_features(EPYC_AVX2, "x86_64"))
+    assert epyc["reduce_range"] is True and epyc["setting"] == "auto"
+    assert "without AVX-VNNI" in epyc["reason"] and "saturate" in epyc["reason"]
+    for text, machine in ((XEON_VNNI, "x86_64"), (PI4, "aarch64"), (PI5, "aarch64"), (GRAVITON3, "aarch64")):
+        choice = choose_reduce_range("auto", cpu_int8_features(text, machine))
+        assert choice["reduce_range"] is False and "8-bit weights" in choice["reason"], (machine, choice)
+    unknown = choose_reduce_range("auto", cpu_int8_features("", "x86_64"))
+    assert unknown["reduce_range"] is False and "could not be read" in unknown["reason"]
+    # an explicit setting wins, and says whether auto would have agreed on that CPU
+    forced = choose_reduce_range(False, cpu_int8_features(EPYC_AVX2, "x86_64"))
+    assert forced["reduce_range"] is False and "auto would choose True" in forced["reason"]
+    assert "as auto would" in choose_reduce_range(True, cpu_int8_features(EPYC_AVX2, "x86_64"))["reason"]
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, 0, None, "true"])
+def test_reduce_range_setting_must_be_auto_true_or_false(bad):
+    from edgekd.compress.isa import choose_reduce_range
+    from edgekd.errors import ExportError
+
+    with pytest.raises(ExportError, match="int8_reduce_range"):
+        choose_reduce_range(bad)
+
+
+def test_unknown_device_flags_are_not_blamed():
+    why = explain_int8_speed(80.0, 60.0, cpu_int8_features("", "x86_64"))
+    assert "unknown" in why and "no VNNI" not in why
+
+
+@pytest.fixture(scope="module")
+def digits_mlp(tmp_path_factory):
+    """A briefly trained digits MLP (two Gemm layers) exported to FP32 ONNX, with calibration inputs."""
+    import numpy as np
+    import torch
+
+    from edgekd.data import load_data
+    from edgekd.distill.losses import LOSSES
+    from edgekd.distill.trainer import fit
+    from edgekd.export.onnx import export_onnx
+    from edgekd.models import create_model
+
+    torch.set_num_threads(1)
+    s = load_data("digits")
+    model = create_model("mlp", in_shape=(64,), num_classes=10, width=64)
+    fit(model, s.x_train, s.y_train, loss_fn=LOSSES["ce"], steps=300, batch_size=64, lr=1e-2, weight_decay=1e-4,
+        seed=0)
+    fp32 = export_onnx(model, s.input_shape, tmp_path_factory.mktemp("isa") / "fp32.onnx", opset=18)
+    return s, fp32, s.x_train[np.random.default_rng(0).permutation(len(s.x_train))[:256]]
+
+
+def _int8_weights(path):
+    import onnx
+    from onnx import numpy_helper
+
+    return [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer
+            if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2]
+
+
+@pytest.mark.parametrize("precision", ["int8_static", "int8_dynamic"])
+def test_backend_quantizes_on_the_chosen_grid_and_records_why(digits_mlp, tmp_path, precision):
+    from edgekd.compress.isa import choose_reduce_range
+    from edgekd.export.formats import FORMATS, ExportOptions
+
+    s, fp32, calibration = digits_mlp
+    backend = FORMATS["onnx"]()
+    for setting in (True, False, "auto"):
+        out = tmp_path / f"{precision}-{setting}.onnx"
+        record = backend.quantize(fp32, out, precision, ExportOptions(calibration=calibration,
+                                                                      int8_reduce_range=setting))
+        expected = choose_reduce_range(setting)["reduce_range"]
+        assert record["reduce_range"] is expected and record["reduce_range_setting"] == setting
+        assert record["reduce_range_reason"] == choose_reduce_range(setting)["reason"]
+        weights = _int8_weights(out)
+        assert len(weights) == 2  # both Gemm weights stored as int8
+        largest = max(int(abs(w.astype(int)).max()) for w in weights)
+        assert largest <= 64 if expected else largest > 64, (setting, largest)  # 7-bit grid [-64, 64] or 8-bit
+
+
+def test_reduce_range_removes_the_kernel_saturation_on_this_host(digits_mlp, tmp_path):
+    """On x86 without VNNI onnxruntime's int8 kernels lose SQNR that the QDQ math as written does not; with 7-bit
+    weights the deployed and written SQNR agree. On other CPUs neither grid saturates."""
+    from edgekd.export.onnx import quantize_static_int8
+    from edgekd.export.quant_error import layer_errors
+
+    s, fp32, calibration = digits_mlp
+    gaps = {}
+    for reduce_range in (False, True):
+        out = tmp_path / f"rr-{reduce_range}.onnx"
+        assert quantize_static_int8(fp32, out, calibration, reduce_range=reduce_range)["reduce_range"] is reduce_range
+        rows = layer_errors(fp32, out, s.x_test)
+        gaps[reduce_range] = max(r["sqnr_db_simulated"] - r["sqnr_db"] for r in rows)
+    assert gaps[True] < 1.0, gaps  # 7-bit weights never saturate
+    host = cpu_int8_features()
+    if host["arch"] == "x86_64" and host["avx2"] and not (host["vnni"] or host["amx_int8"]):
+        assert gaps[False] > 6.0, gaps  # 8-bit weights do here: what auto avoids
+    else:
+        assert gaps[False] < 1.0, gaps
+
+
+def test_dynamic_int8_really_keeps_excluded_gemms_in_fp32(digits_mlp, tmp_path):
+    """The mixed-precision fallback's exclusions reach onnxruntime's dynamic quantizer, which renames each Gemm
+    to '<name>_MatMul' before applying them (found through this file's reduce_range work: kept layers ran INT8)."""
+    import numpy as np
+    import onnx
+
+    from edgekd.export.onnx import quantize_dynamic_int8
+    from edgekd.export.verify import onnx_predict
+
+    s, fp32, _ = digits_mlp
+    for kept, integer_matmuls in (((), 2), (("node_linear",), 1), (("node_linear", "node_linear_1"), 0)):
+        out = tmp_path / f"dynamic-{len(kept)}.onnx"
+        record = quantize_dynamic_int8(fp32, out, nodes_to_exclude=kept)
+        assert record.get("kept_fp32", []) == list(kept)
+        ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+        assert ops.count("MatMulInteger") == integer_matmuls, (kept, ops)
+    np.testing.assert_allclose(onnx_predict(out, s.x_test), onnx_predict(fp32, s.x_test), atol=1e-5)

@@ -89,3 +89,34 @@ def test_conv_families_export_qdq_that_onnxruntime_runs(digits, tmp_path, family
                     reference_name="fake-quant PyTorch")
     assert record.passed, record.reason
     assert record.accuracy > 0.5
+
+
+def test_reduce_range_trains_and_exports_on_the_7_bit_weight_grid(digits, tmp_path):
+    """With reduce_range (x86 without VNNI), QAT fake-quantizes weights on onnxruntime's 7-bit grid and the artifact
+    stores them on it, so the weights onnxruntime runs are the ones training rounded to."""
+    import onnx
+    from onnx import numpy_helper
+
+    s, teacher, teacher_logits, target = digits
+    student = _student(s, teacher_logits, target, "mlp", 5)
+    calibration = s.x_train[:128]
+    model, fake_quant = qat_distill(student, teacher_logits, s.x_train, target, steps=40, batch_size=64, lr=1e-3,
+                                    seed=0, calibration=calibration, return_qat=True, reduce_range=True)
+    grids = {(m.quant_min, m.quant_max) for name, m in fake_quant.named_modules() if name.endswith("weight_fake_quant")}
+    assert grids == {(-64, 64)}
+    path = qat_export_onnx(model, s.input_shape, tmp_path / "qat7.onnx", calibration, reduce_range=True)
+    graph = onnx.load(str(path)).graph
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.data_type == onnx.TensorProto.INT8
+               and len(t.dims) == 2}
+    assert len(weights) == 2 and max(int(abs(w.astype(int)).max()) for w in weights.values()) == 64
+    # the artifact's per-channel weight scales are the fake-quant ones (same grid; they differ only by the
+    # observer's moving average), not twice as fine as an 8-bit export of the same weights would make them
+    scales = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name.endswith("_scale")}
+    modules = dict(fake_quant.named_modules())
+    for name in weights:
+        layer = name.removesuffix("_quantized").removesuffix(".weight")
+        trained = modules[f"model.{layer}"].weight_fake_quant.scale.detach().numpy()
+        np.testing.assert_allclose(scales[f"{layer}.weight_scale"], trained, rtol=0.1)
+    record = parity(onnx_predict(path, s.x_test), predict_logits(fake_quant, s.x_test), s.y_test, num_classes=10,
+                    threshold=0.95, reference_name="fake-quant PyTorch")
+    assert record.passed, record.reason

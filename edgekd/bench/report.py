@@ -8,7 +8,7 @@ import html
 import io
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from edgekd.bench import stats
 from edgekd.bench.result import BenchResult
@@ -16,8 +16,12 @@ from edgekd.export.artifact import Artifact
 from edgekd.rundir import RunDir, atomic_write
 
 SUMMARY_SCHEMA = "edgekd.summary/1"
-ROLE_ORDER = {"teacher": 0, "student": 1, "scratch": 2}
-PRECISION_ORDER = {"fp32": 0, "int8_static": 1, "int8_dynamic": 2, "int4": 3}
+ROLE_ORDER = {"teacher": 0, "student": 1, "scratch": 2, "compressed": 3}
+PRECISION_ORDER = {"fp32": 0, "int8_static": 1, "int8_qat": 2, "int8_dynamic": 3, "int4": 4}
+INT8_PRECISIONS = ("int8_static", "int8_qat", "int8_dynamic")
+WORST_LAYERS = 3  # lowest-SQNR layers listed per INT8 artifact
+SATURATION_GAP_DB = 6.0  # deployed SQNR this far below the QDQ math as written: the integer kernels lose it
+PARETO_PNG = "pareto.png"  # written beside index.html (and embedded in it)
 FORMAT_ORDER = {"onnx": 0, "tflite": 1}
 RUNTIME_OF = {"onnx": "onnxruntime", "tflite": "LiteRT"}
 LAYOUT_SHARE_WARNING = 0.2  # warn when Transpose-like ops are this share of a graph's operators
@@ -37,6 +41,7 @@ def _row(artifact: Artifact, result: BenchResult | None) -> dict[str, Any]:
         "int4_settings": ({k: artifact.quantization.get(k) for k in ("block_size", "accuracy_level", "recipe")
                            if k in artifact.quantization} if artifact.quantization and artifact.precision == "int4"
                           else None),
+        **_int8_fields(artifact),
     }
     if result is not None:
         lat = result.latency_us
@@ -46,8 +51,28 @@ def _row(artifact: Artifact, result: BenchResult | None) -> dict[str, Any]:
                     "device_accuracy": (result.device_accuracy or {}).get("accuracy"),
                     "first_inference_us": result.first_inference_us, "device": result.device.get("name"),
                     "emulated": result.emulated or bool(result.device.get("emulated")),
-                    "cross_arch_parity": result.cross_arch_parity})
+                    "cross_arch_parity": result.cross_arch_parity,
+                    "device_machine": (result.device.get("info") or {}).get("system", {}).get("machine"),
+                    "device_cpu_features": (result.device.get("info") or {}).get("system", {}).get("cpu_features")})
     return row
+
+
+def _int8_fields(artifact: Artifact) -> dict[str, Any]:
+    """Where an INT8 artifact's accuracy went: the layers kept in FP32 (ONNX mixed-precision fallback), its
+    lowest-SQNR layers (per-layer errors against the FP32 graph), its weight grid and, for QAT, the comparison."""
+    if artifact.precision not in INT8_PRECISIONS:
+        return {}
+    q = artifact.quantization or {}
+    layers = q.get("layer_errors") or []
+    scored = [layer for layer in layers if layer.get("sqnr_db") is not None]  # None: exact (inf) or no signal
+    worst = sorted(scored, key=lambda layer: layer["sqnr_db"])[:WORST_LAYERS]
+    onnx = artifact.format == "onnx"
+    return {"kept_fp32": list(q.get("kept_fp32") or []) if onnx else None,
+            "layers_total": len(layers) if layers else None,
+            "worst_layers": [{k: layer.get(k) for k in ("node", "op", "sqnr_db", "sqnr_db_simulated", "cosine")}
+                             for layer in worst],
+            "reduce_range": q.get("reduce_range"), "reduce_range_reason": q.get("reduce_range_reason"),
+            "qat": q.get("qat")}
 
 
 def _per_class_reference(row: dict[str, Any]) -> str | None:
@@ -88,6 +113,7 @@ def build_summary(rundir: RunDir, *, recipe: dict[str, Any], model_metrics: dict
             row["class_delta_reference"] = ref["name"]
             row["worst_class"] = {"class": class_names[worst] if worst < len(class_names) else str(worst),
                                   "delta_points": deltas[worst]}
+    _int8_speed_notes(rows)
     any_result = next((r for r in floors.values() if r), None) or next(iter(results.values()), None)
     summary = {
         "schema": SUMMARY_SCHEMA,
@@ -102,9 +128,50 @@ def build_summary(rundir: RunDir, *, recipe: dict[str, Any], model_metrics: dict
                    for fmt, f in floors.items() if f},
         "rows": rows,
         "runtime_comparison": _runtime_comparison(rows),
+        "compression": _compression(model_metrics.get("compressed")),
     }
     summary["findings"] = findings(summary)
     return summary
+
+
+def device_int8_features(row: dict[str, Any]) -> dict[str, Any]:
+    """INT8-relevant instruction sets of the device a row was measured on (from the runner's system info)."""
+    from edgekd.compress.isa import cpu_int8_features
+
+    flags = row.get("device_cpu_features") or []
+    return cpu_int8_features("flags : " + " ".join(flags) if flags else "", row.get("device_machine") or "")
+
+
+def _int8_speed_notes(rows: list[dict[str, Any]]) -> None:
+    """Each INT8 row measured no faster than its FP32 twin (same role, format and device) gets `int8_speed`:
+    {note, reasons, fp32_p50_us}, why from the device's instruction set (edgekd.compress.isa)."""
+    from edgekd.compress.isa import explain_int8_speed, int8_slow_reasons
+
+    fp32 = {(r["role"], r["format"]): r for r in rows if r["precision"] == "fp32" and r.get("p50_us")}
+    for row in rows:
+        ref = fp32.get((row["role"], row["format"]))
+        if row["precision"] not in INT8_PRECISIONS or not row.get("p50_us") or ref is None or row.get("emulated") \
+                or ref.get("device") != row.get("device") or _all_fp32(row):
+            continue
+        features = device_int8_features(row)
+        note = explain_int8_speed(row["p50_us"], ref["p50_us"], features)
+        if note:
+            row["int8_speed"] = {"note": note, "reasons": int8_slow_reasons(ref["p50_us"], features),
+                                 "fp32_p50_us": ref["p50_us"], "fp32_size_bytes": ref.get("size_bytes")}
+
+
+def _all_fp32(row: dict[str, Any]) -> bool:
+    """An INT8 artifact whose every layer the mixed-precision fallback kept in FP32 (no INT8 layer is left)."""
+    return bool(row.get("layers_total")) and len(row.get("kept_fp32") or []) >= row["layers_total"]
+
+
+def _compression(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The compress stage's accuracy before pruning, after pruning and after KD recovery (test split)."""
+    if not metrics or "accuracy_before" not in metrics:
+        return None
+    keys = ("method", "parameters_before", "parameters_after", "zeroed_weights", "accuracy_before",
+            "accuracy_after_prune", "accuracy_after_recovery", "recovery_steps", "notes")
+    return {k: metrics.get(k) for k in keys}
 
 
 def _runtime_comparison(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -162,13 +229,17 @@ def findings(summary: dict[str, Any]) -> list[str]:
                    "not the model, sets the latency.")
         fp32 = next((r for r in timed if r["precision"] == "fp32"), None)
         for row in timed:
-            if fp32 and row["precision"] != "fp32" and row["p50_us"] > fp32["p50_us"]:
+            if fp32 and row["precision"] not in ("fp32", *INT8_PRECISIONS) and row["p50_us"] > fp32["p50_us"]:
                 out.append(
                     f"{runtime}: {row['name']} is slower than FP32 ({row['p50_us']:.2f} vs {fp32['p50_us']:.2f} µs): "
                     f"the student has only {row.get('parameters') or 0:,} parameters, so quantize/dequantize steps "
                     "and extra operators cost more than the narrower arithmetic saves; quantization pays off when a "
                     "model's time goes into large matrix multiplies or convolutions (and its file is smaller "
                     f"either way: {row['size_bytes'] / 1024:.1f} vs {fp32['size_bytes'] / 1024:.1f} KiB).")
+    out += _int8_findings(rows)
+    compression = summary.get("compression")
+    if compression:
+        out.append(_compression_finding(compression))
     for row in rows:
         if row.get("device_accuracy") is not None and row.get("accuracy") is not None \
                 and abs(row["device_accuracy"] - row["accuracy"]) > 1e-9:
@@ -201,12 +272,69 @@ def findings(summary: dict[str, Any]) -> list[str]:
     return out
 
 
+def _int8_speed_findings(rows: list[dict[str, Any]]) -> list[str]:
+    """One sentence per runtime, device and explanation: which INT8 artifacts are not faster than FP32, and why."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row.get("int8_speed"):
+            key = (RUNTIME_OF.get(row["format"], row["format"]), row.get("device") or "the device",
+                   tuple(row["int8_speed"]["reasons"]))
+            groups.setdefault(key, []).append(row)
+    out = []
+    for (runtime, device, reasons), members in groups.items():
+        which = ", ".join(f"{r['name']} (p50 {r['p50_us']:.1f} vs {r['int8_speed']['fp32_p50_us']:.1f} µs)"
+                          for r in members)
+        smaller = all((r["int8_speed"].get("fp32_size_bytes") or 0) > (r.get("size_bytes") or 0) for r in members)
+        out.append(f"{runtime} on {device}: INT8 is not faster than FP32 for {which}: " + "; ".join(reasons)
+                   + (". Their files are smaller than FP32's either way." if smaller else "."))
+    return out
+
+
+def _int8_findings(rows: list[dict[str, Any]]) -> list[str]:
+    """INT8 artifacts: not faster than FP32 (and why), layers kept in FP32, integer-kernel saturation, QAT."""
+    out = _int8_speed_findings(rows)
+    for row in rows:
+        if row.get("precision") not in INT8_PRECISIONS:
+            continue
+        name = row["name"]
+        if row.get("kept_fp32"):
+            out.append(f"{name}: {len(row['kept_fp32'])} of {row.get('layers_total') or '?'} layers kept in FP32 "
+                       f"to pass parity ({', '.join(row['kept_fp32'])})"
+                       + ("; no layer runs in INT8, so ship the FP32 artifact instead." if _all_fp32(row) else "."))
+        worst = (row.get("worst_layers") or [None])[0]
+        if worst and worst.get("sqnr_db_simulated") is not None \
+                and worst["sqnr_db_simulated"] - worst["sqnr_db"] > SATURATION_GAP_DB:
+            out.append(f"{name}: layer {worst['node']} has SQNR {worst['sqnr_db']:.1f} dB as onnxruntime runs it but "
+                       f"{worst['sqnr_db_simulated']:.1f} dB as the QDQ graph is written: the integer kernels lose it "
+                       f"(saturation; weights {'7' if row.get('reduce_range') else '8'}-bit, "
+                       "see export.int8_reduce_range).")
+        qat = row.get("qat")
+        if qat:
+            ptq = "" if qat.get("ptq_accuracy") is None else f", int8_static {qat['ptq_accuracy']:.2%}"
+            closed = "" if qat.get("gap_closed") is None else f"; closes {qat['gap_closed']:.0%} of the INT8 gap"
+            out.append(f"Quantization-aware distillation ({qat.get('reason')}): {name} reaches "
+                       f"{qat['qat_accuracy']:.2%} (FP32 {qat['fp32_accuracy']:.2%}{ptq}){closed}.")
+    return out
+
+
+def _compression_finding(c: dict[str, Any]) -> str:
+    recovered = ("" if c.get("accuracy_after_recovery") is None
+                 else f" → {c['accuracy_after_recovery']:.2%} after KD recovery")
+    return (f"Compression ({c.get('method')}): test accuracy {c['accuracy_before']:.2%} before pruning → "
+            f"{c['accuracy_after_prune']:.2%} after pruning{recovered}; parameters "
+            f"{c.get('parameters_before') or 0:,} → {c.get('parameters_after') or 0:,}.")
+
+
 # -- HTML -----------------------------------------------------------------------------------
 
-def _png(fig) -> str:
+def _png(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return buffer.getvalue()
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
 def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -229,35 +357,66 @@ def _log_axis_plain(axis) -> None:
     axis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
 
 
-def plots(summary: dict[str, Any], latencies: dict[str, list[int]]) -> dict[str, str]:
+ROLE_COLORS = {"teacher": "tab:red", "student": "tab:blue", "scratch": "tab:gray", "compressed": "tab:purple"}
+FORMAT_MARKERS = {"onnx": "o", "tflite": "s"}
+
+
+def _scatter_labelled(ax, rows: list[dict[str, Any]], x: Callable[[dict[str, Any]], float]) -> None:
+    """One labelled point per artifact at (x(row), accuracy %), and the Pareto front (lower x, higher accuracy)."""
+    for i, r in enumerate(rows):
+        ax.scatter(x(r), r["accuracy"] * 100, color=ROLE_COLORS.get(r["role"], "k"),
+                   marker=FORMAT_MARKERS.get(r["format"], "o"), s=40, zorder=3)
+        ax.annotate(f"{r['role']} {r['format']} {r['precision']}", (x(r), r["accuracy"] * 100), fontsize=6,
+                    xytext=(4, 4 if i % 2 == 0 else -10), textcoords="offset points")  # alternate: no overlap
+    front = _pareto([(x(r), r["accuracy"] * 100) for r in rows])
+    ax.step([p for p, _ in front], [a for _, a in front], where="post", color="tab:green", alpha=0.6,
+            label="Pareto front")
+    _log_axis_plain(ax.xaxis)
+    ax.set_ylabel("test accuracy of the artifact (%)")
+    ax.grid(alpha=0.3)
+
+
+def pareto_figure(summary: dict[str, Any]):
+    """Accuracy vs p50 latency (benchmarked artifacts) and accuracy vs file size (every artifact), side by side;
+    None when no artifact has an accuracy."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    images: dict[str, str] = {}
-    rows = [r for r in summary["rows"] if r.get("p50_us") is not None and r.get("accuracy") is not None]
-    if rows:
-        fig, ax = plt.subplots(figsize=(7, 4.2))
-        colors = {"teacher": "tab:red", "student": "tab:blue", "scratch": "tab:gray"}
-        markers = {"onnx": "o", "tflite": "s"}
-        for i, r in enumerate(rows):
-            ax.scatter(r["p50_us"], r["accuracy"] * 100, color=colors.get(r["role"], "k"),
-                       marker=markers.get(r["format"], "o"), s=40, zorder=3)
-            ax.annotate(f"{r['role']} {r['format']} {r['precision']}", (r["p50_us"], r["accuracy"] * 100), fontsize=6,
-                        xytext=(4, 4 if i % 2 == 0 else -10), textcoords="offset points")  # alternate: no overlap
-        front = _pareto([(r["p50_us"], r["accuracy"] * 100) for r in rows])
-        ax.step([p for p, _ in front], [a for _, a in front], where="post", color="tab:green", alpha=0.6,
-                label="Pareto front")
+    scored = [r for r in summary["rows"] if r.get("accuracy") is not None]
+    if not scored:
+        return None
+    timed = [r for r in scored if r.get("p50_us") is not None]
+    fig, (by_time, by_size) = plt.subplots(1, 2, figsize=(13, 4.6))
+    if timed:
+        _scatter_labelled(by_time, timed, lambda r: r["p50_us"])
         for fmt, floor in (summary.get("floors") or {}).items():
-            ax.axvline(floor["p50_us"], color="k", ls=":" if fmt == "onnx" else "--", lw=1,
-                       label=f"{RUNTIME_OF.get(fmt, fmt)} floor")
-        _log_axis_plain(ax.xaxis)
-        ax.set_xlabel("p50 latency (µs, log scale)")
-        ax.set_ylabel("test accuracy of the artifact (%)")
-        ax.set_title("Accuracy vs latency (circles onnxruntime, squares LiteRT)")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
+            by_time.axvline(floor["p50_us"], color="k", ls=":" if fmt == "onnx" else "--", lw=1,
+                            label=f"{RUNTIME_OF.get(fmt, fmt)} floor")
+        by_time.legend(fontsize=8)
+    else:
+        by_time.text(0.5, 0.5, "not benchmarked (bench.enabled: false)", ha="center", va="center",
+                     transform=by_time.transAxes)
+    by_time.set_xlabel("p50 latency (µs, log scale)")
+    by_time.set_title("Accuracy vs latency")
+    _scatter_labelled(by_size, scored, lambda r: r["size_bytes"] / 1024)
+    by_size.set_xlabel("file size (KiB, log scale)")
+    by_size.set_title("Accuracy vs file size")
+    fig.suptitle("Artifacts: circles onnxruntime, squares LiteRT; colour = model")
+    return fig
+
+
+def plots(summary: dict[str, Any], latencies: dict[str, list[int]]) -> dict[str, bytes]:
+    """PNG images of the report: `pareto` (accuracy vs latency and vs size) and `latency` (distributions)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    images: dict[str, bytes] = {}
+    fig = pareto_figure(summary)
+    if fig is not None:
         images["pareto"] = _png(fig)
         plt.close(fig)
     if latencies:
@@ -278,13 +437,90 @@ def _fmt(value: Any, spec: str, empty: str = "–") -> str:
     return empty if value is None else format(value, spec)
 
 
+def _write_pareto_png(png: bytes | None, path: Path) -> None:
+    if png is not None:
+        atomic_write(path, png)
+    elif path.exists():  # from an earlier report of this run: it would describe other artifacts
+        path.unlink()
+
+
+def _pareto_html(image: str | None) -> str:
+    if image is None:
+        return ""
+    return (f'<h2>Accuracy vs latency and file size</h2><img alt="accuracy vs p50 and vs file size" src="{image}">'
+            f'<p class="meta">Also saved as {PARETO_PNG} beside this page. The green steps are the Pareto front: '
+            "no other artifact is both faster (or smaller) and more accurate.</p>")
+
+
+def _compression_html(c: dict[str, Any] | None) -> str:
+    if not c:
+        return ""
+    e = html.escape
+    cells = [c.get("method"), _fmt(c.get("parameters_before"), ","), _fmt(c.get("parameters_after"), ","),
+             _fmt(c.get("accuracy_before"), ".2%"), _fmt(c.get("accuracy_after_prune"), ".2%"),
+             _fmt(c.get("accuracy_after_recovery"), ".2%", "no recovery")]
+    header = ["method", "params before", "params after", "accuracy before pruning", "after pruning",
+              "after KD recovery"]
+    notes = "".join(f"<li>{e(str(n))}</li>" for n in c.get("notes") or [])
+    return ("<h2>Compression</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr><tr>"
+            + "".join(f"<td>{e(str(v))}</td>" for v in cells) + "</tr></table>"
+            + (f'<ul class="meta">{notes}</ul>' if notes else "")
+            + '<p class="meta">Test accuracy of the PyTorch model at each step of the compress stage.</p>')
+
+
+def _layers_txt(row: dict[str, Any]) -> str:
+    parts = []
+    for layer in row.get("worst_layers") or []:
+        simulated = layer.get("sqnr_db_simulated")
+        parts.append(f"{layer['node']} ({layer['op']}) {layer['sqnr_db']:.1f} dB"
+                     + ("" if simulated is None else f" ({simulated:.1f} as written)"))
+    return "; ".join(parts) or "–"
+
+
+def _int8_html(rows: list[dict[str, Any]]) -> str:
+    """Per INT8 artifact: weight grid, layers kept FP32, lowest per-layer SQNR, QAT comparison, speed vs FP32."""
+    e = html.escape
+    body, grids = [], {}
+    for r in rows:
+        if r.get("precision") not in INT8_PRECISIONS:
+            continue
+        grid = "–" if r.get("reduce_range") is None else ("7-bit" if r["reduce_range"] else "8-bit")
+        if r.get("reduce_range_reason"):
+            grids.setdefault(f"{grid}: {r['reduce_range_reason']}", []).append(r["name"])
+        kept = r.get("kept_fp32")
+        kept_txt = "–" if kept is None else (", ".join(kept) or "none") + (
+            f" (of {r['layers_total']} layers)" if r.get("layers_total") else "")
+        qat = r.get("qat")
+        qat_txt = "–" if not qat else (f"{qat['qat_accuracy']:.2%} vs FP32 {qat['fp32_accuracy']:.2%}"
+                                        + ("" if qat.get("ptq_accuracy") is None
+                                           else f", int8_static {qat['ptq_accuracy']:.2%}"))
+        slow = r.get("int8_speed")
+        speed_txt = "–" if not slow else f"not faster: {r['p50_us'] / slow['fp32_p50_us']:.2f}× FP32's p50"
+        cells = [r["name"], _fmt(r.get("accuracy"), ".2%"), grid, kept_txt, _layers_txt(r), qat_txt, speed_txt]
+        body.append("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in cells) + "</tr>")
+    if not body:
+        return ""
+    header = ["artifact", "test acc", "weights", "kept FP32", f"lowest per-layer SQNR (worst {WORST_LAYERS})",
+              "QAT", "speed on the device"]
+    reasons = "".join(f"<li>{e(reason)} ({e(', '.join(names))})</li>" for reason, names in grids.items())
+    return ("<h2>INT8: where accuracy went</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>"
+            + "".join(body) + "</table>"
+            + (f'<p class="meta">Weight grid:</p><ul class="meta">{reasons}</ul>' if reasons else "")
+            + '<p class="meta">SQNR of each Conv/Gemm/MatMul output against the FP32 graph on the test split, as '
+            "onnxruntime runs the artifact (fused integer kernels) and as the QDQ graph is written; errors "
+            "accumulate from layer to layer. Kept FP32: layers the mixed-precision fallback left unquantized to "
+            "pass parity. Why an INT8 artifact is not faster: see the findings.</p>")
+
+
 def write_html(summary: dict[str, Any], path: Path) -> Path:
     rundir_results = path.parent.parent / "results"
     latencies = {}
     for p in sorted(rundir_results.glob("bench-*.json")):
         r = BenchResult.load(p)
         latencies[r.artifact["name"]] = r.latencies_ns
-    images = plots(summary, latencies)
+    pngs = plots(summary, latencies)
+    _write_pareto_png(pngs.get("pareto"), path.parent / PARETO_PNG)
+    images = {key: _data_uri(png) for key, png in pngs.items()}
     e = html.escape
     machine = summary.get("machine") or {}
     system = machine.get("system") or {}
@@ -348,7 +584,9 @@ runtimes {runtime_txt}</p>
 Latency: {e(floor_txt)}; "× floor" and the speed-up compare with the floor and the teacher in the same runtime;
 speed-up intervals are bootstrap 95% intervals of the ratio of medians; "within noise" means the interval contains 1.</p>
 {f'<h2>onnxruntime vs LiteRT</h2><table><tr><th>model</th><th>onnxruntime p50 µs</th><th>LiteRT p50 µs</th><th>ORT / LiteRT</th><th>ORT acc</th><th>LiteRT acc</th></tr>{comparison}</table>' if comparison else ''}
-{f'<h2>Accuracy vs latency</h2><img alt="accuracy vs p50" src="{images["pareto"]}">' if 'pareto' in images else ''}
+{_compression_html(summary.get("compression"))}
+{_int8_html(summary["rows"])}
+{_pareto_html(images.get("pareto"))}
 {f'<h2>Latency distributions</h2><img alt="latency distributions" src="{images["latency"]}">' if 'latency' in images else ''}
 <h2>Per-class test accuracy</h2>
 <table><tr><th>artifact</th>{''.join(f'<th>{e(c)}</th>' for c in class_names)}</tr>{per_class}</table>

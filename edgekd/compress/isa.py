@@ -121,9 +121,16 @@ def explain_int8_speed(int8_p50: float, fp32_p50: float, features: dict) -> str 
     ratio = int8_p50 / fp32_p50
     head = (f"INT8 is not faster than FP32 on this CPU (p50 {int8_p50:.1f} µs vs {fp32_p50:.1f} µs, "
             f"{ratio:.2f}x)")
+    return f"{head}: " + "; ".join(int8_slow_reasons(fp32_p50, features)) + "."
+
+
+def int8_slow_reasons(fp32_p50: float, features: dict) -> list[str]:
+    """Why INT8 does not beat FP32 on a CPU with these `features`, for a model whose FP32 p50 is `fp32_p50` µs."""
     arch = features.get("arch")
     reasons: list[str] = []
-    if arch == "x86_64" and not (features.get("vnni") or features.get("amx_int8")):
+    if not features.get("known", True):
+        reasons.append("the device's CPU flags are unknown, so its INT8 instructions cannot be named")
+    elif arch == "x86_64" and not (features.get("vnni") or features.get("amx_int8")):
         reasons.append("no VNNI or AMX: INT8 matmuls use AVX2 VPMADDUBSW (multiply, then widen and add in "
                        "separate steps), barely faster per multiply than FP32 FMA")
     elif arch in ("arm64", "arm32") and not (features.get("dotprod") or features.get("i8mm")):
@@ -134,4 +141,43 @@ def explain_int8_speed(int8_p50: float, fp32_p50: float, features: dict) -> str 
     if not reasons:
         reasons.append(f"the CPU has fast INT8 instructions ({_names(features)}), so the layers are likely too "
                        "small to amortise quantize/dequantize and requantization between layers")
-    return f"{head}: " + "; ".join(reasons) + "."
+    return reasons
+
+REDUCE_RANGE_SETTINGS = ("auto", True, False)
+
+
+def choose_reduce_range(setting: str | bool = "auto", features: dict | None = None) -> dict:
+    """Whether ONNX INT8 weights use onnxruntime's `reduce_range` (7-bit weights, [-64, 64]) and why:
+    {"reduce_range": bool, "setting": "auto" | True | False, "reason": str}.
+
+    "auto" decides for this host's CPU (`features`, default: detected), where the artifact is verified and
+    benchmarked: on x86-64 without VNNI/AMX onnxruntime's U8S8 kernels multiply with VPMADDUBSW, whose 16-bit
+    pair sums saturate with 8-bit weights (255·127·2 > 32767) and not with 7-bit ones (255·64·2 = 32640).
+    """
+    from edgekd.errors import ExportError
+
+    if setting not in REDUCE_RANGE_SETTINGS or not isinstance(setting, (str, bool)):
+        raise ExportError(f"int8_reduce_range must be 'auto', true or false, got {setting!r}",
+                          fix="set export.int8_reduce_range to auto (decide for this CPU), true or false")
+    features = cpu_int8_features() if features is None else features
+    auto = _auto_reduce_range(features)
+    if setting == "auto":
+        return {"reduce_range": auto[0], "setting": "auto", "reason": f"auto: {auto[1]}"}
+    agrees = "as auto would on this host" if setting == auto[0] else f"auto would choose {auto[0]} here"
+    return {"reduce_range": bool(setting), "setting": bool(setting),
+            "reason": f"set by the recipe (export.int8_reduce_range: {str(setting).lower()}; {agrees})"}
+
+
+def _auto_reduce_range(features: dict) -> tuple[bool, str]:
+    if not features.get("known"):
+        return False, "the CPU's flags could not be read; onnxruntime's default 8-bit weights"
+    arch = features.get("arch")
+    if arch == "x86_64" and not (features.get("vnni") or features.get("amx_int8")):
+        if features.get("avx2") or features.get("avx512"):
+            return True, (f"x86-64 without AVX-VNNI/AMX ({_names(features)}): onnxruntime's int8 kernels "
+                          "(VPMADDUBSW) saturate their 16-bit sums with 8-bit weights (255·127·2 > 32767); 7-bit "
+                          "weights keep them in range")
+        return False, "x86-64 without AVX2: SSE int8 kernels widen before adding, no saturation; 8-bit weights"
+    if arch == "x86_64":
+        return False, f"x86-64 with {_names(features)}: VNNI/AMX int8 kernels do not saturate; 8-bit weights"
+    return False, f"{arch} ({_names(features)}): no 16-bit saturation in onnxruntime's int8 kernels; 8-bit weights"

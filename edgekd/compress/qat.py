@@ -16,7 +16,9 @@ Approach (and why):
   int8 in [-127, 127] (onnxruntime's grid for symmetric int8 weights: scale = max|w| / 127), activations
   per-tensor asymmetric int8 in [-128, 127] without reduce_range (onnxruntime's S8S8 QDQ with minmax
   calibration, what `quantize_static_int8` produces). torch's x86 default (uint8 activations with
-  reduce_range, 7-bit) would train for a different rounding than the one the artifact runs.
+  reduce_range, 7-bit) would train for a different rounding than the one the artifact runs. When the
+  artifact uses onnxruntime's `reduce_range` (x86 without VNNI, edgekd.compress.isa.choose_reduce_range),
+  the weights train on its 7-bit grid instead ([-64, 64], scale = max|w| / 64); activations keep 8 bits.
 - Export does not go through torch's fake-quant ops: the fused QAT modules are turned back into the
   original float architecture (conv weights, BatchNorm parameters and running statistics copied back), that
   model goes through edgekd's normal FP32 export, and `quantize_static_int8` makes the QDQ graph. Because the
@@ -47,15 +49,17 @@ FUSION_PATTERNS: tuple[tuple[type[nn.Module], ...], ...] = (
 )
 
 
-def artifact_qconfig():
+def artifact_qconfig(reduce_range: bool = False):
     """Fake-quant settings matching onnxruntime's S8S8 static QDQ (per-channel symmetric weights, minmax int8
-    activations), the format `edgekd.export.onnx.quantize_static_int8` writes."""
+    activations), the format `edgekd.export.onnx.quantize_static_int8` writes; with `reduce_range`, the weights'
+    7-bit grid that onnxruntime then uses ([-64, 64])."""
     from torch.ao.quantization import FakeQuantize, QConfig
     from torch.ao.quantization.observer import MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
 
     activation = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver, quant_min=-128, quant_max=127,
                                         dtype=torch.qint8, qscheme=torch.per_tensor_affine, reduce_range=False)
-    weight = FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver, quant_min=-127, quant_max=127,
+    low, high = (-64, 64) if reduce_range else (-127, 127)  # onnxruntime's symmetric int8 weight grids
+    weight = FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver, quant_min=low, quant_max=high,
                                     dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0)
     return QConfig(activation=activation, weight=weight)
 
@@ -96,7 +100,7 @@ class _Quantized(nn.Module):
         return self.dequant(self.model(self.quant(x)))
 
 
-def prepare_qat_model(model: nn.Module) -> tuple[nn.Module, list[list[str]]]:
+def prepare_qat_model(model: nn.Module, reduce_range: bool = False) -> tuple[nn.Module, list[list[str]]]:
     """A fake-quant copy of `model` (fused, observers inserted, in train mode) and the fused groups."""
     from torch.ao.quantization import fuse_modules_qat, prepare_qat
 
@@ -106,7 +110,7 @@ def prepare_qat_model(model: nn.Module) -> tuple[nn.Module, list[list[str]]]:
         if groups:
             float_model = fuse_modules_qat(float_model, groups)
         wrapped = _Quantized(float_model)
-        wrapped.qconfig = artifact_qconfig()
+        wrapped.qconfig = artifact_qconfig(reduce_range)
         prepare_qat(wrapped, inplace=True)
     except Exception as exc:
         raise CompressionError(f"torch cannot prepare {type(model).__name__} for quantization-aware training",
@@ -161,7 +165,7 @@ def _copy_bn(module: nn.BatchNorm2d, source: nn.BatchNorm2d) -> None:
 def qat_distill(model: nn.Module, teacher: nn.Module | np.ndarray, x: np.ndarray, target: np.ndarray, *,
                 steps: int, batch_size: int, lr: float, temperature: float = 4.0, alpha: float = 0.9,
                 seed: int = 0, calibration: np.ndarray | None = None, freeze_at: float = 0.75,
-                weight_decay: float = 0.0, return_qat: bool = False):
+                weight_decay: float = 0.0, return_qat: bool = False, reduce_range: bool = False):
     """Fine-tune a fake-quant copy of `model` for `steps` steps with the KD loss against `teacher` (a model, or
     its logits on `x`), then return the float model with the QAT-trained weights (export it with
     `qat_export_onnx`). `model` is not modified.
@@ -169,7 +173,8 @@ def qat_distill(model: nn.Module, teacher: nn.Module | np.ndarray, x: np.ndarray
     `calibration` inputs, when given, are run through the fake-quant model in eval mode before training so the
     observers start from the artifact's calibration ranges instead of the first batch. Observers and
     BatchNorm statistics freeze after `freeze_at` of the steps. With `return_qat`, returns
-    (float model, fake-quant model) so the fake-quant model can serve as a parity reference.
+    (float model, fake-quant model) so the fake-quant model can serve as a parity reference. `reduce_range`
+    trains for 7-bit weights: pass what the export will use (`qat_export_onnx(..., reduce_range=)`).
     """
     from edgekd.distill.losses import LOSSES
     from edgekd.distill.trainer import ResponseObjective, fit, predict_logits
@@ -181,7 +186,7 @@ def qat_distill(model: nn.Module, teacher: nn.Module | np.ndarray, x: np.ndarray
     if len(teacher_logits) != len(x):
         raise CompressionError(f"{len(teacher_logits)} teacher logits for {len(x)} training samples",
                                fix="give the teacher's logits on exactly the training inputs")
-    qat_model, groups = prepare_qat_model(model)
+    qat_model, groups = prepare_qat_model(model, reduce_range)
     if calibration is not None and len(calibration):
         with torch.no_grad():
             qat_model.eval()  # BatchNorm keeps its statistics; fake-quant observers still record ranges
@@ -207,16 +212,16 @@ def qat_distill(model: nn.Module, teacher: nn.Module | np.ndarray, x: np.ndarray
 
 
 def qat_export_onnx(model: nn.Module, in_shape: tuple[int, ...], path: Path, calibration: np.ndarray, *,
-                    opset: int = 18) -> Path:
+                    opset: int = 18, reduce_range: bool = False) -> Path:
     """Export a `qat_distill` result as a static INT8 QDQ ONNX graph (via an FP32 export next to `path`, which
-    is removed afterwards). Returns `path`."""
+    is removed afterwards), with the weight grid it was trained for (`reduce_range`). Returns `path`."""
     from edgekd.export.onnx import export_onnx, quantize_static_int8
 
     path = Path(path)
     fp32 = path.with_name(path.stem + ".qat-fp32.onnx")
     try:
         export_onnx(model, tuple(in_shape), fp32, opset=opset)
-        quantize_static_int8(fp32, path, calibration)
+        quantize_static_int8(fp32, path, calibration, reduce_range=reduce_range)
     finally:
         fp32.unlink(missing_ok=True)
     return path

@@ -135,12 +135,14 @@ DEFAULT_CALIB_PERCENTILE = 99.99
 
 def quantize_static_int8(fp32: Path, out: Path, calibration: np.ndarray, *, method: str = "minmax",
                          percentile: float = DEFAULT_CALIB_PERCENTILE,
-                         nodes_to_exclude: list[str] | tuple[str, ...] = ()) -> dict[str, object]:
+                         nodes_to_exclude: list[str] | tuple[str, ...] = (),
+                         reduce_range: bool = False) -> dict[str, object]:
     """INT8 static QDQ, per-channel weights, activations calibrated on `calibration` inputs.
 
     `method` is onnxruntime's calibration: minmax (observed range), entropy (KL-divergence threshold on a
     histogram) or percentile (the `percentile`-th percentile of |activation|). `nodes_to_exclude` are node
-    names kept in FP32 (the mixed-precision fallback).
+    names kept in FP32 (the mixed-precision fallback). `reduce_range` stores weights on a 7-bit grid
+    ([-64, 64]), which x86 CPUs without VNNI need (edgekd.compress.isa.choose_reduce_range).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -155,7 +157,8 @@ def quantize_static_int8(fp32: Path, out: Path, calibration: np.ndarray, *, meth
     extra = {"CalibPercentile": float(percentile)} if method == "percentile" else {}
     reader = _calibration_reader(calibration)
     settings: dict[str, object] = {"format": "QDQ", "per_channel": True, "weights": "int8", "activations": "int8",
-                                   "calibration": method, "calibration_samples": int(len(calibration))}
+                                   "calibration": method, "calibration_samples": int(len(calibration)),
+                                   "reduce_range": bool(reduce_range)}
     if method == "percentile":
         settings["calibration_percentile"] = float(percentile)
     if nodes_to_exclude:
@@ -171,7 +174,7 @@ def quantize_static_int8(fp32: Path, out: Path, calibration: np.ndarray, *, meth
         quantize_static(str(fp32), str(tmp), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=calibrate, nodes_to_exclude=list(nodes_to_exclude) or None,
-                        extra_options=extra or None, calibration_cache_path=cache)
+                        extra_options=extra or None, calibration_cache_path=cache, reduce_range=bool(reduce_range))
     return settings
 
 
@@ -193,13 +196,14 @@ def _entropy_ranges(fp32: Path, reader, cache: Path, work: Path) -> None:
     save_tensors_data(calibrator.compute_data(), cache)
 
 
-def quantize_dynamic_int8(fp32: Path, out: Path, *, nodes_to_exclude: list[str] | tuple[str, ...] = ()
-                          ) -> dict[str, object]:
+def quantize_dynamic_int8(fp32: Path, out: Path, *, nodes_to_exclude: list[str] | tuple[str, ...] = (),
+                          reduce_range: bool = False) -> dict[str, object]:
     """INT8 dynamic, restricted to MatMul/Gemm: on Conv it leaves unfused ConvInteger, several times slower.
 
     Conv weights are still stored as int8 (per output channel) and folded back to FP32 when onnxruntime loads
     the session, so the file is INT8-sized while Conv runs at FP32 speed. `nodes_to_exclude` (MatMul/Gemm node
-    names) stay FP32 (the mixed-precision fallback).
+    names) stay FP32 (the mixed-precision fallback). `reduce_range` puts the MatMul/Gemm weights on a 7-bit grid
+    (their u8 × s8 kernels saturate on x86 without VNNI); the folded Conv weights run in FP32 and keep 8 bits.
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -207,15 +211,20 @@ def quantize_dynamic_int8(fp32: Path, out: Path, *, nodes_to_exclude: list[str] 
     from edgekd.export.onnx_int4 import conv_weights_lowbit
 
     ops = ["MatMul", "Gemm"]
+    # Per-channel dynamic quantization first rewrites each Gemm into a MatMul named "<gemm>_MatMul" (and an Add),
+    # then applies nodes_to_exclude to the rewritten graph: a Gemm is excluded under both names.
+    exclude = [name for node in nodes_to_exclude for name in (node, f"{node}_MatMul")]
     with atomic_path(out) as tmp, captured_output(*_QUANT_LOGGERS):
         quantize_dynamic(str(fp32), str(tmp), op_types_to_quantize=ops, per_channel=True,
-                         weight_type=QuantType.QInt8, nodes_to_exclude=list(nodes_to_exclude) or None)
+                         weight_type=QuantType.QInt8, nodes_to_exclude=exclude or None,
+                         reduce_range=bool(reduce_range))
         model = onnx.load(str(tmp))
         convs = conv_weights_lowbit(model, "fold", bits=8)
         if convs:
             onnx.save(model, str(tmp))
     settings: dict[str, object] = {
         "per_channel": True, "weights": "int8", "activations": "dynamic uint8", "op_types": ops,
+        "reduce_range": bool(reduce_range),
         "conv_weights": f"int8 per channel, folded to FP32 at load ({convs} Conv)" if convs else None}
     if nodes_to_exclude:
         settings["kept_fp32"] = list(nodes_to_exclude)

@@ -1,0 +1,193 @@
+"""The run report's compression, INT8 and Pareto sections, checked on a real small run (training, pruning, KD
+recovery, export with the mixed-precision fallback, onnxruntime, the bench runner) and on hand-made rows for the
+instruction-set explanation of slow INT8."""
+
+from __future__ import annotations
+
+import base64
+import platform
+from pathlib import Path
+
+import pytest
+import yaml
+
+import edgekd
+from edgekd.bench.report import INT8_PRECISIONS, PARETO_PNG, WORST_LAYERS, findings, pareto_figure
+from edgekd.bench.runner import CPU_FEATURES_OF_INTEREST
+from edgekd.compress.isa import cpu_flags, cpu_int8_features
+from edgekd.rundir import read_json
+
+from conftest import TINY_RECIPE
+
+CPUINFO = Path("/proc/cpuinfo")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Tiny recipe + structured pruning with recovery, ONNX INT8 on 8-bit weights and parity 100% (so the
+    mixed-precision fallback has work to do), benchmarked on this host."""
+    recipe = yaml.safe_load(TINY_RECIPE.read_text())
+    recipe.update(name="report", output_dir=str(tmp_path_factory.mktemp("report")))
+    recipe["scratch"] = {"enabled": False}
+    recipe["compress"] = {"enabled": True, "prune": {"method": "structured", "ratio": 0.5}, "recovery": {"epochs": 2}}
+    recipe["export"].update(
+        formats=["onnx"], int8_reduce_range=False, qat={"enabled": False},
+        targets={"teacher": ["fp32"], "student": ["fp32", "int8_static", "int8_dynamic"], "scratch": [],
+                 "compressed": ["fp32", "int8_static"]},
+        parity={"min_agreement": 1.0, "min_agreement_int4": 0.85})
+    result = edgekd.run(edgekd.load_recipe(recipe))
+    return result, read_json(result.summary_path), result.report_path.read_text()
+
+
+def _host_saturates() -> bool:
+    host = cpu_int8_features()
+    return host["arch"] == "x86_64" and host["avx2"] and not (host["vnni"] or host["amx_int8"])
+
+
+def test_compression_accuracy_at_each_step(run):
+    result, summary, html = run
+    metrics = result.rundir.load_manifest()["stages"]["compress"]["metrics"]
+    c = summary["compression"]
+    for key in ("accuracy_before", "accuracy_after_prune", "accuracy_after_recovery", "parameters_before",
+                "parameters_after", "method"):
+        assert c[key] == metrics[key], key
+    sentence = next(f for f in summary["findings"] if f.startswith("Compression (structured)"))
+    assert (f"{c['accuracy_before']:.2%} before pruning → {c['accuracy_after_prune']:.2%} after pruning → "
+            f"{c['accuracy_after_recovery']:.2%} after KD recovery") in sentence
+    assert "<h2>Compression</h2>" in html and f"{c['accuracy_after_recovery']:.2%}" in html
+    assert summary["models"]["compressed"]["parameters"] == c["parameters_after"]
+
+
+def test_int8_rows_list_kept_layers_and_worst_sqnr(run):
+    result, summary, html = run
+    records = {a.name: a for a in result.artifacts}
+    int8 = [r for r in summary["rows"] if r["precision"] in INT8_PRECISIONS]
+    assert {r["name"] for r in int8} == {"student-onnx-int8_static", "student-onnx-int8_dynamic",
+                                         "compressed-onnx-int8_static"}
+    section = html[html.index("<h2>INT8: where accuracy went</h2>"):]
+    for row in int8:
+        q = records[row["name"]].quantization
+        assert row["kept_fp32"] == q.get("kept_fp32", [])
+        assert bool(row["kept_fp32"]) == ("mixed_precision" in q)  # the fallback ran exactly when layers were kept
+        expected = sorted((e for e in q["layer_errors"] if e["sqnr_db"] is not None), key=lambda e: e["sqnr_db"])
+        assert [w["node"] for w in row["worst_layers"]] == [e["node"] for e in expected[:WORST_LAYERS]]
+        assert [w["sqnr_db"] for w in row["worst_layers"]] == [e["sqnr_db"] for e in expected[:WORST_LAYERS]]
+        assert row["reduce_range"] is False and row["reduce_range_reason"].startswith("set by the recipe")
+        assert row["name"] in section
+        kept_finding = [f for f in summary["findings"] if f.startswith(f"{row['name']}: ") and "kept in FP32" in f]
+        assert bool(kept_finding) == bool(row["kept_fp32"])
+        if row["kept_fp32"]:
+            assert all(node in kept_finding[0] for node in row["kept_fp32"])
+            assert ", ".join(row["kept_fp32"]) in section
+        said = any(f.startswith(f"{row['name']}: layer ") and "integer kernels lose it" in f for f in summary["findings"])
+        if set(row["kept_fp32"]) == {e["node"] for e in q["layer_errors"]}:  # every layer FP32: the FP32 graph
+            assert row["worst_layers"] == [] and not said and "int8_speed" not in row  # no INT8 to blame
+            assert "ship the FP32 artifact instead" in kept_finding[0]
+            assert records[row["name"]].parity.max_abs_error < 1e-4
+            continue
+        worst = row["worst_layers"][0]
+        assert f"{worst['node']} ({worst['op']}) {worst['sqnr_db']:.1f} dB" in section
+        # integer-kernel saturation is called out exactly when deployed SQNR trails the written QDQ math
+        gap = (worst["sqnr_db_simulated"] or worst["sqnr_db"]) - worst["sqnr_db"]
+        assert said == (gap > 6.0), (row["name"], gap)
+    if _host_saturates():  # 8-bit weights on x86 without VNNI: parity 100% needs FP32 layers somewhere
+        assert any(r["kept_fp32"] for r in int8)
+
+
+def test_int8_not_faster_than_fp32_is_explained_from_the_device(run):
+    _, summary, html = run
+    rows = {r["name"]: r for r in summary["rows"]}
+    host = cpu_int8_features()
+    for row in rows.values():
+        if row["precision"] not in INT8_PRECISIONS:
+            continue
+        # the device's flags as the runner read them on the device (here: this host)
+        assert row["device_machine"] == platform.machine()
+        assert set(row["device_cpu_features"]) == set(CPU_FEATURES_OF_INTEREST) & cpu_flags(CPUINFO.read_text())
+        fp32 = rows[f"{row['role']}-onnx-fp32"]
+        all_fp32 = len(row["kept_fp32"] or []) == row["layers_total"]  # nothing runs in INT8: no ISA to blame
+        slower = row["p50_us"] >= fp32["p50_us"] and not all_fp32
+        assert bool(row.get("int8_speed")) == slower, row["name"]
+        grouped = [f for f in summary["findings"] if "INT8 is not faster than FP32 for" in f and row["name"] in f]
+        assert bool(grouped) == slower
+        if slower:
+            assert f"p50 {row['p50_us']:.1f} vs {fp32['p50_us']:.1f} µs" in grouped[0]
+            if _host_saturates():
+                assert "no VNNI or AMX" in grouped[0]
+            elif host["vnni"]:
+                assert "no VNNI" not in grouped[0]
+            assert "not faster" in html
+
+
+def test_pareto_plot_has_one_labelled_point_per_artifact(run):
+    result, summary, html = run
+    png = (result.report_path.parent / PARETO_PNG).read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert base64.b64encode(png).decode() in html  # the same image, embedded: the page opens offline
+    fig = pareto_figure(summary)
+    by_time, by_size = fig.axes
+    labels = {f"{r['role']} {r['format']} {r['precision']}" for r in summary["rows"]}
+    assert {t.get_text() for t in by_size.texts} == labels and len(by_size.collections) == len(labels)
+    timed = {f"{r['role']} {r['format']} {r['precision']}" for r in summary["rows"] if r.get("p50_us")}
+    assert {t.get_text() for t in by_time.texts} == timed == labels
+    assert "file size" in by_size.get_xlabel() and "p50" in by_time.get_xlabel()
+    points = by_size.collections[0].get_offsets()[0]
+    first = summary["rows"][0]
+    assert points[0] == pytest.approx(first["size_bytes"] / 1024) and points[1] == pytest.approx(100 * first["accuracy"])
+
+
+def _rows(*specs):
+    rows = []
+    for name, precision, p50, flags, machine in specs:
+        role, fmt, _ = name.split("-", 2)
+        rows.append({"name": name, "role": role, "format": fmt, "precision": precision, "p50_us": p50,
+                     "size_bytes": 8000 if precision == "fp32" else 3000, "device": "board",
+                     "device_cpu_features": flags, "device_machine": machine, "ops": 1, "layout_ops": 0})
+    return rows
+
+
+def test_slow_int8_findings_name_the_device_instruction_set():
+    from edgekd.bench.report import _int8_speed_notes
+
+    pi4 = ["asimd"]
+    rows = _rows(("student-onnx-fp32", "fp32", 40.0, pi4, "aarch64"),
+                 ("student-onnx-int8_static", "int8_static", 52.0, pi4, "aarch64"),
+                 ("student-onnx-int8_dynamic", "int8_dynamic", 47.0, pi4, "aarch64"),
+                 ("teacher-onnx-fp32", "fp32", 300.0, pi4, "aarch64"),
+                 ("teacher-onnx-int8_static", "int8_static", 120.0, pi4, "aarch64"))
+    _int8_speed_notes(rows)
+    text = findings({"rows": rows})
+    slow = [f for f in text if "INT8 is not faster" in f]
+    assert len(slow) == 1  # both student INT8 artifacts, one explanation
+    assert "student-onnx-int8_static (p50 52.0 vs 40.0 µs)" in slow[0] and "student-onnx-int8_dynamic" in slow[0]
+    assert "asimddp" in slow[0] and "teacher-onnx-int8_static" not in slow[0]  # the faster teacher INT8: nothing
+    assert "smaller than FP32's" in slow[0]
+    dotprod = _rows(("student-onnx-fp32", "fp32", 400.0, ["asimd", "asimddp"], "aarch64"),
+                    ("student-onnx-int8_static", "int8_static", 410.0, ["asimd", "asimddp"], "aarch64"))
+    _int8_speed_notes(dotprod)
+    (sentence,) = [f for f in findings({"rows": dotprod}) if "not faster" in f]
+    assert "fast INT8 instructions (dotprod)" in sentence
+    unknown = _rows(("student-onnx-fp32", "fp32", 40.0, [], ""), ("student-onnx-int8_static", "int8_static", 60.0, [], ""))
+    _int8_speed_notes(unknown)
+    (sentence,) = [f for f in findings({"rows": unknown}) if "not faster" in f]
+    assert "flags are unknown" in sentence and "VNNI" not in sentence
+    emulated = _rows(("student-onnx-fp32", "fp32", 40.0, pi4, "aarch64"),
+                     ("student-onnx-int8_static", "int8_static", 90.0, pi4, "aarch64"))
+    emulated[1]["emulated"] = True  # an emulator's latency says nothing about the board's instructions
+    _int8_speed_notes(emulated)
+    assert not any("not faster" in f for f in findings({"rows": emulated}))
+
+
+def test_int8_accuracy_findings_from_rows():
+    saturated = {"name": "student-onnx-int8_static", "role": "student", "format": "onnx", "precision": "int8_static",
+                 "kept_fp32": [], "layers_total": 2, "reduce_range": False, "ops": 1, "layout_ops": 0,
+                 "worst_layers": [{"node": "node_linear", "op": "Gemm", "sqnr_db": 21.2, "sqnr_db_simulated": 46.0}]}
+    clean = {**saturated, "name": "student-onnx-int8_dynamic", "precision": "int8_dynamic",
+             "worst_layers": [{"node": "node_linear", "op": "Gemm", "sqnr_db": 42.1, "sqnr_db_simulated": 42.1}]}
+    partly = {**clean, "name": "teacher-onnx-int8_static", "kept_fp32": ["node_Conv_60"], "layers_total": 5}
+    text = findings({"rows": [saturated, clean, partly]})
+    (sat,) = [f for f in text if "integer kernels lose it" in f]
+    assert sat.startswith("student-onnx-int8_static: layer node_linear has SQNR 21.2 dB") and "46.0 dB" in sat
+    assert "8-bit" in sat and "export.int8_reduce_range" in sat
+    (kept,) = [f for f in text if "kept in FP32" in f]
+    assert kept == "teacher-onnx-int8_static: 1 of 5 layers kept in FP32 to pass parity (node_Conv_60)."
