@@ -163,7 +163,7 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
           threads: int = typer.Option(1, min=1, help="intra-op threads"),
           batch_size: int = typer.Option(1, min=1, help="batch size (bare model files get synthetic inputs)"),
           min_seconds: float = typer.Option(1.0, min=0, help="time each artifact at least this long (all rounds)"),
-          rounds: int = typer.Option(3, min=1, help="fresh processes per artifact, interleaved across artifacts"),
+          rounds: int = typer.Option(5, min=1, help="fresh processes per artifact, interleaved across artifacts"),
           sessions: Optional[int] = typer.Option(None, min=1, help="like --rounds, with --cooldown between them; "
                                                  "the result reports the spread between sessions"),
           cooldown: float = typer.Option(0.0, min=0, help="seconds to pause between rounds/sessions"),

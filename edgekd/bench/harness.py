@@ -46,7 +46,7 @@ class BenchSettings:
     # Each artifact is timed in `rounds` fresh processes, interleaved with the other artifacts (A B C A B C …),
     # and the rounds are pooled: a machine that drifts between fast and slow states (this VM does, every few
     # seconds) then affects every candidate alike instead of whichever happened to run during a slow spell.
-    rounds: int = 3
+    rounds: int = 5
     cooldown_seconds: float = 0.0  # pause between rounds (sessions), e.g. to let a phone cool down
     max_runs: int = 200_000
     sustained: bool = False  # one long round, reported as latency over time
