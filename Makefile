@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# constraints.txt keeps torch on the local 2.13.0 CPU build (an unpinned torch pulls CUDA).
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,tflite]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,tflite,hf]'
 	@touch $(STAMP)
 
 demo: $(STAMP)

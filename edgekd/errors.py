@@ -97,3 +97,7 @@ def first_line(exc: BaseException, *, limit: int = 300) -> str:
     """A third-party exception as one clean line for a `why:` field (ANSI colour codes stripped)."""
     lines = [ln.strip() for ln in _ANSI.sub("", str(exc)).splitlines() if ln.strip()]
     return lines[0][:limit] if lines else type(exc).__name__
+
+
+class TextModelError(EdgeKDError):
+    """A Hugging Face teacher folder is incomplete, or is not a text encoder."""

@@ -43,6 +43,13 @@ class Context:
         return load_splits(self.recipe)
 
     @cached_property
+    def text(self):
+        """The text task's corpus, tokenizer and token ids (task: text)."""
+        from edgekd.text.data import load_text_data
+
+        return load_text_data(self.recipe)
+
+    @cached_property
     def data_fingerprint(self) -> str:
         return self.splits.fingerprint()
 
@@ -129,7 +136,18 @@ class RunResult:
         return self.rundir.report / "index.html"
 
 
-def _stages() -> list[Stage]:
+def _stages(recipe: Recipe) -> list[Stage]:
+    if recipe.task == "text":
+        from edgekd.text import stages as t
+
+        return [
+            Stage("teacher", t.teacher_inputs, t.teacher_run),
+            Stage("distill", t.distill_inputs, t.distill_run),
+            Stage("scratch", t.scratch_inputs, t.scratch_run, enabled=lambda ctx: ctx.recipe.scratch.enabled),
+            Stage("export", t.export_inputs, t.export_run),
+            Stage("bench", _bench_inputs, t.bench_run, enabled=lambda ctx: ctx.recipe.bench.enabled),
+            Stage("report", _report_inputs, t.report_run),
+        ]
     from edgekd import stages as s
 
     return [
@@ -161,7 +179,7 @@ def run(recipe: Recipe, *, force: set[str] | None = None, reporter: Reporter | N
         atomic_write(rundir.recipe_path, dump_recipe(recipe))
     ctx = Context(recipe=recipe, rundir=rundir, reporter=reporter)
     result = RunResult(rundir=rundir, recipe=recipe)
-    for stage in _stages():
+    for stage in _stages(recipe):
         if world > 1 and stage.name not in TRAINING_STAGES:
             _leave_distributed()  # training is over: rank 0 exports, benchmarks and reports alone
             if rank != 0:
@@ -189,6 +207,18 @@ def run(recipe: Recipe, *, force: set[str] | None = None, reporter: Reporter | N
             ctx.hashes[stage.name] = rundir.stage_record(stage.name)["output_hash"]
         result.stages[stage.name] = "ran"
     return result
+
+
+def _bench_inputs(ctx: Context) -> dict[str, Any]:
+    from edgekd.stages import bench_inputs
+
+    return bench_inputs(ctx)
+
+
+def _report_inputs(ctx: Context) -> dict[str, Any]:
+    from edgekd.stages import report_inputs
+
+    return report_inputs(ctx)
 
 
 # Stages every rank of a torchrun job runs (rank 0 alone writes their files); the rest run on rank 0 only.

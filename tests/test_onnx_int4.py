@@ -131,7 +131,7 @@ def test_teacher_conv_weights_are_int4_per_channel(models):
     assert graph.opset_import[0].version >= 21 or any(o.domain == "" and o.version >= 21 for o in graph.opset_import)
     settings = models["teacher"]["settings"]
     assert settings["op_types_4bit"] == ["Conv", "Gemm"]
-    assert settings["nodes_4bit"] == {"Gemm": 2, "MatMul": 0, "Conv": 3}
+    assert settings["nodes_4bit"] == {"Gemm": 2, "MatMul": 0, "Conv": 3, "Gather": 0}
     assert settings["opset"] == 21 and settings["source_opset"] == 18
 
 

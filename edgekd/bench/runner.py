@@ -565,7 +565,7 @@ def check_arrays(arrays: Dict[str, Any], infos: Sequence[TensorInfo], *, any_bat
         array = arrays[info["name"]]
         want = info["shape"]
         dtype = str(array.dtype)
-        if info["dtype"] in _KNOWN_DTYPES and dtype != info["dtype"]:
+        if info["dtype"] in _KNOWN_DTYPES and dtype != info["dtype"] and not _fits_integer(array, info["dtype"]):
             raise RunnerError("input", f"input {info['name']!r} has dtype {dtype}, the model expects {info['dtype']}",
                               why=f"model inputs: {describe_inputs(infos)}",
                               fix=f"save the array as {info['dtype']} (array.astype(numpy.{info['dtype']}))")
@@ -582,6 +582,15 @@ def check_arrays(arrays: Dict[str, Any], infos: Sequence[TensorInfo], *, any_bat
 
 
 _KNOWN_DTYPES = set(_ORT_DTYPES.values()) - {"bfloat16", "object"}
+
+
+def _fits_integer(array: Any, dtype: str) -> bool:
+    """Integer ids given as int64 to a model that narrowed them to int32 (the TFLite converter does) are fed
+    as int32 when every value fits; anything else must match the model's dtype exactly."""
+    if array.dtype.kind not in "iu" or np.dtype(dtype).kind not in "iu":
+        return False
+    limits = np.iinfo(np.dtype(dtype))
+    return array.size == 0 or (int(array.min()) >= limits.min and int(array.max()) <= limits.max)
 
 
 def tensor_json(name: str, array: Any, model_shape: Any) -> Dict[str, Any]:

@@ -59,6 +59,8 @@ class Artifact(BaseModel):
     quantization: dict[str, Any] | None = None
     parity: Parity | None = None
     lineage: dict[str, Any] = Field(default_factory=dict)
+    output_checks: dict[str, Any] = Field(default_factory=dict, description="comparisons of outputs beyond the "
+                                          "first with PyTorch (text: the sentence embedding's cosine)")
     created_at: str = Field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     directory: Path | None = Field(None, exclude=True)
 

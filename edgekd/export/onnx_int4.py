@@ -333,6 +333,20 @@ def conv_weights_lowbit(model, mode: str, bits: int) -> int:
     """Replace every Conv weight initializer by int4/int8 + per-channel scales and the nodes that turn them back
     into the FP32 weight under its original name: DequantizeLinear (mode 'qdq') or Cast + Mul (mode 'fold',
     which onnxruntime folds to FP32 once at session load: a small file at FP32 speed)."""
+    return _weights_lowbit(model, mode, bits, op="Conv", weight_input=1)
+
+
+def gather_tables_lowbit(model, bits: int) -> int:
+    """Store every embedding table (the constant data input of a Gather) as int4/int8 with one scale per row
+    (per token), turned back into FP32 by Cast + Mul, which onnxruntime folds once at session load.
+
+    onnxruntime's dynamic INT8 and MatMulNBits quantizers leave Gather tables in FP32; in a small text model
+    the token table is most of the file, so without this an "INT8" text student would be mostly FP32.
+    """
+    return _weights_lowbit(model, "fold", bits, op="Gather", weight_input=0)
+
+
+def _weights_lowbit(model, mode: str, bits: int, *, op: str, weight_input: int) -> int:
     import ml_dtypes
     from onnx import helper, numpy_helper
 
@@ -341,9 +355,11 @@ def conv_weights_lowbit(model, mode: str, bits: int) -> int:
     fresh = _unique_namer(model)
     names: list[str] = []
     for node in graph.node:
-        if node.op_type != "Conv" or node.domain not in ("", "ai.onnx"):
+        if node.op_type != op or node.domain not in ("", "ai.onnx"):
             continue
-        w_name = node.input[1]
+        w_name = node.input[weight_input]
+        if op == "Gather" and (w_name not in inits or len(inits[w_name].dims) != 2 or inits[w_name].data_type != 1):
+            continue  # an index or shape gather, not an embedding table
         if w_name in names:
             continue
         if w_name not in inits:
@@ -449,13 +465,15 @@ def quantize_int4(fp32_path: str | Path, out_path: str | Path, *, block_size: in
     _constants_to_initializers(model)
     counts = {op: sum(1 for n in model.graph.node if n.op_type == op) for op in ("Gemm", "MatMul", "Conv")}
 
-    if conv != "fp32" and counts["Conv"]:
+    has_tables = any(n.op_type == "Gather" and n.input[0] in _initializers(model) for n in model.graph.node)
+    if (conv != "fp32" and counts["Conv"]) or has_tables:
         model = _to_opset(model, INT4_OPSET)
     gemms = _gemm_to_matmul(model)
     matmuls_before = sum(1 for n in model.graph.node if n.op_type == "MatMul")
     model, node_blocks = _matmul_nbits(model, block_size, accuracy_level)
     nbits = sum(1 for n in model.graph.node if n.op_type == "MatMulNBits")
     convs = _conv_weights_int4(model, conv) if conv != "fp32" else 0
+    tables = gather_tables_lowbit(model, 4)
 
     left = _float_weight_ops(model)
     expected_left = [lbl for lbl in left if lbl.startswith("Conv")] if conv == "fp32" else []
@@ -478,7 +496,7 @@ def quantize_int4(fp32_path: str | Path, out_path: str | Path, *, block_size: in
         _check_runs(tmp)
 
     op_types_4bit = sorted({op for op, n in (("Gemm", gemms), ("MatMul", matmuls_before - gemms),
-                                             ("Conv", convs)) if n})
+                                             ("Conv", convs), ("Gather", tables)) if n})
     return {
         "format": "onnx",
         "weights": "int4",
@@ -493,7 +511,7 @@ def quantize_int4(fp32_path: str | Path, out_path: str | Path, *, block_size: in
         "conv": conv,
         "conv_granularity": "per output channel" if conv != "fp32" else None,
         "op_types_4bit": op_types_4bit,
-        "nodes_4bit": {"Gemm": gemms, "MatMul": matmuls_before - gemms, "Conv": convs},
+        "nodes_4bit": {"Gemm": gemms, "MatMul": matmuls_before - gemms, "Conv": convs, "Gather": tables},
         "matmulnbits_nodes": nbits,
         "fp32_weight_ops_left": left,
         "opset": _opset(model),

@@ -1,0 +1,83 @@
+"""The text task's data as the stages use it: the corpus, its token ids, and where each row belongs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekd.text.corpus import TextCorpus, build_corpus
+
+
+@dataclass
+class TextData:
+    corpus: TextCorpus
+    tokenizer: Any
+    train_length: int
+    device_length: int
+    teacher_folder: Path
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.corpus.label_names)
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id or 0)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    def tokenize(self, rows: np.ndarray, length: int) -> np.ndarray:
+        sentences = [self.corpus.sentences[i] for i in rows]
+        if not sentences:
+            return np.zeros((0, length), np.int64)
+        enc = self.tokenizer(sentences, padding="max_length", truncation=True, max_length=length, return_tensors="np")
+        return enc["input_ids"].astype(np.int64)
+
+    @cached_property
+    def ids(self) -> np.ndarray:
+        """Every sentence's ids at the training length."""
+        return self.tokenize(np.arange(len(self.corpus)), self.train_length)
+
+    @cached_property
+    def train_rows(self) -> np.ndarray:
+        return self.corpus.part(held_out=False)
+
+    @cached_property
+    def held_out_rows(self) -> np.ndarray:
+        return self.corpus.part(held_out=True)
+
+    @cached_property
+    def labelled_train_rows(self) -> np.ndarray:
+        return self.corpus.part(held_out=False, labelled_only=True)
+
+    @cached_property
+    def labelled_held_out_rows(self) -> np.ndarray:
+        return self.corpus.part(held_out=True, labelled_only=True)
+
+    def fingerprint(self) -> str:
+        return f"{self.corpus.fingerprint()}-{self.train_length}-{self.device_length}"
+
+
+def load_text_data(recipe) -> TextData:
+    """Build the corpus of `recipe.data.text` and load the teacher folder's tokenizer (no model weights)."""
+    from edgekd.errors import DataError, TextModelError, first_line
+    from edgekd.text.teacher import _transformers, check_teacher_folder, default_teacher_folder
+
+    cfg = recipe.data.text
+    folder = Path(recipe.teacher.hf) if recipe.teacher.hf else default_teacher_folder()
+    check_teacher_folder(folder)
+    corpus = build_corpus(cfg.packages, per_class=cfg.per_class, unlabelled=cfg.unlabelled, seed=recipe.data.seed)
+    if len(corpus) == 0:
+        raise DataError("the text corpus is empty", fix="raise data.text.per_class")
+    try:
+        tokenizer = _transformers().AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:
+        raise TextModelError(f"the tokenizer in {folder} cannot be loaded", why=first_line(exc),
+                             fix="re-save the folder with save_pretrained()") from None
+    return TextData(corpus, tokenizer, cfg.train_length, cfg.device_length, folder)

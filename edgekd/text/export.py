@@ -1,0 +1,195 @@
+"""Export text models (teacher with head, students): one int64 input `input_ids`, two outputs `logits` and
+`embedding`; ONNX with dynamic batch and sequence length, TFLite at a fixed [1, length].
+
+Quantization reuses the format backends; every artifact is then checked against its PyTorch model on
+held-out sentences: class agreement (the usual parity record) and the embedding's cosine (output_checks).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgekd.errors import ExportError, first_line
+from edgekd.export.formats import FORMATS, ExportOptions
+from edgekd.export.quiet import captured_output
+from edgekd.progress import Reporter, SilentReporter
+from edgekd.rundir import atomic_path
+
+if TYPE_CHECKING:
+    from torch import nn
+
+INPUT = "input_ids"
+OUTPUTS = ("logits", "sentence_embedding")
+_NOISY = ("torch.onnx", "torch._dynamo", "torch.export", "torch.fx", "onnxscript")
+# Mean cosine of an artifact's embeddings to its PyTorch model's, below which it fails parity.
+MIN_EMBEDDING_COSINE = {"fp32": 0.999, "int8_dynamic": 0.98, "int8_static": 0.98, "int4": 0.95}
+
+
+def _example(length: int):
+    import torch
+
+    # Batch 2 and a non-pad token everywhere: a batch-1 example would specialise the batch dimension to 1.
+    return (torch.ones(2, length, dtype=torch.int64),)
+
+
+def export_text_onnx(model: "nn.Module", length: int, path: Path, *, opset: int) -> Path:
+    """FP32 ONNX with dynamic batch and sequence length (up to the model's position table).
+
+    Not passed through onnxslim: it recurses past Python's limit on the BERT teacher's graph, and the
+    exporter's own optimizer (optimize=True) already folds what it would."""
+    import onnx
+    import torch
+
+    model.eval()
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("length", min=2, max=length)
+    with captured_output(*_NOISY):
+        try:
+            program = torch.onnx.export(model, _example(length), dynamo=True, input_names=[INPUT],
+                                        output_names=list(OUTPUTS), dynamic_shapes=({0: batch, 1: seq},),
+                                        opset_version=opset, verbose=False, optimize=True)
+        except Exception as exc:  # the exporter raises many types; all mean "cannot export"
+            raise ExportError(f"text model '{type(model).__name__}' cannot be exported to ONNX",
+                              why=first_line(exc), fix="report the model; its forward must take one int64 tensor "
+                              "of token ids and return (logits, embedding)") from None
+        with atomic_path(path) as tmp:
+            program.save(str(tmp))
+            onnx.checker.check_model(str(tmp))
+    return path
+
+
+def export_text_tflite(model: "nn.Module", length: int, path: Path) -> Path:
+    """FP32 .tflite taking input_ids [1, length] and returning {logits, embedding}."""
+    import torch
+
+    from edgekd.export.tflite import SIGNATURE, _conversion_error, _import_converter, _quiet
+
+    class TextSignature(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+            logits, embedding = self.inner(input_ids)
+            return {"logits": logits, "sentence_embedding": embedding}
+
+    litert_torch = _import_converter()
+    sample = {INPUT: torch.ones(1, length, dtype=torch.int64)}
+    with _quiet() as log:
+        try:
+            content = litert_torch.signature(SIGNATURE, TextSignature(model.eval()).eval(),
+                                             sample_kwargs=sample).convert().model_content()
+        except Exception as exc:
+            raise _conversion_error(model, exc, log.getvalue()) from None
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(content)
+    return path
+
+
+def run_text_artifact(path: Path, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, embeddings) of an exported text model over int64 ids, one row at a time for TFLite."""
+    if path.suffix == ".onnx":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        out = [session.run(list(OUTPUTS), {INPUT: ids[i:i + 64]}) for i in range(0, len(ids), 64)]
+        return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
+    from edgekd.export.tflite import _interpreter
+
+    interpreter = _interpreter(path)
+    runner = interpreter.get_signature_runner()
+    dtype = runner.get_input_details()[INPUT]["dtype"]  # the converter narrows int64 ids to int32
+    rows = [runner(**{INPUT: ids[i:i + 1].astype(dtype)}) for i in range(len(ids))]
+    return np.concatenate([r["logits"] for r in rows]), np.concatenate([r["sentence_embedding"] for r in rows])
+
+
+def text_parity(path: Path, precision: str, reference: tuple[np.ndarray, np.ndarray], ids: np.ndarray,
+                labels: np.ndarray, *, num_classes: int, min_agreement: float, role: str):
+    """The parity record (class agreement with PyTorch) and the embedding check, folded into one verdict."""
+    from edgekd.export.verify import parity
+    from edgekd.text.metrics import mean_cosine
+
+    logits, embeddings = run_text_artifact(path, ids)
+    check = parity(logits, reference[0], labels, num_classes=num_classes, threshold=min_agreement,
+                   reference_name=f"PyTorch {role} (fp32)")
+    cos = np.sum(_unit(embeddings) * _unit(reference[1]), axis=1)
+    minimum = MIN_EMBEDDING_COSINE.get(precision, 0.95)
+    embedding = {"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()), "threshold": minimum,
+                 "reference_mean_cosine": mean_cosine(reference[1], reference[1])}
+    if check.passed and cos.mean() < minimum:
+        check = check.model_copy(update={"passed": False, "reason": f"embedding cosine to PyTorch {cos.mean():.4f} "
+                                                                    f"is below {minimum}"})
+    return check, {"embedding": embedding}
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def export_text_model(model: "nn.Module", *, role: str, formats: list[str], precisions: list[str], out_root: Path,
+                      length: int, ids: np.ndarray, labels: np.ndarray, num_classes: int, options: ExportOptions,
+                      min_agreement: float, min_agreement_int4: float, lineage: dict[str, Any],
+                      reporter: Reporter | None = None) -> list:
+    """Every format × precision of one text model, each checked against PyTorch on `ids` (held-out)."""
+    from edgekd.exporter import _record, _remove_artifact, artifact_name
+    from edgekd.export.onnx_int4 import gather_tables_lowbit
+    from edgekd.models import count_parameters
+    from edgekd.text.train import predict
+
+    reporter = reporter or SilentReporter()
+    reference = predict(model, ids)
+    ordered = ["fp32"] + [p for p in precisions if p != "fp32"]
+    artifacts = []
+    task = reporter.task(f"export {role}", len(ordered) * len(formats))
+    for fmt in formats:
+        backend = FORMATS[fmt]()
+        fp32_path = out_root / artifact_name(role, fmt, "fp32") / f"model{backend.suffix}"
+        for precision in ordered:
+            name = artifact_name(role, fmt, precision)
+            path = out_root / name / f"model{backend.suffix}"
+            started = time.perf_counter()
+            quantization = None
+            if precision == "fp32":
+                (export_text_onnx(model, length, path, opset=options.opset) if fmt == "onnx"
+                 else export_text_tflite(model, length, path))
+            else:
+                quantization = backend.quantize(fp32_path, path, precision, options)
+                if fmt == "onnx" and precision.startswith("int8"):
+                    quantization = {**quantization, "gather_tables_int8": _tables_int8(path, gather_tables_lowbit)}
+            check, extra = text_parity(path, precision, reference, ids, labels, num_classes=num_classes,
+                                       min_agreement=min_agreement_int4 if precision == "int4" else min_agreement,
+                                       role=role)
+            artifact = _record(backend, path, name=name, role=role, precision=precision,
+                               parameters=count_parameters(model), opset=options.opset if fmt == "onnx" else None,
+                               quantization=quantization, parity=check, output_checks=extra,
+                               lineage={**lineage, "conversion_seconds": round(time.perf_counter() - started, 3),
+                                        "derived_from": None if precision == "fp32" else
+                                        artifact_name(role, fmt, "fp32")})
+            artifact.save()
+            if not check.passed:
+                reporter.note(f"[warning] {name} FAILED parity: {check.reason}")
+            artifacts.append(artifact)
+            task.advance(1)
+        if "fp32" not in precisions:
+            _remove_artifact(fp32_path.parent)
+            artifacts = [a for a in artifacts if a.name != artifact_name(role, fmt, "fp32")]
+    task.close()
+    return artifacts
+
+
+def _tables_int8(path: Path, lowbit) -> int:
+    """Store the embedding tables of an INT8 ONNX file as int8 too (onnxruntime's quantizer leaves them FP32)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    tables = lowbit(model, 8)
+    if tables:
+        with atomic_path(path) as tmp:
+            onnx.save(model, str(tmp))
+            onnx.checker.check_model(str(tmp))
+    return tables

@@ -1,0 +1,351 @@
+"""The stages of a text run (task: text): teacher → distill → scratch → export → bench → report.
+
+teacher: embed the corpus with the Hugging Face encoder (cached across runs) and fit its class head;
+distill: the student learns embeddings, their similarity structure and the head's classes;
+scratch: the student's architecture on the labels alone, same steps; export/bench/report as for any run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekd.pipeline import Context
+from edgekd.rundir import atomic_path, sha256_file
+
+EMBED_BATCH = 32
+RETRIEVAL_POOL = 2000  # held-out sentences searched for recall@10 (each one queries the others)
+
+
+def _data_inputs(ctx: Context) -> dict[str, Any]:
+    return {"task": "text", "data": ctx.recipe.section("data")["data"], "data_fingerprint": ctx.text.fingerprint()}
+
+
+def _save_array(path: Path, array: np.ndarray) -> Path:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, array, allow_pickle=False)
+    return path
+
+
+def _teacher_key(ctx: Context) -> str:
+    """Cache key of the teacher's embeddings: the weights' sha256, the corpus and the training length."""
+    folder = ctx.text.teacher_folder
+    weights = next(folder / f for f in ("model.safetensors", "pytorch_model.bin") if (folder / f).is_file())
+    return hashlib.sha256(f"{sha256_file(weights)}-{ctx.text.fingerprint()}".encode()).hexdigest()[:24]
+
+
+# -- teacher -------------------------------------------------------------------------------
+
+def teacher_inputs(ctx: Context) -> dict[str, Any]:
+    return {**_data_inputs(ctx), "teacher": ctx.recipe.section("teacher")["teacher"], "seed": ctx.recipe.seed,
+            "teacher_key": _teacher_key(ctx)}
+
+
+def teacher_embeddings(ctx: Context) -> np.ndarray:
+    """The teacher's sentence embedding of every corpus row (export/cache/text-teacher, never pickled)."""
+    from edgekd.text.teacher import load_teacher
+
+    cache = ctx.recipe.output_dir / "cache" / "text-teacher" / f"{_teacher_key(ctx)}.npy"
+    if cache.is_file():
+        ctx.reporter.note(f"teacher embeddings: reused {cache}")
+        return np.load(cache, allow_pickle=False)
+    teacher = load_teacher(ctx.text.teacher_folder)
+    ids = ctx.text.ids
+    task = ctx.reporter.task("embed corpus with the teacher", len(ids))
+    embeddings = teacher.embed(ids, EMBED_BATCH, progress=task)
+    task.close()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    _save_array(cache, embeddings)
+    return embeddings
+
+
+def teacher_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
+    """Embed the corpus with the teacher and fit a linear class head on the labelled training sentences."""
+    import time
+
+    import torch
+
+    from edgekd.checkpoints import save_checkpoint
+    from edgekd.text.metrics import text_metrics
+    from edgekd.text.train import train_head
+
+    started = time.perf_counter()
+    data = ctx.text
+    embeddings = teacher_embeddings(ctx)
+    labels = data.corpus.labels
+    head = train_head(embeddings[data.labelled_train_rows], labels[data.labelled_train_rows], seed=ctx.recipe.seed)
+    with torch.no_grad():
+        logits = head(torch.from_numpy(embeddings)).numpy()
+    emb_path = _save_array(ctx.rundir.data / "teacher_embeddings.npy", embeddings)
+    logit_path = _save_array(ctx.rundir.data / "teacher_logits.npy", logits)
+    held = data.labelled_held_out_rows
+    metrics = {"test_accuracy": text_metrics(logits[held], embeddings[held], labels[held], None)["accuracy"],
+               "train_accuracy": float((logits[data.labelled_train_rows].argmax(1) ==
+                                        labels[data.labelled_train_rows]).mean()),
+               "parameters": (_teacher_parameters(data.teacher_folder) or 0) + sum(p.numel() for p in head.parameters()),
+               "source": str(data.teacher_folder), "seconds": round(time.perf_counter() - started, 2),
+               "sentences": len(data.corpus), "generation": 0}
+    path = save_checkpoint(head, ctx.rundir.checkpoints / "teacher.pt", role="teacher", run=ctx.recipe.name,
+                           hf_folder=str(data.teacher_folder), metrics=metrics, generation=0)
+    return [path, emb_path, logit_path], {"metrics": metrics}
+
+
+def _teacher_parameters(folder: Path) -> int | None:
+    """Parameter count read from the safetensors header (None for a .bin folder)."""
+    from safetensors import safe_open
+
+    path = folder / "model.safetensors"
+    if not path.is_file():
+        return None
+    with safe_open(str(path), "np") as fh:
+        return int(sum(np.prod(fh.get_slice(k).get_shape()) for k in fh.keys()))
+
+
+def trained_teacher(ctx: Context):
+    """The exportable teacher: the Hugging Face encoder with mean pooling and the fitted head."""
+    from torch import nn
+
+    from edgekd.checkpoints import load_weights
+    from edgekd.text.student import TeacherWithHead
+    from edgekd.text.teacher import load_teacher
+
+    teacher = load_teacher(ctx.text.teacher_folder)
+    head = nn.Linear(teacher.dim, ctx.text.num_classes)
+    load_weights(head, ctx.rundir.checkpoints / "teacher.pt", role="teacher")
+    return TeacherWithHead(teacher.model, head.eval(), teacher.pad_id).eval()
+
+
+# -- students ------------------------------------------------------------------------------
+
+def new_student(ctx: Context, seed: int | None = None, *, from_teacher: bool = True):
+    """A fresh student; `from_teacher=False` (the scratch baseline) never starts from the teacher's weights."""
+    from edgekd.distill.trainer import seed_everything
+    from edgekd.text.student import TEXT_STUDENTS
+
+    seed_everything(ctx.recipe.seed if seed is None else seed)
+    cfg = ctx.recipe.student.model
+    data = ctx.text
+    model = TEXT_STUDENTS[cfg.family](data.vocab_size, data.num_classes, pad_id=data.pad_id,
+                                      max_length=data.device_length, **cfg.params)
+    if from_teacher and ctx.recipe.distill.text.init_from_teacher:
+        _init_token_table(model, data.teacher_folder)
+    return model
+
+
+def _init_token_table(model, folder: Path) -> None:
+    """Start the student's token table from the teacher's (PCA-reduced), scaled like torch's own init."""
+    import torch
+
+    from edgekd.text.teacher import token_embedding_init
+
+    table = model.token.weight
+    init = token_embedding_init(folder, table.shape[1])
+    if init is not None and init.shape[0] == table.shape[0]:
+        with torch.no_grad():
+            table.copy_(torch.from_numpy(init) * float(table.std()))
+
+
+def trained_student(ctx: Context, role: str):
+    from edgekd.checkpoints import load_weights
+
+    model = new_student(ctx, from_teacher=False)  # the checkpoint overwrites every weight
+    load_weights(model, ctx.rundir.checkpoints / f"{role}.pt", role=role)
+    return model.eval()
+
+
+def _budget(ctx: Context) -> int:
+    """Optimizer steps of each student: epochs over the transfer set (every training sentence)."""
+    from edgekd.distill.trainer import steps_for
+
+    t = ctx.recipe.distill.train
+    return steps_for(len(ctx.text.train_rows), t.batch_size, t.epochs)
+
+
+def student_metrics(ctx: Context, model) -> dict[str, Any]:
+    from edgekd.text.metrics import text_metrics
+    from edgekd.text.train import predict
+
+    data = ctx.text
+    held = data.held_out_rows[:RETRIEVAL_POOL]
+    logits, embeddings = predict(model, data.ids[held])
+    teacher = np.load(ctx.rundir.data / "teacher_embeddings.npy", allow_pickle=False)[held]
+    metrics = text_metrics(logits, embeddings, data.corpus.labels[held], teacher)
+    labelled = data.labelled_held_out_rows
+    metrics["accuracy"] = text_metrics(predict(model, data.ids[labelled])[0], embeddings[:0],
+                                       data.corpus.labels[labelled], None)["accuracy"]
+    return {"test_accuracy": metrics.pop("accuracy"), **metrics,
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def _save_student(ctx: Context, model, role: str, metrics: dict[str, Any], **meta: Any) -> Path:
+    from edgekd.checkpoints import save_checkpoint
+
+    return save_checkpoint(model, ctx.rundir.checkpoints / f"{role}.pt", role=role, run=ctx.recipe.name,
+                           family=ctx.recipe.student.model.family, metrics=metrics, **meta)
+
+
+def distill_inputs(ctx: Context) -> dict[str, Any]:
+    return {**_data_inputs(ctx), "teacher": ctx.hashes["teacher"], "seed": ctx.recipe.seed,
+            **ctx.recipe.section("student", "distill")}
+
+
+def distilled_student(ctx: Context, seed: int | None = None):
+    """(student, TrainResult): the student taught by the teacher's embeddings, similarity structure and
+    classes over every training sentence (labelled or not)."""
+    from edgekd.text.train import TextKDObjective, TextLossWeights, train_student
+
+    d, data = ctx.recipe.distill, ctx.text
+    rows = data.train_rows
+    embeddings = np.load(ctx.rundir.data / "teacher_embeddings.npy", allow_pickle=False)
+    logits = np.load(ctx.rundir.data / "teacher_logits.npy", allow_pickle=False)
+    weights = TextLossWeights(cosine=d.text.cosine, relation=d.text.relation, response=d.text.response,
+                              temperature=d.loss.temperature, alpha=d.loss.alpha)
+    seed = ctx.recipe.seed if seed is None else seed
+    model = new_student(ctx, seed)
+    result = train_student(model, data.ids[rows], data.corpus.labels[rows],
+                           objective=TextKDObjective(embeddings[rows], logits[rows], weights), steps=_budget(ctx),
+                           batch_size=d.train.batch_size, lr=d.train.lr, weight_decay=d.train.weight_decay,
+                           seed=seed, reporter=ctx.reporter, description="distill text student")
+    return model, result
+
+
+def scratch_student(ctx: Context, seed: int | None = None):
+    """(model, TrainResult): the student's architecture on the labelled training sentences alone, with the
+    distilled student's number of steps."""
+    from edgekd.text.train import LabelsOnlyObjective, train_student
+
+    d, data = ctx.recipe.distill, ctx.text
+    rows = data.labelled_train_rows
+    seed = ctx.recipe.seed if seed is None else seed
+    model = new_student(ctx, seed, from_teacher=False)
+    result = train_student(model, data.ids[rows], data.corpus.labels[rows], objective=LabelsOnlyObjective(),
+                           steps=_budget(ctx), batch_size=d.train.batch_size, lr=d.train.lr,
+                           weight_decay=d.train.weight_decay, seed=seed, reporter=ctx.reporter,
+                           description="train scratch baseline")
+    return model, result
+
+
+def distill_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
+    data = ctx.text
+    model, result = distilled_student(ctx)
+    rows = data.train_rows
+    metrics = {**student_metrics(ctx, model), "train_seconds": round(result.seconds, 2), "steps": result.steps,
+               "transfer_samples": int(len(rows)), "labelled_samples": int((data.corpus.labels[rows] >= 0).sum()),
+               "strategy": "text_kd", "generation": 1}
+    path = _save_student(ctx, model, "student", metrics, generation=1,
+                         teacher_checkpoint_sha256=sha256_file(ctx.rundir.checkpoints / "teacher.pt"))
+    return [path], {"metrics": metrics}
+
+
+def scratch_inputs(ctx: Context) -> dict[str, Any]:
+    return {**_data_inputs(ctx), "seed": ctx.recipe.seed, **ctx.recipe.section("student", "distill")}
+
+
+def scratch_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
+    model, result = scratch_student(ctx)
+    metrics = {**student_metrics(ctx, model), "train_seconds": round(result.seconds, 2), "steps": result.steps,
+               "labelled_samples": int(len(ctx.text.labelled_train_rows))}
+    return [_save_student(ctx, model, "scratch", metrics, generation=0)], {"metrics": metrics}
+
+
+# -- export, bench, report -----------------------------------------------------------------
+
+def _roles(ctx: Context) -> list[str]:
+    targets = ctx.recipe.export.targets
+    return [r for r in ("teacher", "student", "scratch") if targets.get(r) and
+            (r != "scratch" or ctx.recipe.scratch.enabled)]
+
+
+def export_inputs(ctx: Context) -> dict[str, Any]:
+    from edgekd.compress.isa import choose_reduce_range
+
+    stage_of = {"student": "distill"}
+    return {**_data_inputs(ctx), "models": {r: ctx.hashes.get(stage_of.get(r, r)) for r in _roles(ctx)},
+            "export": ctx.recipe.section("export")["export"],
+            "int8_reduce_range": choose_reduce_range(ctx.recipe.export.int8_reduce_range)["reduce_range"]}
+
+
+def parity_ids(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
+    """The labelled held-out sentences at the device length: the artifact's accuracy here is the one the
+    device reports (bench scores the same rows)."""
+    data = ctx.text
+    rows = data.labelled_held_out_rows
+    return data.tokenize(rows, data.device_length), data.corpus.labels[rows]
+
+
+def export_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
+    from edgekd.export.formats import ExportOptions
+    from edgekd.text.export import export_text_model
+
+    cfg, data = ctx.recipe.export, ctx.text
+    ids, labels = parity_ids(ctx)
+    rng = np.random.default_rng(ctx.recipe.seed)
+    calibration = data.tokenize(rng.permutation(data.train_rows)[: cfg.calibration_samples], data.device_length)
+    options = ExportOptions(opset=cfg.opset, calibration=calibration, int4_block_size=cfg.int4.block_size,
+                            int4_accuracy_level=cfg.int4.accuracy_level, tflite_int4_block_size=cfg.int4.tflite_block_size,
+                            int8_reduce_range=cfg.int8_reduce_range)
+    artifacts = []
+    for role in _roles(ctx):
+        model = trained_teacher(ctx) if role == "teacher" else trained_student(ctx, role)
+        checkpoint = ctx.rundir.checkpoints / f"{role}.pt"
+        artifacts += export_text_model(
+            model, role=role, formats=list(cfg.formats), precisions=list(cfg.targets[role]),
+            out_root=ctx.rundir.artifacts, length=data.device_length, ids=ids, labels=labels,
+            num_classes=data.num_classes, options=options, min_agreement=cfg.parity.min_agreement,
+            min_agreement_int4=cfg.parity.min_agreement_int4,
+            lineage={"run": ctx.recipe.name, "checkpoint": str(checkpoint.relative_to(ctx.rundir.root)),
+                     "checkpoint_sha256": sha256_file(checkpoint), "generation": 1 if role == "student" else 0,
+                     **({"hf_folder": str(data.teacher_folder)} if role == "teacher" else {})},
+            reporter=ctx.reporter)
+    failed = [a.name for a in artifacts if a.parity is not None and not a.parity.passed]
+    outputs = [p for a in artifacts for p in (a.path, a.path.parent / "artifact.json")]
+    return outputs, {"artifacts": [a.name for a in artifacts], "failed_parity": failed}
+
+
+def bench_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
+    """Time every artifact on the recipe's device with one tokenised sentence (tokenisation is done here, on
+    the host, and is not in the timed region), and score the held-out sentences on the device."""
+    from edgekd.bench.harness import BenchSettings, bench
+
+    b, data = ctx.recipe.bench, ctx.text
+    artifacts = _artifacts(ctx)  # no floor graph: the text models take int64 ids, not the floor's float input
+    first = data.tokenize(data.held_out_rows[:1], data.device_length)
+    inputs = _save_array(ctx.rundir.data / f"bench_ids_b{b.batch_size}.npy",
+                         np.ascontiguousarray(np.repeat(first, b.batch_size, axis=0)))
+    rows = data.labelled_held_out_rows
+    eval_data = (_save_array(ctx.rundir.data / "test_ids.npy", data.tokenize(rows, data.device_length)),
+                 _save_array(ctx.rundir.data / "test_y.npy", data.corpus.labels[rows].astype(np.int64)))
+    settings = BenchSettings(threads=b.threads, batch_size=b.batch_size, warmup_runs=b.warmup_runs,
+                             min_runs=b.min_runs, min_seconds=b.min_seconds, max_seconds=b.max_seconds,
+                             rounds=b.rounds)
+    for old in ctx.rundir.results.glob("bench-*.json"):
+        old.unlink()
+    results = bench(artifacts, device=b.device, settings=settings, inputs=inputs, results_dir=ctx.rundir.results,
+                    history=ctx.recipe.output_dir / "history.sqlite", eval_data=eval_data, reporter=ctx.reporter)
+    return [r.saved_path for r in results], {"results": len(results)}
+
+
+def report_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
+    from edgekd.bench.report import build_summary, write_html
+    from edgekd.rundir import atomic_write_json
+
+    manifest = ctx.rundir.load_manifest()["stages"]
+    metrics = {role: manifest.get(stage, {}).get("metrics") for role, stage in
+               (("teacher", "teacher"), ("student", "distill"), ("scratch", "scratch"))}
+    summary = build_summary(ctx.rundir, recipe=ctx.recipe.model_dump(mode="json"), model_metrics=metrics,
+                            class_names=ctx.text.corpus.label_names)
+    summary["text"] = {"tokenization": "on the host, outside the timed region: the device times the model on "
+                                       f"token ids padded to {ctx.text.device_length}",
+                       "embedding_parity": {a.name: a.output_checks.get("embedding") for a in _artifacts(ctx)}}
+    path = atomic_write_json(ctx.rundir.results / "summary.json", summary)
+    return [path, write_html(summary, ctx.rundir.report / "index.html")], {}
+
+
+def _artifacts(ctx: Context) -> list:
+    from edgekd.export.artifact import Artifact
+
+    return [Artifact.load(p) for p in sorted(ctx.rundir.artifacts.glob("*/artifact.json"))]

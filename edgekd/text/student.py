@@ -1,0 +1,127 @@
+"""The on-device text student: a tiny transformer encoder over the teacher's own WordPiece vocabulary.
+
+Why this shape: it keeps the teacher's tokenizer, so the phone tokenizes exactly as the teacher did and
+no vocabulary mapping ships with the model; its token embedding is factorised (vocab × 64, then 64 → hidden,
+as ALBERT does), which cuts the 30k-row table that dominates a small BERT to a quarter; attention is
+written out with plain MatMul/Softmax so ONNX and LiteRT get the same small set of operators; the
+attention mask is derived from the ids (id != pad), so the graph has one input and the device feeds a
+single int64 array. Outputs: class logits first (what the benchmark runner scores on the device), then the
+L2-normalised sentence embedding in the teacher's space (what semantic search uses).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from edgekd.registry import Registry
+
+TEXT_STUDENTS: Registry[type] = Registry("text student family", "text student families")
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, hidden: int, heads: int) -> None:
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"hidden ({hidden}) must be a multiple of heads ({heads})")
+        self.heads, self.head_dim = heads, hidden // heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.out = nn.Linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        b, n, h = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + bias  # bias: [b, 1, 1, n], -1e4 at padding
+        return self.out((scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, h))
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm transformer layer (steadier than post-norm when trained from a few thousand sentences)."""
+
+    def __init__(self, hidden: int, heads: int, ffn: int) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
+        self.attention = SelfAttention(hidden, heads)
+        self.ffn = nn.Sequential(nn.Linear(hidden, ffn), nn.GELU(), nn.Linear(ffn, hidden))
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.norm1(x), bias)
+        return x + self.ffn(self.norm2(x))
+
+
+@TEXT_STUDENTS.register("text_transformer")
+class TextStudent(nn.Module):
+    """input_ids [batch, length] (int64, padded with pad_id) -> (logits [batch, classes], embedding [batch, dim])."""
+
+    def __init__(self, vocab_size: int, num_classes: int, *, pad_id: int = 0, max_length: int = 128,
+                 embed_dim: int = 64, hidden: int = 128, layers: int = 2, heads: int = 2, ffn: int = 512,
+                 out_dim: int = 384) -> None:
+        super().__init__()
+        self.pad_id = pad_id
+        self.token = nn.Embedding(vocab_size, embed_dim)
+        self.expand = nn.Linear(embed_dim, hidden)
+        self.position = nn.Parameter(torch.zeros(1, max_length, hidden))
+        nn.init.normal_(self.position, std=0.02)
+        self.layers = nn.ModuleList(EncoderLayer(hidden, heads, ffn) for _ in range(layers))
+        self.norm = nn.LayerNorm(hidden)
+        self.project = nn.Linear(hidden, out_dim)
+        self.head = nn.Linear(out_dim, num_classes)
+
+    def encode(self, ids: torch.Tensor) -> torch.Tensor:
+        keep = (ids != self.pad_id).to(torch.float32)  # [b, n]
+        x = self.expand(self.token(ids)) + self.position[:, : ids.shape[1]]
+        bias = ((1.0 - keep) * -1e4)[:, None, None, :]
+        for layer in self.layers:
+            x = layer(x, bias)
+        x = self.norm(x)
+        pooled = (x * keep.unsqueeze(-1)).sum(1) / keep.sum(1, keepdim=True).clamp(min=1.0)
+        return nn.functional.normalize(self.project(pooled), dim=-1)
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding = self.encode(ids)
+        return self.head(embedding), embedding
+
+
+@TEXT_STUDENTS.register("text_bag")
+class TextBagStudent(nn.Module):
+    """A bag-of-tokens encoder: the masked mean of token embeddings, then an MLP into the teacher's space.
+
+    No attention, so it costs a few microseconds per sentence on a phone and trains in seconds; it cannot
+    see word order, which bounds how close it gets to the teacher (what the transformer student is for).
+    """
+
+    def __init__(self, vocab_size: int, num_classes: int, *, pad_id: int = 0, max_length: int = 128,
+                 embed_dim: int = 128, hidden: int = 512, out_dim: int = 384) -> None:
+        super().__init__()
+        self.pad_id = pad_id
+        self.token = nn.Embedding(vocab_size, embed_dim)
+        self.mlp = nn.Sequential(nn.Linear(embed_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+        self.head = nn.Linear(out_dim, num_classes)
+
+    def encode(self, ids: torch.Tensor) -> torch.Tensor:
+        keep = (ids != self.pad_id).to(torch.float32).unsqueeze(-1)
+        pooled = (self.token(ids) * keep).sum(1) / keep.sum(1).clamp(min=1.0)
+        return nn.functional.normalize(self.mlp(pooled), dim=-1)
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding = self.encode(ids)
+        return self.head(embedding), embedding
+
+
+class TeacherWithHead(nn.Module):
+    """The Hugging Face encoder + mean pooling + the trained class head, with the student's interface
+    (one int64 input, outputs logits then embedding), so teacher and student artifacts are alike."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Linear, pad_id: int) -> None:
+        super().__init__()
+        self.encoder, self.head, self.pad_id = encoder, head, pad_id
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from edgekd.text.teacher import mean_pool
+
+        mask = ids != self.pad_id
+        hidden = self.encoder(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        embedding = mean_pool(hidden, mask)
+        return self.head(embedding), embedding

