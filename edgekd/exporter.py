@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
@@ -56,6 +57,53 @@ def _record(backend, path: Path, **fields: Any) -> Artifact:
                     directory=path.parent, **fields)
 
 
+@dataclass(frozen=True)
+class ExportStep:
+    """One artifact to make: its backend, precision, name and file, and the format's FP32 file it starts from."""
+
+    backend: Any
+    fmt: str
+    precision: str
+    name: str
+    path: Path
+    fp32_path: Path
+
+    def derived_from(self, role: str) -> str | None:
+        return None if self.precision == "fp32" else artifact_name(role, self.fmt, "fp32")
+
+
+def export_steps(role: str, formats: list[str], precisions: list[str], out_root: Path, reporter: Reporter,
+                 artifacts: list[Artifact]) -> Iterator[ExportStep]:
+    """Every format × precision of `role`, FP32 first in each format (the quantizers start from it), with a
+    progress bar. The FP32 file of a format whose FP32 was not asked for is removed afterwards (it is not a
+    deliverable), and its record dropped from `artifacts`, which the caller fills."""
+    ordered = ["fp32"] + [p for p in precisions if p != "fp32"]
+    task = reporter.task(f"export {role}", len(ordered) * len(formats))
+    for fmt in formats:
+        backend = FORMATS[fmt]()
+        fp32_path = out_root / artifact_name(role, fmt, "fp32") / f"model{backend.suffix}"
+        for precision in ordered:
+            name = artifact_name(role, fmt, precision)
+            yield ExportStep(backend, fmt, precision, name, out_root / name / f"model{backend.suffix}", fp32_path)
+            task.advance(1)
+        if "fp32" not in precisions:
+            _remove_artifact(fp32_path.parent)
+            artifacts[:] = [a for a in artifacts if a.name != artifact_name(role, fmt, "fp32")]
+    task.close()
+
+
+def save_artifact(backend, path: Path, reporter: Reporter | None = None, **fields: Any) -> Artifact:
+    """Write the record of a model file just made; a failed parity check is kept, and said out loud."""
+    artifact = _record(backend, path, **fields)
+    artifact.save()
+    check = artifact.parity
+    if check is not None and not check.passed:
+        if reporter is not None:
+            reporter.note(f"[warning] {artifact.name} FAILED parity: {check.reason}")
+        logger.warning("%s failed parity: %s", artifact.name, check.reason)
+    return artifact
+
+
 def export_model(
     model: "nn.Module",
     *,
@@ -87,52 +135,35 @@ def export_model(
                           fix="fix export.targets in the recipe")
     reporter = reporter or SilentReporter()
     reference = predict_logits(model, x_test)
-    ordered = ["fp32"] + [p for p in precisions if p != "fp32"]
     artifacts: list[Artifact] = []
-    task = reporter.task(f"export {role}", len(ordered) * len(formats))
-    for fmt in formats:
-        backend = FORMATS[fmt]()
-        fp32_path = out_root / artifact_name(role, fmt, "fp32") / f"model{backend.suffix}"
-        for precision in ordered:
-            name = artifact_name(role, fmt, precision)
-            path = out_root / name / f"model{backend.suffix}"
-            started = time.perf_counter()
-            quantization = None
-            if precision == "fp32":
-                backend.export_fp32(model, in_shape, path, options)
-            else:
-                quantization = backend.quantize(fp32_path, path, precision, options)
+    for step in export_steps(role, formats, precisions, out_root, reporter, artifacts):
+        backend, fmt, precision, name, path, fp32_path = (step.backend, step.fmt, step.precision, step.name,
+                                                          step.path, step.fp32_path)
+        started = time.perf_counter()
+        quantization = None
+        if precision == "fp32":
+            backend.export_fp32(model, in_shape, path, options)
+        else:
+            quantization = backend.quantize(fp32_path, path, precision, options)
+        seconds = time.perf_counter() - started
+        threshold = min_agreement_int4 if precision == "int4" else min_agreement
+
+        def check_parity(file: Path, threshold: float = threshold, backend=backend):
+            return parity(backend.predict(file, x_test), reference, y_test, num_classes=num_classes,
+                          threshold=threshold, reference_name=f"PyTorch {role} (fp32)")
+
+        check = check_parity(path)
+        onnx_int8 = fmt == "onnx" and precision in ("int8_static", "int8_dynamic")
+        if onnx_int8 and not check.passed and options.mixed_precision_fallback:
+            quantization, check = _mixed_precision(backend, fp32_path, path, precision, options, quantization,
+                                                   check, check_parity, x_test, reporter, name)
             seconds = time.perf_counter() - started
-            threshold = min_agreement_int4 if precision == "int4" else min_agreement
-
-            def check_parity(file: Path, threshold: float = threshold):
-                return parity(backend.predict(file, x_test), reference, y_test, num_classes=num_classes,
-                              threshold=threshold, reference_name=f"PyTorch {role} (fp32)")
-
-            check = check_parity(path)
-            onnx_int8 = fmt == "onnx" and precision in ("int8_static", "int8_dynamic")
-            if onnx_int8 and not check.passed and options.mixed_precision_fallback:
-                quantization, check = _mixed_precision(backend, fp32_path, path, precision, options, quantization,
-                                                       check, check_parity, x_test, reporter, name)
-                seconds = time.perf_counter() - started
-            if onnx_int8:
-                quantization = {**(quantization or {}),
-                                "layer_errors": _layer_errors(fp32_path, path, x_test, name)}
-            artifact = _record(
-                backend, path, name=name, role=role, precision=precision, parameters=count_parameters(model),
-                opset=options.opset if fmt == "onnx" else None, quantization=quantization, parity=check,
-                lineage={**lineage, "conversion_seconds": round(seconds, 3),
-                         "derived_from": None if precision == "fp32" else artifact_name(role, fmt, "fp32")})
-            artifact.save()
-            if not check.passed:
-                reporter.note(f"[warning] {name} FAILED parity: {check.reason}")
-                logger.warning("%s failed parity: %s", name, check.reason)
-            artifacts.append(artifact)
-            task.advance(1)
-        if "fp32" not in precisions:
-            _remove_artifact(fp32_path.parent)
-            artifacts = [a for a in artifacts if a.name != artifact_name(role, fmt, "fp32")]
-    task.close()
+        if onnx_int8:
+            quantization = {**(quantization or {}), "layer_errors": _layer_errors(fp32_path, path, x_test, name)}
+        artifacts.append(save_artifact(
+            backend, path, reporter, name=name, role=role, precision=precision, parameters=count_parameters(model),
+            opset=options.opset if fmt == "onnx" else None, quantization=quantization, parity=check,
+            lineage={**lineage, "conversion_seconds": round(seconds, 3), "derived_from": step.derived_from(role)}))
     return artifacts
 
 
@@ -178,13 +209,9 @@ def export_retrained(
                        threshold=min_agreement, reference_name=reference_name)
         if fmt == "onnx" and quantize_as in ("int8_static", "int8_dynamic"):
             settings["layer_errors"] = _layer_errors(fp32_path, path, x_test, name)
-    artifact = _record(backend, path, name=name, role=role, precision=precision, parameters=count_parameters(model),
-                       opset=options.opset if fmt == "onnx" else None, quantization=settings, parity=check,
-                       lineage={**lineage, "conversion_seconds": round(seconds, 3)})
-    artifact.save()
-    if not check.passed:
-        logger.warning("%s failed parity: %s", name, check.reason)
-    return artifact
+    return save_artifact(backend, path, name=name, role=role, precision=precision,
+                         parameters=count_parameters(model), opset=options.opset if fmt == "onnx" else None,
+                         quantization=settings, parity=check, lineage={**lineage, "conversion_seconds": round(seconds, 3)})
 
 
 def _mixed_precision(backend, fp32_path: Path, path: Path, precision: str, options: ExportOptions,

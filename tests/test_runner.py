@@ -312,3 +312,15 @@ def test_importing_runner_as_a_module_loads_no_other_edgekd_module():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == ["edgekd", "edgekd.bench", "edgekd.bench.runner"]
+
+
+def test_int64_ids_feed_an_int32_input_when_they_fit():
+    """The TFLite converter narrows int64 token ids to int32: ids that fit are accepted, others refused."""
+    from edgekd.bench.runner import RunnerError, check_arrays
+
+    infos = [{"name": "input_ids", "dtype": "int32", "shape": [1, 4]}]
+    check_arrays({"input_ids": np.array([[101, 2023, 102, 0]], np.int64)}, infos)
+    with pytest.raises(RunnerError, match="dtype int64"):
+        check_arrays({"input_ids": np.array([[2**40, 0, 0, 0]], np.int64)}, infos)
+    with pytest.raises(RunnerError, match="dtype float32"):
+        check_arrays({"input_ids": np.zeros((1, 4), np.float32)}, infos)

@@ -136,49 +136,33 @@ def export_text_model(model: "nn.Module", *, role: str, formats: list[str], prec
                       min_agreement: float, min_agreement_int4: float, lineage: dict[str, Any],
                       reporter: Reporter | None = None) -> list:
     """Every format × precision of one text model, each checked against PyTorch on `ids` (held-out)."""
-    from edgekd.exporter import _record, _remove_artifact, artifact_name
     from edgekd.export.onnx_int4 import gather_tables_lowbit
+    from edgekd.exporter import export_steps, save_artifact
     from edgekd.models import count_parameters
     from edgekd.text.train import predict
 
     reporter = reporter or SilentReporter()
     reference = predict(model, ids)
-    ordered = ["fp32"] + [p for p in precisions if p != "fp32"]
-    artifacts = []
-    task = reporter.task(f"export {role}", len(ordered) * len(formats))
-    for fmt in formats:
-        backend = FORMATS[fmt]()
-        fp32_path = out_root / artifact_name(role, fmt, "fp32") / f"model{backend.suffix}"
-        for precision in ordered:
-            name = artifact_name(role, fmt, precision)
-            path = out_root / name / f"model{backend.suffix}"
-            started = time.perf_counter()
-            quantization = None
-            if precision == "fp32":
-                (export_text_onnx(model, length, path, opset=options.opset) if fmt == "onnx"
-                 else export_text_tflite(model, length, path))
-            else:
-                quantization = backend.quantize(fp32_path, path, precision, options)
-                if fmt == "onnx" and precision.startswith("int8"):
-                    quantization = {**quantization, "gather_tables_int8": _tables_int8(path, gather_tables_lowbit)}
-            check, extra = text_parity(path, precision, reference, ids, labels, num_classes=num_classes,
-                                       min_agreement=min_agreement_int4 if precision == "int4" else min_agreement,
-                                       role=role)
-            artifact = _record(backend, path, name=name, role=role, precision=precision,
-                               parameters=count_parameters(model), opset=options.opset if fmt == "onnx" else None,
-                               quantization=quantization, parity=check, output_checks=extra,
-                               lineage={**lineage, "conversion_seconds": round(time.perf_counter() - started, 3),
-                                        "derived_from": None if precision == "fp32" else
-                                        artifact_name(role, fmt, "fp32")})
-            artifact.save()
-            if not check.passed:
-                reporter.note(f"[warning] {name} FAILED parity: {check.reason}")
-            artifacts.append(artifact)
-            task.advance(1)
-        if "fp32" not in precisions:
-            _remove_artifact(fp32_path.parent)
-            artifacts = [a for a in artifacts if a.name != artifact_name(role, fmt, "fp32")]
-    task.close()
+    artifacts: list = []
+    for step in export_steps(role, formats, precisions, out_root, reporter, artifacts):
+        started = time.perf_counter()
+        quantization = None
+        if step.precision == "fp32":
+            (export_text_onnx(model, length, step.path, opset=options.opset) if step.fmt == "onnx"
+             else export_text_tflite(model, length, step.path))
+        else:
+            quantization = step.backend.quantize(step.fp32_path, step.path, step.precision, options)
+            if step.fmt == "onnx" and step.precision.startswith("int8"):
+                quantization = {**quantization, "gather_tables_int8": _tables_int8(step.path, gather_tables_lowbit)}
+        check, extra = text_parity(step.path, step.precision, reference, ids, labels, num_classes=num_classes,
+                                   min_agreement=min_agreement_int4 if step.precision == "int4" else min_agreement,
+                                   role=role)
+        artifacts.append(save_artifact(
+            step.backend, step.path, reporter, name=step.name, role=role, precision=step.precision,
+            parameters=count_parameters(model), opset=options.opset if step.fmt == "onnx" else None,
+            quantization=quantization, parity=check, output_checks=extra,
+            lineage={**lineage, "conversion_seconds": round(time.perf_counter() - started, 3),
+                     "derived_from": step.derived_from(role)}))
     return artifacts
 
 

@@ -340,9 +340,27 @@ def report_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
                             class_names=ctx.text.corpus.label_names)
     summary["text"] = {"tokenization": "on the host, outside the timed region: the device times the model on "
                                        f"token ids padded to {ctx.text.device_length}",
+                       "retrieval_pool": min(RETRIEVAL_POOL, len(ctx.text.held_out_rows)),
                        "embedding_parity": {a.name: a.output_checks.get("embedding") for a in _artifacts(ctx)}}
+    summary["findings"] = _text_findings(summary) + summary.get("findings", [])
     path = atomic_write_json(ctx.rundir.results / "summary.json", summary)
     return [path, write_html(summary, ctx.rundir.report / "index.html")], {}
+
+
+def _text_findings(summary: dict[str, Any]) -> list[str]:
+    """How close the students came to the teacher, in the words a user would look for."""
+    models, text = summary["models"], summary["text"]
+    teacher = (models.get("teacher") or {}).get("test_accuracy")
+    out = []
+    for role in ("student", "scratch"):
+        m = models.get(role)
+        if not m or teacher is None:
+            continue
+        out.append(f"Text {role}: embedding cosine to the teacher {m['cosine_to_teacher']:.3f}, recall@10 of the "
+                   f"teacher's neighbours {m['recall_at_10']:.3f} (searching {text['retrieval_pool']} held-out "
+                   f"sentences), accuracy {m['test_accuracy']:.2%} vs the teacher's {teacher:.2%}.")
+    out.append(f"Tokenization ran {text['tokenization']}.")
+    return out
 
 
 def _artifacts(ctx: Context) -> list:

@@ -81,6 +81,7 @@ def _transformers() -> Any:
     except ImportError:
         raise MissingExtraError(EXTRA, "transformers", "A Hugging Face teacher") from None
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     return transformers
 
 
@@ -144,9 +145,14 @@ def load_teacher(folder: Path | None = None) -> TextTeacher:
     folder = Path(folder) if folder else default_teacher_folder()
     config = check_teacher_folder(folder)
     transformers = _transformers()
+    from edgekd.export.tflite import _quiet  # Python and C-level output, as for the converters
+
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        model = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
+        # Loading the model imports torchao, whose missing CUDA kernels and torch's deprecation notices would
+        # otherwise fill the terminal; they are kept for the error message instead.
+        with _quiet():
+            tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+            model = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
     except Exception as exc:  # transformers raises many kinds for a broken folder
         raise TextModelError(f"transformers cannot load {folder}", why=first_line(exc),
                              fix="check the folder's files are complete (re-save it with save_pretrained())") from None
