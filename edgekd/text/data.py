@@ -19,6 +19,8 @@ class TextData:
     train_length: int
     device_length: int
     teacher_folder: Path
+    label_fraction: float = 1.0
+    seed: int = 0
 
     @property
     def num_classes(self) -> int:
@@ -57,10 +59,24 @@ class TextData:
         return self.corpus.part(held_out=False, labelled_only=True)
 
     @cached_property
+    def student_label_rows(self) -> np.ndarray:
+        """The labelled training sentences whose labels students see (data.label_fraction of them, drawn with
+        data.seed; the teacher's head sees them all), as in the demo: the regime where distillation matters."""
+        rows = self.labelled_train_rows
+        keep = max(1, round(self.label_fraction * len(rows)))
+        return np.sort(np.random.default_rng(self.seed).permutation(rows)[:keep])
+
+    def student_targets(self, rows: np.ndarray) -> np.ndarray:
+        """Labels of `rows` where students may see them, -1 elsewhere."""
+        visible = np.isin(rows, self.student_label_rows)
+        return np.where(visible, self.corpus.labels[rows], -1).astype(np.int64)
+
+    @cached_property
     def labelled_held_out_rows(self) -> np.ndarray:
         return self.corpus.part(held_out=True, labelled_only=True)
 
     def fingerprint(self) -> str:
+        """The corpus and its tokenisation (what the teacher's embeddings depend on)."""
         return f"{self.corpus.fingerprint()}-{self.train_length}-{self.device_length}"
 
 
@@ -80,4 +96,5 @@ def load_text_data(recipe) -> TextData:
     except Exception as exc:
         raise TextModelError(f"the tokenizer in {folder} cannot be loaded", why=first_line(exc),
                              fix="re-save the folder with save_pretrained()") from None
-    return TextData(corpus, tokenizer, cfg.train_length, cfg.device_length, folder)
+    return TextData(corpus, tokenizer, cfg.train_length, cfg.device_length, folder,
+                    label_fraction=recipe.data.label_fraction, seed=recipe.data.seed)

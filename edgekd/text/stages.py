@@ -206,7 +206,7 @@ def distilled_student(ctx: Context, seed: int | None = None):
                               temperature=d.loss.temperature, alpha=d.loss.alpha)
     seed = ctx.recipe.seed if seed is None else seed
     model = new_student(ctx, seed)
-    result = train_student(model, data.ids[rows], data.corpus.labels[rows],
+    result = train_student(model, data.ids[rows], data.student_targets(rows),
                            objective=TextKDObjective(embeddings[rows], logits[rows], weights), steps=_budget(ctx),
                            batch_size=d.train.batch_size, lr=d.train.lr, weight_decay=d.train.weight_decay,
                            seed=seed, reporter=ctx.reporter, description="distill text student")
@@ -214,12 +214,12 @@ def distilled_student(ctx: Context, seed: int | None = None):
 
 
 def scratch_student(ctx: Context, seed: int | None = None):
-    """(model, TrainResult): the student's architecture on the labelled training sentences alone, with the
+    """(model, TrainResult): the student's architecture on the labels students may see alone, with the
     distilled student's number of steps."""
     from edgekd.text.train import LabelsOnlyObjective, train_student
 
     d, data = ctx.recipe.distill, ctx.text
-    rows = data.labelled_train_rows
+    rows = data.student_label_rows
     seed = ctx.recipe.seed if seed is None else seed
     model = new_student(ctx, seed, from_teacher=False)
     result = train_student(model, data.ids[rows], data.corpus.labels[rows], objective=LabelsOnlyObjective(),
@@ -234,7 +234,7 @@ def distill_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     model, result = distilled_student(ctx)
     rows = data.train_rows
     metrics = {**student_metrics(ctx, model), "train_seconds": round(result.seconds, 2), "steps": result.steps,
-               "transfer_samples": int(len(rows)), "labelled_samples": int((data.corpus.labels[rows] >= 0).sum()),
+               "transfer_samples": int(len(rows)), "labelled_samples": int((data.student_targets(rows) >= 0).sum()),
                "strategy": "text_kd", "generation": 1}
     path = _save_student(ctx, model, "student", metrics, generation=1,
                          teacher_checkpoint_sha256=sha256_file(ctx.rundir.checkpoints / "teacher.pt"))
@@ -248,7 +248,7 @@ def scratch_inputs(ctx: Context) -> dict[str, Any]:
 def scratch_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     model, result = scratch_student(ctx)
     metrics = {**student_metrics(ctx, model), "train_seconds": round(result.seconds, 2), "steps": result.steps,
-               "labelled_samples": int(len(ctx.text.labelled_train_rows))}
+               "labelled_samples": int(len(ctx.text.student_label_rows))}
     return [_save_student(ctx, model, "scratch", metrics, generation=0)], {"metrics": metrics}
 
 
