@@ -38,7 +38,7 @@ class TextKDObjective(Objective):
         self.w = weights
 
     def __call__(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        logits, embedding = model(trim_padding(x))
+        logits, embedding = model(trim_padding(x, getattr(model, "pad_id", 0)))
         t_emb = self.embeddings[index]
         loss = self.w.cosine * cosine_loss(embedding, t_emb)
         if self.w.relation:
@@ -53,7 +53,7 @@ class LabelsOnlyObjective(Objective):
     """Cross-entropy on the labels alone: the scratch baseline (no teacher anywhere)."""
 
     def __call__(self, model, x, target, index):
-        return ce_loss(model(trim_padding(x))[0], None, target)
+        return ce_loss(model(trim_padding(x, getattr(model, "pad_id", 0)))[0], None, target)
 
 
 def trim_padding(ids: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
