@@ -266,25 +266,17 @@ def is_writer() -> bool:
 
 def input_arrays_for_bench(ctx: Context, batch_size: int) -> Path:
     """The first `batch_size` test samples as .npy: what the runner feeds (real data, not random)."""
-    from edgekd.rundir import atomic_path
+    from edgekd.rundir import atomic_save_array
 
-    path = ctx.rundir.data / f"bench_x_b{batch_size}.npy"
     x = ctx.splits.x_test
     reps = -(-batch_size // len(x))
     batch = np.ascontiguousarray(np.concatenate([x] * reps)[:batch_size], dtype=np.float32)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, batch)
-    return path
+    return atomic_save_array(ctx.rundir.data / f"bench_x_b{batch_size}.npy", batch)
 
 
 def write_test_split(ctx: Context) -> tuple[Path, Path]:
     """The test split as .npy files (inputs, labels): pushed to devices to score artifacts there."""
-    from edgekd.rundir import atomic_path
+    from edgekd.rundir import atomic_save_array
 
-    paths = (ctx.rundir.data / "test_x.npy", ctx.rundir.data / "test_y.npy")
-    for path, array in zip(paths, (ctx.splits.x_test.astype(np.float32), ctx.splits.y_test.astype(np.int64))):
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, array, allow_pickle=False)
-    return paths
+    return (atomic_save_array(ctx.rundir.data / "test_x.npy", ctx.splits.x_test.astype(np.float32)),
+            atomic_save_array(ctx.rundir.data / "test_y.npy", ctx.splits.y_test.astype(np.int64)))

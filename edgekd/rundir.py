@@ -47,6 +47,16 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             tmp.unlink()
 
 
+def atomic_save_array(path: str | os.PathLike[str], array) -> Path:
+    """Write a numpy array as .npy atomically, never pickled (a file object: np.save would append ".npy")."""
+    import numpy as np
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, array, allow_pickle=False)
+    return Path(path)
+
+
 def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:
     """Write bytes or text to `path` atomically (temp file + rename)."""
     with atomic_path(path) as tmp:

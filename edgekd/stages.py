@@ -200,24 +200,32 @@ def _roles(ctx: Context) -> list[str]:
 
 def export_inputs(ctx: Context) -> dict[str, Any]:
     stage_of = {"student": "distill", "compressed": "compress"}
+    return {**_data_inputs(ctx), "models": {r: ctx.hashes.get(stage_of.get(r, r)) for r in _roles(ctx)},
+            "export": ctx.recipe.section("export")["export"], "int8_reduce_range": int8_reduce_range(ctx)}
+
+
+def int8_reduce_range(ctx: Context) -> bool:
+    """export.int8_reduce_range resolved on this host, for the export stage's hash: "auto" decides per CPU, so a
+    run folder moved to a CPU with VNNI re-exports with 8-bit weights."""
     from edgekd.compress.isa import choose_reduce_range
 
-    # "auto" resolves on this host: a run folder moved to a CPU with VNNI re-exports with 8-bit weights.
-    reduce_range = choose_reduce_range(ctx.recipe.export.int8_reduce_range)["reduce_range"]
-    return {**_data_inputs(ctx), "models": {r: ctx.hashes.get(stage_of.get(r, r)) for r in _roles(ctx)},
-            "export": ctx.recipe.section("export")["export"], "int8_reduce_range": reduce_range}
+    return choose_reduce_range(ctx.recipe.export.int8_reduce_range)["reduce_range"]
 
 
-def export_options(ctx: Context):
+def export_options(ctx: Context, calibration: np.ndarray | None = None):
+    """The recipe's export settings; `calibration` defaults to export.calibration_samples training inputs."""
     from edgekd.export.formats import ExportOptions
 
-    cfg, s = ctx.recipe.export, ctx.splits
-    rng = np.random.default_rng(ctx.recipe.seed)
-    return ExportOptions(opset=cfg.opset, calibration=s.x_train[rng.permutation(len(s.x_train))[: cfg.calibration_samples]],
+    cfg = ctx.recipe.export
+    if calibration is None:
+        x = ctx.splits.x_train
+        calibration = x[np.random.default_rng(ctx.recipe.seed).permutation(len(x))[: cfg.calibration_samples]]
+    return ExportOptions(opset=cfg.opset, calibration=calibration,
                          int4_block_size=cfg.int4.block_size, int4_accuracy_level=cfg.int4.accuracy_level,
                          tflite_int4_block_size=cfg.int4.tflite_block_size, calibration_method=cfg.calibration_method,
                          calibration_percentile=cfg.calibration_percentile,
-                         mixed_precision_fallback=cfg.mixed_precision_fallback)
+                         mixed_precision_fallback=cfg.mixed_precision_fallback,
+                         int8_reduce_range=cfg.int8_reduce_range)
 
 
 def _lineage(checkpoint: Path) -> dict[str, Any]:
@@ -279,12 +287,10 @@ def _qat_artifacts(ctx: Context, role: str, model, made: list, options, lineage:
 
 
 def export_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
-    import dataclasses
-
     from edgekd.exporter import export_model, floor_artifact
 
     cfg, s = ctx.recipe.export, ctx.splits
-    options = dataclasses.replace(export_options(ctx), int8_reduce_range=cfg.int8_reduce_range)
+    options = export_options(ctx)
     artifacts = []
     for role in _roles(ctx):
         checkpoint = ctx.rundir.checkpoints / f"{role}.pt"
@@ -311,18 +317,29 @@ def bench_inputs(ctx: Context) -> dict[str, Any]:
 
 
 def bench_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
-    from edgekd.bench.harness import BenchSettings, bench
+    artifacts = run_artifacts(ctx)
+    if not ctx.recipe.bench.floor:
+        artifacts = [a for a in artifacts if a.role != "floor"]
+    return bench_artifacts(ctx, artifacts, input_arrays_for_bench(ctx, ctx.recipe.bench.batch_size),
+                           write_test_split(ctx))
+
+
+def run_artifacts(ctx: Context) -> list:
+    """Every artifact record of the run, in name order."""
     from edgekd.export.artifact import Artifact
 
+    return [Artifact.load(p) for p in sorted(ctx.rundir.artifacts.glob("*/artifact.json"))]
+
+
+def bench_artifacts(ctx: Context, artifacts: list, inputs: Path,
+                    eval_data: tuple[Path, Path]) -> tuple[list[Path], dict[str, Any]]:
+    """Benchmark `artifacts` on the recipe's device with its bench settings, replacing the run's old results."""
+    from edgekd.bench.harness import BenchSettings, bench
+
     b = ctx.recipe.bench
-    artifacts = [Artifact.load(p) for p in sorted(ctx.rundir.artifacts.glob("*/artifact.json"))]
-    inputs = input_arrays_for_bench(ctx, b.batch_size)
-    eval_data = write_test_split(ctx)
     settings = BenchSettings(threads=b.threads, batch_size=b.batch_size, warmup_runs=b.warmup_runs,
                              min_runs=b.min_runs, min_seconds=b.min_seconds, max_seconds=b.max_seconds,
                              rounds=b.rounds)
-    if not b.floor:
-        artifacts = [a for a in artifacts if a.role != "floor"]
     for old in ctx.rundir.results.glob("bench-*.json"):
         old.unlink()
     results = bench(artifacts, device=b.device, settings=settings, inputs=inputs, results_dir=ctx.rundir.results,

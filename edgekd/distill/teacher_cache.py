@@ -38,7 +38,7 @@ from typing import Any, Callable
 import numpy as np
 
 from edgekd.errors import TeacherOutputError, first_line
-from edgekd.rundir import atomic_path, atomic_write_json, hash_obj, sha256_file
+from edgekd.rundir import atomic_save_array, atomic_write_json, hash_obj, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -264,9 +264,7 @@ def _as_logits(logits: Any) -> np.ndarray:
 
 
 def _write_npy(path: Path, array: np.ndarray) -> dict[str, Any]:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:  # a file object: np.save would append ".npy" to a name
-            np.save(fh, array, allow_pickle=False)
+    atomic_save_array(path, array)
     return {"name": path.name, "shape": list(array.shape), "dtype": array.dtype.name,
             "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 

@@ -35,11 +35,17 @@ class TextData:
         return len(self.tokenizer)
 
     def tokenize(self, rows: np.ndarray, length: int) -> np.ndarray:
-        sentences = [self.corpus.sentences[i] for i in rows]
-        if not sentences:
-            return np.zeros((0, length), np.int64)
-        enc = self.tokenizer(sentences, padding="max_length", truncation=True, max_length=length, return_tensors="np")
-        return enc["input_ids"].astype(np.int64)
+        from edgekd.text.teacher import tokenize
+
+        return tokenize(self.tokenizer, [self.corpus.sentences[i] for i in rows], length)
+
+    @cached_property
+    def teacher_weights_sha256(self) -> str:
+        """sha256 of the teacher's weight file, read once per run (it is ~90 MB)."""
+        from edgekd.rundir import sha256_file
+        from edgekd.text.teacher import weights_file
+
+        return sha256_file(weights_file(self.teacher_folder))
 
     @cached_property
     def ids(self) -> np.ndarray:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgekd.pipeline import Context
-from edgekd.rundir import atomic_path, sha256_file
+from edgekd.rundir import atomic_save_array, sha256_file
 
 EMBED_BATCH = 32
 RETRIEVAL_POOL = 2000  # held-out sentences searched for recall@10 (each one queries the others)
@@ -24,18 +24,9 @@ def _data_inputs(ctx: Context) -> dict[str, Any]:
     return {"task": "text", "data": ctx.recipe.section("data")["data"], "data_fingerprint": ctx.text.fingerprint()}
 
 
-def _save_array(path: Path, array: np.ndarray) -> Path:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, array, allow_pickle=False)
-    return path
-
-
 def _teacher_key(ctx: Context) -> str:
     """Cache key of the teacher's embeddings: the weights' sha256, the corpus and the training length."""
-    folder = ctx.text.teacher_folder
-    weights = next(folder / f for f in ("model.safetensors", "pytorch_model.bin") if (folder / f).is_file())
-    return hashlib.sha256(f"{sha256_file(weights)}-{ctx.text.fingerprint()}".encode()).hexdigest()[:24]
+    return hashlib.sha256(f"{ctx.text.teacher_weights_sha256}-{ctx.text.fingerprint()}".encode()).hexdigest()[:24]
 
 
 # -- teacher -------------------------------------------------------------------------------
@@ -59,7 +50,7 @@ def teacher_embeddings(ctx: Context) -> np.ndarray:
     embeddings = teacher.embed(ids, EMBED_BATCH, progress=task)
     task.close()
     cache.parent.mkdir(parents=True, exist_ok=True)
-    _save_array(cache, embeddings)
+    atomic_save_array(cache, embeddings)
     return embeddings
 
 
@@ -70,7 +61,7 @@ def teacher_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     import torch
 
     from edgekd.checkpoints import save_checkpoint
-    from edgekd.text.metrics import text_metrics
+    from edgekd.text.metrics import accuracy
     from edgekd.text.train import train_head
 
     started = time.perf_counter()
@@ -80,10 +71,10 @@ def teacher_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     head = train_head(embeddings[data.labelled_train_rows], labels[data.labelled_train_rows], seed=ctx.recipe.seed)
     with torch.no_grad():
         logits = head(torch.from_numpy(embeddings)).numpy()
-    emb_path = _save_array(ctx.rundir.data / "teacher_embeddings.npy", embeddings)
-    logit_path = _save_array(ctx.rundir.data / "teacher_logits.npy", logits)
+    emb_path = atomic_save_array(ctx.rundir.data / "teacher_embeddings.npy", embeddings)
+    logit_path = atomic_save_array(ctx.rundir.data / "teacher_logits.npy", logits)
     held = data.labelled_held_out_rows
-    metrics = {"test_accuracy": text_metrics(logits[held], embeddings[held], labels[held], None)["accuracy"],
+    metrics = {"test_accuracy": accuracy(logits[held], labels[held]),
                "train_accuracy": float((logits[data.labelled_train_rows].argmax(1) ==
                                         labels[data.labelled_train_rows]).mean()),
                "parameters": (_teacher_parameters(data.teacher_folder) or 0) + sum(p.numel() for p in head.parameters()),
@@ -166,7 +157,7 @@ def _budget(ctx: Context) -> int:
 
 
 def student_metrics(ctx: Context, model) -> dict[str, Any]:
-    from edgekd.text.metrics import text_metrics
+    from edgekd.text.metrics import accuracy, text_metrics
     from edgekd.text.train import predict
 
     data = ctx.text
@@ -175,8 +166,7 @@ def student_metrics(ctx: Context, model) -> dict[str, Any]:
     teacher = np.load(ctx.rundir.data / "teacher_embeddings.npy", allow_pickle=False)[held]
     metrics = text_metrics(logits, embeddings, data.corpus.labels[held], teacher)
     labelled = data.labelled_held_out_rows
-    metrics["accuracy"] = text_metrics(predict(model, data.ids[labelled])[0], embeddings[:0],
-                                       data.corpus.labels[labelled], None)["accuracy"]
+    metrics["accuracy"] = accuracy(predict(model, data.ids[labelled])[0], data.corpus.labels[labelled])
     return {"test_accuracy": metrics.pop("accuracy"), **metrics,
             "parameters": sum(p.numel() for p in model.parameters())}
 
@@ -261,12 +251,11 @@ def _roles(ctx: Context) -> list[str]:
 
 
 def export_inputs(ctx: Context) -> dict[str, Any]:
-    from edgekd.compress.isa import choose_reduce_range
+    from edgekd.stages import int8_reduce_range
 
     stage_of = {"student": "distill"}
     return {**_data_inputs(ctx), "models": {r: ctx.hashes.get(stage_of.get(r, r)) for r in _roles(ctx)},
-            "export": ctx.recipe.section("export")["export"],
-            "int8_reduce_range": choose_reduce_range(ctx.recipe.export.int8_reduce_range)["reduce_range"]}
+            "export": ctx.recipe.section("export")["export"], "int8_reduce_range": int8_reduce_range(ctx)}
 
 
 def parity_ids(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
@@ -278,16 +267,14 @@ def parity_ids(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
 
 
 def export_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
-    from edgekd.export.formats import ExportOptions
+    from edgekd.stages import export_options
     from edgekd.text.export import export_text_model
 
     cfg, data = ctx.recipe.export, ctx.text
     ids, labels = parity_ids(ctx)
     rng = np.random.default_rng(ctx.recipe.seed)
-    calibration = data.tokenize(rng.permutation(data.train_rows)[: cfg.calibration_samples], data.device_length)
-    options = ExportOptions(opset=cfg.opset, calibration=calibration, int4_block_size=cfg.int4.block_size,
-                            int4_accuracy_level=cfg.int4.accuracy_level, tflite_int4_block_size=cfg.int4.tflite_block_size,
-                            int8_reduce_range=cfg.int8_reduce_range)
+    options = export_options(ctx, calibration=data.tokenize(
+        rng.permutation(data.train_rows)[: cfg.calibration_samples], data.device_length))
     artifacts = []
     for role in _roles(ctx):
         model = trained_teacher(ctx) if role == "teacher" else trained_student(ctx, role)
@@ -308,30 +295,24 @@ def export_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
 
 def bench_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     """Time every artifact on the recipe's device with one tokenised sentence (tokenisation is done here, on
-    the host, and is not in the timed region), and score the held-out sentences on the device."""
-    from edgekd.bench.harness import BenchSettings, bench
+    the host, and is not in the timed region), and score the held-out sentences on the device. No floor graph:
+    the text models take int64 ids, not the floor's float input."""
+    from edgekd.stages import bench_artifacts, run_artifacts
 
     b, data = ctx.recipe.bench, ctx.text
-    artifacts = _artifacts(ctx)  # no floor graph: the text models take int64 ids, not the floor's float input
     first = data.tokenize(data.held_out_rows[:1], data.device_length)
-    inputs = _save_array(ctx.rundir.data / f"bench_ids_b{b.batch_size}.npy",
-                         np.ascontiguousarray(np.repeat(first, b.batch_size, axis=0)))
+    inputs = atomic_save_array(ctx.rundir.data / f"bench_ids_b{b.batch_size}.npy",
+                               np.ascontiguousarray(np.repeat(first, b.batch_size, axis=0)))
     rows = data.labelled_held_out_rows
-    eval_data = (_save_array(ctx.rundir.data / "test_ids.npy", data.tokenize(rows, data.device_length)),
-                 _save_array(ctx.rundir.data / "test_y.npy", data.corpus.labels[rows].astype(np.int64)))
-    settings = BenchSettings(threads=b.threads, batch_size=b.batch_size, warmup_runs=b.warmup_runs,
-                             min_runs=b.min_runs, min_seconds=b.min_seconds, max_seconds=b.max_seconds,
-                             rounds=b.rounds)
-    for old in ctx.rundir.results.glob("bench-*.json"):
-        old.unlink()
-    results = bench(artifacts, device=b.device, settings=settings, inputs=inputs, results_dir=ctx.rundir.results,
-                    history=ctx.recipe.output_dir / "history.sqlite", eval_data=eval_data, reporter=ctx.reporter)
-    return [r.saved_path for r in results], {"results": len(results)}
+    eval_data = (atomic_save_array(ctx.rundir.data / "test_ids.npy", data.tokenize(rows, data.device_length)),
+                 atomic_save_array(ctx.rundir.data / "test_y.npy", data.corpus.labels[rows].astype(np.int64)))
+    return bench_artifacts(ctx, [a for a in run_artifacts(ctx) if a.role != "floor"], inputs, eval_data)
 
 
 def report_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     from edgekd.bench.report import build_summary, write_html
     from edgekd.rundir import atomic_write_json
+    from edgekd.stages import run_artifacts
 
     manifest = ctx.rundir.load_manifest()["stages"]
     metrics = {role: manifest.get(stage, {}).get("metrics") for role, stage in
@@ -341,7 +322,7 @@ def report_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     summary["text"] = {"tokenization": "on the host, outside the timed region: the device times the model on "
                                        f"token ids padded to {ctx.text.device_length}",
                        "retrieval_pool": min(RETRIEVAL_POOL, len(ctx.text.held_out_rows)),
-                       "embedding_parity": {a.name: a.output_checks.get("embedding") for a in _artifacts(ctx)}}
+                       "embedding_parity": {a.name: a.output_checks.get("embedding") for a in run_artifacts(ctx)}}
     summary["findings"] = _text_findings(summary) + summary.get("findings", [])
     path = atomic_write_json(ctx.rundir.results / "summary.json", summary)
     return [path, write_html(summary, ctx.rundir.report / "index.html")], {}
@@ -361,9 +342,3 @@ def _text_findings(summary: dict[str, Any]) -> list[str]:
                    f"sentences), accuracy {m['test_accuracy']:.2%} vs the teacher's {teacher:.2%}.")
     out.append(f"Tokenization ran {text['tokenization']}.")
     return out
-
-
-def _artifacts(ctx: Context) -> list:
-    from edgekd.export.artifact import Artifact
-
-    return [Artifact.load(p) for p in sorted(ctx.rundir.artifacts.glob("*/artifact.json"))]

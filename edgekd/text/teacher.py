@@ -103,10 +103,7 @@ class TextTeacher:
         return int(self.config["hidden_size"])
 
     def tokenize(self, sentences: list[str], max_length: int) -> np.ndarray:
-        """Token ids, padded with pad_id to `max_length` (int64 [n, max_length])."""
-        enc = self.tokenizer(list(sentences), padding="max_length", truncation=True, max_length=max_length,
-                             return_tensors="np")
-        return enc["input_ids"].astype(np.int64)
+        return tokenize(self.tokenizer, sentences, max_length)
 
     def embed_ids(self, ids: "torch.Tensor") -> "torch.Tensor":
         """Mean-pooled, normalised sentence embeddings of padded token ids (the mask is ids != pad)."""
@@ -129,6 +126,19 @@ class TextTeacher:
                 if progress is not None:
                     progress.advance(len(rows))
         return out
+
+
+def tokenize(tokenizer: Any, sentences: list[str], length: int) -> np.ndarray:
+    """Token ids padded (with the tokenizer's pad id) or truncated to `length`: int64 [n, length]."""
+    if not sentences:
+        return np.zeros((0, length), np.int64)
+    enc = tokenizer(list(sentences), padding="max_length", truncation=True, max_length=length, return_tensors="np")
+    return enc["input_ids"].astype(np.int64)
+
+
+def weights_file(folder: Path) -> Path:
+    """The folder's weight file (check_teacher_folder has made sure there is one)."""
+    return next(Path(folder) / f for f in WEIGHT_FILES if (Path(folder) / f).is_file())
 
 
 def mean_pool(hidden: "torch.Tensor", mask: "torch.Tensor") -> "torch.Tensor":
