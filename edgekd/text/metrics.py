@@ -5,16 +5,19 @@ from __future__ import annotations
 import numpy as np
 
 
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def mean_cosine(student: np.ndarray, teacher: np.ndarray) -> float:
-    s = student / np.maximum(np.linalg.norm(student, axis=1, keepdims=True), 1e-12)
-    t = teacher / np.maximum(np.linalg.norm(teacher, axis=1, keepdims=True), 1e-12)
-    return float((s * t).sum(1).mean())
+    return float((_unit(student) * _unit(teacher)).sum(1).mean())
 
 
-def neighbours(embeddings: np.ndarray, k: int) -> np.ndarray:
-    """Indices of each row's k nearest other rows by cosine similarity (itself excluded)."""
-    e = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-    sim = e @ e.T
+def neighbours(embeddings: np.ndarray, k: int, index: np.ndarray | None = None) -> np.ndarray:
+    """Indices of each row's k nearest other rows by cosine similarity (itself excluded), searched among
+    `embeddings` themselves or, given `index`, among the rows of `index` (row i of both is the same sentence)."""
+    e = _unit(embeddings)
+    sim = e @ (e if index is None else _unit(index)).T
     np.fill_diagonal(sim, -np.inf)
     k = min(k, len(e) - 1)
     top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
@@ -26,8 +29,19 @@ def recall_at_k(student: np.ndarray, teacher: np.ndarray, k: int = 10) -> float:
     returns in its top k, averaged over queries (each held-out sentence queries the others)."""
     if len(student) < 2:
         return float("nan")
-    s, t = neighbours(student, k), neighbours(teacher, k)
-    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(s.tolist(), t.tolist())]))
+    return _overlap(neighbours(student, k), neighbours(teacher, k))
+
+
+def recall_at_k_teacher_index(student: np.ndarray, teacher: np.ndarray, k: int = 10) -> float:
+    """The same agreement when the index was built by the teacher (offline, on a server) and only the query
+    is embedded by the student on the device: student queries searched among the teacher's embeddings."""
+    if len(student) < 2:
+        return float("nan")
+    return _overlap(neighbours(student, k, index=teacher), neighbours(teacher, k))
+
+
+def _overlap(found: np.ndarray, wanted: np.ndarray) -> float:
+    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found.tolist(), wanted.tolist())]))
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -41,4 +55,5 @@ def text_metrics(logits: np.ndarray, embeddings: np.ndarray, labels: np.ndarray,
     if teacher_embeddings is not None:
         out["cosine_to_teacher"] = mean_cosine(embeddings, teacher_embeddings)
         out[f"recall_at_{k}"] = recall_at_k(embeddings, teacher_embeddings, k)
+        out[f"recall_at_{k}_teacher_index"] = recall_at_k_teacher_index(embeddings, teacher_embeddings, k)
     return out
