@@ -158,6 +158,9 @@ class TextLossConfig(_Strict):
     cosine: float = Field(1.0, ge=0, description="1 - cos(student embedding, teacher embedding)")
     relation: float = Field(1.0, ge=0, description="similarity-preserving KD on each batch's similarity matrix")
     response: float = Field(1.0, ge=0, description="weight of distill.loss on the teacher head's class logits")
+    response_into_encoder: bool = Field(
+        True, description="false: the response term trains the student's class head only (its gradient stops at "
+        "the embedding), so the embedding learns from the cosine and relation terms alone")
     init_from_teacher: bool = Field(True, description="start the student's token table from the teacher's "
                                                       "(PCA to the student's width)")
 

@@ -14,10 +14,10 @@ import torch
 
 from edgekd.errors import DataError, TextModelError
 from edgekd.text.corpus import build_corpus, is_held_out, split_sentences
-from edgekd.text.metrics import recall_at_k
+from edgekd.text.metrics import recall_at_k, recall_at_k_teacher_index
 from edgekd.text.student import TextBagStudent, TextStudent
 from edgekd.text.teacher import check_teacher_folder, default_teacher_folder, load_teacher
-from edgekd.text.train import trim_padding
+from edgekd.text.train import TextKDObjective, TextLossWeights, trim_padding
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_cli_errors import assert_user_error, run_cli  # noqa: E402
@@ -136,11 +136,49 @@ def test_students_ignore_padding(family) -> None:
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("into_encoder", [True, False])
+def test_response_term_reaches_the_encoder_only_when_asked(into_encoder: bool) -> None:
+    torch.manual_seed(0)
+    model = TextBagStudent(100, 3, embed_dim=8, hidden=16, out_dim=12)
+    weights = TextLossWeights(cosine=0.0, relation=0.0, response=1.0, response_into_encoder=into_encoder)
+    objective = TextKDObjective(np.zeros((4, 12), np.float32), np.eye(4, 3, dtype=np.float32) * 5, weights)
+    objective(model, torch.randint(1, 100, (4, 6)), torch.tensor([0, 1, -1, -1]), torch.arange(4)).backward()
+    assert model.head.weight.grad.abs().sum() > 0
+    encoder_grad = model.token.weight.grad
+    assert (encoder_grad is not None and encoder_grad.abs().sum() > 0) == into_encoder
+
+
+def test_student_head_starts_from_the_teachers(tmp_path: Path) -> None:
+    from edgekd.checkpoints import save_checkpoint
+    from edgekd.text.stages import _init_head
+
+    teacher_head = torch.nn.Linear(12, 3)
+    path = save_checkpoint(teacher_head, tmp_path / "teacher.pt", role="teacher", run="t")
+    student = TextBagStudent(100, 3, embed_dim=8, hidden=16, out_dim=12)
+    _init_head(student, path)
+    torch.testing.assert_close(student.head.weight, teacher_head.weight)
+    other = TextBagStudent(100, 3, embed_dim=8, hidden=16, out_dim=10)  # another width: left as it was
+    before = other.head.weight.clone()
+    _init_head(other, path)
+    torch.testing.assert_close(other.head.weight, before)
+
+
 def test_recall_at_k_counts_shared_neighbours() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(50, 8))
     assert recall_at_k(x, x, k=5) == 1.0
     assert recall_at_k(rng.normal(size=(50, 8)), x, k=5) < 0.5
+    assert recall_at_k(2.0 * x, x, k=5) == 1.0  # cosine: the scale of an embedding does not matter
+
+
+def test_recall_against_a_teacher_index_searches_the_teacher_rows() -> None:
+    rng = np.random.default_rng(0)
+    teacher = rng.normal(size=(60, 8))
+    assert recall_at_k_teacher_index(teacher, teacher, k=5) == 1.0
+    near = teacher + 0.05 * rng.normal(size=teacher.shape)
+    assert recall_at_k_teacher_index(near, teacher, k=5) > recall_at_k_teacher_index(-teacher, teacher, k=5)
+    shuffled = teacher[rng.permutation(60)]  # the same vectors, but each query now sits at another sentence
+    assert recall_at_k_teacher_index(shuffled, teacher, k=5) < 0.5
 
 
 # -- the whole text run, reduced --------------------------------------------------------------
@@ -160,7 +198,8 @@ def test_text_run_end_to_end(text_run) -> None:
     teacher, student, scratch = (manifest[s]["metrics"] for s in ("teacher", "distill", "scratch"))
     assert teacher["parameters"] > 22_000_000 and student["parameters"] < 1_000_000
     assert student["steps"] == scratch["steps"]  # the same budget
-    for key in ("cosine_to_teacher", "recall_at_10", "test_accuracy"):
+    assert teacher["sentences"] == len(build_corpus(per_class=12, unlabelled=24)) + 16  # + 16 typer sentences
+    for key in ("cosine_to_teacher", "recall_at_10", "recall_at_10_teacher_index", "test_accuracy"):
         assert 0.0 <= student[key] <= 1.0
     names = {a.name for a in text_run.artifacts}
     assert {"teacher-onnx-fp32", "teacher-tflite-fp32", "student-onnx-int8_dynamic", "student-onnx-int4",

@@ -124,7 +124,25 @@ def new_student(ctx: Context, seed: int | None = None, *, from_teacher: bool = T
                                       max_length=data.device_length, **cfg.params)
     if from_teacher and ctx.recipe.distill.text.init_from_teacher:
         _init_token_table(model, data.teacher_folder)
+        _init_head(model, ctx.rundir.checkpoints / "teacher.pt")
     return model
+
+
+def _init_head(model, teacher_checkpoint: Path) -> None:
+    """Start the student's class head from the teacher's: the student embeds into the teacher's space, so
+    the teacher's head already reads it (up to how close the embeddings get)."""
+    import torch
+
+    from edgekd.checkpoints import read_checkpoint
+
+    if not teacher_checkpoint.is_file():
+        return
+    state = read_checkpoint(teacher_checkpoint)["state_dict"]
+    head = model.head
+    if tuple(state["weight"].shape) == tuple(head.weight.shape):
+        with torch.no_grad():
+            head.weight.copy_(state["weight"])
+            head.bias.copy_(state["bias"])
 
 
 def _init_token_table(model, folder: Path) -> None:
@@ -193,7 +211,8 @@ def distilled_student(ctx: Context, seed: int | None = None):
     embeddings = np.load(ctx.rundir.data / "teacher_embeddings.npy", allow_pickle=False)
     logits = np.load(ctx.rundir.data / "teacher_logits.npy", allow_pickle=False)
     weights = TextLossWeights(cosine=d.text.cosine, relation=d.text.relation, response=d.text.response,
-                              temperature=d.loss.temperature, alpha=d.loss.alpha)
+                              temperature=d.loss.temperature, alpha=d.loss.alpha,
+                              response_into_encoder=d.text.response_into_encoder)
     seed = ctx.recipe.seed if seed is None else seed
     model = new_student(ctx, seed)
     result = train_student(model, data.ids[rows], data.student_targets(rows),
@@ -337,8 +356,10 @@ def _text_findings(summary: dict[str, Any]) -> list[str]:
         m = models.get(role)
         if not m or teacher is None:
             continue
+        indexed = m.get("recall_at_10_teacher_index")
+        against_index = f"; {indexed:.3f} when its queries search an index the teacher built" if indexed else ""
         out.append(f"Text {role}: embedding cosine to the teacher {m['cosine_to_teacher']:.3f}, recall@10 of the "
                    f"teacher's neighbours {m['recall_at_10']:.3f} (searching {text['retrieval_pool']} held-out "
-                   f"sentences), accuracy {m['test_accuracy']:.2%} vs the teacher's {teacher:.2%}.")
+                   f"sentences{against_index}), accuracy {m['test_accuracy']:.2%} vs the teacher's {teacher:.2%}.")
     out.append(f"Tokenization ran {text['tokenization']}.")
     return out

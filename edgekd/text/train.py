@@ -27,10 +27,14 @@ class TextLossWeights:
     response: float = 1.0
     temperature: float = 4.0
     alpha: float = 0.9
+    response_into_encoder: bool = True
 
 
 class TextKDObjective(Objective):
-    """cosine(student emb, teacher emb) + relation(similarity matrices) + response KD on the class logits."""
+    """cosine(student emb, teacher emb) + relation(similarity matrices) + response KD on the class logits.
+
+    With `response_into_encoder=False` the response term trains the class head alone (on a detached
+    embedding): the encoder then follows the teacher's embedding only, which the class KL otherwise bends."""
 
     def __init__(self, teacher_embeddings: np.ndarray, teacher_logits: np.ndarray, weights: TextLossWeights) -> None:
         self.embeddings = torch.from_numpy(np.ascontiguousarray(teacher_embeddings, dtype=np.float32))
@@ -38,7 +42,8 @@ class TextKDObjective(Objective):
         self.w = weights
 
     def __call__(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        logits, embedding = model(trim_padding(x, getattr(model, "pad_id", 0)))
+        embedding = model.encode(trim_padding(x, getattr(model, "pad_id", 0)))
+        logits = model.head(embedding if self.w.response_into_encoder else embedding.detach())
         t_emb = self.embeddings[index]
         loss = self.w.cosine * cosine_loss(embedding, t_emb)
         if self.w.relation:
