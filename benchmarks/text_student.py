@@ -10,6 +10,8 @@ Reads a finished `edgekd run edgekd/recipes/minilm.yaml` (default export/minilm)
 * quality of the *exported* file on held-out sentences: mean cosine to the teacher's embedding, recall@10 of
   the teacher's nearest neighbours when the student searches (a pool of held-out sentences; and, as "R@10
   T-index", when the student's query searches an index the teacher built), accuracy on the labelled task;
+* what recall@10 a given cosine buys when the error is isotropic noise (the teacher's pool embeddings plus
+  Gaussian noise), to tell how far a student is from the goal in cosine;
 * KD vs scratch over --seeds seeds (same architecture, steps and data; scratch sees labels only).
 
 ONNX files take any length; the TFLite files are fixed at the run's device length, so this script exports the
@@ -145,6 +147,23 @@ def quality(ctx, files: dict[str, Path], length: int) -> dict:
     return out
 
 
+def noise_calibration(ctx, sigmas=(0.02, 0.03, 0.04, 0.05, 0.06)) -> list[dict]:
+    """What recall@10 a given cosine buys: the teacher's own pool embeddings plus isotropic Gaussian noise.
+    A student whose errors are structured (similar words, different meaning) gets less than this."""
+    from edgekd.text.metrics import mean_cosine, recall_at_k
+    from edgekd.text.stages import RETRIEVAL_POOL
+
+    reference = np.load(ctx.rundir.data / "teacher_embeddings.npy", allow_pickle=False)[
+        ctx.text.held_out_rows[:RETRIEVAL_POOL]]
+    rng = np.random.default_rng(0)
+    out = []
+    for sigma in sigmas:
+        noisy = reference + sigma * rng.normal(size=reference.shape)
+        out.append({"sigma": sigma, "cosine_to_teacher": mean_cosine(noisy, reference),
+                    "recall_at_10": recall_at_k(noisy, reference, 10)})
+    return out
+
+
 def memory(files: dict[str, Path], ids_path: Path) -> dict[str, int | None]:
     """VmHWM of a fresh runner process per artifact (edgekd bench on host, short)."""
     from edgekd.bench.harness import BenchSettings, bench
@@ -202,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = {name: {**q[name], **t["rows"][name], "vmhwm_kb": m.get(name)} for name in files}
             doc["lengths"][str(length)] = {"rows": rows, "timing_seconds": t["seconds"], "noise": t["noise"]}
     doc["teacher_accuracy"] = teacher_accuracy
+    doc["noise_calibration"] = noise_calibration(ctx)
     doc["seeds"] = seeds_table(ctx, args.seeds, args.seed_epochs) if args.seeds else None
     doc["goals"] = goals(doc)
     doc["loadavg"] = {"before": before, "after": loadavg()}
@@ -260,6 +280,8 @@ def report(doc: dict, markdown: bool) -> None:
         print(f"KD vs scratch over {len(doc['seeds']['rows'])} seeds ({doc['seeds']['epochs']} epochs each): "
               f"{c['kd_mean']:.2%} vs {c['scratch_mean']:.2%} "
               f"(gain {c['gain'] * 100:+.2f} pt, Welch p = {c['welch_p']:.2g}); teacher {doc['teacher_accuracy']:.2%}")
+    print("recall@10 that a cosine buys when the error is isotropic noise: " + ", ".join(
+        f"cos {c['cosine_to_teacher']:.3f} -> {c['recall_at_10']:.3f}" for c in doc["noise_calibration"]))
     for g in doc["goals"]:
         print(f"  {'PASS' if g['pass'] else 'FAIL'}  {g['goal']}: {g['value']:.4g}")
     if markdown:
