@@ -161,8 +161,8 @@ class TextLossConfig(_Strict):
     response_into_encoder: bool = Field(
         True, description="false: the response term trains the student's class head only (its gradient stops at "
         "the embedding), so the embedding learns from the cosine and relation terms alone")
-    init_from_teacher: bool = Field(True, description="start the student's token table from the teacher's "
-                                                      "(PCA to the student's width)")
+    init_from_teacher: bool = Field(True, description="start the student's token table (PCA to the student's "
+                                                      "width) and its class head from the teacher's")
 
 
 class DistillConfig(_Strict):

@@ -18,6 +18,9 @@ from torch import nn
 
 from edgekd.registry import Registry
 
+# A family takes (vocab_size, num_classes, pad_id=, max_length=, **params) and provides encode(ids) -> the
+# unit-norm embedding, head (nn.Linear on it) and forward(ids) -> (head(embedding), embedding): training reads
+# encode and head apart (distill.text.response_into_encoder) and starts head from the teacher's.
 TEXT_STUDENTS: Registry[type] = Registry("text student family", "text student families")
 
 
