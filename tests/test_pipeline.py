@@ -79,7 +79,7 @@ def test_bench_results_name_artifacts_by_sha_and_carry_statistics(tiny_run):
         assert res.load_ms > 0 and res.first_inference_us > 0
         if by_name[name].role != "floor":  # scored on the device from its own outputs, like a board or phone
             assert res.device_accuracy["samples"] == 270
-            assert res.device_accuracy["accuracy"] == pytest.approx(by_name[name].parity.accuracy)
+            assert res.device_accuracy["accuracy"] == pytest.approx(by_name[name].parity.accuracy), name
 
 
 def test_summary_and_html_report(tiny_run):
@@ -165,3 +165,11 @@ def test_cli_run_prints_the_teacher_vs_student_table(tiny_run):
     out = subprocess.run([sys.executable, "-m", "edgekd.cli", "report", str(tiny_run.rundir.root)],
                          capture_output=True, text=True, check=True).stdout
     assert "teacher-onnx-fp32" in out and "student-tflite-int4" in out and "index.html" in out
+
+
+def test_parity_batches_rows_as_the_device_runner_does():
+    """Dynamic INT8 scales activations per batch: parity and the device must batch alike to agree."""
+    from edgekd.bench.runner import PREDICT_FIELDS
+    from edgekd.export.verify import PREDICT_BATCH
+
+    assert PREDICT_FIELDS["batch_size"][1] == PREDICT_BATCH

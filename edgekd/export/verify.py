@@ -14,8 +14,13 @@ from edgekd.errors import ArtifactError, first_line
 from edgekd.export.artifact import Parity
 
 
-def onnx_predict(path: Path, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Outputs of an ONNX file under onnxruntime (CPU), in batches."""
+PREDICT_BATCH = 64  # the device runner's default predict batch (bench/runner.py PREDICT_FIELDS)
+
+
+def onnx_predict(path: Path, x: np.ndarray, batch_size: int = PREDICT_BATCH) -> np.ndarray:
+    """Outputs of an ONNX file under onnxruntime (CPU), in batches of the device runner's size: dynamic INT8
+    scales activations per batch, so the same rows batched differently can flip a borderline prediction,
+    and parity would then disagree with the accuracy the device reports."""
     import onnxruntime as ort
 
     try:
