@@ -13,6 +13,7 @@ not depend on the order files are read, on the sample sizes asked for, or on the
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -125,8 +126,14 @@ def installed_package_root(package: str) -> Path:
     return Path(spec.origin).parent
 
 
+@functools.cache
+def _distributions_by_package() -> dict[str, list[str]]:
+    """Import name -> distribution names; scanning every installed distribution takes ~80 ms, so once."""
+    return importlib.metadata.packages_distributions()
+
+
 def _package_version(package: str) -> str | None:
-    names = importlib.metadata.packages_distributions().get(package) or []
+    names = _distributions_by_package().get(package) or []
     for name in names:
         try:
             return importlib.metadata.version(name)

@@ -357,7 +357,8 @@ def _text_findings(summary: dict[str, Any]) -> list[str]:
         if not m or teacher is None:
             continue
         indexed = m.get("recall_at_10_teacher_index")
-        against_index = f"; {indexed:.3f} when its queries search an index the teacher built" if indexed is not None else ""
+        against_index = ("" if indexed is None else
+                         f"; {indexed:.3f} when its queries search an index the teacher built")
         out.append(f"Text {role}: embedding cosine to the teacher {m['cosine_to_teacher']:.3f}, recall@10 of the "
                    f"teacher's neighbours {m['recall_at_10']:.3f} (searching {text['retrieval_pool']} held-out "
                    f"sentences{against_index}), accuracy {m['test_accuracy']:.2%} vs the teacher's {teacher:.2%}.")
