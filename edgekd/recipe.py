@@ -163,6 +163,10 @@ class TextLossConfig(_Strict):
         "the embedding), so the embedding learns from the cosine and relation terms alone")
     init_from_teacher: bool = Field(True, description="start the student's token table (PCA to the student's "
                                                       "width) and its class head from the teacher's")
+    token_init: Literal["word_embeddings", "token_outputs"] = Field(
+        "word_embeddings", description="what the token table starts from: the teacher's input word embeddings, or "
+        "its output embedding of each token alone (Model2Vec's start; a text_bag with skip: true then begins as "
+        "that static model)")
 
 
 class DistillConfig(_Strict):

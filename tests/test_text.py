@@ -121,10 +121,18 @@ def test_teacher_folder_checks(tmp_path: Path) -> None:
 
 # -- students -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("family", [TextStudent, TextBagStudent])
-def test_students_ignore_padding(family) -> None:
+STUDENT_SHAPES = {"transformer": (TextStudent, {"hidden": 32, "heads": 2, "ffn": 64}),
+                  "bag": (TextBagStudent, {}),
+                  "weighted-bag-with-skip": (TextBagStudent, {"weighted": True, "skip": True})}
+
+
+@pytest.mark.parametrize("shape", sorted(STUDENT_SHAPES))
+def test_students_ignore_padding(shape: str) -> None:
     torch.manual_seed(0)
-    model = family(1000, 5, max_length=48, **({"hidden": 32, "heads": 2, "ffn": 64} if family is TextStudent else {}))
+    family, params = STUDENT_SHAPES[shape]
+    model = family(1000, 5, max_length=48, **params)
+    if getattr(model, "token_weight", None) is not None:
+        torch.nn.init.normal_(model.token_weight.weight)  # weights away from their start (all 1)
     model.eval()
     ids = torch.randint(1, 1000, (3, 10))
     ids[1, 6:] = 0
@@ -162,6 +170,61 @@ def test_student_head_starts_from_the_teachers(tmp_path: Path) -> None:
     _init_head(other, path)
     torch.testing.assert_close(other.head.weight, before)
 
+
+
+def test_token_outputs_are_the_teachers_one_token_sentences(teacher) -> None:
+    words = ["lock", "socket", "the"]
+    tokens = np.array(teacher.tokenizer.convert_tokens_to_ids(words))
+    sentences = teacher.embed(teacher.tokenize(words, 8))
+    np.testing.assert_allclose(teacher.token_outputs(tokens), sentences, atol=1e-5)
+
+
+def test_a_bag_started_from_token_outputs_is_their_average_at_step_zero() -> None:
+    from edgekd.text.stages import start_from_token_outputs
+
+    rng = np.random.default_rng(0)
+    outputs = rng.normal(size=(50, 12)).astype(np.float32)
+    model = TextBagStudent(50, 3, embed_dim=12, hidden=16, out_dim=12, weighted=True, skip=True).eval()
+    start_from_token_outputs(model, outputs)  # full width: the PCA loses nothing
+    ids = torch.tensor([[1, 7, 7, 30, 0, 0], [4, 5, 0, 0, 0, 0]])
+    expected = np.stack([outputs[[1, 7, 7, 30]].mean(0), outputs[[4, 5]].mean(0)])
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    with torch.no_grad():
+        np.testing.assert_allclose(model.encode(ids).numpy(), expected, atol=1e-4)
+    narrow = TextBagStudent(40, 3, embed_dim=12, hidden=16, out_dim=12, skip=True)  # another vocabulary
+    before = narrow.token.weight.clone()
+    start_from_token_outputs(narrow, outputs)
+    torch.testing.assert_close(narrow.token.weight, before)
+
+
+def test_weighted_bag_with_skip_exports_and_keeps_parity(tmp_path: Path) -> None:
+    """The bag's extra parts (a vocab × 1 weight table, Exp, the skip path) go through every format and
+    precision the minilm recipe ships, each checked against PyTorch by the exporter itself."""
+    from edgekd.export.formats import ExportOptions
+    from edgekd.text.export import export_text_model
+
+    torch.manual_seed(0)
+    model = TextBagStudent(500, 3, embed_dim=16, hidden=32, out_dim=24, weighted=True, skip=True).eval()
+    torch.nn.init.normal_(model.token_weight.weight, std=0.5)
+    with torch.no_grad():
+        model.head.weight.mul_(20.0)  # clear class margins, as a trained head has: a random one ties everywhere
+    ids = torch.randint(1, 500, (40, 16)).numpy()
+    ids[::3, 9:] = 0  # padded rows too
+    labels = predict_classes(model, ids)
+    artifacts = export_text_model(
+        model, role="student", formats=["onnx", "tflite"], precisions=["fp32", "int8_dynamic", "int4"],
+        out_root=tmp_path, length=16, ids=ids, labels=labels, num_classes=3,
+        options=ExportOptions(calibration=ids[:8]), min_agreement=0.9, min_agreement_int4=0.8, lineage={})
+    assert len(artifacts) == 6
+    for artifact in artifacts:
+        assert artifact.parity.passed, (artifact.name, artifact.parity)
+    int8 = next(a for a in artifacts if a.name == "student-onnx-int8_dynamic")
+    assert int8.quantization["gather_tables_int8"] == 2  # the token table and the token weights
+
+
+def predict_classes(model, ids: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(ids))[0].argmax(1).numpy()
 
 def test_recall_at_k_counts_shared_neighbours() -> None:
     rng = np.random.default_rng(0)

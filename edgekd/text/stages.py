@@ -123,7 +123,7 @@ def new_student(ctx: Context, seed: int | None = None, *, from_teacher: bool = T
     model = TEXT_STUDENTS[cfg.family](data.vocab_size, data.num_classes, pad_id=data.pad_id,
                                       max_length=data.device_length, **cfg.params)
     if from_teacher and ctx.recipe.distill.text.init_from_teacher:
-        _init_token_table(model, data.teacher_folder)
+        _init_token_table(ctx, model)
         _init_head(model, ctx.rundir.checkpoints / "teacher.pt")
     return model
 
@@ -145,17 +145,60 @@ def _init_head(model, teacher_checkpoint: Path) -> None:
             head.bias.copy_(state["bias"])
 
 
-def _init_token_table(model, folder: Path) -> None:
-    """Start the student's token table from the teacher's (PCA-reduced), scaled like torch's own init."""
+def _init_token_table(ctx: Context, model) -> None:
+    """Start the student's token table from the teacher (distill.text.token_init), PCA-reduced to its width
+    and scaled like torch's own init. From token outputs, a student with a `skip` path also gets the way back
+    (inverse PCA) there and a silent MLP, so at step 0 it is the teacher's averaged token outputs."""
     import torch
 
     from edgekd.text.teacher import token_embedding_init
 
     table = model.token.weight
-    init = token_embedding_init(folder, table.shape[1])
-    if init is not None and init.shape[0] == table.shape[0]:
-        with torch.no_grad():
-            table.copy_(torch.from_numpy(init) * float(table.std()))
+    if ctx.recipe.distill.text.token_init == "word_embeddings":
+        init = token_embedding_init(ctx.text.teacher_folder, table.shape[1])
+        if init is not None and init.shape[0] == table.shape[0]:
+            with torch.no_grad():
+                table.copy_(torch.from_numpy(init) * float(table.std()))
+        return
+    start_from_token_outputs(model, teacher_token_outputs(ctx))
+
+
+def start_from_token_outputs(model, outputs: np.ndarray) -> None:
+    """Token table = the teacher's per-token outputs, PCA-reduced; with a `skip` path, skip = the inverse PCA
+    and the MLP starts silent. Left as it is when the vocabulary or widths do not fit."""
+    import torch
+
+    from edgekd.text.teacher import pca_reduce
+
+    table = model.token.weight
+    if outputs.shape[0] != table.shape[0] or outputs.shape[1] < table.shape[1]:
+        return
+    reduced = pca_reduce(outputs, table.shape[1])
+    skip = getattr(model, "skip", None)
+    with torch.no_grad():
+        table.copy_(torch.from_numpy(reduced.table))
+        if isinstance(skip, torch.nn.Linear) and tuple(skip.weight.shape) == reduced.back.shape:
+            skip.weight.copy_(torch.from_numpy(reduced.back))
+            skip.bias.copy_(torch.from_numpy(reduced.mean))
+            model.mlp[-1].weight.zero_()
+            model.mlp[-1].bias.zero_()
+
+
+def teacher_token_outputs(ctx: Context) -> np.ndarray:
+    """The teacher's embedding of every vocabulary token alone (cached beside the corpus embeddings)."""
+    from edgekd.text.teacher import load_teacher
+
+    key = hashlib.sha256(f"{ctx.text.teacher_weights_sha256}-tokens".encode()).hexdigest()[:24]
+    cache = ctx.recipe.output_dir / "cache" / "text-teacher" / f"tokens-{key}.npy"
+    if cache.is_file():
+        return np.load(cache, allow_pickle=False)
+    teacher = load_teacher(ctx.text.teacher_folder)
+    task = ctx.reporter.task("embed each vocabulary token with the teacher", len(teacher.tokenizer))
+    outputs = teacher.token_outputs(progress=task)
+    task.close()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save_array(cache, outputs)
+    return outputs
 
 
 def trained_student(ctx: Context, role: str):

@@ -128,6 +128,18 @@ class TextTeacher:
         return out
 
 
+    def token_outputs(self, tokens: np.ndarray | None = None, batch_size: int = 1024,
+                      progress: Any = None) -> np.ndarray:
+        """The sentence embedding of each token id alone ([CLS] token [SEP]; default: the whole vocabulary):
+        tokens × dim. Their average over a sentence's tokens is Model2Vec's static sentence embedding, the
+        start that distill.text.token_init: token_outputs gives a bag student."""
+        tokens = np.arange(len(self.tokenizer)) if tokens is None else np.asarray(tokens)
+        ids = np.full((len(tokens), 3), self.pad_id, np.int64)
+        ids[:, 0] = self.tokenizer.cls_token_id if self.tokenizer.cls_token_id is not None else self.pad_id
+        ids[:, 1] = tokens
+        ids[:, 2] = self.tokenizer.sep_token_id if self.tokenizer.sep_token_id is not None else self.pad_id
+        return self.embed(ids, batch_size, progress=progress)
+
 def tokenize(tokenizer: Any, sentences: list[str], length: int) -> np.ndarray:
     """Token ids padded (with the tokenizer's pad id) or truncated to `length`: int64 [n, length]."""
     if not sentences:
@@ -182,10 +194,26 @@ def token_embedding_init(folder: Path, dim: int) -> np.ndarray | None:
         key = next((k for k in fh.keys() if k.endswith("word_embeddings.weight")), None)
         if key is None:
             return None
-        table = fh.get_tensor(key).astype(np.float64)
-    if table.shape[1] < dim:
-        return None
-    centred = table - table.mean(0)
+        table = fh.get_tensor(key)
+    return None if table.shape[1] < dim else pca_reduce(table, dim).table
+
+
+@dataclass(frozen=True)
+class PCAReduction:
+    """`table` (rows × dim, unit variance per column) and the map back: table @ back.T + mean ≈ the input."""
+
+    table: np.ndarray
+    back: np.ndarray
+    mean: np.ndarray
+
+
+def pca_reduce(table: np.ndarray, dim: int) -> PCAReduction:
+    """PCA of a table's rows to `dim` standardised columns (components fitted on ≤ 8k rows: it is a 30k table)."""
+    table = table.astype(np.float64)
+    mean = table.mean(0)
+    centred = table - mean
     _, _, components = np.linalg.svd(centred[:: max(1, len(centred) // 8192)], full_matrices=False)
     projected = centred @ components[:dim].T
-    return (projected / projected.std(0).clip(min=1e-8)).astype(np.float32)
+    scale = projected.std(0).clip(min=1e-8)
+    return PCAReduction((projected / scale).astype(np.float32), (components[:dim].T * scale).astype(np.float32),
+                        mean.astype(np.float32))
