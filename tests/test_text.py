@@ -220,6 +220,12 @@ def test_weighted_bag_with_skip_exports_and_keeps_parity(tmp_path: Path) -> None
         assert artifact.parity.passed, (artifact.name, artifact.parity)
     int8 = next(a for a in artifacts if a.name == "student-onnx-int8_dynamic")
     assert int8.quantization["gather_tables_int8"] == 2  # the token table and the token weights
+    import onnx
+
+    scales = {i.name: tuple(i.dims) for i in onnx.load(str(int8.path)).graph.initializer if "_scale" in i.name}
+    # One scale per token row for the table, one per column for the two-column weights (per row, the
+    # scales would outweigh the weights).
+    assert sorted(shape for name, shape in scales.items() if name.startswith("token")) == [(1, 2), (500, 1)]
 
 
 def predict_classes(model, ids: np.ndarray) -> np.ndarray:

@@ -336,6 +336,9 @@ def conv_weights_lowbit(model, mode: str, bits: int) -> int:
     return _weights_lowbit(model, mode, bits, op="Conv", weight_input=1)
 
 
+NARROW_TABLE_COLUMNS = 8  # Gather tables with fewer columns get one scale per column, not per row
+
+
 def gather_tables_lowbit(model, bits: int) -> int:
     """Store every embedding table (the constant data input of a Gather) as int4/int8 with one scale per row
     (per token), turned back into FP32 by Cast + Mul, which onnxruntime folds once at session load.
@@ -378,7 +381,14 @@ def _weights_lowbit(model, mode: str, bits: int, *, op: str, weight_input: int) 
     dq_nodes, dropped = [], set()
     for w_name in names:
         weight = numpy_helper.to_array(inits[w_name])
-        q, scale = _quantize_per_channel(weight, bits)
+        narrow = mode == "fold" and op == "Gather" and weight.shape[1] < NARROW_TABLE_COLUMNS
+        if narrow:
+            # A narrow table (a bag student's per-token weights): one scale per row would take more bytes
+            # than the rows themselves, so one per column, broadcast by the Mul below as [1, columns].
+            q_t, scale = _quantize_per_channel(np.ascontiguousarray(weight.T), bits)
+            q = np.ascontiguousarray(q_t.T)
+        else:
+            q, scale = _quantize_per_channel(weight, bits)
         q_name, s_name = fresh(f"{w_name}_int{bits}"), fresh(f"{w_name}_scale")
         graph.initializer.append(numpy_helper.from_array(q.astype(ml_dtypes.int4) if bits == 4 else q, q_name))
         # The last node's output keeps the weight's name, so every consumer reads the dequantized tensor.
@@ -387,7 +397,8 @@ def _weights_lowbit(model, mode: str, bits: int, *, op: str, weight_input: int) 
             dq_nodes.append(helper.make_node("DequantizeLinear", [q_name, s_name], [w_name], axis=0,
                                              name=fresh(f"{w_name}_DequantizeLinear")))
         else:
-            shape = (len(scale),) + (1,) * (weight.ndim - 1)  # broadcasts over the output-channel axis
+            # The scale broadcasts over the output-channel axis (over the rows, for a narrow table).
+            shape = (1, len(scale)) if narrow else (len(scale),) + (1,) * (weight.ndim - 1)
             graph.initializer.append(numpy_helper.from_array(scale.reshape(shape), s_name))
             f_name = fresh(f"{w_name}_int{bits}_float")
             dq_nodes.append(helper.make_node("Cast", [q_name], [f_name], to=1, name=fresh(f"{w_name}_Cast")))
