@@ -94,9 +94,10 @@ class TextBagStudent(nn.Module):
     No attention, so it costs microseconds per sentence on a phone and trains in minutes; it cannot see
     word order, which bounds how close it gets to the teacher (what the transformer student is for).
     `weighted`: each token learns a weight in the average (exp(w), starting at 1), as SIF and Model2Vec
-    weigh rare words above "the"; w is the mean of a two-column table, because LiteRT's INT4 EMBEDDING_LOOKUP
-    misreads one-column tables (measured: embedding cosine 0.92 to PyTorch against 0.99 with two). `skip`: a linear path from the pooled vector to the output beside
-    the MLP, so a start from the teacher's token outputs (distill.text.token_init) is the student at step 0.
+    weigh rare words above "the"; w is the mean of a two-column table, because LiteRT's INT4
+    EMBEDDING_LOOKUP misreads one-column tables (measured: embedding cosine 0.92 to PyTorch, 0.99 with two).
+    `skip`: a linear path from the pooled vector to the output beside the MLP, so a start from the teacher's
+    token outputs (distill.text.token_init) is the student at step 0.
     """
 
     def __init__(self, vocab_size: int, num_classes: int, *, pad_id: int = 0, max_length: int = 128,

@@ -127,7 +127,6 @@ class TextTeacher:
                     progress.advance(len(rows))
         return out
 
-
     def token_outputs(self, tokens: np.ndarray | None = None, batch_size: int = 1024,
                       progress: Any = None) -> np.ndarray:
         """The sentence embedding of each token id alone ([CLS] token [SEP]; default: the whole vocabulary):
@@ -139,6 +138,7 @@ class TextTeacher:
         ids[:, 1] = tokens
         ids[:, 2] = self.tokenizer.sep_token_id if self.tokenizer.sep_token_id is not None else self.pad_id
         return self.embed(ids, batch_size, progress=progress)
+
 
 def tokenize(tokenizer: Any, sentences: list[str], length: int) -> np.ndarray:
     """Token ids padded (with the tokenizer's pad id) or truncated to `length`: int64 [n, length]."""
