@@ -17,7 +17,7 @@ from edgekd.text.corpus import build_corpus, is_held_out, split_sentences
 from edgekd.text.metrics import recall_at_k, recall_at_k_teacher_index
 from edgekd.text.student import TextBagStudent, TextStudent
 from edgekd.text.teacher import check_teacher_folder, default_teacher_folder, load_teacher
-from edgekd.text.train import TextKDObjective, TextLossWeights, trim_padding
+from edgekd.text.train import TextKDObjective, TextLossWeights, predict, trim_padding
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_cli_errors import assert_user_error, run_cli  # noqa: E402
@@ -210,7 +210,7 @@ def test_weighted_bag_with_skip_exports_and_keeps_parity(tmp_path: Path) -> None
         model.head.weight.mul_(20.0)  # clear class margins, as a trained head has: a random one ties everywhere
     ids = torch.randint(1, 500, (40, 16)).numpy()
     ids[::3, 9:] = 0  # padded rows too
-    labels = predict_classes(model, ids)
+    labels = predict(model, ids)[0].argmax(1)
     artifacts = export_text_model(
         model, role="student", formats=["onnx", "tflite"], precisions=["fp32", "int8_dynamic", "int4"],
         out_root=tmp_path, length=16, ids=ids, labels=labels, num_classes=3,
@@ -227,10 +227,6 @@ def test_weighted_bag_with_skip_exports_and_keeps_parity(tmp_path: Path) -> None
     # scales would outweigh the weights).
     assert sorted(shape for name, shape in scales.items() if name.startswith("token")) == [(1, 2), (500, 1)]
 
-
-def predict_classes(model, ids: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return model(torch.from_numpy(ids))[0].argmax(1).numpy()
 
 def test_recall_at_k_counts_shared_neighbours() -> None:
     rng = np.random.default_rng(0)

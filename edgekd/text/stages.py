@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -37,21 +37,36 @@ def teacher_inputs(ctx: Context) -> dict[str, Any]:
 
 
 def teacher_embeddings(ctx: Context) -> np.ndarray:
-    """The teacher's sentence embedding of every corpus row (export/cache/text-teacher, never pickled)."""
+    """The teacher's sentence embedding of every corpus row."""
+    ids = ctx.text.ids
+    return _cached_teacher_array(ctx, f"{_teacher_key(ctx)}.npy", "teacher embeddings", "embed corpus with the teacher",
+                                 len(ids), lambda teacher, task: teacher.embed(ids, EMBED_BATCH, progress=task))
+
+
+def teacher_token_outputs(ctx: Context) -> np.ndarray:
+    """The teacher's embedding of every vocabulary token alone (distill.text.token_init: token_outputs)."""
+    key = hashlib.sha256(f"{ctx.text.teacher_weights_sha256}-tokens".encode()).hexdigest()[:24]
+    return _cached_teacher_array(ctx, f"tokens-{key}.npy", "teacher token outputs",
+                                 "embed each vocabulary token with the teacher", ctx.text.vocab_size,
+                                 lambda teacher, task: teacher.token_outputs(progress=task))
+
+
+def _cached_teacher_array(ctx: Context, filename: str, what: str, description: str, total: int,
+                          compute: Callable[[Any, Any], np.ndarray]) -> np.ndarray:
+    """An array the teacher computes once, kept under export/cache/text-teacher (.npy, never pickled)."""
     from edgekd.text.teacher import load_teacher
 
-    cache = ctx.recipe.output_dir / "cache" / "text-teacher" / f"{_teacher_key(ctx)}.npy"
+    cache = ctx.recipe.output_dir / "cache" / "text-teacher" / filename
     if cache.is_file():
-        ctx.reporter.note(f"teacher embeddings: reused {cache}")
+        ctx.reporter.note(f"{what}: reused {cache}")
         return np.load(cache, allow_pickle=False)
     teacher = load_teacher(ctx.text.teacher_folder)
-    ids = ctx.text.ids
-    task = ctx.reporter.task("embed corpus with the teacher", len(ids))
-    embeddings = teacher.embed(ids, EMBED_BATCH, progress=task)
+    task = ctx.reporter.task(description, total)
+    array = compute(teacher, task)
     task.close()
     cache.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save_array(cache, embeddings)
-    return embeddings
+    atomic_save_array(cache, array)
+    return array
 
 
 def teacher_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
@@ -182,23 +197,6 @@ def start_from_token_outputs(model, outputs: np.ndarray) -> None:
             skip.bias.copy_(torch.from_numpy(reduced.mean))
             model.mlp[-1].weight.zero_()
             model.mlp[-1].bias.zero_()
-
-
-def teacher_token_outputs(ctx: Context) -> np.ndarray:
-    """The teacher's embedding of every vocabulary token alone (cached beside the corpus embeddings)."""
-    from edgekd.text.teacher import load_teacher
-
-    key = hashlib.sha256(f"{ctx.text.teacher_weights_sha256}-tokens".encode()).hexdigest()[:24]
-    cache = ctx.recipe.output_dir / "cache" / "text-teacher" / f"tokens-{key}.npy"
-    if cache.is_file():
-        return np.load(cache, allow_pickle=False)
-    teacher = load_teacher(ctx.text.teacher_folder)
-    task = ctx.reporter.task("embed each vocabulary token with the teacher", len(teacher.tokenizer))
-    outputs = teacher.token_outputs(progress=task)
-    task.close()
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save_array(cache, outputs)
-    return outputs
 
 
 def trained_student(ctx: Context, role: str):
