@@ -60,6 +60,10 @@ class TextDataConfig(_Strict):
                                                                     "(drawn with data.seed); null = all of them")
     train_length: int = Field(64, ge=8, le=512, description="tokens per sentence in training (padded/truncated)")
     device_length: int = Field(128, ge=8, le=512, description="tokens per sentence the exported graphs take")
+    student_vocabulary: Literal["teacher", "corpus"] = Field(
+        "teacher", description="the rows of the student's token table: teacher = the teacher tokenizer's whole "
+        "vocabulary; corpus = only the tokens the training sentences use (a map in the graph sends the others to "
+        "the unknown token), so the same bytes hold a wider table")
 
 
 class ModelConfig(_Strict):
@@ -521,7 +525,7 @@ def check_registered_names(recipe: Recipe, origin: str = "<recipe>") -> None:
                           fix=f"set bench.device in {origin} to one of those (or a profile path)") from None
 
 
-_SET_BY_EDGEKD = ("in_shape", "num_classes", "vocab_size", "pad_id", "max_length")  # from the data or teacher
+_SET_BY_EDGEKD = ("in_shape", "num_classes", "vocab_size", "pad_id", "max_length", "token_rows")  # from data/teacher
 
 
 def _check_loss_kinds(recipe: Recipe, origin: str) -> None:

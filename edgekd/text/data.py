@@ -21,6 +21,7 @@ class TextData:
     teacher_folder: Path
     label_fraction: float = 1.0
     seed: int = 0
+    student_vocabulary: str = "teacher"
 
     @property
     def num_classes(self) -> int:
@@ -33,6 +34,18 @@ class TextData:
     @property
     def vocab_size(self) -> int:
         return len(self.tokenizer)
+
+    @cached_property
+    def student_token_rows(self):
+        """The map from teacher ids to the student table's rows (data.text.student_vocabulary: corpus), else None."""
+        if self.student_vocabulary == "teacher":
+            return None
+        from edgekd.text.vocabulary import TokenRows, corpus_token_ids
+
+        unknown = self.tokenizer.unk_token_id
+        fallback = self.pad_id if unknown is None else int(unknown)
+        kept = corpus_token_ids(self.ids[self.train_rows], [*self.tokenizer.all_special_ids, fallback])
+        return TokenRows(self.vocab_size, kept, fallback)
 
     def tokenize(self, rows: np.ndarray, length: int) -> np.ndarray:
         from edgekd.text.teacher import tokenize
@@ -106,4 +119,5 @@ def load_text_data(recipe) -> TextData:
         raise TextModelError(f"the tokenizer in {folder} cannot be loaded", why=first_line(exc),
                              fix="re-save the folder with save_pretrained()") from None
     return TextData(corpus, tokenizer, cfg.train_length, cfg.device_length, folder,
-                    label_fraction=recipe.data.label_fraction, seed=recipe.data.seed)
+                    label_fraction=recipe.data.label_fraction, seed=recipe.data.seed,
+                    student_vocabulary=cfg.student_vocabulary)

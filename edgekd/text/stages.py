@@ -7,6 +7,7 @@ scratch: the student's architecture on the labels alone, same steps; export/benc
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from pathlib import Path
 from typing import Any, Callable
@@ -135,8 +136,9 @@ def new_student(ctx: Context, seed: int | None = None, *, from_teacher: bool = T
     seed_everything(ctx.recipe.seed if seed is None else seed)
     cfg = ctx.recipe.student.model
     data = ctx.text
+    vocabulary = {} if data.student_token_rows is None else {"token_rows": copy.deepcopy(data.student_token_rows)}
     model = TEXT_STUDENTS[cfg.family](data.vocab_size, data.num_classes, pad_id=data.pad_id,
-                                      max_length=data.device_length, **cfg.params)
+                                      max_length=data.device_length, **vocabulary, **cfg.params)
     if from_teacher and ctx.recipe.distill.text.init_from_teacher:
         _init_token_table(ctx, model)
         _init_head(model, ctx.rundir.checkpoints / "teacher.pt")
@@ -167,10 +169,12 @@ def _init_token_table(ctx: Context, model) -> None:
     import torch
 
     from edgekd.text.teacher import token_embedding_init
+    from edgekd.text.vocabulary import per_row
 
     table = model.token.weight
     if ctx.recipe.distill.text.token_init == "word_embeddings":
         init = token_embedding_init(ctx.text.teacher_folder, table.shape[1])
+        init = None if init is None else per_row(init, getattr(model, "token_rows", None))
         if init is not None and init.shape[0] == table.shape[0]:
             with torch.no_grad():
                 table.copy_(torch.from_numpy(init) * float(table.std()))
@@ -184,8 +188,10 @@ def start_from_token_outputs(model, outputs: np.ndarray) -> None:
     import torch
 
     from edgekd.text.teacher import pca_reduce
+    from edgekd.text.vocabulary import per_row
 
     table = model.token.weight
+    outputs = per_row(outputs, getattr(model, "token_rows", None))
     if outputs.shape[0] != table.shape[0] or outputs.shape[1] < table.shape[1]:
         return
     reduced = pca_reduce(outputs, table.shape[1])

@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from edgekd.registry import Registry
+from edgekd.text.vocabulary import TokenRows, table_rows
 
-# A family takes (vocab_size, num_classes, pad_id=, max_length=, **params) and provides encode(ids) -> the
+# A family takes (vocab_size, num_classes, pad_id=, max_length=, token_rows=, **params) and provides encode(ids) -> the
 # unit-norm embedding, head (nn.Linear on it) and forward(ids) -> (head(embedding), embedding): training reads
 # encode and head apart (distill.text.response_into_encoder) and starts head from the teacher's.
 TEXT_STUDENTS: Registry[type] = Registry("text student family", "text student families")
@@ -54,16 +55,34 @@ class EncoderLayer(nn.Module):
         return x + self.ffn(self.norm2(x))
 
 
+class TextEncoder(nn.Module):
+    """What the families share: the map from teacher ids to table rows, and the (logits, embedding) outputs."""
+
+    token_rows: TokenRows | None
+    head: nn.Linear
+
+    def encode(self, ids: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return ids if self.token_rows is None else self.token_rows(ids)
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding = self.encode(ids)
+        return self.head(embedding), embedding
+
+
 @TEXT_STUDENTS.register("text_transformer")
-class TextStudent(nn.Module):
+class TextStudent(TextEncoder):
     """input_ids [batch, length] (int64, padded with pad_id) -> (logits [batch, classes], embedding [batch, dim])."""
 
     def __init__(self, vocab_size: int, num_classes: int, *, pad_id: int = 0, max_length: int = 128,
                  embed_dim: int = 64, hidden: int = 128, layers: int = 2, heads: int = 2, ffn: int = 512,
-                 out_dim: int = 384) -> None:
+                 out_dim: int = 384, token_rows: TokenRows | None = None) -> None:
         super().__init__()
         self.pad_id = pad_id
-        self.token = nn.Embedding(vocab_size, embed_dim)
+        self.token_rows = token_rows
+        self.token = nn.Embedding(table_rows(vocab_size, token_rows), embed_dim)
         self.expand = nn.Linear(embed_dim, hidden)
         self.position = nn.Parameter(torch.zeros(1, max_length, hidden))
         nn.init.normal_(self.position, std=0.02)
@@ -74,7 +93,7 @@ class TextStudent(nn.Module):
 
     def encode(self, ids: torch.Tensor) -> torch.Tensor:
         keep = (ids != self.pad_id).to(torch.float32)  # [b, n]
-        x = self.expand(self.token(ids)) + self.position[:, : ids.shape[1]]
+        x = self.expand(self.token(self._rows(ids))) + self.position[:, : ids.shape[1]]
         bias = ((1.0 - keep) * -1e4)[:, None, None, :]
         for layer in self.layers:
             x = layer(x, bias)
@@ -82,13 +101,9 @@ class TextStudent(nn.Module):
         pooled = (x * keep.unsqueeze(-1)).sum(1) / keep.sum(1, keepdim=True).clamp(min=1.0)
         return nn.functional.normalize(self.project(pooled), dim=-1)
 
-    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        embedding = self.encode(ids)
-        return self.head(embedding), embedding
-
 
 @TEXT_STUDENTS.register("text_bag")
-class TextBagStudent(nn.Module):
+class TextBagStudent(TextEncoder):
     """A bag-of-tokens encoder: a pooled average of token embeddings, then an MLP into the teacher's space.
 
     No attention, so it costs microseconds per sentence on a phone and trains in minutes; it cannot see
@@ -102,11 +117,13 @@ class TextBagStudent(nn.Module):
 
     def __init__(self, vocab_size: int, num_classes: int, *, pad_id: int = 0, max_length: int = 128,
                  embed_dim: int = 128, hidden: int = 512, out_dim: int = 384, weighted: bool = False,
-                 skip: bool = False) -> None:
+                 skip: bool = False, token_rows: TokenRows | None = None) -> None:
         super().__init__()
         self.pad_id = pad_id
-        self.token = nn.Embedding(vocab_size, embed_dim)
-        self.token_weight = nn.Embedding(vocab_size, 2) if weighted else None
+        self.token_rows = token_rows
+        rows = table_rows(vocab_size, token_rows)
+        self.token = nn.Embedding(rows, embed_dim)
+        self.token_weight = nn.Embedding(rows, 2) if weighted else None
         if self.token_weight is not None:
             nn.init.zeros_(self.token_weight.weight)
         self.mlp = nn.Sequential(nn.Linear(embed_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
@@ -115,17 +132,14 @@ class TextBagStudent(nn.Module):
 
     def encode(self, ids: torch.Tensor) -> torch.Tensor:
         weight = (ids != self.pad_id).to(torch.float32).unsqueeze(-1)
+        rows = self._rows(ids)
         if self.token_weight is not None:
-            weight = weight * self.token_weight(ids).mean(-1, keepdim=True).exp()
-        pooled = (self.token(ids) * weight).sum(1) / weight.sum(1).clamp(min=1e-6)
+            weight = weight * self.token_weight(rows).mean(-1, keepdim=True).exp()
+        pooled = (self.token(rows) * weight).sum(1) / weight.sum(1).clamp(min=1e-6)
         out = self.mlp(pooled)
         if self.skip is not None:
             out = out + self.skip(pooled)
         return nn.functional.normalize(out, dim=-1)
-
-    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        embedding = self.encode(ids)
-        return self.head(embedding), embedding
 
 
 class TeacherWithHead(nn.Module):
