@@ -67,7 +67,8 @@ class TextDataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """A model family from the registry and its keyword parameters (see `edgekd models`)."""
+    """A model family from the registry and its keyword parameters (a wrong name or parameter is reported with
+    the ones that exist)."""
 
     family: str
     params: dict[str, Any] = Field(default_factory=dict)

@@ -224,7 +224,8 @@ def test_a_trimmed_bag_equals_the_full_bag_whose_unkept_tokens_are_unknown() -> 
     trimmed = TextBagStudent(30, 3, embed_dim=8, hidden=16, out_dim=12, weighted=True, skip=True,
                              token_rows=TokenRows(30, kept, fallback=1)).eval()
     state = full.state_dict()
-    state["token.weight"], state["token_weight.weight"] = state["token.weight"][kept], state["token_weight.weight"][kept]
+    for name in ("token.weight", "token_weight.weight"):
+        state[name] = state[name][kept]
     trimmed.load_state_dict(state, strict=False)
     ids = torch.tensor([[4, 9, 20, 13, 0], [8, 8, 0, 0, 0]])
     for a, b in zip(full(ids), trimmed(ids)):

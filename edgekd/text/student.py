@@ -1,12 +1,13 @@
 """The on-device text student: a tiny transformer encoder over the teacher's own WordPiece vocabulary.
 
 Why this shape: it keeps the teacher's tokenizer, so the phone tokenizes exactly as the teacher did and
-no vocabulary mapping ships with the model; its token embedding is factorised (vocab × 64, then 64 → hidden,
-as ALBERT does), which cuts the 30k-row table that dominates a small BERT to a quarter; attention is
-written out with plain MatMul/Softmax so ONNX and LiteRT get the same small set of operators; the
-attention mask is derived from the ids (id != pad), so the graph has one input and the device feeds a
-single int64 array. Outputs: class logits first (what the benchmark runner scores on the device), then the
-L2-normalised sentence embedding in the teacher's space (what semantic search uses).
+feeds its ids as they are (a corpus vocabulary maps them to table rows inside the graph); its token
+embedding is factorised (vocab × 64, then 64 → hidden, as ALBERT does), which cuts the 30k-row table that
+dominates a small BERT to a quarter; attention is written out with plain MatMul/Softmax so ONNX and LiteRT
+get the same small set of operators; the attention mask is derived from the ids (id != pad), so the graph
+has one input and the device feeds a single int64 array. Outputs: class logits first (what the benchmark
+runner scores on the device), then the L2-normalised sentence embedding in the teacher's space (what
+semantic search uses).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from torch import nn
 from edgekd.registry import Registry
 from edgekd.text.vocabulary import TokenRows, table_rows
 
-# A family takes (vocab_size, num_classes, pad_id=, max_length=, token_rows=, **params) and provides encode(ids) -> the
-# unit-norm embedding, head (nn.Linear on it) and forward(ids) -> (head(embedding), embedding): training reads
-# encode and head apart (distill.text.response_into_encoder) and starts head from the teacher's.
+# A family takes (vocab_size, num_classes, pad_id=, max_length=, token_rows=, **params) and provides
+# encode(ids) -> the unit-norm embedding, head (nn.Linear on it) and forward(ids) -> (head(embedding),
+# embedding): training reads encode and head apart (distill.text.response_into_encoder) and starts head from
+# the teacher's. token_rows (data.text.student_vocabulary: corpus) maps teacher ids to the table's rows.
 TEXT_STUDENTS: Registry[type] = Registry("text student family", "text student families")
 
 
