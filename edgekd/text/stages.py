@@ -174,8 +174,10 @@ def _init_token_table(ctx: Context, model) -> None:
     table = model.token.weight
     if ctx.recipe.distill.text.token_init == "word_embeddings":
         init = token_embedding_init(ctx.text.teacher_folder, table.shape[1])
-        init = None if init is None else per_row(init, getattr(model, "token_rows", None))
-        if init is not None and init.shape[0] == table.shape[0]:
+        if init is None:
+            return
+        init = per_row(init, getattr(model, "token_rows", None))
+        if init.shape[0] == table.shape[0]:
             with torch.no_grad():
                 table.copy_(torch.from_numpy(init) * float(table.std()))
         return
