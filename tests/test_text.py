@@ -313,7 +313,7 @@ def test_text_run_end_to_end(text_run) -> None:
     teacher, student, scratch = (manifest[s]["metrics"] for s in ("teacher", "distill", "scratch"))
     assert teacher["parameters"] > 22_000_000 and student["parameters"] < 1_000_000
     assert student["steps"] == scratch["steps"]  # the same budget
-    assert teacher["sentences"] == len(build_corpus(per_class=12, unlabelled=24)) + 16  # + 16 typer sentences
+    assert teacher["sentences"] == len(build_corpus(per_class=24, unlabelled=24)) + 16  # + 16 typer sentences
     assert -1.0 <= student["cosine_to_teacher"] <= 1.0  # a few steps: any sign
     for key in ("recall_at_10", "recall_at_10_teacher_index", "test_accuracy"):
         assert 0.0 <= student[key] <= 1.0
