@@ -378,8 +378,9 @@ def test_cli_non_text_teacher(tmp_path: Path) -> None:
 
 def test_cli_empty_corpus(tmp_path: Path) -> None:
     recipe = _text_recipe(tmp_path)
-    recipe.write_text(recipe.read_text().replace("text: {per_class: 12", "text: {packages: [no_such_pkg, nor_this], "
-                                                                          "per_class: 12"))
+    text = recipe.read_text()
+    assert "text: {per_class:" in text  # the line this test edits
+    recipe.write_text(text.replace("text: {per_class:", "text: {packages: [no_such_pkg, nor_this], per_class:"))
     msg = assert_user_error(run_cli(tmp_path, "run", str(recipe)))
     assert "no sentences found" in msg
 
