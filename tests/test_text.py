@@ -356,6 +356,13 @@ def _text_recipe(tmp_path: Path, teacher_line: str = "", extra: str = "") -> Pat
     return path
 
 
+def _edit_recipe(recipe: Path, old: str, new: str) -> None:
+    """Replace `old` in a copied recipe, failing here (not as a run that exits 0) when the recipe has changed."""
+    text = recipe.read_text()
+    assert old in text, f"{old!r} is not in {recipe}"
+    recipe.write_text(text.replace(old, new))
+
+
 def test_cli_teacher_without_weights(tmp_path: Path) -> None:
     folder = _copy_folder(tmp_path, ("model.safetensors",))
     msg = assert_user_error(run_cli(tmp_path, "run", str(_text_recipe(tmp_path, f"teacher: {{hf: {folder}}}\n"))))
@@ -378,9 +385,7 @@ def test_cli_non_text_teacher(tmp_path: Path) -> None:
 
 def test_cli_empty_corpus(tmp_path: Path) -> None:
     recipe = _text_recipe(tmp_path)
-    text = recipe.read_text()
-    assert "text: {per_class:" in text  # the line this test edits
-    recipe.write_text(text.replace("text: {per_class:", "text: {packages: [no_such_pkg, nor_this], per_class:"))
+    _edit_recipe(recipe, "text: {per_class:", "text: {packages: [no_such_pkg, nor_this], per_class:")
     msg = assert_user_error(run_cli(tmp_path, "run", str(recipe)))
     assert "no sentences found" in msg
 
@@ -394,6 +399,6 @@ def test_cli_hf_teacher_needs_text_task(tmp_path: Path) -> None:
 
 def test_cli_text_student_family_checked(tmp_path: Path) -> None:
     recipe = _text_recipe(tmp_path)
-    recipe.write_text(recipe.read_text().replace("family: text_transformer", "family: mlp"))
+    _edit_recipe(recipe, "family: text_transformer", "family: mlp")
     msg = assert_user_error(run_cli(tmp_path, "run", str(recipe)))
     assert "unknown text student family 'mlp'" in msg and "text_bag" in msg
