@@ -66,6 +66,9 @@ def context(run_dir: Path):
     from edgekd.progress import SilentReporter
     from edgekd.rundir import RunDir
 
+    if not (run_dir / "recipe.yaml").is_file() or not (run_dir / "data" / "teacher_embeddings.npy").is_file():
+        raise SystemExit(f"{run_dir} is not a finished text run (no recipe.yaml or data/teacher_embeddings.npy): "
+                         "run `.venv/bin/edgekd run edgekd/recipes/minilm.yaml` first, or give --run-dir")
     recipe = edgekd.load_recipe(run_dir / "recipe.yaml")
     recipe = recipe.model_copy(update={"output_dir": run_dir.parent})
     return Context(recipe=recipe, rundir=RunDir(run_dir), reporter=SilentReporter())
