@@ -129,24 +129,29 @@ def timing(files: dict[str, Path], ids: np.ndarray, rounds: int, block_ms: float
                                                                                "fastest model", slots)}
 
 
+def scores(embeddings: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Mean cosine to the teacher's embeddings and recall@10 of its neighbours (the pool searching itself)."""
+    from edgekd.text.metrics import mean_cosine, recall_at_k
+
+    return {"cosine_to_teacher": mean_cosine(embeddings, reference), "recall_at_10": recall_at_k(embeddings, reference, 10)}
+
+
 def quality(ctx, files: dict[str, Path], length: int) -> dict:
     """Exported-file quality on held-out text: cosine, recall@10 (pool of held-out sentences), accuracy."""
     from edgekd.text.export import run_text_artifact
-    from edgekd.text.metrics import accuracy, mean_cosine, recall_at_k, recall_at_k_teacher_index
-    from edgekd.text.stages import RETRIEVAL_POOL
+    from edgekd.text.metrics import accuracy, recall_at_k_teacher_index
+    from edgekd.text.stages import retrieval_pool
 
     data = ctx.text
-    pool = data.held_out_rows[:RETRIEVAL_POOL]
+    pool, reference = retrieval_pool(ctx)
     labelled = data.labelled_held_out_rows
     ids = data.tokenize(pool, length)
-    reference = np.load(ctx.rundir.data / "teacher_embeddings.npy", allow_pickle=False)[pool]
     labels = data.corpus.labels[pool]
+    keep = np.isin(pool, labelled)
     out = {}
     for name, path in files.items():
         logits, emb = run_text_artifact(path, ids)
-        keep = np.isin(pool, labelled)
-        out[name] = {"cosine_to_teacher": mean_cosine(emb, reference), "recall_at_10": recall_at_k(emb, reference, 10),
-                     "recall_at_10_teacher_index": recall_at_k_teacher_index(emb, reference, 10),
+        out[name] = {**scores(emb, reference), "recall_at_10_teacher_index": recall_at_k_teacher_index(emb, reference, 10),
                      "accuracy": accuracy(logits[keep], labels[keep]), "size_bytes": path.stat().st_size}
     return out
 
@@ -154,18 +159,12 @@ def quality(ctx, files: dict[str, Path], length: int) -> dict:
 def noise_calibration(ctx, sigmas=(0.02, 0.03, 0.04, 0.05, 0.06)) -> list[dict]:
     """What recall@10 a given cosine buys: the teacher's own pool embeddings plus isotropic Gaussian noise.
     A student whose errors are structured (similar words, different meaning) gets less than this."""
-    from edgekd.text.metrics import mean_cosine, recall_at_k
-    from edgekd.text.stages import RETRIEVAL_POOL
+    from edgekd.text.stages import retrieval_pool
 
-    reference = np.load(ctx.rundir.data / "teacher_embeddings.npy", allow_pickle=False)[
-        ctx.text.held_out_rows[:RETRIEVAL_POOL]]
+    reference = retrieval_pool(ctx)[1]
     rng = np.random.default_rng(0)
-    out = []
-    for sigma in sigmas:
-        noisy = reference + sigma * rng.normal(size=reference.shape)
-        out.append({"sigma": sigma, "cosine_to_teacher": mean_cosine(noisy, reference),
-                    "recall_at_10": recall_at_k(noisy, reference, 10)})
-    return out
+    return [{"sigma": sigma, **scores(reference + sigma * rng.normal(size=reference.shape), reference)}
+            for sigma in sigmas]
 
 
 def memory(files: dict[str, Path], ids_path: Path) -> dict[str, int | None]:

@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import interleave  # noqa: E402
 from interleave import print_markdown, print_table  # noqa: E402
-from text_student import context, quality  # noqa: E402
+from text_student import context, quality, scores  # noqa: E402
 
 from edgekd.rundir import atomic_write_json  # noqa: E402
 
@@ -74,19 +74,12 @@ def shuffle_pieces(ids: np.ndarray, pad_id: int, k: int, rng: np.random.Generato
     return out
 
 
-def scores(embeddings: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    from edgekd.text.metrics import mean_cosine, recall_at_k
-
-    return {"cosine_to_teacher": mean_cosine(embeddings, reference), "recall_at_10": recall_at_k(embeddings, reference, 10)}
-
-
 def word_order_study(ctx, pieces: list[int], orders: int, seed: int) -> dict:
-    from edgekd.text.stages import RETRIEVAL_POOL
+    from edgekd.text.stages import retrieval_pool
     from edgekd.text.teacher import load_teacher
 
     data = ctx.text
-    pool = data.held_out_rows[:RETRIEVAL_POOL]
-    reference = np.load(ctx.rundir.data / "teacher_embeddings.npy", allow_pickle=False)[pool]
+    pool, reference = retrieval_pool(ctx)
     teacher = load_teacher(data.teacher_folder)
     ids = data.tokenize(pool, data.train_length)  # the length the reference embeddings were computed at
     real = (ids != teacher.pad_id).sum(1)

@@ -349,18 +349,18 @@ def test_text_run_resumes(text_run) -> None:
 
 # -- bad input through the CLI ----------------------------------------------------------------
 
-def _text_recipe(tmp_path: Path, teacher_line: str = "", extra: str = "") -> Path:
-    text = TEXT_RECIPE.read_text().replace("seed: 0\n", f"seed: 0\noutput_dir: out\n{teacher_line}{extra}")
-    path = tmp_path / "text.yaml"
-    path.write_text(text)
-    return path
-
-
 def _edit_recipe(recipe: Path, old: str, new: str) -> None:
     """Replace `old` in a copied recipe, failing here (not as a run that exits 0) when the recipe has changed."""
     text = recipe.read_text()
     assert old in text, f"{old!r} is not in {recipe}"
     recipe.write_text(text.replace(old, new))
+
+
+def _text_recipe(tmp_path: Path, teacher_line: str = "", extra: str = "") -> Path:
+    path = tmp_path / "text.yaml"
+    path.write_text(TEXT_RECIPE.read_text())
+    _edit_recipe(path, "seed: 0\n", f"seed: 0\noutput_dir: out\n{teacher_line}{extra}")
+    return path
 
 
 def test_cli_teacher_without_weights(tmp_path: Path) -> None:

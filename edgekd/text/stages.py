@@ -223,14 +223,21 @@ def _budget(ctx: Context) -> int:
     return steps_for(len(ctx.text.train_rows), t.batch_size, t.epochs)
 
 
+def retrieval_pool(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out sentences searched for recall@10 and the teacher's embeddings of them. Only those rows
+    are read: the whole embedding file is every sentence's (~260 MB on the minilm corpus)."""
+    rows = ctx.text.held_out_rows[:RETRIEVAL_POOL]
+    embeddings = np.load(ctx.rundir.data / "teacher_embeddings.npy", mmap_mode="r", allow_pickle=False)
+    return rows, np.asarray(embeddings[rows])
+
+
 def student_metrics(ctx: Context, model) -> dict[str, Any]:
     from edgekd.text.metrics import accuracy, text_metrics
     from edgekd.text.train import predict
 
     data = ctx.text
-    held = data.held_out_rows[:RETRIEVAL_POOL]
+    held, teacher = retrieval_pool(ctx)
     logits, embeddings = predict(model, data.ids[held])
-    teacher = np.load(ctx.rundir.data / "teacher_embeddings.npy", allow_pickle=False)[held]
     metrics = text_metrics(logits, embeddings, data.corpus.labels[held], teacher)
     labelled = data.labelled_held_out_rows
     metrics["accuracy"] = accuracy(predict(model, data.ids[labelled])[0], data.corpus.labels[labelled])
