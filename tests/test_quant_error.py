@@ -164,8 +164,9 @@ def test_layer_errors_point_at_the_outlier_layer(tiny):
     bad = {r["node"]: r for r in layer_errors(fp32, q, tiny["splits"].x_test, deployed=False)}
     assert bad["node_linear"]["sqnr_db"] == pytest.approx(clean["node_linear"]["sqnr_db"], abs=0.5)
     # the outlier widens the logits' quantization step: the error lands on the layer that holds it
-    assert bad["node_linear_1"]["sqnr_db"] < clean["node_linear_1"]["sqnr_db"] - 0.5
-    assert bad["node_linear_1"]["max_abs_error"] > 3 * clean["node_linear_1"]["max_abs_error"]
+    # (SQNR, not max abs error: the max is one sample's extreme and fell from 50x to 1.1x over init seeds 0-7,
+    # while the SQNR drop stayed 4.9-16 dB)
+    assert bad["node_linear_1"]["sqnr_db"] < clean["node_linear_1"]["sqnr_db"] - 3
 
 
 def test_layer_errors_on_unrelated_graphs_is_a_clear_error(tiny, tmp_path):
