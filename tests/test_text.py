@@ -99,6 +99,19 @@ def test_teacher_embeds_like_sentence_transformers(teacher) -> None:
     np.testing.assert_allclose(emb, full, atol=1e-5)
 
 
+def test_pooled_layers_end_at_the_sentence_embedding(teacher) -> None:
+    """Each layer's pooled state, for benchmarks/text_teacher_layers.py: the last one normalised is the
+    embedding, and the padding cut off per batch changes none of them."""
+    ids = teacher.tokenize(["A cat sits on the mat.", "The stock market fell sharply today after the news."], 32)
+    layers = teacher.pooled_layers(ids)
+    assert layers.shape == (teacher.model.config.num_hidden_layers + 1, 2, 384)
+    last = layers[-1] / np.linalg.norm(layers[-1], axis=1, keepdims=True)
+    np.testing.assert_allclose(last, teacher.embed(ids), atol=1e-5)
+    np.testing.assert_allclose(layers, np.concatenate([teacher.pooled_layers(ids[i:i + 1]) for i in range(2)], 1),
+                               atol=1e-4)
+    assert not np.allclose(layers[0], layers[-1], atol=0.1)
+
+
 def _copy_folder(tmp_path: Path, drop: tuple[str, ...] = ()) -> Path:
     folder = tmp_path / "teacher"
     shutil.copytree(default_teacher_folder(), folder, ignore=shutil.ignore_patterns(*drop) if drop else None)

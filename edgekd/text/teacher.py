@@ -111,21 +111,43 @@ class TextTeacher:
                          ids != self.pad_id)
 
     def embed(self, ids: np.ndarray, batch_size: int = 64, progress: Any = None) -> np.ndarray:
-        """Embeddings of padded ids, computed in batches of similar length with the all-padding columns cut
-        off (exact: padding is masked out of attention and pooling; about 2.5× less work on this corpus)."""
+        """Embeddings of padded ids (n × dim)."""
+        import torch
+
+        out = np.zeros((len(ids), self.dim), np.float32)
+        with torch.inference_mode():
+            for rows, batch in self._length_batches(ids, batch_size, progress):
+                out[rows] = self.embed_ids(batch).numpy()
+        return out
+
+    def pooled_layers(self, ids: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Each layer's hidden states mean-pooled over the real tokens, not normalised: (layers + 1) × n × dim,
+        row 0 the embedding layer's output and the last row the sentence embedding before normalisation."""
+        import torch
+
+        out = np.zeros((int(self.config["num_hidden_layers"]) + 1, len(ids), self.dim), np.float32)
+        with torch.inference_mode():
+            for rows, batch in self._length_batches(ids, batch_size):
+                mask = batch != self.pad_id
+                hidden = self.model(input_ids=batch, attention_mask=mask.long(),
+                                    output_hidden_states=True).hidden_states
+                weights = mask.unsqueeze(-1).float() / mask.sum(1, keepdim=True).clamp(min=1).unsqueeze(-1)
+                out[:, rows] = torch.stack([(h * weights).sum(1) for h in hidden]).numpy()
+        return out
+
+    def _length_batches(self, ids: np.ndarray, batch_size: int, progress: Any = None):
+        """(rows, ids tensor) in batches of similar length with the all-padding columns cut off (exact: padding
+        is masked out of attention and pooling; about 2.5× less work on this corpus)."""
         import torch
 
         lengths = (ids != self.pad_id).sum(1)
         order = np.argsort(lengths, kind="stable")
-        out = np.zeros((len(ids), self.dim), np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(ids), batch_size):
-                rows = order[start:start + batch_size]
-                width = max(int(lengths[rows].max()), 1)
-                out[rows] = self.embed_ids(torch.from_numpy(np.ascontiguousarray(ids[rows, :width]))).numpy()
-                if progress is not None:
-                    progress.advance(len(rows))
-        return out
+        for start in range(0, len(ids), batch_size):
+            rows = order[start:start + batch_size]
+            width = max(int(lengths[rows].max()), 1)
+            yield rows, torch.from_numpy(np.ascontiguousarray(ids[rows, :width]))
+            if progress is not None:
+                progress.advance(len(rows))
 
     def token_outputs(self, tokens: np.ndarray | None = None, batch_size: int = 1024,
                       progress: Any = None) -> np.ndarray:
