@@ -74,6 +74,25 @@ def context(run_dir: Path):
     return Context(recipe=recipe, rundir=RunDir(run_dir), reporter=SilentReporter())
 
 
+def study_header(name: str, run_dir: Path, machine: dict) -> dict:
+    """The fields every text benchmark's JSON starts with: what ran, when, on which run, code and machine."""
+    return {"schema": f"edgekd.benchmark.{name}/1", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "run_dir": str(run_dir), "git": interleave.git_state(REPO, ("edgekd/text", "benchmarks")),
+            "machine": machine}
+
+
+def write_study(doc: dict, result: Path, started: float, title: str, columns: tuple[str, ...],
+                rows: list[tuple[str, ...]], markdown: bool) -> int:
+    """Record the run time, write the JSON atomically and print the table (and its Markdown for the README)."""
+    doc["seconds"] = time.perf_counter() - started
+    atomic_write_json(result, doc)
+    print_table(title, columns, rows)
+    if markdown:
+        print_markdown(columns, rows)
+    print(f"wrote {result}")
+    return 0
+
+
 def artifacts_at(ctx, length: int, tmp: Path) -> dict[str, Path]:
     """name -> model file usable at `length`: the run's ONNX files, and TFLite files exported at `length`."""
     from edgekd.export.artifact import Artifact
@@ -204,9 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     ctx = context(args.run_dir)
     before = loadavg()
-    doc: dict = {"schema": "edgekd.benchmark.text_student/1", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                 "run_dir": str(args.run_dir), "git": interleave.git_state(REPO, ("edgekd/text", "benchmarks")),
-                 "machine": {**interleave.training_machine_info(1), "int8_flags": interleave.int8_flags()},
+    doc: dict = {**study_header("text_student", args.run_dir,
+                                {**interleave.training_machine_info(1), "int8_flags": interleave.int8_flags()}),
                  "teacher_folder": str(ctx.text.teacher_folder), "lengths": {}}
     manifest = ctx.rundir.load_manifest()["stages"]
     teacher_accuracy = manifest["teacher"]["metrics"]["test_accuracy"]

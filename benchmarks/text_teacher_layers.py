@@ -30,11 +30,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import interleave  # noqa: E402
-from interleave import print_markdown, print_table  # noqa: E402
-from text_student import context, scores  # noqa: E402
+from text_student import context, scores, study_header, write_study  # noqa: E402
 from text_word_order import student_rows  # noqa: E402
-
-from edgekd.rundir import atomic_write_json  # noqa: E402
 
 RESULT = REPO / "benchmarks" / "results" / "text_teacher_layers.json"
 COLUMNS = ("pooled state", "linear: cos", "R@10", "MLP: cos", "R@10", "MLP train cos")
@@ -146,20 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     ctx = context(args.run_dir)
-    doc = {"schema": "edgekd.benchmark.text_teacher_layers/1", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-           "run_dir": str(args.run_dir), "git": interleave.git_state(REPO, ("edgekd/text", "benchmarks")),
-           "machine": interleave.training_machine_info(torch.get_num_threads()), "seed": args.seed,
-           "study": layer_study(ctx, args.sentences, args.mlp_steps, args.seed), "students": student_rows(ctx)}
-    doc["seconds"] = time.perf_counter() - started
-    atomic_write_json(args.result, doc)
+    doc = {**study_header("text_teacher_layers", args.run_dir,
+                          interleave.training_machine_info(torch.get_num_threads())),
+           "seed": args.seed, "study": layer_study(ctx, args.sentences, args.mlp_steps, args.seed),
+           "students": student_rows(ctx)}
     study = doc["study"]
-    print_table(f"The teacher's pooled layers read out to its embedding ({study['fit_sentences']:,} training "
-                f"sentences; {study['pool']:,} held-out sentences, each searching the others)",
-                COLUMNS, table_rows(doc))
-    if args.markdown:
-        print_markdown(COLUMNS, table_rows(doc))
-    print(f"wrote {args.result}")
-    return 0
+    return write_study(doc, args.result, started, f"The teacher's pooled layers read out to its embedding "
+                       f"({study['fit_sentences']:,} training sentences; {study['pool']:,} held-out sentences, "
+                       "each searching the others)", COLUMNS, table_rows(doc), args.markdown)
 
 
 if __name__ == "__main__":

@@ -30,10 +30,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import interleave  # noqa: E402
-from interleave import print_markdown, print_table  # noqa: E402
-from text_student import context, quality, scores  # noqa: E402
-
-from edgekd.rundir import atomic_write_json  # noqa: E402
+from text_student import context, quality, scores, study_header, write_study  # noqa: E402
 
 RESULT = REPO / "benchmarks" / "results" / "text_word_order.json"
 STUDENT_FILES = ("student-onnx-fp32", "student-onnx-int8_dynamic")
@@ -134,19 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     pieces = args.pieces
     print(f"teacher on {args.orders} random orders of pieces of {pieces} tokens, over the retrieval pool",
           file=sys.stderr)
-    doc = {"schema": "edgekd.benchmark.text_word_order/1", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-           "run_dir": str(args.run_dir), "git": interleave.git_state(REPO, ("edgekd/text", "benchmarks")),
-           "machine": interleave.training_machine_info(torch.get_num_threads()), "seed": args.seed,
-           "study": word_order_study(ctx, pieces, args.orders, args.seed), "students": student_rows(ctx)}
-    doc["seconds"] = time.perf_counter() - started
-    atomic_write_json(args.result, doc)
-    study = doc["study"]
-    print_table(f"Word order and the teacher's neighbourhoods ({study['pool']} held-out sentences, each searching "
-                f"the others)", COLUMNS, table_rows(doc))
-    if args.markdown:
-        print_markdown(COLUMNS, table_rows(doc))
-    print(f"wrote {args.result}")
-    return 0
+    doc = {**study_header("text_word_order", args.run_dir, interleave.training_machine_info(torch.get_num_threads())),
+           "seed": args.seed, "study": word_order_study(ctx, pieces, args.orders, args.seed),
+           "students": student_rows(ctx)}
+    return write_study(doc, args.result, started, f"Word order and the teacher's neighbourhoods "
+                       f"({doc['study']['pool']} held-out sentences, each searching the others)",
+                       COLUMNS, table_rows(doc), args.markdown)
 
 
 if __name__ == "__main__":
