@@ -109,8 +109,9 @@ def layer_study(ctx, sentences: int, mlp_steps: int, seed: int) -> dict:
     fit_states, pool_states = teacher.pooled_layers(data.ids[train]), teacher.pooled_layers(data.ids[pool])
     layers = []
     for k in range(len(fit_states)):
-        linear = scores(linear_readout(unit(fit_states[k]), target, unit(pool_states[k])), reference)
-        mlp, train_cosine = mlp_readout(unit(fit_states[k]), target, unit(pool_states[k]), mlp_steps, seed)
+        fit_k, pool_k = unit(fit_states[k]), unit(pool_states[k])
+        linear = scores(linear_readout(fit_k, target, pool_k), reference)
+        mlp, train_cosine = mlp_readout(fit_k, target, pool_k, mlp_steps, seed)
         layers.append({"layer": k, "linear": linear, "mlp": {**scores(mlp, reference), "train_cosine": train_cosine}})
         print(f"  layer {k}: linear cosine {linear['cosine_to_teacher']:.3f} recall@10 {linear['recall_at_10']:.3f}"
               f"  MLP {layers[-1]['mlp']['cosine_to_teacher']:.3f} {layers[-1]['mlp']['recall_at_10']:.3f}",
