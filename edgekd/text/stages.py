@@ -131,18 +131,23 @@ def trained_teacher(ctx: Context):
 def new_student(ctx: Context, seed: int | None = None, *, from_teacher: bool = True):
     """A fresh student; `from_teacher=False` (the scratch baseline) never starts from the teacher's weights."""
     from edgekd.distill.trainer import seed_everything
-    from edgekd.text.student import TEXT_STUDENTS
 
     seed_everything(ctx.recipe.seed if seed is None else seed)
     cfg = ctx.recipe.student.model
-    data = ctx.text
-    vocabulary = {} if data.student_token_rows is None else {"token_rows": copy.deepcopy(data.student_token_rows)}
-    model = TEXT_STUDENTS[cfg.family](data.vocab_size, data.num_classes, pad_id=data.pad_id,
-                                      max_length=data.device_length, **vocabulary, **cfg.params)
+    model = build_student(ctx.text, cfg.family, cfg.params)
     if from_teacher and ctx.recipe.distill.text.init_from_teacher:
         _init_token_table(ctx, model)
         _init_head(model, ctx.rundir.checkpoints / "teacher.pt")
     return model
+
+
+def build_student(data, family: str, params: dict[str, Any]):
+    """A text student of `family` with `params`, sized to the run's vocabulary, classes and device length."""
+    from edgekd.text.student import TEXT_STUDENTS
+
+    vocabulary = {} if data.student_token_rows is None else {"token_rows": copy.deepcopy(data.student_token_rows)}
+    return TEXT_STUDENTS[family](data.vocab_size, data.num_classes, pad_id=data.pad_id,
+                                 max_length=data.device_length, **vocabulary, **params)
 
 
 def _init_head(model, teacher_checkpoint: Path) -> None:
