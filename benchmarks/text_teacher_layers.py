@@ -33,6 +33,8 @@ import interleave  # noqa: E402
 from text_student import context, scores, study_header, write_study  # noqa: E402
 from text_word_order import student_rows  # noqa: E402
 
+from edgekd.text.metrics import unit  # noqa: E402
+
 RESULT = REPO / "benchmarks" / "results" / "text_teacher_layers.json"
 COLUMNS = ("pooled state", "linear: cos", "R@10", "MLP: cos", "R@10", "MLP train cos")
 RIDGE = 1e-2
@@ -50,10 +52,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.sentences < 1000 or args.mlp_steps < 1:
         p.error("--sentences needs at least 1000 (the readouts have 385 inputs) and --mlp-steps at least 1")
     return args
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def linear_readout(x: np.ndarray, y: np.ndarray, query: np.ndarray) -> np.ndarray:

@@ -72,6 +72,7 @@ def shuffle_pieces(ids: np.ndarray, pad_id: int, k: int, rng: np.random.Generato
 
 
 def word_order_study(ctx, pieces: list[int], orders: int, seed: int) -> dict:
+    from edgekd.text.metrics import unit
     from edgekd.text.stages import retrieval_pool
     from edgekd.text.teacher import load_teacher
 
@@ -93,8 +94,7 @@ def word_order_study(ctx, pieces: list[int], orders: int, seed: int) -> dict:
             print(f"  pieces of {k}, order {n + 1}/{orders}: cosine {per_order[-1]['cosine_to_teacher']:.3f}  "
                   f"recall@10 {per_order[-1]['recall_at_10']:.3f}", file=sys.stderr)
         out["pieces"][str(k)] = {"per_order": per_order,
-                                 "order_average": scores(total / np.linalg.norm(total, axis=1, keepdims=True),
-                                                         reference)}
+                                 "order_average": scores(unit(total), reference)}
     return out
 
 

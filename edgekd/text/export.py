@@ -116,17 +116,15 @@ def text_parity(path: Path, precision: str, reference: tuple[np.ndarray, np.ndar
     logits, embeddings = run_text_artifact(path, ids)
     check = parity(logits, reference[0], labels, num_classes=num_classes, threshold=min_agreement,
                    reference_name=f"PyTorch {role} (fp32)")
-    cos = np.sum(_unit(embeddings) * _unit(reference[1]), axis=1)
+    from edgekd.text.metrics import unit
+
+    cos = np.sum(unit(embeddings) * unit(reference[1]), axis=1)
     minimum = MIN_EMBEDDING_COSINE.get(precision, 0.95)
     embedding = {"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()), "threshold": minimum}
     if check.passed and cos.mean() < minimum:
         check = check.model_copy(update={"passed": False, "reason": f"embedding cosine to PyTorch {cos.mean():.4f} "
                                                                     f"is below {minimum}"})
     return check, {"embedding": embedding}
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def export_text_model(model: "nn.Module", *, role: str, formats: list[str], precisions: list[str], out_root: Path,

@@ -5,19 +5,20 @@ from __future__ import annotations
 import numpy as np
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+def unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (all-zero rows stay zero): cosine similarity becomes a dot product."""
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def mean_cosine(student: np.ndarray, teacher: np.ndarray) -> float:
-    return float((_unit(student) * _unit(teacher)).sum(1).mean())
+    return float((unit(student) * unit(teacher)).sum(1).mean())
 
 
 def neighbours(embeddings: np.ndarray, k: int, index: np.ndarray | None = None) -> np.ndarray:
     """Indices of each row's k nearest other rows by cosine similarity (itself excluded), searched among
     `embeddings` themselves or, given `index`, among the rows of `index` (row i of both is the same sentence)."""
-    e = _unit(embeddings)
-    sim = e @ (e if index is None else _unit(index)).T
+    e = unit(embeddings)
+    sim = e @ (e if index is None else unit(index)).T
     np.fill_diagonal(sim, -np.inf)
     k = min(k, len(e) - 1)
     top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
