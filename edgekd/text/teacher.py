@@ -131,8 +131,7 @@ class TextTeacher:
                 mask = batch != self.pad_id
                 hidden = self.model(input_ids=batch, attention_mask=mask.long(),
                                     output_hidden_states=True).hidden_states
-                weights = mask.unsqueeze(-1).float() / mask.sum(1, keepdim=True).clamp(min=1).unsqueeze(-1)
-                out[:, rows] = torch.stack([(h * weights).sum(1) for h in hidden]).numpy()
+                out[:, rows] = torch.stack([masked_mean(h, mask) for h in hidden]).numpy()
         return out
 
     def _length_batches(self, ids: np.ndarray, batch_size: int, progress: Any = None):
@@ -179,9 +178,13 @@ def mean_pool(hidden: "torch.Tensor", mask: "torch.Tensor") -> "torch.Tensor":
     """sentence-transformers' mean pooling followed by L2 normalisation."""
     import torch
 
+    return torch.nn.functional.normalize(masked_mean(hidden, mask), dim=-1)
+
+
+def masked_mean(hidden: "torch.Tensor", mask: "torch.Tensor") -> "torch.Tensor":
+    """The average of each row's hidden states over its real tokens (mask true); zero for a row without any."""
     m = mask.unsqueeze(-1).to(hidden.dtype)
-    pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-    return torch.nn.functional.normalize(pooled, dim=-1)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
 
 
 def load_teacher(folder: Path | None = None) -> TextTeacher:
