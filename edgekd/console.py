@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from rich.console import Console
@@ -9,27 +10,57 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 
+def _fields_text(fields: dict[str, Any]) -> str:
+    return "  ".join(f"{k.replace('_', ' ')} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                     for k, v in fields.items() if v == v)  # v == v drops NaN
+
+
 class _RichTask:
     def __init__(self, progress: Progress, task_id: Any) -> None:
         self._progress, self._id = progress, task_id
 
     def advance(self, steps: int = 1, **fields: Any) -> None:
-        info = "  ".join(f"{k.replace('_', ' ')} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-                         for k, v in fields.items() if v == v)  # v == v drops NaN
-        self._progress.update(self._id, advance=steps, info=info)
+        self._progress.update(self._id, advance=steps, info=_fields_text(fields))
 
     def close(self) -> None:
         self._progress.stop_task(self._id)
 
 
+class _LoggedTask:
+    """A task on a console that is not a terminal (a log file, CI): a line when it starts and one when it
+    ends, instead of bars that such a console only draws once, at the very end."""
+
+    def __init__(self, console: Console, description: str, total: int | None) -> None:
+        self._console, self._description, self._total = console, description, total
+        self._done, self._info, self._started = 0, "", time.perf_counter()
+        self._closed = False
+        of = "" if total is None else f" ({total:,} steps)"
+        console.print(f"{description}: started{of}", markup=False, highlight=False)
+
+    def advance(self, steps: int = 1, **fields: Any) -> None:
+        self._done += steps
+        self._info = _fields_text(fields) or self._info
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        count = f"{self._done:,}" + ("" if self._total is None else f"/{self._total:,}")
+        info = f"  {self._info}" if self._info else ""
+        self._console.print(f"{self._description}: {count} in {time.perf_counter() - self._started:.1f} s{info}",
+                            markup=False, highlight=False)
+
+
 class RichReporter:
-    """Progress bars for long work (training, export, bench) and one-line notes."""
+    """Progress bars for long work (training, export, bench) and one-line notes; on a console that is not a
+    terminal, a line as each piece of work starts and ends, so a log shows where a long run is."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
+        self.live = console.is_terminal
         self.progress = Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console,
-                                 transient=False)
+                                 transient=False, disable=not self.live)
 
     def __enter__(self) -> "RichReporter":
         self.progress.start()
@@ -38,7 +69,9 @@ class RichReporter:
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
-    def task(self, description: str, total: int | None) -> _RichTask:
+    def task(self, description: str, total: int | None) -> _RichTask | _LoggedTask:
+        if not self.live:
+            return _LoggedTask(self.console, description, total)
         return _RichTask(self.progress, self.progress.add_task(description, total=total, info=""))
 
     def note(self, message: str) -> None:

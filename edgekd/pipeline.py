@@ -47,7 +47,7 @@ class Context:
         """The text task's corpus, tokenizer and token ids (task: text)."""
         from edgekd.text.data import load_text_data
 
-        return load_text_data(self.recipe)
+        return load_text_data(self.recipe, self.reporter)
 
     @cached_property
     def data_fingerprint(self) -> str:

@@ -56,6 +56,19 @@ def test_corpus_errors() -> None:
         build_corpus(["asyncio", "no_such_package_here"])
 
 
+class _Steps:
+    """A progress task that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.packages: list[str] = []
+
+    def advance(self, steps: int = 1, **fields: object) -> None:
+        self.packages.append(str(fields["package"]))
+
+    def close(self) -> None:
+        pass
+
+
 def test_transfer_packages_add_unlabelled_text_after_the_rest(tmp_path: Path) -> None:
     base = build_corpus(per_class=10, unlabelled=10)
     more = build_corpus(per_class=10, unlabelled=10, transfer_packages=["typer", "click"], cache_dir=tmp_path)
@@ -64,8 +77,11 @@ def test_transfer_packages_add_unlabelled_text_after_the_rest(tmp_path: Path) ->
     assert len(extra) > 300 and (more.labels[len(base):] == -1).all() and len(set(more.sentences)) == len(more)
     assert all(h == is_held_out(s) for s, h in zip(more.sentences, more.held_out))
     assert sorted(p.name.split("-")[0] for p in tmp_path.glob("*.json")) == ["click", "typer"]
-    cached = build_corpus(per_class=10, unlabelled=10, transfer_packages=["typer", "click"], cache_dir=tmp_path)
+    progress = _Steps()
+    cached = build_corpus(per_class=10, unlabelled=10, transfer_packages=["typer", "click"], cache_dir=tmp_path,
+                          progress=progress)
     assert cached.fingerprint() == more.fingerprint()
+    assert progress.packages == ["typer", "click"]  # one step per package, so a long first read shows progress
     capped = build_corpus(per_class=10, unlabelled=10, transfer_packages=["typer", "click"], transfer_sentences=50,
                           cache_dir=tmp_path)
     assert len(capped) == len(base) + 50 and set(capped.sentences) <= set(more.sentences)

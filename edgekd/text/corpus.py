@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.errors import DataError
+from edgekd.progress import Task
 
 DEFAULT_PACKAGES = ("asyncio", "email", "http", "logging", "xml", "urllib", "importlib", "typing")
 HELD_OUT_BUCKETS = 5  # sha256(sentence) % 5 == 0 -> held out: 20% of the sentences
@@ -207,12 +208,13 @@ def bbc_news_labelled() -> dict[str, list[str]]:
 def build_corpus(packages: tuple[str, ...] | list[str] = DEFAULT_PACKAGES, *, per_class: int = 250,
                  unlabelled: int = 2000, seed: int = 0, root: Path | None = None, labelled: str = "stdlib",
                  transfer_packages: tuple[str, ...] | list[str] = (), transfer_sentences: int | None = None,
-                 cache_dir: Path | None = None) -> TextCorpus:
+                 cache_dir: Path | None = None, progress: Task | None = None) -> TextCorpus:
     """Up to `per_class` sentences of each class of the `labelled` task (stdlib: the docstrings of
     `packages`, labelled by package; bbc_news: news sentences labelled by topic), up to `unlabelled`
     help-topic sentences, then (up to `transfer_sentences` of) the docstring sentences of the installed
     `transfer_packages`; a sentence that occurs in two classes is dropped (its label would be ambiguous),
-    and no sentence occurs twice."""
+    and no sentence occurs twice. `progress` advances once per transfer package (the first read of a large
+    one takes a while; later runs read the cache)."""
     if labelled not in LABELLED_SOURCES:
         raise DataError(f"unknown labelled text '{labelled}'", fix=f"use one of: {', '.join(LABELLED_SOURCES)}")
     rng = np.random.default_rng(seed)
@@ -241,7 +243,12 @@ def build_corpus(packages: tuple[str, ...] | list[str] = DEFAULT_PACKAGES, *, pe
         labels += [-1] * len(chosen)
     if transfer_packages:
         taken = set(sentences) | set(seen)
-        extra = sorted(set(s for p in transfer_packages for s in package_sentences(p, cache_dir)) - taken)
+        extra_set: set[str] = set()
+        for package in transfer_packages:
+            extra_set.update(package_sentences(package, cache_dir))
+            if progress is not None:
+                progress.advance(1, package=package)
+        extra = sorted(extra_set - taken)
         if transfer_sentences is not None and len(extra) > transfer_sentences:
             extra = [extra[i] for i in sorted(rng.permutation(len(extra))[:transfer_sentences])]
         sentences += extra

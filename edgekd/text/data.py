@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekd.progress import Reporter
 from edgekd.text.corpus import TextCorpus, build_corpus
 
 
@@ -99,7 +100,7 @@ class TextData:
         return f"{self.corpus.fingerprint()}-{self.train_length}-{self.device_length}"
 
 
-def load_text_data(recipe) -> TextData:
+def load_text_data(recipe, reporter: Reporter | None = None) -> TextData:
     """Build the corpus of `recipe.data.text` and load the teacher folder's tokenizer (no model weights)."""
     from edgekd.errors import DataError, TextModelError, first_line
     from edgekd.text.teacher import _transformers, check_teacher_folder, default_teacher_folder
@@ -107,10 +108,14 @@ def load_text_data(recipe) -> TextData:
     cfg = recipe.data.text
     folder = Path(recipe.teacher.hf) if recipe.teacher.hf else default_teacher_folder()
     check_teacher_folder(folder)
+    progress = (reporter.task("read package docstrings", len(cfg.transfer_packages))
+                if reporter is not None and cfg.transfer_packages else None)
     corpus = build_corpus(cfg.packages, per_class=cfg.per_class, unlabelled=cfg.unlabelled, seed=recipe.data.seed,
                           labelled=cfg.labelled,
                           transfer_packages=cfg.transfer_packages, transfer_sentences=cfg.transfer_sentences,
-                          cache_dir=Path(recipe.output_dir) / "cache" / "text-corpus")
+                          cache_dir=Path(recipe.output_dir) / "cache" / "text-corpus", progress=progress)
+    if progress is not None:
+        progress.close()
     if len(corpus) == 0:
         raise DataError("the text corpus is empty", fix="raise data.text.per_class")
     try:
