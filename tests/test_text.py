@@ -431,3 +431,15 @@ def test_cli_text_student_family_checked(tmp_path: Path) -> None:
     _edit_recipe(recipe, "family: text_transformer", "family: mlp")
     msg = assert_user_error(run_cli(tmp_path, "run", str(recipe)))
     assert "unknown text student family 'mlp'" in msg and "text_bag" in msg
+
+
+def test_findings_mark_the_scratch_embedding_as_a_floor() -> None:
+    from edgekd.text.stages import _text_findings
+
+    model = {"cosine_to_teacher": 0.5, "recall_at_10": 0.2, "recall_at_10_teacher_index": 0.3, "test_accuracy": 0.7}
+    models = {"teacher": {"test_accuracy": 0.72}, "student": model, "scratch": {**model, "cosine_to_teacher": 0.0}}
+    summary = {"models": models, "text": {"retrieval_pool": 2000, "tokenization": "on the host"}}
+    student, scratch, tokens = _text_findings(summary)
+    assert student.startswith("Text student: embedding cosine to the teacher 0.500") and "floor" not in student
+    assert scratch.startswith("Text scratch (labels alone") and "a floor, not a rival" in scratch
+    assert "0.300 when its queries search an index the teacher built" in scratch and tokens.endswith("on the host.")

@@ -420,8 +420,10 @@ def _text_findings(summary: dict[str, Any]) -> list[str]:
         indexed = m.get("recall_at_10_teacher_index")
         against_index = ("" if indexed is None else
                          f"; {indexed:.3f} when its queries search an index the teacher built")
-        out.append(f"Text {role}: embedding cosine to the teacher {m['cosine_to_teacher']:.3f}, recall@10 of the "
-                   f"teacher's neighbours {m['recall_at_10']:.3f} (searching {text['retrieval_pool']} held-out "
+        floor = (" (labels alone: its embedding was never taught the teacher's, so its cosine and recall are a "
+                 "floor, not a rival)" if role == "scratch" else "")
+        out.append(f"Text {role}{floor}: embedding cosine to the teacher {m['cosine_to_teacher']:.3f}, recall@10 of "
+                   f"the teacher's neighbours {m['recall_at_10']:.3f} (searching {text['retrieval_pool']} held-out "
                    f"sentences{against_index}), accuracy {m['test_accuracy']:.2%} vs the teacher's {teacher:.2%}.")
     out.append(f"Tokenization ran {text['tokenization']}.")
     return out
