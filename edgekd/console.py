@@ -88,7 +88,8 @@ def summary_table(summary: dict[str, Any]) -> Table:
     machine = summary.get("machine") or {}
     system = machine.get("system") or {}
     title = (f"{summary.get('run')}: teacher vs student on {machine.get('device')} "
-             f"({system.get('cpu_model')}, {machine.get('threads')} thread, batch {machine.get('batch_size')})")
+             f"({system.get('cpu_model')}, {machine.get('threads')} thread, batch {machine.get('batch_size')})"
+             if machine else f"{summary.get('run')}: teacher vs student (not benchmarked: bench.enabled is false)")
     table = Table(title=title, title_justify="left")
     for col in ("artifact", "params", "size KiB", "4-bit", "test acc", "agree", "p50 µs [95% CI]", "× floor",
                 "vs teacher", "worst class Δ", "parity"):

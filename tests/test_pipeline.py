@@ -145,6 +145,18 @@ def test_an_interrupted_run_resumes_from_its_last_finished_stage(tmp_path):
                       .replace("bench:\n", "bench:\n  enabled: false\n"))
     resumed = edgekd.run(edgekd.load_recipe(recipe), output_dir=tmp_path / "out")
     assert resumed.stages["teacher"] == "skipped" and resumed.stages["distill"] == "ran"
+    # Without a bench the report says so instead of "on None (None, None thread, batch None)".
+    from rich.console import Console
+
+    from edgekd.console import summary_table
+
+    summary = json.loads((resumed.rundir.results / "summary.json").read_text())
+    console = Console(width=300, record=True)
+    console.print(summary_table(summary))
+    title = console.export_text().splitlines()[0]
+    assert "not benchmarked" in title and "None" not in title, title
+    meta = (resumed.rundir.report / "index.html").read_text().split('<p class="meta">')[1].split("</p>")[0]
+    assert "not benchmarked" in meta and "None" not in meta, meta
 
 
 def test_python_api_export_and_bench(tiny_run, tmp_path):

@@ -512,6 +512,18 @@ def _int8_html(rows: list[dict[str, Any]]) -> str:
             "pass parity. Why an INT8 artifact is not faster: see the findings.</p>")
 
 
+def _machine_html(machine: dict[str, Any], runtime_txt: str) -> str:
+    e = html.escape
+    system = machine.get("system") or {}
+    return (f"device {e(str(machine.get('device')))}"
+            f"{' (EMULATED: latency is not a board&#39;s)' if machine.get('emulated') else ''} ·\n"
+            f"CPU {e(str(system.get('cpu_model')))} ({e(str(system.get('cpu_count_logical')))} logical cores;\n"
+            f"features: {e(', '.join(system.get('cpu_features') or []) or 'none detected')}) · "
+            f"governor {e(str(system.get('governor')))} ·\n"
+            f"{e(str(machine.get('threads')))} thread(s), batch {e(str(machine.get('batch_size')))} ·\n"
+            f"runtimes {runtime_txt}")
+
+
 def write_html(summary: dict[str, Any], path: Path) -> Path:
     rundir_results = path.parent.parent / "results"
     latencies = {}
@@ -523,7 +535,6 @@ def write_html(summary: dict[str, Any], path: Path) -> Path:
     images = {key: _data_uri(png) for key, png in pngs.items()}
     e = html.escape
     machine = summary.get("machine") or {}
-    system = machine.get("system") or {}
     rows_html = []
     for r in summary["rows"]:
         status = "ok" if r.get("parity_passed") else ("FAILED: " + (r.get("parity_reason") or "") if r.get("parity_passed") is False else "–")
@@ -572,11 +583,7 @@ th {{ background: #f3f3f3; }}
 .meta {{ color: #555; font-size: 13px; }}
 </style></head><body>
 <h1>Teacher vs student: {e(str(summary.get('run')))}</h1>
-<p class="meta">{e(summary.get('created_at', ''))} · device {e(str(machine.get('device')))}{' (EMULATED: latency is not a board&#39;s)' if machine.get('emulated') else ''} ·
-CPU {e(str(system.get('cpu_model')))} ({e(str(system.get('cpu_count_logical')))} logical cores;
-features: {e(', '.join(system.get('cpu_features') or []) or 'none detected')}) · governor {e(str(system.get('governor')))} ·
-{e(str(machine.get('threads')))} thread(s), batch {e(str(machine.get('batch_size')))} ·
-runtimes {runtime_txt}</p>
+<p class="meta">{e(summary.get('created_at', ''))} · {_machine_html(machine, runtime_txt) if machine else 'not benchmarked (bench.enabled: false)'}</p>
 <h2>Findings</h2><ul class="findings">{''.join(f'<li>{e(f)}</li>' for f in summary.get('findings', []))}</ul>
 <h2>Artifacts</h2>
 <table><tr>{''.join(f'<th>{e(h)}</th>' for h in header)}</tr>{''.join(rows_html)}</table>
