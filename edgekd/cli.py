@@ -93,7 +93,7 @@ _OUTPUT = typer.Option(None, "--output-dir", help="root folder for run directori
 @app.command()
 @_handles_errors
 def demo(output_dir: Optional[Path] = _OUTPUT, force: List[str] = _FORCE) -> None:
-    """Run the built-in demo recipe (digits teacher → KD student → ONNX FP32/INT8 → host bench → report)."""
+    """Run the built-in demo recipe (digits teacher → KD student → ONNX + TFLite, FP32/INT8/INT4 → bench → report)."""
     from edgekd.recipe import builtin_recipe_path
 
     _run_and_show(builtin_recipe_path("demo"), output_dir, force)
@@ -137,7 +137,7 @@ def layers(teacher: str = typer.Argument(..., help="teacher: a model family (see
 @_handles_errors
 def export(checkpoint: Path = typer.Argument(..., help="an edgekd checkpoint (<run>/checkpoints/*.pt)"),
            output_dir: Path = typer.Option(Path("export/artifacts"), "--output-dir", help="where artifact folders go"),
-           fmt: List[str] = typer.Option(["onnx"], "--format", help="onnx or tflite (repeatable; tflite needs the [tflite] extra)"),
+           fmt: List[str] = typer.Option(["onnx"], "--format", help="onnx or tflite (repeatable; tflite needs the \\[tflite] extra)"),
            precision: List[str] = typer.Option(["fp32", "int8_static", "int8_dynamic"], "--precision",
                                                help="fp32, int8_static, int8_dynamic or int4 (repeatable)"),
            min_agreement: float = typer.Option(0.99, help="parity threshold: top-1 agreement with PyTorch")) -> None:
@@ -291,6 +291,32 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory (export/<na
     for finding in summary.get("findings", []):
         console.print(f"• {finding}", highlight=False)
     console.print(f"report: {run_dir / 'report' / 'index.html'}")
+
+
+@app.command()
+@_handles_errors
+def fields(section: Optional[str] = typer.Argument(None, help="only fields under this path, e.g. distill.text")) -> None:
+    """List every recipe field with its type, default and meaning (the schema that validates recipes)."""
+    from rich.table import Table
+
+    from edgekd.errors import RecipeError
+    from edgekd.recipe_fields import recipe_fields
+
+    every = recipe_fields()
+    chosen = [f for f in every if section is None or f.path == section or f.path.startswith(f"{section}.")
+              or f.path.startswith(f"{section}[]")]
+    if not chosen:
+        sections = sorted({f.path.split(".")[0] for f in every})
+        raise RecipeError(f"no recipe field under '{section}'", why=f"top-level fields: {', '.join(sections)}",
+                          fix="give one of them or a dotted path inside one (e.g. distill.loss)")
+    table = Table(title="recipe fields" + (f" under {section}" if section else ""), title_justify="left")
+    table.add_column("field", no_wrap=True)
+    table.add_column("type", max_width=30, overflow="fold")
+    table.add_column("default", max_width=30, overflow="fold")
+    table.add_column("meaning", ratio=1, overflow="fold")
+    for f in chosen:
+        table.add_row(f.path, f.type, f.default, f.description)
+    console.print(table, markup=False, highlight=False)
 
 
 def main() -> None:

@@ -29,10 +29,11 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     """Which data set, how it is split, and how many training labels the students may see."""
 
-    name: str = "digits"
-    seed: int = 0
-    val_fraction: float = Field(0.15, gt=0, lt=0.5)
-    test_fraction: float = Field(0.15, gt=0, lt=0.5)
+    name: str = Field("digits", description="data set from the registry (task: text ignores it)")
+    seed: int = Field(0, description="fixes the split")
+    val_fraction: float = Field(0.15, gt=0, lt=0.5, description="share held out for validation (stratified)")
+    test_fraction: float = Field(0.15, gt=0, lt=0.5, description="share held out for the test split, which "
+                                 "accuracy and parity are measured on")
     label_fraction: float = Field(
         0.1, gt=0, le=1, description="share of the training split whose labels students see (1 = full labels)"
     )
@@ -70,14 +71,14 @@ class ModelConfig(_Strict):
     """A model family from the registry and its keyword parameters (a wrong name or parameter is reported with
     the ones that exist)."""
 
-    family: str
-    params: dict[str, Any] = Field(default_factory=dict)
+    family: str = Field(description="model family from the registry (cnn, mlp, tiny_cnn, text_bag, …)")
+    params: dict[str, Any] = Field(default_factory=dict, description="keyword parameters of the family")
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(30, gt=0)
+    epochs: int = Field(30, gt=0, description="passes over the training data (distill: over the transfer set)")
     batch_size: int = Field(64, gt=0)
-    lr: float = Field(3e-3, gt=0)
+    lr: float = Field(3e-3, gt=0, description="peak learning rate (AdamW)")
     weight_decay: float = Field(1e-4, ge=0)
 
 
@@ -97,9 +98,9 @@ class LossConfig(_Strict):
     """The response (logit) term: `kd` is α·T²·KL(teacher‖student at temperature T) + (1−α)·CE(student, y);
     `dkd` (decoupled KD) takes its own weights in `params` (alpha, beta, ce_weight); `ce` ignores the teacher."""
 
-    name: str = "kd"
-    temperature: float = Field(4.0, gt=0)
-    alpha: float = Field(0.9, ge=0, le=1)
+    name: str = Field("kd", description="kd | dkd | ce")
+    temperature: float = Field(4.0, gt=0, description="kd: T, softens both distributions; the KL is scaled by T²")
+    alpha: float = Field(0.9, ge=0, le=1, description="kd: weight of the soft (teacher) term; 1 − α on the labels")
     params: dict[str, float] = Field(default_factory=dict, description="extra parameters of the loss (dkd: beta, ...)")
 
 
@@ -107,10 +108,10 @@ class FeatureTermConfig(_Strict):
     """A feature or relation term between a student layer and a teacher layer (paths as in named_modules();
     `logits` names the model's output). An adapter is inserted where hint/mse/cosine shapes differ."""
 
-    loss: str
-    student: str
+    loss: str = Field(description="hint | mse | cosine | attention | similarity | rkd")
+    student: str = Field(description="student layer (`edgekd layers TEACHER STUDENT` lists candidates)")
     teacher: str = Field("", description="teacher layer (unused by deep supervision)")
-    weight: float = Field(1.0, ge=0)
+    weight: float = Field(1.0, ge=0, description="weight of this term beside the response loss")
     params: dict[str, float] = Field(default_factory=dict)
 
 
@@ -215,7 +216,7 @@ class DistillConfig(_Strict):
 class ScratchConfig(_Strict):
     """The baseline: the student's architecture trained on labels alone, same data, steps and seed."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="false: no baseline, so the report cannot say what KD gained")
 
 
 class PruneConfig(_Strict):
@@ -249,8 +250,8 @@ class CompressConfig(_Strict):
 class ParityConfig(_Strict):
     """Top-1 agreement with the PyTorch model an artifact needs to count as good."""
 
-    min_agreement: float = Field(0.99, gt=0, le=1)
-    min_agreement_int4: float = Field(0.97, gt=0, le=1)
+    min_agreement: float = Field(0.99, gt=0, le=1, description="FP32 and INT8 artifacts")
+    min_agreement_int4: float = Field(0.97, gt=0, le=1, description="INT4 artifacts")
 
 
 class Int4Config(_Strict):
@@ -279,16 +280,17 @@ class QatFallbackConfig(_Strict):
 class ExportConfig(_Strict):
     formats: list[Format] = Field(default_factory=lambda: ["onnx"],
                                   description="tflite needs the [tflite] extra (pip install 'edgekd[tflite]')")
-    opset: int = Field(18, ge=17, le=23)
+    opset: int = Field(18, ge=17, le=23, description="ONNX opset of exported graphs")
     targets: dict[Role, list[Precision]] = Field(
         default_factory=lambda: {
             "teacher": ["fp32"],
             "student": ["fp32", "int8_static", "int8_dynamic"],
             "scratch": ["fp32"],
             "compressed": ["fp32", "int8_static"],
-        }
+        },
+        description="precisions to export per model role, in every format of `formats`",
     )
-    calibration_samples: int = Field(256, gt=0)
+    calibration_samples: int = Field(256, gt=0, description="training-split samples that calibrate static INT8")
     calibration_method: Literal["minmax", "entropy", "percentile"] = Field(
         "minmax", description="ONNX INT8 static activation calibration (onnxruntime CalibrationMethod)")
     calibration_percentile: float = Field(99.99, gt=0, le=100,
@@ -314,25 +316,27 @@ class ExportConfig(_Strict):
 
 
 class BenchConfig(_Strict):
-    enabled: bool = True
-    device: str = "host"
-    threads: int = Field(1, gt=0)
+    enabled: bool = Field(True, description="false: no bench stage; the report has accuracy and size only")
+    device: str = Field("host", description="device profile name (devices/NAME.yaml) or a profile's path")
+    threads: int = Field(1, gt=0, description="intra-op threads of the runtime")
     batch_size: int = Field(1, gt=0)
-    warmup_runs: int = Field(50, ge=0)
-    min_runs: int = Field(300, gt=0)
-    min_seconds: float = Field(1.0, ge=0)
-    max_seconds: float = Field(10.0, gt=0)
+    warmup_runs: int = Field(50, ge=0, description="untimed calls before timing, per round")
+    min_runs: int = Field(300, gt=0, description="timed calls per artifact at least (all rounds together)")
+    min_seconds: float = Field(1.0, ge=0, description="timed seconds per artifact at least (all rounds together)")
+    max_seconds: float = Field(10.0, gt=0, description="timed seconds per artifact at most (all rounds together)")
     rounds: int = Field(5, ge=1, description="fresh runner processes per artifact, interleaved across artifacts")
     floor: bool = Field(True, description="also time an Identity graph: the runtime's per-call floor")
 
 
 class Recipe(_Strict):
-    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    seed: int = 0
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                      description="the run directory's name: <output_dir>/<name>/")
+    seed: int = Field(0, description="seeds every training (same seed for the student and its scratch baseline)")
     task: Literal["classify", "text"] = Field(
         "classify", description="classify: array inputs (digits…) and registry models; text: a Hugging Face "
         "sentence-encoder teacher (teacher.hf) taught to a text student on offline English text")
-    output_dir: Path = Path("export")
+    output_dir: Path = Field(Path("export"), description="root of run directories and of the shared caches "
+                             "(cache/teacher, cache/text-corpus, cache/text-teacher), relative to the current folder")
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
