@@ -97,7 +97,7 @@ def artifacts_at(ctx, length: int, tmp: Path) -> dict[str, Path]:
     """name -> model file usable at `length`: the run's ONNX files, and TFLite files exported at `length`."""
     from edgekd.export.artifact import Artifact
 
-    run = {a.name: a for a in (Artifact.load(p) for p in sorted(ctx.rundir.artifacts.glob("*/artifact.json")))}
+    run = {a.name: a for a in (Artifact.load(p) for p in ctx.rundir.recorded_outputs("export", "artifact.json"))}
     files = {"teacher-onnx-fp32": run["teacher-onnx-fp32"].path}
     files.update({f"student-onnx-{p}": run[f"student-onnx-{p}"].path for p in STUDENT_PRECISIONS})
     if length == ctx.text.device_length:

@@ -119,13 +119,13 @@ class RunResult:
     def artifacts(self):
         from edgekd.export.artifact import Artifact
 
-        return [Artifact.load(p) for p in sorted(self.rundir.artifacts.glob("*/artifact.json"))]
+        return [Artifact.load(p) for p in self.rundir.recorded_outputs("export", "artifact.json")]
 
     @property
     def results(self):
         from edgekd.bench.result import BenchResult
 
-        return [BenchResult.load(p) for p in sorted(self.rundir.results.glob("bench-*.json"))]
+        return [BenchResult.load(p) for p in self.rundir.recorded_outputs("bench", "bench-*.json")]
 
     @property
     def summary_path(self) -> Path:
@@ -187,6 +187,8 @@ def run(recipe: Recipe, *, force: set[str] | None = None, reporter: Reporter | N
             world = 1
         _barrier(world)  # every rank sees the manifest rank 0 left after the previous stage
         if not stage.enabled(ctx):
+            if rank == 0:  # an earlier run's record (a bench, a scratch baseline) must not reach the report
+                rundir.forget(stage.name)
             result.stages[stage.name] = "disabled"
             continue
         input_hash = hash_obj({"edgekd": __version__, **stage.inputs(ctx)})

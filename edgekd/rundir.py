@@ -24,6 +24,22 @@ from typing import Any, Iterator
 from edgekd.errors import OutputDirError
 
 MANIFEST_SCHEMA = "edgekd.manifest/1"
+_UMASK = os.umask(0o022)  # reading the umask means setting it: put it straight back
+os.umask(_UMASK)
+
+
+def writable_dir(folder: str | os.PathLike[str], fix: str) -> Path:
+    """Create `folder` and prove it writable now, before minutes of work whose result would have nowhere to go."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputDirError(f"cannot write to {folder}", why=f"{exc.strerror or exc} ({exc.filename or folder})",
+                             fix=fix) from None
+    return folder
 
 
 @contextlib.contextmanager
@@ -33,10 +49,16 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     A crash leaves at most a stray temp file, never a half-written file under the final name.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    except OSError as exc:
+        raise OutputDirError(f"cannot write {final}", why=f"{exc.strerror or exc} ({exc.filename or final.parent})",
+                             fix="choose a writable output folder (--output-dir / --results-dir), "
+                                 "or fix its permissions") from None
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it 0600; the final file gets the mode open() would give
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
@@ -124,18 +146,9 @@ class RunDir:
 
     def create(self) -> None:
         """Create the directory tree, failing early with a clear message if it is not writable."""
-        try:
-            for sub in (self.root, self.checkpoints, self.artifacts, self.results, self.report, self.data):
-                sub.mkdir(parents=True, exist_ok=True)
-            probe = self.root / ".write-probe"
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as exc:
-            raise OutputDirError(
-                f"cannot write the run directory {self.root}",
-                why=f"{exc.strerror or exc} ({exc.filename or self.root})",
-                fix="choose a writable folder with --output-dir (or `output_dir:` in the recipe), or fix its permissions",
-            ) from None
+        fix = "choose a writable folder with --output-dir (or `output_dir:` in the recipe), or fix its permissions"
+        for sub in (self.root, self.checkpoints, self.artifacts, self.results, self.report, self.data):
+            writable_dir(sub, fix=fix)
 
     # -- manifest ----------------------------------------------------------------------
     def load_manifest(self) -> dict[str, Any]:
@@ -178,6 +191,13 @@ class RunDir:
         manifest["stages"][stage] = record
         atomic_write_json(self.manifest_path, manifest)
         return record["output_hash"]
+
+    def recorded_outputs(self, stage: str, pattern: str) -> list[Path]:
+        """Files `stage` wrote in its last finished run whose names match `pattern`, in name order. Later stages
+        read these rather than globbing folders, so a file an earlier run left behind (a precision since
+        dropped, a bench since disabled) is never taken for a current one."""
+        record = self.stage_record(stage) or {}
+        return sorted(self.root / rel for rel in record.get("outputs", {}) if Path(rel).match(pattern))
 
     def forget(self, stage: str) -> None:
         manifest = self.load_manifest()

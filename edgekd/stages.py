@@ -267,18 +267,11 @@ def _is_batch_norm(model, parameter_name: str) -> bool:
 
 def _qat_artifacts(ctx: Context, role: str, model, made: list, options, lineage: dict[str, Any]) -> list:
     """The role's `<role>-onnx-int8_qat` artifact when export.qat asks for quantization-aware distillation
-    (edgekd.compress.qat_fallback); otherwise none, and a QAT artifact left by an earlier export is removed
-    (bench and report read every folder under artifacts/)."""
-    import shutil
-
-    from edgekd.compress.qat_fallback import FORMAT, PRECISION, decide, qat_artifact
-    from edgekd.exporter import artifact_name
+    (edgekd.compress.qat_fallback); otherwise none."""
+    from edgekd.compress.qat_fallback import decide, qat_artifact
 
     decision = decide(ctx.recipe, role, made)
     if not decision.run:
-        stale = ctx.rundir.artifacts / artifact_name(role, FORMAT, PRECISION)
-        if stale.is_dir():
-            shutil.rmtree(stale)
         return []
     teacher = ctx.rundir.checkpoints / "teacher.pt"
     return [qat_artifact(ctx.recipe, ctx.splits, role=role, model=model, teacher=lambda: ctx.trained("teacher"),
@@ -305,6 +298,13 @@ def export_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
         artifacts += made + _qat_artifacts(ctx, role, model, made, options, lineage)
     _check_pruned_graphs(ctx, artifacts)
     artifacts += [floor_artifact(ctx.rundir.artifacts, fmt, s.input_shape, options) for fmt in cfg.formats]
+    return export_outcome(ctx, artifacts)
+
+
+def export_outcome(ctx: Context, artifacts: list) -> tuple[list[Path], dict[str, Any]]:
+    """An export stage's recorded outputs (each model file and its artifact.json) and summary, once the
+    folders of artifacts no longer asked for are gone."""
+    remove_stale_artifacts(ctx, artifacts)
     failed = [a.name for a in artifacts if a.parity is not None and not a.parity.passed]
     outputs = [p for a in artifacts for p in (a.path, a.path.parent / "artifact.json")]
     return outputs, {"artifacts": [a.name for a in artifacts], "failed_parity": failed}
@@ -325,10 +325,21 @@ def bench_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
 
 
 def run_artifacts(ctx: Context) -> list:
-    """Every artifact record of the run, in name order."""
+    """The artifact records the run's export stage made, in name order."""
     from edgekd.export.artifact import Artifact
 
-    return [Artifact.load(p) for p in sorted(ctx.rundir.artifacts.glob("*/artifact.json"))]
+    return [Artifact.load(p) for p in ctx.rundir.recorded_outputs("export", "artifact.json")]
+
+
+def remove_stale_artifacts(ctx: Context, current: list) -> None:
+    """Delete artifact folders an earlier export left (a precision or role since dropped from the recipe), so
+    the folder holds what the manifest says; bench and report read only the recorded ones either way."""
+    import shutil
+
+    keep = {a.path.parent.resolve() for a in current}
+    for record in ctx.rundir.artifacts.glob("*/artifact.json"):
+        if record.parent.resolve() not in keep:
+            shutil.rmtree(record.parent)
 
 
 def bench_artifacts(ctx: Context, artifacts: list, inputs: Path,
@@ -360,11 +371,9 @@ def report_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     manifest = ctx.rundir.load_manifest()["stages"]
     metrics = {role: manifest.get(stage, {}).get("metrics") for role, stage in
                (("teacher", "teacher"), ("student", "distill"), ("scratch", "scratch"), ("compressed", "compress"))}
-    if not ctx.recipe.compress.enabled:  # a compress record left by an earlier run of this folder
-        metrics["compressed"] = None
     summary = build_summary(ctx.rundir, recipe=ctx.recipe.model_dump(mode="json"), model_metrics=metrics,
                             class_names=ctx.splits.class_names)
     summary_path = atomic_write_json(ctx.rundir.results / "summary.json", summary)
-    html = write_html(summary, ctx.rundir.report / "index.html")
+    html = write_html(summary, ctx.rundir)
     pareto = html.parent / PARETO_PNG
     return [summary_path, html] + ([pareto] if pareto.is_file() else []), {}

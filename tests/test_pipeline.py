@@ -117,6 +117,32 @@ def test_changing_a_field_reruns_only_the_stages_it_affects(tiny_run, tmp_path):
     assert forced.stages["export"] == "ran" and forced.stages["teacher"] == "skipped"
 
 
+def test_what_a_recipe_no_longer_asks_for_leaves_the_report(tiny_run, tmp_path):
+    """Dropped precisions, a disabled scratch baseline and a disabled bench: their files from the earlier run
+    must not be reported as current (the report reads what the manifest records, not what lies in folders)."""
+    import shutil
+
+    shutil.copytree(tiny_run.rundir.root, tmp_path / "tiny")
+    recipe = tiny_run.recipe.model_copy(deep=True)
+    recipe.output_dir = tmp_path
+    recipe.export.targets = {"teacher": ["fp32"], "student": ["fp32", "int8_dynamic"]}
+    recipe.scratch.enabled = False
+    recipe.bench.enabled = False
+    result = edgekd.run(recipe)
+    assert result.stages == {"teacher": "skipped", "distill": "skipped", "scratch": "disabled",
+                             "compress": "disabled", "export": "ran", "bench": "disabled", "report": "ran"}
+    kept = {f"{role}-{fmt}-{p}" for fmt in ("onnx", "tflite") for role, ps in
+            (("teacher", ["fp32"]), ("student", ["fp32", "int8_dynamic"]), ("floor", ["fp32"])) for p in ps}
+    assert {a.name for a in result.artifacts} == kept
+    assert {p.name for p in result.rundir.artifacts.iterdir()} == kept  # the dropped ones' folders are gone
+    assert not {"bench", "scratch"} & set(result.rundir.load_manifest()["stages"])
+    assert result.results == []
+    summary = read_json(result.rundir.results / "summary.json")
+    assert {r["name"] for r in summary["rows"]} == kept - {"floor-onnx-fp32", "floor-tflite-fp32"}
+    assert all(r.get("p50_us") is None for r in summary["rows"]), "latency of the earlier bench reported"
+    assert summary["models"]["scratch"] is None and not summary["machine"]
+
+
 def test_an_interrupted_run_resumes_from_its_last_finished_stage(tmp_path):
     recipe = tmp_path / "slow.yaml"
     text = TINY_RECIPE.read_text().replace("train: {epochs: 6}", "train: {epochs: 400}")

@@ -33,3 +33,32 @@ def test_a_stage_is_done_only_with_the_same_inputs_and_intact_outputs(tmp_path):
     assert not run.is_done("teacher", "hash-1")
     run.manifest_path.write_text("{not json")
     assert run.load_manifest()["stages"] == {}
+
+
+def test_an_atomic_write_gets_the_mode_a_plain_write_would(tmp_path):
+    import os
+
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    assert os.stat(atomic_write(tmp_path / "atomic", "x")).st_mode == os.stat(plain).st_mode
+
+
+def test_equal_weights_give_equal_checkpoint_bytes(tmp_path):
+    """Otherwise a rerun that trains the same weights would rerun export, bench and report after it."""
+    import torch
+
+    from edgekd.checkpoints import save_checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    first, second = save_checkpoint(model, tmp_path / "a.pt"), save_checkpoint(model, tmp_path / "b.pt")
+    assert sha256_file(first) == sha256_file(second)
+
+
+def test_later_stages_read_only_the_files_a_stage_recorded(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.create()
+    current = atomic_write(run.artifacts / "student-onnx-fp32" / "artifact.json", "{}")
+    atomic_write(run.artifacts / "student-onnx-int4" / "artifact.json", "{}")  # left by an earlier export
+    run.mark_done("export", "h", [current], 1.0)
+    assert run.recorded_outputs("export", "artifact.json") == [current]
+    assert run.recorded_outputs("bench", "bench-*.json") == []

@@ -88,8 +88,8 @@ def _per_class_reference(row: dict[str, Any]) -> str | None:
 
 def build_summary(rundir: RunDir, *, recipe: dict[str, Any], model_metrics: dict[str, Any],
                   class_names: list[str]) -> dict[str, Any]:
-    artifacts = [Artifact.load(p) for p in sorted(rundir.artifacts.glob("*/artifact.json"))]
-    results = {r.artifact["sha256"]: r for r in (BenchResult.load(p) for p in sorted(rundir.results.glob("bench-*.json")))}
+    artifacts = [Artifact.load(p) for p in rundir.recorded_outputs("export", "artifact.json")]
+    results = {r.artifact["sha256"]: r for r in map(BenchResult.load, rundir.recorded_outputs("bench", "bench-*.json"))}
     floors = {a.format: results.get(a.sha256) for a in artifacts if a.role == "floor"}
     models = sorted((a for a in artifacts if a.role != "floor"),
                     key=lambda a: (ROLE_ORDER.get(a.role, 9), FORMAT_ORDER.get(a.format, 9),
@@ -524,10 +524,11 @@ def _machine_html(machine: dict[str, Any], runtime_txt: str) -> str:
             f"runtimes {runtime_txt}")
 
 
-def write_html(summary: dict[str, Any], path: Path) -> Path:
-    rundir_results = path.parent.parent / "results"
+def write_html(summary: dict[str, Any], rundir: RunDir) -> Path:
+    """The run's self-contained report/index.html (plots embedded), with the Pareto plot beside it."""
+    path = rundir.report / "index.html"
     latencies = {}
-    for p in sorted(rundir_results.glob("bench-*.json")):
+    for p in rundir.recorded_outputs("bench", "bench-*.json"):
         r = BenchResult.load(p)
         latencies[r.artifact["name"]] = r.latencies_ns
     pngs = plots(summary, latencies)

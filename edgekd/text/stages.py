@@ -145,9 +145,15 @@ def build_student(data, family: str, params: dict[str, Any]):
     """A text student of `family` with `params`, sized to the run's vocabulary, classes and device length."""
     from edgekd.text.student import TEXT_STUDENTS
 
+    from edgekd.errors import RecipeError
+
     vocabulary = {} if data.student_token_rows is None else {"token_rows": copy.deepcopy(data.student_token_rows)}
-    return TEXT_STUDENTS[family](data.vocab_size, data.num_classes, pad_id=data.pad_id,
-                                 max_length=data.device_length, **vocabulary, **params)
+    try:
+        return TEXT_STUDENTS[family](data.vocab_size, data.num_classes, pad_id=data.pad_id,
+                                     max_length=data.device_length, **vocabulary, **params)
+    except (ValueError, RuntimeError) as exc:  # sizes torch cannot build (negative, heads not dividing hidden)
+        raise RecipeError(f"student.model.params: {family} cannot be built with {params}", why=str(exc),
+                          fix="use positive sizes, with hidden a multiple of heads") from None
 
 
 def _init_head(model, teacher_checkpoint: Path) -> None:
@@ -347,7 +353,7 @@ def parity_ids(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
 
 
 def export_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
-    from edgekd.stages import export_options
+    from edgekd.stages import export_options, export_outcome
     from edgekd.text.export import export_text_model
 
     cfg, data = ctx.recipe.export, ctx.text
@@ -368,9 +374,7 @@ def export_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
                      "checkpoint_sha256": sha256_file(checkpoint), "generation": 1 if role == "student" else 0,
                      **({"hf_folder": str(data.teacher_folder)} if role == "teacher" else {})},
             reporter=ctx.reporter)
-    failed = [a.name for a in artifacts if a.parity is not None and not a.parity.passed]
-    outputs = [p for a in artifacts for p in (a.path, a.path.parent / "artifact.json")]
-    return outputs, {"artifacts": [a.name for a in artifacts], "failed_parity": failed}
+    return export_outcome(ctx, artifacts)
 
 
 def bench_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
@@ -405,7 +409,7 @@ def report_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
                        "embedding_parity": {a.name: a.output_checks.get("embedding") for a in run_artifacts(ctx)}}
     summary["findings"] = _text_findings(summary) + summary.get("findings", [])
     path = atomic_write_json(ctx.rundir.results / "summary.json", summary)
-    return [path, write_html(summary, ctx.rundir.report / "index.html")], {}
+    return [path, write_html(summary, ctx.rundir)], {}
 
 
 def _text_findings(summary: dict[str, Any]) -> list[str]:
