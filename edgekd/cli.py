@@ -140,11 +140,14 @@ def export(checkpoint: Path = typer.Argument(..., help="an edgekd checkpoint (<r
            fmt: List[str] = typer.Option(["onnx"], "--format", help="onnx or tflite (repeatable; tflite needs the \\[tflite] extra)"),
            precision: List[str] = typer.Option(["fp32", "int8_static", "int8_dynamic"], "--precision",
                                                help="fp32, int8_static, int8_dynamic or int4 (repeatable)"),
-           min_agreement: float = typer.Option(0.99, help="parity threshold: top-1 agreement with PyTorch")) -> None:
+           min_agreement: float = typer.Option(0.99, min=0.0, max=1.0,
+                                               help="parity threshold: top-1 agreement with PyTorch")) -> None:
     """Export a checkpoint to ONNX / TFLite artifacts, each verified against the PyTorch model."""
     from edgekd.console import RichReporter
     from edgekd.exporter import export_checkpoint
+    from edgekd.rundir import writable_dir
 
+    writable_dir(output_dir, fix="choose a writable folder with --output-dir")
     with RichReporter(console) as reporter:
         artifacts = export_checkpoint(checkpoint, output_dir, formats=list(fmt), precisions=list(precision),
                                       min_agreement=min_agreement, reporter=reporter)
@@ -163,7 +166,8 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
           threads: int = typer.Option(1, min=1, help="intra-op threads"),
           batch_size: int = typer.Option(1, min=1, help="batch size (bare model files get synthetic inputs)"),
           min_seconds: float = typer.Option(1.0, min=0, help="time each artifact at least this long (all rounds)"),
-          rounds: int = typer.Option(5, min=1, help="fresh processes per artifact, interleaved across artifacts"),
+          rounds: Optional[int] = typer.Option(None, min=1, help="fresh processes per artifact, interleaved "
+                                               "across artifacts (default 5)"),
           sessions: Optional[int] = typer.Option(None, min=1, help="like --rounds, with --cooldown between them; "
                                                  "the result reports the spread between sessions"),
           cooldown: float = typer.Option(0.0, min=0, help="seconds to pause between rounds/sessions"),
@@ -181,8 +185,14 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
 
     from edgekd.bench.harness import sustained_settings
 
+    _one_of(rounds=rounds, sessions=sessions)
+    _one_of(check_threads=check_threads, sustained=sustained)
     settings = BenchSettings(threads=threads, batch_size=batch_size, min_seconds=min_seconds,
-                             rounds=sessions or rounds, cooldown_seconds=cooldown)
+                             rounds=sessions or rounds or 5, cooldown_seconds=cooldown)
+    if not check_threads:
+        from edgekd.rundir import writable_dir
+
+        writable_dir(results_dir, fix="choose a writable folder with --results-dir")
     if check_threads:
         from edgekd.bench.harness import check_threads as run_check
 
@@ -209,6 +219,17 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
             trend = "  ".join(f"{w['t_start_s']:.0f}s:{w['p50_us']:.2f}" for w in r.sustained["windows"])
             console.print(f"{r.artifact['name']} on {r.device['name']}: p50 over time (µs) {trend}; "
                           f"last/first {r.sustained['last_over_first']:.2f}×", highlight=False)
+
+
+def _one_of(**options: Any) -> None:
+    """Options that mean different runs: refuse both rather than silently honour one."""
+    given = [name for name, value in options.items() if value is not None]
+    if len(given) > 1:
+        from edgekd.errors import EdgeKDError as _Err
+
+        flags = [f"--{name.replace('_', '-')}" for name in given]
+        raise _Err(f"{' and '.join(flags)} cannot be used together", why="each asks for a different kind of run",
+                   fix=f"keep one of {', '.join(flags)}")
 
 
 def _cross_arch_table(results: list[Any]) -> Any:
@@ -286,11 +307,18 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory (export/<na
     if not summary_path.is_file():
         raise _Err(f"no report in {run_dir}", why=f"{summary_path} does not exist",
                    fix="run the recipe first (edgekd run RECIPE), or give the run's folder under export/")
-    summary = read_json(summary_path)
-    console.print(summary_table(summary))
+    try:
+        summary = read_json(summary_path)
+        table = summary_table(summary)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # ValueError: bad JSON
+        raise _Err(f"the report of {run_dir} is unreadable", why=f"{summary_path}: {type(exc).__name__}: {exc}",
+                   fix="write it again: edgekd run RECIPE --force report") from None
+    console.print(table)
     for finding in summary.get("findings", []):
         console.print(f"• {finding}", highlight=False)
-    console.print(f"report: {run_dir / 'report' / 'index.html'}")
+    html = run_dir / "report" / "index.html"
+    console.print(f"report: {html}" if html.is_file() else f"no HTML report ({html} is missing: edgekd run RECIPE "
+                  "--force report writes it)")
 
 
 @app.command()

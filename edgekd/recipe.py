@@ -278,7 +278,7 @@ class QatFallbackConfig(_Strict):
 
 
 class ExportConfig(_Strict):
-    formats: list[Format] = Field(default_factory=lambda: ["onnx"],
+    formats: list[Format] = Field(default_factory=lambda: ["onnx"], min_length=1,
                                   description="tflite needs the [tflite] extra (pip install 'edgekd[tflite]')")
     opset: int = Field(18, ge=17, le=23, description="ONNX opset of exported graphs")
     targets: dict[Role, list[Precision]] = Field(
@@ -387,7 +387,8 @@ def load_recipe(source: str | Path | dict[str, Any], *, check_names: bool = True
         origin = str(path)
         raw = _read_yaml(path)
     if raw is None:
-        raw = {}
+        raise RecipeError(f"{origin}: the recipe is empty", why="an empty file would silently run every default",
+                          fix="give it at least a name (name: mine), or start from edgekd/recipes/demo.yaml")
     if not isinstance(raw, dict):
         raise RecipeError(
             f"{origin}: a recipe must be a YAML mapping, got {type(raw).__name__}",

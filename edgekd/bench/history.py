@@ -114,8 +114,16 @@ def compare(a: str | None = None, b: str | None = None, *, path: Path = DEFAULT_
     past = sessions(path, device)
     if b is None:
         if not past:
+            if device is not None and sessions(path, None):
+                raise BenchError(f"no bench session on device '{device}' in the history",
+                                 why="devices in it: " + ", ".join(sorted({s["device"] for s in sessions(path, None)})),
+                                 fix="pick one of them with --device, or run `edgekd bench --device "
+                                     f"{device}` first")
             raise BenchError("the bench history is empty", fix="run `edgekd bench` first")
         b = past[0]["session"]
+    if a is not None and a == b:
+        raise BenchError(f"both sessions are '{a}'", why="a session compared with itself shows no change",
+                         fix="name two different sessions (`edgekd history` lists them)")
     with _connect(path, create=False) as db:
         newer = _session_rows(db, b)
         if a is None:

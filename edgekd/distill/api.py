@@ -39,9 +39,15 @@ def new_model(recipe: Recipe, splits: "Splits", role: str, seed: int | None = No
     from edgekd.distill.trainer import seed_everything
     from edgekd.models import create_model
 
+    from edgekd.errors import RecipeError
+
     seed_everything(recipe.seed if seed is None else seed)
-    cfg = (recipe.teacher if role == "teacher" else recipe.student).model
-    return create_model(cfg.family, in_shape=splits.input_shape, num_classes=splits.num_classes, **cfg.params)
+    section = "teacher" if role == "teacher" else "student"
+    cfg = getattr(recipe, section).model
+    try:
+        return create_model(cfg.family, in_shape=splits.input_shape, num_classes=splits.num_classes, **cfg.params)
+    except RecipeError as exc:  # a family's parameter check: say which recipe field it is about
+        raise RecipeError(f"{section}.model.params: {exc.what}", why=exc.why, fix=exc.fix) from None
 
 
 def transfer_set(recipe: Recipe, splits: "Splits") -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ from edgekd.models import MODELS
 
 
 def _positive(name: str, value: int) -> int:
-    if not isinstance(value, int) or value <= 0:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:  # YAML true is an int to Python
         raise RecipeError(f"model parameter {name} must be a positive integer, got {value!r}",
                           fix=f"set {name} to an integer ≥ 1")
     return value

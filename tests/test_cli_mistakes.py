@@ -1,0 +1,100 @@
+"""User mistakes an audit of the CLI found reaching an internal error, a silent exit 0 or a misleading message."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from edgekd.bench import history
+from edgekd.errors import BenchError, RecipeError
+from edgekd.recipe import load_recipe
+
+from test_history import _result
+
+CLI = [sys.executable, "-m", "edgekd.cli"]
+UNWRITABLE = "/proc/edgekd-cannot-write-here"
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "COLUMNS": "200"})
+
+
+def _user_error(proc: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr
+    for word in words:
+        assert word in proc.stderr, (word, proc.stderr)
+
+
+def test_an_empty_recipe_file_is_refused(tmp_path):
+    (tmp_path / "r.yaml").write_text("")
+    with pytest.raises(RecipeError, match="the recipe is empty"):
+        load_recipe(tmp_path / "r.yaml")
+
+
+def test_a_recipe_without_export_formats_is_refused():
+    with pytest.raises(RecipeError, match="export.formats"):
+        load_recipe({"name": "x", "export": {"formats": []}})
+
+
+def test_yaml_true_is_not_a_model_width():
+    from edgekd.distill.api import load_splits, new_model
+
+    recipe = load_recipe({"name": "x", "teacher": {"model": {"family": "cnn", "params": {"width": True}}}})
+    with pytest.raises(RecipeError, match=r"teacher\.model\.params: .*width must be a positive integer"):
+        new_model(recipe, load_splits(recipe), "teacher")
+
+
+@pytest.mark.parametrize("params", [{"hidden": 32, "heads": 3}, {"embed_dim": -16}])
+def test_text_student_sizes_torch_cannot_build_name_the_field(params):
+    from edgekd.text.stages import build_student
+
+    data = SimpleNamespace(student_token_rows=None, vocab_size=50, num_classes=3, pad_id=0, device_length=16)
+    with pytest.raises(RecipeError, match=r"student\.model\.params: text_transformer cannot be built"):
+        build_student(data, "text_transformer", params)
+
+
+def test_compare_refuses_a_session_with_itself_and_names_the_devices_it_has(tmp_path):
+    db = tmp_path / "h.sqlite"
+    session = history.record([_result("m", 10.0, 0, [10.0, 10.1])], db)
+    with pytest.raises(BenchError, match="both sessions are"):
+        history.compare(session, session, path=db)
+    with pytest.raises(BenchError, match="no bench session on device 'nokia'") as err:
+        history.compare(path=db, device="nokia")
+    assert "host" in err.value.why
+
+
+def test_conflicting_bench_options_are_refused_before_any_work(tmp_path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"not read: the options are checked first")
+    _user_error(_cli("bench", str(model), "--rounds", "2", "--sessions", "1", cwd=tmp_path),
+                "--rounds and --sessions cannot be used together")
+    _user_error(_cli("bench", str(model), "--check-threads", "2", "--sustained", "1", cwd=tmp_path),
+                "--check-threads and --sustained cannot be used together")
+
+
+def test_unwritable_output_folders_fail_first_with_the_option_to_change(tmp_path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    _user_error(_cli("bench", str(model), "--results-dir", UNWRITABLE, cwd=tmp_path), "cannot write to",
+                "--results-dir")
+    _user_error(_cli("export", str(model), "--output-dir", UNWRITABLE, cwd=tmp_path), "cannot write to",
+                "--output-dir")
+
+
+def test_export_parity_threshold_must_be_a_share():
+    proc = subprocess.run([*CLI, "export", "x.pt", "--min-agreement", "-1"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "min-agreement" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("content", ["{not json", "", "[]", "{}"])
+def test_an_unreadable_summary_is_a_clear_error(tmp_path, content):
+    (tmp_path / "run" / "results").mkdir(parents=True)
+    (tmp_path / "run" / "results" / "summary.json").write_text(content)
+    _user_error(_cli("report", str(tmp_path / "run"), cwd=tmp_path), "is unreadable", "--force report")
