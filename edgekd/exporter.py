@@ -132,7 +132,7 @@ def export_model(
     unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown:
         raise RecipeError(f"unknown precision(s): {', '.join(unknown)}", why=f"known: {', '.join(PRECISIONS)}",
-                          fix="fix export.targets in the recipe")
+                          fix="use known ones (--precision on the command line, export.targets in a recipe)")
     reporter = reporter or SilentReporter()
     reference = predict_logits(model, x_test)
     artifacts: list[Artifact] = []

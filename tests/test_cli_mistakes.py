@@ -98,3 +98,16 @@ def test_an_unreadable_summary_is_a_clear_error(tmp_path, content):
     (tmp_path / "run" / "results").mkdir(parents=True)
     (tmp_path / "run" / "results" / "summary.json").write_text(content)
     _user_error(_cli("report", str(tmp_path / "run"), cwd=tmp_path), "is unreadable", "--force report")
+
+
+def test_a_batch_size_a_fixed_batch_model_cannot_take_is_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "fixed", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "fixed.onnx")
+    _user_error(_cli("bench", str(tmp_path / "fixed.onnx"), "--batch-size", "4", "--rounds", "1",
+                     "--results-dir", str(tmp_path / "res"), "--history", str(tmp_path / "h.sqlite"), cwd=tmp_path),
+                "has a fixed batch of 1", "--batch-size 1")

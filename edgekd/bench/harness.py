@@ -95,6 +95,11 @@ def _synthetic_inputs(artifact: Artifact, batch_size: int, folder: Path) -> dict
     rng = np.random.default_rng(0)
     out = {}
     for spec in artifact.inputs:
+        fixed = spec["shape"][0] if spec["shape"] and isinstance(spec["shape"][0], int) and spec["shape"][0] > 0 else None
+        if fixed is not None and fixed != batch_size:  # it would run at its own batch, recorded as batch_size
+            raise BenchError(f"{artifact.name} has a fixed batch of {fixed}: batch size {batch_size} cannot be applied",
+                             why=f"its input '{spec['name']}' has shape {spec['shape']}",
+                             fix=f"use --batch-size {fixed}, or export the model with a dynamic batch (ONNX)")
         shape = [d if isinstance(d, int) and d > 0 else batch_size for d in spec["shape"]]
         dtype = "float32" if spec.get("quantization") else spec.get("dtype", "float32")
         path = folder / f"{spec['name']}.npy"
