@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,15 @@ if TYPE_CHECKING:
     from torch import nn
 
 CHECKPOINT_FORMAT = "edgekd.checkpoint/1"
+SPEC_KEYS = ("family", "params", "in_shape", "num_classes")  # what create_model needs to rebuild the model
+
+_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"  # torch.save's pre-zip format (torch < 1.6)
+_WHERE = "the checkpoint given on the command line, or teacher.checkpoint in the recipe"
+_EXPECTED = "an edgekd checkpoint (<run>/checkpoints/*.pt) or a state dict saved with torch.save"
+_ONNX, _TFLITE, _YAML = "an ONNX model", "a TFLite model", "a YAML file"
+_ARTIFACT_HINT = "; to benchmark an {} artifact use `edgekd bench`, or distill from it as a black-box teacher"
+_HINTS = {_ONNX: _ARTIFACT_HINT.format(".onnx"), _TFLITE: _ARTIFACT_HINT.format(".tflite"),
+          _YAML: "; a recipe is run with `edgekd run RECIPE`"}
 
 
 def save_checkpoint(model: "nn.Module", path: Path, **meta: Any) -> Path:
@@ -20,34 +30,137 @@ def save_checkpoint(model: "nn.Module", path: Path, **meta: Any) -> Path:
 
     payload = {"format": CHECKPOINT_FORMAT, "spec": getattr(model, "edgekd_spec", None),
                "state_dict": model.state_dict(), "meta": meta}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    # Saved through a file object: given a path, torch names the archive's inner folder after the (random)
+    # temp file name, and equal weights would give different bytes, rerunning every stage downstream.
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(payload, fh)
     return path
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint safely: weights_only=True refuses pickled code."""
+    """Read a checkpoint safely: weights_only=True refuses pickled code. Files that are not torch checkpoints
+    are told apart first, so a user never sees torch's advice to load unsafely."""
+    path = Path(path)
+    _check_is_torch_file(path)
+    return _as_checkpoint(_load_weights_only(path), path)
+
+
+def _check_is_torch_file(path: Path) -> None:
+    """Refuse a missing path, a directory, an empty or damaged file, or a file of another kind, by name."""
+    if path.is_dir():
+        raise _directory_error(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}", fix=f"check the path ({_WHERE})")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes)",
+                              why="an interrupted save or copy leaves an empty file",
+                              fix=f"copy it again, or re-create it; check the path ({_WHERE})")
+    with open(path, "rb") as fh:
+        head = fh.read(256)
+    if head.startswith(_LEGACY_MAGIC):
+        return
+    if head.startswith(b"PK\x03\x04") and not zipfile.is_zipfile(path):
+        raise CheckpointError(f"checkpoint {path} is damaged (a truncated zip archive)",
+                              why="an interrupted save or copy cuts the archive short",
+                              fix="copy it again, or re-create it")
+    kind = _zip_kind(path) if zipfile.is_zipfile(path) else _looks_like(path, head)
+    if kind is not None:
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (it looks like {kind})",
+                              why="a PyTorch checkpoint is the zip archive torch.save writes",
+                              fix=f"give {_EXPECTED}{_HINTS.get(kind, '')}")
+
+
+def _zip_kind(path: Path) -> str | None:
+    """None for a torch archive (it holds <folder>/data.pkl), else what the zip seems to be."""
+    with zipfile.ZipFile(path) as archive:
+        if any(name.endswith("/data.pkl") for name in archive.namelist()):
+            return None
+    return "a zip archive without PyTorch data"
+
+
+def _looks_like(path: Path, head: bytes) -> str:
+    """A best guess at a non-torch file's kind, from its first bytes and suffix, for the error message."""
+    suffix = path.suffix.lower()
+    if suffix == ".tflite" or head[4:8] == b"TFL3":
+        return _TFLITE
+    if suffix == ".onnx" or (head[:1] == b"\x08" and head[2:3] in (b"\x12", b"\x1a", b"\x22", b"\x3a", b"\x42")):
+        return _ONNX
+    if head[8:10] == b'{"':
+        return "a safetensors file"
+    if head.startswith(b"\x89HDF"):
+        return "an HDF5 file (Keras .h5)"
+    if head[:1] == b"\x80":
+        return "a plain Python pickle"
+    if b"\x00" not in head:
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+        else:
+            return _YAML if suffix in (".yaml", ".yml") else "a text file"
+    return "unrecognised binary data"
+
+
+def _directory_error(path: Path) -> CheckpointError:
+    """A directory given as checkpoint: name the checkpoints inside it (a run keeps them in checkpoints/)."""
+    found = sorted(path.glob("*.pt")) + sorted(path.glob("checkpoints/*.pt"))
+    if not found:
+        return CheckpointError(f"checkpoint {path} is a directory, not a file", why="it holds no *.pt files",
+                               fix=f"give {_EXPECTED}; check the path ({_WHERE})")
+    names = ", ".join(str(p) for p in found[:5]) + (", ..." if len(found) > 5 else "")
+    return CheckpointError(f"checkpoint {path} is a directory, not a file", why=f"checkpoints inside it: {names}",
+                           fix=f"give one checkpoint file, e.g. {found[0]}")
+
+
+def _load_weights_only(path: Path) -> Any:
+    """torch.load with weights_only=True; its refusals become a CheckpointError that never advises unsafe loading."""
     import torch
 
-    if not Path(path).is_file():
-        raise CheckpointError(f"checkpoint not found: {path}", fix="check the path in the recipe (teacher.checkpoint)")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        raise CheckpointError(
-            f"cannot load checkpoint {path}",
-            why=(f"it holds a pickled Python object ({unsafe.group(1)}), which safe loading (weights_only) refuses"
-                 if unsafe else first_line(exc)),
-            fix="give a state dict saved with torch.save(model.state_dict(), PATH) or an edgekd checkpoint; "
-                "checkpoints holding pickled code are refused for safety",
-        ) from None
+        text = str(exc)
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if unsafe or "weights_only" in text.lower() or "weights only" in text.lower():
+            what = f"a pickled Python object ({unsafe.group(1)})" if unsafe else "pickled Python data beyond tensors"
+            raise CheckpointError(
+                f"cannot load checkpoint {path}",
+                why=f"it holds {what}; edgekd loads weights only, for safety",
+                fix="give a state dict saved with torch.save(model.state_dict(), PATH) or an edgekd checkpoint, "
+                    "without custom classes; checkpoints holding pickled code are refused for safety",
+            ) from None
+        raise CheckpointError(f"cannot load checkpoint {path}", why=first_line(exc),
+                              fix=f"give {_EXPECTED}; if it was copied, copy it again") from None
+
+
+def _as_checkpoint(payload: Any, path: Path) -> dict[str, Any]:
+    """An edgekd checkpoint as saved, or a bare state dict wrapped in the same shape (no spec)."""
     if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+        _check_edgekd_payload(payload, path)
         return payload
     if isinstance(payload, dict) and all(hasattr(v, "shape") for v in payload.values()):
         return {"format": "state_dict", "spec": None, "state_dict": payload, "meta": {}}
     raise CheckpointError(f"{path} holds no state dict", why=f"it holds a {type(payload).__name__}",
                           fix="save the weights with torch.save(model.state_dict(), PATH)")
+
+
+def _check_edgekd_payload(payload: dict[str, Any], path: Path) -> None:
+    """Check what callers index into (state_dict, spec keys), so a hand-edited file fails here, by name,
+    rather than as a KeyError deep in export or model building."""
+    if not isinstance(payload.get("state_dict"), dict):
+        raise CheckpointError(f"checkpoint {path} has no state_dict",
+                              why="its 'state_dict' entry is missing or not a dict",
+                              fix="re-save it with edgekd, or give a plain torch.save(model.state_dict(), PATH)")
+    spec = payload.get("spec")
+    if spec is None:
+        return
+    missing = [k for k in SPEC_KEYS if k not in spec] if isinstance(spec, dict) else list(SPEC_KEYS)
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {path} has an incomplete spec (missing {', '.join(missing)})",
+            why=f"edgekd rebuilds the model from spec: {', '.join(SPEC_KEYS)}",
+            fix="use a checkpoint written by edgekd (<run>/checkpoints/*.pt), or add the missing spec keys",
+        )
 
 
 def load_weights(model: "nn.Module", path: Path, *, role: str) -> dict[str, Any]:
@@ -66,7 +179,8 @@ def load_weights(model: "nn.Module", path: Path, *, role: str) -> dict[str, Any]
         raise CheckpointError(
             f"checkpoint {path} does not fit the {role} model{hint}",
             why="; ".join(details),
-            fix=f"set {role}.model (family and params) in the recipe to the architecture the checkpoint was saved from",
+            fix=f"give a checkpoint saved from this architecture, or (in a recipe) set {role}.model (family and "
+                "params) to the one it was saved from",
         )
     model.load_state_dict(state)
     model.eval()

@@ -40,7 +40,7 @@ def model_from_name_or_checkpoint(arg: str, *, data: str, role: str) -> "nn.Modu
     architecture and weights of an edgekd checkpoint."""
     from pathlib import Path
 
-    if Path(arg).suffix == ".pt" or Path(arg).is_file():
+    if Path(arg).suffix == ".pt" or Path(arg).exists():  # a folder, too: read_checkpoint says what is inside
         from edgekd.checkpoints import load_weights, read_checkpoint
 
         spec = read_checkpoint(Path(arg)).get("spec")
