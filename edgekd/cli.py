@@ -163,7 +163,8 @@ def export(checkpoint: Path = typer.Argument(..., help="an edgekd checkpoint (<r
 @_handles_errors
 def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, artifact.json files, .onnx or .tflite files"),
           device: List[str] = typer.Option(["host"], "--device", help="device profile name or path (repeatable)"),
-          threads: int = typer.Option(1, min=1, help="intra-op threads"),
+          threads: Optional[int] = typer.Option(None, min=1, help="intra-op threads (default: the device "
+                                                "profile's threads:, 1 without one)"),
           batch_size: int = typer.Option(1, min=1, help="batch size (bare model files get synthetic inputs)"),
           min_seconds: float = typer.Option(1.0, min=0, help="time each artifact at least this long (all rounds)"),
           rounds: Optional[int] = typer.Option(None, min=1, help="fresh processes per artifact, interleaved "

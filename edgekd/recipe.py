@@ -318,7 +318,8 @@ class ExportConfig(_Strict):
 class BenchConfig(_Strict):
     enabled: bool = Field(True, description="false: no bench stage; the report has accuracy and size only")
     device: str = Field("host", description="device profile name (devices/NAME.yaml) or a profile's path")
-    threads: int = Field(1, gt=0, description="intra-op threads of the runtime")
+    threads: int | None = Field(1, gt=0, description="intra-op threads of the runtime; null: the device "
+                                "profile's threads:")
     batch_size: int = Field(1, gt=0)
     warmup_runs: int = Field(50, ge=0, description="untimed calls before timing, per round")
     min_runs: int = Field(300, gt=0, description="timed calls per artifact at least (all rounds together)")
@@ -514,7 +515,7 @@ def check_registered_names(recipe: Recipe, origin: str = "<recipe>") -> None:
         factories += [(path, cfg, TEXT_STUDENTS[cfg.family]) for path, cfg in text_models]
     for path, cfg, factory in factories:
         accepted = inspect.signature(factory).parameters
-        for key in cfg.params:
+        for key, value in cfg.params.items():
             if key not in accepted or key in _SET_BY_EDGEKD:
                 allowed = [p for p in accepted if p not in _SET_BY_EDGEKD]
                 raise RecipeError(
@@ -522,6 +523,8 @@ def check_registered_names(recipe: Recipe, origin: str = "<recipe>") -> None:
                     why=f"'{cfg.family}' accepts: {', '.join(allowed) or 'no parameters'}",
                     fix=f"remove or rename {path}.params.{key} in {origin}",
                 )
+            _check_size(f"{path}.params.{key}", accepted[key].default, value, origin)
+    _check_checkpoints_exist(recipe, origin)
     from edgekd.devices.profiles import find_profile
 
     try:
@@ -529,6 +532,28 @@ def check_registered_names(recipe: Recipe, origin: str = "<recipe>") -> None:
     except EdgeKDError as exc:
         raise RecipeError(f"invalid recipe: bench.device: {exc.what}", why=exc.why,
                           fix=f"set bench.device in {origin} to one of those (or a profile path)") from None
+
+
+def _check_size(path: str, default: Any, value: Any, origin: str) -> None:
+    """A parameter whose default is a positive integer (a width, depth, head count) takes one: YAML `true` or
+    a 0 would otherwise fail deep inside torch, after the data has loaded."""
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, int) and not isinstance(default, bool) and default > 0 and not (is_int and value >= 1):
+        raise RecipeError(f"invalid recipe: {path}: must be a positive integer, got {value!r}",
+                          fix=f"set {path} in {origin} to an integer ≥ 1 (the default is {default})")
+
+
+def _check_checkpoints_exist(recipe: Recipe, origin: str) -> None:
+    """Checkpoints the recipe names must exist now, not after the data has loaded and the models trial-exported."""
+    named = [("teacher.checkpoint", recipe.teacher.checkpoint)]
+    named += [(f"distill.ensemble.members.{i}.checkpoint", m.checkpoint)
+              for i, m in enumerate(recipe.distill.ensemble.members)]
+    for path, checkpoint in named:
+        if checkpoint is not None and not Path(checkpoint).is_file():
+            state = "is a folder" if Path(checkpoint).is_dir() else "does not exist"
+            raise RecipeError(f"invalid recipe: {path}: {checkpoint} {state}",
+                              why=f"relative paths are read from the current folder ({Path.cwd()})",
+                              fix=f"set {path} in {origin} to an edgekd checkpoint file (<run>/checkpoints/*.pt)")
 
 
 _SET_BY_EDGEKD = ("in_shape", "num_classes", "vocab_size", "pad_id", "max_length", "token_rows")  # from data/teacher

@@ -28,7 +28,7 @@ _UMASK = os.umask(0o022)  # reading the umask means setting it: put it straight 
 os.umask(_UMASK)
 
 
-def writable_dir(folder: str | os.PathLike[str], fix: str) -> Path:
+def writable_dir(folder: str | os.PathLike[str], fix: str, what: str | None = None) -> Path:
     """Create `folder` and prove it writable now, before minutes of work whose result would have nowhere to go."""
     folder = Path(folder)
     try:
@@ -37,8 +37,8 @@ def writable_dir(folder: str | os.PathLike[str], fix: str) -> Path:
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        raise OutputDirError(f"cannot write to {folder}", why=f"{exc.strerror or exc} ({exc.filename or folder})",
-                             fix=fix) from None
+        raise OutputDirError(what or f"cannot write to {folder}",
+                             why=f"{exc.strerror or exc} ({exc.filename or folder})", fix=fix) from None
     return folder
 
 
@@ -148,7 +148,7 @@ class RunDir:
         """Create the directory tree, failing early with a clear message if it is not writable."""
         fix = "choose a writable folder with --output-dir (or `output_dir:` in the recipe), or fix its permissions"
         for sub in (self.root, self.checkpoints, self.artifacts, self.results, self.report, self.data):
-            writable_dir(sub, fix=fix)
+            writable_dir(sub, fix=fix, what=f"cannot write the run directory {self.root}")
 
     # -- manifest ----------------------------------------------------------------------
     def load_manifest(self) -> dict[str, Any]:

@@ -43,12 +43,32 @@ def test_a_recipe_without_export_formats_is_refused():
         load_recipe({"name": "x", "export": {"formats": []}})
 
 
-def test_yaml_true_is_not_a_model_width():
+@pytest.mark.parametrize("section, model", [
+    ("teacher", {"family": "cnn", "params": {"width": True}}),  # YAML true: an int to Python
+    ("student", {"family": "mlp", "params": {"depth": 0}}),
+])
+def test_model_sizes_are_checked_when_the_recipe_loads(section, model):
+    key = next(iter(model["params"]))
+    with pytest.raises(RecipeError, match=rf"{section}\.model\.params\.{key}: must be a positive integer"):
+        load_recipe({"name": "x", section: {"model": model}})
     from edgekd.distill.api import load_splits, new_model
 
-    recipe = load_recipe({"name": "x", "teacher": {"model": {"family": "cnn", "params": {"width": True}}}})
-    with pytest.raises(RecipeError, match=r"teacher\.model\.params: .*width must be a positive integer"):
-        new_model(recipe, load_splits(recipe), "teacher")
+    unchecked = load_recipe({"name": "x", section: {"model": model}}, check_names=False)  # the builder says it too
+    with pytest.raises(RecipeError, match=rf"{section}\.model\.params: .*{key} must be a positive integer"):
+        new_model(unchecked, load_splits(unchecked), section)
+
+
+def test_text_student_sizes_are_checked_when_the_recipe_loads():
+    with pytest.raises(RecipeError, match=r"student\.model\.params\.layers: must be a positive integer"):
+        load_recipe({"name": "x", "task": "text", "student": {"model": {"family": "text_transformer",
+                                                                          "params": {"layers": 0}}}})
+
+
+def test_a_missing_teacher_checkpoint_fails_when_the_recipe_loads(tmp_path):
+    with pytest.raises(RecipeError, match=r"teacher\.checkpoint: .*nothere\.pt does not exist"):
+        load_recipe({"name": "x", "teacher": {"checkpoint": str(tmp_path / "nothere.pt")}})
+    with pytest.raises(RecipeError, match="is a folder"):
+        load_recipe({"name": "x", "teacher": {"checkpoint": str(tmp_path)}})
 
 
 @pytest.mark.parametrize("params", [{"hidden": 32, "heads": 3}, {"embed_dim": -16}])

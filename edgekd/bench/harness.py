@@ -35,7 +35,7 @@ CROSS_ARCH_MIN_AGREEMENT = 0.99
 
 @dataclass(frozen=True)
 class BenchSettings:
-    threads: int = 1
+    threads: int | None = None  # None: the device profile's `threads:` (1 when it has none)
     batch_size: int = 1
     warmup_runs: int = 50
     warmup_min_seconds: float = 0.2
@@ -231,6 +231,8 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
         raise BenchError(f"rounds must be ≥ 1, got {settings.rounds}", fix="use --rounds 1 or more")
     resolved = [resolve_artifact(a) for a in artifacts]
     target = open_device(device)
+    if settings.threads is None:
+        settings = replace(settings, threads=getattr(getattr(target, "profile", None), "threads", None) or 1)
     suffix = "" if target.name == "host" else f"@{target.name}"
     paths = [Path(results_dir) / f"bench-{a.name}{suffix}.json" if results_dir is not None else None for a in resolved]
     done = {i: r for i, r in ((i, _finished(p, a, settings)) for i, (p, a) in enumerate(zip(paths, resolved))

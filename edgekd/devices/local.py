@@ -10,12 +10,18 @@ from typing import Any
 
 from edgekd.devices.base import (DeviceError, DeviceOutOfSpace, DeviceProfile, ProfiledDevice, RunResult,
                                  info_via_runner)
+from edgekd.rundir import atomic_path
 
 
 class LocalDevice(ProfiledDevice):
     def __init__(self, profile: DeviceProfile) -> None:
         self.profile = profile
-        Path(profile.workdir).mkdir(parents=True, exist_ok=True)
+        try:  # here, not at the first copy: an unusable workdir is the profile's fault, so say which field
+            Path(profile.workdir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DeviceError(f"cannot create the work directory {profile.workdir} of device '{profile.name}'",
+                              why=f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
+                              fix="point `workdir:` in the device profile at a writable folder") from None
 
     def info(self) -> dict[str, Any]:
         return info_via_runner(self)
@@ -54,8 +60,9 @@ def _copy(src: Path, dst: Path) -> None:
     if src.resolve() == dst.resolve():
         return
     dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        shutil.copyfile(src, dst)
+    try:  # atomically: runs of this user share the work directory, and one may be reading the file
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
     except OSError as exc:
         if exc.errno == 28:  # ENOSPC
             raise DeviceOutOfSpace(f"no space left to copy {src.name} to {dst.parent}",

@@ -1,0 +1,134 @@
+"""Device profiles are checked when loaded: a wrong type, a CPU this host lacks or a typo'd key is one clear
+error naming the file and the field (not a crash inside the benchmark, nor an option silently ignored)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edgekd.devices.base import DeviceError
+from edgekd.devices.profiles import load_profile, open_device
+from edgekd.export.onnx import write_identity_model
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _write(folder: Path, **fields) -> Path:
+    path = folder / "board.yaml"
+    path.write_text(yaml.safe_dump({"name": "board", "kind": "local", "workdir": str(folder / "work"), **fields}))
+    return path
+
+
+def _rejected(path: Path, field: str) -> DeviceError:
+    with pytest.raises(DeviceError) as err:
+        load_profile(path)
+    assert str(path) in err.value.what and f"`{field}" in err.value.what, err.value
+    assert err.value.why and err.value.fix and field in err.value.fix, err.value
+    return err.value
+
+
+@pytest.mark.parametrize("value", ["maybe", "yes please", 1, [True]])
+def test_emulated_must_be_a_bool(tmp_path, value):
+    err = _rejected(_write(tmp_path, emulated=value), "emulated")
+    assert "true or false" in err.why and repr(value) in err.why
+
+
+@pytest.mark.parametrize("value", ["four", -2, 0, 2.5, True])
+def test_threads_must_be_a_positive_int(tmp_path, value):
+    err = _rejected(_write(tmp_path, threads=value), "threads")
+    assert "≥ 1" in err.why and repr(value) in err.why
+
+
+@pytest.mark.parametrize("value, rule", [
+    ("0-3", "list of CPU numbers"),
+    ([], "non-empty list"),
+    ([-1], "≥ 0"),
+    ([0, "1"], "list of CPU numbers"),
+    ([0, 0], "twice"),
+    ([4096], "4096 is not among them"),
+])
+def test_cpus_of_this_host_must_be_distinct_cpus_it_has(tmp_path, value, rule):
+    err = _rejected(_write(tmp_path, cpus=value), "cpus")
+    assert rule in err.why, err
+
+
+def test_cpus_of_a_remote_board_are_not_checked_against_this_host(tmp_path):
+    profile = load_profile(_write(tmp_path, kind="ssh", host="board.invalid", cpus=[4096]))
+    assert profile.cpus == [4096]
+
+
+def test_cpus_this_host_has_load(tmp_path):
+    cpus = sorted(os.sched_getaffinity(0))
+    assert load_profile(_write(tmp_path, cpus=cpus)).cpus == cpus
+
+
+def test_an_unknown_key_is_rejected_with_a_suggestion(tmp_path):
+    err = _rejected(_write(tmp_path, threds=2), "threds")
+    assert "did you mean `threads:`" in err.what and "rename `threds:` to `threads:`" in err.fix
+    assert "threads" in err.why and "workdir" in err.why  # lists the fields of kind local
+
+
+def test_a_field_of_another_kind_says_which_kind(tmp_path):
+    err = _rejected(_write(tmp_path, serial="R58M12345AB"), "serial")
+    assert "belongs to kind adb" in err.why
+
+
+def test_a_typo_inside_thermal_is_rejected(tmp_path):
+    err = _rejected(_write(tmp_path, thermal={"max_celcius": 60}), "thermal")
+    assert "did you mean 'max_celsius'" in err.why
+
+
+@pytest.mark.parametrize("fields, field", [
+    ({"kind": "ssh", "host": "board.invalid", "port": 70000}, "port"),
+    ({"kind": "ssh", "host": "-oProxyCommand=x"}, "host"),
+    ({"kind": "ssh", "host": "board.invalid", "connect_timeout": "soon"}, "connect_timeout"),
+    ({"kind": "adb", "serial": "two words"}, "serial"),
+    ({"python": 3}, "python"),
+    ({"native": {"tflite": 3}}, "native"),
+])
+def test_kind_specific_fields_are_type_checked(tmp_path, fields, field):
+    _rejected(_write(tmp_path, **fields), field)
+
+
+@pytest.mark.parametrize("workdir", ["{file}/work", "/proc/edgekd"])
+def test_an_unusable_workdir_is_a_device_error(tmp_path, workdir):
+    if workdir.startswith("/proc") and not Path("/proc/self").is_dir():
+        pytest.skip("no procfs")
+    (tmp_path / "file").write_text("not a folder")
+    workdir = workdir.format(file=tmp_path / "file")
+    with pytest.raises(DeviceError) as err:
+        open_device(str(_write(tmp_path, workdir=workdir)))
+    assert workdir in err.value.what and err.value.why and "`workdir:`" in err.value.fix
+
+
+def test_the_cli_reports_an_unknown_key_in_one_block(tmp_path):
+    import subprocess
+
+    write_identity_model(tmp_path / "m.onnx", (8,), 18)
+    (tmp_path / "p.yaml").write_text("name: x\nkind: local\nthreds: 2\n")
+    proc = subprocess.run([sys.executable, "-m", "edgekd.cli", "bench", "m.onnx", "--device", "p.yaml"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2 and "`threds:`" in proc.stderr and "`threads:`" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "devices").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_profile_loads(path):
+    profile = load_profile(path)
+    assert profile.name and profile.kind in ("local", "ssh", "adb")
+
+
+def test_bench_takes_the_profile_threads_unless_told_otherwise(tmp_path):
+    """`threads:` in a profile is the device's default thread count; --threads (or bench.threads) overrides."""
+    from edgekd.bench.harness import BenchSettings, bench
+
+    write_identity_model(tmp_path / "m.onnx", (8,), 18)
+    profile = str(_write(tmp_path, threads=2))
+    quick = {"warmup_runs": 1, "min_runs": 5, "min_seconds": 0.0, "rounds": 1}
+    (default,) = bench([tmp_path / "m.onnx"], profile, settings=BenchSettings(**quick))
+    (told,) = bench([tmp_path / "m.onnx"], profile, settings=BenchSettings(threads=1, **quick))
+    assert default.settings["threads"] == 2 and told.settings["threads"] == 1
