@@ -264,10 +264,14 @@ def history_cmd(device: Optional[str] = typer.Option(None, "--device", help="onl
 
     from edgekd.bench.history import sessions
 
+    found = sessions(history, device)
+    if not found:
+        console.print(f"no bench sessions{f' on device {device}' if device else ''} in {history}", highlight=False)
+        return
     table = Table(title=f"bench history ({history})", title_justify="left")
     for col in ("session", "when", "device", "results"):
         table.add_column(col)
-    for s in sessions(history, device):
+    for s in found:
         table.add_row(s["session"], s["created_at"], s["device"], str(s["results"]))
     console.print(table)
 

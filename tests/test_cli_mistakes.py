@@ -131,3 +131,11 @@ def test_a_batch_size_a_fixed_batch_model_cannot_take_is_refused(tmp_path):
     _user_error(_cli("bench", str(tmp_path / "fixed.onnx"), "--batch-size", "4", "--rounds", "1",
                      "--results-dir", str(tmp_path / "res"), "--history", str(tmp_path / "h.sqlite"), cwd=tmp_path),
                 "has a fixed batch of 1", "--batch-size 1")
+
+
+def test_history_of_a_device_without_sessions_says_so(tmp_path):
+    db = tmp_path / "h.sqlite"
+    history.record([_result("m", 10.0, 0, [10.0, 10.1])], db)
+    proc = _cli("history", "--device", "nokia", "--history", str(db), cwd=tmp_path)
+    assert proc.returncode == 0 and "no bench sessions on device nokia" in proc.stdout, proc.stdout
+    assert "host" in _cli("history", "--history", str(db), cwd=tmp_path).stdout
