@@ -139,3 +139,21 @@ def test_history_of_a_device_without_sessions_says_so(tmp_path):
     proc = _cli("history", "--device", "nokia", "--history", str(db), cwd=tmp_path)
     assert proc.returncode == 0 and "no bench sessions on device nokia" in proc.stdout, proc.stdout
     assert "host" in _cli("history", "--history", str(db), cwd=tmp_path).stdout
+
+
+def test_a_text_recipe_without_the_hf_extra_fails_at_load(tmp_path):
+    """As on an install without [hf]: `transformers` cannot be found. The run stops before reading any text."""
+    code = (
+        "import sys\n"
+        "class NoTransformers:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'transformers':\n"
+        "            raise ModuleNotFoundError(name, name=name)\n"
+        "sys.meta_path.insert(0, NoTransformers())\n"
+        "sys.argv = ['edgekd', 'run', 'minilm', '--output-dir', sys.argv[1]]\n"
+        "from edgekd.cli import main\n"
+        "main()\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out")], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path, env={**os.environ, "COLUMNS": "200"})
+    _user_error(proc, "needs the optional extra [hf]", "pip install 'edgekd[hf]'")
+    assert not (tmp_path / "out").exists()

@@ -64,9 +64,16 @@ def check_teacher_folder(folder: Path) -> dict[str, Any]:
 
 
 def check_recipe_teacher(recipe: Any, origin: str) -> None:
-    """A text recipe's teacher folder is complete and holds a text encoder (file checks only, no import)."""
+    """A text recipe's teacher folder is complete and holds a text encoder, and the [hf] extra is installed
+    (file and module checks only, no import: a missing extra fails at load, not after minutes of text)."""
     from edgekd.errors import RecipeError
 
+    try:
+        found = importlib.util.find_spec("transformers") is not None
+    except ImportError:
+        found = False
+    if not found:
+        raise MissingExtraError(EXTRA, "transformers", "A Hugging Face teacher (task: text)")
     try:
         check_teacher_folder(recipe.teacher.hf or default_teacher_folder())
     except TextModelError as exc:
