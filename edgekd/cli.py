@@ -190,10 +190,6 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
     _one_of(check_threads=check_threads, sustained=sustained)
     settings = BenchSettings(threads=threads, batch_size=batch_size, min_seconds=min_seconds,
                              rounds=sessions or rounds or 5, cooldown_seconds=cooldown)
-    if not check_threads:
-        from edgekd.rundir import writable_dir
-
-        writable_dir(results_dir, fix="choose a writable folder with --results-dir")
     if check_threads:
         from edgekd.bench.harness import check_threads as run_check
 
@@ -207,6 +203,9 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
                                  "no difference beyond the noise (too small to split, or threads not applied)"),
                               highlight=False)
         return
+    from edgekd.rundir import writable_dir
+
+    writable_dir(results_dir, fix="choose a writable folder with --results-dir")
     if sustained:
         settings = sustained_settings(sustained, settings)
     with RichReporter(console) as reporter:
