@@ -78,8 +78,8 @@ def test_a_field_of_another_kind_says_which_kind(tmp_path):
 
 
 def test_a_typo_inside_thermal_is_rejected(tmp_path):
-    err = _rejected(_write(tmp_path, thermal={"max_celcius": 60}), "thermal")
-    assert "did you mean 'max_celsius'" in err.why
+    err = _rejected(_write(tmp_path, thermal={"max_celcius": 60}), "thermal.max_celcius")
+    assert "did you mean `thermal.max_celsius:`" in err.what and "max_celsius" in err.why
 
 
 @pytest.mark.parametrize("fields, field", [

@@ -397,7 +397,7 @@ def cross_arch_parity(artifact: Artifact, x: Path, device_outputs: Path, device_
     host = open_device("host")
     try:
         session = _Session(host, folder)
-        quick = BenchSettings(warmup_runs=0, warmup_min_seconds=0.0, min_runs=1, max_runs=1, min_seconds=0.0,
+        quick = BenchSettings(threads=1, warmup_runs=0, warmup_min_seconds=0.0, min_runs=1, max_runs=1, min_seconds=0.0,
                               max_seconds=1.0, memory_runs=0)  # one timed call: only the outputs matter here
         predict = _predict_spec(session, artifact, x)
         remote = predict.pop("_remote_output")

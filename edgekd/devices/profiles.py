@@ -11,9 +11,10 @@ import difflib
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from edgekd.devices.base import Device, DeviceError, DeviceProfile
 from edgekd.errors import RegistryError
@@ -83,67 +84,103 @@ def load_profile(path: Path) -> DeviceProfile:
     return DeviceProfile(**common, options={k: v for k, v in raw.items() if k not in _COMMON})
 
 
-# ---------------------------------------------------------------------- field checks
-# A check returns None when the value is fine, else the rule it breaks ("must be ...").
-Check = Callable[[Any], "str | None"]
+# ---------------------------------------------------------------------- field checks (pydantic)
+# The models only check (load_profile builds the DeviceProfile from the mapping). Strict: YAML's `true`, "4" or
+# 2.5 is no thread count. A field's description completes "must be ..."; its examples show right values in the fix.
+Text = Annotated[str, Field(pattern=r"^[^\n\r\x00]*\S[^\n\r\x00]*$")]  # non-empty, one line
+# Host, user, serial: handed to ssh/adb as one argument, so never a second word or an option (a number is a word).
+Word = Annotated[str, BeforeValidator(lambda v: str(v) if type(v) is int else v),
+                 Field(pattern=r"^[^-\s\x00-\x1f][^\s\x00-\x1f]*$")]
+Port = Annotated[int, BeforeValidator(lambda v: int(v) if isinstance(v, str) and v.isdigit() else v),
+                 Field(ge=1, le=65535)]
+PATH, WORD = "a path (non-empty text on one line)", "one word not starting with '-'"
+PORT = "a port number between 1 and 65535"
 
 
-class Field(NamedTuple):
-    check: Check
-    example: str  # what a right value looks like, for the fix
-    optional: bool = True  # null means "not set" (the default, or the device's own check for required ones)
+def _field(rule: str, *examples: Any, default: Any = None, **limits: Any) -> Any:
+    return Field(default, description=rule, examples=list(examples), **limits)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+class _Checked(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+class Thermal(_Checked):
+    """When bench waits for the device to cool down. Its keys may be absent, not null."""
+
+    max_celsius: float = _field("a temperature in °C", 60)
+    max_status: int = _field("an Android thermal status 0 (none) … 6 (shutdown)", 1, ge=0, le=6)
+    wait_seconds: float = _field("a number of seconds ≥ 0", 120, ge=0)
+    poll_seconds: float = _field("a number of seconds > 0", 5, gt=0)
 
 
-def _one_line(value: Any) -> bool:
-    return isinstance(value, str) and value.strip() != "" and not any(c in value for c in "\n\r\0")
+class Native(_Checked):
+    """The runtimes' own benchmark binaries, for a device without Python."""
+
+    tflite: Text = _field(PATH, "~/android/benchmark_model")
+    onnx: Text = _field(PATH, "~/android/onnxruntime_perf_test")
 
 
-def _text(value: Any) -> str | None:
-    return None if _one_line(value) else "must be non-empty text on one line"
+class CommonProfile(_Checked):
+    """What every kind reads: DeviceProfile's fields, thermal: (cool_down), native: (a device without Python)."""
+
+    name: Text = _field("non-empty text on one line", "pi", default="")
+    kind: str = ""  # checked before validation: it picks the model
+    python: Text | Annotated[list[Text], Field(min_length=1)] | None = _field(
+        "the path of the device's Python, a non-empty list of words (an argv prefix), or null", "python3", None)
+    workdir: Text = _field("a writable folder on the device (one line)", "/tmp/edgekd-work", default="")
+    threads: int = _field("a whole number ≥ 1", 4, default=1, ge=1)
+    emulated: bool = _field("true or false", True, default=False)
+    cpus: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] | None = _field(
+        "a non-empty list of CPU numbers ≥ 0, each named once", [0, 1])
+    thermal: Thermal | None = _field("a mapping of thermal limits", {"max_celsius": 60, "wait_seconds": 120})
+    native: Native | None = _field("a mapping of runtimes to benchmark binaries", {"tflite": "~/benchmark_model"})
+
+    @field_validator("cpus")
+    @classmethod
+    def _distinct_cpus_of_this_host(cls, cpus: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        """taskset pins only to CPUs this host has; a remote board's CPUs are its own."""
+        if cpus and len(set(cpus)) != len(cpus):
+            raise ValueError("must not name a CPU twice")
+        missing = sorted(set(cpus or ()) - set(host_cpus())) if info.data.get("kind") == "local" else []
+        if missing:
+            raise ValueError(f"must name CPUs this machine can run on ({', '.join(map(str, host_cpus()))}), and "
+                             f"{', '.join(map(str, missing))} {'is' if len(missing) == 1 else 'are'} not among them")
+        return cpus
 
 
-def _path(value: Any) -> str | None:
-    return None if _one_line(value) else "must be a path (non-empty text on one line)"
+class LocalProfile(CommonProfile):
+    kind: Literal["local"]
 
 
-def _word(value: Any) -> str | None:
-    """Host, user, serial: handed to ssh/adb as one argument, so never a second word or an option."""
-    text = str(value) if _is_int(value) else value
-    if not isinstance(text, str) or not text or text.startswith("-") or any(c.isspace() or ord(c) < 32 for c in text):
-        return "must be one word not starting with '-'"
-    return None
+class SshProfile(CommonProfile):
+    """What SSHDevice and EmulatedBoard read from `options`."""
+
+    kind: Literal["ssh"]
+    host: Word | None = _field(f"{WORD} (a host, an address or a ~/.ssh/config alias)", "raspberrypi.local")
+    user: Word | None = _field(f"{WORD} (a user name on the board)", "pi")
+    port: Port | None = _field(PORT, 22)
+    identity_file: Text | None = _field(PATH, "~/.ssh/id_ed25519")
+    known_hosts: Text | None = _field(PATH, "~/.ssh/known_hosts")
+    config_file: Text | None = _field(PATH, "~/.ssh/config")
+    connect_timeout: float | None = _field("a number of seconds > 0", 10, gt=0)
+    # The shape only: SSHDevice checks each option (managed ones, one-line values) before connecting.
+    ssh_options: dict[str, Any] | list[Annotated[str, Field(pattern="=")]] | None = _field(
+        'a mapping of ssh option names to values (or a list of "Key=Value" strings)', {"ProxyJump": "bastion"})
+    board_dir: Text | None = _field(f"{PATH}: the emulated board's folder", "{profile_dir}/arm64")
 
 
-def _bool(value: Any) -> str | None:
-    return None if isinstance(value, bool) else "must be true or false"
+class AdbProfile(CommonProfile):
+    """What AdbDevice reads from `options`."""
+
+    kind: Literal["adb"]
+    serial: Word | None = _field(f"{WORD} (a serial from `adb devices`)", "R58M12345AB")
+    adb: Text | None = _field(f"{PATH}: the adb binary", "~/Android/Sdk/platform-tools/adb")
+    server_port: Port | None = _field(PORT, 5037)
 
 
-def _positive_int(value: Any) -> str | None:
-    return None if _is_int(value) and value >= 1 else "must be a whole number ≥ 1"
-
-
-def _port(value: Any) -> str | None:
-    port = int(value) if isinstance(value, str) and value.isdigit() else value
-    return None if _is_int(port) and 1 <= port <= 65535 else "must be a port number between 1 and 65535"
-
-
-def _seconds(value: Any) -> str | None:
-    return None if _is_number(value) and value > 0 else "must be a number of seconds > 0"
-
-
-def _python(value: Any) -> str | None:
-    """The device's interpreter as a path, or an argv prefix (an emulator plus an interpreter)."""
-    if _one_line(value) or (isinstance(value, list) and value and all(_one_line(v) for v in value)):
-        return None
-    return "must be the path of the device's Python, a non-empty list of words (an argv prefix), or null"
+MODELS: dict[str, type[CommonProfile]] = {"local": LocalProfile, "ssh": SshProfile, "adb": AdbProfile}
+_NESTED: dict[str, type[BaseModel]] = {"thermal": Thermal, "native": Native}
 
 
 def host_cpus() -> list[int]:
@@ -153,123 +190,49 @@ def host_cpus() -> list[int]:
     return list(range(os.cpu_count() or 1))
 
 
-def _cpus(value: Any, *, local: bool) -> str | None:
-    if not isinstance(value, list) or not value or not all(_is_int(c) and c >= 0 for c in value):
-        return "must be a non-empty list of CPU numbers ≥ 0"
-    if len(set(value)) != len(value):
-        return "must not name a CPU twice"
-    missing = sorted(set(value) - set(host_cpus())) if local else []
-    if missing:
-        return (f"must name CPUs this machine can run on ({', '.join(map(str, host_cpus()))}), and "
-                f"{', '.join(map(str, missing))} {'is' if len(missing) == 1 else 'are'} not among them")
-    return None
-
-
-def _mapping(allowed: dict[str, Check]) -> Check:
-    """A nested mapping (thermal:, native:) with known keys only: a typo there would be ignored too."""
-    def check(value: Any) -> str | None:
-        if not isinstance(value, dict):
-            return f"must be a mapping with keys among {', '.join(allowed)}"
-        for key, item in value.items():
-            if key not in allowed:
-                closest = _closest(key, allowed)
-                hint = f" (did you mean '{closest}'?)" if closest else ""
-                return f"has no key '{key}'{hint}: its keys are {', '.join(allowed)}"
-            rule = allowed[key](item)
-            if rule:
-                return f"'{key}' {rule}"
-        return None
-    return check
-
-
-def _ssh_options(value: Any) -> str | None:
-    """The shape only: SSHDevice checks each option (managed ones, one-line values) before connecting."""
-    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        return None
-    if isinstance(value, list) and all(isinstance(e, str) and "=" in e for e in value):
-        return None
-    return 'must be a mapping of ssh option names to values (or a list of "Key=Value" strings)'
-
-
-def _non_negative(value: Any) -> str | None:
-    return None if _is_number(value) and value >= 0 else "must be a number ≥ 0"
-
-
-def _number(value: Any) -> str | None:
-    return None if _is_number(value) else "must be a number"
-
-
-def _status(value: Any) -> str | None:
-    return None if _is_int(value) and 0 <= value <= 6 else "must be an Android thermal status 0 (none) … 6 (shutdown)"
-
-
-_THERMAL = {"max_celsius": _number, "max_status": _status, "wait_seconds": _non_negative, "poll_seconds": _seconds}
-_NATIVE = {"tflite": _path, "onnx": _path}
-
-# Fields every kind reads (DeviceProfile, plus thermal: for cool_down and native: for a device without Python).
-_ANY_KIND = {
-    "name": Field(_text, "a short name, e.g. `name: pi`", optional=False),
-    "kind": Field(lambda v: None, "one of local, ssh, adb", optional=False),
-    "python": Field(_python, "`python: python3`, `python: /home/pi/venv/bin/python` or `python: null`"),
-    "workdir": Field(_path, "a writable folder on the device, e.g. `workdir: /tmp/edgekd-work`", optional=False),
-    "threads": Field(_positive_int, "a whole number ≥ 1, e.g. `threads: 4`", optional=False),
-    "emulated": Field(_bool, "`emulated: true` or `emulated: false`", optional=False),
-    "thermal": Field(_mapping(_THERMAL), "e.g. `thermal: {max_celsius: 60, wait_seconds: 120, poll_seconds: 5}`"),
-    "native": Field(_mapping(_NATIVE), "e.g. `native: {tflite: ~/android/benchmark_model}`"),
-}
-# What each kind's device reads from `options` (SSHDevice, EmulatedBoard, AdbDevice).
-_BY_KIND = {
-    "local": {},
-    "ssh": {
-        "host": Field(_word, "a host name, an address or a ~/.ssh/config alias, e.g. `host: raspberrypi.local`"),
-        "user": Field(_word, "a user name on the board, e.g. `user: pi`"),
-        "port": Field(_port, "e.g. `port: 22`"),
-        "identity_file": Field(_path, "a private key file, e.g. `identity_file: ~/.ssh/id_ed25519`"),
-        "known_hosts": Field(_path, "a known_hosts file, e.g. `known_hosts: ~/.ssh/known_hosts`"),
-        "config_file": Field(_path, "an ssh config file, e.g. `config_file: ~/.ssh/config`"),
-        "connect_timeout": Field(_seconds, "seconds, e.g. `connect_timeout: 10`"),
-        "ssh_options": Field(_ssh_options, "e.g. `ssh_options: {ProxyJump: bastion}`"),
-        "board_dir": Field(_path, "the emulated board's folder, e.g. `board_dir: \"{profile_dir}/arm64\"`"),
-    },
-    "adb": {
-        "serial": Field(_word, "a serial from `adb devices`, e.g. `serial: R58M12345AB`"),
-        "adb": Field(_path, "the adb binary, e.g. `adb: ~/Android/Sdk/platform-tools/adb`"),
-        "server_port": Field(_port, "e.g. `server_port: 5037`"),
-    },
-}
-
-
-def known_fields(kind: str) -> dict[str, Field]:
-    """Every field a profile of this kind may have (cpus: is checked against this host for kind local)."""
-    cpus = Field(lambda v: _cpus(v, local=kind == "local"), "CPU numbers, e.g. `cpus: [0, 1]`")
-    return {**_ANY_KIND, "cpus": cpus, **_BY_KIND[kind]}
-
-
 def check_fields(raw: dict[Any, Any], path: Path) -> None:
-    """Reject unknown keys (with a suggestion) and values of the wrong type or range, naming file and field."""
-    kind = raw["kind"]
-    fields = known_fields(kind)
-    for key, value in raw.items():
-        if key not in fields:
-            closest = _closest(key, fields)
-            raise DeviceError(
-                f"unknown field `{key}:` in device profile {path}" + (f" (did you mean `{closest}:`?)" if closest else ""),
-                why=f"a profile of kind {kind} has the fields: {', '.join(sorted(fields))}{_elsewhere(key, kind)}",
-                fix=f"rename `{key}:` to `{closest}:` in {path}" if closest else
-                    f"remove `{key}:` from {path}, or correct its spelling")
-        field = fields[key]
-        if value is None and field.optional:
-            continue
-        rule = field.check(value) if value is not None else "must be set (it cannot be null)"
-        if rule:
-            raise DeviceError(f"invalid `{key}: {_show(value)}` in device profile {path}",
-                              why=f"`{key}` {rule}, got {value!r}",
-                              fix=f"set `{key}:` in {path} to {field.example}")
+    """Validate with the kind's model; its first complaint (in file order) becomes one DeviceError."""
+    try:
+        MODELS[raw["kind"]].model_validate(raw)
+    except ValidationError as exc:
+        first = min(exc.errors(), key=lambda e: list(raw).index(e["loc"][0]))
+        raise _profile_error(first, raw, path) from None
 
 
-def _elsewhere(key: Any, kind: str) -> str:
+def _profile_error(error: Any, raw: dict[Any, Any], path: Path) -> DeviceError:
+    """What names the file and the (dotted) field, why the rule and the bad value, fix a right value."""
+    keys, value, model = _locate(error["loc"], raw)
+    field = ".".join(map(str, keys))
+    if keys[-1] not in model.model_fields:  # an unknown key (or one that is not text)
+        closest, known = _closest(keys[-1], model.model_fields), sorted(model.model_fields)
+        meant = ".".join([*keys[:-1], str(closest)])
+        owner = f"a profile of kind {raw['kind']}" if len(keys) == 1 else f"`{keys[0]}:`"
+        return DeviceError(
+            f"unknown field `{field}:` in device profile {path}" + (f" (did you mean `{meant}:`?)" if closest else ""),
+            why=f"{owner} has the fields: {', '.join(known)}{_elsewhere(field, raw['kind'])}",
+            fix=f"rename `{field}:` to `{meant}:` in {path}" if closest else
+                f"remove `{field}:` from {path}, or correct its spelling")
+    info = model.model_fields[keys[-1]]
+    rule = ("must be set (it cannot be null)" if value is None else error["msg"].removeprefix("Value error, ")
+            if error["type"] == "value_error" else f"must be {info.description}")
+    examples = " or ".join(f"`{keys[0]}: {_show(e if len(keys) == 1 else {keys[1]: e})}`" for e in info.examples or ())
+    return DeviceError(f"invalid `{field}: {_show(value)}` in device profile {path}",
+                       why=f"`{field}` {rule}, got {value!r}",
+                       fix=f"set `{field}:` in {path} to {info.description}, e.g. {examples}")
+
+
+def _locate(loc: tuple[Any, ...], raw: dict[Any, Any]) -> tuple[list[Any], Any, type[BaseModel]]:
+    """The keys of the field a pydantic location names (`thermal.max_status`; not a list item nor a union
+    branch), its value and the model it belongs to."""
+    top, model = loc[0], MODELS[raw["kind"]]
+    if top in _NESTED and len(loc) > 1 and isinstance(raw[top], dict) and loc[1] in raw[top]:
+        return [top, loc[1]], raw[top][loc[1]], _NESTED[top]
+    return [top], raw[top], model
+
+
+def _elsewhere(key: str, kind: str) -> str:
     """A field of another kind (`host:` in a local profile) is more likely a wrong `kind:` than a typo."""
-    others = [k for k, fields in _BY_KIND.items() if k != kind and key in fields]
+    others = [k for k, m in MODELS.items() if k != kind and key in m.model_fields.keys() - CommonProfile.model_fields]
     return f" (`{key}:` belongs to kind {' and '.join(others)})" if others else ""
 
 
@@ -280,7 +243,7 @@ def _closest(key: Any, known: Any) -> str | None:
 
 
 def _show(value: Any) -> str:
-    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000, sort_keys=False).strip()
     text = text.removesuffix("...").strip()
     return text if len(text) <= 60 else text[:57] + "..."
 
