@@ -1,7 +1,8 @@
 """The `edgekd` command line: parses, calls the library, renders with rich. No logic of its own.
 
 Imports nothing heavy at module level, so `edgekd --help` is instant (torch loads only when a command needs it).
-Exit codes: 0 ok, 1 internal error, 2 user error (an EdgeKDError: what / why / fix), 130 interrupted.
+Exit codes: 0 ok, 1 internal error, 2 user error (an EdgeKDError: what / why / fix), 130 interrupted
+(Ctrl-C), 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -35,11 +36,22 @@ def _options(debug: bool = typer.Option(False, "--debug", help="show tracebacks 
     _state["debug"] = debug
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a CI job cancelled, `kill`), raised like Ctrl-C so that temp files are cleaned up on the way out."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
 def _handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Turn EdgeKDError into one clear block + exit 2, anything else into exit 1 (traceback with --debug)."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import signal
+
+        signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             return command(*args, **kwargs)
         except typer.Exit:
@@ -53,9 +65,10 @@ def _handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             if exc.fix:
                 err_console.print(f"  fix: {exc.fix}", highlight=False, markup=False)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            err_console.print("interrupted: finished stages are kept; run the same command again to resume")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            how = "terminated" if isinstance(exc, _Terminated) else "interrupted"
+            err_console.print(f"{how}: finished stages are kept; run the same command again to resume")
+            raise typer.Exit(143 if how == "terminated" else 130) from None
         except Exception as exc:  # an edgekd bug, not a user mistake
             if _state["debug"]:
                 raise

@@ -157,3 +157,10 @@ def test_a_text_recipe_without_the_hf_extra_fails_at_load(tmp_path):
                           timeout=120, cwd=tmp_path, env={**os.environ, "COLUMNS": "200"})
     _user_error(proc, "needs the optional extra [hf]", "pip install 'edgekd[hf]'")
     assert not (tmp_path / "out").exists()
+
+
+def test_teacher_hf_naming_a_file_says_it_wants_the_folder(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(RecipeError, match="is a file") as err:
+        load_recipe({"name": "x", "task": "text", "teacher": {"hf": str(tmp_path / "config.json")}})
+    assert "config.json" in err.value.why

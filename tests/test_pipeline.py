@@ -185,6 +185,25 @@ def test_an_interrupted_run_resumes_from_its_last_finished_stage(tmp_path):
     assert "not benchmarked" in meta and "None" not in meta, meta
 
 
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_ctrl_c_or_sigterm_ends_a_run_with_one_line_and_no_temp_files(tmp_path, sig, code, word):
+    recipe = tmp_path / "slow.yaml"
+    recipe.write_text(TINY_RECIPE.read_text().replace("train: {epochs: 6}", "train: {epochs: 400}"))
+    manifest = tmp_path / "out" / "tiny" / "manifest.json"
+    proc = subprocess.Popen([sys.executable, "-m", "edgekd.cli", "run", str(recipe), "--output-dir",
+                             str(tmp_path / "out")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (manifest.exists() and "teacher" in json.loads(manifest.read_text())["stages"]):
+        assert time.monotonic() < deadline and proc.poll() is None, "the teacher stage never finished"
+        time.sleep(0.2)
+    time.sleep(1.0)  # inside distillation
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code and f"{word}: finished stages are kept" in stderr, (proc.returncode, stderr)
+    assert "Traceback" not in stderr
+    assert not list((tmp_path / "out").rglob("*.tmp")), "a temp file was left behind"
+
+
 def test_python_api_export_and_bench(tiny_run, tmp_path):
     artifacts = edgekd.export(tiny_run.rundir.checkpoints / "student.pt", tmp_path / "arts",
                               precisions=["fp32", "int8_dynamic"], min_agreement=0.9)

@@ -132,3 +132,9 @@ def test_bench_takes_the_profile_threads_unless_told_otherwise(tmp_path):
     (default,) = bench([tmp_path / "m.onnx"], profile, settings=BenchSettings(**quick))
     (told,) = bench([tmp_path / "m.onnx"], profile, settings=BenchSettings(threads=1, **quick))
     assert default.settings["threads"] == 2 and told.settings["threads"] == 1
+
+
+def test_a_local_workdir_under_home_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    device = open_device(str(_write(tmp_path, workdir="~/edgekd-work")))
+    assert device.workdir == str(tmp_path / "edgekd-work") and (tmp_path / "edgekd-work").is_dir()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,6 +17,7 @@ from edgekd.rundir import atomic_path
 
 class LocalDevice(ProfiledDevice):
     def __init__(self, profile: DeviceProfile) -> None:
+        profile = dataclasses.replace(profile, workdir=os.path.expanduser(profile.workdir))  # `~/x`, as a shell
         self.profile = profile
         try:  # here, not at the first copy: an unusable workdir is the profile's fault, so say which field
             Path(profile.workdir).mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,9 @@ def check_teacher_folder(folder: Path) -> dict[str, Any]:
     """The folder's config.json, after checking it holds weights and a tokenizer of a text model."""
     folder = Path(folder)
     fix = "point teacher.hf at a folder saved with save_pretrained() (config.json, weights, tokenizer files)"
+    if folder.is_file():
+        raise TextModelError(f"teacher folder {folder} is a file", why="teacher.hf names the model's folder, the one "
+                             "holding config.json, not one of its files", fix=fix)
     if not folder.is_dir():
         raise TextModelError(f"teacher folder {folder} does not exist", fix=fix)
     config_path = folder / "config.json"
