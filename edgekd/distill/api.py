@@ -37,9 +37,8 @@ def load_splits(recipe: Recipe) -> "Splits":
 def new_model(recipe: Recipe, splits: "Splits", role: str, seed: int | None = None) -> "nn.Module":
     """A fresh teacher or student of the recipe, initialised from `seed` (default: the recipe's)."""
     from edgekd.distill.trainer import seed_everything
-    from edgekd.models import create_model
-
     from edgekd.errors import RecipeError
+    from edgekd.models import create_model
 
     seed_everything(recipe.seed if seed is None else seed)
     section = "teacher" if role == "teacher" else "student"

@@ -143,9 +143,8 @@ def new_student(ctx: Context, seed: int | None = None, *, from_teacher: bool = T
 
 def build_student(data, family: str, params: dict[str, Any]):
     """A text student of `family` with `params`, sized to the run's vocabulary, classes and device length."""
-    from edgekd.text.student import TEXT_STUDENTS
-
     from edgekd.errors import RecipeError
+    from edgekd.text.student import TEXT_STUDENTS
 
     vocabulary = {} if data.student_token_rows is None else {"token_rows": copy.deepcopy(data.student_token_rows)}
     try:
