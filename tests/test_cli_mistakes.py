@@ -164,3 +164,14 @@ def test_teacher_hf_naming_a_file_says_it_wants_the_folder(tmp_path):
     with pytest.raises(RecipeError, match="is a file") as err:
         load_recipe({"name": "x", "task": "text", "teacher": {"hf": str(tmp_path / "config.json")}})
     assert "config.json" in err.value.why
+
+
+@pytest.mark.parametrize("record, problem", [("[]", "the record: Input should be"), ('{"name": "x"}', "Field required")])
+def test_a_corrupt_artifact_record_names_its_first_problem(tmp_path, record, problem):
+    from edgekd.errors import ArtifactError
+    from edgekd.export.artifact import Artifact
+
+    (tmp_path / "artifact.json").write_text(record)
+    with pytest.raises(ArtifactError, match="corrupt artifact record") as err:
+        Artifact.load(tmp_path)
+    assert problem in err.value.why and "validation error for" not in err.value.why, err.value.why

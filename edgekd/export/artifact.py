@@ -97,7 +97,7 @@ class Artifact(BaseModel):
             data = json.loads(record_path.read_text(encoding="utf-8"))
             artifact = cls.model_validate(data)
         except (json.JSONDecodeError, ValidationError, UnicodeDecodeError) as exc:
-            raise ArtifactError(f"corrupt artifact record {record_path}", why=first_line(exc),
+            raise ArtifactError(f"corrupt artifact record {record_path}", why=_first_problem(exc),
                                 fix="re-export the artifact") from None
         artifact.directory = record_path.parent
         return artifact
@@ -113,3 +113,11 @@ class Artifact(BaseModel):
                 why=f"sha256 is {digest[:12]}…, the record says {self.sha256[:12]}…",
                 fix="re-export the artifact (edgekd run --force export)",
             )
+
+
+def _first_problem(exc: Exception) -> str:
+    """pydantic's first complaint with its field ("sha256: Field required"), not "1 validation error for Artifact"."""
+    if isinstance(exc, ValidationError) and exc.errors():
+        error = exc.errors()[0]
+        return f"{'.'.join(map(str, error['loc'])) or 'the record'}: {error['msg']}"
+    return first_line(exc)
