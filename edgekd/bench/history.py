@@ -114,9 +114,10 @@ def compare(a: str | None = None, b: str | None = None, *, path: Path = DEFAULT_
     past = sessions(path, device)
     if b is None:
         if not past:
-            if device is not None and sessions(path, None):
+            every = sessions(path, None) if device is not None else []
+            if every:
                 raise BenchError(f"no bench session on device '{device}' in the history",
-                                 why="devices in it: " + ", ".join(sorted({s["device"] for s in sessions(path, None)})),
+                                 why="devices in it: " + ", ".join(sorted({s["device"] for s in every})),
                                  fix="pick one of them with --device, or run `edgekd bench --device "
                                      f"{device}` first")
             raise BenchError("the bench history is empty", fix="run `edgekd bench` first")
