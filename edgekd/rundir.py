@@ -64,9 +64,24 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, final)
+        _fsync_dir(final.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable: without this a power cut can bring back the old file (or none) under its name."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a platform that cannot open folders (Windows) has nothing to sync
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a folder; the rename itself has happened
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_save_array(path: str | os.PathLike[str], array) -> Path:

@@ -62,3 +62,21 @@ def test_later_stages_read_only_the_files_a_stage_recorded(tmp_path):
     run.mark_done("export", "h", [current], 1.0)
     assert run.recorded_outputs("export", "artifact.json") == [current]
     assert run.recorded_outputs("bench", "bench-*.json") == []
+
+
+def test_an_atomic_write_syncs_the_folder_that_holds_the_rename(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    synced_folders = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            synced_folders.append(os.path.realpath(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    atomic_write(tmp_path / "sub" / "file.json", "{}")
+    assert synced_folders == [os.path.realpath(tmp_path / "sub")]
+
