@@ -175,3 +175,15 @@ def test_a_corrupt_artifact_record_names_its_first_problem(tmp_path, record, pro
     with pytest.raises(ArtifactError, match="corrupt artifact record") as err:
         Artifact.load(tmp_path)
     assert problem in err.value.why and "validation error for" not in err.value.why, err.value.why
+
+
+def test_weights_past_protobufs_limit_are_refused_before_export():
+    import torch
+
+    from edgekd.errors import ExportError
+    from edgekd.export.onnx import check_fits_one_file
+
+    check_fits_one_file(torch.nn.Linear(8, 8))
+    huge = torch.nn.Linear(32768, 16384, bias=False, device="meta")  # 2 GiB of float32, never allocated
+    with pytest.raises(ExportError, match="2.0 GiB of weights"):
+        check_fits_one_file(huge)

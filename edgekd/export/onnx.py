@@ -99,11 +99,26 @@ def _offending_module(model: "nn.Module", in_shape: tuple[int, ...], opset: int)
     return ""
 
 
+_PROTOBUF_LIMIT = 2 * 1024 ** 3
+
+
+def check_fits_one_file(model: "nn.Module") -> None:
+    """Refuse weights past protobuf's 2 GiB: ONNX would move them to a side file named after the temp file,
+    which the atomic rename would leave behind, and a model that size is no on-device model anyway."""
+    weight_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    if weight_bytes >= _PROTOBUF_LIMIT:
+        raise ExportError(f"'{type(model).__name__}' has {weight_bytes / 1024 ** 3:.1f} GiB of weights; "
+                          "edgekd writes single-file ONNX models, which protobuf caps at 2 GiB",
+                          fix="export a smaller model (a distilled or pruned student), or export this one with "
+                              "torch.onnx and external data yourself")
+
+
 def export_onnx(model: "nn.Module", in_shape: tuple[int, ...], path: Path, *, opset: int) -> Path:
     """Export `model` to an FP32 ONNX file at `path` (atomically), simplified by onnxslim."""
     import onnx
     import onnxslim
 
+    check_fits_one_file(model)
     program = _to_onnx_program(model, in_shape, opset)
     with atomic_path(path) as tmp:
         with captured_output(*_NOISY_LOGGERS):

@@ -15,6 +15,7 @@ import numpy as np
 
 from edgekd.errors import ExportError, first_line
 from edgekd.export.formats import FORMATS, ExportOptions
+from edgekd.export.onnx import check_fits_one_file
 from edgekd.export.quiet import captured_output
 from edgekd.progress import Reporter, SilentReporter
 from edgekd.rundir import atomic_path
@@ -44,6 +45,7 @@ def export_text_onnx(model: "nn.Module", length: int, path: Path, *, opset: int)
     import onnx
     import torch
 
+    check_fits_one_file(model)
     model.eval()
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("length", min=2, max=length)
     with captured_output(*_NOISY):
