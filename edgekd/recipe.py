@@ -524,6 +524,8 @@ def check_registered_names(recipe: Recipe, origin: str = "<recipe>") -> None:
                     fix=f"remove or rename {path}.params.{key} in {origin}",
                 )
             _check_size(f"{path}.params.{key}", accepted[key].default, value, origin)
+    for path, cfg in text_models:
+        _check_text_student_builds(path, cfg, origin)
     _check_checkpoints_exist(recipe, origin)
     from edgekd.devices.profiles import find_profile
 
@@ -532,6 +534,21 @@ def check_registered_names(recipe: Recipe, origin: str = "<recipe>") -> None:
     except EdgeKDError as exc:
         raise RecipeError(f"invalid recipe: bench.device: {exc.what}", why=exc.why,
                           fix=f"set bench.device in {origin} to one of those (or a profile path)") from None
+
+
+def _check_text_student_builds(path: str, cfg: ModelConfig, origin: str) -> None:
+    """Build the text student on the meta device (no memory, no data) so that sizes torch refuses, such as
+    heads not dividing hidden, fail now rather than after minutes of tokenizing and teacher embedding."""
+    import torch
+
+    from edgekd.text.student import TEXT_STUDENTS
+
+    try:
+        with torch.device("meta"):
+            TEXT_STUDENTS[cfg.family](8, 2, pad_id=0, max_length=8, **cfg.params)
+    except (ValueError, RuntimeError) as exc:
+        raise RecipeError(f"invalid recipe: {path}.params: '{cfg.family}' cannot be built with {cfg.params}",
+                          why=str(exc), fix=f"change {path}.params in {origin} (hidden a multiple of heads)") from None
 
 
 def _check_size(path: str, default: Any, value: Any, origin: str) -> None:

@@ -62,6 +62,9 @@ def test_text_student_sizes_are_checked_when_the_recipe_loads():
     with pytest.raises(RecipeError, match=r"student\.model\.params\.layers: must be a positive integer"):
         load_recipe({"name": "x", "task": "text", "student": {"model": {"family": "text_transformer",
                                                                           "params": {"layers": 0}}}})
+    with pytest.raises(RecipeError, match=r"student\.model\.params: 'text_transformer' cannot be built"):
+        load_recipe({"name": "x", "task": "text", "student": {"model": {"family": "text_transformer",
+                                                                          "params": {"hidden": 32, "heads": 3}}}})
 
 
 def test_a_missing_teacher_checkpoint_fails_when_the_recipe_loads(tmp_path):
