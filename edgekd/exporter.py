@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from edgekd.errors import CheckpointError, RecipeError
 from edgekd.export.artifact import Artifact
 from edgekd.export.formats import FORMATS, ExportOptions
 from edgekd.export.verify import parity
+from edgekd.names import PATH_COMPONENT
 from edgekd.progress import Reporter, SilentReporter
 from edgekd.rundir import sha256_file
 
@@ -286,6 +288,10 @@ def export_checkpoint(checkpoint: str | Path, output_dir: str | Path, *, formats
     model = create_model(spec["family"], in_shape=tuple(spec["in_shape"]), num_classes=spec["num_classes"],
                          **spec["params"])
     role = str(meta.get("role", checkpoint.stem))
+    if not re.match(PATH_COMPONENT, role):  # it names the artifact folders: "../x" would write outside them
+        raise CheckpointError(f"{checkpoint} records the role {role!r}, which is no name",
+                              why="the role names the artifact folders, so it cannot hold '/' or be '.' or '..'",
+                              fix="export from the run that wrote the checkpoint (edgekd run RECIPE)")
     load_weights(model, checkpoint, role=role)
     splits = load_data(**data_cfg)
     rng = np.random.default_rng(0)

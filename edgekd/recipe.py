@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgekd.errors import EdgeKDError, RecipeError
+from edgekd.names import IDENTIFIER
 
 # int8_qat: ONNX only, made by quantization-aware distillation (export.qat)
 Precision = Literal["fp32", "int8_static", "int8_dynamic", "int4", "int8_qat"]
@@ -212,6 +213,27 @@ class DistillConfig(_Strict):
                              f"(teacher first, then each member), got {len(self.ensemble.weights)}")
         return self
 
+    @model_validator(mode="after")
+    def _strategy_honours(self) -> "DistillConfig":
+        """A loss or feature term the strategy could not use fails here instead of being ignored in training."""
+        deep = self.strategy == "self" and self.self_distill.mode == "deep_supervision"
+        label = "self (deep_supervision)" if deep else self.strategy
+        kd_only = {"ensemble": "it combines its teachers' soft targets with the kd loss",
+                   "mutual": "its peers teach each other with the kd loss (temperature and alpha of distill.loss)",
+                   "self (deep_supervision)": "the final classifier teaches the auxiliary heads with the kd loss "
+                                              "(temperature and alpha of distill.loss)"}
+        if label in kd_only and self.loss.name != "kd":
+            raise ValueError(f"distill.loss.name '{self.loss.name}' cannot be used with strategy '{label}': "
+                             f"{kd_only[label]}; set distill.loss.name to kd, or use strategy standard "
+                             f"for {self.loss.name}")
+        no_teacher = {"mutual": "there is no teacher network whose layers a feature term could match",
+                      "self (deep_supervision)": "the network teaches its own heads through their outputs; there "
+                                                 "is no teacher network whose layers a feature term could match"}
+        if label in no_teacher and self.features:
+            raise ValueError(f"distill.features cannot be used with strategy '{label}': {no_teacher[label]}; "
+                             "remove distill.features, or use strategy standard (or self with mode born_again)")
+        return self
+
 
 class ScratchConfig(_Strict):
     """The baseline: the student's architecture trained on labels alone, same data, steps and seed."""
@@ -330,7 +352,7 @@ class BenchConfig(_Strict):
 
 
 class Recipe(_Strict):
-    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+    name: str = Field("run", pattern=IDENTIFIER,
                       description="the run directory's name: <output_dir>/<name>/")
     seed: int = Field(0, description="seeds every training (same seed for the student and its scratch baseline)")
     task: Literal["classify", "text"] = Field(

@@ -187,7 +187,7 @@ class RunDir:
             return False
         for rel, digest in record.get("outputs", {}).items():
             path = self.root / rel
-            if not path.is_file() or sha256_file(path) != digest:
+            if not _inside_run(rel) or not path.is_file() or sha256_file(path) != digest:
                 return False
         return True
 
@@ -212,9 +212,16 @@ class RunDir:
         read these rather than globbing folders, so a file an earlier run left behind (a precision since
         dropped, a bench since disabled) is never taken for a current one."""
         record = self.stage_record(stage) or {}
-        return sorted(self.root / rel for rel in record.get("outputs", {}) if Path(rel).match(pattern))
+        return sorted(self.root / rel for rel in record.get("outputs", {})
+                      if _inside_run(rel) and Path(rel).match(pattern))
 
     def forget(self, stage: str) -> None:
         manifest = self.load_manifest()
         if manifest["stages"].pop(stage, None) is not None:
             atomic_write_json(self.manifest_path, manifest)
+
+
+def _inside_run(rel: str) -> bool:
+    """A manifest's output path stays in the run folder (the manifest is a file anyone may edit)."""
+    path = Path(rel)
+    return not path.is_absolute() and ".." not in path.parts

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -23,6 +24,7 @@ from edgekd.bench.result import BenchResult
 from edgekd.devices.base import Device, cool_down, python_argv, temperature
 from edgekd.errors import ArtifactError, BenchError, EdgeKDError
 from edgekd.export.artifact import RECORD_NAME, Artifact
+from edgekd.names import PATH_COMPONENT
 from edgekd.progress import Reporter, SilentReporter
 from edgekd.rundir import sha256_file
 
@@ -80,7 +82,7 @@ def _describe_bare_file(path: Path) -> Artifact:
     except EdgeKDError as exc:
         raise ArtifactError(f"cannot benchmark {path}: {exc.what}", why=exc.why, fix=exc.fix) from None
     info = backend.inspect(path)
-    return Artifact(name=path.stem, role="model", format=backend.name, precision="unknown", file=path.name,
+    return Artifact(name=path.stem if re.match(PATH_COMPONENT, path.stem) else "model", role="model", format=backend.name, precision="unknown", file=path.name,
                     size_bytes=path.stat().st_size, sha256=sha256_file(path), inputs=info.inputs,
                     outputs=info.outputs, op_histogram=info.op_histogram, layout_ops=info.layout_ops,
                     weight_bits=info.weight_bits, directory=path.parent)
@@ -101,9 +103,15 @@ def _synthetic_inputs(artifact: Artifact, batch_size: int, folder: Path) -> dict
                              why=f"its input '{spec['name']}' has shape {spec['shape']}",
                              fix=f"use --batch-size {fixed}, or export the model with a dynamic batch (ONNX)")
         shape = [d if isinstance(d, int) and d > 0 else batch_size for d in spec["shape"]]
-        dtype = "float32" if spec.get("quantization") else spec.get("dtype", "float32")
-        path = folder / f"{spec['name']}.npy"
-        np.save(path, rng.random(shape).astype(dtype))
+        try:
+            dtype = np.dtype("float32" if spec.get("quantization") else spec.get("dtype", "float32"))
+        except TypeError:
+            dtype = np.dtype(object)
+        if dtype.kind not in "biuf":
+            raise BenchError(f"{artifact.name} takes {dtype} input '{spec['name']}': edgekd can only make up numbers",
+                             fix="benchmark a model whose inputs are numeric tensors")
+        path = folder / f"input{len(out)}.npy"  # by position: an input's name comes from the model file
+        np.save(path, rng.random(shape).astype(dtype), allow_pickle=False)
         out[spec["name"]] = str(path)
     return out
 

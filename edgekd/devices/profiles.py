@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -18,6 +19,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from edgekd.devices.base import Device, DeviceError, DeviceProfile
 from edgekd.errors import RegistryError
+from edgekd.names import IDENTIFIER, IDENTIFIER_RULE
 
 KINDS = ("local", "ssh", "adb")
 _COMMON = {"name", "kind", "python", "workdir", "threads", "cpus", "emulated"}
@@ -39,8 +41,12 @@ def known_profiles() -> list[str]:
 def _builtin_host() -> DeviceProfile:
     import sys
 
-    return DeviceProfile(name="host", kind="local", python=sys.executable,
-                         workdir=str(Path(tempfile.gettempdir()) / f"edgekd-host-{os.getuid()}"))
+    return DeviceProfile(name="host", kind="local", python=sys.executable, workdir=_local_workdir("host"))
+
+
+def _local_workdir(name: str) -> str:
+    """A work directory of this user's own (not /tmp/edgekd-work, which every user of the machine shares)."""
+    return str(Path(tempfile.gettempdir()) / f"edgekd-{name}-{os.getuid()}")
 
 
 def find_profile(name_or_path: str) -> DeviceProfile:
@@ -75,12 +81,18 @@ def load_profile(path: Path) -> DeviceProfile:
     check_fields(raw, path)
     common = {k: raw[k] for k in _COMMON if k in raw}
     common.setdefault("name", Path(path).stem)
+    if not re.match(IDENTIFIER, common["name"]):
+        raise DeviceError(f"invalid device profile {path}: its file name '{common['name']}' is no device name",
+                          why=f"without `name:` a profile is named after its file, and a device name is one word "
+                              f"of {IDENTIFIER_RULE} (it names files)",
+                          fix="add `name:` to the profile, or rename the file")
     if raw["kind"] == "adb":
         common.setdefault("workdir", "/data/local/tmp/edgekd")
-    if raw["kind"] == "local" and "python" not in common:
+    if raw["kind"] == "local":
         import sys
 
-        common["python"] = sys.executable
+        common.setdefault("python", sys.executable)
+        common.setdefault("workdir", _local_workdir(common["name"]))
     return DeviceProfile(**common, options={k: v for k, v in raw.items() if k not in _COMMON})
 
 
@@ -124,7 +136,8 @@ class Native(_Checked):
 class CommonProfile(_Checked):
     """What every kind reads: DeviceProfile's fields, thermal: (cool_down), native: (a device without Python)."""
 
-    name: Text = _field("non-empty text on one line", "pi", default="")
+    name: Annotated[str, Field(pattern=IDENTIFIER)] = _field(f"one word of {IDENTIFIER_RULE} (it names files)",
+                                                             "pi", default="")
     kind: str = ""  # checked before validation: it picks the model
     python: Text | Annotated[list[Text], Field(min_length=1)] | None = _field(
         "the path of the device's Python, a non-empty list of words (an argv prefix), or null", "python3", None)

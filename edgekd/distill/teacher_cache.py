@@ -38,6 +38,7 @@ from typing import Any, Callable
 import numpy as np
 
 from edgekd.errors import TeacherOutputError, first_line
+from edgekd.names import PATH_COMPONENT
 from edgekd.rundir import atomic_save_array, atomic_write_json, hash_obj, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -215,7 +216,10 @@ def load_entry(npy_path: Path, *, verify: bool = True) -> TeacherOutputs:
         raise bad(f"{side.name} lacks the field {first_line(exc)}") from None
     arrays: dict[str, np.ndarray] = {}
     for role, entry in names.items():
-        path = npy_path.parent / entry["name"]
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not re.match(PATH_COMPONENT, name):
+            raise bad(f"{side.name} names {name!r} as its {role} file: not a file name in the cache")
+        path = npy_path.parent / name
         if not path.is_file():
             raise bad(f"{path.name} is missing")
         size = path.stat().st_size

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgekd.errors import ArtifactError, first_line
+from edgekd.names import PATH_COMPONENT
 from edgekd.rundir import atomic_write, sha256_file
 
 ARTIFACT_SCHEMA = "edgekd.artifact/1"
@@ -41,11 +42,12 @@ class Artifact(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     schema_: str = Field(ARTIFACT_SCHEMA, alias="schema")
-    name: str
-    role: str
+    # Joined to folders (results, the artifact's own): never a path of their own (see edgekd.names).
+    name: str = Field(pattern=PATH_COMPONENT)
+    role: str = Field(pattern=PATH_COMPONENT)
     format: Literal["onnx", "tflite"]
     precision: str
-    file: str
+    file: str = Field(pattern=PATH_COMPONENT)
     size_bytes: int
     sha256: str
     parameters: int | None = None
@@ -119,5 +121,8 @@ def _first_problem(exc: Exception) -> str:
     """pydantic's first complaint with its field ("sha256: Field required"), not "1 validation error for Artifact"."""
     if isinstance(exc, ValidationError) and exc.errors():
         error = exc.errors()[0]
-        return f"{'.'.join(map(str, error['loc'])) or 'the record'}: {error['msg']}"
+        where = '.'.join(map(str, error['loc'])) or 'the record'
+        if error["type"] == "string_pattern_mismatch":
+            return f"{where}: must be one file name, not a path, got {error['input']!r}"
+        return f"{where}: {error['msg']}"
     return first_line(exc)
