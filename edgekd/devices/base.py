@@ -97,6 +97,9 @@ class ProfiledDevice:
 
 
 RUNNER_NAME = "edgekd_runner.py"
+WORKDIR_OWNER_WHY = ("its owner could replace the runner or the model between the copy and the run, "
+                     "and so run code as you")
+WORKDIR_OWNER_FIX = "point `workdir:` in the device profile at a folder of your own, or remove the stale folder"
 
 
 def python_argv(profile: DeviceProfile) -> list[str]:

@@ -43,6 +43,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from edgekd.devices.base import (
+    WORKDIR_OWNER_FIX,
+    WORKDIR_OWNER_WHY,
     DeviceError,
     DeviceOutOfSpace,
     DeviceProfile,
@@ -84,6 +86,9 @@ _NO_SPACE = ("No space left on device", "Disk quota exceeded")
 
 # sha256 of a file on the device: exit 3 = no such file, 4 = no tool. Reading stdin avoids option parsing
 # of the path by any of the tools (busybox, coreutils, perl shasum, openssl).
+# The work directory: create it private (the runner starts from it), refuse it when another user owns it (exit 3)
+# and take group/other write access away when we own it.
+_WORKDIR_SCRIPT = 'mkdir -p -m 700 -- "$1" || exit 1; [ -O "$1" ] || exit 3; chmod go-w -- "$1"'
 _SHA256_SCRIPT = (
     '[ -f "$1" ] || exit 3; '
     'if command -v sha256sum >/dev/null 2>&1; then sha256sum < "$1"; '
@@ -108,6 +113,10 @@ class SSHDevice(ProfiledDevice):
         self.config_file = _path_option(opts.get("config_file"), "config_file", profile.name, must_exist=True)
         self.connect_timeout = _timeout(opts.get("connect_timeout"), profile.name)
         self.ssh_options = _ssh_options(opts.get("ssh_options"), profile.name)
+        self.host_key_checking = _host_key_checking(self.ssh_options)
+        if self.host_key_checking != "strict":
+            logger.warning("device '%s' connects with host-key checking relaxed by its profile (%s): a man in "
+                           "the middle would go unnoticed", profile.name, self.host_key_checking)
         self._control_dir: str | None = None
         self._finalizer: weakref.finalize | None = None
         self._made_dirs: set[str] = set()
@@ -120,7 +129,7 @@ class SSHDevice(ProfiledDevice):
         return f"{self._control()}/%C"
 
     def info(self) -> dict[str, Any]:
-        return info_via_runner(self)
+        return {**info_via_runner(self), "ssh_host_key_checking": self.host_key_checking}
 
     def run(self, argv: list[str], *, timeout: float | None = None) -> RunResult:
         """Run argv on the device; each element arrives as one literal argument."""
@@ -250,7 +259,14 @@ class SSHDevice(ProfiledDevice):
         """mkdir -p once per folder and connection (the work directory on first use, then its subfolders)."""
         if folder in self._made_dirs or folder in ("", ".", "/"):
             return
-        proc = self._ssh(shlex.join(["mkdir", "-p", "--", folder]), timeout=60, what="mkdir")
+        workdir = self.workdir.rstrip("/") or "/"
+        if folder != workdir and PurePosixPath(workdir) in PurePosixPath(folder).parents:
+            self._mkdir(workdir)  # first, so that its ownership is checked before anything goes under it
+        script = _WORKDIR_SCRIPT if folder == workdir else 'mkdir -p -- "$1"'
+        proc = self._ssh(shlex.join(["sh", "-c", script, "sh", folder]), timeout=60, what="mkdir")
+        if proc.returncode == 3 and folder == workdir:
+            raise DeviceError(f"the work directory {folder} on {self.name} belongs to another user",
+                              why=WORKDIR_OWNER_WHY, fix=WORKDIR_OWNER_FIX)
         if proc.returncode != 0:
             stderr = proc.stderr
             if any(s in stderr for s in _NO_SPACE):
@@ -421,6 +437,16 @@ def _ssh_options(value: Any, profile: str) -> list[tuple[str, str]]:
             raise _bad(profile, "ssh_options", {key: val}, "values must be non-empty, on one line")
         out.append((key, str(val)))
     return out
+
+
+def _host_key_checking(options: list[tuple[str, str]]) -> str:
+    """'strict', or the profile's options that let ssh connect without checking the host key against
+    known_hosts (said in the log and recorded in the device info of every result)."""
+    relaxing = [f"{key}={value}" for key, value in options
+                if (key.lower() == "stricthostkeychecking" and value.lower() not in ("yes", "ask"))
+                or (key.lower() == "nohostauthenticationforlocalhost" and value.lower() == "yes")
+                or key.lower() == "knownhostscommand"]
+    return ", ".join(relaxing) or "strict"
 
 
 # ---------------------------------------------------------------------- helpers
