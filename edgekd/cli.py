@@ -15,8 +15,9 @@ from typing import Any, Callable, List, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
-from edgekd.errors import EdgeKDError
+from edgekd.errors import EdgeKDError, printable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distill a teacher into a small student, export it (ONNX, TFLite), verify it and benchmark it.")
@@ -59,11 +60,11 @@ def _handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except EdgeKDError as exc:
             if _state["debug"]:
                 raise
-            err_console.print(f"[bold red]error:[/] {escape(exc.what)}", highlight=False, markup=True)
-            if exc.why:
-                err_console.print(f"  why: {exc.why}", highlight=False, markup=False)
+            err_console.print(f"[bold red]error:[/] {escape(printable(exc.what))}", highlight=False, markup=True)
+            if exc.why:  # may quote a device's stderr: no escape sequence of its reaches the terminal
+                err_console.print(f"  why: {printable(exc.why)}", highlight=False, markup=False)
             if exc.fix:
-                err_console.print(f"  fix: {exc.fix}", highlight=False, markup=False)
+                err_console.print(f"  fix: {printable(exc.fix)}", highlight=False, markup=False)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:
             how = "terminated" if isinstance(exc, _Terminated) else "interrupted"
@@ -167,7 +168,8 @@ def export(checkpoint: Path = typer.Argument(..., help="an edgekd checkpoint (<r
     for a in artifacts:
         p = a.parity
         console.print(f"{a.name}: {a.size_bytes / 1024:.1f} KiB, accuracy {p.accuracy:.2%}, agreement "
-                      f"{p.agreement:.2%} → {'ok' if p.passed else 'FAILED: ' + str(p.reason)}   {a.path}")
+                      f"{p.agreement:.2%} → {'ok' if p.passed else 'FAILED: ' + str(p.reason)}   {a.path}",
+                      markup=False, highlight=False)
     if any(not a.ok for a in artifacts):
         raise typer.Exit(1)
 
@@ -214,7 +216,7 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
                               f"threads {c['p50_us'][1]:.2f} µs ({c['speedup']:.2f}× [{lo:.2f}, {hi:.2f}]) → "
                               + ("the thread setting takes effect" if c["took_effect"] else
                                  "no difference beyond the noise (too small to split, or threads not applied)"),
-                              highlight=False)
+                              markup=False, highlight=False)
         return
     from edgekd.rundir import writable_dir
 
@@ -231,7 +233,7 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
         if r.sustained and r.sustained["windows"]:
             trend = "  ".join(f"{w['t_start_s']:.0f}s:{w['p50_us']:.2f}" for w in r.sustained["windows"])
             console.print(f"{r.artifact['name']} on {r.device['name']}: p50 over time (µs) {trend}; "
-                          f"last/first {r.sustained['last_over_first']:.2f}×", highlight=False)
+                          f"last/first {r.sustained['last_over_first']:.2f}×", markup=False, highlight=False)
 
 
 def _one_of(**options: Any) -> None:
@@ -284,7 +286,7 @@ def history_cmd(device: Optional[str] = typer.Option(None, "--device", help="onl
     for col in ("session", "when", "device", "results"):
         table.add_column(col)
     for s in found:
-        table.add_row(s["session"], s["created_at"], s["device"], str(s["results"]))
+        table.add_row(s["session"], s["created_at"], Text(s["device"]), str(s["results"]))
     console.print(table)
 
 
@@ -306,7 +308,7 @@ def compare(a: Optional[str] = typer.Argument(None, help="earlier session (defau
     for r in rows:
         lo, hi = r["p50_change_pct_ci95"]
         verdict = ("faster" if r["p50_change_pct"] < 0 else "slower") if r["significant"] else "within noise"
-        table.add_row(r["artifact"] + ("" if r["same_file"] else " (file changed)"), f"{r['p50_a_us']:.2f}",
+        table.add_row(Text(r["artifact"] + ("" if r["same_file"] else " (file changed)")), f"{r['p50_a_us']:.2f}",
                       f"{r['p50_b_us']:.2f}", f"{r['p50_change_pct']:+.1f}% [{lo:+.1f}, {hi:+.1f}]",
                       f"±{r['round_spread_pct']:.0f}%", verdict)
     console.print(table)

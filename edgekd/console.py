@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 
 def _fields_text(fields: dict[str, Any]) -> str:
@@ -105,7 +106,7 @@ def summary_table(summary: dict[str, Any]) -> Table:
         worst_txt = f"{worst['class']}: {worst['delta_points']:+.1f} pt" if worst else "–"
         parity = "ok" if r.get("parity_passed") else ("FAILED" if r.get("parity_passed") is False else "–")
         table.add_row(
-            r["name"], f"{r['parameters']:,}" if r.get("parameters") is not None else "–",
+            Text(r["name"]), f"{r['parameters']:,}" if r.get("parameters") is not None else "–",
             f"{r['size_bytes'] / 1024:.1f}",
             f"{r['share_4bit']:.0%}" if r.get("share_4bit") else "–",
             f"{r['accuracy']:.2%}" if r.get("accuracy") is not None else "–",
@@ -134,7 +135,7 @@ def bench_table(results: list[Any]) -> Table:
         peak = r.memory_kb.get("vmhwm") or r.memory_kb.get("peak")
         p50 = "–" if lat.get("p50") is None else f"{lat['p50']:.2f} {_ci(lat.get('ci95_p50'))}" + (
             " unstable" if lat.get("unstable") else "")
-        table.add_row(r.artifact["name"], r.device["name"],
+        table.add_row(Text(r.artifact["name"]), Text(r.device["name"]),  # names come from files: not markup
                       f"{r.runtime.get('name')} {r.runtime.get('version') or ''}" + (
                           f" ({r.runtime.get('tool')})" if r.harness == "native" else ""),
                       p50, _spread(r.round_p50_us), "–" if lat.get("p99") is None else f"{lat['p99']:.2f}",

@@ -9,6 +9,13 @@ from __future__ import annotations
 import re
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# Escape sequences (CSI, OSC) and other control characters, which a device's stderr may carry.
+_TERMINAL_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def printable(text: str) -> str:
+    """`text` without terminal control sequences: quoted device output must not retitle or clear a terminal."""
+    return _TERMINAL_CONTROL.sub("", text)
 
 
 class EdgeKDError(Exception):
