@@ -62,6 +62,110 @@ def test_two_processes_with_ddp_match_one_process(tmp_path):
         assert abs(acc_one - acc_two) <= 0.03, (stage, acc_one, acc_two)
         agreement = (_predictions(tmp_path / "one" / "ddp", role, x_test)
                      == _predictions(tmp_path / "two" / "ddp", role, x_test)).mean()
-        # Not bit-identical: each rank's cross-entropy averages over its own labelled samples.
+        # Not bit-identical: the ranks' gradients are summed in another order (float rounding).
         assert agreement >= 0.95, (role, agreement)
     assert (tmp_path / "two" / "ddp" / "artifacts" / "student-onnx-fp32" / "model.onnx").is_file()
+
+
+# Runs under torchrun (2 ranks, gloo): every objective is trained for a few steps by one process (distributed=False)
+# and by DDP (distributed=True) on batches of 9 rows (shares of 5 and 4) where the first batch's labelled rows all
+# fall in rank 0's share; the gradients of every step (model and objective parameters) and the logged losses must
+# be the single-process ones. Each rank writes the largest differences it saw to DIFFS-<rank>.json.
+WORKER = r"""
+import json, sys
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from edgekd.distill.losses import LOSSES
+from edgekd.distill.objectives import (AuxiliaryHeads, DeepSupervisionObjective, DistillObjective, FeatureTerm,
+                                       FeatureTerms, MutualObjective, Peers)
+from edgekd.distill.trainer import ResponseObjective, _batches, fit
+
+dist.init_process_group("gloo")
+torch.set_num_threads(1)
+N, C, STEPS, SEED = 9, 3, 3, 0
+rng = np.random.default_rng(1)
+x = rng.standard_normal((N, 1, 6, 6)).astype(np.float32)
+first = next(_batches(N, N, 1, np.random.default_rng(SEED)))
+y = np.full(N, -1, dtype=np.int64)
+y[first[0::2][:2]] = [0, 2]  # the first batch: two labelled rows, both in rank 0's share
+teacher_logits = rng.standard_normal((N, C)).astype(np.float32) * 3
+ensemble_logits = rng.standard_normal((2, N, C)).astype(np.float32) * 3
+
+
+def net(width=4):
+    return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(width * 4, C))
+
+
+def features(student):
+    from edgekd.distill.features import match_features
+
+    torch.manual_seed(7)
+    teacher = net(6).eval()
+    pairs, adapters = match_features(teacher, student, [("1", "1")], (1, 6, 6))
+    adapters["identity"] = nn.Identity()
+    terms = [FeatureTerm("hint", "1", "1", 1.0, {}, pairs[0].key),
+             FeatureTerm("cosine", "1", "1", 0.5, {}, pairs[0].key),
+             FeatureTerm("attention", "3", "3", 2.0, {"p": 2.0}, "identity"),
+             FeatureTerm("similarity", "3", "3", 3.0, {}, "identity"),
+             FeatureTerm("rkd", "5", "5", 1.0, {}, "identity"),
+             FeatureTerm("mse", "logits", "logits", 0.1, {}, "identity")]
+    return FeatureTerms(terms, teacher, adapters)
+
+
+def objectives():
+    yield "kd", net, lambda m: ResponseObjective(LOSSES["kd"], teacher_logits, {"temperature": 4.0, "alpha": 0.5})
+    yield "dkd", net, lambda m: ResponseObjective(LOSSES["dkd"], teacher_logits, {"temperature": 2.0, "beta": 4.0})
+    yield "ce", net, lambda m: ResponseObjective(LOSSES["ce"])
+    yield "features", net, lambda m: DistillObjective("kd", {"temperature": 4.0, "alpha": 0.5}, teacher_logits,
+                                                      features(m)).attach(m)
+    yield "ensemble", net, lambda m: DistillObjective("kd", {}, ensemble_logits, None,
+                                                      {"mode": "loss_average", "temperature": 3.0, "alpha": 0.7})
+    yield "mutual", lambda: Peers([net(), net(5)]), lambda m: MutualObjective(3.0, 0.5)
+    yield "deep_supervision", net, lambda m: DeepSupervisionObjective(
+        m, AuxiliaryHeads({"1": (4, 6, 6), "5": (16,)}, C), 3.0, 0.5)
+
+
+def train(make_model, make_objective, distributed):
+    torch.manual_seed(3)
+    model = make_model()
+    objective = make_objective(model)
+    params = [*model.parameters(), *objective.parameters()]
+    grads = []
+    result = fit(model, x, y, objective=objective, steps=STEPS, batch_size=N, lr=1e-2, weight_decay=0.0, seed=SEED,
+                 distributed=distributed,
+                 after_step=lambda: grads.append([p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+                                                  for p in params]))
+    getattr(objective, "close", lambda: None)()
+    return grads, [h["loss"] for h in result.history]
+
+
+diffs = {}
+for name, make_model, make_objective in objectives():
+    one, one_loss = train(make_model, make_objective, False)
+    two, two_loss = train(make_model, make_objective, True)
+    scale = max(float(g.abs().max()) for step in one for g in step)
+    diffs[name] = {"grad": max(float((a - b).abs().max()) for s1, s2 in zip(one, two) for a, b in zip(s1, s2)) / scale,
+                   "loss": max(abs(a - b) for a, b in zip(one_loss, two_loss)), "scale": scale}
+with open(sys.argv[1] + f"-{dist.get_rank()}.json", "w") as fh:
+    json.dump(diffs, fh)
+dist.destroy_process_group()
+"""
+
+
+def test_ddp_gradients_equal_the_single_process_gradients_with_uneven_shares_and_labels(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", str(script), str(tmp_path / "DIFFS")],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for rank in (0, 1):
+        diffs = json.loads((tmp_path / f"DIFFS-{rank}.json").read_text())
+        assert set(diffs) == {"kd", "dkd", "ce", "features", "ensemble", "mutual", "deep_supervision"}
+        for name, d in diffs.items():
+            assert d["scale"] > 0 and d["grad"] < 1e-5 and d["loss"] < 1e-5, (rank, name, d)

@@ -327,6 +327,33 @@ def test_loss_average_has_the_gradient_of_kd_against_its_ensemble_target(pair, k
     assert torch.allclose(a.grad, b.grad, atol=1e-9)
 
 
+# --- a distributed rank's share of a batch ---------------------------------------------------------------------------
+
+@FAST
+@given(logit_pairs(n=(2, 9), dtype=np.float64), st.integers(2, 4), st.sampled_from(["kd", "dkd", "ce", "ensemble"]))
+def test_the_ranks_parts_of_a_batch_add_up_to_the_whole_batch_loss(pair, world, name):
+    """Under DDP each rank returns its rows' part of the batch's loss × world (DDP divides by world again): the
+    parts must add up to the whole batch's loss whatever the shares' sizes and labelled rows."""
+    from edgekd.distill.batch_share import Share, batch_share
+
+    s, t, y = pair
+    assume(len(s) >= world)
+    teachers = torch.stack([t, t.flip(0)])
+
+    def loss(rows: torch.Tensor) -> torch.Tensor:
+        if name == "ensemble":
+            return ensemble_kd(s[rows], teachers[:, rows], y[rows], mode="confidence", alpha=0.5)
+        return LOSSES[name](s[rows], t[rows], y[rows], **({"alpha": 0.5} if name == "kd" else {}))
+
+    rows = torch.arange(len(s))
+    sizes = tuple(len(rows[r::world]) for r in range(world))
+    parts = []
+    for rank in range(world):
+        with batch_share(Share(rank, sizes, int((y != UNLABELLED).sum()))):
+            parts.append(loss(rows[rank::world]))
+    assert _close(sum(parts) / world, loss(rows), rtol=1e-9, atol=1e-9)
+
+
 # --- robustness -----------------------------------------------------------------------------------------------------
 
 @BROAD

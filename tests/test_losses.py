@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgekd.distill.losses import (LOSSES, UNLABELLED, ensemble_kd, ensemble_targets, loss_kind, needs_same_shape,
-                                   soft_kl)
+from edgekd.distill.losses import (LOSSES, UNLABELLED, ensemble_kd, ensemble_targets, is_relational, loss_kind,
+                                   needs_same_shape, soft_kl)
 from edgekd.errors import FeatureError, RegistryError
 
 logits = st.integers(min_value=0, max_value=2**31 - 1).map(
@@ -60,6 +60,15 @@ def test_unlabelled_samples_only_feed_the_soft_term():
     assert float(LOSSES["ce"](s, None, none)) == 0.0
 
 
+def test_a_batch_without_labels_backpropagates_a_zero_hard_term():
+    """A cross-entropy-only loss on a batch (or a distributed rank's share) with no labelled row used to have no
+    autograd graph, so backward() failed."""
+    s = torch.randn(4, 3, requires_grad=True)
+    loss = LOSSES["ce"](s, None, torch.full((4,), UNLABELLED))
+    loss.backward()
+    assert float(loss) == 0.0 and torch.equal(s.grad, torch.zeros_like(s))
+
+
 # --- the registry: kinds, shapes, errors ---------------------------------------------------------------------------
 
 KINDS = {"kd": "logits", "ce": "logits", "dkd": "logits", "hint": "features", "mse": "features",
@@ -71,6 +80,7 @@ def test_every_loss_records_its_kind_and_whether_it_needs_equal_shapes():
     for name, kind in KINDS.items():
         assert loss_kind(name) == kind == LOSSES[name].kind
         assert needs_same_shape(name) == (name in {"hint", "mse", "cosine"})
+        assert is_relational(name) == (name in {"similarity", "rkd"})  # not a mean of per-sample terms
     with pytest.raises(RegistryError, match="unknown loss 'fitnet'"):
         loss_kind("fitnet")
     with pytest.raises(RegistryError):
@@ -114,6 +124,48 @@ def test_attention_is_the_papers_squared_distance_and_pools_the_larger_map():
     pooled = F.normalize(F.adaptive_avg_pool2d(big.pow(2).mean(1, keepdim=True), (6, 6)).flatten(1))
     assert torch.allclose(LOSSES["attention"](big, t), (pooled - _at(t)).pow(2).sum(1).mean(), atol=1e-6)
     assert torch.allclose(LOSSES["attention"](t, big), LOSSES["attention"](big, t), atol=1e-6)
+
+
+def test_cosine_of_an_all_zero_student_sample_has_a_finite_gradient_and_the_values_are_unchanged():
+    """A dead layer's all-zero sample counts as cosine 0 (loss 1); its gradient used to be inf (1 / finfo.tiny),
+    and a bias-free layer fed an all-zero input row then got NaN weight gradients (inf · 0)."""
+    torch.manual_seed(0)
+    t = torch.randn(4, 6)
+    layer = torch.nn.Linear(3, 6, bias=False)
+    x = torch.randn(4, 3)
+    x[0] = 0
+    loss = LOSSES["cosine"](layer(x), t)
+    loss.backward()
+    assert torch.isfinite(layer.weight.grad).all()
+    reference = torch.nn.Linear(3, 6, bias=False)
+    reference.load_state_dict(layer.state_dict())
+    expected = (1 - F.cosine_similarity(reference(x), t, dim=1)).mean()
+    expected.backward()
+    assert torch.allclose(loss, expected, atol=1e-6)
+    assert torch.allclose(layer.weight.grad, reference.weight.grad, atol=1e-6)
+    s = torch.zeros(4, 6, requires_grad=True)  # every sample zero
+    LOSSES["cosine"](s, t).backward()
+    assert torch.isfinite(s.grad).all()
+
+
+@pytest.mark.parametrize("name", ["cosine", "attention", "similarity", "rkd"])
+def test_a_zero_student_sample_or_two_coincident_ones_get_gradients_of_ordinary_size(name):
+    """Normalising a zero vector (a dead feature, or the difference of two coincident samples) used to give
+    gradients of ~1e10 (1/eps), which blow up Adam's second moment; now they are as large as anywhere else."""
+    torch.manual_seed(0)
+    t = torch.randn(5, 6)
+
+    def largest_gradient(s: torch.Tensor) -> float:
+        s = s.clone().requires_grad_(True)
+        LOSSES[name](s, t).backward()
+        assert torch.isfinite(s.grad).all()
+        return float(s.grad.abs().max())
+
+    ordinary = largest_gradient(torch.randn(5, 6))
+    zero, coincident = torch.randn(5, 6), torch.randn(5, 6)
+    zero[0] = 0
+    coincident[1] = coincident[0]
+    assert largest_gradient(zero) < 100 * ordinary and largest_gradient(coincident) < 100 * ordinary
 
 
 def test_similarity_is_tung_and_moris_formula():

@@ -10,8 +10,9 @@ Approach (and why):
   (they moved to torchao, which is not a dependency). Conv+BN(+ReLU), Conv+ReLU and Linear+ReLU are fused
   first (`fuse_modules_qat`), so BatchNorm is folded into the conv weights that get fake-quantized, as it is
   in the exported graph. Training is edgekd's `fit` with a `ResponseObjective` on precomputed teacher
-  logits (`kd` loss), exactly as distillation and KD recovery run; `after_step` freezes the observers and
-  BatchNorm statistics for the last quarter of the steps (the usual QAT schedule).
+  logits (the recipe's response loss, `kd` by default), exactly as distillation and KD recovery run;
+  `after_step` freezes the observers and BatchNorm statistics for the last quarter of the steps (the usual
+  QAT schedule).
 - The qconfig mirrors what the artifact will hold, not torch's x86 default: weights per-channel symmetric
   int8 in [-127, 127] (onnxruntime's grid for symmetric int8 weights: scale = max|w| / 127), activations
   per-tensor asymmetric int8 in [-128, 127] without reduce_range (onnxruntime's S8S8 QDQ with minmax
@@ -165,10 +166,14 @@ def _copy_bn(module: nn.BatchNorm2d, source: nn.BatchNorm2d) -> None:
 def qat_distill(model: nn.Module, teacher: nn.Module | np.ndarray, x: np.ndarray, target: np.ndarray, *,
                 steps: int, batch_size: int, lr: float, temperature: float = 4.0, alpha: float = 0.9,
                 seed: int = 0, calibration: np.ndarray | None = None, freeze_at: float = 0.75,
-                weight_decay: float = 0.0, return_qat: bool = False, reduce_range: bool = False):
+                weight_decay: float = 0.0, return_qat: bool = False, reduce_range: bool = False,
+                loss: str = "kd", loss_params: dict[str, float] | None = None):
     """Fine-tune a fake-quant copy of `model` for `steps` steps with the KD loss against `teacher` (a model, or
     its logits on `x`), then return the float model with the QAT-trained weights (export it with
     `qat_export_onnx`). `model` is not modified.
+
+    The loss is `LOSSES[loss]` with `loss_params` (a recipe's distill.loss, see strategies.response_params);
+    without `loss_params`, kd with `temperature` and `alpha`.
 
     `calibration` inputs, when given, are run through the fake-quant model in eval mode before training so the
     observers start from the artifact's calibration ranges instead of the first batch. Observers and
@@ -199,7 +204,8 @@ def qat_distill(model: nn.Module, teacher: nn.Module | np.ndarray, x: np.ndarray
         if done[0] == freeze_step:
             freeze(qat_model)
 
-    objective = ResponseObjective(LOSSES["kd"], teacher_logits, {"temperature": temperature, "alpha": alpha})
+    params = dict(loss_params) if loss_params is not None else {"temperature": temperature, "alpha": alpha}
+    objective = ResponseObjective(LOSSES[loss], teacher_logits, params)
     fit(qat_model, x, target, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
         objective=objective, description="quantization-aware distillation", after_step=after_step)
     freeze(qat_model)

@@ -78,10 +78,12 @@ def qat_artifact(recipe: "Recipe", splits: "Splits", *, role: str, model: "nn.Mo
                  options: "ExportOptions", lineage: dict[str, Any], teacher_sha256: str | None = None,
                  reporter: Reporter | None = None) -> Artifact:
     """Distil `model` with fake quantization from `teacher()` (export.qat.epochs over the transfer set, the
-    recipe's KD temperature and α), export it as `<role>-onnx-int8_qat` and record how it compares."""
+    recipe's response loss distill.loss with its parameters), export it as `<role>-onnx-int8_qat` and record
+    how it compares."""
     from edgekd.compress.isa import choose_reduce_range
     from edgekd.compress.qat import qat_distill
     from edgekd.distill.api import transfer_set
+    from edgekd.distill.strategies import response_params
     from edgekd.distill.trainer import predict_logits, steps_for
     from edgekd.exporter import artifact_name, export_retrained
 
@@ -91,12 +93,14 @@ def qat_artifact(recipe: "Recipe", splits: "Splits", *, role: str, model: "nn.Mo
     steps = steps_for(len(x), train.batch_size, cfg.epochs)
     reduce_range = choose_reduce_range(options.int8_reduce_range)["reduce_range"]
     teacher_logits = predict_logits(teacher(), x)
+    params = response_params(loss)
     trained, fake_quant = qat_distill(model, teacher_logits, x, target, steps=steps, batch_size=train.batch_size,
-                                      lr=cfg.lr, temperature=loss.temperature, alpha=loss.alpha, seed=recipe.seed,
+                                      lr=cfg.lr, loss=loss.name, loss_params=params, seed=recipe.seed,
                                       calibration=options.calibration, weight_decay=train.weight_decay,
                                       return_qat=True, reduce_range=reduce_range)
+    named = {"temperature": loss.temperature, "alpha": loss.alpha} if loss.name == "kd" else {}
     qat_step = {"step": "qat", "reason": decision.reason, "epochs": cfg.epochs, "steps": steps, "lr": cfg.lr,
-                "temperature": loss.temperature, "alpha": loss.alpha, "teacher": "teacher checkpoint",
+                **named, "loss": loss.name, "loss_params": params, "teacher": "teacher checkpoint",
                 "teacher_checkpoint_sha256": teacher_sha256, "weight_grid": "7-bit" if reduce_range else "8-bit"}
     name = artifact_name(role, FORMAT, PRECISION)
     artifact = export_retrained(

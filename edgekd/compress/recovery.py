@@ -33,13 +33,22 @@ def _zero_masks(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
             and bool((p == 0).any())]
 
 
+def _describe_loss(name: str, params: dict[str, Any]) -> str:
+    """The recovery loss for the lineage: kd as 'T=4.0, α=0.9', others by name and parameters."""
+    if name == "kd" and set(params) == {"temperature", "alpha"}:
+        return f"T={params['temperature']}, α={params['alpha']}"
+    return ", ".join([name, *(f"{k}={v}" for k, v in params.items())])
+
+
 def compress_and_recover(recipe: Recipe, splits: "Splits", source: nn.Module, teacher: nn.Module, *,
                          reporter: Reporter | None = None) -> CompressOutcome:
     """Prune a copy of `source` as `recipe.compress.prune` says, then distil from `teacher` for
-    `recovery.epochs` passes over the transfer set with the recipe's KD loss."""
+    `recovery.epochs` passes over the transfer set with the recipe's response loss (distill.loss: its name,
+    temperature, alpha and params; distill.features terms are not used, the pruned layers may have changed)."""
     from edgekd.compress.prune import prune, prune_to_budget
     from edgekd.distill.api import transfer_set
     from edgekd.distill.losses import LOSSES
+    from edgekd.distill.strategies import response_params
     from edgekd.distill.trainer import accuracy, fit, predict_logits, steps_for
 
     cfg = recipe.compress
@@ -77,12 +86,12 @@ def compress_and_recover(recipe: Recipe, splits: "Splits", source: nn.Module, te
 
         loss = recipe.distill.loss
         t = recipe.distill.train
-        training = fit(result.model, x, target, loss_fn=LOSSES["kd"], teacher_logits=predict_logits(teacher, x),
-                       loss_params={"temperature": loss.temperature, "alpha": loss.alpha},
-                       steps=steps_for(len(x), t.batch_size, r.epochs), batch_size=t.batch_size, lr=r.lr,
-                       weight_decay=t.weight_decay, seed=recipe.seed, val=(splits.x_val, splits.y_val),
+        params = response_params(loss)
+        training = fit(result.model, x, target, loss_fn=LOSSES[loss.name], teacher_logits=predict_logits(teacher, x),
+                       loss_params=params, steps=steps_for(len(x), t.batch_size, r.epochs), batch_size=t.batch_size,
+                       lr=r.lr, weight_decay=t.weight_decay, seed=recipe.seed, val=(splits.x_val, splits.y_val),
                        reporter=reporter, description="KD recovery", after_step=keep_zeros if masks else None)
-        steps.append(f"KD recovery: {r.epochs} epochs from the {r.teacher} (T={loss.temperature}, α={loss.alpha})")
+        steps.append(f"KD recovery: {r.epochs} epochs from the {r.teacher} ({_describe_loss(loss.name, params)})")
         metrics.update(accuracy_after_recovery=test_accuracy(result.model), recovery_steps=training.steps,
                        recovery_seconds=round(training.seconds, 2))
     return CompressOutcome(result.model, result.plan, steps, metrics)

@@ -11,8 +11,9 @@
   `x` (at most 512 rows) and returning an array or a torch tensor.
 
 `kind` says what the numbers are: "logits", "probs" or "auto" (probabilities when every value is in
-[0, 1] and every row sums to 1 within 1e-3; a file key such as `probs` decides it). Probabilities become
-log-probabilities (clipped at 1e-12): logits up to a per-row constant, which KD is invariant to.
+[0, 1] and every row sums to 1 within 1e-3; a file key such as `probs`, or an ONNX artifact whose output
+comes from a Softmax or LogSoftmax, decides it). Probabilities become log-probabilities (clipped at
+1e-12): logits up to a per-row constant, which KD is invariant to.
 Everything that does not fit (missing or unreadable file, wrong shape, NaN/inf, probabilities that do not
 sum to 1, a failing teacher function) is a TeacherOutputError saying what was expected and found.
 """
@@ -42,6 +43,9 @@ ARTIFACT_NAMES = ("model.onnx", "model.tflite")
 _CHUNK_ROWS = 65536
 _FUNCTION = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 _NPZ_KEYS = (("logits", "logits"), ("probs", "probs"), ("probabilities", "probs"))
+# ONNX ops that pass their input's meaning through (what a Softmax made is still probabilities after them)
+_SAME_VALUES = frozenset({"Identity", "Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "QuantizeLinear",
+                          "DequantizeLinear"})
 
 
 def load_teacher_outputs(source: TeacherSource, *, x: np.ndarray | None = None, num_samples: int,
@@ -91,7 +95,7 @@ def _from_path(path: Path, x: np.ndarray | None, n: int, c: int, expected: str) 
     if suffix == ".jsonl":
         return (*_load_jsonl(path, c), str(path))
     if suffix in (".onnx", ".tflite"):
-        return _run_artifact(path, x, n), "logits", f"artifact {path}"
+        return _run_artifact(path, x, n), _artifact_kind(path), f"artifact {path}"
     raise TeacherOutputError(f"unsupported teacher output file {path}",
                              why=f"the suffix '{path.suffix}' is none of .npy, .npz, .jsonl, .onnx, .tflite",
                              fix=f"save the teacher outputs (shape {expected}) with np.save as .npy")
@@ -265,6 +269,38 @@ def _run_artifact(path: Path, x: np.ndarray | None, n: int) -> np.ndarray:
         raise TeacherOutputError(f"the teacher artifact {path} failed on x of shape {tuple(x.shape)}",
                                  why=first_line(exc),
                                  fix="pass inputs of the shape the artifact was exported for") from None
+
+
+def _artifact_kind(path: Path) -> str | None:
+    """What an ONNX artifact's first output is, read from the op that makes it: "probs" after a Softmax,
+    "logits" after a LogSoftmax (log-probabilities are logits up to a per-row constant), else None.
+
+    A deployed classifier often ends in Softmax; its outputs are probabilities even when quantization keeps
+    their rows from summing to 1 within "auto"'s tolerance. None lets "auto" decide from the values (always
+    so for TFLite, whose graph is not read here).
+    """
+    if path.suffix.lower() != ".onnx":
+        return None
+    try:
+        import onnx
+
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # unreadable here: running it already succeeded, so let the values decide
+        return None
+    producer = {name: node for node in graph.node for name in node.output}
+    name = graph.output[0].name if graph.output else ""
+    for _ in range(len(graph.node)):
+        node = producer.get(name)
+        if node is None or node.domain not in ("", "ai.onnx"):
+            return None
+        if node.op_type == "Softmax":
+            return "probs"
+        if node.op_type == "LogSoftmax":
+            return "logits"
+        if node.op_type not in _SAME_VALUES or not node.input:
+            return None
+        name = node.input[0]
+    return None
 
 
 def _import_function(spec: str) -> Callable[[np.ndarray], Any]:

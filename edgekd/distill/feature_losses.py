@@ -10,6 +10,8 @@ inputs cannot overflow to inf/NaN; this changes neither the value nor the gradie
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -43,10 +45,22 @@ def _check_batch(name: str, student: torch.Tensor, teacher: torch.Tensor) -> Non
 
 
 def _unit_scale(x: torch.Tensor, per_sample: bool) -> torch.Tensor:
-    """x / max|x| (per sample or over the whole batch), the max detached: exact for scale-invariant losses."""
+    """x / max|x| (per sample or over the whole batch), the max detached: exact for scale-invariant losses.
+
+    An all-zero sample (a dead ReLU map) is left as it is: dividing it by a tiny clamp would give its
+    gradient a factor 1/tiny, which overflows to inf (and NaN weight gradients).
+    """
     dims = tuple(range(1, x.dim())) if per_sample else tuple(range(x.dim()))
-    scale = x.detach().abs().amax(dim=dims, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
-    return x / scale
+    scale = x.detach().abs().amax(dim=dims, keepdim=True)
+    return x / torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
+def _unit_rows(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """x / ‖x‖ along `dim`. An all-zero vector (a dead feature, two coincident samples' difference) stays 0
+    with a gradient of scale 1; F.normalize's eps would give it 1/eps = 1e12, and Adam's second moment then
+    damps that parameter for thousands of steps."""
+    norm = torch.linalg.vector_norm(x, dim=dim, keepdim=True)
+    return x / torch.where(norm > 0, norm, torch.ones_like(norm))
 
 
 def _zero(x: torch.Tensor) -> torch.Tensor:
@@ -80,8 +94,8 @@ def cosine_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch
     """
     _check_same_shape("cosine", student_feat, teacher_feat)
     _check_batch("cosine", student_feat, teacher_feat)
-    s = F.normalize(_unit_scale(student_feat.flatten(1), per_sample=True), dim=1, eps=_EPS)
-    t = F.normalize(_unit_scale(teacher_feat.flatten(1), per_sample=True), dim=1, eps=_EPS)
+    s = _unit_rows(_unit_scale(student_feat.flatten(1), per_sample=True))
+    t = _unit_rows(_unit_scale(teacher_feat.flatten(1), per_sample=True))
     return (1.0 - (s * t).sum(dim=1)).mean()
 
 
@@ -95,7 +109,17 @@ def _attention_map(feat: torch.Tensor, p: float, size: tuple[int, ...] | None) -
         a = a.mean(dim=1)
         if size is not None and tuple(a.shape[1:]) != size:
             a = _POOL[feat.dim()](a.unsqueeze(1), size).squeeze(1)
-    return F.normalize(a.flatten(1), dim=1, eps=_EPS)
+    return _unit_rows(a.flatten(1))
+
+
+def check_attention_p(p: float) -> None:
+    """Attention transfer needs p ≥ 1: the derivative of |f|^p at f = 0 is infinite for p < 1, and ReLU
+    maps are full of exact zeros, so every such element would get a NaN gradient."""
+    if not (isinstance(p, (int, float)) and not isinstance(p, bool) and math.isfinite(p) and p >= 1):
+        raise FeatureError(f"attention loss: p must be a number ≥ 1, got {p!r}",
+                           why="the derivative of |f|^p is infinite at f = 0 for p < 1, so ReLU features "
+                               "(exact zeros) would get NaN gradients",
+                           fix="use p = 2 (the paper's value) or any p ≥ 1")
 
 
 @_loss("attention", "features")
@@ -110,8 +134,7 @@ def attention_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, *, p:
     For 2-D (N, D) features there is no spatial axis: Q = |f|^p normalised per sample, and D must match.
     """
     _check_batch("attention", student_feat, teacher_feat)
-    if p <= 0:
-        raise ValueError(f"attention: p must be positive, got {p}")
+    check_attention_p(p)
     if student_feat.dim() != teacher_feat.dim() or student_feat.dim() > 5:
         raise FeatureError(
             f"attention loss: feature ranks differ or are unsupported ({_shapes(student_feat, teacher_feat)})",
@@ -136,10 +159,10 @@ def attention_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, *, p:
 
 def _similarity(feat: torch.Tensor) -> torch.Tensor:
     f = _unit_scale(feat.flatten(1), per_sample=False)
-    return F.normalize(f @ f.t(), dim=1, eps=_EPS)
+    return _unit_rows(f @ f.t())
 
 
-@_loss("similarity", "features")
+@_loss("similarity", "features", relational=True)
 def similarity_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
     """Similarity-preserving KD (Tung & Mori, ICCV 2019): match the batch's row-normalised Gram matrices.
 
@@ -163,11 +186,11 @@ def _pairwise_distances(e: torch.Tensor) -> torch.Tensor:
 
 def _angles(e: torch.Tensor) -> torch.Tensor:
     """cos ∠(e_j − e_i, e_k − e_i) for all (i, j, k), flattened (N³ entries, as in the authors' code)."""
-    v = F.normalize(e.unsqueeze(0) - e.unsqueeze(1), p=2, dim=2, eps=_EPS)
+    v = _unit_rows(e.unsqueeze(0) - e.unsqueeze(1), dim=2)
     return torch.bmm(v, v.transpose(1, 2)).flatten()
 
 
-@_loss("rkd", "features")
+@_loss("rkd", "features", relational=True)
 def rkd_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, *,
              distance_weight: float = 1.0, angle_weight: float = 2.0) -> torch.Tensor:
     """Relational KD (Park et al., CVPR 2019): match the batch's distance and angle structure.

@@ -7,6 +7,8 @@ Two kinds of entry live in `LOSSES`; `loss_kind(name)` tells them apart:
   whether the caller must adapt the student feature to the teacher's shape first.
 `target` holds class indices; -1 marks a sample whose label the student may not see
 (the unlabelled part of a transfer set), which contributes to the soft term only.
+Batch means go through `batch_share` (of_rows, of_labelled), so a distributed rank's share of a batch adds
+exactly its part of the whole batch's loss.
 
 KD convention (Hinton et al.; torchdistill's KDLoss):
     loss = α · T² · KL(softmax(t/T) ‖ softmax(s/T)) + (1 − α) · CE(s, y)
@@ -23,6 +25,7 @@ from typing import Callable, Literal, Sequence
 import torch
 import torch.nn.functional as F
 
+from edgekd.distill.batch_share import of_labelled, of_rows
 from edgekd.registry import Registry
 
 LossFn = Callable[..., torch.Tensor]
@@ -35,14 +38,17 @@ EnsembleMode = Literal["soft_average", "loss_average", "confidence"]
 ENSEMBLE_MODES: tuple[str, ...] = ("soft_average", "loss_average", "confidence")
 
 
-def _loss(name: str, kind: LossKind, *, same_shape: bool = False) -> Callable[[LossFn], LossFn]:
-    """Register `fn` under `name` and record its kind (and whether it compares features element-wise)."""
+def _loss(name: str, kind: LossKind, *, same_shape: bool = False,
+          relational: bool = False) -> Callable[[LossFn], LossFn]:
+    """Register `fn` under `name` and record its kind, whether it compares features element-wise, and whether
+    it relates the batch's samples to each other (so it is not a mean of per-sample terms)."""
     if kind not in ("logits", "features"):
         raise ValueError(f"loss kind must be 'logits' or 'features', not {kind!r}")
 
     def decorator(fn: LossFn) -> LossFn:
         fn.kind = kind  # type: ignore[attr-defined]
         fn.same_shape = same_shape  # type: ignore[attr-defined]
+        fn.relational = relational  # type: ignore[attr-defined]
         return LOSSES.register(name)(fn)
 
     return decorator
@@ -58,21 +64,31 @@ def needs_same_shape(name: str) -> bool:
     return bool(getattr(LOSSES[name], "same_shape", False))
 
 
+def is_relational(name: str) -> bool:
+    """True when the loss relates the batch's samples to each other (similarity, rkd), rather than averaging
+    per-sample terms: a distributed rank must see the whole batch for it (batch_share.gather_rows)."""
+    return bool(getattr(LOSSES[name], "relational", False))
+
+
 def _hard_ce(student_logits: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
-    """Cross-entropy over the labelled samples of the batch (0 when none is labelled)."""
+    """Cross-entropy over the labelled samples of the batch (0 when none is labelled).
+
+    The 0 keeps the autograd graph, so a batch (or a distributed rank's share) without labels still backpropagates.
+    """
     if target is None:
         return student_logits.new_zeros(())
     labelled = target != UNLABELLED
-    if not bool(labelled.any()):
-        return student_logits.new_zeros(())
-    return F.cross_entropy(student_logits[labelled], target[labelled])
+    count = int(labelled.sum())
+    if not count:
+        return (student_logits * 0).sum()
+    return of_labelled(F.cross_entropy(student_logits[labelled], target[labelled]), count)
 
 
 def _soft_kl_to(student_logits: torch.Tensor, teacher_log_probs: torch.Tensor, temperature: float) -> torch.Tensor:
     """T² · KL(p ‖ softmax(s/T)) for a teacher distribution given as log-probabilities, mean over the batch."""
     t = temperature
-    return F.kl_div(F.log_softmax(student_logits / t, dim=-1), teacher_log_probs,
-                    reduction="batchmean", log_target=True) * (t * t)
+    kl = F.kl_div(F.log_softmax(student_logits / t, dim=-1), teacher_log_probs, reduction="batchmean", log_target=True)
+    return of_rows(kl, len(student_logits)) * (t * t)
 
 
 def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -137,10 +153,11 @@ def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, 
     s_bin, s_rest = _binary_and_rest(student_logits, gt, temperature)
     t_bin, t_rest = _binary_and_rest(teacher_logits, gt, temperature)
     t2 = temperature * temperature
-    tckd = F.kl_div(s_bin, t_bin, reduction="batchmean", log_target=True) * t2
+    n = len(student_logits)
+    tckd = of_rows(F.kl_div(s_bin, t_bin, reduction="batchmean", log_target=True), n) * t2
     loss = alpha * tckd
     if student_logits.shape[-1] > 2:  # with 2 classes there is no non-target distribution to match
-        loss = loss + beta * F.kl_div(s_rest, t_rest, reduction="batchmean", log_target=True) * t2
+        loss = loss + beta * of_rows(F.kl_div(s_rest, t_rest, reduction="batchmean", log_target=True), n) * t2
     if ce_weight:
         loss = loss + ce_weight * _hard_ce(student_logits, target)
     return loss

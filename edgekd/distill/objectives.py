@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgekd.distill.losses import LOSSES, UNLABELLED, ensemble_kd, kd_loss
+from edgekd.distill.batch_share import gather_rows, of_rows, weighted_by_world
+from edgekd.distill.losses import LOSSES, UNLABELLED, ensemble_kd, is_relational, kd_loss
 from edgekd.distill.trainer import Objective
 
 LOGITS = "logits"  # the feature path that names a model's output
@@ -78,7 +79,12 @@ class FeatureTerms:
         for term in self.terms:
             s = student_logits if term.student == LOGITS else self._student_tap.features[term.student]
             t = teacher_logits if term.teacher == LOGITS else self._teacher_tap.features[term.teacher]
-            total = total + term.weight * LOSSES[term.loss](self.adapters[term.key](s), t.detach(), **term.params)
+            s = self.adapters[term.key](s)
+            if is_relational(term.loss):  # on a distributed rank: the whole batch's relations
+                value = weighted_by_world(LOSSES[term.loss](gather_rows(s), gather_rows(t.detach()), **term.params))
+            else:  # a mean over the samples: on a distributed rank, its rows' part of the batch's mean
+                value = of_rows(LOSSES[term.loss](s, t.detach(), **term.params), len(s))
+            total = total + term.weight * value
         return total
 
 

@@ -27,7 +27,7 @@ from edgekd.distill.objectives import (LOGITS, AuxiliaryHeads, DeepSupervisionOb
 from edgekd.distill.trainer import TrainResult, accuracy, fit, predict_logits
 from edgekd.errors import FeatureError
 from edgekd.progress import Reporter
-from edgekd.recipe import DistillConfig
+from edgekd.recipe import DistillConfig, LossConfig
 from edgekd.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -64,12 +64,17 @@ class DistillJob:
                    reporter=self.reporter, description=description, distributed=self.distributed)
 
     def response_params(self) -> dict[str, Any]:
-        loss = self.config.loss
-        if loss.name == "kd":
-            return {"temperature": loss.temperature, "alpha": loss.alpha, **loss.params}
-        if loss.name == "ce":
-            return dict(loss.params)
-        return {"temperature": loss.temperature, **loss.params}
+        return response_params(self.config.loss)
+
+
+def response_params(loss: LossConfig) -> dict[str, Any]:
+    """Keyword arguments of the response loss `loss.name` from its recipe section (kd: T and α; dkd: T and
+    its params; ce: its params), shared by distillation, KD recovery and quantization-aware distillation."""
+    if loss.name == "kd":
+        return {"temperature": loss.temperature, "alpha": loss.alpha, **loss.params}
+    if loss.name == "ce":
+        return dict(loss.params)
+    return {"temperature": loss.temperature, **loss.params}
 
 
 @dataclass
@@ -159,8 +164,8 @@ def ensemble(job: DistillJob) -> DistillOutcome:
     teachers = [job.teacher(), *job.extra_teachers()]
     stack = np.stack([job.teacher_logits(t, f"teacher{i}") for i, t in enumerate(teachers)])
     member_accuracy = [accuracy(predict_logits(t, job.val[0]), job.val[1]) for t in teachers]
-    spec = {"mode": cfg.ensemble.mode, "weights": cfg.ensemble.weights, "temperature": cfg.loss.temperature,
-            "alpha": cfg.loss.alpha}
+    # the recipe accepts only loss kd here (recipe.DistillConfig): ensemble_kd is kd against the combined teachers
+    spec = {"mode": cfg.ensemble.mode, "weights": cfg.ensemble.weights, **response_params(cfg.loss)}
     student = job.make_student(job.seed)
     result, described = _distill(job, student, stack, "distill student (ensemble)", teacher=teachers[0], ensemble=spec)
     return DistillOutcome(student, result.steps, result.seconds,
@@ -202,7 +207,8 @@ def self_distill(job: DistillJob) -> DistillOutcome:
 
 def _born_again(job: DistillJob) -> DistillOutcome:
     """Born-again networks (Furlanello et al., 2018) without an outside teacher: generation 0 is the student
-    trained on the labels; generation g is a fresh student taught by generation g − 1 on the transfer set."""
+    trained on the labels; generation g is a fresh student taught by generation g − 1 on the transfer set,
+    through its logits and through any distill.features terms (their teacher paths name generation g − 1's layers)."""
     from edgekd.distill.losses import LOSSES
     from edgekd.distill.trainer import ResponseObjective
 
@@ -215,7 +221,7 @@ def _born_again(job: DistillJob) -> DistillOutcome:
     for g in range(1, cfg.generations + 1):
         logits = predict_logits(current, job.x)
         student = job.make_student(job.seed + g)
-        result, _ = _distill(job, student, logits, f"born-again generation {g}")
+        result, _ = _distill(job, student, logits, f"born-again generation {g}", teacher=current)
         steps, seconds = steps + result.steps, seconds + result.seconds
         history.append({"generation": g, "val_accuracy": result.val_accuracy})
         current = student

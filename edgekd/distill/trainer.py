@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgekd.distill.batch_share import Share, batch_share
 from edgekd.distill.losses import UNLABELLED, LossFn
 from edgekd.progress import Reporter, SilentReporter
 
@@ -131,9 +132,13 @@ def fit(
     runs over the whole budget, so equal budgets mean equal schedules.
 
     `distributed=True` inside a torch.distributed group (torchrun, gloo on CPU): every rank draws the
-    same batch, trains on its 1/world share of it, and gradients are averaged, so N processes take the
-    same steps as one process with the whole batch. Only `model` is wrapped in DistributedDataParallel;
-    the objective's own parameters (adapters, heads) are averaged by an explicit all-reduce.
+    same batch, trains on its rows idx[rank::world], and gradients are averaged. Losses reduce a share as
+    its part of the whole batch's mean (edgekd.distill.batch_share), so the averaged gradient is the
+    single-process gradient on the whole batch even when shares or their labelled rows are uneven; the
+    logged loss is the whole batch's. A batch with fewer rows than ranks is trained whole on every rank.
+    BatchNorm layers still normalise each share by its own statistics. Only `model` is wrapped in
+    DistributedDataParallel; the objective's own parameters (adapters, heads) are averaged by an explicit
+    all-reduce.
     `after_step` runs after every optimizer step (e.g. to keep pruned weights at zero).
     """
     import time
@@ -162,8 +167,10 @@ def fit(
     start = time.perf_counter()
     model.train()
     for step, idx in enumerate(_batches(len(x), batch_size, steps, rng), start=1):
-        index = torch.from_numpy(idx[rank::world] if world > 1 else idx)
-        loss = objective(trained, x_t[index], y_t[index], index)
+        share = _share_of(idx, y_t, rank, world)
+        index = torch.from_numpy(idx[rank::world] if share is not None else idx)
+        with batch_share(share):
+            loss = objective(trained, x_t[index], y_t[index], index)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if world > 1:
@@ -172,7 +179,7 @@ def fit(
         if after_step is not None:
             after_step()
         schedule.step()
-        loss_value = float(loss.detach())
+        loss_value = _batch_loss(loss, share)
         if step % per_pass == 0 or step == steps:
             if val is not None:
                 val_acc = accuracy(predict_logits(model, val[0]), val[1])
@@ -185,6 +192,26 @@ def fit(
     model.eval()
     return TrainResult(steps=steps, seconds=time.perf_counter() - start, final_loss=loss_value,
                        val_accuracy=val_acc, history=history)
+
+
+def _share_of(idx: np.ndarray, target: torch.Tensor, rank: int, world: int) -> Share | None:
+    """This rank's share of the batch `idx`; None outside DDP, or when the batch has fewer rows than ranks
+    (every rank then trains on all of it: DDP averages equal gradients)."""
+    if world == 1 or len(idx) < world:
+        return None
+    sizes = tuple(len(idx[r::world]) for r in range(world))
+    return Share(rank, sizes, int((target[torch.from_numpy(idx)] != UNLABELLED).sum()))
+
+
+def _batch_loss(loss: torch.Tensor, share: Share | None) -> float:
+    """The whole batch's loss: on a share, the sum of the ranks' parts (each × world) over world."""
+    if share is None:
+        return float(loss.detach())
+    import torch.distributed as dist
+
+    total = loss.detach().clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return float(total) / share.world
 
 
 def _wrap_distributed(model: nn.Module) -> nn.Module:
