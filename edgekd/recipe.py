@@ -6,6 +6,7 @@ Validation errors name the YAML path of the bad field, the problem and the fix.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from importlib import resources
 from pathlib import Path
@@ -532,6 +533,7 @@ def check_registered_names(recipe: Recipe, origin: str = "<recipe>") -> None:
                 fix=f"set {path} in {origin} to one of those",
             )
     _check_loss_kinds(recipe, origin)
+    _check_loss_params(recipe, origin)
     factories = [(path, cfg, MODELS[cfg.family]) for path, cfg in models]
     if text_models:
         factories += [(path, cfg, TEXT_STUDENTS[cfg.family]) for path, cfg in text_models]
@@ -610,6 +612,25 @@ def _check_loss_kinds(recipe: Recipe, origin: str) -> None:
         allowed = [n for n in LOSSES.names() if loss_kind(n) == kind]
         raise RecipeError(f"invalid recipe: {path}: '{name}' is a {loss_kind(name)} loss, not a {kind} loss",
                           why=f"{kind} losses: {', '.join(allowed)}", fix=f"set {path} in {origin} to one of those")
+
+
+def _check_loss_params(recipe: Recipe, origin: str) -> None:
+    """Loss parameters the loss does not take (`betta:` for dkd) fail now, not as a TypeError in training."""
+    from edgekd.distill.losses import LOSSES
+
+    named = [("distill.loss.params", recipe.distill.loss.name, recipe.distill.loss.params)]
+    named += [(f"distill.features.{i}.params", f.loss, f.params) for i, f in enumerate(recipe.distill.features)]
+    for path, name, params in named:
+        signature = inspect.signature(LOSSES[name]).parameters.values()
+        if any(p.kind is p.VAR_KEYWORD for p in signature):
+            continue
+        accepted = [p.name for p in signature if p.kind is p.KEYWORD_ONLY]
+        for key in params:
+            if key not in accepted:
+                close = difflib.get_close_matches(key, accepted, n=1)
+                raise RecipeError(f"invalid recipe: {path}.{key}: the {name} loss has no parameter '{key}'",
+                                  why=f"{name} takes: {', '.join(accepted) or 'no parameters'}",
+                                  fix=(f"did you mean {close[0]}? " if close else "") + f"edit {path} in {origin}")
 
 
 def dump_recipe(recipe: Recipe) -> str:

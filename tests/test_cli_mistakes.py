@@ -190,3 +190,13 @@ def test_weights_past_protobufs_limit_are_refused_before_export():
     huge = torch.nn.Linear(32768, 16384, bias=False, device="meta")  # 2 GiB of float32, never allocated
     with pytest.raises(ExportError, match="2.0 GiB of weights"):
         check_fits_one_file(huge)
+
+
+def test_a_loss_parameter_the_loss_does_not_take_fails_at_load():
+    with pytest.raises(RecipeError, match=r"distill\.loss\.params\.betta: the dkd loss has no parameter") as err:
+        load_recipe({"name": "x", "distill": {"loss": {"name": "dkd", "params": {"betta": 2.0}}}})
+    assert "did you mean beta" in err.value.fix
+    with pytest.raises(RecipeError, match=r"distill\.features\.0\.params\.q: the attention loss"):
+        load_recipe({"name": "x", "distill": {"features": [{"loss": "attention", "student": "a", "teacher": "b",
+                                                              "params": {"q": 2}}]}})
+    load_recipe({"name": "x", "distill": {"loss": {"name": "dkd", "params": {"beta": 2.0}}}})
