@@ -435,6 +435,12 @@ class LoopbackAdbDevice:
         with self._lock:
             return len(self._conns)
 
+    @property
+    def running_shells(self) -> int:
+        """Shell commands still running on the device (killed when their stream closes or the link drops)."""
+        with self._lock:
+            return sum(1 for proc in self._procs if proc.poll() is None)
+
     def _kill_all(self) -> None:
         with self._lock:
             procs = list(self._procs)

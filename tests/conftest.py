@@ -1,13 +1,38 @@
-"""Shared fixtures: one real run of the tiny recipe, reused by the tests that only read its outputs."""
+"""Shared fixtures: one real run of the tiny recipe, reused by the tests that only read its outputs; and the
+skip-or-fail helpers for tests that need something optional (they skip locally, but fail on CI)."""
 
 from __future__ import annotations
 
+import importlib
+import os
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
 import pytest
 
 TESTS = Path(__file__).parent
 TINY_RECIPE = TESTS / "recipes" / "tiny.yaml"
+
+
+def on_ci() -> bool:
+    """CI runs with CI=true (and .ci/run fails on any skip): there a test that cannot run must fail."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def skip_or_fail_on_ci(reason: str) -> NoReturn:
+    """Skip a test this machine cannot run; on CI fail it instead, so a broken setup cannot pass unseen."""
+    if on_ci():
+        pytest.fail(f"{reason} (on CI this test must run, so it fails instead of skipping)", pytrace=False)
+    pytest.skip(reason)
+
+
+def import_or_skip(module: str, reason: str) -> ModuleType:
+    """pytest.importorskip for an optional extra, except that on CI a module missing fails the test."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        skip_or_fail_on_ci(f"{reason} ({exc})")
 
 
 def _seed_rngs() -> None:

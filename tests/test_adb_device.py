@@ -75,12 +75,21 @@ def adb_server(tmp_path_factory):
         pytest.fail("the adb client is not installed: these tests drive the real adb client and server; "
                     "install it with `apt-get install adb` (Debian/Ubuntu)", pytrace=False)
     home = tmp_path_factory.mktemp("adb-home")
-    port = _free_port()
-    env = {**os.environ, "HOME": str(home), "TMPDIR": str(home), "ANDROID_ADB_SERVER_PORT": str(port)}
-    env.pop("ANDROID_SERIAL", None)
-    server = AdbServer(port, env)
-    started = server.adb("start-server")
-    assert started.returncode == 0, started
+    for _ in range(3):  # the free port can be taken between _free_port() and the server's bind(): retry
+        port = _free_port()
+        env = {**os.environ, "HOME": str(home), "TMPDIR": str(home), "ANDROID_ADB_SERVER_PORT": str(port)}
+        env.pop("ANDROID_SERIAL", None)
+        server = AdbServer(port, env)
+        try:
+            started = server.adb("start-server")
+        except subprocess.TimeoutExpired as exc:  # something else took the port and never answers
+            started = exc
+        # Ours only if it says it started one: exit 0 alone may mean another server (a parallel worker's) was there.
+        if getattr(started, "returncode", None) == 0 and "daemon started successfully" in started.stderr:
+            break
+    else:
+        pytest.fail(f"no private adb server could be started on a free port (3 tries); the last: {started}",
+                    pytrace=False)
     try:
         yield server
     finally:
@@ -206,11 +215,15 @@ def test_run_passes_arguments_literally(dev, phone):
     assert not list(phone.sandbox.rglob("pwned*"))
 
 
-def test_run_timeout(dev):
-    started = time.monotonic()
+def test_run_timeout(dev, phone):
+    # Only the client's own 1 s timeout raises this (the sleep would have returned 0), so it was not waited out.
     with pytest.raises(DeviceError, match="did not finish within 1 s"):
-        dev.run(["sleep", "31"], timeout=1)
-    assert time.monotonic() - started < 10
+        dev.run(["sleep", "300"], timeout=1)
+    # ... and, as the error says, the device closed the shell with its stream: no sleep left running there
+    deadline = time.monotonic() + 60  # only so that a shell never killed fails the test instead of hanging it
+    while phone.running_shells:
+        assert time.monotonic() < deadline, "the device's shell still runs after the adb client was stopped"
+        time.sleep(0.05)
 
 
 def test_shell_v1_device_exit_codes_via_marker(adb_server, tmp_path_factory):
@@ -353,8 +366,7 @@ def test_disconnect_mid_run_is_unreachable(adb_server, tmp_path_factory, tmp_pat
             time.sleep(0.02)
         flaky.disconnect()
         thread.join(30)
-        assert not thread.is_alive()
-        assert time.monotonic() - t0 < 20
+        assert not thread.is_alive()  # the run returned; the error below shows the disconnect ended it
         err = outcome.get("error")
         assert isinstance(err, DeviceUnreachable), outcome
         assert "lost the connection" in err.what and flaky.address in err.what

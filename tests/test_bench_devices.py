@@ -64,25 +64,22 @@ def test_a_full_benchmark_over_ssh(tmp_path):
 
 
 def test_a_device_lost_midway_keeps_what_was_measured_and_resume_measures_the_rest(tmp_path):
-    models = _models(tmp_path)
-    server = LoopbackSSHD(tmp_path / "sshd").start()
-    profile = _profile(server, tmp_path)
-    one_round = BenchSettings(warmup_runs=5, min_runs=30, min_seconds=0.02, rounds=1)
-    with pytest.raises(DeviceUnreachable) as err:
-        edgekd.bench(models, device=str(profile), settings=one_round, results_dir=tmp_path / "results",
-                     reporter=_StopAfterFirstRun(server))
-    assert "--resume" in err.value.fix and "kept" in err.value.fix
     from edgekd.bench.result import BenchResult
 
-    first = BenchResult.load(tmp_path / "results" / "bench-m0@board.json")
-    assert first.complete and not (tmp_path / "results" / "bench-m1@board.json").exists()
-    server.start()  # the board is back (new port: rewrite the profile)
-    profile = _profile(server, tmp_path)
-    try:
+    models = _models(tmp_path)
+    one_round = BenchSettings(warmup_runs=5, min_runs=30, min_seconds=0.02, rounds=1)
+    with LoopbackSSHD(tmp_path / "sshd") as server:  # stopped on the way out, whichever assertion fails
+        profile = _profile(server, tmp_path)
+        with pytest.raises(DeviceUnreachable) as err:
+            edgekd.bench(models, device=str(profile), settings=one_round, results_dir=tmp_path / "results",
+                         reporter=_StopAfterFirstRun(server))
+        assert "--resume" in err.value.fix and "kept" in err.value.fix
+        first = BenchResult.load(tmp_path / "results" / "bench-m0@board.json")
+        assert first.complete and not (tmp_path / "results" / "bench-m1@board.json").exists()
+        server.start()  # the board is back (new port: rewrite the profile)
+        profile = _profile(server, tmp_path)
         resumed = edgekd.bench(models, device=str(profile), settings=one_round, results_dir=tmp_path / "results",
                                resume=True)
-    finally:
-        server.stop()
     assert resumed[0].created_at == first.created_at  # reused, not measured again
     assert resumed[1].complete and resumed[1].latency_us["n"] >= 30
 
@@ -142,4 +139,5 @@ def test_check_threads_times_one_and_n_threads(tmp_path):
     check = check_threads(_models(tmp_path)[0], "host", 2, FAST)
     assert check["threads"] == [1, 2] and all(p > 0 for p in check["p50_us"])
     assert check["speedup_ci95"][0] <= check["speedup"] <= check["speedup_ci95"][1]
-    assert isinstance(check["took_effect"], bool)
+    low, high = check["speedup_ci95"]
+    assert check["took_effect"] is (low > 1.0 or high < 1.0)  # the p50s differ beyond the noise: 1 is outside

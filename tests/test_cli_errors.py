@@ -2,7 +2,8 @@
 
 Every test drives the real `edgekd` CLI in a subprocess (cwd = a fresh tmp_path) with real files: no mocks.
 Recipes are tiny (1 epoch, no scratch baseline, no bench) so that a regression which lets a bad run
-start training still finishes quickly, and the timing assertions catch it.
+start training still finishes quickly; the tests then find what training leaves behind (a run directory,
+checkpoints, progress lines).
 
 Content checks run the CLI with COLUMNS=400 so that rich's line folding (see
 `test_error_block_is_not_folded_when_piped`) does not split the strings they look for.
@@ -15,7 +16,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -154,14 +154,11 @@ RECIPE_CASES = [
 @pytest.mark.parametrize(("text", "expected"), RECIPE_CASES)
 def test_invalid_recipe(tmp_path: Path, text: str, expected: list[str]) -> None:
     write_recipe(tmp_path, text)
-    started = time.perf_counter()
     msg = assert_user_error(run_cli(tmp_path, "run", "recipe.yaml"))
-    seconds = time.perf_counter() - started
     for pattern in expected:
         assert re.search(pattern, msg), f"{pattern!r} not in: {msg}"
     assert "recipe.yaml" in msg  # names the file to edit
     assert not (tmp_path / "out").exists(), "a run directory was created for an invalid recipe"
-    assert seconds < 60, f"validation took {seconds:.1f} s"
 
 
 def test_out_of_range_message_is_exact(tmp_path: Path) -> None:
@@ -186,12 +183,14 @@ def test_unwritable_output_dir(tmp_path: Path, where: str) -> None:
         target = Path("/proc/edgekd-test-nope")
         write_recipe(tmp_path, TINY)
         args = ["run", "recipe.yaml", "--output-dir", str(target)]
-    started = time.perf_counter()
-    msg = assert_user_error(run_cli(tmp_path, *args))
-    assert time.perf_counter() - started < 60
+    proc = run_cli(tmp_path, *args)
+    msg = assert_user_error(proc)
     assert "cannot write the run directory" in msg
     assert str(target) in msg
     assert "--output-dir" in msg
+    # refused before any stage: no training progress, and nothing written anywhere else instead
+    assert "train teacher" not in proc.stdout, proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "recipe.yaml"]
 
 
 # --------------------------------------------------------------------------------------
@@ -256,10 +255,7 @@ def test_teacher_checkpoint_of_wrong_shape(tmp_path: Path) -> None:
     torch.save(small.state_dict(), checkpoint)
     _recipe_with_teacher_checkpoint(tmp_path, checkpoint)
 
-    started = time.perf_counter()
     msg = assert_user_error(run_cli(tmp_path, "run", "recipe.yaml"))
-    seconds = time.perf_counter() - started
-    assert seconds < 60, f"took {seconds:.1f} s: the mismatch must be found before any training"
     assert f"checkpoint {checkpoint} does not fit the teacher model" in msg
     assert "features.0.weight: checkpoint (8, 1, 3, 3) vs model (32, 1, 3, 3)" in msg
     assert "set teacher.model" in msg
@@ -273,9 +269,7 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path: Path) -> None:
     torch.save({"weight": torch.zeros(3), "extra": NotATensor()}, checkpoint)
     _recipe_with_teacher_checkpoint(tmp_path, checkpoint)
 
-    started = time.perf_counter()
     msg = assert_user_error(run_cli(tmp_path, "run", "recipe.yaml"))
-    assert time.perf_counter() - started < 60
     assert f"cannot load checkpoint {checkpoint}" in msg
     assert "pickled code are refused" in msg
     assert not (tmp_path / "out" / "tiny" / "checkpoints" / "teacher.pt").exists()
@@ -320,7 +314,7 @@ def test_error_block_is_not_folded_when_piped(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# 15. an unexportable model fails in seconds, before training, naming the module (Python API)
+# 15. an unexportable model fails before training, naming the module (Python API)
 # --------------------------------------------------------------------------------------
 
 UNEXPORTABLE = "test_numpy_sort_mlp"
@@ -329,7 +323,7 @@ UNEXPORTABLE = "test_numpy_sort_mlp"
 @pytest.fixture(scope="module")
 def unexportable_run(tmp_path_factory: pytest.TempPathFactory):
     """Register a family whose `sorter` submodule goes through numpy, run a recipe using it as the student
-    (once for the tests below), and unregister it. Yields (error raised or None, seconds, run directory)."""
+    (once for the tests below), and unregister it. Yields (error raised or None, run directory)."""
     import numpy as np
     import torch
     from torch import nn
@@ -373,13 +367,12 @@ def unexportable_run(tmp_path_factory: pytest.TempPathFactory):
             "export": {"targets": {"teacher": ["fp32"], "student": ["fp32"]}},
             "bench": {"enabled": False},
         })
-        started = time.perf_counter()
         error: EdgeKDError | None = None
         try:
             run(recipe)
         except EdgeKDError as exc:
             error = exc
-        yield error, time.perf_counter() - started, out / "unexportable"
+        yield error, out / "unexportable"
     finally:
         MODELS._entries.pop(UNEXPORTABLE, None)
     assert UNEXPORTABLE not in MODELS
@@ -388,9 +381,8 @@ def unexportable_run(tmp_path_factory: pytest.TempPathFactory):
 def test_unexportable_model_fails_before_training(unexportable_run) -> None:
     from edgekd.errors import ExportError
 
-    error, seconds, rundir = unexportable_run
+    error, rundir = unexportable_run
     assert isinstance(error, ExportError), f"expected ExportError, got {error!r}"
-    assert seconds < 60, f"took {seconds:.1f} s"
     assert "model 'SortedMLP' cannot be exported to ONNX" in error.what, str(error)
     assert error.fix and ".numpy()" in error.fix
     checkpoints = rundir / "checkpoints"
@@ -399,14 +391,14 @@ def test_unexportable_model_fails_before_training(unexportable_run) -> None:
 
 
 def test_unexportable_model_error_names_the_module(unexportable_run) -> None:
-    error, _, _ = unexportable_run
+    error, _ = unexportable_run
     assert error is not None
     assert "module 'sorter' (NumpySort) is not exportable" in error.what, str(error)
     assert "eager" not in error.what
 
 
 def test_unexportable_model_error_has_no_escape_codes(unexportable_run) -> None:
-    error, _, _ = unexportable_run
+    error, _ = unexportable_run
     assert error is not None
     assert "\x1b" not in str(error), repr(str(error))
 
@@ -426,5 +418,6 @@ def test_help_exits_zero(tmp_path: Path) -> None:
     proc = run_cli(tmp_path, "--help", timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
-    for command in ("run", "demo", "export", "bench", "report"):
-        assert command in proc.stdout
+    # the names in the Commands panel (one "│ name  description │" row each), not words of the descriptions
+    commands = re.findall(r"^[│|] (\S+) ", proc.stdout.split("Commands", 1)[-1], re.MULTILINE)
+    assert {"run", "demo", "export", "bench", "report"} <= set(commands), proc.stdout

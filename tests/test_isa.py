@@ -116,10 +116,20 @@ def test_unknown_device_flags_are_not_blamed():
 
 
 @pytest.fixture(scope="module")
-def digits_mlp(tmp_path_factory):
+def _one_thread():
+    """Training a tiny MLP: intra-op threads only add overhead. Restored after the module (the worker goes on)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits_mlp(tmp_path_factory, _one_thread):
     """A briefly trained digits MLP (two Gemm layers) exported to FP32 ONNX, with calibration inputs."""
     import numpy as np
-    import torch
 
     from edgekd.data import load_data
     from edgekd.distill.losses import LOSSES
@@ -127,7 +137,6 @@ def digits_mlp(tmp_path_factory):
     from edgekd.export.onnx import export_onnx
     from edgekd.models import create_model
 
-    torch.set_num_threads(1)
     s = load_data("digits")
     model = create_model("mlp", in_shape=(64,), num_classes=10, width=64)
     fit(model, s.x_train, s.y_train, loss_fn=LOSSES["ce"], steps=300, batch_size=64, lr=1e-2, weight_decay=1e-4,

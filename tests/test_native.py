@@ -37,6 +37,7 @@ TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
 # The loopback phone and a private adb server, exactly as the adb device tests use them (module-scoped here too).
 from test_adb_device import WD, _adb_device, adb_server, phone  # noqa: E402,F401
+from conftest import import_or_skip  # noqa: E402
 
 SAMPLES = TESTS / "native_samples"
 FAKE = TESTS / "fake_benchmark_model.py"
@@ -270,7 +271,7 @@ def test_native_argv_rejects(kwargs, match):
 def tflite_model(tmp_path_factory) -> Path:
     """A small MLP exported to .tflite with edgekd's own exporter (real litert-torch conversion)."""
     for module in ("litert_torch", "ai_edge_litert"):
-        pytest.importorskip(module, reason="the [tflite] extra is not installed")
+        import_or_skip(module, "the [tflite] extra is not installed")  # skips locally, fails on CI
     from edgekd.export.tflite import export_tflite
     from edgekd.models import create_model
 
@@ -364,12 +365,14 @@ def test_run_native_through_adb(dev, phone, tflite_model, fake_binary):  # noqa:
     assert r["init_ms"] > 0 and r["first_inference_us"] > 0 and not math.isnan(r["warmup_avg_us"])
     assert r["memory_kb"]["overall_footprint"] >= r["memory_kb"]["init_footprint"] >= 0
 
-    # Second run: the device already has the binary (same sha256), so nothing is pushed; pinned with taskset.
+    # Second run: the device already has the binary (same sha256), so nothing is pushed; pinned with taskset
+    # to the first CPU this process may use (CPU 0 may be outside it, e.g. in a container limited by cpuset).
     before = _syncs(phone)
-    dev.profile.cpus = [0]
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    dev.profile.cpus = [cpu]
     again = run_native(dev, fake_binary, remote_model, BENCHMARK_MODEL, threads=1, runs=10, warmup=1, timeout=120)
     assert _syncs(phone) == before
-    assert again["argv"][:2] == ["taskset", "1"] and again["argv"][2] == remote_bin
+    assert again["argv"][:2] == ["taskset", f"{1 << cpu:x}"] and again["argv"][2] == remote_bin
     assert again["runs"] >= 10
 
 
@@ -402,7 +405,9 @@ def test_cpu_mask():
 
 def test_taskset_is_available_for_the_pinned_run():
     assert shutil.which("taskset"), "taskset (util-linux) is needed by test_run_native_through_adb"
-    assert os.sched_getaffinity(0), "this host reports no CPU affinity"
+    cpu = sorted(os.sched_getaffinity(0))[0]  # the CPU that test pins to
+    pinned = subprocess.run(["taskset", f"{1 << cpu:x}", "true"], capture_output=True, text=True, timeout=60)
+    assert pinned.returncode == 0, pinned.stderr
 
 
 # --------------------------------------------------------------------------- toward a BenchResult

@@ -17,9 +17,17 @@ from edgekd.export.verify import onnx_predict, parity
 from edgekd.models import create_model
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny digits models: intra-op threads only add overhead. Restored after the module (the worker goes on)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def digits():
-    torch.set_num_threads(1)
     s = load_data("digits", label_fraction=0.1)
     teacher = create_model("cnn", in_shape=s.input_shape, num_classes=10, width=16, hidden=64)
     fit(teacher, s.x_train, s.y_train, steps=steps_for(len(s.x_train), 64, 6), batch_size=64, lr=3e-3,

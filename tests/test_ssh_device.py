@@ -14,7 +14,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ from edgekd.devices.base import (
     python_argv,
 )
 from edgekd.devices.ssh import SSHDevice
+from conftest import skip_or_fail_on_ci
 from sshd import INSTALL_HINT, LoopbackSSHD, find_sshd, free_port, keygen
 
 RUNNER = Path(__file__).resolve().parents[1] / "edgekd" / "bench" / "runner.py"
@@ -128,10 +128,9 @@ def test_argv_with_spaces_and_shell_metacharacters_arrive_literally(device, tmp_
 
 
 def test_run_timeout(device):
-    started = time.monotonic()
-    with pytest.raises(DeviceError, match="did not finish within"):
+    # Only the client's own 1 s timeout raises this (sleep 30 would have returned 0), so it was not waited out.
+    with pytest.raises(DeviceError, match="did not finish within 1 s"):
         device.run(["sleep", "30"], timeout=1)
-    assert time.monotonic() - started < 15
 
 
 # ---------------------------------------------------------------------- info and benchmark through ssh
@@ -139,7 +138,7 @@ def test_run_timeout(device):
 def test_info_comes_from_the_runner_on_the_device(device, workdir):
     info = device.info()
     assert info["schema"] == "edgekd.runner-info/1"
-    assert info["system"]["machine"] == platform.machine() == "x86_64"
+    assert info["system"]["machine"] == platform.machine()
     assert info["python"] == platform.python_version()
     assert info["runtimes"]["onnxruntime"]
     assert info["emulated"] is False
@@ -188,16 +187,13 @@ def test_one_controlmaster_connection_is_reused(sshd, workdir, tmp_path):
     control_dir = device._control_dir
     assert stat.S_IMODE(os.stat(control_dir).st_mode) == 0o700
 
-    started = time.monotonic()
     for i in range(10):
         assert device.run(["echo", str(i)]).stdout == f"{i}\n"
-    per_run = (time.monotonic() - started) / 10
     (tmp_path / "f").write_text("x")
     device.push(tmp_path / "f", f"{workdir}/f")
     device.pull(f"{workdir}/f", tmp_path / "g")
     assert device.sha256(f"{workdir}/f") is not None
     assert accepted_logins(sshd) - before == 1, "every call should ride on the first connection"
-    assert per_run < 0.5, f"a multiplexed run took {per_run:.3f} s"
 
     device.close()
     assert not os.path.exists(control_dir)
@@ -297,7 +293,7 @@ def test_full_device_raises_out_of_space(device, tmp_path):
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)],
                              capture_output=True, text=True)
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root/CAP_SYS_ADMIN): {mounted.stderr.strip()}")
+        skip_or_fail_on_ci(f"cannot mount a small tmpfs here (needs root/CAP_SYS_ADMIN): {mounted.stderr.strip()}")
     try:
         big = tmp_path / "big.bin"
         big.write_bytes(os.urandom(1 << 20))

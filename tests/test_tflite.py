@@ -20,6 +20,8 @@ import pytest
 
 from edgekd.errors import ExportError
 
+from conftest import import_or_skip
+
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = ROOT / "edgekd" / "bench" / "runner.py"
 FAST = {"warmup_runs": 5, "warmup_min_seconds": 0.01, "min_runs": 50, "min_seconds": 0.05, "max_seconds": 5.0,
@@ -30,7 +32,7 @@ MIN_AGREEMENT = {"fp32": 1.0, "int8_dynamic": 0.97, "int8_static": 0.97, "int4":
 
 def _require_extra() -> None:
     for module in ("litert_torch", "ai_edge_quantizer", "ai_edge_litert"):
-        pytest.importorskip(module, reason="the [tflite] extra is not installed")
+        import_or_skip(module, "the [tflite] extra is not installed")  # skips locally, fails on CI
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +153,7 @@ def test_runner_litert(exported, precision: str, tmp_path: Path):
 
 
 def test_runner_corrupt_tflite(tmp_path: Path):
-    pytest.importorskip("ai_edge_litert")
+    import_or_skip("ai_edge_litert", "the [tflite] extra is not installed")
     (tmp_path / "bad.tflite").write_bytes(np.random.default_rng(0).bytes(512))
     np.save(tmp_path / "x.npy", np.zeros((1, 64), np.float32))
     code, r = run_runner({"artifact": "bad.tflite", "runtime": "litert", "inputs": {"x": "x.npy"}, **FAST}, tmp_path)
