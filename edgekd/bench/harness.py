@@ -82,7 +82,8 @@ def _describe_bare_file(path: Path) -> Artifact:
     except EdgeKDError as exc:
         raise ArtifactError(f"cannot benchmark {path}: {exc.what}", why=exc.why, fix=exc.fix) from None
     info = backend.inspect(path)
-    return Artifact(name=path.stem if re.match(PATH_COMPONENT, path.stem) else "model", role="model", format=backend.name, precision="unknown", file=path.name,
+    name = path.stem if re.match(PATH_COMPONENT, path.stem) else "model"  # a stem ".." (of "...onnx") is no name
+    return Artifact(name=name, role="model", format=backend.name, precision="unknown", file=path.name,
                     size_bytes=path.stat().st_size, sha256=sha256_file(path), inputs=info.inputs,
                     outputs=info.outputs, op_histogram=info.op_histogram, layout_ops=info.layout_ops,
                     weight_bits=info.weight_bits, directory=path.parent)

@@ -84,11 +84,11 @@ _CONFIG = ("Bad configuration option", "command-line line", "nsupported option",
            "Can't open user config file", "garbage at end of line", "Missing argument")
 _NO_SPACE = ("No space left on device", "Disk quota exceeded")
 
-# sha256 of a file on the device: exit 3 = no such file, 4 = no tool. Reading stdin avoids option parsing
-# of the path by any of the tools (busybox, coreutils, perl shasum, openssl).
 # The work directory: create it private (the runner starts from it), refuse it when another user owns it (exit 3)
 # and take group/other write access away when we own it.
 _WORKDIR_SCRIPT = 'mkdir -p -m 700 -- "$1" || exit 1; [ -O "$1" ] || exit 3; chmod go-w -- "$1"'
+# sha256 of a file on the device: exit 3 = no such file, 4 = no tool. Reading stdin avoids option parsing
+# of the path by any of the tools (busybox, coreutils, perl shasum, openssl).
 _SHA256_SCRIPT = (
     '[ -f "$1" ] || exit 3; '
     'if command -v sha256sum >/dev/null 2>&1; then sha256sum < "$1"; '
