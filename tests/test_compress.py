@@ -48,6 +48,17 @@ def test_unstructured_and_nm_zero_weights_without_changing_shapes():
     assert bool(((hidden == 0).sum(-1) >= 2).all())  # every group of 4 inputs keeps at most 2
 
 
+def test_nm_groups_a_conv_along_its_input_channels_at_each_kernel_position():
+    from torch import nn
+
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(8, 16, 3), nn.Flatten(), nn.Linear(16 * 4 * 4, 10))  # the classifier is skipped
+    nm = prune(copy.deepcopy(conv), (8, 6, 6), "nm").model[0].weight  # (O, Cin, kh, kw)
+    by_input_channel = nm.permute(0, 2, 3, 1).reshape(-1, 2, 4)  # sparse tensor cores' groups: 4 Cin in a row
+    assert bool(((by_input_channel == 0).sum(-1) == 2).all())
+    assert float((nm == 0).float().mean()) == 0.5
+
+
 def test_budget_is_met_or_says_by_how_much():
     model = _model("cnn", {"width": 32, "depth": 3, "hidden": 128})
     fitted = prune_to_budget(copy.deepcopy(model), (64,), 60_000)

@@ -140,12 +140,18 @@ def prune_unstructured(model: nn.Module, ratio: float, *, skip: Sequence[str] = 
 
 @torch.no_grad()
 def prune_nm(model: nn.Module, n: int = 2, m: int = 4, *, skip: Sequence[str] = ()) -> PruneResult:
-    """N:M sparsity: in every group of m consecutive input weights keep the n largest (2:4 by default)."""
+    """N:M sparsity: in every group of m consecutive input channels keep the n largest weights (2:4 by default).
+
+    Groups run along the input channels at each output channel and kernel position, as sparse tensor cores
+    read them (a conv weight (O, Cin, kh, kw) is grouped as (O·kh·kw, Cin)); channels past the last full
+    group, and layers with fewer than m input channels, stay dense.
+    """
     if not 0 < n < m:
         raise CompressionError(f"N:M sparsity needs 0 < N < M, got {n}:{m}", fix="use 2:4")
     zeros = 0
     for w in _weights(model, _skipped(model, skip)):
-        flat = w.reshape(w.shape[0], -1)
+        moved = w.movedim(1, -1).contiguous()  # input channels last (a Linear weight stays as it is)
+        flat = moved.reshape(-1, moved.shape[-1])
         cols = flat.shape[1] - flat.shape[1] % m
         if cols == 0:
             continue
@@ -154,7 +160,7 @@ def prune_nm(model: nn.Module, n: int = 2, m: int = 4, *, skip: Sequence[str] = 
         mask = torch.ones_like(groups, dtype=torch.bool).scatter_(-1, drop, False)
         groups.mul_(mask)
         flat[:, :cols] = groups.reshape(flat.shape[0], cols)
-        w.copy_(flat.reshape(w.shape))
+        w.copy_(flat.reshape(moved.shape).movedim(-1, 1))
         zeros += int((~mask).sum())
     total = count_parameters(model)
     return PruneResult(model, {"method": "nm", "n": n, "m": m, "skip": list(skip)},
