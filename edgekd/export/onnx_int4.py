@@ -480,7 +480,6 @@ def quantize_int4(fp32_path: str | Path, out_path: str | Path, *, block_size: in
     if (conv != "fp32" and counts["Conv"]) or has_tables:
         model = _to_opset(model, INT4_OPSET)
     gemms = _gemm_to_matmul(model)
-    matmuls_before = sum(1 for n in model.graph.node if n.op_type == "MatMul")
     model, node_blocks = _matmul_nbits(model, block_size, accuracy_level)
     nbits = sum(1 for n in model.graph.node if n.op_type == "MatMulNBits")
     convs = _conv_weights_int4(model, conv) if conv != "fp32" else 0
@@ -506,7 +505,8 @@ def quantize_int4(fp32_path: str | Path, out_path: str | Path, *, block_size: in
                               fix="report this model; conv='fp32' leaves its Conv layers out") from None
         _check_runs(tmp)
 
-    op_types_4bit = sorted({op for op, n in (("Gemm", gemms), ("MatMul", matmuls_before - gemms),
+    weighted_matmuls = max(nbits - gemms, 0)  # not matmuls_before - gemms: activation × activation MatMuls stay
+    op_types_4bit = sorted({op for op, n in (("Gemm", gemms), ("MatMul", weighted_matmuls),
                                              ("Conv", convs), ("Gather", tables)) if n})
     return {
         "format": "onnx",
@@ -522,7 +522,7 @@ def quantize_int4(fp32_path: str | Path, out_path: str | Path, *, block_size: in
         "conv": conv,
         "conv_granularity": "per output channel" if conv != "fp32" else None,
         "op_types_4bit": op_types_4bit,
-        "nodes_4bit": {"Gemm": gemms, "MatMul": matmuls_before - gemms, "Conv": convs, "Gather": tables},
+        "nodes_4bit": {"Gemm": gemms, "MatMul": weighted_matmuls, "Conv": convs, "Gather": tables},
         "matmulnbits_nodes": nbits,
         "fp32_weight_ops_left": left,
         "opset": _opset(model),
