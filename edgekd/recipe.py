@@ -20,6 +20,7 @@ from edgekd.names import IDENTIFIER
 
 # int8_qat: ONNX only, made by quantization-aware distillation (export.qat)
 Precision = Literal["fp32", "int8_static", "int8_dynamic", "int4", "int8_qat"]
+TEXT_REFUSED_PRECISIONS = ("int8_static", "int8_qat")  # they calibrate on float inputs; text models take token ids
 Format = Literal["onnx", "tflite"]
 Role = Literal["teacher", "student", "scratch", "compressed"]
 
@@ -375,6 +376,15 @@ class Recipe(_Strict):
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
 
+    @model_validator(mode="after")
+    def _text_default_targets(self) -> "Recipe":
+        """A text recipe that names no export targets gets the defaults a text model can take (no static INT8
+        or QAT, which calibrate on float inputs; naming one explicitly is refused at load)."""
+        if self.task == "text" and "targets" not in self.export.model_fields_set:
+            self.export.targets = {role: [p for p in precisions if p not in TEXT_REFUSED_PRECISIONS]
+                                   for role, precisions in self.export.targets.items()}
+        return self
+
     @property
     def run_dir(self) -> Path:
         return self.output_dir / self.name
@@ -510,6 +520,7 @@ def check_registered_names(recipe: Recipe, origin: str = "<recipe>") -> None:
         from edgekd.text.teacher import check_recipe_teacher
 
         check_recipe_teacher(recipe, origin)
+        _check_text_precisions(recipe, origin)
         checks: list[tuple[str, Any, str]] = [("distill.loss.name", LOSSES, recipe.distill.loss.name)]
         models: list[tuple[str, ModelConfig]] = []
         text_models = [("student.model", recipe.student.model)]
@@ -558,6 +569,17 @@ def check_registered_names(recipe: Recipe, origin: str = "<recipe>") -> None:
     except EdgeKDError as exc:
         raise RecipeError(f"invalid recipe: bench.device: {exc.what}", why=exc.why,
                           fix=f"set bench.device in {origin} to one of those (or a profile path)") from None
+
+
+def _check_text_precisions(recipe: Recipe, origin: str) -> None:
+    """Static INT8 and QAT calibrate on float image batches; a text model takes token ids, so they cannot run."""
+    for role, precisions in recipe.export.targets.items():
+        wrong = [p for p in precisions if p in TEXT_REFUSED_PRECISIONS]
+        if wrong:
+            raise RecipeError(f"invalid recipe: export.targets.{role}: {', '.join(wrong)} is not available for text "
+                              "models", why="static INT8 and QAT calibrate activations on float inputs; a text "
+                              "model's input is token ids, and its quantized weights are what shrink it",
+                              fix=f"use int8_dynamic (per-channel) or int4 in export.targets.{role} of {origin}")
 
 
 def _check_text_student_builds(path: str, cfg: ModelConfig, origin: str) -> None:

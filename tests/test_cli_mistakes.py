@@ -200,3 +200,8 @@ def test_a_loss_parameter_the_loss_does_not_take_fails_at_load():
         load_recipe({"name": "x", "distill": {"features": [{"loss": "attention", "student": "a", "teacher": "b",
                                                               "params": {"q": 2}}]}})
     load_recipe({"name": "x", "distill": {"loss": {"name": "dkd", "params": {"beta": 2.0}}}})
+
+
+def test_text_recipes_refuse_precisions_that_calibrate_on_float_inputs():
+    with pytest.raises(RecipeError, match=r"export\.targets\.student: int8_static is not available for text"):
+        load_recipe({"name": "x", "task": "text", "export": {"targets": {"student": ["fp32", "int8_static"]}}})
