@@ -37,22 +37,14 @@ def _options(debug: bool = typer.Option(False, "--debug", help="show tracebacks 
     _state["debug"] = debug
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM (a CI job cancelled, `kill`), raised like Ctrl-C so that temp files are cleaned up on the way out."""
-
-
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise _Terminated()
-
-
 def _handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Turn EdgeKDError into one clear block + exit 2, anything else into exit 1 (traceback with --debug)."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        import signal
+        from edgekd import interrupts
 
-        signal.signal(signal.SIGTERM, _raise_terminated)
+        interrupts.install()
         try:
             return command(*args, **kwargs)
         except typer.Exit:
@@ -67,7 +59,7 @@ def _handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                 err_console.print(f"  fix: {printable(exc.fix)}", highlight=False, markup=False)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:
-            how = "terminated" if isinstance(exc, _Terminated) else "interrupted"
+            how = "terminated" if isinstance(exc, interrupts.Terminated) else "interrupted"
             err_console.print(f"{how}: finished stages are kept; run the same command again to resume")
             raise typer.Exit(143 if how == "terminated" else 130) from None
         except Exception as exc:  # an edgekd bug, not a user mistake
@@ -306,11 +298,12 @@ def compare(a: Optional[str] = typer.Argument(None, help="earlier session (defau
     for col in ("artifact", "p50 before µs", "p50 after µs", "change [95% CI]", "round spread", "verdict"):
         table.add_column(col, justify="left" if col in ("artifact", "verdict") else "right")
     for r in rows:
-        lo, hi = r["p50_change_pct_ci95"]
-        verdict = ("faster" if r["p50_change_pct"] < 0 else "slower") if r["significant"] else "within noise"
+        interval = r["p50_change_pct_ci95"]
+        change = f"{r['p50_change_pct']:+.1f}%" + (f" [{interval[0]:+.1f}, {interval[1]:+.1f}]" if interval else "")
+        verdict = (("faster" if r["p50_change_pct"] < 0 else "slower") if r["significant"] else
+                   "within noise" if interval else "no verdict: one round (bench --rounds 3 or more)")
         table.add_row(Text(r["artifact"] + ("" if r["same_file"] else " (file changed)")), f"{r['p50_a_us']:.2f}",
-                      f"{r['p50_b_us']:.2f}", f"{r['p50_change_pct']:+.1f}% [{lo:+.1f}, {hi:+.1f}]",
-                      f"±{r['round_spread_pct']:.0f}%", verdict)
+                      f"{r['p50_b_us']:.2f}", change, f"±{r['round_spread_pct']:.0f}%", verdict)
     console.print(table)
 
 

@@ -10,6 +10,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from edgekd.bench import stats
+from edgekd.interrupts import raise_if_received
+
 
 def _fields_text(fields: dict[str, Any]) -> str:
     return "  ".join(f"{k.replace('_', ' ')} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
@@ -21,6 +24,7 @@ class _RichTask:
         self._progress, self._id = progress, task_id
 
     def advance(self, steps: int = 1, **fields: Any) -> None:
+        raise_if_received()
         self._progress.update(self._id, advance=steps, info=_fields_text(fields))
 
     def close(self) -> None:
@@ -39,6 +43,7 @@ class _LoggedTask:
         console.print(f"{description}: started{of}", markup=False, highlight=False)
 
     def advance(self, steps: int = 1, **fields: Any) -> None:
+        raise_if_received()
         self._done += steps
         self._info = _fields_text(fields) or self._info
 
@@ -101,7 +106,8 @@ def summary_table(summary: dict[str, Any]) -> Table:
             p50 += " unstable"
         speed = r.get("speedup_vs_teacher")
         speed_txt = "–" if speed is None or r["role"] == "teacher" else (
-            f"{speed:.2f}×" + ("" if r.get("speedup_significant") else " (noise)"))
+            f"{speed:.2f}×" + ("" if r.get("speedup_significant") else
+                               " (noise)" if r.get("speedup_ci95") else " (1 round)"))
         worst = r.get("worst_class")
         worst_txt = f"{worst['class']}: {worst['delta_points']:+.1f} pt" if worst else "–"
         parity = "ok" if r.get("parity_passed") else ("FAILED" if r.get("parity_passed") is False else "–")
@@ -125,21 +131,26 @@ def _spread(rounds: list[float]) -> str:
 
 
 def bench_table(results: list[Any]) -> Table:
+    from edgekd.bench.report import model_memory_kb, peak_mib
+
     table = Table(title="benchmark (emulated devices: latency is not a board's latency)"
                   if any(r.device.get("emulated") for r in results) else "benchmark", title_justify="left")
-    for col in ("artifact", "device", "runtime", "p50 µs [95% CI]", "round p50 spread", "p99 µs", "runs", "peak MiB",
+    for col in ("artifact", "device", "runtime", "p50 µs [95% CI]", "round p50 spread",
+                f"p99 µs (n ≥ {stats.MIN_P99_SAMPLES})", "runs", "peak MiB (+ over runtime)",
                 "load ms", "device acc"):
         table.add_column(col, justify="left" if col in ("artifact", "device", "runtime") else "right")
     for r in results:
         lat = r.latency_us
         peak = r.memory_kb.get("vmhwm") or r.memory_kb.get("peak")
-        p50 = "–" if lat.get("p50") is None else f"{lat['p50']:.2f} {_ci(lat.get('ci95_p50'))}" + (
+        interval = _ci(lat.get("ci95_p50_rounds") or lat.get("ci95_p50"))  # across rounds when there are several
+        p50 = "–" if lat.get("p50") is None else f"{lat['p50']:.2f} {interval}" + (
             " unstable" if lat.get("unstable") else "")
+        p99 = lat.get("p99") if lat.get("n") and stats.p99_estimable(lat["n"]) else None
         table.add_row(Text(r.artifact["name"]), Text(r.device["name"]),  # names come from files: not markup
                       f"{r.runtime.get('name')} {r.runtime.get('version') or ''}" + (
                           f" ({r.runtime.get('tool')})" if r.harness == "native" else ""),
-                      p50, _spread(r.round_p50_us), "–" if lat.get("p99") is None else f"{lat['p99']:.2f}",
-                      str(lat.get("n") or "–"), f"{peak / 1024:.1f}" if peak else "–",
+                      p50, _spread(r.round_p50_us), "–" if p99 is None else f"{p99:.2f}",
+                      str(lat.get("n") or "–"), peak_mib(peak, model_memory_kb(r.memory_kb)),
                       f"{r.load_ms:.1f}" if r.load_ms else "–",
                       f"{r.device_accuracy['accuracy']:.2%}" if r.device_accuracy else "–")
     return table

@@ -19,6 +19,7 @@ import numpy as np
 
 from edgekd import __version__
 from edgekd.errors import RecipeError
+from edgekd.interrupts import raise_if_received
 from edgekd.progress import Reporter, SilentReporter
 from edgekd.recipe import Recipe, dump_recipe
 from edgekd.rundir import RunDir, atomic_write, hash_obj
@@ -180,6 +181,7 @@ def run(recipe: Recipe, *, force: set[str] | None = None, reporter: Reporter | N
     ctx = Context(recipe=recipe, rundir=rundir, reporter=reporter)
     result = RunResult(rundir=rundir, recipe=recipe)
     for stage in _stages(recipe):
+        raise_if_received()  # a Ctrl-C some library swallowed still stops the run here
         if world > 1 and stage.name not in TRAINING_STAGES:
             _leave_distributed()  # training is over: rank 0 exports, benchmarks and reports alone
             if rank != 0:

@@ -30,11 +30,21 @@ def test_compare_flags_a_real_slowdown_and_not_noise(tmp_path):
 
 def test_a_change_smaller_than_the_round_spread_is_within_noise(tmp_path):
     db = tmp_path / "h.sqlite"
-    a = history.record([_result("m", 10.0, 0, [10.0, 13.0])], db)
-    b = history.record([_result("m", 11.0, 1, [11.0, 11.2])], db)
+    before, after = _result("m", 10.0, 0, [10.0, 13.0]), _result("m", 11.0, 1, [11.0, 11.2])
+    a, b = history.record([before], db), history.record([after], db)
     (row,) = history.compare(a, b, path=db)
-    assert row["p50_change_pct_ci95"][0] > 0  # the bootstrap alone would call it a change…
-    assert not row["significant"] and row["round_spread_pct"] == pytest.approx(30.0)  # …the rounds say noise
+    assert stats.compare(before.latencies_ns, after.latencies_ns)["significant"]  # calls as samples: a "change"…
+    low, high = row["p50_change_pct_ci95"]
+    assert low < 0 < high and not row["significant"]  # …the rounds, fresh processes, say noise
+    assert row["round_spread_pct"] == pytest.approx(30.0) and row["rounds"] == [2, 2]
+
+
+def test_one_round_gives_no_verdict(tmp_path):
+    db = tmp_path / "h.sqlite"
+    a = history.record([_result("m", 10.0, 0, [10.0])], db)
+    b = history.record([_result("m", 20.0, 1, [20.0, 20.1])], db)
+    (row,) = history.compare(a, b, path=db)
+    assert row["p50_change_pct_ci95"] is None and not row["significant"]
 
 
 def test_missing_history_and_unknown_session_are_clear_errors(tmp_path):

@@ -192,3 +192,27 @@ def test_int8_accuracy_findings_from_rows():
     assert "8-bit" in sat and "export.int8_reduce_range" in sat
     (kept,) = [f for f in text if "kept in FP32" in f]
     assert kept == "teacher-onnx-int8_static: 1 of 5 layers kept in FP32 to pass parity (node_Conv_60)."
+
+
+def test_an_artifact_that_failed_parity_is_never_the_fastest_candidate():
+    rows = _rows(("student-onnx-fp32", "fp32", 40.0, [], ""), ("student-onnx-int4", "int4", 8.0, [], ""))
+    rows[1].update(parity_passed=False, parity_reason="agreement 90% < 97%")
+    text = findings({"rows": rows, "floors": {"onnx": {"p50_us": 4.0}}})
+    (fastest,) = [f for f in text if "fastest student artifact" in f]
+    assert "student-onnx-fp32" in fastest and any(f.startswith("FAILED: student-onnx-int4") for f in text)
+
+
+def test_the_speed_up_says_when_one_round_gives_no_interval():
+    from edgekd.bench.report import _speedup_note
+
+    assert _speedup_note({"speedup_ci95": None}) == " (one round: no interval)"
+    assert _speedup_note({"speedup_ci95": (1.8, 2.2), "speedup_significant": True}) == " [1.80, 2.20]"
+    assert _speedup_note({"speedup_ci95": (0.9, 1.1), "speedup_significant": False}).endswith("(within noise)")
+
+
+def test_peak_memory_shows_what_the_model_adds_to_the_runtime():
+    from edgekd.bench.report import model_memory_kb, peak_mib
+
+    memory = {"vmhwm": 62_874, "baseline_vmhwm": 59_904}
+    assert model_memory_kb(memory) == 2_970 and peak_mib(memory["vmhwm"], 2_970) == "61.4 (+2.9)"
+    assert model_memory_kb({"vmhwm": 62_874}) is None and peak_mib(62_874, None) == "61.4"

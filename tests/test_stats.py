@@ -168,3 +168,47 @@ def test_a_sample_is_never_significantly_different_from_itself(ns):
     c = stats.compare(ns, ns)
     assert c["ratio"] == 1.0
     assert not c["significant"]
+
+
+def _rounds_of_a_drifting_machine(rng, n_rounds: int, drift: float = 0.02, noise: float = 0.005):
+    """Two identical models timed side by side in n rounds: each round's machine state moves both."""
+    state = rng.normal(0.0, drift, n_rounds)
+    return (np.exp(state + rng.normal(0.0, noise, n_rounds)) * 100,
+            np.exp(state + rng.normal(0.0, noise, n_rounds)) * 100)
+
+
+@pytest.mark.parametrize("paired", [True, False])
+def test_identical_models_are_called_different_about_5_percent_of_the_time(paired):
+    rng = np.random.default_rng(7)
+    trials = 2000
+
+    def rounds():  # side by side in one bench call (paired), or two sessions at different times
+        if paired:
+            return _rounds_of_a_drifting_machine(rng, 5)
+        return _rounds_of_a_drifting_machine(rng, 5)[0], _rounds_of_a_drifting_machine(rng, 5)[0]
+
+    hits = sum(stats.compare_rounds(*rounds(), paired=paired)["significant"] for _ in range(trials))
+    assert 0.02 < hits / trials < 0.08  # a 95% interval; pooled calls gave 79-95% on such rounds
+
+
+def test_a_paired_2x_speedup_is_found_despite_a_drifting_machine():
+    rng = np.random.default_rng(3)
+    teacher, same = _rounds_of_a_drifting_machine(rng, 5, drift=0.2)
+    c = stats.compare_rounds(teacher, same / 2, paired=True)
+    assert c["significant"] and c["ratio"] == pytest.approx(2.0, rel=0.02)
+    assert c["ratio_ci95"][0] > 1.9 and c["rounds"] == 5
+    unpaired = stats.compare_rounds(teacher, same / 2, paired=False)
+    assert unpaired["ratio_ci95"][1] - unpaired["ratio_ci95"][0] > c["ratio_ci95"][1] - c["ratio_ci95"][0]
+
+
+def test_one_round_has_no_interval_and_no_verdict():
+    c = stats.compare_rounds([100.0], [50.0], paired=True)
+    assert c["ratio"] == pytest.approx(2.0) and c["ratio_ci95"] is None and not c["significant"]
+    assert stats.rounds_interval([100.0]) is None
+    lo, hi = stats.rounds_interval([100.0, 104.0, 98.0])
+    assert lo < 100.6 < hi
+
+
+def test_t_quantiles_match_the_tables():
+    assert stats.t975(1) == pytest.approx(12.706) and stats.t975(4) == pytest.approx(2.776)
+    assert stats.t975(60) == pytest.approx(2.000, abs=0.005) and stats.t975(1000) == pytest.approx(1.962, abs=0.002)

@@ -194,15 +194,25 @@ def check_threads(artifact: Artifact | str | Path, device: str, threads: int,
                   settings: BenchSettings | None = None) -> dict[str, Any]:
     """Did the thread setting take effect? Time the artifact with 1 and with `threads` intra-op threads.
 
-    A model too small to split across threads shows no difference; a teacher-sized one should. The verdict
-    is whether the p50s differ by more than the noise (bootstrap interval of the ratio excludes 1).
+    A model too small to split across threads shows no difference; a teacher-sized one should. The two
+    settings alternate for CHECK_THREADS_PAIRS pairs of fresh processes, and the verdict is whether the pairs'
+    p50 ratios differ from 1 by more than their spread (a paired t interval that excludes 1): one process of
+    each would call any state change of the machine between them an effect.
     """
     base = replace(settings or BenchSettings(), rounds=1, min_seconds=0.5)
-    one, many = (bench([artifact], device, settings=replace(base, threads=n))[0] for n in (1, threads))
-    cmp = stats.compare(one.latencies_ns, many.latencies_ns)
-    return {"artifact": one.artifact["name"], "device": one.device["name"], "threads": [1, threads],
-            "p50_us": [one.latency_us["p50"], many.latency_us["p50"]], "speedup": cmp["ratio"],
+    runs: dict[int, list[BenchResult]] = {1: [], threads: []}
+    for _ in range(CHECK_THREADS_PAIRS):
+        for n in runs:
+            runs[n].append(bench([artifact], device, settings=replace(base, threads=n))[0])
+    p50s = {n: [r.latency_us["p50"] for r in results] for n, results in runs.items()}
+    cmp = stats.compare_rounds(p50s[1], p50s[threads], paired=True)
+    first = runs[1][0]
+    return {"artifact": first.artifact["name"], "device": first.device["name"], "threads": [1, threads],
+            "p50_us": [float(np.median(p50s[1])), float(np.median(p50s[threads]))], "speedup": cmp["ratio"],
             "speedup_ci95": cmp["ratio_ci95"], "took_effect": bool(cmp["significant"])}
+
+
+CHECK_THREADS_PAIRS = 3
 
 
 def bench_devices(artifacts: Iterable[Artifact | str | Path], devices: list[str], **kwargs: Any) -> list[BenchResult]:
@@ -282,7 +292,10 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
                 if round_index and settings.cooldown_seconds:
                     time.sleep(settings.cooldown_seconds)
                 thermal.append(cool_down(target))  # bounded wait below the profile's threshold, recorded
-                for i in todo:
+                # A new order each round (seeded): in a fixed one the artifact right after the cool-down would
+                # always run coolest, and the last one hottest, on a device that throttles.
+                for i in (todo if round_index == 0 else
+                          [int(k) for k in np.random.default_rng(round_index).permutation(todo)]):
                     if natives[i] is not None:  # no Python on the device: the runtime's own benchmark binary
                         raws[i].append({"native": _run_native(session, resolved[i], natives[i], per_round)})
                         task.advance(1)
@@ -458,6 +471,19 @@ def _spec(session: _Session, artifact: Artifact, settings: BenchSettings, inputs
             "max_runs": settings.max_runs, "memory_runs": settings.memory_runs}
 
 
+def _latency(latencies: list[int], round_p50s: list[float], settings: BenchSettings) -> dict[str, Any]:
+    """The pooled summary, with the interval of the p50 across the rounds (fresh processes) beside the one
+    within them, and a run that stopped at max_seconds short of min_runs marked unstable."""
+    summary = stats.summarize(latencies)
+    summary["ci95_p50_rounds"] = stats.rounds_interval(round_p50s)
+    wanted = min(settings.min_runs, settings.max_runs)  # over all rounds (each round times its share)
+    if summary["n"] < wanted:
+        summary["unstable_reasons"].append(f"{summary['n']} timed calls of the {wanted} asked for: max_seconds "
+                                           f"({settings.max_seconds:g} s over {len(round_p50s)} rounds) came first")
+        summary["unstable"] = True
+    return summary
+
+
 def _native_result(raws: list[dict[str, Any]], artifact: Artifact, device: Device,
                    settings: BenchSettings) -> BenchResult:
     """A native tool prints summaries, not per-call times: keep the first round's summary and every
@@ -494,6 +520,7 @@ def to_result(raws: list[dict[str, Any]], artifact: Artifact, device: Device, se
         return _native_result(raws, artifact, device, settings)
     first = raws[0]
     latencies = [ns for raw in raws for ns in raw["latencies_ns"]]
+    round_p50s = [float(np.median(raw["latencies_ns"])) / 1e3 for raw in raws]
     peaks = [raw.get("memory_kb", {}) for raw in raws]
     memory = dict(peaks[0])
     if all(p.get("vmhwm") for p in peaks):
@@ -505,8 +532,8 @@ def to_result(raws: list[dict[str, Any]], artifact: Artifact, device: Device, se
         harness="runner",
         settings=asdict(settings),
         runtime=first.get("runtime", {}),
-        latency_us=stats.summarize(latencies),
-        round_p50_us=[stats.summarize(raw["latencies_ns"])["p50"] for raw in raws],
+        latency_us=_latency(latencies, round_p50s, settings),
+        round_p50_us=round_p50s,
         load_ms=float(np.median([raw["load_ms"] for raw in raws])),
         first_inference_us=float(np.median([raw["first_inference_us"] for raw in raws])),
         memory_kb=memory,

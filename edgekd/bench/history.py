@@ -105,11 +105,17 @@ def _round_spread_pct(rounds: list[float]) -> float:
     return (max(rounds) / min(rounds) - 1.0) * 100 if len(rounds) > 1 and min(rounds) > 0 else 0.0
 
 
+def _p50_us(row: tuple[str, str, np.ndarray, list[float]]) -> float:
+    """The session's p50: of all its calls, or (a native tool's summary) the median of its rounds' p50s."""
+    return float(np.median(row[2])) / 1000 if len(row[2]) else float(np.median(row[3]))
+
+
 def compare(a: str | None = None, b: str | None = None, *, path: Path = DEFAULT_PATH,
             device: str | None = None) -> list[dict[str, Any]]:
     """Compare session `b` (default: the newest) with `a` (default: the one before it on the same device).
 
-    For each artifact in both: p50 change with a bootstrap 95% interval, and whether it exceeds the noise.
+    For each artifact in both: p50 change with a 95% interval over the rounds of the two sessions (Welch), and
+    whether it exceeds the noise; with one round on a side there is no interval and no verdict.
     """
     past = sessions(path, device)
     if b is None:
@@ -137,17 +143,17 @@ def compare(a: str | None = None, b: str | None = None, *, path: Path = DEFAULT_
         older = _session_rows(db, a)
     out = []
     for name in sorted(set(older) & set(newer)):
-        if not len(older[name][2]) or not len(newer[name][2]):
-            continue  # a native tool's summary has no per-call times to bootstrap
-        cmp = stats.compare(older[name][2], newer[name][2])
-        # The bootstrap interval only knows the calls within each session; a change counts only when it
-        # also exceeds how far the p50 moved between the rounds (fresh processes) of either session.
-        noise = max(_round_spread_pct(older[name][3]), _round_spread_pct(newer[name][3]))
+        rounds_a, rounds_b = older[name][3], newer[name][3]
+        if not rounds_a or not rounds_b:
+            continue
+        # The rounds (fresh processes) of each session are the samples: the calls of one process move together,
+        # so an interval over calls would call the machine's own drift a change.
+        cmp = stats.compare_rounds(rounds_a, rounds_b, paired=False)
         out.append({"artifact": name, "a": a, "b": b, "same_file": older[name][0] == newer[name][0],
-                    "p50_a_us": float(np.median(older[name][2])) / 1000, "p50_b_us": float(np.median(newer[name][2])) / 1000,
+                    "p50_a_us": _p50_us(older[name]), "p50_b_us": _p50_us(newer[name]),
                     "p50_change_pct": cmp["p50_change_pct"], "p50_change_pct_ci95": cmp["p50_change_pct_ci95"],
-                    "round_spread_pct": noise,
-                    "significant": bool(cmp["significant"] and abs(cmp["p50_change_pct"]) > noise)})
+                    "round_spread_pct": max(_round_spread_pct(rounds_a), _round_spread_pct(rounds_b)),
+                    "rounds": [len(rounds_a), len(rounds_b)], "significant": cmp["significant"]})
     if not out:
         raise BenchError(f"sessions {a} and {b} share no artifact", fix="compare sessions that measured the same artifacts")
     return out

@@ -45,9 +45,11 @@ def _row(artifact: Artifact, result: BenchResult | None) -> dict[str, Any]:
     }
     if result is not None:
         lat = result.latency_us
-        row.update({"p50_us": lat["p50"], "ci95_p50": lat["ci95_p50"], "p90_us": lat["p90"], "p99_us": lat["p99"],
+        row.update({"p50_us": lat["p50"], "ci95_p50": lat.get("ci95_p50_rounds") or lat["ci95_p50"],
+                    "p90_us": lat["p90"], "p99_us": lat["p99"] if stats.p99_estimable(lat["n"]) else None,
                     "cv": lat["cv"], "unstable": lat["unstable"], "unstable_reasons": lat.get("unstable_reasons", []),
-                    "runs": lat["n"], "vmhwm_kb": result.memory_kb.get("vmhwm"), "load_ms": result.load_ms,
+                    "runs": lat["n"], "vmhwm_kb": result.memory_kb.get("vmhwm"),
+                    "vmhwm_model_kb": model_memory_kb(result.memory_kb), "load_ms": result.load_ms,
                     "device_accuracy": (result.device_accuracy or {}).get("accuracy"),
                     "first_inference_us": result.first_inference_us, "device": result.device.get("name"),
                     "emulated": result.emulated or bool(result.device.get("emulated")),
@@ -99,11 +101,13 @@ def build_summary(rundir: RunDir, *, recipe: dict[str, Any], model_metrics: dict
     teachers = {a.format: results.get(a.sha256) for a in models if a.role == "teacher" and a.precision == "fp32"}
     for art, row in zip(models, rows):
         res, teacher, floor = results.get(art.sha256), teachers.get(art.format), floors.get(art.format)
-        if res is not None and teacher is not None and res.latencies_ns and teacher.latencies_ns:
-            # speed-up against the teacher in the same runtime (native summaries have no per-call times)
-            cmp = stats.compare(teacher.latencies_ns, res.latencies_ns)
+        if res is not None and teacher is not None and res.round_p50_us and teacher.round_p50_us:
+            # speed-up against the teacher in the same runtime, round by round: the rounds of one bench call
+            # interleave the artifacts, so each round's ratio cancels the machine's state at the time
+            paired = len(res.round_p50_us) == len(teacher.round_p50_us)
+            cmp = stats.compare_rounds(teacher.round_p50_us, res.round_p50_us, paired=paired)
             row.update({"speedup_vs_teacher": cmp["ratio"], "speedup_ci95": cmp["ratio_ci95"],
-                        "speedup_significant": cmp["significant"]})
+                        "speedup_significant": cmp["significant"], "speedup_rounds": cmp["rounds"]})
         if res is not None and floor is not None and res.latency_us.get("p50") and floor.latency_us.get("p50"):
             row["x_floor"] = res.latency_us["p50"] / floor.latency_us["p50"]
         ref = by_name.get(_per_class_reference(row) or "")
@@ -197,6 +201,27 @@ def _machine(result: BenchResult | None) -> dict[str, Any]:
             "batch_size": result.settings.get("batch_size")}
 
 
+def model_memory_kb(memory_kb: dict[str, Any]) -> float | None:
+    """Peak memory above the runner's own before the model loaded (Python, numpy and the runtime imported):
+    what the model costs. The absolute peak is mostly interpreter and runtime, alike for teacher and student."""
+    peak, baseline = memory_kb.get("vmhwm"), memory_kb.get("baseline_vmhwm")
+    return peak - baseline if peak and baseline else None
+
+
+def peak_mib(peak_kb: float | None, model_kb: float | None) -> str:
+    if not peak_kb:
+        return "–"
+    return f"{peak_kb / 1024:.1f}" + (f" (+{model_kb / 1024:.1f})" if model_kb is not None else "")
+
+
+def _speedup_note(row: dict[str, Any]) -> str:
+    """The interval of a speed-up over the rounds, and whether it exceeds their noise (none from one round)."""
+    interval = row.get("speedup_ci95")
+    if not interval:
+        return " (one round: no interval)"
+    return f" [{interval[0]:.2f}, {interval[1]:.2f}]" + ("" if row.get("speedup_significant") else " (within noise)")
+
+
 def findings(summary: dict[str, Any]) -> list[str]:
     """Plain sentences about what the numbers mean (fastest precision, INT8 vs FP32, KD gain, failures)."""
     out: list[str] = []
@@ -218,7 +243,8 @@ def findings(summary: dict[str, Any]) -> list[str]:
             out.append(f"FAILED: {row['name']} did not pass its parity check ({row['parity_reason']}); "
                        "do not ship it.")
     for fmt, floor in (summary.get("floors") or {}).items():
-        timed = [r for r in rows if r.get("p50_us") is not None and r["role"] == "student" and r["format"] == fmt]
+        timed = [r for r in rows if r.get("p50_us") is not None and r["role"] == "student" and r["format"] == fmt
+                 and r.get("parity_passed") is not False]  # a failed artifact is no candidate, however fast
         if not timed:
             continue
         runtime = RUNTIME_OF.get(fmt, fmt)
@@ -364,11 +390,14 @@ FORMAT_MARKERS = {"onnx": "o", "tflite": "s"}
 def _scatter_labelled(ax, rows: list[dict[str, Any]], x: Callable[[dict[str, Any]], float]) -> None:
     """One labelled point per artifact at (x(row), accuracy %), and the Pareto front (lower x, higher accuracy)."""
     for i, r in enumerate(rows):
-        ax.scatter(x(r), r["accuracy"] * 100, color=ROLE_COLORS.get(r["role"], "k"),
+        failed = r.get("parity_passed") is False  # hollow, labelled, and never on the front: not shippable
+        colour = ROLE_COLORS.get(r["role"], "k")
+        ax.scatter(x(r), r["accuracy"] * 100, color="none" if failed else colour, edgecolors=colour,
                    marker=FORMAT_MARKERS.get(r["format"], "o"), s=40, zorder=3)
-        ax.annotate(f"{r['role']} {r['format']} {r['precision']}", (x(r), r["accuracy"] * 100), fontsize=6,
+        ax.annotate(f"{r['role']} {r['format']} {r['precision']}" + (" (failed parity)" if failed else ""),
+                    (x(r), r["accuracy"] * 100), fontsize=6,
                     xytext=(4, 4 if i % 2 == 0 else -10), textcoords="offset points")  # alternate: no overlap
-    front = _pareto([(x(r), r["accuracy"] * 100) for r in rows])
+    front = _pareto([(x(r), r["accuracy"] * 100) for r in rows if r.get("parity_passed") is not False])
     ax.step([p for p, _ in front], [a for _, a in front], where="post", color="tab:green", alpha=0.6,
             label="Pareto front")
     _log_axis_plain(ax.xaxis)
@@ -540,8 +569,7 @@ def write_html(summary: dict[str, Any], rundir: RunDir) -> Path:
     for r in summary["rows"]:
         status = "ok" if r.get("parity_passed") else ("FAILED: " + (r.get("parity_reason") or "") if r.get("parity_passed") is False else "–")
         speed = r.get("speedup_vs_teacher")
-        speed_txt = "–" if speed is None else f"{speed:.2f}× [{r['speedup_ci95'][0]:.2f}, {r['speedup_ci95'][1]:.2f}]" + (
-            "" if r.get("speedup_significant") else " (within noise)")
+        speed_txt = "–" if speed is None else f"{speed:.2f}×" + _speedup_note(r)
         worst = r.get("worst_class")
         worst_txt = "–" if not worst else f"class {worst['class']}: {worst['delta_points']:+.1f} pt vs {r['class_delta_reference']}"
         ci = r.get("ci95_p50")
@@ -555,9 +583,9 @@ def write_html(summary: dict[str, Any], rundir: RunDir) -> Path:
                 + (" unstable" if r.get("unstable") else "")
                 + (" (emulated: not a board's latency)" if r.get("emulated") else ""),
                 _fmt(r.get("p99_us"), ".2f"), _fmt(r.get("x_floor"), ".2f"), speed_txt,
-                _fmt(r.get("vmhwm_kb") and r["vmhwm_kb"] / 1024, ".1f"), worst_txt, status]) + "</tr>")
+                peak_mib(r.get("vmhwm_kb"), r.get("vmhwm_model_kb")), worst_txt, status]) + "</tr>")
     header = ["artifact", "params", "size", "4-bit / 8-bit weight bytes", "test acc", "acc on device", "agreement", "max |err|", "p50 µs [95% CI]", "p99 µs",
-              "× floor", "speed-up vs teacher [95% CI]", "peak MiB", "worst class Δ", "parity"]
+              "× floor", "speed-up vs teacher [95% CI]", "peak MiB (+ over the runtime alone)", "worst class Δ", "parity"]
     class_names = summary.get("class_names") or []
     per_class = "".join(
         "<tr><td>" + e(r["name"]) + "</td>" + "".join(f"<td>{v:.0%}</td>" for v in r["per_class_accuracy"]) + "</tr>"

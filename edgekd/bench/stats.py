@@ -66,6 +66,10 @@ MAX_TRIMMED_CV = 0.15        # quiet <= 0.105; mixed-state runs 0.19-0.28
 DRIFT_BLOCKS = 10
 MIN_BLOCK_SIZE = 20          # drift is only computed when every block has this many calls
 
+# Below this many calls a distribution-free 95% interval of p99 has no upper bound (1 - 0.99^n < 0.975):
+# the p99 of fewer calls is one of the largest few values, not an estimate, and tables show "–".
+MIN_P99_SAMPLES = 368
+
 TRIM_FRACTION = 0.10
 CI_LEVEL = 0.95
 
@@ -156,6 +160,10 @@ def summarize(latencies_ns: Sequence[int] | np.ndarray, *, seed: int = 0, n_boot
     }
 
 
+def p99_estimable(n: int) -> bool:
+    return n >= MIN_P99_SAMPLES
+
+
 def _ratio(num: float, den: float, if_zero: float) -> float:
     return num / den if den > 0 else if_zero
 
@@ -223,3 +231,68 @@ def compare(
         "p50_change_pct_ci95": change_ci,
         "significant": bool(ratio_ci[0] > 1.0 or ratio_ci[1] < 1.0),
     }
+
+
+# --- comparisons between processes ----------------------------------------------------------
+# The calls of one process move together (the machine's state, the process's memory layout), so the
+# interval of a pooled median only knows the noise within a process: on this project's own results it was
+# 17-90x narrower than the spread of the rounds, and two identical models came out "significantly"
+# different 79-95% of the time. Verdicts therefore use the rounds (one fresh process each) as the unit.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045,
+         2.042)  # Student's t, 97.5% quantile, 1-30 degrees of freedom
+
+
+def t975(df: float) -> float:
+    """The 97.5% quantile of Student's t (a table to 30 degrees of freedom; beyond, 1.96 + 2.4/df, within 0.3%)."""
+    if df < 1:
+        raise ValueError("a t interval needs at least one degree of freedom")
+    return _T975[int(df) - 1] if df <= len(_T975) else 1.96 + 2.4 / df
+
+
+def compare_rounds(baseline_p50s: Sequence[float], candidate_p50s: Sequence[float], *,
+                   paired: bool) -> Dict[str, Any]:
+    """Speed-up of candidate over baseline from the p50 of each round (ratio > 1: the candidate is faster).
+
+    paired: round r of both ran side by side (interleaved in one bench call), so the log of each round's ratio
+    is one observation and a state of the machine common to both cancels; a t interval of their mean.
+    Otherwise (two sessions) Welch's interval of the difference of the mean log p50s. With fewer than two
+    rounds on a side there is no estimate of the noise between processes: no interval, never significant.
+    """
+    b = np.log(np.asarray(baseline_p50s, dtype=np.float64))
+    c = np.log(np.asarray(candidate_p50s, dtype=np.float64))
+    if b.size == 0 or c.size == 0 or not (np.all(np.isfinite(b)) and np.all(np.isfinite(c))):
+        raise ValueError("every round needs a positive p50")
+    if paired and b.size != c.size:
+        raise ValueError(f"paired rounds differ in number ({b.size} vs {c.size})")
+    if paired:
+        d = b - c
+        center, n = float(d.mean()), d.size
+        half = t975(n - 1) * float(d.std(ddof=1)) / np.sqrt(n) if n > 1 else None
+    else:
+        center, n = float(b.mean() - c.mean()), min(b.size, c.size)
+        half = None
+        if n > 1:
+            vb, vc = float(b.var(ddof=1)) / b.size, float(c.var(ddof=1)) / c.size
+            df = (vb + vc) ** 2 / (vb ** 2 / (b.size - 1) + vc ** 2 / (c.size - 1)) if vb + vc > 0 else b.size + c.size - 2
+            half = t975(df) * float(np.sqrt(vb + vc))
+    ratio = float(np.exp(center))
+    ci = None if half is None else (float(np.exp(center - half)), float(np.exp(center + half)))
+    return {
+        "ratio": ratio,
+        "ratio_ci95": ci,
+        "p50_change_pct": (1.0 / ratio - 1.0) * 100.0,
+        "p50_change_pct_ci95": None if ci is None else ((1.0 / ci[1] - 1.0) * 100.0, (1.0 / ci[0] - 1.0) * 100.0),
+        "significant": bool(ci is not None and (ci[0] > 1.0 or ci[1] < 1.0)),
+        "rounds": int(n),
+        "method": "paired rounds (t)" if paired else "rounds of two sessions (Welch)",
+    }
+
+
+def rounds_interval(round_p50s: Sequence[float]) -> tuple[float, float] | None:
+    """95% interval of the typical p50 across fresh processes (t interval of the mean log round p50)."""
+    x = np.log(np.asarray(round_p50s, dtype=np.float64))
+    if x.size < 2 or not np.all(np.isfinite(x)):
+        return None
+    half = t975(x.size - 1) * float(x.std(ddof=1)) / np.sqrt(x.size)
+    return float(np.exp(x.mean() - half)), float(np.exp(x.mean() + half))
