@@ -19,7 +19,7 @@ import numpy as np
 from edgekd.errors import CheckpointError, RecipeError
 from edgekd.export.artifact import Artifact
 from edgekd.export.formats import FORMATS, ExportOptions
-from edgekd.export.verify import parity
+from edgekd.export.verify import FP32_MAX_REL_ERROR, parity
 from edgekd.names import PATH_COMPONENT
 from edgekd.progress import Reporter, SilentReporter
 from edgekd.rundir import sha256_file
@@ -150,9 +150,11 @@ def export_model(
         seconds = time.perf_counter() - started
         threshold = min_agreement_int4 if precision == "int4" else min_agreement
 
-        def check_parity(file: Path, threshold: float = threshold, backend=backend):
+        bound = FP32_MAX_REL_ERROR if precision == "fp32" else None
+
+        def check_parity(file: Path, threshold: float = threshold, backend=backend, bound=bound):
             return parity(backend.predict(file, x_test), reference, y_test, num_classes=num_classes,
-                          threshold=threshold, reference_name=f"PyTorch {role} (fp32)")
+                          threshold=threshold, reference_name=f"PyTorch {role} (fp32)", max_rel_error=bound)
 
         check = check_parity(path)
         onnx_int8 = fmt == "onnx" and precision in ("int8_static", "int8_dynamic")

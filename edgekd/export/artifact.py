@@ -34,6 +34,7 @@ class Parity(BaseModel):
     reference_accuracy: float
     per_class_accuracy: list[float]
     threshold: float
+    max_abs_error_bound: float | None = Field(None, description="FP32: the largest logit error allowed")
     passed: bool
     reason: str | None = None
 
