@@ -61,3 +61,15 @@ def tiny_run(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("runs")
     return edgekd.run(edgekd.load_recipe(TINY_RECIPE), output_dir=out)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models and tensors: intra-op threads only add overhead (and stall on a busy machine). Restored after
+    the module, since the xdist worker goes on with other files."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

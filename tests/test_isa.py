@@ -116,18 +116,7 @@ def test_unknown_device_flags_are_not_blamed():
 
 
 @pytest.fixture(scope="module")
-def _one_thread():
-    """Training a tiny MLP: intra-op threads only add overhead. Restored after the module (the worker goes on)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def digits_mlp(tmp_path_factory, _one_thread):
+def digits_mlp(tmp_path_factory, one_thread):
     """A briefly trained digits MLP (two Gemm layers) exported to FP32 ONNX, with calibration inputs."""
     import numpy as np
 

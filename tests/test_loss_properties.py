@@ -21,13 +21,7 @@ MODES = ("soft_average", "loss_average", "confidence")
 FEATURE_LOSSES = ("hint", "mse", "cosine", "attention", "similarity", "rkd")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add overhead (and stall badly on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread (conftest)
 
 
 def _tensor(draw, shape, bound=10.0, dtype=np.float32, tiny=False) -> torch.Tensor:

@@ -17,13 +17,7 @@ from edgekd.export.verify import onnx_predict, parity
 from edgekd.models import create_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny digits models: intra-op threads only add overhead. Restored after the module (the worker goes on)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread (conftest)
 
 
 @pytest.fixture(scope="module")
