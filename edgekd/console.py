@@ -142,10 +142,9 @@ def bench_table(results: list[Any]) -> Table:
     for r in results:
         lat = r.latency_us
         peak = r.memory_kb.get("vmhwm") or r.memory_kb.get("peak")
-        interval = _ci(lat.get("ci95_p50_rounds") or lat.get("ci95_p50"))  # across rounds when there are several
-        p50 = "–" if lat.get("p50") is None else f"{lat['p50']:.2f} {interval}" + (
+        p50 = "–" if lat.get("p50") is None else f"{lat['p50']:.2f} {_ci(stats.shown_p50_interval(lat))}" + (
             " unstable" if lat.get("unstable") else "")
-        p99 = lat.get("p99") if lat.get("n") and stats.p99_estimable(lat["n"]) else None
+        p99 = stats.shown_p99(lat)
         table.add_row(Text(r.artifact["name"]), Text(r.device["name"]),  # names come from files: not markup
                       f"{r.runtime.get('name')} {r.runtime.get('version') or ''}" + (
                           f" ({r.runtime.get('tool')})" if r.harness == "native" else ""),

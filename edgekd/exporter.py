@@ -19,7 +19,7 @@ import numpy as np
 from edgekd.errors import CheckpointError, RecipeError
 from edgekd.export.artifact import Artifact
 from edgekd.export.formats import FORMATS, ExportOptions
-from edgekd.export.verify import FP32_MAX_REL_ERROR, parity
+from edgekd.export.verify import max_rel_error_for, parity
 from edgekd.names import PATH_COMPONENT
 from edgekd.progress import Reporter, SilentReporter
 from edgekd.rundir import sha256_file
@@ -150,7 +150,7 @@ def export_model(
         seconds = time.perf_counter() - started
         threshold = min_agreement_int4 if precision == "int4" else min_agreement
 
-        bound = FP32_MAX_REL_ERROR if precision == "fp32" else None
+        bound = max_rel_error_for(precision)
 
         def check_parity(file: Path, threshold: float = threshold, backend=backend, bound=bound):
             return parity(backend.predict(file, x_test), reference, y_test, num_classes=num_classes,

@@ -653,6 +653,19 @@ def _check_loss_params(recipe: Recipe, origin: str) -> None:
                 raise RecipeError(f"invalid recipe: {path}.{key}: the {name} loss has no parameter '{key}'",
                                   why=f"{name} takes: {', '.join(accepted) or 'no parameters'}",
                                   fix=(f"did you mean {close[0]}? " if close else "") + f"edit {path} in {origin}")
+        if name == "attention" and "p" in params:  # the one value a loss refuses: p < 1 trains to NaN
+            _check_attention_p(f"{path}.p", params["p"], origin)
+
+
+def _check_attention_p(path: str, p: Any, origin: str) -> None:
+    from edgekd.distill.feature_losses import check_attention_p
+    from edgekd.errors import FeatureError
+
+    try:
+        check_attention_p(p)
+    except FeatureError as exc:
+        raise RecipeError(f"invalid recipe: {path}: {exc.what}", why=exc.why,
+                          fix=f"set {path} to 2 (the paper's value) or any value ≥ 1, in {origin}") from None
 
 
 def dump_recipe(recipe: Recipe) -> str:

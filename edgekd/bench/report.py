@@ -45,8 +45,8 @@ def _row(artifact: Artifact, result: BenchResult | None) -> dict[str, Any]:
     }
     if result is not None:
         lat = result.latency_us
-        row.update({"p50_us": lat["p50"], "ci95_p50": lat.get("ci95_p50_rounds") or lat["ci95_p50"],
-                    "p90_us": lat["p90"], "p99_us": lat["p99"] if stats.p99_estimable(lat["n"]) else None,
+        row.update({"p50_us": lat["p50"], "ci95_p50": stats.shown_p50_interval(lat),
+                    "p90_us": lat["p90"], "p99_us": stats.shown_p99(lat),
                     "cv": lat["cv"], "unstable": lat["unstable"], "unstable_reasons": lat.get("unstable_reasons", []),
                     "runs": lat["n"], "vmhwm_kb": result.memory_kb.get("vmhwm"),
                     "vmhwm_model_kb": model_memory_kb(result.memory_kb), "load_ms": result.load_ms,

@@ -160,8 +160,15 @@ def summarize(latencies_ns: Sequence[int] | np.ndarray, *, seed: int = 0, n_boot
     }
 
 
-def p99_estimable(n: int) -> bool:
-    return n >= MIN_P99_SAMPLES
+def shown_p99(latency_us: Dict[str, Any]) -> float | None:
+    """A summary's p99 when it has calls enough to estimate one (MIN_P99_SAMPLES), else None (a table's "–")."""
+    return latency_us.get("p99") if (latency_us.get("n") or 0) >= MIN_P99_SAMPLES else None
+
+
+def shown_p50_interval(latency_us: Dict[str, Any]) -> Any:
+    """The p50 interval a table shows: across the rounds (fresh processes) when there are several, else the
+    interval within the one process."""
+    return latency_us.get("ci95_p50_rounds") or latency_us.get("ci95_p50")
 
 
 def _ratio(num: float, den: float, if_zero: float) -> float:

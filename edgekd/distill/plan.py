@@ -20,7 +20,6 @@ def check_plan(recipe: Recipe, splits: "Splits") -> None:
     from edgekd.distill.features import match_features, resolve
 
     d = recipe.distill
-    _check_feature_params(recipe)
     student = new_model(recipe, splits, "student")
     pairs = [(f.student, f.teacher) for f in d.features if "logits" not in (f.student, f.teacher)]
     if d.strategy == "progressive":
@@ -40,21 +39,6 @@ def check_plan(recipe: Recipe, splits: "Splits") -> None:
         load_teacher_outputs(d.blackbox.source, num_samples=len(splits.x_train), num_classes=splits.num_classes,
                              kind=d.blackbox.kind)
     _check_lineage(recipe)
-
-
-def _check_feature_params(recipe: Recipe) -> None:
-    """Feature-loss parameters that cannot train (attention with p < 1) fail here, named by their field."""
-    from edgekd.distill.feature_losses import check_attention_p
-    from edgekd.errors import FeatureError, RecipeError
-
-    for i, term in enumerate(recipe.distill.features):
-        if term.loss == "attention" and "p" in term.params:
-            try:
-                check_attention_p(term.params["p"])
-            except FeatureError as exc:
-                raise RecipeError(f"invalid recipe: distill.features.{i}.params.p: {exc.what}", why=exc.why,
-                                  fix=f"set distill.features.{i}.params.p to 2 (the paper's value) or any "
-                                      "value ≥ 1") from None
 
 
 def _check_lineage(recipe: Recipe) -> None:

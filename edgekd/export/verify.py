@@ -44,6 +44,11 @@ def per_class_accuracy(logits: np.ndarray, y: np.ndarray, num_classes: int) -> l
 FP32_MAX_REL_ERROR = 1e-3
 
 
+def max_rel_error_for(precision: str) -> float | None:
+    """The logit-error bound parity applies to an artifact of `precision` (FP32 only: quantized ones round)."""
+    return FP32_MAX_REL_ERROR if precision == "fp32" else None
+
+
 def parity(outputs: np.ndarray, reference: np.ndarray, y: np.ndarray, *, num_classes: int,
            threshold: float, reference_name: str, max_rel_error: float | None = None) -> Parity:
     """Compare an artifact's outputs with its PyTorch model's outputs on the same inputs: top-1 agreement at

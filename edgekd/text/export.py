@@ -113,12 +113,12 @@ def run_text_artifact(path: Path, ids: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def text_parity(path: Path, precision: str, reference: tuple[np.ndarray, np.ndarray], ids: np.ndarray,
                 labels: np.ndarray, *, num_classes: int, min_agreement: float, role: str):
     """The parity record (class agreement with PyTorch) and the embedding check, folded into one verdict."""
-    from edgekd.export.verify import FP32_MAX_REL_ERROR, parity
+    from edgekd.export.verify import max_rel_error_for, parity
 
     logits, embeddings = run_text_artifact(path, ids)
     check = parity(logits, reference[0], labels, num_classes=num_classes, threshold=min_agreement,
                    reference_name=f"PyTorch {role} (fp32)",
-                   max_rel_error=FP32_MAX_REL_ERROR if precision == "fp32" else None)
+                   max_rel_error=max_rel_error_for(precision))
     from edgekd.text.metrics import unit
 
     cos = np.sum(unit(embeddings) * unit(reference[1]), axis=1)
