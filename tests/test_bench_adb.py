@@ -47,6 +47,9 @@ def test_native_path_over_adb(adb_server, phone, fake_binary, tflite_model, tmp_
                              results_dir=tmp_path / "results", history=tmp_path / "h.sqlite")
     assert result.harness == "native" and result.runtime["tool"] == "benchmark_model"
     assert result.latency_us["p50"] > 0 and len(result.round_p50_us) == 2
+    runs = result.runtime["runs_per_round"]  # both rounds count, not the first alone
+    assert len(runs) == 2 and min(runs) >= 15 and result.latency_us["n"] == result.runtime["runs"] == sum(runs)
+    assert result.latency_us["ci95_p50_rounds"] is not None
     assert (tmp_path / "results" / "bench-mlp@phone.json").is_file()
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from edgekd.bench import native
+from edgekd.bench import native, stats
 from edgekd.bench.native import (
     BENCHMARK_MODEL,
     LATENCY_KEYS,
@@ -434,3 +434,77 @@ def test_bench_result_fields_make_a_valid_result(tmp_path):
     old = native.bench_result_fields(parse_perf_test(sample("perf_test_v1.3_acl_android.txt")))
     assert old["latency_us"]["p50"] is None and old["round_p50_us"] == [] and old["latency_us"]["cv"] is None
     assert old["runtime"]["name"] == "onnxruntime" and old["memory_kb"] == {"peak": 158171136 / 1024}
+
+
+def _perf_test_round(requests: int, p50_s: float, p99_s: float, avg_ms: float) -> dict:
+    """One onnxruntime_perf_test round: the SpacemiT sample with its call count and figures changed."""
+    text = sample("perf_test_spacemit_k1_statistics.txt")
+    for old, new in (("Total inference requests: 10", f"Total inference requests: {requests}"),
+                     ("Runs:10", f"Runs:{requests}"), ("Average inference time cost: 82.3382 ms",
+                                                        f"Average inference time cost: {avg_ms} ms"),
+                     ("P50 Latency: 0.0826095 s", f"P50 Latency: {p50_s} s"),
+                     ("P99 Latency: 0.0838817 s", f"P99 Latency: {p99_s} s")):
+        assert old in text
+        text = text.replace(old, new)
+    return parse_perf_test(text)
+
+
+def _native_bench(rounds: list[dict], tmp_path):
+    """The BenchResult the harness makes of these native rounds (its own to_result, on the host device)."""
+    from edgekd.bench.harness import BenchSettings, to_result
+    from edgekd.devices.profiles import open_device
+    from edgekd.export.artifact import Artifact
+
+    artifact = Artifact(name="yolo", role="model", format="onnx", precision="int8", file="yolo.onnx",
+                        size_bytes=1, sha256="0" * 64, directory=tmp_path)
+    device = open_device("host")
+    try:
+        return to_result([{"native": r} for r in rounds], artifact, device, BenchSettings(rounds=len(rounds)))
+    finally:
+        device.close()
+
+
+def test_native_rounds_are_combined_like_the_runners(tmp_path):
+    """Every round counts: total calls, the p50 over the rounds with their interval, the exact mean of all
+    calls; a p99 only when every round had the calls to estimate one (the first round's used to stand)."""
+    few = _perf_test_round(10, 0.080, 0.200, 81.0)  # 10 calls: its "p99" is its largest value, no estimate
+    many = _perf_test_round(400, 0.084, 0.090, 85.0)
+    result = _native_bench([few, many], tmp_path)
+    lat = result.latency_us
+    assert lat["n"] == 410 and result.runtime["runs"] == 410 and result.runtime["runs_per_round"] == [10, 400]
+    assert result.round_p50_us == [approx(80_000.0), approx(84_000.0)]
+    assert lat["p50"] == approx(82_000.0)  # the median of the rounds' p50s, not the first round's
+    assert lat["ci95_p50_rounds"] == approx(stats.rounds_interval([80_000.0, 84_000.0]))
+    assert stats.shown_p50_interval(lat) == lat["ci95_p50_rounds"]
+    assert lat["mean"] == approx((10 * 81_000.0 + 400 * 85_000.0) / 410)
+    assert lat["p99"] is None and stats.shown_p99(lat) is None
+    assert lat["min"] == approx(80_812.9) and lat["max"] == approx(83_881.7)
+
+    both = _native_bench([_perf_test_round(400, 0.080, 0.100, 81.0), many,
+                          _perf_test_round(500, 0.082, 0.095, 83.0)], tmp_path).latency_us
+    assert both["n"] == 1300 and both["p99"] == approx(95_000.0) and stats.shown_p99(both) == both["p99"]
+    assert both["p999"] is None  # p99.9 needs stats.MIN_P999_SAMPLES calls in every round
+
+    back = type(result).load(result.save(tmp_path / "bench-yolo.json"))
+    assert back.latency_us == result.latency_us
+
+
+def test_native_std_of_all_rounds_is_the_pooled_population_std():
+    """Two benchmark_model rounds of known values: the combined std is that of all their calls together."""
+    sys.path.insert(0, str(TESTS))
+    import fake_benchmark_model as fake
+    from array import array
+
+    parts = [array("q", [100, 102, 98, 101, 99]), array("q", [200, 210, 190])]
+    rounds = []
+    for values in parts:
+        text = f"INFO: {fake.stat_line(values)}\nINFO: Inference timings in us: Init: 5, First inference: 9, " \
+               f"Warmup (avg): 9, Inference (avg): {fake.fmt(sum(values) / len(values))}\n"
+        rounds.append(parse_benchmark_model(text))
+    lat = native.bench_result_fields(rounds)["latency_us"]
+    every = [v for values in parts for v in values]
+    mean = sum(every) / len(every)
+    # each round's std is printed truncated to an integer (LiteRT's Stat), so agreement is within that
+    assert lat["n"] == 8 and lat["mean"] == approx(mean)
+    assert lat["std"] == approx(math.sqrt(sum((v - mean) ** 2 for v in every) / len(every)), abs=1.0)
+    assert (lat["min"], lat["max"]) == (98.0, 210.0)

@@ -486,12 +486,11 @@ def _latency(latencies: list[int], round_p50s: list[float], settings: BenchSetti
 
 def _native_result(raws: list[dict[str, Any]], artifact: Artifact, device: Device,
                    settings: BenchSettings) -> BenchResult:
-    """A native tool prints summaries, not per-call times: keep the first round's summary and every
-    round's p50 (the spread between sessions)."""
+    """A native tool prints summaries, not per-call times: its rounds are combined as the runner's are where
+    a summary allows it (total calls, interval of the p50 over the rounds; see native.latency_summary)."""
     from edgekd.bench import native
 
-    fields = native.bench_result_fields(raws[0]["native"])
-    fields["round_p50_us"] = [p for raw in raws for p in native.bench_result_fields(raw["native"])["round_p50_us"]]
+    fields = native.bench_result_fields([raw["native"] for raw in raws])
     return BenchResult(artifact=_artifact_summary(artifact), device=_device_summary(device, {}),
                        emulated=device.profile.emulated, settings=asdict(settings), **fields)
 

@@ -33,8 +33,9 @@ perf_test ``peak`` (its peak working set: ru_maxrss on Linux/Android, the same q
 ``vmhwm``). A text without the tool's summary raises BenchError (what / why / fix).
 
 ``run_native`` pushes the binary (once, by sha256), runs it through ``device.run`` and parses the output;
-``bench_result_fields`` turns its dict into the fields of a BenchResult (harness "native", no per-call
-latencies, so no interval of the median and no stability verdict).
+``bench_result_fields`` turns the dicts of a bench's rounds into the fields of a BenchResult (harness "native",
+rounds combined as the runner path combines them where a summary allows: total calls, p50 interval over the
+rounds, p99 only when every round had enough calls; no per-call latencies, so no stability verdict).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import logging
 import math
 import re
 import shlex
+import statistics
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -438,38 +440,84 @@ def _exit_fix(code: int, tool: str, device: str, argv: list[str]) -> str:
 
 # ---------------------------------------------------------------------- toward a BenchResult
 
-def latency_summary(parsed: dict[str, Any]) -> dict[str, Any]:
-    """The parsed latencies under the keys of `stats.summarize` (the runner path), so reports read both alike.
+def _all(values: list[Any]) -> list[Any] | None:
+    """The values when every round printed one, else None: a figure missing from a round is not made up."""
+    return None if not values or any(v is None for v in values) else values
 
-    Only what the tool printed is filled in; cv is std / mean when both were printed. What needs the per-call
-    latencies (ci95_p50, trimmed_mean, the stability metrics and verdict) is None: a native tool prints
-    summaries only, so nothing here can say whether the run was stable.
+
+def _median(values: list[float] | None) -> float | None:
+    return None if values is None else float(statistics.median(values))
+
+
+def latency_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The parsed latencies of every round (one tool run each) under the keys of `stats.summarize` (the runner
+    path), combined the way the runner path combines its rounds, so reports read both alike.
+
+    A tool prints summaries, not per-call times, so the rounds cannot be pooled call by call. n is the total
+    of the rounds' calls; mean, std (population, as the tools print it), min and max are the exact figures of
+    all calls together; p50 and the other percentiles are the median over the rounds, and the interval of the
+    p50 is over the rounds' p50s (`stats.rounds_interval`, as `ci95_p50_rounds` on the runner path). A tail
+    percentile is kept only when EVERY round had the calls to estimate it (p99: `stats.MIN_P99_SAMPLES`,
+    p99.9: `stats.MIN_P999_SAMPLES`): one of a few calls' largest values is not an estimate, and a median with
+    such a round in it would pass for one. What needs per-call latencies (the interval within a process,
+    trimmed mean, the stability metrics and verdict) is None: nothing here can say whether a run was stable.
     """
-    lat = parsed["latency_us"]
-    mean, std = lat.get("mean"), lat.get("std")
+    from edgekd.bench import stats
+
+    lats = [r["latency_us"] for r in rounds]
+    col = {key: _all([lat.get(key) for lat in lats]) for key in LATENCY_KEYS}
+    n = sum(col["n"]) if col["n"] is not None else None
+    mean = std = None
+    if n and col["mean"] is not None:
+        mean = sum(k * m for k, m in zip(col["n"], col["mean"])) / n
+        if col["std"] is not None:  # the law of total variance over the rounds (population, as printed)
+            second = sum(k * (s * s + m * m) for k, s, m in zip(col["n"], col["std"], col["mean"])) / n
+            std = math.sqrt(max(0.0, second - mean * mean))
+    enough = {"p99": stats.MIN_P99_SAMPLES, "p999": stats.MIN_P999_SAMPLES}
+    pct = {key: _median(col[key]) if col["n"] is not None and min(col["n"]) >= enough.get(key, 0) else None
+           for key in ("p5", "p50", "p90", "p95", "p99", "p999")}
+    interval = stats.rounds_interval([lat["p50"] for lat in lats]) if col["p50"] is not None else None
     return {
-        "n": lat.get("n"), "p50": lat.get("p50"), "p90": lat.get("p90"), "p99": lat.get("p99"), "mean": mean,
+        "n": n, "p50": pct["p50"], "p90": pct["p90"], "p99": pct["p99"], "mean": mean,
         "trimmed_mean": None, "std": std, "cv": std / mean if std is not None and mean else None,
-        "ci95_p50": None, "min": lat.get("min"), "max": lat.get("max"),
-        "p5": lat.get("p5"), "p95": lat.get("p95"), "p999": lat.get("p999"),
+        "ci95_p50": None, "ci95_p50_rounds": list(interval) if interval else None,
+        "min": min(col["min"]) if col["min"] is not None else None,
+        "max": max(col["max"]) if col["max"] is not None else None,
+        "p5": pct["p5"], "p95": pct["p95"], "p999": pct["p999"],
         "trimmed_cv": None, "rel_ci95_half_width": None, "p99_p50": None, "tail_time_share": None, "drift": None,
         "unstable": None, "unstable_reasons": [],
+        "timer_overhead_us": None,  # the tool's own clock: its cost per call is not known here
     }
 
 
-def bench_result_fields(parsed: dict[str, Any]) -> dict[str, Any]:
-    """The BenchResult fields a native run fills: BenchResult(artifact=…, device=…, settings=…, **these)."""
-    p50 = parsed["latency_us"].get("p50")
+def bench_result_fields(rounds: dict[str, Any] | list[dict[str, Any]]) -> dict[str, Any]:
+    """The BenchResult fields a native run fills, from the parsed output of each round (one tool run each, or
+    one dict for a single run): BenchResult(artifact=…, device=…, settings=…, **these).
+
+    Combined like the runner path combines its rounds: the latency summary as `latency_summary` says, every
+    round's p50 in round_p50_us, load and first inference as the median over the rounds, each memory figure
+    as its largest (a peak), runtime["runs"] the total calls with runs_per_round beside it.
+    """
+    rounds = [rounds] if isinstance(rounds, dict) else list(rounds)
+    if not rounds:
+        raise ValueError("no native rounds to combine")
+    first = rounds[0]
+    memory: dict[str, float] = {}
+    for r in rounds:
+        for key, kb in (r.get("memory_kb") or {}).items():
+            memory[key] = max(memory.get(key, kb), kb)
+    runs = [r["runs"] for r in rounds]
     return {
         "harness": "native",
-        "runtime": {"name": RUNTIMES[parsed["tool"]], "tool": parsed["tool"],
-                    "binary_sha256": (parsed.get("binary") or {}).get("sha256"), "argv": parsed.get("argv"),
-                    "runs": parsed["runs"], "warmup_runs": parsed.get("warmup_runs"),
-                    "warmup_avg_us": parsed.get("warmup_avg_us"), **parsed.get("extra", {})},
-        "latency_us": latency_summary(parsed),
-        "round_p50_us": [p50] if p50 is not None else [],
-        "load_ms": parsed.get("init_ms"),
-        "first_inference_us": parsed.get("first_inference_us"),
-        "memory_kb": dict(parsed.get("memory_kb", {})),
+        "runtime": {"name": RUNTIMES[first["tool"]], "tool": first["tool"],
+                    "binary_sha256": (first.get("binary") or {}).get("sha256"), "argv": first.get("argv"),
+                    "runs": sum(runs), "runs_per_round": runs, "warmup_runs": first.get("warmup_runs"),
+                    "warmup_avg_us": _median(_all([r.get("warmup_avg_us") for r in rounds])),
+                    **first.get("extra", {})},
+        "latency_us": latency_summary(rounds),
+        "round_p50_us": [p for p in (r["latency_us"].get("p50") for r in rounds) if p is not None],
+        "load_ms": _median(_all([r.get("init_ms") for r in rounds])),
+        "first_inference_us": _median(_all([r.get("first_inference_us") for r in rounds])),
+        "memory_kb": memory,
         "latencies_ns": [],  # a native tool does not print per-call times
     }

@@ -69,6 +69,7 @@ MIN_BLOCK_SIZE = 20          # drift is only computed when every block has this 
 # Below this many calls a distribution-free 95% interval of p99 has no upper bound (1 - 0.99^n < 0.975):
 # the p99 of fewer calls is one of the largest few values, not an estimate, and tables show "–".
 MIN_P99_SAMPLES = 368
+MIN_P999_SAMPLES = 3688  # the same bound for p99.9 (1 - 0.999^n >= 0.975); native tools print p99.9
 
 TRIM_FRACTION = 0.10
 CI_LEVEL = 0.95
