@@ -293,18 +293,33 @@ def compare(a: Optional[str] = typer.Argument(None, help="earlier session (defau
 
     from edgekd.bench.history import compare as compare_sessions
 
-    rows = compare_sessions(a, b, path=history, device=device)
-    table = Table(title=f"{rows[0]['a']} → {rows[0]['b']}", title_justify="left")
+    found = compare_sessions(a, b, path=history, device=device)
+    table = Table(title=f"{found['a']} → {found['b']}", title_justify="left")
     for col in ("artifact", "p50 before µs", "p50 after µs", "change [95% CI]", "round spread", "verdict"):
         table.add_column(col, justify="left" if col in ("artifact", "verdict") else "right")
-    for r in rows:
+    for r in found["rows"]:
         interval = r["p50_change_pct_ci95"]
         change = f"{r['p50_change_pct']:+.1f}%" + (f" [{interval[0]:+.1f}, {interval[1]:+.1f}]" if interval else "")
         verdict = (("faster" if r["p50_change_pct"] < 0 else "slower") if r["significant"] else
                    "within noise" if interval else "no verdict: one round (bench --rounds 3 or more)")
-        table.add_row(Text(r["artifact"] + ("" if r["same_file"] else " (file changed)")), f"{r['p50_a_us']:.2f}",
+        ident = r["identity"]
+        what = " ".join(str(v) for v in (ident.get("format"), ident.get("precision")) if v)
+        label = f"{r['artifact']} ({what})" if what else r["artifact"]
+        table.add_row(Text(label + ("" if r["same_file"] else " (file changed)")), f"{r['p50_a_us']:.2f}",
                       f"{r['p50_b_us']:.2f}", change, f"±{r['round_spread_pct']:.0f}%", verdict)
     console.print(table)
+    for r in found["rows"]:
+        if r["unrecorded"]:
+            console.print(f"note: {r['artifact']}: {', '.join(r['unrecorded'])} not recorded in one session "
+                          "(an older history); paired on the rest", highlight=False)
+    for u in found["unpaired"]:
+        if u["side"] == "both":
+            console.print(f"not compared: {u['artifact']}: {u['reason']} (a different measurement, not a change)",
+                          highlight=False)
+    for side, session in (("a", found["a"]), ("b", found["b"])):
+        only = sorted({u["artifact"] for u in found["unpaired"] if u["side"] == side})
+        if only:
+            console.print(f"only in {session}: {', '.join(only)}", highlight=False)
 
 
 @app.command()

@@ -39,6 +39,7 @@ def test_runner_path_over_adb(adb_server, phone, tmp_path):  # noqa: F811
     results = edgekd.bench(_models(tmp_path), device=str(profile), settings=FAST)
     assert [r.harness for r in results] == ["runner", "runner"]
     assert all(r.device["kind"] == "adb" and r.latency_us["n"] >= 30 for r in results)
+    assert [r.inputs[0]["shape"] for r in results] == [[1, 16], [1, 16]]  # as timed: compare pairs on it
 
 
 def test_native_path_over_adb(adb_server, phone, fake_binary, tflite_model, tmp_path):  # noqa: F811

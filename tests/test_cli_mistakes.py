@@ -136,6 +136,22 @@ def test_a_batch_size_a_fixed_batch_model_cannot_take_is_refused(tmp_path):
                 "has a fixed batch of 1", "--batch-size 1")
 
 
+def test_compare_says_which_results_it_could_not_pair_and_why(tmp_path):
+    db = tmp_path / "h.sqlite"
+    a = history.record([_result("m", 10.0, 0, [10.0, 10.1]), _result("n", 5.0, 1, [5.0, 5.1])], db)
+    b = history.record([_result("m", 4.0, 2, [4.0, 4.1], threads=4), _result("n", 5.0, 3, [5.0, 5.1])], db)
+    proc = _cli("compare", a, b, "--history", str(db), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "faster" not in proc.stdout  # 4 threads against 1 is no speed-up of the model
+    assert "n (onnx fp32)" in proc.stdout and "within noise" in proc.stdout
+    assert "not compared: m: threads 1 → 4" in proc.stdout
+    assert "m (onnx" not in proc.stdout  # the 1-thread and 4-thread results are not in the table
+
+    c = history.record([_result("m", 4.0, 4, [4.0, 4.1], threads=4)], db)
+    _user_error(_cli("compare", a, c, "--history", str(db), cwd=tmp_path), "share no comparable result",
+                "m: threads 1 → 4")
+
+
 def test_history_of_a_device_without_sessions_says_so(tmp_path):
     db = tmp_path / "h.sqlite"
     history.record([_result("m", 10.0, 0, [10.0, 10.1])], db)

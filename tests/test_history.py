@@ -10,12 +10,16 @@ from edgekd.bench.result import BenchResult
 from edgekd.errors import BenchError
 
 
-def _result(name: str, center_us: float, seed: int, rounds: list[float]) -> BenchResult:
+def _result(name: str, center_us: float, seed: int, rounds: list[float], *, fmt: str = "onnx",
+            precision: str = "fp32", device: str = "host", threads: int = 1, batch_size: int = 1,
+            inputs: list[dict] | None = None) -> BenchResult:
     rng = np.random.default_rng(seed)
     ns = (rng.normal(center_us, center_us * 0.02, 3000) * 1000).astype(np.int64).tolist()
-    return BenchResult(artifact={"name": name, "sha256": name * 4, "format": "onnx", "precision": "fp32"},
-                       device={"name": "host"}, settings={}, latency_us=stats.summarize(ns),
-                       round_p50_us=rounds, latencies_ns=ns)
+    return BenchResult(artifact={"name": name, "sha256": name * 4, "format": fmt, "precision": precision},
+                       device={"name": device}, settings={"threads": threads, "batch_size": batch_size},
+                       latency_us=stats.summarize(ns), round_p50_us=rounds, latencies_ns=ns,
+                       inputs=inputs if inputs is not None else [{"name": "x", "shape": [batch_size, 16],
+                                                                  "dtype": "float32"}])
 
 
 def test_compare_flags_a_real_slowdown_and_not_noise(tmp_path):
@@ -23,7 +27,7 @@ def test_compare_flags_a_real_slowdown_and_not_noise(tmp_path):
     a = history.record([_result("m", 10.0, 0, [10.0, 10.1]), _result("n", 5.0, 1, [5.0, 5.05])], db)
     b = history.record([_result("m", 20.0, 2, [20.0, 20.2]), _result("n", 5.01, 3, [5.0, 5.05])], db)
     assert [s["session"] for s in history.sessions(db)] == [b, a]
-    rows = {r["artifact"]: r for r in history.compare(path=db)}  # newest vs the one before on the same device
+    rows = {r["artifact"]: r for r in history.compare(path=db)["rows"]}  # newest vs the one before, same device
     assert rows["m"]["significant"] and 95 < rows["m"]["p50_change_pct"] < 105
     assert not rows["n"]["significant"]
 
@@ -32,7 +36,7 @@ def test_a_change_smaller_than_the_round_spread_is_within_noise(tmp_path):
     db = tmp_path / "h.sqlite"
     before, after = _result("m", 10.0, 0, [10.0, 13.0]), _result("m", 11.0, 1, [11.0, 11.2])
     a, b = history.record([before], db), history.record([after], db)
-    (row,) = history.compare(a, b, path=db)
+    (row,) = history.compare(a, b, path=db)["rows"]
     assert stats.compare(before.latencies_ns, after.latencies_ns)["significant"]  # calls as samples: a "change"…
     low, high = row["p50_change_pct_ci95"]
     assert low < 0 < high and not row["significant"]  # …the rounds, fresh processes, say noise
@@ -43,7 +47,7 @@ def test_one_round_gives_no_verdict(tmp_path):
     db = tmp_path / "h.sqlite"
     a = history.record([_result("m", 10.0, 0, [10.0])], db)
     b = history.record([_result("m", 20.0, 1, [20.0, 20.1])], db)
-    (row,) = history.compare(a, b, path=db)
+    (row,) = history.compare(a, b, path=db)["rows"]
     assert row["p50_change_pct_ci95"] is None and not row["significant"]
 
 
@@ -57,6 +61,64 @@ def test_missing_history_and_unknown_session_are_clear_errors(tmp_path):
     with pytest.raises(BenchError, match="no bench session 'nope'"):
         history.compare("nope", None, path=db)
     assert not (tmp_path / "none.sqlite").exists()
+
+
+def test_results_of_one_name_that_measured_different_things_are_not_paired(tmp_path):
+    """Same name, other format / precision / device / threads / batch / sequence length: not a change, never
+    compared; the reason names the difference. The one row that matches is still compared."""
+    db = tmp_path / "h.sqlite"
+    seq = lambda n: [{"name": "ids", "shape": [1, n], "dtype": "int64"}]  # noqa: E731
+    a = history.record([_result("m", 10.0, 0, [10.0, 10.1]), _result("q", 10.0, 1, [10.0, 10.1]),
+                        _result("t", 10.0, 2, [10.0, 10.1], inputs=seq(128)), _result("b", 10.0, 3, [10.0, 10.1]),
+                        _result("f", 10.0, 4, [10.0, 10.1]), _result("gone", 1.0, 5, [1.0, 1.1])], db)
+    b = history.record([_result("m", 4.0, 6, [4.0, 4.1], threads=4),
+                        _result("q", 5.0, 7, [5.0, 5.1], precision="int8_dynamic"),
+                        _result("t", 5.0, 8, [5.0, 5.1], inputs=seq(64)),
+                        _result("b", 50.0, 9, [50.0, 50.1], batch_size=8),
+                        _result("f", 9.0, 10, [9.0, 9.1], fmt="tflite"), _result("f", 11.0, 11, [11.0, 11.1]),
+                        _result("new", 1.0, 12, [1.0, 1.1])], db)
+    found = history.compare(a, b, path=db)
+    (row,) = found["rows"]
+    assert row["artifact"] == "f" and row["identity"]["format"] == "onnx" and row["significant"]
+    assert 5 < row["p50_change_pct"] < 15 and row["unrecorded"] == []
+    reasons = {(u["artifact"], u["side"]): u["reason"] for u in found["unpaired"]}
+    assert reasons == {("m", "both"): "threads 1 → 4", ("q", "both"): "precision fp32 → int8_dynamic",
+                       ("t", "both"): "input shapes ids [1, 128] → ids [1, 64]",
+                       ("b", "both"): "batch 1 → 8; input shapes x [1, 16] → x [8, 16]",
+                       ("f", "both"): "format onnx → tflite",
+                       ("new", "b"): "not measured in the earlier session",
+                       ("gone", "a"): "not measured in the later session"}
+
+    other = history.record([_result("m", 10.0, 13, [10.0, 10.1], device="pi")], db)
+    with pytest.raises(BenchError, match="share no comparable result") as err:
+        history.compare(a, other, path=db)
+    assert "m: device host → pi" in err.value.why
+
+
+def test_a_history_from_before_identities_still_compares(tmp_path):
+    """A history written by an older edgekd (no identity column, results without input shapes) gains the
+    column; its rows pair on what they recorded (format, precision, device) and the rest is named."""
+    import sqlite3
+
+    db = tmp_path / "h.sqlite"
+    old_schema = history._SCHEMA.replace(",\n    identity TEXT", "")
+    assert "identity" not in old_schema
+    with sqlite3.connect(db) as con:
+        con.executescript(old_schema)
+        con.execute("INSERT INTO results (session, created_at, device, artifact_name, artifact_sha256, format,"
+                    " precision, harness, p50_us, runs, unstable, round_p50_us, latencies) VALUES"
+                    " ('old', 't', 'host', 'm', 'mmmm', 'onnx', 'fp32', 'runner', 10, 3, 0, '[10.0, 10.1]', ?)",
+                    (history._pack([10_000, 10_100, 10_050]),))
+        con.execute("INSERT INTO results (session, created_at, device, artifact_name, artifact_sha256, format,"
+                    " precision, harness, p50_us, runs, unstable, round_p50_us, latencies) VALUES"
+                    " ('old', 't', 'host', 'q', 'qqqq', 'onnx', 'fp32', 'runner', 10, 3, 0, '[10.0, 10.1]', ?)",
+                    (history._pack([10_000, 10_100, 10_050]),))
+    new = history.record([_result("m", 20.0, 0, [20.0, 20.2]), _result("q", 5.0, 1, [5.0, 5.1], fmt="tflite")], db)
+    found = history.compare("old", new, path=db)
+    (row,) = found["rows"]
+    assert row["artifact"] == "m" and row["significant"]
+    assert row["unrecorded"] == ["threads", "batch", "input shapes"]
+    assert found["unpaired"] == [{"artifact": "q", "side": "both", "reason": "format onnx → tflite"}]
 
 
 def test_over_time_splits_calls_into_equal_wall_time_windows():

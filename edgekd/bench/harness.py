@@ -491,8 +491,9 @@ def _native_result(raws: list[dict[str, Any]], artifact: Artifact, device: Devic
     from edgekd.bench import native
 
     fields = native.bench_result_fields([raw["native"] for raw in raws])
+    declared = [{k: t.get(k) for k in ("name", "shape", "dtype")} for t in artifact.inputs]  # the tool's own feed
     return BenchResult(artifact=_artifact_summary(artifact), device=_device_summary(device, {}),
-                       emulated=device.profile.emulated, settings=asdict(settings), **fields)
+                       emulated=device.profile.emulated, settings=asdict(settings), inputs=declared, **fields)
 
 
 def _artifact_summary(artifact: Artifact) -> dict[str, Any]:
@@ -533,6 +534,7 @@ def to_result(raws: list[dict[str, Any]], artifact: Artifact, device: Device, se
         runtime=first.get("runtime", {}),
         latency_us=_latency(latencies, round_p50s, settings),
         round_p50_us=round_p50s,
+        inputs=[{k: t.get(k) for k in ("name", "shape", "dtype")} for t in first.get("inputs") or []],
         load_ms=float(np.median([raw["load_ms"] for raw in raws])),
         first_inference_us=float(np.median([raw["first_inference_us"] for raw in raws])),
         memory_kb=memory,

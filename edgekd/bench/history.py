@@ -1,7 +1,9 @@
 """SQLite history of bench results, so a run can be compared with an earlier one on the same device.
 
-One row per BenchResult; the raw latencies are stored as a compressed .npy blob (never a pickle), so a
-comparison can bootstrap the interval of the p50 change instead of comparing two bare numbers.
+One row per BenchResult; the raw latencies are stored as a compressed .npy blob (never a pickle) and each
+round's p50, which is what a comparison uses as its samples. A row also keeps what it measured beyond the
+artifact's name (IDENTITY: format, precision, device, threads, batch, input shapes): two results are only
+compared when all of it matches.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import time
 import uuid
 import zlib
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 import numpy as np
 
@@ -34,10 +36,15 @@ CREATE TABLE IF NOT EXISTS results (
     p50_us REAL, ci_lo_us REAL, ci_hi_us REAL, runs INTEGER, unstable INTEGER,
     device_info TEXT,
     round_p50_us TEXT,
-    latencies BLOB
+    latencies BLOB,
+    identity TEXT
 );
 CREATE INDEX IF NOT EXISTS results_session ON results(session);
 """
+# What makes two results of one artifact name comparable: a different value of any of these measures a
+# different thing (INT8 vs FP32, 4 threads vs 1, batch 8 vs 1, sequence length 128 vs 64, another device).
+IDENTITY = ("format", "precision", "device", "threads", "batch_size", "inputs")
+_IDENTITY_LABELS = {"batch_size": "batch", "inputs": "input shapes"}
 
 
 def _connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
@@ -48,6 +55,8 @@ def _connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(str(path), timeout=30)
         db.executescript(_SCHEMA)
+        if "identity" not in {row[1] for row in db.execute("PRAGMA table_info(results)")}:
+            db.execute("ALTER TABLE results ADD COLUMN identity TEXT")  # a history written before it existed
     except (sqlite3.Error, OSError) as exc:
         raise BenchError(f"cannot open the bench history {path}", why=str(exc),
                          fix="check the path (--history) or delete a corrupt history file") from None
@@ -64,6 +73,14 @@ def _unpack(blob: bytes) -> np.ndarray:
     return np.load(io.BytesIO(zlib.decompress(blob)), allow_pickle=False)
 
 
+def identity(result: BenchResult) -> dict[str, Any]:
+    """What a result measured beyond the artifact's name (IDENTITY); None where the result does not say."""
+    inputs = [[i.get("name"), i.get("shape")] for i in result.inputs] if result.inputs else None
+    return {"format": result.artifact.get("format"), "precision": result.artifact.get("precision"),
+            "device": result.device.get("name"), "threads": result.settings.get("threads"),
+            "batch_size": result.settings.get("batch_size"), "inputs": inputs}
+
+
 def record(results: Iterable[BenchResult], path: Path = DEFAULT_PATH, session: str | None = None) -> str:
     """Store results under one session id (returned)."""
     session = session or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
@@ -73,12 +90,12 @@ def record(results: Iterable[BenchResult], path: Path = DEFAULT_PATH, session: s
             ci = lat.get("ci95_p50") or (None, None)
             db.execute(
                 "INSERT INTO results (session, created_at, device, artifact_name, artifact_sha256, format, precision,"
-                " harness, p50_us, ci_lo_us, ci_hi_us, runs, unstable, device_info, round_p50_us, latencies)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " harness, p50_us, ci_lo_us, ci_hi_us, runs, unstable, device_info, round_p50_us, latencies, identity)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (session, r.created_at, r.device["name"], r.artifact["name"], r.artifact["sha256"],
                  r.artifact.get("format"), r.artifact.get("precision"), r.harness, lat.get("p50"), ci[0], ci[1],
                  lat.get("n"), int(bool(lat.get("unstable"))), json.dumps(r.device),
-                 json.dumps(r.round_p50_us), _pack(r.latencies_ns)))
+                 json.dumps(r.round_p50_us), _pack(r.latencies_ns), json.dumps(identity(r))))
     return session
 
 
@@ -92,12 +109,68 @@ def sessions(path: Path = DEFAULT_PATH, device: str | None = None) -> list[dict[
     return [{"session": s, "created_at": c, "device": d, "results": n} for s, c, d, n in rows]
 
 
-def _session_rows(db: sqlite3.Connection, session: str) -> dict[str, tuple[str, str, np.ndarray, list[float]]]:
-    rows = db.execute("SELECT artifact_name, artifact_sha256, device, latencies, round_p50_us FROM results"
-                      " WHERE session = ?", (session,)).fetchall()
+class _Row(NamedTuple):
+    name: str
+    sha256: str
+    device: str
+    latencies: np.ndarray
+    rounds: list[float]
+    identity: dict[str, Any]
+
+
+def _session_rows(db: sqlite3.Connection, session: str) -> list[_Row]:
+    rows = db.execute("SELECT artifact_name, artifact_sha256, device, latencies, round_p50_us, format, precision,"
+                      " identity FROM results WHERE session = ? ORDER BY id", (session,)).fetchall()
     if not rows:
         raise BenchError(f"no bench session '{session}' in the history", fix="list sessions with `edgekd history`")
-    return {name: (sha, device, _unpack(blob), json.loads(rounds or "[]")) for name, sha, device, blob, rounds in rows}
+    out = []
+    for name, sha, device, blob, rounds, fmt, precision, ident in rows:
+        # A row recorded before the identity column knows only its format, precision and device.
+        known = json.loads(ident) if ident else {"format": fmt, "precision": precision, "device": device}
+        out.append(_Row(name, sha, device, _unpack(blob), json.loads(rounds or "[]"),
+                        {key: known.get(key) for key in IDENTITY}))
+    return out
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(what differs as "threads 1 → 4", what one side did not record): the second does not stop a pairing."""
+    differ, unknown = [], []
+    for key in IDENTITY:
+        label = _IDENTITY_LABELS.get(key, key)
+        if a[key] is None or b[key] is None:
+            if a[key] != b[key]:
+                unknown.append(label)
+        elif a[key] != b[key]:
+            show = (lambda v: ", ".join(f"{n} {s}" for n, s in v)) if key == "inputs" else str
+            differ.append(f"{label} {show(a[key])} → {show(b[key])}")
+    return differ, unknown
+
+
+def pair(older: list[_Row], newer: list[_Row]) -> tuple[list[tuple[_Row, _Row, list[str]]], list[dict[str, Any]]]:
+    """Pair the rows of two sessions on the artifact's name AND its identity (IDENTITY).
+
+    Returns ([(older row, newer row, fields one side did not record)], [unpaired: {artifact, side, reason}]).
+    A field only one side recorded (a history from before it was kept) does not stop a pairing, but is
+    named. Rows of the same name that differ in a recorded field are never paired: the reason names the
+    difference.
+    """
+    pairs, unpaired, used = [], [], set()
+    for new in newer:
+        same_name = [(i, old) for i, old in enumerate(older) if old.name == new.name]
+        match = next(((i, old, _differences(old.identity, new.identity)[1]) for i, old in same_name
+                      if i not in used and not _differences(old.identity, new.identity)[0]), None)
+        if match is not None:
+            used.add(match[0])
+            pairs.append((match[1], new, match[2]))
+        elif same_name:
+            diffs = _differences(same_name[0][1].identity, new.identity)[0] or ["already paired with another row"]
+            unpaired.append({"artifact": new.name, "side": "both", "reason": "; ".join(diffs)})
+        else:
+            unpaired.append({"artifact": new.name, "side": "b", "reason": "not measured in the earlier session"})
+    for i, old in enumerate(older):
+        if i not in used and not any(u["artifact"] == old.name and u["side"] == "both" for u in unpaired):
+            unpaired.append({"artifact": old.name, "side": "a", "reason": "not measured in the later session"})
+    return pairs, unpaired
 
 
 def _round_spread_pct(rounds: list[float]) -> float:
@@ -105,17 +178,22 @@ def _round_spread_pct(rounds: list[float]) -> float:
     return (max(rounds) / min(rounds) - 1.0) * 100 if len(rounds) > 1 and min(rounds) > 0 else 0.0
 
 
-def _p50_us(row: tuple[str, str, np.ndarray, list[float]]) -> float:
+def _p50_us(row: _Row) -> float:
     """The session's p50: of all its calls, or (a native tool's summary) the median of its rounds' p50s."""
-    return float(np.median(row[2])) / 1000 if len(row[2]) else float(np.median(row[3]))
+    return float(np.median(row.latencies)) / 1000 if len(row.latencies) else float(np.median(row.rounds))
 
 
 def compare(a: str | None = None, b: str | None = None, *, path: Path = DEFAULT_PATH,
-            device: str | None = None) -> list[dict[str, Any]]:
+            device: str | None = None) -> dict[str, Any]:
     """Compare session `b` (default: the newest) with `a` (default: the one before it on the same device).
 
-    For each artifact in both: p50 change with a 95% interval over the rounds of the two sessions (Welch), and
-    whether it exceeds the noise; with one round on a side there is no interval and no verdict.
+    Results are paired on the artifact's name and what they measured (IDENTITY): an INT8 and an FP32 file of
+    one name, or one file at 1 and at 4 threads, are different measurements. For each pair: p50 change with a
+    95% interval over the rounds of the two sessions (Welch), and whether it exceeds the noise; with one round
+    on a side there is no interval and no verdict.
+
+    Returns {"a", "b", "rows": [one per pair], "unpaired": [{"artifact", "side" ("a", "b" or "both"),
+    "reason"}]}.
     """
     past = sessions(path, device)
     if b is None:
@@ -134,26 +212,34 @@ def compare(a: str | None = None, b: str | None = None, *, path: Path = DEFAULT_
     with _connect(path, create=False) as db:
         newer = _session_rows(db, b)
         if a is None:
-            b_device = next(iter(newer.values()))[1]
+            b_device = newer[0].device
             earlier = [s["session"] for s in past if s["device"] == b_device and s["session"] != b]
             if not earlier:
                 raise BenchError(f"no earlier session on device '{b_device}' to compare with",
                                  fix="run `edgekd bench` again, or name two sessions: edgekd compare A B")
             a = earlier[0]
         older = _session_rows(db, a)
+    pairs, unpaired = pair(older, newer)
     out = []
-    for name in sorted(set(older) & set(newer)):
-        rounds_a, rounds_b = older[name][3], newer[name][3]
-        if not rounds_a or not rounds_b:
+    for old, new, unknown in sorted(pairs, key=lambda p: p[1].name):
+        if not old.rounds or not new.rounds:
+            unpaired.append({"artifact": new.name, "side": "both", "reason": "no per-round p50 recorded"})
             continue
         # The rounds (fresh processes) of each session are the samples: the calls of one process move together,
         # so an interval over calls would call the machine's own drift a change.
-        cmp = stats.compare_rounds(rounds_a, rounds_b, paired=False)
-        out.append({"artifact": name, "a": a, "b": b, "same_file": older[name][0] == newer[name][0],
-                    "p50_a_us": _p50_us(older[name]), "p50_b_us": _p50_us(newer[name]),
+        cmp = stats.compare_rounds(old.rounds, new.rounds, paired=False)
+        out.append({"artifact": new.name, "a": a, "b": b, "same_file": old.sha256 == new.sha256,
+                    "identity": new.identity, "unrecorded": unknown,
+                    "p50_a_us": _p50_us(old), "p50_b_us": _p50_us(new),
                     "p50_change_pct": cmp["p50_change_pct"], "p50_change_pct_ci95": cmp["p50_change_pct_ci95"],
-                    "round_spread_pct": max(_round_spread_pct(rounds_a), _round_spread_pct(rounds_b)),
-                    "rounds": [len(rounds_a), len(rounds_b)], "significant": cmp["significant"]})
+                    "round_spread_pct": max(_round_spread_pct(old.rounds), _round_spread_pct(new.rounds)),
+                    "rounds": [len(old.rounds), len(new.rounds)], "significant": cmp["significant"]})
     if not out:
+        reasons = [f"{u['artifact']}: {u['reason']}" for u in unpaired if u["side"] == "both"]
+        if reasons:
+            raise BenchError(f"sessions {a} and {b} share no comparable result",
+                             why="results of the same name measured different things: " + "; ".join(reasons),
+                             fix="compare sessions benchmarked with the same settings (threads, batch size, "
+                                 "input shapes) on the same device, of the same format and precision")
         raise BenchError(f"sessions {a} and {b} share no artifact", fix="compare sessions that measured the same artifacts")
-    return out
+    return {"a": a, "b": b, "rows": out, "unpaired": unpaired}

@@ -28,6 +28,9 @@ class BenchResult(BaseModel):
     runtime: dict[str, Any] = Field(default_factory=dict)
     latency_us: dict[str, Any]  # stats.summarize() of the timed calls of all rounds
     round_p50_us: list[float] = Field(default_factory=list)  # p50 of each round (fresh process): the spread
+    # The input tensors as timed (name, shape, dtype; a native tool: as the model declares them). Empty in
+    # results written before it was kept.
+    inputs: list[dict[str, Any]] = Field(default_factory=list)
     load_ms: float | None = None
     first_inference_us: float | None = None
     memory_kb: dict[str, Any] = Field(default_factory=dict)
