@@ -40,6 +40,7 @@ def test_runner_path_over_adb(adb_server, phone, tmp_path):  # noqa: F811
     assert [r.harness for r in results] == ["runner", "runner"]
     assert all(r.device["kind"] == "adb" and r.latency_us["n"] >= 30 for r in results)
     assert [r.inputs[0]["shape"] for r in results] == [[1, 16], [1, 16]]  # as timed: compare pairs on it
+    assert all(r.latency_us["timer_overhead_us"] > 0 for r in results)  # measured on the device, recorded
 
 
 def test_native_path_over_adb(adb_server, phone, fake_binary, tflite_model, tmp_path):  # noqa: F811
@@ -47,6 +48,7 @@ def test_native_path_over_adb(adb_server, phone, fake_binary, tflite_model, tmp_
     (result,) = edgekd.bench([tflite_model], device=str(profile), settings=FAST,
                              results_dir=tmp_path / "results", history=tmp_path / "h.sqlite")
     assert result.harness == "native" and result.runtime["tool"] == "benchmark_model"
+    assert result.latency_us["timer_overhead_us"] is None  # the tool's own clock: its cost is not known
     assert result.latency_us["p50"] > 0 and len(result.round_p50_us) == 2
     runs = result.runtime["runs_per_round"]  # both rounds count, not the first alone
     assert len(runs) == 2 and min(runs) >= 15 and result.latency_us["n"] == result.runtime["runs"] == sum(runs)

@@ -5,6 +5,7 @@ instruction-set explanation of slow INT8."""
 from __future__ import annotations
 
 import base64
+import json
 import platform
 from pathlib import Path
 
@@ -216,3 +217,44 @@ def test_peak_memory_shows_what_the_model_adds_to_the_runtime():
     memory = {"vmhwm": 62_874, "baseline_vmhwm": 59_904}
     assert model_memory_kb(memory) == 2_970 and peak_mib(memory["vmhwm"], 2_970) == "61.4 (+2.9)"
     assert model_memory_kb({"vmhwm": 62_874}) is None and peak_mib(62_874, None) == "61.4"
+
+
+def test_the_timer_cost_is_named_where_it_is_a_noticeable_part_of_the_p50(tmp_path):
+    """The runner records its timer's cost per call; the report says how much of a fast model's p50 it is, and
+    results written before it was recorded still load and report (without the note)."""
+    from edgekd.bench.harness import BenchSettings, to_result
+    from edgekd.bench.report import TIMER_SHARE_NOTE, _row
+    from edgekd.bench.result import BenchResult
+    from edgekd.devices.profiles import open_device
+    from edgekd.export.artifact import Artifact
+
+    artifact = Artifact(name="student-onnx-fp32", role="student", format="onnx", precision="fp32",
+                        file="m.onnx", size_bytes=1, sha256="0" * 64, directory=tmp_path)
+    device = open_device("host")
+    raw = {"latencies_ns": [3400] * 500, "load_ms": 1.0, "first_inference_us": 9.0, "memory_kb": {},
+           "runtime": {"name": "onnxruntime"}, "system": {"machine": platform.machine()},
+           "timer": {"overhead_ns": 130, "runs": 2000, "resolution_ns": 1.0}}
+    try:
+        fast = to_result([raw, {**raw, "timer": {**raw["timer"], "overhead_ns": 150}}], artifact, device,
+                         BenchSettings(rounds=2, min_runs=10))
+        old_runner = to_result([{k: v for k, v in raw.items() if k != "timer"}], artifact, device,
+                               BenchSettings(rounds=1, min_runs=10))
+    finally:
+        device.close()
+    assert fast.latency_us["timer_overhead_us"] == pytest.approx(0.14)  # the median over the rounds
+    assert old_runner.latency_us["timer_overhead_us"] is None
+
+    back = BenchResult.load(fast.save(tmp_path / "bench-new.json"))
+    row = _row(artifact, back)
+    (note,) = [f for f in findings({"rows": [row]}) if "timer's own cost" in f]
+    assert "3.40 µs includes ~0.14 µs (4%)" in note and "~3.26 µs without it" in note
+
+    slow = {**row, "p50_us": 0.14 / TIMER_SHARE_NOTE * 1.01}
+    assert not [f for f in findings({"rows": [slow]}) if "timer's own cost" in f]
+
+    old = fast.model_dump(mode="json", by_alias=True)
+    del old["latency_us"]["timer_overhead_us"]  # a result saved before the timer was measured
+    (tmp_path / "bench-old.json").write_text(json.dumps(old))
+    old_row = _row(artifact, BenchResult.load(tmp_path / "bench-old.json"))
+    assert old_row["timer_overhead_us"] is None and old_row["p50_us"] == pytest.approx(3.4)
+    assert not [f for f in findings({"rows": [old_row]}) if "timer's own cost" in f]

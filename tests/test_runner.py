@@ -110,6 +110,9 @@ def test_identity_run_reports_every_phase(identity_dir: Path):
     assert r["inputs"] == [{"name": "x", "shape": [1, 1, 8, 8], "dtype": "float32", "model_shape": ["batch", 1, 8, 8]}]
     assert r["outputs"][0]["name"] == "y" and r["outputs"][0]["shape"] == [1, 1, 8, 8]
     assert r["predict"] is None
+    timer = r["timer"]  # the timer's own cost, measured by the same loop around a call of nothing
+    assert timer["runs"] == 2000 and isinstance(timer["overhead_ns"], int) and timer["overhead_ns"] > 0
+    assert timer["resolution_ns"] > 0
     assert r["python"] and r["numpy"] == np.__version__
     system = r["system"]
     assert {"machine", "system", "cpu_model", "cpu_count_logical", "cpu_features", "governor", "affinity"} <= set(system)

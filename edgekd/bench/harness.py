@@ -484,6 +484,13 @@ def _latency(latencies: list[int], round_p50s: list[float], settings: BenchSetti
     return summary
 
 
+def _timer_overhead_us(raws: list[dict[str, Any]]) -> float | None:
+    """The runner's timer cost per timed call (µs, median over the rounds), None when a round did not
+    measure it (a runner from before it did)."""
+    values = [(raw.get("timer") or {}).get("overhead_ns") for raw in raws]
+    return None if not values or None in values else float(np.median(values)) / 1e3
+
+
 def _native_result(raws: list[dict[str, Any]], artifact: Artifact, device: Device,
                    settings: BenchSettings) -> BenchResult:
     """A native tool prints summaries, not per-call times: its rounds are combined as the runner's are where
@@ -532,7 +539,7 @@ def to_result(raws: list[dict[str, Any]], artifact: Artifact, device: Device, se
         harness="runner",
         settings=asdict(settings),
         runtime=first.get("runtime", {}),
-        latency_us=_latency(latencies, round_p50s, settings),
+        latency_us={**_latency(latencies, round_p50s, settings), "timer_overhead_us": _timer_overhead_us(raws)},
         round_p50_us=round_p50s,
         inputs=[{k: t.get(k) for k in ("name", "shape", "dtype")} for t in first.get("inputs") or []],
         load_ms=float(np.median([raw["load_ms"] for raw in raws])),
