@@ -12,12 +12,12 @@ from edgekd.errors import BenchError
 
 def _result(name: str, center_us: float, seed: int, rounds: list[float], *, fmt: str = "onnx",
             precision: str = "fp32", device: str = "host", threads: int = 1, batch_size: int = 1,
-            inputs: list[dict] | None = None) -> BenchResult:
+            inputs: list[dict] | None = None, harness: str = "runner") -> BenchResult:
     rng = np.random.default_rng(seed)
     ns = (rng.normal(center_us, center_us * 0.02, 3000) * 1000).astype(np.int64).tolist()
     return BenchResult(artifact={"name": name, "sha256": name * 4, "format": fmt, "precision": precision},
                        device={"name": device}, settings={"threads": threads, "batch_size": batch_size},
-                       latency_us=stats.summarize(ns), round_p50_us=rounds, latencies_ns=ns,
+                       latency_us=stats.summarize(ns), round_p50_us=rounds, latencies_ns=ns, harness=harness,
                        inputs=inputs if inputs is not None else [{"name": "x", "shape": [batch_size, 16],
                                                                   "dtype": "float32"}])
 
@@ -70,13 +70,14 @@ def test_results_of_one_name_that_measured_different_things_are_not_paired(tmp_p
     seq = lambda n: [{"name": "ids", "shape": [1, n], "dtype": "int64"}]  # noqa: E731
     a = history.record([_result("m", 10.0, 0, [10.0, 10.1]), _result("q", 10.0, 1, [10.0, 10.1]),
                         _result("t", 10.0, 2, [10.0, 10.1], inputs=seq(128)), _result("b", 10.0, 3, [10.0, 10.1]),
-                        _result("f", 10.0, 4, [10.0, 10.1]), _result("gone", 1.0, 5, [1.0, 1.1])], db)
+                        _result("f", 10.0, 4, [10.0, 10.1]), _result("gone", 1.0, 5, [1.0, 1.1]),
+                        _result("h", 10.0, 14, [10.0, 10.1])], db)
     b = history.record([_result("m", 4.0, 6, [4.0, 4.1], threads=4),
                         _result("q", 5.0, 7, [5.0, 5.1], precision="int8_dynamic"),
                         _result("t", 5.0, 8, [5.0, 5.1], inputs=seq(64)),
                         _result("b", 50.0, 9, [50.0, 50.1], batch_size=8),
                         _result("f", 9.0, 10, [9.0, 9.1], fmt="tflite"), _result("f", 11.0, 11, [11.0, 11.1]),
-                        _result("new", 1.0, 12, [1.0, 1.1])], db)
+                        _result("new", 1.0, 12, [1.0, 1.1]), _result("h", 8.0, 15, [8.0, 8.1], harness="native")], db)
     found = history.compare(a, b, path=db)
     (row,) = found["rows"]
     assert row["artifact"] == "f" and row["identity"]["format"] == "onnx" and row["significant"]
@@ -85,7 +86,7 @@ def test_results_of_one_name_that_measured_different_things_are_not_paired(tmp_p
     assert reasons == {("m", "both"): "threads 1 → 4", ("q", "both"): "precision fp32 → int8_dynamic",
                        ("t", "both"): "input shapes ids [1, 128] → ids [1, 64]",
                        ("b", "both"): "batch 1 → 8; input shapes x [1, 16] → x [8, 16]",
-                       ("f", "both"): "format onnx → tflite",
+                       ("f", "both"): "format onnx → tflite", ("h", "both"): "harness runner → native",
                        ("new", "b"): "not measured in the earlier session",
                        ("gone", "a"): "not measured in the later session"}
 
@@ -97,7 +98,7 @@ def test_results_of_one_name_that_measured_different_things_are_not_paired(tmp_p
 
 def test_a_history_from_before_identities_still_compares(tmp_path):
     """A history written by an older edgekd (no identity column, results without input shapes) gains the
-    column; its rows pair on what they recorded (format, precision, device) and the rest is named."""
+    column; its rows pair on what they recorded (format, precision, device, harness) and the rest is named."""
     import sqlite3
 
     db = tmp_path / "h.sqlite"

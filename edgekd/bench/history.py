@@ -42,8 +42,9 @@ CREATE TABLE IF NOT EXISTS results (
 CREATE INDEX IF NOT EXISTS results_session ON results(session);
 """
 # What makes two results of one artifact name comparable: a different value of any of these measures a
-# different thing (INT8 vs FP32, 4 threads vs 1, batch 8 vs 1, sequence length 128 vs 64, another device).
-IDENTITY = ("format", "precision", "device", "threads", "batch_size", "inputs")
+# different thing (INT8 vs FP32, 4 threads vs 1, batch 8 vs 1, sequence length 128 vs 64, another device,
+# edgekd's runner vs a runtime's own benchmark binary).
+IDENTITY = ("format", "precision", "device", "threads", "batch_size", "inputs", "harness")
 _IDENTITY_LABELS = {"batch_size": "batch", "inputs": "input shapes"}
 
 
@@ -78,7 +79,7 @@ def identity(result: BenchResult) -> dict[str, Any]:
     inputs = [[i.get("name"), i.get("shape")] for i in result.inputs] if result.inputs else None
     return {"format": result.artifact.get("format"), "precision": result.artifact.get("precision"),
             "device": result.device.get("name"), "threads": result.settings.get("threads"),
-            "batch_size": result.settings.get("batch_size"), "inputs": inputs}
+            "batch_size": result.settings.get("batch_size"), "inputs": inputs, "harness": result.harness}
 
 
 def record(results: Iterable[BenchResult], path: Path = DEFAULT_PATH, session: str | None = None) -> str:
@@ -120,13 +121,14 @@ class _Row(NamedTuple):
 
 def _session_rows(db: sqlite3.Connection, session: str) -> list[_Row]:
     rows = db.execute("SELECT artifact_name, artifact_sha256, device, latencies, round_p50_us, format, precision,"
-                      " identity FROM results WHERE session = ? ORDER BY id", (session,)).fetchall()
+                      " harness, identity FROM results WHERE session = ? ORDER BY id", (session,)).fetchall()
     if not rows:
         raise BenchError(f"no bench session '{session}' in the history", fix="list sessions with `edgekd history`")
     out = []
-    for name, sha, device, blob, rounds, fmt, precision, ident in rows:
-        # A row recorded before the identity column knows only its format, precision and device.
-        known = json.loads(ident) if ident else {"format": fmt, "precision": precision, "device": device}
+    for name, sha, device, blob, rounds, fmt, precision, harness, ident in rows:
+        # A row recorded before the identity column knows only its format, precision, device and harness.
+        known = json.loads(ident) if ident else {"format": fmt, "precision": precision, "device": device,
+                                                 "harness": harness}
         out.append(_Row(name, sha, device, _unpack(blob), json.loads(rounds or "[]"),
                         {key: known.get(key) for key in IDENTITY}))
     return out
