@@ -212,3 +212,9 @@ def test_one_round_has_no_interval_and_no_verdict():
 def test_t_quantiles_match_the_tables():
     assert stats.t975(1) == pytest.approx(12.706) and stats.t975(4) == pytest.approx(2.776)
     assert stats.t975(60) == pytest.approx(2.000, abs=0.005) and stats.t975(1000) == pytest.approx(1.962, abs=0.002)
+
+
+@pytest.mark.parametrize("q, n", [(0.99, stats.MIN_P99_SAMPLES), (0.999, stats.MIN_P999_SAMPLES)])
+def test_tail_percentiles_need_the_calls_for_an_upper_bound(q, n):
+    """The fewest calls whose largest value bounds the q-quantile from above with 97.5% confidence."""
+    assert 1 - q ** n >= 0.975 > 1 - q ** (n - 1)
