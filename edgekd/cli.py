@@ -311,15 +311,15 @@ def compare(a: Optional[str] = typer.Argument(None, help="earlier session (defau
     for r in found["rows"]:
         if r["unrecorded"]:
             console.print(f"note: {r['artifact']}: {', '.join(r['unrecorded'])} not recorded in one session "
-                          "(an older history); paired on the rest", highlight=False)
+                          "(an older history); paired on the rest", markup=False, highlight=False)
     for u in found["unpaired"]:
         if u["side"] == "both":
             console.print(f"not compared: {u['artifact']}: {u['reason']} (a different measurement, not a change)",
-                          highlight=False)
+                          markup=False, highlight=False)
     for side, session in (("a", found["a"]), ("b", found["b"])):
         only = sorted({u["artifact"] for u in found["unpaired"] if u["side"] == side})
         if only:
-            console.print(f"only in {session}: {', '.join(only)}", highlight=False)
+            console.print(f"only in {session}: {', '.join(only)}", markup=False, highlight=False)
 
 
 @app.command()
