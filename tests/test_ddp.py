@@ -69,8 +69,11 @@ def test_two_processes_with_ddp_match_one_process(tmp_path):
 
 # Runs under torchrun (2 ranks, gloo): every objective is trained for a few steps by one process (distributed=False)
 # and by DDP (distributed=True) on batches of 9 rows (shares of 5 and 4) where the first batch's labelled rows all
-# fall in rank 0's share; the gradients of every step (model and objective parameters) and the logged losses must
-# be the single-process ones. Each rank writes the largest differences it saw to DIFFS-<rank>.json.
+# fall in rank 0's share; the gradients of every step (model and objective parameters; which ones have none), the
+# logged losses and the trained weights must be the single-process ones. The progressive strategy runs whole (two
+# hint stages, which leave later student layers without a gradient, then the logits) with weight decay, so a
+# parameter that got a zero gradient instead of none would move. Each rank writes the largest differences it saw
+# to DIFFS-<rank>.json.
 WORKER = r"""
 import json, sys
 import numpy as np
@@ -129,27 +132,68 @@ def objectives():
         m, AuxiliaryHeads({"1": (4, 6, 6), "5": (16,)}, C), 3.0, 0.5)
 
 
+def recorder(grads, params):
+    return lambda: grads.append([p.grad.clone() if p.grad is not None else None for p in params])
+
+
 def train(make_model, make_objective, distributed):
     torch.manual_seed(3)
     model = make_model()
     objective = make_objective(model)
-    params = [*model.parameters(), *objective.parameters()]
     grads = []
     result = fit(model, x, y, objective=objective, steps=STEPS, batch_size=N, lr=1e-2, weight_decay=0.0, seed=SEED,
-                 distributed=distributed,
-                 after_step=lambda: grads.append([p.grad.clone() if p.grad is not None else torch.zeros_like(p)
-                                                  for p in params]))
+                 distributed=distributed, after_step=recorder(grads, [*model.parameters(), *objective.parameters()]))
     getattr(objective, "close", lambda: None)()
-    return grads, [h["loss"] for h in result.history]
+    return grads, [h["loss"] for h in result.history], list(model.parameters())
 
 
+def train_progressive(distributed):
+    from edgekd.distill import strategies
+    from edgekd.progress import SilentReporter
+    from edgekd.recipe import DistillConfig
+
+    real_fit, grads, losses = strategies.fit, [], []
+
+    def recording_fit(model, *args, objective, **kwargs):  # the real fit, recording every step's gradients
+        result = real_fit(model, *args, objective=objective, **kwargs,
+                          after_step=recorder(grads, [*model.parameters(), *objective.parameters()]))
+        losses.extend(h["loss"] for h in result.history)
+        return result
+
+    torch.manual_seed(7)
+    teacher = net(6).eval()
+    config = DistillConfig(strategy="progressive", progressive={"pairs": [["0", "0"], ["2", "2"]], "final_fraction": 0.25},
+                           train={"epochs": 1, "batch_size": N, "lr": 1e-2, "weight_decay": 0.1})
+    job = strategies.DistillJob(
+        config=config, make_student=lambda seed: (torch.manual_seed(seed), net())[1], teacher=lambda: teacher,
+        teacher_logits=lambda t, name: teacher_logits, extra_teachers=list, blackbox_logits=None, x=x, target=y,
+        labelled_x=x, labelled_y=y, in_shape=(1, 6, 6), num_classes=C, steps=8, val=(x, np.zeros(N, dtype=np.int64)),
+        seed=SEED, reporter=SilentReporter(), distributed=distributed)
+    strategies.fit = recording_fit
+    try:
+        outcome = strategies.progressive(job)
+    finally:
+        strategies.fit = real_fit
+    assert [s["steps"] for s in outcome.details["stages"]] == [3, 3, 2]  # the DDP wrapper takes steps 2 and 3
+    return grads, losses, list(outcome.student.parameters())
+
+
+def grad_difference(a, b):
+    if a is None or b is None:
+        return 0.0 if a is None and b is None else float("inf")  # a gradient on one side only
+    return float((a - b).abs().max())
+
+
+runs = [(name, lambda d, m=make_model, o=make_objective: train(m, o, d)) for name, make_model, make_objective in objectives()]
 diffs = {}
-for name, make_model, make_objective in objectives():
-    one, one_loss = train(make_model, make_objective, False)
-    two, two_loss = train(make_model, make_objective, True)
-    scale = max(float(g.abs().max()) for step in one for g in step)
-    diffs[name] = {"grad": max(float((a - b).abs().max()) for s1, s2 in zip(one, two) for a, b in zip(s1, s2)) / scale,
-                   "loss": max(abs(a - b) for a, b in zip(one_loss, two_loss)), "scale": scale}
+for name, run in [*runs, ("progressive", train_progressive)]:
+    one, one_loss, one_weights = run(False)
+    two, two_loss, two_weights = run(True)
+    scale = max(float(g.abs().max()) for step in one for g in step if g is not None)
+    diffs[name] = {"grad": max(grad_difference(a, b) for s1, s2 in zip(one, two) for a, b in zip(s1, s2)) / scale,
+                   "steps": [len(one), len(two)], "loss": max(abs(a - b) for a, b in zip(one_loss, two_loss)),
+                   "weights": max(float((a - b).abs().max()) for a, b in zip(one_weights, two_weights)),
+                   "scale": scale, "without_grad": sum(g is None for g in one[0])}
 with open(sys.argv[1] + f"-{dist.get_rank()}.json", "w") as fh:
     json.dump(diffs, fh)
 dist.destroy_process_group()
@@ -166,6 +210,8 @@ def test_ddp_gradients_equal_the_single_process_gradients_with_uneven_shares_and
     assert run.returncode == 0, run.stderr[-3000:]
     for rank in (0, 1):
         diffs = json.loads((tmp_path / f"DIFFS-{rank}.json").read_text())
-        assert set(diffs) == {"kd", "dkd", "ce", "features", "ensemble", "mutual", "deep_supervision"}
+        assert set(diffs) == {"kd", "dkd", "ce", "features", "ensemble", "mutual", "deep_supervision", "progressive"}
         for name, d in diffs.items():
-            assert d["scale"] > 0 and d["grad"] < 1e-5 and d["loss"] < 1e-5, (rank, name, d)
+            assert d["scale"] > 0 and d["grad"] < 1e-5 and d["loss"] < 1e-5 and d["weights"] < 1e-5, (rank, name, d)
+            assert d["steps"][0] == d["steps"][1] > 0, (rank, name, d)
+        assert diffs["progressive"]["without_grad"] == 4  # stage 1 trains conv 0 only: conv 2 and the linear idle

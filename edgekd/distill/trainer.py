@@ -137,8 +137,9 @@ def fit(
     single-process gradient on the whole batch even when shares or their labelled rows are uneven; the
     logged loss is the whole batch's. A batch with fewer rows than ranks is trained whole on every rank.
     BatchNorm layers still normalise each share by its own statistics. Only `model` is wrapped in
-    DistributedDataParallel; the objective's own parameters (adapters, heads) are averaged by an explicit
-    all-reduce.
+    DistributedDataParallel, from the second step on and over the parameters the first step's loss reached
+    (see _wrap_after_first_step); the objective's own parameters (adapters, heads) are averaged by an
+    explicit all-reduce.
     `after_step` runs after every optimizer step (e.g. to keep pruned weights at zero).
     """
     import time
@@ -156,7 +157,8 @@ def fit(
     # (a 30k x 128 token table: 8 ms against 42 ms a step), the same update up to float rounding.
     optimizer = torch.optim.AdamW([*model.parameters(), *extra], lr=lr, weight_decay=weight_decay, fused=True)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
-    trained = _wrap_distributed(model) if world > 1 else model
+    trained: nn.Module = model  # under DDP: wrapped after the first step (_wrap_after_first_step)
+    frozen: list[nn.Parameter] = []
     x_t = torch.from_numpy(np.ascontiguousarray(x))
     y_t = torch.from_numpy(np.ascontiguousarray(target)).long()
     per_pass = math.ceil(len(x) / min(batch_size, len(x)))
@@ -166,28 +168,35 @@ def fit(
     val_acc = float("nan")
     start = time.perf_counter()
     model.train()
-    for step, idx in enumerate(_batches(len(x), batch_size, steps, rng), start=1):
-        share = _share_of(idx, y_t, rank, world)
-        index = torch.from_numpy(idx[rank::world] if share is not None else idx)
-        with batch_share(share):
-            loss = objective(trained, x_t[index], y_t[index], index)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if world > 1:
-            _average_gradients(extra, world)
-        optimizer.step()
-        if after_step is not None:
-            after_step()
-        schedule.step()
-        loss_value = _batch_loss(loss, share)
-        if step % per_pass == 0 or step == steps:
-            if val is not None:
-                val_acc = accuracy(predict_logits(model, val[0]), val[1])
-                model.train()
-            history.append({"step": step, "loss": loss_value, "val_accuracy": val_acc})
-            if on_epoch is not None:
-                on_epoch(step // per_pass)
-        task.advance(1, loss=loss_value, val_accuracy=val_acc)
+    try:
+        for step, idx in enumerate(_batches(len(x), batch_size, steps, rng), start=1):
+            share = _share_of(idx, y_t, rank, world)
+            index = torch.from_numpy(idx[rank::world] if share is not None else idx)
+            with batch_share(share):
+                loss = objective(trained, x_t[index], y_t[index], index)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if world > 1:
+                if trained is model:
+                    trained, frozen = _wrap_after_first_step(model, world)
+                _average_gradients(extra, world)
+            optimizer.step()
+            if after_step is not None:
+                after_step()
+            schedule.step()
+            loss_value = _batch_loss(loss, share)
+            if step % per_pass == 0 or step == steps:
+                if val is not None:
+                    val_acc = accuracy(predict_logits(model, val[0]), val[1])
+                    model.train()
+                history.append({"step": step, "loss": loss_value, "val_accuracy": val_acc})
+                if on_epoch is not None:
+                    on_epoch(step // per_pass)
+            task.advance(1, loss=loss_value, val_accuracy=val_acc)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+        del trained  # the DDP wrapper's reducer unhooks the parameters when it goes
     task.close()
     model.eval()
     return TrainResult(steps=steps, seconds=time.perf_counter() - start, final_loss=loss_value,
@@ -214,6 +223,35 @@ def _batch_loss(loss: torch.Tensor, share: Share | None) -> float:
     return float(total) / share.world
 
 
+def _wrap_after_first_step(model: nn.Module, world: int) -> tuple[nn.Module, list[nn.Parameter]]:
+    """After the first step's backward (run on the bare model): average its gradients by hand, freeze the
+    parameters no rank's loss reached, and wrap the model in DistributedDataParallel for the later steps.
+
+    Why: an objective may leave parameters unused, e.g. a progressive hint stage trains the student only up
+    to the tapped layer although the forward runs it whole. DDP's default then waits for gradients that never
+    come and fails at the next step; find_unused_parameters looks for unused parameters from the forward's
+    output (the logits, which reach every parameter), so it fails the same way; static_graph runs but, as the
+    forward's output is not in the loss, never averages the gradients (each rank steps on its own share's).
+    Frozen parameters (requires_grad off, restored by fit) are outside DDP and get no gradient, exactly as in
+    one process, where AdamW skips parameters without a gradient. The set a loss reaches is fixed for an
+    objective (edgekd's models have no data-dependent branches), so the first step tells it for all of them.
+    """
+    import torch.distributed as dist
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    used = torch.tensor([p.grad is not None for p in params], dtype=torch.uint8)
+    dist.all_reduce(used, op=dist.ReduceOp.MAX)  # reached on any rank: every rank then reduces the same tensors
+    frozen = []
+    for p, u in zip(params, used.tolist()):
+        if not u:
+            p.requires_grad_(False)
+            frozen.append(p)
+        elif p.grad is None:
+            p.grad = torch.zeros_like(p)
+    _average_gradients([p for p in params if p.grad is not None], world)
+    return _wrap_distributed(model), frozen
+
+
 def _wrap_distributed(model: nn.Module) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
@@ -221,12 +259,19 @@ def _wrap_distributed(model: nn.Module) -> nn.Module:
 
 
 def _average_gradients(parameters: list[torch.Tensor], world: int) -> None:
+    """Average the gradients over the ranks in one all-reduce (every rank must pass the same tensors)."""
     import torch.distributed as dist
 
-    for p in parameters:
-        if p.grad is not None:
-            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-            p.grad /= world
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 def masked_targets(y: np.ndarray, labelled: np.ndarray) -> np.ndarray:
