@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 RECIPE = {
@@ -73,7 +74,8 @@ def test_two_processes_with_ddp_match_one_process(tmp_path):
 # logged losses and the trained weights must be the single-process ones. The progressive strategy runs whole (two
 # hint stages, which leave later student layers without a gradient, then the logits) with weight decay, so a
 # parameter that got a zero gradient instead of none would move. Each rank writes the largest differences it saw
-# to DIFFS-<rank>.json.
+# to DIFFS-<rank>.json. BatchNorm is the known exception (each rank normalises its own share): the worker records
+# what one DDP step does with it, and whether torch still refuses SyncBatchNorm on the CPU, in BN-<rank>.json.
 WORKER = r"""
 import json, sys
 import numpy as np
@@ -196,22 +198,129 @@ for name, run in [*runs, ("progressive", train_progressive)]:
                    "scale": scale, "without_grad": sum(g is None for g in one[0])}
 with open(sys.argv[1] + f"-{dist.get_rank()}.json", "w") as fh:
     json.dump(diffs, fh)
+
+
+class Notes:
+    def __init__(self):
+        self.notes = []
+
+    def task(self, description, total):
+        from edgekd.progress import SilentReporter
+        return SilentReporter().task(description, total)
+
+    def note(self, message):
+        self.notes.append(message)
+
+
+def bn_net():
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, C))
+
+
+def bn_objective():
+    return ResponseObjective(LOSSES["kd"], teacher_logits, {"temperature": 4.0, "alpha": 0.5})
+
+
+def bn_train(distributed, reporter=None):
+    # two steps (the second through the DDP wrapper): each step's gradients and the weights it started from
+    model, grads, weights = bn_net(), [], []
+    weights.append([p.detach().clone() for p in model.parameters()])
+    fit(model, x, y, objective=bn_objective(), steps=2, batch_size=N, lr=1e-2, weight_decay=0.0, seed=SEED,
+        distributed=distributed, reporter=reporter,
+        after_step=lambda: (recorder(grads, list(model.parameters()))(),
+                            weights.append([p.detach().clone() for p in model.parameters()])))
+    return grads, weights, model[1].running_mean.clone()
+
+
+def shares_alone(weights, batch):
+    # one process, each rank's share of `batch` normalised by itself (its loss part on its rows alone, averaged
+    # over the ranks): the gradient at `weights`
+    from edgekd.distill.batch_share import batch_share
+    from edgekd.distill.trainer import _share_of
+
+    model, y_t = bn_net().train(), torch.from_numpy(y)
+    with torch.no_grad():
+        for p, w in zip(model.parameters(), weights):
+            p.copy_(w)
+    total = 0
+    for rank in range(2):
+        share, index = _share_of(batch, y_t, rank, 2), torch.from_numpy(batch[rank::2])
+        with batch_share(share):
+            total = total + bn_objective()(model, torch.from_numpy(x)[index], y_t[index], index) / 2
+    total.backward()
+    return [p.grad for p in model.parameters()]
+
+
+def rank0_running_mean(weights, batches):
+    # BatchNorm's running mean after seeing rank 0's share of each batch, at the weights of that step
+    model = bn_net().train()
+    with torch.no_grad():
+        for w, batch in zip(weights, batches):
+            for p, v in zip(model.parameters(), w):
+                p.copy_(v)
+            model(torch.from_numpy(x[batch[0::2]]))
+    return model[1].running_mean
+
+
+def refused(make):
+    try:
+        make()
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+notes = Notes()
+one, _, _ = bn_train(False)
+two, weights, running_mean = bn_train(True, notes)
+batches = list(_batches(N, N, 2, np.random.default_rng(SEED)))
+alone = [shares_alone(w, b) for w, b in zip(weights, batches)]
+scale = max(float(g.abs().max()) for g in one[0])
+bn = {"vs_one_process": max(float((a - b).abs().max()) for a, b in zip(one[0], two[0])) / scale,
+      "vs_shares_alone": max(float((a - b).abs().max()) for s1, s2 in zip(alone, two) for a, b in zip(s1, s2)) / scale,
+      "running_mean_vs_rank0_shares": float((running_mean - rank0_running_mean(weights, batches)).abs().max()),
+      "notes": notes.notes,
+      "ddp_refuses_sync_bn": refused(lambda: torch.nn.parallel.DistributedDataParallel(
+          nn.SyncBatchNorm.convert_sync_batchnorm(bn_net()))),
+      "sync_bn_refuses_cpu": refused(lambda: nn.SyncBatchNorm(4).train()(torch.zeros(2, 4, 3, 3)))}
+with open(sys.argv[2] + f"-{dist.get_rank()}.json", "w") as fh:
+    json.dump(bn, fh)
 dist.destroy_process_group()
 """
 
 
-def test_ddp_gradients_equal_the_single_process_gradients_with_uneven_shares_and_labels(tmp_path):
+@pytest.fixture(scope="module")
+def worker_output(tmp_path_factory):
+    """Runs WORKER once under torchrun (2 ranks): {"diffs": [rank 0's, rank 1's], "bn": [...]}."""
+    tmp_path = tmp_path_factory.mktemp("ddp_worker")
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", str(script), str(tmp_path / "DIFFS")],
-                         capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    run = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", str(script), str(tmp_path / "DIFFS"),
+                          str(tmp_path / "BN")], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
-    for rank in (0, 1):
-        diffs = json.loads((tmp_path / f"DIFFS-{rank}.json").read_text())
+    return {kind: [json.loads((tmp_path / f"{kind.upper()}-{rank}.json").read_text()) for rank in (0, 1)]
+            for kind in ("diffs", "bn")}
+
+
+def test_ddp_gradients_equal_the_single_process_gradients_with_uneven_shares_and_labels(worker_output):
+    for rank, diffs in enumerate(worker_output["diffs"]):
         assert set(diffs) == {"kd", "dkd", "ce", "features", "ensemble", "mutual", "deep_supervision", "progressive"}
         for name, d in diffs.items():
             assert d["scale"] > 0 and d["grad"] < 1e-5 and d["loss"] < 1e-5 and d["weights"] < 1e-5, (rank, name, d)
             assert d["steps"][0] == d["steps"][1] > 0, (rank, name, d)
         assert diffs["progressive"]["without_grad"] == 4  # stage 1 trains conv 0 only: conv 2 and the linear idle
+
+
+def test_ddp_batch_norm_normalises_each_share_alone_and_says_so(worker_output):
+    """What README states: torch refuses SyncBatchNorm on the CPU, so under DDP each rank's BatchNorm normalises
+    its own share. The DDP gradient is then exactly one process's with each share normalised alone, not the
+    whole batch's, and the checkpointed running statistics (rank 0's) come from rank 0's shares; the run says so.
+    If torch starts accepting SyncBatchNorm on the CPU, the refusal checks fail: convert BatchNorm then."""
+    for rank, bn in enumerate(worker_output["bn"]):
+        assert "only work with GPU modules" in (bn["ddp_refuses_sync_bn"] or ""), (rank, bn)
+        assert "expected input tensor to be on GPU" in (bn["sync_bn_refuses_cpu"] or ""), (rank, bn)
+        assert bn["vs_shares_alone"] < 1e-5 and bn["vs_one_process"] > 1e-2, (rank, bn)
+        assert len(bn["notes"]) == 1 and "BatchNorm" in bn["notes"][0], (rank, bn)
+    assert worker_output["bn"][0]["running_mean_vs_rank0_shares"] < 1e-6

@@ -136,7 +136,8 @@ def fit(
     its part of the whole batch's mean (edgekd.distill.batch_share), so the averaged gradient is the
     single-process gradient on the whole batch even when shares or their labelled rows are uneven; the
     logged loss is the whole batch's. A batch with fewer rows than ranks is trained whole on every rank.
-    BatchNorm layers still normalise each share by its own statistics. Only `model` is wrapped in
+    BatchNorm layers still normalise each share by its own statistics (torch 2.13's SyncBatchNorm refuses
+    CPU tensors; the reporter gets a note). Only `model` is wrapped in
     DistributedDataParallel, from the second step on and over the parameters the first step's loss reached
     (see _wrap_after_first_step); the objective's own parameters (adapters, heads) are averaged by an
     explicit all-reduce.
@@ -152,6 +153,10 @@ def fit(
     seed_everything(seed)
     rng = np.random.default_rng(seed)
     reporter = reporter or SilentReporter()
+    if world > 1 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        reporter.note(f"note: {description}: under DDP each process's BatchNorm normalises its own share of a batch "
+                      "(torch's SyncBatchNorm refuses CPU tensors), so it does not train as one process would "
+                      "(README: Several processes or machines)")
     extra = [p for p in objective.parameters() if p.requires_grad]
     # fused: one kernel per step instead of a Python loop of per-tensor ops; on the CPU it is ~5x faster
     # (a 30k x 128 token table: 8 ms against 42 ms a step), the same update up to float rounding.
