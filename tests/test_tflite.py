@@ -101,19 +101,53 @@ def test_weight_bits_and_operators(exported):
 
     paths = exported["paths"]
     fp32 = tflite_weight_bits(paths["fp32"])
-    assert set(fp32) == {"float32"} and fp32["float32"]["elements"] == 64 * 64 + 64 + 64 * 10 + 10
+    assert set(fp32) == {"float32"} and fp32["float32"]["values"] == 64 * 64 + 64 + 64 * 10 + 10
     for precision in ("int8_dynamic", "int8_static"):
         bits = tflite_weight_bits(paths[precision])
-        assert bits["int8"]["bytes"] == bits["int8"]["elements"] == 64 * 64 + 64 * 10, bits
+        assert bits["int8"]["bytes"] == bits["int8"]["values"] == 64 * 64 + 64 * 10, bits
         assert "int4" not in bits
     int4 = tflite_weight_bits(paths["int4"])
-    assert int4["int4"]["elements"] == 64 * 64 + 64 * 10
-    assert int4["int4"]["bytes"] == int4["int4"]["elements"] // 2  # two weights per byte
+    assert int4["int4"]["values"] == 64 * 64 + 64 * 10
+    assert int4["int4"]["bytes"] == int4["int4"]["values"] // 2  # two weights per byte
     assert "int8" not in int4
     for precision, path in paths.items():
         assert tflite_op_histogram(path) == {"FULLY_CONNECTED": 2}, precision
     sizes = {p: path.stat().st_size for p, path in paths.items()}
     assert sizes["int4"] < sizes["int8_dynamic"] < sizes["fp32"]
+
+
+def _quantization_parameters(path):
+    """(scale values, zero-point values) of every tensor, as the LiteRT runtime reads them from the file."""
+    from edgekd.export.tflite import _interpreter
+
+    details = _interpreter(path, delegates=False).get_tensor_details()
+    params = [d["quantization_parameters"] for d in details]
+    return sum(len(p["scales"]) for p in params), sum(len(p["zero_points"]) for p in params)
+
+
+@pytest.mark.parametrize("precision", ["int4", "int8_dynamic", "int8_static"])
+def test_weight_bits_count_scales_and_zero_points(exported, precision):
+    """A per-channel 4-bit weight also stores one float32 scale and one int64 zero point per output channel in
+    the tensor's quantization parameters (outside the buffers): they are weight bytes, as the scale and
+    zero-point initializers of an ONNX file are, so the 4-bit share counts them."""
+    from edgekd.export.formats import summarize_weight_bits
+    from edgekd.export.tflite import ZERO_POINTS, tflite_weight_bits
+
+    path = exported["paths"][precision]
+    scales, zero_points = _quantization_parameters(path)
+    assert scales >= 64 + 10 and zero_points >= 64 + 10  # per channel: one per output channel of each layer
+    bits = tflite_weight_bits(path)
+    biases = 4 * (64 + 10)  # float32 (int32 in static INT8) biases, one per output channel
+    assert bits[ZERO_POINTS] == {"tensors": bits[ZERO_POINTS]["tensors"], "values": zero_points,
+                                 "bytes": 8 * zero_points}
+    floats = bits.get("float32", {}).get("bytes", 0)
+    assert floats == 4 * scales + (0 if precision == "int8_static" else biases), bits
+    summary = summarize_weight_bits(bits)
+    weights = sum(e["bytes"] for e in bits.values())
+    assert weights == summary["int4_bytes"] + summary["int8_bytes"] + summary["float_bytes"] + summary["other_bytes"]
+    if precision == "int4":
+        assert summary["share_4bit"] == pytest.approx((64 * 64 + 64 * 10) / 2 / weights)
+        assert summary["share_4bit"] < 0.7  # 2368 of 2368 + 296 biases + 296 scales + 592 zero points
 
 
 # ---------------------------------------------------------------- runner

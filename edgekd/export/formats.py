@@ -77,7 +77,9 @@ _NOT_WEIGHTS = ("int64", "bool")  # shapes and indices, not weights
 
 def summarize_weight_bits(by_dtype: dict[str, dict[str, int]]) -> dict[str, Any]:
     """Bytes of stored constants by width (4-bit / 8-bit / float / other) and the shares of weight bytes
-    (everything but int64/bool shape constants) that are 4-bit and 8-bit."""
+    (everything but int64/bool shape constants) that are 4-bit and 8-bit. Both backends count a quantized
+    weight's scales and zero points as weight bytes (ONNX: initializers; TFLite: its quantization parameters,
+    scales as float32 and zero points as `int64_zero_points`, which land in other_bytes)."""
     groups = {"int4_bytes": 0, "int8_bytes": 0, "float_bytes": 0, "other_bytes": 0}
     for dtype, entry in by_dtype.items():
         key = ("int4_bytes" if dtype in ("int4", "uint4") else "int8_bytes" if dtype in ("int8", "uint8")

@@ -443,20 +443,37 @@ def _type_names(schema: Any) -> dict[int, str]:
     return {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_") and isinstance(v, int)}
 
 
-def tflite_weight_bits(path: Path) -> dict[str, dict[str, int]]:
-    """Constant tensors (weights, biases, quantized constants) by storage dtype: count, elements and bytes.
+# How the TFLite schema stores a tensor's quantization parameters (QuantizationParameters): scale, min and max
+# are [float] (4 bytes a value), zero_point is [long] (8 bytes a value). They are not in buffers.
+_QUANT_FLOATS = ("Scale", "Min", "Max")
+ZERO_POINTS = "int64_zero_points"  # storage class of TFLite zero points: weight bytes, unlike int64 shapes
 
-    Read from the flatbuffer (buffers with data), so an INT4 file shows how many weight bytes are
-    really 4-bit (two values per byte) and which stayed float32/int32.
+
+def tflite_weight_bits(path: Path) -> dict[str, dict[str, int]]:
+    """Stored constants (weights, biases, quantized constants and every tensor's quantization parameters) by
+    storage dtype: tensors, values and bytes.
+
+    Read from the flatbuffer, so an INT4 file shows how many weight bytes are really 4-bit (two values per
+    byte) and which stayed float32/int32. Per-channel scales (and min/max) count as float32 and zero points
+    as `int64_zero_points` (the schema stores them as int64), so the 4-bit share counts what a 4-bit weight
+    costs, as `onnx_int4.onnx_weight_bits` does with the scale and zero-point initializers of an ONNX file.
     """
     schema, model = _read_model(path)
     names = _type_names(schema)
     seen: set[int] = set()
     out: dict[str, dict[str, int]] = {}
+
+    def add(dtype: str, values: int, size: int, tensors: int = 1) -> None:
+        entry = out.setdefault(dtype, {"tensors": 0, "values": 0, "bytes": 0})
+        entry["tensors"] += tensors
+        entry["values"] += values
+        entry["bytes"] += size
+
     for s in range(model.SubgraphsLength()):
         graph = model.Subgraphs(s)
         for t in range(graph.TensorsLength()):
             tensor = graph.Tensors(t)
+            _add_quantization(tensor.Quantization(), add)
             index = tensor.Buffer()
             if index <= 0 or index in seen or index >= model.BuffersLength():
                 continue
@@ -465,13 +482,21 @@ def tflite_weight_bits(path: Path) -> dict[str, dict[str, int]]:
             if not size:
                 continue  # an activation or an input: no stored data
             seen.add(index)
-            elements = int(np.prod(tensor.ShapeAsNumpy())) if tensor.ShapeLength() else 1
-            dtype = names.get(tensor.Type(), str(tensor.Type()))
-            entry = out.setdefault(dtype, {"tensors": 0, "elements": 0, "bytes": 0})
-            entry["tensors"] += 1
-            entry["elements"] += elements
-            entry["bytes"] += int(size)
+            values = int(np.prod(tensor.ShapeAsNumpy())) if tensor.ShapeLength() else 1
+            add(names.get(tensor.Type(), str(tensor.Type())), values, int(size))
     return dict(sorted(out.items(), key=lambda kv: -kv[1]["bytes"]))
+
+
+def _add_quantization(quantization: Any, add: Any) -> None:
+    """Count one tensor's quantization parameters (block-wise scales are tensors of their own, counted there)."""
+    if quantization is None:
+        return
+    floats = sum(getattr(quantization, f"{name}Length")() for name in _QUANT_FLOATS)
+    if floats:
+        add("float32", floats, 4 * floats, tensors=0)
+    zero_points = quantization.ZeroPointLength()
+    if zero_points:
+        add(ZERO_POINTS, zero_points, 8 * zero_points)
 
 
 def tflite_op_histogram(path: Path) -> dict[str, int]:
