@@ -122,11 +122,14 @@ def export_model(
     min_agreement_int4: float,
     lineage: dict[str, Any],
     reporter: Reporter | None = None,
+    x_select: np.ndarray | None = None,
+    select_rows: str = "validation split",
 ) -> list[Artifact]:
     """Export `model` in every format × precision, check parity on (x_test, y_test), write records.
 
     Quantized artifacts start from the format's FP32 file; when FP32 itself is not asked for, that file
-    is removed afterwards (it is not a deliverable).
+    is removed afterwards (it is not a deliverable). The mixed-precision fallback of ONNX INT8 decides on
+    `x_select` (named `select_rows`; default: the calibration rows), never on the test rows it reports on.
     """
     from edgekd.distill.trainer import predict_logits
     from edgekd.models import count_parameters
@@ -137,6 +140,7 @@ def export_model(
                           fix="use known ones (--precision on the command line, export.targets in a recipe)")
     reporter = reporter or SilentReporter()
     reference = predict_logits(model, x_test)
+    selection = _selection(model, options, x_select, select_rows)
     artifacts: list[Artifact] = []
     for step in export_steps(role, formats, precisions, out_root, reporter, artifacts):
         backend, fmt, precision, name, path, fp32_path = (step.backend, step.fmt, step.precision, step.name,
@@ -150,18 +154,13 @@ def export_model(
         seconds = time.perf_counter() - started
         threshold = min_agreement_int4 if precision == "int4" else min_agreement
 
-        bound = max_rel_error_for(precision)
-
-        def check_parity(file: Path, threshold: float = threshold, backend=backend, bound=bound):
-            return parity(backend.predict(file, x_test), reference, y_test, num_classes=num_classes,
-                          threshold=threshold, reference_name=f"PyTorch {role} (fp32)", max_rel_error=bound)
-
-        check = check_parity(path)
         onnx_int8 = fmt == "onnx" and precision in ("int8_static", "int8_dynamic")
-        if onnx_int8 and not check.passed and options.mixed_precision_fallback:
-            quantization, check = _mixed_precision(backend, fp32_path, path, precision, options, quantization,
-                                                   check, check_parity, x_test, reporter, name)
+        if onnx_int8 and options.mixed_precision_fallback:
+            quantization = _mixed_precision(backend, fp32_path, path, precision, options, quantization,
+                                            selection, threshold, reporter, name)
             seconds = time.perf_counter() - started
+        check = parity(backend.predict(path, x_test), reference, y_test, num_classes=num_classes, threshold=threshold,
+                       reference_name=f"PyTorch {role} (fp32)", max_rel_error=max_rel_error_for(precision))
         if onnx_int8:
             quantization = {**(quantization or {}), "layer_errors": _layer_errors(fp32_path, path, x_test, name)}
         artifacts.append(save_artifact(
@@ -218,21 +217,39 @@ def export_retrained(
                          quantization=settings, parity=check, lineage={**lineage, "conversion_seconds": round(seconds, 3)})
 
 
+def _selection(model: "nn.Module", options: ExportOptions, x_select: np.ndarray | None,
+               select_rows: str) -> tuple[str, np.ndarray, np.ndarray] | None:
+    """(name, inputs, PyTorch logits) of the rows the mixed-precision fallback decides on: `x_select`, else the
+    calibration rows; None when there are neither (the test rows are never used to choose)."""
+    from edgekd.distill.trainer import predict_logits
+
+    if x_select is None or not len(x_select):
+        x_select, select_rows = options.calibration, "calibration rows"
+    if x_select is None or not len(x_select) or not options.mixed_precision_fallback:
+        return None
+    return select_rows, x_select, predict_logits(model, x_select)
+
+
 def _mixed_precision(backend, fp32_path: Path, path: Path, precision: str, options: ExportOptions,
-                     quantization: dict[str, Any] | None, first, check_parity, x_test: np.ndarray,
-                     reporter: Reporter, name: str):
-    """Keep the most sensitive layers FP32 until parity passes (edgekd.export.mixed_precision)."""
+                     quantization: dict[str, Any] | None, selection: tuple[str, np.ndarray, np.ndarray] | None,
+                     threshold: float, reporter: Reporter, name: str) -> dict[str, Any]:
+    """Keep the most sensitive layers FP32 until the selection rows agree (edgekd.export.mixed_precision)."""
     from edgekd.export.mixed_precision import fallback
 
-    x_rank = options.calibration if options.calibration is not None and len(options.calibration) else x_test
-    settings, check = fallback(backend, fp32_path, path, precision, options, check=check_parity, first=first,
-                               x_rank=x_rank)
-    if settings:
+    if selection is None:
+        reason = "no validation or calibration rows to decide on (the test rows only report)"
+        return {**(quantization or {}), "mixed_precision": {"needed": None, "skipped": reason}}
+    rows, x_select, reference = selection
+    settings = fallback(backend, fp32_path, path, precision, options, x_select=x_select, reference=reference,
+                        threshold=threshold, rows=rows)
+    mixed = settings["mixed_precision"]
+    if mixed["needed"]:
         kept = settings.get("kept_fp32") or []
-        reporter.note(f"{name}: agreement {first.agreement:.2%} < {first.threshold:.2%}; kept {len(kept)} layer(s) "
-                      f"in FP32 ({', '.join(kept)}) → agreement {check.agreement:.2%}"
-                      + ("" if check.passed else " (still failing)"))
-    return {**(quantization or {}), **settings}, check
+        final = mixed["attempts"][-1]["agreement"] if mixed["attempts"] else mixed["initial_agreement"]
+        reporter.note(f"{name}: agreement {mixed['initial_agreement']:.2%} < {threshold:.2%} on the {rows}; kept "
+                      f"{len(kept)} layer(s) in FP32 ({', '.join(kept)}) → {final:.2%} on the {rows}"
+                      + ("" if mixed["passed"] else " (still failing)"))
+    return {**(quantization or {}), **settings}
 
 
 def _layer_errors(fp32_path: Path, path: Path, x_test: np.ndarray, name: str) -> list[dict[str, Any]] | None:
@@ -303,7 +320,7 @@ def export_checkpoint(checkpoint: str | Path, output_dir: str | Path, *, formats
         FORMATS[fmt]().check_available()
     return export_model(model, role=role, formats=formats, precisions=list(precisions or PRECISIONS[:3]),
                         out_root=Path(output_dir), in_shape=splits.input_shape, x_test=splits.x_test,
-                        y_test=splits.y_test, num_classes=splits.num_classes,
+                        y_test=splits.y_test, num_classes=splits.num_classes, x_select=splits.x_val,
                         options=ExportOptions(opset=opset, calibration=calib), min_agreement=min_agreement,
                         min_agreement_int4=min_agreement_int4,
                         lineage={"checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(checkpoint),

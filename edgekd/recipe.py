@@ -320,8 +320,9 @@ class ExportConfig(_Strict):
     calibration_percentile: float = Field(99.99, gt=0, le=100,
                                           description="percentile calibration: the |activation| percentile kept")
     mixed_precision_fallback: bool = Field(
-        True, description="ONNX INT8 that misses parity: keep its most sensitive layers (lowest SQNR) in FP32, "
-                          "one more at a time, until it passes; the artifact lists them (quantization.kept_fp32)")
+        True, description="ONNX INT8 that misses the parity threshold on the validation split: keep its most "
+                          "sensitive layers in FP32, one more at a time, until it reaches it there (parity is then "
+                          "measured on the test split); the artifact lists them (quantization.kept_fp32)")
     int8_reduce_range: Literal["auto", True, False] = Field(
         "auto", description="ONNX INT8: 7-bit weights (onnxruntime reduce_range); auto: on x86 CPUs without "
                             "VNNI/AMX, whose int8 kernels saturate 8-bit weights (decided on the exporting host)")

@@ -293,7 +293,7 @@ def export_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
         made = export_model(
             model, role=role, formats=list(cfg.formats), precisions=[p for p in cfg.targets[role] if p != "int8_qat"],
             out_root=ctx.rundir.artifacts, in_shape=s.input_shape, x_test=s.x_test, y_test=s.y_test,
-            num_classes=s.num_classes, options=options, min_agreement=cfg.parity.min_agreement,
+            x_select=s.x_val, num_classes=s.num_classes, options=options, min_agreement=cfg.parity.min_agreement,
             min_agreement_int4=cfg.parity.min_agreement_int4, lineage=lineage, reporter=ctx.reporter)
         artifacts += made + _qat_artifacts(ctx, role, model, made, options, lineage)
     _check_pruned_graphs(ctx, artifacts)

@@ -8,9 +8,14 @@ Layers (Conv/Gemm/MatMul of the FP32 graph) are ranked by sensitivity, most sens
 - "sqnr": the per-layer SQNR of the fully quantized graph (`quant_error.layer_errors`), lowest first. One
   run, but the values are cumulative, so late layers look worse than they are.
 
-The graph is then re-quantized with `nodes_to_exclude = ranking[:k]`, k = 1, 2, …, until the parity check
-passes or every ranked layer is FP32. The artifact's quantization settings list the layers kept in FP32
-(`kept_fp32`) and how they were found (`mixed_precision`).
+The graph is then re-quantized with `nodes_to_exclude = ranking[:k]`, k = 1, 2, …, until the top-1 agreement
+with the PyTorch model reaches the parity threshold or every ranked layer is FP32. The artifact's quantization
+settings list the layers kept in FP32 (`kept_fp32`) and how they were found (`mixed_precision`).
+
+Every choice — whether to fall back at all, the ranking, when to stop — is made on selection rows that are not
+the test rows (the validation split, or the calibration rows): choosing k where the test rows first pass and then
+reporting parity on those rows would report the best of several tries as if it were one measurement. The
+artifact's parity is then measured once, on the test rows, for the file chosen.
 """
 
 from __future__ import annotations
@@ -19,11 +24,10 @@ import dataclasses
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from edgekd.export.artifact import Parity
 from edgekd.export.quant_error import errors, fp32_layers, layer_errors
 
 logger = logging.getLogger(__name__)
@@ -64,35 +68,47 @@ def rank_layers(backend, fp32_path: Path, quantized_path: Path, precision: str, 
     return sorted(scored, key=lambda s: (s["sqnr_db"], order[s["node"]]))
 
 
-def fallback(backend, fp32_path: Path, path: Path, precision: str, options, *, check: Callable[[Path], Parity],
-             first: Parity, x_rank: np.ndarray, method: str = "isolated") -> tuple[dict[str, Any], Parity]:
-    """Re-quantize `fp32_path` into `path` keeping ever more of the most sensitive layers in FP32 until
-    `check(path)` passes (or all layers are FP32). Returns the final quantization settings (with
-    `kept_fp32` and a `mixed_precision` record of the ranking and every attempt) and the final parity."""
-    ranking = rank_layers(backend, fp32_path, path, precision, options, x_rank, method=method)
+def agreement(outputs: np.ndarray, reference: np.ndarray) -> float:
+    """Top-1 agreement of outputs with reference logits (0 when any output is not finite, or shapes differ)."""
+    if outputs.shape != reference.shape or not np.isfinite(outputs).all():
+        return 0.0
+    return float((outputs.argmax(1) == reference.argmax(1)).mean())
+
+
+def fallback(backend, fp32_path: Path, path: Path, precision: str, options, *, x_select: np.ndarray,
+             reference: np.ndarray, threshold: float, rows: str, method: str = "isolated") -> dict[str, Any]:
+    """Decide on the selection rows `x_select` (whose PyTorch logits are `reference`; never the test rows)
+    whether the quantized file at `path` needs layers in FP32, and if so re-quantize `fp32_path` into `path`
+    keeping ever more of the most sensitive layers in FP32 until its agreement on those rows reaches
+    `threshold` (or all layers are FP32). Returns the settings to merge into the artifact's quantization record:
+    `kept_fp32` (when it fell back) and a `mixed_precision` record of the selection rows (`rows` names them),
+    the ranking and every attempt."""
+    first = agreement(backend.predict(path, x_select), reference)
+    record: dict[str, Any] = {"selection_rows": rows, "selection_samples": int(len(x_select)),
+                              "threshold": threshold, "initial_agreement": first}
+    if first >= threshold:
+        return {"mixed_precision": {**record, "needed": False, "passed": True}}
+    ranking = rank_layers(backend, fp32_path, path, precision, options, x_select, method=method)
     if not ranking:
-        return {}, first
+        return {"mixed_precision": {**record, "needed": True, "passed": False, "ranking": [], "attempts": []}}
     attempts: list[dict[str, Any]] = []
     settings: dict[str, Any] = {}
-    check_result = first
     for k in range(1, len(ranking) + 1):
         kept = tuple(r["node"] for r in ranking[:k])
         settings = dict(backend.quantize(fp32_path, path, precision, dataclasses.replace(options, keep_fp32=kept)))
-        check_result = check(path)
-        attempts.append({"kept_fp32": list(kept), "agreement": check_result.agreement,
-                         "passed": check_result.passed})
-        logger.info("%s with %s in FP32: agreement %.4f", path, ", ".join(kept), check_result.agreement)
-        if check_result.passed:
+        reached = agreement(backend.predict(path, x_select), reference)
+        attempts.append({"kept_fp32": list(kept), "agreement": reached, "passed": reached >= threshold})
+        logger.info("%s with %s in FP32: agreement %.4f on the %s", path, ", ".join(kept), reached, rows)
+        if reached >= threshold:
             break
-    settings["kept_fp32"] = attempts[-1]["kept_fp32"] if attempts else []
+    settings["kept_fp32"] = attempts[-1]["kept_fp32"]
     settings["mixed_precision"] = {
-        "method": method, "ranking_samples": int(len(x_rank)),
-        "initial_agreement": first.agreement, "threshold": first.threshold,
+        **record, "needed": True, "method": method, "ranking_samples": int(len(x_select)),
         "ranking": [{"node": r["node"], "sqnr_db": _finite(r["sqnr_db"])} for r in ranking],
-        "attempts": attempts, "passed": check_result.passed,
+        "attempts": attempts, "passed": attempts[-1]["passed"],
         "layers_total": len(candidate_layers(fp32_path, precision)),
     }
-    return settings, check_result
+    return settings
 
 
 def _finite(value: float) -> float | None:
