@@ -238,14 +238,13 @@ def _mixed_precision(backend, fp32_path: Path, path: Path, precision: str, optio
 
     if selection is None:
         reason = "no validation or calibration rows to decide on (the test rows only report)"
-        return {**(quantization or {}), "mixed_precision": {"needed": None, "skipped": reason}}
+        return {**(quantization or {}), "mixed_precision_skipped": reason}
     rows, x_select, reference = selection
     settings = fallback(backend, fp32_path, path, precision, options, x_select=x_select, reference=reference,
                         threshold=threshold, rows=rows)
-    mixed = settings["mixed_precision"]
-    if mixed["needed"]:
-        kept = settings.get("kept_fp32") or []
-        final = mixed["attempts"][-1]["agreement"] if mixed["attempts"] else mixed["initial_agreement"]
+    mixed = settings.get("mixed_precision")
+    if mixed:
+        kept, final = settings["kept_fp32"], mixed["attempts"][-1]["agreement"]
         reporter.note(f"{name}: agreement {mixed['initial_agreement']:.2%} < {threshold:.2%} on the {rows}; kept "
                       f"{len(kept)} layer(s) in FP32 ({', '.join(kept)}) → {final:.2%} on the {rows}"
                       + ("" if mixed["passed"] else " (still failing)"))

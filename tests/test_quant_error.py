@@ -213,7 +213,7 @@ def test_fallback_keeps_the_sensitive_layer_in_fp32(tiny, tmp_path):
     scores = [r["sqnr_db"] for r in mixed["ranking"]]
     assert scores == sorted(scores) and {r["node"] for r in mixed["ranking"]} == {"node_linear", "node_linear_1"}
     assert q["kept_fp32"][0] == mixed["ranking"][0]["node"]
-    assert mixed["needed"] and mixed["selection_rows"] == "calibration rows" and mixed["selection_samples"] == 256
+    assert mixed["selection_rows"] == "calibration rows" and mixed["selection_samples"] == 256
     assert artifact.parity.passed and mixed["attempts"][-1]["agreement"] > mixed["initial_agreement"]
     assert mixed["attempts"][-1]["kept_fp32"] == q["kept_fp32"] and mixed["attempts"][-1]["passed"]
     # the file really has the kept layers in FP32: their weights are float initializers, no int8 copy
@@ -299,16 +299,16 @@ def test_fallback_decides_on_selection_rows_not_on_the_test_rows(tiny, tmp_path)
                                options=ExportOptions(calibration=tiny["calibration"]), **common)
     q = artifact.quantization
     assert not artifact.parity.passed and artifact.parity.agreement < 0.95, artifact.parity
-    assert "kept_fp32" not in q and q["mixed_precision"]["needed"] is False
-    assert q["mixed_precision"]["selection_rows"] == "calibration rows"
-    assert q["mixed_precision"]["initial_agreement"] >= 0.95
+    assert "kept_fp32" not in q and "mixed_precision" not in q
+    check = q["mixed_precision_check"]
+    assert check["selection_rows"] == "calibration rows" and check["initial_agreement"] >= 0.95
     # hard selection rows: the fallback keeps layers in FP32 until they agree; parity is on the real test rows
     (artifact,) = export_model(model, out_root=tmp_path / "b", x_test=s.x_test, y_test=s.y_test, x_select=hard,
                                select_rows="near-tie rows", options=ExportOptions(calibration=tiny["calibration"]),
                                **common)
     q = artifact.quantization
     mixed = q["mixed_precision"]
-    assert mixed["needed"] and mixed["selection_rows"] == "near-tie rows" and mixed["selection_samples"] == 100
+    assert mixed["selection_rows"] == "near-tie rows" and mixed["selection_samples"] == 100
     assert mixed["initial_agreement"] < 0.95 and q["kept_fp32"] and mixed["attempts"][-1]["passed"]
     assert artifact.parity.samples == len(s.x_test) and artifact.parity.passed
 
@@ -324,4 +324,4 @@ def test_fallback_without_selection_rows_is_skipped_and_says_why(tiny, tmp_path)
                                y_test=np.zeros(len(hard), dtype=np.int64), num_classes=s.num_classes,
                                options=ExportOptions(), min_agreement=0.95, min_agreement_int4=0.9, lineage={})
     assert not artifact.parity.passed and "kept_fp32" not in artifact.quantization
-    assert "test rows only report" in artifact.quantization["mixed_precision"]["skipped"]
+    assert "test rows only report" in artifact.quantization["mixed_precision_skipped"]

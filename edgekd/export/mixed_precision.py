@@ -81,16 +81,17 @@ def fallback(backend, fp32_path: Path, path: Path, precision: str, options, *, x
     whether the quantized file at `path` needs layers in FP32, and if so re-quantize `fp32_path` into `path`
     keeping ever more of the most sensitive layers in FP32 until its agreement on those rows reaches
     `threshold` (or all layers are FP32). Returns the settings to merge into the artifact's quantization record:
-    `kept_fp32` (when it fell back) and a `mixed_precision` record of the selection rows (`rows` names them),
-    the ranking and every attempt."""
+    `mixed_precision_check` (the selection rows, `rows` names them, and their agreement) when the file already
+    agrees there; else `kept_fp32` and a `mixed_precision` record of the selection rows, the ranking and every
+    attempt."""
     first = agreement(backend.predict(path, x_select), reference)
     record: dict[str, Any] = {"selection_rows": rows, "selection_samples": int(len(x_select)),
                               "threshold": threshold, "initial_agreement": first}
     if first >= threshold:
-        return {"mixed_precision": {**record, "needed": False, "passed": True}}
+        return {"mixed_precision_check": record}
     ranking = rank_layers(backend, fp32_path, path, precision, options, x_select, method=method)
     if not ranking:
-        return {"mixed_precision": {**record, "needed": True, "passed": False, "ranking": [], "attempts": []}}
+        return {"mixed_precision_check": {**record, "reason": "no layer the fallback could keep in FP32"}}
     attempts: list[dict[str, Any]] = []
     settings: dict[str, Any] = {}
     for k in range(1, len(ranking) + 1):
@@ -103,7 +104,7 @@ def fallback(backend, fp32_path: Path, path: Path, precision: str, options, *, x
             break
     settings["kept_fp32"] = attempts[-1]["kept_fp32"]
     settings["mixed_precision"] = {
-        **record, "needed": True, "method": method, "ranking_samples": int(len(x_select)),
+        **record, "method": method, "ranking_samples": int(len(x_select)),
         "ranking": [{"node": r["node"], "sqnr_db": _finite(r["sqnr_db"])} for r in ranking],
         "attempts": attempts, "passed": attempts[-1]["passed"],
         "layers_total": len(candidate_layers(fp32_path, precision)),
