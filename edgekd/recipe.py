@@ -324,8 +324,9 @@ class ExportConfig(_Strict):
                           "sensitive layers in FP32, one more at a time, until it reaches it there (parity is then "
                           "measured on the test split); the artifact lists them (quantization.kept_fp32)")
     int8_reduce_range: Literal["auto", True, False] = Field(
-        "auto", description="ONNX INT8: 7-bit weights (onnxruntime reduce_range); auto: on x86 CPUs without "
-                            "VNNI/AMX, whose int8 kernels saturate 8-bit weights (decided on the exporting host)")
+        "auto", description="ONNX INT8: 7-bit weights (onnxruntime reduce_range); auto: when bench.device is an x86 "
+                            "CPU without VNNI/AMX (whose int8 kernels saturate 8-bit weights) or a device whose CPU "
+                            "its profile does not say (ssh, adb), or bench is disabled; 8-bit for Arm and VNNI/AMX")
     qat: QatFallbackConfig = QatFallbackConfig()
     int4: Int4Config = Int4Config()
     parity: ParityConfig = ParityConfig()

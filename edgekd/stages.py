@@ -205,15 +205,16 @@ def export_inputs(ctx: Context) -> dict[str, Any]:
 
 
 def int8_reduce_range(ctx: Context) -> bool:
-    """export.int8_reduce_range resolved on this host, for the export stage's hash: "auto" decides per CPU, so a
-    run folder moved to a CPU with VNNI re-exports with 8-bit weights."""
-    from edgekd.compress.isa import choose_reduce_range
+    """export.int8_reduce_range resolved for the recipe's target device, for the export stage's hash: "auto"
+    decides per target CPU, so a recipe moved to a board with another CPU re-exports on the right grid."""
+    from edgekd.compress.isa import choose_reduce_range, recipe_targets
 
-    return choose_reduce_range(ctx.recipe.export.int8_reduce_range)["reduce_range"]
+    return choose_reduce_range(ctx.recipe.export.int8_reduce_range, recipe_targets(ctx.recipe))["reduce_range"]
 
 
 def export_options(ctx: Context, calibration: np.ndarray | None = None):
     """The recipe's export settings; `calibration` defaults to export.calibration_samples training inputs."""
+    from edgekd.compress.isa import recipe_targets
     from edgekd.export.formats import ExportOptions
 
     cfg = ctx.recipe.export
@@ -225,7 +226,7 @@ def export_options(ctx: Context, calibration: np.ndarray | None = None):
                          tflite_int4_block_size=cfg.int4.tflite_block_size, calibration_method=cfg.calibration_method,
                          calibration_percentile=cfg.calibration_percentile,
                          mixed_precision_fallback=cfg.mixed_precision_fallback,
-                         int8_reduce_range=cfg.int8_reduce_range)
+                         int8_reduce_range=cfg.int8_reduce_range, int8_targets=recipe_targets(ctx.recipe))
 
 
 def _lineage(checkpoint: Path) -> dict[str, Any]:

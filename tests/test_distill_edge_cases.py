@@ -262,7 +262,8 @@ def test_qat_fallback_passes_the_recipes_response_loss_to_quantization_aware_dis
     with pytest.raises(_Stop):
         qat_artifact(recipe, splits, role="student", model=student, teacher=lambda: student,
                      decision=QatDecision(True, "test"), out_root=tmp_path,
-                     options=SimpleNamespace(int8_reduce_range=False, calibration=None), lineage={})
+                     options=SimpleNamespace(int8_reduce_range=False, int8_targets=(), calibration=None),
+                     lineage={})
     assert seen["loss"] == "dkd" and seen["loss_params"] == {"temperature": 2.0, "beta": 4.0}
 
 

@@ -3,8 +3,11 @@ recommendation, and the "INT8 is not faster" explanation."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+import edgekd
 from edgekd.compress.isa import cpu_flags, cpu_int8_features, explain_int8_speed, recommend_int8
 
 # AMD EPYC cloud VM ("model name: AMD EPYC"), the machine these tests were written on: AVX2, no AVX-512, no VNNI.
@@ -84,21 +87,63 @@ def test_this_host_and_unreadable_cpuinfo():
 
 # -- reduce_range: chosen per CPU, recorded, and really reaching onnxruntime --------------------------------------
 
+def _target(name, text, machine):
+    from edgekd.compress.isa import TargetCpu
+
+    return TargetCpu(name, cpu_int8_features(text, machine), "a test CPU")
+
+
 def test_reduce_range_is_chosen_for_x86_without_vnni_only():
     from edgekd.compress.isa import choose_reduce_range
 
-    epyc = choose_reduce_range("auto", cpu_int8_features(EPYC_AVX2, "x86_64"))
+    epyc = choose_reduce_range("auto", [_target("epyc", EPYC_AVX2, "x86_64")])
     assert epyc["reduce_range"] is True and epyc["setting"] == "auto"
     assert "without AVX-VNNI" in epyc["reason"] and "saturate" in epyc["reason"]
-    for text, machine in ((XEON_VNNI, "x86_64"), (PI4, "aarch64"), (PI5, "aarch64"), (GRAVITON3, "aarch64")):
-        choice = choose_reduce_range("auto", cpu_int8_features(text, machine))
+    assert epyc["targets"] == [{"device": "epyc", "cpu": "a test CPU", "reduce_range": True,
+                                "why": epyc["targets"][0]["why"]}]
+    for text, machine in ((XEON_VNNI, "x86_64"), (PI4, "aarch64"), (PI5, "aarch64"), (GRAVITON3, "aarch64"),
+                          ("", "aarch64")):  # Arm needs no flags: its int8 kernels never saturate
+        choice = choose_reduce_range("auto", [_target("board", text, machine)])
         assert choice["reduce_range"] is False and "8-bit weights" in choice["reason"], (machine, choice)
-    unknown = choose_reduce_range("auto", cpu_int8_features("", "x86_64"))
-    assert unknown["reduce_range"] is False and "could not be read" in unknown["reason"]
-    # an explicit setting wins, and says whether auto would have agreed on that CPU
-    forced = choose_reduce_range(False, cpu_int8_features(EPYC_AVX2, "x86_64"))
+    # an explicit setting wins, and says whether auto would have agreed for that target
+    forced = choose_reduce_range(False, [_target("epyc", EPYC_AVX2, "x86_64")])
     assert forced["reduce_range"] is False and "auto would choose True" in forced["reason"]
-    assert "as auto would" in choose_reduce_range(True, cpu_int8_features(EPYC_AVX2, "x86_64"))["reason"]
+    assert "as auto would" in choose_reduce_range(True, [_target("epyc", EPYC_AVX2, "x86_64")])["reason"]
+
+
+def test_reduce_range_is_decided_for_the_target_and_is_safe_when_it_is_unknown():
+    """The grid matters on the CPU that runs the artifact, not on the one exporting it: an Arm board gets 8-bit
+    weights whatever this host is; an unknown CPU (or none named) gets the 7-bit grid, right on every CPU."""
+    from edgekd.compress.isa import TargetCpu, choose_reduce_range
+
+    pi = choose_reduce_range("auto", [_target("pi", PI5, "aarch64")])
+    assert pi["reduce_range"] is False and "target 'pi'" in pi["reason"] and "Arm" in pi["reason"]
+    unknown = choose_reduce_range("auto", [TargetCpu("phone", None, "its adb profile does not say")])
+    assert unknown["reduce_range"] is True and "'phone' is unknown" in unknown["reason"]
+    assert "export.int8_reduce_range: false" in unknown["reason"]  # how to get 8-bit weights when it is Arm
+    unread = choose_reduce_range("auto", [_target("box", "", "x86_64")])
+    assert unread["reduce_range"] is True and unread["targets"][0]["reduce_range"] is None
+    none = choose_reduce_range("auto", [])
+    assert none["reduce_range"] is True and "no target device" in none["reason"] and none["targets"] == []
+    # several targets share one file: 7-bit when any of them needs it
+    both = choose_reduce_range("auto", [_target("xeon", XEON_VNNI, "x86_64"), _target("epyc", EPYC_AVX2, "x86_64")])
+    assert both["reduce_range"] is True and "target 'epyc'" in both["reason"]
+
+
+def test_target_cpu_comes_from_what_the_device_profile_says():
+    from edgekd.compress.isa import recipe_targets, target_cpu
+
+    root = Path(__file__).resolve().parents[1] / "devices"
+    board = target_cpu(str(root / "arm64-emulated.yaml"))  # qemu-aarch64: Arm64, known without connecting
+    assert board.device == "arm64-emulated" and board.features["arch"] == "arm64"
+    host = target_cpu("host")
+    assert host.features == cpu_int8_features() and "this machine" in host.source
+    for example in ("pi.example.yaml", "phone.example.yaml"):  # a remote board or phone: not known at export
+        remote = target_cpu(str(root / example))
+        assert remote.features is None and "does not say" in remote.source, example
+    recipe = edgekd.load_recipe({"bench": {"device": str(root / "arm64-emulated.yaml")}})
+    assert [t.device for t in recipe_targets(recipe)] == ["arm64-emulated"]
+    assert recipe_targets(edgekd.load_recipe({"bench": {"enabled": False}})) == ()
 
 
 @pytest.mark.parametrize("bad", ["yes", 1, 0, None, "true"])
@@ -160,6 +205,40 @@ def test_backend_quantizes_on_the_chosen_grid_and_records_why(digits_mlp, tmp_pa
         assert len(weights) == 2  # both Gemm weights stored as int8
         largest = max(int(abs(w.astype(int)).max()) for w in weights)
         assert largest <= 64 if expected else largest > 64, (setting, largest)  # 7-bit grid [-64, 64] or 8-bit
+
+
+def test_the_export_stage_decides_for_the_recipes_bench_device():
+    """The export stage (its options and its input hash) decides for bench.device, not for the exporting host:
+    the emulated Arm64 board gets 8-bit weights, a recipe without a bench (no known target) the 7-bit grid."""
+    from edgekd.compress.isa import _auto_reduce_range
+    from edgekd.pipeline import Context
+    from edgekd.progress import SilentReporter
+    from edgekd.stages import export_options, int8_reduce_range
+
+    def context(bench):
+        return Context(edgekd.load_recipe({"bench": bench}), rundir=None, reporter=SilentReporter())
+
+    arm = context({"device": str(Path(__file__).resolve().parents[1] / "devices" / "arm64-emulated.yaml")})
+    assert int8_reduce_range(arm) is False
+    assert [t.device for t in export_options(arm).int8_targets] == ["arm64-emulated"]
+    assert int8_reduce_range(context({"enabled": False})) is True
+    host_needs = _auto_reduce_range(cpu_int8_features())[0]
+    assert int8_reduce_range(context({"device": "host"})) is (True if host_needs is None else host_needs)
+
+
+def test_backend_stores_the_grid_of_the_target_device_not_of_this_host(digits_mlp, tmp_path):
+    """Exporting on any host for the emulated Arm64 board gives 8-bit weights (Arm does not saturate), and the
+    record says which target the grid was chosen for."""
+    from edgekd.compress.isa import target_cpu
+    from edgekd.export.formats import FORMATS, ExportOptions
+
+    s, fp32, calibration = digits_mlp
+    board = target_cpu(str(Path(__file__).resolve().parents[1] / "devices" / "arm64-emulated.yaml"))
+    record = FORMATS["onnx"]().quantize(fp32, tmp_path / "arm.onnx", "int8_static",
+                                        ExportOptions(calibration=calibration, int8_targets=(board,)))
+    assert record["reduce_range"] is False and "target 'arm64-emulated'" in record["reduce_range_reason"]
+    assert [t["device"] for t in record["reduce_range_targets"]] == ["arm64-emulated"]
+    assert max(int(abs(w.astype(int)).max()) for w in _int8_weights(tmp_path / "arm.onnx")) > 64  # 8-bit grid
 
 
 def test_reduce_range_removes_the_kernel_saturation_on_this_host(digits_mlp, tmp_path):

@@ -18,7 +18,9 @@ The recommendation follows onnxruntime's quantization guide (docs/performance/mo
 from __future__ import annotations
 
 import platform
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Sequence
 
 X86_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
 ARM_FLAGS = ("asimd", "asimddp", "i8mm", "sve", "svei8mm")
@@ -146,38 +148,108 @@ def int8_slow_reasons(fp32_p50: float, features: dict) -> list[str]:
 REDUCE_RANGE_SETTINGS = ("auto", True, False)
 
 
-def choose_reduce_range(setting: str | bool = "auto", features: dict | None = None) -> dict:
-    """Whether ONNX INT8 weights use onnxruntime's `reduce_range` (7-bit weights, [-64, 64]) and why:
-    {"reduce_range": bool, "setting": "auto" | True | False, "reason": str}.
+@dataclass(frozen=True)
+class TargetCpu:
+    """The CPU of a device the artifacts are meant for, as far as export can know it without connecting:
+    `features` (cpu_int8_features) or None when its profile does not say; `source` says how it is known."""
 
-    "auto" decides for this host's CPU (`features`, default: detected), where the artifact is verified and
-    benchmarked: on x86-64 without VNNI/AMX onnxruntime's U8S8 kernels multiply with VPMADDUBSW, whose 16-bit
-    pair sums saturate with 8-bit weights (255·127·2 > 32767) and not with 7-bit ones (255·64·2 = 32640).
+    device: str
+    features: dict | None
+    source: str
+
+
+def target_cpu(device: str) -> TargetCpu:
+    """What a device profile (name or path) says about its CPU, read at export time without connecting:
+
+    - kind local: it runs on this machine, so this machine's CPU;
+    - kind ssh with `board_dir:`: the emulated board (edgekd.devices.emulated), qemu-aarch64: an Arm64 CPU;
+    - any other ssh or adb profile: unknown (a profile has no CPU field, and the board or phone may be offline).
+    """
+    from edgekd.devices.profiles import find_profile
+    from edgekd.errors import EdgeKDError
+
+    try:
+        profile = find_profile(device)
+    except EdgeKDError as exc:
+        return TargetCpu(device, None, f"its profile cannot be read ({exc.what})")
+    if profile.kind == "local":
+        return TargetCpu(profile.name, cpu_int8_features(), "a local profile: this machine's CPU")
+    if profile.kind == "ssh" and profile.options.get("board_dir"):
+        return TargetCpu(profile.name, cpu_int8_features("", "aarch64"), "the emulated board: qemu-aarch64, Arm64")
+    return TargetCpu(profile.name, None, f"its {profile.kind} profile does not say which CPU the device has")
+
+
+def recipe_targets(recipe: Any) -> tuple[TargetCpu, ...]:
+    """The devices a recipe benchmarks its artifacts on: bench.device when the bench stage runs, else none
+    (the artifacts may then run anywhere)."""
+    return (target_cpu(recipe.bench.device),) if recipe.bench.enabled else ()
+
+
+def choose_reduce_range(setting: str | bool = "auto", targets: Sequence[TargetCpu] = ()) -> dict:
+    """Whether ONNX INT8 weights use onnxruntime's `reduce_range` (7-bit weights, [-64, 64]) and why:
+    {"reduce_range": bool, "setting": "auto" | True | False, "reason": str, "targets": [...]}.
+
+    It matters on the CPU that runs the artifact, not on the one that exports it: on x86-64 without VNNI/AMX
+    onnxruntime's U8S8 kernels multiply with VPMADDUBSW, whose 16-bit pair sums saturate with 8-bit weights
+    (255·127·2 > 32767) and not with 7-bit ones (255·64·2 = 32640); Arm and VNNI/AMX kernels do not saturate.
+    "auto" decides for the `targets` (recipe_targets): 7-bit when any of them needs it, or when any target's CPU
+    is unknown, or when there is no target: 7-bit weights are right on every CPU (they cost at most a bit of
+    precision, which parity measures), 8-bit ones silently saturate on some.
     """
     from edgekd.errors import ExportError
 
     if setting not in REDUCE_RANGE_SETTINGS or not isinstance(setting, (str, bool)):
         raise ExportError(f"int8_reduce_range must be 'auto', true or false, got {setting!r}",
-                          fix="set export.int8_reduce_range to auto (decide for this CPU), true or false")
-    features = cpu_int8_features() if features is None else features
-    auto = _auto_reduce_range(features)
+                          fix="set export.int8_reduce_range to auto (decide for the target device), true or false")
+    decided = [(t, *_auto_reduce_range(t.features)) for t in targets]
+    records = [{"device": t.device, "cpu": t.source, "reduce_range": needs, "why": why} for t, needs, why in decided]
+    auto, why = _combine(decided)
     if setting == "auto":
-        return {"reduce_range": auto[0], "setting": "auto", "reason": f"auto: {auto[1]}"}
-    agrees = "as auto would on this host" if setting == auto[0] else f"auto would choose {auto[0]} here"
-    return {"reduce_range": bool(setting), "setting": bool(setting),
-            "reason": f"set by the recipe (export.int8_reduce_range: {str(setting).lower()}; {agrees})"}
+        chosen, reason = auto, f"auto: {why}"
+    else:
+        chosen = bool(setting)
+        agrees = "as auto would" if chosen == auto else f"auto would choose {auto}"
+        reason = f"set by the recipe (export.int8_reduce_range: {str(setting).lower()}; {agrees}: {why})"
+    host_needs = _auto_reduce_range(cpu_int8_features())[0]
+    if not chosen and host_needs:
+        reason += ("; this host's int8 kernels saturate 8-bit weights, so the parity it measures can be lower "
+                   "than on the target")
+    return {"reduce_range": chosen, "setting": setting if setting == "auto" else bool(setting), "reason": reason,
+            "targets": records}
 
 
-def _auto_reduce_range(features: dict) -> tuple[bool, str]:
-    if not features.get("known"):
-        return False, "the CPU's flags could not be read; onnxruntime's default 8-bit weights"
-    arch = features.get("arch")
-    if arch == "x86_64" and not (features.get("vnni") or features.get("amx_int8")):
+def _combine(decided: list[tuple[TargetCpu, bool | None, str]]) -> tuple[bool, str]:
+    """One grid for every target: 7-bit if any target needs it or is unknown (or there is none)."""
+    if not decided:
+        return True, ("no target device (the recipe benchmarks on none), so the CPU that will run the artifact is "
+                      "unknown: 7-bit weights, which no CPU's int8 kernels saturate")
+    unknown = [t for t, needs, _ in decided if needs is None]
+    if unknown:
+        t = unknown[0]
+        return True, (f"the CPU of target '{t.device}' is unknown ({t.source}): 7-bit weights, which no CPU's int8 "
+                      "kernels saturate; set export.int8_reduce_range: false if it is Arm or x86 with VNNI/AMX")
+    needing = [(t, why) for t, needs, why in decided if needs]
+    if needing:
+        t, why = needing[0]
+        return True, f"target '{t.device}' ({t.source}): {why}"
+    return False, "; ".join(f"target '{t.device}' ({t.source}): {why}" for t, _, why in decided)
+
+
+def _auto_reduce_range(features: dict | None) -> tuple[bool | None, str]:
+    """(whether a CPU with these features needs 7-bit weights — None when unknown —, why)."""
+    arch = (features or {}).get("arch")
+    if arch in ("arm64", "arm32"):
+        return False, "Arm: onnxruntime's int8 kernels widen to 32 bits, no 16-bit saturation; 8-bit weights"
+    if arch == "x86_64":
+        if not features.get("known"):
+            return None, "x86-64 whose instruction sets could not be read"
+        if features.get("vnni") or features.get("amx_int8"):
+            return False, f"x86-64 with {_names(features)}: VNNI/AMX int8 kernels do not saturate; 8-bit weights"
         if features.get("avx2") or features.get("avx512"):
             return True, (f"x86-64 without AVX-VNNI/AMX ({_names(features)}): onnxruntime's int8 kernels "
                           "(VPMADDUBSW) saturate their 16-bit sums with 8-bit weights (255·127·2 > 32767); 7-bit "
                           "weights keep them in range")
         return False, "x86-64 without AVX2: SSE int8 kernels widen before adding, no saturation; 8-bit weights"
-    if arch == "x86_64":
-        return False, f"x86-64 with {_names(features)}: VNNI/AMX int8 kernels do not saturate; 8-bit weights"
-    return False, f"{arch} ({_names(features)}): no 16-bit saturation in onnxruntime's int8 kernels; 8-bit weights"
+    if features is None or arch in (None, "", "unknown"):
+        return None, "the CPU's architecture is unknown"
+    return False, f"{arch}: no 16-bit saturation in onnxruntime's int8 kernels; 8-bit weights"

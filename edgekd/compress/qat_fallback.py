@@ -91,7 +91,7 @@ def qat_artifact(recipe: "Recipe", splits: "Splits", *, role: str, model: "nn.Mo
     cfg, train, loss = recipe.export.qat, recipe.distill.train, recipe.distill.loss
     x, target, _ = transfer_set(recipe, splits)
     steps = steps_for(len(x), train.batch_size, cfg.epochs)
-    reduce_range = choose_reduce_range(options.int8_reduce_range)["reduce_range"]
+    reduce_range = choose_reduce_range(options.int8_reduce_range, options.int8_targets)["reduce_range"]
     teacher_logits = predict_logits(teacher(), x)
     params = response_params(loss)
     trained, fake_quant = qat_distill(model, teacher_logits, x, target, steps=steps, batch_size=train.batch_size,

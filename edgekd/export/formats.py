@@ -35,7 +35,8 @@ class ExportOptions:
     calibration_percentile: float = 99.99  # ONNX INT8 static, percentile calibration
     mixed_precision_fallback: bool = True  # ONNX INT8: keep the most sensitive layers FP32 until parity passes
     keep_fp32: tuple[str, ...] = ()  # ONNX INT8: node names left in FP32 (set by the mixed-precision fallback)
-    int8_reduce_range: str | bool = "auto"  # ONNX INT8: 7-bit weights; auto = on x86 without VNNI (this host)
+    int8_reduce_range: str | bool = "auto"  # ONNX INT8: 7-bit weights; auto = decided for int8_targets
+    int8_targets: tuple[Any, ...] = ()  # isa.TargetCpu of the devices the artifacts are for; () = unknown (7-bit)
 
 
 @dataclass
@@ -109,7 +110,7 @@ class OnnxBackend:
         if precision in ("int8_static", "int8_dynamic"):
             from edgekd.compress.isa import choose_reduce_range
 
-            choice = choose_reduce_range(opts.int8_reduce_range)
+            choice = choose_reduce_range(opts.int8_reduce_range, opts.int8_targets)
             if precision == "int8_static":
                 settings = onnx_export.quantize_static_int8(fp32, out, _calibration(opts, precision),
                                                             method=opts.calibration_method,
@@ -119,7 +120,8 @@ class OnnxBackend:
             else:
                 settings = onnx_export.quantize_dynamic_int8(fp32, out, nodes_to_exclude=opts.keep_fp32,
                                                              reduce_range=choice["reduce_range"])
-            return {**settings, "reduce_range_setting": choice["setting"], "reduce_range_reason": choice["reason"]}
+            return {**settings, "reduce_range_setting": choice["setting"], "reduce_range_reason": choice["reason"],
+                    "reduce_range_targets": choice["targets"]}
         if precision == "int4":
             from edgekd.export.onnx_int4 import quantize_int4
 
