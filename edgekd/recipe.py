@@ -294,9 +294,10 @@ class QatFallbackConfig(_Strict):
 
     enabled: Literal["auto", True, False] = Field(
         "auto", description="auto: when a role's ONNX int8_static artifact loses more than max_int8_loss points "
-                            "of accuracy vs its FP32 model; true: for every role with an int8_static target; "
+                            "of accuracy vs its FP32 model on the validation split; true: for every role with an int8_static target; "
                             "false: never (listing int8_qat in a role's targets asks for it whatever the loss)")
-    max_int8_loss: float = Field(0.5, ge=0, description="accuracy points int8_static may lose before QAT runs")
+    max_int8_loss: float = Field(0.5, ge=0, description="accuracy points int8_static may lose on the validation "
+                                  "split before QAT runs")
     epochs: int = Field(10, gt=0, description="passes over the transfer set")
     lr: float = Field(1e-3, gt=0)
 

@@ -269,9 +269,11 @@ def _is_batch_norm(model, parameter_name: str) -> bool:
 def _qat_artifacts(ctx: Context, role: str, model, made: list, options, lineage: dict[str, Any]) -> list:
     """The role's `<role>-onnx-int8_qat` artifact when export.qat asks for quantization-aware distillation
     (edgekd.compress.qat_fallback); otherwise none."""
-    from edgekd.compress.qat_fallback import decide, qat_artifact
+    from functools import partial
 
-    decision = decide(ctx.recipe, role, made)
+    from edgekd.compress.qat_fallback import decide, qat_artifact, validation_accuracies
+
+    decision = decide(ctx.recipe, role, made, partial(validation_accuracies, model=model, splits=ctx.splits))
     if not decision.run:
         return []
     teacher = ctx.rundir.checkpoints / "teacher.pt"

@@ -102,7 +102,7 @@ def _artifact(precision: str, accuracy: float, fmt: str = "onnx") -> Artifact:
 
 
 @pytest.mark.parametrize("qat, targets, ptq, run, reason", [
-    ({"enabled": "auto"}, ["fp32", "int8_static"], 0.960, True, "loses 1.00 points"),  # 1 point > 0.5
+    ({"enabled": "auto"}, ["fp32", "int8_static"], 0.960, True, "loses 1.00 points vs FP32 on the validation"),
     ({"enabled": "auto"}, ["fp32", "int8_static"], 0.966, False, "loses 0.40 points"),
     ({"enabled": "auto", "max_int8_loss": 2.0}, ["fp32", "int8_static"], 0.960, False, "≤ max_int8_loss 2"),
     ({"enabled": True}, ["fp32", "int8_static"], 0.970, True, "enabled is true"),
@@ -111,15 +111,31 @@ def _artifact(precision: str, accuracy: float, fmt: str = "onnx") -> Artifact:
     ({"enabled": "auto"}, ["fp32", "int8_qat"], None, True, "lists int8_qat"),
 ])
 def test_decide_when_qat_runs(qat, targets, ptq, run, reason):
+    """`ptq` is the int8_static accuracy on the validation split (FP32: 0.970) the auto rule decides on."""
     recipe = edgekd.load_recipe({"export": {"qat": qat, "targets": {"student": targets}}})
-    made = [_artifact("fp32", 0.970)] + ([_artifact("int8_static", ptq)] if ptq is not None else [])
-    decision = decide(recipe, "student", made)
+    made = [_artifact("fp32", 0.970)] + ([_artifact("int8_static", 0.5)] if ptq is not None else [])
+    decision = decide(recipe, "student", made, validation=lambda artifact: (0.970, ptq))
     assert decision.run is run and reason in decision.reason, decision
+
+
+def test_auto_qat_decides_on_the_validation_split_not_on_the_test_split():
+    """The test split only reports: an int8_static that loses 5 points on the test rows but 0.2 on the
+    validation rows gets no QAT (choosing on the test rows, then comparing on them, would credit QAT with the
+    bad luck that triggered it), and without validation numbers auto does not run."""
+    recipe = edgekd.load_recipe({"export": {"qat": {"enabled": "auto"}, "targets": {"student": ["fp32", "int8_static"]}}})
+    made = [_artifact("fp32", 0.970), _artifact("int8_static", 0.920)]  # test split: 5 points lost
+    decision = decide(recipe, "student", made, validation=lambda artifact: (0.970, 0.968))
+    assert not decision.run and "loses 0.20 points vs FP32 on the validation split" in decision.reason
+    assert decision.ptq_loss_points == pytest.approx(5.0)  # the comparison reported stays on the test split
+    worse = decide(recipe, "student", made, validation=lambda artifact: (0.970, 0.950))
+    assert worse.run and worse.ptq_accuracy == 0.920
+    blind = decide(recipe, "student", made)
+    assert not blind.run and "no validation accuracy" in blind.reason
 
 
 def test_decide_without_fp32_artifact_uses_the_pytorch_accuracy():
     recipe = edgekd.load_recipe({"export": {"targets": {"student": ["int8_static"]}}})
-    decision = decide(recipe, "student", [_artifact("int8_static", 0.95)])
+    decision = decide(recipe, "student", [_artifact("int8_static", 0.95)], validation=lambda artifact: (0.97, 0.95))
     assert decision.run and decision.fp32_accuracy == 0.97 and decision.ptq_loss_points == pytest.approx(2.0)
     tflite_only = edgekd.load_recipe({"export": {"formats": ["tflite"], "qat": {"enabled": True}}})
     assert not decide(tflite_only, "student", [_artifact("int8_static", 0.5, "tflite")]).run

@@ -30,9 +30,15 @@ PRECISION = "int8_qat"
 FORMAT = "onnx"
 
 
+# What decides "auto": (FP32 accuracy, int8_static accuracy), 0-1, on the validation split — never the test split,
+# which only reports (deciding on it, then comparing on it, would credit QAT with the bad luck that triggered it).
+Validation = Callable[[Artifact], tuple[float, float]]
+
+
 @dataclass(frozen=True)
 class QatDecision:
-    """Whether a role gets a QAT artifact, why, and the post-training numbers the decision used (accuracy, 0-1)."""
+    """Whether a role gets a QAT artifact, why, and the post-training test-split numbers it is compared with
+    (accuracy, 0-1; the auto rule itself decides on the validation split)."""
 
     run: bool
     reason: str
@@ -46,9 +52,10 @@ class QatDecision:
         return (self.fp32_accuracy - self.ptq_accuracy) * 100
 
 
-def decide(recipe: "Recipe", role: str, artifacts: list[Artifact]) -> QatDecision:
+def decide(recipe: "Recipe", role: str, artifacts: list[Artifact], validation: Validation | None = None) -> QatDecision:
     """QAT for `role` when its targets list int8_qat, when export.qat.enabled is true and it has an ONNX INT8
-    target, or (auto) when its ONNX int8_static artifact loses more than max_int8_loss points vs FP32."""
+    target, or (auto) when its ONNX int8_static artifact loses more than max_int8_loss points vs FP32 on the
+    validation split (`validation(ptq_artifact)`, e.g. `validation_accuracies`); without it, auto does not run."""
     cfg, targets = recipe.export.qat, list(recipe.export.targets.get(role) or [])
     ptq = next((a for a in artifacts if a.format == FORMAT and a.precision == "int8_static" and a.parity), None)
     fp32 = next((a for a in artifacts if a.format == FORMAT and a.precision == "fp32" and a.parity), None)
@@ -66,11 +73,24 @@ def decide(recipe: "Recipe", role: str, artifacts: list[Artifact]) -> QatDecisio
         return QatDecision(True, "export.qat.enabled is true", **numbers)
     if ptq is None or fp32_acc is None:
         return QatDecision(False, "no int8_static accuracy to compare with FP32", **numbers)
-    loss = (fp32_acc - ptq.parity.accuracy) * 100
+    if validation is None:
+        return QatDecision(False, "auto: no validation accuracy to decide on (the test split only reports)",
+                           **numbers)
+    fp32_val, ptq_val = validation(ptq)
+    loss = (fp32_val - ptq_val) * 100
     verdict = ">" if loss > cfg.max_int8_loss else "≤"
     return QatDecision(loss > cfg.max_int8_loss,
-                       f"auto: int8_static loses {loss:.2f} points vs FP32 ({verdict} max_int8_loss "
-                       f"{cfg.max_int8_loss:g})", **numbers)
+                       f"auto: int8_static loses {loss:.2f} points vs FP32 on the validation split ({verdict} "
+                       f"max_int8_loss {cfg.max_int8_loss:g})", **numbers)
+
+
+def validation_accuracies(ptq: Artifact, *, model: "nn.Module", splits: "Splits") -> tuple[float, float]:
+    """(FP32 model, int8_static artifact) accuracy on the validation split: what the auto rule decides on."""
+    from edgekd.distill.trainer import predict_logits
+    from edgekd.export.verify import onnx_predict
+
+    fp32 = float((predict_logits(model, splits.x_val).argmax(1) == splits.y_val).mean())
+    return fp32, float((onnx_predict(ptq.path, splits.x_val).argmax(1) == splits.y_val).mean())
 
 
 def qat_artifact(recipe: "Recipe", splits: "Splits", *, role: str, model: "nn.Module",
