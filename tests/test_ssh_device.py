@@ -14,6 +14,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -278,6 +279,55 @@ def test_stopped_sshd_is_unreachable(tmp_path, workdir):
     finally:
         device.close()
         server.stop()
+
+
+def test_sshd_stopped_mid_command_is_a_lost_connection(tmp_path, workdir):
+    # Through the ControlMaster a dropped connection ends the command with exit 255 and no message at all: it
+    # must not pass as the command's own exit status (bench called it "the runner crashed").
+    _require_openssh()
+    server = LoopbackSSHD(tmp_path / "sshd").start()
+    device = make_device(server, workdir)
+    started = tmp_path / "started"
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(device.run, ["sh", "-c", 'touch "$1"; exec sleep 60', "sh", str(started)])
+            _wait_for(started.exists)
+            server.stop()  # the board goes down while the command runs
+            with pytest.raises(DeviceUnreachable, match="lost the connection to loopback") as err:
+                running.result()
+        assert "while 'sh' was running" in err.value.what and f"-p {server.port}" in err.value.fix
+    finally:
+        device.close()
+        server.stop()
+
+
+def test_a_copy_after_the_device_went_away_says_so(tmp_path, workdir):
+    # `scp -q` hides ssh's "Connection refused": the copy failed with "scp: Connection closed", which was
+    # reported as a path or permission problem.
+    _require_openssh()
+    server = LoopbackSSHD(tmp_path / "sshd").start()
+    device = make_device(server, workdir)
+    (tmp_path / "f").write_text("x")
+    try:
+        device.push(tmp_path / "f", f"{workdir}/f")  # the work directory is made (and not made again)
+        server.stop()
+        with pytest.raises(DeviceUnreachable, match="cannot reach loopback") as err:
+            device.push(tmp_path / "f", f"{workdir}/g")
+        assert "Connection refused" in err.value.why
+        with pytest.raises(DeviceUnreachable, match="cannot reach loopback"):
+            device.pull(f"{workdir}/f", tmp_path / "back")
+    finally:
+        device.close()
+        server.stop()
+
+
+def _wait_for(condition, seconds: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the device never got there"
+        time.sleep(0.02)
 
 
 def test_nothing_listening_is_unreachable(sshd, workdir):

@@ -243,6 +243,7 @@ class SSHDevice(ProfiledDevice):
         proc = self._client(argv, timeout=timeout, what=what)
         if proc.returncode == SSH_ERROR:
             self._raise_ssh_error(proc.stderr)
+            self._raise_if_connection_lost(what)
         return proc
 
     def _scp(self, paths: list[str]) -> subprocess.CompletedProcess:
@@ -283,6 +284,10 @@ class SSHDevice(ProfiledDevice):
         port = f" port {self.port}" if self.port else ""
         return f"{user}{self.host}{port}"
 
+    def _by_hand(self) -> str:
+        """The ssh command line a user can try to reach the device themselves."""
+        return f"ssh {'-p ' + str(self.port) + ' ' if self.port else ''}{self._target().split(' port')[0]}"
+
     def _raise_ssh_error(self, stderr: str) -> None:
         """Turn ssh's own failure (exit 255) into a DeviceError subclass; a remote 255 without ssh text passes."""
         why = _ssh_message(stderr)
@@ -317,18 +322,42 @@ class SSHDevice(ProfiledDevice):
             raise DeviceUnreachable(
                 f"cannot reach {self.name} ({self._target()})",
                 why=why,
-                fix="check that the device is on, on the network and runs sshd; try "
-                    f"`ssh {'-p ' + str(self.port) + ' ' if self.port else ''}{self._target().split(' port')[0]}` "
-                    "by hand; raise `connect_timeout:` for a slow link",
+                fix=f"check that the device is on, on the network and runs sshd; try `{self._by_hand()}` by hand; "
+                    "raise `connect_timeout:` for a slow link",
             )
         if _matches(stderr, _CONFIG):
             raise DeviceError(f"the ssh client rejected the options for {self.name}", why=why,
                               fix="fix `ssh_options:` (or the ssh config file) of the profile")
 
+    def _raise_if_connection_lost(self, what: str) -> None:
+        """After an exit 255 that ssh did not explain: was it the connection? Through the multiplexing master,
+        a connection that drops mid-command ends the command with 255 and no message at all (the master, which
+        saw the drop, has exited and taken its socket along); a remote command's own 255 leaves the master up."""
+        argv = ["ssh", *self._base_options(), "-O", "check", "--", self.host]
+        try:
+            alive = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=15,
+                                   check=False).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            alive = False
+        if not alive:
+            raise self._lost(what)
+
+    def _lost(self, what: str) -> DeviceUnreachable:
+        self._made_dirs.clear()  # a reconnection may meet a rebooted device (a /tmp work directory is gone)
+        return DeviceUnreachable(
+            f"lost the connection to {self.name} ({self._target()}) while '{what}' was running",
+            why="ssh ended with exit status 255 and its connection to the device is gone: the device rebooted, "
+                "left the network, or its sshd stopped",
+            fix=f"check that the device is up and reachable (`{self._by_hand()}` by hand), then run again",
+        )
+
     def _raise_copy_error(self, proc: subprocess.CompletedProcess, what: str, remote: str | None, size: int) -> None:
         stderr = proc.stderr
         if proc.returncode == SSH_ERROR or _matches(stderr, _HOST_KEY) or "lost connection" in stderr:
             self._raise_ssh_error(stderr)
+            if proc.returncode == SSH_ERROR:  # `scp -q` keeps ssh's reason to itself: ask ssh (raises it)
+                self._ssh("true", timeout=60, what="scp")
+                raise self._lost("scp")  # it connects again: the connection dropped during the copy
         if remote is not None and (_matches(stderr, _NO_SPACE) or self._lacks_space(remote, size)):
             # SFTP reports ENOSPC only as "Failure", hence the df check. The partial file is useless: remove it
             # (only then: after e.g. "permission denied" the file on the device is untouched and stays).
