@@ -25,12 +25,14 @@ from edgekd.devices.base import (
     DeviceError,
     DeviceOutOfSpace,
     DeviceProfile,
+    DeviceTimeout,
     DeviceUnreachable,
     HostKeyMismatch,
     python_argv,
 )
 from edgekd.devices.ssh import SSHDevice
 from conftest import skip_or_fail_on_ci
+from edgekd.devices.loopback import alive
 from sshd import INSTALL_HINT, LoopbackSSHD, find_sshd, free_port, keygen
 
 RUNNER = Path(__file__).resolve().parents[1] / "edgekd" / "bench" / "runner.py"
@@ -132,6 +134,19 @@ def test_run_timeout(device):
     # Only the client's own 1 s timeout raises this (sleep 30 would have returned 0), so it was not waited out.
     with pytest.raises(DeviceError, match="did not finish within 1 s"):
         device.run(["sleep", "30"], timeout=1)
+
+
+def test_a_command_that_times_out_is_stopped_on_the_device(device, tmp_path):
+    # sshd leaves a command running when its session closes (no terminal, no SIGHUP): a hung runner would
+    # keep loading the board for every later benchmark.
+    started = tmp_path / "pid"
+    assert device.run(["true"]).returncode == 0  # connected: the time limit is all the command's
+    with pytest.raises(DeviceTimeout, match="did not finish within 5 s") as err:
+        device.run(["sh", "-c", 'echo $$ > "$1"; exec sleep 120', "sh", str(started)], timeout=5)
+    pid = int(started.read_text())
+    _wait_for(lambda: not alive(pid))
+    assert f"pid {pid} killed" in err.value.why
+    assert device.run(["sh", "-c", "echo out; echo err >&2"]).stderr == "err\n"  # the PID line is not passed on
 
 
 # ---------------------------------------------------------------------- info and benchmark through ssh

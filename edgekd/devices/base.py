@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from edgekd.errors import EdgeKDError
 
@@ -23,6 +23,10 @@ class DeviceUnreachable(DeviceError):
 
 class HostKeyMismatch(DeviceError):
     """SSH refused the device because its host key is unknown or changed."""
+
+
+class DeviceTimeout(DeviceError):
+    """A command on the device did not finish within its time limit."""
 
 
 class DeviceOutOfSpace(DeviceError):
@@ -177,9 +181,13 @@ def cool_down(device: Device) -> dict[str, Any]:
 
 
 def run_client(argv: list[str], *, device: str, what: str, timeout: float | None, after_timeout: str,
-               install: str) -> "subprocess.CompletedProcess[str]":
+               install: str, on_timeout: Callable[[str], str | None] | None = None,
+               ) -> "subprocess.CompletedProcess[str]":
     """Run a host-side client program for a device (ssh, scp, adb): an argv list, never a shell string,
-    stdin closed so it can never read the caller's terminal, and failures as DeviceError."""
+    stdin closed so it can never read the caller's terminal, and failures as DeviceError.
+
+    Stopping the client on a timeout does not stop the command on the device: `on_timeout` gets the client's
+    stderr so far, may stop the command there, and returns what happened (else `after_timeout` is said)."""
     import logging
     import shlex
     import subprocess
@@ -188,9 +196,11 @@ def run_client(argv: list[str], *, device: str, what: str, timeout: float | None
     try:
         return subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=timeout,
                               stdin=subprocess.DEVNULL, check=False)
-    except subprocess.TimeoutExpired:
-        raise DeviceError(f"'{what}' did not finish within {timeout:g} s on {device}", why=after_timeout,
-                          fix="raise the timeout or check the command on the device") from None
+    except subprocess.TimeoutExpired as exc:
+        partial = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
+        raise DeviceTimeout(f"'{what}' did not finish within {timeout:g} s on {device}",
+                            why=(on_timeout(partial) if on_timeout else None) or after_timeout,
+                            fix="check the command on the device") from None
     except FileNotFoundError:
         raise DeviceError(f"the client '{argv[0]}' is not installed on this machine", fix=install) from None
     except PermissionError:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.devices.base import (WORKDIR_OWNER_FIX, WORKDIR_OWNER_WHY, DeviceError, DeviceOutOfSpace,
-                                 DeviceProfile, ProfiledDevice, RunResult, info_via_runner)
+                                 DeviceProfile, DeviceTimeout, ProfiledDevice, RunResult, info_via_runner)
 from edgekd.rundir import atomic_path
 
 
@@ -39,9 +39,9 @@ class LocalDevice(ProfiledDevice):
     def run(self, argv: list[str], *, timeout: float | None = None) -> RunResult:
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-        except subprocess.TimeoutExpired:
-            raise DeviceError(f"'{argv[0]}' did not finish within {timeout:.0f} s on {self.name}",
-                              fix="raise the timeout or check the command") from None
+        except subprocess.TimeoutExpired:  # subprocess.run has killed it
+            raise DeviceTimeout(f"'{argv[0]}' did not finish within {timeout:g} s on {self.name}",
+                                why="it was stopped", fix="check the command") from None
         except FileNotFoundError:
             raise DeviceError(f"'{argv[0]}' is not installed on {self.name}", fix="install it or fix the profile") from None
         return RunResult(proc.returncode, proc.stdout, proc.stderr)

@@ -27,6 +27,8 @@ Security:
   control socket in a private (0700) temp folder, so no other user or process shares it, and a second
   device (e.g. one with a different known_hosts) never rides on our already-verified connection.
   close() asks the master to exit (`ssh -O exit`) and removes the folder.
+- A command that outlives its timeout is killed on the device (run() has the remote shell print its PID,
+  then exec the command): sshd would leave it running, as it sends no SIGHUP to a session without a terminal.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import subprocess
 import tempfile
 import weakref
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Callable
 
 from edgekd.devices.base import (
     WORKDIR_OWNER_FIX,
@@ -97,6 +99,8 @@ _SHA256_SCRIPT = (
     'else exit 4; fi'
 )
 _HEX64 = re.compile(r"\b[0-9a-f]{64}\b")
+PID_MARKER = "__EDGEKD_PID="  # run() prints it (with the command's PID) to stderr before the command starts
+_PID_LINE = re.compile(r"^" + PID_MARKER + r"(\d+)\n", re.MULTILINE)
 
 
 class SSHDevice(ProfiledDevice):
@@ -136,8 +140,10 @@ class SSHDevice(ProfiledDevice):
         if not argv or not all(isinstance(a, str) for a in argv):
             raise DeviceError(f"cannot run {argv!r} on {self.name}", why="argv must be a non-empty list of strings",
                               fix="pass the command as a list, e.g. ['python3', 'runner.py', '--info']")
-        proc = self._ssh(shlex.join(argv), timeout=timeout, what=argv[0])
-        return RunResult(proc.returncode, proc.stdout, proc.stderr)
+        # The shell says its PID, then becomes the command (exec keeps the PID): what a timeout needs to kill.
+        command = f"echo {PID_MARKER}$$ >&2; exec {shlex.join(argv)}"
+        proc = self._ssh(command, timeout=timeout, what=argv[0], on_timeout=self._stop_remote)
+        return RunResult(proc.returncode, proc.stdout, _PID_LINE.sub("", proc.stderr, count=1))
 
     def push(self, local: Path, remote: str) -> None:
         local = Path(local)
@@ -238,9 +244,10 @@ class SSHDevice(ProfiledDevice):
         return f"{host}:{remote if self._scp_sftp_flag is not None else shlex.quote(remote)}"
 
     # ------------------------------------------------------------------ running the client
-    def _ssh(self, command: str, *, timeout: float | None, what: str) -> subprocess.CompletedProcess:
+    def _ssh(self, command: str, *, timeout: float | None, what: str,
+             on_timeout: Callable[[str], str | None] | None = None) -> subprocess.CompletedProcess:
         argv = ["ssh", *self._base_options(), "--", self.host, command]
-        proc = self._client(argv, timeout=timeout, what=what)
+        proc = self._client(argv, timeout=timeout, what=what, on_timeout=on_timeout)
         if proc.returncode == SSH_ERROR:
             self._raise_ssh_error(proc.stderr)
             self._raise_if_connection_lost(what)
@@ -250,11 +257,27 @@ class SSHDevice(ProfiledDevice):
         flags = ["-q", "-B"] + ([self._scp_sftp_flag] if self._scp_sftp_flag else [])
         return self._client(["scp", *flags, *self._base_options(), "--", *paths], timeout=None, what="scp")
 
-    def _client(self, argv: list[str], *, timeout: float | None, what: str) -> subprocess.CompletedProcess:
+    def _client(self, argv: list[str], *, timeout: float | None, what: str,
+                on_timeout: Callable[[str], str | None] | None = None) -> subprocess.CompletedProcess:
         # BatchMode also forbids prompts; stdin is closed by run_client.
         return run_client(argv, device=self.name, what=what, timeout=timeout,
                           after_timeout="the ssh client was stopped; the command may still be running on the device",
-                          install="install the OpenSSH client (e.g. apt-get install openssh-client)")
+                          install="install the OpenSSH client (e.g. apt-get install openssh-client)",
+                          on_timeout=on_timeout)
+
+    def _stop_remote(self, partial_stderr: str) -> str | None:
+        """After a timeout, kill the command on the device: sshd leaves it running when the session closes
+        (no terminal, so no SIGHUP), and a hung runner would load the board for every later benchmark."""
+        match = _PID_LINE.search(partial_stderr)
+        if match is None:  # it never started (still connecting)
+            return None
+        pid = match.group(1)
+        try:
+            killed = self._ssh(shlex.join(["kill", "-KILL", pid]), timeout=30, what="kill").returncode == 0
+        except DeviceError as exc:
+            return f"the ssh client was stopped, and stopping the command (pid {pid}) failed: {exc.what}"
+        return (f"it was stopped on the device (pid {pid} killed)" if killed else
+                f"the ssh client was stopped; the command (pid {pid}) had already ended on the device")
 
     def _mkdir(self, folder: str) -> None:
         """mkdir -p once per folder and connection (the work directory on first use, then its subfolders)."""
