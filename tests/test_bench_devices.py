@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,8 @@ import yaml
 
 import edgekd
 from edgekd.bench.harness import BenchSettings
-from edgekd.devices.base import DeviceUnreachable
+from edgekd.devices.base import DeviceUnreachable, RuntimeMissing
+from edgekd.devices.loopback import alive
 from edgekd.errors import EdgeKDError
 from edgekd.export.onnx import write_identity_model
 from sshd import LoopbackSSHD
@@ -20,9 +23,9 @@ from sshd import LoopbackSSHD
 FAST = BenchSettings(warmup_runs=5, min_runs=30, min_seconds=0.02, rounds=2)
 
 
-def _profile(server: LoopbackSSHD, folder: Path) -> Path:
+def _profile(server: LoopbackSSHD, folder: Path, python: str | list[str] = sys.executable) -> Path:
     path = folder / "board.yaml"
-    path.write_text(yaml.safe_dump({"name": "board", "kind": "ssh", "python": sys.executable,
+    path.write_text(yaml.safe_dump({"name": "board", "kind": "ssh", "python": python,
                                     "workdir": str(folder / "remote"), **server.profile_options()}))
     return path
 
@@ -82,6 +85,35 @@ def test_a_device_lost_midway_keeps_what_was_measured_and_resume_measures_the_re
                                resume=True)
     assert resumed[0].created_at == first.created_at  # reused, not measured again
     assert resumed[1].complete and resumed[1].latency_us["n"] >= 30
+
+
+def test_a_board_without_that_python_is_told_to_install_or_set_it(tmp_path):
+    with LoopbackSSHD(tmp_path / "sshd") as server:
+        profile = _profile(server, tmp_path, python="/nonexistent/python3")
+        with pytest.raises(RuntimeMissing) as err:  # was "the runner crashed … run the runner by hand"
+            edgekd.bench(_models(tmp_path)[:1], device=str(profile), settings=FAST)
+    assert "/nonexistent/python3" in err.value.what and "No such file" in err.value.why
+    assert "`python:`" in err.value.fix
+
+
+def test_a_hung_runner_is_stopped_on_the_board_and_said_so(tmp_path, monkeypatch):
+    from edgekd.bench import harness
+    from edgekd.errors import BenchError
+
+    monkeypatch.setattr(harness, "RUNNER_GRACE_S", 5.0)  # instead of minutes: the runner never answers anyway
+    started = tmp_path / "pid"
+    hangs = ["sh", "-c", 'echo $$ > "$0"; exec sleep 600', str(started)]  # a "Python" that never returns
+    with LoopbackSSHD(tmp_path / "sshd") as server:
+        profile = _profile(server, tmp_path, python=hangs)
+        with pytest.raises(BenchError, match="the runner did not finish within") as err:
+            edgekd.bench(_models(tmp_path)[:1], device=str(profile), settings=replace(FAST, rounds=1, max_seconds=0.1))
+        pid = int(started.read_text())
+        assert f"pid {pid} killed" in err.value.why
+        deadline = time.monotonic() + 30
+        while alive(pid):  # SIGKILL was sent; the board reaps it
+            assert time.monotonic() < deadline, f"the hung runner (pid {pid}) still runs on the board"
+            time.sleep(0.02)
+    assert "by hand" in err.value.fix and "edgekd_runner.py" in err.value.fix
 
 
 @pytest.mark.parametrize("content, message", [

@@ -11,6 +11,7 @@ import json
 import logging
 import platform
 import re
+import shlex
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -21,7 +22,7 @@ import numpy as np
 
 from edgekd.bench import stats
 from edgekd.bench.result import BenchResult
-from edgekd.devices.base import Device, cool_down, python_argv, temperature
+from edgekd.devices.base import Device, DeviceTimeout, RuntimeMissing, cool_down, python_argv, temperature
 from edgekd.errors import ArtifactError, BenchError, EdgeKDError
 from edgekd.export.artifact import RECORD_NAME, Artifact
 from edgekd.names import PATH_COMPONENT
@@ -31,6 +32,9 @@ from edgekd.rundir import sha256_file
 logger = logging.getLogger(__name__)
 
 RUNNER = Path(__file__).with_name("runner.py")
+# A runner call may take its max_seconds three times over (warmup, timed loop, slack) plus this much for
+# importing the runtime, loading the model and the predict pass on a slow board; past that it is stopped.
+RUNNER_GRACE_S = 300.0
 # Cross-architecture parity passes when the device and this host agree on the top-1 class this often.
 CROSS_ARCH_MIN_AGREEMENT = 0.99
 
@@ -155,13 +159,22 @@ class _Session:
         argv = [*python_argv(self.device.profile), self.runner, remote_spec]
         if self.device.profile.cpus:
             argv = ["taskset", "-c", ",".join(str(c) for c in self.device.profile.cpus), *argv]
-        proc = self.device.run(argv, timeout=timeout)
+        by_hand = f"run it by hand on the device to see where it stops: `{shlex.join(argv)}`"
+        try:
+            proc = self.device.run(argv, timeout=timeout)
+        except DeviceTimeout as exc:
+            raise BenchError(f"the runner did not finish within {timeout:g} s on {self.device.name}", why=exc.why,
+                             fix=by_hand) from None
         try:
             out = json.loads(proc.stdout)
         except json.JSONDecodeError:
-            raise BenchError(f"the runner crashed on {self.device.name}",
-                             why=(proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1],
-                             fix="run the runner by hand on the device with the spec to see the full error") from None
+            last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+            if proc.returncode in (126, 127):  # the shell's "cannot execute" / "not found": no Python started
+                raise RuntimeMissing(
+                    f"the Python of device '{self.device.name}' cannot be started: {shlex.join(argv[:-2])}",
+                    why=last, fix="install Python 3 with numpy on the device, or set `python:` in its profile "
+                                  "to the path of the device's Python") from None
+            raise BenchError(f"the runner crashed on {self.device.name}", why=last, fix=by_hand) from None
         if not out.get("ok"):
             err = out.get("error", {})
             raise BenchError(f"{self.device.name}: {err.get('what', 'the runner failed')}", why=err.get("why"),
@@ -305,7 +318,7 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
                         predict = _predict_spec(session, resolved[i], evals[i][0])
                         remote_outputs[i] = predict.pop("_remote_output")
                         spec = {**spec, "predict": predict}
-                    raws[i].append(session.run_spec(spec, str(i), timeout=per_round.max_seconds * 3 + 300))
+                    raws[i].append(session.run_spec(spec, str(i), timeout=per_round.max_seconds * 3 + RUNNER_GRACE_S))
                     if spec.get("predict"):
                         accuracies[i] = _score(session, remote_outputs[i], evals[i][1], Path(tmp) / f"out{i}.npy")
                     task.advance(1)
@@ -339,7 +352,6 @@ def _native_tool(device: Device, artifact: Artifact) -> tuple[str, Path] | None:
     if device.profile.python:
         return None
     from edgekd.bench import native
-    from edgekd.devices.base import RuntimeMissing
 
     tool = {"tflite": native.BENCHMARK_MODEL, "onnx": native.PERF_TEST}.get(artifact.format)
     binary = (device.profile.options.get("native") or {}).get(artifact.format)
