@@ -3,6 +3,7 @@ goes away midway (results kept, --resume measures only what is missing), and bad
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from edgekd.devices.base import DeviceUnreachable, RuntimeMissing
 from edgekd.devices.loopback import alive
 from edgekd.errors import EdgeKDError
 from edgekd.export.onnx import write_identity_model
+from conftest import skip_or_fail_on_ci
 from sshd import LoopbackSSHD
 
 FAST = BenchSettings(warmup_runs=5, min_runs=30, min_seconds=0.02, rounds=2)
@@ -114,6 +116,38 @@ def test_a_hung_runner_is_stopped_on_the_board_and_said_so(tmp_path, monkeypatch
             assert time.monotonic() < deadline, f"the hung runner (pid {pid}) still runs on the board"
             time.sleep(0.02)
     assert "by hand" in err.value.fix and "edgekd_runner.py" in err.value.fix
+
+
+def test_a_board_too_full_for_the_predictions_says_so_and_keeps_what_it_had(tmp_path):
+    import numpy as np
+
+    from edgekd.errors import BenchError
+
+    small = tmp_path / "small fs"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        skip_or_fail_on_ci(f"cannot mount a small tmpfs here (needs root/CAP_SYS_ADMIN): {mounted.stderr.strip()}")
+    x, y = tmp_path / "x.npy", tmp_path / "y.npy"
+    np.save(x, np.random.default_rng(0).random((4000, 8)).astype(np.float32))  # 128 kB of predictions
+    np.save(y, np.zeros(4000, dtype=np.int64))
+    model = _models(tmp_path)[:1]
+    try:
+        with LoopbackSSHD(tmp_path / "sshd") as server:
+            profile = _profile(server, tmp_path)
+            raw = yaml.safe_load(profile.read_text())
+            profile.write_text(yaml.safe_dump({**raw, "workdir": str(small / "work")}))
+            edgekd.bench(model, device=str(profile), settings=FAST, eval_data=(x, y))  # everything is on the board
+            free = os.statvfs(small)
+            (small / "filler").write_bytes(bytes(free.f_bavail * free.f_frsize - 4096))  # then the board fills up
+            with pytest.raises(BenchError, match="cannot write the predictions") as err:
+                edgekd.bench(model, device=str(profile), settings=FAST, eval_data=(x, y))
+        assert "Traceback" not in err.value.why and "MB free there" in err.value.why
+        assert "free space on the device" in err.value.fix and "`workdir:`" in err.value.fix
+        assert not [p for p in (small / "work" / "outputs").iterdir() if p.name.startswith(".tmp")]
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
 
 
 @pytest.mark.parametrize("content, message", [

@@ -810,8 +810,22 @@ def predict_pass(model: Model, pspec: Dict[str, Any], base: str) -> Dict[str, An
         chunks.append(out[:real])
     seconds = time.perf_counter() - t0
     path = resolve(pspec["output"], base)
-    atomic_save(path, np.concatenate(chunks))
+    outputs = np.concatenate(chunks)
+    try:
+        atomic_save(path, outputs)
+    except OSError as e:  # a full device is the user's to fix, not a runner bug (numpy's short write has no errno)
+        raise RunnerError("output", f"cannot write the predictions ({outputs.nbytes / 1e6:.1f} MB) to {path}",
+                          why=f"{e.strerror or e}; {_free_mb(os.path.dirname(path))} free there",
+                          fix="free space on the device, or point `workdir:` in its device profile at a larger file system")
     return {"output": path, "rows": rows, "batch_size": batch, "seconds": seconds}
+
+
+def _free_mb(folder: str) -> str:
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # no statvfs (Windows), or no folder
+        return "unknown space"
+    return f"{st.f_bavail * st.f_frsize / 1e6:.1f} MB"
 
 
 def _predict_batch(model: Model, feed: Dict[str, Any], start: int, real: int) -> Any:
