@@ -545,7 +545,10 @@ class LoopbackAdbDevice:
         )
         with self._lock:
             self._procs.add(proc)
-        stream.on_close.append(lambda: _kill_group(proc))
+        # What adbd does when the host closes a shell stream (AOSP adb/daemon/shell_service.cpp, PassDataStreams:
+        # "protocol FD died, sending SIGHUP to pid"): v2 hangs up the shell alone, whose children live on;
+        # v1 runs in a PTY, whose hangup reaches the whole foreground group.
+        stream.on_close.append(lambda: _hang_up(proc) if v2 else _kill_group(proc))
         try:
             if not v2:
                 proc.stdin.close()  # v1 has no "close stdin" signal; the stand-in gives shells no stdin
@@ -741,6 +744,12 @@ def _sync_fail(stream: _Stream, message: str) -> None:
 
 def _shell_packet(packet_id: int, data: bytes) -> bytes:
     return struct.pack("<BI", packet_id, len(data)) + data
+
+
+def _hang_up(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(OSError):
+            os.kill(proc.pid, signal.SIGHUP)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -25,7 +25,9 @@ import numpy as np
 import pytest
 
 from edgekd.devices.adb import ADB_WORKDIR, AdbDevice, parse_thermal
-from edgekd.devices.base import DeviceError, DeviceOutOfSpace, DeviceProfile, DeviceUnreachable, RUNNER_NAME
+from edgekd.devices.base import (RUNNER_NAME, DeviceError, DeviceOutOfSpace, DeviceProfile, DeviceTimeout,
+                                 DeviceUnreachable, RunResult)
+from edgekd.devices.loopback import alive
 
 sys.path.insert(0, str(Path(__file__).parent))
 from adb_device import DEFAULT_THERMAL, LoopbackAdbDevice  # noqa: E402
@@ -224,6 +226,21 @@ def test_run_timeout(dev, phone):
     while phone.running_shells:
         assert time.monotonic() < deadline, "the device's shell still runs after the adb client was stopped"
         time.sleep(0.05)
+
+
+def test_a_command_that_times_out_is_stopped_on_the_phone(dev, phone):
+    # adbd hangs up only the shell when the adb client goes away: the command the shell started lives on, and a
+    # hung runner would keep a core of the phone busy under every later benchmark.
+    started = f"{WD}/timed-out.pid"
+    assert dev.run(["mkdir", "-p", WD]).returncode == 0
+    with pytest.raises(DeviceTimeout, match="did not finish within 5 s"):
+        dev.run(["sh", "-c", 'echo $$ > "$1"; exec sleep 300', "sh", started], timeout=5)
+    pid = int(phone.host_path(started).read_text())
+    deadline = time.monotonic() + 30  # only so that a command never stopped fails the test instead of hanging it
+    while alive(pid):
+        assert time.monotonic() < deadline, "the command still runs on the phone after the adb client was stopped"
+        time.sleep(0.05)
+    assert dev.run(["sh", "-c", "echo out; echo err >&2; exit 4"]) == RunResult(4, "out\n", "err\n")
 
 
 def test_shell_v1_device_exit_codes_via_marker(adb_server, tmp_path_factory):

@@ -15,13 +15,16 @@ How a command runs: argv is joined with `shlex.join` (each element arrives as on
 device's sh), then wrapped so the device shell reports the exit status itself::
 
     shell v2 (adb ≥ 1.0.35 and a device advertising `shell_v2`, Android 7+):
-        adb shell -n -T "ARGV; r=$?; echo __EDGEKD_RC=$r >&2; exit $r"
+        adb shell -n -T "trap 'kill -KILL $p' HUP; ARGV & p=$!; wait $p; r=$?; echo __EDGEKD_RC=$r >&2; exit $r"
     shell v1 (older adbd: no exit codes, stderr merged into stdout):
         adb shell -n "ARGV; echo __EDGEKD_RC=$?"
 
 The marker is there in v2 too because the adb client (checked with 1.0.41 / 29.0.6) exits 0 with the output
 cut short when the connection drops mid-command: without the marker a lost phone would look like a clean run.
 A missing marker therefore means the command never finished: DeviceUnreachable.
+When the stream closes, adbd sends SIGHUP to the shell alone (AOSP shell_service.cpp); the trap kills the
+command with it, so a timeout or a dropped link leaves nothing of ours running on the phone. (v1 shells run in
+a PTY, whose hangup reaches the command itself.)
 """
 
 from __future__ import annotations
@@ -180,7 +183,10 @@ class AdbDevice:
                               fix="pass the command as a list, e.g. ['getprop', 'ro.product.model']")
         command = shlex.join(argv)
         if self.shell_v2():
-            script = f"{command}; __edgekd_rc=$?; echo {RC_MARKER}$__edgekd_rc >&2; exit $__edgekd_rc"
+            # adbd hangs up only this shell when the stream closes (the adb client stopped on a timeout, or the
+            # link dropped): the trap passes that on, so the command does not live on, e.g. as a hung runner.
+            script = (f"trap 'kill -KILL $__edgekd_pid 2>/dev/null' HUP; {command} & __edgekd_pid=$!; "
+                      f"wait $__edgekd_pid; __edgekd_rc=$?; echo {RC_MARKER}$__edgekd_rc >&2; exit $__edgekd_rc")
             args = ["shell", "-n", "-T", script]
         else:
             script = f"{command}; echo {RC_MARKER}$?"
@@ -277,7 +283,7 @@ class AdbDevice:
     def _adb(self, args: list[str], *, timeout: float | None, what: str) -> subprocess.CompletedProcess:
         # -n (in the shell commands) also tells the device that stdin is closed.
         return run_client(self.adb_argv(args), device=self.name, what=what, timeout=timeout,
-                          after_timeout="the adb client was stopped; the device closes the shell when its stream closes",
+                          after_timeout="the adb client was stopped, and with it the command on the device",
                           install="install adb (Debian/Ubuntu: `apt-get install adb`; else Android SDK platform-tools) "
                                   "or set `adb:` in the device profile to its path")
 
