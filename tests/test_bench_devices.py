@@ -98,6 +98,24 @@ def test_a_board_without_that_python_is_told_to_install_or_set_it(tmp_path):
     assert "`python:`" in err.value.fix
 
 
+@pytest.mark.parametrize("device", ["host", "board"])
+def test_a_runner_killed_by_a_signal_says_which(tmp_path, device):
+    # ssh reports a remote process killed by a signal as its own exit 255 ("why: exit code 255"): the remote
+    # shell now waits for the runner, so the status is the shell's 128+N; the host's subprocess says -N.
+    from edgekd.errors import BenchError
+
+    segfaults = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"]
+    with LoopbackSSHD(tmp_path / "sshd") as server:
+        profile = _profile(server, tmp_path, python=segfaults)
+        if device == "host":
+            raw = yaml.safe_load(profile.read_text())
+            profile.write_text(yaml.safe_dump({"name": "here", "kind": "local", "python": segfaults,
+                                               "workdir": raw["workdir"]}))
+        with pytest.raises(BenchError, match="the runner crashed") as err:
+            edgekd.bench(_models(tmp_path)[:1], device=str(profile), settings=FAST)
+    assert err.value.why.startswith("killed by SIGSEGV: the runtime crashed"), err.value.why
+
+
 def test_a_hung_runner_is_stopped_on_the_board_and_said_so(tmp_path, monkeypatch):
     from edgekd.bench import harness
     from edgekd.errors import BenchError

@@ -174,12 +174,34 @@ class _Session:
                     f"the Python of device '{self.device.name}' cannot be started: {shlex.join(argv[:-2])}",
                     why=last, fix="install Python 3 with numpy on the device, or set `python:` in its profile "
                                   "to the path of the device's Python") from None
-            raise BenchError(f"the runner crashed on {self.device.name}", why=last, fix=by_hand) from None
+            killed = _killed_by(proc.returncode)
+            raise BenchError(f"the runner crashed on {self.device.name}",
+                             why=f"{killed}; {last}" if killed and proc.stderr.strip() else killed or last,
+                             fix=by_hand) from None
         if not out.get("ok"):
             err = out.get("error", {})
             raise BenchError(f"{self.device.name}: {err.get('what', 'the runner failed')}", why=err.get("why"),
                              fix=err.get("fix"))
         return out
+
+
+# Linux signal numbers (boards and phones run Linux; this host may number them otherwise) and what they mean
+# for a runner: a runtime that crashes, uses an instruction the CPU lacks, or a device out of memory.
+_SIGNALS = {4: ("SIGILL", "the runtime used a CPU instruction this device lacks (a build for a newer CPU)"),
+            6: ("SIGABRT", "the runtime aborted"), 7: ("SIGBUS", "a memory access fault in the runtime"),
+            8: ("SIGFPE", "an arithmetic fault in the runtime"),
+            9: ("SIGKILL", "killed from outside, often by the out-of-memory killer"),
+            11: ("SIGSEGV", "the runtime crashed (segmentation fault)")}
+
+
+def _killed_by(returncode: int) -> str | None:
+    """'killed by SIGSEGV (what that means)' for a process a signal ended: a negative status from Python's
+    subprocess, or a shell's 128+N; None for an ordinary exit."""
+    number = -returncode if returncode < 0 else returncode - 128 if 128 < returncode < 160 else None
+    if number is None:
+        return None
+    name, meaning = _SIGNALS.get(number, (f"signal {number}", None))
+    return f"killed by {name}" + (f": {meaning}" if meaning else "")
 
 
 def sustained_settings(minutes: float, base: BenchSettings | None = None) -> BenchSettings:

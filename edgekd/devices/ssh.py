@@ -27,8 +27,8 @@ Security:
   control socket in a private (0700) temp folder, so no other user or process shares it, and a second
   device (e.g. one with a different known_hosts) never rides on our already-verified connection.
   close() asks the master to exit (`ssh -O exit`) and removes the folder.
-- A command that outlives its timeout is killed on the device (run() has the remote shell print its PID,
-  then exec the command): sshd would leave it running, as it sends no SIGHUP to a session without a terminal.
+- A command that outlives its timeout is killed on the device (run()'s remote shell prints the command's PID
+  and waits for it): sshd would leave it running, as it sends no SIGHUP to a session without a terminal.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ _SHA256_SCRIPT = (
 )
 _HEX64 = re.compile(r"\b[0-9a-f]{64}\b")
 PID_MARKER = "__EDGEKD_PID="  # run() prints it (with the command's PID) to stderr before the command starts
-_PID_LINE = re.compile(r"^" + PID_MARKER + r"(\d+)\n", re.MULTILINE)
+_PID_LINE = re.compile(PID_MARKER + r"(\d+)\n")  # not always at a line start: the command's stderr is the same pipe
 
 
 class SSHDevice(ProfiledDevice):
@@ -140,8 +140,10 @@ class SSHDevice(ProfiledDevice):
         if not argv or not all(isinstance(a, str) for a in argv):
             raise DeviceError(f"cannot run {argv!r} on {self.name}", why="argv must be a non-empty list of strings",
                               fix="pass the command as a list, e.g. ['python3', 'runner.py', '--info']")
-        # The shell says its PID, then becomes the command (exec keeps the PID): what a timeout needs to kill.
-        command = f"echo {PID_MARKER}$$ >&2; exec {shlex.join(argv)}"
+        # The shell starts the command, says its PID (what a timeout needs to kill) and waits for it: a command
+        # killed by a signal then ends with the shell's 128+N, where ssh would say 255 for a signal of its own.
+        command = (f"{shlex.join(argv)} & __edgekd_pid=$!; echo {PID_MARKER}$__edgekd_pid >&2; "
+                   "wait $__edgekd_pid; __edgekd_rc=$?; exit $__edgekd_rc")
         proc = self._ssh(command, timeout=timeout, what=argv[0], on_timeout=self._stop_remote)
         return RunResult(proc.returncode, proc.stdout, _PID_LINE.sub("", proc.stderr, count=1))
 
