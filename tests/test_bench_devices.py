@@ -217,6 +217,24 @@ def test_several_devices_in_one_call(tmp_path):
         bench_devices(models, ["host", "host"], settings=FAST)
 
 
+def test_one_device_failing_says_what_became_of_the_others(tmp_path):
+    from edgekd.bench.harness import bench_devices
+
+    models = _models(tmp_path)[:1]
+    broken = tmp_path / "broken.yaml"  # a board whose Python is not there
+    broken.write_text(yaml.safe_dump({"name": "broken", "kind": "local", "python": str(tmp_path / "no-python"),
+                                      "workdir": str(tmp_path / "work")}))
+    with LoopbackSSHD(tmp_path / "sshd") as server:
+        lost = _profile(server, tmp_path)
+    # the board's sshd is gone: two devices fail, one finishes
+    with pytest.raises(EdgeKDError) as err:
+        bench_devices(models, [str(broken), "host", str(lost)], settings=FAST, results_dir=tmp_path / "results")
+    assert "broken" in err.value.what
+    assert f"also failed: {lost}: cannot reach board" in err.value.fix
+    assert f"the results on host are complete and saved in {tmp_path / 'results'}" in err.value.fix
+    assert (tmp_path / "results" / "bench-m0.json").is_file()
+
+
 def test_check_threads_times_one_and_n_threads(tmp_path):
     from edgekd.bench.harness import check_threads
 

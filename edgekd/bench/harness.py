@@ -260,8 +260,21 @@ def bench_devices(artifacts: Iterable[Artifact | str | Path], devices: list[str]
     if len(devices) == 1:
         return bench(items, devices[0], **kwargs)
     with ThreadPoolExecutor(max_workers=len(devices)) as pool:
-        futures = [pool.submit(bench, items, d, **kwargs) for d in devices]
-        return [r for f in futures for r in f.result()]
+        futures = {d: pool.submit(bench, items, d, **kwargs) for d in devices}
+    failed = {d: f.exception() for d, f in futures.items() if f.exception() is not None}
+    if not failed:
+        return [r for f in futures.values() for r in f.result()]
+    # One error is raised; it also says what became of the other devices, whose results are saved all the same.
+    device, first = next(iter(failed.items()))
+    if not isinstance(first, EdgeKDError):
+        raise first
+    notes = [f"also failed: {d}: {e.what if isinstance(e, EdgeKDError) else f'{type(e).__name__}: {e}'}"
+             for d, e in failed.items() if d != device]
+    finished = [d for d in devices if d not in failed]
+    if finished and kwargs.get("results_dir") is not None:
+        notes.append(f"the results on {', '.join(finished)} are complete and saved in {kwargs['results_dir']}")
+    first.fix = "; ".join([*([first.fix] if first.fix else []), *notes]) or None
+    raise first
 
 
 def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, settings: BenchSettings | None = None,
