@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -147,6 +148,26 @@ def test_a_command_that_times_out_is_stopped_on_the_device(device, tmp_path):
     _wait_for(lambda: not alive(pid))
     assert f"pid {pid} killed" in err.value.why
     assert device.run(["sh", "-c", "echo out; echo err >&2"]).stderr == "err\n"  # the PID line is not passed on
+
+
+def test_ctrl_c_stops_the_command_on_the_device_too(sshd, workdir, tmp_path):
+    # Ctrl-C stops the ssh client, not the command on the board: a 10-minute --sustained run went on there.
+    started = tmp_path / "pid"
+    script = ("import json, sys\n"
+              "from edgekd.devices.base import DeviceProfile\nfrom edgekd.devices.ssh import SSHDevice\n"
+              "profile = DeviceProfile(name='loopback', kind='ssh', workdir=sys.argv[2], options=json.loads(sys.argv[1]))\n"
+              "SSHDevice(profile).run(['sh', '-c', 'echo $$ > \"$1\"; exec sleep 120', 'sh', sys.argv[3]])\n")
+    host = subprocess.Popen([sys.executable, "-c", script, json.dumps(sshd.profile_options()), str(workdir),
+                             str(started)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for(started.exists)
+        pid = int(_wait_for(started.read_text))
+        host.send_signal(signal.SIGINT)  # what Ctrl-C does to edgekd
+        assert host.wait(timeout=60) != 0 and b"KeyboardInterrupt" in host.stderr.read()
+        _wait_for(lambda: not alive(pid))
+    finally:
+        host.kill()
+        host.wait()
 
 
 # ---------------------------------------------------------------------- info and benchmark through ssh
@@ -336,13 +357,15 @@ def test_a_copy_after_the_device_went_away_says_so(tmp_path, workdir):
         server.stop()
 
 
-def _wait_for(condition, seconds: float = 30.0) -> None:
+def _wait_for(condition, seconds: float = 30.0):
+    """condition()'s first true value, polled (bounded, so that a device that never gets there fails the test)."""
     import time
 
     deadline = time.monotonic() + seconds
-    while not condition():
+    while not (value := condition()):
         assert time.monotonic() < deadline, "the device never got there"
         time.sleep(0.02)
+    return value
 
 
 def test_nothing_listening_is_unreachable(sshd, workdir):

@@ -181,27 +181,46 @@ def cool_down(device: Device) -> dict[str, Any]:
 
 
 def run_client(argv: list[str], *, device: str, what: str, timeout: float | None, after_timeout: str,
-               install: str, on_timeout: Callable[[str], str | None] | None = None,
+               install: str, stop_remote: Callable[[str], str | None] | None = None,
                ) -> "subprocess.CompletedProcess[str]":
     """Run a host-side client program for a device (ssh, scp, adb): an argv list, never a shell string,
     stdin closed so it can never read the caller's terminal, and failures as DeviceError.
 
-    Stopping the client on a timeout does not stop the command on the device: `on_timeout` gets the client's
-    stderr so far, may stop the command there, and returns what happened (else `after_timeout` is said)."""
+    Stopping the client (on a timeout, Ctrl-C or SIGTERM) does not stop the command on the device:
+    `stop_remote` gets the client's stderr so far, stops the command there and returns what happened (said
+    in the timeout's error; else `after_timeout`). The output goes through files, not pipes, so that what
+    the client printed before it was stopped can still be read."""
     import logging
     import shlex
     import subprocess
+    import tempfile
 
     logging.getLogger(__name__).debug("%s: %s", device, shlex.join(argv))
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=timeout,
-                              stdin=subprocess.DEVNULL, check=False)
-    except subprocess.TimeoutExpired as exc:
-        partial = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
-        raise DeviceTimeout(f"'{what}' did not finish within {timeout:g} s on {device}",
-                            why=(on_timeout(partial) if on_timeout else None) or after_timeout,
-                            fix="check the command on the device") from None
-    except FileNotFoundError:
-        raise DeviceError(f"the client '{argv[0]}' is not installed on this machine", fix=install) from None
-    except PermissionError:
-        raise DeviceError(f"the client '{argv[0]}' cannot be executed", fix=install) from None
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.run(argv, stdout=out, stderr=err, timeout=timeout, stdin=subprocess.DEVNULL,
+                                  check=False)
+        except subprocess.TimeoutExpired:
+            raise DeviceTimeout(f"'{what}' did not finish within {timeout:g} s on {device}",
+                                why=(stop_remote(_text(err)) if stop_remote else None) or after_timeout,
+                                fix="check the command on the device") from None
+        except FileNotFoundError:
+            raise DeviceError(f"the client '{argv[0]}' is not installed on this machine", fix=install) from None
+        except PermissionError:
+            raise DeviceError(f"the client '{argv[0]}' cannot be executed", fix=install) from None
+        except BaseException:  # Ctrl-C or SIGTERM: subprocess.run has stopped the client; stop the command too
+            if stop_remote is not None:
+                try:
+                    stop_remote(_text(err))
+                except Exception as exc:  # the interruption is what the user must see
+                    logging.getLogger(__name__).debug("stopping the command on %s: %s", device, exc)
+            raise
+        return subprocess.CompletedProcess(argv, proc.returncode, _text(out), _text(err))
+
+
+def _text(file: Any) -> str:
+    """A client's output file as subprocess's text mode gives it (locale encoding, universal newlines)."""
+    import io
+
+    file.seek(0)
+    return io.TextIOWrapper(io.BytesIO(file.read()), errors="replace").read()

@@ -27,8 +27,9 @@ Security:
   control socket in a private (0700) temp folder, so no other user or process shares it, and a second
   device (e.g. one with a different known_hosts) never rides on our already-verified connection.
   close() asks the master to exit (`ssh -O exit`) and removes the folder.
-- A command that outlives its timeout is killed on the device (run()'s remote shell prints the command's PID
-  and waits for it): sshd would leave it running, as it sends no SIGHUP to a session without a terminal.
+- A command that outlives its timeout, or is interrupted (Ctrl-C, SIGTERM), is killed on the device (run()'s
+  remote shell prints the command's PID and waits for it): sshd would leave it running, as it sends no SIGHUP
+  to a session without a terminal.
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ class SSHDevice(ProfiledDevice):
         # killed by a signal then ends with the shell's 128+N, where ssh would say 255 for a signal of its own.
         command = (f"{shlex.join(argv)} & __edgekd_pid=$!; echo {PID_MARKER}$__edgekd_pid >&2; "
                    "wait $__edgekd_pid; __edgekd_rc=$?; exit $__edgekd_rc")
-        proc = self._ssh(command, timeout=timeout, what=argv[0], on_timeout=self._stop_remote)
+        proc = self._ssh(command, timeout=timeout, what=argv[0], stop_remote=self._stop_remote)
         return RunResult(proc.returncode, proc.stdout, _PID_LINE.sub("", proc.stderr, count=1))
 
     def push(self, local: Path, remote: str) -> None:
@@ -247,9 +248,9 @@ class SSHDevice(ProfiledDevice):
 
     # ------------------------------------------------------------------ running the client
     def _ssh(self, command: str, *, timeout: float | None, what: str,
-             on_timeout: Callable[[str], str | None] | None = None) -> subprocess.CompletedProcess:
+             stop_remote: Callable[[str], str | None] | None = None) -> subprocess.CompletedProcess:
         argv = ["ssh", *self._base_options(), "--", self.host, command]
-        proc = self._client(argv, timeout=timeout, what=what, on_timeout=on_timeout)
+        proc = self._client(argv, timeout=timeout, what=what, stop_remote=stop_remote)
         if proc.returncode == SSH_ERROR:
             self._raise_ssh_error(proc.stderr)
             self._raise_if_connection_lost(what)
@@ -260,16 +261,16 @@ class SSHDevice(ProfiledDevice):
         return self._client(["scp", *flags, *self._base_options(), "--", *paths], timeout=None, what="scp")
 
     def _client(self, argv: list[str], *, timeout: float | None, what: str,
-                on_timeout: Callable[[str], str | None] | None = None) -> subprocess.CompletedProcess:
+                stop_remote: Callable[[str], str | None] | None = None) -> subprocess.CompletedProcess:
         # BatchMode also forbids prompts; stdin is closed by run_client.
         return run_client(argv, device=self.name, what=what, timeout=timeout,
                           after_timeout="the ssh client was stopped; the command may still be running on the device",
                           install="install the OpenSSH client (e.g. apt-get install openssh-client)",
-                          on_timeout=on_timeout)
+                          stop_remote=stop_remote)
 
     def _stop_remote(self, partial_stderr: str) -> str | None:
-        """After a timeout, kill the command on the device: sshd leaves it running when the session closes
-        (no terminal, so no SIGHUP), and a hung runner would load the board for every later benchmark."""
+        """After a timeout or Ctrl-C, kill the command on the device: sshd leaves it running when the session
+        closes (no terminal, so no SIGHUP), and a hung runner would load the board for every later benchmark."""
         match = _PID_LINE.search(partial_stderr)
         if match is None:  # it never started (still connecting)
             return None
