@@ -60,7 +60,8 @@ def _handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:
             how = "terminated" if isinstance(exc, interrupts.Terminated) else "interrupted"
-            err_console.print(f"{how}: finished stages are kept; run the same command again to resume")
+            kept = getattr(exc, "kept", None) or "finished stages are kept; run the same command again to resume"
+            err_console.print(f"{how}: {kept}", markup=False, highlight=False)
             raise typer.Exit(143 if how == "terminated" else 130) from None
         except Exception as exc:  # an edgekd bug, not a user mistake
             if _state["debug"]:

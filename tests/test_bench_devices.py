@@ -168,6 +168,34 @@ def test_a_board_too_full_for_the_predictions_says_so_and_keeps_what_it_had(tmp_
         subprocess.run(["umount", str(small)], check=False)
 
 
+def test_ctrl_c_midway_keeps_what_was_measured(tmp_path):
+    class CtrlCAfterFirstRun:
+        """Raises where edgekd.interrupts raises a Ctrl-C the CLI received: at the next progress step."""
+
+        def task(self, description, total):
+            class Task:
+                def advance(self, steps=1, **fields):
+                    raise KeyboardInterrupt
+
+                def close(self):
+                    pass
+
+            return Task()
+
+        def note(self, message):
+            pass
+
+    one_round = BenchSettings(warmup_runs=5, min_runs=30, min_seconds=0.02, rounds=1)
+    with pytest.raises(KeyboardInterrupt) as err:
+        edgekd.bench(_models(tmp_path), settings=one_round, results_dir=tmp_path / "results",
+                     reporter=CtrlCAfterFirstRun())
+    from edgekd.bench.result import BenchResult
+
+    assert BenchResult.load(tmp_path / "results" / "bench-m0.json").complete  # was lost with the rest
+    assert not (tmp_path / "results" / "bench-m1.json").exists()
+    assert "--resume" in err.value.kept and "1 result(s)" in err.value.kept
+
+
 @pytest.mark.parametrize("content, message", [
     ("kind: [unclosed", "cannot read device profile"),
     ("kind: telnet\n", "`kind:` must be one of local, ssh, adb"),

@@ -362,12 +362,15 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
                 if _is_cross_arch(target, raws[i][0]):
                     parities[i] = cross_arch_parity(resolved[i], evals[i][0], Path(tmp) / f"out{i}.npy",
                                                     raws[i][0], Path(tmp) / f"host{i}")
-    except EdgeKDError as exc:
+    except (EdgeKDError, KeyboardInterrupt) as exc:  # a device that fails midway, or Ctrl-C: keep what was measured
         kept = results_of([i for i in todo if raws[i]]) if results_dir is not None else []
         if kept:
-            exc.fix = ((exc.fix + "; ") if exc.fix else "") + (
-                f"the {len(kept)} partial result(s) measured so far are kept in {results_dir}; after fixing, rerun "
-                "with --resume to measure only what is missing")
+            saved = f"the {len(kept)} result(s) measured so far are kept in {results_dir}"
+            if isinstance(exc, EdgeKDError):
+                exc.fix = ((exc.fix + "; ") if exc.fix else "") + (
+                    f"{saved}; after fixing, rerun with --resume to measure only what is missing")
+            else:  # the CLI says it instead of its generic "run the same command again"
+                exc.kept = f"{saved}; rerun with --resume to measure only what is missing"  # type: ignore[attr-defined]
         raise
     finally:
         target.close()
