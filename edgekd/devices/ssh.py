@@ -100,7 +100,7 @@ _SHA256_SCRIPT = (
     'else exit 4; fi'
 )
 _HEX64 = re.compile(r"\b[0-9a-f]{64}\b")
-PID_MARKER = "__EDGEKD_PID="  # run() prints it (with the command's PID) to stderr before the command starts
+PID_MARKER = "__EDGEKD_PID="  # run()'s remote shell prints it, with the PID of the command it started, to stderr
 _PID_LINE = re.compile(PID_MARKER + r"(\d+)\n")  # not always at a line start: the command's stderr is the same pipe
 
 
