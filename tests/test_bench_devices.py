@@ -215,6 +215,9 @@ def test_unknown_device_lists_the_profiles_found(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "edgekd.cli", "bench", "m.onnx", "--device", "jetson"],
                           cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown device 'jetson'" in proc.stderr and "host, pi" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "edgekd.cli", "bench", "m.onnx", "--device", "pii"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2 and "unknown device 'pii' (did you mean 'pi'?)" in proc.stderr
 
 
 def test_the_device_base_error_is_a_user_error():

@@ -59,7 +59,10 @@ def find_profile(name_or_path: str) -> DeviceProfile:
             return load_profile(candidate)
     if name_or_path == "host":
         return _builtin_host()
-    raise RegistryError(f"unknown device '{name_or_path}'", why=f"known devices: {', '.join(known_profiles())}",
+    known = known_profiles()
+    meant = _closest(name_or_path, known)
+    raise RegistryError(f"unknown device '{name_or_path}'" + (f" (did you mean '{meant}'?)" if meant else ""),
+                        why=f"known devices: {', '.join(known)} (from ./devices/ and ~/.config/edgekd/devices/)",
                         fix="use one of them, or give the path of a profile YAML (see devices/*.example.yaml)")
 
 
