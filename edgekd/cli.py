@@ -60,7 +60,7 @@ def _handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:
             how = "terminated" if isinstance(exc, interrupts.Terminated) else "interrupted"
-            kept = getattr(exc, "kept", None) or "finished stages are kept; run the same command again to resume"
+            kept = getattr(exc, "resume", None) or "finished stages are kept; run the same command again to resume"
             err_console.print(f"{how}: {kept}", markup=False, highlight=False)
             raise typer.Exit(143 if how == "terminated" else 130) from None
         except Exception as exc:  # an edgekd bug, not a user mistake
@@ -216,9 +216,14 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
     writable_dir(results_dir, fix="choose a writable folder with --results-dir")
     if sustained:
         settings = sustained_settings(sustained, settings)
-    with RichReporter(console) as reporter:
-        results = bench_devices(artifacts, list(device), settings=settings, results_dir=results_dir,
-                                history=history, resume=resume, reporter=reporter)
+    try:
+        with RichReporter(console) as reporter:
+            results = bench_devices(artifacts, list(device), settings=settings, results_dir=results_dir,
+                                    history=history, resume=resume, reporter=reporter)
+    except KeyboardInterrupt as exc:  # the harness kept what was measured: say where, and that --resume resumes
+        if getattr(exc, "kept", None):
+            exc.resume = f"{exc.kept}; rerun with --resume to measure only what is missing"  # type: ignore[attr-defined]
+        raise
     console.print(bench_table(results))
     if any(r.cross_arch_parity for r in results):
         console.print(_cross_arch_table(results))

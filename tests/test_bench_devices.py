@@ -4,6 +4,7 @@ goes away midway (results kept, --resume measures only what is missing), and bad
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -193,7 +194,38 @@ def test_ctrl_c_midway_keeps_what_was_measured(tmp_path):
 
     assert BenchResult.load(tmp_path / "results" / "bench-m0.json").complete  # was lost with the rest
     assert not (tmp_path / "results" / "bench-m1.json").exists()
-    assert "--resume" in err.value.kept and "1 result(s)" in err.value.kept
+    assert "1 result(s) measured so far are kept" in err.value.kept
+
+
+def test_ctrl_c_on_the_command_line_says_where_the_results_are_and_to_resume(tmp_path):
+    from sshd import descendants
+
+    models = [str(m) for m in _models(tmp_path)]
+    cli = subprocess.Popen([sys.executable, "-m", "edgekd.cli", "bench", *models, "--rounds", "1", "--min-seconds",
+                            "5", "--results-dir", str(tmp_path / "results"), "--history", str(tmp_path / "h.sqlite")],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while len(seen) < 2:  # the second runner started: the first artifact is measured
+            assert time.monotonic() < deadline and cli.poll() is None, "the second runner never started"
+            seen.update(pid for pid in descendants(cli.pid) if b"edgekd_runner" in _cmdline(pid))
+            time.sleep(0.05)
+        cli.send_signal(signal.SIGINT)
+        _, stderr = cli.communicate(timeout=60)
+    finally:
+        cli.kill()
+    assert cli.returncode == 130, stderr
+    assert "interrupted: the 1 result(s) measured so far are kept in" in " ".join(stderr.split())
+    assert "rerun with --resume" in stderr and "Traceback" not in stderr
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["bench-m0.json"]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 @pytest.mark.parametrize("content, message", [

@@ -369,8 +369,8 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
             if isinstance(exc, EdgeKDError):
                 exc.fix = ((exc.fix + "; ") if exc.fix else "") + (
                     f"{saved}; after fixing, rerun with --resume to measure only what is missing")
-            else:  # the CLI says it instead of its generic "run the same command again"
-                exc.kept = f"{saved}; rerun with --resume to measure only what is missing"  # type: ignore[attr-defined]
+            else:  # `edgekd bench` says it (and --resume) instead of its generic "run the same command again"
+                exc.kept = saved  # type: ignore[attr-defined]
         raise
     finally:
         target.close()
