@@ -345,6 +345,11 @@ def remove_stale_artifacts(ctx: Context, current: list) -> None:
             shutil.rmtree(record.parent)
 
 
+# `edgekd run` has no --resume: its bench stage measures every artifact again, so all rounds stay side by side
+# (the report pairs them round by round).
+RUN_BENCH_AGAIN = "after fixing, run the recipe again: its bench stage measures every artifact again"
+
+
 def bench_artifacts(ctx: Context, artifacts: list, inputs: Path,
                     eval_data: tuple[Path, Path]) -> tuple[list[Path], dict[str, Any]]:
     """Benchmark `artifacts` on the recipe's device with its bench settings, replacing the run's old results."""
@@ -358,7 +363,7 @@ def bench_artifacts(ctx: Context, artifacts: list, inputs: Path,
         old.unlink()
     results = bench(artifacts, device=b.device, settings=settings, inputs=inputs, results_dir=ctx.rundir.results,
                     history=ctx.recipe.output_dir / "history.sqlite", eval_data=eval_data,
-                    reporter=ctx.reporter)
+                    reporter=ctx.reporter, rerun_hint=RUN_BENCH_AGAIN)
     return [r.saved_path for r in results], {"results": len(results)}
 
 

@@ -90,6 +90,20 @@ def test_a_device_lost_midway_keeps_what_was_measured_and_resume_measures_the_re
     assert resumed[1].complete and resumed[1].latency_us["n"] >= 30
 
 
+def test_a_run_whose_device_is_lost_midway_is_told_to_run_the_recipe_again_not_to_resume(tmp_path):
+    """`edgekd run` has no --resume: its bench stage passes its own next step (stages.RUN_BENCH_AGAIN)."""
+    from edgekd.stages import RUN_BENCH_AGAIN
+
+    one_round = BenchSettings(warmup_runs=5, min_runs=30, min_seconds=0.02, rounds=1)
+    with LoopbackSSHD(tmp_path / "sshd") as server:
+        with pytest.raises(DeviceUnreachable) as err:
+            edgekd.bench(_models(tmp_path), device=str(_profile(server, tmp_path)), settings=one_round,
+                         results_dir=tmp_path / "results", reporter=_StopAfterFirstRun(server),
+                         rerun_hint=RUN_BENCH_AGAIN)
+    assert err.value.fix.endswith(RUN_BENCH_AGAIN) and "--resume" not in err.value.fix
+    assert "kept" in err.value.fix
+
+
 def test_a_board_without_that_python_is_told_to_install_or_set_it(tmp_path):
     with LoopbackSSHD(tmp_path / "sshd") as server:
         profile = _profile(server, tmp_path, python="/nonexistent/python3")

@@ -35,6 +35,7 @@ RUNNER = Path(__file__).with_name("runner.py")
 # A runner call may take its max_seconds three times over (warmup, timed loop, slack) plus this much for
 # importing the runtime, loading the model and the predict pass on a slow board; past that it is stopped.
 RUNNER_GRACE_S = 300.0
+RESUME_HINT = "after fixing, rerun with --resume to measure only what is missing"  # `edgekd bench`'s next step
 # Cross-architecture parity passes when the device and this host agree on the top-1 class this often.
 CROSS_ARCH_MIN_AGREEMENT = 0.99
 
@@ -280,7 +281,7 @@ def bench_devices(artifacts: Iterable[Artifact | str | Path], devices: list[str]
 def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, settings: BenchSettings | None = None,
           inputs: Path | None = None, results_dir: Path | None = None, history: Path | None = None,
           eval_data: tuple[Path, Path] | None = None, resume: bool = False,
-          reporter: Reporter | None = None) -> list[BenchResult]:
+          reporter: Reporter | None = None, rerun_hint: str = RESUME_HINT) -> list[BenchResult]:
     """Benchmark each artifact on `device` (a profile name or path); save results under results_dir and
     record them in the SQLite `history` when given.
 
@@ -289,7 +290,8 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
     and scored here, so the result carries the accuracy of the artifact where it will ship.
 
     When the device fails midway, what was measured is saved (marked incomplete) before the error is raised;
-    `resume=True` then skips every artifact that already has a complete result with the same settings.
+    `resume=True` then skips every artifact that already has a complete result with the same settings; the
+    error's fix ends with `rerun_hint`, what the caller's user should run next.
     """
     from edgekd.devices.profiles import open_device
 
@@ -368,7 +370,7 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
             saved = f"the {len(kept)} result(s) measured so far are kept in {results_dir}"
             if isinstance(exc, EdgeKDError):
                 exc.fix = ((exc.fix + "; ") if exc.fix else "") + (
-                    f"{saved}; after fixing, rerun with --resume to measure only what is missing")
+                    f"{saved}; {rerun_hint}")
             else:  # `edgekd bench` says it (and --resume) instead of its generic "run the same command again"
                 exc.kept = saved  # type: ignore[attr-defined]
         raise
