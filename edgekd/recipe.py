@@ -327,7 +327,8 @@ class ExportConfig(_Strict):
     int8_reduce_range: Literal["auto", True, False] = Field(
         "auto", description="ONNX INT8: 7-bit weights (onnxruntime reduce_range); auto: when bench.device is an x86 "
                             "CPU without VNNI/AMX (whose int8 kernels saturate 8-bit weights) or a device whose CPU "
-                            "its profile does not say (ssh, adb), or bench is disabled; 8-bit for Arm and VNNI/AMX")
+                            "its profile does not say (an ssh or adb profile without `cpu:`), or bench is disabled; "
+                            "8-bit for Arm and VNNI/AMX")
     qat: QatFallbackConfig = QatFallbackConfig()
     int4: Int4Config = Int4Config()
     parity: ParityConfig = ParityConfig()

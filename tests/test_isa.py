@@ -138,12 +138,62 @@ def test_target_cpu_comes_from_what_the_device_profile_says():
     assert board.device == "arm64-emulated" and board.features["arch"] == "arm64"
     host = target_cpu("host")
     assert host.features == cpu_int8_features() and "this machine" in host.source
-    for example in ("pi.example.yaml", "phone.example.yaml"):  # a remote board or phone: not known at export
+    for example in ("pi.example.yaml", "phone.example.yaml"):  # they say `cpu: {arch: arm64}`
         remote = target_cpu(str(root / example))
-        assert remote.features is None and "does not say" in remote.source, example
+        assert remote.features["arch"] == "arm64" and "its profile's cpu: arm64" in remote.source, example
     recipe = edgekd.load_recipe({"bench": {"device": str(root / "arm64-emulated.yaml")}})
     assert [t.device for t in recipe_targets(recipe)] == ["arm64-emulated"]
     assert recipe_targets(edgekd.load_recipe({"bench": {"enabled": False}})) == ()
+
+
+def _profile(folder: Path, **fields) -> str:
+    import yaml
+
+    path = folder / "board.yaml"
+    path.write_text(yaml.safe_dump({"name": "board", **fields}))
+    return str(path)
+
+
+@pytest.mark.parametrize("cpu, weights", [
+    ({"arch": "arm64"}, "8-bit"),                                 # a real Pi or phone: Arm never saturates
+    ({"arch": "arm32", "flags": ["neon"]}, "8-bit"),
+    ({"arch": "x86_64", "flags": ["avx2", "avx512f", "avx512_vnni"]}, "8-bit"),  # VNNI
+    ({"arch": "x86_64", "flags": ["avx2", "fma"]}, "7-bit"),      # AVX2 without VNNI: VPMADDUBSW saturates
+    (None, "7-bit"),                                              # no `cpu:`: unknown, the safe grid
+])
+def test_a_profile_that_says_its_cpu_gets_the_grid_of_that_cpu(tmp_path, cpu, weights):
+    """A board or phone whose profile declares its CPU (`cpu:`) is decided for that CPU at export, without
+    connecting; the same profile without `cpu:` stays unknown (7-bit). The record names where the CPU came from."""
+    from edgekd.compress.isa import choose_reduce_range, target_cpu
+
+    for kind, fields in (("ssh", {"host": "board.invalid"}), ("adb", {"serial": "R58M12345AB"})):
+        extra = {"cpu": cpu} if cpu else {}
+        target = target_cpu(_profile(tmp_path, kind=kind, **fields, **extra))
+        choice = choose_reduce_range("auto", [target])
+        assert choice["reduce_range"] is (weights == "7-bit"), (kind, cpu, choice)
+        if cpu is None:
+            assert target.features is None and "no `cpu:` field" in choice["reason"]
+            assert "add `cpu:` to its profile" in choice["reason"]  # how to get 8-bit weights for it
+        else:
+            assert target.features["arch"] == cpu["arch"] and target.features["known"] is ("flags" in cpu)
+            assert f"its profile's cpu: {cpu['arch']}" in choice["targets"][0]["cpu"]
+            assert weights in choice["reason"] or "7-bit weights keep them in range" in choice["reason"]
+
+
+def test_a_declared_cpu_reads_like_one_the_runner_reports():
+    """A profile's `cpu:` and a bench result's CPU use the same words: the arch names cpu_int8_features gives
+    for the runner's machine names, and flags from the runner's list, so the two can be compared."""
+    from edgekd.bench.runner import CPU_FEATURES_OF_INTEREST
+    from edgekd.compress.isa import CPU_ARCHES, PROFILE_FLAGS, declared_cpu_features
+
+    for arch, machine in CPU_ARCHES.items():
+        assert cpu_int8_features("", machine)["arch"] == arch
+    assert set(PROFILE_FLAGS["x86_64"]) | set(PROFILE_FLAGS["arm64"]) == set(CPU_FEATURES_OF_INTEREST)
+    assert PROFILE_FLAGS["arm64"] == PROFILE_FLAGS["arm32"]
+    declared = declared_cpu_features({"arch": "x86_64", "flags": ["avx2", "avx512f", "avx512_vnni"]})
+    reported = cpu_int8_features("flags\t: fpu sse2 avx2 avx512f avx512_vnni", "x86_64")
+    assert declared == reported
+    assert declared_cpu_features({"arch": "arm64"})["known"] is False  # no flags listed: only the arch is known
 
 
 @pytest.mark.parametrize("bad", ["yes", 1, 0, None, "true"])

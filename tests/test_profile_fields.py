@@ -116,6 +116,38 @@ def test_the_cli_reports_an_unknown_key_in_one_block(tmp_path):
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
+@pytest.mark.parametrize("cpu, field, rule", [
+    ("arm64", "cpu", "must be a mapping `arch:`"),
+    ({"flags": ["asimd"]}, "cpu", "must be a mapping `arch:`"),                      # no arch
+    ({"arch": "aarch64"}, "cpu.arch", "one of x86_64, arm64, arm32"),                # uname's name, not ours
+    ({"arch": "x86_64"}, "cpu", "must list the flags of an x86_64 CPU"),             # x86 decides on its flags
+    ({"arch": "x86_64", "flags": []}, "cpu", "must list the flags of an x86_64 CPU"),
+    ({"arch": "x86_64", "flags": ["avx2", "avx512vnni"]}, "cpu.flags", "did you mean 'avx512_vnni'?"),
+    ({"arch": "x86_64", "flags": ["avx2", "asimddp"]}, "cpu.flags", "'asimddp' is not one"),  # an Arm flag
+    ({"arch": "arm64", "flags": ["asimd", "asimd"]}, "cpu.flags", "twice"),
+    ({"arch": "arm64", "flags": "asimd asimddp"}, "cpu.flags", "must be a list"),
+    ({"arch": "arm64", "flag": ["asimd"]}, "cpu.flag", "has the fields: arch, flags"),
+])
+def test_a_board_cpu_must_be_an_arch_and_flags_edgekd_reads(tmp_path, cpu, field, rule):
+    """A wrong `cpu:` would silently pick the wrong INT8 weight grid at export (an x86 flag misspelt reads as
+    'no VNNI', an Arm flag on x86 as 'no AVX2'), so it is refused when the profile is read."""
+    err = _rejected(_write(tmp_path, kind="ssh", host="board.invalid", cpu=cpu), field)
+    assert rule in err.why + err.what, err
+
+
+@pytest.mark.parametrize("kind, fields", [("ssh", {"host": "board.invalid"}), ("adb", {"serial": "R58M12345AB"})])
+def test_a_board_or_phone_may_say_its_cpu(tmp_path, kind, fields):
+    for cpu in ({"arch": "arm64"}, {"arch": "arm32", "flags": ["neon"]},
+                {"arch": "x86_64", "flags": ["avx2", "avx512f", "avx512_vnni"]}):
+        assert load_profile(_write(tmp_path, kind=kind, **fields, cpu=cpu)).options["cpu"] == cpu
+
+
+def test_a_local_profile_has_no_cpu_field(tmp_path):
+    """It runs on this machine, whose CPU edgekd reads itself: a declared one could only disagree."""
+    err = _rejected(_write(tmp_path, cpu={"arch": "arm64"}), "cpu")
+    assert "belongs to kind ssh and adb" in err.why
+
+
 @pytest.mark.parametrize("path", sorted((REPO / "devices").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_profile_loads(path):
     profile = load_profile(path)

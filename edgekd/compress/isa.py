@@ -26,6 +26,14 @@ X86_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8
 ARM_FLAGS = ("asimd", "asimddp", "i8mm", "sve", "svei8mm")
 X86_MACHINES = ("x86_64", "amd64", "i386", "i686", "x86")
 ARM_MACHINES = ("aarch64", "arm64", "armv8l", "armv8", "armv7l")
+# What a device profile's `cpu:` may say (edgekd.devices.profiles): the architectures `_arch` names, each with the
+# flags the runner reports for it (edgekd.bench.runner.CPU_FEATURES_OF_INTEREST), so a profile and a bench result
+# describe a CPU in the same words. The machine name stands in for the arch when features are computed.
+CPU_ARCHES = {"x86_64": "x86_64", "arm64": "aarch64", "arm32": "armv7l"}
+_X86_PROFILE_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                      "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
+_ARM_PROFILE_FLAGS = ("neon", "asimd", "asimdhp", "asimddp", "i8mm", "bf16", "sve", "sve2", "sme")
+PROFILE_FLAGS = {"x86_64": _X86_PROFILE_FLAGS, "arm64": _ARM_PROFILE_FLAGS, "arm32": _ARM_PROFILE_FLAGS}
 
 
 def cpu_flags(cpuinfo: str) -> set[str]:
@@ -73,6 +81,14 @@ def cpu_int8_features(cpuinfo: str | None = None, machine: str | None = None) ->
         "i8mm": "i8mm" in flags or "svei8mm" in flags,
         "known": bool(flags),
     }
+
+
+def declared_cpu_features(cpu: dict) -> dict:
+    """cpu_int8_features of the CPU a device profile declares (`cpu: {arch: ..., flags: [...]}`, checked by
+    edgekd.devices.profiles): its flags are all the profile knows, so they count as read (`known`) when listed."""
+    flags = list(cpu.get("flags") or ())
+    features = cpu_int8_features("flags : " + " ".join(flags), CPU_ARCHES[cpu["arch"]])
+    return {**features, "arch": cpu["arch"], "known": "flags" in cpu}
 
 
 def _names(features: dict) -> str:
@@ -161,9 +177,10 @@ class TargetCpu:
 def target_cpu(device: str) -> TargetCpu:
     """What a device profile (name or path) says about its CPU, read at export time without connecting:
 
+    - a `cpu:` field (ssh and adb profiles): the CPU it declares;
     - kind local: it runs on this machine, so this machine's CPU;
     - kind ssh with `board_dir:`: the emulated board (edgekd.devices.emulated), qemu-aarch64: an Arm64 CPU;
-    - any other ssh or adb profile: unknown (a profile has no CPU field, and the board or phone may be offline).
+    - any other ssh or adb profile: unknown (the board or phone may be offline).
     """
     from edgekd.devices.profiles import find_profile
     from edgekd.errors import EdgeKDError
@@ -172,11 +189,17 @@ def target_cpu(device: str) -> TargetCpu:
         profile = find_profile(device)
     except EdgeKDError as exc:
         return TargetCpu(device, None, f"its profile cannot be read ({exc.what})")
+    declared = profile.options.get("cpu")
+    if declared:
+        flags = f" with {', '.join(declared['flags']) or 'no listed flag'}" if "flags" in declared else ""
+        return TargetCpu(profile.name, declared_cpu_features(declared),
+                         f"its profile's cpu: {declared['arch']}{flags}")
     if profile.kind == "local":
         return TargetCpu(profile.name, cpu_int8_features(), "a local profile: this machine's CPU")
     if profile.kind == "ssh" and profile.options.get("board_dir"):
         return TargetCpu(profile.name, cpu_int8_features("", "aarch64"), "the emulated board: qemu-aarch64, Arm64")
-    return TargetCpu(profile.name, None, f"its {profile.kind} profile does not say which CPU the device has")
+    return TargetCpu(profile.name, None, f"its {profile.kind} profile does not say which CPU the device has "
+                                         "(no `cpu:` field)")
 
 
 def recipe_targets(recipe: Any) -> tuple[TargetCpu, ...]:
@@ -227,7 +250,8 @@ def _combine(decided: list[tuple[TargetCpu, bool | None, str]]) -> tuple[bool, s
     if unknown:
         t = unknown[0]
         return True, (f"the CPU of target '{t.device}' is unknown ({t.source}): 7-bit weights, which no CPU's int8 "
-                      "kernels saturate; set export.int8_reduce_range: false if it is Arm or x86 with VNNI/AMX")
+                      "kernels saturate; add `cpu:` to its profile (e.g. `cpu: {arch: arm64}`) or set "
+                      "export.int8_reduce_range: false if it is Arm or x86 with VNNI/AMX")
     needing = [(t, why) for t, needs, why in decided if needs]
     if needing:
         t, why = needing[0]

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
+from edgekd.compress.isa import CPU_ARCHES, PROFILE_FLAGS
 from edgekd.devices.base import Device, DeviceError, DeviceProfile
 from edgekd.errors import RegistryError
 from edgekd.names import IDENTIFIER, IDENTIFIER_RULE
@@ -110,6 +112,7 @@ Port = Annotated[int, BeforeValidator(lambda v: int(v) if isinstance(v, str) and
                  Field(ge=1, le=65535)]
 PATH, WORD = "a path (non-empty text on one line)", "one word not starting with '-'"
 PORT = "a port number between 1 and 65535"
+CPU = "a mapping `arch:` (x86_64, arm64 or arm32) and `flags:` (a list, required for x86_64)"
 
 
 def _field(rule: str, *examples: Any, default: Any = None, **limits: Any) -> Any:
@@ -134,6 +137,44 @@ class Native(_Checked):
 
     tflite: Text = _field(PATH, "~/android/benchmark_model")
     onnx: Text = _field(PATH, "~/android/onnxruntime_perf_test")
+
+
+class Cpu(_Checked):
+    """The device's CPU, for what is decided without connecting to it (export's int8_reduce_range: 8-bit weights
+    on Arm and on x86 with VNNI/AMX, 7-bit otherwise). Words as the runner reports them (edgekd.compress.isa)."""
+
+    arch: Literal[tuple(CPU_ARCHES)] = _field(  # type: ignore[valid-type]
+        f"one of {', '.join(CPU_ARCHES)} (what `uname -m` calls "
+        f"{', '.join(CPU_ARCHES.values())})", "arm64", default=...)
+    flags: list[str] | None = _field(
+        "a list of the CPU's flags (/proc/cpuinfo `flags:` on x86, `Features:` on Arm) that edgekd reads: on x86_64 "
+        f"{', '.join(PROFILE_FLAGS['x86_64'])}; on Arm {', '.join(PROFILE_FLAGS['arm64'])}",
+        ["avx2", "avx512f", "avx512_vnni"])
+
+    @field_validator("flags")
+    @classmethod
+    def _flags_of_its_arch(cls, flags: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        """A typo'd or foreign flag would silently change the decision (`asimddp` on x86 reads as 'no AVX2')."""
+        arch = info.data.get("arch")
+        known = PROFILE_FLAGS.get(arch or "", ())
+        for flag in flags or ():
+            if flag not in known:
+                close = difflib.get_close_matches(flag, known, n=1)
+                raise ValueError(f"must list flags of an {arch} CPU that edgekd reads ({', '.join(known)}), and "
+                                 f"'{flag}' is not one" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        if flags is not None and len(set(flags)) != len(flags):
+            raise ValueError("must not name a flag twice")
+        return flags
+
+    @model_validator(mode="after")
+    def _x86_needs_flags(self) -> "Cpu":
+        """On x86 the flags decide (VNNI/AMX: 8-bit weights; AVX2 without: 7-bit): an x86 CPU without them is
+        as unknown as no `cpu:` at all, so say so rather than guess."""
+        if self.arch == "x86_64" and not self.flags:
+            raise ValueError("must list the flags of an x86_64 CPU (`flags: [avx2, avx512_vnni]`): whether its int8 "
+                             "kernels saturate 8-bit weights depends on them (VNNI/AMX or not); without `cpu:` the "
+                             "device gets the safe 7-bit weights")
+        return self
 
 
 class CommonProfile(_Checked):
@@ -184,6 +225,7 @@ class SshProfile(CommonProfile):
     ssh_options: dict[str, Any] | list[Annotated[str, Field(pattern="=")]] | None = _field(
         'a mapping of ssh option names to values (or a list of "Key=Value" strings)', {"ProxyJump": "bastion"})
     board_dir: Text | None = _field(f"{PATH}: the emulated board's folder", "{profile_dir}/arm64")
+    cpu: Cpu | None = _field(CPU, {"arch": "arm64"}, {"arch": "x86_64", "flags": ["avx2", "avx512_vnni"]})
 
 
 class AdbProfile(CommonProfile):
@@ -193,10 +235,11 @@ class AdbProfile(CommonProfile):
     serial: Word | None = _field(f"{WORD} (a serial from `adb devices`)", "R58M12345AB")
     adb: Text | None = _field(f"{PATH}: the adb binary", "~/Android/Sdk/platform-tools/adb")
     server_port: Port | None = _field(PORT, 5037)
+    cpu: Cpu | None = _field(CPU, {"arch": "arm64"})
 
 
 MODELS: dict[str, type[CommonProfile]] = {"local": LocalProfile, "ssh": SshProfile, "adb": AdbProfile}
-_NESTED: dict[str, type[BaseModel]] = {"thermal": Thermal, "native": Native}
+_NESTED: dict[str, type[BaseModel]] = {"thermal": Thermal, "native": Native, "cpu": Cpu}
 
 
 def host_cpus() -> list[int]:
