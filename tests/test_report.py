@@ -195,6 +195,76 @@ def test_int8_accuracy_findings_from_rows():
     assert kept == "teacher-onnx-int8_static: 1 of 5 layers kept in FP32 to pass parity (node_Conv_60)."
 
 
+EPYC_FLAGS = ["sse4_2", "avx", "avx2", "fma", "f16c"]  # what the runner reports on this AVX2, non-VNNI host
+
+
+def _int8_onnx(flags, machine, reduce_range, *, setting="auto", targets=("pi",), device="board"):
+    """One ONNX INT8 row as the report builds it: the export's weight grid and the CPU its bench ran on."""
+    (row,) = _rows(("student-onnx-int8_static", "int8_static", 50.0, flags, machine))
+    row.update(device=device, reduce_range=reduce_range, reduce_range_setting=setting,
+               reduce_range_for=list(targets), layers_total=2, kept_fp32=[])
+    return row
+
+
+def _grid(row):
+    return [f for f in findings({"rows": [row]}) if "INT8 weights" in f]
+
+
+def test_8bit_weights_benchmarked_on_a_cpu_that_saturates_them_are_named():
+    """The export chose 8-bit weights for one CPU (a profile saying Arm, a VNNI host) and the bench ran them on
+    an x86 without VNNI, whose kernels saturate them: say so, and how to get the right grid."""
+    (sentence,) = _grid(_int8_onnx(EPYC_FLAGS, "x86_64", False, targets=("pi",)))
+    assert sentence.startswith("student-onnx-int8_static: 8-bit INT8 weights (chosen for pi) were benchmarked on "
+                               "board, whose CPU needs 7-bit ones")
+    assert "without AVX-VNNI/AMX (avx2)" in sentence and "saturate" in sentence
+    assert "re-export with bench.device: board" in sentence and "export.int8_reduce_range: true" in sentence
+    # decided for this very device: its profile's `cpu:` says another CPU than the runner reports
+    (sentence,) = _grid(_int8_onnx(EPYC_FLAGS, "x86_64", False, targets=("board",)))
+    assert "set `cpu:` in the profile of board" in sentence
+    # a recipe that forced 8-bit weights is told too: the saturation is real whatever asked for it
+    (sentence,) = _grid(_int8_onnx(EPYC_FLAGS, "x86_64", False, setting=False))
+    assert "the recipe set export.int8_reduce_range: false; set it to auto" in sentence
+
+
+def test_7bit_weights_benchmarked_on_a_cpu_that_takes_8bit_are_named_unless_asked_for():
+    """An Arm board benchmarked with the 7-bit grid an unknown target gets: say that `cpu:` in its profile (or
+    bench.device) would give it 8-bit weights. Not when the recipe set int8_reduce_range: true itself."""
+    (sentence,) = _grid(_int8_onnx(["asimd", "asimddp"], "aarch64", True, targets=("pi",), device="pi"))
+    assert sentence.startswith("student-onnx-int8_static: 7-bit INT8 weights (chosen for pi) were benchmarked on "
+                               "pi, whose CPU takes 8-bit ones")
+    assert "Arm" in sentence and "set `cpu:` in the profile of pi" in sentence
+    assert "export.int8_reduce_range: false" in sentence
+    (sentence,) = _grid(_int8_onnx(["avx2", "avx512f", "avx512_vnni"], "x86_64", True, targets=()))
+    assert "(chosen with no target device)" in sentence and "avx512_vnni" in sentence
+    assert not _grid(_int8_onnx(["asimd"], "aarch64", True, setting=True))
+
+
+@pytest.mark.parametrize("flags, machine, reduce_range", [
+    (EPYC_FLAGS, "x86_64", True),                        # the grid this CPU needs
+    (["avx2", "avx_vnni"], "x86_64", False),
+    (["asimd"], "aarch64", False),
+    ([], "x86_64", False),                               # the runner could not read the flags: unknown, no claim
+    ([], "", True),
+])
+def test_no_weight_grid_finding_when_the_grid_fits_or_the_cpu_is_unknown(flags, machine, reduce_range):
+    assert not _grid(_int8_onnx(flags, machine, reduce_range))
+
+
+def test_a_run_names_8bit_weights_benchmarked_where_they_saturate(run):
+    """End to end: the run forces 8-bit weights (int8_reduce_range: false) and benchmarks on this host; the rows
+    carry the artifact's grid and target, and on an x86 host without VNNI the findings say the weights saturate."""
+    result, summary, _ = run
+    records = {a.name: a for a in result.artifacts}
+    rows = [r for r in summary["rows"] if r["precision"] in INT8_PRECISIONS]
+    for row in rows:
+        q = records[row["name"]].quantization
+        assert row["reduce_range"] is q["reduce_range"] is False and row["reduce_range_setting"] is False
+        assert row["reduce_range_for"] == [t["device"] for t in q["reduce_range_targets"]] == ["host"]
+    grid = {f.split(":")[0] for f in summary["findings"] if "8-bit INT8 weights" in f}
+    expected = {r["name"] for r in rows if len(r["kept_fp32"]) < (r["layers_total"] or 0)}  # an INT8 layer left
+    assert grid == (expected if _host_saturates() else set()), (grid, expected)
+
+
 def test_an_artifact_that_failed_parity_is_never_the_fastest_candidate():
     rows = _rows(("student-onnx-fp32", "fp32", 40.0, [], ""), ("student-onnx-int4", "int4", 8.0, [], ""))
     rows[1].update(parity_passed=False, parity_reason="agreement 90% < 97%")

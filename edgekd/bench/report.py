@@ -78,6 +78,8 @@ def _int8_fields(artifact: Artifact) -> dict[str, Any]:
             "worst_layers": [{k: layer.get(k) for k in ("node", "op", "sqnr_db", "sqnr_db_simulated", "cosine")}
                              for layer in worst],
             "reduce_range": q.get("reduce_range"), "reduce_range_reason": q.get("reduce_range_reason"),
+            "reduce_range_setting": q.get("reduce_range_setting"),
+            "reduce_range_for": [t.get("device") for t in q.get("reduce_range_targets") or []],
             "qat": q.get("qat")}
 
 
@@ -337,7 +339,7 @@ def _int8_speed_findings(rows: list[dict[str, Any]]) -> list[str]:
 
 def _int8_findings(rows: list[dict[str, Any]]) -> list[str]:
     """INT8 artifacts: not faster than FP32 (and why), layers kept in FP32, integer-kernel saturation, QAT."""
-    out = _int8_speed_findings(rows)
+    out = _int8_speed_findings(rows) + _weight_grid_findings(rows)
     for row in rows:
         if row.get("precision") not in INT8_PRECISIONS:
             continue
@@ -359,6 +361,41 @@ def _int8_findings(rows: list[dict[str, Any]]) -> list[str]:
             closed = "" if qat.get("gap_closed") is None else f"; closes {qat['gap_closed']:.0%} of the INT8 gap"
             out.append(f"Quantization-aware distillation ({qat.get('reason')}): {name} reaches "
                        f"{qat['qat_accuracy']:.2%} (FP32 {qat['fp32_accuracy']:.2%}{ptq}){closed}.")
+    return out
+
+
+def _weight_grid_findings(rows: list[dict[str, Any]]) -> list[str]:
+    """ONNX INT8 artifacts benchmarked on a CPU the export's weight grid (int8_reduce_range) was not chosen for, as
+    the runner reports that CPU: 8-bit weights on x86 without VNNI/AMX saturate its int8 kernels (accuracy there can
+    fall below the parity measured at export); 7-bit ones on a CPU that takes 8-bit give up precision for nothing."""
+    from edgekd.compress.isa import _auto_reduce_range
+
+    out = []
+    for row in rows:
+        chosen = row.get("reduce_range")
+        if row.get("format") != "onnx" or row.get("precision") not in INT8_PRECISIONS or chosen is None \
+                or not row.get("device") or _all_fp32(row):
+            continue
+        needs, why = _auto_reduce_range(device_int8_features(row))
+        if needs is None or needs == chosen or (chosen and row.get("reduce_range_setting") is True):
+            continue  # unknown CPU, the right grid, or 7-bit weights the recipe asked for: nothing to say
+        device, targets = row["device"], row.get("reduce_range_for") or []
+        decided = f"chosen for {', '.join(targets)}" if targets else "chosen with no target device"
+        setting = row.get("reduce_range_setting")
+        if setting in (True, False):  # the recipe chose the grid, not auto
+            fix = f"the recipe set export.int8_reduce_range: {str(setting).lower()}; set it to auto and re-export"
+        elif device in targets:  # auto decided for this device, from a CPU it does not have
+            fix = (f"set `cpu:` in the profile of {device} to the CPU its runner reports (or export on it) and "
+                   f"re-export; or set export.int8_reduce_range: {str(needs).lower()}")
+        else:
+            fix = f"re-export with bench.device: {device}; or set export.int8_reduce_range: {str(needs).lower()}"
+        if needs:
+            out.append(f"{row['name']}: 8-bit INT8 weights ({decided}) were benchmarked on {device}, whose CPU needs "
+                       f"7-bit ones: {why}. Its accuracy there can be lower than on a CPU that does not saturate "
+                       f"them; {fix}.")
+        else:
+            out.append(f"{row['name']}: 7-bit INT8 weights ({decided}) were benchmarked on {device}, whose CPU takes "
+                       f"8-bit ones: {why}. A little precision is given up for nothing there; {fix}.")
     return out
 
 
