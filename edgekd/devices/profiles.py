@@ -147,9 +147,8 @@ class Cpu(_Checked):
         f"one of {', '.join(CPU_ARCHES)} (what `uname -m` calls "
         f"{', '.join(CPU_ARCHES.values())})", "arm64", default=...)
     flags: list[str] | None = _field(
-        "a list of the CPU's flags (/proc/cpuinfo `flags:` on x86, `Features:` on Arm) that edgekd reads: on x86_64 "
-        f"{', '.join(PROFILE_FLAGS['x86_64'])}; on Arm {', '.join(PROFILE_FLAGS['arm64'])}",
-        ["avx2", "avx512f", "avx512_vnni"])
+        "a list of the CPU's flags as /proc/cpuinfo spells them (`flags:` on x86, `Features:` on Arm), those edgekd "
+        "reads", ["avx2", "avx512f", "avx512_vnni"])
 
     @field_validator("flags")
     @classmethod
