@@ -167,14 +167,20 @@ class RunDir:
 
     # -- manifest ----------------------------------------------------------------------
     def load_manifest(self) -> dict[str, Any]:
+        """The manifest, keeping only well-formed stage records: it is only a cache of what is done, so an
+        unreadable one, or a record of the wrong shape (a hand edit, another tool), means "not done"."""
+        empty = {"schema": MANIFEST_SCHEMA, "stages": {}}
         if not self.manifest_path.exists():
-            return {"schema": MANIFEST_SCHEMA, "stages": {}}
+            return empty
         try:
             manifest = read_json(self.manifest_path)
-        except (OSError, json.JSONDecodeError):
-            # A manifest is only a cache of what is done: an unreadable one means "nothing done".
-            return {"schema": MANIFEST_SCHEMA, "stages": {}}
-        manifest.setdefault("stages", {})
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return empty
+        if not isinstance(manifest, dict):
+            return empty
+        stages = manifest.get("stages")
+        manifest["stages"] = ({name: record for name, record in stages.items() if _well_formed(record)}
+                              if isinstance(stages, dict) else {})
         return manifest
 
     def stage_record(self, stage: str) -> dict[str, Any] | None:
@@ -219,6 +225,15 @@ class RunDir:
         manifest = self.load_manifest()
         if manifest["stages"].pop(stage, None) is not None:
             atomic_write_json(self.manifest_path, manifest)
+
+
+def _well_formed(record: Any) -> bool:
+    """A stage record the pipeline can read: its input and output hashes, and its outputs as path -> sha256."""
+    if not isinstance(record, dict):
+        return False
+    outputs = record.get("outputs")
+    return (isinstance(record.get("input_hash"), str) and isinstance(record.get("output_hash"), str)
+            and isinstance(outputs, dict) and all(isinstance(v, str) for v in outputs.values()))
 
 
 def _inside_run(rel: str) -> bool:

@@ -80,3 +80,20 @@ def test_an_atomic_write_syncs_the_folder_that_holds_the_rename(tmp_path, monkey
     atomic_write(tmp_path / "sub" / "file.json", "{}")
     assert synced_folders == [os.path.realpath(tmp_path / "sub")]
 
+
+
+@pytest.mark.parametrize("content", [b"[]", b"null", b'{"stages": []}', b'{"stages": {"teacher": "done"}}',
+                                     b'{"stages": {"teacher": {"input_hash": "h", "output_hash": "o", "outputs": []}}}',
+                                     b'{"stages": {"teacher": {"input_hash": "h", "outputs": {}}}}',
+                                     b"\xff\xfe{}"])
+def test_a_manifest_of_the_wrong_shape_means_not_done_and_is_rewritten(tmp_path, content):
+    """Valid JSON of another shape (a hand edit, another tool) or bytes that are not UTF-8: the stage reruns, as
+    with a truncated manifest, instead of an internal error on every later run."""
+    run = RunDir(tmp_path / "run")
+    run.create()
+    out = atomic_write(run.checkpoints / "teacher.pt", b"weights")
+    run.manifest_path.write_bytes(content)
+    assert not run.is_done("teacher", "h") and run.recorded_outputs("teacher", "*.pt") == []
+    run.forget("distill")
+    run.mark_done("teacher", "h", [out], 1.0)
+    assert run.is_done("teacher", "h")
