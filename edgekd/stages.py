@@ -370,7 +370,9 @@ def bench_artifacts(ctx: Context, artifacts: list, inputs: Path,
 # -- report --------------------------------------------------------------------------------
 
 def report_inputs(ctx: Context) -> dict[str, Any]:
-    return {k: ctx.hashes.get(k) for k in ("teacher", "distill", "scratch", "export", "bench")}
+    """Every stage whose record the report reads: compress too, whose accuracy steps it shows even when the
+    compressed model is not exported (then no export or bench change would rerun it)."""
+    return {k: ctx.hashes.get(k) for k in ("teacher", "distill", "scratch", "compress", "export", "bench")}
 
 
 def report_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:

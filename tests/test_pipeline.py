@@ -236,3 +236,21 @@ def test_parity_batches_rows_as_the_device_runner_does():
     from edgekd.export.verify import PREDICT_BATCH
 
     assert PREDICT_FIELDS["batch_size"][1] == PREDICT_BATCH
+
+
+def test_a_compress_stage_alone_reruns_the_report(tiny_run, tmp_path):
+    """The report shows the compress stage's accuracy steps: turning compression on (or changing it) without
+    exporting the compressed model must still rerun the report, not leave it without (or with stale) steps."""
+    import shutil
+
+    shutil.copytree(tiny_run.rundir.root, tmp_path / "tiny")
+    recipe = tiny_run.recipe.model_copy(deep=True)
+    recipe.output_dir = tmp_path
+    recipe.compress.enabled = True
+    recipe.compress.recovery.epochs = 1
+    assert "compressed" not in recipe.export.targets
+    result = edgekd.run(recipe)
+    assert result.stages["compress"] == "ran" and result.stages["export"] == "skipped"
+    assert result.stages["report"] == "ran"
+    assert read_json(result.summary_path)["compression"] is not None
+
