@@ -22,7 +22,7 @@ from edgekd.errors import RecipeError
 from edgekd.interrupts import raise_if_received
 from edgekd.progress import Reporter, SilentReporter
 from edgekd.recipe import Recipe, dump_recipe
-from edgekd.rundir import RunDir, atomic_write, hash_obj
+from edgekd.rundir import RunDir, atomic_write, hash_obj, remove_orphan_temp_files
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +177,8 @@ def run(recipe: Recipe, *, force: set[str] | None = None, reporter: Reporter | N
     rundir = RunDir(recipe.run_dir)
     if rank == 0:
         rundir.create()
+        for folder in (rundir.root, recipe.output_dir / "cache"):  # what a killed run was writing
+            remove_orphan_temp_files(folder)
         atomic_write(rundir.recipe_path, dump_recipe(recipe))
     ctx = Context(recipe=recipe, rundir=rundir, reporter=reporter)
     result = RunResult(rundir=rundir, recipe=recipe)

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +25,8 @@ from typing import Any, Iterator
 from edgekd.errors import OutputDirError
 
 MANIFEST_SCHEMA = "edgekd.manifest/1"
+TEMP_SUFFIX = ".tmp"
+_TEMP_NAME = re.compile(r"\..+\.(\d+)-[A-Za-z0-9_]+\.tmp")  # .<final name>.<writer pid>-<random>.tmp
 _UMASK = os.umask(0o022)  # reading the umask means setting it: put it straight back
 os.umask(_UMASK)
 
@@ -46,12 +49,13 @@ def writable_dir(folder: str | os.PathLike[str], fix: str, what: str | None = No
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds.
 
-    A crash leaves at most a stray temp file, never a half-written file under the final name.
+    A crash leaves at most a stray temp file, never a half-written file under the final name; its name carries
+    the writer's process id, so that `remove_orphan_temp_files` can tell a dead writer's file from a live one's.
     """
     final = Path(path)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.{os.getpid()}-", suffix=TEMP_SUFFIX, dir=final.parent)
     except OSError as exc:
         raise OutputDirError(f"cannot write {final}", why=f"{exc.strerror or exc} ({exc.filename or final.parent})",
                              fix="choose a writable output folder (--output-dir / --results-dir), "
@@ -68,6 +72,38 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def remove_orphan_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temp files that `atomic_path` writers killed mid-write (SIGKILL, power cut) left under `folder`.
+
+    Nothing reads them, but each is as large as the file it was to become (a checkpoint, a model) and a run
+    killed again and again would pile them up. Only files whose writer process is gone are removed: another
+    process writing into the same folder right now keeps its file.
+    """
+    removed = []
+    for path in Path(folder).rglob(f".*{TEMP_SUFFIX}"):
+        match = _TEMP_NAME.fullmatch(path.name)
+        if match is None or _process_alive(int(match.group(1))) or not path.is_file():
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OverflowError:  # a pid no system has
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def _fsync_dir(folder: Path) -> None:

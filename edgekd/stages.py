@@ -335,14 +335,16 @@ def run_artifacts(ctx: Context) -> list:
 
 
 def remove_stale_artifacts(ctx: Context, current: list) -> None:
-    """Delete artifact folders an earlier export left (a precision or role since dropped from the recipe), so
-    the folder holds what the manifest says; bench and report read only the recorded ones either way."""
+    """Delete artifact folders an earlier export left (a precision or role since dropped from the recipe, or one
+    an interrupted export had begun, without its artifact.json), so the folder holds what the manifest says:
+    `edgekd bench <run>/artifacts/*` would stop at a half-made one. Bench and report read only the recorded
+    ones either way."""
     import shutil
 
     keep = {a.path.parent.resolve() for a in current}
-    for record in ctx.rundir.artifacts.glob("*/artifact.json"):
-        if record.parent.resolve() not in keep:
-            shutil.rmtree(record.parent)
+    for folder in ctx.rundir.artifacts.iterdir():
+        if folder.is_dir() and not folder.is_symlink() and folder.resolve() not in keep:
+            shutil.rmtree(folder)
 
 
 # `edgekd run` has no --resume: its bench stage measures every artifact again, so all rounds stay side by side

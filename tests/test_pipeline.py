@@ -129,6 +129,9 @@ def test_what_a_recipe_no_longer_asks_for_leaves_the_report(tiny_run, tmp_path):
     import shutil
 
     shutil.copytree(tiny_run.rundir.root, tmp_path / "tiny")
+    half_made = tmp_path / "tiny" / "artifacts" / "teacher-onnx-int8_dynamic"  # an interrupted export's, no record
+    half_made.mkdir()
+    shutil.copy(tiny_run.rundir.artifacts / "teacher-onnx-fp32" / "model.onnx", half_made / "model.onnx")
     recipe = tiny_run.recipe.model_copy(deep=True)
     recipe.output_dir = tmp_path
     recipe.export.targets = {"teacher": ["fp32"], "student": ["fp32", "int8_dynamic"]}
@@ -140,7 +143,7 @@ def test_what_a_recipe_no_longer_asks_for_leaves_the_report(tiny_run, tmp_path):
     kept = {f"{role}-{fmt}-{p}" for fmt in ("onnx", "tflite") for role, ps in
             (("teacher", ["fp32"]), ("student", ["fp32", "int8_dynamic"]), ("floor", ["fp32"])) for p in ps}
     assert {a.name for a in result.artifacts} == kept
-    assert {p.name for p in result.rundir.artifacts.iterdir()} == kept  # the dropped ones' folders are gone
+    assert {p.name for p in result.rundir.artifacts.iterdir()} == kept  # the dropped and half-made ones are gone
     assert not {"bench", "scratch"} & set(result.rundir.load_manifest()["stages"])
     assert result.results == []
     summary = read_json(result.rundir.results / "summary.json")
@@ -254,3 +257,18 @@ def test_a_compress_stage_alone_reruns_the_report(tiny_run, tmp_path):
     assert result.stages["report"] == "ran"
     assert read_json(result.summary_path)["compression"] is not None
 
+
+def test_a_run_removes_the_temp_files_a_killed_run_left(tiny_run, tmp_path):
+    """SIGKILL mid-write leaves `.NAME.PID-XXXX.tmp` beside the file (never a half file under its name); the
+    next run removes it, in the run folder and in the shared caches, whether or not a stage reruns."""
+    import shutil
+
+    from test_rundir import killed_mid_write
+
+    shutil.copytree(tiny_run.rundir.root, tmp_path / "tiny")
+    left = [killed_mid_write(tmp_path / "tiny" / "checkpoints" / "teacher.pt"),
+            killed_mid_write(tmp_path / "tiny" / "artifacts" / "student-onnx-fp32" / "model.onnx"),
+            killed_mid_write(tmp_path / "cache" / "teacher" / "0123abcd.npy")]
+    result = edgekd.run(tiny_run.recipe, output_dir=tmp_path)
+    assert set(result.stages.values()) == {"skipped", "disabled"}
+    assert not [p for p in left if p.exists()]

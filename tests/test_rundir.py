@@ -97,3 +97,45 @@ def test_a_manifest_of_the_wrong_shape_means_not_done_and_is_rewritten(tmp_path,
     run.forget("distill")
     run.mark_done("teacher", "h", [out], 1.0)
     assert run.is_done("teacher", "h")
+
+
+_HALF_WRITER = """
+import sys, time
+from edgekd.rundir import atomic_path
+with atomic_path(sys.argv[1]) as tmp:
+    tmp.write_bytes(b"half a checkpoint")
+    print("writing", flush=True)
+    time.sleep(600)
+"""
+
+
+def killed_mid_write(path):
+    """Write `path` through atomic_path in a real process and SIGKILL it mid-write; returns the temp file it left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    before = path.read_bytes() if path.exists() else None
+    proc = subprocess.Popen([sys.executable, "-c", _HALF_WRITER, str(path)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert proc.stdout.readline() == "writing\n"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    left = [p for p in path.parent.iterdir() if p.name.startswith(f".{path.name}.")]
+    assert len(left) == 1, left
+    assert (path.read_bytes() if path.exists() else None) == before  # the file itself is untouched
+    return left[0]
+
+
+def test_temp_files_of_killed_writers_are_removed_and_live_ones_kept(tmp_path):
+    from edgekd.rundir import remove_orphan_temp_files
+
+    dead = killed_mid_write(tmp_path / "checkpoints" / "teacher.pt")
+    with atomic_path(tmp_path / "artifacts" / "x" / "model.onnx") as live:
+        live.write_bytes(b"being written now")
+        assert remove_orphan_temp_files(tmp_path) == [dead]
+        assert live.is_file() and not dead.exists()
+    assert (tmp_path / "artifacts" / "x" / "model.onnx").read_bytes() == b"being written now"
