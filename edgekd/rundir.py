@@ -79,7 +79,7 @@ def remove_orphan_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
 
     Nothing reads them, but each is as large as the file it was to become (a checkpoint, a model) and a run
     killed again and again would pile them up. Only files whose writer process is gone are removed: another
-    process writing into the same folder right now keeps its file.
+    process of this machine writing into the same folder right now keeps its file.
     """
     removed = []
     for path in Path(folder).rglob(f".*{TEMP_SUFFIX}"):
@@ -96,10 +96,8 @@ def _process_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OverflowError:  # a pid no system has
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except (ProcessLookupError, OverflowError):  # gone, or a pid no system has
         return False
     except PermissionError:  # another user's live process
         return True
