@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -168,8 +167,8 @@ def test_an_interrupted_run_resumes_from_its_last_finished_stage(tmp_path):
         else:
             pytest.fail("the teacher stage never finished")
         time.sleep(1.0)  # now inside distillation
-        os.kill(proc.pid, signal.SIGKILL)
     finally:
+        proc.kill()  # SIGKILL, also when the test failed: never leave a 400-epoch run behind
         proc.wait(timeout=30)
     stages = json.loads(manifest.read_text())["stages"]
     assert list(stages) == ["teacher"]
@@ -201,13 +200,18 @@ def test_ctrl_c_or_sigterm_ends_a_run_with_one_line_and_no_temp_files(tmp_path, 
     manifest = tmp_path / "out" / "tiny" / "manifest.json"
     proc = subprocess.Popen([sys.executable, "-m", "edgekd.cli", "run", str(recipe), "--output-dir",
                              str(tmp_path / "out")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (manifest.exists() and "teacher" in json.loads(manifest.read_text())["stages"]):
-        assert time.monotonic() < deadline and proc.poll() is None, "the teacher stage never finished"
-        time.sleep(0.2)
-    time.sleep(1.0)  # inside distillation
-    proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 120
+        while not (manifest.exists() and "teacher" in json.loads(manifest.read_text())["stages"]):
+            assert time.monotonic() < deadline and proc.poll() is None, "the teacher stage never finished"
+            time.sleep(0.2)
+        time.sleep(1.0)  # inside distillation
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # the test failed: never leave a 400-epoch run behind
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == code and f"{word}: finished stages are kept" in stderr, (proc.returncode, stderr)
     assert "Traceback" not in stderr
     assert not list((tmp_path / "out").rglob("*.tmp")), "a temp file was left behind"
