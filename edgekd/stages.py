@@ -316,7 +316,14 @@ def export_outcome(ctx: Context, artifacts: list) -> tuple[list[Path], dict[str,
 # -- bench ---------------------------------------------------------------------------------
 
 def bench_inputs(ctx: Context) -> dict[str, Any]:
-    return {"export": ctx.hashes["export"], "bench": ctx.recipe.section("bench")["bench"]}
+    """The artifacts, the bench settings and the device's profile as resolved (devices/NAME.yaml): bench.device
+    is only a name, and results measured with a profile's old threads, cpus or address must not be reused."""
+    from dataclasses import asdict
+
+    from edgekd.devices.profiles import find_profile
+
+    return {"export": ctx.hashes["export"], "bench": ctx.recipe.section("bench")["bench"],
+            "device": asdict(find_profile(ctx.recipe.bench.device))}
 
 
 def bench_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:

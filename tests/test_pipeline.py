@@ -276,3 +276,23 @@ def test_a_run_removes_the_temp_files_a_killed_run_left(tiny_run, tmp_path):
     result = edgekd.run(tiny_run.recipe, output_dir=tmp_path)
     assert set(result.stages.values()) == {"skipped", "disabled"}
     assert not [p for p in left if p.exists()]
+
+
+def test_editing_the_device_profile_reruns_the_bench(tiny_run, tmp_path):
+    """bench.device names a profile file: measuring again after its threads (or cpus, address) changed is the
+    point of editing it, so the bench must not be skipped as up to date."""
+    import shutil
+
+    shutil.copytree(tiny_run.rundir.root, tmp_path / "tiny")
+    profile = tmp_path / "box.yaml"
+    profile.write_text("name: box\nkind: local\nthreads: 1\n")
+    recipe = tiny_run.recipe.model_copy(deep=True)
+    recipe.output_dir = tmp_path
+    recipe.bench.device = str(profile)
+    recipe.bench.threads = None  # the profile's threads
+    recipe.bench.rounds = 1
+    assert edgekd.run(recipe).stages["bench"] == "ran"
+    profile.write_text("name: box\nkind: local\nthreads: 2\n")
+    result = edgekd.run(recipe)
+    assert result.stages["bench"] == "ran"
+    assert {r.runtime["intra_op_threads"] for r in result.results if r.artifact["format"] == "onnx"} == {2}
