@@ -118,3 +118,22 @@ def _reload(result) -> nn.Module:
     from edgekd.progress import SilentReporter
 
     return Context(recipe=result.recipe, rundir=result.rundir, reporter=SilentReporter()).trained("compressed")
+
+
+def _widths(model: nn.Module) -> list[int]:
+    return [m.out_channels if isinstance(m, nn.Conv2d) else m.out_features for m in model.modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def test_a_high_ratio_keeps_one_group_of_channels_in_every_layer():
+    """torch-pruning rounds 32 · (1 − 0.9) kept channels down to zero, refuses that and leaves the layer whole:
+    a 90% ratio must still prune every layer, down to one group of round_to, and more than 70% does."""
+    model = _model("cnn", {"width": 32, "depth": 3, "hidden": 128})
+    high = prune(copy.deepcopy(model), (64,), "structured", 0.9)
+    assert _widths(high.model) == [8, 8, 8, 8, 10]
+    assert high.parameters_after < prune(copy.deepcopy(model), (64,), "structured", 0.7).parameters_after
+    mlp = _model("mlp", {"width": 32})
+    assert _widths(prune(copy.deepcopy(mlp), (64,), "structured", 0.8).model) == [8, 10]
+    # a budget just under the model's size is met (its grid tries 0.8 and 0.9, which used to remove nothing)
+    fitted = prune_to_budget(copy.deepcopy(mlp), (64,), int(0.97 * count_parameters(mlp)))
+    assert fitted.parameters_after <= 0.97 * count_parameters(mlp) and _widths(fitted.model) == [24, 10]

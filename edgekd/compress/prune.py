@@ -50,6 +50,23 @@ def _torch_pruning():
     return torch_pruning
 
 
+def _pruner_class(tp):
+    """torch-pruning's MetaPruner, except that rounding to `round_to` keeps at least one group of channels.
+
+    MetaPruner rounds the kept channels down to a multiple of `round_to`; where fewer than `round_to` would
+    be left (32 channels at ratio 0.8 with round_to 8) that is zero, which it refuses, and it then leaves the
+    layer whole — so ratio 0.9 pruned a cnn less than 0.7 did. Keeping one group is what the ratio asks for
+    as nearly as the rounding allows."""
+
+    class KeepOneGroup(tp.pruner.MetaPruner):
+        def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
+            kept = current_channels - n_pruned
+            kept = max(kept - kept % round_to, min(round_to, current_channels))
+            return max(current_channels - kept, 0)
+
+    return KeepOneGroup
+
+
 def _check_ratio(ratio: float) -> None:
     if not 0.0 < float(ratio) < 1.0:
         raise CompressionError(f"prune ratio {ratio} is outside (0, 1)",
@@ -81,7 +98,7 @@ def prune_structured(model: nn.Module, in_shape: Sequence[int], ratio: float, *,
     example = torch.zeros(2, *in_shape)
     model.eval()
     try:
-        pruner = tp.pruner.MetaPruner(model, example, importance=tp.importance.MagnitudeImportance(p=2),
+        pruner = _pruner_class(tp)(model, example, importance=tp.importance.MagnitudeImportance(p=2),
                                       pruning_ratio=float(ratio), ignored_layers=ignored,
                                       round_to=round_to or None, global_pruning=False)
         pruner.step()
@@ -98,9 +115,10 @@ def prune_structured(model: nn.Module, in_shape: Sequence[int], ratio: float, *,
         raise CompressionError(
             f"torch-pruning found no channels it could remove from {type(model).__name__}",
             why="its dependency graph follows autograd: a forward that leaves it (numpy round trips, in-place "
-                "tricks, data-dependent Python control flow) hides which layers feed which, or every prunable "
-                "layer is skipped",
-            fix="make the forward pure torch operations, unskip layers, or use method: unstructured or nm")
+                "tricks, data-dependent Python control flow) hides which layers feed which, every prunable "
+                f"layer is skipped, or none has more than round_to ({round_to}) channels to remove a group from",
+            fix="make the forward pure torch operations, unskip layers, lower compress.prune.round_to, or use "
+                "method: unstructured or nm")
     try:
         with torch.no_grad():
             model(example)
