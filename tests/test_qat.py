@@ -122,3 +122,30 @@ def test_reduce_range_trains_and_exports_on_the_7_bit_weight_grid(digits, tmp_pa
     record = parity(onnx_predict(path, s.x_test), predict_logits(fake_quant, s.x_test), s.y_test, num_classes=10,
                     threshold=0.95, reference_name="fake-quant PyTorch")
     assert record.passed, record.reason
+
+
+@pytest.mark.parametrize("method", ["unstructured", "nm"])
+def test_qat_keeps_a_pruned_models_zeros_in_training_and_in_the_int8_artifact(digits, tmp_path, method):
+    """A compressed (unstructured / N:M) model's QAT artifact must stay as sparse as the model: fake-quant training
+    would regrow the zeros, also inside fused Conv+BatchNorm modules."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgekd.compress.prune import prune
+
+    s, teacher, teacher_logits, target = digits
+    student = _student(s, teacher_logits, target, "cnn", 2, width=8, hidden=32)
+    pruned = prune(student, s.input_shape, method, 0.5).model
+    zeros = {name: w == 0 for name, w in pruned.named_parameters() if w.dim() > 1 and bool((w == 0).any())}
+    assert "head.1.weight" in zeros and any(zeros[n].dim() == 4 for n in zeros)  # a Linear and a fused Conv+BN+ReLU
+    calibration = s.x_train[:128]
+    model = qat_distill(pruned, teacher_logits, s.x_train, target, steps=30, batch_size=64, lr=1e-2, seed=0,
+                        calibration=calibration)
+    trained = dict(model.named_parameters())
+    for name, mask in zeros.items():
+        assert bool((trained[name][mask] == 0).all()), f"{name}: pruned weights regrew in QAT"
+    path = qat_export_onnx(model, s.input_shape, tmp_path / "sparse.qat.onnx", calibration)
+    stored = {t.name.removesuffix("_quantized"): numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer
+              if t.data_type == onnx.TensorProto.INT8}
+    for name, mask in zeros.items():
+        assert (stored[name][mask.numpy()] == 0).all(), f"{name}: the INT8 artifact lost the zeros"

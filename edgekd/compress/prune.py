@@ -40,6 +40,20 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def zero_masks(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(weight, where it is non-zero) for every weight matrix or kernel holding zeros: what unstructured and N:M
+    pruning zeroed, which any later training (KD recovery, quantization-aware distillation) must keep at zero."""
+    return [(p, p != 0) for name, p in model.named_parameters() if name.endswith("weight") and p.dim() > 1
+            and bool((p == 0).any())]
+
+
+@torch.no_grad()
+def keep_zeros(masks: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Zero the masked weights again (after an optimizer step moved them)."""
+    for weight, mask in masks:
+        weight.mul_(mask)
+
+
 def _torch_pruning():
     try:
         import torch_pruning

@@ -181,6 +181,7 @@ def qat_distill(model: nn.Module, teacher: nn.Module | np.ndarray, x: np.ndarray
     (float model, fake-quant model) so the fake-quant model can serve as a parity reference. `reduce_range`
     trains for 7-bit weights: pass what the export will use (`qat_export_onnx(..., reduce_range=)`).
     """
+    from edgekd.compress.prune import keep_zeros, zero_masks
     from edgekd.distill.losses import LOSSES
     from edgekd.distill.trainer import ResponseObjective, fit, predict_logits
 
@@ -198,8 +199,10 @@ def qat_distill(model: nn.Module, teacher: nn.Module | np.ndarray, x: np.ndarray
             qat_model(torch.from_numpy(np.ascontiguousarray(calibration, dtype=np.float32)))
     freeze_step = max(1, int(steps * freeze_at))
     done = [0]
+    masks = zero_masks(qat_model)  # a pruned model's zeros (fused ConvBn modules hold the conv's own weight)
 
     def after_step() -> None:
+        keep_zeros(masks)
         done[0] += 1
         if done[0] == freeze_step:
             freeze(qat_model)

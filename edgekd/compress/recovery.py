@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -28,11 +29,6 @@ class CompressOutcome:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def _zero_masks(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(p, p != 0) for name, p in model.named_parameters() if name.endswith("weight") and p.dim() > 1
-            and bool((p == 0).any())]
-
-
 def _describe_loss(name: str, params: dict[str, Any]) -> str:
     """The recovery loss for the lineage: kd as 'T=4.0, α=0.9', others by name and parameters."""
     if name == "kd" and set(params) == {"temperature", "alpha"}:
@@ -45,7 +41,7 @@ def compress_and_recover(recipe: Recipe, splits: "Splits", source: nn.Module, te
     """Prune a copy of `source` as `recipe.compress.prune` says, then distil from `teacher` for
     `recovery.epochs` passes over the transfer set with the recipe's response loss (distill.loss: its name,
     temperature, alpha and params; distill.features terms are not used, the pruned layers may have changed)."""
-    from edgekd.compress.prune import prune, prune_to_budget
+    from edgekd.compress.prune import keep_zeros, prune, prune_to_budget, zero_masks
     from edgekd.distill.api import transfer_set
     from edgekd.distill.losses import LOSSES
     from edgekd.distill.strategies import response_params
@@ -77,12 +73,7 @@ def compress_and_recover(recipe: Recipe, splits: "Splits", source: nn.Module, te
     r = cfg.recovery
     if r.epochs > 0:
         x, target, _ = transfer_set(recipe, splits)
-        masks = _zero_masks(result.model)
-
-        def keep_zeros() -> None:
-            with torch.no_grad():
-                for weight, mask in masks:
-                    weight.mul_(mask)
+        masks = zero_masks(result.model)
 
         loss = recipe.distill.loss
         t = recipe.distill.train
@@ -90,7 +81,8 @@ def compress_and_recover(recipe: Recipe, splits: "Splits", source: nn.Module, te
         training = fit(result.model, x, target, loss_fn=LOSSES[loss.name], teacher_logits=predict_logits(teacher, x),
                        loss_params=params, steps=steps_for(len(x), t.batch_size, r.epochs), batch_size=t.batch_size,
                        lr=r.lr, weight_decay=t.weight_decay, seed=recipe.seed, val=(splits.x_val, splits.y_val),
-                       reporter=reporter, description="KD recovery", after_step=keep_zeros if masks else None)
+                       reporter=reporter, description="KD recovery",
+                       after_step=partial(keep_zeros, masks) if masks else None)
         steps.append(f"KD recovery: {r.epochs} epochs from the {r.teacher} ({_describe_loss(loss.name, params)})")
         metrics.update(accuracy_after_recovery=test_accuracy(result.model), recovery_steps=training.steps,
                        recovery_seconds=round(training.seconds, 2))
