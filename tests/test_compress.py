@@ -137,3 +137,23 @@ def test_a_high_ratio_keeps_one_group_of_channels_in_every_layer():
     # a budget just under the model's size is met (its grid tries 0.8 and 0.9, which used to remove nothing)
     fitted = prune_to_budget(copy.deepcopy(mlp), (64,), int(0.97 * count_parameters(mlp)))
     assert fitted.parameters_after <= 0.97 * count_parameters(mlp) and _widths(fitted.model) == [24, 10]
+
+
+def test_the_pruning_step_reports_what_was_removed_not_what_was_asked():
+    """Rounding to groups of 8 makes a 10% ratio remove a third of tiny_cnn's channels (8 + 16 → 8 + 8), and N:M
+    leaves a first conv with one input channel dense: the lineage and metrics say the measured share."""
+    from edgekd.compress.recovery import compress_and_recover
+    from edgekd.data import load_data
+
+    s = load_data("digits")
+    torch.manual_seed(0)
+    model = create_model("tiny_cnn", in_shape=s.input_shape, num_classes=10).eval()
+    for prune_cfg, step, measured in [
+            ({"method": "structured", "ratio": 0.1}, "structured pruning 10% of channels (multiples of 8; 33% removed)",
+             ("channels_removed", 8 / 24)),
+            ({"method": "nm"}, "2:4 sparsity (", ("sparsity", 0.5 * 16 * 8 * 9 / (8 * 9 + 16 * 8 * 9)))]:
+        recipe = edgekd.load_recipe({"compress": {"enabled": True, "prune": prune_cfg, "recovery": {"epochs": 0}}})
+        outcome = compress_and_recover(recipe, s, model, model)
+        assert outcome.steps[1].startswith(step)
+        key, value = measured
+        assert outcome.metrics[key] == pytest.approx(value) and outcome.plan[key] == pytest.approx(value)

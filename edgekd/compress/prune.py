@@ -54,6 +54,13 @@ def keep_zeros(masks: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         weight.mul_(mask)
 
 
+def _channels(model: nn.Module) -> int:
+    """Output channels and neurons of every prunable layer but the classifier: what structured pruning removes."""
+    classifier = _classifier(model)
+    return sum(m.out_channels if isinstance(m, nn.Conv2d) else m.out_features for m in model.modules()
+               if isinstance(m, PRUNABLE) and m is not classifier)
+
+
 def _torch_pruning():
     try:
         import torch_pruning
@@ -107,7 +114,7 @@ def prune_structured(model: nn.Module, in_shape: Sequence[int], ratio: float, *,
     """Remove `ratio` of the channels/neurons of every prunable layer (L2 magnitude), rounded to `round_to`."""
     _check_ratio(ratio)
     tp = _torch_pruning()
-    before = count_parameters(model)
+    before, channels = count_parameters(model), _channels(model)
     ignored = [_classifier(model), *_skipped(model, skip)]
     example = torch.zeros(2, *in_shape)
     model.eval()
@@ -139,8 +146,10 @@ def prune_structured(model: nn.Module, in_shape: Sequence[int], ratio: float, *,
     except Exception as exc:
         raise CompressionError(f"the pruned {type(model).__name__} no longer runs", why=first_line(exc),
                                fix="skip the layer named in the error (compress.prune.skip)") from None
+    # measured: rounding to round_to groups (and skipped layers) make it differ from the ratio asked for
+    removed = 1 - _channels(model) / channels
     return PruneResult(model, {"method": "structured", "ratio": float(ratio), "round_to": round_to,
-                               "skip": list(skip), "history": history},
+                               "skip": list(skip), "history": history, "channels_removed": removed},
                        parameters_before=before, parameters_after=after)
 
 
@@ -181,7 +190,8 @@ def prune_nm(model: nn.Module, n: int = 2, m: int = 4, *, skip: Sequence[str] = 
     if not 0 < n < m:
         raise CompressionError(f"N:M sparsity needs 0 < N < M, got {n}:{m}", fix="use 2:4")
     zeros = 0
-    for w in _weights(model, _skipped(model, skip)):
+    weights = _weights(model, _skipped(model, skip))
+    for w in weights:
         moved = w.movedim(1, -1).contiguous()  # input channels last (a Linear weight stays as it is)
         flat = moved.reshape(-1, moved.shape[-1])
         cols = flat.shape[1] - flat.shape[1] % m
@@ -195,7 +205,9 @@ def prune_nm(model: nn.Module, n: int = 2, m: int = 4, *, skip: Sequence[str] = 
         w.copy_(flat.reshape(moved.shape).movedim(-1, 1))
         zeros += int((~mask).sum())
     total = count_parameters(model)
-    return PruneResult(model, {"method": "nm", "n": n, "m": m, "skip": list(skip)},
+    # measured: layers with fewer than m input channels, and channels past the last full group, stay dense
+    sparsity = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    return PruneResult(model, {"method": "nm", "n": n, "m": m, "skip": list(skip), "sparsity": sparsity},
                        parameters_before=total, parameters_after=total, zeros=zeros,
                        notes=[f"{n}:{m} sparsity pays off on sparse tensor cores (e.g. Ampere GPUs); CPU runtimes "
                               "run the zeros densely"])
@@ -223,7 +235,8 @@ def prune_to_budget(model: nn.Module, in_shape: Sequence[int], max_parameters: i
 
     before = count_parameters(model)
     if before <= max_parameters:
-        return PruneResult(model, {"method": "structured", "ratio": 0.0, "history": [], "skip": list(skip)},
+        return PruneResult(model, {"method": "structured", "ratio": 0.0, "history": [], "skip": list(skip),
+                                   "channels_removed": 0.0},
                            parameters_before=before, parameters_after=before)
     grid = [0.1 * k for k in range(1, 10)]
     sizes = {r: size(r) for r in grid}

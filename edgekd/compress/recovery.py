@@ -58,17 +58,22 @@ def compress_and_recover(recipe: Recipe, splits: "Splits", source: nn.Module, te
     model = copy.deepcopy(source)
     if p.method == "structured" and p.max_parameters is not None:
         result = prune_to_budget(model, splits.input_shape, p.max_parameters, round_to=p.round_to, skip=p.skip)
-        what = f"structured pruning to ≤ {p.max_parameters:,} parameters (ratio {result.plan['ratio']:.3f})"
+        what = (f"structured pruning to ≤ {p.max_parameters:,} parameters (ratio {result.plan['ratio']:.3f}, "
+                f"{result.plan['channels_removed']:.0%} of channels removed)")
     else:
         result = prune(model, splits.input_shape, p.method, p.ratio, round_to=p.round_to, skip=p.skip, nm=p.nm)
-        what = {"structured": f"structured pruning {p.ratio:.0%} of channels (multiples of {p.round_to})",
-                "unstructured": f"unstructured magnitude pruning {p.ratio:.0%} of weights",
-                "nm": f"{p.nm[0]}:{p.nm[1]} sparsity"}[p.method]
+        what = {"structured": f"structured pruning {p.ratio:.0%} of channels (multiples of {p.round_to}; "
+                              f"{result.plan.get('channels_removed', 0):.0%} removed)",
+                "unstructured": f"unstructured magnitude pruning {p.ratio:.0%} of weights "
+                                f"({result.plan.get('sparsity', 0):.0%} zero)",
+                "nm": f"{p.nm[0]}:{p.nm[1]} sparsity ({result.plan.get('sparsity', 0):.0%} of the prunable weights "
+                      "zero)"}[p.method]
     steps = [f"{cfg.source} checkpoint", what]
     after_prune = test_accuracy(result.model)
     metrics: dict[str, Any] = {
         "method": p.method, "parameters_before": result.parameters_before, "parameters_after": result.parameters_after,
-        "zeroed_weights": result.zeros, "accuracy_before": before, "accuracy_after_prune": after_prune,
+        "zeroed_weights": result.zeros, "channels_removed": result.plan.get("channels_removed"),
+        "sparsity": result.plan.get("sparsity"), "accuracy_before": before, "accuracy_after_prune": after_prune,
         "notes": result.notes}
     r = cfg.recovery
     if r.epochs > 0:
