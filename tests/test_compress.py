@@ -157,3 +157,23 @@ def test_the_pruning_step_reports_what_was_removed_not_what_was_asked():
         assert outcome.steps[1].startswith(step)
         key, value = measured
         assert outcome.metrics[key] == pytest.approx(value) and outcome.plan[key] == pytest.approx(value)
+
+
+class _HeadDefinedFirst(nn.Module):
+    """A model whose classifier is defined before its body: the last Linear defined is not the one that runs last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(32, 10)
+        self.body = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+@pytest.mark.parametrize("method", ["structured", "unstructured", "nm"])
+def test_the_classifier_is_the_layer_the_forward_runs_last(method):
+    torch.manual_seed(0)
+    result = prune(_HeadDefinedFirst().eval(), (64,), method, 0.5)
+    assert result.model(torch.randn(3, 64)).shape == (3, 10)  # every class kept
+    assert bool((result.model.head.weight != 0).all())  # and its weights are not pruned

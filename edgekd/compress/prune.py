@@ -54,9 +54,8 @@ def keep_zeros(masks: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         weight.mul_(mask)
 
 
-def _channels(model: nn.Module) -> int:
+def _channels(model: nn.Module, classifier: nn.Module) -> int:
     """Output channels and neurons of every prunable layer but the classifier: what structured pruning removes."""
-    classifier = _classifier(model)
     return sum(m.out_channels if isinstance(m, nn.Conv2d) else m.out_features for m in model.modules()
                if isinstance(m, PRUNABLE) and m is not classifier)
 
@@ -95,12 +94,27 @@ def _check_ratio(ratio: float) -> None:
                                fix="use e.g. 0.25, 0.5 or 0.75")
 
 
-def _classifier(model: nn.Module) -> nn.Module:
-    """The last Linear layer: its outputs are the classes and are never pruned."""
+def _classifier(model: nn.Module, in_shape: Sequence[int] | None = None) -> nn.Module:
+    """The Linear layer whose outputs are the classes, never pruned: the last one the forward runs (a model may
+    define its head before its body), or without `in_shape` the last one defined."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise CompressionError("the model has no Linear classifier layer", fix="prune a classifier model")
-    return linears[-1]
+    if in_shape is None:
+        return linears[-1]
+    ran: list[nn.Module] = []
+    hooks = [m.register_forward_hook(lambda module, _inputs, _output: ran.append(module)) for m in linears]
+    training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(2, *in_shape))
+    except Exception:  # noqa: BLE001 - a forward that fails here fails again, with its error, where it is pruned
+        pass
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(training)
+    return ran[-1] if ran else linears[-1]
 
 
 def _skipped(model: nn.Module, skip: Sequence[str]) -> list[nn.Module]:
@@ -114,8 +128,9 @@ def prune_structured(model: nn.Module, in_shape: Sequence[int], ratio: float, *,
     """Remove `ratio` of the channels/neurons of every prunable layer (L2 magnitude), rounded to `round_to`."""
     _check_ratio(ratio)
     tp = _torch_pruning()
-    before, channels = count_parameters(model), _channels(model)
-    ignored = [_classifier(model), *_skipped(model, skip)]
+    classifier = _classifier(model, in_shape)
+    before, channels = count_parameters(model), _channels(model, classifier)
+    ignored = [classifier, *_skipped(model, skip)]
     example = torch.zeros(2, *in_shape)
     model.eval()
     try:
@@ -147,22 +162,23 @@ def prune_structured(model: nn.Module, in_shape: Sequence[int], ratio: float, *,
         raise CompressionError(f"the pruned {type(model).__name__} no longer runs", why=first_line(exc),
                                fix="skip the layer named in the error (compress.prune.skip)") from None
     # measured: rounding to round_to groups (and skipped layers) make it differ from the ratio asked for
-    removed = 1 - _channels(model) / channels
+    removed = 1 - _channels(model, classifier) / channels
     return PruneResult(model, {"method": "structured", "ratio": float(ratio), "round_to": round_to,
                                "skip": list(skip), "history": history, "channels_removed": removed},
                        parameters_before=before, parameters_after=after)
 
 
-def _weights(model: nn.Module, skip_modules: list[nn.Module]) -> list[torch.Tensor]:
-    keep_dense = {id(m) for m in skip_modules} | {id(_classifier(model))}
+def _weights(model: nn.Module, skip_modules: list[nn.Module], in_shape: Sequence[int] | None) -> list[torch.Tensor]:
+    keep_dense = {id(m) for m in skip_modules} | {id(_classifier(model, in_shape))}
     return [m.weight for m in model.modules() if isinstance(m, PRUNABLE) and id(m) not in keep_dense]
 
 
 @torch.no_grad()
-def prune_unstructured(model: nn.Module, ratio: float, *, skip: Sequence[str] = ()) -> PruneResult:
+def prune_unstructured(model: nn.Module, ratio: float, *, skip: Sequence[str] = (),
+                       in_shape: Sequence[int] | None = None) -> PruneResult:
     """Zero the `ratio` smallest-magnitude weights over all prunable layers (global threshold)."""
     _check_ratio(ratio)
-    weights = _weights(model, _skipped(model, skip))
+    weights = _weights(model, _skipped(model, skip), in_shape)
     flat = torch.cat([w.abs().flatten() for w in weights])
     threshold = torch.quantile(flat, float(ratio)) if flat.numel() < 16_000_000 else flat.kthvalue(
         max(1, int(ratio * flat.numel()))).values
@@ -180,7 +196,8 @@ def prune_unstructured(model: nn.Module, ratio: float, *, skip: Sequence[str] = 
 
 
 @torch.no_grad()
-def prune_nm(model: nn.Module, n: int = 2, m: int = 4, *, skip: Sequence[str] = ()) -> PruneResult:
+def prune_nm(model: nn.Module, n: int = 2, m: int = 4, *, skip: Sequence[str] = (),
+             in_shape: Sequence[int] | None = None) -> PruneResult:
     """N:M sparsity: in every group of m consecutive input channels keep the n largest weights (2:4 by default).
 
     Groups run along the input channels at each output channel and kernel position, as sparse tensor cores
@@ -190,7 +207,7 @@ def prune_nm(model: nn.Module, n: int = 2, m: int = 4, *, skip: Sequence[str] = 
     if not 0 < n < m:
         raise CompressionError(f"N:M sparsity needs 0 < N < M, got {n}:{m}", fix="use 2:4")
     zeros = 0
-    weights = _weights(model, _skipped(model, skip))
+    weights = _weights(model, _skipped(model, skip), in_shape)
     for w in weights:
         moved = w.movedim(1, -1).contiguous()  # input channels last (a Linear weight stays as it is)
         flat = moved.reshape(-1, moved.shape[-1])
@@ -218,9 +235,9 @@ def prune(model: nn.Module, in_shape: Sequence[int], method: Method, ratio: floa
     if method == "structured":
         return prune_structured(model, in_shape, ratio, round_to=round_to, skip=skip)
     if method == "unstructured":
-        return prune_unstructured(model, ratio, skip=skip)
+        return prune_unstructured(model, ratio, skip=skip, in_shape=in_shape)
     if method == "nm":
-        return prune_nm(model, *nm, skip=skip)
+        return prune_nm(model, *nm, skip=skip, in_shape=in_shape)
     raise CompressionError(f"unknown pruning method '{method}'", fix="use structured, unstructured or nm")
 
 
