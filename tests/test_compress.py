@@ -177,3 +177,9 @@ def test_the_classifier_is_the_layer_the_forward_runs_last(method):
     result = prune(_HeadDefinedFirst().eval(), (64,), method, 0.5)
     assert result.model(torch.randn(3, 64)).shape == (3, 10)  # every class kept
     assert bool((result.model.head.weight != 0).all())  # and its weights are not pruned
+
+
+@pytest.mark.parametrize("method", ["unstructured", "nm"])
+def test_nothing_left_to_zero_is_a_clear_error(method):
+    with pytest.raises(CompressionError, match="no weights to prune"):  # was a ValueError / ZeroDivisionError
+        prune(_model("mlp", {"width": 32}), (64,), method, 0.5, skip=["net.1"])

@@ -170,7 +170,12 @@ def prune_structured(model: nn.Module, in_shape: Sequence[int], ratio: float, *,
 
 def _weights(model: nn.Module, skip_modules: list[nn.Module], in_shape: Sequence[int] | None) -> list[torch.Tensor]:
     keep_dense = {id(m) for m in skip_modules} | {id(_classifier(model, in_shape))}
-    return [m.weight for m in model.modules() if isinstance(m, PRUNABLE) and id(m) not in keep_dense]
+    weights = [m.weight for m in model.modules() if isinstance(m, PRUNABLE) and id(m) not in keep_dense]
+    if not weights:
+        raise CompressionError(f"{type(model).__name__} has no weights to prune",
+                               why="its only Linear/Conv2d layers are the classifier (kept dense) and the skipped ones",
+                               fix="remove layers from compress.prune.skip, or compress a model with hidden layers")
+    return weights
 
 
 @torch.no_grad()
