@@ -4,7 +4,9 @@ once compressed, but dense runtimes do not run them faster — reported honestly
 
 Structured pruning uses torch-pruning's dependency graph (no hand-written graph walking): removing a
 conv's output channels also removes the matching BatchNorm entries and the next layer's input channels.
-Channel counts are rounded to multiples of `round_to` (8 by default), which CPU kernels handle best.
+Channel counts are rounded to multiples of `round_to` (8 by default), which CPU kernels handle best; every
+layer keeps at least one group, and the share really removed is measured (`channels_removed`).
+The classifier (the last Linear the forward runs) keeps its outputs.
 The plan (torch-pruning's pruning history: which layer lost which channels) is stored with the
 checkpoint, so `rebuild` turns a fresh model of the same family into the pruned architecture again.
 """
