@@ -176,18 +176,30 @@ def compress_inputs(ctx: Context) -> dict[str, Any]:
 def compress_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     """Prune the source model, then win back accuracy with KD fine-tuning; accuracy is measured at each step."""
     from edgekd.compress.recovery import compress_and_recover
-    from edgekd.distill.lineage import checkpoint_generation
 
     cfg = ctx.recipe.compress
     source = ctx.trained(cfg.source)
     teacher = ctx.trained("teacher" if cfg.recovery.teacher == "teacher" else cfg.source)
     outcome = compress_and_recover(ctx.recipe, ctx.splits, source, teacher, reporter=ctx.reporter)
     metrics = {**_evaluate(outcome.model, ctx), **outcome.metrics}
-    source_generation = checkpoint_generation(ctx.rundir.checkpoints / f"{cfg.source}.pt")
     path = _save(outcome.model, ctx, "compressed", metrics, architecture=cfg.source, prune_plan=outcome.plan,
-                 steps=outcome.steps, generation=source_generation,
+                 steps=outcome.steps, generation=compressed_generation(ctx),
                  source_checkpoint_sha256=sha256_file(ctx.rundir.checkpoints / f"{cfg.source}.pt"))
     return [path], {"metrics": metrics, "steps": outcome.steps}
+
+
+def compressed_generation(ctx: Context) -> int:
+    """The compressed model's generation (edgekd.distill.lineage): its source's, or, when KD recovery trains it,
+    one more than the recovery teacher's (a pruned teacher recovered from itself is a distilled model, generation
+    1; a student recovered from itself, generation 2), whichever is higher."""
+    from edgekd.distill.lineage import checkpoint_generation
+
+    cfg = ctx.recipe.compress
+    source = checkpoint_generation(ctx.rundir.checkpoints / f"{cfg.source}.pt")
+    if cfg.recovery.epochs <= 0:
+        return source
+    teacher = source if cfg.recovery.teacher != "teacher" else checkpoint_generation(ctx.rundir.checkpoints / "teacher.pt")
+    return max(source, teacher + 1)
 
 
 # -- export --------------------------------------------------------------------------------

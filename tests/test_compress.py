@@ -183,3 +183,21 @@ def test_the_classifier_is_the_layer_the_forward_runs_last(method):
 def test_nothing_left_to_zero_is_a_clear_error(method):
     with pytest.raises(CompressionError, match="no weights to prune"):  # was a ValueError / ZeroDivisionError
         prune(_model("mlp", {"width": 32}), (64,), method, 0.5, skip=["net.1"])
+
+
+@pytest.mark.parametrize("source, recovery_teacher, epochs, generation", [
+    ("teacher", "teacher", 2, 1),        # a pruned teacher distilled from the teacher is a distilled model
+    ("teacher", "teacher", 0, 0),        # pruned only: still trained on data
+    ("student", "teacher", 2, 1),        # the student is generation 1 already
+    ("student", "uncompressed", 2, 2),   # recovered from itself: a distilled student's student
+])
+def test_the_compressed_models_generation_follows_its_recovery_teacher(tiny_run, source, recovery_teacher, epochs,
+                                                                       generation):
+    from types import SimpleNamespace
+
+    from edgekd.stages import compressed_generation
+
+    recipe = tiny_run.recipe.model_copy(deep=True)
+    recipe.compress.source, recipe.compress.recovery.teacher = source, recovery_teacher
+    recipe.compress.recovery.epochs = epochs
+    assert compressed_generation(SimpleNamespace(recipe=recipe, rundir=tiny_run.rundir)) == generation
