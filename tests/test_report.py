@@ -57,6 +57,9 @@ def test_compression_accuracy_at_each_step(run):
     assert (f"{c['accuracy_before']:.2%} before pruning → {c['accuracy_after_prune']:.2%} after pruning → "
             f"{c['accuracy_after_recovery']:.2%} after KD recovery") in sentence
     assert "<h2>Compression</h2>" in html and f"{c['accuracy_after_recovery']:.2%}" in html
+    # what pruning measurably removed, not the ratio asked for (rounding to round_to groups moves it)
+    removed = f"{metrics['channels_removed']:.0%} of channels removed"
+    assert c["channels_removed"] == metrics["channels_removed"] and removed in sentence and removed in html
     assert summary["models"]["compressed"]["parameters"] == c["parameters_after"]
 
 

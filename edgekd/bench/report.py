@@ -179,8 +179,8 @@ def _compression(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
     """The compress stage's accuracy before pruning, after pruning and after KD recovery (test split)."""
     if not metrics or "accuracy_before" not in metrics:
         return None
-    keys = ("method", "parameters_before", "parameters_after", "zeroed_weights", "accuracy_before",
-            "accuracy_after_prune", "accuracy_after_recovery", "recovery_steps", "notes")
+    keys = ("method", "parameters_before", "parameters_after", "zeroed_weights", "channels_removed", "sparsity",
+            "accuracy_before", "accuracy_after_prune", "accuracy_after_recovery", "recovery_steps", "notes")
     return {k: metrics.get(k) for k in keys}
 
 
@@ -404,7 +404,19 @@ def _compression_finding(c: dict[str, Any]) -> str:
                  else f" → {c['accuracy_after_recovery']:.2%} after KD recovery")
     return (f"Compression ({c.get('method')}): test accuracy {c['accuracy_before']:.2%} before pruning → "
             f"{c['accuracy_after_prune']:.2%} after pruning{recovered}; parameters "
-            f"{c.get('parameters_before') or 0:,} → {c.get('parameters_after') or 0:,}.")
+            f"{c.get('parameters_before') or 0:,} → {c.get('parameters_after') or 0:,}"
+            + (f" ({_pruned_share(c)})." if _pruned_share(c) else "."))
+
+
+def _pruned_share(c: dict[str, Any]) -> str | None:
+    """What pruning measurably removed: the share of channels (structured: rounding to round_to groups makes it
+    differ from the ratio asked for) or of the prunable weights now zero (unstructured, N:M); None for a stage
+    recorded before it was measured."""
+    if c.get("channels_removed") is not None:
+        return f"{c['channels_removed']:.0%} of channels removed"
+    if c.get("sparsity") is not None:
+        return f"{c['sparsity']:.0%} of the prunable weights zero"
+    return None
 
 
 # -- HTML -----------------------------------------------------------------------------------
@@ -542,9 +554,9 @@ def _compression_html(c: dict[str, Any] | None) -> str:
         return ""
     e = html.escape
     cells = [c.get("method"), _fmt(c.get("parameters_before"), ","), _fmt(c.get("parameters_after"), ","),
-             _fmt(c.get("accuracy_before"), ".2%"), _fmt(c.get("accuracy_after_prune"), ".2%"),
+             _pruned_share(c) or "–", _fmt(c.get("accuracy_before"), ".2%"), _fmt(c.get("accuracy_after_prune"), ".2%"),
              _fmt(c.get("accuracy_after_recovery"), ".2%", "no recovery")]
-    header = ["method", "params before", "params after", "accuracy before pruning", "after pruning",
+    header = ["method", "params before", "params after", "removed (measured)", "accuracy before pruning", "after pruning",
               "after KD recovery"]
     notes = "".join(f"<li>{e(str(n))}</li>" for n in c.get("notes") or [])
     return ("<h2>Compression</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr><tr>"
