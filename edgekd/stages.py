@@ -79,14 +79,20 @@ def teacher_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
 
 # -- distilled student ---------------------------------------------------------------------
 
-def distill_inputs(ctx: Context) -> dict[str, Any]:
+def _blackbox_inputs(ctx: Context) -> dict[str, Any]:
+    """The content of a black-box run's teacher outputs (a file or an artifact; a callable is known by name)."""
     from edgekd.distill.blackbox import artifact_in
 
     d = ctx.recipe.distill
-    extra: dict[str, Any] = {}
-    if d.strategy == "blackbox" and Path(d.blackbox.source).exists():
-        source = Path(d.blackbox.source)
-        extra["blackbox_sha256"] = sha256_file(artifact_in(source) if source.is_dir() else source)
+    if d.strategy != "blackbox" or not Path(d.blackbox.source).exists():
+        return {}
+    source = Path(d.blackbox.source)
+    return {"blackbox_sha256": sha256_file(artifact_in(source) if source.is_dir() else source)}
+
+
+def distill_inputs(ctx: Context) -> dict[str, Any]:
+    d = ctx.recipe.distill
+    extra = _blackbox_inputs(ctx)
     if d.strategy == "ensemble":
         extra["member_checkpoints"] = [sha256_file(m.checkpoint) if m.checkpoint and Path(m.checkpoint).is_file()
                                        else None for m in d.ensemble.members]
@@ -170,16 +176,17 @@ def compress_inputs(ctx: Context) -> dict[str, Any]:
     source = ctx.recipe.compress.source
     return {**_data_inputs(ctx), "source": ctx.hashes.get("distill" if source == "student" else "teacher"),
             "teacher": ctx.hashes.get("teacher"), "seed": ctx.recipe.seed,
-            **ctx.recipe.section("compress", "distill")}
+            **ctx.recipe.section("compress", "distill"), **_blackbox_inputs(ctx)}
 
 
 def compress_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     """Prune the source model, then win back accuracy with KD fine-tuning; accuracy is measured at each step."""
-    from edgekd.compress.recovery import compress_and_recover
+    from edgekd.compress.recovery import compress_and_recover, recovers_from_blackbox
 
     cfg = ctx.recipe.compress
     source = ctx.trained(cfg.source)
-    teacher = ctx.trained("teacher" if cfg.recovery.teacher == "teacher" else cfg.source)
+    teacher = (None if recovers_from_blackbox(ctx.recipe) else
+               ctx.trained("teacher" if cfg.recovery.teacher == "teacher" else cfg.source))
     outcome = compress_and_recover(ctx.recipe, ctx.splits, source, teacher, reporter=ctx.reporter)
     metrics = {**_evaluate(outcome.model, ctx), **outcome.metrics}
     path = _save(outcome.model, ctx, "compressed", metrics, architecture=cfg.source, prune_plan=outcome.plan,
@@ -192,13 +199,19 @@ def compressed_generation(ctx: Context) -> int:
     """The compressed model's generation (edgekd.distill.lineage): its source's, or, when KD recovery trains it,
     one more than the recovery teacher's (a pruned teacher recovered from itself is a distilled model, generation
     1; a student recovered from itself, generation 2), whichever is higher."""
+    from edgekd.compress.recovery import recovers_from_blackbox
     from edgekd.distill.lineage import checkpoint_generation
 
     cfg = ctx.recipe.compress
     source = checkpoint_generation(ctx.rundir.checkpoints / f"{cfg.source}.pt")
     if cfg.recovery.epochs <= 0:
         return source
-    teacher = source if cfg.recovery.teacher != "teacher" else checkpoint_generation(ctx.rundir.checkpoints / "teacher.pt")
+    if recovers_from_blackbox(ctx.recipe):
+        teacher = _blackbox_generation(ctx)
+    elif cfg.recovery.teacher == "teacher":
+        teacher = checkpoint_generation(ctx.rundir.checkpoints / "teacher.pt")
+    else:
+        teacher = source
     return max(source, teacher + 1)
 
 

@@ -201,3 +201,32 @@ def test_the_compressed_models_generation_follows_its_recovery_teacher(tiny_run,
     recipe.compress.source, recipe.compress.recovery.teacher = source, recovery_teacher
     recipe.compress.recovery.epochs = epochs
     assert compressed_generation(SimpleNamespace(recipe=recipe, rundir=tiny_run.rundir)) == generation
+
+
+def test_a_blackbox_run_recovers_from_the_blackbox_outputs_not_the_teacher_it_trains(tiny_run, tmp_path):
+    """The student of a black-box run learned from the black-box outputs; KD recovery from "the teacher" must use
+    them too (and count their generation), not the teacher the run trains for comparison, which it never saw."""
+    import numpy as np
+
+    from edgekd.compress.recovery import compress_and_recover, recovery_logits
+    from edgekd.distill.api import load_splits, transfer_set
+
+    recipe = tiny_run.recipe.model_copy(deep=True)
+    splits = load_splits(recipe)
+    # outputs no trained teacher would give: a fixed random class per training sample
+    outputs = np.random.default_rng(0).normal(size=(len(splits.x_train), splits.num_classes)).astype(np.float32)
+    np.save(tmp_path / "outputs.npy", outputs)
+    recipe.distill.blackbox.source = str(tmp_path / "outputs.npy")
+    recipe.distill.strategy = "blackbox"
+    recipe.compress.enabled, recipe.compress.recovery.epochs = True, 1
+    x, _, rows = transfer_set(recipe, splits)
+    np.testing.assert_array_equal(recovery_logits(recipe, splits, None, x, rows), outputs[rows])
+    outcome = compress_and_recover(recipe, splits, tiny_run_model(tiny_run, "student"), None)
+    assert "black-box teacher's outputs" in outcome.steps[-1]
+
+
+def tiny_run_model(run, role: str) -> nn.Module:
+    from edgekd.pipeline import Context
+    from edgekd.progress import SilentReporter
+
+    return Context(recipe=run.recipe, rundir=run.rundir, reporter=SilentReporter()).trained(role)

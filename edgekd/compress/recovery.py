@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -36,9 +37,33 @@ def _describe_loss(name: str, params: dict[str, Any]) -> str:
     return ", ".join([name, *(f"{k}={v}" for k, v in params.items())])
 
 
-def compress_and_recover(recipe: Recipe, splits: "Splits", source: nn.Module, teacher: nn.Module, *,
+def recovers_from_blackbox(recipe: Recipe) -> bool:
+    """Recovery from "the teacher" of a black-box run means the teacher the student learned from: its outputs
+    (distill.blackbox.source), not the teacher this run trains for comparison, which the student never saw."""
+    return recipe.compress.recovery.teacher == "teacher" and recipe.distill.strategy == "blackbox"
+
+
+def recovery_teacher_name(recipe: Recipe) -> str:
+    return "black-box teacher's outputs" if recovers_from_blackbox(recipe) else recipe.compress.recovery.teacher
+
+
+def recovery_logits(recipe: Recipe, splits: "Splits", teacher: nn.Module | None, x: np.ndarray,
+                    rows: np.ndarray) -> np.ndarray:
+    """The recovery teacher's logits on the transfer set `x` (rows `rows` of the training split)."""
+    from edgekd.distill.api import blackbox_logits_fn
+    from edgekd.distill.trainer import predict_logits
+
+    if recovers_from_blackbox(recipe):
+        return blackbox_logits_fn(recipe, splits, rows)()
+    if teacher is None:
+        raise ValueError("a recovery teacher model is needed outside black-box runs")
+    return predict_logits(teacher, x)
+
+
+def compress_and_recover(recipe: Recipe, splits: "Splits", source: nn.Module, teacher: nn.Module | None, *,
                          reporter: Reporter | None = None) -> CompressOutcome:
-    """Prune a copy of `source` as `recipe.compress.prune` says, then distil from `teacher` for
+    """Prune a copy of `source` as `recipe.compress.prune` says, then distil from `teacher` (in a black-box run
+    with recovery.teacher "teacher": from the black-box outputs, see recovers_from_blackbox) for
     `recovery.epochs` passes over the transfer set with the recipe's response loss (distill.loss: its name,
     temperature, alpha and params; distill.features terms are not used, the pruned layers may have changed)."""
     from edgekd.compress.prune import keep_zeros, prune, prune_to_budget, zero_masks
@@ -77,18 +102,19 @@ def compress_and_recover(recipe: Recipe, splits: "Splits", source: nn.Module, te
         "notes": result.notes}
     r = cfg.recovery
     if r.epochs > 0:
-        x, target, _ = transfer_set(recipe, splits)
+        x, target, rows = transfer_set(recipe, splits)
         masks = zero_masks(result.model)
 
         loss = recipe.distill.loss
         t = recipe.distill.train
         params = response_params(loss)
-        training = fit(result.model, x, target, loss_fn=LOSSES[loss.name], teacher_logits=predict_logits(teacher, x),
+        training = fit(result.model, x, target, loss_fn=LOSSES[loss.name], teacher_logits=recovery_logits(recipe, splits, teacher, x, rows),
                        loss_params=params, steps=steps_for(len(x), t.batch_size, r.epochs), batch_size=t.batch_size,
                        lr=r.lr, weight_decay=t.weight_decay, seed=recipe.seed, val=(splits.x_val, splits.y_val),
                        reporter=reporter, description="KD recovery",
                        after_step=partial(keep_zeros, masks) if masks else None)
-        steps.append(f"KD recovery: {r.epochs} epochs from the {r.teacher} ({_describe_loss(loss.name, params)})")
+        steps.append(f"KD recovery: {r.epochs} epochs from the {recovery_teacher_name(recipe)} "
+                     f"({_describe_loss(loss.name, params)})")
         metrics.update(accuracy_after_recovery=test_accuracy(result.model), recovery_steps=training.steps,
                        recovery_seconds=round(training.seconds, 2))
     return CompressOutcome(result.model, result.plan, steps, metrics)
