@@ -172,10 +172,15 @@ class TextTeacher:
 
 
 def tokenize(tokenizer: Any, sentences: list[str], length: int) -> np.ndarray:
-    """Token ids padded (with the tokenizer's pad id) or truncated to `length`: int64 [n, length]."""
+    """Token ids padded (with the tokenizer's pad id) on the right or truncated to `length`: int64 [n, length].
+
+    Right padding always, whatever the folder's tokenizer_config says: the teacher's length batches and the
+    students' trim_padding cut trailing pad columns, and the exported graphs are fed right-padded ids; a
+    left-padding tokenizer would leave only padding after the cut (all-zero teacher embeddings)."""
     if not sentences:
         return np.zeros((0, length), np.int64)
-    enc = tokenizer(list(sentences), padding="max_length", truncation=True, max_length=length, return_tensors="np")
+    enc = tokenizer(list(sentences), padding="max_length", truncation=True, max_length=length, padding_side="right",
+                    return_tensors="np")
     return enc["input_ids"].astype(np.int64)
 
 

