@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edgekd.text.teacher import default_teacher_folder, load_teacher
 
@@ -28,3 +29,31 @@ def test_a_left_padding_tokenizer_still_gives_right_padded_ids_and_real_embeddin
     right = load_teacher()
     expected = right.embed(right.tokenize(sentences, 32))
     np.testing.assert_allclose(left.embed(ids), expected, atol=1e-5)
+
+
+TEXT_RECIPE = Path(__file__).parent / "recipes" / "text_tiny.yaml"
+
+
+def _recipe_with(tmp_path: Path, old: str, new: str) -> Path:
+    path = tmp_path / "text.yaml"
+    text = TEXT_RECIPE.read_text()
+    assert old in text, f"{old!r} is not in {TEXT_RECIPE}"
+    path.write_text(text.replace(old, new))
+    return path
+
+
+def test_a_training_length_past_the_transformer_students_positions_fails_at_recipe_load(tmp_path: Path) -> None:
+    """text_transformer has positions for device_length tokens; training ids of train_length > device_length
+    made distillation crash with a raw size mismatch, after the teacher had embedded the corpus."""
+    import edgekd
+    from edgekd.errors import RecipeError
+
+    longer = "train_length: 48, device_length: 32"
+    recipe = _recipe_with(tmp_path, "train_length: 32, device_length: 32", longer)
+    with pytest.raises(RecipeError, match=r"train_length \(48\) is longer than data.text.device_length \(32\)"):
+        edgekd.load_recipe(recipe)
+    # The bag has no positions: any training length is one it can take.
+    bag = _recipe_with(tmp_path, "family: text_transformer, params: {embed_dim: 16, hidden: 32, layers: 1, heads: 2, "
+                                 "ffn: 64}", "family: text_bag, params: {embed_dim: 16, hidden: 32}")
+    bag.write_text(bag.read_text().replace("train_length: 32, device_length: 32", longer))
+    assert edgekd.load_recipe(bag).data.text.train_length == 48
