@@ -57,3 +57,14 @@ def test_a_training_length_past_the_transformer_students_positions_fails_at_reci
                                  "ffn: 64}", "family: text_bag, params: {embed_dim: 16, hidden: 32}")
     bag.write_text(bag.read_text().replace("train_length: 32, device_length: 32", longer))
     assert edgekd.load_recipe(bag).data.text.train_length == 48
+
+
+def test_too_few_labelled_sentences_name_the_recipe_field_to_raise() -> None:
+    """The fix named `data.per_class`, a field the recipe does not have (strict: it would be refused)."""
+    from edgekd.errors import DataError
+    from edgekd.recipe import TextDataConfig
+    from edgekd.text.corpus import build_corpus
+
+    with pytest.raises(DataError, match="too few to split") as caught:
+        build_corpus(per_class=1, unlabelled=0, seed=0)  # all 8 labelled sentences land in the training part
+    assert "data.text.per_class" in caught.value.fix and "per_class" in TextDataConfig.model_fields

@@ -257,5 +257,5 @@ def build_corpus(packages: tuple[str, ...] | list[str] = DEFAULT_PACKAGES, *, pe
     held_out = np.array([is_held_out(s) for s in sentences], dtype=bool)
     if not (held_out & (labels_array >= 0)).any() or not (~held_out & (labels_array >= 0)).any():
         raise DataError(f"the text corpus has {len(sentences)} sentences: too few to split into training and "
-                        "held-out parts", fix="raise data.per_class")
+                        "held-out parts", fix="raise data.text.per_class")
     return TextCorpus(sentences, labels_array, held_out, list(by_class))
