@@ -59,6 +59,25 @@ def test_a_training_length_past_the_transformer_students_positions_fails_at_reci
     assert edgekd.load_recipe(bag).data.text.train_length == 48
 
 
+def test_the_held_out_split_is_the_documented_hash() -> None:
+    """README: held out when the first 4 bytes of the sentence's SHA-256, little-endian, are divisible by 5.
+    Pinned on sentences where the whole digest mod 5 (what the README said before) disagrees, so a change of
+    the hash, which would move every recorded number, cannot pass unnoticed."""
+    import hashlib
+
+    from edgekd.text.corpus import is_held_out
+
+    pinned = {"If no free slot is immediately available, raise QueueFull.": False,
+              "Get the complete domain name from an address.": False,
+              "Most of the time you start by creating a cookie.": False,
+              "This runs an HTTP server on port 8000 (or the port argument).": True}
+    for sentence, held in pinned.items():
+        digest = hashlib.sha256(sentence.encode()).digest()
+        assert (int.from_bytes(digest[:4], "little") % 5 == 0) == held
+        assert (int.from_bytes(digest, "big") % 5 == 0) != held  # the whole-digest rule would split it otherwise
+        assert is_held_out(sentence) == held
+
+
 def test_too_few_labelled_sentences_name_the_recipe_field_to_raise() -> None:
     """The fix named `data.per_class`, a field the recipe does not have (strict: it would be refused)."""
     from edgekd.errors import DataError
