@@ -26,6 +26,7 @@ def test_a_left_padding_tokenizer_still_gives_right_padded_ids_and_real_embeddin
     assert left.tokenizer.padding_side == "left"  # the folder really asks for it
     ids = left.tokenize(sentences, 32)
     assert (ids[:, 0] == left.tokenizer.cls_token_id).all() and (ids[:, -1] == left.pad_id).all()
+    assert left.tokenizer.padding_side == "left"  # the caller's tokenizer is left as it was
     right = load_teacher()
     expected = right.embed(right.tokenize(sentences, 32))
     np.testing.assert_allclose(left.embed(ids), expected, atol=1e-5)

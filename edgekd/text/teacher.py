@@ -183,8 +183,14 @@ def tokenize(tokenizer: Any, sentences: list[str], length: int) -> np.ndarray:
     left-padding tokenizer would leave only padding after the cut (all-zero teacher embeddings)."""
     if not sentences:
         return np.zeros((0, length), np.int64)
-    enc = tokenizer(list(sentences), padding="max_length", truncation=True, max_length=length, padding_side="right",
-                    return_tensors="np")
+    # Set as the attribute, and restored: a padding_side argument needs transformers >= 4.45 (the [hf] extra
+    # allows 4.41).
+    side, tokenizer.padding_side = tokenizer.padding_side, "right"
+    try:
+        enc = tokenizer(list(sentences), padding="max_length", truncation=True, max_length=length,
+                        return_tensors="np")
+    finally:
+        tokenizer.padding_side = side
     return enc["input_ids"].astype(np.int64)
 
 
