@@ -88,3 +88,19 @@ def test_too_few_labelled_sentences_name_the_recipe_field_to_raise() -> None:
     with pytest.raises(DataError, match="too few to split") as caught:
         build_corpus(per_class=1, unlabelled=0, seed=0)  # all 8 labelled sentences land in the training part
     assert "data.text.per_class" in caught.value.fix and "per_class" in TextDataConfig.model_fields
+
+
+def test_the_teacher_embeds_exactly_as_the_sentence_transformers_library() -> None:
+    """README: mean pooling as sentence-transformers does. Checked against the library itself, at its own
+    max_seq_length (256), on a sentence long enough to matter and a short one padded beside it."""
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    folder = default_teacher_folder()
+    reference = sentence_transformers.SentenceTransformer(str(folder), device="cpu")
+    assert reference.max_seq_length == 256
+    sentences = ["A cat sits on the mat.",
+                 "Specifying any command resuming execution (currently continue, step, next, return, jump, quit and "
+                 "their abbreviations) terminates the command list (as if that command was immediately followed "
+                 "by end)."]
+    teacher = load_teacher(folder)
+    np.testing.assert_allclose(teacher.embed(teacher.tokenize(sentences, 256)), reference.encode(sentences),
+                               atol=1e-5)
