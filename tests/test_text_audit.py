@@ -104,3 +104,16 @@ def test_the_teacher_embeds_exactly_as_the_sentence_transformers_library() -> No
     teacher = load_teacher(folder)
     np.testing.assert_allclose(teacher.embed(teacher.tokenize(sentences, 256)), reference.encode(sentences),
                                atol=1e-5)
+
+
+def test_a_class_without_a_training_sentence_is_refused_when_the_corpus_is_built() -> None:
+    """With 3 sentences per class and data.seed 4, all of typing's land in the held-out part: the teacher's
+    head got 7 outputs for 8 classes and distillation crashed (internal error) after the teacher's work."""
+    from edgekd.errors import DataError
+    from edgekd.text.corpus import build_corpus
+
+    with pytest.raises(DataError, match="class\\(es\\) typing of the labelled text have no training sentence") as caught:
+        build_corpus(per_class=3, unlabelled=0, seed=4)
+    assert "data.text.per_class" in caught.value.fix and "data.text.packages" in caught.value.fix
+    corpus = build_corpus(per_class=3, unlabelled=0, seed=0)  # every class trains: built as before
+    assert set(corpus.labels[corpus.part(held_out=False)].tolist()) == set(range(8))

@@ -258,4 +258,12 @@ def build_corpus(packages: tuple[str, ...] | list[str] = DEFAULT_PACKAGES, *, pe
     if not (held_out & (labels_array >= 0)).any() or not (~held_out & (labels_array >= 0)).any():
         raise DataError(f"the text corpus has {len(sentences)} sentences: too few to split into training and "
                         "held-out parts", fix="raise data.text.per_class")
-    return TextCorpus(sentences, labels_array, held_out, list(by_class))
+    names = list(by_class)
+    untrained = [names[c] for c in range(len(names)) if not (~held_out & (labels_array == c)).any()]
+    if untrained:  # the teacher's head would get fewer outputs than there are classes, and distillation crash
+        raise DataError(f"class(es) {', '.join(untrained)} of the labelled text have no training sentence",
+                        why="each of their sentences falls in the held-out part (the split is fixed by a hash of "
+                            "the sentence), so nothing could learn them",
+                        fix="raise data.text.per_class" + (", or drop them from data.text.packages"
+                                                           if labelled == "stdlib" else ""))
+    return TextCorpus(sentences, labels_array, held_out, names)
