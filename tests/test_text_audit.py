@@ -12,6 +12,8 @@ import pytest
 
 from edgekd.text.teacher import default_teacher_folder, load_teacher
 
+from conftest import import_or_skip
+
 
 def test_a_left_padding_tokenizer_still_gives_right_padded_ids_and_real_embeddings(tmp_path: Path) -> None:
     """A teacher folder whose tokenizer_config asks for left padding: the teacher's length batches keep the
@@ -93,7 +95,8 @@ def test_too_few_labelled_sentences_name_the_recipe_field_to_raise() -> None:
 def test_the_teacher_embeds_exactly_as_the_sentence_transformers_library() -> None:
     """README: mean pooling as sentence-transformers does. Checked against the library itself, at its own
     max_seq_length (256), on a sentence long enough to matter and a short one padded beside it."""
-    sentence_transformers = pytest.importorskip("sentence_transformers")
+    sentence_transformers = import_or_skip("sentence_transformers", "the sentence-transformers library is not "
+                                           "installed (it comes with the [hf] extra's dependencies)")
     folder = default_teacher_folder()
     reference = sentence_transformers.SentenceTransformer(str(folder), device="cpu")
     assert reference.max_seq_length == 256
