@@ -120,3 +120,30 @@ def test_a_class_without_a_training_sentence_is_refused_when_the_corpus_is_built
     assert "data.text.per_class" in caught.value.fix and "data.text.packages" in caught.value.fix
     corpus = build_corpus(per_class=3, unlabelled=0, seed=0)  # every class trains: built as before
     assert set(corpus.labels[corpus.part(held_out=False)].tolist()) == set(range(8))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "wrong rows", "not finite"])
+def test_a_damaged_teacher_cache_file_is_computed_again(tmp_path: Path, damage: str) -> None:
+    """A cached teacher array that is not what it should be (a bad copy, a full disk) is recomputed with a note,
+    not an internal error on every run (nor silently used)."""
+    from types import SimpleNamespace
+
+    from edgekd.progress import SilentReporter
+    from edgekd.text.stages import _cached_teacher_array
+
+    notes: list[str] = []
+    reporter = SilentReporter()
+    reporter.note = notes.append  # type: ignore[method-assign]
+    ctx = SimpleNamespace(recipe=SimpleNamespace(output_dir=tmp_path), reporter=reporter,
+                          text=SimpleNamespace(teacher_folder=default_teacher_folder()))
+    cache = tmp_path / "cache" / "text-teacher" / "x.npy"
+    cache.parent.mkdir(parents=True)
+    good = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.save(cache, {"truncated": good, "wrong rows": good[:2], "not finite": good * np.nan}[damage])
+    if damage == "truncated":
+        cache.write_bytes(cache.read_bytes()[:-8])
+    got = _cached_teacher_array(ctx, "x.npy", "teacher embeddings", "embed", 3, lambda teacher, task: good)
+    np.testing.assert_array_equal(got, good)
+    assert any("damaged" in n for n in notes)
+    np.testing.assert_array_equal(np.load(cache), good)  # rewritten: the next run reuses it
+    assert _cached_teacher_array(ctx, "x.npy", "teacher embeddings", "embed", 3, lambda t, task: good * 0).sum() > 0

@@ -59,14 +59,29 @@ def _cached_teacher_array(ctx: Context, filename: str, what: str, description: s
 
     cache = ctx.recipe.output_dir / "cache" / "text-teacher" / filename
     if cache.is_file():
-        ctx.reporter.note(f"{what}: reused {cache}")
-        return np.load(cache, allow_pickle=False)
+        cached = _load_cached(cache, total)
+        if cached is not None:
+            ctx.reporter.note(f"{what}: reused {cache}")
+            return cached
+        ctx.reporter.note(f"{what}: {cache} is damaged (not an array of {total:,} rows); computing it again")
     teacher = load_teacher(ctx.text.teacher_folder)
     task = ctx.reporter.task(description, total)
     array = compute(teacher, task)
     task.close()
     cache.parent.mkdir(parents=True, exist_ok=True)
     atomic_save_array(cache, array)
+    return array
+
+
+def _load_cached(path: Path, rows: int) -> np.ndarray | None:
+    """A cached teacher array, or None when the file is not a finite float array of `rows` rows (a bad copy, a
+    full disk: edgekd's own writes are atomic); recomputing costs minutes, a wrong array the whole run."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if array.ndim != 2 or len(array) != rows or array.dtype.kind != "f" or not np.isfinite(array).all():
+        return None
     return array
 
 
