@@ -33,7 +33,8 @@ class DataConfig(_Strict):
     """Which data set, how it is split, and how many training labels the students may see."""
 
     name: str = Field("digits", description="data set from the registry (task: text ignores it)")
-    seed: int = Field(0, description="fixes the split")
+    seed: int = Field(0, description="fixes the split (task: text: which sentences are sampled; the split there "
+                                     "is fixed by a hash of each sentence)")
     val_fraction: float = Field(0.15, gt=0, lt=0.5, description="share held out for validation (stratified)")
     test_fraction: float = Field(0.15, gt=0, lt=0.5, description="share held out for the test split, which "
                                  "accuracy and parity are measured on")
