@@ -148,7 +148,10 @@ def export(checkpoint: Path = typer.Argument(..., help="an edgekd checkpoint (<r
            precision: List[str] = typer.Option(["fp32", "int8_static", "int8_dynamic"], "--precision",
                                                help="fp32, int8_static, int8_dynamic or int4 (repeatable)"),
            min_agreement: float = typer.Option(0.99, min=0.0, max=1.0,
-                                               help="parity threshold: top-1 agreement with PyTorch")) -> None:
+                                               help="parity threshold: top-1 agreement with PyTorch"),
+           device: List[str] = typer.Option([], "--device", help="device profile the artifacts are for "
+                                            "(repeatable): ONNX INT8 picks its weight grid for that CPU; "
+                                            "without one, 7-bit weights, right on every CPU")) -> None:
     """Export a checkpoint to ONNX / TFLite artifacts, each verified against the PyTorch model."""
     from edgekd.console import RichReporter
     from edgekd.exporter import export_checkpoint
@@ -157,7 +160,7 @@ def export(checkpoint: Path = typer.Argument(..., help="an edgekd checkpoint (<r
     writable_dir(output_dir, fix="choose a writable folder with --output-dir")
     with RichReporter(console) as reporter:
         artifacts = export_checkpoint(checkpoint, output_dir, formats=list(fmt), precisions=list(precision),
-                                      min_agreement=min_agreement, reporter=reporter)
+                                      min_agreement=min_agreement, devices=list(device), reporter=reporter)
     for a in artifacts:
         p = a.parity
         console.print(f"{a.name}: {a.size_bytes / 1024:.1f} KiB, accuracy {p.accuracy:.2%}, agreement "

@@ -287,8 +287,17 @@ def floor_artifact(out_root: Path, fmt: str, in_shape: tuple[int, ...], options:
 def export_checkpoint(checkpoint: str | Path, output_dir: str | Path, *, formats: list[str] | None = None,
                       precisions: list[str] | None = None, opset: int = 18, min_agreement: float = 0.99,
                       min_agreement_int4: float = 0.97, calibration_samples: int = 256,
-                      reporter: Reporter | None = None) -> list[Artifact]:
-    """Export an edgekd checkpoint (it records its architecture and data set) to verified artifacts."""
+                      devices: list[str] | None = None, reporter: Reporter | None = None) -> list[Artifact]:
+    """Export an edgekd checkpoint (it records its architecture and data set) to verified artifacts.
+
+    `devices` (profile names or paths) are the devices the artifacts are for: ONNX INT8's reduce_range "auto"
+    decides for their CPUs (edgekd.compress.isa); without any, the CPU is unknown and weights are 7-bit."""
+    from edgekd.compress.isa import target_cpu
+    from edgekd.devices.profiles import find_profile
+
+    for device in devices or ():
+        find_profile(device)  # an unknown name or a bad profile is the user's mistake, said now
+    targets = tuple(target_cpu(device) for device in devices or ())
     from edgekd.checkpoints import load_weights, read_checkpoint
     from edgekd.data import load_data
     from edgekd.models import create_model
@@ -320,7 +329,8 @@ def export_checkpoint(checkpoint: str | Path, output_dir: str | Path, *, formats
     return export_model(model, role=role, formats=formats, precisions=list(precisions or PRECISIONS[:3]),
                         out_root=Path(output_dir), in_shape=splits.input_shape, x_test=splits.x_test,
                         y_test=splits.y_test, num_classes=splits.num_classes, x_select=splits.x_val,
-                        options=ExportOptions(opset=opset, calibration=calib), min_agreement=min_agreement,
+                        options=ExportOptions(opset=opset, calibration=calib, int8_targets=targets),
+                        min_agreement=min_agreement,
                         min_agreement_int4=min_agreement_int4,
                         lineage={"checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(checkpoint),
                                  **{k: v for k, v in meta.items() if k not in ("data",)}},

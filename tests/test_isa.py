@@ -329,3 +329,29 @@ def test_dynamic_int8_really_keeps_excluded_gemms_in_fp32(digits_mlp, tmp_path):
         ops = [n.op_type for n in onnx.load(str(out)).graph.node]
         assert ops.count("MatMulInteger") == integer_matmuls, (kept, ops)
     np.testing.assert_allclose(onnx_predict(out, s.x_test), onnx_predict(fp32, s.x_test), atol=1e-5)
+
+
+def test_edgekd_export_decides_the_grid_for_the_device_it_is_told(tiny_run, tmp_path):
+    """`edgekd export --device` names the device the artifacts are for (without it the CPU is unknown: 7-bit); a
+    device that is not known is the user's mistake, said before anything is exported."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    board = str(Path(__file__).resolve().parents[1] / "devices" / "arm64-emulated.yaml")
+    checkpoint = str(tiny_run.rundir.checkpoints / "student.pt")
+
+    def export(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "edgekd.cli", "export", checkpoint, "--precision",
+                               "int8_dynamic", "--output-dir", str(tmp_path / "out"), *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
+
+    made = export("--device", board)
+    assert made.returncode == 0, made.stderr
+    record = json.loads((tmp_path / "out" / "student-onnx-int8_dynamic" / "artifact.json").read_text())
+    assert record["quantization"]["reduce_range"] is False  # Arm64: 8-bit weights, whatever this host is
+    assert [t["device"] for t in record["quantization"]["reduce_range_targets"]] == ["arm64-emulated"]
+    unknown = export("--device", "no-such-board")
+    assert unknown.returncode == 2 and "unknown device 'no-such-board'" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
