@@ -479,6 +479,10 @@ def test_native_rounds_are_combined_like_the_runners(tmp_path):
     assert lat["mean"] == approx((10 * 81_000.0 + 400 * 85_000.0) / 410)
     assert lat["p99"] is None and stats.shown_p99(lat) is None
     assert lat["min"] == approx(80_812.9) and lat["max"] == approx(83_881.7)
+    assert lat["unstable"] is False and lat["drift"] == approx(84 / 80)  # rounds within stats.MAX_DRIFT
+
+    slower = _native_bench([many, _perf_test_round(400, 0.120, 0.130, 121.0)], tmp_path).latency_us
+    assert slower["unstable"] is True and "round p50s differ by 1.43x" in slower["unstable_reasons"][0]
 
     both = _native_bench([_perf_test_round(400, 0.080, 0.100, 81.0), many,
                           _perf_test_round(500, 0.082, 0.095, 83.0)], tmp_path).latency_us

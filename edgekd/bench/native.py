@@ -35,7 +35,8 @@ perf_test ``peak`` (its peak working set: ru_maxrss on Linux/Android, the same q
 ``run_native`` pushes the binary (once, by sha256), runs it through ``device.run`` and parses the output;
 ``bench_result_fields`` turns the dicts of a bench's rounds into the fields of a BenchResult (harness "native",
 rounds combined as the runner path combines them where a summary allows: total calls, p50 interval over the
-rounds, p99 only when every round had enough calls; no per-call latencies, so no stability verdict).
+rounds, p99 only when every round had enough calls; no per-call latencies, so the only stability verdict is
+the rounds' drift).
 """
 
 from __future__ import annotations
@@ -460,7 +461,8 @@ def latency_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     percentile is kept only when EVERY round had the calls to estimate it (p99: `stats.MIN_P99_SAMPLES`,
     p99.9: `stats.MIN_P999_SAMPLES`): one of a few calls' largest values is not an estimate, and a median with
     such a round in it would pass for one. What needs per-call latencies (the interval within a process,
-    trimmed mean, the stability metrics and verdict) is None: nothing here can say whether a run was stable.
+    trimmed mean, the per-call stability metrics) is None; the verdict comes from the rounds' p50s alone
+    (`_round_drift`), none from a single round.
     """
     from edgekd.bench import stats
 
@@ -477,6 +479,7 @@ def latency_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     pct = {key: _median(col[key]) if col["n"] is not None and min(col["n"]) >= enough.get(key, 0) else None
            for key in ("p5", "p50", "p90", "p95", "p99", "p999")}
     interval = stats.rounds_interval([lat["p50"] for lat in lats]) if col["p50"] is not None else None
+    drift, unstable, reasons = _round_drift(col["p50"])
     return {
         "n": n, "p50": pct["p50"], "p90": pct["p90"], "p99": pct["p99"], "mean": mean,
         "trimmed_mean": None, "std": std, "cv": std / mean if std is not None and mean else None,
@@ -484,10 +487,24 @@ def latency_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "min": min(col["min"]) if col["min"] is not None else None,
         "max": max(col["max"]) if col["max"] is not None else None,
         "p5": pct["p5"], "p95": pct["p95"], "p999": pct["p999"],
-        "trimmed_cv": None, "rel_ci95_half_width": None, "p99_p50": None, "tail_time_share": None, "drift": None,
-        "unstable": None, "unstable_reasons": [],
+        "trimmed_cv": None, "rel_ci95_half_width": None, "p99_p50": None, "tail_time_share": None, "drift": drift,
+        "unstable": unstable, "unstable_reasons": reasons,
         "timer_overhead_us": None,  # the tool's own clock: its cost per call is not known here
     }
+
+
+def _round_drift(p50s: list[float] | None) -> tuple[float | None, bool | None, list[str]]:
+    """(largest / smallest round p50, verdict, reasons): the one stability check a tool's summaries allow, the
+    runner's drift rule (stats.MAX_DRIFT) applied to rounds instead of blocks of calls; no verdict from one round."""
+    from edgekd.bench import stats
+
+    if not p50s or len(p50s) < 2 or min(p50s) <= 0:
+        return None, None, []
+    drift = max(p50s) / min(p50s)
+    if drift <= stats.MAX_DRIFT:
+        return drift, False, []
+    return drift, True, [f"round p50s differ by {drift:.2f}x (> {stats.MAX_DRIFT:g}x): the device changed speed "
+                         "between rounds"]
 
 
 def bench_result_fields(rounds: dict[str, Any] | list[dict[str, Any]]) -> dict[str, Any]:
