@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 import edgekd
+from edgekd.bench import history
 from edgekd.bench.harness import BenchSettings
 from edgekd.devices.base import DeviceUnreachable, RuntimeMissing
 from edgekd.devices.loopback import alive
@@ -78,14 +79,17 @@ def test_a_device_lost_midway_keeps_what_was_measured_and_resume_measures_the_re
         profile = _profile(server, tmp_path)
         with pytest.raises(DeviceUnreachable) as err:
             edgekd.bench(models, device=str(profile), settings=one_round, results_dir=tmp_path / "results",
-                         reporter=_StopAfterFirstRun(server))
+                         reporter=_StopAfterFirstRun(server), history=tmp_path / "h.sqlite")
         assert "--resume" in err.value.fix and "kept" in err.value.fix
+        # the finished result reaches the history now: --resume records only what it measures itself
+        assert [s["results"] for s in history.sessions(tmp_path / "h.sqlite")] == [1]
         first = BenchResult.load(tmp_path / "results" / "bench-m0@board.json")
         assert first.complete and not (tmp_path / "results" / "bench-m1@board.json").exists()
         server.start()  # the board is back (new port: rewrite the profile)
         profile = _profile(server, tmp_path)
         resumed = edgekd.bench(models, device=str(profile), settings=one_round, results_dir=tmp_path / "results",
-                               resume=True)
+                               resume=True, history=tmp_path / "h.sqlite")
+        assert sorted(s["results"] for s in history.sessions(tmp_path / "h.sqlite")) == [1, 1]  # each once
     assert resumed[0].created_at == first.created_at  # reused, not measured again
     assert resumed[1].complete and resumed[1].latency_us["n"] >= 30
 

@@ -366,6 +366,7 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
                                                     raws[i][0], Path(tmp) / f"host{i}")
     except (EdgeKDError, KeyboardInterrupt) as exc:  # a device that fails midway, or Ctrl-C: keep what was measured
         kept = results_of([i for i in todo if raws[i]]) if results_dir is not None else []
+        _record_complete(kept, history)
         if kept:
             saved = f"the {len(kept)} result(s) measured so far are kept in {results_dir}"
             if isinstance(exc, EdgeKDError):
@@ -384,6 +385,21 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
         bench_history.record(fresh, history)
     by_index = {**done, **dict(zip(todo, fresh))}
     return [by_index[i] for i in range(len(resolved))]
+
+
+def _record_complete(results: list[BenchResult], history: Path | None) -> None:
+    """Put the complete results of a bench that failed midway in the history (a later --resume records only
+    what it measures itself, so they would never get there); the failure, not a history error, is what the user
+    must see."""
+    complete = [r for r in results if r.complete]
+    if history is None or not complete:
+        return
+    from edgekd.bench import history as bench_history
+
+    try:
+        bench_history.record(complete, history)
+    except EdgeKDError as exc:
+        logger.warning("could not record the finished results in the history: %s", exc.what)
 
 
 def _native_tool(device: Device, artifact: Artifact) -> tuple[str, Path] | None:
