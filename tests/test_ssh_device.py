@@ -69,6 +69,19 @@ def workdir(tmp_path) -> Path:
 
 
 @pytest.fixture()
+def own_board(tmp_path, workdir):
+    """(server, device) on an sshd of the test's own, which the test may stop: a board that goes away."""
+    _require_openssh()
+    server = LoopbackSSHD(tmp_path / "sshd").start()
+    device = make_device(server, workdir)
+    try:
+        yield server, device
+    finally:
+        device.close()
+        server.stop()
+
+
+@pytest.fixture()
 def device(sshd, workdir):
     dev = make_device(sshd, workdir)
     yield dev
@@ -300,61 +313,43 @@ def test_unknown_host_key_is_refused_not_trusted(sshd, workdir, tmp_path):
     assert known.read_text() == ""  # nothing was added behind the user's back
 
 
-def test_stopped_sshd_is_unreachable(tmp_path, workdir):
-    _require_openssh()
-    server = LoopbackSSHD(tmp_path / "sshd").start()
-    device = make_device(server, workdir)
-    try:
-        assert device.run(["true"]).returncode == 0  # a live ControlMaster connection
-        server.stop()  # the listener and its connections: the host went down
-        with pytest.raises(DeviceUnreachable) as err:
-            device.run(["true"])
-        assert err.value.fix and "127.0.0.1" in err.value.what
-        with pytest.raises(DeviceUnreachable, match="Connection refused|cannot reach"):
-            device.push(RUNNER, f"{workdir}/r.py")
-    finally:
-        device.close()
-        server.stop()
+def test_stopped_sshd_is_unreachable(own_board, workdir):
+    server, device = own_board
+    assert device.run(["true"]).returncode == 0  # a live ControlMaster connection
+    server.stop()  # the listener and its connections: the host went down
+    with pytest.raises(DeviceUnreachable) as err:
+        device.run(["true"])
+    assert err.value.fix and "127.0.0.1" in err.value.what
+    with pytest.raises(DeviceUnreachable, match="Connection refused|cannot reach"):
+        device.push(RUNNER, f"{workdir}/r.py")
 
 
-def test_sshd_stopped_mid_command_is_a_lost_connection(tmp_path, workdir):
+def test_sshd_stopped_mid_command_is_a_lost_connection(own_board, tmp_path, workdir):
     # Through the ControlMaster a dropped connection ends the command with exit 255 and no message at all: it
     # must not pass as the command's own exit status (bench called it "the runner crashed").
-    _require_openssh()
-    server = LoopbackSSHD(tmp_path / "sshd").start()
-    device = make_device(server, workdir)
+    server, device = own_board
     started = tmp_path / "started"
-    try:
-        with ThreadPoolExecutor(1) as pool:
-            running = pool.submit(device.run, ["sh", "-c", 'touch "$1"; exec sleep 60', "sh", str(started)])
-            _wait_for(started.exists)
-            server.stop()  # the board goes down while the command runs
-            with pytest.raises(DeviceUnreachable, match="lost the connection to loopback") as err:
-                running.result()
-        assert "while 'sh' was running" in err.value.what and f"-p {server.port}" in err.value.fix
-    finally:
-        device.close()
-        server.stop()
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(device.run, ["sh", "-c", 'touch "$1"; exec sleep 60', "sh", str(started)])
+        _wait_for(started.exists)
+        server.stop()  # the board goes down while the command runs
+        with pytest.raises(DeviceUnreachable, match="lost the connection to loopback") as err:
+            running.result()
+    assert "while 'sh' was running" in err.value.what and f"-p {server.port}" in err.value.fix
 
 
-def test_a_copy_after_the_device_went_away_says_so(tmp_path, workdir):
+def test_a_copy_after_the_device_went_away_says_so(own_board, tmp_path, workdir):
     # `scp -q` hides ssh's "Connection refused": the copy failed with "scp: Connection closed", which was
     # reported as a path or permission problem.
-    _require_openssh()
-    server = LoopbackSSHD(tmp_path / "sshd").start()
-    device = make_device(server, workdir)
+    server, device = own_board
     (tmp_path / "f").write_text("x")
-    try:
-        device.push(tmp_path / "f", f"{workdir}/f")  # the work directory is made (and not made again)
-        server.stop()
-        with pytest.raises(DeviceUnreachable, match="cannot reach loopback") as err:
-            device.push(tmp_path / "f", f"{workdir}/g")
-        assert "Connection refused" in err.value.why
-        with pytest.raises(DeviceUnreachable, match="cannot reach loopback"):
-            device.pull(f"{workdir}/f", tmp_path / "back")
-    finally:
-        device.close()
-        server.stop()
+    device.push(tmp_path / "f", f"{workdir}/f")  # the work directory is made (and not made again)
+    server.stop()
+    with pytest.raises(DeviceUnreachable, match="cannot reach loopback") as err:
+        device.push(tmp_path / "f", f"{workdir}/g")
+    assert "Connection refused" in err.value.why
+    with pytest.raises(DeviceUnreachable, match="cannot reach loopback"):
+        device.pull(f"{workdir}/f", tmp_path / "back")
 
 
 def _wait_for(condition, seconds: float = 30.0):
