@@ -192,7 +192,7 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
                                                       "change the latency vs 1 thread (on each artifact)"),
           ) -> None:
     """Benchmark artifacts on devices: latency percentiles with intervals, peak memory, load time."""
-    from edgekd.bench.harness import BenchSettings, bench_devices
+    from edgekd.bench.harness import RESUME_ADVICE, BenchSettings, bench_devices
     from edgekd.console import RichReporter, bench_table
 
     from edgekd.bench.harness import sustained_settings
@@ -225,7 +225,7 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
                                     history=history, resume=resume, reporter=reporter)
     except KeyboardInterrupt as exc:  # the harness kept what was measured: say where, and that --resume resumes
         if getattr(exc, "kept", None):
-            exc.resume = f"{exc.kept}; rerun with --resume to measure only what is missing"  # type: ignore[attr-defined]
+            exc.resume = f"{exc.kept}; {RESUME_ADVICE}"  # type: ignore[attr-defined]
         raise
     console.print(bench_table(results))
     if any(r.cross_arch_parity for r in results):

@@ -35,7 +35,8 @@ RUNNER = Path(__file__).with_name("runner.py")
 # A runner call may take its max_seconds three times over (warmup, timed loop, slack) plus this much for
 # importing the runtime, loading the model and the predict pass on a slow board; past that it is stopped.
 RUNNER_GRACE_S = 300.0
-RESUME_HINT = "after fixing, rerun with --resume to measure only what is missing"  # `edgekd bench`'s next step
+RESUME_ADVICE = "rerun with --resume to measure only what is missing"  # `edgekd bench`'s next step
+RESUME_HINT = f"after fixing, {RESUME_ADVICE}"
 # Cross-architecture parity passes when the device and this host agree on the top-1 class this often.
 CROSS_ARCH_MIN_AGREEMENT = 0.99
 
@@ -552,6 +553,11 @@ def _latency(latencies: list[int], round_p50s: list[float], settings: BenchSetti
     return summary
 
 
+def _timed_inputs(tensors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The inputs a result was timed with (name, shape, dtype): part of what `edgekd compare` pairs on."""
+    return [{k: t.get(k) for k in ("name", "shape", "dtype")} for t in tensors]
+
+
 def _timer_overhead_us(raws: list[dict[str, Any]]) -> float | None:
     """The runner's timer cost per timed call (µs, median over the rounds), None when a round did not
     measure it (a runner from before it did)."""
@@ -566,7 +572,7 @@ def _native_result(raws: list[dict[str, Any]], artifact: Artifact, device: Devic
     from edgekd.bench import native
 
     fields = native.bench_result_fields([raw["native"] for raw in raws])
-    declared = [{k: t.get(k) for k in ("name", "shape", "dtype")} for t in artifact.inputs]  # the tool's own feed
+    declared = _timed_inputs(artifact.inputs)  # the tool's own feed: the shapes the model declares
     return BenchResult(artifact=_artifact_summary(artifact), device=_device_summary(device, {}),
                        emulated=device.profile.emulated, settings=asdict(settings), inputs=declared, **fields)
 
@@ -609,7 +615,7 @@ def to_result(raws: list[dict[str, Any]], artifact: Artifact, device: Device, se
         runtime=first.get("runtime", {}),
         latency_us={**_latency(latencies, round_p50s, settings), "timer_overhead_us": _timer_overhead_us(raws)},
         round_p50_us=round_p50s,
-        inputs=[{k: t.get(k) for k in ("name", "shape", "dtype")} for t in first.get("inputs") or []],
+        inputs=_timed_inputs(first.get("inputs") or []),
         load_ms=float(np.median([raw["load_ms"] for raw in raws])),
         first_inference_us=float(np.median([raw["first_inference_us"] for raw in raws])),
         memory_kb=memory,

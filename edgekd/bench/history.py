@@ -158,14 +158,15 @@ def pair(older: list[_Row], newer: list[_Row]) -> tuple[list[tuple[_Row, _Row, l
     """
     pairs, unpaired, used = [], [], set()
     for new in newer:
-        same_name = [(i, old) for i, old in enumerate(older) if old.name == new.name]
-        match = next(((i, old, _differences(old.identity, new.identity)[1]) for i, old in same_name
-                      if i not in used and not _differences(old.identity, new.identity)[0]), None)
+        same_name = [(i, old, *_differences(old.identity, new.identity)) for i, old in enumerate(older)
+                     if old.name == new.name]
+        match = next(((i, old, unknown) for i, old, differ, unknown in same_name if i not in used and not differ),
+                     None)
         if match is not None:
             used.add(match[0])
             pairs.append((match[1], new, match[2]))
         elif same_name:
-            diffs = _differences(same_name[0][1].identity, new.identity)[0] or ["already paired with another row"]
+            diffs = same_name[0][2] or ["already paired with another row"]
             unpaired.append({"artifact": new.name, "side": "both", "reason": "; ".join(diffs)})
         else:
             unpaired.append({"artifact": new.name, "side": "b", "reason": "not measured in the earlier session"})

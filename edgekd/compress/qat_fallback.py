@@ -86,11 +86,11 @@ def decide(recipe: "Recipe", role: str, artifacts: list[Artifact], validation: V
 
 def validation_accuracies(ptq: Artifact, *, model: "nn.Module", splits: "Splits") -> tuple[float, float]:
     """(FP32 model, int8_static artifact) accuracy on the validation split: what the auto rule decides on."""
-    from edgekd.distill.trainer import predict_logits
+    from edgekd.distill.trainer import accuracy, predict_logits
     from edgekd.export.verify import onnx_predict
 
-    fp32 = float((predict_logits(model, splits.x_val).argmax(1) == splits.y_val).mean())
-    return fp32, float((onnx_predict(ptq.path, splits.x_val).argmax(1) == splits.y_val).mean())
+    return (accuracy(predict_logits(model, splits.x_val), splits.y_val),
+            accuracy(onnx_predict(ptq.path, splits.x_val), splits.y_val))
 
 
 def qat_artifact(recipe: "Recipe", splits: "Splits", *, role: str, model: "nn.Module",
