@@ -565,7 +565,7 @@ def check_registered_names(recipe: Recipe, origin: str = "<recipe>") -> None:
                 )
             _check_size(f"{path}.params.{key}", accepted[key].default, value, origin)
     for path, cfg in text_models:
-        _check_text_student_builds(path, cfg, origin)
+        _check_text_student_builds(path, cfg, recipe.data.text, origin)
     _check_checkpoints_exist(recipe, origin)
     from edgekd.devices.profiles import find_profile
 
@@ -587,19 +587,32 @@ def _check_text_precisions(recipe: Recipe, origin: str) -> None:
                               fix=f"use int8_dynamic (per-channel) or int4 in export.targets.{role} of {origin}")
 
 
-def _check_text_student_builds(path: str, cfg: ModelConfig, origin: str) -> None:
-    """Build the text student on the meta device (no memory, no data) so that sizes torch refuses, such as
-    heads not dividing hidden, fail now rather than after minutes of tokenizing and teacher embedding."""
+def _check_text_student_builds(path: str, cfg: ModelConfig, text: "TextDataConfig", origin: str) -> None:
+    """Build the text student on the meta device (no memory, no data) as the run will, for data.text.device_length,
+    so that sizes torch refuses (heads not dividing hidden) and a family that cannot take the training length
+    (a position table of device_length rows fed train_length ids) fail now, not after minutes of tokenizing and
+    teacher embedding."""
     import torch
 
     from edgekd.text.student import TEXT_STUDENTS
 
     try:
         with torch.device("meta"):
-            TEXT_STUDENTS[cfg.family](8, 2, pad_id=0, max_length=8, **cfg.params)
+            model = TEXT_STUDENTS[cfg.family](8, 2, pad_id=0, max_length=text.device_length, **cfg.params)
     except (ValueError, RuntimeError) as exc:
         raise RecipeError(f"invalid recipe: {path}.params: '{cfg.family}' cannot be built with {cfg.params}",
                           why=str(exc), fix=f"change {path}.params in {origin} (hidden a multiple of heads)") from None
+    if text.train_length <= text.device_length:
+        return
+    try:
+        with torch.device("meta"):
+            model.encode(torch.ones(1, text.train_length, dtype=torch.int64))
+    except RuntimeError:
+        raise RecipeError(f"invalid recipe: data.text.train_length ({text.train_length}) is longer than "
+                          f"data.text.device_length ({text.device_length})",
+                          why=f"the '{cfg.family}' student has positions for the device length only, and training "
+                          "feeds it sentences of up to train_length tokens",
+                          fix=f"set data.text.train_length ≤ data.text.device_length in {origin}") from None
 
 
 def _check_size(path: str, default: Any, value: Any, origin: str) -> None:

@@ -144,32 +144,6 @@ class TextBagStudent(TextEncoder):
         return nn.functional.normalize(out, dim=-1)
 
 
-def check_student_lengths(recipe, origin: str) -> None:
-    """The student trains on ids of data.text.train_length but is built for data.text.device_length (its
-    position table has that many rows): a family that cannot take the longer training ids would fail in the
-    middle of distillation, after the teacher's embedding, so it fails at recipe load. The student is built
-    on the meta device (no memory); a family or parameter torch cannot build is left to the checks after."""
-    from edgekd.errors import RecipeError
-
-    text, cfg = recipe.data.text, recipe.student.model
-    if text.train_length <= text.device_length or cfg.family not in TEXT_STUDENTS:
-        return
-    try:
-        with torch.device("meta"):
-            model = TEXT_STUDENTS[cfg.family](8, 2, pad_id=0, max_length=text.device_length, **cfg.params)
-    except (TypeError, ValueError, RuntimeError):
-        return
-    try:
-        with torch.device("meta"):
-            model.encode(torch.ones(1, text.train_length, dtype=torch.int64))
-    except RuntimeError:
-        raise RecipeError(f"invalid recipe: data.text.train_length ({text.train_length}) is longer than "
-                          f"data.text.device_length ({text.device_length})",
-                          why=f"the '{cfg.family}' student has positions for the device length only, and training "
-                          "feeds it sentences of up to train_length tokens",
-                          fix=f"set data.text.train_length ≤ data.text.device_length in {origin}") from None
-
-
 class TeacherWithHead(nn.Module):
     """The Hugging Face encoder + mean pooling + the trained class head, with the student's interface
     (one int64 input, outputs logits then embedding), so teacher and student artifacts are alike."""

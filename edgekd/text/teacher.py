@@ -67,9 +67,8 @@ def check_teacher_folder(folder: Path) -> dict[str, Any]:
 
 
 def check_recipe_teacher(recipe: Any, origin: str) -> None:
-    """A text recipe's teacher folder is complete and holds a text encoder, the [hf] extra is installed
-    (file and module checks only, no import: a missing extra fails at load, not after minutes of text), and the
-    student can take the training length."""
+    """A text recipe's teacher folder is complete and holds a text encoder, and the [hf] extra is installed
+    (file and module checks only, no import: a missing extra fails at load, not after minutes of text)."""
     from edgekd.errors import RecipeError
 
     try:
@@ -82,9 +81,6 @@ def check_recipe_teacher(recipe: Any, origin: str) -> None:
         check_teacher_folder(recipe.teacher.hf or default_teacher_folder())
     except TextModelError as exc:
         raise RecipeError(f"invalid recipe: teacher.hf: {exc.what}", why=exc.why, fix=exc.fix) from None
-    from edgekd.text.student import check_student_lengths
-
-    check_student_lengths(recipe, origin)
 
 
 def _transformers() -> Any:
