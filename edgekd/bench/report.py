@@ -476,17 +476,13 @@ def _scatter_labelled(ax, rows: list[dict[str, Any]], x: Callable[[dict[str, Any
 
 def pareto_figure(summary: dict[str, Any]):
     """Accuracy vs p50 latency (benchmarked artifacts) and accuracy vs file size (every artifact), side by side;
-    None when no artifact has an accuracy."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    None when no artifact has an accuracy. A bare Figure, not pyplot's: see _figure."""
     scored = [r for r in summary["rows"] if r.get("accuracy") is not None]
     if not scored:
         return None
     timed = [r for r in scored if r.get("p50_us") is not None]
-    fig, (by_time, by_size) = plt.subplots(1, 2, figsize=(13, 4.6))
+    fig = _figure(13, 4.6)
+    by_time, by_size = fig.subplots(1, 2)
     if timed:
         _scatter_labelled(by_time, timed, lambda r: r["p50_us"])
         for fmt, floor in (summary.get("floors") or {}).items():
@@ -507,19 +503,14 @@ def pareto_figure(summary: dict[str, Any]):
 
 def plots(summary: dict[str, Any], latencies: dict[str, list[int]]) -> dict[str, bytes]:
     """PNG images of the report: `pareto` (accuracy vs latency and vs size) and `latency` (distributions)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     images: dict[str, bytes] = {}
     fig = pareto_figure(summary)
     if fig is not None:
         images["pareto"] = _png(fig)
-        plt.close(fig)
     if latencies:
         names = list(latencies)
-        fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.2))
+        fig = _figure(7, 0.45 * len(names) + 1.2)
+        ax = fig.subplots()
         ax.boxplot([[v / 1000 for v in latencies[n]] for n in names], orientation="horizontal", showfliers=False)
         ax.set_yticks(range(1, len(names) + 1), names, fontsize=8)
         _log_axis_plain(ax.xaxis)
@@ -527,8 +518,15 @@ def plots(summary: dict[str, Any], latencies: dict[str, list[int]]) -> dict[str,
         ax.set_title("Latency distributions")
         ax.grid(alpha=0.3, axis="x")
         images["latency"] = _png(fig)
-        plt.close(fig)
     return images
+
+
+def _figure(width: float, height: float):
+    """A Figure outside pyplot: drawn by the Agg canvas savefig picks for PNG, so the report neither switches the
+    process's backend (a notebook's inline plots would stop showing) nor leaves figures in pyplot's registry."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height))
 
 
 def _fmt(value: Any, spec: str, empty: str = "–") -> str:

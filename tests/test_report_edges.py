@@ -1,0 +1,82 @@
+"""The run report built from hand-made run directories (real Artifact records and BenchResults, no training):
+results of a native benchmark tool, runs where only some stages produced something, and the plots' side
+effects on the process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgekd.bench import native, stats
+from edgekd.bench.report import build_summary, plots, write_html
+from edgekd.bench.result import BenchResult
+from edgekd.export.artifact import Artifact, Parity
+from edgekd.rundir import RunDir
+
+SAMPLES = Path(__file__).parent / "native_samples"
+
+
+def _parity(accuracy: float, passed: bool = True) -> Parity:
+    return Parity(reference="pytorch", samples=10, agreement=1.0, max_abs_error=0.0, mean_abs_error=0.0,
+                  accuracy=accuracy, reference_accuracy=accuracy, per_class_accuracy=[accuracy, accuracy],
+                  threshold=0.97, passed=passed, reason=None if passed else "agreement 90% < 97%")
+
+
+def _runner_fields(center_us: float, rounds: tuple[float, ...] = (1.0, 1.01, 0.99), calls: int = 300) -> dict:
+    """BenchResult fields as the runner path fills them: per-call times, one p50 per round."""
+    ns = [int(center_us * 1000 * f) + i % 7 for f in rounds for i in range(calls)]
+    summary = stats.summarize(ns)
+    summary["ci95_p50_rounds"] = stats.rounds_interval([center_us * f for f in rounds])
+    return {"latency_us": summary, "round_p50_us": [center_us * f for f in rounds], "latencies_ns": ns}
+
+
+def _native_fields() -> dict:
+    """BenchResult fields of one round of LiteRT's benchmark_model (its real output): summaries, no per-call times."""
+    return native.bench_result_fields(native.parse_benchmark_model(
+        (SAMPLES / "benchmark_model_tf2.20_xnnpack_percentiles.txt").read_text()))
+
+
+def make_run(root: Path, specs: list[tuple[str, dict[str, Any] | None, Parity | None]]) -> RunDir:
+    """A run directory whose export and bench stages recorded these artifacts (name role-format-precision) and,
+    where given, their results on the host."""
+    run = RunDir(root)
+    run.create()
+    records, results = [], []
+    for name, fields, parity in specs:
+        role, fmt, precision = name.split("-", 2)
+        folder = run.artifacts / name
+        folder.mkdir()
+        (folder / "model.bin").write_bytes(b"\0" * 4096)
+        artifact = Artifact(name=name, role=role, format=fmt, precision=precision, file="model.bin",
+                            size_bytes=4096, sha256=name.encode().hex().ljust(64, "0")[:64], parameters=1000,
+                            parity=parity, directory=folder)
+        records.append(artifact.save())
+        if fields is not None:
+            result = BenchResult(artifact={"name": name, "sha256": artifact.sha256, "format": fmt,
+                                           "precision": precision, "role": role},
+                                 device={"name": "host"}, settings={"threads": 1, "batch_size": 1}, **fields)
+            results.append(result.save(run.results / f"bench-{name}.json"))
+    run.mark_done("export", "e", records, 0.0)
+    run.mark_done("bench", "b", results, 0.0)
+    return run
+
+
+def test_the_plots_leave_the_process_backend_and_pyplot_alone():
+    """A notebook (or any program) that calls edgekd keeps its own matplotlib backend and figures: the report
+    used to switch the process to Agg and put its figures in pyplot's registry."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # stands in for a user's backend (a notebook's inline one)
+    try:
+        rows = [{"name": "student-onnx-fp32", "role": "student", "format": "onnx", "precision": "fp32",
+                 "accuracy": 0.9, "p50_us": 10.0, "size_bytes": 4096}]
+        images = plots({"rows": rows, "floors": {"onnx": {"p50_us": 3.0}}}, {"student-onnx-fp32": [10_000] * 50})
+        assert set(images) == {"pareto", "latency"}
+        assert all(png.startswith(b"\x89PNG\r\n\x1a\n") for png in images.values())
+        assert matplotlib.get_backend() == "svg" and plt.get_fignums() == []
+    finally:
+        matplotlib.use(before)
