@@ -63,6 +63,27 @@ def make_run(root: Path, specs: list[tuple[str, dict[str, Any] | None, Parity | 
     return run
 
 
+def test_a_run_benchmarked_by_a_native_tool_has_a_report(tmp_path):
+    """A device without Python is timed by the runtime's own binary: one round gives a p50 without an interval
+    and no per-call times. The page shows the p50 alone and draws no distribution it does not have; it used to
+    fail on both (a log axis of no data, an interval of None)."""
+    run = make_run(tmp_path / "run", [("teacher-tflite-fp32", _native_fields(), _parity(0.9)),
+                                      ("student-tflite-fp32", _native_fields(), _parity(0.8))])
+    summary = build_summary(run, recipe={"name": "native"}, model_metrics={}, class_names=["a", "b"])
+    assert [r["ci95_p50"] for r in summary["rows"]] == [None, None]
+    page = write_html(summary, run).read_text()
+    assert "<td>899281.00</td>" in page  # the tool's p50, no interval after it
+    assert "Latency distributions" not in page and "accuracy vs p50" in page
+
+
+def test_runner_and_native_results_together_draw_the_runner_distributions(tmp_path):
+    run = make_run(tmp_path / "run", [("teacher-tflite-fp32", _native_fields(), _parity(0.9)),
+                                      ("student-tflite-fp32", _runner_fields(20.0), _parity(0.8))])
+    summary = build_summary(run, recipe={"name": "mixed"}, model_metrics={}, class_names=["a", "b"])
+    page = write_html(summary, run).read_text()
+    assert "Latency distributions" in page
+
+
 def test_the_plots_leave_the_process_backend_and_pyplot_alone():
     """A notebook (or any program) that calls edgekd keeps its own matplotlib backend and figures: the report
     used to switch the process to Agg and put its figures in pyplot's registry."""

@@ -502,11 +502,15 @@ def pareto_figure(summary: dict[str, Any]):
 
 
 def plots(summary: dict[str, Any], latencies: dict[str, list[int]]) -> dict[str, bytes]:
-    """PNG images of the report: `pareto` (accuracy vs latency and vs size) and `latency` (distributions)."""
+    """PNG images of the report: `pareto` (accuracy vs latency and vs size) and `latency` (distributions).
+
+    `latencies` maps names to per-call times (ns); a result without them (a native tool prints summaries) has
+    no distribution to draw and is left out."""
     images: dict[str, bytes] = {}
     fig = pareto_figure(summary)
     if fig is not None:
         images["pareto"] = _png(fig)
+    latencies = {name: calls for name, calls in latencies.items() if len(calls)}
     if latencies:
         names = list(latencies)
         fig = _figure(7, 0.45 * len(names) + 1.2)
@@ -646,7 +650,8 @@ def write_html(summary: dict[str, Any], rundir: RunDir) -> Path:
                 r["name"], _fmt(r.get("parameters"), ","), f"{r['size_bytes'] / 1024:.1f} KiB", bits,
                 _fmt(r.get("accuracy"), ".2%"), _fmt(r.get("device_accuracy"), ".2%"), _fmt(r.get("agreement"), ".2%"),
                 _fmt(r.get("max_abs_error"), ".2e"),
-                (f"{r['p50_us']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" if r.get("p50_us") is not None else "–")
+                (f"{r['p50_us']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "") if r.get("p50_us") is not None
+                 else "–")  # no interval: one round of a native tool (no per-call times)
                 + (" unstable" if r.get("unstable") else "")
                 + (" (emulated: not a board's latency)" if r.get("emulated") else ""),
                 _fmt(r.get("p99_us"), ".2f"), _fmt(r.get("x_floor"), ".2f"), speed_txt,
