@@ -221,3 +221,26 @@ def test_a_loss_parameter_the_loss_does_not_take_fails_at_load():
 def test_text_recipes_refuse_precisions_that_calibrate_on_float_inputs():
     with pytest.raises(RecipeError, match=r"export\.targets\.student: int8_static is not available for text"):
         load_recipe({"name": "x", "task": "text", "export": {"targets": {"student": ["fp32", "int8_static"]}}})
+
+
+def test_two_artifacts_of_one_name_in_one_bench_are_refused(tmp_path):
+    """model.onnx from two folders: one result file would hold the later's result over the earlier's, and the
+    history two rows `edgekd compare` could not tell apart. Refused before anything is measured."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    for folder, op in (("a", "Identity"), ("b", "Relu")):
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+        graph = helper.make_graph([helper.make_node(op, ["x"], ["y"])], folder, [x], [y])
+        (tmp_path / folder).mkdir()
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        onnx.save(model, tmp_path / folder / "model.onnx")
+    options = ["--rounds", "1", "--min-seconds", "0", "--results-dir", str(tmp_path / "res"),
+               "--history", str(tmp_path / "h.sqlite")]
+    _user_error(_cli("bench", str(tmp_path / "a" / "model.onnx"), str(tmp_path / "b" / "model.onnx"), *options,
+                     cwd=tmp_path), "two artifacts are named 'model'", str(tmp_path / "b" / "model.onnx"),
+                "separate calls")
+    _user_error(_cli("bench", str(tmp_path / "a" / "model.onnx"), str(tmp_path / "a" / "model.onnx"), *options,
+                     cwd=tmp_path), "the same model twice")
+    assert not (tmp_path / "h.sqlite").exists() and list((tmp_path / "res").glob("*.json")) == []

@@ -300,6 +300,7 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
     if settings.rounds < 1:
         raise BenchError(f"rounds must be ≥ 1, got {settings.rounds}", fix="use --rounds 1 or more")
     resolved = [resolve_artifact(a) for a in artifacts]
+    _refuse_shared_names(resolved)
     target = open_device(device)
     if settings.threads is None:
         settings = replace(settings, threads=getattr(getattr(target, "profile", None), "threads", None) or 1)
@@ -386,6 +387,23 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
         bench_history.record(fresh, history)
     by_index = {**done, **dict(zip(todo, fresh))}
     return [by_index[i] for i in range(len(resolved))]
+
+
+def _refuse_shared_names(artifacts: list[Artifact]) -> None:
+    """Two artifacts of one name (model.onnx from two folders, or one given twice) would share a result file,
+    the later overwriting the earlier, and could not be told apart in the table or the history (`edgekd compare`
+    pairs results on the name): refuse before anything is measured."""
+    seen: dict[str, Artifact] = {}
+    for artifact in artifacts:
+        other = seen.setdefault(artifact.name, artifact)
+        if other is not artifact:
+            where = ("the same model twice" if other.sha256 == artifact.sha256
+                     else f"{other.path} and {artifact.path}")
+            raise BenchError(f"two artifacts are named '{artifact.name}' ({where})",
+                             why="their results would be saved to one file, the later over the earlier, and the "
+                                 "history could not tell them apart",
+                             fix="give each file once; bench same-named files in separate calls, each with its "
+                                 "own --results-dir, or rename one of them")
 
 
 def _record_complete(results: list[BenchResult], history: Path | None) -> None:
