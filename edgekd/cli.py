@@ -315,7 +315,7 @@ def compare(a: Optional[str] = typer.Argument(None, help="earlier session (defau
         what = " ".join(str(v) for v in (ident.get("format"), ident.get("precision")) if v)
         label = f"{r['artifact']} ({what})" if what else r["artifact"]
         table.add_row(Text(label + ("" if r["same_file"] else " (file changed)")), f"{r['p50_a_us']:.2f}",
-                      f"{r['p50_b_us']:.2f}", change, f"±{r['round_spread_pct']:.0f}%", verdict)
+                      f"{r['p50_b_us']:.2f}", change, f"{r['round_spread_pct']:.0f}%", verdict)
     console.print(table)
     for r in found["rows"]:
         if r["unrecorded"]:

@@ -244,3 +244,15 @@ def test_two_artifacts_of_one_name_in_one_bench_are_refused(tmp_path):
     _user_error(_cli("bench", str(tmp_path / "a" / "model.onnx"), str(tmp_path / "a" / "model.onnx"), *options,
                      cwd=tmp_path), "the same model twice")
     assert not (tmp_path / "h.sqlite").exists() and list((tmp_path / "res").glob("*.json")) == []
+
+
+def test_compare_shows_the_round_spread_as_measured(tmp_path):
+    """Round p50s 10 and 13 µs moved 30% (13/10): the table used to print it as ±30%, twice what it was (the
+    bench table prints the same rounds as ±15%)."""
+    db = tmp_path / "h.sqlite"
+    a = history.record([_result("m", 10.0, 0, [10.0, 13.0])], db)
+    b = history.record([_result("m", 11.0, 1, [11.0, 11.2])], db)
+    proc = _cli("compare", a, b, "--history", str(db), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = [line for line in proc.stdout.splitlines() if "m (onnx fp32)" in line]
+    assert " 30% " in row and "±" not in row, row
