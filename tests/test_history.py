@@ -129,3 +129,24 @@ def test_over_time_splits_calls_into_equal_wall_time_windows():
     trend = over_time(calls, windows=2)
     assert [w["p50_us"] for w in trend["windows"]] == [1.0, 2.0] and trend["last_over_first"] == 2.0
     assert over_time([1000] * 5)["windows"] == []
+
+
+def test_the_p50s_shown_are_the_ones_the_change_compares(tmp_path):
+    """A fast round times more calls in the same seconds than a slow one, so the median of all calls leans to
+    it: before, rounds 10 and 13 µs showed p50 10.0 (the fast round's), after, 11.0 and 11.2 showed 11.1, a
+    +11% beside a change of -2.7% computed from the rounds. The p50s shown are the rounds' (geometric mean),
+    which the change and its interval compare."""
+    db = tmp_path / "h.sqlite"
+
+    def rounds_of(calls: dict[float, int]) -> BenchResult:
+        ns = [int(us * 1000) for us, n in calls.items() for _ in range(n)]
+        return BenchResult(artifact={"name": "m", "sha256": "m" * 64, "format": "onnx", "precision": "fp32"},
+                           device={"name": "host"}, settings={"threads": 1, "batch_size": 1},
+                           latency_us=stats.summarize(ns), round_p50_us=list(calls), latencies_ns=ns)
+
+    a = history.record([rounds_of({10.0: 1300, 13.0: 1000})], db)
+    b = history.record([rounds_of({11.0: 1000, 11.2: 1000})], db)
+    (row,) = history.compare(a, b, path=db)["rows"]
+    assert row["p50_a_us"] == pytest.approx((10.0 * 13.0) ** 0.5)
+    assert row["p50_b_us"] == pytest.approx((11.0 * 11.2) ** 0.5)
+    assert (row["p50_b_us"] / row["p50_a_us"] - 1) * 100 == pytest.approx(row["p50_change_pct"])

@@ -114,22 +114,22 @@ class _Row(NamedTuple):
     name: str
     sha256: str
     device: str
-    latencies: np.ndarray
     rounds: list[float]
     identity: dict[str, Any]
 
 
 def _session_rows(db: sqlite3.Connection, session: str) -> list[_Row]:
-    rows = db.execute("SELECT artifact_name, artifact_sha256, device, latencies, round_p50_us, format, precision,"
-                      " harness, identity FROM results WHERE session = ? ORDER BY id", (session,)).fetchall()
+    # Not the latencies: a comparison uses the rounds, and the calls of a long run are megabytes to unpack.
+    rows = db.execute("SELECT artifact_name, artifact_sha256, device, round_p50_us, format, precision, harness,"
+                      " identity FROM results WHERE session = ? ORDER BY id", (session,)).fetchall()
     if not rows:
         raise BenchError(f"no bench session '{session}' in the history", fix="list sessions with `edgekd history`")
     out = []
-    for name, sha, device, blob, rounds, fmt, precision, harness, ident in rows:
+    for name, sha, device, rounds, fmt, precision, harness, ident in rows:
         # A row recorded before the identity column knows only its format, precision, device and harness.
         known = json.loads(ident) if ident else {"format": fmt, "precision": precision, "device": device,
                                                  "harness": harness}
-        out.append(_Row(name, sha, device, _unpack(blob), json.loads(rounds or "[]"),
+        out.append(_Row(name, sha, device, json.loads(rounds or "[]"),
                         {key: known.get(key) for key in IDENTITY}))
     return out
 
@@ -181,9 +181,11 @@ def _round_spread_pct(rounds: list[float]) -> float:
     return (max(rounds) / min(rounds) - 1.0) * 100 if len(rounds) > 1 and min(rounds) > 0 else 0.0
 
 
-def _p50_us(row: _Row) -> float:
-    """The session's p50: of all its calls, or (a native tool's summary) the median of its rounds' p50s."""
-    return float(np.median(row.latencies)) / 1000 if len(row.latencies) else float(np.median(row.rounds))
+def _rounds_p50_us(rounds: list[float]) -> float:
+    """A session's p50 as the comparison sees it: the geometric mean of its rounds' p50s, the centre that
+    p50_change_pct compares (stats.compare_rounds). The median of all calls would lean to the fast rounds (they
+    time more calls in the same seconds), and the p50s shown would not give the change shown beside them."""
+    return float(np.exp(np.mean(np.log(rounds))))
 
 
 def compare(a: str | None = None, b: str | None = None, *, path: Path = DEFAULT_PATH,
@@ -195,8 +197,8 @@ def compare(a: str | None = None, b: str | None = None, *, path: Path = DEFAULT_
     95% interval over the rounds of the two sessions (Welch), and whether it exceeds the noise; with one round
     on a side there is no interval and no verdict.
 
-    Returns {"a", "b", "rows": [one per pair], "unpaired": [{"artifact", "side" ("a", "b" or "both"),
-    "reason"}]}.
+    Returns {"a", "b", "rows": [one per pair; p50_a_us and p50_b_us are the centres of the rounds the change
+    compares], "unpaired": [{"artifact", "side" ("a", "b" or "both"), "reason"}]}.
     """
     past = sessions(path, device)
     if b is None:
@@ -233,7 +235,7 @@ def compare(a: str | None = None, b: str | None = None, *, path: Path = DEFAULT_
         cmp = stats.compare_rounds(old.rounds, new.rounds, paired=False)
         out.append({"artifact": new.name, "a": a, "b": b, "same_file": old.sha256 == new.sha256,
                     "identity": new.identity, "unrecorded": unknown,
-                    "p50_a_us": _p50_us(old), "p50_b_us": _p50_us(new),
+                    "p50_a_us": _rounds_p50_us(old.rounds), "p50_b_us": _rounds_p50_us(new.rounds),
                     "p50_change_pct": cmp["p50_change_pct"], "p50_change_pct_ci95": cmp["p50_change_pct_ci95"],
                     "round_spread_pct": max(_round_spread_pct(old.rounds), _round_spread_pct(new.rounds)),
                     "rounds": [len(old.rounds), len(new.rounds)], "significant": cmp["significant"]})
