@@ -150,3 +150,15 @@ def test_the_p50s_shown_are_the_ones_the_change_compares(tmp_path):
     assert row["p50_a_us"] == pytest.approx((10.0 * 13.0) ** 0.5)
     assert row["p50_b_us"] == pytest.approx((11.0 * 11.2) ** 0.5)
     assert (row["p50_b_us"] / row["p50_a_us"] - 1) * 100 == pytest.approx(row["p50_change_pct"])
+
+
+def test_the_default_earlier_session_is_the_one_before_b(tmp_path):
+    """compare(b=S2) compares S2 with S1, the session before it on its device; it used to take the newest other
+    one, S3, and show a change from a later session to an earlier one."""
+    db = tmp_path / "h.sqlite"
+    s1, s2, s3 = (history.record([_result("m", 10.0, seed, [10.0, 10.1])], db) for seed in range(3))
+    history.record([_result("m", 10.0, 3, [10.0, 10.1], device="pi")], db)  # another device: never the default
+    assert history.compare(b=s2, path=db)["a"] == s1
+    assert history.compare(path=db, device="host")["a"] == s2 and history.compare(b=s3, path=db)["a"] == s2
+    with pytest.raises(BenchError, match="no earlier session on device 'host'"):
+        history.compare(b=s1, path=db)

@@ -218,7 +218,8 @@ def compare(a: str | None = None, b: str | None = None, *, path: Path = DEFAULT_
         newer = _session_rows(db, b)
         if a is None:
             b_device = newer[0].device
-            earlier = [s["session"] for s in past if s["device"] == b_device and s["session"] != b]
+            on_device = [s["session"] for s in sessions(path, b_device)]  # newest first
+            earlier = on_device[on_device.index(b) + 1:]  # before b: a b named by hand may not be the newest
             if not earlier:
                 raise BenchError(f"no earlier session on device '{b_device}' to compare with",
                                  fix="run `edgekd bench` again, or name two sessions: edgekd compare A B")
