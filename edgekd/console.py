@@ -142,7 +142,8 @@ def bench_table(results: list[Any]) -> Table:
     for r in results:
         lat = r.latency_us
         peak = r.memory_kb.get("vmhwm") or r.memory_kb.get("peak")
-        p50 = "–" if lat.get("p50") is None else f"{lat['p50']:.2f} {_ci(stats.shown_p50_interval(lat))}" + (
+        shown = stats.shown_p50(lat, r.round_p50_us)
+        p50 = "–" if shown is None else f"{shown:.2f} {_ci(stats.shown_p50_interval(lat))}" + (
             " unstable" if lat.get("unstable") else "")
         p99 = stats.shown_p99(lat)
         table.add_row(Text(r.artifact["name"]), Text(r.device["name"]),  # names come from files: not markup

@@ -101,3 +101,50 @@ def test_the_plots_leave_the_process_backend_and_pyplot_alone():
         assert matplotlib.get_backend() == "svg" and plt.get_fignums() == []
     finally:
         matplotlib.use(before)
+
+
+def _timed_in_rounds(name: str, rounds: list[tuple[float, int]], tmp_path: Path) -> dict[str, Any]:
+    """BenchResult fields pooled by the harness (to_result) from runner rounds of (p50 µs, calls): a fixed time
+    per round times more calls when the machine is fast."""
+    from edgekd.bench.harness import BenchSettings, to_result
+    from edgekd.devices.profiles import open_device
+
+    artifact = Artifact(name=name, role="x", format="onnx", precision="fp32", file="m.onnx", size_bytes=1,
+                        sha256="0" * 64, directory=tmp_path)
+    raws = [{"latencies_ns": [int(us * 1000) + i % 3 for i in range(calls)], "load_ms": 1.0,
+             "first_inference_us": 1.0, "memory_kb": {}, "runtime": {"name": "onnxruntime"}} for us, calls in rounds]
+    device = open_device("host")
+    try:
+        result = to_result(raws, artifact, device, BenchSettings(rounds=len(rounds), min_runs=10))
+    finally:
+        device.close()
+    return {"latency_us": result.latency_us, "round_p50_us": result.round_p50_us, "latencies_ns": result.latencies_ns}
+
+
+def test_the_p50_shown_is_the_centre_of_its_interval_and_gives_the_speed_up(tmp_path):
+    """The host switches between a fast and a ~1.3× slower state; a round in the fast state times more calls. The
+    median of all calls then sits on the fast rounds (100 µs), outside the rounds' interval shown beside it
+    ([103, 125]), and teacher p50 / student p50 was not the speed-up shown. The p50 shown is the rounds' centre."""
+    from rich.console import Console
+
+    from edgekd.console import bench_table
+
+    switching = lambda us: [(us, 2000), (us * 1.3, 1500)] * 5  # noqa: E731
+    teacher, student = _timed_in_rounds("t", switching(100.0), tmp_path), _timed_in_rounds("s", switching(20.0), tmp_path)
+    floor = _timed_in_rounds("f", switching(4.0), tmp_path)
+    assert teacher["latency_us"]["p50"] == pytest.approx(100.0, abs=0.01)  # what the calls' median says
+    run = make_run(tmp_path / "run", [("teacher-onnx-fp32", teacher, _parity(0.9)),
+                                      ("student-onnx-fp32", student, _parity(0.8)), ("floor-onnx-fp32", floor, None)])
+    summary = build_summary(run, recipe={"name": "rounds"}, model_metrics={}, class_names=["a", "b"])
+    rows = {r["name"]: r for r in summary["rows"]}
+    for row in rows.values():
+        low, high = row["ci95_p50"]
+        assert low < row["p50_us"] < high, row["name"]
+    t, s = rows["teacher-onnx-fp32"], rows["student-onnx-fp32"]
+    assert s["speedup_vs_teacher"] == pytest.approx(t["p50_us"] / s["p50_us"])
+    assert s["x_floor"] == pytest.approx(s["p50_us"] / summary["floors"]["onnx"]["p50_us"])
+    page = write_html(summary, run).read_text()
+    assert f"<td>{t['p50_us']:.2f} [" in page
+    console = Console(width=300, record=True)
+    console.print(bench_table([BenchResult.load(p) for p in run.recorded_outputs("bench", "bench-teacher*.json")]))
+    assert f"{t['p50_us']:.2f} [" in console.export_text()

@@ -181,13 +181,6 @@ def _round_spread_pct(rounds: list[float]) -> float:
     return (max(rounds) / min(rounds) - 1.0) * 100 if len(rounds) > 1 and min(rounds) > 0 else 0.0
 
 
-def _rounds_p50_us(rounds: list[float]) -> float:
-    """A session's p50 as the comparison sees it: the geometric mean of its rounds' p50s, the centre that
-    p50_change_pct compares (stats.compare_rounds). The median of all calls would lean to the fast rounds (they
-    time more calls in the same seconds), and the p50s shown would not give the change shown beside them."""
-    return float(np.exp(np.mean(np.log(rounds))))
-
-
 def compare(a: str | None = None, b: str | None = None, *, path: Path = DEFAULT_PATH,
             device: str | None = None) -> dict[str, Any]:
     """Compare session `b` (default: the newest) with `a` (default: the one before it on the same device).
@@ -236,7 +229,7 @@ def compare(a: str | None = None, b: str | None = None, *, path: Path = DEFAULT_
         cmp = stats.compare_rounds(old.rounds, new.rounds, paired=False)
         out.append({"artifact": new.name, "a": a, "b": b, "same_file": old.sha256 == new.sha256,
                     "identity": new.identity, "unrecorded": unknown,
-                    "p50_a_us": _rounds_p50_us(old.rounds), "p50_b_us": _rounds_p50_us(new.rounds),
+                    "p50_a_us": stats.rounds_center(old.rounds), "p50_b_us": stats.rounds_center(new.rounds),
                     "p50_change_pct": cmp["p50_change_pct"], "p50_change_pct_ci95": cmp["p50_change_pct_ci95"],
                     "round_spread_pct": max(_round_spread_pct(old.rounds), _round_spread_pct(new.rounds)),
                     "rounds": [len(old.rounds), len(new.rounds)], "significant": cmp["significant"]})

@@ -48,8 +48,8 @@ def _row(artifact: Artifact, result: BenchResult | None) -> dict[str, Any]:
     }
     if result is not None:
         lat = result.latency_us
-        row.update({"p50_us": lat["p50"], "ci95_p50": stats.shown_p50_interval(lat),
-                    "p90_us": lat["p90"], "p99_us": stats.shown_p99(lat),
+        row.update({"p50_us": stats.shown_p50(lat, result.round_p50_us),
+                    "ci95_p50": stats.shown_p50_interval(lat), "p90_us": lat["p90"], "p99_us": stats.shown_p99(lat),
                     "cv": lat["cv"], "unstable": lat["unstable"], "unstable_reasons": lat.get("unstable_reasons", []),
                     "runs": lat["n"], "timer_overhead_us": lat.get("timer_overhead_us"),
                     "vmhwm_kb": result.memory_kb.get("vmhwm"),
@@ -114,8 +114,9 @@ def build_summary(rundir: RunDir, *, recipe: dict[str, Any], model_metrics: dict
             cmp = stats.compare_rounds(teacher.round_p50_us, res.round_p50_us, paired=paired)
             row.update({"speedup_vs_teacher": cmp["ratio"], "speedup_ci95": cmp["ratio_ci95"],
                         "speedup_significant": cmp["significant"], "speedup_rounds": cmp["rounds"]})
-        if res is not None and floor is not None and res.latency_us.get("p50") and floor.latency_us.get("p50"):
-            row["x_floor"] = res.latency_us["p50"] / floor.latency_us["p50"]
+        floor_p50 = stats.shown_p50(floor.latency_us, floor.round_p50_us) if floor is not None else None
+        if row.get("p50_us") and floor_p50:
+            row["x_floor"] = row["p50_us"] / floor_p50
         ref = by_name.get(_per_class_reference(row) or "")
         if ref and row["per_class_accuracy"] and ref["per_class_accuracy"]:
             deltas = [(a - b) * 100 for a, b in zip(row["per_class_accuracy"], ref["per_class_accuracy"])]
@@ -134,7 +135,8 @@ def build_summary(rundir: RunDir, *, recipe: dict[str, Any], model_metrics: dict
         "recipe": recipe,
         "models": model_metrics,
         "class_names": class_names,
-        "floors": {fmt: {"p50_us": f.latency_us["p50"], "ci95_p50": f.latency_us["ci95_p50"]}
+        "floors": {fmt: {"p50_us": stats.shown_p50(f.latency_us, f.round_p50_us),
+                         "ci95_p50": stats.shown_p50_interval(f.latency_us)}
                    for fmt, f in floors.items() if f},
         "rows": rows,
         "runtime_comparison": _runtime_comparison(rows),
