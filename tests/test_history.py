@@ -162,3 +162,19 @@ def test_the_default_earlier_session_is_the_one_before_b(tmp_path):
     assert history.compare(path=db, device="host")["a"] == s2 and history.compare(b=s3, path=db)["a"] == s2
     with pytest.raises(BenchError, match="no earlier session on device 'host'"):
         history.compare(b=s1, path=db)
+
+
+def test_a_history_corrupt_past_its_header_is_a_clear_error(tmp_path):
+    """Pages in the middle of the file overwritten (its header and size intact): reading it used to escape as a
+    raw sqlite3.DatabaseError (`edgekd history` and `compare`: "internal error")."""
+    db = tmp_path / "h.sqlite"
+    for seed in range(12):
+        history.record([_result("m", 10.0, seed, [10.0, 10.1])], db)
+    size = db.stat().st_size
+    with open(db, "r+b") as f:
+        f.seek(size // 2 // 4096 * 4096)
+        f.write(b"\xff" * 4096 * 4)
+    for read in (lambda: history.sessions(db), lambda: history.compare(path=db)):
+        with pytest.raises(BenchError, match="cannot use the bench history") as err:
+            read()
+        assert "malformed" in err.value.why and "move it aside" in err.value.fix

@@ -14,8 +14,9 @@ import sqlite3
 import time
 import uuid
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -64,6 +65,23 @@ def _connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
     return db
 
 
+@contextmanager
+def _open(path: Path, *, create: bool = True) -> Iterator[sqlite3.Connection]:
+    """The history for one read or one transaction (committed, or rolled back on an error), closed after. A
+    file corrupt past its header, or held locked by another program beyond the timeout, fails at a query, not
+    when opened: that too is a BenchError, not an internal error."""
+    db = _connect(path, create=create)
+    try:
+        with db:
+            yield db
+    except sqlite3.Error as exc:
+        raise BenchError(f"cannot use the bench history {path}", why=str(exc),
+                         fix="if another program holds it (locked), retry when it is done; if it is corrupt "
+                             "(malformed), move it aside: the next bench starts a new one") from None
+    finally:
+        db.close()
+
+
 def _pack(latencies_ns: list[int]) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, np.asarray(latencies_ns, dtype=np.int64), allow_pickle=False)
@@ -85,7 +103,7 @@ def identity(result: BenchResult) -> dict[str, Any]:
 def record(results: Iterable[BenchResult], path: Path = DEFAULT_PATH, session: str | None = None) -> str:
     """Store results under one session id (returned)."""
     session = session or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    with _connect(path) as db:
+    with _open(path) as db:
         for r in results:
             lat = r.latency_us
             ci = lat.get("ci95_p50") or (None, None)
@@ -102,7 +120,7 @@ def record(results: Iterable[BenchResult], path: Path = DEFAULT_PATH, session: s
 
 def sessions(path: Path = DEFAULT_PATH, device: str | None = None) -> list[dict[str, Any]]:
     """Past bench sessions, newest first."""
-    with _connect(path, create=False) as db:
+    with _open(path, create=False) as db:
         rows = db.execute(
             "SELECT session, MIN(created_at), device, COUNT(*) FROM results"
             + (" WHERE device = ?" if device else "") + " GROUP BY session, device ORDER BY MIN(id) DESC",
@@ -207,7 +225,7 @@ def compare(a: str | None = None, b: str | None = None, *, path: Path = DEFAULT_
     if a is not None and a == b:
         raise BenchError(f"both sessions are '{a}'", why="a session compared with itself shows no change",
                          fix="name two different sessions (`edgekd history` lists them)")
-    with _connect(path, create=False) as db:
+    with _open(path, create=False) as db:
         newer = _session_rows(db, b)
         if a is None:
             b_device = newer[0].device
