@@ -178,3 +178,14 @@ def test_a_history_corrupt_past_its_header_is_a_clear_error(tmp_path):
         with pytest.raises(BenchError, match="cannot use the bench history") as err:
             read()
         assert "malformed" in err.value.why and "move it aside" in err.value.fix
+
+
+def test_an_unpaired_row_is_explained_by_its_closest_name_mate(tmp_path):
+    """Earlier: m in FP32 and in INT8 at 1 thread; later: m in INT8 at 4 threads. What keeps it from a pairing is
+    the threads; the reason used to be the first name-mate's, "precision fp32 → int8_static; threads 1 → 4"."""
+    db = tmp_path / "h.sqlite"
+    a = history.record([_result("m", 10.0, 0, [10.0, 10.1]), _result("m", 8.0, 1, [8.0, 8.1], precision="int8_static"),
+                        _result("n", 1.0, 2, [1.0, 1.1])], db)
+    b = history.record([_result("m", 4.0, 3, [4.0, 4.1], precision="int8_static", threads=4),
+                        _result("n", 1.0, 4, [1.0, 1.1])], db)
+    assert history.compare(a, b, path=db)["unpaired"] == [{"artifact": "m", "side": "both", "reason": "threads 1 → 4"}]

@@ -184,7 +184,8 @@ def pair(older: list[_Row], newer: list[_Row]) -> tuple[list[tuple[_Row, _Row, l
             used.add(match[0])
             pairs.append((match[1], new, match[2]))
         elif same_name:
-            diffs = same_name[0][2] or ["already paired with another row"]
+            # the closest name-mate's differences: the first one's could name a field another mate shares
+            diffs = min((differ for _, _, differ, _ in same_name), key=len) or ["already paired with another row"]
             unpaired.append({"artifact": new.name, "side": "both", "reason": "; ".join(diffs)})
         else:
             unpaired.append({"artifact": new.name, "side": "b", "reason": "not measured in the earlier session"})
