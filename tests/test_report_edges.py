@@ -148,3 +148,13 @@ def test_the_p50_shown_is_the_centre_of_its_interval_and_gives_the_speed_up(tmp_
     console = Console(width=300, record=True)
     console.print(bench_table([BenchResult.load(p) for p in run.recorded_outputs("bench", "bench-teacher*.json")]))
     assert f"{t['p50_us']:.2f} [" in console.export_text()
+
+
+def test_the_runtimes_are_named_without_a_floor(tmp_path):
+    """bench.floor: false times no Identity graph; the page named the runtimes from the floors only, so it said
+    "runtimes" and nothing after it."""
+    timed = {**_runner_fields(20.0), "runtime": {"name": "onnxruntime", "version": "1.2.3"}}
+    run = make_run(tmp_path / "run", [("student-onnx-fp32", timed, _parity(0.8))])
+    summary = build_summary(run, recipe={"name": "nofloor"}, model_metrics={}, class_names=["a", "b"])
+    assert summary["runtimes"] == {"onnx": {"name": "onnxruntime", "version": "1.2.3"}}
+    assert "runtimes onnxruntime 1.2.3" in write_html(summary, run).read_text()

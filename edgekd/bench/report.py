@@ -131,7 +131,7 @@ def build_summary(rundir: RunDir, *, recipe: dict[str, Any], model_metrics: dict
         "run": recipe.get("name"),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": _machine(any_result),
-        "runtimes": {fmt: floor.runtime for fmt, floor in floors.items() if floor},
+        "runtimes": _runtimes(artifacts, results),
         "recipe": recipe,
         "models": model_metrics,
         "class_names": class_names,
@@ -144,6 +144,16 @@ def build_summary(rundir: RunDir, *, recipe: dict[str, Any], model_metrics: dict
     }
     summary["findings"] = findings(summary)
     return summary
+
+
+def _runtimes(artifacts: list[Artifact], results: dict[str, BenchResult]) -> dict[str, dict[str, Any]]:
+    """The runtime each format was timed with: its floor's, or (bench.floor: false) its first result's."""
+    out: dict[str, dict[str, Any]] = {}
+    for artifact in sorted(artifacts, key=lambda a: a.role != "floor"):  # floors first
+        result = results.get(artifact.sha256)
+        if result is not None:
+            out.setdefault(artifact.format, result.runtime)
+    return out
 
 
 def device_int8_features(row: dict[str, Any]) -> dict[str, Any]:
