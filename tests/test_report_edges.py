@@ -158,3 +158,16 @@ def test_the_runtimes_are_named_without_a_floor(tmp_path):
     summary = build_summary(run, recipe={"name": "nofloor"}, model_metrics={}, class_names=["a", "b"])
     assert summary["runtimes"] == {"onnx": {"name": "onnxruntime", "version": "1.2.3"}}
     assert "runtimes onnxruntime 1.2.3" in write_html(summary, run).read_text()
+
+
+def test_a_native_tool_that_prints_no_percentiles_still_gets_a_report(tmp_path):
+    """LiteRT's benchmark_model before percentiles (TF 2.4, common on phones) prints an average but no p50: no
+    row and no floor has a p50. The page used to fail formatting the floor's p50 of None."""
+    old = native.bench_result_fields(native.parse_benchmark_model(
+        (SAMPLES / "benchmark_model_tf2.4_android_cpu.txt").read_text()))
+    assert old["latency_us"]["p50"] is None
+    run = make_run(tmp_path / "run", [("teacher-tflite-fp32", old, _parity(0.9)),
+                                      ("student-tflite-fp32", old, _parity(0.8)), ("floor-tflite-fp32", old, None)])
+    summary = build_summary(run, recipe={"name": "tf24"}, model_metrics={}, class_names=["a", "b"])
+    assert summary["floors"] == {} and all(r["p50_us"] is None for r in summary["rows"])
+    assert "Teacher vs student" in write_html(summary, run).read_text()

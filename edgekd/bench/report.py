@@ -137,7 +137,7 @@ def build_summary(rundir: RunDir, *, recipe: dict[str, Any], model_metrics: dict
         "class_names": class_names,
         "floors": {fmt: {"p50_us": stats.shown_p50(f.latency_us, f.round_p50_us),
                          "ci95_p50": stats.shown_p50_interval(f.latency_us)}
-                   for fmt, f in floors.items() if f},
+                   for fmt, f in floors.items() if f and stats.shown_p50(f.latency_us, f.round_p50_us) is not None},
         "rows": rows,
         "runtime_comparison": _runtime_comparison(rows),
         "compression": _compression(model_metrics.get("compressed")),
