@@ -131,7 +131,7 @@ def _spread(rounds: list[float]) -> str:
 
 
 def bench_table(results: list[Any]) -> Table:
-    from edgekd.bench.report import model_memory_kb, peak_mib
+    from edgekd.bench.report import model_memory_kb, peak_kb, peak_mib
 
     table = Table(title="benchmark (emulated devices: latency is not a board's latency)"
                   if any(r.device.get("emulated") for r in results) else "benchmark", title_justify="left")
@@ -141,7 +141,7 @@ def bench_table(results: list[Any]) -> Table:
         table.add_column(col, justify="left" if col in ("artifact", "device", "runtime") else "right")
     for r in results:
         lat = r.latency_us
-        peak = r.memory_kb.get("vmhwm") or r.memory_kb.get("peak")
+        peak = peak_kb(r.memory_kb)
         shown = stats.shown_p50(lat, r.round_p50_us)
         p50 = "–" if shown is None else f"{shown:.2f} {_ci(stats.shown_p50_interval(lat))}" + (
             " unstable" if lat.get("unstable") else "")

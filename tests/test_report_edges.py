@@ -171,3 +171,13 @@ def test_a_native_tool_that_prints_no_percentiles_still_gets_a_report(tmp_path):
     summary = build_summary(run, recipe={"name": "tf24"}, model_metrics={}, class_names=["a", "b"])
     assert summary["floors"] == {} and all(r["p50_us"] is None for r in summary["rows"])
     assert "Teacher vs student" in write_html(summary, run).read_text()
+
+
+def test_a_native_tools_peak_memory_is_in_the_report(tmp_path):
+    """onnxruntime_perf_test prints its peak working set: `edgekd bench` showed it, the run's report "–"."""
+    perf = native.bench_result_fields(native.parse_perf_test((SAMPLES / "perf_test_v1.3_acl_android.txt").read_text()))
+    run = make_run(tmp_path / "run", [("student-onnx-fp32", perf, _parity(0.8))])
+    summary = build_summary(run, recipe={"name": "perf"}, model_metrics={}, class_names=["a", "b"])
+    (row,) = summary["rows"]
+    assert row["vmhwm_kb"] == perf["memory_kb"]["peak"] == 154464.0
+    assert f"<td>{154464.0 / 1024:.1f}</td>" in write_html(summary, run).read_text()

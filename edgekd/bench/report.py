@@ -52,7 +52,7 @@ def _row(artifact: Artifact, result: BenchResult | None) -> dict[str, Any]:
                     "ci95_p50": stats.shown_p50_interval(lat), "p90_us": lat["p90"], "p99_us": stats.shown_p99(lat),
                     "cv": lat["cv"], "unstable": lat["unstable"], "unstable_reasons": lat.get("unstable_reasons", []),
                     "runs": lat["n"], "timer_overhead_us": lat.get("timer_overhead_us"),
-                    "vmhwm_kb": result.memory_kb.get("vmhwm"),
+                    "vmhwm_kb": peak_kb(result.memory_kb),
                     "vmhwm_model_kb": model_memory_kb(result.memory_kb), "load_ms": result.load_ms,
                     "device_accuracy": (result.device_accuracy or {}).get("accuracy"),
                     "first_inference_us": result.first_inference_us, "device": result.device.get("name"),
@@ -217,6 +217,12 @@ def _machine(result: BenchResult | None) -> dict[str, Any]:
             "system": info.get("system"), "python": info.get("python"),
             "runtime": result.runtime, "threads": result.settings.get("threads"),
             "batch_size": result.settings.get("batch_size")}
+
+
+def peak_kb(memory_kb: dict[str, Any]) -> float | None:
+    """The process's peak memory: the runner's VmHWM, or a native tool's peak (onnxruntime_perf_test's peak
+    working set; benchmark_model's with periodic monitoring)."""
+    return memory_kb.get("vmhwm") or memory_kb.get("peak")
 
 
 def model_memory_kb(memory_kb: dict[str, Any]) -> float | None:
