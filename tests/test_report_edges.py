@@ -181,3 +181,28 @@ def test_a_native_tools_peak_memory_is_in_the_report(tmp_path):
     (row,) = summary["rows"]
     assert row["vmhwm_kb"] == perf["memory_kb"]["peak"] == 154464.0
     assert f"<td>{154464.0 / 1024:.1f}</td>" in write_html(summary, run).read_text()
+
+
+def test_the_pareto_labels_of_close_artifacts_do_not_cover_each_other():
+    """One student in two formats and four precisions: eight points close together. Labels at one fixed offset
+    (alternately above and below) covered each other in both panels; each now takes a free place nearby."""
+    import itertools
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from edgekd.bench.report import pareto_figure
+
+    rows = [{"name": f"student-{fmt}-{precision}", "role": "student", "format": fmt, "precision": precision,
+             "accuracy": 0.93 - 0.001 * i - 0.0005 * j, "p50_us": 40.0 * (1 + 0.02 * i) * (1.05 if j else 1),
+             "size_bytes": 40_000 // (1 + i)}
+            for j, fmt in enumerate(("onnx", "tflite"))
+            for i, precision in enumerate(("fp32", "int8_static", "int8_dynamic", "int4"))]
+    rows.append({"name": "teacher-onnx-fp32", "role": "teacher", "format": "onnx", "precision": "fp32",
+                 "accuracy": 0.96, "p50_us": 300.0, "size_bytes": 400_000})
+    fig = pareto_figure({"rows": rows, "floors": {"onnx": {"p50_us": 3.0}}})
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    for ax in fig.axes:
+        boxes = [text.get_window_extent(canvas.get_renderer()) for text in ax.texts]
+        assert len(boxes) == len(rows)
+        assert not [pair for pair in itertools.combinations(boxes, 2) if pair[0].overlaps(pair[1])], ax.get_title()

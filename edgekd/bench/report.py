@@ -474,22 +474,70 @@ ROLE_COLORS = {"teacher": "tab:red", "student": "tab:blue", "scratch": "tab:gray
 FORMAT_MARKERS = {"onnx": "o", "tflite": "s"}
 
 
-def _scatter_labelled(ax, rows: list[dict[str, Any]], x: Callable[[dict[str, Any]], float]) -> None:
-    """One labelled point per artifact at (x(row), accuracy %), and the Pareto front (lower x, higher accuracy)."""
-    for i, r in enumerate(rows):
+def _scatter_labelled(ax, rows: list[dict[str, Any]], x: Callable[[dict[str, Any]], float]) -> list[tuple]:
+    """One point per artifact at (x(row), accuracy %), and the Pareto front (lower x, higher accuracy); returns
+    the points' labels as (x, y, text), placed by _place_labels once the axes are complete."""
+    labels = []
+    for r in rows:
         failed = r.get("parity_passed") is False  # hollow, labelled, and never on the front: not shippable
         colour = ROLE_COLORS.get(r["role"], "k")
         ax.scatter(x(r), r["accuracy"] * 100, color="none" if failed else colour, edgecolors=colour,
                    marker=FORMAT_MARKERS.get(r["format"], "o"), s=40, zorder=3)
-        ax.annotate(f"{r['role']} {r['format']} {r['precision']}" + (" (failed parity)" if failed else ""),
-                    (x(r), r["accuracy"] * 100), fontsize=6,
-                    xytext=(4, 4 if i % 2 == 0 else -10), textcoords="offset points")  # alternate: no overlap
+        labels.append((x(r), r["accuracy"] * 100,
+                       f"{r['role']} {r['format']} {r['precision']}" + (" (failed parity)" if failed else "")))
     front = _pareto([(x(r), r["accuracy"] * 100) for r in rows if r.get("parity_passed") is not False])
     ax.step([p for p, _ in front], [a for _, a in front], where="post", color="tab:green", alpha=0.6,
             label="Pareto front")
     _log_axis_plain(ax.xaxis)
     ax.set_ylabel("test accuracy of the artifact (%)")
     ax.grid(alpha=0.3)
+    return labels
+
+
+# Where a label may go, in points from its point (x, y, horizontal alignment): beside it first, then further up
+# or down; the first place inside the axes that covers no other label and no other point is taken.
+LABEL_PLACES = [(side * 5, dy, "left" if side > 0 else "right")
+                for step in range(8) for dy in (2 + 7 * step, -8 - 7 * step) for side in (1, -1)]
+
+
+def _place_labels(ax, labels: list[tuple]) -> None:
+    """Label the points without overlaps where there is room: artifacts of one model in several formats and
+    precisions sit close together, and labels at one fixed offset covered each other. Measured with the Agg
+    renderer, so call it when the axes' contents (and so their limits) are final. Where no place is free, the
+    one that covers the fewest others."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.transforms import Bbox
+
+    canvas = ax.figure.canvas if isinstance(ax.figure.canvas, FigureCanvasAgg) else FigureCanvasAgg(ax.figure)
+    renderer = canvas.get_renderer()
+    ax.autoscale_view()
+    inside = ax.get_window_extent(renderer)
+    radius = 3 * ax.figure.dpi / 72  # a marker (s=40) is ~6 points across
+    points = [Bbox.from_extents(px - radius, py - radius, px + radius, py + radius)
+              for px, py in ax.transData.transform([(x, y) for x, y, _ in labels])]
+    taken: list = []
+    for i, (x, y, text) in enumerate(labels):
+        others = taken + points[:i] + points[i + 1:]
+        best = None
+        for dx, dy, align in LABEL_PLACES:
+            note = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=6, ha=align,
+                               arrowprops=None if abs(dy) < 10 else {"arrowstyle": "-", "lw": 0.4, "alpha": 0.5})
+            box = note.get_window_extent(renderer)
+            covered = sum(box.overlaps(other) for other in others) + (not _within(box, inside))
+            if best is not None:
+                if covered >= best[0]:
+                    note.remove()
+                    continue
+                best[1].remove()
+            best = (covered, note, box)
+            if covered == 0:
+                break
+        taken.append(best[2])
+
+
+def _within(box, outer) -> bool:
+    """Whether `box` lies wholly inside `outer` (a label outside the axes lands on the tick labels)."""
+    return outer.x0 <= box.x0 and box.x1 <= outer.x1 and outer.y0 <= box.y0 and box.y1 <= outer.y1
 
 
 def pareto_figure(summary: dict[str, Any]):
@@ -502,17 +550,18 @@ def pareto_figure(summary: dict[str, Any]):
     fig = _figure(13, 4.6)
     by_time, by_size = fig.subplots(1, 2)
     if timed:
-        _scatter_labelled(by_time, timed, lambda r: r["p50_us"])
+        labels = _scatter_labelled(by_time, timed, lambda r: r["p50_us"])
         for fmt, floor in (summary.get("floors") or {}).items():
             by_time.axvline(floor["p50_us"], color="k", ls=":" if fmt == "onnx" else "--", lw=1,
                             label=f"{RUNTIME_OF.get(fmt, fmt)} floor")
         by_time.legend(fontsize=8)
+        _place_labels(by_time, labels)
     else:
         by_time.text(0.5, 0.5, "not benchmarked (bench.enabled: false)", ha="center", va="center",
                      transform=by_time.transAxes)
     by_time.set_xlabel("p50 latency (µs, log scale)")
     by_time.set_title("Accuracy vs latency")
-    _scatter_labelled(by_size, scored, lambda r: r["size_bytes"] / 1024)
+    _place_labels(by_size, _scatter_labelled(by_size, scored, lambda r: r["size_bytes"] / 1024))
     by_size.set_xlabel("file size (KiB, log scale)")
     by_size.set_title("Accuracy vs file size")
     fig.suptitle("Artifacts: circles onnxruntime, squares LiteRT; colour = model")
