@@ -206,3 +206,13 @@ def test_the_pareto_labels_of_close_artifacts_do_not_cover_each_other():
         boxes = [text.get_window_extent(canvas.get_renderer()) for text in ax.texts]
         assert len(boxes) == len(rows)
         assert not [pair for pair in itertools.combinations(boxes, 2) if pair[0].overlaps(pair[1])], ax.get_title()
+
+
+def test_the_teacher_has_no_speed_up_against_itself(tmp_path):
+    """The page showed the teacher's row as "1.00× [1.00, 1.00] (within noise)": itself against itself."""
+    run = make_run(tmp_path / "run", [("teacher-onnx-fp32", _runner_fields(100.0), _parity(0.9)),
+                                      ("student-onnx-fp32", _runner_fields(20.0), _parity(0.8))])
+    summary = build_summary(run, recipe={"name": "self"}, model_metrics={}, class_names=["a", "b"])
+    teacher, student = summary["rows"]
+    assert "speedup_vs_teacher" not in teacher and student["speedup_vs_teacher"] == pytest.approx(5.0)
+    assert "1.00× [1.00, 1.00]" not in write_html(summary, run).read_text()

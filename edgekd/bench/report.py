@@ -107,7 +107,8 @@ def build_summary(rundir: RunDir, *, recipe: dict[str, Any], model_metrics: dict
     teachers = {a.format: results.get(a.sha256) for a in models if a.role == "teacher" and a.precision == "fp32"}
     for art, row in zip(models, rows):
         res, teacher, floor = results.get(art.sha256), teachers.get(art.format), floors.get(art.format)
-        if res is not None and teacher is not None and res.round_p50_us and teacher.round_p50_us:
+        if res is not None and teacher is not None and res is not teacher and res.round_p50_us \
+                and teacher.round_p50_us:  # not the teacher against itself: "1.00× [1.00, 1.00] (within noise)"
             # speed-up against the teacher in the same runtime, round by round: the rounds of one bench call
             # interleave the artifacts, so each round's ratio cancels the machine's state at the time
             paired = len(res.round_p50_us) == len(teacher.round_p50_us)
