@@ -83,13 +83,11 @@ def _open(path: Path, *, create: bool = True) -> Iterator[sqlite3.Connection]:
 
 
 def _pack(latencies_ns: list[int]) -> bytes:
+    """Per-call latencies as stored: int64 ns in .npy form (no pickle), zlib-compressed; read them back with
+    np.load(io.BytesIO(zlib.decompress(blob)), allow_pickle=False)."""
     buffer = io.BytesIO()
     np.save(buffer, np.asarray(latencies_ns, dtype=np.int64), allow_pickle=False)
     return zlib.compress(buffer.getvalue())
-
-
-def _unpack(blob: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(zlib.decompress(blob)), allow_pickle=False)
 
 
 def identity(result: BenchResult) -> dict[str, Any]:
