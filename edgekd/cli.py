@@ -148,7 +148,8 @@ def export(checkpoint: Path = typer.Argument(..., help="an edgekd checkpoint (<r
            precision: List[str] = typer.Option(["fp32", "int8_static", "int8_dynamic"], "--precision",
                                                help="fp32, int8_static, int8_dynamic or int4 (repeatable)"),
            min_agreement: float = typer.Option(0.99, min=0.0, max=1.0,
-                                               help="parity threshold: top-1 agreement with PyTorch"),
+                                               help="parity threshold of FP32 and INT8 artifacts: top-1 agreement with "
+                                                    "PyTorch (INT4 artifacts need 0.97)"),
            device: List[str] = typer.Option([], "--device", help="device profile the artifacts are for "
                                             "(repeatable): ONNX INT8 picks its weight grid for that CPU; "
                                             "without one, 7-bit weights, right on every CPU")) -> None:
