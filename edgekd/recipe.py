@@ -524,6 +524,7 @@ def check_registered_names(recipe: Recipe, origin: str = "<recipe>") -> None:
         from edgekd.text.student import TEXT_STUDENTS
         from edgekd.text.teacher import check_recipe_teacher
 
+        _check_text_scope(recipe, origin)
         check_recipe_teacher(recipe, origin)
         _check_text_precisions(recipe, origin)
         checks: list[tuple[str, Any, str]] = [("distill.loss.name", LOSSES, recipe.distill.loss.name)]
@@ -574,6 +575,21 @@ def check_registered_names(recipe: Recipe, origin: str = "<recipe>") -> None:
     except EdgeKDError as exc:
         raise RecipeError(f"invalid recipe: bench.device: {exc.what}", why=exc.why,
                           fix=f"set bench.device in {origin} to one of those (or a profile path)") from None
+
+
+def _check_text_scope(recipe: Recipe, origin: str) -> None:
+    """The text task runs its own stages (edgekd.text.stages: distill.text terms, no compress stage, the teacher
+    from teacher.hf): settings only the classification pipeline reads would otherwise be ignored in silence."""
+    ignored = [name for name, set_ in (
+        ("compress.enabled: true", recipe.compress.enabled),
+        (f"distill.strategy: {recipe.distill.strategy}", recipe.distill.strategy != "standard"),
+        ("distill.features", bool(recipe.distill.features)),
+        ("teacher.checkpoint", recipe.teacher.checkpoint is not None)) if set_]
+    if ignored:
+        raise RecipeError(f"invalid recipe: {', '.join(ignored)} cannot be used with task: text",
+                          why="the text task distils with distill.text (cosine, relation and response KD) from the "
+                              "teacher.hf encoder and has no compress stage, so these settings would be ignored",
+                          fix=f"remove them from {origin} (the text teacher is teacher.hf), or use task: classify")
 
 
 def _check_text_precisions(recipe: Recipe, origin: str) -> None:

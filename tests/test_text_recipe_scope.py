@@ -1,0 +1,35 @@
+"""A text recipe runs the text stages only (teacher → distill with distill.text → scratch → export → bench →
+report): the classification pipeline's sections it cannot honour are refused when the recipe loads, not ignored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgekd.errors import RecipeError
+from edgekd.recipe import load_recipe
+
+TEXT = {"name": "x", "task": "text", "student": {"model": {"family": "text_bag"}}}
+
+
+@pytest.mark.parametrize("section, named", [
+    ({"compress": {"enabled": True}}, r"compress\.enabled"),
+    ({"distill": {"strategy": "mutual"}}, r"distill\.strategy: mutual"),
+    ({"distill": {"features": [{"loss": "hint", "student": "embed", "teacher": "encoder"}]}}, r"distill\.features"),
+])
+def test_a_text_recipe_refuses_what_the_text_stages_would_ignore(section: dict, named: str) -> None:
+    with pytest.raises(RecipeError, match=named) as caught:
+        load_recipe({**TEXT, **section})
+    assert "task: text" in caught.value.what and caught.value.fix
+
+
+def test_a_text_recipe_refuses_a_teacher_checkpoint(tmp_path: Path) -> None:
+    """The text teacher is teacher.hf; an existing checkpoint would otherwise be passed over in silence."""
+    (tmp_path / "teacher.pt").write_bytes(b"")
+    with pytest.raises(RecipeError, match=r"teacher\.checkpoint.*task: text"):
+        load_recipe({**TEXT, "teacher": {"checkpoint": str(tmp_path / "teacher.pt")}})
+
+
+def test_the_same_sections_load_in_a_classification_recipe() -> None:
+    load_recipe({"name": "x", "compress": {"enabled": True}, "distill": {"strategy": "mutual"}})
