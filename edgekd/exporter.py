@@ -163,10 +163,14 @@ def export_model(
                        reference_name=f"PyTorch {role} (fp32)", max_rel_error=max_rel_error_for(precision))
         if onnx_int8:
             quantization = {**(quantization or {}), "layer_errors": _layer_errors(fp32_path, path, x_test, name)}
+        steps = lineage.get("steps")
+        if steps and precision != "fp32":  # a compressed model's steps, in order: its quantization is the last
+            steps = [*steps, {"step": precision, "format": fmt}]
         artifacts.append(save_artifact(
             backend, path, reporter, name=name, role=role, precision=precision, parameters=count_parameters(model),
             opset=options.opset if fmt == "onnx" else None, quantization=quantization, parity=check,
-            lineage={**lineage, "conversion_seconds": round(seconds, 3), "derived_from": step.derived_from(role)}))
+            lineage={**lineage, **({"steps": steps} if steps else {}), "conversion_seconds": round(seconds, 3),
+                     "derived_from": step.derived_from(role)}))
     return artifacts
 
 
