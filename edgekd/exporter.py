@@ -323,6 +323,10 @@ def export_checkpoint(checkpoint: str | Path, output_dir: str | Path, *, formats
         raise CheckpointError(f"{checkpoint} records the role {role!r}, which is no name",
                               why="the role names the artifact folders, so it cannot hold '/' or be '.' or '..'",
                               fix="export from the run that wrote the checkpoint (edgekd run RECIPE)")
+    if meta.get("prune_plan"):  # a structurally pruned model: give it the pruned shape its weights have
+        from edgekd.compress.prune import rebuild
+
+        rebuild(model, tuple(spec["in_shape"]), meta["prune_plan"])
     load_weights(model, checkpoint, role=role)
     splits = load_data(**data_cfg)
     rng = np.random.default_rng(0)
