@@ -304,7 +304,7 @@ def export_checkpoint(checkpoint: str | Path, output_dir: str | Path, *, formats
     targets = tuple(target_cpu(device) for device in devices or ())
     from edgekd.checkpoints import load_weights, read_checkpoint
     from edgekd.data import load_data
-    from edgekd.models import create_model
+    from edgekd.models import model_of_checkpoint
 
     checkpoint = Path(checkpoint)
     payload = read_checkpoint(checkpoint)
@@ -316,17 +316,12 @@ def export_checkpoint(checkpoint: str | Path, output_dir: str | Path, *, formats
             why="a bare state dict cannot be rebuilt into a model on its own",
             fix="export from a run instead (edgekd run RECIPE), which knows the architecture",
         )
-    model = create_model(spec["family"], in_shape=tuple(spec["in_shape"]), num_classes=spec["num_classes"],
-                         **spec["params"])
+    model = model_of_checkpoint(spec, meta)
     role = str(meta.get("role", checkpoint.stem))
     if not re.match(PATH_COMPONENT, role):  # it names the artifact folders: "../x" would write outside them
         raise CheckpointError(f"{checkpoint} records the role {role!r}, which is no name",
                               why="the role names the artifact folders, so it cannot hold '/' or be '.' or '..'",
                               fix="export from the run that wrote the checkpoint (edgekd run RECIPE)")
-    if meta.get("prune_plan"):  # a structurally pruned model: give it the pruned shape its weights have
-        from edgekd.compress.prune import rebuild
-
-        rebuild(model, tuple(spec["in_shape"]), meta["prune_plan"])
     load_weights(model, checkpoint, role=role)
     splits = load_data(**data_cfg)
     rng = np.random.default_rng(0)

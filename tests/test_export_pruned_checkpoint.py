@@ -45,3 +45,12 @@ def test_cli_exports_a_pruned_checkpoint(tmp_path: Path) -> None:
                           env={**os.environ, "COLUMNS": "200"})
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "out" / "compressed-onnx-fp32" / "model.onnx").is_file()
+
+
+def test_layers_reads_a_pruned_checkpoint(tmp_path: Path) -> None:
+    """`edgekd layers compressed.pt FAMILY` shows the pruned model's layers (32 hidden units left of 64)."""
+    from edgekd.models import count_parameters, model_from_name_or_checkpoint
+
+    parameters = _pruned_checkpoint(tmp_path / "compressed.pt")
+    model = model_from_name_or_checkpoint(str(tmp_path / "compressed.pt"), data="digits", role="teacher")
+    assert count_parameters(model) == parameters

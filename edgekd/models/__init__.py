@@ -43,18 +43,30 @@ def model_from_name_or_checkpoint(arg: str, *, data: str, role: str) -> "nn.Modu
     if Path(arg).suffix == ".pt" or Path(arg).exists():  # a folder, too: read_checkpoint says what is inside
         from edgekd.checkpoints import load_weights, read_checkpoint
 
-        spec = read_checkpoint(Path(arg)).get("spec")
+        payload = read_checkpoint(Path(arg))
+        spec = payload.get("spec")
         if not spec:
             raise RecipeError(f"{arg} holds no architecture", why="it is a plain state dict",
                               fix=f"give the {role} as a model family name ({', '.join(MODELS.names())})")
-        model = create_model(spec["family"], in_shape=tuple(spec["in_shape"]), num_classes=spec["num_classes"],
-                             **spec["params"])
+        model = model_of_checkpoint(spec, payload.get("meta") or {})
         load_weights(model, Path(arg), role=role)
         return model
     from edgekd.data import load_data
 
     splits = load_data(data)
     return create_model(arg, in_shape=splits.input_shape, num_classes=splits.num_classes)
+
+
+def model_of_checkpoint(spec: dict[str, Any], meta: dict[str, Any]) -> "nn.Module":
+    """A fresh model of the architecture a checkpoint records, for its weights: a structurally pruned one
+    (compressed.pt records its prune_plan) is given the pruned shape first, as the pipeline does."""
+    model = create_model(spec["family"], in_shape=tuple(spec["in_shape"]), num_classes=spec["num_classes"],
+                         **spec["params"])
+    if meta.get("prune_plan"):
+        from edgekd.compress.prune import rebuild
+
+        rebuild(model, tuple(spec["in_shape"]), meta["prune_plan"])
+    return model
 
 
 def count_parameters(model: "nn.Module") -> int:
