@@ -579,17 +579,20 @@ def check_registered_names(recipe: Recipe, origin: str = "<recipe>") -> None:
 
 
 def _check_text_scope(recipe: Recipe, origin: str) -> None:
-    """The text task runs its own stages (edgekd.text.stages: distill.text terms, no compress stage, the teacher
-    from teacher.hf): settings only the classification pipeline reads would otherwise be ignored in silence."""
+    """The text task runs its own stages (edgekd.text.stages: distill.text terms over every training sentence, no
+    compress stage, the teacher from teacher.hf with a fitted head): settings only the classification pipeline
+    reads would otherwise be ignored in silence."""
     ignored = [name for name, set_ in (
         ("compress.enabled: true", recipe.compress.enabled),
         (f"distill.strategy: {recipe.distill.strategy}", recipe.distill.strategy != "standard"),
         ("distill.features", bool(recipe.distill.features)),
+        (f"distill.transfer_set: {recipe.distill.transfer_set}", recipe.distill.transfer_set != "train_split"),
         ("teacher.checkpoint", recipe.teacher.checkpoint is not None)) if set_]
     if ignored:
         raise RecipeError(f"invalid recipe: {', '.join(ignored)} cannot be used with task: text",
-                          why="the text task distils with distill.text (cosine, relation and response KD) from the "
-                              "teacher.hf encoder and has no compress stage, so these settings would be ignored",
+                          why="the text task distils with distill.text (cosine, relation and response KD) over every "
+                              "training sentence from the teacher.hf encoder and has no compress stage, so these "
+                              "settings would be ignored",
                           fix=f"remove them from {origin} (the text teacher is teacher.hf), or use task: classify")
 
 

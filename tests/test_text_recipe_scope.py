@@ -17,6 +17,7 @@ TEXT = {"name": "x", "task": "text", "student": {"model": {"family": "text_bag"}
     ({"compress": {"enabled": True}}, r"compress\.enabled"),
     ({"distill": {"strategy": "mutual"}}, r"distill\.strategy: mutual"),
     ({"distill": {"features": [{"loss": "hint", "student": "embed", "teacher": "encoder"}]}}, r"distill\.features"),
+    ({"distill": {"transfer_set": "labelled_only"}}, r"distill\.transfer_set: labelled_only"),
 ])
 def test_a_text_recipe_refuses_what_the_text_stages_would_ignore(section: dict, named: str) -> None:
     with pytest.raises(RecipeError, match=named) as caught:
@@ -29,6 +30,14 @@ def test_a_text_recipe_refuses_a_teacher_checkpoint(tmp_path: Path) -> None:
     (tmp_path / "teacher.pt").write_bytes(b"")
     with pytest.raises(RecipeError, match=r"teacher\.checkpoint.*task: text"):
         load_recipe({**TEXT, "teacher": {"checkpoint": str(tmp_path / "teacher.pt")}})
+
+
+def test_a_text_runs_resolved_recipe_loads_again(tmp_path: Path) -> None:
+    """recipe.yaml in a run directory holds every field, defaults included (benchmarks reload it)."""
+    from edgekd.recipe import dump_recipe
+
+    (tmp_path / "recipe.yaml").write_text(dump_recipe(load_recipe(TEXT)))
+    assert load_recipe(tmp_path / "recipe.yaml").task == "text"
 
 
 def test_the_same_sections_load_in_a_classification_recipe() -> None:
