@@ -163,6 +163,17 @@ def _check_edgekd_payload(payload: dict[str, Any], path: Path) -> None:
         )
 
 
+def _misfit_fix(payload: dict[str, Any], path: Path, role: str) -> str:
+    """How to use a checkpoint that does not fit: a structurally pruned one (it records its prune_plan) has no
+    recipe architecture to name; otherwise the recipe field of the role, where it has one."""
+    if (payload.get("meta") or {}).get("prune_plan"):
+        return (f"{path} is structurally pruned (channels removed), which only the run that pruned it and "
+                f"`edgekd export {path}` rebuild; to distil from it, export it and give the artifact folder as "
+                "distill.blackbox.source with distill.strategy: blackbox")
+    field = f"set {role}.model (family and params)" if role in ("teacher", "student") else "set the model"
+    return f"give a checkpoint saved from this architecture, or (in a recipe) {field} to the one it was saved from"
+
+
 def load_weights(model: "nn.Module", path: Path, *, role: str) -> dict[str, Any]:
     """Load a checkpoint into `model`, explaining shape mismatches by parameter name."""
     payload = read_checkpoint(path)
@@ -176,12 +187,8 @@ def load_weights(model: "nn.Module", path: Path, *, role: str) -> dict[str, Any]
         details = mismatched[:3] + [f"missing {k}" for k in missing[:3]] + [f"unexpected {k}" for k in unexpected[:3]]
         spec = payload.get("spec")
         hint = f" (the checkpoint was saved from {spec['family']} {spec['params']})" if spec else ""
-        raise CheckpointError(
-            f"checkpoint {path} does not fit the {role} model{hint}",
-            why="; ".join(details),
-            fix=f"give a checkpoint saved from this architecture, or (in a recipe) set {role}.model (family and "
-                "params) to the one it was saved from",
-        )
+        raise CheckpointError(f"checkpoint {path} does not fit the {role} model{hint}", why="; ".join(details),
+                              fix=_misfit_fix(payload, path, role))
     model.load_state_dict(state)
     model.eval()
     return payload

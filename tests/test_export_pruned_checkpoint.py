@@ -54,3 +54,34 @@ def test_layers_reads_a_pruned_checkpoint(tmp_path: Path) -> None:
     parameters = _pruned_checkpoint(tmp_path / "compressed.pt")
     model = model_from_name_or_checkpoint(str(tmp_path / "compressed.pt"), data="digits", role="teacher")
     assert count_parameters(model) == parameters
+
+
+def test_a_pruned_checkpoint_given_where_a_recipe_architecture_is_built_says_how_to_use_it(tmp_path: Path) -> None:
+    """A pruned checkpoint as teacher.checkpoint does not fit the recipe's (unpruned) architecture; the fix named
+    `teacher.model`, which cannot describe removed channels. It now says what can rebuild it, and the black-box
+    route for distilling from it."""
+    import pytest
+
+    from edgekd.checkpoints import load_weights
+    from edgekd.errors import CheckpointError
+    from edgekd.models import create_model
+
+    _pruned_checkpoint(tmp_path / "compressed.pt")
+    unpruned = create_model("mlp", in_shape=(64,), num_classes=10, width=64, depth=1)
+    with pytest.raises(CheckpointError, match="does not fit the teacher model") as caught:
+        load_weights(unpruned, tmp_path / "compressed.pt", role="teacher")
+    assert "structurally pruned" in caught.value.fix and "distill.blackbox.source" in caught.value.fix
+    assert "teacher.model" not in caught.value.fix
+    with pytest.raises(CheckpointError) as member:  # a role without a recipe field of its own
+        load_weights(create_model("mlp", in_shape=(64,), num_classes=10, width=32, depth=1),
+                     _unpruned_checkpoint(tmp_path / "unpruned.pt"),
+                     role="ensemble member 1")
+    assert "ensemble member 1.model" not in member.value.fix and "set the model" in member.value.fix
+
+
+def _unpruned_checkpoint(path: Path) -> Path:
+    from edgekd.checkpoints import save_checkpoint
+    from edgekd.models import create_model
+
+    save_checkpoint(create_model("mlp", in_shape=(64,), num_classes=10, width=64, depth=1), path, role="teacher")
+    return path
