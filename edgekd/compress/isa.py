@@ -244,8 +244,8 @@ def choose_reduce_range(setting: str | bool = "auto", targets: Sequence[TargetCp
 def _combine(decided: list[tuple[TargetCpu, bool | None, str]]) -> tuple[bool, str]:
     """One grid for every target: 7-bit if any target needs it or is unknown (or there is none)."""
     if not decided:
-        return True, ("no target device (the recipe benchmarks on none), so the CPU that will run the artifact is "
-                      "unknown: 7-bit weights, which no CPU's int8 kernels saturate")
+        return True, ("no target device (no bench.device, nor export --device), so the CPU that will run the "
+                      "artifact is unknown: 7-bit weights, which no CPU's int8 kernels saturate")
     unknown = [t for t, needs, _ in decided if needs is None]
     if unknown:
         t = unknown[0]
