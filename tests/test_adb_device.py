@@ -400,3 +400,130 @@ def test_disconnect_mid_run_is_unreachable(adb_server, tmp_path_factory, tmp_pat
             dev.run(["true"])
         with pytest.raises(DeviceUnreachable):
             dev.push(Path(__file__), f"{WD}/x.py")
+
+
+# --------------------------------------------------------------------------- a link that goes away under the runner
+
+# A run that would go on for 10 minutes (its warmup alone lasts max_seconds): only the tether can end it early.
+ENDLESS = {"warmup_runs": 10**9, "warmup_min_seconds": 600.0, "min_runs": 1, "max_runs": 1, "min_seconds": 0.0,
+           "max_seconds": 600.0, "memory_runs": 0}
+
+
+def _runner_on(phone: LoopbackAdbDevice) -> int | None:
+    """The PID of a runner (not its starting shell) running from the phone's sandbox, once onnxruntime is loaded."""
+    for entry in os.listdir("/proc"):
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            if (len(argv) > 2 and argv[1].decode().startswith(str(phone.sandbox))
+                    and argv[1].decode().endswith(RUNNER_NAME)
+                    and "onnxruntime" in Path(f"/proc/{entry}/maps").read_text()):
+                return int(entry)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _poll(condition, seconds: float, what: str):
+    """condition()'s first true value, polled; the test fails when it never comes (no assertion on speed)."""
+    deadline = time.monotonic() + seconds
+    while not (value := condition()):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+    return value
+
+
+def _stop(pid: int | None) -> None:
+    if pid is not None and alive(pid):
+        os.kill(pid, 9)
+
+
+_BENCH_HOST = """\
+import json, sys
+from pathlib import Path
+import numpy as np
+from edgekd.bench.harness import _Session
+from edgekd.devices.adb import AdbDevice
+from edgekd.devices.base import DeviceProfile
+from edgekd.export.onnx import write_identity_model
+
+serial, port, workdir, tmp, endless = sys.argv[1], int(sys.argv[2]), sys.argv[3], Path(sys.argv[4]), sys.argv[5]
+device = AdbDevice(DeviceProfile(name="loopback", kind="adb", python=sys.executable, workdir=workdir,
+                                 options={"serial": serial, "server_port": port}))
+session = _Session(device, tmp)
+np.save(tmp / "x.npy", np.zeros((1, 64), np.float32))
+model = write_identity_model(tmp / "identity.onnx", (64,), 18)
+spec = {"artifact": session.relative(session.push(model, "identity.onnx")), "runtime": "onnxruntime",
+        "inputs": {"x": session.relative(session.push(tmp / "x.npy", "x.npy"))}, **json.loads(endless)}
+session.run_spec(spec, "endless", 900)
+"""
+
+
+def test_runner_ends_when_its_host_is_killed(adb_server, phone, tmp_path):
+    # edgekd killed outright (SIGKILL, an OOM kill, a closed laptop's session): the adb client it started lives
+    # on, and the stream stays open, so adbd hangs nothing up and the runner ran for its whole time limit.
+    # Tethered, the runner's stdin is a pipe from edgekd that adb forwards; its end reaches the runner as EOF.
+    host = subprocess.Popen([sys.executable, "-c", _BENCH_HOST, phone.address, str(adb_server.port), WD,
+                             str(tmp_path), json.dumps(ENDLESS)], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    runner = None
+    try:
+        runner = _poll(lambda: _runner_on(phone) or host.poll() is not None and pytest.fail(host.stderr.read()),
+                       120, "the runner never started")
+        host.kill()  # no cleanup of its own can run
+        host.wait()
+        _poll(lambda: not alive(runner), 30, "the runner still runs on the phone after its host was killed")
+    finally:
+        _stop(runner)
+        host.kill()
+        host.wait()
+
+
+def test_runner_ends_when_its_link_goes_silent(adb_server, phone, tmp_path):
+    # A phone on Wi-Fi whose network goes away: adbd sees no close, so it hangs nothing up. Here the adb client is
+    # frozen: the stream stays open, and the runner's heartbeats stop.
+    from edgekd.bench.harness import _Session
+    from edgekd.export.onnx import write_identity_model
+
+    dev = _adb_device(adb_server, phone.address, python=sys.executable)
+    session = _Session(dev, tmp_path)
+    np.save(tmp_path / "x.npy", np.zeros((1, 64), np.float32))
+    model = write_identity_model(tmp_path / "identity.onnx", (64,), 18)
+    (tmp_path / "spec.json").write_text(json.dumps(
+        {"artifact": session.relative(session.push(model, "identity.onnx")), "runtime": "onnxruntime",
+         "inputs": {"x": session.relative(session.push(tmp_path / "x.npy", "x.npy"))}, **ENDLESS}))
+    spec = session.push(tmp_path / "spec.json", "specs/silent.json")
+    assert dev.can_tether()
+    outcome: dict[str, object] = {}
+
+    def bench():
+        try:
+            outcome["result"] = dev.run([sys.executable, session.runner, "--tether", "3", spec], timeout=900,
+                                        tether=True)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=bench)
+    thread.start()
+    runner = client = None
+    try:
+        runner = _poll(lambda: _runner_on(phone) or not thread.is_alive() and pytest.fail(str(outcome)), 120,
+                       "the runner never started")
+        client = next(pid for pid in _children(os.getpid()) if Path(f"/proc/{pid}/exe").resolve().name == "adb")
+        os.kill(client, 19)  # SIGSTOP: nothing more passes, nothing is closed
+        _poll(lambda: not alive(runner), 30, "the runner still runs on the phone after its link went silent")
+    finally:
+        _stop(runner)
+        _stop(client)  # SIGKILL ends a stopped process too
+        thread.join(60)
+    assert not thread.is_alive()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+            out.append(int(entry))
+    return out

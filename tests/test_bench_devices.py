@@ -324,3 +324,63 @@ def test_check_threads_times_one_and_n_threads(tmp_path):
     assert check["speedup_ci95"][0] <= check["speedup"] <= check["speedup_ci95"][1]
     low, high = check["speedup_ci95"]
     assert check["took_effect"] is (low > 1.0 or high < 1.0)  # the p50s differ beyond the noise: 1 is outside
+
+
+_LOCAL_BENCH = """\
+import json, sys
+from pathlib import Path
+import numpy as np
+from edgekd.bench.harness import _Session
+from edgekd.devices.base import DeviceProfile
+from edgekd.devices.local import LocalDevice
+from edgekd.export.onnx import write_identity_model
+
+tmp = Path(sys.argv[1])
+device = LocalDevice(DeviceProfile(name="host", kind="local", python=sys.executable, workdir=str(tmp / "work")))
+session = _Session(device, tmp)
+np.save(tmp / "x.npy", np.zeros((1, 8), np.float32))
+model = write_identity_model(tmp / "identity.onnx", (8,), 18)
+# It would run for 10 minutes: its warmup alone lasts max_seconds.
+spec = {"artifact": session.relative(session.push(model, "identity.onnx")), "runtime": "onnxruntime",
+        "inputs": {"x": session.relative(session.push(tmp / "x.npy", "x.npy"))}, "warmup_runs": 10**9,
+        "warmup_min_seconds": 600.0, "min_runs": 1, "max_runs": 1, "min_seconds": 0.0, "max_seconds": 600.0}
+session.run_spec(spec, "endless", 900)
+"""
+
+
+def test_a_local_runner_ends_when_edgekd_is_killed(tmp_path):
+    # edgekd killed outright (SIGKILL, an OOM kill) cannot stop its runner: it ran on for its whole time limit,
+    # under the next benchmark. Tethered, it sees its stdin pipe from edgekd close, and ends.
+    host = subprocess.Popen([sys.executable, "-c", _LOCAL_BENCH, str(tmp_path)], stdin=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    work = str(tmp_path / "work")
+
+    def runner() -> int | None:
+        assert host.poll() is None, host.stderr.read()
+        for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+            try:
+                argv = _cmdline(pid).split(b"\0")
+                if (len(argv) > 2 and argv[1].decode().startswith(work) and argv[1].decode().endswith("runner.py")
+                        and "onnxruntime" in Path(f"/proc/{pid}/maps").read_text()):
+                    return pid
+            except (OSError, ValueError):
+                continue
+        return None
+
+    pid = None
+    try:
+        deadline = time.monotonic() + 120  # bounded, so that a runner that never starts fails the test
+        while (pid := runner()) is None:
+            assert time.monotonic() < deadline, "the runner never started"
+            time.sleep(0.05)
+        host.kill()
+        host.wait()
+        deadline = time.monotonic() + 30
+        while alive(pid):
+            assert time.monotonic() < deadline, "the runner still runs after edgekd was killed"
+            time.sleep(0.05)
+    finally:
+        if pid is not None and alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        host.kill()
+        host.wait()

@@ -330,3 +330,86 @@ def test_int64_ids_feed_an_int32_input_when_they_fit():
         check_arrays({"input_ids": np.array([[2**40, 0, 0, 0]], np.int64)}, infos)
     with pytest.raises(RunnerError, match="dtype float32"):
         check_arrays({"input_ids": np.zeros((1, 4), np.float32)}, infos)
+
+
+# --------------------------------------------------------------------------- --tether: stdin is the host's link
+
+# A run that would go on for 10 minutes (the warmup alone lasts max_seconds): only the tether can end it early.
+ENDLESS = {"warmup_runs": 10**9, "warmup_min_seconds": 600.0, "min_runs": 1, "max_runs": 1, "min_seconds": 0.0,
+           "max_seconds": 600.0, "memory_runs": 0}
+
+
+def _wait_gone(proc: subprocess.Popen, seconds: float = 60) -> tuple[int, str]:
+    """(exit status, stderr) of a runner expected to end by itself; killed (and the test failed) if it does not."""
+    try:
+        proc.wait(timeout=seconds)  # not communicate(): it would close stdin, the link under test
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"the runner was still running {seconds:g} s after its link went away")
+    return proc.returncode, proc.stderr.read()
+
+
+def _loaded(proc: subprocess.Popen) -> bool:
+    """The runner has loaded onnxruntime: it is past its arguments and into the (endless) run."""
+    try:
+        return "onnxruntime" in Path(f"/proc/{proc.pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+def _start_endless(identity_dir: Path, *args: str, stdin: Any) -> subprocess.Popen:
+    (identity_dir / "spec.json").write_text(json.dumps(
+        {"artifact": "id.onnx", "runtime": "onnxruntime", "inputs": {"x": "x.npy"}, **ENDLESS}))
+    proc = subprocess.Popen([sys.executable, str(RUNNER), *args, str(identity_dir / "spec.json")], stdin=stdin,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    import time
+
+    for _ in range(1200):  # up to 60 s to import onnxruntime on a busy machine
+        if _loaded(proc) or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    if proc.poll() is not None or not _loaded(proc):
+        proc.kill()
+        pytest.fail(f"the runner did not start its run: {proc.wait()}, {proc.stderr.read()}")
+    return proc
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/maps")
+def test_tethered_runner_ends_when_the_host_closes_its_stdin(identity_dir: Path):
+    # Over SSH nothing else tells the runner that its host went away (no SIGHUP, same parent): it went on for
+    # its whole time limit, loading the board under the next measurement.
+    proc = _start_endless(identity_dir, "--tether", "600", stdin=subprocess.PIPE)
+    proc.stdin.write("\n")  # a heartbeat is read and ignored
+    proc.stdin.flush()
+    proc.stdin.close()  # the host side of the link is gone
+    code, err = _wait_gone(proc)
+    assert code == 4 and "the host closed the link" in err
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/maps")
+def test_tethered_runner_ends_when_its_host_goes_silent(identity_dir: Path):
+    # A network that goes away without a word closes nothing: the heartbeats just stop arriving.
+    proc = _start_endless(identity_dir, "--tether", "2", stdin=subprocess.PIPE)
+    code, err = _wait_gone(proc)  # stdin stays open, silent
+    proc.stdin.close()
+    assert code == 4 and "no word from the host for 2 s" in err
+
+
+def test_runner_by_hand_is_not_tethered_to_its_stdin(identity_dir: Path):
+    # The documented uses (`runner.py SPEC.json` from a terminal, a script, `< /dev/null`) never end on stdin.
+    spec = {"artifact": "id.onnx", "runtime": "onnxruntime", "inputs": {"x": "x.npy"}, **FAST}
+    (identity_dir / "spec.json").write_text(json.dumps(spec))
+    proc = subprocess.run([sys.executable, str(RUNNER), str(identity_dir / "spec.json")], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["ok"] is True
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tether", "0", "spec.json"], "--tether needs a number of seconds > 0"),
+    (["--tether"], "--tether needs a number of seconds > 0"),
+    (["--tether", "30", "-"], "--tether cannot be used with a spec on stdin"),
+])
+def test_bad_tether_arguments(identity_dir: Path, args: list[str], message: str):
+    code, result = run_runner(None, identity_dir, args=args)
+    assert message in assert_error(code, result, "spec")["what"]

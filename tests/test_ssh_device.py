@@ -363,6 +363,105 @@ def _wait_for(condition, seconds: float = 30.0):
     return value
 
 
+# ---------------------------------------------------------------------- a link that drops under the runner
+
+# A run that would go on for 10 minutes (its warmup alone lasts max_seconds): only the tether can end it early.
+ENDLESS = {"warmup_runs": 10**9, "warmup_min_seconds": 600.0, "min_runs": 1, "max_runs": 1, "min_seconds": 0.0,
+           "max_seconds": 600.0, "memory_runs": 0}
+
+
+def _runner_process(spec_path: str) -> int | None:
+    """The PID of the runner (not its starting shell) running this spec on the loopback "device", once it has
+    loaded onnxruntime, i.e. is into its run."""
+    for entry in os.listdir("/proc"):
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            if (len(argv) > 2 and argv[1].decode().endswith(RUNNER_NAME) and argv[-2].decode() == spec_path  # [-1]: ""
+                    and "onnxruntime" in Path(f"/proc/{entry}/maps").read_text()):
+                return int(entry)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _master_pid(device: SSHDevice) -> int:
+    """The ControlMaster's PID: the process that holds the device's one connection."""
+    check = subprocess.run(["ssh", *device._base_options(), "-O", "check", "--", device.host], capture_output=True,
+                           text=True, stdin=subprocess.DEVNULL, timeout=30)
+    return int(check.stderr.split("pid=")[1].split(")")[0])
+
+
+def _endless_spec(device: SSHDevice, tmp_path: Path):
+    """(bench session, spec) of an ENDLESS identity-model run, its files pushed to the device."""
+    from edgekd.bench.harness import _Session
+    from edgekd.export.onnx import write_identity_model
+
+    session = _Session(device, tmp_path)
+    model = write_identity_model(tmp_path / "identity.onnx", (64,), 18)
+    np.save(tmp_path / "x.npy", np.zeros((1, 64), np.float32))
+    spec = {"artifact": session.relative(session.push(model, "identity.onnx")), "runtime": "onnxruntime",
+            "inputs": {"x": session.relative(session.push(tmp_path / "x.npy", "x.npy"))}, **ENDLESS}
+    return session, spec
+
+
+def _stop(pid: int | None) -> None:
+    if pid is not None and alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_runner_ends_when_the_connection_drops_under_it(device, workdir, tmp_path):
+    # The host's end of the connection goes away mid-run (edgekd killed, the host's network down: here its
+    # ControlMaster is killed): sshd closes the session, but nothing told the runner, which ran on for its
+    # whole time limit, loading the board under every later measurement. Measured: no SIGHUP, the starting
+    # shell stays its parent, and stdin was /dev/null. Now bench tethers it to a pipe from this host.
+    session, spec = _endless_spec(device, tmp_path)
+    specs = workdir / "specs"
+    runner = None
+
+    def started() -> int | None:
+        assert not running.done(), running.exception()
+        return next(filter(None, (_runner_process(str(p)) for p in specs.glob("*.json"))), None)
+
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(session.run_spec, spec, "endless", 900)
+        try:
+            runner = _wait_for(started, 60)
+            os.kill(_master_pid(device), signal.SIGKILL)  # the connection is gone; nothing can reach the runner
+            with pytest.raises(DeviceUnreachable, match="lost the connection"):
+                running.result(timeout=60)
+            gone = _wait_for(lambda: not alive(runner), 30)
+        finally:
+            _stop(runner)
+    assert gone
+
+
+def test_runner_ends_when_its_link_goes_silent(device, workdir, tmp_path):
+    # A network that goes away without a word closes nothing on the board: sshd (no ClientAliveInterval) keeps
+    # the session, and the runner's stdin stays open. Its heartbeats stop (here: the ControlMaster is frozen).
+    session, spec = _endless_spec(device, tmp_path)
+    remote_spec = session.push(_json_file(tmp_path / "spec.json", spec), "specs/silent.json")
+    argv = [*python_argv(device.profile), session.runner, "--tether", "3", remote_spec]
+    runner = master = None
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(device.run, argv, timeout=900, tether=True)
+        try:
+            runner = _wait_for(lambda: _runner_process(remote_spec) or running.done() and running.result(), 60)
+            master = _master_pid(device)
+            os.kill(master, signal.SIGSTOP)  # the link is silent: no byte passes, nothing is closed
+            gone = _wait_for(lambda: not alive(runner), 30)
+        finally:
+            _stop(runner)
+            _stop(master)  # SIGKILL ends a stopped process too; the run then fails as a lost connection
+        with pytest.raises(DeviceError):
+            running.result(timeout=60)
+    assert gone
+
+
+def _json_file(path: Path, value: object) -> Path:
+    path.write_text(json.dumps(value))
+    return path
+
+
 def test_nothing_listening_is_unreachable(sshd, workdir):
     with make_device(sshd, workdir, port=free_port(), connect_timeout=3) as device:
         with pytest.raises(DeviceUnreachable) as err:

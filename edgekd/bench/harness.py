@@ -22,7 +22,7 @@ import numpy as np
 
 from edgekd.bench import stats
 from edgekd.bench.result import BenchResult
-from edgekd.devices.base import Device, DeviceTimeout, RuntimeMissing, cool_down, python_argv, temperature
+from edgekd.devices.base import TETHER_S, Device, DeviceTimeout, RuntimeMissing, cool_down, python_argv, temperature
 from edgekd.errors import ArtifactError, BenchError, EdgeKDError
 from edgekd.export.artifact import RECORD_NAME, Artifact
 from edgekd.names import PATH_COMPONENT
@@ -158,12 +158,15 @@ class _Session:
         local = self.local_tmp / f"spec-{tag}.json"
         local.write_text(json.dumps(spec))
         remote_spec = self.push(local, f"specs/{sha256_file(local)[:16]}.json")
-        argv = [*python_argv(self.device.profile), self.runner, remote_spec]
-        if self.device.profile.cpus:
-            argv = ["taskset", "-c", ",".join(str(c) for c in self.device.profile.cpus), *argv]
+        # Tethered: the runner ends itself when this host stops waiting for it, even where it cannot be reached
+        # to be killed (the link dropped). The advice to run it by hand leaves that out (stdin is then a terminal).
+        tether = self.device.can_tether()
+        flags = ["--tether", f"{TETHER_S:g}"] if tether else []
+        pin = ["taskset", "-c", ",".join(str(c) for c in self.device.profile.cpus)] if self.device.profile.cpus else []
+        argv = [*pin, *python_argv(self.device.profile), self.runner, remote_spec]
         by_hand = f"run it by hand on the device to see where it stops: `{shlex.join(argv)}`"
         try:
-            proc = self.device.run(argv, timeout=timeout)
+            proc = self.device.run([*argv[:-1], *flags, remote_spec], timeout=timeout, tether=tether)
         except DeviceTimeout as exc:
             raise BenchError(f"the runner did not finish within {timeout:g} s on {self.device.name}", why=exc.why,
                              fix=by_hand) from None

@@ -6,6 +6,7 @@ there with the device's own Python::
     python3 runner.py SPEC.json      # spec from a file; relative paths resolve against its folder
     python3 runner.py -              # spec JSON on stdin; relative paths resolve against the cwd
     python3 runner.py --info         # describe this device and the runtimes it has
+    python3 runner.py --tether S SPEC.json   # what edgekd runs: stdin is the host's link (see tether())
 
 It deliberately imports only the standard library, numpy and the one runtime
 the spec names (imported lazily), because board Pythons rarely have more and
@@ -16,6 +17,7 @@ Stdout carries exactly one JSON object (schema ``edgekd.runner/1``); anything
 a native library prints to stdout is redirected to stderr so the host can
 always parse the result.  Exit status is 0 on success and 3 on failure, with
 ``{"ok": false, "error": {"kind", "what", "why", "fix"}}`` explaining it.
+Exit status 4 means the host's link went away (--tether) and the run was abandoned.
 
 Phases, each reported separately (like LiteRT's ``benchmark_model``):
 baseline memory -> load -> first inference -> memory pass -> warmup ->
@@ -32,8 +34,10 @@ import json
 import math
 import os
 import platform
+import select
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, TextIO, Tuple
@@ -52,6 +56,7 @@ SCHEMA = "edgekd.runner/1"
 INFO_SCHEMA = "edgekd.runner-info/1"
 EXIT_OK = 0
 EXIT_ERROR = 3
+EXIT_LINK_LOST = 4  # --tether: the host closed stdin or went silent
 
 # How often (in wall time) the timed loop looks at the clock to decide whether
 # to stop.  Checking once per chunk instead of once per call keeps the loop
@@ -949,10 +954,64 @@ def _claim_stdout() -> TextIO:
     return os.fdopen(real, "w", encoding="utf-8")
 
 
+def tether(silence_s: float, fd: int = 0) -> None:
+    """End this process when the host that started it is gone: stdin (fd) is its link.
+
+    The host keeps stdin open as a pipe for as long as it waits for the result, writing a byte every few
+    seconds. Over SSH nothing else tells the runner that the link dropped: sshd sends no SIGHUP to a session
+    without a terminal, the shell that started the runner stays its parent, and a write to the dead stdout
+    fails only at the very end. A pipe closed by the host's side (EOF) or silent for `silence_s` seconds (the
+    network went away without a word, or the host froze) makes a daemon thread end the process at once, so
+    an abandoned run does not load the device for minutes and disturb the next measurement. The thread
+    sleeps in select() without the GIL and wakes once per heartbeat (every few seconds) to read it: a few
+    microseconds of work every few seconds, next to the timed loop.
+    """
+
+    def watch() -> None:
+        why = None
+        while why is None:
+            try:
+                ready, _, _ = select.select([fd], [], [], silence_s)
+                if not ready:
+                    why = f"no word from the host for {silence_s:g} s"
+                elif not os.read(fd, 4096):
+                    why = "the host closed the link"
+            except (OSError, ValueError) as e:  # stdin cannot be watched (closed, not selectable)
+                why = f"stdin cannot be read: {e}"
+        try:
+            os.write(2, f"edgekd runner: stopped: {why} (--tether)\n".encode())
+        except OSError:  # stderr went with the link
+            pass
+        os._exit(EXIT_LINK_LOST)
+
+    threading.Thread(target=watch, name="edgekd-tether", daemon=True).start()
+
+
+def _tether_args(args: List[str]) -> List[str]:
+    """Strip `--tether SECONDS` off the front of args and start watching stdin; the rest is returned."""
+    if args[:1] != ["--tether"]:
+        return args
+    try:
+        silence_s = float(args[1])
+        if not (math.isfinite(silence_s) and silence_s > 0):
+            raise ValueError
+    except (IndexError, ValueError):
+        raise RunnerError("spec", f"--tether needs a number of seconds > 0, got {args[1:2]}",
+                          fix="usage: runner.py --tether SECONDS SPEC.json") from None
+    rest = args[2:]
+    if rest == ["-"]:
+        raise RunnerError("spec", "--tether cannot be used with a spec on stdin ('-')",
+                          why="stdin is then the host's link, not the spec",
+                          fix="pass the spec as a file: runner.py --tether SECONDS SPEC.json")
+    tether(silence_s)
+    return rest
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     out = _claim_stdout()
     try:
+        args = _tether_args(args)
         if args == ["--info"]:
             result: Dict[str, Any] = device_info()
         elif len(args) == 1 and not args[0].startswith("--"):
@@ -960,7 +1019,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             result = run(spec, base)
         else:
             raise RunnerError("spec", f"bad arguments: {args}",
-                              fix="usage: runner.py SPEC.json | runner.py - (spec on stdin) | runner.py --info")
+                              fix="usage: runner.py SPEC.json | runner.py - (spec on stdin) | runner.py --info "
+                                    "| runner.py --tether SECONDS SPEC.json")
         code = EXIT_OK
     except RunnerError as e:
         result, code = e.to_json(), EXIT_ERROR

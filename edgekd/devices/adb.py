@@ -24,7 +24,9 @@ cut short when the connection drops mid-command: without the marker a lost phone
 A missing marker therefore means the command never finished: DeviceUnreachable.
 When the stream closes, adbd sends SIGHUP to the shell alone (AOSP shell_service.cpp); the trap kills the
 command with it, so a timeout or a dropped link leaves nothing of ours running on the phone. (v1 shells run in
-a PTY, whose hangup reaches the command itself.)
+a PTY, whose hangup reaches the command itself.) A link that goes silent without closing (Wi-Fi gone) is seen
+by neither; run(tether=True) leaves out `-n` and gives the command the heartbeat pipe from this host as stdin
+(via fd 3: `{ ARGV <&3 3<&- & } 3<&0`), on which a `--tether` runner notices the silence (base.TETHER_S).
 """
 
 from __future__ import annotations
@@ -176,25 +178,31 @@ class AdbDevice:
                           fix="check the remote path (the command that writes it may have failed)" if missing
                           else "check the paths and permissions on both sides")
 
-    def run(self, argv: list[str], *, timeout: float | None = None) -> RunResult:
-        """Run argv on the device; each element arrives as one literal argument; the exit status is the command's."""
+    def run(self, argv: list[str], *, timeout: float | None = None, tether: bool = False) -> RunResult:
+        """Run argv on the device; each element arrives as one literal argument; the exit status is the command's.
+
+        `tether` (shell v2 only, see can_tether): the command's stdin is the heartbeat pipe from this host
+        (base.TETHER_S), forwarded by adb until the client ends, for a `--tether` runner to watch."""
         if not argv or not all(isinstance(a, str) for a in argv):
             raise DeviceError(f"cannot run {argv!r} on {self.name}", why="argv must be a non-empty list of strings",
                               fix="pass the command as a list, e.g. ['getprop', 'ro.product.model']")
         command = shlex.join(argv)
+        tether = tether and self.shell_v2()
         if self.shell_v2():
             # adbd hangs up only this shell when the stream closes (the adb client stopped on a timeout, or the
             # link dropped): the trap passes that on, so the command does not live on, e.g. as a hung runner.
-            script = (f"trap 'kill -KILL $__edgekd_pid 2>/dev/null' HUP; {command} & __edgekd_pid=$!; "
+            # A command started with `&` gets /dev/null as stdin; a tethered one gets the shell's back via fd 3.
+            start = f"{{ {command} <&3 3<&- & }} 3<&0;" if tether else f"{command} &"
+            script = (f"trap 'kill -KILL $__edgekd_pid 2>/dev/null' HUP; {start} __edgekd_pid=$!; "
                       f"wait $__edgekd_pid; __edgekd_rc=$?; echo {RC_MARKER}$__edgekd_rc >&2; exit $__edgekd_rc")
-            args = ["shell", "-n", "-T", script]
+            args = ["shell", "-T", script] if tether else ["shell", "-n", "-T", script]
         else:
             script = f"{command}; echo {RC_MARKER}$?"
             args = ["shell", "-n", script]
         if script.startswith("-"):
             script = " " + script  # adb would take a leading '-' for one of its own options
             args[-1] = script
-        proc = self._adb(args, timeout=timeout, what=argv[0])
+        proc = self._adb(args, timeout=timeout, what=argv[0], tether=tether)
         stdout, stderr = proc.stdout, proc.stderr
         marked = stderr if self._shell_v2 else stdout
         match = _RC_AT_END.search(marked)
@@ -212,6 +220,10 @@ class AdbDevice:
         else:
             stdout = stdout[: match.start()]
         return RunResult(code, stdout, stderr)
+
+    def can_tether(self) -> bool:
+        """Shell v2 forwards stdin and its end; a v1 shell runs in a PTY, whose hangup reaches the command."""
+        return self.shell_v2()
 
     def sha256(self, remote: str) -> str | None:
         """sha256 of a file on the device via toybox's sha256sum; None when the file (or the tool) is missing."""
@@ -280,9 +292,10 @@ class AdbDevice:
         port = ["-P", str(self.server_port)] if self.server_port is not None else []
         return [self.adb, *port, "-s", self.serial, *args]
 
-    def _adb(self, args: list[str], *, timeout: float | None, what: str) -> subprocess.CompletedProcess:
+    def _adb(self, args: list[str], *, timeout: float | None, what: str,
+             tether: bool = False) -> subprocess.CompletedProcess:
         # -n (in the shell commands) also tells the device that stdin is closed.
-        return run_client(self.adb_argv(args), device=self.name, what=what, timeout=timeout,
+        return run_client(self.adb_argv(args), device=self.name, what=what, timeout=timeout, tether=tether,
                           after_timeout="the adb client was stopped, and with it the command on the device",
                           install="install adb (Debian/Ubuntu: `apt-get install adb`; else Android SDK platform-tools) "
                                   "or set `adb:` in the device profile to its path")

@@ -77,7 +77,13 @@ class Device(Protocol):
 
     def pull(self, remote: str, local: Path) -> None: ...
 
-    def run(self, argv: list[str], *, timeout: float | None = None) -> RunResult: ...
+    def run(self, argv: list[str], *, timeout: float | None = None, tether: bool = False) -> RunResult:
+        """argv on the device; `tether` gives it a stdin that is its link to this host (see TETHER_S)."""
+        ...
+
+    def can_tether(self) -> bool:
+        """Whether run(tether=True) can keep a pipe from this host open as the command's stdin."""
+        ...
 
     def sha256(self, remote: str) -> str | None:
         """sha256 of a file on the device, or None when it does not exist (to skip pushing it again)."""
@@ -101,6 +107,13 @@ class ProfiledDevice:
 
 
 RUNNER_NAME = "edgekd_runner.py"
+# run(tether=True): the command's stdin is a pipe from this host, which writes a byte to it every HEARTBEAT_S
+# and closes it when it stops waiting. The runner started with `--tether TETHER_S` ends itself when the pipe
+# closes or stays silent that long: the host was stopped, or the link dropped without a word (sshd and adbd may
+# never notice a network that went away). TETHER_S is above the time ssh itself takes to give up on a silent
+# link (ServerAliveInterval 15 s x ServerAliveCountMax 4), so a slow link is not taken for a dead one first.
+HEARTBEAT_S = 5.0
+TETHER_S = 120.0
 WORKDIR_OWNER_WHY = ("its owner could replace the runner or the model between the copy and the run, "
                      "and so run code as you")
 WORKDIR_OWNER_FIX = "point `workdir:` in the device profile at a folder of your own, or remove the stale folder"
@@ -181,10 +194,11 @@ def cool_down(device: Device) -> dict[str, Any]:
 
 
 def run_client(argv: list[str], *, device: str, what: str, timeout: float | None, after_timeout: str,
-               install: str, stop_remote: Callable[[str], str | None] | None = None,
+               install: str, stop_remote: Callable[[str], str | None] | None = None, tether: bool = False,
                ) -> "subprocess.CompletedProcess[str]":
     """Run a host-side client program for a device (ssh, scp, adb): an argv list, never a shell string,
-    stdin closed so it can never read the caller's terminal, and failures as DeviceError.
+    stdin closed so it can never read the caller's terminal (or, with `tether`, the heartbeat pipe of
+    `wait_process`), and failures as DeviceError.
 
     Stopping the client (on a timeout, Ctrl-C or SIGTERM) does not stop the command on the device:
     `stop_remote` gets the client's stderr so far, stops the command there and returns what happened (said
@@ -198,27 +212,79 @@ def run_client(argv: list[str], *, device: str, what: str, timeout: float | None
     logging.getLogger(__name__).debug("%s: %s", device, shlex.join(argv))
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         try:
-            proc = subprocess.run(argv, stdout=out, stderr=err, timeout=timeout, stdin=subprocess.DEVNULL,
-                                  check=False)
+            returncode = wait_process(argv, stdout=out, stderr=err, timeout=timeout, tether=tether)
         except subprocess.TimeoutExpired:
             raise DeviceTimeout(f"'{what}' did not finish within {timeout:g} s on {device}",
-                                why=(stop_remote(_text(err)) if stop_remote else None) or after_timeout,
+                                why=(stop_remote(output_text(err)) if stop_remote else None) or after_timeout,
                                 fix="check the command on the device") from None
         except FileNotFoundError:
             raise DeviceError(f"the client '{argv[0]}' is not installed on this machine", fix=install) from None
         except PermissionError:
             raise DeviceError(f"the client '{argv[0]}' cannot be executed", fix=install) from None
-        except BaseException:  # Ctrl-C or SIGTERM: subprocess.run has stopped the client; stop the command too
+        except BaseException:  # Ctrl-C or SIGTERM: the client has been stopped; stop the command too
             if stop_remote is not None:
                 try:
-                    stop_remote(_text(err))
+                    stop_remote(output_text(err))
                 except Exception as exc:  # the interruption is what the user must see
                     logging.getLogger(__name__).debug("stopping the command on %s: %s", device, exc)
             raise
-        return subprocess.CompletedProcess(argv, proc.returncode, _text(out), _text(err))
+        return subprocess.CompletedProcess(argv, returncode, output_text(out), output_text(err))
 
 
-def _text(file: Any) -> str:
+def wait_process(argv: list[str], *, stdout: Any, stderr: Any, timeout: float | None, tether: bool) -> int:
+    """subprocess.run for argv (killed on a timeout or an interruption, which is re-raised); its exit status.
+
+    stdin is /dev/null, or with `tether` a pipe this host writes a byte to every HEARTBEAT_S until the process
+    ends: the link a `--tether` runner watches (through ssh or adb it reaches the command on the device)."""
+    import subprocess
+
+    proc = subprocess.Popen(argv, stdout=stdout, stderr=stderr,
+                            stdin=subprocess.PIPE if tether else subprocess.DEVNULL)
+    stop = _heartbeat(proc.stdin) if tether and proc.stdin is not None else None
+    try:
+        return proc.wait(timeout=timeout)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        if stop is not None:
+            stop()
+
+
+def _heartbeat(pipe: Any) -> Callable[[], None]:
+    """Write a newline into pipe every HEARTBEAT_S from a daemon thread; the returned function stops it and
+    closes the pipe (the command's stdin then ends). Writes never block: a full pipe just skips a beat."""
+    import os
+    import threading
+
+    os.set_blocking(pipe.fileno(), False)
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(HEARTBEAT_S):
+            try:
+                os.write(pipe.fileno(), b"\n")
+            except BlockingIOError:
+                continue
+            except (OSError, ValueError):  # the client has gone (or the pipe was closed)
+                return
+
+    thread = threading.Thread(target=beat, name="edgekd-heartbeat", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        done.set()
+        thread.join()
+        try:
+            pipe.close()
+        except OSError:
+            pass
+
+    return stop
+
+
+def output_text(file: Any) -> str:
     """A client's output file as subprocess's text mode gives it (locale encoding, universal newlines)."""
     import io
 

@@ -7,11 +7,13 @@ import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from edgekd.devices.base import (WORKDIR_OWNER_FIX, WORKDIR_OWNER_WHY, DeviceError, DeviceOutOfSpace,
-                                 DeviceProfile, DeviceTimeout, ProfiledDevice, RunResult, info_via_runner)
+                                 DeviceProfile, DeviceTimeout, ProfiledDevice, RunResult, info_via_runner, output_text,
+                                 wait_process)
 from edgekd.rundir import atomic_path
 
 
@@ -36,15 +38,22 @@ class LocalDevice(ProfiledDevice):
     def pull(self, remote: str, local: Path) -> None:
         _copy(Path(remote), Path(local))
 
-    def run(self, argv: list[str], *, timeout: float | None = None) -> RunResult:
-        try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-        except subprocess.TimeoutExpired:  # subprocess.run has killed it
-            raise DeviceTimeout(f"'{argv[0]}' did not finish within {timeout:g} s on {self.name}",
-                                why="it was stopped", fix="check the command") from None
-        except FileNotFoundError:
-            raise DeviceError(f"'{argv[0]}' is not installed on {self.name}", fix="install it or fix the profile") from None
-        return RunResult(proc.returncode, proc.stdout, proc.stderr)
+    def run(self, argv: list[str], *, timeout: float | None = None, tether: bool = False) -> RunResult:
+        """argv as a child process; with `tether` its stdin is the heartbeat pipe (base.TETHER_S), which closes
+        when this process ends, however it ends."""
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            try:
+                code = wait_process(argv, stdout=out, stderr=err, timeout=timeout, tether=tether)
+            except subprocess.TimeoutExpired:  # wait_process has killed it
+                raise DeviceTimeout(f"'{argv[0]}' did not finish within {timeout:g} s on {self.name}",
+                                    why="it was stopped", fix="check the command") from None
+            except FileNotFoundError:
+                raise DeviceError(f"'{argv[0]}' is not installed on {self.name}",
+                                  fix="install it or fix the profile") from None
+            return RunResult(code, output_text(out), output_text(err))
+
+    def can_tether(self) -> bool:
+        return True
 
     def sha256(self, remote: str) -> str | None:
         path = Path(remote)

@@ -30,6 +30,10 @@ Security:
 - A command that outlives its timeout, or is interrupted (Ctrl-C, SIGTERM), is killed on the device (run()'s
   remote shell prints the command's PID and waits for it): sshd would leave it running, as it sends no SIGHUP
   to a session without a terminal.
+- A link that drops while the command runs (the host stopped, the network gone) is not noticed by the command
+  (measured: no SIGHUP, the starting shell stays its parent, stdin is /dev/null); run(tether=True) gives the
+  command the heartbeat pipe from this host as stdin, on which a `--tether` runner sees EOF (the connection
+  closed) or silence (a network gone without a word) and ends itself (base.TETHER_S).
 """
 
 from __future__ import annotations
@@ -136,17 +140,24 @@ class SSHDevice(ProfiledDevice):
     def info(self) -> dict[str, Any]:
         return {**info_via_runner(self), "ssh_host_key_checking": self.host_key_checking}
 
-    def run(self, argv: list[str], *, timeout: float | None = None) -> RunResult:
-        """Run argv on the device; each element arrives as one literal argument."""
+    def run(self, argv: list[str], *, timeout: float | None = None, tether: bool = False) -> RunResult:
+        """Run argv on the device; each element arrives as one literal argument. With `tether`, its stdin is
+        the heartbeat pipe from this host (base.TETHER_S), which sshd closes when the connection drops."""
         if not argv or not all(isinstance(a, str) for a in argv):
             raise DeviceError(f"cannot run {argv!r} on {self.name}", why="argv must be a non-empty list of strings",
                               fix="pass the command as a list, e.g. ['python3', 'runner.py', '--info']")
         # The shell starts the command, says its PID (what a timeout needs to kill) and waits for it: a command
         # killed by a signal then ends with the shell's 128+N, where ssh would say 255 for a signal of its own.
-        command = (f"{shlex.join(argv)} & __edgekd_pid=$!; echo {PID_MARKER}$__edgekd_pid >&2; "
+        # A command started with `&` gets /dev/null as stdin from a non-interactive sh; a tethered one gets the
+        # session's stdin back through fd 3.
+        start = f"{{ {shlex.join(argv)} <&3 3<&- & }} 3<&0;" if tether else f"{shlex.join(argv)} &"
+        command = (f"{start} __edgekd_pid=$!; echo {PID_MARKER}$__edgekd_pid >&2; "
                    "wait $__edgekd_pid; __edgekd_rc=$?; exit $__edgekd_rc")
-        proc = self._ssh(command, timeout=timeout, what=argv[0], stop_remote=self._stop_remote)
+        proc = self._ssh(command, timeout=timeout, what=argv[0], stop_remote=self._stop_remote, tether=tether)
         return RunResult(proc.returncode, proc.stdout, _PID_LINE.sub("", proc.stderr, count=1))
+
+    def can_tether(self) -> bool:
+        return True
 
     def push(self, local: Path, remote: str) -> None:
         local = Path(local)
@@ -248,9 +259,10 @@ class SSHDevice(ProfiledDevice):
 
     # ------------------------------------------------------------------ running the client
     def _ssh(self, command: str, *, timeout: float | None, what: str,
-             stop_remote: Callable[[str], str | None] | None = None) -> subprocess.CompletedProcess:
+             stop_remote: Callable[[str], str | None] | None = None, tether: bool = False,
+             ) -> subprocess.CompletedProcess:
         argv = ["ssh", *self._base_options(), "--", self.host, command]
-        proc = self._client(argv, timeout=timeout, what=what, stop_remote=stop_remote)
+        proc = self._client(argv, timeout=timeout, what=what, stop_remote=stop_remote, tether=tether)
         if proc.returncode == SSH_ERROR:
             self._raise_ssh_error(proc.stderr)
             self._raise_if_connection_lost(what)
@@ -261,12 +273,13 @@ class SSHDevice(ProfiledDevice):
         return self._client(["scp", *flags, *self._base_options(), "--", *paths], timeout=None, what="scp")
 
     def _client(self, argv: list[str], *, timeout: float | None, what: str,
-                stop_remote: Callable[[str], str | None] | None = None) -> subprocess.CompletedProcess:
-        # BatchMode also forbids prompts; stdin is closed by run_client.
+                stop_remote: Callable[[str], str | None] | None = None, tether: bool = False,
+                ) -> subprocess.CompletedProcess:
+        # BatchMode also forbids prompts; stdin is closed by run_client (or the heartbeat pipe, with tether).
         return run_client(argv, device=self.name, what=what, timeout=timeout,
                           after_timeout="the ssh client was stopped; the command may still be running on the device",
                           install="install the OpenSSH client (e.g. apt-get install openssh-client)",
-                          stop_remote=stop_remote)
+                          stop_remote=stop_remote, tether=tether)
 
     def _stop_remote(self, partial_stderr: str) -> str | None:
         """After a timeout or Ctrl-C, kill the command on the device: sshd leaves it running when the session
