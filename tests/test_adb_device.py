@@ -168,6 +168,19 @@ def test_push_pull_round_trip_binary(dev, phone, tmp_path):
     assert dev.sha256(remote) == hashlib.sha256(payload).hexdigest()
 
 
+def test_local_paths_that_start_with_a_dash_are_files_not_options(dev, phone, tmp_path, monkeypatch):
+    # A results folder named "-exp" given relative to the current folder: adb read "-exp/m.onnx" as one of its
+    # options ("adb: unrecognized option"), reported as a remote path or locked-device problem.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "-exp").mkdir()
+    (tmp_path / "-exp" / "m.onnx").write_bytes(b"model")
+    remote = f"{WD}/dash/m.onnx"
+    dev.push(Path("-exp/m.onnx"), remote)
+    assert phone.host_path(remote).read_bytes() == b"model"
+    dev.pull(remote, Path("-exp/back.onnx"))
+    assert (tmp_path / "-exp" / "back.onnx").read_bytes() == b"model"
+
+
 def test_sha256_of_a_missing_file_is_none(dev):
     assert dev.sha256(f"{WD}/no/such/file.bin") is None
 

@@ -143,7 +143,8 @@ class AdbDevice:
             raise DeviceError(f"cannot push {local} to {self.name}", why="no such local file",
                               fix="check the path (it must be a regular file)")
         _check_remote(remote, self.name)
-        proc = self._adb(["push", str(local), remote], timeout=None, what="adb push")
+        # Absolute: adb would read a relative path that starts with '-' (a folder "-exp") as one of its options.
+        proc = self._adb(["push", str(local.resolve()), remote], timeout=None, what="adb push")
         if proc.returncode == 0:
             return
         output = proc.stdout + proc.stderr
@@ -160,7 +161,7 @@ class AdbDevice:
                           why=_adb_message(output, proc.returncode), fix=fix)
 
     def pull(self, remote: str, local: Path) -> None:
-        local = Path(local)
+        local = Path(local).resolve()  # absolute, as in push()
         _check_remote(remote, self.name)
         local.parent.mkdir(parents=True, exist_ok=True)
         partial = local.with_name(f".{local.name}.adb-part")  # never leave half a file under the real name
