@@ -11,7 +11,10 @@ an emulator.  It is NOT a real adbd: it implements just enough of the protocol
   payload length, payload checksum, magic = command ^ 0xffffffff) + payload;
 * handshake: the host sends CNXN(version, maxdata, "host::features=..."); we
   answer CNXN directly with our banner (no AUTH: a device that never asks for
-  a key is allowed, like an emulator or a userdebug build with auth off);
+  a key is allowed, like an emulator or a userdebug build with auth off), or,
+  with ``authorized=False``, AUTH(TOKEN) and another TOKEN for every signature
+  the host tries, and silence once it offers its public key: a phone whose
+  "Allow USB debugging?" prompt nobody accepts (adb lists it "unauthorized");
 * streams: OPEN(remote-id, 0, "service") answered by OKAY(local-id, remote-id)
   or CLSE(0, remote-id); WRTE needs an OKAY before the next WRTE on the same
   stream (one message in flight per direction, no windowing);
@@ -58,6 +61,7 @@ A_STLS = 0x534C5453
 COMMAND_NAMES = {A_SYNC: "SYNC", A_CNXN: "CNXN", A_AUTH: "AUTH", A_OPEN: "OPEN", A_OKAY: "OKAY",
                  A_CLSE: "CLSE", A_WRTE: "WRTE", A_STLS: "STLS"}
 
+AUTH_TOKEN, AUTH_SIGNATURE, AUTH_RSAPUBLICKEY = 1, 2, 3  # AUTH(type, 0, data)
 A_VERSION = 0x01000001  # 0x01000001 = "skip checksum" version: the host then sends checksum 0
 MAX_PAYLOAD = 256 * 1024
 HEADER = struct.Struct("<6I")
@@ -268,9 +272,16 @@ class _Connection:
             # CNXN(version, maxdata, "host::features=..."): reply with ours; no AUTH, no TLS.
             self.max_payload = max(4096, min(arg1, MAX_PAYLOAD))
             self.host_banner = data.rstrip(b"\0").decode("utf-8", "replace")
+            if not self.device.authorized:
+                self.send(A_AUTH, AUTH_TOKEN, 0, os.urandom(20))
+                return
             self.connected = True
             self.send(A_CNXN, A_VERSION, MAX_PAYLOAD, self.device.banner().encode())
             return
+        if command == A_AUTH and not self.device.authorized:
+            if arg0 == AUTH_SIGNATURE:  # no key is ever accepted: ask again, until the host offers its public key
+                self.send(A_AUTH, AUTH_TOKEN, 0, os.urandom(20))
+            return  # AUTH_RSAPUBLICKEY: the prompt on the phone is never answered
         if command == A_AUTH:
             # Only sent in answer to an AUTH token, which we never send; accept whatever it is.
             self.connected = True
@@ -338,11 +349,13 @@ class LoopbackAdbDevice:
         mapped_prefixes: Iterable[str] = ("/data/local/tmp", "/sdcard"),
         thermal: str | None = DEFAULT_THERMAL,
         host: str = "127.0.0.1",
+        authorized: bool = True,
     ) -> None:
         self.sandbox = Path(sandbox).resolve()
         if re.search(r"[\s'\"\\$`]", str(self.sandbox)):
             raise ValueError(f"sandbox path must be shell-safe, got {self.sandbox}")
         self.shell_v2 = shell_v2
+        self.authorized = authorized
         self.props = {**DEFAULT_PROPS, **(props or {})}
         self.mapped_prefixes = sorted({p.rstrip("/") for p in mapped_prefixes}, key=len, reverse=True)
         self.host = host

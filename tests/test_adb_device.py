@@ -367,6 +367,45 @@ def test_unknown_serial_is_unreachable(adb_server):
     assert "adb connect" in err.value.fix and "adb devices" in err.value.fix
 
 
+def test_an_unauthorized_phone_says_to_accept_the_prompt(adb_server, tmp_path_factory, tmp_path):
+    # The real adb client's words for a phone whose "Allow USB debugging?" prompt nobody accepted, on each path.
+    locked = LoopbackAdbDevice(_sandbox(tmp_path_factory, "locked-phone"), authorized=False).start()
+    try:
+        adb_server.adb("connect", locked.address)
+        _poll(lambda: f"{locked.address}\tunauthorized" in adb_server.adb("devices").stdout, 30,
+              "adb never listed the phone as unauthorized")
+        dev = _adb_device(adb_server, locked.address)
+        (tmp_path / "f").write_text("x")
+        for attempt in (lambda: dev.run(["true"]), lambda: dev.push(tmp_path / "f", f"{WD}/f"),
+                        lambda: dev.pull(f"{WD}/f", tmp_path / "g")):
+            with pytest.raises(DeviceUnreachable, match="has not authorized this computer") as err:
+                attempt()
+            assert "Allow USB debugging" in err.value.fix and "unauthorized" in err.value.why
+    finally:
+        adb_server.disconnect(locked)
+        locked.stop()
+
+
+def test_an_offline_device_says_to_reconnect(adb_server, tmp_path):
+    # Something answers TCP at the address but never speaks adb: the server lists the device "offline".
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        serial = f"127.0.0.1:{silent.getsockname()[1]}"
+        try:
+            adb_server.adb("connect", serial)
+            _poll(lambda: f"{serial}\toffline" in adb_server.adb("devices").stdout, 30,
+                  "adb never listed the device as offline")
+            dev = _adb_device(adb_server, serial)
+            (tmp_path / "f").write_text("x")
+            for attempt in (lambda: dev.run(["true"]), lambda: dev.push(tmp_path / "f", f"{WD}/f")):
+                with pytest.raises(DeviceUnreachable, match="is offline or the connection broke") as err:
+                    attempt()
+                assert f"adb connect {serial}" in err.value.fix
+        finally:
+            adb_server.adb("disconnect", serial)
+
+
 def test_missing_adb_binary(adb_server, phone, tmp_path):
     dev = _adb_device(adb_server, phone.address, adb=str(tmp_path / "no-adb"))
     with pytest.raises(DeviceError, match="not installed") as err:
