@@ -30,7 +30,8 @@ any others given) are rewritten to ``SANDBOX/<prefix>`` in the command line,
 and every sync path is confined to the sandbox (``/x`` -> ``SANDBOX/x``), so a
 test cannot write outside it.  This is a textual rewrite of the command line,
 not a chroot: absolute host paths (``/work/main/.venv/bin/python``) still run.
-``getprop`` and ``dumpsys`` are small scripts on the sandbox PATH.
+``getprop`` and ``dumpsys`` are small scripts on the sandbox PATH; with ``toybox=PATH`` (Debian's toybox
+package) ``taskset`` is toybox's applet, as on Android.
 """
 
 from __future__ import annotations
@@ -350,12 +351,14 @@ class LoopbackAdbDevice:
         thermal: str | None = DEFAULT_THERMAL,
         host: str = "127.0.0.1",
         authorized: bool = True,
+        toybox: str | None = None,
     ) -> None:
         self.sandbox = Path(sandbox).resolve()
         if re.search(r"[\s'\"\\$`]", str(self.sandbox)):
             raise ValueError(f"sandbox path must be shell-safe, got {self.sandbox}")
         self.shell_v2 = shell_v2
         self.authorized = authorized
+        self.toybox = toybox  # a real toybox binary: its applets stand in for Android's /system/bin tools
         self.props = {**DEFAULT_PROPS, **(props or {})}
         self.mapped_prefixes = sorted({p.rstrip("/") for p in mapped_prefixes}, key=len, reverse=True)
         self.host = host
@@ -511,6 +514,8 @@ class LoopbackAdbDevice:
             f={shlex.quote(str(dumpsys_dir))}/"$1"
             if [ -f "$f" ]; then cat "$f"; else echo "Can't find service: $1"; fi
             """)
+        if self.toybox:  # Android's taskset is toybox's, which takes a hex mask and no -c (util-linux's has both)
+            (bin_dir / "taskset").symlink_to(self.toybox)
         self.home = self.host_path("/data/local/tmp")
 
     def set_thermal(self, text: str | None) -> None:

@@ -3,6 +3,8 @@ device, as with Termux) and the native path (no Python: a benchmark binary pushe
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -11,7 +13,8 @@ import yaml
 import edgekd
 from edgekd.bench.harness import BenchSettings
 from edgekd.export.formats import FORMATS, ExportOptions
-from test_adb_device import WD, adb_server, phone  # noqa: F401  (fixtures)
+from conftest import skip_or_fail_on_ci
+from test_adb_device import WD, _attached, _sandbox, adb_server, phone  # noqa: F401  (fixtures)
 from test_native import fake_binary, tflite_model  # noqa: F401  (fixtures: the benchmark_model stand-in, an MLP)
 
 FAST = BenchSettings(warmup_runs=5, min_runs=30, min_seconds=0.02, rounds=2)
@@ -138,3 +141,19 @@ def test_out_of_space_and_missing_runtime_on_the_phone_are_clear(adb_server, pho
         edgekd.bench(_models(tmp_path)[:1], device=str(_profile(tmp_path, adb_server, phone, python=bare)),
                      settings=FAST)
     assert "pip install" in (err.value.fix or "") and "numpy" in (err.value.what + (err.value.fix or ""))
+
+
+def test_cpu_pinning_on_a_phone_with_androids_taskset(adb_server, tmp_path_factory, tmp_path):  # noqa: F811
+    # Android's taskset is toybox's: a hex mask, no -c. The runner path pinned with `taskset -c LIST`, so a phone
+    # with Termux's Python and `cpus:` (as in devices/phone.example.yaml) failed every run: "the runner crashed
+    # on phone: taskset: Unknown option 'c'". The native path already used the mask.
+    from adb_device import LoopbackAdbDevice
+
+    toybox = shutil.which("toybox")
+    if toybox is None:
+        skip_or_fail_on_ci("toybox (Android's taskset) is not installed: apt-get install toybox")
+    cpu = sorted(os.sched_getaffinity(0))[-1]
+    with _attached(adb_server, LoopbackAdbDevice(_sandbox(tmp_path_factory, "toybox-phone"), toybox=toybox)) as dev:
+        profile = _profile(tmp_path, adb_server, dev, python=sys.executable, cpus=[cpu])
+        (result,) = edgekd.bench(_models(tmp_path)[:1], device=str(profile), settings=FAST)
+    assert result.device["affinity"] == [cpu] and result.device["pinning_applied"] is True

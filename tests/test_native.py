@@ -397,10 +397,10 @@ def test_run_native_checks_before_pushing(dev, phone, fake_binary, tmp_path):  #
 
 
 def test_cpu_mask():
-    assert native._cpu_mask([0]) == "1"
-    assert native._cpu_mask([4, 5, 6, 7]) == "f0"
+    assert native.cpu_mask([0]) == "1"
+    assert native.cpu_mask([4, 5, 6, 7]) == "f0"
     with pytest.raises(BenchError):
-        native._cpu_mask([-1])
+        native.cpu_mask([-1])
 
 
 def test_taskset_is_available_for_the_pinned_run():

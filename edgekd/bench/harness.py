@@ -21,6 +21,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from edgekd.bench import stats
+from edgekd.bench.native import cpu_mask
 from edgekd.bench.result import BenchResult
 from edgekd.devices.base import TETHER_S, Device, DeviceTimeout, RuntimeMissing, cool_down, python_argv, temperature
 from edgekd.errors import ArtifactError, BenchError, EdgeKDError
@@ -162,7 +163,8 @@ class _Session:
         # to be killed (the link dropped). The advice to run it by hand leaves that out (stdin is then a terminal).
         tether = self.device.can_tether()
         flags = ["--tether", f"{TETHER_S:g}"] if tether else []
-        pin = ["taskset", "-c", ",".join(str(c) for c in self.device.profile.cpus)] if self.device.profile.cpus else []
+        # A hex mask, not `-c LIST`: Android's taskset (toybox) has no -c.
+        pin = ["taskset", cpu_mask(self.device.profile.cpus)] if self.device.profile.cpus else []
         argv = [*pin, *python_argv(self.device.profile), self.runner, remote_spec]
         by_hand = f"run it by hand on the device to see where it stops: `{shlex.join(argv)}`"
         try:

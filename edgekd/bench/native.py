@@ -352,8 +352,8 @@ def native_argv(tool: str, device_binary: str, model: str, threads: int, runs: i
     return [device_binary, "-m", "times", "-r", str(runs), "-x", str(threads), "-e", "cpu", "-I", "-s", model]
 
 
-def _cpu_mask(cpus: list[int]) -> str:
-    """taskset's hex mask: understood by util-linux and by Android's toybox taskset (which lacks -c)."""
+def cpu_mask(cpus: list[int]) -> str:
+    """taskset's hex mask: understood by util-linux, busybox and Android's toybox taskset (which lacks -c)."""
     if not cpus or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in cpus):
         raise BenchError(f"cpus must be a list of CPU numbers ≥ 0, got {cpus!r}",
                          fix="fix `cpus:` in the device profile")
@@ -403,7 +403,7 @@ def run_native(device: Any, binary_local_path: Path, artifact_remote_path: str, 
     remote, digest = push_binary(device, Path(binary_local_path))
     cpus = getattr(device.profile, "cpus", None)
     if cpus:
-        argv = ["taskset", _cpu_mask(cpus), *argv]
+        argv = ["taskset", cpu_mask(cpus), *argv]
     logger.debug("%s: %s", device.name, shlex.join(argv))
     proc = device.run(argv, timeout=timeout)
     text = proc.stdout + ("\n" if proc.stdout and not proc.stdout.endswith("\n") else "") + proc.stderr
