@@ -31,7 +31,8 @@ and every sync path is confined to the sandbox (``/x`` -> ``SANDBOX/x``), so a
 test cannot write outside it.  This is a textual rewrite of the command line,
 not a chroot: absolute host paths (``/work/main/.venv/bin/python``) still run.
 ``getprop`` and ``dumpsys`` are small scripts on the sandbox PATH; with ``toybox=PATH`` (Debian's toybox
-package) ``taskset`` is toybox's applet, as on Android.
+package) ``taskset`` is toybox's applet, as on Android; ``without=("taskset",)`` leaves commands out of the
+shell's PATH, as on a phone or board whose shell lacks them.
 """
 
 from __future__ import annotations
@@ -352,6 +353,7 @@ class LoopbackAdbDevice:
         host: str = "127.0.0.1",
         authorized: bool = True,
         toybox: str | None = None,
+        without: Iterable[str] = (),
     ) -> None:
         self.sandbox = Path(sandbox).resolve()
         if re.search(r"[\s'\"\\$`]", str(self.sandbox)):
@@ -359,6 +361,7 @@ class LoopbackAdbDevice:
         self.shell_v2 = shell_v2
         self.authorized = authorized
         self.toybox = toybox  # a real toybox binary: its applets stand in for Android's /system/bin tools
+        self.without = frozenset(without)  # commands this device's shell cannot find (e.g. taskset)
         self.props = {**DEFAULT_PROPS, **(props or {})}
         self.mapped_prefixes = sorted({p.rstrip("/") for p in mapped_prefixes}, key=len, reverse=True)
         self.host = host
@@ -516,6 +519,13 @@ class LoopbackAdbDevice:
             """)
         if self.toybox:  # Android's taskset is toybox's, which takes a hex mask and no -c (util-linux's has both)
             (bin_dir / "taskset").symlink_to(self.toybox)
+        if self.without:  # the shell's PATH is then system/bin and this host's tools, less those, linked in xbin
+            xbin = self.sandbox / "system" / "xbin"
+            xbin.mkdir(exist_ok=True)
+            for folder in ("/usr/local/bin", "/usr/bin", "/bin"):
+                for tool in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+                    if tool not in self.without and not (xbin / tool).exists() and not (bin_dir / tool).exists():
+                        (xbin / tool).symlink_to(os.path.join(folder, tool))
         self.home = self.host_path("/data/local/tmp")
 
     def set_thermal(self, text: str | None) -> None:
@@ -528,7 +538,8 @@ class LoopbackAdbDevice:
 
     def _env(self) -> dict[str, str]:
         return {
-            "PATH": f"{self.sandbox / 'system' / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+            "PATH": f"{self.sandbox / 'system' / 'bin'}:" + (f"{self.sandbox / 'system' / 'xbin'}" if self.without
+                                                             else "/usr/local/bin:/usr/bin:/bin"),
             "HOME": str(self.home),
             "TMPDIR": str(self.home),
             "LANG": "C.UTF-8",

@@ -8,6 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 import edgekd
@@ -157,3 +158,34 @@ def test_cpu_pinning_on_a_phone_with_androids_taskset(adb_server, tmp_path_facto
         profile = _profile(tmp_path, adb_server, dev, python=sys.executable, cpus=[cpu])
         (result,) = edgekd.bench(_models(tmp_path)[:1], device=str(profile), settings=FAST)
     assert result.device["affinity"] == [cpu] and result.device["pinning_applied"] is True
+
+
+def test_a_phone_without_taskset_says_so_when_cpus_are_set(adb_server, tmp_path_factory, tmp_path):  # noqa: F811
+    # The shell's "taskset: not found" (exit 127) was taken for the device's Python (runner path: "install Python
+    # 3") or for the benchmark binary (native path: "build benchmark_model for the device's ABI").
+    from adb_device import LoopbackAdbDevice
+
+    from edgekd.errors import BenchError
+
+    phone = LoopbackAdbDevice(_sandbox(tmp_path_factory, "no-taskset-phone"), without=("taskset",))
+    with _attached(adb_server, phone) as dev:
+        profile = _profile(tmp_path, adb_server, dev, python=sys.executable, cpus=[0])
+        with pytest.raises(BenchError) as err:
+            edgekd.bench(_models(tmp_path)[:1], device=str(profile), settings=FAST)
+    assert "has no taskset" in err.value.what and "taskset" in err.value.why
+    assert "remove `cpus:`" in err.value.fix and "Python" not in err.value.fix
+
+
+def test_a_phone_without_taskset_says_so_on_the_native_path(adb_server, tmp_path_factory, fake_binary,  # noqa: F811
+                                                            tflite_model, tmp_path):  # noqa: F811
+    from adb_device import LoopbackAdbDevice
+
+    from edgekd.errors import BenchError
+
+    phone = LoopbackAdbDevice(_sandbox(tmp_path_factory, "no-taskset-native"), without=("taskset",))
+    with _attached(adb_server, phone) as dev:
+        profile = _profile(tmp_path, adb_server, dev, python=None, native={"tflite": str(fake_binary)}, cpus=[0])
+        with pytest.raises(BenchError) as err:
+            edgekd.bench([tflite_model], device=str(profile), settings=FAST)
+    assert "has no taskset" in err.value.what and "remove `cpus:`" in err.value.fix
+    assert "ABI" not in err.value.fix

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from edgekd.bench import stats
-from edgekd.bench.native import cpu_mask
+from edgekd.bench.native import cpu_mask, no_taskset
 from edgekd.bench.result import BenchResult
 from edgekd.devices.base import TETHER_S, Device, DeviceTimeout, RuntimeMissing, cool_down, python_argv, temperature
 from edgekd.errors import ArtifactError, BenchError, EdgeKDError
@@ -176,6 +176,9 @@ class _Session:
             out = json.loads(proc.stdout)
         except json.JSONDecodeError:
             last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+            missing = no_taskset(self.device.name, proc.returncode, proc.stderr) if pin else None
+            if missing is not None:
+                raise missing from None
             if proc.returncode in (126, 127):  # the shell's "cannot execute" / "not found": no Python started
                 raise RuntimeMissing(
                     f"the Python of device '{self.device.name}' cannot be started: {shlex.join(argv[:-2])}",

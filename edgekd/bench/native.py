@@ -352,6 +352,24 @@ def native_argv(tool: str, device_binary: str, model: str, threads: int, runs: i
     return [device_binary, "-m", "times", "-r", str(runs), "-x", str(threads), "-e", "cpu", "-I", "-s", model]
 
 
+# What a shell says for a command it cannot find: dash/ash "taskset: not found", bash "taskset: command not found",
+# Android's mksh "taskset: inaccessible or not found", zsh "command not found: taskset". (taskset's own failure to
+# start the command after it, e.g. "taskset: failed to execute python", is not one of them.)
+_NO_TASKSET = re.compile(r"\btaskset: (command |inaccessible or )?not found|not found: taskset\b")
+
+
+def no_taskset(device: str, returncode: int, output: str) -> BenchError | None:
+    """The error for a pinned command whose device shell has no taskset (exit 127), else None: without this the
+    shell's 127 was taken for a missing Python or benchmark binary, and the fix named those."""
+    match = _NO_TASKSET.search(output) if returncode == 127 else None
+    if match is None:
+        return None
+    line = next(ln.strip() for ln in output.splitlines() if match.group(0) in ln)
+    return BenchError(f"device '{device}' has no taskset, which its `cpus:` needs to pin the benchmark", why=line,
+                      fix="remove `cpus:` from the device profile, or install taskset on the device "
+                          "(util-linux, busybox or toybox)")
+
+
 def cpu_mask(cpus: list[int]) -> str:
     """taskset's hex mask: understood by util-linux, busybox and Android's toybox taskset (which lacks -c)."""
     if not cpus or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in cpus):
@@ -407,6 +425,9 @@ def run_native(device: Any, binary_local_path: Path, artifact_remote_path: str, 
     logger.debug("%s: %s", device.name, shlex.join(argv))
     proc = device.run(argv, timeout=timeout)
     text = proc.stdout + ("\n" if proc.stdout and not proc.stdout.endswith("\n") else "") + proc.stderr
+    missing = no_taskset(device.name, proc.returncode, text) if cpus else None
+    if missing is not None:
+        raise missing
     if proc.returncode != 0:
         raise BenchError(f"{tool} failed on {device.name} (exit code {proc.returncode})",
                          why=_exit_why(proc.returncode, text),
