@@ -181,6 +181,22 @@ def test_local_paths_that_start_with_a_dash_are_files_not_options(dev, phone, tm
     assert (tmp_path / "-exp" / "back.onnx").read_bytes() == b"model"
 
 
+def test_a_work_directory_with_shell_metacharacters_stays_literal(adb_server, phone, tmp_path):
+    # Every remote path reaches the phone's shell through shlex quoting, and adb's sync protocol takes it as is.
+    odd = f"{WD}/edge kd $(touch PWNED) 'q' ;x"
+    dev = AdbDevice(DeviceProfile(name="loopback", kind="adb", python=sys.executable, workdir=odd,
+                                  options={"serial": phone.address, "server_port": adb_server.port}))
+    (tmp_path / "in put.txt").write_text("data")
+    remote = f"{odd}/sub dir/a b;$(id).txt"
+    dev.push(tmp_path / "in put.txt", remote)
+    assert phone.host_path(remote).read_text() == "data"
+    assert dev.sha256(remote) == hashlib.sha256(b"data").hexdigest()
+    dev.pull(remote, tmp_path / "back.txt")
+    assert (tmp_path / "back.txt").read_text() == "data"
+    assert dev.info()["python"]  # the runner, pushed into the odd folder and run from there
+    assert not list(phone.sandbox.rglob("PWNED")) and not list(tmp_path.rglob("PWNED"))
+
+
 def test_sha256_of_a_missing_file_is_none(dev):
     assert dev.sha256(f"{WD}/no/such/file.bin") is None
 
