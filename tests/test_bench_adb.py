@@ -118,7 +118,7 @@ def test_a_phone_lost_midway_keeps_what_was_measured(adb_server, tmp_path_factor
             edgekd.bench(_models(tmp_path), device=str(profile), settings=one_round,
                          results_dir=tmp_path / "results", reporter=_AfterFirstRun(flaky.stop))
     assert "adb" in err.value.fix and "--resume" in err.value.fix
-    kept = BenchResult.load(tmp_path / "results" / "bench-identity@phone.json")
+    kept = BenchResult.load(tmp_path / "results" / "bench-identity-onnx@phone.json")
     assert kept.complete and kept.artifact["format"] == "onnx"
 
 

@@ -246,6 +246,27 @@ def test_two_artifacts_of_one_name_in_one_bench_are_refused(tmp_path):
     assert not (tmp_path / "h.sqlite").exists() and list((tmp_path / "res").glob("*.json")) == []
 
 
+def test_one_model_in_two_runtimes_gets_a_result_each(tmp_path):
+    """model.onnx and model.tflite (one model, two runtimes: the usual comparison) were both named 'model', so
+    the TFLite result overwrote the ONNX one's file and the history could not tell them apart; they are named
+    after their format, and the results stay apart."""
+    import edgekd
+    from edgekd.bench.harness import BenchSettings
+    from edgekd.bench.result import BenchResult
+    from edgekd.export.formats import FORMATS, ExportOptions
+
+    paths = []
+    for fmt in ("onnx", "tflite"):
+        backend = FORMATS[fmt]()
+        paths.append(tmp_path / f"model{backend.suffix}")
+        backend.write_floor(paths[-1], (8,), ExportOptions())
+    fast = BenchSettings(warmup_runs=2, min_runs=5, min_seconds=0.0, rounds=1)
+    results = edgekd.bench(paths, settings=fast, results_dir=tmp_path / "res", history=tmp_path / "h.sqlite")
+    assert [r.artifact["name"] for r in results] == ["model-onnx", "model-tflite"]
+    saved = {BenchResult.load(p).artifact["format"] for p in (tmp_path / "res").glob("bench-*.json")}
+    assert saved == {"onnx", "tflite"}
+
+
 def test_compare_shows_the_round_spread_as_measured(tmp_path):
     """Round p50s 10 and 13 µs moved 30% (13/10): the table used to print it as ±30%, twice what it was (the
     bench table prints the same rounds as ±15%)."""

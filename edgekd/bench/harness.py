@@ -14,6 +14,7 @@ import re
 import shlex
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
@@ -80,6 +81,9 @@ def resolve_artifact(item: Artifact | str | Path) -> Artifact:
     return _describe_bare_file(path)
 
 
+BARE_FILE_ROLE = "model"  # the role of a model file edgekd did not export (no artifact.json)
+
+
 def _describe_bare_file(path: Path) -> Artifact:
     """An ad-hoc record for a model file that edgekd did not export (no parity, no lineage)."""
     from edgekd.export.formats import backend_for_file
@@ -90,7 +94,7 @@ def _describe_bare_file(path: Path) -> Artifact:
         raise ArtifactError(f"cannot benchmark {path}: {exc.what}", why=exc.why, fix=exc.fix) from None
     info = backend.inspect(path)
     name = path.stem if re.match(PATH_COMPONENT, path.stem) else "model"  # a stem ".." (of "...onnx") is no name
-    return Artifact(name=name, role="model", format=backend.name, precision="unknown", file=path.name,
+    return Artifact(name=name, role=BARE_FILE_ROLE, format=backend.name, precision="unknown", file=path.name,
                     size_bytes=path.stat().st_size, sha256=sha256_file(path), inputs=info.inputs,
                     outputs=info.outputs, op_histogram=info.op_histogram, layout_ops=info.layout_ops,
                     weight_bits=info.weight_bits, directory=path.parent)
@@ -307,8 +311,7 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
     settings = settings or BenchSettings()
     if settings.rounds < 1:
         raise BenchError(f"rounds must be ≥ 1, got {settings.rounds}", fix="use --rounds 1 or more")
-    resolved = [resolve_artifact(a) for a in artifacts]
-    _refuse_shared_names(resolved)
+    resolved = _distinct_names([resolve_artifact(a) for a in artifacts])
     target = open_device(device)
     if settings.threads is None:
         settings = replace(settings, threads=getattr(getattr(target, "profile", None), "threads", None) or 1)
@@ -397,10 +400,17 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
     return [by_index[i] for i in range(len(resolved))]
 
 
-def _refuse_shared_names(artifacts: list[Artifact]) -> None:
-    """Two artifacts of one name (model.onnx from two folders, or one given twice) would share a result file,
-    the later overwriting the earlier, and could not be told apart in the table or the history (`edgekd compare`
-    pairs results on the name): refuse before anything is measured."""
+def _distinct_names(artifacts: list[Artifact]) -> list[Artifact]:
+    """The artifacts, each with a name of its own. Two of one name would share a result file, the later
+    overwriting the earlier, and could not be told apart in the table or the history (`edgekd compare` pairs
+    results on the name). Bare files that differ only in format (model.onnx and model.tflite: one model in two
+    runtimes) are named after it too (model-onnx, model-tflite); any other clash (model.onnx from two folders,
+    one file given twice) is refused before anything is measured."""
+    clashing = Counter(a.name for a in artifacts)
+    formats = Counter((a.name, a.format) for a in artifacts)
+    artifacts = [a.model_copy(update={"name": f"{a.name}-{a.format}"})
+                 if clashing[a.name] > 1 and formats[(a.name, a.format)] == 1 and a.role == BARE_FILE_ROLE else a
+                 for a in artifacts]
     seen: dict[str, Artifact] = {}
     for artifact in artifacts:
         other = seen.setdefault(artifact.name, artifact)
@@ -412,6 +422,7 @@ def _refuse_shared_names(artifacts: list[Artifact]) -> None:
                                  "history could not tell them apart",
                              fix="give each file once; bench same-named files in separate calls, each with its "
                                  "own --results-dir, or rename one of them")
+    return artifacts
 
 
 def _record_complete(results: list[BenchResult], history: Path | None) -> None:
