@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from edgekd.devices.adb import ADB_WORKDIR, AdbDevice, parse_thermal
-from edgekd.devices.base import (RUNNER_NAME, DeviceError, DeviceOutOfSpace, DeviceProfile, DeviceTimeout,
+from edgekd.devices.base import (runner_name, DeviceError, DeviceOutOfSpace, DeviceProfile, DeviceTimeout,
                                  DeviceUnreachable, RunResult)
 from edgekd.devices.loopback import alive
 
@@ -320,7 +320,7 @@ def test_info_via_runner_with_python(adb_server, phone):
     assert info["schema"] == "edgekd.runner-info/1"
     assert info["python"] and info["runtimes"]["onnxruntime"]
     assert info["android"]["model"] == "edgekd-loopback" and info["thermal"]["status"] == 1
-    assert phone.host_path(f"{WD}/{RUNNER_NAME}").read_bytes() == RUNNER.read_bytes()
+    assert phone.host_path(f"{WD}/{runner_name()}").read_bytes() == RUNNER.read_bytes()
 
 
 def test_parse_thermal():
@@ -351,7 +351,7 @@ def test_runner_benchmark_through_adb(dev, phone, tmp_path):
             "memory_runs": 3, "predict": {"inputs": {"x": "rows.npy"}, "batch_size": 4, "output": "pred.npy"}}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
 
-    runner = f"{WD}/{RUNNER_NAME}"
+    runner = f"{WD}/{runner_name()}"
     dev.push(RUNNER, runner)
     for name in ("identity.onnx", "x.npy", "rows.npy", "spec.json"):
         dev.push(tmp_path / name, f"{bundle}/{name}")
@@ -483,7 +483,7 @@ def _runner_on(phone: LoopbackAdbDevice) -> int | None:
         try:
             argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
             if (len(argv) > 2 and argv[1].decode().startswith(str(phone.sandbox))
-                    and argv[1].decode().endswith(RUNNER_NAME)
+                    and argv[1].decode().endswith(runner_name())
                     and "onnxruntime" in Path(f"/proc/{entry}/maps").read_text()):
                 return int(entry)
         except (OSError, ValueError):

@@ -152,7 +152,7 @@ def test_a_hung_runner_is_stopped_on_the_board_and_said_so(tmp_path, monkeypatch
         while alive(pid):  # SIGKILL was sent; the board reaps it
             assert time.monotonic() < deadline, f"the hung runner (pid {pid}) still runs on the board"
             time.sleep(0.02)
-    assert "by hand" in err.value.fix and "edgekd_runner.py" in err.value.fix
+    assert "by hand" in err.value.fix and "edgekd_runner-" in err.value.fix
 
 
 def test_a_board_too_full_for_the_predictions_says_so_and_keeps_what_it_had(tmp_path):
@@ -360,7 +360,8 @@ def test_a_local_runner_ends_when_edgekd_is_killed(tmp_path):
         for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
             try:
                 argv = _cmdline(pid).split(b"\0")
-                if (len(argv) > 2 and argv[1].decode().startswith(work) and argv[1].decode().endswith("runner.py")
+                script = argv[1].decode() if len(argv) > 2 else ""
+                if (script.startswith(work) and "edgekd_runner" in script and script.endswith(".py")
                         and "onnxruntime" in Path(f"/proc/{pid}/maps").read_text()):
                     return pid
             except (OSError, ValueError):
@@ -384,3 +385,27 @@ def test_a_local_runner_ends_when_edgekd_is_killed(tmp_path):
             os.kill(pid, signal.SIGKILL)
         host.kill()
         host.wait()
+
+
+def test_two_edgekd_versions_sharing_a_work_directory_keep_their_own_runners(tmp_path, monkeypatch):
+    """The runner was pushed as WORKDIR/edgekd_runner.py whatever its content: a second edgekd (another
+    environment, CI beside a user) on the same device overwrote it between the first one's push and run, and
+    the first then ran a runner that did not know its arguments ('bad arguments: --tether ...'). It is named
+    after its content now, as artifacts, inputs and specs are."""
+    from edgekd.bench import harness
+    from edgekd.devices import base
+    from edgekd.devices.local import LocalDevice
+    from edgekd.devices.profiles import DeviceProfile
+
+    device = LocalDevice(DeviceProfile(name="board", kind="local", python=sys.executable,
+                                       workdir=str(tmp_path / "work")))
+    older = tmp_path / "older_runner.py"
+    older.write_text(base.RUNNER_SOURCE.read_text() + "\n# an older edgekd's runner\n")
+    with monkeypatch.context() as m:
+        m.setattr(base, "RUNNER_SOURCE", older)
+        m.setattr(harness, "RUNNER", older)
+        older_remote = harness._Session(device, tmp_path).runner
+    newer_remote = harness._Session(device, tmp_path).runner
+    assert older_remote != newer_remote
+    assert Path(older_remote).read_text() == older.read_text()  # still the older one's, for its run
+    assert Path(newer_remote).read_bytes() == base.RUNNER_SOURCE.read_bytes()

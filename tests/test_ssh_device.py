@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from edgekd.devices.base import (
-    RUNNER_NAME,
+    runner_name,
     DeviceError,
     DeviceOutOfSpace,
     DeviceProfile,
@@ -192,7 +192,7 @@ def test_info_comes_from_the_runner_on_the_device(device, workdir):
     assert info["python"] == platform.python_version()
     assert info["runtimes"]["onnxruntime"]
     assert info["emulated"] is False
-    assert (workdir / RUNNER_NAME).read_bytes() == RUNNER.read_bytes()  # pushed once, then skipped by sha256
+    assert (workdir / runner_name()).read_bytes() == RUNNER.read_bytes()  # pushed once, then skipped by sha256
     assert device.info()["python"] == info["python"]
 
 
@@ -211,10 +211,10 @@ def test_runner_benchmark_through_ssh(device, workdir, tmp_path):
     (tmp_path / "spec.json").write_text(json.dumps(spec))
 
     bundle = f"{workdir}/bundle"
-    device.push(RUNNER, f"{workdir}/{RUNNER_NAME}")
+    device.push(RUNNER, f"{workdir}/{runner_name()}")
     for name in ("identity.onnx", "x.npy", "batch.npy", "spec.json"):
         device.push(tmp_path / name, f"{bundle}/{name}")
-    proc = device.run([*python_argv(device.profile), f"{workdir}/{RUNNER_NAME}", f"{bundle}/spec.json"], timeout=120)
+    proc = device.run([*python_argv(device.profile), f"{workdir}/{runner_name()}", f"{bundle}/spec.json"], timeout=120)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["ok"] is True and result["schema"] == "edgekd.runner/1"
@@ -376,7 +376,7 @@ def _runner_process(spec_path: str) -> int | None:
     for entry in os.listdir("/proc"):
         try:
             argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            if (len(argv) > 2 and argv[1].decode().endswith(RUNNER_NAME) and argv[-2].decode() == spec_path  # [-1]: ""
+            if (len(argv) > 2 and argv[1].decode().endswith(runner_name()) and argv[-2].decode() == spec_path  # [-1]: ""
                     and "onnxruntime" in Path(f"/proc/{entry}/maps").read_text()):
                 return int(entry)
         except (OSError, ValueError):

@@ -24,7 +24,8 @@ import numpy as np
 from edgekd.bench import stats
 from edgekd.bench.native import cpu_mask, no_taskset
 from edgekd.bench.result import BenchResult
-from edgekd.devices.base import TETHER_S, Device, DeviceTimeout, RuntimeMissing, cool_down, python_argv, temperature
+from edgekd.devices.base import (RUNNER_SOURCE, TETHER_S, Device, DeviceTimeout, RuntimeMissing, cool_down,
+                                 python_argv, runner_name, temperature)
 from edgekd.errors import ArtifactError, BenchError, EdgeKDError
 from edgekd.export.artifact import RECORD_NAME, Artifact
 from edgekd.names import PATH_COMPONENT
@@ -33,7 +34,7 @@ from edgekd.rundir import sha256_file
 
 logger = logging.getLogger(__name__)
 
-RUNNER = Path(__file__).with_name("runner.py")
+RUNNER = RUNNER_SOURCE  # pushed to devices as runner_name()
 # A runner call may take its max_seconds three times over (warmup, timed loop, slack) plus this much for
 # importing the runtime, loading the model and the predict pass on a slow board; past that it is stopped.
 RUNNER_GRACE_S = 300.0
@@ -140,7 +141,7 @@ class _Session:
     @property
     def runner(self) -> str:
         """The runner on the device (pushed on first use: a device without Python never gets it)."""
-        return self.push(RUNNER, "edgekd_runner.py")
+        return self.push(RUNNER, runner_name())
 
     def push(self, local: Path, name: str) -> str:
         digest = sha256_file(local)

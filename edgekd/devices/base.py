@@ -106,7 +106,7 @@ class ProfiledDevice:
         return self.profile.workdir
 
 
-RUNNER_NAME = "edgekd_runner.py"
+RUNNER_SOURCE = Path(__file__).resolve().parent.parent / "bench" / "runner.py"
 # run(tether=True): the command's stdin is a pipe from this host, which writes a byte to it every HEARTBEAT_S
 # and closes it when it stops waiting. The runner started with `--tether TETHER_S` ends itself when the pipe
 # closes or stays silent that long: the host was stopped, or the link dropped without a word (sshd and adbd may
@@ -127,16 +127,24 @@ def python_argv(profile: DeviceProfile) -> list[str]:
     return [profile.python] if isinstance(profile.python, str) else list(profile.python)
 
 
+def runner_name() -> str:
+    """The runner's file name on a device, after its content (as artifacts, inputs and specs are named): two
+    edgekd versions that share a device's work directory (two environments, CI beside a user) each run their
+    own runner, where one name let each overwrite the other's between its push and its run."""
+    from edgekd.rundir import sha256_file
+
+    return f"edgekd_runner-{sha256_file(RUNNER_SOURCE)[:16]}.py"
+
+
 def info_via_runner(device: Device) -> dict[str, Any]:
     """Push the runner (if needed) and ask it to describe the device: the same code a benchmark runs."""
     import json
 
     from edgekd.rundir import sha256_file
 
-    local = Path(__file__).resolve().parent.parent / "bench" / "runner.py"
-    remote = f"{device.workdir}/{RUNNER_NAME}"
-    if device.sha256(remote) != sha256_file(local):
-        device.push(local, remote)
+    remote = f"{device.workdir}/{runner_name()}"
+    if device.sha256(remote) != sha256_file(RUNNER_SOURCE):
+        device.push(RUNNER_SOURCE, remote)
     result = device.run([*python_argv(device.profile), remote, "--info"], timeout=120)
     try:
         info = json.loads(result.stdout)
