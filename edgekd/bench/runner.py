@@ -42,7 +42,7 @@ import time
 import traceback
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, TextIO, Tuple
 
-# Started as `python WORKDIR/edgekd_runner.py`, Python puts the work directory first on sys.path, where a stray
+# Started as `python WORKDIR/edgekd_runner-SHA.py`, Python puts the work directory first on sys.path, where a stray
 # numpy.py (or onnxruntime/) would shadow the real module. The runner is one file and imports nothing from there.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
