@@ -106,5 +106,16 @@ def first_line(exc: BaseException, *, limit: int = 300) -> str:
     return lines[0][:limit] if lines else type(exc).__name__
 
 
+def yaml_problem(exc: BaseException) -> str:
+    """A PyYAML error as 'at line L, column C: problem' (its first line alone, 'while parsing a flow sequence',
+    says neither where nor what)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"at line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    opened = f" ({context} that starts at line {start.line + 1}, column {start.column + 1})" \
+        if context and start is not None and mark is not None and start.line != mark.line else ""
+    return where + (getattr(exc, "problem", None) or first_line(exc)) + opened
+
+
 class TextModelError(EdgeKDError):
     """A Hugging Face teacher folder is incomplete, or is not a text encoder."""

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edgekd.errors import EdgeKDError, RecipeError
+from edgekd.errors import EdgeKDError, RecipeError, yaml_problem
 from edgekd.names import IDENTIFIER
 
 # int8_qat: ONNX only, made by quantization-aware distillation (export.qat)
@@ -457,11 +457,8 @@ def _read_yaml(path: Path) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
         raise RecipeError(
-            f"{path}: YAML syntax error{where}: {problem}",
+            f"{path}: YAML syntax error {yaml_problem(exc)}",
             why="the file is not valid YAML",
             fix="fix the YAML at that line (indentation, a missing ':' or an unclosed quote or bracket)",
         ) from None

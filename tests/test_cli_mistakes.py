@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -277,3 +279,36 @@ def test_compare_shows_the_round_spread_as_measured(tmp_path):
     assert proc.returncode == 0, proc.stderr
     (row,) = [line for line in proc.stdout.splitlines() if "m (onnx fp32)" in line]
     assert " 30% " in row and "±" not in row, row
+
+
+@pytest.mark.parametrize("content, what, why", [
+    ("name: b\nkind: [local\n", "YAML syntax error at line 3, column 1: expected ',' or ']'",
+     "not valid YAML"),
+    ("- name: b\n", "a profile must be a YAML mapping, got list", "`field: value` lines"),
+    ("", "the file is empty", "`field: value` lines"),
+    ("local\n", "a profile must be a YAML mapping, got str", "`field: value` lines"),
+])
+def test_a_malformed_device_profile_says_where_and_what(tmp_path, content, what, why):
+    """Before: 'why: while parsing a flow sequence' (no line), and "`kind:` must be one of ..., got [{'name':
+    'b'}]" for a profile that was a list."""
+    from edgekd.devices.base import DeviceError
+    from edgekd.devices.profiles import load_profile
+
+    path = tmp_path / "b.yaml"
+    path.write_text(content)
+    with pytest.raises(DeviceError) as err:
+        load_profile(path)
+    assert what in err.value.what and why in err.value.why, err.value.to_dict()
+    if content.startswith("name"):
+        assert "(while parsing a flow sequence that starts at line 2, column 7)" in err.value.what
+
+
+def test_a_device_profile_path_that_is_a_folder_says_so(tmp_path):
+    """Before: "why: [Errno 21] Is a directory", "fix: fix the YAML"."""
+    from edgekd.devices.base import DeviceError
+    from edgekd.devices.profiles import find_profile
+
+    (tmp_path / "board.yaml").mkdir()
+    with pytest.raises(DeviceError, match="board.yaml is a folder") as err:
+        find_profile(str(tmp_path / "board.yaml"))
+    assert "give the profile's .yaml file" in err.value.fix and "Errno" not in str(err.value)

@@ -20,7 +20,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationE
 
 from edgekd.compress.isa import CPU_ARCHES, PROFILE_FLAGS
 from edgekd.devices.base import Device, DeviceError, DeviceProfile
-from edgekd.errors import RegistryError
+from edgekd.errors import RegistryError, first_line, yaml_problem
 from edgekd.names import IDENTIFIER, IDENTIFIER_RULE
 
 KINDS = ("local", "ssh", "adb")
@@ -71,17 +71,30 @@ def find_profile(name_or_path: str) -> DeviceProfile:
 def load_profile(path: Path) -> DeviceProfile:
     """Read and check a profile: a typo or a wrong type is reported here, naming the file and the field,
     not later as a crash inside the benchmark (or an option silently ignored)."""
+    start = "start from devices/pi.example.yaml or devices/phone.example.yaml"
+    if Path(path).is_dir():
+        raise DeviceError(f"device profile {path} is a folder", why="a profile is one YAML file",
+                          fix="give the profile's .yaml file, or a device name (profiles live in devices/)")
     try:
         raw: Any = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DeviceError(f"device profile not found: {path}", fix="check the path (profiles live in devices/)") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise DeviceError(f"cannot read device profile {path}", why=str(exc).splitlines()[0],
-                          fix="fix the YAML (see devices/*.example.yaml)") from None
-    if not isinstance(raw, dict) or raw.get("kind") not in KINDS:
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DeviceError(f"cannot read device profile {path}", why=first_line(exc),
+                          fix="check the file's permissions and that it is UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        raise DeviceError(f"device profile {path}: YAML syntax error {yaml_problem(exc)}",
+                          why="the file is not valid YAML",
+                          fix="fix the YAML at that line (indentation, a missing ':' or an unclosed quote or "
+                              "bracket; see devices/*.example.yaml)") from None
+    if not isinstance(raw, dict):
+        raise DeviceError(f"invalid device profile {path}: " + ("the file is empty" if raw is None else
+                          f"a profile must be a YAML mapping, got {type(raw).__name__}"),
+                          why="a profile is `field: value` lines, starting with `kind:` (local, ssh or adb)",
+                          fix=start)
+    if raw.get("kind") not in KINDS:
         raise DeviceError(f"invalid device profile {path}",
-                          why=f"`kind:` must be one of {', '.join(KINDS)}, got {raw.get('kind') if isinstance(raw, dict) else raw!r}",
-                          fix="start from devices/pi.example.yaml or devices/phone.example.yaml")
+                          why=f"`kind:` must be one of {', '.join(KINDS)}, got {raw.get('kind')!r}", fix=start)
     raw = _expand(raw, str(Path(path).resolve().parent))
     check_fields(raw, path)
     common = {k: raw[k] for k in _COMMON if k in raw}
