@@ -500,9 +500,17 @@ def _known_fields(loc: tuple[Any, ...]) -> list[str]:
     return list(getattr(model, "model_fields", {}))
 
 
+def _meant(error: dict[str, Any]) -> str:
+    """' (did you mean 'x'?)' for an unknown field that is a typo of a known one, else ''."""
+    if error["type"] != "extra_forbidden":
+        return ""
+    close = difflib.get_close_matches(str(error["loc"][-1]), _known_fields(tuple(error["loc"])), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 def _recipe_error(exc: ValidationError, origin: str) -> RecipeError:
     errors = exc.errors()
-    lines = [_describe(e) for e in errors]
+    lines = [_describe(e) + _meant(e) for e in errors]
     unknown = [e for e in errors if e["type"] == "extra_forbidden"]
     fix = f"edit {'that field' if len(lines) == 1 else 'those fields'} in {origin}"
     if unknown:

@@ -312,3 +312,13 @@ def test_a_device_profile_path_that_is_a_folder_says_so(tmp_path):
     with pytest.raises(DeviceError, match="board.yaml is a folder") as err:
         find_profile(str(tmp_path / "board.yaml"))
     assert "give the profile's .yaml file" in err.value.fix and "Errno" not in str(err.value)
+
+
+def test_an_unknown_recipe_field_names_the_field_it_resembles():
+    with pytest.raises(RecipeError, match=r"distill\.los: unknown field \(did you mean 'loss'\?\)"):
+        load_recipe({"name": "x", "distill": {"los": {"name": "kd"}}})
+    with pytest.raises(RecipeError, match=r"scrach: unknown field \(did you mean 'scratch'\?\)"):
+        load_recipe({"name": "x", "scrach": {"enabled": False}})
+    with pytest.raises(RecipeError) as err:  # nothing alike: no guess
+        load_recipe({"name": "x", "zzzzzz": 1})
+    assert "did you mean" not in str(err.value)
