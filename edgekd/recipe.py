@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edgekd.errors import EdgeKDError, RecipeError, yaml_problem
+from edgekd.errors import EdgeKDError, RecipeError, RegistryError, yaml_problem
 from edgekd.names import IDENTIFIER
 
 # int8_qat: ONNX only, made by quantization-aware distillation (export.qat)
@@ -578,9 +578,12 @@ def check_registered_names(recipe: Recipe, origin: str = "<recipe>") -> None:
 
     try:
         find_profile(recipe.bench.device)
-    except EdgeKDError as exc:
+    except RegistryError as exc:  # an unknown name: its why lists the known devices
         raise RecipeError(f"invalid recipe: bench.device: {exc.what}", why=exc.why,
                           fix=f"set bench.device in {origin} to one of those (or a profile path)") from None
+    except EdgeKDError as exc:  # the profile exists but is broken: its own fix says what to change in it
+        raise RecipeError(f"invalid recipe: bench.device: {exc.what}", why=exc.why,
+                          fix=f"{exc.fix}; or set bench.device in {origin} to another device") from None
 
 
 def _check_text_scope(recipe: Recipe, origin: str) -> None:

@@ -322,3 +322,17 @@ def test_an_unknown_recipe_field_names_the_field_it_resembles():
     with pytest.raises(RecipeError) as err:  # nothing alike: no guess
         load_recipe({"name": "x", "zzzzzz": 1})
     assert "did you mean" not in str(err.value)
+
+
+def test_a_broken_profile_named_by_a_recipe_keeps_the_profiles_fix(tmp_path):
+    """The recipe check said "set bench.device to one of those" (none listed) for a profile that exists but
+    is broken; the fix is the profile's own."""
+    profile = tmp_path / "board.yaml"
+    profile.write_text("name: board\nkind: local\nthreds: 2\n")
+    with pytest.raises(RecipeError, match="unknown field `threds:`") as err:
+        load_recipe({"name": "x", "bench": {"device": str(profile)}})
+    assert err.value.fix.startswith(f"rename `threds:` to `threads:` in {profile}"), err.value.fix
+    assert "one of those" not in err.value.fix
+    with pytest.raises(RecipeError) as err:  # an unknown name still gets the list of known devices
+        load_recipe({"name": "x", "bench": {"device": "nosuchboard"}})
+    assert "one of those" in err.value.fix and "host" in err.value.why
