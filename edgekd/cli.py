@@ -8,6 +8,7 @@ Exit codes: 0 ok, 1 internal error, 2 user error (an EdgeKDError: what / why / f
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from pathlib import Path
 from typing import Any, Callable, List, Optional
@@ -17,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from edgekd.errors import EdgeKDError, printable
+from edgekd.errors import EdgeKDError, first_line, printable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distill a teacher into a small student, export it (ONNX, TFLite), verify it and benchmark it.")
@@ -346,9 +347,18 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory (export/<na
                    fix="run the recipe first (edgekd run RECIPE), or give the run's folder under export/")
     try:
         summary = read_json(summary_path)
-        table = summary_table(summary)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # ValueError: bad JSON
-        raise _Err(f"the report of {run_dir} is unreadable", why=f"{summary_path}: {type(exc).__name__}: {exc}",
+        problem = _summary_problem(summary)
+        table = None if problem else summary_table(summary)
+    except json.JSONDecodeError as exc:
+        problem = f"it is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+    except (OSError, UnicodeDecodeError) as exc:
+        problem = f"it cannot be read ({first_line(exc)})"
+    except KeyError as exc:
+        problem = f"a row has no `{exc.args[0]}` field"
+    except (ValueError, TypeError, AttributeError):
+        problem = "a field has the wrong type (not the one edgekd writes)"
+    if problem:
+        raise _Err(f"the report of {run_dir} is unreadable", why=f"{summary_path}: {problem}",
                    fix="write it again: edgekd run RECIPE --force report") from None
     console.print(table)
     for finding in summary.get("findings", []):
@@ -356,6 +366,18 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory (export/<na
     html = run_dir / "report" / "index.html"
     console.print(f"report: {html}" if html.is_file() else f"no HTML report ({html} is missing: edgekd run RECIPE "
                   "--force report writes it)")
+
+
+def _summary_problem(summary: Any) -> str | None:
+    """Why a summary.json that parsed is no run summary (a hand edit, another tool's file), else None."""
+    if not isinstance(summary, dict):
+        return f"it holds a JSON {type(summary).__name__}, not an object"
+    rows = summary.get("rows")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        return "its `rows` is not a list of objects (one per artifact)"
+    if not isinstance(summary.get("findings", []), list):
+        return "its `findings` is not a list"
+    return None
 
 
 @app.command()

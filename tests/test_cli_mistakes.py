@@ -118,11 +118,25 @@ def test_export_parity_threshold_must_be_a_share():
     assert proc.returncode == 2 and "min-agreement" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("content", ["{not json", "", "[]", "{}"])
-def test_an_unreadable_summary_is_a_clear_error(tmp_path, content):
+@pytest.mark.parametrize("content, why", [
+    ("{not json", "it is not valid JSON (line 1, column 2: Expecting property name"),
+    ("", "it is not valid JSON (line 1, column 1: Expecting value)"),
+    ("[]", "it holds a JSON list, not an object"),
+    ("{}", "its `rows` is not a list of objects"),
+    ('{"rows": 5}', "its `rows` is not a list of objects"),
+    ('{"rows": [{"name": "x"}]}', "a row has no `size_bytes` field"),
+    ('{"rows": [{"name": "x", "size_bytes": "big"}]}', "a field has the wrong type"),
+    ('{"rows": [], "machine": 5}', "a field has the wrong type"),
+    ('{"rows": [], "findings": 5}', "its `findings` is not a list"),
+])
+def test_an_unreadable_summary_is_a_clear_error(tmp_path, content, why):
+    """The why says what is wrong with the file, not a Python exception ("TypeError: 'int' object is not
+    iterable" it said before)."""
     (tmp_path / "run" / "results").mkdir(parents=True)
     (tmp_path / "run" / "results" / "summary.json").write_text(content)
-    _user_error(_cli("report", str(tmp_path / "run"), cwd=tmp_path), "is unreadable", "--force report")
+    proc = _cli("report", str(tmp_path / "run"), cwd=tmp_path)
+    _user_error(proc, "is unreadable", "--force report", why)
+    assert not re.search(r"[A-Z]\w*Error\b|object has no attribute|is not iterable", proc.stderr), proc.stderr
 
 
 def test_a_batch_size_a_fixed_batch_model_cannot_take_is_refused(tmp_path):
