@@ -350,3 +350,25 @@ def test_a_broken_profile_named_by_a_recipe_keeps_the_profiles_fix(tmp_path):
     with pytest.raises(RecipeError) as err:  # an unknown name still gets the list of known devices
         load_recipe({"name": "x", "bench": {"device": "nosuchboard"}})
     assert "one of those" in err.value.fix and "host" in err.value.why
+
+
+@pytest.mark.parametrize("column, value, part", [
+    ("identity", "{not json", "identity"),
+    ("latencies", b"\x01\x02", "latencies"),
+    ("round_p50_us", "nope", "round p50s"),
+])
+def test_compare_with_a_damaged_history_row_names_the_result(tmp_path, column, value, part):
+    """A damaged row was an internal error (JSONDecodeError, zlib.error) with exit 1."""
+    db = tmp_path / "h.sqlite"
+    a = history.record([_result("m", 10.0, 0, [10.0, 10.1])], db)
+    b = history.record([_result("m", 10.0, 1, [10.0, 10.1])], db)
+    with sqlite3.connect(db) as con:
+        con.execute(f"UPDATE results SET {column} = ? WHERE session = ?", (value, b))
+    proc = _cli("compare", a, b, "--history", str(db), cwd=tmp_path)
+    _user_error(proc, f"the result of m in bench session '{b}' is damaged", f"its stored {part} cannot be decoded",
+                "`edgekd history`")
+
+
+def test_history_at_a_folder_says_it_is_a_folder(tmp_path):
+    (tmp_path / "h").mkdir()
+    _user_error(_cli("history", "--history", "h", cwd=tmp_path), "no bench history at h", "why: it is a folder")

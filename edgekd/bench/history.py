@@ -51,7 +51,8 @@ _IDENTITY_LABELS = {"batch_size": "batch", "inputs": "input shapes"}
 
 def _connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
     if not create and not Path(path).is_file():
-        raise BenchError(f"no bench history at {path}", why="no benchmark has been recorded there yet",
+        raise BenchError(f"no bench history at {path}",
+                         why="it is a folder" if Path(path).is_dir() else "no benchmark has been recorded there yet",
                          fix="run `edgekd bench ARTIFACT…` (or `edgekd run`), or point --history at the right file")
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -143,10 +144,17 @@ def _session_rows(db: sqlite3.Connection, session: str) -> list[_Row]:
     out = []
     for name, sha, device, rounds, fmt, precision, harness, ident in rows:
         # A row recorded before the identity column knows only its format, precision, device and harness.
-        known = json.loads(ident) if ident else {"format": fmt, "precision": precision, "device": device,
-                                                 "harness": harness}
-        out.append(_Row(name, sha, device, json.loads(rounds or "[]"),
-                        {key: known.get(key) for key in IDENTITY}))
+        part = "identity"
+        try:  # a hand edit or a damaged file: say which part, not the decoder's exception
+            known = json.loads(ident) if ident else {"format": fmt, "precision": precision, "device": device,
+                                                     "harness": harness}
+            measured = {key: known.get(key) for key in IDENTITY}
+            part = "round p50s"
+            out.append(_Row(name, sha, device, [float(p) for p in json.loads(rounds or "[]")], measured))
+        except (ValueError, TypeError, AttributeError):
+            raise BenchError(f"the result of {name} in bench session '{session}' is damaged",
+                             why=f"its stored {part} cannot be decoded",
+                             fix="compare other sessions (`edgekd history` lists them), or bench again") from None
     return out
 
 
