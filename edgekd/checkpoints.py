@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import re
 import zipfile
 from pathlib import Path
@@ -140,6 +141,11 @@ def _as_checkpoint(payload: Any, path: Path) -> dict[str, Any]:
         return payload
     if isinstance(payload, dict) and all(hasattr(v, "shape") for v in payload.values()):
         return {"format": "state_dict", "spec": None, "state_dict": payload, "meta": {}}
+    kind = payload.get("format") if isinstance(payload, dict) else None
+    if isinstance(kind, str) and kind.startswith(CHECKPOINT_FORMAT.split("/")[0] + "/"):
+        raise CheckpointError(f"{path} is an edgekd checkpoint of another format ({kind})",
+                              why=f"this edgekd reads {CHECKPOINT_FORMAT}",
+                              fix="load it with the edgekd version that wrote it, or re-create it with this one")
     raise CheckpointError(f"{path} holds no state dict", why=f"it holds a {type(payload).__name__}",
                           fix="save the weights with torch.save(model.state_dict(), PATH)")
 
@@ -161,6 +167,28 @@ def _check_edgekd_payload(payload: dict[str, Any], path: Path) -> None:
             why=f"edgekd rebuilds the model from spec: {', '.join(SPEC_KEYS)}",
             fix="use a checkpoint written by edgekd (<run>/checkpoints/*.pt), or add the missing spec keys",
         )
+    problems = _spec_problems(spec)
+    if problems:
+        key, rule = problems[0]
+        raise CheckpointError(
+            f"checkpoint {path} has an invalid spec: {key} must be {rule}, got {spec[key]!r}",
+            why="edgekd rebuilds the model from its spec, and this value cannot build one (a hand edit?)",
+            fix=f"use a checkpoint written by edgekd (<run>/checkpoints/*.pt), or correct spec.{key}",
+        )
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
+
+
+def _spec_problems(spec: dict[str, Any]) -> list[tuple[str, str]]:
+    """(key, rule) for each spec value of the wrong kind: they would fail as a TypeError inside model building."""
+    rules = {"family": (lambda v: isinstance(v, str), "a model family name"),
+             "params": (lambda v: isinstance(v, dict), "a mapping of model parameters"),
+             "in_shape": (lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(map(_positive_int, v)),
+                          "a list of positive integers (one sample's shape)"),
+             "num_classes": (_positive_int, "a positive integer")}
+    return [(key, rule) for key, (ok, rule) in rules.items() if not ok(spec[key])]
 
 
 def _misfit_fix(payload: dict[str, Any], path: Path, role: str) -> str:

@@ -148,6 +148,41 @@ def test_incomplete_spec_is_refused_by_export_and_layers(tmp_path: Path) -> None
         model_from_name_or_checkpoint(str(path), data="digits", role="student")
 
 
+@pytest.mark.parametrize("key, value, rule", [
+    ("in_shape", "abc", "in_shape must be a list of positive integers"),  # was a TypeError: an internal error
+    ("in_shape", [0], "in_shape must be a list of positive integers"),
+    ("num_classes", 0, "num_classes must be a positive integer"),  # was torch's zero-element warning, then a
+    ("num_classes", True, "num_classes must be a positive integer"),  # misleading "does not fit the model"
+    ("params", [16], "params must be a mapping"),
+    ("family", 7, "family must be a model family name"),
+])
+def test_a_spec_that_cannot_build_a_model_names_the_key(tmp_path: Path, key: str, value, rule: str) -> None:
+    import torch
+
+    from edgekd.models import create_model, model_from_name_or_checkpoint
+
+    model = create_model("mlp", in_shape=(64,), num_classes=10, width=16, depth=1)
+    path = save_checkpoint(model, tmp_path / "student.pt", role="student", data={"name": "digits"})
+    payload = torch.load(path, weights_only=True)
+    payload["spec"][key] = value
+    torch.save(payload, path)
+    text = _refused(path)
+    assert f"checkpoint {path} has an invalid spec: {rule}" in text and f"correct spec.{key}" in text, text
+    with pytest.raises(CheckpointError, match="invalid spec"):  # what `edgekd layers` loads through
+        model_from_name_or_checkpoint(str(path), data="digits", role="student")
+
+
+def test_a_checkpoint_of_another_edgekd_format_says_so(tmp_path: Path) -> None:
+    """It said "holds no state dict; it holds a dict"."""
+    import torch
+
+    path = tmp_path / "student.pt"
+    torch.save({"format": "edgekd.checkpoint/2", "state_dict": {}, "spec": None}, path)
+    text = _refused(path)
+    assert "is an edgekd checkpoint of another format (edgekd.checkpoint/2)" in text
+    assert "edgekd.checkpoint/1" in text and "holds no state dict" not in text
+
+
 def test_good_checkpoints_still_load(tmp_path: Path) -> None:
     import torch
 
