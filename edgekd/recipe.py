@@ -485,6 +485,8 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{loc}: must be one of {ctx.get('expected')}, got {got!r}"
     if kind == "value_error":
         return f"{loc}: {error['msg'].removeprefix('Value error, ')}"
+    if kind == "path_type":  # pydantic says "input is not a valid path for <class 'pathlib.Path'>"
+        return f"{loc}: must be a path (text), got {got!r}"
     if kind == "string_pattern_mismatch":
         return f"{loc}: must be letters, digits, '.', '_' or '-' (it names a folder), got {got!r}"
     return f"{loc}: {error['msg'][0].lower()}{error['msg'][1:]}, got {got!r}"

@@ -372,3 +372,11 @@ def test_compare_with_a_damaged_history_row_names_the_result(tmp_path, column, v
 def test_history_at_a_folder_says_it_is_a_folder(tmp_path):
     (tmp_path / "h").mkdir()
     _user_error(_cli("history", "--history", "h", cwd=tmp_path), "no bench history at h", "why: it is a folder")
+
+
+@pytest.mark.parametrize("section", [{"output_dir": [1, 2]}, {"teacher": {"checkpoint": 5}}])
+def test_a_path_field_of_the_wrong_type_says_it_wants_a_path(section):
+    """pydantic's own text named a Python class: "input is not a valid path for <class 'pathlib.Path'>"."""
+    with pytest.raises(RecipeError, match=r"(output_dir|teacher\.checkpoint): must be a path \(text\), got") as err:
+        load_recipe({"name": "x", **section})
+    assert "<class" not in str(err.value)
