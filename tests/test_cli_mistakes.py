@@ -212,6 +212,31 @@ def test_a_corrupt_artifact_record_names_its_first_problem(tmp_path, record, pro
     assert problem in err.value.why and "validation error for" not in err.value.why, err.value.why
 
 
+_RECORD = {"name": "m", "role": "student", "format": "onnx", "precision": "fp32", "file": "model.onnx",
+           "size_bytes": 1, "sha256": "0" * 64, "inputs": [{"name": "x", "shape": ["batch", 64], "dtype": "float32"}]}
+
+
+@pytest.mark.parametrize("edit, problem", [
+    ({"format": "tflite"}, "file: must be a .tflite file, as the record's format is tflite, got 'model.onnx'"),
+    ({"inputs": [{"name": "x", "shape": "wide"}]}, "inputs: each input must have a `name` and a `shape`"),
+    ({"inputs": [{"shape": [1, 64]}]}, "inputs: each input must have a `name`"),
+])
+def test_an_artifact_record_that_contradicts_itself_is_corrupt(tmp_path, edit, problem):
+    """A .onnx file recorded as tflite reached the device's LiteRT as "ValueError: The model is not a valid
+    Flatbuffer buffer"; a shape "wide" made inputs of shape [1, 1, 1, 1]."""
+    import json
+
+    from edgekd.errors import ArtifactError
+    from edgekd.export.artifact import Artifact
+
+    (tmp_path / "artifact.json").write_text(json.dumps(_RECORD))
+    Artifact.load(tmp_path)  # the unedited record is fine
+    (tmp_path / "artifact.json").write_text(json.dumps({**_RECORD, **edit}))
+    with pytest.raises(ArtifactError, match="corrupt artifact record") as err:
+        Artifact.load(tmp_path)
+    assert problem in err.value.why and "Value error" not in err.value.why, err.value.why
+
+
 def test_weights_past_protobufs_limit_are_refused_before_export():
     import torch
 

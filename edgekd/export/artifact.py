@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from edgekd.errors import ArtifactError, first_line
 from edgekd.names import PATH_COMPONENT
@@ -66,6 +66,27 @@ class Artifact(BaseModel):
                                           "first with PyTorch (text: the sentence embedding's cosine)")
     created_at: str = Field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     directory: Path | None = Field(None, exclude=True)
+
+    @field_validator("file")
+    @classmethod
+    def _file_of_its_format(cls, file: str, info: ValidationInfo) -> str:
+        """A hand-edited format (tflite for a .onnx file) would reach the device's runtime as a load failure."""
+        fmt = info.data.get("format")
+        if fmt and not file.endswith(f".{fmt}"):
+            raise ValueError(f"must be a .{fmt} file, as the record's format is {fmt}, got {file!r}")
+        return file
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs_with_shapes(cls, inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Synthetic inputs are made from these shapes: a shape of another kind would make data of a wrong one."""
+        for entry in inputs:
+            shape = entry.get("shape")
+            if not isinstance(entry.get("name"), str) or not isinstance(shape, list) or not all(
+                    d is None or (isinstance(d, (int, str)) and not isinstance(d, bool)) for d in shape):
+                raise ValueError("each input must have a `name` and a `shape` (a list of sizes or dimension names), "
+                                 f"got {entry!r}")
+        return inputs
 
     @property
     def path(self) -> Path:
@@ -125,5 +146,7 @@ def _first_problem(exc: Exception) -> str:
         where = '.'.join(map(str, error['loc'])) or 'the record'
         if error["type"] == "string_pattern_mismatch":
             return f"{where}: must be one file name, not a path, got {error['input']!r}"
+        if error["type"] == "value_error":
+            return f"{where}: {error['msg'].removeprefix('Value error, ')}"
         return f"{where}: {error['msg']}"
     return first_line(exc)
