@@ -40,9 +40,21 @@ def writable_dir(folder: str | os.PathLike[str], fix: str, what: str | None = No
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
+        blocker = _file_in_the_way(folder)
+        if blocker is not None:
+            raise OutputDirError(what or f"cannot write to {folder}", why=f"{blocker} is a file, where a folder "
+                                 "is needed", fix=f"remove or rename the file {blocker}, or {fix}") from None
         raise OutputDirError(what or f"cannot write to {folder}",
                              why=f"{exc.strerror or exc} ({exc.filename or folder})", fix=fix) from None
     return folder
+
+
+def _file_in_the_way(folder: Path) -> Path | None:
+    """The existing non-folder among `folder` and its parents ("File exists" alone does not say which)."""
+    for candidate in [folder, *folder.parents]:
+        if candidate.exists() or candidate.is_symlink():
+            return None if candidate.is_dir() else candidate
+    return None
 
 
 @contextlib.contextmanager
@@ -53,13 +65,21 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     the writer's process id, so that `remove_orphan_temp_files` can tell a dead writer's file from a live one's.
     """
     final = Path(path)
+    if final.is_dir():  # checked before the work: os.replace cannot put a file over a folder
+        raise OutputDirError(f"cannot write {final}: a folder of that name is in the way",
+                             why="edgekd writes a file there, and a file cannot replace a folder",
+                             fix=f"remove or rename the folder {final}, or choose another output folder")
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.{os.getpid()}-", suffix=TEMP_SUFFIX, dir=final.parent)
     except OSError as exc:
+        fix = "choose a writable output folder (--output-dir / --results-dir), or fix its permissions"
+        blocker = _file_in_the_way(final.parent)
+        if blocker is not None:
+            raise OutputDirError(f"cannot write {final}", why=f"{blocker} is a file, where a folder is needed",
+                                 fix=f"remove or rename the file {blocker}, or {fix}") from None
         raise OutputDirError(f"cannot write {final}", why=f"{exc.strerror or exc} ({exc.filename or final.parent})",
-                             fix="choose a writable output folder (--output-dir / --results-dir), "
-                                 "or fix its permissions") from None
+                             fix=fix) from None
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it 0600; the final file gets the mode open() would give

@@ -139,3 +139,33 @@ def test_temp_files_of_killed_writers_are_removed_and_live_ones_kept(tmp_path):
         assert remove_orphan_temp_files(tmp_path) == [dead]
         assert live.is_file() and not dead.exists()
     assert (tmp_path / "artifacts" / "x" / "model.onnx").read_bytes() == b"being written now"
+
+
+def test_a_folder_where_a_file_goes_is_named_before_the_work(tmp_path):
+    """os.replace cannot put a file over a folder: a results/summary.json folder was an internal error
+    (IsADirectoryError) after the stage's work, with a stray temp file."""
+    from edgekd.errors import OutputDirError
+
+    (tmp_path / "summary.json").mkdir()
+    ran = []
+    with pytest.raises(OutputDirError, match="a folder of that name is in the way") as err:
+        with atomic_path(tmp_path / "summary.json") as tmp:
+            ran.append(tmp)
+    assert not ran and f"remove or rename the folder {tmp_path / 'summary.json'}" in err.value.fix
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
+
+
+@pytest.mark.parametrize("blocked", ["out", "out/a"])
+def test_a_file_where_a_folder_goes_is_named(tmp_path, blocked):
+    """The why was "File exists (out/a)" or "Not a directory (out/a/b)", which does not say which path is a file."""
+    from edgekd.errors import OutputDirError
+    from edgekd.rundir import writable_dir
+
+    (tmp_path / blocked).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / blocked).write_text("in the way")
+    for attempt in (lambda: atomic_write(tmp_path / "out" / "a" / "b" / "x.json", "{}"),
+                    lambda: writable_dir(tmp_path / "out" / "a" / "b", fix="choose another folder")):
+        with pytest.raises(OutputDirError) as err:
+            attempt()
+        assert err.value.why == f"{tmp_path / blocked} is a file, where a folder is needed", err.value.why
+        assert err.value.fix.startswith(f"remove or rename the file {tmp_path / blocked}, or "), err.value.fix
