@@ -405,3 +405,11 @@ def test_a_path_field_of_the_wrong_type_says_it_wants_a_path(section):
     with pytest.raises(RecipeError, match=r"(output_dir|teacher\.checkpoint): must be a path \(text\), got") as err:
         load_recipe({"name": "x", **section})
     assert "<class" not in str(err.value)
+
+
+def test_a_history_under_a_file_gives_the_reason_not_the_errno(tmp_path):
+    """The why was Python's "[Errno 17] File exists: 'afile'"."""
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(BenchError, match="cannot open the bench history") as err:
+        history.record([_result("m", 10.0, 0, [10.0, 10.1])], tmp_path / "afile" / "h.sqlite")
+    assert err.value.why == f"File exists ({tmp_path / 'afile'})", err.value.why
