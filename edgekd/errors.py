@@ -101,7 +101,10 @@ class MissingExtraError(EdgeKDError):
 
 
 def first_line(exc: BaseException, *, limit: int = 300) -> str:
-    """A third-party exception as one clean line for a `why:` field (ANSI colour codes stripped)."""
+    """A third-party exception as one clean line for a `why:` field (ANSI colour codes stripped); an OS error
+    as its reason and path ("Permission denied (x.yaml)", not "[Errno 13] Permission denied: 'x.yaml'")."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror} ({exc.filename})" if exc.filename else exc.strerror
     lines = [ln.strip() for ln in _ANSI.sub("", str(exc)).splitlines() if ln.strip()]
     return lines[0][:limit] if lines else type(exc).__name__
 

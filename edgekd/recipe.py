@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edgekd.errors import EdgeKDError, RecipeError, RegistryError, yaml_problem
+from edgekd.errors import EdgeKDError, RecipeError, RegistryError, first_line, yaml_problem
 from edgekd.names import IDENTIFIER
 
 # int8_qat: ONNX only, made by quantization-aware distillation (export.qat)
@@ -453,7 +453,8 @@ def _read_yaml(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(f"cannot read recipe {path}", why=str(exc), fix="check the file's permissions and encoding") from None
+        raise RecipeError(f"cannot read recipe {path}", why=first_line(exc),
+                          fix="check the file's permissions and encoding") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:

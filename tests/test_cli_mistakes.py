@@ -413,3 +413,20 @@ def test_a_history_under_a_file_gives_the_reason_not_the_errno(tmp_path):
     with pytest.raises(BenchError, match="cannot open the bench history") as err:
         history.record([_result("m", 10.0, 0, [10.0, 10.1])], tmp_path / "afile" / "h.sqlite")
     assert err.value.why == f"File exists ({tmp_path / 'afile'})", err.value.why
+
+
+def test_an_unreadable_recipe_or_profile_gives_the_os_reason_not_the_errno(tmp_path):
+    """A file whose read fails even for root: /proc/self/mem at offset 0 (chmod 000 stops no read by root, which
+    the tests may run as). The why was Python's "[Errno 5] Input/output error"."""
+    (tmp_path / "recipe.yaml").symlink_to("/proc/self/mem")
+    proc = _cli("run", "recipe.yaml", cwd=tmp_path)
+    _user_error(proc, "cannot read recipe recipe.yaml", "why: Input/output error\n",
+                "fix: check the file's permissions")
+    assert "Errno" not in proc.stderr, proc.stderr
+    from edgekd.devices.base import DeviceError
+    from edgekd.devices.profiles import load_profile
+
+    with pytest.raises(DeviceError, match="cannot read device profile") as err:
+        load_profile(tmp_path / "recipe.yaml")
+    assert err.value.why == "Input/output error", err.value.why
+

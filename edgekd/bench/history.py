@@ -22,7 +22,7 @@ import numpy as np
 
 from edgekd.bench import stats
 from edgekd.bench.result import BenchResult
-from edgekd.errors import BenchError
+from edgekd.errors import BenchError, first_line
 
 DEFAULT_PATH = Path("export") / "history.sqlite"
 _SCHEMA = """
@@ -61,8 +61,7 @@ def _connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
         if "identity" not in {row[1] for row in db.execute("PRAGMA table_info(results)")}:
             db.execute("ALTER TABLE results ADD COLUMN identity TEXT")  # a history written before it existed
     except (sqlite3.Error, OSError) as exc:
-        why = f"{exc.strerror} ({exc.filename})" if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise BenchError(f"cannot open the bench history {path}", why=why,
+        raise BenchError(f"cannot open the bench history {path}", why=first_line(exc),
                          fix="check the path (--history) or delete a corrupt history file") from None
     return db
 
