@@ -20,6 +20,7 @@ from edgekd.names import IDENTIFIER
 
 # int8_qat: ONNX only, made by quantization-aware distillation (export.qat)
 Precision = Literal["fp32", "int8_static", "int8_dynamic", "int4", "int8_qat"]
+_MAX_SEED = 2**32 - 1 - 1000  # numpy and scikit-learn take seeds in [0, 2**32 - 1]; room for seed_offset
 TEXT_REFUSED_PRECISIONS = ("int8_static", "int8_qat")  # they calibrate on float inputs; text models take token ids
 Format = Literal["onnx", "tflite"]
 Role = Literal["teacher", "student", "scratch", "compressed"]
@@ -33,8 +34,9 @@ class DataConfig(_Strict):
     """Which data set, how it is split, and how many training labels the students may see."""
 
     name: str = Field("digits", description="data set from the registry (task: text ignores it)")
-    seed: int = Field(0, description="fixes the split (task: text: which sentences are sampled; the split there "
-                                     "is fixed by a hash of each sentence)")
+    seed: int = Field(0, ge=0, le=_MAX_SEED,
+                      description="fixes the split (task: text: which sentences are sampled; the split there "
+                                  "is fixed by a hash of each sentence)")
     val_fraction: float = Field(0.15, gt=0, lt=0.5, description="share held out for validation (stratified)")
     test_fraction: float = Field(0.15, gt=0, lt=0.5, description="share held out for the test split, which "
                                  "accuracy and parity are measured on")
@@ -125,7 +127,8 @@ class EnsembleMember(_Strict):
 
     model: ModelConfig
     checkpoint: Path | None = None
-    seed_offset: int = Field(1, description="trained with seed + seed_offset when no checkpoint is given")
+    seed_offset: int = Field(1, ge=0, le=1000,
+                             description="trained with seed + seed_offset when no checkpoint is given")
 
 
 class EnsembleConfig(_Strict):
@@ -362,7 +365,8 @@ class BenchConfig(_Strict):
 class Recipe(_Strict):
     name: str = Field("run", pattern=IDENTIFIER,
                       description="the run directory's name: <output_dir>/<name>/")
-    seed: int = Field(0, description="seeds every training (same seed for the student and its scratch baseline)")
+    seed: int = Field(0, ge=0, le=_MAX_SEED,
+                      description="seeds every training (same seed for the student and its scratch baseline)")
     task: Literal["classify", "text"] = Field(
         "classify", description="classify: array inputs (digits…) and registry models; text: a Hugging Face "
         "sentence-encoder teacher (teacher.hf) taught to a text student on offline English text")

@@ -430,3 +430,13 @@ def test_an_unreadable_recipe_or_profile_gives_the_os_reason_not_the_errno(tmp_p
         load_profile(tmp_path / "recipe.yaml")
     assert err.value.why == "Input/output error", err.value.why
 
+
+@pytest.mark.parametrize("section, field", [({"seed": -5}, "seed: must be >= 0"),
+                                            ({"data": {"seed": -1}}, "data.seed: must be >= 0"),
+                                            ({"seed": 2**40}, "seed: must be <= ")])
+def test_a_seed_numpy_cannot_take_is_refused_at_load(section, field):
+    """seed: -5 passed the recipe check, then failed after the exportability check as an internal error
+    ("ValueError: expected non-negative integer"); data.seed: -1 as a split error whose fix was about fractions."""
+    with pytest.raises(RecipeError, match=re.escape(field)):
+        load_recipe({"name": "x", **section})
+
