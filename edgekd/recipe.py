@@ -426,7 +426,8 @@ def load_recipe(source: str | Path | dict[str, Any], *, check_names: bool = True
         raw: Any = source
     else:
         path = Path(source)
-        if not path.exists() and not path.suffix and str(source) in builtin_recipes():
+        # Not is_file: `edgekd run demo --output-dir .` makes a folder ./demo, which must not hide the built-in
+        if not path.is_file() and not path.suffix and str(source) in builtin_recipes():
             path = builtin_recipe_path(str(source))
         origin = str(path)
         raw = _read_yaml(path)
@@ -448,6 +449,10 @@ def load_recipe(source: str | Path | dict[str, Any], *, check_names: bool = True
 
 
 def _read_yaml(path: Path) -> Any:
+    if path.is_dir():
+        raise RecipeError(f"recipe {path} is a folder", why="a recipe is one YAML file",
+                          fix=f"give the recipe's .yaml file, or a built-in recipe name "
+                              f"({', '.join(builtin_recipes())})")
     if not path.is_file():
         raise RecipeError(
             f"recipe not found: {path}",

@@ -440,3 +440,16 @@ def test_a_seed_numpy_cannot_take_is_refused_at_load(section, field):
     with pytest.raises(RecipeError, match=re.escape(field)):
         load_recipe({"name": "x", **section})
 
+
+def test_a_recipe_path_that_is_a_folder_says_so(tmp_path):
+    """It said "recipe not found: recipes" of a folder that is there."""
+    (tmp_path / "recipes").mkdir()
+    _user_error(_cli("run", "recipes", cwd=tmp_path), "recipe recipes is a folder", "give the recipe's .yaml file")
+
+
+def test_a_folder_named_like_a_builtin_recipe_does_not_hide_it(tmp_path, monkeypatch):
+    """`edgekd run demo --output-dir .` makes ./demo; the next `edgekd run demo` there said "recipe not found"."""
+    (tmp_path / "demo").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert load_recipe("demo").name == "demo"
+
