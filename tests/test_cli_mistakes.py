@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sqlite3
@@ -224,8 +225,6 @@ _RECORD = {"name": "m", "role": "student", "format": "onnx", "precision": "fp32"
 def test_an_artifact_record_that_contradicts_itself_is_corrupt(tmp_path, edit, problem):
     """A .onnx file recorded as tflite reached the device's LiteRT as "ValueError: The model is not a valid
     Flatbuffer buffer"; a shape "wide" made inputs of shape [1, 1, 1, 1]."""
-    import json
-
     from edgekd.errors import ArtifactError
     from edgekd.export.artifact import Artifact
 
@@ -452,4 +451,23 @@ def test_a_folder_named_like_a_builtin_recipe_does_not_hide_it(tmp_path, monkeyp
     (tmp_path / "demo").mkdir()
     monkeypatch.chdir(tmp_path)
     assert load_recipe("demo").name == "demo"
+
+
+def test_resume_says_why_it_measures_an_unreadable_result_again(tmp_path):
+    """--resume re-measured an artifact whose earlier result file was damaged without a word."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "m", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "m.onnx")
+    (tmp_path / "res").mkdir()
+    (tmp_path / "res" / "bench-m.json").write_text("{damaged")
+    proc = _cli("bench", "m.onnx", "--resume", "--rounds", "1", "--min-seconds", "0.01", "--results-dir", "res",
+                "--history", "h.sqlite", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "--resume: the earlier result res/bench-m.json cannot be read" in proc.stderr, proc.stderr
+    assert "measuring m again" in proc.stderr
+    assert json.loads((tmp_path / "res" / "bench-m.json").read_text())["artifact"]["name"] == "m"
 

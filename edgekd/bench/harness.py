@@ -478,7 +478,9 @@ def _finished(path: Path | None, artifact: Artifact, settings: BenchSettings) ->
         return None
     try:
         old = BenchResult.load(path)
-    except EdgeKDError:
+    except EdgeKDError as exc:  # measured again and overwritten; say so, or --resume seems to ignore the file
+        logger.warning("--resume: the earlier result %s cannot be read (%s); measuring %s again", path,
+                       exc.why or exc.what, artifact.name)
         return None
     same = old.artifact.get("sha256") == artifact.sha256 and old.settings == asdict(settings)
     return old if same and old.complete else None
