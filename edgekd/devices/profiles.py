@@ -83,7 +83,7 @@ def load_profile(path: Path) -> DeviceProfile:
         raise DeviceError(f"cannot read device profile {path}", why=first_line(exc),
                           fix="check the file's permissions and that it is UTF-8 text") from None
     except yaml.YAMLError as exc:
-        raise DeviceError(f"device profile {path}: YAML syntax error {yaml_problem(exc)}",
+        raise DeviceError(f"cannot read device profile {path}: YAML syntax error {yaml_problem(exc)}",
                           why="the file is not valid YAML",
                           fix="fix the YAML at that line (indentation, a missing ':' or an unclosed quote or "
                               "bracket; see devices/*.example.yaml)") from None
