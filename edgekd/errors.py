@@ -102,9 +102,14 @@ class MissingExtraError(EdgeKDError):
 
 def first_line(exc: BaseException, *, limit: int = 300) -> str:
     """A third-party exception as one clean line for a `why:` field (ANSI colour codes stripped); an OS error
-    as its reason and path ("Permission denied (x.yaml)", not "[Errno 13] Permission denied: 'x.yaml'")."""
+    as its reason and path ("Permission denied (x.yaml)", not "[Errno 13] Permission denied: 'x.yaml'"); a
+    pydantic ValidationError as its first problem ("device: Field required")."""
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.strerror} ({exc.filename})" if exc.filename else exc.strerror
+    errors = getattr(exc, "errors", None)  # pydantic's ValidationError: its first problem, not "4 validation errors"
+    if type(exc).__name__ == "ValidationError" and callable(errors) and errors():
+        first = errors()[0]
+        return f"{'.'.join(map(str, first['loc'])) or 'the whole file'}: {first['msg']}"[:limit]
     lines = [ln.strip() for ln in _ANSI.sub("", str(exc)).splitlines() if ln.strip()]
     return lines[0][:limit] if lines else type(exc).__name__
 

@@ -469,5 +469,10 @@ def test_resume_says_why_it_measures_an_unreadable_result_again(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "--resume: the earlier result res/bench-m.json cannot be read" in proc.stderr, proc.stderr
     assert "measuring m again" in proc.stderr
-    assert json.loads((tmp_path / "res" / "bench-m.json").read_text())["artifact"]["name"] == "m"
 
+    (tmp_path / "res" / "bench-m.json").write_text('{"a": 1}')  # JSON, but no result: its first missing field
+    proc = _cli("bench", "m.onnx", "--resume", "--rounds", "1", "--min-seconds", "0.01", "--results-dir", "res",
+                "--history", "h.sqlite", cwd=tmp_path)
+    assert proc.returncode == 0 and "cannot be read (artifact: Field required)" in proc.stderr, proc.stderr
+    assert "validation error" not in proc.stderr
+    assert json.loads((tmp_path / "res" / "bench-m.json").read_text())["artifact"]["name"] == "m"
