@@ -378,11 +378,11 @@ def test_a_broken_profile_named_by_a_recipe_keeps_the_profiles_fix(tmp_path):
 
 @pytest.mark.parametrize("column, value, part", [
     ("identity", "{not json", "identity"),
-    ("latencies", b"\x01\x02", "latencies"),
     ("round_p50_us", "nope", "round p50s"),
 ])
 def test_compare_with_a_damaged_history_row_names_the_result(tmp_path, column, value, part):
-    """A damaged row was an internal error (JSONDecodeError, zlib.error) with exit 1."""
+    """A damaged row was an internal error (JSONDecodeError) with exit 1. (compare reads no per-call latencies,
+    so a damaged latency blob does not stop it.)"""
     db = tmp_path / "h.sqlite"
     a = history.record([_result("m", 10.0, 0, [10.0, 10.1])], db)
     b = history.record([_result("m", 10.0, 1, [10.0, 10.1])], db)
