@@ -98,7 +98,7 @@ def _artifact(precision: str, accuracy: float, fmt: str = "onnx") -> Artifact:
                     mean_abs_error=0.01, accuracy=accuracy, reference_accuracy=0.97, per_class_accuracy=[],
                     threshold=0.9, passed=True)
     return Artifact(name=f"student-{fmt}-{precision}", role="student", format=fmt, precision=precision,
-                    file="model.onnx", size_bytes=1, sha256="0" * 64, parity=parity)
+                    file=f"model.{fmt}", size_bytes=1, sha256="0" * 64, parity=parity)
 
 
 @pytest.mark.parametrize("qat, targets, ptq, run, reason", [

@@ -39,6 +39,9 @@ class Parity(BaseModel):
     reason: str | None = None
 
 
+MODEL_SUFFIXES = ("onnx", "tflite")  # the formats edgekd exports, each its file's suffix
+
+
 class Artifact(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -70,9 +73,11 @@ class Artifact(BaseModel):
     @field_validator("file")
     @classmethod
     def _file_of_its_format(cls, file: str, info: ValidationInfo) -> str:
-        """A hand-edited format (tflite for a .onnx file) would reach the device's runtime as a load failure."""
+        """A hand-edited format (tflite for a .onnx file) would reach the device's runtime as a load failure.
+        Only a suffix of another format contradicts it: a model file may have none, or its own (a tool's .bin)."""
         fmt = info.data.get("format")
-        if fmt and not file.endswith(f".{fmt}"):
+        suffix = Path(file).suffix.lstrip(".")
+        if fmt and suffix in MODEL_SUFFIXES and suffix != fmt:
             raise ValueError(f"must be a .{fmt} file, as the record's format is {fmt}, got {file!r}")
         return file
 
