@@ -179,6 +179,9 @@ def run(recipe: Recipe, *, force: set[str] | None = None, reporter: Reporter | N
         rundir.create()
         for folder in (rundir.root, recipe.output_dir / "cache"):  # what a killed run was writing
             remove_orphan_temp_files(folder)
+        problem = rundir.manifest_problem()
+        if problem:
+            reporter.note(f"[warning] {rundir.manifest_path}: {problem}; stages it does not vouch for run again")
         atomic_write(rundir.recipe_path, dump_recipe(recipe))
     ctx = Context(recipe=recipe, rundir=rundir, reporter=reporter)
     result = RunResult(rundir=rundir, recipe=recipe)

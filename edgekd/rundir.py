@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from edgekd.errors import OutputDirError
+from edgekd.errors import OutputDirError, first_line
 
 MANIFEST_SCHEMA = "edgekd.manifest/1"
 TEMP_SUFFIX = ".tmp"
@@ -223,19 +223,30 @@ class RunDir:
     def load_manifest(self) -> dict[str, Any]:
         """The manifest, keeping only well-formed stage records: it is only a cache of what is done, so an
         unreadable one, or a record of the wrong shape (a hand edit, another tool), means "not done"."""
+        return self._read_manifest()[0]
+
+    def manifest_problem(self) -> str | None:
+        """Why an existing manifest was not used, or some of its stage records (None when it was, or there is
+        none yet): a run that starts over says so, rather than silently redoing minutes of work."""
+        return self._read_manifest()[1]
+
+    def _read_manifest(self) -> tuple[dict[str, Any], str | None]:
         empty = {"schema": MANIFEST_SCHEMA, "stages": {}}
         if not self.manifest_path.exists():
-            return empty
+            return empty, None
         try:
             manifest = read_json(self.manifest_path)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            return empty
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return empty, f"it cannot be read ({first_line(exc)})"
         if not isinstance(manifest, dict):
-            return empty
+            return empty, f"it holds a JSON {type(manifest).__name__}, not an object"
         stages = manifest.get("stages")
-        manifest["stages"] = ({name: record for name, record in stages.items() if _well_formed(record)}
-                              if isinstance(stages, dict) else {})
-        return manifest
+        if not isinstance(stages, dict):
+            manifest["stages"] = {}
+            return manifest, "its `stages` is not an object"
+        manifest["stages"] = {name: record for name, record in stages.items() if _well_formed(record)}
+        dropped = sorted(set(stages) - set(manifest["stages"]))
+        return manifest, (f"the record of stage(s) {', '.join(dropped)} is malformed" if dropped else None)
 
     def stage_record(self, stage: str) -> dict[str, Any] | None:
         return self.load_manifest()["stages"].get(stage)

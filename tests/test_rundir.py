@@ -92,11 +92,34 @@ def test_a_manifest_of_the_wrong_shape_means_not_done_and_is_rewritten(tmp_path,
     run = RunDir(tmp_path / "run")
     run.create()
     out = atomic_write(run.checkpoints / "teacher.pt", b"weights")
+    assert run.manifest_problem() is None  # none yet: nothing to say
     run.manifest_path.write_bytes(content)
     assert not run.is_done("teacher", "h") and run.recorded_outputs("teacher", "*.pt") == []
+    assert run.manifest_problem()  # said (a run notes it), not silently redone
     run.forget("distill")
     run.mark_done("teacher", "h", [out], 1.0)
-    assert run.is_done("teacher", "h")
+    assert run.is_done("teacher", "h") and run.manifest_problem() is None
+
+
+def test_a_run_says_why_it_does_not_trust_its_manifest(tmp_path):
+    """A damaged manifest reran every stage without a word: minutes of work started over, unexplained."""
+    import edgekd
+    from edgekd.progress import SilentReporter
+
+    notes: list[str] = []
+    reporter = SilentReporter()
+    reporter.note = notes.append  # type: ignore[method-assign]
+    recipe = edgekd.load_recipe({"name": "m", "output_dir": str(tmp_path), "bench": {"enabled": False},
+                                 "teacher": {"model": {"family": "mlp", "params": {"width": 16}},
+                                             "train": {"epochs": 1}},
+                                 "distill": {"train": {"epochs": 1}}, "scratch": {"enabled": False},
+                                 "export": {"formats": ["onnx"], "targets": {"teacher": ["fp32"],
+                                                                             "student": ["fp32"]},
+                                            "qat": {"enabled": False}}})
+    RunDir(tmp_path / "m").create()
+    (tmp_path / "m" / "manifest.json").write_text("{not json")
+    edgekd.run(recipe, reporter=reporter)
+    assert any("manifest.json: it cannot be read" in n and "run again" in n for n in notes), notes
 
 
 _HALF_WRITER = """
