@@ -189,3 +189,38 @@ def test_an_unpaired_row_is_explained_by_its_closest_name_mate(tmp_path):
     b = history.record([_result("m", 4.0, 3, [4.0, 4.1], precision="int8_static", threads=4),
                         _result("n", 1.0, 4, [1.0, 1.1])], db)
     assert history.compare(a, b, path=db)["unpaired"] == [{"artifact": "m", "side": "both", "reason": "threads 1 → 4"}]
+
+
+def test_another_programs_database_is_neither_read_as_a_history_nor_written_into(tmp_path):
+    """--history at another tool's SQLite file: edgekd created its table there, `history` and `compare` then
+    said 'no bench sessions' and `bench` recorded into the other program's database."""
+    import sqlite3
+
+    foreign = tmp_path / "notes.sqlite"
+    with sqlite3.connect(foreign) as con:
+        con.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)")
+    for use in (lambda: history.sessions(foreign), lambda: history.compare(path=foreign),
+                lambda: history.record([_result("m", 10.0, 0, [10.0])], foreign)):
+        with pytest.raises(BenchError, match="is not an edgekd bench history") as err:
+            use()
+        assert "notes" in err.value.why and "export/history.sqlite" in err.value.fix
+    with sqlite3.connect(foreign) as con:
+        assert [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")] == ["notes"]
+    history.record([_result("m", 10.0, 0, [10.0])], tmp_path / "new.sqlite")  # a new file still starts a history
+    assert len(history.sessions(tmp_path / "new.sqlite")) == 1
+
+
+def test_two_processes_upgrading_an_old_history_at_once_both_succeed(tmp_path):
+    """Both see no identity column and add it; the second's ALTER TABLE failed with 'duplicate column'."""
+    import sqlite3
+
+    db = tmp_path / "h.sqlite"
+    with sqlite3.connect(db) as con:
+        con.executescript(history._SCHEMA.replace(",\n    identity TEXT", ""))
+    first, second = sqlite3.connect(db), sqlite3.connect(db)
+    history._add_identity_column(first)
+    first.commit()
+    history._add_identity_column(second)  # what the slower process does: the column is there already
+    assert "identity" in {row[1] for row in second.execute("PRAGMA table_info(results)")}
+    first.close()
+    second.close()

@@ -57,13 +57,36 @@ def _connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(str(path), timeout=30)
-        db.executescript(_SCHEMA)
-        if "identity" not in {row[1] for row in db.execute("PRAGMA table_info(results)")}:
-            db.execute("ALTER TABLE results ADD COLUMN identity TEXT")  # a history written before it existed
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except (sqlite3.Error, OSError) as exc:
         raise BenchError(f"cannot open the bench history {path}", why=first_line(exc),
                          fix="check the path (--history) or delete a corrupt history file") from None
+    if "results" not in tables and (tables or not create):  # another program's database: never write into it
+        db.close()
+        raise BenchError(f"{path} is not an edgekd bench history",
+                         why="it is an SQLite database without edgekd's `results` table"
+                             + (f" (it has {', '.join(sorted(tables))})" if tables else ""),
+                         fix="point --history at edgekd's history (export/history.sqlite by default), or at a new "
+                             "file for a new one")
+    try:
+        db.executescript(_SCHEMA)
+        if "identity" not in {row[1] for row in db.execute("PRAGMA table_info(results)")}:
+            _add_identity_column(db)
+    except (sqlite3.Error, OSError) as exc:
+        db.close()
+        raise BenchError(f"cannot open the bench history {path}", why=first_line(exc),
+                         fix="check the path (--history) or delete a corrupt history file") from None
     return db
+
+
+def _add_identity_column(db: sqlite3.Connection) -> None:
+    """Upgrade a history written before the identity column existed. Two processes opening it at once may both
+    try; the one that comes second finds the column there, which is what it wanted."""
+    try:
+        db.execute("ALTER TABLE results ADD COLUMN identity TEXT")
+    except sqlite3.OperationalError as exc:
+        if "duplicate column" not in str(exc):
+            raise
 
 
 @contextmanager
