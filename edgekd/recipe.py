@@ -78,7 +78,8 @@ class ModelConfig(_Strict):
     """A model family from the registry and its keyword parameters (a wrong name or parameter is reported with
     the ones that exist)."""
 
-    family: str = Field(description="model family from the registry (cnn, mlp, tiny_cnn, text_bag, …)")
+    family: str = Field(description="model family from the registry (task: classify: cnn, mlp, tiny_cnn, …; "
+                                    "task: text students: text_bag, text_transformer)")
     params: dict[str, Any] = Field(default_factory=dict, description="keyword parameters of the family")
 
 
