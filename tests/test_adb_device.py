@@ -595,3 +595,44 @@ def _children(pid: int) -> list[int]:
         if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
             out.append(int(entry))
     return out
+
+
+def _adb_server_pid(server: AdbServer) -> int:
+    """The pid of the private adb server (`adb -L tcp:PORT fork-server server ...`)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                argv = (Path("/proc") / entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"fork-server" in argv and f"tcp:{server.port}".encode() in argv:
+                return int(entry)
+    raise AssertionError(f"no adb server on port {server.port}")
+
+
+def test_a_copy_through_a_hung_adb_is_a_clear_timeout(adb_server, dev, tmp_path, monkeypatch):
+    """adb push/pull had no time limit: an adb server (or link) that stopped answering left the bench waiting
+    forever. A copy now has its size's time at a rate slower than any working link, plus a margin."""
+    import signal
+
+    from edgekd.devices import adb as adb_module
+
+    local = tmp_path / "model.onnx"
+    local.write_bytes(b"\0" * 4096)
+    dev.push(local, f"{WD}/model.onnx")  # a working copy: well within its time
+    monkeypatch.setattr(adb_module, "COPY_MIN_S", 3.0)
+    monkeypatch.setattr(adb_module, "PULL_TIMEOUT_S", 3.0)
+    server = _adb_server_pid(adb_server)
+    os.kill(server, signal.SIGSTOP)  # the server stops answering, as a hung one does
+    try:
+        with pytest.raises(DeviceTimeout, match=r"adb push of model.onnx \(0.0 MB\) did not finish within 3 s"
+                           ) as err:
+            dev.push(local, f"{WD}/again.onnx")
+        assert "stopped answering" in err.value.why and "adb kill-server" in err.value.fix
+        with pytest.raises(DeviceTimeout, match="adb pull of .*model.onnx did not finish within 3 s"):
+            dev.pull(f"{WD}/model.onnx", tmp_path / "back.onnx")
+        assert not (tmp_path / "back.onnx").exists()
+    finally:
+        os.kill(server, signal.SIGCONT)
+    dev.pull(f"{WD}/model.onnx", tmp_path / "back.onnx")  # the server answers again: copies work
+    assert (tmp_path / "back.onnx").read_bytes() == local.read_bytes()

@@ -43,6 +43,7 @@ from edgekd.devices.base import (
     DeviceError,
     DeviceOutOfSpace,
     DeviceProfile,
+    DeviceTimeout,
     DeviceUnreachable,
     RunResult,
     info_via_runner,
@@ -54,6 +55,11 @@ logger = logging.getLogger(__name__)
 ADB_WORKDIR = "/data/local/tmp/edgekd"
 _GENERIC_WORKDIR = DeviceProfile.__dataclass_fields__["workdir"].default  # "/tmp/edgekd-work": no /tmp on Android
 ADB_TIMEOUT_S = 60.0  # for our own short commands (features, getprop, sha256sum, …)
+# A copy's time limit: 2 minutes plus its size at 256 KiB/s, slower than any working USB or Wi-Fi adb link, so
+# only a hung adb (a server or a link that stopped answering) reaches it; pulls (predictions) are of unknown size.
+COPY_MIN_S = 120.0
+COPY_SLOWEST_BYTES_PER_S = 256 * 1024
+PULL_TIMEOUT_S = 900.0
 RC_MARKER = "__EDGEKD_RC="
 _RC_AT_END = re.compile(re.escape(RC_MARKER) + r"(\d+)\r?\n?\Z")
 _HEX64 = re.compile(r"\b[0-9a-f]{64}\b")
@@ -144,7 +150,9 @@ class AdbDevice:
                               fix="check the path (it must be a regular file)")
         _check_remote(remote, self.name)
         # Absolute: adb would read a relative path that starts with '-' (a folder "-exp") as one of its options.
-        proc = self._adb(["push", str(local.resolve()), remote], timeout=None, what="adb push")
+        size = local.stat().st_size
+        proc = self._copy(["push", str(local.resolve()), remote], COPY_MIN_S + size / COPY_SLOWEST_BYTES_PER_S,
+                          f"{local.name} ({size / 1e6:.1f} MB)")
         if proc.returncode == 0:
             return
         output = proc.stdout + proc.stderr
@@ -166,7 +174,7 @@ class AdbDevice:
         local.parent.mkdir(parents=True, exist_ok=True)
         partial = local.with_name(f".{local.name}.adb-part")  # never leave half a file under the real name
         try:
-            proc = self._adb(["pull", remote, str(partial)], timeout=None, what="adb pull")
+            proc = self._copy(["pull", remote, str(partial)], PULL_TIMEOUT_S, remote)
             if proc.returncode == 0 and partial.is_file():
                 os.replace(partial, local)
                 return
@@ -178,6 +186,18 @@ class AdbDevice:
         raise DeviceError(f"cannot pull {self.name}:{remote} to {local}", why=_adb_message(output, proc.returncode),
                           fix="check the remote path (the command that writes it may have failed)" if missing
                           else "check the paths and permissions on both sides")
+
+    def _copy(self, args: list[str], timeout: float, what: str) -> subprocess.CompletedProcess:
+        """adb push/pull within `timeout`: a hung adb server or a link that stopped answering is a clear error,
+        not a bench that waits forever."""
+        try:
+            return self._adb(args, timeout=timeout, what=f"adb {args[0]}")
+        except DeviceTimeout:
+            raise DeviceTimeout(f"adb {args[0]} of {what} did not finish within {timeout:.0f} s on {self.name}",
+                                why="the adb server or the link to the device stopped answering (the copy was "
+                                    "given far longer than a working USB or Wi-Fi link needs)",
+                                fix=f"check the device with `adb -s {self.serial} get-state`, and restart the adb "
+                                    "server (`adb kill-server`) if that hangs too") from None
 
     def run(self, argv: list[str], *, timeout: float | None = None, tether: bool = False) -> RunResult:
         """Run argv on the device; each element arrives as one literal argument; the exit status is the command's.
