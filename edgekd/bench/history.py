@@ -57,26 +57,30 @@ def _connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(str(path), timeout=30)
-        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        try:
+            _check_is_history(db, path, create)
+            db.executescript(_SCHEMA)
+            if "identity" not in {row[1] for row in db.execute("PRAGMA table_info(results)")}:
+                _add_identity_column(db)
+        except BaseException:
+            db.close()
+            raise
     except (sqlite3.Error, OSError) as exc:
         raise BenchError(f"cannot open the bench history {path}", why=first_line(exc),
                          fix="check the path (--history) or delete a corrupt history file") from None
-    if "results" not in tables and (tables or not create):  # another program's database: never write into it
-        db.close()
+    return db
+
+
+def _check_is_history(db: sqlite3.Connection, path: Path, create: bool) -> None:
+    """Refuse another program's database: never read it as a history, nor write edgekd's table into it (an empty
+    one becomes a history when `create`)."""
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "results" not in tables and (tables or not create):
         raise BenchError(f"{path} is not an edgekd bench history",
                          why="it is an SQLite database without edgekd's `results` table"
                              + (f" (it has {', '.join(sorted(tables))})" if tables else ""),
                          fix="point --history at edgekd's history (export/history.sqlite by default), or at a new "
                              "file for a new one")
-    try:
-        db.executescript(_SCHEMA)
-        if "identity" not in {row[1] for row in db.execute("PRAGMA table_info(results)")}:
-            _add_identity_column(db)
-    except (sqlite3.Error, OSError) as exc:
-        db.close()
-        raise BenchError(f"cannot open the bench history {path}", why=first_line(exc),
-                         fix="check the path (--history) or delete a corrupt history file") from None
-    return db
 
 
 def _add_identity_column(db: sqlite3.Connection) -> None:
