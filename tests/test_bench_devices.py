@@ -403,7 +403,7 @@ def test_two_edgekd_versions_sharing_a_work_directory_keep_their_own_runners(tmp
     older.write_text(base.RUNNER_SOURCE.read_text() + "\n# an older edgekd's runner\n")
     with monkeypatch.context() as m:
         m.setattr(base, "RUNNER_SOURCE", older)
-        m.setattr(harness, "RUNNER", older)
+        m.setattr(harness, "RUNNER_SOURCE", older)
         older_remote = harness._Session(device, tmp_path).runner
     newer_remote = harness._Session(device, tmp_path).runner
     assert older_remote != newer_remote

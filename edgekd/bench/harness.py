@@ -34,7 +34,6 @@ from edgekd.rundir import sha256_file
 
 logger = logging.getLogger(__name__)
 
-RUNNER = RUNNER_SOURCE  # pushed to devices as runner_name()
 # A runner call may take its max_seconds three times over (warmup, timed loop, slack) plus this much for
 # importing the runtime, loading the model and the predict pass on a slow board; past that it is stopped.
 RUNNER_GRACE_S = 300.0
@@ -141,7 +140,7 @@ class _Session:
     @property
     def runner(self) -> str:
         """The runner on the device (pushed on first use: a device without Python never gets it)."""
-        return self.push(RUNNER, runner_name())
+        return self.push(RUNNER_SOURCE, runner_name())
 
     def push(self, local: Path, name: str) -> str:
         digest = sha256_file(local)
