@@ -64,15 +64,12 @@ class Context:
     def trained(self, role: str):
         """The trained model of a role, rebuilt from its checkpoint (a pruned one gets its pruned shape first)."""
         from edgekd.checkpoints import load_weights, read_checkpoint
+        from edgekd.models import with_recorded_pruning
 
         path = self.rundir.checkpoints / f"{role}.pt"
         meta = read_checkpoint(path).get("meta", {}) if role == "compressed" else {}
         model = self.model(meta.get("architecture", "teacher" if role == "teacher" else "student"))
-        if meta.get("prune_plan"):
-            from edgekd.compress.prune import rebuild
-
-            rebuild(model, self.splits.input_shape, meta["prune_plan"])
-        load_weights(model, path, role=role)
+        load_weights(with_recorded_pruning(model, self.splits.input_shape, meta), path, role=role)
         return model
 
     def preflight(self) -> None:

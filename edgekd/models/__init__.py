@@ -62,10 +62,16 @@ def model_of_checkpoint(spec: dict[str, Any], meta: dict[str, Any]) -> "nn.Modul
     (compressed.pt records its prune_plan) is given the pruned shape first, as the pipeline does."""
     model = create_model(spec["family"], in_shape=tuple(spec["in_shape"]), num_classes=spec["num_classes"],
                          **spec["params"])
+    return with_recorded_pruning(model, tuple(spec["in_shape"]), meta)
+
+
+def with_recorded_pruning(model: "nn.Module", in_shape: tuple[int, ...], meta: dict[str, Any]) -> "nn.Module":
+    """`model` in the pruned shape a checkpoint's meta records (compressed.pt's prune_plan), the shape its weights
+    have; unchanged for a checkpoint that was not structurally pruned."""
     if meta.get("prune_plan"):
         from edgekd.compress.prune import rebuild
 
-        rebuild(model, tuple(spec["in_shape"]), meta["prune_plan"])
+        rebuild(model, in_shape, meta["prune_plan"])
     return model
 
 
