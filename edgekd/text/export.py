@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgekd.errors import ExportError, first_line
-from edgekd.export.formats import FORMATS, ExportOptions
+from edgekd.export.formats import ExportOptions
 from edgekd.export.onnx import check_fits_one_file
 from edgekd.export.quiet import captured_output
 from edgekd.progress import Reporter, SilentReporter
