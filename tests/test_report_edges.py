@@ -12,6 +12,7 @@ import pytest
 from edgekd.bench import native, stats
 from edgekd.bench.report import build_summary, plots, write_html
 from edgekd.bench.result import BenchResult
+from edgekd.errors import BenchError
 from edgekd.export.artifact import Artifact, Parity
 from edgekd.rundir import RunDir
 
@@ -216,3 +217,14 @@ def test_the_teacher_has_no_speed_up_against_itself(tmp_path):
     teacher, student = summary["rows"]
     assert "speedup_vs_teacher" not in teacher and student["speedup_vs_teacher"] == pytest.approx(5.0)
     assert "1.00× [1.00, 1.00]" not in write_html(summary, run).read_text()
+
+
+def test_a_round_whose_median_is_zero_is_refused_where_the_result_is_made(tmp_path):
+    """A clock too coarse for one call gives a zero round p50; the report's speed-ups (logs of the rounds) then
+    stopped with an internal error. The result is refused when it is made, saying why."""
+    fields = _runner_fields(2.0)
+    fields["round_p50_us"] = [0.0, 2.0, 2.0]
+    with pytest.raises(BenchError, match="median latency is 0 µs") as caught:
+        make_run(tmp_path / "run", [("teacher-onnx-fp32", _runner_fields(10.0), _parity(0.9)),
+                                    ("student-onnx-fp32", fields, _parity(0.9))])
+    assert "clock" in caught.value.why

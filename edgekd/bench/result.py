@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgekd.errors import BenchError, first_line
 from edgekd.rundir import atomic_write
@@ -44,6 +44,19 @@ class BenchResult(BaseModel):
     latencies_ns: list[int] = Field(default_factory=list)
     created_at: str = Field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     saved_path: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _rounds_resolved(self) -> "BenchResult":
+        """Speed-ups, intervals and the p50 shown are geometric means of the round p50s: a zero (a clock too
+        coarse for one call) would make each of them fail far from here, so it is refused where it is made."""
+        if any(p <= 0 for p in self.round_p50_us):
+            raise BenchError(f"{self.artifact.get('name', 'an artifact')}: a round's median latency is "
+                             f"{min(self.round_p50_us):g} µs",
+                             why="the device's clock does not resolve one call of this model, so no speed-up or "
+                                 "interval can be computed from its rounds",
+                             fix="benchmark it on a device with a finer clock, or with a larger input (batch) so "
+                                 "that one call takes measurable time")
+        return self
 
     def save(self, path: Path) -> Path:
         atomic_write(path, json.dumps(self.model_dump(mode="json", by_alias=True)) + "\n")
