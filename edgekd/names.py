@@ -6,6 +6,8 @@ or a `..` in it would write or delete outside that folder (an edited artifact.js
 
 from __future__ import annotations
 
+from typing import Literal
+
 # A run or device name: one word that is safe in any file system and in a shell word.
 IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 IDENTIFIER_RULE = "letters, digits, '.', '_' and '-', starting with a letter or a digit"
@@ -14,3 +16,9 @@ IDENTIFIER_RULE = "letters, digits, '.', '_' and '-', starting with a letter or 
 # dots then anything.)
 _C = r"[^/\\\x00-\x1f]"
 PATH_COMPONENT = rf"^(?:[^./\\\x00-\x1f]{_C}*|\.[^./\\\x00-\x1f]{_C}*|\.\.{_C}+)$"
+
+# An artifact's precision, the last part of its name (role-format-precision): what a recipe can ask for, and
+# "unknown" for a model file benchmarked bare (no export record says how it was quantized). int8_qat: ONNX
+# only, made by quantization-aware distillation (export.qat).
+Precision = Literal["fp32", "int8_static", "int8_dynamic", "int4", "int8_qat"]
+ArtifactPrecision = Literal[Precision, "unknown"]

@@ -16,10 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgekd.errors import EdgeKDError, RecipeError, RegistryError, first_line, yaml_problem
-from edgekd.names import IDENTIFIER
+from edgekd.names import IDENTIFIER, Precision
 
-# int8_qat: ONNX only, made by quantization-aware distillation (export.qat)
-Precision = Literal["fp32", "int8_static", "int8_dynamic", "int4", "int8_qat"]
 _MAX_SEED = 2**32 - 1 - 1000  # numpy and scikit-learn take seeds in [0, 2**32 - 1]; room for seed_offset
 TEXT_REFUSED_PRECISIONS = ("int8_static", "int8_qat")  # they calibrate on float inputs; text models take token ids
 Format = Literal["onnx", "tflite"]

@@ -222,6 +222,8 @@ _RECORD = {"name": "m", "role": "student", "format": "onnx", "precision": "fp32"
     ({"format": "tflite"}, "file: must be a .tflite file, as the record's format is tflite, got 'model.onnx'"),
     ({"inputs": [{"name": "x", "shape": "wide"}]}, "inputs: each input must have a `name` and a `shape`"),
     ({"inputs": [{"shape": [1, 64]}]}, "inputs: each input must have a `name`"),
+    # an edited precision ("FP32") made the teacher unknown to the report: no speed-ups, silently
+    ({"precision": "FP32"}, "precision: Input should be 'fp32'"),
 ])
 def test_an_artifact_record_that_contradicts_itself_is_corrupt(tmp_path, edit, problem):
     """A .onnx file recorded as tflite reached the device's LiteRT as "ValueError: The model is not a valid

@@ -455,7 +455,7 @@ def _native_bench(rounds: list[dict], tmp_path):
     from edgekd.devices.profiles import open_device
     from edgekd.export.artifact import Artifact
 
-    artifact = Artifact(name="yolo", role="model", format="onnx", precision="int8", file="yolo.onnx",
+    artifact = Artifact(name="yolo", role="model", format="onnx", precision="int8_static", file="yolo.onnx",
                         size_bytes=1, sha256="0" * 64, directory=tmp_path)
     device = open_device("host")
     try:

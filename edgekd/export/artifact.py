@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from edgekd.errors import ArtifactError, first_line
-from edgekd.names import PATH_COMPONENT
+from edgekd.names import PATH_COMPONENT, ArtifactPrecision
 from edgekd.rundir import atomic_write, sha256_file
 
 ARTIFACT_SCHEMA = "edgekd.artifact/1"
@@ -50,7 +50,7 @@ class Artifact(BaseModel):
     name: str = Field(pattern=PATH_COMPONENT)
     role: str = Field(pattern=PATH_COMPONENT)
     format: Literal["onnx", "tflite"]
-    precision: str
+    precision: ArtifactPrecision
     file: str = Field(pattern=PATH_COMPONENT)
     size_bytes: int
     sha256: str
