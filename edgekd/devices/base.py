@@ -6,6 +6,7 @@ directory, and describes itself. Implementations: local (this host), ssh (system
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -127,23 +128,31 @@ def python_argv(profile: DeviceProfile) -> list[str]:
     return [profile.python] if isinstance(profile.python, str) else list(profile.python)
 
 
+def runner_sha256() -> str:
+    """The runner's sha256, read once per process: it names the runner and tells whether a device has it."""
+    return _sha256_once(RUNNER_SOURCE)
+
+
+@functools.cache
+def _sha256_once(path: Path) -> str:
+    from edgekd.rundir import sha256_file
+
+    return sha256_file(path)
+
+
 def runner_name() -> str:
     """The runner's file name on a device, after its content (as artifacts, inputs and specs are named): two
     edgekd versions that share a device's work directory (two environments, CI beside a user) each run their
     own runner, where one name let each overwrite the other's between its push and its run."""
-    from edgekd.rundir import sha256_file
-
-    return f"edgekd_runner-{sha256_file(RUNNER_SOURCE)[:16]}.py"
+    return f"edgekd_runner-{runner_sha256()[:16]}.py"
 
 
 def info_via_runner(device: Device) -> dict[str, Any]:
     """Push the runner (if needed) and ask it to describe the device: the same code a benchmark runs."""
     import json
 
-    from edgekd.rundir import sha256_file
-
     remote = f"{device.workdir}/{runner_name()}"
-    if device.sha256(remote) != sha256_file(RUNNER_SOURCE):
+    if device.sha256(remote) != runner_sha256():
         device.push(RUNNER_SOURCE, remote)
     result = device.run([*python_argv(device.profile), remote, "--info"], timeout=120)
     try:
