@@ -7,6 +7,7 @@ The CLI prints an EdgeKDError as one short block and exits with its `exit_code`
 from __future__ import annotations
 
 import re
+from typing import Any
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # Escape sequences (CSI, OSC) and other control characters, which a device's stderr may carry.
@@ -109,9 +110,14 @@ def first_line(exc: BaseException, *, limit: int = 300) -> str:
     errors = getattr(exc, "errors", None)  # pydantic's ValidationError: its first problem, not "4 validation errors"
     if type(exc).__name__ == "ValidationError" and callable(errors) and errors():
         first = errors()[0]
-        return f"{'.'.join(map(str, first['loc'])) or 'the whole file'}: {first['msg']}"[:limit]
+        return f"{'.'.join(map(str, first['loc'])) or 'the whole file'}: {pydantic_message(first)}"[:limit]
     lines = [ln.strip() for ln in _ANSI.sub("", str(exc)).splitlines() if ln.strip()]
     return lines[0][:limit] if lines else type(exc).__name__
+
+
+def pydantic_message(error: dict[str, Any]) -> str:
+    """One pydantic error's message without the "Value error, " that pydantic puts before a validator's own words."""
+    return str(error["msg"]).removeprefix("Value error, ")
 
 
 def yaml_problem(exc: BaseException) -> str:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edgekd.errors import EdgeKDError, RecipeError, RegistryError, first_line, yaml_problem
+from edgekd.errors import EdgeKDError, RecipeError, RegistryError, first_line, pydantic_message, yaml_problem
 from edgekd.names import IDENTIFIER, Precision
 
 _MAX_SEED = 2**32 - 1 - 1000  # numpy and scikit-learn take seeds in [0, 2**32 - 1]; room for seed_offset
@@ -493,7 +493,7 @@ def _describe(error: dict[str, Any]) -> str:
     if kind == "literal_error":
         return f"{loc}: must be one of {ctx.get('expected')}, got {got!r}"
     if kind == "value_error":
-        return f"{loc}: {error['msg'].removeprefix('Value error, ')}"
+        return f"{loc}: {pydantic_message(error)}"
     if kind == "path_type":  # pydantic says "input is not a valid path for <class 'pathlib.Path'>"
         return f"{loc}: must be a path (text), got {got!r}"
     if kind == "string_pattern_mismatch":

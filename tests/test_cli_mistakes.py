@@ -479,3 +479,24 @@ def test_resume_says_why_it_measures_an_unreadable_result_again(tmp_path):
     assert proc.returncode == 0 and "cannot be read (artifact: Field required)" in proc.stderr, proc.stderr
     assert "validation error" not in proc.stderr
     assert json.loads((tmp_path / "res" / "bench-m.json").read_text())["artifact"]["name"] == "m"
+
+
+def test_a_validators_own_words_reach_the_why_without_pydantics_prefix():
+    """first_line gave "x: Value error, must be positive" where the other error paths said "x: must be positive"."""
+    from pydantic import BaseModel, ValidationError, field_validator
+
+    from edgekd.errors import first_line
+
+    class Record(BaseModel):
+        x: int
+
+        @field_validator("x")
+        @classmethod
+        def _positive(cls, v: int) -> int:
+            if v <= 0:
+                raise ValueError("must be positive")
+            return v
+
+    with pytest.raises(ValidationError) as err:
+        Record(x=-1)
+    assert first_line(err.value) == "x: must be positive"

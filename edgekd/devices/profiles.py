@@ -20,7 +20,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationE
 
 from edgekd.compress.isa import CPU_ARCHES, PROFILE_FLAGS
 from edgekd.devices.base import Device, DeviceError, DeviceProfile
-from edgekd.errors import RegistryError, first_line, yaml_problem
+from edgekd.errors import RegistryError, first_line, pydantic_message, yaml_problem
 from edgekd.names import IDENTIFIER, IDENTIFIER_RULE
 
 KINDS = ("local", "ssh", "adb")
@@ -284,7 +284,7 @@ def _profile_error(error: Any, raw: dict[Any, Any], path: Path) -> DeviceError:
             fix=f"rename `{field}:` to `{meant}:` in {path}" if closest else
                 f"remove `{field}:` from {path}, or correct its spelling")
     info = model.model_fields[keys[-1]]
-    rule = ("must be set (it cannot be null)" if value is None else error["msg"].removeprefix("Value error, ")
+    rule = ("must be set (it cannot be null)" if value is None else pydantic_message(error)
             if error["type"] == "value_error" else f"must be {info.description}")
     examples = " or ".join(f"`{keys[0]}: {_show(e if len(keys) == 1 else {keys[1]: e})}`" for e in info.examples or ())
     return DeviceError(f"invalid `{field}: {_show(value)}` in device profile {path}",

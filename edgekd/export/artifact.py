@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from edgekd.errors import ArtifactError, first_line
+from edgekd.errors import ArtifactError, first_line, pydantic_message
 from edgekd.names import PATH_COMPONENT, ArtifactPrecision
 from edgekd.rundir import atomic_write, sha256_file
 
@@ -151,7 +151,5 @@ def _first_problem(exc: Exception) -> str:
         where = '.'.join(map(str, error['loc'])) or 'the record'
         if error["type"] == "string_pattern_mismatch":
             return f"{where}: must be one file name, not a path, got {error['input']!r}"
-        if error["type"] == "value_error":
-            return f"{where}: {error['msg'].removeprefix('Value error, ')}"
-        return f"{where}: {error['msg']}"
+        return f"{where}: {pydantic_message(error)}"
     return first_line(exc)
