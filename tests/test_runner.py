@@ -396,6 +396,27 @@ def test_tethered_runner_ends_when_its_host_goes_silent(identity_dir: Path):
     assert code == 4 and "no word from the host for 2 s" in err
 
 
+def test_a_runner_the_tether_ends_mid_write_leaves_no_temp_file(tmp_path: Path):
+    """The tether ends the process with os._exit, which runs no `finally`: a write of the outputs under way
+    left its .tmp-*.npy in the device's work directory for good. Here the write is held (np.save blocks, as
+    on a slow card) while the host goes silent."""
+    script = textwrap.dedent(f"""
+        import importlib.util, os, time
+        import numpy as np
+        spec = importlib.util.spec_from_file_location("runner", {str(RUNNER)!r})
+        runner = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(runner)
+        read_end, write_end = os.pipe()  # the host's link: open, and silent
+        runner.np.save = lambda *a, **k: time.sleep(120)
+        runner.tether(1.0, fd=read_end)
+        runner.atomic_save({str(tmp_path / "out.npy")!r}, np.zeros(4))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 4, proc.stderr
+    assert "no word from the host" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_runner_by_hand_is_not_tethered_to_its_stdin(identity_dir: Path):
     # The documented uses (`runner.py SPEC.json` from a terminal, a script, `< /dev/null`) never end on stdin.
     spec = {"artifact": "id.onnx", "runtime": "onnxruntime", "inputs": {"x": "x.npy"}, **FAST}

@@ -849,11 +849,15 @@ def _pad_rows(array: Any, rows: int) -> Any:
     return np.concatenate([array, pad])
 
 
+_WRITING: set = set()  # temp files atomic_save has open: the tether removes them before it ends the process
+
+
 def atomic_save(path: str, array: Any) -> None:
     """Write to a temp file in the same folder, then rename: a reader never sees half a file."""
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npy")
+    _WRITING.add(tmp)
     try:
         with os.fdopen(fd, "wb") as f:
             np.save(f, array, allow_pickle=False)
@@ -862,6 +866,17 @@ def atomic_save(path: str, array: Any) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    finally:
+        _WRITING.discard(tmp)
+
+
+def _remove_unfinished_writes() -> None:
+    """os._exit skips every `finally`: without this, a run the tether ends mid-write leaves its temp file."""
+    for tmp in list(_WRITING):
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 # --------------------------------------------------------------------------- orchestration
@@ -978,6 +993,7 @@ def tether(silence_s: float, fd: int = 0) -> None:
                     why = "the host closed the link"
             except (OSError, ValueError) as e:  # stdin cannot be watched (closed, not selectable)
                 why = f"stdin cannot be read: {e}"
+        _remove_unfinished_writes()
         try:
             os.write(2, f"edgekd runner: stopped: {why} (--tether)\n".encode())
         except OSError:  # stderr went with the link
