@@ -606,7 +606,10 @@ def _check_text_scope(recipe: Recipe, origin: str) -> None:
         (f"distill.strategy: {recipe.distill.strategy}", recipe.distill.strategy != "standard"),
         ("distill.features", bool(recipe.distill.features)),
         (f"distill.transfer_set: {recipe.distill.transfer_set}", recipe.distill.transfer_set != "train_split"),
-        ("teacher.checkpoint", recipe.teacher.checkpoint is not None)) if set_]
+        ("teacher.checkpoint", recipe.teacher.checkpoint is not None),
+        # a resolved recipe.yaml holds every default, so only a value other than the default was set by hand
+        ("teacher.model", recipe.teacher.model != TeacherConfig.model_fields["model"].default),
+        ("teacher.train", recipe.teacher.train != TeacherConfig.model_fields["train"].default)) if set_]
     if ignored:
         raise RecipeError(f"invalid recipe: {', '.join(ignored)} cannot be used with task: text",
                           why="the text task distils with distill.text (cosine, relation and response KD) over every "

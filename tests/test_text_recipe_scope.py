@@ -18,6 +18,8 @@ TEXT = {"name": "x", "task": "text", "student": {"model": {"family": "text_bag"}
     ({"distill": {"strategy": "mutual"}}, r"distill\.strategy: mutual"),
     ({"distill": {"features": [{"loss": "hint", "student": "embed", "teacher": "encoder"}]}}, r"distill\.features"),
     ({"distill": {"transfer_set": "labelled_only"}}, r"distill\.transfer_set: labelled_only"),
+    ({"teacher": {"model": {"family": "resnet"}}}, r"teacher\.model"),  # the text teacher is teacher.hf
+    ({"teacher": {"train": {"epochs": 3}}}, r"teacher\.train"),  # its head is fitted, not trained by epochs
 ])
 def test_a_text_recipe_refuses_what_the_text_stages_would_ignore(section: dict, named: str) -> None:
     with pytest.raises(RecipeError, match=named) as caught:
