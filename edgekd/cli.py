@@ -381,6 +381,37 @@ def _summary_problem(summary: Any) -> str | None:
 
 @app.command()
 @_handles_errors
+def devices(example: Optional[str] = typer.Option(None, "--example", help="print this example profile (pi: a board "
+                                                  "over SSH, phone: a phone over adb) to start yours from: "
+                                                  "edgekd devices --example pi > devices/pi.yaml")) -> None:
+    """List the devices --device can name (./devices/, ~/.config/edgekd/devices/, the built-in host), or print an
+    example profile."""
+    from rich.table import Table
+
+    from edgekd.devices.profiles import example_profile, listed_profiles, load_profile
+
+    if example is not None:  # plain stdout, byte for byte: it is meant to be redirected into a profile file
+        sys.stdout.write(example_profile(example).read_text(encoding="utf-8"))
+        return
+    table = Table(title="devices (--device NAME)", title_justify="left")
+    for col in ("device", "kind", "profile"):
+        table.add_column(col)
+    for name, path in listed_profiles().items():
+        if path is None:
+            table.add_row(name, "local", "built in: this machine")
+            continue
+        try:
+            kind = load_profile(path).kind
+        except EdgeKDError as exc:  # listed anyway: the name exists, and `bench --device` gives the whole message
+            kind = f"invalid: {exc.why or exc.what}"
+        table.add_row(Text(name), Text(kind), Text(str(path)))
+    console.print(table)
+    console.print("a new one: edgekd devices --example pi > devices/pi.yaml (or --example phone), then edit it",
+                  markup=False, highlight=False)
+
+
+@app.command()
+@_handles_errors
 def fields(section: Optional[str] = typer.Argument(None, help="only fields under this path, e.g. distill.text")) -> None:
     """List every recipe field with its type, default and meaning (the schema that validates recipes)."""
     from rich.table import Table

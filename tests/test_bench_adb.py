@@ -146,8 +146,8 @@ def test_out_of_space_and_missing_runtime_on_the_phone_are_clear(adb_server, pho
 
 def test_cpu_pinning_on_a_phone_with_androids_taskset(adb_server, tmp_path_factory, tmp_path):  # noqa: F811
     # Android's taskset is toybox's: a hex mask, no -c. The runner path pinned with `taskset -c LIST`, so a phone
-    # with Termux's Python and `cpus:` (as in devices/phone.example.yaml) failed every run: "the runner crashed
-    # on phone: taskset: Unknown option 'c'". The native path already used the mask.
+    # with Termux's Python and `cpus:` (as in edgekd/devices/examples/phone.yaml) failed every run: "the runner
+    # crashed on phone: taskset: Unknown option 'c'". The native path already used the mask.
     from adb_device import LoopbackAdbDevice
 
     toybox = shutil.which("toybox")

@@ -138,8 +138,10 @@ def test_target_cpu_comes_from_what_the_device_profile_says():
     assert board.device == "arm64-emulated" and board.features["arch"] == "arm64"
     host = target_cpu("host")
     assert host.features == cpu_int8_features() and "this machine" in host.source
-    for example in ("pi.example.yaml", "phone.example.yaml"):  # they say `cpu: {arch: arm64}`
-        remote = target_cpu(str(root / example))
+    from edgekd.devices.profiles import example_profile
+
+    for example in ("pi", "phone"):  # the shipped examples say `cpu: {arch: arm64}`
+        remote = target_cpu(str(example_profile(example)))
         assert remote.features["arch"] == "arm64" and "its profile's cpu: arm64" in remote.source, example
     recipe = edgekd.load_recipe({"bench": {"device": str(root / "arm64-emulated.yaml")}})
     assert [t.device for t in recipe_targets(recipe)] == ["arm64-emulated"]

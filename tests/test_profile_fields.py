@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from edgekd.devices.base import DeviceError
-from edgekd.devices.profiles import load_profile, open_device
+from edgekd.devices.profiles import example_profiles, load_profile, open_device
 from edgekd.export.onnx import write_identity_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -148,7 +148,8 @@ def test_a_local_profile_has_no_cpu_field(tmp_path):
     assert "belongs to kind ssh and adb" in err.why
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "devices").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [*sorted((REPO / "devices").glob("*.yaml")), *example_profiles().values()],
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_shipped_profile_loads(path):
     profile = load_profile(path)
     assert profile.name and profile.kind in ("local", "ssh", "adb")

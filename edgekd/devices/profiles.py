@@ -3,6 +3,8 @@
 Search order for `--device NAME`: a path to a .yaml file; ./devices/NAME.yaml; ~/.config/edgekd/devices/NAME.yaml;
 the built-in `host` (this machine). Unknown names list the profiles found. `{profile_dir}` in a profile's
 strings is the folder of its file (for boards on this machine, such as devices/arm64-emulated.yaml).
+Example profiles to start one from ship inside the package (examples/, `edgekd devices --example NAME`): an
+installed edgekd has no repository devices/ folder to copy them from.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import difflib
 import os
 import re
 import tempfile
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -32,12 +35,41 @@ def search_dirs() -> list[Path]:
     return [Path.cwd() / "devices", Path(os.path.expanduser("~/.config/edgekd/devices"))]
 
 
-def known_profiles() -> list[str]:
-    names = {"host"}
+START = ("start from an example profile: `edgekd devices --example pi` (a board over SSH) or "
+         "`edgekd devices --example phone` (a phone over adb)")
+
+
+def listed_profiles() -> dict[str, Path | None]:
+    """Each name `--device` takes and the file find_profile reads for it (the first in search order); None for
+    the built-in host."""
+    found: dict[str, Path | None] = {}
     for folder in search_dirs():
         if folder.is_dir():
-            names.update(p.stem for p in folder.glob("*.yaml"))
-    return sorted(names)
+            for path in sorted(folder.glob("*.yaml")):
+                found.setdefault(path.stem, path)
+    found.setdefault("host", None)
+    return dict(sorted(found.items()))
+
+
+def known_profiles() -> list[str]:
+    return list(listed_profiles())
+
+
+def example_profiles() -> dict[str, Path]:
+    """The example profiles shipped as package data (examples/NAME.yaml), by name."""
+    folder = resources.files("edgekd.devices") / "examples"
+    return {p.name[: -len(".yaml")]: Path(str(p)) for p in sorted(folder.iterdir(), key=lambda p: p.name)
+            if p.name.endswith(".yaml")}
+
+
+def example_profile(name: str) -> Path:
+    examples = example_profiles()
+    if name not in examples:
+        meant = _closest(name, examples)
+        raise RegistryError(f"no example profile '{name}'" + (f" (did you mean '{meant}'?)" if meant else ""),
+                            why=f"the examples are {', '.join(examples)}",
+                            fix="give one of them: edgekd devices --example pi > devices/pi.yaml")
+    return examples[name]
 
 
 def _builtin_host() -> DeviceProfile:
@@ -65,13 +97,12 @@ def find_profile(name_or_path: str) -> DeviceProfile:
     meant = _closest(name_or_path, known)
     raise RegistryError(f"unknown device '{name_or_path}'" + (f" (did you mean '{meant}'?)" if meant else ""),
                         why=f"known devices: {', '.join(known)} (from ./devices/ and ~/.config/edgekd/devices/)",
-                        fix="use one of them, or give the path of a profile YAML (see devices/*.example.yaml)")
+                        fix=f"use one of them, or give the path of a profile YAML; {START}")
 
 
 def load_profile(path: Path) -> DeviceProfile:
     """Read and check a profile: a typo or a wrong type is reported here, naming the file and the field,
     not later as a crash inside the benchmark (or an option silently ignored)."""
-    start = "start from devices/pi.example.yaml or devices/phone.example.yaml"
     if Path(path).is_dir():
         raise DeviceError(f"device profile {path} is a folder", why="a profile is one YAML file",
                           fix="give the profile's .yaml file, or a device name (profiles live in devices/)")
@@ -86,15 +117,15 @@ def load_profile(path: Path) -> DeviceProfile:
         raise DeviceError(f"cannot read device profile {path}: YAML syntax error {yaml_problem(exc)}",
                           why="the file is not valid YAML",
                           fix="fix the YAML at that line (indentation, a missing ':' or an unclosed quote or "
-                              "bracket; see devices/*.example.yaml)") from None
+                              "bracket; compare with `edgekd devices --example pi`)") from None
     if not isinstance(raw, dict):
         raise DeviceError(f"invalid device profile {path}: " + ("the file is empty" if raw is None else
                           f"a profile must be a YAML mapping, got {type(raw).__name__}"),
                           why="a profile is `field: value` lines, starting with `kind:` (local, ssh or adb)",
-                          fix=start)
+                          fix=START)
     if raw.get("kind") not in KINDS:
         raise DeviceError(f"invalid device profile {path}",
-                          why=f"`kind:` must be one of {', '.join(KINDS)}, got {raw.get('kind')!r}", fix=start)
+                          why=f"`kind:` must be one of {', '.join(KINDS)}, got {raw.get('kind')!r}", fix=START)
     raw = _expand(raw, str(Path(path).resolve().parent))
     check_fields(raw, path)
     common = {k: raw[k] for k in _COMMON if k in raw}
