@@ -413,6 +413,11 @@ def builtin_recipe_path(name: str) -> Path:
     return Path(str(resources.files("edgekd") / "recipes" / f"{name}.yaml"))
 
 
+def _start() -> str:
+    """Where to start a recipe: the demo's file as installed (no edgekd/recipes/ next to a user of the wheel)."""
+    return f"start from a copy of the demo recipe, {builtin_recipe_path('demo')}"
+
+
 def builtin_recipes() -> list[str]:
     folder = resources.files("edgekd") / "recipes"
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
@@ -432,11 +437,11 @@ def load_recipe(source: str | Path | dict[str, Any], *, check_names: bool = True
         raw = _read_yaml(path)
     if raw is None:
         raise RecipeError(f"{origin}: the recipe is empty", why="an empty file would silently run every default",
-                          fix="give it at least a name (name: mine), or start from edgekd/recipes/demo.yaml")
+                          fix=f"give it at least a name (name: mine), or {_start()}")
     if not isinstance(raw, dict):
         raise RecipeError(
             f"{origin}: a recipe must be a YAML mapping, got {type(raw).__name__}",
-            fix="start from edgekd/recipes/demo.yaml",
+            fix=_start(),
         )
     try:
         recipe = Recipe.model_validate(raw)

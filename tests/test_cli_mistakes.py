@@ -36,10 +36,15 @@ def _user_error(proc: subprocess.CompletedProcess[str], *words: str) -> None:
         assert " ".join(word.split()) in said, (word, proc.stderr)
 
 
-def test_an_empty_recipe_file_is_refused(tmp_path):
+def test_an_empty_recipe_file_is_refused(tmp_path, monkeypatch):
+    """The fix names the demo recipe's file as installed: `edgekd/recipes/demo.yaml` exists only next to the
+    repository, not for a user of the wheel in a folder of their own."""
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "r.yaml").write_text("")
-    with pytest.raises(RecipeError, match="the recipe is empty"):
+    with pytest.raises(RecipeError, match="the recipe is empty") as err:
         load_recipe(tmp_path / "r.yaml")
+    start = Path(err.value.fix.rsplit(", ", 1)[-1])
+    assert start.is_absolute() and start.is_file() and start.name == "demo.yaml", err.value.fix
 
 
 def test_a_recipe_without_export_formats_is_refused():
