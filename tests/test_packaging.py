@@ -18,28 +18,38 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-# What the build reads: the package, its metadata and the readme pyproject.toml names.
-SOURCES = ("pyproject.toml", "README.md", "edgekd")
+# Not sources, at the checkout's top (edgekd/export/ is a subpackage): version control, the venv, run outputs,
+# build leftovers, caches; and in devices/arm64 what `make arm-board` builds there (hundreds of MB).
+LEFT_OUT = {REPO: {".git", ".venv", "export", "build", "dist", ".pytest_cache", ".hypothesis"},
+            REPO / "devices" / "arm64": {"rootfs", "ssh", "work"}}
+
+
+def _not_sources(folder: str, names: list[str]) -> set[str]:
+    left = LEFT_OUT.get(Path(folder), set()) & set(names)
+    return left | {n for n in names if n == "__pycache__" or n.endswith((".egg-info", ".pyc"))}
 
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Path:
-    """A copy of what the build reads."""
-    src = tmp_path_factory.mktemp("src")
-    for name in SOURCES:
-        if (REPO / name).is_dir():
-            shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy2(REPO / name, src / name)
+    """A copy of the checkout's sources, so the builds leave no build/ or egg-info in it."""
+    src = tmp_path_factory.mktemp("checkout") / "edgekd"
+    shutil.copytree(REPO, src, ignore=_not_sources)
     return src
 
 
 @pytest.fixture(scope="module")
 def wheel(source, tmp_path_factory) -> Path:
-    """The wheel built from the copy (so the build leaves no build/ or egg-info in the checkout)."""
-    dist = tmp_path_factory.mktemp("dist")
-    build = ("import sys\nfrom setuptools import build_meta\n"
-             "print(build_meta.build_wheel(sys.argv[1]))")
+    return _build(source, "wheel", tmp_path_factory.mktemp("dist"))
+
+
+@pytest.fixture(scope="module")
+def sdist(source, tmp_path_factory) -> Path:
+    return _build(source, "sdist", tmp_path_factory.mktemp("dist"))
+
+
+def _build(source: Path, kind: str, dist: Path) -> Path:
+    """setuptools' PEP 517 backend, as pip or `python -m build` call it (without their isolated env)."""
+    build = f"import sys\nfrom setuptools import build_meta\nprint(build_meta.build_{kind}(sys.argv[1]))"
     proc = subprocess.run([sys.executable, "-c", build, str(dist)], cwd=source, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return dist / proc.stdout.strip().splitlines()[-1]
@@ -85,18 +95,37 @@ def test_the_wheel_carries_every_file_of_the_package(source, wheel):
     with zipfile.ZipFile(wheel) as archive:
         shipped = set(archive.namelist())
     assert not sorted(package - shipped), sorted(package - shipped)
+    assert all(n.split("/")[0] in ("edgekd", wheel.name.split("-py3")[0] + ".dist-info") for n in shipped), shipped
     # what the code reads at run time by path: the runner it pushes to devices, recipes, example profiles
     needed = {"edgekd/bench/runner.py", *(f"edgekd/recipes/{name}.yaml" for name in builtin_recipes()),
               "edgekd/devices/examples/pi.yaml", "edgekd/devices/examples/phone.yaml"}
     assert needed <= shipped, sorted(needed - shipped)
 
 
+def test_the_sdist_is_the_whole_source_release(source, sdist):
+    """Without MANIFEST.in, setuptools put tests/test_*.py in the sdist but not the conftest.py, helpers, recipes
+    and samples they import, nor the device profiles they read nor the torch pin the README installs with."""
+    import tarfile
+
+    with tarfile.open(sdist) as archive:
+        root = archive.getnames()[0].split("/")[0]
+        shipped = {n.split("/", 1)[1] for n in archive.getnames() if "/" in n}
+    for folder in ("tests", "devices", "benchmarks"):
+        files = {p.relative_to(source).as_posix() for p in (source / folder).rglob("*") if p.is_file()}
+        assert files and not sorted(files - shipped), sorted(files - shipped)
+    assert {"constraints.txt", "Makefile", "pyproject.toml", "README.md"} <= shipped
+    assert root == sdist.name[: -len(".tar.gz")]
+
+
 def test_a_device_profile_starts_from_the_example_the_wheel_ships(installed, tmp_path):
     """The examples lived in the repository's devices/, which a wheel does not have, and the errors told the
     user to copy them from there."""
-    probe = subprocess.run([sys.executable, "-c", "import edgekd; print(edgekd.__file__)"], cwd=tmp_path,
-                           env={**os.environ, "PYTHONPATH": str(installed)}, capture_output=True, text=True)
-    assert Path(probe.stdout.strip()).is_relative_to(installed), probe  # the wheel's code, not the checkout's
+    # the wheel's code, every module of it: one it lacked would be imported from an editable install's checkout
+    probe = subprocess.run([sys.executable, "-c", "import edgekd.cli, edgekd.bench.harness, edgekd.export.onnx, sys;"
+                            "print(*(m.__file__ for n, m in sys.modules.items() if n.startswith('edgekd')))"],
+                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(installed)}, capture_output=True,
+                           text=True)
+    assert probe.returncode == 0 and all(Path(f).is_relative_to(installed) for f in probe.stdout.split()), probe
 
     from edgekd.export.onnx import write_identity_model
 
