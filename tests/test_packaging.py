@@ -48,7 +48,8 @@ def sdist(source, tmp_path_factory) -> Path:
 
 
 def _build(source: Path, kind: str, dist: Path) -> Path:
-    """setuptools' PEP 517 backend, as pip or `python -m build` call it (without their isolated env)."""
+    """setuptools' PEP 517 backend, as pip or `python -m build` call it, in this environment instead of an isolated
+    one (no download): torch 2.13 requires setuptools>=77.0.3, above pyproject.toml's build floor."""
     build = f"import sys\nfrom setuptools import build_meta\nprint(build_meta.build_{kind}(sys.argv[1]))"
     proc = subprocess.run([sys.executable, "-c", build, str(dist)], cwd=source, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
