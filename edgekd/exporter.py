@@ -22,6 +22,7 @@ from edgekd.export.formats import FORMATS, ExportOptions
 from edgekd.export.verify import max_rel_error_for, parity
 from edgekd.names import PATH_COMPONENT
 from edgekd.progress import Reporter, SilentReporter
+from edgekd.rng import kept_global_rngs
 from edgekd.rundir import sha256_file
 
 if TYPE_CHECKING:
@@ -288,6 +289,7 @@ def floor_artifact(out_root: Path, fmt: str, in_shape: tuple[int, ...], options:
     return artifact
 
 
+@kept_global_rngs()  # the model rebuilt here and the exporters draw from them
 def export_checkpoint(checkpoint: str | Path, output_dir: str | Path, *, formats: list[str] | None = None,
                       precisions: list[str] | None = None, opset: int = 18, min_agreement: float = 0.99,
                       min_agreement_int4: float = 0.97, calibration_samples: int = 256,

@@ -22,6 +22,7 @@ from edgekd.errors import RecipeError
 from edgekd.interrupts import raise_if_received
 from edgekd.progress import Reporter, SilentReporter
 from edgekd.recipe import Recipe, dump_recipe
+from edgekd.rng import kept_global_rngs
 from edgekd.rundir import RunDir, atomic_write, hash_obj, remove_orphan_temp_files
 
 logger = logging.getLogger(__name__)
@@ -159,6 +160,7 @@ def _stages(recipe: Recipe) -> list[Stage]:
     ]
 
 
+@kept_global_rngs()  # training seeds them; the caller's own draws must not repeat the recipe's
 def run(recipe: Recipe, *, force: set[str] | None = None, reporter: Reporter | None = None,
         output_dir: Path | None = None) -> RunResult:
     """Execute every stage of `recipe` (resumable); `force` names stages to rerun ('all' for every one)."""

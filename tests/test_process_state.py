@@ -1,0 +1,105 @@
+"""edgekd used as a library leaves the calling process as it found it: a notebook or a user's script that calls
+edgekd.run must not find its random generators, loggers, signal handlers or onnxruntime's log level changed.
+
+One small real run (digits, MLPs, ONNX + TFLite FP32, the host bench, the report) with the state recorded
+around it; the text teacher's loading on its own (the whole text run takes minutes)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import edgekd
+
+MICRO_RECIPE = {
+    "name": "micro", "seed": 0, "data": {"name": "digits", "label_fraction": 0.1},
+    "teacher": {"model": {"family": "mlp", "params": {"width": 8}}, "train": {"epochs": 1}},
+    "student": {"model": {"family": "mlp", "params": {"width": 8}}},
+    "distill": {"train": {"epochs": 1}}, "scratch": {"enabled": False},
+    "export": {"formats": ["onnx", "tflite"], "targets": {"teacher": [], "student": ["fp32"]},
+               "parity": {"min_agreement": 0.01, "min_agreement_int4": 0.01}, "qat": {"enabled": False}},
+    "bench": {"device": "host", "warmup_runs": 1, "min_runs": 5, "min_seconds": 0.01, "rounds": 1, "max_seconds": 1.0},
+}
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGCHLD, signal.SIGUSR1)
+
+
+def _loggers() -> dict[str, tuple]:
+    """Every logger's (level, handlers, propagate, disabled), the root's under ''."""
+    found = {name: lg for name, lg in logging.root.manager.loggerDict.items() if isinstance(lg, logging.Logger)}
+    return {name: (lg.level, tuple(lg.handlers), lg.propagate, lg.disabled)
+            for name, lg in {"": logging.root, **found}.items()}
+
+
+def _state() -> dict:
+    return {
+        "torch_rng": torch.random.get_rng_state().numpy().tobytes(),
+        "numpy_rng": repr(np.random.get_state()),
+        "python_rng": random.getstate(),
+        "torch_threads": (torch.get_num_threads(), torch.get_num_interop_threads()),
+        "grad": torch.is_grad_enabled(), "dtype": torch.get_default_dtype(),
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "signals": {s: signal.getsignal(s) for s in SIGNALS},
+        "environ": {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM",
+                                                  "OMP_NUM_THREADS", "MPLBACKEND", "LITERT_TORCH_SHOW_PROGRESS")},
+        "cwd": os.getcwd(),
+        "loggers": _loggers(),
+        "edgekd_threads": [t.name for t in threading.enumerate() if t.name.startswith("edgekd")],
+        "children": Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split(),
+    }
+
+
+@pytest.fixture(scope="module")
+def around_run(tmp_path_factory):
+    """(state before, state after, the run) of one real edgekd.run. Before it the caller has drawn from its
+    generators and asked for dynamo's INFO logs (torch._logging.set_logs, which attaches torch's stderr handlers)."""
+    torch._logging.set_logs(dynamo=logging.INFO)
+    _seed_caller()
+    before = _state()
+    try:
+        result = edgekd.run(edgekd.load_recipe(MICRO_RECIPE), output_dir=tmp_path_factory.mktemp("runs"))
+        after = _state()
+    finally:
+        torch._logging.set_logs()  # torch's defaults again for the worker's other test files
+    assert result.stages["bench"] == "ran" and result.stages["report"] == "ran"
+    return before, after, result
+
+
+def _seed_caller() -> None:
+    """The caller's own seeds (not edgekd's recipe seed 0)."""
+    torch.manual_seed(1234)
+    np.random.seed(4321)
+    random.seed(99)
+
+
+def test_run_puts_the_global_random_generators_back(around_run):
+    before, after, _ = around_run
+    for key in ("torch_rng", "numpy_rng", "python_rng"):
+        assert after[key] == before[key], key
+
+
+def test_export_puts_the_global_random_generators_back(around_run, tmp_path):
+    """edgekd.export rebuilds the model (a random initialisation, then the checkpoint's weights) and the
+    exporters draw from torch's, numpy's and Python's generators."""
+    checkpoint = around_run[2].rundir.checkpoints / "student.pt"
+    _seed_caller()
+    before = _state()
+    artifacts = edgekd.export(checkpoint, tmp_path, formats=["onnx", "tflite"], precisions=["fp32"])
+    after = _state()
+    assert len(artifacts) == 2
+    for key in ("torch_rng", "numpy_rng", "python_rng"):
+        assert after[key] == before[key], key
+
+
+@pytest.mark.parametrize("key", ["torch_threads", "grad", "dtype", "deterministic", "signals", "environ", "cwd",
+                                 "edgekd_threads", "children"])
+def test_run_leaves_the_rest_of_the_process_as_it_was(around_run, key):
+    before, after, _ = around_run
+    assert after[key] == before[key]
