@@ -98,6 +98,15 @@ def test_export_puts_the_global_random_generators_back(around_run, tmp_path):
         assert after[key] == before[key], key
 
 
+def test_run_leaves_every_logger_it_found_as_it_was(around_run):
+    before, after, _ = around_run
+    changed = {name: (state, after["loggers"][name]) for name, state in before["loggers"].items()
+               if after["loggers"][name] != state}
+    assert not changed, changed
+    level, handlers = before["loggers"]["torch._dynamo"][:2]
+    assert level == logging.INFO and handlers, "set_logs did not set torch._dynamo up: nothing was checked"
+
+
 @pytest.mark.parametrize("key", ["torch_threads", "grad", "dtype", "deterministic", "signals", "environ", "cwd",
                                  "edgekd_threads", "children"])
 def test_run_leaves_the_rest_of_the_process_as_it_was(around_run, key):
