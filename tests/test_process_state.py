@@ -112,3 +112,24 @@ def test_run_leaves_every_logger_it_found_as_it_was(around_run):
 def test_run_leaves_the_rest_of_the_process_as_it_was(around_run, key):
     before, after, _ = around_run
     assert after[key] == before[key]
+
+
+def _session_with_an_unused_initializer():
+    """An onnxruntime session whose model onnxruntime warns about (at its default level, WARNING) on fd 2."""
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+                              initializer=[numpy_helper.from_array(np.zeros(1, np.float32), "unused")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_onnxruntime_still_warns_after_a_run(around_run, capfd):
+    """onnxslim (the ONNX export simplifies with it) sets onnxruntime's process-wide log level to ERROR."""
+    capfd.readouterr()
+    _session_with_an_unused_initializer()
+    assert "Removing initializer 'unused'" in capfd.readouterr().err

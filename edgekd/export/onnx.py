@@ -5,6 +5,7 @@ Graphs have one float32 input `x` with a dynamic batch dimension and one output 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from pathlib import Path
@@ -113,6 +114,24 @@ def check_fits_one_file(model: "nn.Module") -> None:
                               "torch.onnx and external data yourself")
 
 
+@contextlib.contextmanager
+def _keeping_ort_log_severity() -> Iterator[None]:
+    """Hold off onnxruntime's process-wide log severity setter for the block.
+
+    onnxslim.slim sets it to ERROR (its init_logging): every later onnxruntime session of the caller's process
+    then hid its warnings. onnxruntime has no getter to put the caller's level back afterwards, so the call is
+    turned into a no-op while slim runs (a thread of the caller setting the level meanwhile would be ignored).
+    """
+    import onnxruntime
+
+    setter = onnxruntime.set_default_logger_severity
+    onnxruntime.set_default_logger_severity = lambda severity: None
+    try:
+        yield
+    finally:
+        onnxruntime.set_default_logger_severity = setter
+
+
 def export_onnx(model: "nn.Module", in_shape: tuple[int, ...], path: Path, *, opset: int) -> Path:
     """Export `model` to an FP32 ONNX file at `path` (atomically), simplified by onnxslim."""
     import onnx
@@ -121,7 +140,7 @@ def export_onnx(model: "nn.Module", in_shape: tuple[int, ...], path: Path, *, op
     check_fits_one_file(model)
     program = _to_onnx_program(model, in_shape, opset)
     with atomic_path(path) as tmp:
-        with captured_output(*_NOISY_LOGGERS):
+        with captured_output(*_NOISY_LOGGERS), _keeping_ort_log_severity():
             program.save(str(tmp))
             slim = onnxslim.slim(str(tmp))
         onnx.save(slim, str(tmp))
