@@ -19,6 +19,8 @@ import torch
 
 import edgekd
 
+from conftest import import_or_skip
+
 MICRO_RECIPE = {
     "name": "micro", "seed": 0, "data": {"name": "digits", "label_fraction": 0.1},
     "teacher": {"model": {"family": "mlp", "params": {"width": 8}}, "train": {"epochs": 1}},
@@ -133,3 +135,25 @@ def test_onnxruntime_still_warns_after_a_run(around_run, capfd):
     capfd.readouterr()
     _session_with_an_unused_initializer()
     assert "Removing initializer 'unused'" in capfd.readouterr().err
+
+
+def test_loading_the_text_teacher_leaves_transformers_and_the_environment_as_they_were():
+    """transformers' verbosity and progress bars (and huggingface_hub's) are the caller's process-wide settings;
+    HF_HUB_OFFLINE, which huggingface_hub reads once at import, would keep the caller's process offline."""
+    transformers = import_or_skip("transformers", "the [hf] extra")
+    from huggingface_hub import utils as hub_utils
+
+    from edgekd.text.teacher import load_teacher
+
+    transformers.logging.set_verbosity_info()  # the caller's choices
+    transformers.logging.enable_progress_bar()
+    try:
+        before = _state()
+        teacher = load_teacher()
+        after = _state()
+        assert teacher.dim == 384
+        assert after["environ"] == before["environ"]
+        assert transformers.logging.get_verbosity() == logging.INFO
+        assert transformers.logging.is_progress_bar_enabled() and not hub_utils.are_progress_bars_disabled()
+    finally:
+        transformers.logging.set_verbosity_warning()

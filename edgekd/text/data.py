@@ -122,11 +122,12 @@ def load_text_data(recipe, reporter: Reporter | None = None) -> TextData:
         progress.close()
     if len(corpus) == 0:
         raise DataError("the text corpus is empty", fix="raise data.text.per_class")
-    try:
-        tokenizer = _transformers().AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except Exception as exc:
-        raise TextModelError(f"the tokenizer in {folder} cannot be loaded", why=first_line(exc),
-                             fix="re-save the folder with save_pretrained()") from None
+    with _transformers() as transformers:
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        except Exception as exc:
+            raise TextModelError(f"the tokenizer in {folder} cannot be loaded", why=first_line(exc),
+                                 fix="re-save the folder with save_pretrained()") from None
     return TextData(corpus, tokenizer, cfg.train_length, cfg.device_length, folder,
                     label_fraction=recipe.data.label_fraction, seed=recipe.data.seed,
                     student_vocabulary=cfg.student_vocabulary)

