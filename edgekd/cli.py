@@ -45,9 +45,9 @@ def _handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from edgekd import interrupts
 
-        interrupts.install()
         try:
-            return command(*args, **kwargs)
+            with interrupts.installed():
+                return command(*args, **kwargs)
         except typer.Exit:
             raise
         except EdgeKDError as exc:

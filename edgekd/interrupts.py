@@ -8,8 +8,9 @@ signal, and every progress step and stage boundary raises it again (`raise_if_re
 
 from __future__ import annotations
 
+import contextlib
 import signal
-from typing import Any
+from typing import Any, Iterator
 
 
 class Terminated(KeyboardInterrupt):
@@ -28,10 +29,22 @@ def _on_signal(signum: int, frame: Any) -> None:
     raise _stop(signum)
 
 
-def install() -> None:
-    """Route SIGINT and SIGTERM through `_on_signal` (the CLI does this; the Python API leaves signals alone)."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _on_signal)
+@contextlib.contextmanager
+def installed() -> Iterator[None]:
+    """Route SIGINT and SIGTERM through `_on_signal` for the block (a CLI command; the Python API leaves signals
+    alone), then put the previous handlers back and forget the signal, also when the block raises.
+
+    A command run in the caller's process (typer's CliRunner, `main()` from a notebook) must leave neither its
+    handlers nor a received Ctrl-C behind: that would stop every later run of the process at its first stage.
+    """
+    previous = {signum: signal.signal(signum, _on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            if handler is not None:  # None: set outside Python, which cannot be put back from here
+                signal.signal(signum, handler)
+        _received.clear()
 
 
 def raise_if_received() -> None:

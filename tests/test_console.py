@@ -49,17 +49,17 @@ def test_a_ctrl_c_a_library_swallowed_stops_at_the_next_progress_step():
         from edgekd import interrupts
         from edgekd.console import RichReporter
 
-        interrupts.install()
-        try:  # a library's bare except around an import: the KeyboardInterrupt is gone
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(1)
-        except:  # noqa: E722
-            pass
-        task = RichReporter(Console(file=io.StringIO())).task("train", 10)
-        try:
-            task.advance(1)
-        except KeyboardInterrupt:
-            print("stopped at the next step")
+        with interrupts.installed():
+            try:  # a library's bare except around an import: the KeyboardInterrupt is gone
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)
+            except:  # noqa: E722
+                pass
+            task = RichReporter(Console(file=io.StringIO())).task("train", 10)
+            try:
+                task.advance(1)
+            except KeyboardInterrupt:
+                print("stopped at the next step")
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "stopped at the next step", (out.stdout, out.stderr)

@@ -157,3 +157,32 @@ def test_loading_the_text_teacher_leaves_transformers_and_the_environment_as_the
         assert transformers.logging.is_progress_bar_enabled() and not hub_utils.are_progress_bars_disabled()
     finally:
         transformers.logging.set_verbosity_warning()
+
+
+@pytest.mark.parametrize("args, code", [(["fields", "bench"], 0), (["run", "no-such-recipe.yaml"], 2)])
+def test_a_cli_command_run_in_process_puts_the_signal_handlers_back(args, code, tmp_path, monkeypatch):
+    """The CLI routes Ctrl-C and SIGTERM through edgekd.interrupts while a command runs, also when it fails."""
+    from typer.testing import CliRunner
+
+    from edgekd.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    before = {s: signal.getsignal(s) for s in SIGNALS}
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == code, result.output
+    assert {s: signal.getsignal(s) for s in SIGNALS} == before
+
+
+def test_a_ctrl_c_a_command_swallowed_does_not_stop_the_processs_later_runs():
+    from edgekd import interrupts
+
+    before = signal.getsignal(signal.SIGINT)
+    with interrupts.installed():
+        try:  # a library's bare except: the KeyboardInterrupt is gone, the signal recorded
+            os.kill(os.getpid(), signal.SIGINT)  # os.kill runs the handler of a signal to itself at once
+        except KeyboardInterrupt:
+            pass
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.raise_if_received()  # still the same command: it stops
+    interrupts.raise_if_received()  # a later run in the same process: it does not
+    assert signal.getsignal(signal.SIGINT) is before
