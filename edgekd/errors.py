@@ -74,6 +74,10 @@ class OutputDirError(EdgeKDError):
     """The run directory cannot be created or written."""
 
 
+class FolderInUseError(OutputDirError):
+    """Another edgekd process holds the folder's lock (a run folder)."""
+
+
 class FeatureError(EdgeKDError):
     """A feature path (module name) does not exist, or teacher and student features cannot be matched."""
 

@@ -7,6 +7,7 @@ it affects, and an interrupted run resumes from its last finished stage.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import time
@@ -23,7 +24,7 @@ from edgekd.interrupts import raise_if_received
 from edgekd.progress import Reporter, SilentReporter
 from edgekd.recipe import Recipe, dump_recipe
 from edgekd.rng import kept_global_rngs
-from edgekd.rundir import RunDir, atomic_write, hash_obj, remove_orphan_temp_files
+from edgekd.rundir import RunDir, atomic_write, exclusive_folder, hash_obj, remove_orphan_temp_files
 
 logger = logging.getLogger(__name__)
 
@@ -174,8 +175,20 @@ def run(recipe: Recipe, *, force: set[str] | None = None, reporter: Reporter | N
     rank, world = _join_distributed()
     reporter = reporter if reporter is not None and rank == 0 else SilentReporter()
     rundir = RunDir(recipe.run_dir)
+    with contextlib.ExitStack() as held:
+        if rank == 0:  # the other ranks are this same run; they write nothing
+            rundir.create()
+            held.enter_context(exclusive_folder(
+                rundir.root, what=f"the run folder {rundir.root}",
+                fix="wait for that run to end (then run again: it resumes), or give this run another folder: "
+                    "--output-dir DIR, or another `name:` in the recipe"))
+        return _run_stages(recipe, rundir, force, reporter, rank, world)
+
+
+def _run_stages(recipe: Recipe, rundir: RunDir, force: set[str], reporter: Reporter, rank: int,
+                world: int) -> RunResult:
+    """The body of `run`, while rank 0 holds the run folder's lock."""
     if rank == 0:
-        rundir.create()
         for folder in (rundir.root, recipe.output_dir / "cache"):  # what a killed run was writing
             remove_orphan_temp_files(folder)
         problem = rundir.manifest_problem()

@@ -7,25 +7,32 @@ Layout of `export/<run-name>/`:
     artifacts/       one folder per exported artifact (model file + artifact.json)
     results/         bench results (JSON)
     report/          index.html, plots
+    .edgekd.lock     locked (flock) by the one process writing the folder; see `exclusive_folder`
 A stage is skipped when the manifest records the same input hash and its outputs are intact.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import logging
 import os
 import re
+import socket
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from edgekd.errors import OutputDirError, first_line
+from edgekd.errors import FolderInUseError, OutputDirError, first_line
+
+logger = logging.getLogger(__name__)
 
 MANIFEST_SCHEMA = "edgekd.manifest/1"
 TEMP_SUFFIX = ".tmp"
+LOCK_NAME = ".edgekd.lock"
 _TEMP_NAME = re.compile(r"\..+\.(\d+)-[A-Za-z0-9_]+\.tmp")  # .<final name>.<writer pid>-<random>.tmp
 _UMASK = os.umask(0o022)  # reading the umask means setting it: put it straight back
 os.umask(_UMASK)
@@ -110,6 +117,61 @@ def remove_orphan_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
             path.unlink()
             removed.append(path)
     return removed
+
+
+@contextlib.contextmanager
+def exclusive_folder(folder: str | os.PathLike[str], *, what: str, fix: str,
+                     lock_name: str = LOCK_NAME) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` for the block: a second edgekd process that asks for it fails at once
+    with FolderInUseError (`what` is in use; `fix` says how to proceed) instead of interleaving its writes.
+
+    The lock is flock(2) on `folder/lock_name`, so the OS releases it when the holder ends, however it ends
+    (SIGKILL, power cut): there is never a stale lock to remove, and the lock file itself stays. The file holds
+    the holder's pid and host, for the message. A file system that cannot lock (some network mounts) or a
+    platform without flock runs unlocked, with a warning: refusing every run there would help no one.
+    """
+    try:
+        import fcntl
+    except ModuleNotFoundError:  # no flock (Windows)
+        logger.warning("cannot lock %s on this platform; do not start two edgekd processes on it at once", folder)
+        yield
+        return
+    path = Path(folder) / lock_name
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise OutputDirError(f"cannot create the lock file {path}", why=first_line(exc),
+                             fix="choose a writable output folder, or fix its permissions") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                logger.warning("cannot lock %s (%s); do not start two edgekd processes on it at once",
+                               path, first_line(exc))
+            else:
+                raise FolderInUseError(
+                    f"{what} is in use by another edgekd process ({_lock_holder(path)})",
+                    why="one process at a time may write it: two would overwrite each other's files and records "
+                        "(the lock is released when that process ends, also if it is killed)",
+                    fix=fix) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays (removing it would let a third process lock a new one)
+
+
+def _lock_holder(path: Path) -> str:
+    """'pid N' (and 'on HOST' when another machine holds it) from a lock file, as far as it can be read."""
+    try:
+        pid, host = (path.read_text(encoding="utf-8").split() + ["", ""])[:2]
+    except (OSError, UnicodeDecodeError):
+        pid, host = "", ""
+    if not pid.isdigit():  # the holder has the lock but has not written its pid yet
+        return "pid unknown"
+    return f"pid {pid}" + (f" on {host}" if host and host != socket.gethostname() else "")
 
 
 def _process_alive(pid: int) -> bool:

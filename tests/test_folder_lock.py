@@ -1,0 +1,99 @@
+"""Two edgekd processes on one folder: the second run of a run folder stops at once (exit 2, who holds it and
+what to do); the lock dies with its holder, so a run killed with SIGKILL leaves nothing that blocks the next
+one. Real processes throughout."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import TINY_RECIPE
+
+CLI = [sys.executable, "-m", "edgekd.cli"]
+
+
+def _slow_recipe(folder: Path) -> Path:
+    """The tiny recipe with a one-epoch teacher and a 400-epoch distillation: a run that stays busy until killed."""
+    recipe = folder / "slow.yaml"
+    recipe.write_text(TINY_RECIPE.read_text().replace("name: tiny", "name: slow")
+                      .replace("train: {epochs: 3}", "train: {epochs: 1}")
+                      .replace("train: {epochs: 6}", "train: {epochs: 400}"))
+    return recipe
+
+
+def _stop(proc: subprocess.Popen) -> str | None:
+    """SIGKILL a process this test started (also when the test failed: never leave a 400-epoch run behind);
+    returns the rest of its stderr when that is a pipe."""
+    if proc.poll() is None:
+        proc.kill()
+    return proc.communicate()[1]
+
+
+def _line_starting(proc: subprocess.Popen, prefix: str) -> str | None:
+    """The first line of `proc`'s stdout that starts with `prefix`, or None when it ends without one."""
+    for line in proc.stdout:
+        if line.startswith(prefix):
+            return line.strip()
+    return None
+
+
+def _one_block(stderr: str) -> str:
+    return " ".join(stderr.split())
+
+
+def test_a_second_run_on_a_busy_run_folder_stops_and_a_killed_run_does_not_block_the_next(tmp_path):
+    recipe, out = _slow_recipe(tmp_path), tmp_path / "out"
+    command = [*CLI, "run", str(recipe), "--output-dir", str(out)]
+    manifest = out / "slow" / "manifest.json"
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120  # a bound on a hung test, not a speed requirement
+        while not (manifest.exists() and "teacher" in json.loads(manifest.read_text())["stages"]):
+            assert time.monotonic() < deadline and first.poll() is None, "the first run never finished its teacher"
+            time.sleep(0.2)
+        # Now inside the 400-epoch distillation: a second terminal, or a CI retry, starts the same run.
+        second = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            _, stderr = second.communicate(timeout=120)
+        finally:
+            _stop(second)
+        assert first.poll() is None, "the first run ended: the second one was not refused while it ran"
+    finally:
+        _stop(first)
+    said = _one_block(stderr)
+    assert second.returncode == 2, said
+    assert f"error: the run folder {out / 'slow'} is in use by another edgekd process (pid {first.pid})" in said
+    assert "why: one process at a time may write it" in said and "--output-dir" in said
+    assert "Traceback" not in stderr
+    assert list(json.loads(manifest.read_text())["stages"]) == ["teacher"]
+    # The first run was killed while holding the lock: the OS released it; a new run proceeds and resumes.
+    third = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        teacher = _line_starting(third, "teacher: ")
+    finally:
+        rest = _stop(third)
+    assert teacher == "teacher: up to date, skipped", (teacher, rest)
+
+
+def test_report_reads_a_run_folder_another_process_holds(tiny_run, tmp_path):
+    """`edgekd report` only reads: it takes no lock, so it works while a run (here: a process holding the run
+    folder's lock) is writing the folder."""
+    folder = tmp_path / "tiny"
+    shutil.copytree(tiny_run.rundir.root, folder)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from edgekd.rundir import exclusive_folder\n"
+                               f"with exclusive_folder({str(folder)!r}, what='run', fix='-'):\n"
+                               "    print('held', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        report = subprocess.run([*CLI, "report", str(folder)], capture_output=True, text=True, timeout=120)
+        run = subprocess.run([*CLI, "run", str(TINY_RECIPE), "--output-dir", str(tmp_path)], capture_output=True,
+                             text=True, timeout=120)
+    finally:
+        _stop(holder)
+    assert report.returncode == 0 and f"report: {folder / 'report' / 'index.html'}" in report.stdout, report.stderr
+    assert run.returncode == 2 and f"(pid {holder.pid})" in _one_block(run.stderr), run.stderr  # the lock is held
