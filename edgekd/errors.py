@@ -75,7 +75,7 @@ class OutputDirError(EdgeKDError):
 
 
 class FolderInUseError(OutputDirError):
-    """Another edgekd process holds the folder's lock (a run folder)."""
+    """Another edgekd process holds the folder's lock (a run folder, a bench's results for one device)."""
 
 
 class FeatureError(EdgeKDError):

@@ -1,6 +1,6 @@
-"""Two edgekd processes on one folder: the second run of a run folder stops at once (exit 2, who holds it and
-what to do); the lock dies with its holder, so a run killed with SIGKILL leaves nothing that blocks the next
-one. Real processes throughout."""
+"""Two edgekd processes on one folder: the second run of a run folder, or the second bench of a results folder
+on the same device, stops at once (exit 2, who holds it and what to do); the lock dies with its holder, so a
+run killed with SIGKILL leaves nothing that blocks the next one. Real processes throughout."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from conftest import TINY_RECIPE
 
@@ -97,3 +99,41 @@ def test_report_reads_a_run_folder_another_process_holds(tiny_run, tmp_path):
         _stop(holder)
     assert report.returncode == 0 and f"report: {folder / 'report' / 'index.html'}" in report.stdout, report.stderr
     assert run.returncode == 2 and f"(pid {holder.pid})" in _one_block(run.stderr), run.stderr  # the lock is held
+
+
+def test_a_second_bench_into_the_same_results_on_the_same_device_stops(tmp_path):
+    """Two benches of one artifact into one results folder: the second would overwrite the first's result file
+    (an interrupted one's partial result over a complete one) and load the CPU the first is timing."""
+    from edgekd.export.onnx import write_identity_model
+
+    model = write_identity_model(tmp_path / "m.onnx", (8,), 18)
+    results, history = tmp_path / "results", tmp_path / "h.sqlite"
+    common = [*CLI, "bench", str(model), "--results-dir", str(results), "--history", str(history)]
+    first = subprocess.Popen([*common, "--rounds", "50", "--min-seconds", "5"], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _line_starting(first, "bench on host: started") is not None, first.stderr.read()
+        second = subprocess.run([*common, "--rounds", "1"], capture_output=True, text=True, timeout=120)
+        assert first.poll() is None, "the first bench ended: the second one was not refused while it ran"
+    finally:
+        _stop(first)
+    said = _one_block(second.stderr)
+    assert second.returncode == 2, said
+    assert (f"error: the results folder {results} (for device 'host') is in use by another edgekd process "
+            f"(pid {first.pid})") in said and "--results-dir" in said and "Traceback" not in said
+    # The killed bench's lock is gone with it: the next bench measures and saves.
+    third = subprocess.run([*common, "--rounds", "1", "--min-seconds", "0.05"], capture_output=True, text=True,
+                           timeout=120)
+    assert third.returncode == 0, third.stderr
+    assert json.loads((results / "bench-m.json").read_text())["complete"] is True
+
+
+@pytest.mark.parametrize("other", ["board", None])
+def test_benches_of_other_devices_or_other_folders_do_not_wait_for_each_other(tmp_path, other):
+    """The bench lock is per device and results folder: the same folder for another device, or another folder
+    for the same device, is free while a bench holds one."""
+    from edgekd.bench.harness import _results_lock
+
+    with _results_lock(tmp_path / "results", "host"):
+        with _results_lock(tmp_path / ("results" if other else "elsewhere"), other or "host"):
+            pass

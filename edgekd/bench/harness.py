@@ -7,6 +7,7 @@ computed here, by the same runner, and compared with the device's: cross-archite
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import platform
@@ -30,7 +31,7 @@ from edgekd.errors import ArtifactError, BenchError, EdgeKDError
 from edgekd.export.artifact import RECORD_NAME, Artifact
 from edgekd.names import PATH_COMPONENT
 from edgekd.progress import Reporter, SilentReporter
-from edgekd.rundir import sha256_file
+from edgekd.rundir import exclusive_folder, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -313,6 +314,29 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
         raise BenchError(f"rounds must be ≥ 1, got {settings.rounds}", fix="use --rounds 1 or more")
     resolved = _distinct_names([resolve_artifact(a) for a in artifacts])
     target = open_device(device)
+    try:
+        with _results_lock(results_dir, target.name):
+            return _bench_on(target, resolved, settings, inputs=inputs, results_dir=results_dir, history=history,
+                             eval_data=eval_data, resume=resume, reporter=reporter, rerun_hint=rerun_hint)
+    finally:
+        target.close()
+
+
+def _results_lock(results_dir: Path | None, device: str) -> contextlib.AbstractContextManager[None]:
+    """One bench at a time per device and results folder: two would overwrite each other's result files (an
+    interrupted one's partial result over the other's complete one) and load the same device while timing it."""
+    if results_dir is None:
+        return contextlib.nullcontext()
+    return exclusive_folder(results_dir, lock_name=f".edgekd-bench@{device}.lock",
+                            what=f"the results folder {results_dir} (for device '{device}')",
+                            fix="wait for that bench to end (then --resume measures only what it left), or give "
+                                "this one another folder with --results-dir")
+
+
+def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings, *, inputs: Path | None,
+              results_dir: Path | None, history: Path | None, eval_data: tuple[Path, Path] | None, resume: bool,
+              reporter: Reporter | None, rerun_hint: str) -> list[BenchResult]:
+    """The body of `bench`, on an open device, holding the lock of its results."""
     if settings.threads is None:
         settings = replace(settings, threads=getattr(getattr(target, "profile", None), "threads", None) or 1)
     suffix = "" if target.name == "host" else f"@{target.name}"
@@ -389,7 +413,6 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
                 exc.kept = saved  # type: ignore[attr-defined]
         raise
     finally:
-        target.close()
         task.close()
     fresh = results_of(todo)
     if history is not None and fresh:
