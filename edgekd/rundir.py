@@ -69,7 +69,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds.
 
     A crash leaves at most a stray temp file, never a half-written file under the final name; its name carries
-    the writer's process id, so that `remove_orphan_temp_files` can tell a dead writer's file from a live one's.
+    the writer's process id, and the writer holds a lock on it, so that `remove_orphan_temp_files` can tell a
+    dead writer's file from a live one's.
     """
     final = Path(path)
     if final.is_dir():  # checked before the work: os.replace cannot put a file over a folder
@@ -87,10 +88,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
                                  fix=f"remove or rename the file {blocker}, or {fix}") from None
         raise OutputDirError(f"cannot write {final}", why=f"{exc.strerror or exc} ({exc.filename or final.parent})",
                              fix=fix) from None
-    os.close(fd)
+    if not _claim(fd):
+        os.close(fd)
+        fd = -1
     tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it 0600; the final file gets the mode open() would give
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it 0600; the final file gets the mode open() would give
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -99,6 +102,42 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+        if fd >= 0:
+            os.close(fd)
+
+
+def _claim(fd: int) -> bool:
+    """Lock a temp file (flock) while it is written: the proof `remove_orphan_temp_files` asks for that its writer
+    lives, where the pid in its name cannot say (a writer in another container or on another machine sharing the
+    folder has a pid this one does not see). False where nothing can be locked; the pid alone protects it then."""
+    try:
+        import fcntl
+    except ModuleNotFoundError:  # no flock (Windows)
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # a file system without locks
+        return False
+    return True
+
+
+def _claimed(path: Path) -> bool:
+    """True while a live writer holds `path`'s lock (see `_claim`), or when that cannot be told."""
+    try:
+        import fcntl
+    except ModuleNotFoundError:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # gone meanwhile, or unreadable: leave it
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # also releases the probe's own lock
+    return False
 
 
 def remove_orphan_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
@@ -106,12 +145,13 @@ def remove_orphan_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
 
     Nothing reads them, but each is as large as the file it was to become (a checkpoint, a model) and a run
     killed again and again would pile them up. Only files whose writer process is gone are removed: another
-    process of this machine writing into the same folder right now keeps its file.
+    process writing into the same folder right now keeps its file, whether its pid is seen here (this machine)
+    or not (another container or machine sharing the folder, seen by the lock it holds on the file).
     """
     removed = []
     for path in Path(folder).rglob(f".*{TEMP_SUFFIX}"):
         match = _TEMP_NAME.fullmatch(path.name)
-        if match is None or _process_alive(int(match.group(1))) or not path.is_file():
+        if match is None or _process_alive(int(match.group(1))) or not path.is_file() or _claimed(path):
             continue
         with contextlib.suppress(FileNotFoundError):
             path.unlink()

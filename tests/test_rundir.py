@@ -164,6 +164,35 @@ def test_temp_files_of_killed_writers_are_removed_and_live_ones_kept(tmp_path):
     assert (tmp_path / "artifacts" / "x" / "model.onnx").read_bytes() == b"being written now"
 
 
+def test_a_live_writer_whose_pid_is_not_seen_here_keeps_its_temp_file(tmp_path):
+    """A writer in another container (pid namespace) or on another machine sharing the folder has a pid this
+    process cannot see: the cleaner took it for dead and deleted its file mid-write, and the writer failed at its
+    rename (FileNotFoundError). Simulated faithfully: a real writer's temp file renamed to carry a pid that no
+    process here has; the writer's lock on the file is what keeps it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from edgekd.rundir import remove_orphan_temp_files
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its pid: one no process here has now
+    path = tmp_path / "cache" / "teacher" / "0123abcd.npy"
+    writer = subprocess.Popen([sys.executable, "-c", _HALF_WRITER, str(path)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert writer.stdout.readline() == "writing\n"
+        [own] = path.parent.glob(f".{path.name}.*.tmp")
+        foreign = own.with_name(own.name.replace(f".{writer.pid}-", f".{gone.pid}-"))
+        own.rename(foreign)
+        assert remove_orphan_temp_files(tmp_path) == [] and foreign.is_file()
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(timeout=30)
+    assert remove_orphan_temp_files(tmp_path) == [foreign]  # its writer is gone, and with it the lock
+
+
 def test_a_folder_where_a_file_goes_is_named_before_the_work(tmp_path):
     """os.replace cannot put a file over a folder: a results/summary.json folder was an internal error
     (IsADirectoryError) after the stage's work, with a stray temp file."""
