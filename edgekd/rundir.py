@@ -181,7 +181,9 @@ def exclusive_folder(folder: str | os.PathLike[str], *, what: str, fix: str,
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as exc:
-        raise OutputDirError(f"cannot create the lock file {path}", why=first_line(exc),
+        blocker = _file_in_the_way(path.parent)
+        raise OutputDirError(f"cannot create the lock file {path}",
+                             why=f"{blocker} is a file, where a folder is needed" if blocker else first_line(exc),
                              fix="choose a writable output folder, or fix its permissions") from None
     try:
         try:

@@ -221,3 +221,16 @@ def test_a_file_where_a_folder_goes_is_named(tmp_path, blocked):
             attempt()
         assert err.value.why == f"{tmp_path / blocked} is a file, where a folder is needed", err.value.why
         assert err.value.fix.startswith(f"remove or rename the file {tmp_path / blocked}, or "), err.value.fix
+
+
+def test_a_lock_under_a_file_names_the_file(tmp_path):
+    """A results folder whose parent is a file: the lock, taken first, says which file is in the way (not only
+    "File exists")."""
+    from edgekd.errors import OutputDirError
+    from edgekd.rundir import exclusive_folder
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(OutputDirError, match="cannot create the lock file") as err:
+        with exclusive_folder(tmp_path / "afile" / "results", what="results", fix="-"):
+            pass
+    assert err.value.why == f"{tmp_path / 'afile'} is a file, where a folder is needed"
