@@ -339,10 +339,15 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory (export/<na
     """Print the teacher-vs-student table of a finished run and the path of its HTML report."""
     from edgekd.console import summary_table
     from edgekd.errors import EdgeKDError as _Err
-    from edgekd.rundir import read_json
+    from edgekd.rundir import folder_holder, read_json
 
     summary_path = run_dir / "results" / "summary.json"
+    running = folder_holder(run_dir)
     if not summary_path.is_file():
+        if running:
+            raise _Err(f"no report in {run_dir} yet", why=f"a run is writing that folder now ({running}); its "
+                       f"report stage writes {summary_path} last", fix="wait for that run to end, then run "
+                       "edgekd report again")
         raise _Err(f"no report in {run_dir}", why=f"{summary_path} does not exist",
                    fix="run the recipe first (edgekd run RECIPE), or give the run's folder under export/")
     try:
@@ -366,6 +371,9 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory (export/<na
     html = run_dir / "report" / "index.html"
     console.print(f"report: {html}" if html.is_file() else f"no HTML report ({html} is missing: edgekd run RECIPE "
                   "--force report writes it)")
+    if running:
+        console.print(f"note: a run is writing {run_dir} now ({running}): this is the report of the run before it",
+                      markup=False, highlight=False)
 
 
 def _summary_problem(summary: Any) -> str | None:

@@ -205,6 +205,13 @@ def exclusive_folder(folder: str | os.PathLike[str], *, what: str, fix: str,
         os.close(fd)  # releases the lock; the file stays (removing it would let a third process lock a new one)
 
 
+def folder_holder(folder: str | os.PathLike[str], lock_name: str = LOCK_NAME) -> str | None:
+    """Who holds `folder`'s lock ('pid N') while an edgekd process writes it, else None: readers (report) that
+    take no lock can say a run is under way instead of calling its folder unfinished."""
+    path = Path(folder) / lock_name
+    return _lock_holder(path) if path.is_file() and _claimed(path) else None
+
+
 def _lock_holder(path: Path) -> str:
     """'pid N' (and 'on HOST' when another machine holds it) from a lock file, as far as it can be read."""
     try:

@@ -43,6 +43,18 @@ def _line_starting(proc: subprocess.Popen, prefix: str) -> str | None:
     return None
 
 
+def _holding(folder: Path) -> subprocess.Popen:
+    """A process that holds `folder`'s lock (as a run does) until it is stopped."""
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from edgekd.rundir import exclusive_folder\n"
+                               f"with exclusive_folder({str(folder)!r}, what='run', fix='-'):\n"
+                               "    print('held', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    if holder.stdout.readline().strip() != "held":
+        _stop(holder)
+        pytest.fail("the holder process did not take the lock")
+    return holder
+
+
 def _one_block(stderr: str) -> str:
     return " ".join(stderr.split())
 
@@ -86,19 +98,31 @@ def test_report_reads_a_run_folder_another_process_holds(tiny_run, tmp_path):
     folder's lock) is writing the folder."""
     folder = tmp_path / "tiny"
     shutil.copytree(tiny_run.rundir.root, folder)
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; from edgekd.rundir import exclusive_folder\n"
-                               f"with exclusive_folder({str(folder)!r}, what='run', fix='-'):\n"
-                               "    print('held', flush=True); sys.stdin.read()"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = _holding(folder)
     try:
-        assert holder.stdout.readline().strip() == "held"
         report = subprocess.run([*CLI, "report", str(folder)], capture_output=True, text=True, timeout=120)
         run = subprocess.run([*CLI, "run", str(TINY_RECIPE), "--output-dir", str(tmp_path)], capture_output=True,
                              text=True, timeout=120)
     finally:
         _stop(holder)
     assert report.returncode == 0 and f"report: {folder / 'report' / 'index.html'}" in report.stdout, report.stderr
+    assert f"a run is writing {folder} now (pid {holder.pid})" in _one_block(report.stdout)
     assert run.returncode == 2 and f"(pid {holder.pid})" in _one_block(run.stderr), run.stderr  # the lock is held
+
+
+def test_report_of_a_run_still_under_way_says_so(tmp_path):
+    """A run that has not reached its report stage: 'run the recipe first' told the user to start a second one."""
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    holder = _holding(folder)
+    try:
+        during = subprocess.run([*CLI, "report", str(folder)], capture_output=True, text=True, timeout=120)
+    finally:
+        _stop(holder)
+    after = subprocess.run([*CLI, "report", str(folder)], capture_output=True, text=True, timeout=120)
+    assert during.returncode == 2 and f"no report in {folder} yet" in _one_block(during.stderr), during.stderr
+    assert f"a run is writing that folder now (pid {holder.pid})" in _one_block(during.stderr)
+    assert after.returncode == 2 and "run the recipe first" in _one_block(after.stderr), after.stderr
 
 
 def test_a_second_bench_into_the_same_results_on_the_same_device_stops(tmp_path):
