@@ -209,3 +209,26 @@ def test_put_rejects_bad_outputs(tmp_path):
     with pytest.raises(ValueError):
         cache.put("../escape", _logits())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_put_returns_what_it_stored_when_another_writer_replaces_the_files(tmp_path, monkeypatch):
+    """Two processes storing one key with bit-different logits (another CPU): the other one's values and indices
+    can land between this one's files and its sidecar. put read the files back unverified and returned the other
+    writer's top-k beside its own record, silently; it returns the arrays it stored now, and a later get sees
+    that the files do not match the sidecar and recomputes."""
+    from edgekd.distill import teacher_cache
+
+    key = cache_key(teacher=TEACHER, data=DATA, topk=3)
+    mine, theirs = _logits(seed=1), _logits(seed=2)
+    write_sidecar = teacher_cache.atomic_write_json
+
+    def other_writer_first(path, record):
+        monkeypatch.setattr(teacher_cache, "atomic_write_json", write_sidecar)
+        TeacherCache(tmp_path).put(key, theirs)  # the whole of the other process's put, then this sidecar
+        write_sidecar(path, record)
+
+    monkeypatch.setattr(teacher_cache, "atomic_write_json", other_writer_first)
+    entry = TeacherCache(tmp_path).put(key, mine)
+    np.testing.assert_array_equal(entry.indices[:, 0], mine.argmax(axis=1))
+    assert not entry.values.flags.writeable and mine.flags.writeable  # the caller's array stays its own
+    assert TeacherCache(tmp_path).get(key) is None  # the files are the other writer's: not trusted

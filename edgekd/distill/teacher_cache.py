@@ -86,7 +86,7 @@ def _check_topk(topk: int | None) -> None:
 
 @dataclass(eq=False)
 class TeacherOutputs:
-    """One cache entry, memory-mapped.
+    """One cache entry, memory-mapped (as `put` returns it: the arrays it stored, in memory).
 
     values: N×C float32 logits (dense) or N×k float32 log-probabilities (top-k);
     indices: None (dense) or N×k int32 class indices, rows in descending order of value.
@@ -267,6 +267,13 @@ def _as_logits(logits: Any) -> np.ndarray:
     return array
 
 
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """A read-only view, as the memory-mapped entries are (the caller's own array stays writable)."""
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
 def _write_npy(path: Path, array: np.ndarray) -> dict[str, Any]:
     atomic_save_array(path, array)
     return {"name": path.name, "shape": list(array.shape), "dtype": array.dtype.name,
@@ -327,11 +334,9 @@ class TeacherCache:
         if k is not None and k > c:
             raise ValueError(f"topk={k} exceeds the number of classes ({c})")
         files: dict[str, Any] = {}
-        if k is None:
-            files["values"] = _write_npy(values_path, array)
-        else:
-            values, indices = topk_logprobs(array, k)
-            files["values"] = _write_npy(values_path, values)
+        values, indices = (array, None) if k is None else topk_logprobs(array, k)
+        files["values"] = _write_npy(values_path, values)
+        if indices is not None:
             files["indices"] = _write_npy(indices_path, indices)
         record = {
             "schema": SCHEMA,
@@ -353,7 +358,11 @@ class TeacherCache:
         atomic_write_json(side, record)  # last: the entry counts only once its files are in place
         if k is None and indices_path.exists():  # a stale top-k file from an earlier entry under this key
             os.unlink(indices_path)
-        return load_entry(values_path, verify=False)
+        # The arrays written, not the files read back: another process storing the same key meanwhile (bit-
+        # different logits from another CPU) may have replaced a file, and its values beside these indices would
+        # be wrong with nothing to warn. A later `get` checks the files against the sidecar.
+        return TeacherOutputs(key=str(key), values=_read_only(values), indices=None if indices is None else
+                              _read_only(indices), topk=k, num_classes=c, path=values_path, record=record)
 
     def get_or_compute(self, key: str, compute: Callable[[], Any], *, topk: int | None = None,
                        meta: dict[str, Any] | None = None) -> tuple[TeacherOutputs, bool]:
