@@ -539,7 +539,7 @@ def _recipe_error(exc: ValidationError, origin: str) -> RecipeError:
 def check_registered_names(recipe: Recipe, origin: str = "<recipe>") -> None:
     """Resolve every registry name in the recipe now, so a typo fails before any training."""
     from edgekd.data import DATASETS
-    from edgekd.distill.losses import LOSSES
+    from edgekd.distill.losses import LOSSES, loss_kind
     from edgekd.models import MODELS
 
     if recipe.task == "text":
@@ -566,9 +566,13 @@ def check_registered_names(recipe: Recipe, origin: str = "<recipe>") -> None:
     checks += [(f"distill.features.{i}.loss", LOSSES, f.loss) for i, f in enumerate(recipe.distill.features)]
     for path, registry, name in checks:
         if name not in registry:
+            known, plural = registry.names(), registry.plural
+            if registry is LOSSES:  # list only the kind the field takes: a feature loss in distill.loss fails next
+                kind = "logits" if path == "distill.loss.name" else "features"
+                known, plural = [n for n in known if loss_kind(n) == kind], f"{kind} losses"
             raise RecipeError(
                 f"invalid recipe: {path}: unknown {registry.kind} '{name}'",
-                why=f"known {registry.plural}: {', '.join(registry.names())}",
+                why=f"known {plural}: {', '.join(known)}",
                 fix=f"set {path} in {origin} to one of those",
             )
     _check_loss_kinds(recipe, origin)

@@ -38,6 +38,13 @@ def test_unknown_names_list_the_known_ones():
     with pytest.raises(RecipeError) as err:
         load_recipe({"student": {"model": {"family": "mlp", "params": {"widht": 3}}}})
     assert "student.model.params.widht" in err.value.what and "width" in err.value.why
+    # a loss field lists only the losses it takes: setting distill.loss to a feature loss it listed would fail next
+    with pytest.raises(RecipeError) as err:
+        load_recipe({"distill": {"loss": {"name": "kld"}}})
+    assert "distill.loss.name: unknown loss 'kld'" in err.value.what and err.value.why == "known logits losses: ce, dkd, kd"
+    with pytest.raises(RecipeError) as err:
+        load_recipe({"distill": {"features": [{"loss": "hnt", "student": "net.1", "teacher": "head.1"}]}})
+    assert "hint" in err.value.why and "kd" not in err.value.why.split(": ")[1].split(", ")
     with pytest.raises(RegistryError) as err:
         DATASETS["mnist"]
     assert "digits" in err.value.why
