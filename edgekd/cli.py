@@ -86,6 +86,8 @@ def _run_and_show(recipe_source: Any, output_dir: Optional[Path], force: List[st
         recipe.distill.allow_generation = True
     with RichReporter(console) as reporter:
         result = run(recipe, force=set(force), reporter=reporter, output_dir=output_dir)
+    if result.rank != 0:  # rank 0 reports: this rank ends mid-run, and a summary there now is an earlier run's
+        return
     if result.summary_path.is_file():
         summary = read_json(result.summary_path)
         console.print(summary_table(summary))

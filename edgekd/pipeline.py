@@ -114,6 +114,7 @@ class RunResult:
     rundir: RunDir
     recipe: Recipe
     stages: dict[str, str] = field(default_factory=dict)  # stage -> "ran" | "skipped" | "disabled"
+    rank: int = 0  # under torchrun: ranks other than 0 return after training, before rank 0 exports and reports
 
     @property
     def artifacts(self):
@@ -196,7 +197,7 @@ def _run_stages(recipe: Recipe, rundir: RunDir, force: set[str], reporter: Repor
             reporter.note(f"[warning] {rundir.manifest_path}: {problem}; stages it does not vouch for run again")
         atomic_write(rundir.recipe_path, dump_recipe(recipe))
     ctx = Context(recipe=recipe, rundir=rundir, reporter=reporter)
-    result = RunResult(rundir=rundir, recipe=recipe)
+    result = RunResult(rundir=rundir, recipe=recipe, rank=rank)
     for stage in _stages(recipe):
         raise_if_received()  # a Ctrl-C some library swallowed still stops the run here
         if world > 1 and stage.name not in TRAINING_STAGES:

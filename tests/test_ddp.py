@@ -53,6 +53,9 @@ def test_two_processes_with_ddp_match_one_process(tmp_path):
                           "--output-dir", str(tmp_path / "two")],
                          capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert two.returncode == 0, two.stderr[-3000:]
+    # rank 0 alone prints the table and the run's paths: rank 1 ends before the export, so a line of its would
+    # announce a report not yet written (or show an earlier run's table) in the middle of the log
+    assert two.stdout.count("run directory:") == 1, two.stdout
 
     manifests = {k: json.loads((tmp_path / k / "ddp" / "manifest.json").read_text())["stages"] for k in ("one", "two")}
     assert set(manifests["two"]) == set(manifests["one"])  # rank 0 wrote every stage; the other rank wrote nothing else
