@@ -6,7 +6,7 @@ The public API is small and lazy: importing edgekd imports neither torch nor any
     recipe = edgekd.load_recipe("demo")
     run = edgekd.run(recipe)
     for art in run.artifacts:
-        print(art.format, art.precision, art.size_bytes, art.parity.agreement)
+        print(art.name, art.size_bytes, art.parity.agreement if art.parity else None)  # floors have no parity
     results = edgekd.bench(run.artifacts, device="host")
 """
 
