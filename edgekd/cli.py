@@ -414,7 +414,7 @@ def devices(example: Optional[str] = typer.Option(None, "--example", help="print
         try:
             kind = load_profile(path).kind
         except EdgeKDError as exc:  # listed anyway: the name exists, and `bench --device` gives the whole message
-            kind = f"invalid: {exc.why or exc.what}"
+            kind = f"invalid: {exc.what}" + (f"; {exc.why}" if exc.why else "")  # the what names the bad field
         table.add_row(Text(name), Text(kind), Text(str(path)))
     console.print(table)
     console.print("a new one: edgekd devices --example pi > devices/pi.yaml (or --example phone), then edit it",

@@ -270,6 +270,13 @@ def test_unknown_device_lists_the_profiles_found(tmp_path):
     assert proc.returncode == 2 and "unknown device 'pii' (did you mean 'pi'?)" in proc.stderr
 
 
+def test_the_device_list_names_what_is_wrong_in_a_profile(tmp_path):
+    (tmp_path / "devices").mkdir()
+    (tmp_path / "devices" / "pi.yaml").write_text("kind: ssh\nhost: 127.0.0.1\nthreds: 4\n")
+    proc = subprocess.run([sys.executable, "-m", "edgekd.cli", "devices"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0 and "unknown field `threds:`" in proc.stdout and "`threads:`" in proc.stdout, proc.stdout
+
+
 def test_the_device_base_error_is_a_user_error():
     assert issubclass(DeviceUnreachable, EdgeKDError) and DeviceUnreachable.exit_code == 2
 
