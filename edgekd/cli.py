@@ -239,6 +239,9 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
             trend = "  ".join(f"{w['t_start_s']:.0f}s:{w['p50_us']:.2f}" for w in r.sustained["windows"])
             console.print(f"{r.artifact['name']} on {r.device['name']}: p50 over time (µs) {trend}; "
                           f"last/first {r.sustained['last_over_first']:.2f}×", markup=False, highlight=False)
+        if r.sustained and r.sustained.get("cut_short"):
+            console.print(f"{r.artifact['name']} on {r.device['name']}: {r.sustained['cut_short']}", markup=False,
+                          highlight=False)
 
 
 def _one_of(**options: Any) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -129,6 +131,15 @@ def test_over_time_splits_calls_into_equal_wall_time_windows():
     trend = over_time(calls, windows=2)
     assert [w["p50_us"] for w in trend["windows"]] == [1.0, 2.0] and trend["last_over_first"] == 2.0
     assert over_time([1000] * 5)["windows"] == []
+
+
+def test_a_sustained_run_that_max_runs_ended_early_says_so():
+    from edgekd.bench.harness import sustained_settings, sustained_trend
+
+    settings = replace(sustained_settings(1), max_runs=2000)  # 2,000 calls of 1 ms: 2 s of the 60 asked
+    cut = sustained_trend([1_000_000] * 2000, settings)
+    assert cut["calls"] == 2000 and cut["seconds"] == 2.0 and "2,000 calls after 2 s of the 60 s asked" in cut["cut_short"]
+    assert sustained_trend([1_000_000] * 1999, settings)["cut_short"] is None  # the minutes ended it
 
 
 def test_the_p50s_shown_are_the_ones_the_change_compares(tmp_path):

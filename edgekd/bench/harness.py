@@ -226,6 +226,19 @@ def sustained_settings(minutes: float, base: BenchSettings | None = None) -> Ben
                    max_runs=5_000_000, sustained=True)
 
 
+def sustained_trend(latencies_ns: list[int], settings: BenchSettings) -> dict[str, Any]:
+    """over_time, plus how long the run lasted and, when max_runs ended it before the minutes asked, why: the
+    runner keeps every call's time, so a fast model stops at max_runs calls sooner than asked."""
+    trend = over_time(latencies_ns)
+    seconds = sum(latencies_ns) / 1e9
+    trend.update(calls=len(latencies_ns), seconds=round(seconds, 2), cut_short=None)
+    if len(latencies_ns) >= settings.max_runs:
+        trend["cut_short"] = (f"stopped at {settings.max_runs:,} calls after {seconds:.0f} s of the "
+                              f"{settings.min_seconds:.0f} s asked (the runner keeps every call's time; a model "
+                              "this fast reaches that many calls first)")
+    return trend
+
+
 def over_time(latencies_ns: list[int], windows: int = 10) -> dict[str, Any]:
     """p50 per window of equal wall time (calls in order), and last/first: >1 means the device slowed down."""
     x = np.asarray(latencies_ns, dtype=np.float64)
@@ -362,7 +375,7 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
             result.cross_arch_parity = parities.get(i)
             result.thermal = thermal
             if settings.sustained and result.latencies_ns:
-                result.sustained = over_time(result.latencies_ns)
+                result.sustained = sustained_trend(result.latencies_ns, settings)
             if paths[i] is not None:
                 result.save(paths[i])
             out.append(result)
