@@ -277,6 +277,19 @@ def test_the_device_list_names_what_is_wrong_in_a_profile(tmp_path):
     assert proc.returncode == 0 and "unknown field `threds:`" in proc.stdout and "`threads:`" in proc.stdout, proc.stdout
 
 
+def test_an_artifact_is_named_by_its_folder_its_record_or_its_model_file(tmp_path):
+    """`edgekd bench --help` offers artifact.json files too: the record names the same artifact as its folder."""
+    from edgekd.bench.harness import resolve_artifact
+
+    folder = tmp_path / "m-onnx-fp32"
+    folder.mkdir()
+    record = resolve_artifact(write_identity_model(folder / "model.onnx", (8,), 18))
+    record.name, record.directory = folder.name, folder
+    record.save()
+    for given in (folder, folder / "artifact.json", folder / "model.onnx"):
+        assert resolve_artifact(given).name == "m-onnx-fp32", given
+
+
 def test_the_device_base_error_is_a_user_error():
     assert issubclass(DeviceUnreachable, EdgeKDError) and DeviceUnreachable.exit_code == 2
 

@@ -72,7 +72,7 @@ def resolve_artifact(item: Artifact | str | Path) -> Artifact:
     if not path.exists():
         raise ArtifactError(f"artifact not found: {path}", fix="give an artifact folder or an .onnx / .tflite file")
     record = path / RECORD_NAME if path.is_dir() else path.parent / RECORD_NAME
-    if record.is_file() and (path.is_dir() or Artifact.load(record).file == path.name):
+    if record.is_file() and (path.is_dir() or path.name == RECORD_NAME or Artifact.load(record).file == path.name):
         artifact = Artifact.load(record)
         artifact.verify_file()
         return artifact
