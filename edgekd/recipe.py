@@ -686,6 +686,16 @@ def _check_checkpoints_exist(recipe: Recipe, origin: str) -> None:
             raise RecipeError(f"invalid recipe: {path}: {checkpoint} {state}",
                               why=f"relative paths are read from the current folder ({Path.cwd()})",
                               fix=f"set {path} in {origin} to an edgekd checkpoint file (<run>/checkpoints/*.pt)")
+    source = recipe.distill.blackbox.source
+    if recipe.distill.strategy == "blackbox" and source and not Path(source).exists():
+        from edgekd.distill.blackbox import names_a_function
+
+        if not names_a_function(source):  # else it fails before the teacher trains, not after
+            raise RecipeError(f"invalid recipe: distill.blackbox.source: {source} does not exist",
+                              why=f"relative paths are read from the current folder ({Path.cwd()})",
+                              fix=f"set distill.blackbox.source in {origin} to the teacher's outputs (an artifact "
+                                  "folder, .onnx/.tflite, .npy/.npz/.jsonl) or 'package.module:function'; the "
+                                  "built-in blackbox recipe reads the demo's teacher: run `edgekd demo` first")
 
 
 _SET_BY_EDGEKD = ("in_shape", "num_classes", "vocab_size", "pad_id", "max_length", "token_rows")  # from data/teacher

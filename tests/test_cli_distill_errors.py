@@ -41,6 +41,14 @@ def test_blackbox_outputs_with_wrong_shape_or_nans(tmp_path: Path) -> None:
     assert "inf" in msg.lower()
 
 
+def test_blackbox_outputs_that_do_not_exist_fail_at_load_before_the_teacher_trains(tmp_path: Path) -> None:
+    """`edgekd run blackbox` in a folder without the demo: it trained the teacher first, then failed."""
+    path = _recipe(tmp_path, strategy="blackbox", blackbox={"source": "export/demo/artifacts/teacher-onnx-fp32"})
+    msg = assert_user_error(run_cli(tmp_path, "run", str(path)))
+    assert "distill.blackbox.source: export/demo/artifacts/teacher-onnx-fp32 does not exist" in msg, msg
+    assert "edgekd demo" in msg and not list(tmp_path.rglob("teacher.pt"))
+
+
 def test_incompatible_teacher_and_student_output_sizes(tmp_path: Path) -> None:
     outputs = tmp_path / "teacher.npy"
     np.save(outputs, np.zeros((1257, 7), dtype=np.float32))  # a teacher of 7 classes for a 10-class student

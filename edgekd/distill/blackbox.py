@@ -48,6 +48,11 @@ _SAME_VALUES = frozenset({"Identity", "Cast", "Reshape", "Flatten", "Squeeze", "
                           "DequantizeLinear"})
 
 
+def names_a_function(source: str) -> bool:
+    """Whether a source string is read as 'package.module:function' (a file of that name wins)."""
+    return bool(_FUNCTION.fullmatch(source)) and not Path(source).exists()
+
+
 def load_teacher_outputs(source: TeacherSource, *, x: np.ndarray | None = None, num_samples: int,
                          num_classes: int, kind: str = "auto") -> np.ndarray:
     """Teacher logits, float32 N×C (N = num_samples, C = num_classes), from `source` (see the module doc).
@@ -61,7 +66,7 @@ def load_teacher_outputs(source: TeacherSource, *, x: np.ndarray | None = None, 
     if callable(source) and not isinstance(source, (str, os.PathLike)):
         name = getattr(source, "__qualname__", None) or type(source).__name__
         array, declared, label = _call(source, name, x, num_samples, num_classes), None, f"teacher function {name}"
-    elif isinstance(source, str) and _FUNCTION.fullmatch(source) and not Path(source).exists():
+    elif isinstance(source, str) and names_a_function(source):
         array, declared, label = _call(_import_function(source), source, x, num_samples, num_classes), None, \
             f"teacher function {source}"
     elif isinstance(source, (str, os.PathLike)):
