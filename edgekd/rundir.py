@@ -28,6 +28,11 @@ from typing import Any, Iterator
 
 from edgekd.errors import FolderInUseError, OutputDirError, first_line
 
+try:
+    import fcntl
+except ModuleNotFoundError:  # no flock (Windows): folders and temp files go unlocked, see exclusive_folder
+    fcntl = None  # type: ignore[assignment]
+
 logger = logging.getLogger(__name__)
 
 MANIFEST_SCHEMA = "edgekd.manifest/1"
@@ -47,13 +52,18 @@ def writable_dir(folder: str | os.PathLike[str], fix: str, what: str | None = No
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        blocker = _file_in_the_way(folder)
-        if blocker is not None:
-            raise OutputDirError(what or f"cannot write to {folder}", why=f"{blocker} is a file, where a folder "
-                                 "is needed", fix=f"remove or rename the file {blocker}, or {fix}") from None
-        raise OutputDirError(what or f"cannot write to {folder}",
-                             why=f"{exc.strerror or exc} ({exc.filename or folder})", fix=fix) from None
+        raise _unwritable(what or f"cannot write to {folder}", folder, exc, fix) from None
     return folder
+
+
+def _unwritable(what: str, folder: Path, exc: OSError, fix: str) -> OutputDirError:
+    """Why `folder` cannot be written to: the file standing where it or a parent must be, named, else the OS's
+    reason."""
+    blocker = _file_in_the_way(folder)
+    if blocker is not None:
+        return OutputDirError(what, why=f"{blocker} is a file, where a folder is needed",
+                              fix=f"remove or rename the file {blocker}, or {fix}")
+    return OutputDirError(what, why=f"{exc.strerror or exc} ({exc.filename or folder})", fix=fix)
 
 
 def _file_in_the_way(folder: Path) -> Path | None:
@@ -81,13 +91,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         final.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.{os.getpid()}-", suffix=TEMP_SUFFIX, dir=final.parent)
     except OSError as exc:
-        fix = "choose a writable output folder (--output-dir / --results-dir), or fix its permissions"
-        blocker = _file_in_the_way(final.parent)
-        if blocker is not None:
-            raise OutputDirError(f"cannot write {final}", why=f"{blocker} is a file, where a folder is needed",
-                                 fix=f"remove or rename the file {blocker}, or {fix}") from None
-        raise OutputDirError(f"cannot write {final}", why=f"{exc.strerror or exc} ({exc.filename or final.parent})",
-                             fix=fix) from None
+        raise _unwritable(f"cannot write {final}", final.parent, exc, "choose a writable output folder "
+                          "(--output-dir / --results-dir), or fix its permissions") from None
     if not _claim(fd):
         os.close(fd)
         fd = -1
@@ -110,9 +115,7 @@ def _claim(fd: int) -> bool:
     """Lock a temp file (flock) while it is written: the proof `remove_orphan_temp_files` asks for that its writer
     lives, where the pid in its name cannot say (a writer in another container or on another machine sharing the
     folder has a pid this one does not see). False where nothing can be locked; the pid alone protects it then."""
-    try:
-        import fcntl
-    except ModuleNotFoundError:  # no flock (Windows)
+    if fcntl is None:
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -123,9 +126,7 @@ def _claim(fd: int) -> bool:
 
 def _claimed(path: Path) -> bool:
     """True while a live writer holds `path`'s lock (see `_claim`), or when that cannot be told."""
-    try:
-        import fcntl
-    except ModuleNotFoundError:
+    if fcntl is None:
         return False
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -170,9 +171,7 @@ def exclusive_folder(folder: str | os.PathLike[str], *, what: str, fix: str,
     the holder's pid and host, for the message. A file system that cannot lock (some network mounts) or a
     platform without flock runs unlocked, with a warning: refusing every run there would help no one.
     """
-    try:
-        import fcntl
-    except ModuleNotFoundError:  # no flock (Windows)
+    if fcntl is None:
         logger.warning("cannot lock %s on this platform; do not start two edgekd processes on it at once", folder)
         yield
         return
