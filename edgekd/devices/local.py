@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import shutil
 import subprocess
@@ -14,7 +13,7 @@ from typing import Any
 from edgekd.devices.base import (WORKDIR_OWNER_FIX, WORKDIR_OWNER_WHY, DeviceError, DeviceOutOfSpace,
                                  DeviceProfile, DeviceTimeout, ProfiledDevice, RunResult, info_via_runner, output_text,
                                  wait_process)
-from edgekd.rundir import atomic_path
+from edgekd.rundir import atomic_path, sha256_file
 
 
 class LocalDevice(ProfiledDevice):
@@ -56,14 +55,7 @@ class LocalDevice(ProfiledDevice):
         return True
 
     def sha256(self, remote: str) -> str | None:
-        path = Path(remote)
-        if not path.is_file():
-            return None
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
+        return sha256_file(remote) if Path(remote).is_file() else None
 
     def close(self) -> None:
         pass
