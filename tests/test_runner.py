@@ -134,6 +134,54 @@ def test_caps_stop_the_timed_loop(identity_dir: Path):
     assert code == 0 and 0 < r["timed"]["runs"] < 10**6 and r["timed"]["seconds"] >= 0.1
 
 
+def test_windows_run_the_seconds_asked_past_max_runs_keeping_a_bounded_sample(identity_dir: Path):
+    """--sustained's loop: max_runs (500 here) bounds what is kept, not how long it runs. A µs model makes
+    far more than 500 calls in the second asked; without windows the loop stops at 500 (test above)."""
+    spec = {"artifact": "id.onnx", "runtime": "onnxruntime", "inputs": {"x": "x.npy"}, **FAST,
+            "min_runs": 1, "min_seconds": 1.0, "max_seconds": 1.0, "max_runs": 500, "windows": 4}
+    code, r = run_runner(spec, identity_dir)
+    assert code == 0, r
+    timed, windows = r["timed"], r["windows"]
+    assert timed["seconds"] >= 1.0 and timed["runs"] > 500
+    assert len(r["latencies_ns"]) == timed["kept"] == 500  # a sample, not one entry per call
+    assert [w["index"] for w in windows] == [0, 1, 2, 3]
+    assert sum(w["calls"] for w in windows) == timed["runs"]
+    for before, after in zip(windows, windows[1:]):  # contiguous, each ending past its quarter of the second
+        assert after["start_ns"] == before["start_ns"] + before["elapsed_ns"] >= after["index"] * 250_000_000
+    assert windows[-1]["start_ns"] + windows[-1]["elapsed_ns"] >= 1_000_000_000
+    for w in windows:
+        assert w["kept"] == min(w["calls"], 500)
+        assert w["min_ns"] <= w["p50_ns"] <= w["p90_ns"] <= w["p99_ns"] <= w["max_ns"]
+        assert 0 < w["busy_ns"] <= w["elapsed_ns"]
+
+
+def test_the_windowed_sample_is_algorithm_r_fed_in_batches():
+    """The batched reservoir keeps exactly what the one-value-at-a-time Algorithm R keeps with the same random
+    draws, in the order the values came; below its size it keeps everything."""
+    from edgekd.bench.runner import Reservoir
+
+    values = np.arange(50_000, dtype=np.int64) * 7
+    reservoir = Reservoir(1000, np.random.RandomState(3))
+    start = 0
+    for size in [1, 999, 3, 1000, 17] * 10 + [50_000]:  # batches that straddle the moment it fills
+        reservoir.add(values[start:start + size])
+        start += size
+        if start >= values.size:
+            break
+    rng = np.random.RandomState(3)
+    kept, where = list(values[:1000]), list(range(1000))
+    for i in range(1000, values.size):
+        slot = int(rng.random_sample() * (i + 1))
+        if slot < 1000:
+            kept[slot], where[slot] = values[i], i
+    assert reservoir.sample().tolist() == [kept[j] for j in np.argsort(where)]
+    assert 0.4 < np.mean(reservoir.sample() < values[values.size // 2]) < 0.6  # about half from each half
+
+    small = Reservoir(1000, np.random.RandomState(0))
+    small.add(values[:600])
+    assert small.sample().tolist() == values[:600].tolist()
+
+
 def test_spec_on_stdin_resolves_paths_against_cwd(identity_dir: Path):
     spec = {"artifact": "id.onnx", "runtime": "onnxruntime", "inputs": {"x": "x.npy"}, **FAST}
     code, r = run_runner(None, identity_dir, args=["-"], stdin=json.dumps(spec))

@@ -21,8 +21,9 @@ Exit status 4 means the host's link went away (--tether) and the run was abandon
 
 Phases, each reported separately (like LiteRT's ``benchmark_model``):
 baseline memory -> load -> first inference -> memory pass -> warmup ->
-timed loop -> the timer's own cost (the same loop around a call that does nothing; recorded as
-``timer.overhead_ns``, not subtracted) -> optional predict pass (for on-device accuracy, not timed).
+timed loop (with ``windows``: summarised per time window, see windowed_loop) -> the timer's own cost (the
+same loop around a call that does nothing; recorded as ``timer.overhead_ns``, not subtracted) -> optional
+predict pass (for on-device accuracy, not timed).
 """
 
 from __future__ import annotations
@@ -110,6 +111,9 @@ SPEC_FIELDS: Dict[str, Any] = {
     "min_seconds": ("float>=0", 1.0),
     "max_seconds": ("float>0", 10.0),
     "max_runs": ("int>=1", 200000),
+    # > 0: summarise the timed loop in this many windows of max_seconds and keep a sample of max_runs calls
+    # instead of every call, for runs longer than max_runs calls (windowed_loop); 0: keep every call.
+    "windows": ("int>=0", 0),
     "memory_runs": ("int>=0", 10),
     "predict": ("predict", None),
 }
@@ -194,7 +198,7 @@ def validate_spec(raw: Any) -> Dict[str, Any]:
             f"unknown runtime {spec['runtime']!r}",
             fix=f"known runtimes: {', '.join(sorted(RUNTIMES))}",
         )
-    if spec["min_runs"] > spec["max_runs"]:
+    if spec["min_runs"] > spec["max_runs"] and not spec["windows"]:  # with windows, max_runs bounds a sample
         raise RunnerError("spec", f"min_runs ({spec['min_runs']}) exceeds max_runs ({spec['max_runs']})",
                           fix="raise max_runs or lower min_runs")
     if spec["min_seconds"] > spec["max_seconds"]:
@@ -764,6 +768,107 @@ def timed_loop(
     return latencies, elapsed / 1e9
 
 
+class Reservoir:
+    """A uniform random sample of at most `size` of the values added, in bounded memory (Algorithm R).
+
+    Every value added so far is in the sample with the same probability, size / seen; while no more than
+    `size` were added, the sample is all of them. Values come in batches (a chunk of the timed loop) and a
+    batch is sampled with numpy: item i (0-based over all batches) replaces slot randint(0, i) when that is
+    below `size`, and of several items of a batch that draw the same slot the last one wins, exactly as
+    the item-by-item algorithm would leave it. Each kept value's position in the stream is kept too, so the
+    sample can be given back in call order.
+    """
+
+    def __init__(self, size: int, rng: Any):
+        self.size = size
+        self.rng = rng
+        self.values = np.empty(size, dtype=np.int64)
+        self.positions = np.empty(size, dtype=np.int64)
+        self.seen = 0
+
+    def clear(self) -> None:
+        self.seen = 0
+
+    def add(self, batch: Any) -> None:
+        n = len(batch)
+        free = max(0, min(n, self.size - self.seen))
+        if free:
+            self.values[self.seen:self.seen + free] = batch[:free]
+            self.positions[self.seen:self.seen + free] = np.arange(self.seen, self.seen + free)
+        if free < n:
+            position = np.arange(self.seen + free, self.seen + n, dtype=np.int64)
+            slot = (self.rng.random_sample(n - free) * (position + 1)).astype(np.int64)  # uniform in 0..position
+            hit = np.nonzero(slot < self.size)[0]
+            if hit.size:
+                _, last = np.unique(slot[hit][::-1], return_index=True)  # each slot's last draw in the batch
+                take = hit[hit.size - 1 - last]
+                self.values[slot[take]] = batch[free:][take]
+                self.positions[slot[take]] = position[take]
+        self.seen += n
+
+    def sample(self) -> Any:
+        """The kept values in the order they were added."""
+        k = min(self.seen, self.size)
+        return self.values[:k][np.argsort(self.positions[:k], kind="stable")]
+
+
+def _window(index: int, start_ns: int, end_ns: int, calls: int, total_ns: int, low: int, high: int,
+            kept: Any) -> Dict[str, Any]:
+    p50, p90, p99 = (float(v) for v in np.percentile(kept, [50, 90, 99]))
+    return {"index": index, "start_ns": start_ns, "elapsed_ns": end_ns - start_ns, "calls": calls,
+            "busy_ns": total_ns, "min_ns": low, "max_ns": high, "p50_ns": p50, "p90_ns": p90, "p99_ns": p99,
+            "kept": int(len(kept))}
+
+
+def windowed_loop(
+    fn: Callable[[Any], Any], arg: Any, *, windows: int, keep: int, min_runs: int, min_seconds: float,
+    max_seconds: float, chunk: int, seed: int = 0,
+) -> "tuple[List[int], List[Dict[str, Any]], int, float]":
+    """timed_loop for long runs (--sustained): the same loop and stop rule, without keeping every call.
+
+    Returns (sample, windows, calls, seconds). max_seconds is cut into `windows` windows of equal wall time;
+    each is summarised when it ends: its calls, wall and busy time, min/max (exact) and p50/p90/p99 of its
+    calls (exact while a window has at most `keep` calls, else of a uniform sample of `keep` of them). A
+    window no chunk of calls started in (a call longer than a window) is absent. `sample` is a uniform
+    sample of at most `keep` calls of the whole run, in call order: the run's percentiles and intervals are
+    estimated from it, as from every call of a short run. max_runs does not stop this loop, so it runs
+    until the seconds asked at any speed; memory is two samples of `keep` plus one chunk, whatever the
+    duration and the speed.
+    """
+    pc = time.perf_counter_ns
+    rng = np.random.RandomState(seed)
+    whole, current = Reservoir(keep, rng), Reservoir(keep, rng)
+    buffer = [0] * chunk
+    min_ns, max_ns = int(min_seconds * 1e9), int(max_seconds * 1e9)
+    width = max_ns / windows
+    rows: List[Dict[str, Any]] = []
+    index, opened, calls, busy, low, high = 0, 0, 0, 0, None, 0
+    n = 0
+    start = pc()
+    while True:
+        for i in range(chunk):
+            t0 = pc()
+            fn(arg)
+            buffer[i] = pc() - t0
+        elapsed = pc() - start
+        batch = np.array(buffer, dtype=np.int64)
+        whole.add(batch)
+        current.add(batch)
+        n += chunk
+        calls += chunk
+        busy += int(batch.sum())
+        low = int(batch.min()) if low is None else min(low, int(batch.min()))
+        high = max(high, int(batch.max()))
+        done = elapsed >= max_ns or (n >= min_runs and elapsed >= min_ns)
+        if done or elapsed >= (index + 1) * width:
+            rows.append(_window(index, opened, elapsed, calls, busy, low, high, current.sample()))
+            if done:
+                break
+            index, opened, calls, busy, low, high = min(windows - 1, int(elapsed // width)), elapsed, 0, 0, None, 0
+            current.clear()
+    return [int(v) for v in whole.sample()], rows, n, elapsed / 1e9
+
+
 def timer_overhead(runs: int = TIMER_RUNS) -> Dict[str, Any]:
     """What the timed loop measures for a call that does nothing: its two clock reads and one call.
 
@@ -912,10 +1017,15 @@ def run(spec: Dict[str, Any], base: str) -> Dict[str, Any]:
         try:
             warm = warmup(fn, arg, spec["warmup_runs"], spec["warmup_min_seconds"], spec["max_seconds"])
             chunk = chunk_size(warm["seconds"] / max(1, warm["runs"]))
-            latencies, seconds = timed_loop(
-                fn, arg, min_runs=spec["min_runs"], min_seconds=spec["min_seconds"],
-                max_seconds=spec["max_seconds"], max_runs=spec["max_runs"], chunk=chunk,
-            )
+            bounds = dict(min_runs=spec["min_runs"], min_seconds=spec["min_seconds"],
+                          max_seconds=spec["max_seconds"], chunk=chunk)
+            windows: Optional[List[Dict[str, Any]]] = None
+            if spec["windows"]:
+                latencies, windows, calls, seconds = windowed_loop(
+                    fn, arg, windows=spec["windows"], keep=spec["max_runs"], **bounds)
+            else:
+                latencies, seconds = timed_loop(fn, arg, max_runs=spec["max_runs"], **bounds)
+                calls = len(latencies)
             timer = timer_overhead()
         finally:
             gc.enable()
@@ -946,8 +1056,10 @@ def run(spec: Dict[str, Any], base: str) -> Dict[str, Any]:
             "vmrss": memory["vmrss"],
         },
         "warmup": warm,
-        "timed": {"runs": len(latencies), "seconds": seconds, "check_every_runs": chunk, "gc_disabled": True},
-        "latencies_ns": latencies,
+        "timed": {"runs": calls, "seconds": seconds, "check_every_runs": chunk, "gc_disabled": True,
+                  "kept": len(latencies)},
+        "latencies_ns": latencies,  # every call's time; with windows, a uniform sample of them (in call order)
+        "windows": windows,
         "timer": timer,
         "predict": predict,
     }
