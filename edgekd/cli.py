@@ -199,7 +199,7 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
     from edgekd.bench.harness import RESUME_ADVICE, BenchSettings, bench_devices
     from edgekd.console import RichReporter, bench_table
 
-    from edgekd.bench.harness import sustained_settings
+    from edgekd.bench.harness import sustained_settings, sustained_text
 
     _one_of(rounds=rounds, sessions=sessions)
     _one_of(check_threads=check_threads, sustained=sustained)
@@ -235,12 +235,8 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
     if any(r.cross_arch_parity for r in results):
         console.print(_cross_arch_table(results))
     for r in results:
-        if r.sustained and r.sustained["windows"]:
-            trend = "  ".join(f"{w['t_start_s']:.0f}s:{w['p50_us']:.2f}" for w in r.sustained["windows"])
-            console.print(f"{r.artifact['name']} on {r.device['name']}: p50 over time (µs) {trend}; "
-                          f"last/first {r.sustained['last_over_first']:.2f}×", markup=False, highlight=False)
-        if r.sustained and r.sustained.get("cut_short"):
-            console.print(f"{r.artifact['name']} on {r.device['name']}: {r.sustained['cut_short']}", markup=False,
+        if r.sustained:
+            console.print(f"{r.artifact['name']} on {r.device['name']}: {sustained_text(r.sustained)}", markup=False,
                           highlight=False)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -124,22 +125,49 @@ def test_a_history_from_before_identities_still_compares(tmp_path):
     assert found["unpaired"] == [{"artifact": "q", "side": "both", "reason": "format onnx → tflite"}]
 
 
-def test_over_time_splits_calls_into_equal_wall_time_windows():
-    from edgekd.bench.harness import over_time
+def test_a_sustained_bench_runs_the_time_asked_past_max_runs(tmp_path):
+    """--sustained of a µs model ran out of max_runs (5,000,000) in seconds and stopped short of the minutes
+    asked. Now it runs the whole time: max_runs (1,000 here; 200,000 by default) bounds the calls kept."""
+    import edgekd
+    from edgekd.bench.harness import SUSTAINED_WINDOWS, sustained_settings
+    from edgekd.export.onnx import write_identity_model
 
-    calls = [1000] * 5000 + [2000] * 2500  # the device slows to half speed halfway through
-    trend = over_time(calls, windows=2)
-    assert [w["p50_us"] for w in trend["windows"]] == [1.0, 2.0] and trend["last_over_first"] == 2.0
-    assert over_time([1000] * 5)["windows"] == []
+    model = write_identity_model(tmp_path / "m.onnx", (8,), 18)
+    settings = replace(sustained_settings(0.05), max_runs=1000, warmup_runs=5, warmup_min_seconds=0.01)  # 3 s
+    (result,) = edgekd.bench([model], settings=settings, results_dir=tmp_path / "results")
+    trend = result.sustained
+    assert trend["seconds"] >= 3.0 and trend["calls"] > 1000 and "cut_short" not in trend
+    assert trend["sampled"] == len(result.latencies_ns) == result.latency_us["n"] == 1000
+    windows = trend["windows"]
+    assert len(windows) == SUSTAINED_WINDOWS and sum(w["calls"] for w in windows) == trend["calls"]
+    assert all(w["sampled"] == min(w["calls"], 1000) and w["min_us"] <= w["p50_us"] <= w["p99_us"] <= w["max_us"]
+               for w in windows)
+    assert trend["last_over_first"] == windows[-1]["p50_us"] / windows[0]["p50_us"]
+    assert BenchResult.load(result.saved_path).sustained == trend
 
 
-def test_a_sustained_run_that_max_runs_ended_early_says_so():
-    from edgekd.bench.harness import sustained_settings, sustained_trend
+def test_what_a_sustained_run_prints():
+    from edgekd.bench.harness import sustained_text, sustained_trend
 
-    settings = replace(sustained_settings(1), max_runs=2000)  # 2,000 calls of 1 ms: 2 s of the 60 asked
-    cut = sustained_trend([1_000_000] * 2000, settings)
-    assert cut["calls"] == 2000 and cut["seconds"] == 2.0 and "2,000 calls after 2 s of the 60 s asked" in cut["cut_short"]
-    assert sustained_trend([1_000_000] * 1999, settings)["cut_short"] is None  # the minutes ended it
+    window = {"start_ns": 0, "elapsed_ns": 30_000_000_000, "calls": 9_000_000, "kept": 200_000, "busy_ns": 1,
+              "p50_ns": 3000.0, "p90_ns": 3100.0, "p99_ns": 5000.0, "min_ns": 2900, "max_ns": 90000}
+    later = {**window, "start_ns": 30_000_000_000, "p50_ns": 4500.0}
+    raw = {"timed": {"runs": 18_000_000, "seconds": 60.01, "kept": 200_000}, "windows": [window, later]}
+    assert sustained_text(sustained_trend(raw)) == ("p50 over time (µs) 0s:3.00  30s:4.50; last/first 1.50×; "
+                                                   "18,000,000 calls in 60 s (overall percentiles from a uniform "
+                                                   "sample of 200,000)")
+    slow = {"timed": {"runs": 40, "seconds": 60.5, "kept": 40}, "windows": [{**window, "calls": 40, "kept": 40}]}
+    assert sustained_text(sustained_trend(slow)) == ("p50 over time (µs) 0s:3.00; 40 calls in 60 s (each call's time "
+                                                    "kept)")
+
+
+def test_a_sustained_result_written_before_windows_still_loads(tmp_path):
+    old = _result("m", 10.0, 0, [10.0]).model_dump(mode="json", by_alias=True)
+    old["sustained"] = {"windows": [{"t_start_s": 0.0, "p50_us": 3.4, "calls": 500_000}], "last_over_first": 1.0,
+                        "calls": 5_000_000, "seconds": 9.1, "cut_short": "stopped at 5,000,000 calls after 9 s"}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    assert BenchResult.load(path).sustained == old["sustained"]
 
 
 def test_the_p50s_shown_are_the_ones_the_change_compares(tmp_path):

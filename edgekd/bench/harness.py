@@ -219,38 +219,61 @@ def _killed_by(returncode: int) -> str | None:
     return f"killed by {name}" + (f": {meaning}" if meaning else "")
 
 
+# --sustained: the asked minutes in this many windows of equal wall time, and at most this many calls' times kept
+# (a uniform sample of all calls), whatever the model's speed and the minutes: see sustained_trend.
+SUSTAINED_WINDOWS = 10
+SUSTAINED_SAMPLE = 200_000
+
+
 def sustained_settings(minutes: float, base: BenchSettings | None = None) -> BenchSettings:
-    """One long round of `minutes`, to see throttling: latency over time instead of one number."""
+    """One long round of `minutes`, to see throttling: latency over time instead of one number. max_runs is
+    the size of the sample kept, not a stop: the runner summarises each window on the device and runs the
+    whole time at any speed."""
     seconds = minutes * 60
     return replace(base or BenchSettings(), rounds=1, min_seconds=seconds, max_seconds=seconds, min_runs=1,
-                   max_runs=5_000_000, sustained=True)
+                   max_runs=SUSTAINED_SAMPLE, sustained=True)
 
 
-def sustained_trend(latencies_ns: list[int], settings: BenchSettings) -> dict[str, Any]:
-    """over_time, plus how long the run lasted and, when max_runs ended it before the minutes asked, why: the
-    runner keeps every call's time, so a fast model stops at max_runs calls sooner than asked."""
-    trend = over_time(latencies_ns)
-    seconds = sum(latencies_ns) / 1e9
-    trend.update(calls=len(latencies_ns), seconds=round(seconds, 2), cut_short=None)
-    if len(latencies_ns) >= settings.max_runs:
-        trend["cut_short"] = (f"stopped at {settings.max_runs:,} calls after {seconds:.0f} s of the "
-                              f"{settings.min_seconds:.0f} s asked (the runner keeps every call's time; a model "
-                              "this fast reaches that many calls first)")
-    return trend
+def sustained_trend(raw: dict[str, Any]) -> dict[str, Any]:
+    """The trend of one sustained runner round: over_time of its windows, all its calls and seconds, and how
+    many calls' times it kept (`sampled`).
+
+    The windows' numbers are computed on the device from each window's own calls (exact while a window has at
+    most max_runs calls, else from a uniform sample of that many of them). The result's overall latency
+    (latency_us, latencies_ns) comes from a uniform random sample of at most max_runs calls of the whole run:
+    each call was equally likely to be kept, so its percentiles and intervals estimate those of all calls, as
+    the calls of a short run estimate the model's; `calls` and `seconds` are of every call. Window
+    percentiles are not merged into overall ones: a median of window medians is no median of the calls."""
+    timed = raw.get("timed") or {}
+    return {**over_time(raw.get("windows") or []), "calls": timed.get("runs"),
+            "seconds": round(float(timed.get("seconds", 0.0)), 2), "sampled": timed.get("kept")}
 
 
-def over_time(latencies_ns: list[int], windows: int = 10) -> dict[str, Any]:
-    """p50 per window of equal wall time (calls in order), and last/first: >1 means the device slowed down."""
-    x = np.asarray(latencies_ns, dtype=np.float64)
-    if len(x) < windows * 10:
-        return {"windows": [], "last_over_first": None}
-    elapsed = np.cumsum(x) / 1e9
-    edges = np.linspace(0, elapsed[-1], windows + 1)
-    index = np.searchsorted(elapsed, edges[1:-1])
-    parts = [p for p in np.split(x, index) if len(p)]
-    rows = [{"t_start_s": round(float(edges[k]), 2), "p50_us": float(np.median(p)) / 1000, "calls": int(len(p))}
-            for k, p in enumerate(parts)]
-    return {"windows": rows, "last_over_first": rows[-1]["p50_us"] / rows[0]["p50_us"]}
+def over_time(windows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The runner's windows in µs and s, and the last window's p50 over the first's: >1 means the device slowed
+    down; None with fewer than two windows (one call lasted the whole run). A window no call started in (a call
+    longer than a window) is absent, so t_start_s says where each one lies."""
+    rows = [{"t_start_s": round(w["start_ns"] / 1e9, 2), "seconds": round(w["elapsed_ns"] / 1e9, 3),
+             "calls": w["calls"], "sampled": w["kept"], "busy_s": round(w["busy_ns"] / 1e9, 3),
+             **{f"{key}_us": w[f"{key}_ns"] / 1000 for key in ("p50", "p90", "p99", "min", "max")}}
+            for w in windows]
+    ratio = rows[-1]["p50_us"] / rows[0]["p50_us"] if len(rows) > 1 and rows[0]["p50_us"] > 0 else None
+    return {"windows": rows, "last_over_first": ratio}
+
+
+def sustained_text(trend: dict[str, Any]) -> str:
+    """What `edgekd bench --sustained` prints for one result: p50 per window, last/first, and what the run's
+    overall numbers are of (all calls, or a sample of them)."""
+    windows = trend["windows"]
+    parts = []
+    if windows:
+        parts.append("p50 over time (µs) " + "  ".join(f"{w['t_start_s']:.0f}s:{w['p50_us']:.2f}" for w in windows))
+    if trend["last_over_first"] is not None:
+        parts.append(f"last/first {trend['last_over_first']:.2f}×")
+    calls, sampled = trend["calls"], trend["sampled"]
+    kept = "each call's time kept" if sampled == calls else f"overall percentiles from a uniform sample of {sampled:,}"
+    parts.append(f"{calls:,} calls in {trend['seconds']:.0f} s ({kept})")
+    return "; ".join(parts)
 
 
 def check_threads(artifact: Artifact | str | Path, device: str, threads: int,
@@ -374,8 +397,8 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
             result.device_accuracy, result.complete = accuracies.get(i), len(raws[i]) == settings.rounds
             result.cross_arch_parity = parities.get(i)
             result.thermal = thermal
-            if settings.sustained and result.latencies_ns:
-                result.sustained = sustained_trend(result.latencies_ns, settings)
+            if settings.sustained and raws[i] and raws[i][0].get("windows") is not None:
+                result.sustained = sustained_trend(raws[i][0])
             if paths[i] is not None:
                 result.save(paths[i])
             out.append(result)
@@ -612,7 +635,8 @@ def _spec(session: _Session, artifact: Artifact, settings: BenchSettings, inputs
             "threads": settings.threads, "inputs": feeds, "warmup_runs": settings.warmup_runs,
             "warmup_min_seconds": settings.warmup_min_seconds, "min_runs": settings.min_runs,
             "min_seconds": settings.min_seconds, "max_seconds": settings.max_seconds,
-            "max_runs": settings.max_runs, "memory_runs": settings.memory_runs}
+            "max_runs": settings.max_runs, "memory_runs": settings.memory_runs,
+            "windows": SUSTAINED_WINDOWS if settings.sustained else 0}
 
 
 def _latency(latencies: list[int], round_p50s: list[float], settings: BenchSettings) -> dict[str, Any]:

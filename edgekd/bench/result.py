@@ -39,7 +39,10 @@ class BenchResult(BaseModel):
     # host_arch, device_arch, host/device_runtime, samples, agreement, max_abs_error, passed (or error)
     cross_arch_parity: dict[str, Any] | None = None
     thermal: list[dict[str, Any]] = Field(default_factory=list)  # before each round, then {"after_run": …}
-    sustained: dict[str, Any] | None = None  # --sustained: p50 per time window and last/first (throttling)
+    # --sustained: latency per time window and last/first p50 (throttling), calls, seconds (harness.sustained_trend);
+    # latency_us and latencies_ns are then of a uniform sample of the calls. Results written before: p50 per window,
+    # and cut_short when max_runs ended the run early.
+    sustained: dict[str, Any] | None = None
     complete: bool = True  # False: the device failed before every round ran (kept for --resume)
     latencies_ns: list[int] = Field(default_factory=list)
     created_at: str = Field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
