@@ -189,3 +189,20 @@ def test_a_phone_without_taskset_says_so_on_the_native_path(adb_server, tmp_path
             edgekd.bench([tflite_model], device=str(profile), settings=FAST)
     assert "has no taskset" in err.value.what and "remove `cpus:`" in err.value.fix
     assert "ABI" not in err.value.fix
+
+
+def test_sustained_on_a_phone_without_python_is_refused(adb_server, phone, fake_binary, tflite_model,  # noqa: F811
+                                                         tmp_path):
+    """A native tool times its own loop (here ~1 s, not the minutes asked) and prints one summary: --sustained
+    used to run it so and return a result without any trend, as if the device had been loaded that long."""
+    from dataclasses import replace
+
+    from edgekd.bench.harness import sustained_settings
+    from edgekd.errors import BenchError
+
+    profile = _profile(tmp_path, adb_server, phone, python=None, native={"tflite": str(fake_binary)})
+    with pytest.raises(BenchError) as info:
+        edgekd.bench([tflite_model], device=str(profile), settings=replace(sustained_settings(0.05), warmup_runs=1),
+                     results_dir=tmp_path / "results")
+    assert "--sustained needs edgekd's runner" in info.value.what and "python:" in info.value.fix
+    assert not (tmp_path / "results" / "bench-mlp@phone.json").exists()

@@ -408,6 +408,12 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
         with tempfile.TemporaryDirectory(prefix="edgekd-bench-") as tmp:
             session = _Session(target, Path(tmp))
             natives = {i: _native_tool(target, resolved[i]) for i in todo}
+            if settings.sustained and any(natives.values()):  # it would time ~a second and print one summary
+                raise BenchError(f"--sustained needs edgekd's runner: device '{target.name}' has no Python",
+                                 why="a native benchmark tool times its own loop and prints one summary for it, "
+                                     "not latency over the minutes asked",
+                                 fix="set `python:` in its profile (e.g. Termux's) to run the runner there, or "
+                                     "bench it without --sustained")
             specs = {i: _spec(session, resolved[i], per_round, inputs, Path(tmp)) for i in todo if natives[i] is None}
             evals = {i: _eval_data(resolved[i], eval_data) for i in todo}
             remote_outputs: dict[int, str] = {}
