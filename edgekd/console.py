@@ -146,11 +146,15 @@ def bench_table(results: list[Any]) -> Table:
         p50 = "–" if shown is None else f"{shown:.2f} {_ci(stats.shown_p50_interval(lat))}" + (
             " unstable" if lat.get("unstable") else "")
         p99 = stats.shown_p99(lat)
+        runs = str(lat.get("n") or "–")
+        calls, sampled = (r.sustained or {}).get("calls"), (r.sustained or {}).get("sampled")
+        if sampled and calls != sampled:  # --sustained: the percentiles are of a sample of the calls
+            runs = f"{calls} ({sampled} sampled)"
         table.add_row(Text(r.artifact["name"]), Text(r.device["name"]),  # names come from files: not markup
                       f"{r.runtime.get('name')} {r.runtime.get('version') or ''}" + (
                           f" ({r.runtime.get('tool')})" if r.harness == "native" else ""),
                       p50, _spread(r.round_p50_us), "–" if p99 is None else f"{p99:.2f}",
-                      str(lat.get("n") or "–"), peak_mib(peak, model_memory_kb(r.memory_kb)),
+                      runs, peak_mib(peak, model_memory_kb(r.memory_kb)),
                       f"{r.load_ms:.1f}" if r.load_ms else "–",
                       f"{r.device_accuracy['accuracy']:.2%}" if r.device_accuracy else "–")
     return table

@@ -161,6 +161,18 @@ def test_what_a_sustained_run_prints():
                                                     "kept)")
 
 
+def test_the_bench_table_says_a_sustained_runs_percentiles_are_of_a_sample():
+    from rich.console import Console
+
+    from edgekd.console import bench_table
+
+    result = _result("m", 10.0, 0, [10.0])  # 3,000 calls' times
+    result.sustained = {"windows": [], "last_over_first": None, "calls": 7_013_000, "seconds": 60.0, "sampled": 3000}
+    console = Console(record=True, width=250)
+    console.print(bench_table([result]))
+    assert "7013000 (3000 sampled)" in console.export_text()
+
+
 def test_a_sustained_result_written_before_windows_still_loads(tmp_path):
     old = _result("m", 10.0, 0, [10.0]).model_dump(mode="json", by_alias=True)
     old["sustained"] = {"windows": [{"t_start_s": 0.0, "p50_us": 3.4, "calls": 500_000}], "last_over_first": 1.0,
