@@ -180,6 +180,10 @@ def test_a_sustained_result_written_before_windows_still_loads(tmp_path):
     path = tmp_path / "old.json"
     path.write_text(json.dumps(old))
     assert BenchResult.load(path).sustained == old["sustained"]
+    from edgekd.bench.harness import sustained_text
+
+    assert sustained_text(old["sustained"]) == ("p50 over time (µs) 0s:3.40; last/first 1.00×; 5,000,000 calls in 9 s "
+                                                "(each call's time kept); stopped at 5,000,000 calls after 9 s")
 
 
 def test_the_p50s_shown_are_the_ones_the_change_compares(tmp_path):

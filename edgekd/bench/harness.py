@@ -270,9 +270,12 @@ def sustained_text(trend: dict[str, Any]) -> str:
         parts.append("p50 over time (µs) " + "  ".join(f"{w['t_start_s']:.0f}s:{w['p50_us']:.2f}" for w in windows))
     if trend["last_over_first"] is not None:
         parts.append(f"last/first {trend['last_over_first']:.2f}×")
-    calls, sampled = trend["calls"], trend["sampled"]
+    calls = trend.get("calls")
+    sampled = trend.get("sampled", calls)  # results saved before sampling kept every call
     kept = "each call's time kept" if sampled == calls else f"overall percentiles from a uniform sample of {sampled:,}"
     parts.append(f"{calls:,} calls in {trend['seconds']:.0f} s ({kept})")
+    if trend.get("cut_short"):  # saved before windows: the run stopped at max_runs calls
+        parts.append(trend["cut_short"])
     return "; ".join(parts)
 
 
