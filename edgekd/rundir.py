@@ -24,9 +24,9 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from edgekd.errors import FolderInUseError, OutputDirError, first_line
+from edgekd.errors import EdgeKDError, FolderInUseError, OutputDirError, first_line, printable
 
 try:
     import fcntl
@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 MANIFEST_SCHEMA = "edgekd.manifest/1"
 TEMP_SUFFIX = ".tmp"
 LOCK_NAME = ".edgekd.lock"
+FOLDER_IN_USE_WHY = "one process at a time may write it: two would overwrite each other's files and records"
 _TEMP_NAME = re.compile(r"\..+\.(\d+)-[A-Za-z0-9_]+\.tmp")  # .<final name>.<writer pid>-<random>.tmp
 _UMASK = os.umask(0o022)  # reading the umask means setting it: put it straight back
 os.umask(_UMASK)
@@ -53,6 +54,20 @@ def writable_dir(folder: str | os.PathLike[str], fix: str, what: str | None = No
         probe.unlink()
     except OSError as exc:
         raise _unwritable(what or f"cannot write to {folder}", folder, exc, fix) from None
+    return folder
+
+
+def private_dir(folder: str | os.PathLike[str], refuse: Callable[[int], EdgeKDError]) -> Path:
+    """Create `folder` for this user alone (0700) where edgekd keeps what others must not change (a device's
+    work directory, whose runner it starts; its device locks): one of another user is refused with
+    `refuse(owner uid)`, and one of our own loses group and other write access. OSError when it cannot be made."""
+    folder = Path(folder)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    status = folder.stat()
+    if status.st_uid != os.getuid():
+        raise refuse(status.st_uid)
+    if status.st_mode & 0o022:
+        folder.chmod(status.st_mode & 0o7755)
     return folder
 
 
@@ -161,15 +176,17 @@ def remove_orphan_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
 
 
 @contextlib.contextmanager
-def exclusive_folder(folder: str | os.PathLike[str], *, what: str, fix: str,
-                     lock_name: str = LOCK_NAME) -> Iterator[None]:
+def exclusive_folder(folder: str | os.PathLike[str], *, what: str, fix: str, lock_name: str = LOCK_NAME,
+                     why: str = FOLDER_IN_USE_WHY, note: str | None = None) -> Iterator[None]:
     """Hold an exclusive lock on `folder` for the block: a second edgekd process that asks for it fails at once
-    with FolderInUseError (`what` is in use; `fix` says how to proceed) instead of interleaving its writes.
+    with FolderInUseError (`what` is in use, `why` one at a time; `fix` says how to proceed) instead of
+    interleaving its writes (or, for a device, its timings).
 
     The lock is flock(2) on `folder/lock_name`, so the OS releases it when the holder ends, however it ends
     (SIGKILL, power cut): there is never a stale lock to remove, and the lock file itself stays. The file holds
-    the holder's pid and host, for the message. A file system that cannot lock (some network mounts) or a
-    platform without flock runs unlocked, with a warning: refusing every run there would help no one.
+    the holder's pid and host, and `note` (what the holder does, e.g. where it saves), for the message. A file
+    system that cannot lock (some network mounts) or a platform without flock runs unlocked, with a warning:
+    refusing every run there would help no one.
     """
     if fcntl is None:
         logger.warning("cannot lock %s on this platform; do not start two edgekd processes on it at once", folder)
@@ -194,11 +211,11 @@ def exclusive_folder(folder: str | os.PathLike[str], *, what: str, fix: str,
             else:
                 raise FolderInUseError(
                     f"{what} is in use by another edgekd process ({_lock_holder(path)})",
-                    why="one process at a time may write it: two would overwrite each other's files and records "
-                        "(the lock is released when that process ends, also if it is killed)",
+                    why=f"{why} (the lock is released when that process ends, also if it is killed)",
                     fix=fix) from None
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        note_line = " ".join((note or "").splitlines())  # one line: the pid and host are the first
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n{note_line}\n".encode())
         yield
     finally:
         os.close(fd)  # releases the lock; the file stays (removing it would let a third process lock a new one)
@@ -212,14 +229,18 @@ def folder_holder(folder: str | os.PathLike[str], lock_name: str = LOCK_NAME) ->
 
 
 def _lock_holder(path: Path) -> str:
-    """'pid N' (and 'on HOST' when another machine holds it) from a lock file, as far as it can be read."""
+    """'pid N' (and 'on HOST' when another machine holds it, and the holder's note) from a lock file, as far as
+    it can be read."""
     try:
-        pid, host = (path.read_text(encoding="utf-8").split() + ["", ""])[:2]
+        lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError):
-        pid, host = "", ""
+        lines = []
+    pid, host = ((lines[0].split() if lines else []) + ["", ""])[:2]
     if not pid.isdigit():  # the holder has the lock but has not written its pid yet
         return "pid unknown"
-    return f"pid {pid}" + (f" on {host}" if host and host != socket.gethostname() else "")
+    note = printable(lines[1]).strip() if len(lines) > 1 else ""
+    return (f"pid {pid}" + (f" on {host}" if host and host != socket.gethostname() else "")
+            + (f", {note}" if note else ""))
 
 
 def _process_alive(pid: int) -> bool:

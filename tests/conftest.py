@@ -54,6 +54,18 @@ def _seeded_test():
     _seed_rngs()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _device_locks_of_this_session(tmp_path_factory):
+    """Device locks of this test process's own (the processes it starts inherit them): benches on 'host' in two
+    xdist workers (make test) would otherwise stop each other, as two benches of one user on one device must."""
+    from edgekd.bench.device_lock import LOCK_DIR_ENV
+
+    env = pytest.MonkeyPatch()
+    env.setenv(LOCK_DIR_ENV, str(tmp_path_factory.mktemp("device-locks")))
+    yield
+    env.undo()
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """The tiny recipe run end to end (real training, export, onnxruntime, runner) into a temp folder."""

@@ -1,11 +1,15 @@
-"""Two edgekd processes on one folder: the second run of a run folder, or the second bench of a results folder
-on the same device, stops at once (exit 2, who holds it and what to do); the lock dies with its holder, so a
-run killed with SIGKILL leaves nothing that blocks the next one. Real processes throughout."""
+"""Two edgekd processes on one folder or device: the second run of a run folder, the second bench of a results
+folder on the same device, or the second bench of one device into any folder, stops at once (exit 2, who holds
+it and what to do); the lock dies with its holder, so a run killed with SIGKILL leaves nothing that blocks the
+next one. Real processes throughout."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -152,12 +156,94 @@ def test_a_second_bench_into_the_same_results_on_the_same_device_stops(tmp_path)
     assert json.loads((results / "bench-m.json").read_text())["complete"] is True
 
 
-@pytest.mark.parametrize("other", ["board", None])
-def test_benches_of_other_devices_or_other_folders_do_not_wait_for_each_other(tmp_path, other):
-    """The bench lock is per device and results folder: the same folder for another device, or another folder
-    for the same device, is free while a bench holds one."""
-    from edgekd.bench.harness import _results_lock
+def test_a_second_bench_of_a_busy_device_into_another_folder_stops_and_other_devices_run_side_by_side(tmp_path):
+    """Two benches of one device into two results folders: each would time its model under the other's load.
+    The second stops at once, naming the device, the holder and where it saves; another device is free."""
+    from edgekd.export.onnx import write_identity_model
 
-    with _results_lock(tmp_path / "results", "host"):
-        with _results_lock(tmp_path / ("results" if other else "elsewhere"), other or "host"):
+    model = write_identity_model(tmp_path / "m.onnx", (8,), 18)
+    other = tmp_path / "other.yaml"  # a second device (this host again, under another name)
+    other.write_text(f"kind: local\npython: {sys.executable}\nworkdir: {tmp_path / 'other-work'}\n")
+    first_results = tmp_path / "first"
+
+    def bench_cmd(results: str, *options: str) -> list[str]:
+        return [*CLI, "bench", str(model), "--results-dir", str(tmp_path / results), "--history",
+                str(tmp_path / f"{results}.sqlite"), *options]
+
+    first = subprocess.Popen(bench_cmd("first", "--rounds", "50", "--min-seconds", "5"), stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _line_starting(first, "bench on host: started") is not None, first.stderr.read()
+        quick = ("--rounds", "1", "--min-seconds", "0.05")
+        second, beside = (subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          for command in (bench_cmd("second", *quick), bench_cmd("beside", *quick, "--device",
+                                                                                 str(other))))
+        try:
+            (_, second_err), (_, beside_err) = second.communicate(timeout=120), beside.communicate(timeout=120)
+        finally:
+            _stop(second)
+            _stop(beside)
+        assert first.poll() is None, "the first bench ended: the others did not run while it held the device"
+    finally:
+        _stop(first)
+    said = _one_block(second_err)
+    assert second.returncode == 2, said
+    assert (f"error: device 'host' is in use by another edgekd process (pid {first.pid}, saving to "
+            f"{first_results})") in said and "Traceback" not in said
+    assert "why: a bench times models on it" in said and "fix: wait for that bench to end" in said
+    assert "bench another device" in said
+    assert not (tmp_path / "second" / "bench-m.json").exists()
+    assert beside.returncode == 0, beside_err
+    assert json.loads((tmp_path / "beside" / "bench-m@other.json").read_text())["complete"] is True
+
+
+@pytest.mark.parametrize("other", ["board", None])
+def test_the_locks_of_a_bench_free_other_devices_and_hold_the_device_across_folders(tmp_path, other):
+    """A bench holds its results folder for its device, and its device in every folder: the same folder for
+    another device is free; another folder for the same device is free as a folder, but the device is not."""
+    from edgekd.bench.device_lock import device_lock
+    from edgekd.bench.harness import _results_lock
+    from edgekd.errors import FolderInUseError
+
+    with _results_lock(tmp_path / "results", "host"), device_lock("host", tmp_path / "results"):
+        folder = tmp_path / ("results" if other else "elsewhere")
+        with _results_lock(folder, other or "host"):
             pass
+        if other:
+            with device_lock(other, folder):
+                pass
+        else:
+            with pytest.raises(FolderInUseError, match="device 'host' is in use"):
+                with device_lock("host", folder):
+                    pass
+
+
+def test_device_lock_file_names_are_safe_and_never_shared():
+    from edgekd.bench.device_lock import lock_name
+
+    names = ["pi", "Pi", "PI", "a/b", "a%2Fb", "a%2fb", "..", "a b", "é", "x" * 300, "x" * 300 + "y", "."]
+    files = [lock_name(n) for n in names]
+    assert len({f.lower() for f in files}) == len(names), files  # distinct even where case is not
+    for f in files:
+        assert re.fullmatch(r"bench@[a-z0-9._%~-]+\.lock", f) and len(f) < 255, f
+
+
+def test_the_device_lock_folder_is_private_and_one_of_another_user_is_refused(tmp_path, monkeypatch):
+    from edgekd.bench.device_lock import LOCK_DIR_ENV, device_lock
+    from edgekd.errors import OutputDirError
+
+    mine = tmp_path / "mine"
+    monkeypatch.setenv(LOCK_DIR_ENV, str(mine))
+    with device_lock("host", None):
+        pass
+    assert stat.S_IMODE(mine.stat().st_mode) == 0o700
+    theirs = Path("/usr")  # root's
+    if os.getuid() == 0:  # root gives one away
+        theirs = tmp_path / "theirs"
+        theirs.mkdir()
+        os.chown(theirs, 4242, 4242)
+    monkeypatch.setenv(LOCK_DIR_ENV, str(theirs))
+    with pytest.raises(OutputDirError, match="belongs to another user") as err:
+        with device_lock("host", None):
+            pass
+    assert LOCK_DIR_ENV in err.value.fix

@@ -23,6 +23,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from edgekd.bench import stats
+from edgekd.bench.device_lock import device_lock
 from edgekd.bench.native import cpu_mask, no_taskset
 from edgekd.bench.result import BenchResult
 from edgekd.devices.base import (RUNNER_SOURCE, TETHER_S, Device, DeviceTimeout, RuntimeMissing, cool_down,
@@ -354,7 +355,8 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
     resolved = _distinct_names([resolve_artifact(a) for a in artifacts])
     target = open_device(device)
     try:
-        with _results_lock(results_dir, target.name):
+        # The folder's lock first: a second bench into the same folder is told so, as before the device lock.
+        with _results_lock(results_dir, target.name), device_lock(target.name, results_dir):
             return _bench_on(target, resolved, settings, inputs=inputs, results_dir=results_dir, history=history,
                              eval_data=eval_data, resume=resume, reporter=reporter, rerun_hint=rerun_hint)
     finally:
@@ -363,7 +365,9 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
 
 def _results_lock(results_dir: Path | None, device: str) -> contextlib.AbstractContextManager[None]:
     """One bench at a time per device and results folder: two would overwrite each other's result files (an
-    interrupted one's partial result over the other's complete one) and load the same device while timing it."""
+    interrupted one's partial result over the other's complete one). The device lock alone does not do that
+    where two benches do not share it: another user's, one with another $TMPDIR, another machine's on a shared
+    folder (its device 'host' is another device, with the same result file names)."""
     if results_dir is None:
         return contextlib.nullcontext()
     return exclusive_folder(results_dir, lock_name=f".edgekd-bench@{device}.lock",

@@ -13,16 +13,19 @@ from typing import Any
 from edgekd.devices.base import (WORKDIR_OWNER_FIX, WORKDIR_OWNER_WHY, DeviceError, DeviceOutOfSpace,
                                  DeviceProfile, DeviceTimeout, ProfiledDevice, RunResult, info_via_runner, output_text,
                                  wait_process)
-from edgekd.rundir import atomic_path, sha256_file
+from edgekd.rundir import atomic_path, private_dir, sha256_file
 
 
 class LocalDevice(ProfiledDevice):
     def __init__(self, profile: DeviceProfile) -> None:
         profile = dataclasses.replace(profile, workdir=os.path.expanduser(profile.workdir))  # `~/x`, as a shell
         self.profile = profile
-        try:  # here, not at the first copy: an unusable workdir is the profile's fault, so say which field
-            Path(profile.workdir).mkdir(mode=0o700, parents=True, exist_ok=True)
-            _keep_private(Path(profile.workdir), profile.name)
+        # Made here, not at the first copy: an unusable workdir is the profile's fault, so say which field. Private:
+        # the runner is started from it, so whoever may write there may run code as us.
+        try:
+            private_dir(profile.workdir, lambda uid: DeviceError(
+                f"the work directory {profile.workdir} of device '{profile.name}' belongs to another user "
+                f"(uid {uid})", why=WORKDIR_OWNER_WHY, fix=WORKDIR_OWNER_FIX))
         except OSError as exc:
             raise DeviceError(f"cannot create the work directory {profile.workdir} of device '{profile.name}'",
                               why=f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
@@ -59,17 +62,6 @@ class LocalDevice(ProfiledDevice):
 
     def close(self) -> None:
         pass
-
-
-def _keep_private(folder: Path, device: str) -> None:
-    """The runner is started from the work directory, so whoever may write there may run code as us: refuse a
-    folder of another user, and take write access away from group and others on our own."""
-    status = folder.stat()
-    if status.st_uid != os.getuid():
-        raise DeviceError(f"the work directory {folder} of device '{device}' belongs to another user "
-                          f"(uid {status.st_uid})", why=WORKDIR_OWNER_WHY, fix=WORKDIR_OWNER_FIX)
-    if status.st_mode & 0o022:
-        folder.chmod(status.st_mode & 0o7755)
 
 
 def _copy(src: Path, dst: Path) -> None:
