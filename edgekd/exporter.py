@@ -23,7 +23,7 @@ from edgekd.export.verify import max_rel_error_for, parity
 from edgekd.names import PATH_COMPONENT
 from edgekd.progress import Reporter, SilentReporter
 from edgekd.rng import kept_global_rngs
-from edgekd.rundir import sha256_file
+from edgekd.rundir import exclusive_folder, sha256_file
 
 if TYPE_CHECKING:
     from torch import nn
@@ -331,12 +331,16 @@ def export_checkpoint(checkpoint: str | Path, output_dir: str | Path, *, formats
     formats = list(formats or ["onnx"])
     for fmt in formats:
         FORMATS[fmt]().check_available()
-    return export_model(model, role=role, formats=formats, precisions=list(precisions or PRECISIONS[:3]),
-                        out_root=Path(output_dir), in_shape=splits.input_shape, x_test=splits.x_test,
-                        y_test=splits.y_test, num_classes=splits.num_classes, x_select=splits.x_val,
-                        options=ExportOptions(opset=opset, calibration=calib, int8_targets=targets),
-                        min_agreement=min_agreement,
-                        min_agreement_int4=min_agreement_int4,
-                        lineage={"checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(checkpoint),
-                                 **{k: v for k, v in meta.items() if k not in ("data",)}},
-                        reporter=reporter)
+    # One export at a time writes a folder, as one run a run folder: two would write and remove each other's
+    # artifact folders (a format's FP32 file is removed when FP32 was not asked for, while the other quantizes it).
+    with exclusive_folder(output_dir, what=f"the output folder {output_dir}",
+                          fix="wait for that export to end, or give this one another folder with --output-dir"):
+        return export_model(model, role=role, formats=formats, precisions=list(precisions or PRECISIONS[:3]),
+                            out_root=Path(output_dir), in_shape=splits.input_shape, x_test=splits.x_test,
+                            y_test=splits.y_test, num_classes=splits.num_classes, x_select=splits.x_val,
+                            options=ExportOptions(opset=opset, calibration=calib, int8_targets=targets),
+                            min_agreement=min_agreement,
+                            min_agreement_int4=min_agreement_int4,
+                            lineage={"checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(checkpoint),
+                                     **{k: v for k, v in meta.items() if k not in ("data",)}},
+                            reporter=reporter)

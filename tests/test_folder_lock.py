@@ -247,3 +247,24 @@ def test_the_device_lock_folder_is_private_and_one_of_another_user_is_refused(tm
         with device_lock("host", None):
             pass
     assert LOCK_DIR_ENV in err.value.fix
+
+
+def test_a_second_export_into_a_busy_output_folder_stops(tmp_path):
+    """Two exports into one folder would write, and remove, each other's artifact folders: the second stops."""
+    from edgekd.checkpoints import save_checkpoint
+    from edgekd.models import create_model
+
+    model = create_model("mlp", in_shape=(64,), num_classes=10, width=16, depth=1)
+    checkpoint = save_checkpoint(model, tmp_path / "student.pt", role="student", data={"name": "digits"})
+    out = tmp_path / "artifacts"
+    holder = _holding(out)  # as an export (or a run) writing that folder does
+    try:
+        second = subprocess.run([*CLI, "export", str(checkpoint), "--output-dir", str(out), "--precision", "fp32"],
+                                capture_output=True, text=True, timeout=120)
+    finally:
+        _stop(holder)
+    said = _one_block(second.stderr)
+    assert second.returncode == 2, said
+    assert f"error: the output folder {out} is in use by another edgekd process (pid {holder.pid})" in said
+    assert "fix: wait for that export to end" in said and "--output-dir" in said and "Traceback" not in said
+    assert [p.name for p in out.iterdir()] == [".edgekd.lock"]  # nothing exported
