@@ -159,10 +159,10 @@ def export(checkpoint: Path = typer.Argument(..., help="an edgekd checkpoint (<r
     """Export a checkpoint to ONNX / TFLite artifacts, each verified against the PyTorch model."""
     from edgekd.console import RichReporter
     from edgekd.exporter import export_checkpoint
-    from edgekd.rundir import writable_dir
+    from edgekd.rundir import tentative_dir
 
-    writable_dir(output_dir, fix="choose a writable folder with --output-dir")
-    with RichReporter(console) as reporter:
+    with tentative_dir(output_dir, fix="choose a writable folder with --output-dir"), \
+            RichReporter(console) as reporter:
         artifacts = export_checkpoint(checkpoint, output_dir, formats=list(fmt), precisions=list(precision),
                                       min_agreement=min_agreement, devices=list(device), reporter=reporter)
     for a in artifacts:
@@ -218,13 +218,13 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
                                  "no difference beyond the noise (too small to split, or threads not applied)"),
                               markup=False, highlight=False)
         return
-    from edgekd.rundir import writable_dir
+    from edgekd.rundir import tentative_dir
 
-    writable_dir(results_dir, fix="choose a writable folder with --results-dir")
     if sustained:
         settings = sustained_settings(sustained, settings)
-    try:
-        with RichReporter(console) as reporter:
+    try:  # a bench that fails before it saves a result (an unknown device) leaves no new empty results folder
+        with tentative_dir(results_dir, fix="choose a writable folder with --results-dir"), \
+                RichReporter(console) as reporter:
             results = bench_devices(artifacts, list(device), settings=settings, results_dir=results_dir,
                                     history=history, resume=resume, reporter=reporter)
     except KeyboardInterrupt as exc:  # the harness kept what was measured: say where, and that --resume resumes

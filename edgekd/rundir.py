@@ -57,6 +57,48 @@ def writable_dir(folder: str | os.PathLike[str], fix: str, what: str | None = No
     return folder
 
 
+@contextlib.contextmanager
+def tentative_dir(folder: str | os.PathLike[str], fix: str, what: str | None = None) -> Iterator[Path]:
+    """`writable_dir` for a command that may yet fail before it writes there (an unknown device, a missing
+    checkpoint): it still fails first on a folder it cannot write, but when the block raises, the folders it
+    made are removed again while they hold nothing but lock files no process holds (its own, released by
+    then), so a mistake leaves no empty export/results/ behind. A folder with anything else in it stays."""
+    folder = Path(folder)
+    made = []  # deepest first
+    for candidate in [folder, *folder.parents]:
+        if candidate.exists() or candidate.is_symlink():
+            break
+        made.append(candidate)
+    writable_dir(folder, fix=fix, what=what)
+    try:
+        yield folder
+    except BaseException:
+        for candidate in made:
+            if not _remove_if_unused(candidate):
+                break
+        raise
+
+
+def _remove_if_unused(folder: Path) -> bool:
+    """Remove `folder` if all it holds is edgekd lock files no process holds; True when it is gone."""
+    try:
+        children = list(folder.iterdir())
+        if not all(_free_lock_file(child) for child in children):
+            return False
+        for child in children:
+            child.unlink()
+        folder.rmdir()
+    except OSError:  # changed meanwhile (another process wrote there), or not ours to remove: it stays
+        return False
+    return True
+
+
+def _free_lock_file(path: Path) -> bool:
+    """An edgekd lock file (a run's, an export's, a bench's) that no live process holds."""
+    return (path.name.startswith(".edgekd") and path.name.endswith(".lock") and path.is_file()
+            and not path.is_symlink() and not _claimed(path))
+
+
 def private_dir(folder: str | os.PathLike[str], refuse: Callable[[int], EdgeKDError]) -> Path:
     """Create `folder` for this user alone (0700) where edgekd keeps what others must not change (a device's
     work directory, whose runner it starts; its device locks): one of another user is refused with

@@ -227,6 +227,28 @@ def test_bench_unknown_device(tmp_path: Path) -> None:
     msg = assert_user_error(run_cli(tmp_path, "bench", "ok.onnx", "--device", "raspberry", "--min-seconds", "0"))
     assert "unknown device 'raspberry'" in msg
     assert "known devices: host" in msg
+    assert not (tmp_path / "export").exists()  # the results folder it made to fail early is gone again
+
+
+def test_a_failed_bench_or_export_leaves_no_new_empty_folder(tmp_path: Path) -> None:
+    """The output folder is made first, to fail early on one that cannot be written; when the command then fails
+    (here: a device without its Python, found after the bench locked its results folder; a missing checkpoint),
+    the folders it made go again, lock files and all. A folder that was there before stays."""
+    from edgekd.export.onnx import write_identity_model
+
+    write_identity_model(tmp_path / "ok.onnx", (4,), 18)
+    (tmp_path / "devices").mkdir()
+    (tmp_path / "devices" / "nopython.yaml").write_text("kind: local\npython: /nonexistent/python3\n")
+    bench = ("bench", "ok.onnx", "--device", "nopython", "--min-seconds", "0", "--results-dir")
+    msg = assert_user_error(run_cli(tmp_path, *bench, "new/results"))
+    assert "'/nonexistent/python3' is not installed on nopython" in msg
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()
+    assert_user_error(run_cli(tmp_path, *bench, "kept/results"))
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == []
+    msg = assert_user_error(run_cli(tmp_path, "export", "missing.pt", "--output-dir", "new/artifacts"))
+    assert "checkpoint not found: missing.pt" in msg
+    assert not (tmp_path / "new").exists()
 
 
 # --------------------------------------------------------------------------------------
