@@ -228,3 +228,21 @@ def test_a_round_whose_median_is_zero_is_refused_where_the_result_is_made(tmp_pa
         make_run(tmp_path / "run", [("teacher-onnx-fp32", _runner_fields(10.0), _parity(0.9)),
                                     ("student-onnx-fp32", fields, _parity(0.9))])
     assert "clock" in caught.value.why
+
+
+def test_the_page_names_the_interval_the_speed_up_was_computed_with(tmp_path):
+    """The speed-up's interval is a paired t interval over the rounds (stats.compare_rounds); the note under the
+    table called it a bootstrap interval of the ratio of medians, an interval over calls that the project measured
+    17-90x too narrow, so a reader would trust "significant" more than it deserves."""
+    import numpy as np
+
+    run = make_run(tmp_path / "run", [("teacher-onnx-fp32", _runner_fields(100.0, rounds=(1.0, 1.2, 0.9)), _parity(0.9)),
+                                      ("student-onnx-fp32", _runner_fields(20.0, rounds=(1.0, 1.1, 1.0)), _parity(0.8))])
+    summary = build_summary(run, recipe={"name": "method"}, model_metrics={}, class_names=["a", "b"])
+    student = summary["rows"][1]
+    d = np.log([100.0, 120.0, 90.0]) - np.log([20.0, 22.0, 20.0])
+    half = stats.t975(2) * d.std(ddof=1) / np.sqrt(3)
+    assert student["speedup_ci95"] == pytest.approx([np.exp(d.mean() - half), np.exp(d.mean() + half)])
+    page = " ".join(write_html(summary, run).read_text().split())
+    assert "paired t interval over the rounds" in page
+    assert "bootstrap 95% intervals of the ratio of medians" not in page

@@ -28,6 +28,12 @@ LAYOUT_SHARE_WARNING = 0.2  # warn when Transpose-like ops are this share of a g
 # Say so when the timer's own cost (two clock reads around a call, measured on the device) is this share of a
 # p50 or more: 0.13 µs here is ~4% of a 3.4 µs floor, and it shifts ratios between very fast models.
 TIMER_SHARE_NOTE = 0.01
+# How the table's latency numbers are made (edgekd.bench.stats), said under it: the rounds are the samples.
+LATENCY_METHOD = ("The p50 is the geometric mean of the rounds' p50s (each round a fresh process) and its 95% interval "
+                  "a t interval over them; with one round, a bootstrap interval of the median of its calls. The "
+                  "speed-up is the teacher's p50 over the artifact's (above 1: faster than the teacher), its 95% "
+                  "interval a paired t interval over the rounds' ratios (each round times every artifact side by "
+                  "side; Welch's when the two have different numbers of rounds); \"within noise\" means that interval contains 1, and one round gives no interval.")
 
 
 def _row(artifact: Artifact, result: BenchResult | None) -> dict[str, Any]:
@@ -757,8 +763,8 @@ th {{ background: #f3f3f3; }}
 <h2>Artifacts</h2>
 <table><tr>{''.join(f'<th>{e(h)}</th>' for h in header)}</tr>{''.join(rows_html)}</table>
 <p class="meta">Accuracy and agreement are measured on the exported artifact (test split) against its PyTorch model.
-Latency: {e(floor_txt)}; "× floor" and the speed-up compare with the floor and the teacher in the same runtime;
-speed-up intervals are bootstrap 95% intervals of the ratio of medians; "within noise" means the interval contains 1.</p>
+Latency: {e(floor_txt)}; "× floor" and the speed-up compare with the floor and the teacher in the same runtime.
+{e(LATENCY_METHOD)}</p>
 {f'<h2>onnxruntime vs LiteRT</h2><table><tr><th>model</th><th>onnxruntime p50 µs</th><th>LiteRT p50 µs</th><th>ORT / LiteRT</th><th>ORT acc</th><th>LiteRT acc</th></tr>{comparison}</table>' if comparison else ''}
 {_compression_html(summary.get("compression"))}
 {_int8_html(summary["rows"])}
