@@ -263,3 +263,21 @@ def test_the_fastest_student_names_the_ones_it_is_not_faster_than_beyond_the_noi
     assert fastest.startswith("onnxruntime: fastest student artifact student-onnx-fp32 at p50 ")
     assert "not faster than student-onnx-int8_static (" in fastest
     assert "student-onnx-int4" not in fastest
+
+
+def test_int4_is_called_slower_than_fp32_only_beyond_the_noise_of_the_rounds(tmp_path):
+    """"X is slower than FP32" was said of any higher p50, however much the rounds overlapped; within their noise
+    the finding says it is not faster (no slowdown shown), and a slowdown in every round is still called one."""
+    def findings_for(int4_rounds):
+        run = make_run(tmp_path / str(int4_rounds), [
+            ("student-onnx-fp32", _runner_fields(10.0, rounds=(1.0, 1.3, 0.9)), _parity(0.8)),
+            ("student-onnx-int4", _runner_fields(10.4, rounds=int4_rounds), _parity(0.8)),
+            ("floor-onnx-fp32", _runner_fields(3.0), None)])
+        summary = build_summary(run, recipe={"name": "int4"}, model_metrics={}, class_names=["a", "b"])
+        return [f for f in summary["findings"] if f.startswith("onnxruntime: student-onnx-int4")]
+
+    (overlapping,) = findings_for((0.9, 1.45, 0.85))
+    assert "is not faster than FP32" in overlapping and "within the noise of the rounds" in overlapping
+    assert "slower" not in overlapping
+    (slower,) = findings_for((1.5, 1.95, 1.35))  # 1.5x FP32 in every round
+    assert "is slower than FP32" in slower

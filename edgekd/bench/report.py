@@ -287,13 +287,21 @@ def findings(summary: dict[str, Any]) -> list[str]:
                    "not the model, sets the latency.")
         fp32 = next((r for r in timed if r["precision"] == "fp32"), None)
         for row in timed:
-            if fp32 and row["precision"] not in ("fp32", *INT8_PRECISIONS) and row["p50_us"] > fp32["p50_us"]:
-                out.append(
-                    f"{runtime}: {row['name']} is slower than FP32 ({row['p50_us']:.2f} vs {fp32['p50_us']:.2f} µs): "
-                    f"the student has only {row.get('parameters') or 0:,} parameters, so quantize/dequantize steps "
-                    "and extra operators cost more than the narrower arithmetic saves; quantization pays off when a "
-                    "model's time goes into large matrix multiplies or convolutions (and its file is smaller "
-                    f"either way: {row['size_bytes'] / 1024:.1f} vs {fp32['size_bytes'] / 1024:.1f} KiB).")
+            if not (fp32 and row["precision"] not in ("fp32", *INT8_PRECISIONS) and row["p50_us"] > fp32["p50_us"]):
+                continue
+            sizes = f"{row['size_bytes'] / 1024:.1f} vs {fp32['size_bytes'] / 1024:.1f} KiB"
+            if _faster_beyond_noise(fp32, row) is False:  # a higher p50 within the rounds' noise: no slowdown shown
+                out.append(f"{runtime}: {row['name']} is not faster than FP32 ({row['p50_us']:.2f} vs "
+                           f"{fp32['p50_us']:.2f} µs, within the noise of the rounds): at "
+                           f"{row.get('parameters') or 0:,} parameters the narrower arithmetic buys no speed (its "
+                           f"file is smaller either way: {sizes}).")
+                continue
+            out.append(
+                f"{runtime}: {row['name']} is slower than FP32 ({row['p50_us']:.2f} vs {fp32['p50_us']:.2f} µs): "
+                f"the student has only {row.get('parameters') or 0:,} parameters, so quantize/dequantize steps "
+                "and extra operators cost more than the narrower arithmetic saves; quantization pays off when a "
+                "model's time goes into large matrix multiplies or convolutions (and its file is smaller "
+                f"either way: {sizes}).")
     out += _int8_findings(rows)
     compression = summary.get("compression")
     if compression:
@@ -335,17 +343,19 @@ def _fastest_within_noise(fastest: dict[str, Any], timed: list[dict[str, Any]]) 
     """The other candidates the fastest is not shown faster than (their rounds' speed-up interval contains 1, or
     one round gives none), as a clause: the lowest of p50s within noise of each other is picked by chance, and a
     reader would ship it for being "fastest"."""
-    tied = []
-    for row in timed:
-        if row is fastest:
-            continue
-        mine, theirs = fastest.get("round_p50_us") or [], row.get("round_p50_us") or []
-        if not mine or not theirs:  # no rounds kept (a summary from before they were): nothing to test
-            continue
-        cmp = stats.compare_rounds(theirs, mine, paired=len(mine) == len(theirs))
-        if not cmp["significant"]:
-            tied.append(f"{row['name']} ({row['p50_us']:.2f} µs)")
+    tied = [f"{row['name']} ({row['p50_us']:.2f} µs)" for row in timed
+            if row is not fastest and _faster_beyond_noise(fastest, row) is False]
     return f" (not faster than {', '.join(tied)} beyond the noise of the rounds)" if tied else ""
+
+
+def _faster_beyond_noise(fast: dict[str, Any], slow: dict[str, Any]) -> bool | None:
+    """Whether `fast` is faster than `slow` beyond the noise of their rounds (stats.compare_rounds, paired when
+    one bench call timed both side by side); None when either kept no rounds (a summary from before they were)."""
+    a, b = fast.get("round_p50_us") or [], slow.get("round_p50_us") or []
+    if not a or not b:
+        return None
+    cmp = stats.compare_rounds(b, a, paired=len(a) == len(b))
+    return cmp["significant"] and cmp["ratio"] > 1
 
 
 def _timer_findings(rows: list[dict[str, Any]]) -> list[str]:
