@@ -612,19 +612,30 @@ def plots(summary: dict[str, Any], latencies: dict[str, list[int]]) -> dict[str,
     fig = pareto_figure(summary)
     if fig is not None:
         images["pareto"] = _png(fig)
-    latencies = {name: calls for name, calls in latencies.items() if len(calls)}
-    if latencies:
-        names = list(latencies)
-        fig = _figure(7, 0.45 * len(names) + 1.2)
-        ax = fig.subplots()
-        ax.boxplot([[v / 1000 for v in latencies[n]] for n in names], orientation="horizontal", showfliers=False)
-        ax.set_yticks(range(1, len(names) + 1), names, fontsize=8)
-        _log_axis_plain(ax.xaxis)
-        ax.set_xlabel("latency per call (µs, log scale; whiskers 1.5 IQR, outliers hidden)")
-        ax.set_title("Latency distributions")
-        ax.grid(alpha=0.3, axis="x")
+    fig = latency_figure(latencies)
+    if fig is not None:
         images["latency"] = _png(fig)
     return images
+
+
+def latency_figure(latencies: dict[str, list[int]]):
+    """Box plots of the per-call times (ns) of each result, all its rounds pooled; None when none has any. The
+    box's line is the median of those calls, which leans to the rounds the machine was fast in (they time more
+    calls): the axis says so, or a reader takes it for the table's p50 (the rounds' centre) and finds them apart."""
+    latencies = {name: calls for name, calls in latencies.items() if len(calls)}
+    if not latencies:
+        return None
+    names = list(latencies)
+    fig = _figure(7, 0.45 * len(names) + 1.2)
+    ax = fig.subplots()
+    ax.boxplot([[v / 1000 for v in latencies[n]] for n in names], orientation="horizontal", showfliers=False)
+    ax.set_yticks(range(1, len(names) + 1), names, fontsize=8)
+    _log_axis_plain(ax.xaxis)
+    ax.set_xlabel("latency per call, the calls of all rounds pooled (µs, log scale; line: their median, not the "
+                  "table's p50;\nwhiskers 1.5 IQR, outliers hidden)")
+    ax.set_title("Latency distributions")
+    ax.grid(alpha=0.3, axis="x")
+    return fig
 
 
 def _figure(width: float, height: float):
@@ -797,7 +808,7 @@ Latency: {e(floor_txt)}; "× floor" and the speed-up compare with the floor and 
 {_compression_html(summary.get("compression"))}
 {_int8_html(summary["rows"])}
 {_pareto_html(images.get("pareto"))}
-{f'<h2>Latency distributions</h2><img alt="latency distributions" src="{images["latency"]}">' if 'latency' in images else ''}
+{f'<h2>Latency distributions</h2><img alt="latency distributions" src="{images["latency"]}"><p class="meta">Every timed call of every round, pooled: the median of the calls leans to the rounds the machine was fast in (they time more calls), so it can differ from the p50 in the table, the centre of the rounds.</p>' if 'latency' in images else ''}
 <h2>Per-class test accuracy</h2>
 <table><tr><th>artifact</th>{''.join(f'<th>{e(c)}</th>' for c in class_names)}</tr>{per_class}</table>
 </body></html>
