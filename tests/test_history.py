@@ -279,3 +279,15 @@ def test_two_processes_upgrading_an_old_history_at_once_both_succeed(tmp_path):
     assert "identity" in {row[1] for row in second.execute("PRAGMA table_info(results)")}
     first.close()
     second.close()
+
+
+def test_the_default_earlier_session_is_the_last_that_measured_any_of_bs_artifacts(tmp_path):
+    """A bench that a device failure cut short keeps its finished results in one session, and `--resume` records
+    the rest in another: by default compare took that one for the rest's earlier session, shared no artifact with
+    it and stopped ("share no artifact"), though the full bench before had measured them all."""
+    db = tmp_path / "h.sqlite"
+    full = history.record([_result("m", 10.0, 0, [10.0, 10.1]), _result("n", 5.0, 1, [5.0, 5.05])], db)
+    history.record([_result("m", 10.0, 2, [10.0, 10.1])], db)  # kept before the device failed
+    resumed = history.record([_result("n", 5.0, 3, [5.0, 5.05])], db)
+    found = history.compare(path=db)
+    assert found["b"] == resumed and found["a"] == full and [r["artifact"] for r in found["rows"]] == ["n"]

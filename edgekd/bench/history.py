@@ -233,9 +233,22 @@ def _round_spread_pct(rounds: list[float]) -> float:
     return (max(rounds) / min(rounds) - 1.0) * 100 if len(rounds) > 1 and min(rounds) > 0 else 0.0
 
 
+def _last_to_measure(db: sqlite3.Connection, earlier: list[str], names: set[str]) -> str:
+    """The newest of `earlier` (newest first) that measured any of `names`, else the newest. A bench resumed after a
+    device failed records what it measures in a session of its own, apart from the results kept before the
+    failure, and a bench of some artifacts follows one of others: the session just before shares no artifact with
+    it, and comparing with it found nothing to compare."""
+    for session in earlier:
+        if db.execute("SELECT 1 FROM results WHERE session = ? AND artifact_name IN (%s) LIMIT 1"
+                      % ",".join("?" * len(names)), (session, *sorted(names))).fetchone():
+            return session
+    return earlier[0]
+
+
 def compare(a: str | None = None, b: str | None = None, *, path: Path = DEFAULT_PATH,
             device: str | None = None) -> dict[str, Any]:
-    """Compare session `b` (default: the newest) with `a` (default: the one before it on the same device).
+    """Compare session `b` (default: the newest) with `a` (default: the newest one before it on the same device
+    that measured any of its artifacts).
 
     Results are paired on the artifact's name and what they measured (IDENTITY): an INT8 and an FP32 file of
     one name, or one file at 1 and at 4 threads, are different measurements. For each pair: p50 change with a
@@ -268,7 +281,7 @@ def compare(a: str | None = None, b: str | None = None, *, path: Path = DEFAULT_
             if not earlier:
                 raise BenchError(f"no earlier session on device '{b_device}' to compare with",
                                  fix="run `edgekd bench` again, or name two sessions: edgekd compare A B")
-            a = earlier[0]
+            a = _last_to_measure(db, earlier, {row.name for row in newer})
         older = _session_rows(db, a)
     pairs, unpaired = pair(older, newer)
     out = []
