@@ -294,3 +294,23 @@ def test_the_latency_plot_says_its_medians_are_of_the_pooled_calls_not_the_table
     assert [t.get_text() for t in ax.get_yticklabels()] == ["student-onnx-fp32"]
     assert "all rounds pooled" in ax.get_xlabel() and "not the table's p50" in ax.get_xlabel()
     assert latency_figure({"native-without-calls": []}) is None
+
+
+def test_the_memory_the_model_adds_is_peak_less_the_baseline_of_the_same_round(tmp_path):
+    """The peak was the highest round's, its baseline the first round's: two processes' numbers subtracted, so the
+    "+ over the runtime alone" carried how much more the peak round's interpreter took before the model loaded."""
+    from edgekd.bench.harness import BenchSettings, to_result
+    from edgekd.bench.report import model_memory_kb, peak_kb
+    from edgekd.devices.profiles import open_device
+
+    artifact = Artifact(name="m", role="student", format="onnx", precision="fp32", file="m.onnx", size_bytes=1,
+                        sha256="0" * 64, directory=tmp_path)
+    memory = [{"baseline_vmhwm": 50_000, "vmhwm": 60_000}, {"baseline_vmhwm": 53_000, "vmhwm": 62_000}]
+    raws = [{"latencies_ns": [1000 + i % 3 for i in range(50)], "load_ms": 1.0, "first_inference_us": 1.0,
+             "memory_kb": m, "runtime": {"name": "onnxruntime"}} for m in memory]
+    device = open_device("host")
+    try:
+        result = to_result(raws, artifact, device, BenchSettings(rounds=2, min_runs=10))
+    finally:
+        device.close()
+    assert peak_kb(result.memory_kb) == 62_000 and model_memory_kb(result.memory_kb) == 9_000

@@ -715,9 +715,9 @@ def to_result(raws: list[dict[str, Any]], artifact: Artifact, device: Device, se
     latencies = [ns for raw in raws for ns in raw["latencies_ns"]]
     round_p50s = [float(np.median(raw["latencies_ns"])) / 1e3 for raw in raws]
     peaks = [raw.get("memory_kb", {}) for raw in raws]
-    memory = dict(peaks[0])
-    if all(p.get("vmhwm") for p in peaks):
-        memory["vmhwm"] = max(p["vmhwm"] for p in peaks)
+    # The round with the highest peak, whole: its peak less ITS OWN baseline is what the model added (another
+    # round's baseline differs by what that process's interpreter and runtime took before the model loaded).
+    memory = dict(max(peaks, key=lambda p: p.get("vmhwm") or 0) if all(p.get("vmhwm") for p in peaks) else peaks[0])
     return BenchResult(
         artifact=_artifact_summary(artifact),
         device=_device_summary(device, first),
