@@ -314,3 +314,19 @@ def test_the_memory_the_model_adds_is_peak_less_the_baseline_of_the_same_round(t
     finally:
         device.close()
     assert peak_kb(result.memory_kb) == 62_000 and model_memory_kb(result.memory_kb) == 9_000
+
+
+def test_the_call_overhead_is_said_to_set_the_latency_only_when_the_floor_is_most_of_it(tmp_path):
+    """'at this size the runtime's call overhead, not the model, sets the latency' was said of any fastest student,
+    also of one at 20x the floor (the floor 5% of its time): a reader would stop optimising a model that is what
+    costs the time."""
+    def fastest(student_us):
+        run = make_run(tmp_path / str(student_us), [("student-onnx-fp32", _runner_fields(student_us), _parity(0.8)),
+                                                    ("floor-onnx-fp32", _runner_fields(3.0), None)])
+        summary = build_summary(run, recipe={"name": "floor"}, model_metrics={}, class_names=["a", "b"])
+        return next(f for f in summary["findings"] if "fastest student artifact" in f)
+
+    assert fastest(4.5).endswith("at this size the runtime's call overhead, not the model, sets the latency.")
+    heavy = fastest(60.0)
+    assert "20.00× the runtime's per-call floor" in heavy and "call overhead, not the model" not in heavy
+    assert heavy.endswith("the model, not the runtime's call overhead (~5% of it), sets the latency.")
