@@ -26,6 +26,9 @@ def _evaluate(model, ctx: Context) -> dict[str, Any]:
     return {"test_accuracy": accuracy(logits, s.y_test),
             "val_accuracy": accuracy(predict_logits(model, s.x_val), s.y_val),
             "per_class_accuracy": per_class_accuracy(logits, s.y_test, s.num_classes),
+            # which test samples it gets right ("0"/"1" in split order): two models' accuracies on the same samples
+            # are compared sample by sample (the report's KD-vs-scratch test), not as two independent rates
+            "test_correct": "".join("1" if ok else "0" for ok in logits.argmax(axis=1) == s.y_test),
             "parameters": count_parameters(model)}
 
 
@@ -39,8 +42,9 @@ def _save(model, ctx: Context, role: str, metrics: dict[str, Any], **meta: Any) 
     data = ctx.recipe.data
     data_meta = {"name": data.name, "seed": data.seed, "val_fraction": data.val_fraction,
                  "test_fraction": data.test_fraction, "label_fraction": data.label_fraction}
+    per_sample = ("per_class_accuracy", "test_correct")  # the manifest has them; a checkpoint need not
     return save_checkpoint(model, path, role=role, run=ctx.recipe.name,
-                           data=data_meta, metrics={k: v for k, v in metrics.items() if k != "per_class_accuracy"},
+                           data=data_meta, metrics={k: v for k, v in metrics.items() if k not in per_sample},
                            **meta)
 
 

@@ -330,3 +330,26 @@ def test_the_call_overhead_is_said_to_set_the_latency_only_when_the_floor_is_mos
     heavy = fastest(60.0)
     assert "20.00× the runtime's per-call floor" in heavy and "call overhead, not the model" not in heavy
     assert heavy.endswith("the model, not the runtime's call overhead (~5% of it), sets the latency.")
+
+
+def test_the_kd_gain_is_tested_against_the_noise_of_the_test_set_sample_by_sample():
+    """The finding gave "+3.7 points" with nothing on whether 270 test samples can tell: the demo's KD student is
+    right on 13 samples the scratch one misses and wrong on 3 it gets (exact McNemar p = 0.021); the same gain
+    from 5 against 3 would be noise."""
+    from edgekd.bench.report import findings
+
+    def kd_finding(only_kd, only_scratch):
+        both, neither = 100, 10
+        student = "1" * both + "1" * only_kd + "0" * only_scratch + "0" * neither
+        scratch = "1" * both + "0" * only_kd + "1" * only_scratch + "0" * neither
+        models = {m: {"test_accuracy": c.count("1") / len(c), "test_correct": c} for m, c in
+                  (("student", student), ("scratch", scratch))}
+        return next(f for f in findings({"rows": [], "models": models}) if f.startswith("Distillation"))
+
+    found = kd_finding(13, 3)
+    assert "of the 126 test samples 13 are right only with KD and 3 only from scratch" in found
+    assert "exact McNemar p = 0.021, beyond the noise of the test set" in found
+    assert "p = 0.727, within the noise of the test set" in kd_finding(5, 3)
+    assert "exact McNemar p < 0.001, beyond" in kd_finding(40, 2)
+    old = findings({"rows": [], "models": {"student": {"test_accuracy": 0.9}, "scratch": {"test_accuracy": 0.8}}})
+    assert "+10.0 points)" in old[0]  # metrics recorded before the per-sample results: the gain alone

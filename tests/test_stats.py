@@ -218,3 +218,11 @@ def test_t_quantiles_match_the_tables():
 def test_tail_percentiles_need_the_calls_for_an_upper_bound(q, n):
     """The fewest calls whose largest value bounds the q-quantile from above with 97.5% confidence."""
     assert 1 - q ** n >= 0.975 > 1 - q ** (n - 1)
+
+
+def test_mcnemar_exact_matches_the_binomial_test_on_the_discordant_samples():
+    """13 samples right only for one model, 3 only for the other: two-sided binomial(16, 1/2) p = 0.0213."""
+    assert stats.mcnemar_exact(13, 3) == pytest.approx(0.021270751953125)
+    assert stats.mcnemar_exact(3, 13) == stats.mcnemar_exact(13, 3)
+    assert stats.mcnemar_exact(4, 4) == 1.0 and stats.mcnemar_exact(0, 0) == 1.0
+    assert stats.mcnemar_exact(6, 0) == pytest.approx(2 / 64)

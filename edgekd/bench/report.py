@@ -269,7 +269,7 @@ def findings(summary: dict[str, Any]) -> list[str]:
                   "blackbox": "the black-box teacher's outputs"}.get(strategy, "the teacher's outputs")
         out.append(f"Distillation ({strategy}): the KD student reaches {student['test_accuracy']:.2%} test accuracy "
                    f"vs {scratch['test_accuracy']:.2%} for the same architecture trained from scratch with the same "
-                   f"budget per student ({gain:+.1f} points), both seeing labels for "
+                   f"budget per student ({gain:+.1f} points{_kd_noise(student, scratch)}), both seeing labels for "
                    f"{student.get('labelled_samples', '?')} training samples; the KD student also learns from "
                    f"{source} on {student.get('transfer_samples', '?')} samples.")
     for row in rows:
@@ -342,6 +342,22 @@ def findings(summary: dict[str, Any]) -> list[str]:
         out.append(f"Unstable timings (high spread; rerun on a quieter machine): {', '.join(unstable)}.")
     out += _timer_findings(rows)
     return out
+
+
+def _kd_noise(student: dict[str, Any], scratch: dict[str, Any]) -> str:
+    """Whether the KD student and the scratch one differ beyond the noise of the test set: an exact McNemar test on
+    the samples only one of them gets right (both scored on the same samples, so not two independent rates). Empty
+    for metrics recorded before the per-sample results were kept."""
+    a, b = student.get("test_correct"), scratch.get("test_correct")
+    if not a or not b or len(a) != len(b):
+        return ""
+    only_kd = sum(x == "1" and y == "0" for x, y in zip(a, b))
+    only_scratch = sum(x == "0" and y == "1" for x, y in zip(a, b))
+    p = stats.mcnemar_exact(only_kd, only_scratch)
+    verdict = "beyond" if p < 1 - stats.CI_LEVEL else "within"
+    return (f"; of the {len(a)} test samples {only_kd} are right only with KD and {only_scratch} only from scratch: "
+            f"exact McNemar p {'< 0.001' if p < 0.001 else f'= {p:.3f}'}, {verdict} the noise of the test set (of "
+            "one training seed each)")
 
 
 def _fastest_within_noise(fastest: dict[str, Any], timed: list[dict[str, Any]]) -> str:

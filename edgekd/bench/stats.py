@@ -19,6 +19,7 @@ run with 2000 resamples would otherwise need 400 M indices.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, Sequence
 
 import numpy as np
@@ -320,3 +321,14 @@ def rounds_interval(round_p50s: Sequence[float]) -> tuple[float, float] | None:
         return None
     half = t975(x.size - 1) * float(x.std(ddof=1)) / np.sqrt(x.size)
     return float(np.exp(x.mean() - half)), float(np.exp(x.mean() + half))
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value for two classifiers scored on the same samples: only_a samples are right only
+    for the first, only_b only for the second (the samples both get right or both wrong say nothing about which is
+    better). Under no difference each discordant sample is a fair coin."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
