@@ -236,8 +236,9 @@ def test_the_page_names_the_interval_the_speed_up_was_computed_with(tmp_path):
     17-90x too narrow, so a reader would trust "significant" more than it deserves."""
     import numpy as np
 
-    run = make_run(tmp_path / "run", [("teacher-onnx-fp32", _runner_fields(100.0, rounds=(1.0, 1.2, 0.9)), _parity(0.9)),
-                                      ("student-onnx-fp32", _runner_fields(20.0, rounds=(1.0, 1.1, 1.0)), _parity(0.8))])
+    teacher, student = _runner_fields(100.0, rounds=(1.0, 1.2, 0.9)), _runner_fields(20.0, rounds=(1.0, 1.1, 1.0))
+    run = make_run(tmp_path / "run", [("teacher-onnx-fp32", teacher, _parity(0.9)),
+                                      ("student-onnx-fp32", student, _parity(0.8))])
     summary = build_summary(run, recipe={"name": "method"}, model_metrics={}, class_names=["a", "b"])
     student = summary["rows"][1]
     d = np.log([100.0, 120.0, 90.0]) - np.log([20.0, 22.0, 20.0])

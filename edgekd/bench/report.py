@@ -36,7 +36,11 @@ LATENCY_METHOD = ("The p50 is the geometric mean of the rounds' p50s (each round
                   "a t interval over them; with one round, a bootstrap interval of the median of its calls. The "
                   "speed-up is the teacher's p50 over the artifact's (above 1: faster than the teacher), its 95% "
                   "interval a paired t interval over the rounds' ratios (each round times every artifact side by "
-                  "side; Welch's when the two have different numbers of rounds); \"within noise\" means that interval contains 1, and one round gives no interval.")
+                  "side; Welch's when the two have different numbers of rounds); \"within noise\" means that "
+                  "interval contains 1, and one round gives no interval.")
+# Under the latency plot: its boxes are not the table's p50s.
+POOLED_NOTE = ("Every timed call of every round, pooled: the median of the calls leans to the rounds the machine was "
+               "fast in (they time more calls), so it can differ from the p50 in the table, the centre of the rounds.")
 
 
 def _row(artifact: Artifact, result: BenchResult | None) -> dict[str, Any]:
@@ -829,7 +833,7 @@ Latency: {e(floor_txt)}; "× floor" and the speed-up compare with the floor and 
 {_compression_html(summary.get("compression"))}
 {_int8_html(summary["rows"])}
 {_pareto_html(images.get("pareto"))}
-{f'<h2>Latency distributions</h2><img alt="latency distributions" src="{images["latency"]}"><p class="meta">Every timed call of every round, pooled: the median of the calls leans to the rounds the machine was fast in (they time more calls), so it can differ from the p50 in the table, the centre of the rounds.</p>' if 'latency' in images else ''}
+{f'<h2>Latency distributions</h2><img alt="latency distributions" src="{images["latency"]}"><p class="meta">{e(POOLED_NOTE)}</p>' if 'latency' in images else ''}
 <h2>Per-class test accuracy</h2>
 <table><tr><th>artifact</th>{''.join(f'<th>{e(c)}</th>' for c in class_names)}</tr>{per_class}</table>
 </body></html>
