@@ -566,6 +566,7 @@ def _place_labels(ax, labels: list[tuple]) -> None:
     renderer, so call it when the axes' contents (and so their limits) are final. Where no place is free, the
     one that covers the fewest others."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
     from matplotlib.transforms import Bbox
 
     canvas = ax.figure.canvas if isinstance(ax.figure.canvas, FigureCanvasAgg) else FigureCanvasAgg(ax.figure)
@@ -582,7 +583,10 @@ def _place_labels(ax, labels: list[tuple]) -> None:
         for dx, dy, align in LABEL_PLACES:
             note = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=6, ha=align,
                                arrowprops=None if abs(dy) < 10 else {"arrowstyle": "-", "lw": 0.4, "alpha": 0.5})
-            box = note.get_window_extent(renderer)
+            note.update_positions(renderer)
+            # the text's own box: an Annotation's extent also spans its leader line, which reaches back to the point
+            # and so covers every neighbour of a close cluster; no place with a leader was ever free there
+            box = Text.get_window_extent(note, renderer)
             covered = sum(box.overlaps(other) for other in others) + (not _within(box, inside))
             if best is not None:
                 if covered >= best[0]:
