@@ -394,13 +394,23 @@ def _summary_problem(summary: Any) -> str | None:
 @_handles_errors
 def devices(example: Optional[str] = typer.Option(None, "--example", help="print this example profile (pi: a board "
                                                   "over SSH, phone: a phone over adb) to start yours from: "
-                                                  "edgekd devices --example pi > devices/pi.yaml")) -> None:
-    """List the devices --device can name (./devices/, ~/.config/edgekd/devices/, the built-in host), or print an
-    example profile."""
+                                                  "edgekd devices --example pi > devices/pi.yaml"),
+            clean: Optional[str] = typer.Option(None, "--clean", help="remove the files benches left in this "
+                                                "device's work directory (artifacts, inputs, the runner; nothing "
+                                                "else); refused while a bench runs on the device")
+            ) -> None:
+    """List the devices --device can name (./devices/, ~/.config/edgekd/devices/, the built-in host), print an
+    example profile, or clean a device's work directory."""
     from rich.table import Table
 
     from edgekd.devices.profiles import example_profile, listed_profiles, load_profile
 
+    _one_of(example=example, clean=clean)
+    if clean is not None:
+        from edgekd.bench.clean import clean as clean_device
+
+        console.print(clean_device(clean).summary(), markup=False, highlight=False)
+        return
     if example is not None:  # plain stdout, byte for byte: it is meant to be redirected into a profile file
         sys.stdout.write(example_profile(example).read_text(encoding="utf-8"))
         return

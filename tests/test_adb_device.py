@@ -219,8 +219,30 @@ def test_push_without_space_is_device_out_of_space(dev, phone, tmp_path):
     finally:
         phone.space_left = None
     assert "No space left on device" in err.value.why
-    assert "free space" in err.value.fix
+    assert "free space" in err.value.fix and "`edgekd devices --clean loopback`" in err.value.fix
     assert not phone.host_path(f"{WD}/big.bin").exists()
+
+
+def test_clean_removes_edgekd_files_from_the_phone_and_says_how_much(adb_server, phone, dev, tmp_path):
+    """`edgekd devices --clean` through adb: sizes from the phone's du, the user's files in the folder stay."""
+    from edgekd.bench.clean import clean
+
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(os.urandom(300_000))
+    ours = [f"{WD}/artifacts/{'ab' * 8}.tflite", f"{WD}/inputs/{'cd' * 8}.npy", f"{WD}/{runner_name()}"]
+    theirs = [f"{WD}/artifacts/readme.txt", f"{WD}/photo.jpg"]
+    for remote in ours + theirs:
+        dev.push(blob, remote)
+    profile = tmp_path / "phone.yaml"
+    profile.write_text(json.dumps({"name": "loopback", "kind": "adb", "serial": phone.address,
+                                   "server_port": adb_server.port}))  # JSON is YAML; workdir: the default, WD
+    cleaned = clean(str(profile))
+    assert cleaned.workdir == WD and cleaned.files >= len(ours) and not cleaned.failed
+    assert cleaned.kib >= len(ours) * 290 and not cleaned.unsized  # du -k: ~293 KiB each
+    assert not any(phone.host_path(r).exists() for r in ours)
+    assert all(phone.host_path(r).exists() for r in theirs)
+    for remote in theirs:
+        phone.host_path(remote).unlink()
 
 
 # --------------------------------------------------------------------------- commands

@@ -70,6 +70,22 @@ def test_a_full_benchmark_over_ssh(tmp_path):
     assert sorted(p.name for p in (tmp_path / "results").glob("*.json")) == ["bench-m0@board.json", "bench-m1@board.json"]
 
 
+def test_clean_over_ssh_removes_what_a_bench_left_on_the_board(tmp_path):
+    from edgekd.bench.clean import clean
+
+    one_round = BenchSettings(warmup_runs=2, min_runs=5, min_seconds=0.01, rounds=1)
+    remote = tmp_path / "remote"
+    with LoopbackSSHD(tmp_path / "sshd") as server:
+        profile = _profile(server, tmp_path)
+        edgekd.bench(_models(tmp_path)[:1], device=str(profile), settings=one_round)
+        left = [p for p in remote.rglob("*") if p.is_file()]
+        assert len(left) >= 4  # the runner, the model, its input, its spec
+        (remote / "notes.txt").write_text("mine")
+        cleaned = clean(str(profile))
+    assert cleaned.files == len(left) and cleaned.kib > 0 and not cleaned.unsized and not cleaned.failed
+    assert [p.name for p in remote.rglob("*")] == ["notes.txt"]  # the emptied subfolders too
+
+
 def test_a_device_lost_midway_keeps_what_was_measured_and_resume_measures_the_rest(tmp_path):
     from edgekd.bench.result import BenchResult
 

@@ -481,7 +481,7 @@ def test_full_device_raises_out_of_space(device, tmp_path):
         big.write_bytes(os.urandom(1 << 20))
         with pytest.raises(DeviceOutOfSpace) as err:
             device.push(big, f"{small}/big.bin")
-        assert "free space" in err.value.fix
+        assert "free space" in err.value.fix and "`edgekd devices --clean loopback`" in err.value.fix
         assert not (small / "big.bin").exists()  # the partial file was removed
     finally:
         subprocess.run(["umount", str(small)], check=False)

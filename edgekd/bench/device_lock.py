@@ -40,9 +40,11 @@ def lock_name(device: str) -> str:
     return f"bench@{encoded}.lock"
 
 
-def device_lock(device: str, results_dir: Path | None) -> contextlib.AbstractContextManager[None]:
+def device_lock(device: str, results_dir: Path | None, *,
+                note: str | None = None) -> contextlib.AbstractContextManager[None]:
     """Hold `device` for a bench: a second bench of it stops at once (FolderInUseError, exit 2) naming the
-    holder's pid and where it saves, while benches of other devices run side by side."""
+    holder's pid and where it saves (or `note`: what else holds the device), while benches of other devices run
+    side by side."""
     folder = lock_dir()
     fix_folder = f"set {LOCK_DIR_ENV} to a folder of your own"
     try:
@@ -55,7 +57,7 @@ def device_lock(device: str, results_dir: Path | None) -> contextlib.AbstractCon
                              fix=fix_folder) from None
     saving = f"saving to {Path(results_dir).absolute()}" if results_dir is not None else "saving no results"
     return exclusive_folder(
-        folder, lock_name=lock_name(device), note=saving, what=f"device '{device}'",
+        folder, lock_name=lock_name(device), note=note or saving, what=f"device '{device}'",
         why="a bench times models on it: a second bench at the same time would load it, and both would report "
             "latencies measured under the other's load",
         fix="wait for that bench to end, then start this one again; or bench another device (--device, or "

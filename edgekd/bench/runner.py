@@ -926,7 +926,9 @@ def predict_pass(model: Model, pspec: Dict[str, Any], base: str) -> Dict[str, An
     except OSError as e:  # a full device is the user's to fix, not a runner bug (numpy's short write has no errno)
         raise RunnerError("output", f"cannot write the predictions ({outputs.nbytes / 1e6:.1f} MB) to {path}",
                           why=f"{e.strerror or e}; {_free_mb(os.path.dirname(path))} free there",
-                          fix="free space on the device, or point `workdir:` in its device profile at a larger file system")
+                          fix="free space on the device (`edgekd devices --clean DEVICE` on the host removes the files "
+                              "earlier benches left in its work directory), or point `workdir:` in its device "
+                              "profile at a larger file system")
     return {"output": path, "rows": rows, "batch_size": batch, "seconds": seconds}
 
 

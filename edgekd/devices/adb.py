@@ -46,6 +46,7 @@ from edgekd.devices.base import (
     DeviceTimeout,
     DeviceUnreachable,
     RunResult,
+    free_space_fix,
     info_via_runner,
     run_client,
 )
@@ -161,8 +162,8 @@ class AdbDevice:
             raise DeviceOutOfSpace(
                 f"no space left on {self.name} for {local.name} ({local.stat().st_size / 1e6:.1f} MB)",
                 why=_adb_message(output, proc.returncode),
-                fix=f"free space on the device (`adb -s {self.serial} shell df -h {PurePosixPath(remote).parent}`) "
-                    "or point `workdir:` at a larger file system")
+                fix=free_space_fix(self.name, f"see what is left with `adb -s {self.serial} shell df -h "
+                                              f"{PurePosixPath(remote).parent}`; "))
         fix = ("push under /data/local/tmp (the shell user cannot write elsewhere on a stock phone)"
                if any(s in output for s in _DENIED) else "check the remote path and that the device is unlocked")
         raise DeviceError(f"cannot push {local.name} to {self.name}:{remote}",

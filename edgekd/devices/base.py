@@ -120,6 +120,12 @@ WORKDIR_OWNER_WHY = ("its owner could replace the runner or the model between th
 WORKDIR_OWNER_FIX = "point `workdir:` in the device profile at a folder of your own, or remove the stale folder"
 
 
+def free_space_fix(device: str, first: str = "") -> str:
+    """DeviceOutOfSpace's fix: every bench leaves its files in the work directory (edgekd/bench/clean.py)."""
+    return (f"{first}free space on the device: `edgekd devices --clean {device}` removes the files earlier benches "
+            "left in its work directory; or point `workdir:` in its profile at a larger file system")
+
+
 def python_argv(profile: DeviceProfile) -> list[str]:
     """The device's Python as an argv prefix (a profile may name an emulator plus an interpreter)."""
     if not profile.python:

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.devices.base import (WORKDIR_OWNER_FIX, WORKDIR_OWNER_WHY, DeviceError, DeviceOutOfSpace,
-                                 DeviceProfile, DeviceTimeout, ProfiledDevice, RunResult, info_via_runner, output_text,
-                                 wait_process)
+                                 DeviceProfile, DeviceTimeout, ProfiledDevice, RunResult, free_space_fix,
+                                 info_via_runner, output_text, wait_process)
 from edgekd.rundir import atomic_path, private_dir, sha256_file
 
 
@@ -35,10 +35,10 @@ class LocalDevice(ProfiledDevice):
         return info_via_runner(self)
 
     def push(self, local: Path, remote: str) -> None:
-        _copy(Path(local), Path(remote))
+        _copy(Path(local), Path(remote), self.name)
 
     def pull(self, remote: str, local: Path) -> None:
-        _copy(Path(remote), Path(local))
+        _copy(Path(remote), Path(local), self.name)
 
     def run(self, argv: list[str], *, timeout: float | None = None, tether: bool = False) -> RunResult:
         """argv as a child process; with `tether` its stdin is the heartbeat pipe (base.TETHER_S), which closes
@@ -64,7 +64,7 @@ class LocalDevice(ProfiledDevice):
         pass
 
 
-def _copy(src: Path, dst: Path) -> None:
+def _copy(src: Path, dst: Path, device: str) -> None:
     if src.resolve() == dst.resolve():
         return
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -74,5 +74,5 @@ def _copy(src: Path, dst: Path) -> None:
     except OSError as exc:
         if exc.errno == 28:  # ENOSPC
             raise DeviceOutOfSpace(f"no space left to copy {src.name} to {dst.parent}",
-                                   fix="free space on the device or point `workdir:` elsewhere") from None
+                                   fix=free_space_fix(device)) from None
         raise DeviceError(f"cannot copy {src} to {dst}", why=exc.strerror, fix="check both paths") from None

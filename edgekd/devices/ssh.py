@@ -59,6 +59,7 @@ from edgekd.devices.base import (
     HostKeyMismatch,
     ProfiledDevice,
     RunResult,
+    free_space_fix,
     info_via_runner,
     run_client,
 )
@@ -311,7 +312,7 @@ class SSHDevice(ProfiledDevice):
             stderr = proc.stderr
             if any(s in stderr for s in _NO_SPACE):
                 raise DeviceOutOfSpace(f"no space left on {self.name} to create {folder}", why=_last_line(stderr, 1),
-                                       fix="free space on the device or point `workdir:` elsewhere")
+                                       fix=free_space_fix(self.name))
             raise DeviceError(f"cannot create {folder} on {self.name}", why=_last_line(stderr, proc.returncode),
                               fix="point `workdir:` at a folder the SSH user may write")
         self._made_dirs.add(folder)
@@ -403,7 +404,7 @@ class SSHDevice(ProfiledDevice):
             self._ssh(shlex.join(["sh", "-c", '[ ! -f "$1" ] || rm -f -- "$1"', "sh", remote]), timeout=60, what="rm")
             raise DeviceOutOfSpace(f"no space left on {self.name} for {PurePosixPath(remote).name} "
                                    f"({size / 1e6:.1f} MB)", why=_ssh_message(stderr) or None,
-                                   fix="free space on the device or point `workdir:` at a larger file system")
+                                   fix=free_space_fix(self.name))
         elif _matches(stderr, _NO_SPACE):
             raise DeviceError(what, why=_ssh_message(stderr), fix="free space on this machine")
         missing = "No such file" in stderr or "not found" in stderr
