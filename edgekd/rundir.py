@@ -217,6 +217,58 @@ def remove_orphan_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
+CLAIM_NAME = ".edgekd-claim"
+
+
+@contextlib.contextmanager
+def process_temp_dir(kind: str) -> Iterator[Path]:
+    """A private temp folder of this process's, removed when the block ends, made in one folder per user and kind
+    (TMP/edgekd-KIND@UID: '@' is in no device name, so it is no host work directory `edgekd-NAME-UID`).
+
+    A process killed with SIGKILL never runs TemporaryDirectory's cleanup, and its folder stayed in the temp area
+    for good; here the next process to make one removes those of processes that are gone. A folder is known as
+    its owner's as atomic_path's temp files are: its name starts with the owner's pid, and the owner holds a
+    lock (flock) on a file in it, so the folder of a live owner is kept, whether its pid is seen here or only its
+    lock (another container sharing the temp area), also in the moment between its creation and the lock."""
+    import shutil
+
+    parent = Path(tempfile.gettempdir()) / f"edgekd-{kind}@{os.getuid()}"
+    fix = "remove that folder, or set TMPDIR to a folder of your own"
+    try:
+        private_dir(parent, lambda uid: OutputDirError(f"the temp folder {parent} belongs to another user (uid {uid})",
+                                                       why="its owner could change the files edgekd keeps there",
+                                                       fix=fix))
+        remove_orphan_temp_dirs(parent)
+        folder = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=parent))
+        fd = os.open(folder / CLAIM_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise _unwritable(f"cannot make a temp folder in {parent}", parent, exc, fix) from None
+    _claim(fd)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.close(fd)
+
+
+def remove_orphan_temp_dirs(parent: str | os.PathLike[str]) -> list[Path]:
+    """Remove the folders `process_temp_dir` made in `parent` whose owner is gone (its pid is no process here and
+    no process holds the lock in it); a name of another form is not one of them and stays."""
+    import shutil
+
+    removed = []
+    for folder in Path(parent).iterdir():
+        pid = folder.name.partition("-")[0]
+        if not pid.isdigit() or folder.is_symlink() or not folder.is_dir() or _process_alive(int(pid)):
+            continue
+        claim = folder / CLAIM_NAME
+        if claim.exists() and _claimed(claim):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
 @contextlib.contextmanager
 def exclusive_folder(folder: str | os.PathLike[str], *, what: str, fix: str, lock_name: str = LOCK_NAME,
                      why: str = FOLDER_IN_USE_WHY, note: str | None = None) -> Iterator[None]:

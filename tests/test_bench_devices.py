@@ -203,6 +203,44 @@ def test_a_board_too_full_for_the_predictions_says_so_and_keeps_what_it_had(tmp_
         subprocess.run(["umount", str(small)], check=False)
 
 
+_KILLED_BENCH = """
+import os, signal, sys
+import edgekd
+from edgekd.bench.harness import BenchSettings
+
+class KillItself:
+    def task(self, description, total):
+        class Task:
+            def advance(self, steps=1, **fields):
+                os.kill(os.getpid(), signal.SIGKILL)  # no cleanup of any kind runs
+            def close(self):
+                pass
+        return Task()
+
+edgekd.bench([sys.argv[1]], device="host", reporter=KillItself(),
+             settings=BenchSettings(warmup_runs=1, min_runs=3, min_seconds=0.01, rounds=1))
+"""
+
+
+def test_a_bench_killed_with_sigkill_leaves_its_temp_folder_only_until_the_next_bench(tmp_path, monkeypatch):
+    """It left an edgekd-bench-XXXX folder in the temp area for good: one per killed bench."""
+    import tempfile
+
+    model = _models(tmp_path)[0]
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp), "PYTHONPATH": os.pathsep.join(sys.path)}
+    killed = subprocess.run([sys.executable, "-c", _KILLED_BENCH, str(model)], env=env, timeout=120)
+    assert killed.returncode == -signal.SIGKILL
+    left = [p for p in temp.rglob("*") if p.is_dir() and "bench" in p.name]
+    assert left, "the killed bench made no temp folder here"
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # this process's temp area: the same one
+    edgekd.bench([model], device="host", settings=FAST)
+    assert [p for p in temp.rglob("*") if p.is_dir() and "bench" in p.name and p.parent == temp] == \
+        [temp / f"edgekd-bench@{os.getuid()}"]
+    assert list((temp / f"edgekd-bench@{os.getuid()}").iterdir()) == []
+
+
 def test_ctrl_c_midway_keeps_what_was_measured(tmp_path):
     class CtrlCAfterFirstRun:
         """Raises where edgekd.interrupts raises a Ctrl-C the CLI received: at the next progress step."""

@@ -193,6 +193,53 @@ def test_a_live_writer_whose_pid_is_not_seen_here_keeps_its_temp_file(tmp_path):
     assert remove_orphan_temp_files(tmp_path) == [foreign]  # its writer is gone, and with it the lock
 
 
+_TEMP_DIR_HOLDER = """
+import sys
+from edgekd.rundir import process_temp_dir
+with process_temp_dir("bench") as folder:
+    print(folder, flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_temp_folder_is_removed_by_the_next_process_once_its_owner_is_gone(tmp_path, monkeypatch):
+    """process_temp_dir: the folder of an owner killed with SIGKILL (no cleanup ran) goes at the next call; the
+    folder of a live owner stays, also when its pid is not seen here (renamed to a gone pid: its lock keeps it)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from edgekd.rundir import process_temp_dir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": os.pathsep.join(sys.path)}
+    holders = [subprocess.Popen([sys.executable, "-c", _TEMP_DIR_HOLDER], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True, env=env) for _ in range(3)]
+    killed, live, foreign = holders
+    try:
+        folders = [Path(h.stdout.readline().strip()) for h in holders]
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=30)
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone.wait()  # a pid no process here has now
+        moved = folders[2].with_name(folders[2].name.replace(f"{foreign.pid}-", f"{gone.pid}-"))
+        folders[2].rename(moved)
+        assert folders[0].is_dir()  # SIGKILL: nothing removed it
+        with process_temp_dir("bench") as mine:
+            assert sorted(p.name for p in mine.parent.iterdir()) == sorted([mine.name, folders[1].name, moved.name])
+    finally:
+        for holder in (live, foreign):
+            holder.stdin.close()
+            holder.wait(timeout=30)
+    assert not mine.exists() and not folders[1].exists()  # their owners removed them
+    assert moved.is_dir()  # its owner removed another name; the next call finds it unclaimed
+    with process_temp_dir("bench") as mine:
+        assert [p.name for p in mine.parent.iterdir()] == [mine.name]
+
+
 def test_a_folder_where_a_file_goes_is_named_before_the_work(tmp_path):
     """os.replace cannot put a file over a folder: a results/summary.json folder was an internal error
     (IsADirectoryError) after the stage's work, with a stray temp file."""

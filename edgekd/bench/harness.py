@@ -13,7 +13,6 @@ import logging
 import platform
 import re
 import shlex
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
@@ -32,7 +31,7 @@ from edgekd.errors import ArtifactError, BenchError, EdgeKDError
 from edgekd.export.artifact import RECORD_NAME, Artifact
 from edgekd.names import PATH_COMPONENT
 from edgekd.progress import Reporter, SilentReporter
-from edgekd.rundir import exclusive_folder, sha256_file
+from edgekd.rundir import exclusive_folder, process_temp_dir, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -412,7 +411,7 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
         return out
 
     try:
-        with tempfile.TemporaryDirectory(prefix="edgekd-bench-") as tmp:
+        with process_temp_dir("bench") as tmp:  # a bench killed with SIGKILL leaves it to the next one
             session = _Session(target, Path(tmp))
             natives = {i: _native_tool(target, resolved[i]) for i in todo}
             if settings.sustained and any(natives.values()):  # it would time ~a second and print one summary
