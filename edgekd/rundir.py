@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import socket
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -99,17 +100,19 @@ def _free_lock_file(path: Path) -> bool:
             and not path.is_symlink() and not _claimed(path))
 
 
-def private_dir(folder: str | os.PathLike[str], refuse: Callable[[int], EdgeKDError]) -> Path:
+def private_dir(folder: str | os.PathLike[str], refuse: Callable[[str], EdgeKDError]) -> Path:
     """Create `folder` for this user alone (0700) where edgekd keeps what others must not change (a device's
-    work directory, whose runner it starts; its device locks): one of another user is refused with
-    `refuse(owner uid)`, and one of our own loses group and other write access. OSError when it cannot be made."""
+    work directory, whose runner it starts; its device locks). An existing one that is not ours alone is refused
+    with `refuse(problem)` ('belongs to another user (uid N)', 'can be written by other users (mode 1777)'), and
+    left as it is: taking write access away from a folder edgekd did not make would change a shared folder for
+    everyone (a profile's `workdir: /tmp` run as root made /tmp 1755). OSError when it cannot be made."""
     folder = Path(folder)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     status = folder.stat()
     if status.st_uid != os.getuid():
-        raise refuse(status.st_uid)
+        raise refuse(f"belongs to another user (uid {status.st_uid})")
     if status.st_mode & 0o022:
-        folder.chmod(status.st_mode & 0o7755)
+        raise refuse(f"can be written by other users (mode {stat.S_IMODE(status.st_mode):o})")
     return folder
 
 
@@ -235,9 +238,9 @@ def process_temp_dir(kind: str) -> Iterator[Path]:
     parent = Path(tempfile.gettempdir()) / f"edgekd-{kind}@{os.getuid()}"
     fix = "remove that folder, or set TMPDIR to a folder of your own"
     try:
-        private_dir(parent, lambda uid: OutputDirError(f"the temp folder {parent} belongs to another user (uid {uid})",
-                                                       why="its owner could change the files edgekd keeps there",
-                                                       fix=fix))
+        private_dir(parent, lambda problem: OutputDirError(f"the temp folder {parent} {problem}",
+                                                           why="others could change the files edgekd keeps there",
+                                                           fix=fix))
         remove_orphan_temp_dirs(parent)
         folder = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=parent))
         fd = os.open(folder / CLAIM_NAME, os.O_RDWR | os.O_CREAT, 0o600)

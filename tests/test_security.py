@@ -43,12 +43,17 @@ def test_a_local_work_directory_of_another_user_is_refused(tmp_path):
     assert "run code as you" in err.value.why and "`workdir:`" in err.value.fix
 
 
-def test_an_own_work_directory_loses_group_and_other_write_access(tmp_path):
+@pytest.mark.parametrize("mode", [0o1777, 0o775])
+def test_a_local_work_directory_others_may_write_is_refused_and_left_as_it_is(tmp_path, mode):
+    """`workdir: /tmp` (1777) run as root used to make /tmp 1755 for everyone: a shared folder is refused, never
+    changed."""
     shared = tmp_path / "shared"
     shared.mkdir()
-    shared.chmod(0o777)
-    LocalDevice(DeviceProfile(name="board", kind="local", python=sys.executable, workdir=str(shared)))
-    assert shared.stat().st_mode & 0o777 == 0o755
+    shared.chmod(mode)
+    with pytest.raises(DeviceError, match=f"can be written by other users \\(mode {mode:o}\\)") as err:
+        LocalDevice(DeviceProfile(name="board", kind="local", python=sys.executable, workdir=str(shared)))
+    assert "run code as you" in err.value.why and "`workdir:`" in err.value.fix
+    assert shared.stat().st_mode & 0o7777 == mode
     fresh = tmp_path / "fresh"
     LocalDevice(DeviceProfile(name="board", kind="local", python=sys.executable, workdir=str(fresh)))
     assert fresh.stat().st_mode & 0o077 == 0  # made private
@@ -188,6 +193,18 @@ def test_a_remote_work_directory_of_another_user_is_refused_before_any_copy(sshd
         with pytest.raises(DeviceError, match="belongs to another user"):
             device.push(source, f"{theirs}/sub/model.bin")
     assert not (theirs / "sub").exists()
+
+
+def test_a_remote_work_directory_others_may_write_is_refused_and_left_as_it_is(sshd, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    source = tmp_path / "model.bin"
+    source.write_bytes(b"x")
+    with _ssh_device(sshd, shared) as device:
+        with pytest.raises(DeviceError, match="can be written by other users"):
+            device.push(source, f"{shared}/artifacts/model.bin")
+    assert shared.stat().st_mode & 0o7777 == 0o1777 and not (shared / "artifacts").exists()
 
 
 def test_a_remote_work_directory_is_made_private(sshd, tmp_path):

@@ -48,9 +48,9 @@ def device_lock(device: str, results_dir: Path | None, *,
     folder = lock_dir()
     fix_folder = f"set {LOCK_DIR_ENV} to a folder of your own"
     try:
-        private_dir(folder, lambda uid: OutputDirError(
-            f"the device lock folder {folder} belongs to another user (uid {uid})",
-            why="its owner could hold or remove the locks that keep two of your benches off one device",
+        private_dir(folder, lambda problem: OutputDirError(
+            f"the device lock folder {folder} {problem}",
+            why="others could hold or remove the locks that keep two of your benches off one device",
             fix=f"remove that stale folder, or {fix_folder}"))
     except OSError as exc:
         raise OutputDirError(f"cannot create the device lock folder {folder}", why=first_line(exc),

@@ -115,9 +115,10 @@ RUNNER_SOURCE = Path(__file__).resolve().parent.parent / "bench" / "runner.py"
 # link (ServerAliveInterval 15 s x ServerAliveCountMax 4), so a slow link is not taken for a dead one first.
 HEARTBEAT_S = 5.0
 TETHER_S = 120.0
-WORKDIR_OWNER_WHY = ("its owner could replace the runner or the model between the copy and the run, "
-                     "and so run code as you")
-WORKDIR_OWNER_FIX = "point `workdir:` in the device profile at a folder of your own, or remove the stale folder"
+WORKDIR_OWNER_WHY = ("whoever else may write there could replace the runner or the model between the copy and the "
+                     "run, and so run code as you")
+WORKDIR_OWNER_FIX = ("point `workdir:` in the device profile at a new folder (edgekd makes it for you alone), or remove "
+                     "the stale folder; edgekd does not change the permissions of a folder it did not make")
 
 
 def free_space_fix(device: str, first: str = "") -> str:

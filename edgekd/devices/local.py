@@ -23,9 +23,9 @@ class LocalDevice(ProfiledDevice):
         # Made here, not at the first copy: an unusable workdir is the profile's fault, so say which field. Private:
         # the runner is started from it, so whoever may write there may run code as us.
         try:
-            private_dir(profile.workdir, lambda uid: DeviceError(
-                f"the work directory {profile.workdir} of device '{profile.name}' belongs to another user "
-                f"(uid {uid})", why=WORKDIR_OWNER_WHY, fix=WORKDIR_OWNER_FIX))
+            private_dir(profile.workdir, lambda problem: DeviceError(
+                f"the work directory {profile.workdir} of device '{profile.name}' {problem}",
+                why=WORKDIR_OWNER_WHY, fix=WORKDIR_OWNER_FIX))
         except OSError as exc:
             raise DeviceError(f"cannot create the work directory {profile.workdir} of device '{profile.name}'",
                               why=f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),

@@ -94,7 +94,11 @@ _NO_SPACE = ("No space left on device", "Disk quota exceeded")
 
 # The work directory: create it private (the runner starts from it), refuse it when another user owns it (exit 3)
 # and take group/other write access away when we own it.
-_WORKDIR_SCRIPT = 'mkdir -p -m 700 -- "$1" || exit 1; [ -O "$1" ] || exit 3; chmod go-w -- "$1"'
+# The work directory: made private (700), or an existing one checked and left as it is: another user's is exit 3,
+# one others may write to (group or other `w` in ls's mode) exit 5; chmod would change a shared folder (/tmp).
+_WORKDIR_SCRIPT = ('if [ -d "$1" ]; then [ -O "$1" ] || exit 3; '
+                   'case $(ls -ld -- "$1") in ?????w*|????????w*) exit 5;; esac; '
+                   'else mkdir -p -m 700 -- "$1" || exit 1; fi')
 # sha256 of a file on the device: exit 3 = no such file, 4 = no tool. Reading stdin avoids option parsing
 # of the path by any of the tools (busybox, coreutils, perl shasum, openssl).
 _SHA256_SCRIPT = (
@@ -305,8 +309,9 @@ class SSHDevice(ProfiledDevice):
             self._mkdir(workdir)  # first, so that its ownership is checked before anything goes under it
         script = _WORKDIR_SCRIPT if folder == workdir else 'mkdir -p -- "$1"'
         proc = self._ssh(shlex.join(["sh", "-c", script, "sh", folder]), timeout=60, what="mkdir")
-        if proc.returncode == 3 and folder == workdir:
-            raise DeviceError(f"the work directory {folder} on {self.name} belongs to another user",
+        if proc.returncode in (3, 5) and folder == workdir:
+            problem = "belongs to another user" if proc.returncode == 3 else "can be written by other users"
+            raise DeviceError(f"the work directory {folder} on {self.name} {problem}",
                               why=WORKDIR_OWNER_WHY, fix=WORKDIR_OWNER_FIX)
         if proc.returncode != 0:
             stderr = proc.stderr
