@@ -382,3 +382,16 @@ def test_the_kd_gain_is_tested_against_the_noise_of_the_test_set_sample_by_sampl
     assert "exact McNemar p < 0.001, beyond" in kd_finding(40, 2)
     old = findings({"rows": [], "models": {"student": {"test_accuracy": 0.9}, "scratch": {"test_accuracy": 0.8}}})
     assert "+10.0 points)" in old[0]  # metrics recorded before the per-sample results: the gain alone
+
+
+def test_results_of_two_devices_are_refused_not_merged_into_one_row(tmp_path):
+    """The results were keyed by artifact sha256 alone: one artifact benched on the host and on a board gave one
+    row with whichever result came last, and its speed-up divided one device's time by the other's."""
+    run = make_run(tmp_path / "run", [("teacher-onnx-fp32", _runner_fields(40.0), _parity(0.9)),
+                                      ("student-onnx-fp32", _runner_fields(10.0), _parity(0.8))])
+    host = run.recorded_outputs("bench", "bench-*.json")
+    board = BenchResult.load(host[1]).model_copy(update={"device": {"name": "pi"}})
+    run.mark_done("bench", "b", [*host, board.save(run.results / "bench-student-onnx-fp32@pi.json")], 0.0)
+    with pytest.raises(BenchError, match=r"from 2 devices \(host, pi\)") as err:
+        build_summary(run, recipe={"name": "two"}, model_metrics={}, class_names=["a", "b"])
+    assert "bench the run on one device" in err.value.fix

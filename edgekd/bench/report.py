@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from edgekd.bench import stats
 from edgekd.bench.result import BenchResult
+from edgekd.errors import BenchError
 from edgekd.export.artifact import Artifact
 from edgekd.rundir import RunDir, atomic_write
 
@@ -110,7 +111,7 @@ def _per_class_reference(row: dict[str, Any]) -> str | None:
 def build_summary(rundir: RunDir, *, recipe: dict[str, Any], model_metrics: dict[str, Any],
                   class_names: list[str]) -> dict[str, Any]:
     artifacts = [Artifact.load(p) for p in rundir.recorded_outputs("export", "artifact.json")]
-    results = {r.artifact["sha256"]: r for r in map(BenchResult.load, rundir.recorded_outputs("bench", "bench-*.json"))}
+    results = _by_artifact(list(map(BenchResult.load, rundir.recorded_outputs("bench", "bench-*.json"))))
     floors = {a.format: results.get(a.sha256) for a in artifacts if a.role == "floor"}
     models = sorted((a for a in artifacts if a.role != "floor"),
                     key=lambda a: (ROLE_ORDER.get(a.role, 9), FORMAT_ORDER.get(a.format, 9),
@@ -158,6 +159,21 @@ def build_summary(rundir: RunDir, *, recipe: dict[str, Any], model_metrics: dict
     }
     summary["findings"] = findings(summary)
     return summary
+
+
+def _by_artifact(results: list[BenchResult]) -> dict[str, BenchResult]:
+    """The results by artifact sha256, all of one device: the report is one row per artifact, its speed-ups and
+    "× floor" ratios pair results timed side by side, and its machine section describes one device. Results of
+    two devices would merge silently (one artifact's row taking either device's numbers, a speed-up dividing a
+    board's time by the host's), so they are refused rather than picked from."""
+    devices = sorted({str(r.device.get("name")) for r in results})
+    if len(devices) > 1:
+        raise BenchError(f"the bench results of this run are from {len(devices)} devices ({', '.join(devices)})",
+                         why="a report compares the artifacts as timed side by side on one device; results of "
+                             "several devices would be mixed in one table (one row per artifact)",
+                         fix="bench the run on one device (the recipe's bench.device); to compare devices, bench "
+                             "the artifacts with `edgekd bench ARTIFACT... --device NAME` and read `edgekd history`")
+    return {r.artifact["sha256"]: r for r in results}
 
 
 def _runtimes(artifacts: list[Artifact], results: dict[str, BenchResult]) -> dict[str, dict[str, Any]]:
