@@ -395,3 +395,29 @@ def test_results_of_two_devices_are_refused_not_merged_into_one_row(tmp_path):
     with pytest.raises(BenchError, match=r"from 2 devices \(host, pi\)") as err:
         build_summary(run, recipe={"name": "two"}, model_metrics={}, class_names=["a", "b"])
     assert "bench the run on one device" in err.value.fix
+
+
+def test_the_unstable_finding_says_what_was_measured_not_high_spread(tmp_path):
+    """'Unstable timings (high spread; rerun on a quieter machine)' was said also of a run max_seconds cut short,
+    whose spread may be fine and which a quieter machine would not fix: the finding gives each row's reasons."""
+    cut = _runner_fields(10.0)
+    cut["latency_us"].update(unstable=True, unstable_reasons=[
+        "90 timed calls of the 300 asked for: max_seconds (0.1 s over 3 rounds) came first; raise max_seconds "
+        "(a recipe's bench.max_seconds) or lower min_runs"])
+    run = make_run(tmp_path / "run", [("teacher-onnx-fp32", _runner_fields(40.0), _parity(0.9)),
+                                      ("student-onnx-fp32", cut, _parity(0.8))])
+    summary = build_summary(run, recipe={"name": "cut"}, model_metrics={}, class_names=["a", "b"])
+    finding = next(f for f in summary["findings"] if f.startswith("Unstable timings"))
+    assert "high spread" not in finding and "teacher" not in finding
+    assert finding == ("Unstable timings: student-onnx-fp32 (90 timed calls of the 300 asked for: max_seconds (0.1 s "
+                       "over 3 rounds) came first; raise max_seconds (a recipe's bench.max_seconds) or lower "
+                       "min_runs).")
+
+
+def test_a_run_max_seconds_cut_short_is_told_how_to_get_its_calls():
+    from edgekd.bench.harness import BenchSettings, _latency
+
+    lat = _latency([10_000 + i % 7 for i in range(90)], [10.0, 10.0, 10.0],
+                   BenchSettings(rounds=3, min_runs=300, max_seconds=0.1))
+    assert lat["unstable"] and lat["unstable_reasons"][-1].startswith("90 timed calls of the 300 asked for")
+    assert lat["unstable_reasons"][-1].endswith("raise max_seconds (a recipe's bench.max_seconds) or lower min_runs")

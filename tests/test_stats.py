@@ -103,6 +103,15 @@ def test_level_shift_mid_run_is_flagged_by_drift():
     assert any("changed speed" in r for r in s["unstable_reasons"])
 
 
+def test_a_wide_interval_of_the_median_is_named_as_the_bootstrap_one_of_the_calls():
+    """The reason said "95% CI of p50 ±x%", read beside a table whose interval is the rounds' (wider): it is the
+    bootstrap interval of the timed calls' median, and says so."""
+    s = stats.summarize(_rng(3).uniform(50_000, 150_000, 60))
+    reason = next(r for r in s["unstable_reasons"] if "interval" in r)
+    assert reason.startswith("the bootstrap 95% interval of the timed calls' median is +-")
+    assert "CI of p50" not in reason and s["rel_ci95_half_width"] > stats.MAX_REL_CI_HALF_WIDTH
+
+
 def test_too_few_samples_is_flagged_and_drift_not_computed():
     s = stats.summarize(quiet_sample(10))
     assert s["drift"] is None

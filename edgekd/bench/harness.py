@@ -659,7 +659,8 @@ def _latency(latencies: list[int], round_p50s: list[float], settings: BenchSetti
     wanted = min(settings.min_runs, settings.max_runs)  # over all rounds (each round times its share)
     if summary["n"] < wanted:
         summary["unstable_reasons"].append(f"{summary['n']} timed calls of the {wanted} asked for: max_seconds "
-                                           f"({settings.max_seconds:g} s over {len(round_p50s)} rounds) came first")
+                                           f"({settings.max_seconds:g} s over {len(round_p50s)} rounds) came first; "
+                                           "raise max_seconds (a recipe's bench.max_seconds) or lower min_runs")
         summary["unstable"] = True
     return summary
 

@@ -357,9 +357,10 @@ def findings(summary: dict[str, Any]) -> list[str]:
             out.append(f"{row['name']} on {parity['device_arch']} {verdict} this {parity['host_arch']} host: top-1 "
                        f"agreement {parity['agreement']:.2%}, max |err| {parity['max_abs_error']:.2e} "
                        f"({parity['device_runtime']} vs {parity['host_runtime']}).")
-    unstable = [r["name"] for r in rows if r.get("unstable")]
-    if unstable:
-        out.append(f"Unstable timings (high spread; rerun on a quieter machine): {', '.join(unstable)}.")
+    unstable = [r["name"] + (f" ({'; '.join(r['unstable_reasons'])})" if r.get("unstable_reasons") else "")
+                for r in rows if r.get("unstable")]
+    if unstable:  # each with what was measured: a spread, a drift, or a run max_seconds cut short
+        out.append(f"Unstable timings: {'; '.join(unstable)}.")
     out += _timer_findings(rows)
     return out
 

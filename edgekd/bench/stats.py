@@ -207,7 +207,10 @@ def _instability(
     if n < MIN_SAMPLES:
         reasons.append(f"only {n} samples (< {MIN_SAMPLES}): run more iterations")
     if rel_ci95_half_width > MAX_REL_CI_HALF_WIDTH:
-        reasons.append(f"95% CI of p50 is +-{rel_ci95_half_width:.1%} of p50 (> +-{MAX_REL_CI_HALF_WIDTH:.0%}): run longer")
+        # the bootstrap interval of the timed calls' median (calls pooled over the rounds), not the interval
+        # across the rounds (fresh processes) that a table shows beside a p50 when there are several
+        reasons.append(f"the bootstrap 95% interval of the timed calls' median is +-{rel_ci95_half_width:.1%} of it "
+                       f"(> +-{MAX_REL_CI_HALF_WIDTH:.0%}): too few calls for their spread; run longer")
     if p99_p50 > MAX_P99_P50:
         reasons.append(f"p99/p50 = {p99_p50:.2f} (> {MAX_P99_P50:g}): heavy tail")
     if tail_time_share > MAX_TAIL_TIME_SHARE:
