@@ -91,6 +91,8 @@ def _ci(values: list[float] | None) -> str:
 
 def summary_table(summary: dict[str, Any]) -> Table:
     """One row per artifact: accuracy, size, p50 with interval, speed-up vs teacher and its noise verdict."""
+    from edgekd.bench.report import worst_class_text
+
     machine = summary.get("machine") or {}
     system = machine.get("system") or {}
     title = (f"{summary.get('run')}: teacher vs student on {machine.get('device')} "
@@ -109,7 +111,7 @@ def summary_table(summary: dict[str, Any]) -> Table:
             f"{speed:.2f}×" + ("" if r.get("speedup_significant") else
                                " (noise)" if r.get("speedup_ci95") else " (1 round)"))
         worst = r.get("worst_class")
-        worst_txt = f"{worst['class']}: {worst['delta_points']:+.1f} pt" if worst else "–"
+        worst_txt = worst_class_text(worst)
         parity = "ok" if r.get("parity_passed") else ("FAILED" if r.get("parity_passed") is False else "–")
         table.add_row(
             Text(r["name"]), f"{r['parameters']:,}" if r.get("parameters") is not None else "–",

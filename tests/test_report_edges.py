@@ -421,3 +421,30 @@ def test_a_run_max_seconds_cut_short_is_told_how_to_get_its_calls():
                    BenchSettings(rounds=3, min_runs=300, max_seconds=0.1))
     assert lat["unstable"] and lat["unstable_reasons"][-1].startswith("90 timed calls of the 300 asked for")
     assert lat["unstable_reasons"][-1].endswith("raise max_seconds (a recipe's bench.max_seconds) or lower min_runs")
+
+
+def test_a_row_where_no_class_changed_says_so_instead_of_naming_class_0_the_worst(tmp_path):
+    """Every class at +0.0 made the first class the 'worst': '0: +0.0 pt' read as class 0 being hurt."""
+    from rich.console import Console
+
+    from edgekd.console import summary_table
+
+    better = _parity(0.9)
+    better.per_class_accuracy = [0.9, 1.0]
+    run = make_run(tmp_path / "run", [("teacher-onnx-fp32", _runner_fields(40.0), _parity(0.9)),
+                                      ("student-onnx-fp32", _runner_fields(10.0), _parity(0.8)),
+                                      ("student-onnx-int8_static", _runner_fields(9.0), _parity(0.8)),
+                                      ("scratch-onnx-fp32", _runner_fields(10.0), better)])
+    summary = build_summary(run, recipe={"name": "classes"}, model_metrics={}, class_names=["a", "b"])
+    worst = {r["name"]: r.get("worst_class") for r in summary["rows"]}
+    assert worst["student-onnx-fp32"] == {"class": "a", "delta_points": pytest.approx(-10.0)}
+    assert worst["student-onnx-int8_static"] == {"class": None, "delta_points": 0.0, "changed": False}
+    assert worst["scratch-onnx-fp32"] == {"class": None, "delta_points": 0.0, "changed": True}
+    console = Console(width=400, record=True)
+    console.print(summary_table(summary))
+    lines = {line.split()[1]: line for line in console.export_text().splitlines() if "onnx" in line}
+    assert "a: -10.0 pt" in lines["student-onnx-fp32"]
+    assert "no class changed" in lines["student-onnx-int8_static"] and "+0.0 pt" not in console.export_text()
+    assert "no class worse" in lines["scratch-onnx-fp32"]
+    page = write_html(summary, run).read_text()
+    assert "<td>no class changed vs student-onnx-fp32</td>" in page and "class a: -10.0 pt vs teacher-onnx-fp32" in page

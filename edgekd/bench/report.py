@@ -137,8 +137,10 @@ def build_summary(rundir: RunDir, *, recipe: dict[str, Any], model_metrics: dict
             deltas = [(a - b) * 100 for a, b in zip(row["per_class_accuracy"], ref["per_class_accuracy"])]
             worst = min(range(len(deltas)), key=deltas.__getitem__)
             row["class_delta_reference"] = ref["name"]
-            row["worst_class"] = {"class": class_names[worst] if worst < len(class_names) else str(worst),
-                                  "delta_points": deltas[worst]}
+            # class None: no class lost accuracy (then "changed" says whether any gained), so none is the worst
+            row["worst_class"] = ({"class": class_names[worst] if worst < len(class_names) else str(worst),
+                                   "delta_points": deltas[worst]} if deltas[worst] < 0 else
+                                  {"class": None, "delta_points": 0.0, "changed": max(deltas) > 0})
     _int8_speed_notes(rows)
     any_result = next((r for r in floors.values() if r), None) or next(iter(results.values()), None)
     summary = {
@@ -174,6 +176,16 @@ def _by_artifact(results: list[BenchResult]) -> dict[str, BenchResult]:
                          fix="bench the run on one device (the recipe's bench.device); to compare devices, bench "
                              "the artifacts with `edgekd bench ARTIFACT... --device NAME` and read `edgekd history`")
     return {r.artifact["sha256"]: r for r in results}
+
+
+def worst_class_text(worst: dict[str, Any] | None, label: str = "") -> str:
+    """A row's "worst class Δ" cell: the class that lost most, or that none lost (a tie at +0.0 named the first
+    class, which read as that class being the worst)."""
+    if not worst:
+        return "–"
+    if worst["class"] is None:
+        return "no class worse" if worst.get("changed") else "no class changed"
+    return f"{label}{worst['class']}: {worst['delta_points']:+.1f} pt"
 
 
 def _runtimes(artifacts: list[Artifact], results: dict[str, BenchResult]) -> dict[str, dict[str, Any]]:
@@ -801,7 +813,7 @@ def write_html(summary: dict[str, Any], rundir: RunDir) -> Path:
         speed = r.get("speedup_vs_teacher")
         speed_txt = "–" if speed is None else f"{speed:.2f}×" + _speedup_note(r)
         worst = r.get("worst_class")
-        worst_txt = "–" if not worst else f"class {worst['class']}: {worst['delta_points']:+.1f} pt vs {r['class_delta_reference']}"
+        worst_txt = worst_class_text(worst, "class ") + (f" vs {r['class_delta_reference']}" if worst else "")
         ci = r.get("ci95_p50")
         bits = "–" if r.get("share_4bit") is None else f"{r['share_4bit']:.0%} / {r['share_8bit']:.0%}"
         rows_html.append(
