@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 import edgekd
-from edgekd.compress.isa import cpu_flags, cpu_int8_features, explain_int8_speed, recommend_int8
+from edgekd.compress.isa import (FALLBACK_SMALL_MODEL_US, cpu_flags, cpu_int8_features, explain_int8_speed,
+                                 recommend_int8)
 
 # AMD EPYC cloud VM ("model name: AMD EPYC"), the machine these tests were written on: AVX2, no AVX-512, no VNNI.
 EPYC_AVX2 = (
@@ -205,6 +206,20 @@ def test_reduce_range_setting_must_be_auto_true_or_false(bad):
 
     with pytest.raises(ExportError, match="int8_reduce_range"):
         choose_reduce_range(bad)
+
+
+def test_the_call_overhead_is_blamed_from_the_measured_floor_when_there_is_one():
+    """A fixed 50 µs bound called a 40 µs model overhead-bound beside a 3.5 µs floor (9% of its time), and could
+    not see a slow runtime's floor: the measured floor decides; 50 µs is only the guess without one."""
+    f = cpu_int8_features(XEON_VNNI, "x86_64")
+    small = explain_int8_speed(7.0, 6.0, f, floor_p50=3.5)
+    assert "the runtime's per-call floor (3.5 µs, measured) is 58% of this 6.0 µs model's time" in small
+    assert "per-call" not in explain_int8_speed(48.0, 40.0, f, floor_p50=3.5)
+    slow_runtime = explain_int8_speed(130.0, 120.0, f, floor_p50=70.0)
+    assert "per-call floor (70.0 µs, measured) is 58%" in slow_runtime
+    guessed = explain_int8_speed(48.0, 40.0, f)
+    assert "a 40 µs model likely spends much of its time in per-call overhead (no floor was measured" in guessed
+    assert "per-call" not in explain_int8_speed(60.0, FALLBACK_SMALL_MODEL_US, f)
 
 
 def test_unknown_device_flags_are_not_blamed():

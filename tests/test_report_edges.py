@@ -448,3 +448,20 @@ def test_a_row_where_no_class_changed_says_so_instead_of_naming_class_0_the_wors
     assert "no class worse" in lines["scratch-onnx-fp32"]
     page = write_html(summary, run).read_text()
     assert "<td>no class changed vs student-onnx-fp32</td>" in page and "class a: -10.0 pt vs teacher-onnx-fp32" in page
+
+
+def test_int8_notes_blame_the_call_overhead_from_the_formats_measured_floor(tmp_path):
+    """The INT8 note called any model under a fixed 50 µs overhead-bound: here a 40 µs student beside a 3.5 µs
+    onnxruntime floor (9% of its time). The report gives the floor of the row's format to the note."""
+    def reasons(student_us, with_floor=True):
+        specs = [("student-onnx-fp32", _runner_fields(student_us), _parity(0.8)),
+                 ("student-onnx-int8_dynamic", _runner_fields(student_us * 1.2), _parity(0.8))]
+        run = make_run(tmp_path / f"{student_us}{with_floor}",
+                       specs + ([("floor-onnx-fp32", _runner_fields(3.5), None)] if with_floor else []))
+        summary = build_summary(run, recipe={"name": "int8"}, model_metrics={}, class_names=["a", "b"])
+        return next(r for r in summary["rows"] if r["name"] == "student-onnx-int8_dynamic")["int8_speed"]["reasons"]
+
+    assert not any("per-call" in r for r in reasons(40.0))
+    assert any(r.startswith("the runtime's per-call floor (3.5 µs, measured) is 70% of this 5.0 µs model's time")
+               for r in reasons(5.0))
+    assert any("(no floor was measured" in r for r in reasons(40.0, with_floor=False))

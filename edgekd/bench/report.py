@@ -29,9 +29,7 @@ LAYOUT_SHARE_WARNING = 0.2  # warn when Transpose-like ops are this share of a g
 # Say so when the timer's own cost (two clock reads around a call, measured on the device) is this share of a
 # p50 or more: 0.13 µs here is ~4% of a 3.4 µs floor, and it shifts ratios between very fast models.
 TIMER_SHARE_NOTE = 0.01
-# Below this many times the per-call floor, the floor is over half of a model's p50: the runtime's call overhead,
-# not the model, sets its latency (and a speed-up against a larger model is capped by it).
-OVERHEAD_BOUND = 2.0
+OVERHEAD_BOUND = stats.OVERHEAD_BOUND  # below this many times the per-call floor, the floor sets the latency
 # How the table's latency numbers are made (edgekd.bench.stats), said under it: the rounds are the samples.
 LATENCY_METHOD = ("The p50 is the geometric mean of the rounds' p50s (each round a fresh process) and its 95% interval "
                   "a t interval over them; with one round, a bootstrap interval of the median of its calls. The "
@@ -141,7 +139,7 @@ def build_summary(rundir: RunDir, *, recipe: dict[str, Any], model_metrics: dict
             row["worst_class"] = ({"class": class_names[worst] if worst < len(class_names) else str(worst),
                                    "delta_points": deltas[worst]} if deltas[worst] < 0 else
                                   {"class": None, "delta_points": 0.0, "changed": max(deltas) > 0})
-    _int8_speed_notes(rows)
+    _int8_speed_notes(rows, {fmt: stats.shown_p50(f.latency_us, f.round_p50_us) for fmt, f in floors.items() if f})
     any_result = next((r for r in floors.values() if r), None) or next(iter(results.values()), None)
     summary = {
         "schema": SUMMARY_SCHEMA,
@@ -206,9 +204,10 @@ def device_int8_features(row: dict[str, Any]) -> dict[str, Any]:
     return cpu_int8_features("flags : " + " ".join(flags) if flags else "", row.get("device_machine") or "")
 
 
-def _int8_speed_notes(rows: list[dict[str, Any]]) -> None:
+def _int8_speed_notes(rows: list[dict[str, Any]], floor_p50s: dict[str, float | None] | None = None) -> None:
     """Each INT8 row measured no faster than its FP32 twin (same role, format and device) gets `int8_speed`:
-    {note, reasons, fp32_p50_us}, why from the device's instruction set (edgekd.compress.isa)."""
+    {note, reasons, fp32_p50_us}, why from the device's instruction set (edgekd.compress.isa) and, for the call
+    overhead, from the per-call floor of its format (`floor_p50s`) where one was measured."""
     from edgekd.compress.isa import explain_int8_speed, int8_slow_reasons
 
     fp32 = {(r["role"], r["format"]): r for r in rows if r["precision"] == "fp32" and r.get("p50_us")}
@@ -218,9 +217,10 @@ def _int8_speed_notes(rows: list[dict[str, Any]]) -> None:
                 or ref.get("device") != row.get("device") or _all_fp32(row):
             continue
         features = device_int8_features(row)
-        note = explain_int8_speed(row["p50_us"], ref["p50_us"], features)
+        floor = (floor_p50s or {}).get(row["format"])
+        note = explain_int8_speed(row["p50_us"], ref["p50_us"], features, floor)
         if note:
-            row["int8_speed"] = {"note": note, "reasons": int8_slow_reasons(ref["p50_us"], features),
+            row["int8_speed"] = {"note": note, "reasons": int8_slow_reasons(ref["p50_us"], features, floor),
                                  "fp32_p50_us": ref["p50_us"], "fp32_size_bytes": ref.get("size_bytes")}
 
 

@@ -72,6 +72,10 @@ MIN_BLOCK_SIZE = 20          # drift is only computed when every block has this 
 MIN_P99_SAMPLES = 368
 MIN_P999_SAMPLES = 3688  # the same bound for p99.9 (1 - 0.999^n >= 0.975); native tools print p99.9
 
+# Below this many times the runtime's per-call floor (an Identity graph's p50), the floor is over half of a model's
+# p50: the call overhead, not the model, sets its latency (and a speed-up against a larger model is capped by it).
+OVERHEAD_BOUND = 2.0
+
 TRIM_FRACTION = 0.10
 CI_LEVEL = 0.95
 

@@ -34,6 +34,11 @@ _X86_PROFILE_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512
                       "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
 _ARM_PROFILE_FLAGS = ("neon", "asimd", "asimdhp", "asimddp", "i8mm", "bf16", "sve", "sve2", "sme")
 PROFILE_FLAGS = {"x86_64": _X86_PROFILE_FLAGS, "arm64": _ARM_PROFILE_FLAGS, "arm32": _ARM_PROFILE_FLAGS}
+# Without a measured per-call floor (bench.floor: false, or results without one), a model whose FP32 p50 is under
+# this many µs is taken to be overhead-bound: onnxruntime's floor is ~4 µs on the x86 VM edgekd is developed on
+# (LiteRT's ~1 µs, /work/shared/FACTS.md), and INT8's quantize/dequantize of the input and output add a few µs
+# more, so below ~50 µs they are a large share of a call. A measured floor replaces this guess.
+FALLBACK_SMALL_MODEL_US = 50.0
 
 
 def cpu_flags(cpuinfo: str) -> set[str]:
@@ -131,19 +136,25 @@ def recommend_int8(features: dict) -> dict:
             "reason": f"unknown CPU architecture '{features.get('machine') or arch}': onnxruntime's default S8S8 QDQ"}
 
 
-def explain_int8_speed(int8_p50: float, fp32_p50: float, features: dict) -> str | None:
+def explain_int8_speed(int8_p50: float, fp32_p50: float, features: dict,
+                       floor_p50: float | None = None) -> str | None:
     """None when INT8 is faster than FP32; otherwise a sentence saying that it is not, and why.
-    Both p50s are in microseconds (the small-model remark uses the FP32 p50)."""
+    All p50s are in microseconds (the small-model remark uses the FP32 p50 and the runtime's per-call floor,
+    `floor_p50`, when it was measured)."""
     if not (int8_p50 > 0 and fp32_p50 > 0) or int8_p50 < fp32_p50:
         return None
     ratio = int8_p50 / fp32_p50
     head = (f"INT8 is not faster than FP32 on this CPU (p50 {int8_p50:.1f} µs vs {fp32_p50:.1f} µs, "
             f"{ratio:.2f}x)")
-    return f"{head}: " + "; ".join(int8_slow_reasons(fp32_p50, features)) + "."
+    return f"{head}: " + "; ".join(int8_slow_reasons(fp32_p50, features, floor_p50)) + "."
 
 
-def int8_slow_reasons(fp32_p50: float, features: dict) -> list[str]:
-    """Why INT8 does not beat FP32 on a CPU with these `features`, for a model whose FP32 p50 is `fp32_p50` µs."""
+def int8_slow_reasons(fp32_p50: float, features: dict, floor_p50: float | None = None) -> list[str]:
+    """Why INT8 does not beat FP32 on a CPU with these `features`, for a model whose FP32 p50 is `fp32_p50` µs.
+    The per-call overhead is blamed from the runtime's measured floor (`floor_p50` µs, an Identity graph timed
+    beside the model) when there is one, else from FALLBACK_SMALL_MODEL_US."""
+    from edgekd.bench.stats import OVERHEAD_BOUND
+
     arch = features.get("arch")
     reasons: list[str] = []
     if not features.get("known", True):
@@ -153,9 +164,15 @@ def int8_slow_reasons(fp32_p50: float, features: dict) -> list[str]:
                        "separate steps), barely faster per multiply than FP32 FMA")
     elif arch in ("arm64", "arm32") and not (features.get("dotprod") or features.get("i8mm")):
         reasons.append("no dot-product (asimddp) or i8mm: INT8 matmuls widen to 16 bits with plain NEON")
-    if fp32_p50 < 50:
-        reasons.append(f"a {fp32_p50:.0f} µs model spends most of its time in per-call overhead and in the "
-                       "QuantizeLinear/DequantizeLinear of its input and output, which INT8 adds")
+    if floor_p50 and floor_p50 > 0:
+        if fp32_p50 < OVERHEAD_BOUND * floor_p50:
+            reasons.append(f"the runtime's per-call floor ({floor_p50:.1f} µs, measured) is {floor_p50 / fp32_p50:.0%} "
+                           f"of this {fp32_p50:.1f} µs model's time, and INT8 adds the "
+                           "QuantizeLinear/DequantizeLinear of its input and output")
+    elif fp32_p50 < FALLBACK_SMALL_MODEL_US:
+        reasons.append(f"a {fp32_p50:.0f} µs model likely spends much of its time in per-call overhead (no floor "
+                       "was measured to say how much) and in the QuantizeLinear/DequantizeLinear of its input and "
+                       "output, which INT8 adds")
     if not reasons:
         reasons.append(f"the CPU has fast INT8 instructions ({_names(features)}), so the layers are likely too "
                        "small to amortise quantize/dequantize and requantization between layers")
