@@ -265,6 +265,35 @@ def test_another_programs_database_is_neither_read_as_a_history_nor_written_into
     assert len(history.sessions(tmp_path / "new.sqlite")) == 1
 
 
+def test_a_sustained_result_records_every_call_as_runs_and_its_sample_apart(tmp_path):
+    """`runs` of a --sustained result was its sample (200,000 kept calls by default), not the millions it timed."""
+    import sqlite3
+
+    db = tmp_path / "h.sqlite"
+    plain, sustained = _result("m", 10.0, 0, [10.0]), _result("n", 10.0, 1, [10.0])  # 3,000 calls' times each
+    sustained.sustained = {"windows": [], "last_over_first": None, "calls": 7_013_000, "seconds": 60.0,
+                           "sampled": 3000}
+    history.record([plain, sustained], db)
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT artifact_name, runs, sampled FROM results ORDER BY id").fetchall()
+    assert rows == [("m", 3000, 3000), ("n", 7_013_000, 3000)]
+
+
+def test_a_history_from_before_the_sampled_column_gains_it_and_keeps_its_rows(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "h.sqlite"
+    old_schema = history._SCHEMA.replace(",\n    sampled INTEGER", "")
+    assert "sampled" not in old_schema
+    with sqlite3.connect(db) as con:
+        con.executescript(old_schema)
+        con.execute("INSERT INTO results (session, created_at, device, artifact_name, artifact_sha256, runs,"
+                    " round_p50_us) VALUES ('old', 't', 'host', 'm', 'mmmm', 3, '[10.0, 10.1]')")
+    history.record([_result("m", 10.0, 0, [10.0, 10.1])], db)
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT runs, sampled FROM results ORDER BY id").fetchall() == [(3, None), (3000, 3000)]
+
+
 def test_two_processes_upgrading_an_old_history_at_once_both_succeed(tmp_path):
     """Both see no identity column and add it; the second's ALTER TABLE failed with 'duplicate column'."""
     import sqlite3
@@ -273,9 +302,9 @@ def test_two_processes_upgrading_an_old_history_at_once_both_succeed(tmp_path):
     with sqlite3.connect(db) as con:
         con.executescript(history._SCHEMA.replace(",\n    identity TEXT", ""))
     first, second = sqlite3.connect(db), sqlite3.connect(db)
-    history._add_identity_column(first)
+    history._add_column(first, "identity", "TEXT")
     first.commit()
-    history._add_identity_column(second)  # what the slower process does: the column is there already
+    history._add_column(second, "identity", "TEXT")  # what the slower process does: the column is there already
     assert "identity" in {row[1] for row in second.execute("PRAGMA table_info(results)")}
     first.close()
     second.close()

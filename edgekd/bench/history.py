@@ -38,10 +38,15 @@ CREATE TABLE IF NOT EXISTS results (
     device_info TEXT,
     round_p50_us TEXT,
     latencies BLOB,
-    identity TEXT
+    identity TEXT,
+    sampled INTEGER
 );
 CREATE INDEX IF NOT EXISTS results_session ON results(session);
 """
+# Columns added after the first histories were written: a history without one gains it when opened (ALTER TABLE),
+# its old rows holding NULL there. `runs` is every timed call; `sampled` the calls whose times the percentiles and
+# the stored latencies are of (fewer than runs when --sustained kept a uniform sample of a long run).
+_ADDED_COLUMNS = (("identity", "TEXT"), ("sampled", "INTEGER"))
 # What makes two results of one artifact name comparable: a different value of any of these measures a
 # different thing (INT8 vs FP32, 4 threads vs 1, batch 8 vs 1, sequence length 128 vs 64, another device,
 # edgekd's runner vs a runtime's own benchmark binary).
@@ -60,8 +65,10 @@ def _connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
         try:
             _check_is_history(db, path, create)
             db.executescript(_SCHEMA)
-            if "identity" not in {row[1] for row in db.execute("PRAGMA table_info(results)")}:
-                _add_identity_column(db)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(results)")}
+            for column, kind in _ADDED_COLUMNS:
+                if column not in columns:
+                    _add_column(db, column, kind)
         except BaseException:
             db.close()
             raise
@@ -83,11 +90,11 @@ def _check_is_history(db: sqlite3.Connection, path: Path, create: bool) -> None:
                              "file for a new one")
 
 
-def _add_identity_column(db: sqlite3.Connection) -> None:
-    """Upgrade a history written before the identity column existed. Two processes opening it at once may both
-    try; the one that comes second finds the column there, which is what it wanted."""
+def _add_column(db: sqlite3.Connection, column: str, kind: str) -> None:
+    """Upgrade a history written before `column` (one of _ADDED_COLUMNS) existed. Two processes opening it at
+    once may both try; the one that comes second finds the column there, which is what it wanted."""
     try:
-        db.execute("ALTER TABLE results ADD COLUMN identity TEXT")
+        db.execute(f"ALTER TABLE results ADD COLUMN {column} {kind}")  # names from _ADDED_COLUMNS, not user input
     except sqlite3.OperationalError as exc:
         if "duplicate column" not in str(exc):
             raise
@@ -133,14 +140,16 @@ def record(results: Iterable[BenchResult], path: Path = DEFAULT_PATH, session: s
         for r in results:
             lat = r.latency_us
             ci = lat.get("ci95_p50") or (None, None)
+            # a --sustained result's latency summary is of a sample of its calls; `calls` counts them all
+            calls = (r.sustained or {}).get("calls")
             db.execute(
                 "INSERT INTO results (session, created_at, device, artifact_name, artifact_sha256, format, precision,"
-                " harness, p50_us, ci_lo_us, ci_hi_us, runs, unstable, device_info, round_p50_us, latencies, identity)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " harness, p50_us, ci_lo_us, ci_hi_us, runs, unstable, device_info, round_p50_us, latencies, identity,"
+                " sampled) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (session, r.created_at, r.device["name"], r.artifact["name"], r.artifact["sha256"],
                  r.artifact.get("format"), r.artifact.get("precision"), r.harness, lat.get("p50"), ci[0], ci[1],
-                 lat.get("n"), int(bool(lat.get("unstable"))), json.dumps(r.device),
-                 json.dumps(r.round_p50_us), _pack(r.latencies_ns), json.dumps(identity(r))))
+                 calls if calls is not None else lat.get("n"), int(bool(lat.get("unstable"))), json.dumps(r.device),
+                 json.dumps(r.round_p50_us), _pack(r.latencies_ns), json.dumps(identity(r)), lat.get("n")))
     return session
 
 
