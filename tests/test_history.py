@@ -161,6 +161,21 @@ def test_what_a_sustained_run_prints():
                                                     "kept)")
 
 
+def test_a_windows_p99_is_kept_only_when_the_window_had_calls_enough_for_one():
+    """The tables show no p99 of fewer than stats.MIN_P99_SAMPLES calls; a sustained window's p99 was kept from
+    any number of calls (40 here: the largest of them, not an estimate)."""
+    from edgekd.bench.harness import sustained_trend
+
+    window = {"start_ns": 0, "elapsed_ns": 30_000_000_000, "calls": 9_000_000, "kept": 200_000, "busy_ns": 1,
+              "p50_ns": 3000.0, "p90_ns": 3100.0, "p99_ns": 5000.0, "min_ns": 2900, "max_ns": 90000}
+    few = {**window, "start_ns": 30_000_000_000, "calls": 40, "kept": 40}
+    enough = {**window, "start_ns": 60_000_000_000, "calls": stats.MIN_P99_SAMPLES, "kept": stats.MIN_P99_SAMPLES}
+    trend = sustained_trend({"timed": {"runs": 9_000_408, "seconds": 90.0, "kept": 200_000},
+                             "windows": [window, few, enough]})
+    assert [w["p99_us"] for w in trend["windows"]] == [5.0, None, 5.0]
+    assert [w["p90_us"] for w in trend["windows"]] == [3.1, 3.1, 3.1]
+
+
 def test_the_bench_table_says_a_sustained_runs_percentiles_are_of_a_sample():
     from rich.console import Console
 

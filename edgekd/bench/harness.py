@@ -252,11 +252,15 @@ def sustained_trend(raw: dict[str, Any]) -> dict[str, Any]:
 def over_time(windows: list[dict[str, Any]]) -> dict[str, Any]:
     """The runner's windows in µs and s, and the last window's p50 over the first's: >1 means the device slowed
     down; None with fewer than two windows (one call lasted the whole run). A window no call started in (a call
-    longer than a window) is absent, so t_start_s says where each one lies."""
-    rows = [{"t_start_s": round(w["start_ns"] / 1e9, 2), "seconds": round(w["elapsed_ns"] / 1e9, 3),
-             "calls": w["calls"], "sampled": w["kept"], "busy_s": round(w["busy_ns"] / 1e9, 3),
-             **{f"{key}_us": w[f"{key}_ns"] / 1000 for key in ("p50", "p90", "p99", "min", "max")}}
-            for w in windows]
+    longer than a window) is absent, so t_start_s says where each one lies. A window's p99 is None when its
+    percentiles come from fewer calls than a p99 needs (stats.shown_p99, as the tables show "–")."""
+    rows = []
+    for w in windows:
+        row = {"t_start_s": round(w["start_ns"] / 1e9, 2), "seconds": round(w["elapsed_ns"] / 1e9, 3),
+               "calls": w["calls"], "sampled": w["kept"], "busy_s": round(w["busy_ns"] / 1e9, 3),
+               **{f"{key}_us": w[f"{key}_ns"] / 1000 for key in ("p50", "p90", "p99", "min", "max")}}
+        row["p99_us"] = stats.shown_p99({"p99": row["p99_us"], "n": w["kept"]})  # of the kept calls
+        rows.append(row)
     ratio = rows[-1]["p50_us"] / rows[0]["p50_us"] if len(rows) > 1 and rows[0]["p50_us"] > 0 else None
     return {"windows": rows, "last_over_first": ratio}
 
