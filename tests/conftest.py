@@ -57,11 +57,15 @@ def _seeded_test():
 @pytest.fixture(scope="session", autouse=True)
 def _device_locks_of_this_session(tmp_path_factory):
     """Device locks of this test process's own (the processes it starts inherit them): benches on 'host' in two
-    xdist workers (make test) would otherwise stop each other, as two benches of one user on one device must."""
+    xdist workers (make test) would otherwise stop each other, as two benches of one user on one device must,
+    or wait for each other's runners on the host's shared lock file (runners over SSH still share it)."""
     from edgekd.bench.device_lock import LOCK_DIR_ENV
+    from edgekd.bench.runner import LOCK_ENV
 
     env = pytest.MonkeyPatch()
-    env.setenv(LOCK_DIR_ENV, str(tmp_path_factory.mktemp("device-locks")))
+    folder = tmp_path_factory.mktemp("device-locks")
+    env.setenv(LOCK_DIR_ENV, str(folder))
+    env.setenv(LOCK_ENV, str(folder / "device-side.lock"))  # the runners' lock on the device (runner.DeviceLock)
     yield
     env.undo()
 

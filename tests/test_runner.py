@@ -482,3 +482,137 @@ def test_runner_by_hand_is_not_tethered_to_its_stdin(identity_dir: Path):
 def test_bad_tether_arguments(identity_dir: Path, args: list[str], message: str):
     code, result = run_runner(None, identity_dir, args=args)
     assert message in assert_error(code, result, "spec")["what"]
+
+
+# ------------------------------------------------------------------------ the device's bench lock (DeviceLock)
+# Two real runners on one lock file: what two machines or two users benching one board do on it.
+
+def _lock_file(tmp_path: Path, monkeypatch) -> Path:
+    """A lock path of this test's own (runners inherit the variable), not the shared one of the machine."""
+    path = tmp_path / "device.lock"
+    monkeypatch.setenv("EDGEKD_DEVICE_LOCK", str(path))
+    return path
+
+
+def _holding(proc: subprocess.Popen, lock: Path) -> None:
+    """Wait until the endless runner `proc` has locked the device (it writes its pid into the file then)."""
+    import time
+
+    for _ in range(1200):
+        try:
+            if json.loads(lock.read_text() or "{}").get("pid") == proc.pid:
+                return
+        except (OSError, ValueError):
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail(f"the first runner never held the device lock: {proc.wait()}, {proc.stderr.read()}")
+
+
+def _wait_line(proc: subprocess.Popen, needle: str) -> str:
+    """Read the runner's stderr until a line has `needle` (the runner says it waits), or it ends."""
+    seen = ""
+    for line in proc.stderr:
+        seen += line
+        if needle in line:
+            return line
+    pytest.fail(f"the runner never said {needle!r}; stderr: {seen}")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/maps")
+def test_a_runner_on_a_device_another_runner_measures_on_waits_then_says_it_is_busy(identity_dir: Path, monkeypatch):
+    lock = _lock_file(identity_dir, monkeypatch)
+    first = _start_endless(identity_dir, "--tether", "600", stdin=subprocess.PIPE)
+    try:
+        _holding(first, lock)
+        spec = {"artifact": "id.onnx", "runtime": "onnxruntime", "inputs": {"x": "x.npy"}, **FAST,
+                "lock_wait_seconds": 0.2}
+        (identity_dir / "second.json").write_text(json.dumps(spec))
+        proc = subprocess.run([sys.executable, str(RUNNER), str(identity_dir / "second.json")], capture_output=True,
+                              text=True, timeout=120)
+        error = assert_error(proc.returncode, json.loads(proc.stdout), "device_busy")
+        assert error["what"].startswith(f"the device is busy with another bench (pid {first.pid}, user ")
+        assert str(lock) in error["why"] and "each other's load" in error["why"] and "wait for" in error["fix"]
+        assert "waiting up to" in proc.stderr
+    finally:
+        first.stdin.close()
+        _wait_gone(first)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/maps")
+def test_a_waiting_runner_measures_once_the_holder_ends_and_says_it_waited(identity_dir: Path, monkeypatch):
+    lock = _lock_file(identity_dir, monkeypatch)
+    first = _start_endless(identity_dir, "--tether", "600", stdin=subprocess.PIPE)
+    try:
+        _holding(first, lock)
+        spec = {"artifact": "id.onnx", "runtime": "onnxruntime", "inputs": {"x": "x.npy"}, **FAST,
+                "lock_wait_seconds": 120.0}
+        (identity_dir / "second.json").write_text(json.dumps(spec))
+        second = subprocess.Popen([sys.executable, str(RUNNER), str(identity_dir / "second.json")],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert f"busy with another bench (pid {first.pid}" in _wait_line(second, "waiting up to 120 s")
+    finally:
+        first.stdin.close()  # the first bench's host goes away: its runner ends, and the lock with it
+        _wait_gone(first)
+    out, _ = second.communicate(timeout=120)
+    result = json.loads(out)
+    assert second.returncode == 0 and result["ok"] is True, result
+    record = result["device_lock"]
+    assert record["state"] == "held" and record["path"] == str(lock) and record["waited_s"] > 0
+    assert record["waited_for"].startswith(f"pid {first.pid}")
+    assert json.loads(lock.read_text())["pid"] == second.pid
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/maps")
+def test_the_tether_ends_a_runner_that_waits_for_the_device(identity_dir: Path, monkeypatch):
+    lock = _lock_file(identity_dir, monkeypatch)
+    first = _start_endless(identity_dir, "--tether", "600", stdin=subprocess.PIPE)
+    try:
+        _holding(first, lock)
+        spec = {"artifact": "id.onnx", "runtime": "onnxruntime", "inputs": {"x": "x.npy"}, **FAST,
+                "lock_wait_seconds": 600.0}
+        (identity_dir / "second.json").write_text(json.dumps(spec))
+        second = subprocess.Popen([sys.executable, str(RUNNER), "--tether", "600", str(identity_dir / "second.json")],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _wait_line(second, "waiting up to 600 s")
+        second.stdin.close()  # its host gave up: it must not wait on, to take the device for nobody
+        code, err = _wait_gone(second)
+        assert code == 4 and "the host closed the link" in err
+    finally:
+        first.stdin.close()
+        _wait_gone(first)
+
+
+def test_the_first_runner_records_the_lock_it_held_without_waiting(identity_dir: Path, monkeypatch):
+    lock = _lock_file(identity_dir, monkeypatch)
+    code, r = run_runner({"artifact": "id.onnx", "runtime": "onnxruntime", "inputs": {"x": "x.npy"}, **FAST},
+                         identity_dir)
+    assert code == 0 and r["device_lock"] == {"path": str(lock), "state": "held", "waited_s": 0.0, "waited_for": None}
+    assert lock.stat().st_mode & 0o777 == 0o666  # another user's runner must be able to open it to lock it
+
+
+def test_a_symlink_planted_at_the_lock_path_is_not_followed(identity_dir: Path, monkeypatch):
+    lock = _lock_file(identity_dir, monkeypatch)
+    mine = identity_dir / "precious.txt"
+    mine.write_text("mine")
+    lock.symlink_to(mine)  # another user's link to a file of ours: locking must not write through it
+    code, r = run_runner({"artifact": "id.onnx", "runtime": "onnxruntime", "inputs": {"x": "x.npy"}, **FAST},
+                         identity_dir)
+    assert code == 0 and r["ok"] is True  # measured, unlocked, and the result says so
+    assert r["device_lock"]["state"] == "unavailable" and "symbolic link" in r["device_lock"]["why"]
+    assert mine.read_text() == "mine" and lock.is_symlink()
+
+
+def test_a_python_without_flock_measures_unlocked_and_says_so(identity_dir: Path, monkeypatch):
+    _lock_file(identity_dir, monkeypatch)
+    (identity_dir / "spec.json").write_text(json.dumps(
+        {"artifact": "id.onnx", "runtime": "onnxruntime", "inputs": {"x": "x.npy"}, **FAST}))
+    script = (f"import sys; sys.modules['fcntl'] = None; sys.argv = ['runner.py', {str(identity_dir / 'spec.json')!r}]; "
+              f"import runpy; runpy.run_path({str(RUNNER)!r}, run_name='__main__')")  # as on Windows: no fcntl
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    result = json.loads(proc.stdout)
+    assert proc.returncode == 0 and result["ok"] is True, result
+    assert result["device_lock"]["state"] == "unavailable" and "no fcntl" in result["device_lock"]["why"]
+    assert "running without the device's bench lock" in proc.stderr

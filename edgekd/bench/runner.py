@@ -23,11 +23,13 @@ Phases, each reported separately (like LiteRT's ``benchmark_model``):
 baseline memory -> load -> first inference -> memory pass -> warmup ->
 timed loop (with ``windows``: summarised per time window, see windowed_loop) -> the timer's own cost (the
 same loop around a call that does nothing; recorded as ``timer.overhead_ns``, not subtracted) -> optional
-predict pass (for on-device accuracy, not timed).
+predict pass (for on-device accuracy, not timed). All of them run holding the device's bench lock (DeviceLock:
+one runner measures on a device at a time, whoever started it); a runner that finds it held waits, bounded.
 """
 
 from __future__ import annotations
 
+import errno
 import gc
 import importlib
 import importlib.util
@@ -36,6 +38,7 @@ import math
 import os
 import platform
 import select
+import stat
 import sys
 import tempfile
 import threading
@@ -116,6 +119,9 @@ SPEC_FIELDS: Dict[str, Any] = {
     "windows": ("int>=0", 0),
     "memory_runs": ("int>=0", 10),
     "predict": ("predict", None),
+    # How long to wait for another bench's runner that holds the device (DeviceLock) before failing with
+    # "device_busy". The host sets it to what one of its runners may take.
+    "lock_wait_seconds": ("float>=0", 300.0),
 }
 PREDICT_FIELDS: Dict[str, Any] = {
     "inputs": ("inputs", _REQUIRED),
@@ -986,6 +992,218 @@ def _remove_unfinished_writes() -> None:
             pass
 
 
+# --------------------------------------------------------------------------- device lock
+
+# One lock file per device, at a path every user's runner on the device finds whatever started it (another user,
+# another host machine, another profile name for the same board): the device's shared temp area, not
+# tempfile.gettempdir() ($TMPDIR is often per user: macOS, Termux) nor the profile's work directory (each
+# profile and user has its own). /tmp and Android's /data/local/tmp (where adb's shell user may write) are
+# shared; a file right in them (not in a folder of ours) cannot be removed or replaced by another user in a
+# sticky /tmp, and needs no shared folder whose permissions we would have to set.
+LOCK_ENV = "EDGEKD_DEVICE_LOCK"  # the lock file's path instead (tests; a device whose shared temp is elsewhere)
+LOCK_FILE = "edgekd-bench.lock"
+ANDROID_TMP = "/data/local/tmp"
+_LOCK_INFO_MAX = 4096  # bytes of the holder's line read back: the file is writable by every user
+
+
+def device_lock_path() -> str:
+    """$EDGEKD_DEVICE_LOCK, else edgekd-bench.lock in /data/local/tmp on Android and /tmp elsewhere."""
+    configured = os.environ.get(LOCK_ENV)
+    if configured:
+        return configured
+    android = os.path.isdir(ANDROID_TMP) and os.path.isdir("/system/bin")
+    return os.path.join(ANDROID_TMP if android else "/tmp", LOCK_FILE)
+
+
+class DeviceLock:
+    """The device's bench lock, held (flock) by one runner at a time for its measuring phases.
+
+    A second runner on the device waits for it, up to the spec's lock_wait_seconds, and then fails with a
+    "device_busy" error: two runners timing at once would each report its latency under the other's load.
+    The host's own lock cannot see this: it lives on the host, so two machines, two users or two profile
+    names of one board never meet there. The OS releases the lock when the runner ends, however it ends.
+
+    The file is shared with every user of the device, so it is treated as theirs: opened without following a
+    symlink (O_NOFOLLOW: no planted link makes us write a file of ours), without O_CREAT when it exists
+    (fs.protected_regular refuses that for another user's file in a sticky folder), only as a regular file,
+    and what it says (the holder's pid, user and host, written after locking) is only ever shown, cleaned.
+    A file we create gets mode 0666 (fchmod: the umask would narrow it), so that other users can open it to
+    lock it too. Where the lock cannot be had (no fcntl, a file system without flock, a file in the way) the
+    run goes on unlocked and says so (state "unavailable"): refusing to measure would help no one.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd: Optional[int] = None
+        self.record: Dict[str, Any] = {"path": path, "state": "unavailable"}
+
+    def acquire(self, wait_s: float) -> Dict[str, Any]:
+        """Hold the lock (waiting up to wait_s) and return the record for the result, or raise device_busy."""
+        try:
+            import fcntl
+        except ImportError:
+            return self._unavailable("this Python has no fcntl (no flock)")
+        t0 = time.monotonic()
+        holder = None
+        while True:
+            try:
+                fd = self._open()
+            except OSError as e:
+                return self._unavailable(self._open_problem(e))
+            if fd is None:
+                return self._unavailable("it is not a regular file")
+            try:
+                outcome, holder = self._lock(fcntl, fd, max(0.0, wait_s - (time.monotonic() - t0)), holder)
+            except OSError as e:
+                os.close(fd)
+                return self._unavailable(f"its file system refuses flock ({e.strerror or e})")
+            if outcome != "locked":
+                if outcome == "busy":  # else the waiting thread still blocks on fd: it closes it
+                    os.close(fd)
+                raise RunnerError(
+                    "device_busy", f"the device is busy with another bench ({holder or self._holder_of(self.path)})",
+                    why=f"that bench's runner holds the device's bench lock {self.path}, and a runner timing at the "
+                        "same time would measure both models under each other's load; this one waited "
+                        f"{time.monotonic() - t0:.0f} s (lock_wait_seconds) for it to end",
+                    fix="wait for the other bench to end (benches from other machines, users or profiles of this "
+                        "device take turns), then run this one again")
+            if self._same_file(fd):
+                break
+            os.close(fd)  # removed (a temp cleaner) or replaced while we waited: lock the file that is there now
+        self.fd = fd
+        self._write_holder(fd)
+        waited = round(time.monotonic() - t0, 3) if holder else 0.0  # holder: who was there when we came
+        self.record = {"path": self.path, "state": "held", "waited_s": waited, "waited_for": holder}
+        return self.record
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # releases the flock; the file stays (removing it would let a third runner in)
+            self.fd = None
+
+    def _unavailable(self, why: str) -> Dict[str, Any]:
+        self.record = {"path": self.path, "state": "unavailable", "why": why}
+        sys.stderr.write(f"edgekd runner: running without the device's bench lock {self.path}: {why}\n")
+        sys.stderr.flush()
+        return self.record
+
+    def _open(self) -> Optional[int]:
+        """An fd of the lock file (created if missing), or None when something other than a file is there."""
+        nofollow = os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | os.O_NONBLOCK  # NONBLOCK: a planted FIFO
+        for _ in range(5):
+            try:
+                try:
+                    fd = os.open(self.path, os.O_RDWR | nofollow)
+                except PermissionError:  # another user's file we may not write: a read-only fd locks as well
+                    fd = os.open(self.path, os.O_RDONLY | nofollow)
+            except FileNotFoundError:
+                try:
+                    fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | nofollow, 0o666)
+                except FileExistsError:  # another runner created it just now: open that one
+                    continue
+                os.fchmod(fd, 0o666)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                return None
+            return fd
+        raise FileExistsError(errno.EEXIST, "it keeps being created and removed")
+
+    @staticmethod
+    def _open_problem(e: OSError) -> str:
+        if e.errno == errno.ELOOP:
+            return "it is a symbolic link (not followed: whoever planted it could point it at a file of ours)"
+        return f"it cannot be opened: {e.strerror or e}"
+
+    def _lock(self, fcntl: Any, fd: int, wait_s: float, holder: Optional[str]) -> "tuple[str, Optional[str]]":
+        """("locked", "busy" or "abandoned" (a thread still waits on fd), who held it when we had to wait). Blocks in flock in a helper thread, so that the wait
+        costs the device no polling while another runner times, the lock is ours the moment it is released,
+        and the wait stays bounded (the tether's thread can end the process meanwhile too)."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return "locked", holder
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+        holder = holder or self._holder_of(self.path)
+        if wait_s <= 0:
+            return "busy", holder
+        sys.stderr.write(f"edgekd runner: the device is busy with another bench ({holder}); waiting up to "
+                         f"{wait_s:.0f} s for it to end\n")
+        sys.stderr.flush()
+        done = threading.Event()
+        guard = threading.Lock()
+        state: Dict[str, Any] = {"error": None, "abandoned": False}
+
+        def block() -> None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as e:
+                state["error"] = e
+            with guard:
+                if state["abandoned"]:  # the wait ended first: not ours to keep (nor the fd, which we close)
+                    os.close(fd)
+                done.set()
+
+        threading.Thread(target=block, name="edgekd-device-lock", daemon=True).start()
+        done.wait(wait_s)
+        with guard:
+            if not done.is_set():
+                state["abandoned"] = True
+                return "abandoned", holder
+        if state["error"] is not None:
+            raise state["error"]
+        return "locked", holder
+
+    def _same_file(self, fd: int) -> bool:
+        try:
+            now = os.stat(self.path, follow_symlinks=False)
+        except OSError:
+            return False
+        mine = os.fstat(fd)
+        return (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino)
+
+    @staticmethod
+    def _write_holder(fd: int) -> None:
+        """Who holds the device, for the message of the runner that waits: pid, user, device name and, over
+        SSH, the address of the host machine that started us (the device cannot see which bench it is)."""
+        try:
+            import pwd
+
+            user = pwd.getpwuid(os.getuid()).pw_name
+        except (ImportError, KeyError, OSError):  # Android's uids have no passwd entries
+            user = f"uid {os.getuid()}" if hasattr(os, "getuid") else None
+        ssh = os.environ.get("SSH_CLIENT", "").split()
+        holder = {"pid": os.getpid(), "user": user, "device": platform.node(), "from": ssh[0] if ssh else None,
+                  "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        except OSError:  # a read-only fd (another user's file): we hold the lock all the same
+            pass
+
+    @staticmethod
+    def _holder_of(path: str) -> str:
+        """'pid N, user U, from ADDRESS' from the lock file as far as it can be read; any user may have
+        written it, so only short printable values are taken from it."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            try:
+                raw = json.loads(os.read(fd, _LOCK_INFO_MAX).decode("utf-8", "replace"))
+            finally:
+                os.close(fd)
+        except (OSError, ValueError):
+            raw = None
+
+        def clean(key: str) -> Optional[str]:
+            value = raw.get(key) if isinstance(raw, dict) else None
+            text = "".join(c for c in str(value) if c.isprintable())[:64] if isinstance(value, (str, int)) else ""
+            return text or None
+
+        pid, user, source = clean("pid"), clean("user"), clean("from")
+        return ", ".join([f"pid {pid}" if pid else "pid unknown", *([f"user {user}"] if user else []),
+                          *([f"from {source}"] if source else [])])
+
+
 # --------------------------------------------------------------------------- orchestration
 
 def run(spec: Dict[str, Any], base: str) -> Dict[str, Any]:
@@ -994,6 +1212,15 @@ def run(spec: Dict[str, Any], base: str) -> Dict[str, Any]:
         raise RunnerError("runtime_missing", "numpy is not installed in this Python",
                           fix=install_hint("numpy", "pip install numpy"))
     module = import_runtime(spec["runtime"])
+    lock = DeviceLock(device_lock_path())  # after the import: a missing runtime is said without waiting
+    try:
+        return _measure(spec, base, module, lock.acquire(spec["lock_wait_seconds"]))
+    finally:
+        lock.release()
+
+
+def _measure(spec: Dict[str, Any], base: str, module: Any, device_lock: Dict[str, Any]) -> Dict[str, Any]:
+    """The phases of run(), while this runner holds the device (or runs without its lock, as recorded)."""
     baseline = read_memory_kb()
 
     artifact = resolve(spec["artifact"], base)
@@ -1064,6 +1291,7 @@ def run(spec: Dict[str, Any], base: str) -> Dict[str, Any]:
         "windows": windows,
         "timer": timer,
         "predict": predict,
+        "device_lock": device_lock,  # held (and how long it waited for another bench) or unavailable, and why
     }
 
 
