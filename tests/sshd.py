@@ -53,6 +53,16 @@ class LoopbackSSHD(LoopbackServer):
         super().__init__(root, sshd=sshd)
         self.proc: subprocess.Popen | None = None
 
+    def write_config(self) -> None:
+        """The loopback config, plus the test session's device lock for the runners it starts (conftest): sshd
+        gives a session none of our environment, and the machine's shared /tmp lock would make the SSH tests of
+        every worker (and of every other suite on this machine) wait for each other's runners."""
+        super().write_config()
+        lock = os.environ.get("EDGEKD_DEVICE_LOCK")
+        if lock:
+            with open(self.config, "a", encoding="utf-8") as config:
+                config.write(f'SetEnv "EDGEKD_DEVICE_LOCK={lock}"\n')
+
     # ------------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 15.0) -> "LoopbackSSHD":
         last_error = ""

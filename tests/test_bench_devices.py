@@ -67,6 +67,9 @@ def test_a_full_benchmark_over_ssh(tmp_path):
     assert [r.device["name"] for r in results] == ["board", "board"] and all(r.complete for r in results)
     assert all(r.latency_us["n"] >= 30 and len(r.round_p50_us) == 2 for r in results)
     assert results[0].device["info"]["system"]["machine"]
+    # the runners on the board held the device lock: this test session's (tests/sshd.py), not the machine's
+    assert {(lock["state"], lock["path"]) for r in results for lock in r.device_lock} == {
+        ("held", os.environ["EDGEKD_DEVICE_LOCK"])}
     assert sorted(p.name for p in (tmp_path / "results").glob("*.json")) == ["bench-m0@board.json", "bench-m1@board.json"]
 
 
@@ -156,6 +159,7 @@ def test_a_hung_runner_is_stopped_on_the_board_and_said_so(tmp_path, monkeypatch
     from edgekd.errors import BenchError
 
     monkeypatch.setattr(harness, "RUNNER_GRACE_S", 5.0)  # instead of minutes: the runner never answers anyway
+    monkeypatch.setenv(harness.DEVICE_WAIT_ENV, "0")  # nor waits for the device's lock
     started = tmp_path / "pid"
     hangs = ["sh", "-c", 'echo $$ > "$0"; exec sleep 600', str(started)]  # a "Python" that never returns
     with LoopbackSSHD(tmp_path / "sshd") as server:
@@ -483,3 +487,61 @@ def test_two_edgekd_versions_sharing_a_work_directory_keep_their_own_runners(tmp
     assert older_remote != newer_remote
     assert Path(older_remote).read_text() == older.read_text()  # still the older one's, for its run
     assert Path(newer_remote).read_bytes() == base.RUNNER_SOURCE.read_bytes()
+
+
+# ------------------------------------------------------------------ the device's own bench lock (runner.DeviceLock)
+
+def _hold_device(lock: Path):
+    """Hold a device's bench lock as another bench's runner would (on another machine, or another user's): flock
+    on the file, our pid in it."""
+    import fcntl
+    import json
+
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, json.dumps({"pid": os.getpid(), "user": "alice", "from": "192.0.2.7"}).encode())
+    return fd
+
+
+def test_edgekd_bench_on_a_device_another_bench_holds_exits_2_saying_who(tmp_path):
+    lock = tmp_path / "device.lock"
+    model = write_identity_model(tmp_path / "m.onnx", (8,), 18)
+    env = {**os.environ, "EDGEKD_DEVICE_LOCK": str(lock), "EDGEKD_DEVICE_WAIT": "0.2", "COLUMNS": "400"}
+    fd = _hold_device(lock)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "edgekd.cli", "bench", str(model), "--min-seconds", "0",
+                               "--rounds", "1", "--results-dir", str(tmp_path / "results")], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        os.close(fd)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    message = " ".join(proc.stderr.split())
+    assert (f"device 'host' is busy with another bench (pid {os.getpid()}, user alice, from 192.0.2.7)"
+            in message), message
+    assert "each other's load" in message and "EDGEKD_DEVICE_WAIT" in message
+
+
+def test_a_runner_on_a_board_over_ssh_holds_the_device_lock(tmp_path, monkeypatch):
+    """Two laptops benching one board meet only there: the runner on the board takes the board's lock."""
+    import json
+
+    from edgekd.errors import BenchError
+
+    lock = tmp_path / "board.lock"  # the board's lock file (not the machine's /tmp one: other tests use it)
+    model = _models(tmp_path)[:1]
+    one_round = replace(FAST, rounds=1)
+    with LoopbackSSHD(tmp_path / "sshd") as server:
+        profile = _profile(server, tmp_path, python=["env", f"EDGEKD_DEVICE_LOCK={lock}", sys.executable])
+        fd = _hold_device(lock)
+        try:
+            monkeypatch.setenv("EDGEKD_DEVICE_WAIT", "0")
+            with pytest.raises(BenchError, match="device 'board' is busy with another bench") as err:
+                edgekd.bench(model, device=str(profile), settings=one_round)
+            assert f"pid {os.getpid()}" in err.value.what
+        finally:
+            os.close(fd)
+        monkeypatch.delenv("EDGEKD_DEVICE_WAIT")
+        result = edgekd.bench(model, device=str(profile), settings=one_round)[0]
+    assert [r["state"] for r in result.device_lock] == ["held"] and result.device_lock[0]["path"] == str(lock)
+    holder = json.loads(lock.read_text())  # written by the runner on the board once it had the lock
+    assert holder["pid"] != os.getpid() and holder["from"] == "127.0.0.1"  # the host machine that started it

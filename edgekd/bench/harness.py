@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
+import os
 import platform
 import re
 import shlex
@@ -27,7 +29,7 @@ from edgekd.bench.native import cpu_mask, no_taskset
 from edgekd.bench.result import BenchResult
 from edgekd.devices.base import (RUNNER_SOURCE, TETHER_S, Device, DeviceTimeout, RuntimeMissing, cool_down,
                                  python_argv, runner_name, temperature)
-from edgekd.errors import ArtifactError, BenchError, EdgeKDError
+from edgekd.errors import ArtifactError, BenchError, EdgeKDError, printable
 from edgekd.export.artifact import RECORD_NAME, Artifact
 from edgekd.names import PATH_COMPONENT
 from edgekd.progress import Reporter, SilentReporter
@@ -38,6 +40,10 @@ logger = logging.getLogger(__name__)
 # A runner call may take its max_seconds three times over (warmup, timed loop, slack) plus this much for
 # importing the runtime, loading the model and the predict pass on a slow board; past that it is stopped.
 RUNNER_GRACE_S = 300.0
+# Seconds a runner waits for another bench's runner that holds the device (runner.DeviceLock) before it fails
+# with "device busy"; unset: as long as one of our own runners may take (runner_budget), that is, about one of
+# the other bench's runners when it times like this one. 0 fails at once (CI that should not queue).
+DEVICE_WAIT_ENV = "EDGEKD_DEVICE_WAIT"
 RESUME_ADVICE = "rerun with --resume to measure only what is missing"  # `edgekd bench`'s next step
 RESUME_HINT = f"after fixing, {RESUME_ADVICE}"
 # Cross-architecture parity passes when the device and this host agree on the top-1 class this often.
@@ -195,6 +201,10 @@ class _Session:
                              fix=by_hand) from None
         if not out.get("ok"):
             err = out.get("error", {})
+            if err.get("kind") == "device_busy":  # another bench (another machine, user or profile) measures there
+                raise BenchError(str(err.get("what", "")).replace("the device", f"device '{self.device.name}'", 1),
+                                 why=err.get("why"), fix=f"{err.get('fix')}; or set {DEVICE_WAIT_ENV} to the seconds "
+                                 "to wait for it")
             raise BenchError(f"{self.device.name}: {err.get('what', 'the runner failed')}", why=err.get("why"),
                              fix=err.get("fix"))
         return out
@@ -393,6 +403,7 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
     reporter = reporter or SilentReporter()
     task = reporter.task(f"bench on {target.name}", len(todo) * settings.rounds)
     raws: dict[int, list[dict[str, Any]]] = {i: [] for i in todo}
+    said: set[str] = set()  # what _note_device_lock said once already
     accuracies: dict[int, dict[str, Any]] = {}
     parities: dict[int, dict[str, Any]] = {}
     thermal: list[dict[str, Any]] = []
@@ -444,7 +455,8 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
                         predict = _predict_spec(session, resolved[i], evals[i][0])
                         remote_outputs[i] = predict.pop("_remote_output")
                         spec = {**spec, "predict": predict}
-                    raws[i].append(session.run_spec(spec, str(i), timeout=per_round.max_seconds * 3 + RUNNER_GRACE_S))
+                    raws[i].append(session.run_spec(spec, str(i), timeout=runner_timeout(spec)))
+                    _note_device_lock(raws[i][-1], target.name, reporter, said)
                     if spec.get("predict"):
                         accuracies[i] = _score(session, remote_outputs[i], evals[i][1], Path(tmp) / f"out{i}.npy")
                     task.advance(1)
@@ -606,7 +618,8 @@ def cross_arch_parity(artifact: Artifact, x: Path, device_outputs: Path, device_
                               max_seconds=1.0, memory_runs=0)  # one timed call: only the outputs matter here
         predict = _predict_spec(session, artifact, x)
         remote = predict.pop("_remote_output")
-        out = session.run_spec({**_spec(session, artifact, quick, None, folder), "predict": predict}, "host", 600)
+        spec = {**_spec(session, artifact, quick, None, folder), "predict": predict}
+        out = session.run_spec(spec, "host", runner_timeout(spec))
         host.pull(remote, folder / "host_outputs.npy")
     except EdgeKDError as exc:  # e.g. this host lacks the runtime: the device's result still stands
         return {**parity, "error": f"cannot run {artifact.name} on this host: {exc.what}"}
@@ -652,7 +665,47 @@ def _spec(session: _Session, artifact: Artifact, settings: BenchSettings, inputs
             "warmup_min_seconds": settings.warmup_min_seconds, "min_runs": settings.min_runs,
             "min_seconds": settings.min_seconds, "max_seconds": settings.max_seconds,
             "max_runs": settings.max_runs, "memory_runs": settings.memory_runs,
-            "windows": SUSTAINED_WINDOWS if settings.sustained else 0}
+            "windows": SUSTAINED_WINDOWS if settings.sustained else 0, "lock_wait_seconds": device_wait(settings)}
+
+
+def runner_budget(settings: BenchSettings) -> float:
+    """What one runner call may take once it has the device: its max_seconds three times over (warmup, timed
+    loop, slack) plus RUNNER_GRACE_S."""
+    return settings.max_seconds * 3 + RUNNER_GRACE_S
+
+
+def runner_timeout(spec: dict[str, Any]) -> float:
+    """When to stop waiting for a runner: its wait for the device (lock_wait_seconds) plus its own budget."""
+    return spec["lock_wait_seconds"] + spec["max_seconds"] * 3 + RUNNER_GRACE_S
+
+
+def device_wait(settings: BenchSettings) -> float:
+    """The runner's lock_wait_seconds: $EDGEKD_DEVICE_WAIT, else runner_budget (see DEVICE_WAIT_ENV)."""
+    configured = os.environ.get(DEVICE_WAIT_ENV)
+    if not configured:
+        return runner_budget(settings)
+    try:
+        seconds = float(configured)
+        if not (math.isfinite(seconds) and seconds >= 0):
+            raise ValueError
+    except ValueError:
+        raise BenchError(f"{DEVICE_WAIT_ENV}={configured!r} is not a number of seconds",
+                         why="it says how long a runner waits for another bench that holds the device",
+                         fix=f"set {DEVICE_WAIT_ENV} to seconds >= 0 (0: fail at once), or unset it") from None
+    return seconds
+
+
+def _note_device_lock(raw: dict[str, Any], device: str, reporter: Reporter, said: set[str]) -> None:
+    """Say that a runner waited for another bench on the device (the host sees the runner's stderr only at its
+    end), or, once per bench, that the device has no bench lock of its own."""
+    lock = raw.get("device_lock") or {}
+    if lock.get("state") == "held" and lock.get("waited_s"):
+        reporter.note(f"{device}: waited {lock['waited_s']:.0f} s for another bench on the device "
+                      f"({printable(str(lock.get('waited_for')))}) to end")
+    elif lock.get("state") == "unavailable" and "unavailable" not in said:
+        said.add("unavailable")
+        reporter.note(f"[warning] {device}: no device-side bench lock ({printable(str(lock.get('why')))}): a bench "
+                      "started from another machine or by another user could measure on it at the same time")
 
 
 def _latency(latencies: list[int], round_p50s: list[float], settings: BenchSettings) -> dict[str, Any]:
@@ -735,5 +788,6 @@ def to_result(raws: list[dict[str, Any]], artifact: Artifact, device: Device, se
         load_ms=float(np.median([raw["load_ms"] for raw in raws])),
         first_inference_us=float(np.median([raw["first_inference_us"] for raw in raws])),
         memory_kb=memory,
+        device_lock=[raw["device_lock"] for raw in raws if raw.get("device_lock")],
         latencies_ns=latencies,
     )
