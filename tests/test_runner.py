@@ -616,3 +616,14 @@ def test_a_python_without_flock_measures_unlocked_and_says_so(identity_dir: Path
     assert proc.returncode == 0 and result["ok"] is True, result
     assert result["device_lock"]["state"] == "unavailable" and "no fcntl" in result["device_lock"]["why"]
     assert "running without the device's bench lock" in proc.stderr
+
+
+def test_a_hard_link_planted_at_the_lock_path_is_not_written_through(identity_dir: Path, monkeypatch):
+    lock = _lock_file(identity_dir, monkeypatch)
+    mine = identity_dir / "precious.txt"
+    mine.write_text("mine")
+    os.link(mine, lock)  # the lock file would be ours to truncate and write the holder's line into
+    code, r = run_runner({"artifact": "id.onnx", "runtime": "onnxruntime", "inputs": {"x": "x.npy"}, **FAST},
+                         identity_dir)
+    assert code == 0 and r["device_lock"]["state"] == "unavailable" and "one link" in r["device_lock"]["why"]
+    assert mine.read_text() == "mine"

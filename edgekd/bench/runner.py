@@ -1051,7 +1051,7 @@ class DeviceLock:
             except OSError as e:
                 return self._unavailable(self._open_problem(e))
             if fd is None:
-                return self._unavailable("it is not a regular file")
+                return self._unavailable("it is not a regular file with one link")
             try:
                 outcome, holder = self._lock(fcntl, fd, max(0.0, wait_s - (time.monotonic() - t0)), holder)
             except OSError as e:
@@ -1088,7 +1088,7 @@ class DeviceLock:
         return self.record
 
     def _open(self) -> Optional[int]:
-        """An fd of the lock file (created if missing), or None when something other than a file is there."""
+        """An fd of the lock file (created if missing), or None when something other than a plain file is there."""
         nofollow = os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | os.O_NONBLOCK  # NONBLOCK: a planted FIFO
         for _ in range(5):
             try:
@@ -1101,8 +1101,14 @@ class DeviceLock:
                     fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | nofollow, 0o666)
                 except FileExistsError:  # another runner created it just now: open that one
                     continue
-                os.fchmod(fd, 0o666)
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                try:
+                    os.fchmod(fd, 0o666)
+                except OSError:  # a file system without modes (FAT): everyone may open the file anyway
+                    pass
+            st = os.fstat(fd)
+            # One link only: a hard link planted at the path would make the holder's line overwrite the file it
+            # links (where fs.protected_hardlinks is off, or the file is anyone's to write).
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
                 os.close(fd)
                 return None
             return fd
