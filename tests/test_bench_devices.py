@@ -545,3 +545,71 @@ def test_a_runner_on_a_board_over_ssh_holds_the_device_lock(tmp_path, monkeypatc
     assert [r["state"] for r in result.device_lock] == ["held"] and result.device_lock[0]["path"] == str(lock)
     holder = json.loads(lock.read_text())  # written by the runner on the board once it had the lock
     assert holder["pid"] != os.getpid() and holder["from"] == "127.0.0.1"  # the host machine that started it
+
+
+class _Notes:
+    """A progress reporter that keeps what the bench notes."""
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    def task(self, description, total):
+        class Task:
+            def advance(self, steps=1, **fields):
+                pass
+
+            def close(self):
+                pass
+
+        return Task()
+
+    def note(self, message):
+        self.notes.append(message)
+
+
+def _waiting_on(lock: Path) -> bool:
+    """Someone is blocked in flock on `lock` (a '->' line of /proc/locks names its inode)."""
+    inode = f":{lock.stat().st_ino} "
+    return any("->" in line and inode in line for line in Path("/proc/locks").read_text().splitlines())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/locks")
+def test_a_bench_that_had_to_wait_for_the_device_says_so_and_its_result_records_it(tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    lock = tmp_path / "device.lock"
+    monkeypatch.setenv("EDGEKD_DEVICE_LOCK", str(lock))
+    model = write_identity_model(tmp_path / "m.onnx", (8,), 18)
+    reporter = _Notes()
+    fd = _hold_device(lock)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(edgekd.bench, [model], "host", settings=replace(FAST, rounds=1), reporter=reporter)
+            deadline = time.monotonic() + 120
+            while not _waiting_on(lock):  # the runner waits for the device: now the other bench ends
+                assert not running.done(), running.exception()
+                assert time.monotonic() < deadline, "the runner never waited for the device's lock"
+                time.sleep(0.05)
+            os.close(fd)
+            fd = None
+            result = running.result(timeout=120)[0]
+    finally:
+        if fd is not None:
+            os.close(fd)
+    [record] = result.device_lock
+    assert record["state"] == "held" and record["waited_s"] > 0
+    assert record["waited_for"] == f"pid {os.getpid()}, user alice, from 192.0.2.7"
+    assert [n for n in reporter.notes if "waited" in n] == [
+        f"host: waited {record['waited_s']:.1f} s for another bench on the device ({record['waited_for']}) to end"]
+
+
+def test_a_device_without_a_lock_of_its_own_is_warned_about_once(tmp_path, monkeypatch):
+    lock = tmp_path / "device.lock"
+    lock.symlink_to(tmp_path / "elsewhere")  # no lock can be had there
+    monkeypatch.setenv("EDGEKD_DEVICE_LOCK", str(lock))
+    reporter = _Notes()
+    [result] = edgekd.bench([write_identity_model(tmp_path / "m.onnx", (8,), 18)], "host", settings=FAST,
+                            reporter=reporter)
+    assert [r["state"] for r in result.device_lock] == ["unavailable", "unavailable"]  # both rounds
+    warnings = [n for n in reporter.notes if "no device-side bench lock" in n]
+    assert len(warnings) == 1 and "symbolic link" in warnings[0] and "another machine" in warnings[0], reporter.notes

@@ -700,7 +700,7 @@ def _note_device_lock(raw: dict[str, Any], device: str, reporter: Reporter, said
     end), or, once per bench, that the device has no bench lock of its own."""
     lock = raw.get("device_lock") or {}
     if lock.get("state") == "held" and lock.get("waited_s"):
-        reporter.note(f"{device}: waited {lock['waited_s']:.0f} s for another bench on the device "
+        reporter.note(f"{device}: waited {lock['waited_s']:.1f} s for another bench on the device "
                       f"({printable(str(lock.get('waited_for')))}) to end")
     elif lock.get("state") == "unavailable" and "unavailable" not in said:
         said.add("unavailable")

@@ -1064,7 +1064,7 @@ class DeviceLock:
                     "device_busy", f"the device is busy with another bench ({holder or self._holder_of(self.path)})",
                     why=f"that bench's runner holds the device's bench lock {self.path}, and a runner timing at the "
                         "same time would measure both models under each other's load; this one waited "
-                        f"{time.monotonic() - t0:.0f} s (lock_wait_seconds) for it to end",
+                        f"{time.monotonic() - t0:.1f} s (lock_wait_seconds) for it to end",
                     fix="wait for the other bench to end (benches from other machines, users or profiles of this "
                         "device take turns), then run this one again")
             if self._same_file(fd):
