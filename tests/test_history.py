@@ -335,3 +335,22 @@ def test_the_default_earlier_session_is_the_last_that_measured_any_of_bs_artifac
     resumed = history.record([_result("n", 5.0, 3, [5.0, 5.05])], db)
     found = history.compare(path=db)
     assert found["b"] == resumed and found["a"] == full and [r["artifact"] for r in found["rows"]] == ["n"]
+
+
+def test_resume_records_a_kept_result_that_never_reached_the_history(tmp_path):
+    """A bench killed after saving its result files but before its history transaction committed (SIGKILL, or a
+    Ctrl-C in that moment) left complete results that --resume reused without measuring and never recorded:
+    the history lost them for good. The crashed state is built directly: results saved, history without them."""
+    import edgekd
+    from edgekd.bench.harness import BenchSettings
+    from edgekd.export.onnx import write_identity_model
+
+    models = [write_identity_model(tmp_path / f"m{i}.onnx", (8 * (i + 1),), 18) for i in range(2)]
+    fast = BenchSettings(warmup_runs=2, min_runs=5, min_seconds=0.0, rounds=1)
+    first = edgekd.bench(models, settings=fast, results_dir=tmp_path / "res")  # saved; history never written
+    db = tmp_path / "h.sqlite"
+    resumed = edgekd.bench(models, settings=fast, results_dir=tmp_path / "res", history=db, resume=True)
+    assert [r.created_at for r in resumed] == [r.created_at for r in first]  # reused, not measured again
+    assert [s["results"] for s in history.sessions(db)] == [2]
+    edgekd.bench(models, settings=fast, results_dir=tmp_path / "res", history=db, resume=True)
+    assert [s["results"] for s in history.sessions(db)] == [2], "a result already in the history counted twice"

@@ -479,10 +479,13 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
     finally:
         task.close()
     fresh = results_of(todo)
-    if history is not None and fresh:
+    if history is not None:
         from edgekd.bench import history as bench_history
 
-        bench_history.record(fresh, history)
+        # Reused results whose bench ended between saving them and recording them are recorded now.
+        missing = bench_history.unrecorded([done[i] for i in sorted(done)], history)
+        if fresh or missing:
+            bench_history.record(missing + fresh, history)
     by_index = {**done, **dict(zip(todo, fresh))}
     return [by_index[i] for i in range(len(resolved))]
 
@@ -513,8 +516,8 @@ def _distinct_names(artifacts: list[Artifact]) -> list[Artifact]:
 
 
 def _record_complete(results: list[BenchResult], history: Path | None) -> None:
-    """Put the complete results of a bench that failed midway in the history (a later --resume records only
-    what it measures itself, so they would never get there); the failure, not a history error, is what the user
+    """Put the complete results of a bench that failed midway in the history now (a later --resume records them
+    only if they are still missing, see history.unrecorded); the failure, not a history error, is what the user
     must see."""
     complete = [r for r in results if r.complete]
     if history is None or not complete:

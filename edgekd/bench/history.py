@@ -153,6 +153,22 @@ def record(results: Iterable[BenchResult], path: Path = DEFAULT_PATH, session: s
     return session
 
 
+def unrecorded(results: Iterable[BenchResult], path: Path = DEFAULT_PATH) -> list[BenchResult]:
+    """The results the history does not hold yet (the same artifact file, device and creation time), in order.
+
+    A bench killed after saving its result files but before its history transaction committed (SIGKILL, a
+    Ctrl-C in between) leaves complete results that `--resume` reuses without measuring: they are recorded
+    then, and only then, so none is lost and none counted twice."""
+    results = list(results)
+    if not results:
+        return []
+    if not Path(path).is_file():
+        return results
+    with _open(path, create=False) as db:
+        held = set(db.execute("SELECT artifact_sha256, device, created_at FROM results").fetchall())
+    return [r for r in results if (r.artifact["sha256"], r.device["name"], r.created_at) not in held]
+
+
 def sessions(path: Path = DEFAULT_PATH, device: str | None = None) -> list[dict[str, Any]]:
     """Past bench sessions, newest first."""
     with _open(path, create=False) as db:
