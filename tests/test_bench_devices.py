@@ -613,3 +613,48 @@ def test_a_device_without_a_lock_of_its_own_is_warned_about_once(tmp_path, monke
     assert [r["state"] for r in result.device_lock] == ["unavailable", "unavailable"]  # both rounds
     warnings = [n for n in reporter.notes if "no device-side bench lock" in n]
     assert len(warnings) == 1 and "symbolic link" in warnings[0] and "another machine" in warnings[0], reporter.notes
+
+
+_KILLED_MIDWAY = """
+import os, signal, sys
+from pathlib import Path
+import edgekd
+from edgekd.bench.harness import BenchSettings
+
+class KillAfter:  # SIGKILL this process once `n` runner calls are done: a bench killed outright (OOM killer, kill -9)
+    def __init__(self, n):
+        self.n = n
+    def task(self, description, total):
+        reporter = self
+        class Task:
+            def advance(self, steps=1, **fields):
+                reporter.n -= steps
+                if reporter.n == 0:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            def close(self):
+                pass
+        return Task()
+    def note(self, message):
+        pass
+
+folder = Path(sys.argv[1])
+edgekd.bench(sorted(folder.glob("m*.onnx")), settings=BenchSettings(warmup_runs=2, min_runs=5, min_seconds=0.0,
+             rounds=1), results_dir=folder / "results", history=folder / "h.sqlite", reporter=KillAfter(2))
+"""
+
+
+def test_a_bench_killed_outright_keeps_the_artifacts_it_finished(tmp_path):
+    """Results were saved only when every artifact was done (or on Ctrl-C): SIGKILLed after two of three
+    artifacts were measured, a bench kept nothing, and --resume measured all three again."""
+    from edgekd.bench.result import BenchResult
+
+    models = [write_identity_model(tmp_path / f"m{i}.onnx", (8 * (i + 1),), 18) for i in range(3)]
+    proc = subprocess.run([sys.executable, "-c", _KILLED_MIDWAY, str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    kept = {p.name: BenchResult.load(p) for p in (tmp_path / "results").glob("bench-*.json")}
+    assert sorted(kept) == ["bench-m0.json", "bench-m1.json"] and all(r.complete for r in kept.values())
+    resumed = edgekd.bench(models, settings=BenchSettings(warmup_runs=2, min_runs=5, min_seconds=0.0, rounds=1),
+                           results_dir=tmp_path / "results", history=tmp_path / "h.sqlite", resume=True)
+    assert [r.created_at for r in resumed[:2]] == [kept["bench-m0.json"].created_at,
+                                                   kept["bench-m1.json"].created_at]  # reused, not measured again
+    assert [s["results"] for s in history.sessions(tmp_path / "h.sqlite")] == [3]  # each once in the history

@@ -448,17 +448,23 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
                           [int(k) for k in np.random.default_rng(round_index).permutation(todo)]):
                     if natives[i] is not None:  # no Python on the device: the runtime's own benchmark binary
                         raws[i].append({"native": _run_native(session, resolved[i], natives[i], per_round)})
-                        task.advance(1)
-                        continue
-                    spec = specs[i]
-                    if round_index == 0 and evals[i] is not None:
-                        predict = _predict_spec(session, resolved[i], evals[i][0])
-                        remote_outputs[i] = predict.pop("_remote_output")
-                        spec = {**spec, "predict": predict}
-                    raws[i].append(session.run_spec(spec, str(i), timeout=runner_timeout(spec)))
-                    _note_device_lock(raws[i][-1], target.name, reporter, said)
-                    if spec.get("predict"):
-                        accuracies[i] = _score(session, remote_outputs[i], evals[i][1], Path(tmp) / f"out{i}.npy")
+                    else:
+                        spec = specs[i]
+                        if round_index == 0 and evals[i] is not None:
+                            predict = _predict_spec(session, resolved[i], evals[i][0])
+                            remote_outputs[i] = predict.pop("_remote_output")
+                            spec = {**spec, "predict": predict}
+                        raws[i].append(session.run_spec(spec, str(i), timeout=runner_timeout(spec)))
+                        _note_device_lock(raws[i][-1], target.name, reporter, said)
+                        if spec.get("predict"):
+                            accuracies[i] = _score(session, remote_outputs[i], evals[i][1],
+                                                   Path(tmp) / f"out{i}.npy")
+                    if len(raws[i]) == settings.rounds and paths[i] is not None and not (
+                            i in accuracies and _is_cross_arch(target, raws[i][0])):
+                        # Saved as soon as its last round is in (and again, complete with the last thermal
+                        # reading, at the end): a bench killed outright (SIGKILL, OOM) keeps it for --resume.
+                        # A cross-architecture result waits for its parity, computed after every round.
+                        results_of([i])
                     task.advance(1)
             thermal.append({"after_run": temperature(target)})  # throttling shows as a hotter device here
             for i in accuracies:
