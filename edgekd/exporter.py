@@ -23,7 +23,7 @@ from edgekd.export.verify import max_rel_error_for, parity
 from edgekd.names import PATH_COMPONENT
 from edgekd.progress import Reporter, SilentReporter
 from edgekd.rng import kept_global_rngs
-from edgekd.rundir import exclusive_folder, sha256_file
+from edgekd.rundir import exclusive_folder, remove_orphan_temp_files, sha256_file
 
 if TYPE_CHECKING:
     from torch import nn
@@ -87,6 +87,7 @@ def export_steps(role: str, formats: list[str], precisions: list[str], out_root:
         fp32_path = out_root / artifact_name(role, fmt, "fp32") / f"model{backend.suffix}"
         for precision in ordered:
             name = artifact_name(role, fmt, precision)
+            remove_orphan_temp_files(out_root / name, recursive=False)  # a killed export's (SIGKILL) half files
             yield ExportStep(backend, fmt, precision, name, out_root / name / f"model{backend.suffix}", fp32_path)
             task.advance(1)
         if "fp32" not in precisions:

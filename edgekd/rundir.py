@@ -201,8 +201,9 @@ def _claimed(path: Path) -> bool:
     return False
 
 
-def remove_orphan_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
-    """Delete the temp files that `atomic_path` writers killed mid-write (SIGKILL, power cut) left under `folder`.
+def remove_orphan_temp_files(folder: str | os.PathLike[str], *, recursive: bool = True) -> list[Path]:
+    """Delete the temp files that `atomic_path` writers killed mid-write (SIGKILL, power cut) left under `folder`
+    (in it alone when not `recursive`: a folder the user named, whose subfolders are not edgekd's).
 
     Nothing reads them, but each is as large as the file it was to become (a checkpoint, a model) and a run
     killed again and again would pile them up. Only files whose writer process is gone are removed: another
@@ -210,7 +211,8 @@ def remove_orphan_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
     or not (another container or machine sharing the folder, seen by the lock it holds on the file).
     """
     removed = []
-    for path in Path(folder).rglob(f".*{TEMP_SUFFIX}"):
+    folder = Path(folder)
+    for path in (folder.rglob if recursive else folder.glob)(f".*{TEMP_SUFFIX}"):
         match = _TEMP_NAME.fullmatch(path.name)
         if match is None or _process_alive(int(match.group(1))) or not path.is_file() or _claimed(path):
             continue

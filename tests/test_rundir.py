@@ -281,3 +281,20 @@ def test_a_lock_under_a_file_names_the_file(tmp_path):
         with exclusive_folder(tmp_path / "afile" / "results", what="results", fix="-"):
             pass
     assert err.value.why == f"{tmp_path / 'afile'} is a file, where a folder is needed"
+
+
+def test_an_export_removes_the_temp_files_a_killed_export_left(tmp_path):
+    """`edgekd run` cleans its folder of a killed writer's temp files, but `edgekd export` into an output folder
+    did not: a model file's temp copy from an export killed mid-write stayed there through every later export."""
+    from edgekd.checkpoints import save_checkpoint
+    from edgekd.exporter import export_checkpoint
+    from edgekd.models import create_model
+
+    model = create_model("mlp", in_shape=(64,), num_classes=10, width=16, depth=1)
+    checkpoint = save_checkpoint(model, tmp_path / "student.pt", role="student", data={"name": "digits"})
+    orphan = killed_mid_write(tmp_path / "out" / "student-onnx-fp32" / "model.onnx")
+    export_checkpoint(checkpoint, tmp_path / "out", precisions=["fp32"], min_agreement=0.0)
+    assert not orphan.exists()
+    assert sorted(p.name for p in (tmp_path / "out" / "student-onnx-fp32").iterdir()) == ["artifact.json",
+                                                                                          "model.onnx"]
+
