@@ -298,3 +298,14 @@ def test_an_export_removes_the_temp_files_a_killed_export_left(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out" / "student-onnx-fp32").iterdir()) == ["artifact.json",
                                                                                           "model.onnx"]
 
+
+def test_a_bench_removes_the_temp_files_a_killed_bench_left_in_its_results_folder(tmp_path):
+    import edgekd
+    from edgekd.bench.harness import BenchSettings
+    from edgekd.export.onnx import write_identity_model
+
+    model = write_identity_model(tmp_path / "m.onnx", (8,), 18)
+    orphan = killed_mid_write(tmp_path / "res" / "bench-m.json")
+    edgekd.bench([model], settings=BenchSettings(warmup_runs=2, min_runs=5, min_seconds=0.0, rounds=1),
+                 results_dir=tmp_path / "res")
+    assert not orphan.exists() and (tmp_path / "res" / "bench-m.json").is_file()

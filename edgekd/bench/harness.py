@@ -33,7 +33,7 @@ from edgekd.errors import ArtifactError, BenchError, EdgeKDError, printable
 from edgekd.export.artifact import RECORD_NAME, Artifact
 from edgekd.names import PATH_COMPONENT
 from edgekd.progress import Reporter, SilentReporter
-from edgekd.rundir import exclusive_folder, process_temp_dir, sha256_file
+from edgekd.rundir import exclusive_folder, process_temp_dir, remove_orphan_temp_files, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -395,6 +395,8 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
     """The body of `bench`, on an open device, holding the lock of its results."""
     if settings.threads is None:
         settings = replace(settings, threads=getattr(getattr(target, "profile", None), "threads", None) or 1)
+    if results_dir is not None:  # the half-written results of a bench killed outright (SIGKILL)
+        remove_orphan_temp_files(results_dir, recursive=False)
     suffix = "" if target.name == "host" else f"@{target.name}"
     paths = [Path(results_dir) / f"bench-{a.name}{suffix}.json" if results_dir is not None else None for a in resolved]
     done = {i: r for i, r in ((i, _finished(p, a, settings)) for i, (p, a) in enumerate(zip(paths, resolved))
