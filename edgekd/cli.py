@@ -161,10 +161,15 @@ def export(checkpoint: Path = typer.Argument(..., help="an edgekd checkpoint (<r
     from edgekd.exporter import export_checkpoint
     from edgekd.rundir import tentative_dir
 
-    with tentative_dir(output_dir, fix="choose a writable folder with --output-dir"), \
-            RichReporter(console) as reporter:
-        artifacts = export_checkpoint(checkpoint, output_dir, formats=list(fmt), precisions=list(precision),
-                                      min_agreement=min_agreement, devices=list(device), reporter=reporter)
+    try:
+        with tentative_dir(output_dir, fix="choose a writable folder with --output-dir"), \
+                RichReporter(console) as reporter:
+            artifacts = export_checkpoint(checkpoint, output_dir, formats=list(fmt), precisions=list(precision),
+                                          min_agreement=min_agreement, devices=list(device), reporter=reporter)
+    except KeyboardInterrupt as exc:  # no stages and no resume: say what Ctrl-C leaves and what a rerun does
+        exc.resume = (f"the artifacts finished so far are kept in {output_dir}; "  # type: ignore[attr-defined]
+                      "run the same command again to export them all (every one is exported again)")
+        raise
     for a in artifacts:
         p = a.parity
         console.print(f"{a.name}: {a.size_bytes / 1024:.1f} KiB, accuracy {p.accuracy:.2%}, agreement "

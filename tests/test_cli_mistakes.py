@@ -505,3 +505,35 @@ def test_a_validators_own_words_reach_the_why_without_pydantics_prefix():
     with pytest.raises(ValidationError) as err:
         Record(x=-1)
     assert first_line(err.value) == "x: must be positive"
+
+
+def test_ctrl_c_during_export_says_what_is_kept_and_that_a_rerun_exports_again(tmp_path):
+    """Ctrl-C in `edgekd export` said "finished stages are kept; run the same command again to resume", but an
+    export has no stages and does not resume: a rerun exports every artifact again."""
+    import os
+    import signal
+    import sys
+
+    from edgekd.checkpoints import save_checkpoint
+    from edgekd.models import create_model
+
+    model = create_model("mlp", in_shape=(64,), num_classes=10, width=16, depth=1)
+    save_checkpoint(model, tmp_path / "student.pt", role="student", data={"name": "digits"})
+    proc = subprocess.Popen([sys.executable, "-m", "edgekd.cli", "export", "student.pt", "--output-dir", "arts",
+                             "--precision", "fp32", "--precision", "int8_static", "--precision", "int8_dynamic",
+                             "--min-agreement", "0"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        for line in proc.stdout:  # a progress line, not a delay: the export is under way
+            if line.startswith("export student: started"):
+                break
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    message = " ".join(stderr.split())
+    assert proc.returncode == 130, stderr
+    assert "interrupted: the artifacts finished so far are kept in arts; run the same command again" in message
+    assert "stages" not in message and "resume" not in message and "Traceback" not in stderr
