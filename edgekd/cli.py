@@ -235,6 +235,8 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
     except KeyboardInterrupt as exc:  # the harness kept what was measured: say where, and that --resume resumes
         if getattr(exc, "kept", None):
             exc.resume = f"{exc.kept}; {RESUME_ADVICE}"  # type: ignore[attr-defined]
+        else:  # no stages here, and no round had finished: there is nothing to resume
+            exc.resume = "no result was finished; run the same command again"  # type: ignore[attr-defined]
         raise
     console.print(bench_table(results))
     if any(r.cross_arch_parity for r in results):

@@ -658,3 +658,28 @@ def test_a_bench_killed_outright_keeps_the_artifacts_it_finished(tmp_path):
     assert [r.created_at for r in resumed[:2]] == [kept["bench-m0.json"].created_at,
                                                    kept["bench-m1.json"].created_at]  # reused, not measured again
     assert [s["results"] for s in history.sessions(tmp_path / "h.sqlite")] == [3]  # each once in the history
+
+
+def test_ctrl_c_before_any_result_does_not_speak_of_stages(tmp_path):
+    """A bench interrupted before its first runner call ended said "finished stages are kept; run the same
+    command again to resume": a bench has no stages, and nothing had been kept."""
+    from sshd import descendants
+
+    model = write_identity_model(tmp_path / "m.onnx", (8,), 18)
+    cli = subprocess.Popen([sys.executable, "-m", "edgekd.cli", "bench", str(model), "--rounds", "1",
+                            "--min-seconds", "30", "--results-dir", str(tmp_path / "results"), "--history",
+                            str(tmp_path / "h.sqlite")],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(b"edgekd_runner" in _cmdline(pid) and b"spec" in _cmdline(pid)
+                      for pid in descendants(cli.pid)):  # the timing runner (30 s) is under way
+            assert time.monotonic() < deadline and cli.poll() is None, "the runner never started"
+            time.sleep(0.05)
+        cli.send_signal(signal.SIGINT)
+        _, stderr = cli.communicate(timeout=60)
+    finally:
+        cli.kill()
+    assert cli.returncode == 130, stderr
+    assert "interrupted: no result was finished; run the same command again" in " ".join(stderr.split()), stderr
+    assert "stages" not in stderr and not list((tmp_path / "results").glob("*.json"))
