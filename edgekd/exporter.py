@@ -23,7 +23,7 @@ from edgekd.export.verify import max_rel_error_for, parity
 from edgekd.names import PATH_COMPONENT
 from edgekd.progress import Reporter, SilentReporter
 from edgekd.rng import kept_global_rngs
-from edgekd.rundir import exclusive_folder, remove_orphan_temp_files, sha256_file
+from edgekd.rundir import exclusive_folder, process_temp_dir, remove_orphan_temp_files, sha256_file
 
 if TYPE_CHECKING:
     from torch import nn
@@ -202,14 +202,12 @@ def export_retrained(
     is written to a temporary folder; parity is against `reference`, the logits of the PyTorch model the
     artifact implements (for QAT, the fake-quant model). ONNX INT8 records carry per-layer errors as usual.
     """
-    import tempfile
-
     from edgekd.models import count_parameters
 
     backend = FORMATS[fmt]()
     path = out_root / name / f"model{backend.suffix}"
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="edgekd-retrained-") as tmp:
+    with process_temp_dir("export") as tmp:  # one a SIGKILL left goes at the next
         fp32_path = Path(tmp) / f"fp32{backend.suffix}"
         backend.export_fp32(model, in_shape, fp32_path, options)
         settings = {**backend.quantize(fp32_path, path, quantize_as, options), **(quantization or {})}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import tempfile
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -24,7 +23,8 @@ from edgekd.interrupts import raise_if_received
 from edgekd.progress import Reporter, SilentReporter
 from edgekd.recipe import Recipe, dump_recipe
 from edgekd.rng import kept_global_rngs
-from edgekd.rundir import RunDir, atomic_write, exclusive_folder, hash_obj, remove_orphan_temp_files
+from edgekd.rundir import (RunDir, atomic_write, exclusive_folder, hash_obj, process_temp_dir,
+                           remove_orphan_temp_files)
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class Context:
         for backend in backends:  # a missing optional extra fails here, before any training
             backend.check_available()
         task = self.reporter.task("check exportability", 2 * len(backends))
-        with tempfile.TemporaryDirectory(prefix="edgekd-preflight-") as tmp:
+        with process_temp_dir("preflight") as tmp:  # one a SIGKILL left goes at the next
             for role in ("teacher", "student"):
                 for backend in backends:
                     backend.export_fp32(self.model(role), self.splits.input_shape,

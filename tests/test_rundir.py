@@ -309,3 +309,29 @@ def test_a_bench_removes_the_temp_files_a_killed_bench_left_in_its_results_folde
     edgekd.bench([model], settings=BenchSettings(warmup_runs=2, min_runs=5, min_seconds=0.0, rounds=1),
                  results_dir=tmp_path / "res")
     assert not orphan.exists() and (tmp_path / "res" / "bench-m.json").is_file()
+
+
+def test_an_int8_export_sweeps_the_scratch_folder_a_killed_export_left(tmp_path, monkeypatch):
+    """Static INT8 quantization works in a scratch folder (calibration files): an export killed with SIGKILL left
+    it in the temp area for good (TemporaryDirectory never ran its cleanup); the next export removes it."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    import numpy as np
+
+    from edgekd.export.onnx import export_onnx, quantize_static_int8
+    from edgekd.models import create_model
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid no process here has now: the killed export's
+    left = tmp_path / f"edgekd-export@{os.getuid()}" / f"{gone.pid}-killed"
+    left.mkdir(parents=True)
+    (left / "calibration.bin").write_bytes(b"x" * 1024)
+    model = create_model("mlp", in_shape=(8,), num_classes=4, width=8, depth=1)
+    fp32 = export_onnx(model, (8,), tmp_path / "fp32.onnx", opset=18)
+    quantize_static_int8(fp32, tmp_path / "int8.onnx", np.random.default_rng(0).random((16, 8), dtype=np.float32))
+    assert (tmp_path / "int8.onnx").is_file() and not left.exists()
+    assert list(left.parent.iterdir()) == []  # and its own went when it ended

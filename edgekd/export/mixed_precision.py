@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgekd.export.quant_error import errors, fp32_layers, layer_errors
+from edgekd.rundir import process_temp_dir
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def rank_layers(backend, fp32_path: Path, quantized_path: Path, precision: str, 
     elif method == "isolated":
         reference = backend.predict(fp32_path, x)
         scored = []
-        with tempfile.TemporaryDirectory(prefix="edgekd-mixed-") as tmp:
+        with process_temp_dir("export") as tmp:  # one a SIGKILL left goes at the next
             probe = Path(tmp) / f"probe{backend.suffix}"
             for node in candidates:
                 others = tuple(n for n in candidates if n != node)

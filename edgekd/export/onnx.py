@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -15,7 +14,7 @@ import numpy as np
 
 from edgekd.errors import ArtifactError, ExportError, first_line
 from edgekd.export.quiet import captured_output
-from edgekd.rundir import atomic_path
+from edgekd.rundir import atomic_path, process_temp_dir
 
 if TYPE_CHECKING:
     from torch import nn
@@ -199,7 +198,7 @@ def quantize_static_int8(fp32: Path, out: Path, calibration: np.ndarray, *, meth
         settings["kept_fp32"] = list(nodes_to_exclude)
     if method == "entropy":
         settings["entropy_bins"] = {"histogram": ENTROPY_BINS, "quantized": ENTROPY_QUANTIZED_BINS}
-    with atomic_path(out) as tmp, captured_output(*_QUANT_LOGGERS), tempfile.TemporaryDirectory() as work:
+    with atomic_path(out) as tmp, captured_output(*_QUANT_LOGGERS), process_temp_dir("export") as work:
         cache = None
         if method == "entropy":
             cache = Path(work) / "ranges.json"
