@@ -61,7 +61,7 @@ def _handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:
             how = "terminated" if isinstance(exc, interrupts.Terminated) else "interrupted"
-            kept = getattr(exc, "resume", None) or "finished stages are kept; run the same command again to resume"
+            kept = getattr(exc, "resume", None) or "stopped before it finished; run the same command again"
             err_console.print(f"{how}: {kept}", markup=False, highlight=False)
             raise typer.Exit(143 if how == "terminated" else 130) from None
         except Exception as exc:  # an edgekd bug, not a user mistake
@@ -84,8 +84,12 @@ def _run_and_show(recipe_source: Any, output_dir: Optional[Path], force: List[st
     recipe = load_recipe(recipe_source)
     if allow_generation:
         recipe.distill.allow_generation = True
-    with RichReporter(console) as reporter:
-        result = run(recipe, force=set(force), reporter=reporter, output_dir=output_dir)
+    try:
+        with RichReporter(console) as reporter:
+            result = run(recipe, force=set(force), reporter=reporter, output_dir=output_dir)
+    except KeyboardInterrupt as exc:  # a run has stages, and resumes (the other commands have neither)
+        exc.resume = "finished stages are kept; run the same command again to resume"  # type: ignore[attr-defined]
+        raise
     if result.rank != 0:  # rank 0 reports: this rank ends mid-run, and a summary there now is an earlier run's
         return
     if result.summary_path.is_file():

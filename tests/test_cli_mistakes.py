@@ -537,3 +537,21 @@ def test_ctrl_c_during_export_says_what_is_kept_and_that_a_rerun_exports_again(t
     assert proc.returncode == 130, stderr
     assert "interrupted: the artifacts finished so far are kept in arts; run the same command again" in message
     assert "stages" not in message and "resume" not in message and "Traceback" not in stderr
+
+
+def test_ctrl_c_in_a_command_without_stages_does_not_speak_of_stages(tmp_path, monkeypatch):
+    """Every command but a run said "finished stages are kept; run the same command again to resume" on Ctrl-C,
+    though only a run has stages and resumes. The interrupt is raised where `edgekd history` reads the history."""
+    from typer.testing import CliRunner
+
+    from edgekd.bench import history
+    from edgekd.cli import app
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(history, "sessions", interrupted)
+    result = CliRunner().invoke(app, ["history", "--history", str(tmp_path / "h.sqlite")])
+    assert result.exit_code == 130
+    assert "interrupted: stopped before it finished; run the same command again" in result.output
+    assert "stages" not in result.output
