@@ -89,6 +89,26 @@ def test_clean_over_ssh_removes_what_a_bench_left_on_the_board(tmp_path):
     assert [p.name for p in remote.rglob("*")] == ["notes.txt"]  # the emptied subfolders too
 
 
+def test_clean_over_ssh_stops_while_a_runner_measures_on_the_board(tmp_path):
+    """A bench from another laptop holds only the board's lock (its runner's); the clean sees it there."""
+    from edgekd.bench.clean import clean
+    from edgekd.devices.base import DeviceError
+
+    remote = tmp_path / "remote"
+    with LoopbackSSHD(tmp_path / "sshd") as server:
+        profile = _profile(server, tmp_path)
+        edgekd.bench(_models(tmp_path)[:1], device=str(profile), settings=replace(FAST, rounds=1))
+        left = sorted(p for p in remote.rglob("*") if p.is_file())
+        fd = _hold_device(Path(os.environ["EDGEKD_DEVICE_LOCK"]))  # the board's lock (tests/sshd.py passes it)
+        try:
+            with pytest.raises(DeviceError, match="is measuring for another bench"):
+                clean(str(profile))
+        finally:
+            os.close(fd)
+        assert sorted(p for p in remote.rglob("*") if p.is_file()) == left
+        assert clean(str(profile)).files == len(left)
+
+
 def test_a_device_lost_midway_keeps_what_was_measured_and_resume_measures_the_rest(tmp_path):
     from edgekd.bench.result import BenchResult
 

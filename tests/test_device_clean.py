@@ -94,3 +94,24 @@ def test_a_shared_or_root_work_directory_is_refused(tmp_path):
         err = " ".join(proc.stderr.split())
         assert proc.returncode == 2 and f"will not clean the work directory '{workdir}'" in err, proc.stderr
         assert "fix: point `workdir:`" in err
+
+
+def test_clean_stops_while_a_runner_measures_on_the_device_whoever_started_it(tmp_path):
+    """The host's lock cannot see a bench started from another machine or by another user; the runner's lock on
+    the device can. Held here as such a runner holds it (flock on the device's lock file, this test session's:
+    conftest sets EDGEKD_DEVICE_LOCK, which the device's shell reads as the runner does)."""
+    import fcntl
+
+    work = _benched_box(tmp_path)
+    before = _files(work)
+    fd = os.open(os.environ["EDGEKD_DEVICE_LOCK"], os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        proc = _cli(tmp_path, "devices", "--clean", "box")
+    finally:
+        os.close(fd)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    err = " ".join(proc.stderr.split())
+    assert "device 'box' is measuring for another bench" in err and "another machine" in err, err
+    assert _files(work) == before
+    assert _cli(tmp_path, "devices", "--clean", "box").returncode == 0 and _files(work) == []

@@ -32,10 +32,19 @@ SHARED = frozenset({"/", "/tmp", "/var/tmp", "/private/tmp", "/var", "/home", "/
                     "/opt", "/mnt", "/media", "/srv", "/data", "/data/local", "/data/local/tmp", "/sdcard",
                     "/storage", "/storage/emulated/0", "/storage/self/primary"})
 
+# The device's own bench lock, as the runner finds it (runner.device_lock_path): held by a runner measuring
+# there, whichever machine or user started it, when the device has the flock tool (util-linux, busybox,
+# toybox); exit 75 when held. A device without the tool, or without the file (no runner ever ran), is not
+# locked here. The file is only read (no symlink is opened), so nothing of the device's users is written.
+_DEVICE_LOCK = ('l=${EDGEKD_DEVICE_LOCK:-}; if [ -z "$l" ]; then '
+                'if [ -d /data/local/tmp ] && [ -d /system/bin ]; then l=/data/local/tmp/edgekd-bench.lock; '
+                'else l=/tmp/edgekd-bench.lock; fi; fi; '
+                'if command -v flock >/dev/null 2>&1 && [ -f "$l" ] && [ ! -L "$l" ] && exec 9<"$l"; then '
+                'flock -n 9 || exit 75; fi; ')
 # One fixed script (no user input in it): $1 is the work directory, the other arguments are bin/ files. Each
 # file edgekd named is measured (du -k, also in busybox and Android's toybox), removed, and reported as one line:
 # its KiB ('?' when du cannot tell), or '!' when it could not be removed.
-_SCRIPT = ('w=$1; shift; [ -d "$w" ] || exit 3; '
+_SCRIPT = (_DEVICE_LOCK + 'w=$1; shift; [ -d "$w" ] || exit 3; '
            'for f in ' + " ".join(f'"$w"/{glob}' for glob in CACHED) + ' "$@"; do '
            '[ -f "$f" ] || continue; '
            'k=$(du -k "$f" 2>/dev/null); k=${k%%[!0-9]*}; '
@@ -96,6 +105,13 @@ def clean_workdir(device: Device) -> Cleaned:
     result = device.run(["sh", "-c", _SCRIPT, "sh", _not_an_option(workdir), *bins], timeout=600)
     if result.returncode == 3:  # no work directory: nothing was ever pushed
         return done
+    if result.returncode == 75:  # _DEVICE_LOCK: a runner measures there now (a bench from anywhere)
+        raise DeviceError(f"device '{device.name}' is measuring for another bench (its runner holds the "
+                               "device's own bench lock)",
+                               why="that bench may be started from another machine or by another user, and its "
+                                   "runner uses the files of the work directory; removing them would fail it",
+                               fix=f"wait for that bench to end, then run `edgekd devices --clean {device.name}` "
+                                   "again")
     if result.returncode != 0:
         raise DeviceError(f"cannot clean {workdir} on {device.name}",
                           why=(result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1],
