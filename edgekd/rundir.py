@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import stat
 import tempfile
@@ -235,8 +236,6 @@ def process_temp_dir(kind: str) -> Iterator[Path]:
     its owner's as atomic_path's temp files are: its name starts with the owner's pid, and the owner holds a
     lock (flock) on a file in it, so the folder of a live owner is kept, whether its pid is seen here or only its
     lock (another container sharing the temp area), also in the moment between its creation and the lock."""
-    import shutil
-
     parent = Path(tempfile.gettempdir()) / f"edgekd-{kind}@{os.getuid()}"
     fix = "remove that folder, or set TMPDIR to a folder of your own"
     try:
@@ -259,8 +258,6 @@ def process_temp_dir(kind: str) -> Iterator[Path]:
 def remove_orphan_temp_dirs(parent: str | os.PathLike[str]) -> list[Path]:
     """Remove the folders `process_temp_dir` made in `parent` whose owner is gone (its pid is no process here and
     no process holds the lock in it); a name of another form is not one of them and stays."""
-    import shutil
-
     removed = []
     for folder in Path(parent).iterdir():
         pid = folder.name.partition("-")[0]

@@ -679,22 +679,22 @@ def _spec(session: _Session, artifact: Artifact, settings: BenchSettings, inputs
             "windows": SUSTAINED_WINDOWS if settings.sustained else 0, "lock_wait_seconds": device_wait(settings)}
 
 
-def runner_budget(settings: BenchSettings) -> float:
+def runner_budget(max_seconds: float) -> float:
     """What one runner call may take once it has the device: its max_seconds three times over (warmup, timed
     loop, slack) plus RUNNER_GRACE_S."""
-    return settings.max_seconds * 3 + RUNNER_GRACE_S
+    return max_seconds * 3 + RUNNER_GRACE_S
 
 
 def runner_timeout(spec: dict[str, Any]) -> float:
     """When to stop waiting for a runner: its wait for the device (lock_wait_seconds) plus its own budget."""
-    return spec["lock_wait_seconds"] + spec["max_seconds"] * 3 + RUNNER_GRACE_S
+    return spec["lock_wait_seconds"] + runner_budget(spec["max_seconds"])
 
 
 def device_wait(settings: BenchSettings) -> float:
     """The runner's lock_wait_seconds: $EDGEKD_DEVICE_WAIT, else runner_budget (see DEVICE_WAIT_ENV)."""
     configured = os.environ.get(DEVICE_WAIT_ENV)
     if not configured:
-        return runner_budget(settings)
+        return runner_budget(settings.max_seconds)
     try:
         seconds = float(configured)
         if not (math.isfinite(seconds) and seconds >= 0):

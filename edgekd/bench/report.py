@@ -29,7 +29,6 @@ LAYOUT_SHARE_WARNING = 0.2  # warn when Transpose-like ops are this share of a g
 # Say so when the timer's own cost (two clock reads around a call, measured on the device) is this share of a
 # p50 or more: 0.13 µs here is ~4% of a 3.4 µs floor, and it shifts ratios between very fast models.
 TIMER_SHARE_NOTE = 0.01
-OVERHEAD_BOUND = stats.OVERHEAD_BOUND  # below this many times the per-call floor, the floor sets the latency
 # How the table's latency numbers are made (edgekd.bench.stats), said under it: the rounds are the samples.
 LATENCY_METHOD = ("The p50 is the geometric mean of the rounds' p50s (each round a fresh process) and its 95% interval "
                   "a t interval over them; with one round, a bootstrap interval of the median of its calls. The "
@@ -320,7 +319,7 @@ def findings(summary: dict[str, Any]) -> list[str]:
                    f"{_fastest_within_noise(fastest, timed)}, "
                    f"{x_floor:.2f}× the runtime's per-call floor ({floor['p50_us']:.2f} µs for an Identity graph)"
                    + (": at this size the runtime's call overhead, not the model, sets the latency."
-                      if x_floor < OVERHEAD_BOUND else
+                      if x_floor < stats.OVERHEAD_BOUND else
                       f": the model, not the runtime's call overhead (~{1 / x_floor:.0%} of it), sets the latency."))
         fp32 = next((r for r in timed if r["precision"] == "fp32"), None)
         for row in timed:
