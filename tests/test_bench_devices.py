@@ -301,20 +301,31 @@ def test_ctrl_c_on_the_command_line_says_where_the_results_are_and_to_resume(tmp
                             "5", "--results-dir", str(tmp_path / "results"), "--history", str(tmp_path / "h.sqlite")],
                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seen: set[int] = set()
+
+    def second_runner_started() -> bool:  # then the first artifact is measured
+        seen.update(pid for pid in descendants(cli.pid) if b"edgekd_runner" in _cmdline(pid))
+        return len(seen) >= 2
+
+    stderr = _ctrl_c_once(cli, second_runner_started, "the second runner never started")
+    assert "interrupted: the 1 result(s) measured so far are kept in" in " ".join(stderr.split())
+    assert "rerun with --resume" in stderr and "Traceback" not in stderr
+    assert sorted(p.name for p in (tmp_path / "results").glob("*.json")) == ["bench-m0.json"]
+
+
+def _ctrl_c_once(cli: subprocess.Popen, ready, never: str) -> str:
+    """Send the bench command `cli` a Ctrl-C as soon as `ready()` holds (polled), and return its stderr once it
+    has exited with 130."""
     try:
         deadline = time.monotonic() + 120
-        while len(seen) < 2:  # the second runner started: the first artifact is measured
-            assert time.monotonic() < deadline and cli.poll() is None, "the second runner never started"
-            seen.update(pid for pid in descendants(cli.pid) if b"edgekd_runner" in _cmdline(pid))
+        while not ready():
+            assert time.monotonic() < deadline and cli.poll() is None, never
             time.sleep(0.05)
         cli.send_signal(signal.SIGINT)
         _, stderr = cli.communicate(timeout=60)
     finally:
         cli.kill()
     assert cli.returncode == 130, stderr
-    assert "interrupted: the 1 result(s) measured so far are kept in" in " ".join(stderr.split())
-    assert "rerun with --resume" in stderr and "Traceback" not in stderr
-    assert sorted(p.name for p in (tmp_path / "results").glob("*.json")) == ["bench-m0.json"]
+    return stderr
 
 
 def _cmdline(pid: int) -> bytes:
@@ -690,16 +701,8 @@ def test_ctrl_c_before_any_result_does_not_speak_of_stages(tmp_path):
                             "--min-seconds", "30", "--results-dir", str(tmp_path / "results"), "--history",
                             str(tmp_path / "h.sqlite")],
                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not any(b"edgekd_runner" in _cmdline(pid) and b"spec" in _cmdline(pid)
-                      for pid in descendants(cli.pid)):  # the timing runner (30 s) is under way
-            assert time.monotonic() < deadline and cli.poll() is None, "the runner never started"
-            time.sleep(0.05)
-        cli.send_signal(signal.SIGINT)
-        _, stderr = cli.communicate(timeout=60)
-    finally:
-        cli.kill()
-    assert cli.returncode == 130, stderr
+    stderr = _ctrl_c_once(cli, lambda: any(b"edgekd_runner" in _cmdline(pid) and b"spec" in _cmdline(pid)
+                                           for pid in descendants(cli.pid)),  # the timing runner (30 s) is under way
+                          "the runner never started")
     assert "interrupted: no result was finished; run the same command again" in " ".join(stderr.split()), stderr
     assert "stages" not in stderr and not list((tmp_path / "results").glob("*.json"))

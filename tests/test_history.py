@@ -99,16 +99,21 @@ def test_results_of_one_name_that_measured_different_things_are_not_paired(tmp_p
     assert "m: device host → pi" in err.value.why
 
 
+def _schema_before(column: str) -> str:
+    """history._SCHEMA as it was before `column` (its declaration, e.g. 'sampled INTEGER') was added."""
+    old = history._SCHEMA.replace(f",\n    {column}", "")
+    assert column.split()[0] not in old
+    return old
+
+
 def test_a_history_from_before_identities_still_compares(tmp_path):
     """A history written by an older edgekd (no identity column, results without input shapes) gains the
     column; its rows pair on what they recorded (format, precision, device, harness) and the rest is named."""
     import sqlite3
 
     db = tmp_path / "h.sqlite"
-    old_schema = history._SCHEMA.replace(",\n    identity TEXT", "")
-    assert "identity" not in old_schema
     with sqlite3.connect(db) as con:
-        con.executescript(old_schema)
+        con.executescript(_schema_before("identity TEXT"))
         con.execute("INSERT INTO results (session, created_at, device, artifact_name, artifact_sha256, format,"
                     " precision, harness, p50_us, runs, unstable, round_p50_us, latencies) VALUES"
                     " ('old', 't', 'host', 'm', 'mmmm', 'onnx', 'fp32', 'runner', 10, 3, 0, '[10.0, 10.1]', ?)",
@@ -298,10 +303,8 @@ def test_a_history_from_before_the_sampled_column_gains_it_and_keeps_its_rows(tm
     import sqlite3
 
     db = tmp_path / "h.sqlite"
-    old_schema = history._SCHEMA.replace(",\n    sampled INTEGER", "")
-    assert "sampled" not in old_schema
     with sqlite3.connect(db) as con:
-        con.executescript(old_schema)
+        con.executescript(_schema_before("sampled INTEGER"))
         con.execute("INSERT INTO results (session, created_at, device, artifact_name, artifact_sha256, runs,"
                     " round_p50_us) VALUES ('old', 't', 'host', 'm', 'mmmm', 3, '[10.0, 10.1]')")
     history.record([_result("m", 10.0, 0, [10.0, 10.1])], db)
@@ -315,7 +318,7 @@ def test_two_processes_upgrading_an_old_history_at_once_both_succeed(tmp_path):
 
     db = tmp_path / "h.sqlite"
     with sqlite3.connect(db) as con:
-        con.executescript(history._SCHEMA.replace(",\n    identity TEXT", ""))
+        con.executescript(_schema_before("identity TEXT"))
     first, second = sqlite3.connect(db), sqlite3.connect(db)
     history._add_column(first, "identity", "TEXT")
     first.commit()

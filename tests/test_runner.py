@@ -511,6 +511,22 @@ def _holding(proc: subprocess.Popen, lock: Path) -> None:
     pytest.fail(f"the first runner never held the device lock: {proc.wait()}, {proc.stderr.read()}")
 
 
+def _first_runner_holding(identity_dir: Path, lock: Path) -> subprocess.Popen:
+    """An endless runner that holds the device lock, as another bench's would; closing its stdin (its host's
+    link) ends it and so releases the lock."""
+    first = _start_endless(identity_dir, "--tether", "600", stdin=subprocess.PIPE)
+    _holding(first, lock)  # kills it on failure
+    return first
+
+
+def _second_spec(identity_dir: Path, wait_s: float) -> Path:
+    """The spec of a second runner of the same model, which waits up to wait_s for the device."""
+    path = identity_dir / "second.json"
+    path.write_text(json.dumps({"artifact": "id.onnx", "runtime": "onnxruntime", "inputs": {"x": "x.npy"}, **FAST,
+                                "lock_wait_seconds": wait_s}))
+    return path
+
+
 def _wait_line(proc: subprocess.Popen, needle: str) -> str:
     """Read the runner's stderr until a line has `needle` (the runner says it waits), or it ends."""
     seen = ""
@@ -524,13 +540,10 @@ def _wait_line(proc: subprocess.Popen, needle: str) -> str:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/maps")
 def test_a_runner_on_a_device_another_runner_measures_on_waits_then_says_it_is_busy(identity_dir: Path, monkeypatch):
     lock = _lock_file(identity_dir, monkeypatch)
-    first = _start_endless(identity_dir, "--tether", "600", stdin=subprocess.PIPE)
+    first = _first_runner_holding(identity_dir, lock)
     try:
-        _holding(first, lock)
-        spec = {"artifact": "id.onnx", "runtime": "onnxruntime", "inputs": {"x": "x.npy"}, **FAST,
-                "lock_wait_seconds": 0.2}
-        (identity_dir / "second.json").write_text(json.dumps(spec))
-        proc = subprocess.run([sys.executable, str(RUNNER), str(identity_dir / "second.json")], capture_output=True,
+        second_spec = _second_spec(identity_dir, 0.2)
+        proc = subprocess.run([sys.executable, str(RUNNER), str(second_spec)], capture_output=True,
                               text=True, timeout=120)
         error = assert_error(proc.returncode, json.loads(proc.stdout), "device_busy")
         assert error["what"].startswith(f"the device is busy with another bench (pid {first.pid}, user ")
@@ -544,13 +557,10 @@ def test_a_runner_on_a_device_another_runner_measures_on_waits_then_says_it_is_b
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/maps")
 def test_a_waiting_runner_measures_once_the_holder_ends_and_says_it_waited(identity_dir: Path, monkeypatch):
     lock = _lock_file(identity_dir, monkeypatch)
-    first = _start_endless(identity_dir, "--tether", "600", stdin=subprocess.PIPE)
+    first = _first_runner_holding(identity_dir, lock)
     try:
-        _holding(first, lock)
-        spec = {"artifact": "id.onnx", "runtime": "onnxruntime", "inputs": {"x": "x.npy"}, **FAST,
-                "lock_wait_seconds": 120.0}
-        (identity_dir / "second.json").write_text(json.dumps(spec))
-        second = subprocess.Popen([sys.executable, str(RUNNER), str(identity_dir / "second.json")],
+        second_spec = _second_spec(identity_dir, 120.0)
+        second = subprocess.Popen([sys.executable, str(RUNNER), str(second_spec)],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert f"busy with another bench (pid {first.pid}" in _wait_line(second, "waiting up to 120 s")
     finally:
@@ -568,13 +578,10 @@ def test_a_waiting_runner_measures_once_the_holder_ends_and_says_it_waited(ident
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/maps")
 def test_the_tether_ends_a_runner_that_waits_for_the_device(identity_dir: Path, monkeypatch):
     lock = _lock_file(identity_dir, monkeypatch)
-    first = _start_endless(identity_dir, "--tether", "600", stdin=subprocess.PIPE)
+    first = _first_runner_holding(identity_dir, lock)
     try:
-        _holding(first, lock)
-        spec = {"artifact": "id.onnx", "runtime": "onnxruntime", "inputs": {"x": "x.npy"}, **FAST,
-                "lock_wait_seconds": 600.0}
-        (identity_dir / "second.json").write_text(json.dumps(spec))
-        second = subprocess.Popen([sys.executable, str(RUNNER), "--tether", "600", str(identity_dir / "second.json")],
+        second_spec = _second_spec(identity_dir, 600.0)
+        second = subprocess.Popen([sys.executable, str(RUNNER), "--tether", "600", str(second_spec)],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         _wait_line(second, "waiting up to 600 s")
         second.stdin.close()  # its host gave up: it must not wait on, to take the device for nobody
