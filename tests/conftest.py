@@ -35,6 +35,25 @@ def import_or_skip(module: str, reason: str) -> ModuleType:
         skip_or_fail_on_ci(f"{reason} ({exc})")
 
 
+def hold_device_lock(lock: Path) -> int:
+    """Hold a device's bench lock as another bench's runner would (on another machine, or another user's): flock
+    on the file, our pid in it. Returns the fd; closing it releases the lock."""
+    import fcntl
+    import json
+
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps({"pid": os.getpid(), "user": "alice", "from": "192.0.2.7"}).encode())
+    return fd
+
+
+def waiting_on(lock: Path) -> bool:
+    """Someone is blocked in flock on `lock` (a '->' line of /proc/locks names its inode)."""
+    inode = f":{lock.stat().st_ino} "
+    return any("->" in line and inode in line for line in Path("/proc/locks").read_text().splitlines())
+
+
 def _seed_rngs() -> None:
     from edgekd.distill.trainer import seed_everything
 

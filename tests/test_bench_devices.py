@@ -21,7 +21,7 @@ from edgekd.devices.base import DeviceUnreachable, RuntimeMissing
 from edgekd.devices.loopback import alive
 from edgekd.errors import EdgeKDError
 from edgekd.export.onnx import write_identity_model
-from conftest import skip_or_fail_on_ci
+from conftest import hold_device_lock, skip_or_fail_on_ci, waiting_on
 from sshd import LoopbackSSHD
 
 FAST = BenchSettings(warmup_runs=5, min_runs=30, min_seconds=0.02, rounds=2)
@@ -99,7 +99,7 @@ def test_clean_over_ssh_stops_while_a_runner_measures_on_the_board(tmp_path):
         profile = _profile(server, tmp_path)
         edgekd.bench(_models(tmp_path)[:1], device=str(profile), settings=replace(FAST, rounds=1))
         left = sorted(p for p in remote.rglob("*") if p.is_file())
-        fd = _hold_device(Path(os.environ["EDGEKD_DEVICE_LOCK"]))  # the board's lock (tests/sshd.py passes it)
+        fd = hold_device_lock(Path(os.environ["EDGEKD_DEVICE_LOCK"]))  # the board's lock (tests/sshd.py passes it)
         try:
             with pytest.raises(DeviceError, match="is measuring for another bench"):
                 clean(str(profile))
@@ -522,23 +522,12 @@ def test_two_edgekd_versions_sharing_a_work_directory_keep_their_own_runners(tmp
 
 # ------------------------------------------------------------------ the device's own bench lock (runner.DeviceLock)
 
-def _hold_device(lock: Path):
-    """Hold a device's bench lock as another bench's runner would (on another machine, or another user's): flock
-    on the file, our pid in it."""
-    import fcntl
-    import json
-
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    os.write(fd, json.dumps({"pid": os.getpid(), "user": "alice", "from": "192.0.2.7"}).encode())
-    return fd
-
 
 def test_edgekd_bench_on_a_device_another_bench_holds_exits_2_saying_who(tmp_path):
     lock = tmp_path / "device.lock"
     model = write_identity_model(tmp_path / "m.onnx", (8,), 18)
     env = {**os.environ, "EDGEKD_DEVICE_LOCK": str(lock), "EDGEKD_DEVICE_WAIT": "0.2", "COLUMNS": "400"}
-    fd = _hold_device(lock)
+    fd = hold_device_lock(lock)
     try:
         proc = subprocess.run([sys.executable, "-m", "edgekd.cli", "bench", str(model), "--min-seconds", "0",
                                "--rounds", "1", "--results-dir", str(tmp_path / "results")], cwd=tmp_path, env=env,
@@ -563,7 +552,7 @@ def test_a_runner_on_a_board_over_ssh_holds_the_device_lock(tmp_path, monkeypatc
     one_round = replace(FAST, rounds=1)
     with LoopbackSSHD(tmp_path / "sshd") as server:
         profile = _profile(server, tmp_path, python=["env", f"EDGEKD_DEVICE_LOCK={lock}", sys.executable])
-        fd = _hold_device(lock)
+        fd = hold_device_lock(lock)
         try:
             monkeypatch.setenv("EDGEKD_DEVICE_WAIT", "0")
             with pytest.raises(BenchError, match="device 'board' is busy with another bench") as err:
@@ -598,12 +587,6 @@ class _Notes:
         self.notes.append(message)
 
 
-def _waiting_on(lock: Path) -> bool:
-    """Someone is blocked in flock on `lock` (a '->' line of /proc/locks names its inode)."""
-    inode = f":{lock.stat().st_ino} "
-    return any("->" in line and inode in line for line in Path("/proc/locks").read_text().splitlines())
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/locks")
 def test_a_bench_that_had_to_wait_for_the_device_says_so_and_its_result_records_it(tmp_path, monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
@@ -612,12 +595,12 @@ def test_a_bench_that_had_to_wait_for_the_device_says_so_and_its_result_records_
     monkeypatch.setenv("EDGEKD_DEVICE_LOCK", str(lock))
     model = write_identity_model(tmp_path / "m.onnx", (8,), 18)
     reporter = _Notes()
-    fd = _hold_device(lock)
+    fd = hold_device_lock(lock)
     try:
         with ThreadPoolExecutor(1) as pool:
             running = pool.submit(edgekd.bench, [model], "host", settings=replace(FAST, rounds=1), reporter=reporter)
             deadline = time.monotonic() + 120
-            while not _waiting_on(lock):  # the runner waits for the device: now the other bench ends
+            while not waiting_on(lock):  # the runner waits for the device: now the other bench ends
                 assert not running.done(), running.exception()
                 assert time.monotonic() < deadline, "the runner never waited for the device's lock"
                 time.sleep(0.05)

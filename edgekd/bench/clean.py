@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from edgekd.bench import shell_lock
 from edgekd.bench.device_lock import device_lock
 from edgekd.bench.native import remote_binary_path
 from edgekd.devices.base import Device, DeviceError
@@ -32,25 +33,20 @@ SHARED = frozenset({"/", "/tmp", "/var/tmp", "/private/tmp", "/var", "/home", "/
                     "/opt", "/mnt", "/media", "/srv", "/data", "/data/local", "/data/local/tmp", "/sdcard",
                     "/storage", "/storage/emulated/0", "/storage/self/primary"})
 
-# The device's own bench lock, as the runner finds it (runner.device_lock_path): held by a runner measuring
-# there, whichever machine or user started it, when the device has the flock tool (util-linux, busybox,
-# toybox); exit 75 when held. A device without the tool, or without the file (no runner ever ran), is not
-# locked here. The file is only read (no symlink is opened), so nothing of the device's users is written.
-_DEVICE_LOCK = ('l=${EDGEKD_DEVICE_LOCK:-}; if [ -z "$l" ]; then '
-                'if [ -d /data/local/tmp ] && [ -d /system/bin ]; then l=/data/local/tmp/edgekd-bench.lock; '
-                'else l=/tmp/edgekd-bench.lock; fi; fi; '
-                'if command -v flock >/dev/null 2>&1 && [ -f "$l" ] && [ ! -L "$l" ] && exec 9<"$l"; then '
-                'flock -n 9 || exit 75; fi; ')
-# One fixed script (no user input in it): $1 is the work directory, the other arguments are bin/ files. Each
-# file edgekd named is measured (du -k, also in busybox and Android's toybox), removed, and reported as one line:
-# its KiB ('?' when du cannot tell), or '!' when it could not be removed.
-_SCRIPT = (_DEVICE_LOCK + 'w=$1; shift; [ -d "$w" ] || exit 3; '
-           'for f in ' + " ".join(f'"$w"/{glob}' for glob in CACHED) + ' "$@"; do '
-           '[ -f "$f" ] || continue; '
-           'k=$(du -k "$f" 2>/dev/null); k=${k%%[!0-9]*}; '
-           'if rm -f "$f" && [ ! -e "$f" ]; then echo "${k:-?}"; else echo "!"; fi; '
-           'done; '
-           'for d in ' + " ".join(SUBFOLDERS) + '; do rmdir "$w/$d" 2>/dev/null; done; exit 0')
+# One fixed script (no user input in it), run holding the device's own bench lock, the runner's (shell_lock: with
+# the device's flock tool, not waiting: held by a runner or native tool measuring there, whichever machine or user
+# started it, it exits shell_lock.BUSY_EXIT; a device without the tool is not locked here). $1 is the work
+# directory, the other arguments are bin/ files. Each file edgekd named is measured (du -k, also in busybox and
+# Android's toybox), removed, and reported as one line: its KiB ('?' when du cannot tell), or '!' when it could
+# not be removed.
+_SCRIPT = shell_lock.locked_script(
+    'w=$1; shift; [ -d "$w" ] || exit 3; '
+    'for f in ' + " ".join(f'"$w"/{glob}' for glob in CACHED) + ' "$@"; do '
+    '[ -f "$f" ] || continue; '
+    'k=$(du -k "$f" 2>/dev/null); k=${k%%[!0-9]*}; '
+    'if rm -f "$f" && [ ! -e "$f" ]; then echo "${k:-?}"; else echo "!"; fi; '
+    'done; '
+    'for d in ' + " ".join(SUBFOLDERS) + '; do rmdir "$w/$d" 2>/dev/null; done; exit 0')
 
 
 @dataclass
@@ -102,19 +98,22 @@ def clean_workdir(device: Device) -> Cleaned:
     done = Cleaned(device.name, workdir)
     if device.profile.kind == "local":
         _remove_local_temp_files(Path(workdir), done)
-    result = device.run(["sh", "-c", _SCRIPT, "sh", _not_an_option(workdir), *bins], timeout=600)
+    result = device.run(["sh", "-c", _SCRIPT, "sh", shell_lock.wait_arg(0), _not_an_option(workdir), *bins],
+                        timeout=600)
+    lock = shell_lock.report(result.stderr)
+    stderr = lock.output
+    if lock.busy:  # a runner or native tool measures there now (a bench from anywhere)
+        raise DeviceError(f"device '{device.name}' is measuring for another bench ({lock.holder or 'pid unknown'} "
+                          "holds the device's own bench lock)",
+                          why="that bench may be started from another machine or by another user, and its "
+                              "runner or benchmark tool uses the files of the work directory; removing them would "
+                              "fail it",
+                          fix=f"wait for that bench to end, then run `edgekd devices --clean {device.name}` again")
     if result.returncode == 3:  # no work directory: nothing was ever pushed
         return done
-    if result.returncode == 75:  # _DEVICE_LOCK: a runner measures there now (a bench from anywhere)
-        raise DeviceError(f"device '{device.name}' is measuring for another bench (its runner holds the "
-                               "device's own bench lock)",
-                               why="that bench may be started from another machine or by another user, and its "
-                                   "runner uses the files of the work directory; removing them would fail it",
-                               fix=f"wait for that bench to end, then run `edgekd devices --clean {device.name}` "
-                                   "again")
     if result.returncode != 0:
         raise DeviceError(f"cannot clean {workdir} on {device.name}",
-                          why=(result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1],
+                          why=(stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1],
                           fix="check that the device's shell is POSIX sh and the work directory is yours")
     for line in result.stdout.split():
         if line == "!":
@@ -124,7 +123,7 @@ def clean_workdir(device: Device) -> Cleaned:
         else:
             done.files, done.unsized = done.files + 1, done.unsized + 1
     if done.failed:
-        done.failure = (result.stderr.strip().splitlines() or [None])[-1]
+        done.failure = (stderr.strip().splitlines() or [None])[-1]
     return done
 
 

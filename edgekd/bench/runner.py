@@ -1191,25 +1191,35 @@ class DeviceLock:
 
     @staticmethod
     def _holder_of(path: str) -> str:
-        """'pid N, user U, from ADDRESS' from the lock file as far as it can be read; any user may have
-        written it, so only short printable values are taken from it."""
+        """'pid N, user U, from ADDRESS' from the lock file as far as it can be read (see holder_summary)."""
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
             try:
-                raw = json.loads(os.read(fd, _LOCK_INFO_MAX).decode("utf-8", "replace"))
+                text = os.read(fd, _LOCK_INFO_MAX).decode("utf-8", "replace")
             finally:
                 os.close(fd)
-        except (OSError, ValueError):
-            raw = None
+        except OSError:
+            text = ""
+        return holder_summary(text)
 
-        def clean(key: str) -> Optional[str]:
-            value = raw.get(key) if isinstance(raw, dict) else None
-            text = "".join(c for c in str(value) if c.isprintable())[:64] if isinstance(value, (str, int)) else ""
-            return text or None
 
-        pid, user, source = clean("pid"), clean("user"), clean("from")
-        return ", ".join([f"pid {pid}" if pid else "pid unknown", *([f"user {user}"] if user else []),
-                          *([f"from {source}"] if source else [])])
+def holder_summary(text: str) -> str:
+    """'pid N, user U, from ADDRESS' from what a holder wrote in the lock file (DeviceLock._write_holder, or the
+    device's shell for a native tool: edgekd.bench.shell_lock); any user may have written it, so only short
+    printable values are taken from it."""
+    try:
+        raw = json.loads(text[:_LOCK_INFO_MAX])
+    except ValueError:
+        raw = None
+
+    def clean(key: str) -> Optional[str]:
+        value = raw.get(key) if isinstance(raw, dict) else None
+        text = "".join(c for c in str(value) if c.isprintable())[:64] if isinstance(value, (str, int)) else ""
+        return text or None
+
+    pid, user, source = clean("pid"), clean("user"), clean("from")
+    return ", ".join([f"pid {pid}" if pid else "pid unknown", *([f"user {user}"] if user else []),
+                      *([f"from {source}"] if source else [])])
 
 
 # --------------------------------------------------------------------------- orchestration
