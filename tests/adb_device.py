@@ -31,8 +31,10 @@ and every sync path is confined to the sandbox (``/x`` -> ``SANDBOX/x``), so a
 test cannot write outside it.  This is a textual rewrite of the command line,
 not a chroot: absolute host paths (``/work/main/.venv/bin/python``) still run.
 ``getprop`` and ``dumpsys`` are small scripts on the sandbox PATH; with ``toybox=PATH`` (Debian's toybox
-package) ``taskset`` is toybox's applet, as on Android; ``without=("taskset",)`` leaves commands out of the
-shell's PATH, as on a phone or board whose shell lacks them.
+package) ``taskset``, ``flock`` and ``timeout`` are toybox's applets, as on Android; ``shell=PATH`` runs the
+commands with another shell (Android's is mksh); ``without=("taskset",)`` leaves commands out of the shell's
+PATH, as on a phone or board whose shell lacks them. The test session's device-side bench lock
+($EDGEKD_DEVICE_LOCK, see conftest) is passed to the shell, as tests/sshd.py passes it to a board's.
 """
 
 from __future__ import annotations
@@ -353,6 +355,7 @@ class LoopbackAdbDevice:
         host: str = "127.0.0.1",
         authorized: bool = True,
         toybox: str | None = None,
+        shell: str = "/bin/sh",
         without: Iterable[str] = (),
     ) -> None:
         self.sandbox = Path(sandbox).resolve()
@@ -361,6 +364,7 @@ class LoopbackAdbDevice:
         self.shell_v2 = shell_v2
         self.authorized = authorized
         self.toybox = toybox  # a real toybox binary: its applets stand in for Android's /system/bin tools
+        self.shell = shell  # what runs each command (`SHELL -c COMMAND`), as adbd runs Android's sh (mksh)
         self.without = frozenset(without)  # commands this device's shell cannot find (e.g. taskset)
         self.props = {**DEFAULT_PROPS, **(props or {})}
         self.mapped_prefixes = sorted({p.rstrip("/") for p in mapped_prefixes}, key=len, reverse=True)
@@ -517,8 +521,9 @@ class LoopbackAdbDevice:
             f={shlex.quote(str(dumpsys_dir))}/"$1"
             if [ -f "$f" ]; then cat "$f"; else echo "Can't find service: $1"; fi
             """)
-        if self.toybox:  # Android's taskset is toybox's, which takes a hex mask and no -c (util-linux's has both)
-            (bin_dir / "taskset").symlink_to(self.toybox)
+        if self.toybox:  # Android's taskset is toybox's, which takes a hex mask and no -c (util-linux's has both);
+            for applet in ("taskset", "flock", "timeout"):  # its flock has no -w
+                (bin_dir / applet).symlink_to(self.toybox)
         if self.without:  # the shell's PATH is then system/bin and this host's tools, less those, linked in xbin
             xbin = self.sandbox / "system" / "xbin"
             xbin.mkdir(exist_ok=True)
@@ -544,6 +549,8 @@ class LoopbackAdbDevice:
             "TMPDIR": str(self.home),
             "LANG": "C.UTF-8",
             "ANDROID_DATA": str(self.host_path("/data")),
+            **({"EDGEKD_DEVICE_LOCK": os.environ["EDGEKD_DEVICE_LOCK"]} if os.environ.get("EDGEKD_DEVICE_LOCK")
+               else {}),
         }
 
     # ---------------------------------------------------------------- services
@@ -564,7 +571,7 @@ class LoopbackAdbDevice:
 
     def _shell(self, stream: _Stream, command: str, v2: bool) -> None:
         proc = subprocess.Popen(
-            ["/bin/sh", "-c", self.map_command(command)],
+            [self.shell, "-c", self.map_command(command)],
             cwd=self.home,
             env=self._env(),
             stdin=subprocess.PIPE,

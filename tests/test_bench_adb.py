@@ -14,7 +14,7 @@ import yaml
 import edgekd
 from edgekd.bench.harness import BenchSettings
 from edgekd.export.formats import FORMATS, ExportOptions
-from conftest import skip_or_fail_on_ci
+from conftest import hold_device_lock, skip_or_fail_on_ci, waiting_on
 from test_adb_device import WD, _attached, _sandbox, adb_server, phone  # noqa: F401  (fixtures)
 from test_native import fake_binary, tflite_model  # noqa: F401  (fixtures: the benchmark_model stand-in, an MLP)
 
@@ -58,6 +58,9 @@ def test_native_path_over_adb(adb_server, phone, fake_binary, tflite_model, tmp_
     assert len(runs) == 2 and min(runs) >= 15 and result.latency_us["n"] == result.runtime["runs"] == sum(runs)
     assert result.latency_us["ci95_p50_rounds"] is not None
     assert (tmp_path / "results" / "bench-mlp@phone.json").is_file()
+    # each round ran holding the phone's bench lock, the runner's (this session's: see tests/adb_device.py)
+    assert result.device_lock == [{"path": os.environ["EDGEKD_DEVICE_LOCK"], "state": "held", "waited_s": 0.0,
+                                   "waited_for": None}] * 2
 
 
 def test_thermal_status_is_read_before_each_round_and_after_the_run(adb_server, phone, tmp_path):  # noqa: F811
@@ -206,3 +209,95 @@ def test_sustained_on_a_phone_without_python_is_refused(adb_server, phone, fake_
                      results_dir=tmp_path / "results")
     assert "--sustained needs edgekd's runner" in info.value.what and "python:" in info.value.fix
     assert not (tmp_path / "results" / "bench-mlp@phone.json").exists()
+
+
+# ------------------------------------------------------------------ the phone's own bench lock on the native path
+
+class _Notes:
+    """A progress reporter that keeps what the bench notes."""
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    def task(self, description, total):
+        class Task:
+            def advance(self, steps=1, **fields):
+                pass
+
+            def close(self):
+                pass
+
+        return Task()
+
+    def note(self, message):
+        self.notes.append(message)
+
+
+@pytest.fixture()
+def android_phone(adb_server, tmp_path_factory):  # noqa: F811
+    """A phone with Android's shell (mksh) and toybox's flock and timeout: no `flock -w`, and fd 9 of `exec 9<`
+    closed in every command the shell starts."""
+    from adb_device import LoopbackAdbDevice
+
+    toybox, mksh = shutil.which("toybox"), shutil.which("mksh")
+    if toybox is None or mksh is None:
+        skip_or_fail_on_ci("toybox and mksh (Android's tools and shell) are needed: apt-get install toybox mksh")
+    with _attached(adb_server, LoopbackAdbDevice(_sandbox(tmp_path_factory, "android"), toybox=toybox,
+                                                 shell=mksh)) as dev:
+        yield dev
+
+
+def test_a_native_bench_on_a_phone_another_bench_holds_waits_then_fails_busy(adb_server, android_phone,  # noqa: F811
+                                                                            fake_binary, tflite_model, tmp_path,
+                                                                            monkeypatch):
+    """Another bench's runner (another machine or user) measures on the phone: the native tool used to run
+    anyway, and both measured under each other's load. Now it waits (EDGEKD_DEVICE_WAIT, as a runner) and fails."""
+    from edgekd.errors import BenchError
+
+    profile = _profile(tmp_path, adb_server, android_phone, python=None, native={"tflite": str(fake_binary)})
+    monkeypatch.setenv("EDGEKD_DEVICE_WAIT", "0.2")
+    fd = hold_device_lock(Path(os.environ["EDGEKD_DEVICE_LOCK"]))
+    try:
+        with pytest.raises(BenchError) as err:
+            edgekd.bench([tflite_model], device=str(profile), settings=FAST, results_dir=tmp_path / "results")
+    finally:
+        os.close(fd)
+    assert err.value.exit_code == 2
+    assert err.value.what == f"device 'phone' is busy with another bench (pid {os.getpid()}, user alice, from " \
+                             "192.0.2.7)"
+    assert "EDGEKD_DEVICE_WAIT" in err.value.fix
+    assert not (tmp_path / "results" / "bench-mlp@phone.json").exists()  # nothing was measured
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/locks")
+def test_a_native_bench_that_had_to_wait_for_the_phone_records_it(adb_server, android_phone, fake_binary,  # noqa: F811
+                                                                  tflite_model, tmp_path):
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    from dataclasses import replace
+
+    lock = Path(os.environ["EDGEKD_DEVICE_LOCK"])
+    profile = _profile(tmp_path, adb_server, android_phone, python=None, native={"tflite": str(fake_binary)})
+    reporter = _Notes()
+    fd = hold_device_lock(lock)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(edgekd.bench, [tflite_model], str(profile), settings=replace(FAST, rounds=1),
+                                  reporter=reporter)
+            deadline = time.monotonic() + 120
+            while not waiting_on(lock):  # the phone's shell waits for the device: now the other bench ends
+                assert not running.done(), running.exception()
+                assert time.monotonic() < deadline, "the native run never waited for the phone's lock"
+                time.sleep(0.05)
+            os.close(fd)
+            fd = None
+            (result,) = running.result(timeout=120)
+    finally:
+        if fd is not None:
+            os.close(fd)
+    assert result.harness == "native" and result.latency_us["p50"] > 0
+    [record] = result.device_lock
+    assert record["state"] == "held" and record["path"] == str(lock) and record["waited_s"] >= 0
+    assert record["waited_for"] == f"pid {os.getpid()}, user alice, from 192.0.2.7"
+    assert [n for n in reporter.notes if "waited" in n] == [
+        f"phone: waited {record['waited_s']:.1f} s for another bench on the device ({record['waited_for']}) to end"]

@@ -23,6 +23,7 @@ from edgekd.errors import EdgeKDError
 from edgekd.export.onnx import write_identity_model
 from conftest import hold_device_lock, skip_or_fail_on_ci, waiting_on
 from sshd import LoopbackSSHD
+from test_native import fake_binary, tflite_model  # noqa: F401  (fixtures: the benchmark_model stand-in, an MLP)
 
 FAST = BenchSettings(warmup_runs=5, min_runs=30, min_seconds=0.02, rounds=2)
 
@@ -564,6 +565,37 @@ def test_a_runner_on_a_board_over_ssh_holds_the_device_lock(tmp_path, monkeypatc
         result = edgekd.bench(model, device=str(profile), settings=one_round)[0]
     assert [r["state"] for r in result.device_lock] == ["held"] and result.device_lock[0]["path"] == str(lock)
     holder = json.loads(lock.read_text())  # written by the runner on the board once it had the lock
+    assert holder["pid"] != os.getpid() and holder["from"] == "127.0.0.1"  # the host machine that started it
+
+
+def test_a_native_tool_on_a_board_over_ssh_takes_the_device_lock(tmp_path, fake_binary, tflite_model,  # noqa: F811
+                                                                     monkeypatch):
+    """A board without Python benches through its native tool: it takes the runner's lock on the board too, so it
+    waits for (and then fails on) another bench's runner there, and a bench from elsewhere sees it."""
+    import json
+
+    from edgekd.errors import BenchError
+
+    lock = tmp_path / "board.lock"  # the board's lock file (not this session's: other tests hold that one)
+    monkeypatch.setenv("EDGEKD_DEVICE_LOCK", str(lock))  # what tests/sshd.py gives the board's shell
+    one_round = replace(FAST, rounds=1)
+    with LoopbackSSHD(tmp_path / "sshd") as server:
+        profile = _profile(server, tmp_path, python=None)
+        profile.write_text(yaml.safe_dump({**yaml.safe_load(profile.read_text()),
+                                           "native": {"tflite": str(fake_binary)}}))
+        fd = hold_device_lock(lock)
+        try:
+            monkeypatch.setenv("EDGEKD_DEVICE_WAIT", "0.2")
+            with pytest.raises(BenchError, match="device 'board' is busy with another bench") as err:
+                edgekd.bench([tflite_model], device=str(profile), settings=one_round)
+            assert f"pid {os.getpid()}, user alice, from 192.0.2.7" in err.value.what
+        finally:
+            os.close(fd)
+        monkeypatch.delenv("EDGEKD_DEVICE_WAIT")
+        (result,) = edgekd.bench([tflite_model], device=str(profile), settings=one_round)
+    assert result.harness == "native"
+    assert result.device_lock == [{"path": str(lock), "state": "held", "waited_s": 0.0, "waited_for": None}]
+    holder = json.loads(lock.read_text())  # written by the board's shell once it had the lock
     assert holder["pid"] != os.getpid() and holder["from"] == "127.0.0.1"  # the host machine that started it
 
 

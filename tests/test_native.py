@@ -37,7 +37,7 @@ TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
 # The loopback phone and a private adb server, exactly as the adb device tests use them (module-scoped here too).
 from test_adb_device import WD, _adb_device, adb_server, phone  # noqa: E402,F401
-from conftest import import_or_skip  # noqa: E402
+from conftest import hold_device_lock, import_or_skip  # noqa: E402
 
 SAMPLES = TESTS / "native_samples"
 FAKE = TESTS / "fake_benchmark_model.py"
@@ -364,6 +364,9 @@ def test_run_native_through_adb(dev, phone, tflite_model, fake_binary):  # noqa:
     assert lat["p90"] is None and lat["p99"] is None  # benchmark_model does not print them: never made up
     assert r["init_ms"] > 0 and r["first_inference_us"] > 0 and not math.isnan(r["warmup_avg_us"])
     assert r["memory_kb"]["overall_footprint"] >= r["memory_kb"]["init_footprint"] >= 0
+    # it ran holding the device's bench lock, the runner's (this session's: the phone's shell has conftest's path)
+    assert r["device_lock"] == {"path": os.environ["EDGEKD_DEVICE_LOCK"], "state": "held", "waited_s": 0.0,
+                                "waited_for": None}
 
     # Second run: the device already has the binary (same sha256), so nothing is pushed; pinned with taskset
     # to the first CPU this process may use (CPU 0 may be outside it, e.g. in a container limited by cpuset).
@@ -374,6 +377,26 @@ def test_run_native_through_adb(dev, phone, tflite_model, fake_binary):  # noqa:
     assert _syncs(phone) == before
     assert again["argv"][:2] == ["taskset", f"{1 << cpu:x}"] and again["argv"][2] == remote_bin
     assert again["runs"] >= 10
+
+
+def test_run_native_on_a_device_another_bench_holds_waits_then_says_who(dev, phone, tflite_model,  # noqa: F811
+                                                                      fake_binary):
+    """A runner of another bench (another machine, user or profile) holds the device's lock: the tool must not time
+    under its load, so it waits (here 0.2 s) and then fails as the runner's device_busy does (exit 2)."""
+    remote_model = f"{WD}/artifacts/mlp.tflite"
+    dev.push(tflite_model, remote_model)
+    lock = os.environ["EDGEKD_DEVICE_LOCK"]
+    fd = hold_device_lock(Path(lock))
+    try:
+        with pytest.raises(BenchError) as err:
+            run_native(dev, fake_binary, remote_model, BENCHMARK_MODEL, threads=1, runs=5, warmup=1, timeout=120,
+                       lock_wait=0.2)
+    finally:
+        os.close(fd)
+    assert err.value.exit_code == 2
+    assert err.value.what == f"device 'loopback' is busy with another bench (pid {os.getpid()}, user alice, from " \
+                             "192.0.2.7)"
+    assert lock in err.value.why and "each other's load" in err.value.why and "EDGEKD_DEVICE_WAIT" in err.value.fix
 
 
 def test_run_native_failure_through_adb(dev, phone, fake_binary):  # noqa: F811

@@ -449,7 +449,9 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
                 for i in (todo if round_index == 0 else
                           [int(k) for k in np.random.default_rng(round_index).permutation(todo)]):
                     if natives[i] is not None:  # no Python on the device: the runtime's own benchmark binary
-                        raws[i].append({"native": _run_native(session, resolved[i], natives[i], per_round)})
+                        out = _run_native(session, resolved[i], natives[i], per_round)
+                        raws[i].append({"native": out, "device_lock": out.pop("device_lock", None)})
+                        _note_device_lock(raws[i][-1], target.name, reporter, said)
                     else:
                         spec = specs[i]
                         if round_index == 0 and evals[i] is not None:
@@ -566,7 +568,8 @@ def _run_native(session: _Session, artifact: Artifact, tool_binary: tuple[str, P
     remote = session.push(artifact.path, f"artifacts/{artifact.sha256[:16]}{artifact.path.suffix}")
     tool, binary = tool_binary
     return native.run_native(session.device, binary, remote, tool, settings.threads, settings.min_runs,
-                             settings.warmup_runs, timeout=settings.max_seconds * 3 + 300)
+                             settings.warmup_runs, timeout=runner_budget(settings.max_seconds),
+                             lock_wait=device_wait(settings))  # the runner's budget and wait for the device
 
 
 def _finished(path: Path | None, artifact: Artifact, settings: BenchSettings) -> BenchResult | None:
@@ -707,8 +710,8 @@ def device_wait(settings: BenchSettings) -> float:
 
 
 def _note_device_lock(raw: dict[str, Any], device: str, reporter: Reporter, said: set[str]) -> None:
-    """Say that a runner waited for another bench on the device (the host sees the runner's stderr only at its
-    end), or, once per bench, that the device has no bench lock of its own."""
+    """Say that a runner or native tool waited for another bench on the device (the host sees the device's
+    stderr only at its end), or, once per bench, that the device has no bench lock of its own."""
     lock = raw.get("device_lock") or {}
     if lock.get("state") == "held" and lock.get("waited_s"):
         reporter.note(f"{device}: waited {lock['waited_s']:.1f} s for another bench on the device "
@@ -754,7 +757,8 @@ def _native_result(raws: list[dict[str, Any]], artifact: Artifact, device: Devic
     fields = native.bench_result_fields([raw["native"] for raw in raws])
     declared = _timed_inputs(artifact.inputs)  # the tool's own feed: the shapes the model declares
     return BenchResult(artifact=_artifact_summary(artifact), device=_device_summary(device, {}),
-                       emulated=device.profile.emulated, settings=asdict(settings), inputs=declared, **fields)
+                       emulated=device.profile.emulated, settings=asdict(settings), inputs=declared,
+                       device_lock=[raw["device_lock"] for raw in raws if raw.get("device_lock")], **fields)
 
 
 def _artifact_summary(artifact: Artifact) -> dict[str, Any]:

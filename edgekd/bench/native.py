@@ -32,7 +32,8 @@ the process's peak RSS since the tool started, MB x 1024) and ``peak`` (periodic
 perf_test ``peak`` (its peak working set: ru_maxrss on Linux/Android, the same quantity as the runner's
 ``vmhwm``). A text without the tool's summary raises BenchError (what / why / fix).
 
-``run_native`` pushes the binary (once, by sha256), runs it through ``device.run`` and parses the output;
+``run_native`` pushes the binary (once, by sha256), runs it through ``device.run`` holding the device's bench
+lock (the runner's, taken with the device's flock tool: see shell_lock) and parses the output;
 ``bench_result_fields`` turns the dicts of a bench's rounds into the fields of a BenchResult (harness "native",
 rounds combined as the runner path combines them where a summary allows: total calls, p50 interval over the
 rounds, p99 only when every round had enough calls; no per-call latencies, so the only stability verdict is
@@ -59,6 +60,7 @@ PERF_TEST = "onnxruntime_perf_test"
 TOOLS = (BENCHMARK_MODEL, PERF_TEST)
 LATENCY_KEYS = ("n", "mean", "min", "max", "std", "p5", "p50", "p90", "p95", "p99", "p999")
 NATIVE_TIMEOUT_S = 600.0
+NATIVE_LOCK_WAIT_S = 300.0  # as the runner's lock_wait_seconds when a spec does not say
 _TAIL_LINES = 3  # lines of the tool's own output quoted in an error's `why`
 
 # ---------------------------------------------------------------------- shared helpers
@@ -408,23 +410,39 @@ def push_binary(device: Any, local: Path) -> tuple[str, str]:
 
 
 def run_native(device: Any, binary_local_path: Path, artifact_remote_path: str, tool: str, threads: int,
-               runs: int, warmup: int, timeout: float | None = NATIVE_TIMEOUT_S) -> dict[str, Any]:
+               runs: int, warmup: int, timeout: float | None = NATIVE_TIMEOUT_S,
+               lock_wait: float = NATIVE_LOCK_WAIT_S) -> dict[str, Any]:
     """Run `tool` on the device against an artifact already pushed there, and parse what it printed.
 
     The binary is pushed once (skipped when the device's copy has the same sha256) and chmod'ed; the command
-    is pinned with taskset when the profile names `cpus`. stdout and stderr are parsed together
-    (benchmark_model logs to stderr, perf_test to stdout). Returns the parsed dict plus "argv", "returncode",
-    "device" and "binary" {remote, sha256}. A non-zero exit or an output without timings raises BenchError.
+    is pinned with taskset when the profile names `cpus`, and runs holding the device's bench lock, the
+    runner's (shell_lock: waiting up to lock_wait seconds for another bench there, from any machine or user,
+    then BenchError "busy"; unlocked where the device has no flock tool, as "device_lock" says). `timeout` is
+    for the tool once it has the device. stdout and stderr are parsed together (benchmark_model logs to stderr,
+    perf_test to stdout). Returns the parsed dict plus "argv", "returncode", "device", "binary" {remote,
+    sha256} and "device_lock" (runner.DeviceLock's record). A non-zero exit or an output without timings
+    raises BenchError.
     """
+    from edgekd.bench import shell_lock
+
     argv = native_argv(tool, remote_binary_path(device, Path(binary_local_path)), artifact_remote_path, threads,
                        runs, warmup)  # validates the arguments before anything is pushed
+    try:
+        wait = shell_lock.wait_arg(lock_wait)
+    except ValueError as exc:
+        raise BenchError(f"invalid lock wait for {tool}", why=str(exc), fix="pass seconds >= 0") from None
     remote, digest = push_binary(device, Path(binary_local_path))
     cpus = getattr(device.profile, "cpus", None)
     if cpus:
         argv = ["taskset", cpu_mask(cpus), *argv]
     logger.debug("%s: %s", device.name, shlex.join(argv))
-    proc = device.run(argv, timeout=timeout)
-    text = proc.stdout + ("\n" if proc.stdout and not proc.stdout.endswith("\n") else "") + proc.stderr
+    proc = device.run(shell_lock.locked_argv(argv, lock_wait),
+                      timeout=None if timeout is None else timeout + float(wait))
+    lock = shell_lock.report(proc.stderr)
+    if lock.busy:
+        raise busy_error(device.name, lock)
+    stderr = lock.output
+    text = proc.stdout + ("\n" if proc.stdout and not proc.stdout.endswith("\n") else "") + stderr
     missing = no_taskset(device.name, proc.returncode, text) if cpus else None
     if missing is not None:
         raise missing
@@ -437,8 +455,23 @@ def run_native(device: Any, binary_local_path: Path, artifact_remote_path: str, 
     except BenchError as exc:
         raise BenchError(f"{device.name}: {exc.what}", why=exc.why, fix=exc.fix) from None
     parsed.update(argv=argv, returncode=proc.returncode, device=device.name,
-                  binary={"remote": remote, "sha256": digest})
+                  binary={"remote": remote, "sha256": digest}, device_lock=lock.record())
     return parsed
+
+
+def busy_error(device: str, lock: Any) -> BenchError:
+    """The runner's device_busy, for a native tool that found the device's bench lock held for its whole wait
+    (lock: a shell_lock.LockReport)."""
+    from edgekd.bench.harness import DEVICE_WAIT_ENV
+
+    waited = f"{lock.waited_s:.1f} s" if lock.waited_s is not None else "its lock wait"
+    return BenchError(
+        f"device '{device}' is busy with another bench ({lock.holder or 'pid unknown'})",
+        why=f"that bench holds the device's bench lock {lock.path} (its runner, or its native benchmark tool), and "
+            "a benchmark tool timing at the same time would measure both models under each other's load; this "
+            f"one waited {waited} (lock_wait_seconds) for it to end",
+        fix="wait for the other bench to end (benches from other machines, users or profiles of this device take "
+            f"turns), then run this one again; or set {DEVICE_WAIT_ENV} to the seconds to wait for it")
 
 
 def _exit_why(code: int, text: str) -> str:

@@ -43,8 +43,9 @@ class BenchResult(BaseModel):
     # latency_us and latencies_ns are then of a uniform sample of the calls. Results written before: p50 per window,
     # and cut_short when max_runs ended the run early.
     sustained: dict[str, Any] | None = None
-    # The device's bench lock per round, as its runner held it (runner.DeviceLock): state "held" with waited_s (for
-    # another bench on the device) and waited_for, or "unavailable" with why. Empty: a native tool, or older results.
+    # The device's bench lock per round, as its runner held it (runner.DeviceLock) or the device's shell for a native
+    # tool (shell_lock): state "held" with waited_s (for another bench on the device; None where the device's
+    # uptime could not be read) and waited_for, or "unavailable" with why. Empty: older results.
     device_lock: list[dict[str, Any]] = Field(default_factory=list)
     complete: bool = True  # False: the device failed before every round ran (kept for --resume)
     latencies_ns: list[int] = Field(default_factory=list)
