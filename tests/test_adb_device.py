@@ -307,6 +307,34 @@ def test_shell_v1_device_exit_codes_via_marker(adb_server, tmp_path_factory):
         assert all(s.startswith("shell:") for s in old.opened_services if s != "sync:")
 
 
+@pytest.mark.parametrize("shell_v2", [True, False], ids=["v2", "v1"])
+def test_lines_of_a_running_command_reach_the_caller_while_it_runs(adb_server, tmp_path_factory, shell_v2):
+    """run(on_line=…) passes each line on while the command still runs (a runner waiting for the device says
+    so): stderr on a v2 shell, stdout on a v1 one, which merges the two; the result keeps the whole output."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    device = LoopbackAdbDevice(_sandbox(tmp_path_factory, f"lines-{shell_v2}"), shell_v2=shell_v2)
+    go = tmp_path_factory.mktemp("lines") / "go"
+    seen: list[str] = []
+    script = 'echo out; echo "said early" >&2; while [ ! -e "$1" ]; do sleep 0.05; done; echo "said late" >&2'
+    with _attached(adb_server, device), ThreadPoolExecutor(1) as pool:
+        dev = _adb_device(adb_server, device.address)
+        try:
+            running = pool.submit(dev.run, ["sh", "-c", script, "sh", str(go)], timeout=300, on_line=seen.append)
+            deadline = time.monotonic() + 120
+            while "said early" not in seen:
+                assert not running.done(), running.exception()
+                assert time.monotonic() < deadline, f"no line came while the command ran: {seen}"
+                time.sleep(0.05)
+        finally:
+            go.touch()  # the command ends
+        result = running.result(timeout=120)
+    assert result.returncode == 0
+    assert [line for line in seen if "said" in line] == ["said early", "said late"]  # each line once
+    assert (result.stdout, result.stderr) == (("out\n", "said early\nsaid late\n") if shell_v2 else
+                                              ("out\nsaid early\nsaid late\n", ""))
+
+
 # --------------------------------------------------------------------------- device description
 
 

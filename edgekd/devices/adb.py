@@ -37,7 +37,7 @@ import re
 import shlex
 import subprocess
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Callable
 
 from edgekd.devices.base import (
     DeviceError,
@@ -200,11 +200,14 @@ class AdbDevice:
                                 fix=f"check the device with `adb -s {self.serial} get-state`, and restart the adb "
                                     "server (`adb kill-server`) if that hangs too") from None
 
-    def run(self, argv: list[str], *, timeout: float | None = None, tether: bool = False) -> RunResult:
+    def run(self, argv: list[str], *, timeout: float | None = None, tether: bool = False,
+            on_line: Callable[[str], None] | None = None) -> RunResult:
         """Run argv on the device; each element arrives as one literal argument; the exit status is the command's.
 
         `tether` (shell v2 only, see can_tether): the command's stdin is the heartbeat pipe from this host
-        (base.TETHER_S), forwarded by adb until the client ends, for a `--tether` runner to watch."""
+        (base.TETHER_S), forwarded by adb until the client ends, for a `--tether` runner to watch.
+        `on_line` gets the lines of its stderr as adb passes them on (the exit status marker among them); on a
+        v1 shell, which merges stderr into stdout, the lines of that (the caller tells them apart by content)."""
         if not argv or not all(isinstance(a, str) for a in argv):
             raise DeviceError(f"cannot run {argv!r} on {self.name}", why="argv must be a non-empty list of strings",
                               fix="pass the command as a list, e.g. ['getprop', 'ro.product.model']")
@@ -224,7 +227,8 @@ class AdbDevice:
         if script.startswith("-"):
             script = " " + script  # adb would take a leading '-' for one of its own options
             args[-1] = script
-        proc = self._adb(args, timeout=timeout, what=argv[0], tether=tether)
+        proc = self._adb(args, timeout=timeout, what=argv[0], tether=tether, on_line=on_line,
+                         merged=not self._shell_v2)
         stdout, stderr = proc.stdout, proc.stderr
         marked = stderr if self._shell_v2 else stdout
         match = _RC_AT_END.search(marked)
@@ -314,10 +318,11 @@ class AdbDevice:
         port = ["-P", str(self.server_port)] if self.server_port is not None else []
         return [self.adb, *port, "-s", self.serial, *args]
 
-    def _adb(self, args: list[str], *, timeout: float | None, what: str,
-             tether: bool = False) -> subprocess.CompletedProcess:
+    def _adb(self, args: list[str], *, timeout: float | None, what: str, tether: bool = False,
+             on_line: Callable[[str], None] | None = None, merged: bool = False) -> subprocess.CompletedProcess:
         # -n (in the shell commands) also tells the device that stdin is closed.
         return run_client(self.adb_argv(args), device=self.name, what=what, timeout=timeout, tether=tether,
+                          on_line=on_line, merged=merged,
                           after_timeout="the adb client was stopped, and with it the command on the device",
                           install="install adb (Debian/Ubuntu: `apt-get install adb`; else Android SDK platform-tools) "
                                   "or set `adb:` in the device profile to its path")

@@ -78,8 +78,10 @@ class Device(Protocol):
 
     def pull(self, remote: str, local: Path) -> None: ...
 
-    def run(self, argv: list[str], *, timeout: float | None = None, tether: bool = False) -> RunResult:
-        """argv on the device; `tether` gives it a stdin that is its link to this host (see TETHER_S)."""
+    def run(self, argv: list[str], *, timeout: float | None = None, tether: bool = False,
+            on_line: Callable[[str], None] | None = None) -> RunResult:
+        """argv on the device; `tether` gives it a stdin that is its link to this host (see TETHER_S);
+        `on_line` gets each line of its stderr while it runs (see wait_process), as well as in the result."""
         ...
 
     def can_tether(self) -> bool:
@@ -115,6 +117,9 @@ RUNNER_SOURCE = Path(__file__).resolve().parent.parent / "bench" / "runner.py"
 # link (ServerAliveInterval 15 s x ServerAliveCountMax 4), so a slow link is not taken for a dead one first.
 HEARTBEAT_S = 5.0
 TETHER_S = 120.0
+# wait_process(on_line=…): how often the output of a running command is read for new lines. A command's output
+# is otherwise read only once it ends, and a runner that waits minutes for the device must say so meanwhile.
+WATCH_S = 0.5
 WORKDIR_OWNER_WHY = ("whoever else may write there could replace the runner or the model between the copy and the "
                      "run, and so run code as you")
 WORKDIR_OWNER_FIX = ("point `workdir:` in the device profile at a new folder (edgekd makes it for you alone), or remove "
@@ -219,10 +224,11 @@ def cool_down(device: Device) -> dict[str, Any]:
 
 def run_client(argv: list[str], *, device: str, what: str, timeout: float | None, after_timeout: str,
                install: str, stop_remote: Callable[[str], str | None] | None = None, tether: bool = False,
+               on_line: Callable[[str], None] | None = None, merged: bool = False,
                ) -> "subprocess.CompletedProcess[str]":
     """Run a host-side client program for a device (ssh, scp, adb): an argv list, never a shell string,
     stdin closed so it can never read the caller's terminal (or, with `tether`, the heartbeat pipe of
-    `wait_process`), and failures as DeviceError.
+    `wait_process`), and failures as DeviceError. `on_line` and `merged`: see wait_process.
 
     Stopping the client (on a timeout, Ctrl-C or SIGTERM) does not stop the command on the device:
     `stop_remote` gets the client's stderr so far, stops the command there and returns what happened (said
@@ -236,7 +242,8 @@ def run_client(argv: list[str], *, device: str, what: str, timeout: float | None
     logging.getLogger(__name__).debug("%s: %s", device, shlex.join(argv))
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         try:
-            returncode = wait_process(argv, stdout=out, stderr=err, timeout=timeout, tether=tether)
+            returncode = wait_process(argv, stdout=out, stderr=err, timeout=timeout, tether=tether, on_line=on_line,
+                                      merged=merged)
         except subprocess.TimeoutExpired:
             raise DeviceTimeout(f"'{what}' did not finish within {timeout:g} s on {device}",
                                 why=(stop_remote(output_text(err)) if stop_remote else None) or after_timeout,
@@ -255,18 +262,28 @@ def run_client(argv: list[str], *, device: str, what: str, timeout: float | None
         return subprocess.CompletedProcess(argv, returncode, output_text(out), output_text(err))
 
 
-def wait_process(argv: list[str], *, stdout: Any, stderr: Any, timeout: float | None, tether: bool) -> int:
+def wait_process(argv: list[str], *, stdout: Any, stderr: Any, timeout: float | None, tether: bool,
+                 on_line: Callable[[str], None] | None = None, merged: bool = False) -> int:
     """subprocess.run for argv (killed on a timeout or an interruption, which is re-raised); its exit status.
 
     stdin is /dev/null, or with `tether` a pipe this host writes a byte to every HEARTBEAT_S until the process
-    ends: the link a `--tether` runner watches (through ssh or adb it reaches the command on the device)."""
+    ends: the link a `--tether` runner watches (through ssh or adb it reaches the command on the device).
+    `on_line` is called, in this thread, with each line the process writes to `stderr` (to `stdout` when
+    `merged`: adb shell v1 merges the command's stderr into it) within WATCH_S of its writing it, and at the
+    latest when the process ends (not at all without os.pread: see _NewLines); the files keep the whole output
+    all the same."""
     import subprocess
 
     proc = subprocess.Popen(argv, stdout=stdout, stderr=stderr,
                             stdin=subprocess.PIPE if tether else subprocess.DEVNULL)
     stop = _heartbeat(proc.stdin) if tether and proc.stdin is not None else None
+    lines = _NewLines(stdout if merged else stderr, on_line) if on_line is not None else None
     try:
-        return proc.wait(timeout=timeout)
+        if lines is None:
+            return proc.wait(timeout=timeout)
+        code = _wait_reading(proc, timeout, lines)
+        lines.read(final=True)
+        return code
     except BaseException:
         proc.kill()
         proc.wait()
@@ -274,6 +291,53 @@ def wait_process(argv: list[str], *, stdout: Any, stderr: Any, timeout: float | 
     finally:
         if stop is not None:
             stop()
+
+
+def _wait_reading(proc: "subprocess.Popen[bytes]", timeout: float | None, lines: "_NewLines") -> int:
+    """proc.wait(timeout), reading new lines of its output every WATCH_S meanwhile."""
+    import subprocess
+    import time
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise subprocess.TimeoutExpired(proc.args, timeout)  # type: ignore[arg-type]
+        try:
+            return proc.wait(timeout=WATCH_S if left is None else min(WATCH_S, left))
+        except subprocess.TimeoutExpired:
+            lines.read()
+
+
+class _NewLines:
+    """The lines a running process has written to an output file so far, each passed on once.
+
+    Read with os.pread at an offset of our own: the process shares the file's offset (it inherited the file),
+    so reading by moving it would make the process write over its own output. Where os has no pread
+    (Windows), nothing is passed on: the caller still gets the whole output when the process ends."""
+
+    def __init__(self, file: Any, on_line: Callable[[str], None]) -> None:
+        import locale
+
+        self.fd, self.on_line = file.fileno(), on_line
+        self.offset, self.partial = 0, b""
+        self.encoding = locale.getpreferredencoding(False)  # as output_text decodes the whole file
+
+    def read(self, final: bool = False) -> None:
+        """Pass on the complete lines written since the last read; with `final`, an unfinished last one too."""
+        import os
+
+        if not hasattr(os, "pread"):
+            return
+        while chunk := os.pread(self.fd, 1 << 16, self.offset):
+            self.offset += len(chunk)
+            self.partial += chunk
+        *complete, self.partial = self.partial.split(b"\n")
+        if final and self.partial:
+            complete.append(self.partial)
+            self.partial = b""
+        for line in complete:
+            self.on_line(line.rstrip(b"\r").decode(self.encoding, errors="replace"))
 
 
 def _heartbeat(pipe: Any) -> Callable[[], None]:

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from edgekd.devices.base import (WORKDIR_OWNER_FIX, WORKDIR_OWNER_WHY, DeviceError, DeviceOutOfSpace,
                                  DeviceProfile, DeviceTimeout, ProfiledDevice, RunResult, free_space_fix,
@@ -40,12 +40,13 @@ class LocalDevice(ProfiledDevice):
     def pull(self, remote: str, local: Path) -> None:
         _copy(Path(remote), Path(local), self.name)
 
-    def run(self, argv: list[str], *, timeout: float | None = None, tether: bool = False) -> RunResult:
+    def run(self, argv: list[str], *, timeout: float | None = None, tether: bool = False,
+            on_line: Callable[[str], None] | None = None) -> RunResult:
         """argv as a child process; with `tether` its stdin is the heartbeat pipe (base.TETHER_S), which closes
-        when this process ends, however it ends."""
+        when this process ends, however it ends; `on_line` gets its stderr's lines as they come."""
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             try:
-                code = wait_process(argv, stdout=out, stderr=err, timeout=timeout, tether=tether)
+                code = wait_process(argv, stdout=out, stderr=err, timeout=timeout, tether=tether, on_line=on_line)
             except subprocess.TimeoutExpired:  # wait_process has killed it
                 raise DeviceTimeout(f"'{argv[0]}' did not finish within {timeout:g} s on {self.name}",
                                     why="it was stopped", fix="check the command") from None

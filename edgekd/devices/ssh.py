@@ -145,9 +145,11 @@ class SSHDevice(ProfiledDevice):
     def info(self) -> dict[str, Any]:
         return {**info_via_runner(self), "ssh_host_key_checking": self.host_key_checking}
 
-    def run(self, argv: list[str], *, timeout: float | None = None, tether: bool = False) -> RunResult:
+    def run(self, argv: list[str], *, timeout: float | None = None, tether: bool = False,
+            on_line: Callable[[str], None] | None = None) -> RunResult:
         """Run argv on the device; each element arrives as one literal argument. With `tether`, its stdin is
-        the heartbeat pipe from this host (base.TETHER_S), which sshd closes when the connection drops."""
+        the heartbeat pipe from this host (base.TETHER_S), which sshd closes when the connection drops.
+        `on_line` gets the lines of its stderr as ssh passes them on (ssh's own and the PID line among them)."""
         if not argv or not all(isinstance(a, str) for a in argv):
             raise DeviceError(f"cannot run {argv!r} on {self.name}", why="argv must be a non-empty list of strings",
                               fix="pass the command as a list, e.g. ['python3', 'runner.py', '--info']")
@@ -158,7 +160,8 @@ class SSHDevice(ProfiledDevice):
         start = f"{{ {shlex.join(argv)} <&3 3<&- & }} 3<&0;" if tether else f"{shlex.join(argv)} &"
         command = (f"{start} __edgekd_pid=$!; echo {PID_MARKER}$__edgekd_pid >&2; "
                    "wait $__edgekd_pid; __edgekd_rc=$?; exit $__edgekd_rc")
-        proc = self._ssh(command, timeout=timeout, what=argv[0], stop_remote=self._stop_remote, tether=tether)
+        proc = self._ssh(command, timeout=timeout, what=argv[0], stop_remote=self._stop_remote, tether=tether,
+                         on_line=on_line)
         return RunResult(proc.returncode, proc.stdout, _PID_LINE.sub("", proc.stderr, count=1))
 
     def can_tether(self) -> bool:
@@ -265,9 +268,10 @@ class SSHDevice(ProfiledDevice):
     # ------------------------------------------------------------------ running the client
     def _ssh(self, command: str, *, timeout: float | None, what: str,
              stop_remote: Callable[[str], str | None] | None = None, tether: bool = False,
-             ) -> subprocess.CompletedProcess:
+             on_line: Callable[[str], None] | None = None) -> subprocess.CompletedProcess:
         argv = ["ssh", *self._base_options(), "--", self.host, command]
-        proc = self._client(argv, timeout=timeout, what=what, stop_remote=stop_remote, tether=tether)
+        proc = self._client(argv, timeout=timeout, what=what, stop_remote=stop_remote, tether=tether,
+                            on_line=on_line)
         if proc.returncode == SSH_ERROR:
             self._raise_ssh_error(proc.stderr)
             self._raise_if_connection_lost(what)
@@ -279,12 +283,12 @@ class SSHDevice(ProfiledDevice):
 
     def _client(self, argv: list[str], *, timeout: float | None, what: str,
                 stop_remote: Callable[[str], str | None] | None = None, tether: bool = False,
-                ) -> subprocess.CompletedProcess:
+                on_line: Callable[[str], None] | None = None) -> subprocess.CompletedProcess:
         # BatchMode also forbids prompts; stdin is closed by run_client (or the heartbeat pipe, with tether).
         return run_client(argv, device=self.name, what=what, timeout=timeout,
                           after_timeout="the ssh client was stopped; the command may still be running on the device",
                           install="install the OpenSSH client (e.g. apt-get install openssh-client)",
-                          stop_remote=stop_remote, tether=tether)
+                          stop_remote=stop_remote, tether=tether, on_line=on_line)
 
     def _stop_remote(self, partial_stderr: str) -> str | None:
         """After a timeout or Ctrl-C, kill the command on the device: sshd leaves it running when the session
