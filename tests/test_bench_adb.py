@@ -81,6 +81,21 @@ def test_thermal_status_is_read_before_each_round_and_after_the_run(adb_server, 
     assert result.thermal[-1]["after_run"]["status"] == 3
 
 
+def test_a_bench_over_adb_says_at_once_that_it_waits_for_the_phone(adb_server, phone, tmp_path):  # noqa: F811
+    from dataclasses import replace
+
+    from test_bench_devices import _bench_while_the_device_is_held
+
+    lock = tmp_path / "phone.lock"  # the phone's lock file (the stand-in gives its shells none of our environment)
+    profile = _profile(tmp_path, adb_server, phone, python=["env", f"EDGEKD_DEVICE_LOCK={lock}", sys.executable])
+    told, [result] = _bench_while_the_device_is_held(lock, lambda reporter: edgekd.bench(
+        _models(tmp_path)[:1], device=str(profile), settings=replace(FAST, rounds=1), reporter=reporter))
+    [waiting] = [n for n in told if "busy" in n]
+    assert waiting.startswith(f"phone: the device is busy with another bench (pid {os.getpid()}, user alice, "
+                              "from 192.0.2.7); waiting up to "), told
+    assert [r["state"] for r in result.device_lock] == ["held"] and result.device_lock[0]["waited_s"] > 0
+
+
 class _AfterFirstRun:
     """A progress reporter that calls `action` after the first runner call (a phone unplugged mid-run)."""
 

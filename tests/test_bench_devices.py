@@ -649,6 +649,70 @@ def test_a_bench_that_had_to_wait_for_the_device_says_so_and_its_result_records_
         f"host: waited {record['waited_s']:.1f} s for another bench on the device ({record['waited_for']}) to end"]
 
 
+def _bench_while_the_device_is_held(lock: Path, bench) -> tuple[list[str], list]:
+    """Hold the device's lock as another bench would, run bench(reporter) meanwhile, and release the lock only
+    once a note says that the bench's runner waits for it (bounded): the notes the user saw while the lock was
+    held, and the bench's results. The runner's stderr used to be read only when it ended: the note never came
+    before the lock was released, and the bench looked hung for up to lock_wait_seconds."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    reporter = _Notes()
+    with ThreadPoolExecutor(1) as pool:
+        fd = _hold_device(lock)
+        try:
+            running = pool.submit(bench, reporter)
+            deadline = time.monotonic() + 120
+            while not any("waiting up to" in n for n in reporter.notes):
+                assert not running.done(), running.exception() or f"the bench ended without waiting: {reporter.notes}"
+                assert time.monotonic() < deadline, f"no note said that the runner waits: {reporter.notes}"
+                time.sleep(0.05)
+            told = list(reporter.notes)
+        finally:
+            os.close(fd)  # the other bench ends (also when the test failed: the bench then ends too)
+        return told, running.result(timeout=300)
+
+
+def test_edgekd_bench_says_at_once_that_it_waits_for_the_device(tmp_path):
+    """What the user sees, in a log (`edgekd bench … > log`): the wait is said while the other bench runs."""
+    lock = tmp_path / "device.lock"
+    model = write_identity_model(tmp_path / "m.onnx", (8,), 18)
+    env = {**os.environ, "EDGEKD_DEVICE_LOCK": str(lock), "COLUMNS": "400"}
+    env.pop("PYTHONUNBUFFERED", None)  # as a user's shell has it: the note must reach the log unprompted
+    log = tmp_path / "bench.log"
+    fd = _hold_device(lock)
+    try:
+        with open(log, "wb") as out:
+            cli = subprocess.Popen([sys.executable, "-m", "edgekd.cli", "bench", str(model), "--min-seconds", "0",
+                                    "--rounds", "1", "--results-dir", str(tmp_path / "results")], cwd=tmp_path,
+                                   env=env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while "waiting up to" not in log.read_text():
+            assert cli.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"the bench did not say that it waits: {log.read_text()}"
+            time.sleep(0.05)
+        told = log.read_text()
+    finally:
+        os.close(fd)
+    assert cli.wait(timeout=300) == 0, log.read_text()
+    assert (f"host: the device is busy with another bench (pid {os.getpid()}, user alice, from 192.0.2.7); waiting "
+            "up to " in told), told
+    shown = log.read_text()
+    assert shown.count("busy with another bench") == 1  # once, as it came, not again at the end
+    assert shown.index("waiting up to") < shown.index("host: waited")  # then how long it waited
+
+
+def test_a_bench_over_ssh_says_at_once_that_it_waits_for_the_board(tmp_path):
+    lock = tmp_path / "board.lock"  # the board's lock file
+    with LoopbackSSHD(tmp_path / "sshd") as server:
+        profile = _profile(server, tmp_path, python=["env", f"EDGEKD_DEVICE_LOCK={lock}", sys.executable])
+        told, [result] = _bench_while_the_device_is_held(lock, lambda reporter: edgekd.bench(
+            _models(tmp_path)[:1], device=str(profile), settings=replace(FAST, rounds=1), reporter=reporter))
+    [waiting] = [n for n in told if "busy" in n]
+    assert waiting.startswith(f"board: the device is busy with another bench (pid {os.getpid()}, user alice, "
+                              "from 192.0.2.7); waiting up to "), told
+    assert [r["state"] for r in result.device_lock] == ["held"] and result.device_lock[0]["waited_s"] > 0
+
+
 def test_a_device_without_a_lock_of_its_own_is_warned_about_once(tmp_path, monkeypatch):
     lock = tmp_path / "device.lock"
     lock.symlink_to(tmp_path / "elsewhere")  # no lock can be had there

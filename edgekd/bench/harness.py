@@ -27,6 +27,7 @@ from edgekd.bench import stats
 from edgekd.bench.device_lock import device_lock
 from edgekd.bench.native import cpu_mask, no_taskset
 from edgekd.bench.result import BenchResult
+from edgekd.bench.runner import NOTICE as RUNNER_NOTICE
 from edgekd.devices.base import (RUNNER_SOURCE, TETHER_S, Device, DeviceTimeout, RuntimeMissing, cool_down,
                                  python_argv, runner_name, temperature)
 from edgekd.errors import ArtifactError, BenchError, EdgeKDError, printable
@@ -139,9 +140,10 @@ class _Session:
     """One device for the duration of a bench call: pushes each file once (skipped when the device already
     has it, by sha256) and runs the runner with a spec."""
 
-    def __init__(self, device: Device, local_tmp: Path) -> None:
+    def __init__(self, device: Device, local_tmp: Path, reporter: Reporter | None = None) -> None:
         self.device = device
         self.local_tmp = local_tmp
+        self.reporter = reporter or SilentReporter()
         self.pushed: dict[str, str] = {}  # local sha256 -> remote path
 
     @property
@@ -179,7 +181,8 @@ class _Session:
         argv = [*pin, *python_argv(self.device.profile), self.runner, remote_spec]
         by_hand = f"run it by hand on the device to see where it stops: `{shlex.join(argv)}`"
         try:
-            proc = self.device.run([*argv[:-1], *flags, remote_spec], timeout=timeout, tether=tether)
+            proc = self.device.run([*argv[:-1], *flags, remote_spec], timeout=timeout, tether=tether,
+                                   on_line=self._notice)
         except DeviceTimeout as exc:
             raise BenchError(f"the runner did not finish within {timeout:g} s on {self.device.name}", why=exc.why,
                              fix=by_hand) from None
@@ -208,6 +211,12 @@ class _Session:
             raise BenchError(f"{self.device.name}: {err.get('what', 'the runner failed')}", why=err.get("why"),
                              fix=err.get("fix"))
         return out
+
+    def _notice(self, line: str) -> None:
+        """Show a line of the runner's stderr that it marks as a notice (runner.NOTICE: it waits for another
+        bench on the device) while it runs: the rest of its stderr is read only when it ends."""
+        if line.startswith(RUNNER_NOTICE):
+            self.reporter.note(f"{self.device.name}: {printable(line[len(RUNNER_NOTICE):])}")
 
 
 # Linux signal numbers (boards and phones run Linux; this host may number them otherwise) and what they mean
@@ -429,7 +438,7 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
 
     try:
         with process_temp_dir("bench") as tmp:  # a bench killed with SIGKILL leaves it to the next one
-            session = _Session(target, Path(tmp))
+            session = _Session(target, Path(tmp), reporter)
             natives = {i: _native_tool(target, resolved[i]) for i in todo}
             if settings.sustained and any(natives.values()):  # it would time ~a second and print one summary
                 raise BenchError(f"--sustained needs edgekd's runner: device '{target.name}' has no Python",
@@ -710,8 +719,8 @@ def device_wait(settings: BenchSettings) -> float:
 
 
 def _note_device_lock(raw: dict[str, Any], device: str, reporter: Reporter, said: set[str]) -> None:
-    """Say that a runner or native tool waited for another bench on the device (the host sees the device's
-    stderr only at its end), or, once per bench, that the device has no bench lock of its own."""
+    """Say that a runner waited for another bench on the device, and how long (it said that it waits when it
+    began to: _Session._notice), or, once per bench, that the device has no bench lock of its own."""
     lock = raw.get("device_lock") or {}
     if lock.get("state") == "held" and lock.get("waited_s"):
         reporter.note(f"{device}: waited {lock['waited_s']:.1f} s for another bench on the device "

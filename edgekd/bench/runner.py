@@ -61,6 +61,9 @@ INFO_SCHEMA = "edgekd.runner-info/1"
 EXIT_OK = 0
 EXIT_ERROR = 3
 EXIT_LINK_LOST = 4  # --tether: the host closed stdin or went silent
+# A stderr line that starts with this is for the user to see while the runner runs (the host shows it as it
+# comes: see notice()); the host reads the rest of stderr only when the runner ends, to explain a failure.
+NOTICE = "edgekd runner notice: "
 
 # How often (in wall time) the timed loop looks at the clock to decide whether
 # to stop.  Checking once per chunk instead of once per call keeps the loop
@@ -1135,9 +1138,7 @@ class DeviceLock:
         holder = holder or self._holder_of(self.path)
         if wait_s <= 0:
             return "busy", holder
-        sys.stderr.write(f"edgekd runner: the device is busy with another bench ({holder}); waiting up to "
-                         f"{wait_s:.0f} s for it to end\n")
-        sys.stderr.flush()
+        notice(f"the device is busy with another bench ({holder}); waiting up to {wait_s:.0f} s for it to end")
         done = threading.Event()
         guard = threading.Lock()
         state: Dict[str, Any] = {"error": None, "abandoned": False}
@@ -1220,6 +1221,13 @@ def holder_summary(text: str) -> str:
     pid, user, source = clean("pid"), clean("user"), clean("from")
     return ", ".join([f"pid {pid}" if pid else "pid unknown", *([f"user {user}"] if user else []),
                       *([f"from {source}"] if source else [])])
+
+
+def notice(message: str) -> None:
+    """Tell the user something now, not at the end: a line on stderr marked with NOTICE, which the host passes
+    on as it reads it (edgekd.bench.harness), where a bench that waits minutes for the device looked hung."""
+    sys.stderr.write(f"{NOTICE}{message}\n")
+    sys.stderr.flush()
 
 
 # --------------------------------------------------------------------------- orchestration
