@@ -96,6 +96,27 @@ def test_a_bench_over_adb_says_at_once_that_it_waits_for_the_phone(adb_server, p
     assert [r["state"] for r in result.device_lock] == ["held"] and result.device_lock[0]["waited_s"] > 0
 
 
+def test_a_bench_on_an_old_phone_that_waits_for_it_says_so_and_measures(adb_server, tmp_path_factory,  # noqa: F811
+                                                                         tmp_path):
+    """A v1 shell (Android < 7) merges the runner's stderr into its stdout: the notice that it waits is shown
+    from there, and the runner's JSON, its last line, is still read (the whole stdout failed to parse, and the
+    bench said the runner had crashed, 'exit code 0')."""
+    from dataclasses import replace
+
+    from adb_device import LoopbackAdbDevice
+    from test_adb_device import _attached, _sandbox
+    from test_bench_devices import _bench_while_the_device_is_held
+
+    old = LoopbackAdbDevice(_sandbox(tmp_path_factory, "old-bench-phone"), shell_v2=False)
+    lock = tmp_path / "phone.lock"
+    with _attached(adb_server, old):
+        profile = _profile(tmp_path, adb_server, old, python=["env", f"EDGEKD_DEVICE_LOCK={lock}", sys.executable])
+        told, [result] = _bench_while_the_device_is_held(lock, lambda reporter: edgekd.bench(
+            _models(tmp_path)[:1], device=str(profile), settings=replace(FAST, rounds=1), reporter=reporter))
+    assert [n for n in told if "busy" in n][0].startswith("phone: the device is busy with another bench"), told
+    assert [r["state"] for r in result.device_lock] == ["held"] and result.latency_us["n"] >= 30
+
+
 class _AfterFirstRun:
     """A progress reporter that calls `action` after the first runner call (a phone unplugged mid-run)."""
 

@@ -187,7 +187,7 @@ class _Session:
             raise BenchError(f"the runner did not finish within {timeout:g} s on {self.device.name}", why=exc.why,
                              fix=by_hand) from None
         try:
-            out = json.loads(proc.stdout)
+            out = _runner_json(proc.stdout)
         except json.JSONDecodeError:
             last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
             missing = no_taskset(self.device.name, proc.returncode, proc.stderr) if pin else None
@@ -217,6 +217,18 @@ class _Session:
         bench on the device) while it runs: the rest of its stderr is read only when it ends."""
         if line.startswith(RUNNER_NOTICE):
             self.reporter.note(f"{self.device.name}: {printable(line[len(RUNNER_NOTICE):])}")
+
+
+def _runner_json(stdout: str) -> Any:
+    """The runner's one JSON object (one line, its last): all of its stdout, or the last line of that where the
+    device merges the runner's stderr into it (an adb shell v1), as when the runner waited for the device."""
+    try:
+        return json.loads(stdout)
+    except json.JSONDecodeError:
+        lines = stdout.strip().splitlines()
+        if len(lines) < 2:
+            raise
+        return json.loads(lines[-1])
 
 
 # Linux signal numbers (boards and phones run Linux; this host may number them otherwise) and what they mean
