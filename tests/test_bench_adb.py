@@ -312,6 +312,8 @@ def test_a_native_bench_that_had_to_wait_for_the_phone_records_it(adb_server, an
     from concurrent.futures import ThreadPoolExecutor
     from dataclasses import replace
 
+    from edgekd.bench.harness import device_wait
+
     lock = Path(os.environ["EDGEKD_DEVICE_LOCK"])
     profile = _profile(tmp_path, adb_server, android_phone, python=None, native={"tflite": str(fake_binary)})
     reporter = _Notes()
@@ -321,9 +323,10 @@ def test_a_native_bench_that_had_to_wait_for_the_phone_records_it(adb_server, an
             running = pool.submit(edgekd.bench, [tflite_model], str(profile), settings=replace(FAST, rounds=1),
                                   reporter=reporter)
             deadline = time.monotonic() + 120
-            while not waiting_on(lock):  # the phone's shell waits for the device: now the other bench ends
+            # the phone's shell waits for the device and the bench says so at once: now the other bench ends
+            while not (waiting_on(lock) and any("waiting up to" in n for n in reporter.notes)):
                 assert not running.done(), running.exception()
-                assert time.monotonic() < deadline, "the native run never waited for the phone's lock"
+                assert time.monotonic() < deadline, "the native run never waited for the phone's lock, or not said so"
                 time.sleep(0.05)
             os.close(fd)
             fd = None
@@ -335,5 +338,8 @@ def test_a_native_bench_that_had_to_wait_for_the_phone_records_it(adb_server, an
     [record] = result.device_lock
     assert record["state"] == "held" and record["path"] == str(lock) and record["waited_s"] >= 0
     assert record["waited_for"] == f"pid {os.getpid()}, user alice, from 192.0.2.7"
+    assert [n for n in reporter.notes if "waiting" in n] == [
+        f"phone: the device is busy with another bench ({record['waited_for']}); waiting up to "
+        f"{device_wait(FAST):.0f} s for it to end"]
     assert [n for n in reporter.notes if "waited" in n] == [
         f"phone: waited {record['waited_s']:.1f} s for another bench on the device ({record['waited_for']}) to end"]

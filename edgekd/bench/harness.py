@@ -216,7 +216,11 @@ class _Session:
         """Show a line of the runner's stderr that it marks as a notice (runner.NOTICE: it waits for another
         bench on the device) while it runs: the rest of its stderr is read only when it ends."""
         if line.startswith(RUNNER_NOTICE):
-            self.reporter.note(f"{self.device.name}: {printable(line[len(RUNNER_NOTICE):])}")
+            self.say(line[len(RUNNER_NOTICE):])
+
+    def say(self, text: str) -> None:
+        """A note from the device now (text the device wrote: only its printable characters are shown)."""
+        self.reporter.note(f"{self.device.name}: {printable(text)}")
 
 
 def _runner_json(stdout: str) -> Any:
@@ -590,7 +594,8 @@ def _run_native(session: _Session, artifact: Artifact, tool_binary: tuple[str, P
     tool, binary = tool_binary
     return native.run_native(session.device, binary, remote, tool, settings.threads, settings.min_runs,
                              settings.warmup_runs, timeout=runner_budget(settings.max_seconds),
-                             lock_wait=device_wait(settings))  # the runner's budget and wait for the device
+                             lock_wait=device_wait(settings),  # the runner's budget and wait for the device
+                             notice=session.say)
 
 
 def _finished(path: Path | None, artifact: Artifact, settings: BenchSettings) -> BenchResult | None:

@@ -48,7 +48,7 @@ import re
 import shlex
 import statistics
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Callable
 
 from edgekd.errors import BenchError
 
@@ -411,7 +411,8 @@ def push_binary(device: Any, local: Path) -> tuple[str, str]:
 
 def run_native(device: Any, binary_local_path: Path, artifact_remote_path: str, tool: str, threads: int,
                runs: int, warmup: int, timeout: float | None = NATIVE_TIMEOUT_S,
-               lock_wait: float = NATIVE_LOCK_WAIT_S) -> dict[str, Any]:
+               lock_wait: float = NATIVE_LOCK_WAIT_S, notice: Callable[[str], None] | None = None,
+               ) -> dict[str, Any]:
     """Run `tool` on the device against an artifact already pushed there, and parse what it printed.
 
     The binary is pushed once (skipped when the device's copy has the same sha256) and chmod'ed; the command
@@ -420,8 +421,8 @@ def run_native(device: Any, binary_local_path: Path, artifact_remote_path: str, 
     then BenchError "busy"; unlocked where the device has no flock tool, as "device_lock" says). `timeout` is
     for the tool once it has the device. stdout and stderr are parsed together (benchmark_model logs to stderr,
     perf_test to stdout). Returns the parsed dict plus "argv", "returncode", "device", "binary" {remote,
-    sha256} and "device_lock" (runner.DeviceLock's record). A non-zero exit or an output without timings
-    raises BenchError.
+    sha256} and "device_lock" (runner.DeviceLock's record). `notice` is told at once when the tool has to wait
+    for the device (shell_lock.notices). A non-zero exit or an output without timings raises BenchError.
     """
     from edgekd.bench import shell_lock
 
@@ -436,8 +437,8 @@ def run_native(device: Any, binary_local_path: Path, artifact_remote_path: str, 
     if cpus:
         argv = ["taskset", cpu_mask(cpus), *argv]
     logger.debug("%s: %s", device.name, shlex.join(argv))
-    proc = device.run(shell_lock.locked_argv(argv, lock_wait),
-                      timeout=None if timeout is None else timeout + float(wait))
+    proc = device.run(shell_lock.locked_argv(argv, lock_wait), timeout=None if timeout is None else timeout + float(wait),
+                      on_line=shell_lock.notices(notice) if notice is not None else None)
     lock = shell_lock.report(proc.stderr)
     if lock.busy:
         raise busy_error(device.name, lock)

@@ -18,8 +18,9 @@ so every user can lock it, and who holds it is written only through the locked d
 The script is fixed text; what varies reaches it as arguments (`sh -c SCRIPT sh WAIT ARGS...`). It reports on
 stderr in lines `edgekd-device-lock: ...` (parsed by `report`, removed from the output the caller sees): the
 path, then "held T0 T1" (the device's uptime on arrival and once held), "holder TEXT" (what the lock file
-said when it had to wait), "busy T0 T1" (then it exits BUSY_EXIT without running anything), or
-"unavailable WHY" (then it runs unlocked: no flock tool, a file in the way).
+said when it had to wait), "waiting SECONDS" (as it begins to wait: `notices` passes it on while the command
+runs), "busy T0 T1" (then it exits BUSY_EXIT without running anything), or "unavailable WHY" (then it runs
+unlocked: no flock tool, a file in the way).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from edgekd.bench.runner import ANDROID_TMP, LOCK_ENV, LOCK_FILE, holder_summary
 
@@ -62,6 +63,7 @@ _edgekd_lock() {
     _edgekd_say "unavailable its file system refuses flock: $(printf '%s\n' "$_ee" | head -n 1)"; return 1; fi
   _edgekd_say "holder $(head -n 1 <&9 2>/dev/null)"
   if [ "$_ew" != 0 ]; then
+    _edgekd_say "waiting $_ew"
     if command -v timeout >/dev/null 2>&1; then timeout "$_ew" flock 9 2>/dev/null
     else _en=${_ew%.*}; _en=$((${_en:-0} + 1))
       while [ "$_en" -gt 0 ] && ! flock -n 9 2>/dev/null; do sleep 1; _en=$((_en - 1)); done; fi
@@ -134,6 +136,26 @@ class LockReport:
         return None
 
 
+def notices(say: Callable[[str], None]) -> Callable[[str], None]:
+    """An `on_line` for device.run (it gets each line of the command's stderr while it runs) that calls `say`
+    as the device's shell begins to wait for another bench's lock: who holds it and how long it waits, in the
+    words of the runner's own notice, so a wait of minutes does not look like a hang."""
+    holder = "pid unknown"
+
+    def on_line(line: str) -> None:
+        nonlocal holder
+        match = _LINE.match(line)
+        if match is None:
+            return
+        kind, rest = match.group(1), match.group(2).strip()
+        if kind == "holder":
+            holder = holder_summary(rest)
+        elif kind == "waiting":
+            say(f"the device is busy with another bench ({holder}); waiting up to {_seconds(rest)} s for it to end")
+
+    return on_line
+
+
 def report(stderr: str) -> LockReport:
     """Parse the script's lines out of the command's stderr."""
     out = LockReport()
@@ -153,6 +175,14 @@ def report(stderr: str) -> LockReport:
         out.waited_s = _waited(*times) if out.holder is not None else 0.0
     out.output = "".join(line for line in stderr.splitlines(keepends=True) if not line.startswith(MARKER))
     return out
+
+
+def _seconds(text: str) -> str:
+    """A wait as the runner's notice says it: whole seconds (the text itself if it is not a number)."""
+    try:
+        return f"{float(text):.0f}"
+    except ValueError:
+        return text
 
 
 def _waited(t0: str, t1: str) -> float | None:
