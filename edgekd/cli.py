@@ -308,7 +308,7 @@ def history_cmd(device: Optional[str] = typer.Option(None, "--device", help="onl
 @app.command()
 @_handles_errors
 def compare(a: Optional[str] = typer.Argument(None, help="earlier session (default: the last one before B on B's "
-                                                        "device that measured any of B's artifacts)"),
+                                                        "device that measured any of B's artifacts the same way)"),
             b: Optional[str] = typer.Argument(None, help="later session (default: the newest)"),
             device: Optional[str] = typer.Option(None, "--device", help="pick sessions of this device"),
             history: Path = typer.Option(Path("export/history.sqlite"), help="the SQLite history")) -> None:

@@ -340,6 +340,25 @@ def test_the_default_earlier_session_is_the_last_that_measured_any_of_bs_artifac
     assert found["b"] == resumed and found["a"] == full and [r["artifact"] for r in found["rows"]] == ["n"]
 
 
+def test_the_default_earlier_session_is_the_last_that_measured_bs_artifacts_the_same_way(tmp_path):
+    """Bench at 1 thread, try --threads 4 once, bench at 1 thread again: `edgekd compare` took the 4-thread session
+    (it measured the same name) and stopped with "share no comparable result", though the first one was comparable.
+    With no comparable session at all, the error still names what differs."""
+    db = tmp_path / "h.sqlite"
+    first = history.record([_result("m", 10.0, 0, [10.0, 10.1])], db)
+    history.record([_result("m", 4.0, 1, [4.0, 4.1], threads=4)], db)
+    again = history.record([_result("m", 10.0, 2, [10.0, 10.1])], db)
+    found = history.compare(path=db)
+    assert found["b"] == again and found["a"] == first and [r["artifact"] for r in found["rows"]] == ["m"]
+
+    only = tmp_path / "only.sqlite"
+    history.record([_result("m", 10.0, 0, [10.0, 10.1])], only)
+    history.record([_result("m", 4.0, 1, [4.0, 4.1], threads=4)], only)
+    with pytest.raises(BenchError, match="share no comparable result") as err:
+        history.compare(path=only)
+    assert "m: threads 1 → 4" in err.value.why
+
+
 def test_resume_records_a_kept_result_that_never_reached_the_history(tmp_path):
     """A bench killed after saving its result files but before its history transaction committed (SIGKILL, or a
     Ctrl-C in that moment) left complete results that --resume reused without measuring and never recorded:

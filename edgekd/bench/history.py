@@ -258,22 +258,33 @@ def _round_spread_pct(rounds: list[float]) -> float:
     return (max(rounds) / min(rounds) - 1.0) * 100 if len(rounds) > 1 and min(rounds) > 0 else 0.0
 
 
-def _last_to_measure(db: sqlite3.Connection, earlier: list[str], names: set[str]) -> str:
-    """The newest of `earlier` (newest first) that measured any of `names`, else the newest. A bench resumed after a
-    device failed records what it measures in a session of its own, apart from the results kept before the
-    failure, and a bench of some artifacts follows one of others: the session just before shares no artifact with
-    it, and comparing with it found nothing to compare."""
+def _last_to_measure(db: sqlite3.Connection, earlier: list[str], newer: list[_Row]) -> str:
+    """The newest of `earlier` (newest first) with a result comparable with one of `newer` (same name, measured the
+    same way: `pair`), else the newest that measured any of their names (compare then says what differs), else the
+    newest. A bench resumed after a device failed records what it measures in a session of its own, apart from the
+    results kept before the failure, and a bench of some artifacts follows one of others: the session just before
+    shares no artifact with it. A bench at other settings in between (`--threads 4` once) measured the same names
+    another way: comparing with either found nothing to compare, though an earlier session had it all."""
+    names = sorted({row.name for row in newer})
+    by_name = None
     for session in earlier:
-        if db.execute("SELECT 1 FROM results WHERE session = ? AND artifact_name IN (%s) LIMIT 1"
-                      % ",".join("?" * len(names)), (session, *sorted(names))).fetchone():
+        if not db.execute("SELECT 1 FROM results WHERE session = ? AND artifact_name IN (%s) LIMIT 1"
+                          % ",".join("?" * len(names)), (session, *names)).fetchone():
+            continue
+        by_name = by_name or session
+        try:
+            pairs, _ = pair(_session_rows(db, session), newer)
+        except BenchError:  # a damaged session is nobody's default; naming it by hand says what is wrong with it
+            continue
+        if any(old.rounds and new.rounds for old, new, _ in pairs):
             return session
-    return earlier[0]
+    return by_name or earlier[0]
 
 
 def compare(a: str | None = None, b: str | None = None, *, path: Path = DEFAULT_PATH,
             device: str | None = None) -> dict[str, Any]:
     """Compare session `b` (default: the newest) with `a` (default: the newest one before it on the same device
-    that measured any of its artifacts).
+    that measured any of its artifacts the same way, see `pair`).
 
     Results are paired on the artifact's name and what they measured (IDENTITY): an INT8 and an FP32 file of
     one name, or one file at 1 and at 4 threads, are different measurements. For each pair: p50 change with a
@@ -306,7 +317,7 @@ def compare(a: str | None = None, b: str | None = None, *, path: Path = DEFAULT_
             if not earlier:
                 raise BenchError(f"no earlier session on device '{b_device}' to compare with",
                                  fix="run `edgekd bench` again, or name two sessions: edgekd compare A B")
-            a = _last_to_measure(db, earlier, {row.name for row in newer})
+            a = _last_to_measure(db, earlier, newer)
         older = _session_rows(db, a)
     pairs, unpaired = pair(older, newer)
     out = []
