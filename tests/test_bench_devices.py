@@ -432,6 +432,9 @@ def test_check_threads_times_one_and_n_threads(tmp_path):
     check = check_threads(_models(tmp_path)[0], "host", 2, FAST)
     assert check["threads"] == [1, 2] and all(p > 0 for p in check["p50_us"])
     assert check["speedup_ci95"][0] <= check["speedup"] <= check["speedup_ci95"][1]
+    # the p50s printed beside the speed-up divide to it (they were the medians of the pairs: on a noisy machine
+    # "1 thread 4.58 µs, 2 threads 4.68 µs (1.25×)")
+    assert check["p50_us"][0] / check["p50_us"][1] == pytest.approx(check["speedup"], rel=1e-9)
     low, high = check["speedup_ci95"]
     assert check["took_effect"] is (low > 1.0 or high < 1.0)  # the p50s differ beyond the noise: 1 is outside
 
