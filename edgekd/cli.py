@@ -128,8 +128,9 @@ def run_cmd(recipe: Path = typer.Argument(..., help="recipe YAML file (or a buil
 
 @app.command()
 @_handles_errors
-def layers(teacher: str = typer.Argument(..., help="teacher: a model family (see the recipes) or a checkpoint"),
-           student: str = typer.Argument(..., help="student: a model family or a checkpoint"),
+def layers(teacher: str = typer.Argument(..., help="teacher: a model family (see the recipes; at its default "
+                                                   "sizes) or a checkpoint"),
+           student: str = typer.Argument(..., help="student: a model family (at its default sizes) or a checkpoint"),
            data: str = typer.Option("digits", "--data", help="data set that fixes the input shape")) -> None:
     """List candidate teacher/student layer pairs for feature KD, with shapes and the adapter each needs."""
     from rich.table import Table
