@@ -102,9 +102,12 @@ def save_artifact(backend, path: Path, reporter: Reporter | None = None, **field
     artifact.save()
     check = artifact.parity
     if check is not None and not check.passed:
-        if reporter is not None:
+        # Said once: on the reporter the user watches, else through logging (the Python API's reporter is silent).
+        # Both printed it twice on the command line, the logging copy through Python's last-resort handler.
+        if reporter is not None and not isinstance(reporter, SilentReporter):
             reporter.note(f"[warning] {artifact.name} FAILED parity: {check.reason}")
-        logger.warning("%s failed parity: %s", artifact.name, check.reason)
+        else:
+            logger.warning("%s failed parity: %s", artifact.name, check.reason)
     return artifact
 
 

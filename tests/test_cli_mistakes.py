@@ -507,6 +507,34 @@ def test_a_validators_own_words_reach_the_why_without_pydantics_prefix():
     assert first_line(err.value) == "x: must be positive"
 
 
+def test_a_failed_parity_check_is_said_once(tmp_path, caplog):
+    """`edgekd export` printed each failed artifact's warning twice, the second time on stderr through Python's
+    last-resort logging handler, then its FAILED line: three lines for one failure. From Python, with no reporter
+    to show it, the warning still goes through logging."""
+    import logging
+
+    import torch
+
+    import edgekd
+    from edgekd.checkpoints import save_checkpoint
+    from edgekd.models import create_model
+
+    torch.manual_seed(0)  # untrained: its INT4 file agrees on ~94% of the top-1 classes, below INT4's 97%
+    model = create_model("mlp", in_shape=(64,), num_classes=10, width=64, depth=2)
+    save_checkpoint(model, tmp_path / "student.pt", role="student", data={"name": "digits"})
+    proc = _cli("export", "student.pt", "--output-dir", "arts", "--precision", "int4", cwd=tmp_path)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)  # a failed parity check, kept and marked FAILED
+    said = (proc.stdout + proc.stderr).lower()
+    assert said.count("failed parity") == 1 and "→ failed: top-1 agreement" in said, (proc.stdout, proc.stderr)
+    assert "failed parity" not in proc.stderr.lower()
+
+    with caplog.at_level(logging.WARNING, logger="edgekd"):
+        (art,) = edgekd.export(tmp_path / "student.pt", tmp_path / "api", precisions=["int4"])
+    assert not art.parity.passed
+    assert [r.getMessage() for r in caplog.records if "failed parity" in r.getMessage()] == [
+        f"student-onnx-int4 failed parity: {art.parity.reason}"]
+
+
 def test_ctrl_c_during_export_says_what_is_kept_and_that_a_rerun_exports_again(tmp_path):
     """Ctrl-C in `edgekd export` said "finished stages are kept; run the same command again to resume", but an
     export has no stages and does not resume: a rerun exports every artifact again."""
