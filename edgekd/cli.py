@@ -362,8 +362,11 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory (export/<na
             raise _Err(f"no report in {run_dir} yet", why=f"a run is writing that folder now ({running}); its "
                        f"report stage writes {summary_path} last", fix="wait for that run to end, then run "
                        "edgekd report again")
+        meant = _runs_meant(run_dir)
         raise _Err(f"no report in {run_dir}", why=f"{summary_path} does not exist",
-                   fix="run the recipe first (edgekd run RECIPE), or give the run's folder under export/")
+                   fix=(f"give the run's folder: edgekd report {meant[0]}" if len(meant) == 1 else
+                        f"give one of the runs in it: {', '.join(meant)}" if meant else
+                        "run the recipe first (edgekd run RECIPE), or give the run's folder under export/"))
     try:
         summary = read_json(summary_path)
         problem = _summary_problem(summary)
@@ -388,6 +391,26 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory (export/<na
     if running:
         console.print(f"note: a run is writing {run_dir} now ({running}): this is the report of the run before it",
                       markup=False, highlight=False)
+
+
+def _runs_meant(path: Path) -> list[str]:
+    """Finished runs a path without a report most likely meant: the run it lies in (its report/index.html), the runs
+    in it (`export`, the root of every run), or export/NAME for a bare run name (`edgekd report demo`)."""
+    def finished(folder: Path) -> bool:
+        return (folder / "results" / "summary.json").is_file()
+
+    try:  # only a hint: a folder it may not read gives none
+        above = [folder for folder in path.parents if folder != Path(".") and finished(folder)]
+        if above:
+            return [str(above[0])]
+        if path.is_dir():
+            inside = sorted(str(folder) for folder in path.iterdir() if finished(folder))
+            if inside:
+                return inside
+        guess = Path("export") / path
+        return [str(guess)] if len(path.parts) == 1 and not path.is_absolute() and finished(guess) else []
+    except OSError:
+        return []
 
 
 def _summary_problem(summary: Any) -> str | None:

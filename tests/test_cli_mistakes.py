@@ -146,6 +146,22 @@ def test_an_unreadable_summary_is_a_clear_error(tmp_path, content, why):
     assert not re.search(r"[A-Z]\w*Error\b|object has no attribute|is not iterable", proc.stderr), proc.stderr
 
 
+def test_report_of_a_path_near_a_run_names_the_run(tmp_path):
+    """`edgekd report demo` after `edgekd demo`, `edgekd report export` or the HTML file itself: each said only
+    "run the recipe first", though the run was finished and right there."""
+    for name in ("demo", "kd_hint"):
+        (tmp_path / "export" / name / "results").mkdir(parents=True)
+        (tmp_path / "export" / name / "results" / "summary.json").write_text('{"rows": []}')
+    (tmp_path / "export" / "demo" / "report").mkdir()
+    (tmp_path / "export" / "demo" / "report" / "index.html").write_text("<html></html>")
+    for given, fix in (("demo", "give the run's folder: edgekd report export/demo"),
+                       ("export/demo/report/index.html", "give the run's folder: edgekd report export/demo"),
+                       ("export", "give one of the runs in it: export/demo, export/kd_hint")):
+        _user_error(_cli("report", given, cwd=tmp_path), f"no report in {given}", fix)
+    _user_error(_cli("report", "nosuch", cwd=tmp_path), "run the recipe first")
+    assert _cli("report", "export/demo", cwd=tmp_path).returncode == 0
+
+
 def test_a_batch_size_a_fixed_batch_model_cannot_take_is_refused(tmp_path):
     import onnx
     from onnx import TensorProto, helper
