@@ -162,6 +162,20 @@ def test_report_of_a_path_near_a_run_names_the_run(tmp_path):
     assert _cli("report", "export/demo", cwd=tmp_path).returncode == 0
 
 
+def test_bench_of_a_folder_of_artifacts_names_the_artifacts(tmp_path):
+    """`edgekd bench export/demo` or `export/demo/artifacts` (the folder, not the folders in it) said only "give a
+    folder under <run>/artifacts/", unlike `edgekd export export/demo`, which names the checkpoints in it."""
+    for name in ("student-onnx-fp32", "teacher-onnx-fp32"):
+        (tmp_path / "export" / "demo" / "artifacts" / name).mkdir(parents=True)
+        (tmp_path / "export" / "demo" / "artifacts" / name / "artifact.json").write_text("{}")
+    for given in ("export/demo", "export/demo/artifacts"):
+        _user_error(_cli("bench", given, "--results-dir", "res", cwd=tmp_path), f"{given} is not an artifact folder",
+                    "export/demo/artifacts holds 2 artifact folders: student-onnx-fp32, teacher-onnx-fp32",
+                    "give the artifact folders themselves: export/demo/artifacts/* names them all")
+    _user_error(_cli("bench", "export", "--results-dir", "res", cwd=tmp_path), "give a folder under <run>/artifacts/")
+    assert not (tmp_path / "res").exists()
+
+
 def test_a_batch_size_a_fixed_batch_model_cannot_take_is_refused(tmp_path):
     import onnx
     from onnx import TensorProto, helper

@@ -84,9 +84,21 @@ def resolve_artifact(item: Artifact | str | Path) -> Artifact:
         artifact.verify_file()
         return artifact
     if path.is_dir():
-        raise ArtifactError(f"{path} is not an artifact folder", why=f"it has no {RECORD_NAME}",
-                            fix="give a folder under <run>/artifacts/ or a model file")
+        raise _not_an_artifact_folder(path)
     return _describe_bare_file(path)
+
+
+def _not_an_artifact_folder(path: Path) -> ArtifactError:
+    """A folder without a record: name the artifact folders it holds (a run keeps them in artifacts/), if any."""
+    for holder in (path, path / "artifacts"):
+        found = sorted(record.parent.name for record in holder.glob(f"*/{RECORD_NAME}"))
+        if found:
+            names = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+            return ArtifactError(f"{path} is not an artifact folder",
+                                 why=f"it has no {RECORD_NAME}; {holder} holds {len(found)} artifact folders: {names}",
+                                 fix=f"give the artifact folders themselves: {holder / '*'} names them all")
+    return ArtifactError(f"{path} is not an artifact folder", why=f"it has no {RECORD_NAME}",
+                         fix="give a folder under <run>/artifacts/ or a model file")
 
 
 BARE_FILE_ROLE = "model"  # the role of a model file edgekd did not export (no artifact.json)
