@@ -359,6 +359,17 @@ def test_the_default_earlier_session_is_the_last_that_measured_bs_artifacts_the_
     assert "m: threads 1 → 4" in err.value.why
 
 
+def test_without_an_earlier_session_of_bs_artifacts_the_default_says_so(tmp_path):
+    """Bench one model, then another: `edgekd compare` compared the second with the first, said "sessions S1 and S2
+    share no artifact" and advised to compare sessions that measured the same ones, naming a session never chosen."""
+    db = tmp_path / "h.sqlite"
+    history.record([_result("m", 10.0, 0, [10.0, 10.1])], db)
+    second = history.record([_result("n", 5.0, 1, [5.0, 5.05]), _result("o", 5.0, 2, [5.0, 5.05])], db)
+    with pytest.raises(BenchError, match="no earlier session on device 'host' measured n, o") as err:
+        history.compare(path=db)
+    assert second in err.value.why and "edgekd compare A B" in err.value.fix
+
+
 def test_resume_records_a_kept_result_that_never_reached_the_history(tmp_path):
     """A bench killed after saving its result files but before its history transaction committed (SIGKILL, or a
     Ctrl-C in that moment) left complete results that --resume reused without measuring and never recorded:

@@ -258,10 +258,10 @@ def _round_spread_pct(rounds: list[float]) -> float:
     return (max(rounds) / min(rounds) - 1.0) * 100 if len(rounds) > 1 and min(rounds) > 0 else 0.0
 
 
-def _last_to_measure(db: sqlite3.Connection, earlier: list[str], newer: list[_Row]) -> str:
+def _last_to_measure(db: sqlite3.Connection, earlier: list[str], newer: list[_Row]) -> str | None:
     """The newest of `earlier` (newest first) with a result comparable with one of `newer` (same name, measured the
-    same way: `pair`), else the newest that measured any of their names (compare then says what differs), else the
-    newest. A bench resumed after a device failed records what it measures in a session of its own, apart from the
+    same way: `pair`), else the newest that measured any of their names (compare then says what differs), else None.
+    A bench resumed after a device failed records what it measures in a session of its own, apart from the
     results kept before the failure, and a bench of some artifacts follows one of others: the session just before
     shares no artifact with it. A bench at other settings in between (`--threads 4` once) measured the same names
     another way: comparing with either found nothing to compare, though an earlier session had it all."""
@@ -278,7 +278,7 @@ def _last_to_measure(db: sqlite3.Connection, earlier: list[str], newer: list[_Ro
             continue
         if any(old.rounds and new.rounds for old, new, _ in pairs):
             return session
-    return by_name or earlier[0]
+    return by_name
 
 
 def compare(a: str | None = None, b: str | None = None, *, path: Path = DEFAULT_PATH,
@@ -318,6 +318,12 @@ def compare(a: str | None = None, b: str | None = None, *, path: Path = DEFAULT_
                 raise BenchError(f"no earlier session on device '{b_device}' to compare with",
                                  fix="run `edgekd bench` again, or name two sessions: edgekd compare A B")
             a = _last_to_measure(db, earlier, newer)
+            if a is None:  # the session just before would be an arbitrary pick: "share no artifact" with it
+                names = sorted({row.name for row in newer})
+                raise BenchError(f"no earlier session on device '{b_device}' measured {', '.join(names)}",
+                                 why=f"session {b} is the first bench of {'it' if len(names) == 1 else 'them'} there",
+                                 fix="bench them again later to compare, or name two sessions: edgekd compare A B "
+                                     "(`edgekd history` lists them)")
         older = _session_rows(db, a)
     pairs, unpaired = pair(older, newer)
     out = []
