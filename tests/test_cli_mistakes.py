@@ -515,6 +515,12 @@ def test_resume_says_why_it_measures_an_unreadable_result_again(tmp_path):
     assert "validation error" not in proc.stderr
     assert json.loads((tmp_path / "res" / "bench-m.json").read_text())["artifact"]["name"] == "m"
 
+    # now complete: kept, and said so (a bench with nothing left to measure printed only its table and "0/0")
+    proc = _cli("bench", "m.onnx", "--resume", "--rounds", "1", "--min-seconds", "0.01", "--results-dir", "res",
+                "--history", "h.sqlite", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "--resume: kept the results measured earlier with these settings on host of m" in proc.stdout, proc.stdout
+
 
 def test_a_validators_own_words_reach_the_why_without_pydantics_prefix():
     """first_line gave "x: Value error, must be positive" where the other error paths said "x: must be positive"."""

@@ -441,6 +441,9 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
                               if resume) if r is not None}
     todo = [i for i in range(len(resolved)) if i not in done]
     reporter = reporter or SilentReporter()
+    if done:  # else a bench with nothing left to measure shows its table and "0/0" without saying why
+        reporter.note(f"--resume: kept the results measured earlier with these settings on {target.name} of "
+                      f"{', '.join(resolved[i].name for i in sorted(done))}")
     task = reporter.task(f"bench on {target.name}", len(todo) * settings.rounds)
     raws: dict[int, list[dict[str, Any]]] = {i: [] for i in todo}
     said: set[str] = set()  # what _note_device_lock said once already
