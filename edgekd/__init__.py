@@ -14,9 +14,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False  # not typing's: the `edgekd` command imports this package before its Ctrl-C handler is set
 if TYPE_CHECKING:
+    from typing import Any
+
     from edgekd.pipeline import RunResult
     from edgekd.recipe import Recipe
 

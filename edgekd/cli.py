@@ -60,10 +60,10 @@ def _handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                 err_console.print(f"  fix: {printable(exc.fix)}", highlight=False, markup=False)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:
-            how = "terminated" if isinstance(exc, interrupts.Terminated) else "interrupted"
-            kept = getattr(exc, "resume", None) or "stopped before it finished; run the same command again"
-            err_console.print(f"{how}: {kept}", markup=False, highlight=False)
-            raise typer.Exit(143 if how == "terminated" else 130) from None
+            terminated = isinstance(exc, interrupts.Terminated)
+            kept = getattr(exc, "resume", None) or interrupts.STOPPED
+            err_console.print(interrupts.stop_message(terminated, kept), markup=False, highlight=False)
+            raise typer.Exit(143 if terminated else 130) from None
         except Exception as exc:  # an edgekd bug, not a user mistake
             if _state["debug"]:
                 raise

@@ -9,8 +9,15 @@ signal, and every progress step and stage boundary raises it again (`raise_if_re
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
-from typing import Any, Iterator
+
+TYPE_CHECKING = False  # not typing's: the `edgekd` command imports this module before its Ctrl-C handler is set
+if TYPE_CHECKING:
+    from typing import Any, Iterator, NoReturn
+
+STOPPED = "stopped before it finished; run the same command again"
+"""What a Ctrl-C or SIGTERM that came while nothing was saved yet says was left: nothing, so rerun."""
 
 
 class Terminated(KeyboardInterrupt):
@@ -45,6 +52,36 @@ def installed() -> Iterator[None]:
             if handler is not None:  # None: set outside Python, which cannot be put back from here
                 signal.signal(signum, handler)
         _received.clear()
+
+
+def exit_code(signum: int) -> int:
+    """The exit code of a command stopped by this signal: 130 Ctrl-C, 143 SIGTERM (128 + the signal's number)."""
+    return 143 if signum == signal.SIGTERM else 130
+
+
+def stop_message(terminated: bool, kept: str = STOPPED) -> str:
+    """The one line a stopped command prints: how it was stopped, and what it kept / what a rerun does."""
+    return f"{'terminated' if terminated else 'interrupted'}: {kept}"
+
+
+def _exit_now(signum: int, frame: Any) -> NoReturn:
+    # os.write: the signal may come while Python is inside a write to sys.stderr, which is not reentrant
+    os.write(2, (stop_message(signum == signal.SIGTERM) + "\n").encode())
+    raise SystemExit(exit_code(signum))
+
+
+def exit_outside_commands() -> None:
+    """For the `edgekd` process only (its first line): a Ctrl-C or SIGTERM outside a command's own handler
+    (`installed`) ends the process with the command's message and exit code, at once.
+
+    Outside a command nothing is written yet, so nothing needs cleaning up; but Python's own handler raises
+    KeyboardInterrupt, which there is nobody to catch while the CLI's modules (typer, rich) import: a traceback,
+    then the process killed by SIGINT again (exit -2). And typer turns it into a silent exit 130 while it parses
+    the arguments. SystemExit passes through both. The handlers stay for the life of the process: at its end
+    nothing restores them, so this is not for a process that goes on after the command (that uses `installed`).
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _exit_now)
 
 
 def raise_if_received() -> None:
