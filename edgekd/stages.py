@@ -400,8 +400,12 @@ def bench_artifacts(ctx: Context, artifacts: list, inputs: Path,
     for old in ctx.rundir.results.glob("bench-*.json"):
         old.unlink()
     results = bench(artifacts, device=b.device, settings=settings, inputs=inputs, results_dir=ctx.rundir.results,
-                    history=ctx.recipe.output_dir / "history.sqlite", eval_data=eval_data,
-                    reporter=ctx.reporter, rerun_hint=RUN_BENCH_AGAIN)
+                    eval_data=eval_data, reporter=ctx.reporter, rerun_hint=RUN_BENCH_AGAIN)
+    # Recorded once every artifact is measured, not as each one finishes: a run stopped midway measures them all
+    # again when resumed, so what it had recorded would stay in the history as a half session beside the whole.
+    from edgekd.bench.history import record
+
+    record(results, ctx.recipe.output_dir / "history.sqlite")
     return [r.saved_path for r in results], {"results": len(results)}
 
 

@@ -122,14 +122,17 @@ def test_a_device_lost_midway_keeps_what_was_measured_and_resume_measures_the_re
                          reporter=_StopAfterFirstRun(server), history=tmp_path / "h.sqlite")
         assert "--resume" in err.value.fix and "kept" in err.value.fix
         # the finished result reaches the history now: --resume records only what it measures itself
-        assert [s["results"] for s in history.sessions(tmp_path / "h.sqlite")] == [1]
+        began = history.sessions(tmp_path / "h.sqlite")
+        assert [s["results"] for s in began] == [1]
         first = BenchResult.load(tmp_path / "results" / "bench-m0@board.json")
         assert first.complete and not (tmp_path / "results" / "bench-m1@board.json").exists()
         server.start()  # the board is back (new port: rewrite the profile)
         profile = _profile(server, tmp_path)
         resumed = edgekd.bench(models, device=str(profile), settings=one_round, results_dir=tmp_path / "results",
                                resume=True, history=tmp_path / "h.sqlite")
-        assert sorted(s["results"] for s in history.sessions(tmp_path / "h.sqlite")) == [1, 1]  # each once
+        # each once, and in the session the bench began: one bench, one session
+        assert [(s["session"], s["results"]) for s in history.sessions(tmp_path / "h.sqlite")] == \
+            [(began[0]["session"], 2)]
     assert resumed[0].created_at == first.created_at  # reused, not measured again
     assert resumed[1].complete and resumed[1].latency_us["n"] >= 30
 
@@ -310,7 +313,8 @@ def test_ctrl_c_on_the_command_line_says_where_the_results_are_and_to_resume(tmp
     stderr = _ctrl_c_once(cli, second_runner_started, "the second runner never started")
     assert "interrupted: the 1 result(s) measured so far are kept in" in " ".join(stderr.split())
     assert "rerun with --resume" in stderr and "Traceback" not in stderr
-    assert sorted(p.name for p in (tmp_path / "results").glob("*.json")) == ["bench-m0.json"]
+    assert sorted(p.name for p in (tmp_path / "results").glob("bench-*.json")) == ["bench-m0.json"]
+    assert (tmp_path / "results" / ".edgekd-bench-session@host.json").is_file()  # for --resume to add to
 
 
 def _ctrl_c_once(cli: subprocess.Popen, ready, never: str) -> str:

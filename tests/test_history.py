@@ -387,3 +387,49 @@ def test_resume_records_a_kept_result_that_never_reached_the_history(tmp_path):
     assert [s["results"] for s in history.sessions(db)] == [2]
     edgekd.bench(models, settings=fast, results_dir=tmp_path / "res", history=db, resume=True)
     assert [s["results"] for s in history.sessions(db)] == [2], "a result already in the history counted twice"
+
+
+class _CtrlCAt:
+    """A progress reporter that raises Ctrl-C at its `n`-th step (where edgekd.interrupts raises a Ctrl-C the CLI
+    received): with two artifacts and two rounds, step 3 is the first artifact's last round, in the last round."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def task(self, description, total):
+        reporter = self
+
+        class Task:
+            def advance(self, steps=1, **fields):
+                reporter.n -= steps
+                if reporter.n == 0:
+                    raise KeyboardInterrupt
+
+            def close(self):
+                pass
+
+        return Task()
+
+    def note(self, message):
+        pass
+
+
+def test_a_bench_resumed_after_ctrl_c_in_its_last_round_is_one_session(tmp_path):
+    """A bench stopped in its last round recorded the artifact it had finished as a session of its own, and
+    --resume the rest as another: `edgekd history` listed two half sessions for one bench."""
+    import edgekd
+    from edgekd.bench.harness import BenchSettings
+    from edgekd.export.onnx import write_identity_model
+
+    models = [write_identity_model(tmp_path / f"m{i}.onnx", (8 * (i + 1),), 18) for i in range(2)]
+    fast = BenchSettings(warmup_runs=2, min_runs=5, min_seconds=0.0, rounds=2)
+    db, results = tmp_path / "h.sqlite", tmp_path / "res"
+    with pytest.raises(KeyboardInterrupt):
+        edgekd.bench(models, settings=fast, results_dir=results, history=db, reporter=_CtrlCAt(3))
+    began = history.sessions(db)
+    assert [s["results"] for s in began] == [1]  # the finished artifact is in the history at once: nothing lost
+    resumed = edgekd.bench(models, settings=fast, results_dir=results, history=db, resume=True)
+    assert all(r.complete for r in resumed)
+    assert [(s["session"], s["results"]) for s in history.sessions(db)] == [(began[0]["session"], 2)]
+    edgekd.bench(models, settings=fast, results_dir=results, history=db)  # a new bench: a session of its own
+    assert [s["results"] for s in history.sessions(db)] == [2, 2]

@@ -295,3 +295,44 @@ def test_editing_the_device_profile_reruns_the_bench(tiny_run, tmp_path):
     result = edgekd.run(recipe)
     assert result.stages["bench"] == "ran"
     assert {r.runtime["intra_op_threads"] for r in result.results if r.artifact["format"] == "onnx"} == {2}
+
+
+def test_a_run_stopped_in_its_last_bench_round_records_one_whole_session(tiny_run, tmp_path):
+    """A run stopped by Ctrl-C in its bench stage's last round had recorded the artifacts it finished as a
+    session; run again, its bench stage measured every artifact again and recorded them beside it, so
+    `edgekd history` listed a half session for nothing."""
+    import shutil
+
+    from edgekd.bench import history
+
+    class CtrlCInLastRound:
+        """Ctrl-C (raised where edgekd.interrupts raises one the CLI received) once the bench has finished one
+        artifact's last round."""
+
+        def task(self, description, total):
+            left = [total // 2 + 1 if description.startswith("bench on") else 0]
+
+            class Task:
+                def advance(self, steps=1, **fields):
+                    left[0] -= steps
+                    if left[0] == 0:
+                        raise KeyboardInterrupt
+
+                def close(self):
+                    pass
+
+            return Task()
+
+        def note(self, message):
+            pass
+
+    shutil.copytree(tiny_run.rundir.root, tmp_path / "tiny")
+    recipe = tiny_run.recipe.model_copy(deep=True)
+    recipe.output_dir = tmp_path
+    assert recipe.bench.rounds == 2
+    with pytest.raises(KeyboardInterrupt):
+        edgekd.run(recipe, force={"bench"}, reporter=CtrlCInLastRound())
+    result = edgekd.run(recipe)
+    assert result.stages["bench"] == "ran" and all(r.complete for r in result.results)
+    found = history.sessions(tmp_path / "history.sqlite")
+    assert [s["results"] for s in found] == [len(result.results)], found

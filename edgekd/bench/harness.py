@@ -34,7 +34,8 @@ from edgekd.errors import ArtifactError, BenchError, EdgeKDError, printable
 from edgekd.export.artifact import RECORD_NAME, Artifact
 from edgekd.names import PATH_COMPONENT
 from edgekd.progress import Reporter, SilentReporter
-from edgekd.rundir import exclusive_folder, process_temp_dir, remove_orphan_temp_files, sha256_file
+from edgekd.rundir import (atomic_write_json, exclusive_folder, process_temp_dir, read_json, remove_orphan_temp_files,
+                           sha256_file)
 
 logger = logging.getLogger(__name__)
 
@@ -440,6 +441,8 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
     done = {i: r for i, r in ((i, _finished(p, a, settings)) for i, (p, a) in enumerate(zip(paths, resolved))
                               if resume) if r is not None}
     todo = [i for i in range(len(resolved)) if i not in done]
+    # A resumed bench adds its results to the history session the interrupted one began: one bench, one session.
+    history_session = (_unfinished_session(results_dir, target.name) if done else None) or _new_session()
     reporter = reporter or SilentReporter()
     if done:  # else a bench with nothing left to measure shows its table and "0/0" without saying why
         reporter.note(f"--resume: kept the results measured earlier with these settings on {target.name} of "
@@ -518,7 +521,8 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
                                                     raws[i][0], Path(tmp) / f"host{i}")
     except (EdgeKDError, KeyboardInterrupt) as exc:  # a device that fails midway, or Ctrl-C: keep what was measured
         kept = results_of([i for i in todo if raws[i]]) if results_dir is not None else []
-        _record_complete(kept, history)
+        if _record_complete(kept, history, history_session) and results_dir is not None:
+            atomic_write_json(_session_path(results_dir, target.name), {"session": history_session})
         if kept:
             saved = f"the {len(kept)} result(s) measured so far are kept in {results_dir}"
             if isinstance(exc, EdgeKDError):
@@ -536,7 +540,9 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
         # Reused results whose bench ended between saving them and recording them are recorded now.
         missing = bench_history.unrecorded([done[i] for i in sorted(done)], history)
         if fresh or missing:
-            bench_history.record(missing + fresh, history)
+            bench_history.record(missing + fresh, history, history_session)
+        if results_dir is not None:  # the session is whole: a later bench here begins its own
+            _session_path(results_dir, target.name).unlink(missing_ok=True)
     by_index = {**done, **dict(zip(todo, fresh))}
     return [by_index[i] for i in range(len(resolved))]
 
@@ -566,19 +572,44 @@ def _distinct_names(artifacts: list[Artifact]) -> list[Artifact]:
     return artifacts
 
 
-def _record_complete(results: list[BenchResult], history: Path | None) -> None:
-    """Put the complete results of a bench that failed midway in the history now (a later --resume records them
-    only if they are still missing, see history.unrecorded); the failure, not a history error, is what the user
-    must see."""
+def _record_complete(results: list[BenchResult], history: Path | None, session: str) -> bool:
+    """Put the complete results of a bench that failed midway in the history now, under the bench's `session`
+    (a later --resume records them only if they are still missing, see history.unrecorded, and the rest under
+    the same session); the failure, not a history error, is what the user must see. True if they were recorded."""
     complete = [r for r in results if r.complete]
     if history is None or not complete:
-        return
+        return False
     from edgekd.bench import history as bench_history
 
     try:
-        bench_history.record(complete, history)
+        bench_history.record(complete, history, session)
     except EdgeKDError as exc:
         logger.warning("could not record the finished results in the history: %s", exc.what)
+        return False
+    return True
+
+
+def _new_session() -> str:
+    from edgekd.bench import history as bench_history
+
+    return bench_history.new_session()
+
+
+def _session_path(results_dir: Path, device: str) -> Path:
+    """Where a bench that stopped midway keeps its history session, for --resume to add the rest to it."""
+    return Path(results_dir) / f".edgekd-bench-session@{device}.json"
+
+
+def _unfinished_session(results_dir: Path | None, device: str) -> str | None:
+    """The history session of the interrupted bench into `results_dir` on `device`, if one stopped there; None
+    when there is none or its file is unreadable (a new session then: never a reason to stop a bench)."""
+    if results_dir is None:
+        return None
+    try:
+        session = read_json(_session_path(results_dir, device)).get("session")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return session if isinstance(session, str) and session else None
 
 
 def _native_tool(device: Device, artifact: Artifact) -> tuple[str, Path] | None:

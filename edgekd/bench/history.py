@@ -133,9 +133,15 @@ def identity(result: BenchResult) -> dict[str, Any]:
             "batch_size": result.settings.get("batch_size"), "inputs": inputs, "harness": result.harness}
 
 
+def new_session() -> str:
+    """A session id: when it began (sorts by time, reads as a date) and a random tail (two in one second)."""
+    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
 def record(results: Iterable[BenchResult], path: Path = DEFAULT_PATH, session: str | None = None) -> str:
-    """Store results under one session id (returned)."""
-    session = session or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    """Store results under one session id (returned): `session`, which may hold results already (a resumed
+    bench adds the rest of its results to the session it began), or a new one."""
+    session = session or new_session()
     with _open(path) as db:
         for r in results:
             lat = r.latency_us
