@@ -23,8 +23,8 @@ from edgekd.interrupts import raise_if_received
 from edgekd.progress import Reporter, SilentReporter
 from edgekd.recipe import Recipe, dump_recipe
 from edgekd.rng import kept_global_rngs
-from edgekd.rundir import (RunDir, atomic_write, exclusive_folder, hash_obj, process_temp_dir,
-                           remove_orphan_temp_files)
+from edgekd.rundir import (RunDir, atomic_write, atomic_write_json, exclusive_folder, hash_obj, process_temp_dir,
+                           read_json, remove_orphan_temp_files)
 
 logger = logging.getLogger(__name__)
 
@@ -76,13 +76,22 @@ class Context:
 
     def preflight(self) -> None:
         """Check the distillation plan and trial-export both architectures before any training, so a wrong
-        layer path or an unexportable model fails in seconds."""
+        layer path or an unexportable model fails in seconds.
+
+        The trial exports take 10-25 s, and every resume of a run that trains would redo them: the run folder
+        records that they passed (EXPORTABLE_PATH) for what decides it (`exportability_key`), and they are
+        skipped while that is unchanged. The plan check is quick and reads files outside the run: always done."""
         if self._preflight_done or not is_writer():
             return
         from edgekd.distill.plan import check_plan
         from edgekd.export.formats import FORMATS, ExportOptions
 
         check_plan(self.recipe, self.splits)
+        key = hash_obj(exportability_key(self.recipe, self.splits.input_shape, self.splits.num_classes))
+        passed = self.rundir.root / EXPORTABLE_PATH
+        if _recorded_key(passed) == key:
+            self._preflight_done = True
+            return
 
         formats = list(self.recipe.export.formats)
         backends = [FORMATS[f]() for f in formats]
@@ -96,7 +105,39 @@ class Context:
                                         Path(tmp) / f"{role}{backend.suffix}", ExportOptions(opset=self.recipe.export.opset))
                     task.advance(1)
         task.close()
+        atomic_write_json(passed, {"passed": key, "checked": exportability_key(
+            self.recipe, self.splits.input_shape, self.splits.num_classes)})
         self._preflight_done = True
+
+
+# Where a run folder records that the trial exports of its architectures passed (Context.preflight).
+EXPORTABLE_PATH = "exportable.json"
+
+
+def exportability_key(recipe: Recipe, input_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
+    """What decides whether the trial exports pass: the two architectures (family and parameters, with the input
+    shape and the classes they are built for, and the seed of their weights), the formats and opset they are
+    exported to, and the versions of the converters and of edgekd. Anything else of a recipe (training,
+    distillation, targets, bench) does not reach them."""
+    from edgekd.exporter import runtime_versions
+
+    formats = list(recipe.export.formats)
+    return {"teacher": recipe.section("teacher")["teacher"]["model"],
+            "student": recipe.section("student")["student"]["model"], "seed": recipe.seed,
+            "input_shape": list(input_shape), "num_classes": num_classes, "formats": formats,
+            "opset": recipe.export.opset, "versions": {f: runtime_versions(f) for f in formats},
+            "edgekd": __version__}
+
+
+def _recorded_key(path: Path) -> str | None:
+    """The key whose trial exports passed in this run folder; None when none did or the record is unreadable
+    (then the check runs again: it is a cache, never a reason to stop)."""
+    try:
+        record = read_json(path)
+    except (OSError, ValueError):
+        return None
+    key = record.get("passed") if isinstance(record, dict) else None
+    return key if isinstance(key, str) else None
 
 
 @dataclass(frozen=True)

@@ -336,3 +336,66 @@ def test_a_run_stopped_in_its_last_bench_round_records_one_whole_session(tiny_ru
     assert result.stages["bench"] == "ran" and all(r.complete for r in result.results)
     found = history.sessions(tmp_path / "history.sqlite")
     assert [s["results"] for s in found] == [len(result.results)], found
+
+
+class _RecordingReporter:
+    """Keeps the description of every progress task a run creates: what ran, observed, not timed."""
+
+    def __init__(self) -> None:
+        self.tasks: list[str] = []
+
+    def task(self, description, total):
+        from edgekd.progress import SilentReporter
+
+        self.tasks.append(description)
+        return SilentReporter().task(description, total)
+
+    def note(self, message):
+        pass
+
+
+def test_a_resumed_run_skips_the_exportability_check_that_passed_and_a_new_architecture_reruns_it(tiny_run, tmp_path):
+    """Every resume of a run that trains redid the 10-25 s trial exports of both architectures, though nothing
+    that decides them had changed."""
+    import shutil
+
+    from edgekd.pipeline import EXPORTABLE_PATH, Context
+    from edgekd.rundir import RunDir, read_json
+
+    shutil.copytree(tiny_run.rundir.root, tmp_path / "tiny")
+    assert (tmp_path / "tiny" / EXPORTABLE_PATH).is_file()  # the tiny run's own check recorded its pass
+    recipe = tiny_run.recipe.model_copy(deep=True)
+    recipe.output_dir = tmp_path
+    resumed = _RecordingReporter()
+    result = edgekd.run(recipe, force={"scratch"}, reporter=resumed)  # a stage that trains, so checks first
+    assert result.stages["scratch"] == "ran" and "train scratch baseline" in resumed.tasks, resumed.tasks
+    assert "check exportability" not in resumed.tasks, resumed.tasks
+
+    wider = recipe.model_copy(deep=True)
+    wider.student.model.params["width"] = 32  # another architecture: it may not export, so it is checked
+    checked = _RecordingReporter()
+    Context(recipe=wider, rundir=RunDir(tmp_path / "tiny"), reporter=checked).preflight()
+    assert checked.tasks == ["check exportability"]
+    assert read_json(tmp_path / "tiny" / EXPORTABLE_PATH)["checked"]["student"]["params"]["width"] == 32
+
+
+def test_the_exportability_key_changes_with_what_reaches_the_trial_exports_only():
+    """A recorded pass is reused only for the same architectures, shape, formats and opset; training settings,
+    which never reach a trial export, do not make a resumed run check again."""
+    from edgekd.pipeline import exportability_key
+
+    recipe = edgekd.load_recipe(TINY_RECIPE)
+    base = exportability_key(recipe, (64,), 10)
+
+    def changed(edit) -> dict:
+        other = recipe.model_copy(deep=True)
+        edit(other)
+        return exportability_key(other, (64,), 10)
+
+    assert changed(lambda r: setattr(r.teacher.train, "epochs", 1)) == base
+    assert changed(lambda r: setattr(r.distill.train, "epochs", 1)) == base
+    assert changed(lambda r: setattr(r.export, "opset", 17)) != base
+    assert changed(lambda r: setattr(r.export, "formats", ["onnx"])) != base
+    assert changed(lambda r: r.teacher.model.params.update(depth=3)) != base
+    assert changed(lambda r: r.student.model.params.update(width=32)) != base
+    assert exportability_key(recipe, (8, 8), 10) != base and exportability_key(recipe, (64,), 3) != base
