@@ -87,7 +87,8 @@ class Context:
         from edgekd.export.formats import FORMATS, ExportOptions
 
         check_plan(self.recipe, self.splits)
-        key = hash_obj(exportability_key(self.recipe, self.splits.input_shape, self.splits.num_classes))
+        checked = exportability_key(self.recipe, self.splits.input_shape, self.splits.num_classes)
+        key = hash_obj(checked)
         passed = self.rundir.root / EXPORTABLE_PATH
         if _recorded_key(passed) == key:
             self._preflight_done = True
@@ -105,8 +106,7 @@ class Context:
                                         Path(tmp) / f"{role}{backend.suffix}", ExportOptions(opset=self.recipe.export.opset))
                     task.advance(1)
         task.close()
-        atomic_write_json(passed, {"passed": key, "checked": exportability_key(
-            self.recipe, self.splits.input_shape, self.splits.num_classes)})
+        atomic_write_json(passed, {"passed": key, "checked": checked})
         self._preflight_done = True
 
 
