@@ -84,6 +84,18 @@ def exit_outside_commands() -> None:
         signal.signal(signum, _exit_now)
 
 
+def ignore_after_the_command() -> None:
+    """For the `edgekd` process only, once its command has ended: ignore Ctrl-C for the rest of the process.
+
+    Only the interpreter's shutdown is left, and it has two bad ends for a Ctrl-C: in an exit function our
+    handler's SystemExit is printed with a traceback ("Exception ignored in atexit callback"), and once Python
+    has put the default action back (late in its shutdown) the signal kills the process (exit -2) after the work
+    was done and reported. Ignored, the command's own exit code stands. SIGTERM is left as it is: a CI job must
+    still be able to end a process whose shutdown hangs (waiting for a library's thread, say).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def raise_if_received() -> None:
     """Raise the stop again if a signal came and the run is still going (its first raise was swallowed)."""
     if _received:

@@ -100,3 +100,51 @@ def test_the_console_script_is_the_entry_that_handles_ctrl_c():
 
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
     assert pyproject["project"]["scripts"]["edgekd"] == "edgekd.entry:main"
+
+
+# The console script's lines after an exit function (it runs in the interpreter's shutdown, after the command has
+# ended) that says so on stdout and waits for the test's go, given as a file once the test has sent the signal.
+AT_EXIT = """
+import atexit, os, sys, time
+
+GO = sys.argv.pop(1)
+
+def shutting_down():
+    print("shutting down", flush=True)
+    while not os.path.exists(GO):
+        time.sleep(0.01)
+    for _ in range(3):  # a Ctrl-C that reached the process is handled by now
+        time.sleep(0.01)
+
+atexit.register(shutting_down)
+sys.argv[0] = "edgekd"
+from edgekd.entry import main
+sys.exit(main())
+"""
+
+
+def test_ctrl_c_after_the_command_ended_leaves_its_exit_code(tmp_path):
+    """A Ctrl-C in the interpreter's shutdown, after the command had done its work and printed its output, ended
+    the process with a traceback of our handler's SystemExit in an exit function, or, once Python had put the
+    default action back, killed it by the signal (exit -2)."""
+    go = tmp_path / "go"
+    proc = subprocess.Popen([sys.executable, "-c", AT_EXIT, str(go), "fields", "data"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "COLUMNS": "200"})
+    try:
+        output = []
+        for line in proc.stdout:  # the command's table, then the exit function's line
+            output.append(line)
+            if line == "shutting down\n":
+                break
+        proc.send_signal(signal.SIGINT)
+        go.touch()
+        rest, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert output[-1] == "shutting down\n", output
+    assert "data.name" in "".join(output)  # the command did its work
+    assert proc.returncode == 0, stderr
+    assert stderr == "", stderr
