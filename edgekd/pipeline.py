@@ -37,6 +37,7 @@ class Context:
     rundir: RunDir
     reporter: Reporter
     hashes: dict[str, str] = field(default_factory=dict)
+    recheck: bool = False  # `--force all`: trial-export again though the run folder records a pass
     _preflight_done: bool = False
 
     @cached_property
@@ -80,7 +81,8 @@ class Context:
 
         The trial exports take 10-25 s, and every resume of a run that trains would redo them: the run folder
         records that they passed (EXPORTABLE_PATH) for what decides it (`exportability_key`), and they are
-        skipped while that is unchanged. The plan check is quick and reads files outside the run: always done."""
+        skipped while that is unchanged (and not `recheck`). The plan check is quick and reads files outside the
+        run: always done."""
         if self._preflight_done or not is_writer():
             return
         from edgekd.distill.plan import check_plan
@@ -90,7 +92,7 @@ class Context:
         checked = exportability_key(self.recipe, self.splits.input_shape, self.splits.num_classes)
         key = hash_obj(checked)
         passed = self.rundir.root / EXPORTABLE_PATH
-        if _recorded_key(passed) == key:
+        if not self.recheck and _recorded_key(passed) == key:
             self._preflight_done = True
             return
 
@@ -237,7 +239,7 @@ def _run_stages(recipe: Recipe, rundir: RunDir, force: set[str], reporter: Repor
         if problem:
             reporter.note(f"[warning] {rundir.manifest_path}: {problem}; stages it does not vouch for run again")
         atomic_write(rundir.recipe_path, dump_recipe(recipe))
-    ctx = Context(recipe=recipe, rundir=rundir, reporter=reporter)
+    ctx = Context(recipe=recipe, rundir=rundir, reporter=reporter, recheck="all" in force)
     result = RunResult(rundir=rundir, recipe=recipe, rank=rank)
     for stage in _stages(recipe):
         raise_if_received()  # a Ctrl-C some library swallowed still stops the run here

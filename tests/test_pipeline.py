@@ -378,6 +378,10 @@ def test_a_resumed_run_skips_the_exportability_check_that_passed_and_a_new_archi
     assert checked.tasks == ["check exportability"]
     assert read_json(tmp_path / "tiny" / EXPORTABLE_PATH)["checked"]["student"]["params"]["width"] == 32
 
+    forced = _RecordingReporter()  # `--force all`: redo everything, the check too, whatever the folder records
+    Context(recipe=wider, rundir=RunDir(tmp_path / "tiny"), reporter=forced, recheck=True).preflight()
+    assert forced.tasks == ["check exportability"]
+
 
 def test_the_exportability_key_changes_with_what_reaches_the_trial_exports_only():
     """A recorded pass is reused only for the same architectures, shape, formats and opset; training settings,

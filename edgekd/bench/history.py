@@ -267,9 +267,8 @@ def _round_spread_pct(rounds: list[float]) -> float:
 def _last_to_measure(db: sqlite3.Connection, earlier: list[str], newer: list[_Row]) -> str | None:
     """The newest of `earlier` (newest first) with a result comparable with one of `newer` (same name, measured the
     same way: `pair`), else the newest that measured any of their names (compare then says what differs), else None.
-    A bench resumed after a device failed records what it measures in a session of its own, apart from the
-    results kept before the failure, and a bench of some artifacts follows one of others: the session just before
-    shares no artifact with it. A bench at other settings in between (`--threads 4` once) measured the same names
+    A bench of some artifacts follows one of others (or history from before a resumed bench joined its
+    session): the session just before shares no artifact with it. A bench at other settings in between (`--threads 4` once) measured the same names
     another way: comparing with either found nothing to compare, though an earlier session had it all."""
     names = sorted({row.name for row in newer})
     by_name = None
