@@ -665,7 +665,7 @@ def _bench_while_the_device_is_held(lock: Path, bench) -> tuple[list[str], list]
 
     reporter = _Notes()
     with ThreadPoolExecutor(1) as pool:
-        fd = _hold_device(lock)
+        fd = hold_device_lock(lock)
         try:
             running = pool.submit(bench, reporter)
             deadline = time.monotonic() + 120
@@ -686,7 +686,7 @@ def test_edgekd_bench_says_at_once_that_it_waits_for_the_device(tmp_path):
     env = {**os.environ, "EDGEKD_DEVICE_LOCK": str(lock), "COLUMNS": "400"}
     env.pop("PYTHONUNBUFFERED", None)  # as a user's shell has it: the note must reach the log unprompted
     log = tmp_path / "bench.log"
-    fd = _hold_device(lock)
+    fd = hold_device_lock(lock)
     try:
         with open(log, "wb") as out:
             cli = subprocess.Popen([sys.executable, "-m", "edgekd.cli", "bench", str(model), "--min-seconds", "0",
