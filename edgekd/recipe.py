@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -424,12 +425,15 @@ def builtin_recipes() -> list[str]:
 
 
 def load_recipe(source: str | Path | dict[str, Any], *, check_names: bool = True) -> Recipe:
-    """Load and validate a recipe from a YAML path, a built-in name ('demo') or a dict."""
+    """Load and validate a recipe from a YAML path, a built-in name ('demo') or a dict (a Recipe, already
+    validated, is returned as it is)."""
     origin = "<dict>"
+    if isinstance(source, Recipe):
+        return source  # validated when it was made: edgekd.run takes either
     if isinstance(source, dict):
         raw: Any = source
     else:
-        path = Path(source)
+        path = Path(_recipe_source(source))
         # Not is_file: `edgekd run demo --output-dir .` makes a folder ./demo, which must not hide the built-in
         if not path.is_file() and not path.suffix and str(source) in builtin_recipes():
             path = builtin_recipe_path(str(source))
@@ -450,6 +454,29 @@ def load_recipe(source: str | Path | dict[str, Any], *, check_names: bool = True
     if check_names:
         check_registered_names(recipe, origin)
     return recipe
+
+
+def _recipe_source(source: Any) -> str | os.PathLike[str]:
+    """`source` as a path or a name; anything else is refused here, where Path() would raise a bare TypeError."""
+    kinds = "a recipe is a YAML file's path, a built-in recipe name or a dict"
+    if not isinstance(source, (str, os.PathLike)):
+        raise RecipeError(f"cannot load a recipe from {type(source).__name__} {_short(source)}", why=kinds,
+                          fix=f"give one of those, e.g. load_recipe('demo'), or {_start()}")
+    if not str(source).strip():  # Path("") is ".", the current folder: "recipe . is a folder" would puzzle
+        raise RecipeError("the recipe's path or name is empty", why=kinds,
+                          fix=f"give a recipe path or a built-in recipe name ({', '.join(builtin_recipes())})")
+    if isinstance(source, str) and ("\n" in source or ": " in source) and not Path(source).exists() \
+            and not source.rstrip().endswith((".yaml", ".yml")):
+        raise RecipeError(f"the recipe given looks like YAML text, not a path: {_short(source)}", why=kinds,
+                          fix="pass the text parsed, load_recipe(yaml.safe_load(text)), or save it to a .yaml file "
+                              "and give that file's path")
+    return source
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """A value as a short repr for a message (a whole YAML text or a long list would drown it)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _read_yaml(path: Path) -> Any:
