@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 import edgekd
-from edgekd.errors import RecipeError
+from edgekd.errors import RecipeError, RegistryError
 
 
 @pytest.mark.parametrize("source", [None, 3, True, ["demo"], b"demo", {"demo"}])
@@ -39,3 +39,17 @@ def test_yaml_text_given_as_the_recipe_says_so(tmp_path, monkeypatch):
 def test_a_recipe_object_is_taken_as_it_is():
     recipe = edgekd.load_recipe({"name": "x"})
     assert edgekd.load_recipe(recipe) is recipe
+
+
+@pytest.mark.parametrize("device", [None, 3, ["host"]])
+def test_a_device_that_is_no_name_is_refused(device, tmp_path):
+    """Path(device) raised a bare TypeError, from bench(device=...) and export(devices=[...]) alike."""
+    from edgekd.devices.profiles import find_profile
+
+    with pytest.raises(RegistryError, match="a device is a profile name or a profile's path, not") as err:
+        find_profile(device)
+    assert "host" in err.value.why and "device='host'" in err.value.fix
+    with pytest.raises(RegistryError, match="a device is a profile name"):
+        edgekd.bench([], device=device)
+    with pytest.raises(RegistryError, match="a device is a profile name"):
+        edgekd.export(tmp_path / "student.pt", tmp_path / "out", devices=[device])

@@ -84,6 +84,13 @@ def _local_workdir(name: str) -> str:
 
 
 def find_profile(name_or_path: str) -> DeviceProfile:
+    if not isinstance(name_or_path, (str, os.PathLike)):  # Path() would raise a bare TypeError (device=None)
+        raise RegistryError(f"a device is a profile name or a profile's path, not {type(name_or_path).__name__} "
+                            f"{repr(name_or_path)[:60]}",
+                            why=f"known devices: {', '.join(known_profiles())} (from ./devices/ and "
+                                "~/.config/edgekd/devices/)",
+                            fix="give one of them as a string, e.g. device='host'" +
+                                ("; name one device at a time" if isinstance(name_or_path, (list, tuple)) else ""))
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
         return load_profile(path)
