@@ -4,10 +4,13 @@ FileNotFoundError from deep inside. Found by an audit with real calls; tiny mode
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 import edgekd
-from edgekd.errors import RecipeError, RegistryError
+from edgekd.errors import ArtifactError, RecipeError, RegistryError
 
 
 @pytest.mark.parametrize("source", [None, 3, True, ["demo"], b"demo", {"demo"}])
@@ -53,3 +56,31 @@ def test_a_device_that_is_no_name_is_refused(device, tmp_path):
         edgekd.bench([], device=device)
     with pytest.raises(RegistryError, match="a device is a profile name"):
         edgekd.export(tmp_path / "student.pt", tmp_path / "out", devices=[device])
+
+
+@pytest.fixture(scope="module")
+def bare_onnx(tmp_path_factory):
+    """A tiny ONNX model file (no artifact record): enough for the checks before any runner starts."""
+    import torch
+
+    path = tmp_path_factory.mktemp("bare") / "tiny.onnx"
+    torch.onnx.export(torch.nn.Linear(4, 2), (torch.zeros(1, 4),), str(path), dynamo=False)
+    return path
+
+
+@pytest.mark.parametrize("kind", [str, Path])
+def test_one_artifact_path_not_in_a_list_is_refused(kind, bare_onnx):
+    """A string was benched letter by letter: '/ is not an artifact folder'; a Path raised TypeError."""
+    with pytest.raises(ArtifactError, match="artifacts must be a list, got one") as err:
+        edgekd.bench(kind(bare_onnx))
+    assert err.value.fix == f"put it in a list: [{str(bare_onnx)!r}]"
+
+
+@pytest.mark.parametrize("artifacts, said", [
+    (None, "artifacts must be a list, got NoneType"), (3, "artifacts must be a list, got int"),
+    ([None], "cannot benchmark NoneType None"), ([{"file": "model.onnx"}], "cannot benchmark dict"),
+])
+def test_artifacts_of_the_wrong_type_are_refused(artifacts, said):
+    with pytest.raises(ArtifactError, match=re.escape(said)) as err:
+        edgekd.bench(artifacts)
+    assert "artifact folders, artifact.json files" in err.value.why

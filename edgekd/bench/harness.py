@@ -71,11 +71,34 @@ class BenchSettings:
     sustained: bool = False  # one long round, reported as latency over time
 
 
+ARTIFACT_KINDS = "artifact folders, artifact.json files, .onnx / .tflite files or Artifact records"
+
+
+def artifact_list(artifacts: Any) -> list[Artifact | str | Path]:
+    """`artifacts` as a list; one path given alone is refused, since a string iterated is its letters ('/')."""
+    if isinstance(artifacts, (str, os.PathLike, Artifact)):
+        shown = artifacts.name if isinstance(artifacts, Artifact) else str(artifacts)
+        listed = "[artifact]" if isinstance(artifacts, Artifact) else f"[{shown!r}]"
+        raise ArtifactError(f"artifacts must be a list, got one {type(artifacts).__name__}: {shown}",
+                            why=f"a bench takes a list of {ARTIFACT_KINDS}", fix=f"put it in a list: {listed}")
+    try:
+        return list(artifacts)
+    except TypeError:
+        raise ArtifactError(f"artifacts must be a list, got {type(artifacts).__name__} {repr(artifacts)[:60]}",
+                            why=f"a bench takes a list of {ARTIFACT_KINDS}",
+                            fix="give a list, e.g. edgekd.bench(run.artifacts) or "
+                                "edgekd.bench(['export/demo/artifacts/student-onnx-fp32'])") from None
+
+
 def resolve_artifact(item: Artifact | str | Path) -> Artifact:
     """An Artifact record from a record, an artifact folder, or a bare model file (described on the fly)."""
     if isinstance(item, Artifact):
         item.verify_file()
         return item
+    if not isinstance(item, (str, os.PathLike)):  # Path() would raise a bare TypeError
+        raise ArtifactError(f"cannot benchmark {type(item).__name__} {repr(item)[:60]}",
+                            why=f"each artifact is one of: {ARTIFACT_KINDS}",
+                            fix="give the path of an artifact folder (<run>/artifacts/NAME) or of a model file")
     path = Path(item)
     if not path.exists():
         raise ArtifactError(f"artifact not found: {path}", fix="give an artifact folder or an .onnx / .tflite file")
@@ -361,7 +384,7 @@ def bench_devices(artifacts: Iterable[Artifact | str | Path], devices: list[str]
     """Benchmark on several devices at once (one thread per device: they are different machines)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    items = list(artifacts)
+    items = artifact_list(artifacts)
     if len(set(devices)) != len(devices):
         raise BenchError("a device is named twice", fix="name each device once")
     if len(devices) == 1:
@@ -404,7 +427,7 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
     settings = settings or BenchSettings()
     if settings.rounds < 1:
         raise BenchError(f"rounds must be ≥ 1, got {settings.rounds}", fix="use --rounds 1 or more")
-    resolved = _distinct_names([resolve_artifact(a) for a in artifacts])
+    resolved = _distinct_names([resolve_artifact(a) for a in artifact_list(artifacts)])
     target = open_device(device)
     try:
         # The folder's lock first: a second bench into the same folder is told so, as before the device lock.
