@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import edgekd
-from edgekd.errors import ArtifactError, RecipeError, RegistryError
+from edgekd.errors import ArtifactError, BenchError, RecipeError, RegistryError
 
 
 @pytest.mark.parametrize("source", [None, 3, True, ["demo"], b"demo", {"demo"}])
@@ -84,3 +84,46 @@ def test_artifacts_of_the_wrong_type_are_refused(artifacts, said):
     with pytest.raises(ArtifactError, match=re.escape(said)) as err:
         edgekd.bench(artifacts)
     assert "artifact folders, artifact.json files" in err.value.why
+
+
+@pytest.mark.parametrize("field, value, rule", [
+    ("rounds", 0, "an integer ≥ 1"), ("rounds", 1.5, "an integer ≥ 1"), ("threads", 0, "an integer ≥ 1"),
+    ("batch_size", 0, "an integer ≥ 1"), ("batch_size", "1", "an integer ≥ 1"),
+    ("min_seconds", -1.0, "a number ≥ 0"),
+    ("max_seconds", 0.0, "a number > 0"), ("cooldown_seconds", -1.0, "a number ≥ 0"),
+    ("min_seconds", float("nan"), "a number ≥ 0"), ("warmup_runs", -1, "an integer ≥ 0"),
+])
+def test_bench_settings_out_of_range_are_refused_before_the_device(field, value, rule, bare_onnx):
+    """rounds=1.5 and batch_size='1' raised TypeError, batch_size=0 benched empty inputs, a negative cooldown was
+    taken; threads=0 or min_seconds=-1 were refused by the runner as a field of its 'spec'."""
+    from dataclasses import replace
+
+    from edgekd.bench.harness import BenchSettings
+
+    with pytest.raises(BenchError, match=re.escape(f"BenchSettings.{field} must be {rule}, got {value!r}")) as err:
+        edgekd.bench([bare_onnx], device="no-such-device", settings=replace(BenchSettings(), **{field: value}))
+    assert f"set {field}= in BenchSettings" in err.value.fix
+
+
+def test_bench_settings_that_are_no_bench_settings_are_refused():
+    with pytest.raises(BenchError, match="settings must be a BenchSettings, got dict"):
+        edgekd.bench([], settings={"rounds": 1})
+
+
+def test_valid_bench_settings_pass_the_check():
+    """The check refuses nothing a bench can honour (hypothesis over the fields' valid ranges)."""
+    from hypothesis import given, settings as h_settings, strategies as st
+
+    from edgekd.bench.harness import BenchSettings, check_settings
+
+    @h_settings(max_examples=40, deadline=None)
+    @given(st.builds(BenchSettings, threads=st.none() | st.integers(1, 64), batch_size=st.integers(1, 64),
+                     warmup_runs=st.integers(0, 10**6), warmup_min_seconds=st.floats(0, 1e6),
+                     min_runs=st.integers(1, 10**6), min_seconds=st.floats(0, 1e6),
+                     max_seconds=st.floats(1e-6, 1e6), memory_runs=st.integers(0, 1000), rounds=st.integers(1, 100),
+                     cooldown_seconds=st.floats(0, 1e4) | st.integers(0, 100), max_runs=st.integers(1, 10**7),
+                     sustained=st.booleans()))
+    def check(s):
+        assert check_settings(s) is s
+
+    check()

@@ -71,6 +71,40 @@ class BenchSettings:
     sustained: bool = False  # one long round, reported as latency over time
 
 
+# What each BenchSettings field must be: (integer or number, the least value, whether the least is allowed).
+_SETTING_RULES: dict[str, tuple[type, float, bool]] = {
+    "threads": (int, 1, True), "batch_size": (int, 1, True), "warmup_runs": (int, 0, True),
+    "warmup_min_seconds": (float, 0, True), "min_runs": (int, 1, True), "min_seconds": (float, 0, True),
+    "max_seconds": (float, 0, False), "memory_runs": (int, 0, True), "rounds": (int, 1, True),
+    "cooldown_seconds": (float, 0, True), "max_runs": (int, 1, True),
+}
+
+
+def check_settings(settings: Any) -> BenchSettings:
+    """Refuse settings a bench cannot honour before any device is touched: a wrong type crashed deep inside
+    (rounds=1.5, batch_size='1'), batch_size=0 benched empty inputs, a negative cooldown was ignored, and the
+    runner's own check named a field of its 'spec', which a caller of edgekd.bench never wrote."""
+    if not isinstance(settings, BenchSettings):
+        raise BenchError(f"settings must be a BenchSettings, got {type(settings).__name__} {repr(settings)[:60]}",
+                         fix="from edgekd.bench.harness import BenchSettings; settings=BenchSettings(rounds=3, ...)")
+    for name, (kind, least, inclusive) in _SETTING_RULES.items():
+        value = getattr(settings, name)
+        if name == "threads" and value is None:  # the device profile's threads
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = number and (isinstance(value, int) if kind is int else math.isfinite(value)) and \
+            (value >= least if inclusive else value > least)
+        if not ok:
+            rule = f"{'an integer' if kind is int else 'a number'} {'≥' if inclusive else '>'} {least}"
+            raise BenchError(f"BenchSettings.{name} must be {rule}, got {value!r}",
+                             fix=f"set {name}= in BenchSettings to {rule}" +
+                                 (", or to None for the device profile's threads:" if name == "threads" else ""))
+    if not isinstance(settings.sustained, bool):
+        raise BenchError(f"BenchSettings.sustained must be True or False, got {settings.sustained!r}",
+                         fix="use sustained_settings(minutes) for a sustained bench")
+    return settings
+
+
 ARTIFACT_KINDS = "artifact folders, artifact.json files, .onnx / .tflite files or Artifact records"
 
 
@@ -424,9 +458,7 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
     """
     from edgekd.devices.profiles import open_device
 
-    settings = settings or BenchSettings()
-    if settings.rounds < 1:
-        raise BenchError(f"rounds must be ≥ 1, got {settings.rounds}", fix="use --rounds 1 or more")
+    settings = check_settings(BenchSettings() if settings is None else settings)
     resolved = _distinct_names([resolve_artifact(a) for a in artifact_list(artifacts)])
     target = open_device(device)
     try:
