@@ -127,3 +127,35 @@ def test_valid_bench_settings_pass_the_check():
         assert check_settings(s) is s
 
     check()
+
+
+def _npy(path: Path, array) -> Path:
+    import numpy as np
+
+    np.save(path, np.asarray(array))
+    return path
+
+
+def test_bench_inputs_that_are_no_npy_file_are_refused_before_the_device(tmp_path, bare_onnx):
+    """A missing file raised FileNotFoundError (from hashing it, the device already open); a text file was
+    'pickled (object) data' to the runner. device='no-such-device' shows the check comes first."""
+    (tmp_path / "text.npy").write_text("1 2 3 4")
+    for given, said in [(tmp_path / "nope.npy", "the inputs file .*nope.npy does not exist"),
+                        (tmp_path, "the inputs file .* is a folder"), (3, "the inputs must be a .npy file's path"),
+                        (tmp_path / "text.npy", "the inputs file .*text.npy is not a .npy file")]:
+        with pytest.raises(BenchError, match=said) as err:
+            edgekd.bench([bare_onnx], device="no-such-device", inputs=given)
+        assert "numpy.save" in err.value.fix
+
+
+def test_bench_eval_data_must_be_a_pair_of_matching_npy_files(tmp_path, bare_onnx):
+    """One path for the pair was read letter by letter (IsADirectoryError on '/'); a missing file raised
+    FileNotFoundError; 3 inputs with 5 labels reached the device and came back as 'check the artifact's
+    output shape'."""
+    x3, x5, y5 = (_npy(tmp_path / n, [[0.0] * 4] * k) for n, k in (("x3.npy", 3), ("x5.npy", 5), ("y5.npy", 5)))
+    for given, said in [(str(x5), "eval_data must be a pair of .npy files"), ((x5,), "eval_data must be a pair"),
+                        ((tmp_path / "x.npy", y5), "the eval_data inputs file .*x.npy does not exist"),
+                        ((x5, tmp_path / "y.npy"), "the eval_data labels file .*y.npy does not exist"),
+                        ((x3, y5), "eval_data holds 3 test inputs but 5 labels")]:
+        with pytest.raises(BenchError, match=said):
+            edgekd.bench([bare_onnx], device="no-such-device", eval_data=given)

@@ -30,7 +30,7 @@ from edgekd.bench.result import BenchResult
 from edgekd.bench.runner import NOTICE as RUNNER_NOTICE
 from edgekd.devices.base import (RUNNER_SOURCE, TETHER_S, Device, DeviceTimeout, RuntimeMissing, cool_down,
                                  python_argv, runner_name, temperature)
-from edgekd.errors import ArtifactError, BenchError, EdgeKDError, printable
+from edgekd.errors import ArtifactError, BenchError, EdgeKDError, first_line, printable
 from edgekd.export.artifact import RECORD_NAME, Artifact
 from edgekd.names import PATH_COMPONENT
 from edgekd.progress import Reporter, SilentReporter
@@ -103,6 +103,47 @@ def check_settings(settings: Any) -> BenchSettings:
         raise BenchError(f"BenchSettings.sustained must be True or False, got {settings.sustained!r}",
                          fix="use sustained_settings(minutes) for a sustained bench")
     return settings
+
+
+def _check_data_files(inputs: Any, eval_data: Any) -> None:
+    """The .npy files a bench was given exist: a wrong path raised FileNotFoundError from hashing it, after the
+    device was opened, and eval_data given as one path (not a pair) read its letters as paths."""
+    if eval_data is not None and (isinstance(eval_data, (str, os.PathLike)) or not isinstance(eval_data, (tuple, list))
+                                  or len(eval_data) != 2):
+        raise BenchError(f"eval_data must be a pair of .npy files (test inputs, labels), got {repr(eval_data)[:80]}",
+                         fix="give eval_data=(Path('test_x.npy'), Path('test_y.npy'))")
+    named = [("inputs", inputs)] if inputs is not None else []
+    named += [("eval_data inputs", eval_data[0]), ("eval_data labels", eval_data[1])] if eval_data is not None else []
+    shapes: dict[str, tuple[int, ...]] = {}
+    for what, given in named:
+        if not isinstance(given, (str, os.PathLike)):
+            raise BenchError(f"the {what} must be a .npy file's path, got {type(given).__name__} {repr(given)[:60]}",
+                             fix="give the path of a .npy file saved with numpy.save")
+        if not Path(given).is_file():
+            problem = "is a folder" if Path(given).is_dir() else "does not exist"
+            raise BenchError(f"the {what} file {given} {problem}",
+                             why="a bench feeds the model from a .npy file",
+                             fix="give the path of a .npy file saved with numpy.save")
+        shapes[what] = _npy_shape(Path(given), what)
+    rows = {what: shape[0] if shape else 0 for what, shape in shapes.items()}  # a 0-d array holds no rows
+    if eval_data is not None and rows["eval_data inputs"] != rows["eval_data labels"]:
+        raise BenchError(f"eval_data holds {rows['eval_data inputs']} test inputs but "
+                         f"{rows['eval_data labels']} labels",
+                         why="each test input needs its label, in the same order",
+                         fix="give the test inputs and the labels of the same samples")
+
+
+def _npy_shape(path: Path, what: str) -> tuple[int, ...]:
+    """The shape in a .npy file's header (the data is not read); any other file is refused by name here: the
+    runner said only that it 'contains pickled (object) data'."""
+    try:
+        with path.open("rb") as f:
+            np.lib.format.read_magic(f)  # np.load alone calls any other file 'pickled (object) data'
+        shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+    except (OSError, ValueError) as exc:
+        raise BenchError(f"the {what} file {path} is not a .npy file", why=first_line(exc),
+                         fix="save the array with numpy.save") from None
+    return tuple(shape)
 
 
 ARTIFACT_KINDS = "artifact folders, artifact.json files, .onnx / .tflite files or Artifact records"
@@ -459,6 +500,7 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
     from edgekd.devices.profiles import open_device
 
     settings = check_settings(BenchSettings() if settings is None else settings)
+    _check_data_files(inputs, eval_data)
     resolved = _distinct_names([resolve_artifact(a) for a in artifact_list(artifacts)])
     target = open_device(device)
     try:
