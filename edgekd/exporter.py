@@ -7,6 +7,7 @@ An artifact whose parity check fails is kept on disk for inspection but its reco
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import re
 import time
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from edgekd.errors import CheckpointError, RecipeError
+from edgekd.errors import CheckpointError, ExportError, OutputDirError, RecipeError
 from edgekd.export.artifact import Artifact
 from edgekd.export.formats import FORMATS, ExportOptions
 from edgekd.export.verify import max_rel_error_for, parity
@@ -291,6 +292,40 @@ def floor_artifact(out_root: Path, fmt: str, in_shape: tuple[int, ...], options:
     return artifact
 
 
+OPSETS = (17, 23)  # the ONNX opsets an export may ask for (the recipe's export.opset allows the same)
+
+
+def _check_export_args(checkpoint: Any, output_dir: Any, lists: dict[str, Any], opset: Any,
+                       agreements: dict[str, Any], calibration_samples: Any) -> None:
+    """Refuse what export_checkpoint cannot honour before the checkpoint is read: Path(None) raised a bare
+    TypeError, formats='onnx' was read letter by letter ('unknown export format o'), calibration_samples=-5
+    silently dropped 5 rows, and min_agreement=2 failed every artifact's parity."""
+    for name, value in (("checkpoint", checkpoint), ("output_dir", output_dir)):
+        if not isinstance(value, (str, os.PathLike)):
+            error = CheckpointError if name == "checkpoint" else OutputDirError
+            raise error(f"{name} must be a path, got {type(value).__name__} {repr(value)[:60]}",
+                        fix="e.g. edgekd.export('export/demo/checkpoints/student.pt', 'out/')")
+    for name, value in lists.items():
+        if value is not None and (isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple))):
+            shown = f"[{value!r}]" if isinstance(value, str) else f"a list of {name}"
+            raise ExportError(f"{name} must be a list, got {type(value).__name__} {repr(value)[:60]}",
+                              why="a string would be read letter by letter" if isinstance(value, str) else None,
+                              fix=f"give {name}={shown}")
+    if not isinstance(opset, int) or isinstance(opset, bool) or not OPSETS[0] <= opset <= OPSETS[1]:
+        raise ExportError(f"opset must be an integer from {OPSETS[0]} to {OPSETS[1]}, got {opset!r}",
+                          why="edgekd's exporters and runtimes are checked with those ONNX opsets",
+                          fix="leave the default, 18, unless a runtime needs another")
+    for name, value in agreements.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
+            raise ExportError(f"{name} must be a fraction from 0 to 1, got {value!r}",
+                              why="it is the top-1 agreement with PyTorch an artifact needs to pass parity",
+                              fix=f"e.g. {name}=0.99")
+    if not isinstance(calibration_samples, int) or isinstance(calibration_samples, bool) or calibration_samples < 1:
+        raise ExportError(f"calibration_samples must be an integer ≥ 1, got {calibration_samples!r}",
+                          why="static INT8 calibrates its ranges on that many training rows",
+                          fix="leave the default, 256, or give a positive number")
+
+
 @kept_global_rngs()  # the model rebuilt here and the exporters draw from them
 def export_checkpoint(checkpoint: str | Path, output_dir: str | Path, *, formats: list[str] | None = None,
                       precisions: list[str] | None = None, opset: int = 18, min_agreement: float = 0.99,
@@ -303,6 +338,9 @@ def export_checkpoint(checkpoint: str | Path, output_dir: str | Path, *, formats
     from edgekd.compress.isa import target_cpu
     from edgekd.devices.profiles import find_profile
 
+    _check_export_args(checkpoint, output_dir, {"formats": formats, "precisions": precisions, "devices": devices},
+                       opset, {"min_agreement": min_agreement, "min_agreement_int4": min_agreement_int4},
+                       calibration_samples)
     for device in devices or ():
         find_profile(device)  # an unknown name or a bad profile is the user's mistake, said now
     targets = tuple(target_cpu(device) for device in devices or ())

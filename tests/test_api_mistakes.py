@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import edgekd
-from edgekd.errors import ArtifactError, BenchError, RecipeError, RegistryError
+from edgekd.errors import (ArtifactError, BenchError, CheckpointError, ExportError, OutputDirError, RecipeError,
+                           RegistryError)
 
 
 @pytest.mark.parametrize("source", [None, 3, True, ["demo"], b"demo", {"demo"}])
@@ -159,3 +160,31 @@ def test_bench_eval_data_must_be_a_pair_of_matching_npy_files(tmp_path, bare_onn
                         ((x3, y5), "eval_data holds 3 test inputs but 5 labels")]:
         with pytest.raises(BenchError, match=said):
             edgekd.bench([bare_onnx], device="no-such-device", eval_data=given)
+
+
+@pytest.mark.parametrize("kwargs, error, said", [
+    ({"checkpoint": None}, CheckpointError, "checkpoint must be a path, got NoneType"),
+    ({"checkpoint": ["student.pt"]}, CheckpointError, "checkpoint must be a path, got list"),
+    ({"output_dir": None}, OutputDirError, "output_dir must be a path, got NoneType"),
+    ({"formats": "onnx"}, ExportError, "formats must be a list, got str 'onnx'"),
+    ({"formats": 3}, ExportError, "formats must be a list, got int 3"),
+    ({"precisions": "fp32"}, ExportError, "precisions must be a list, got str 'fp32'"),
+    ({"devices": "host"}, ExportError, "devices must be a list, got str 'host'"),
+    ({"opset": -1}, ExportError, "opset must be an integer from 17 to 23, got -1"),
+    ({"opset": "18"}, ExportError, "opset must be an integer from 17 to 23, got '18'"),
+    ({"min_agreement": 2.0}, ExportError, "min_agreement must be a fraction from 0 to 1, got 2.0"),
+    ({"min_agreement_int4": -0.5}, ExportError, "min_agreement_int4 must be a fraction from 0 to 1"),
+    ({"calibration_samples": -5}, ExportError, "calibration_samples must be an integer ≥ 1, got -5"),
+    ({"calibration_samples": 0}, ExportError, "calibration_samples must be an integer ≥ 1, got 0"),
+])
+def test_export_arguments_are_checked_before_the_checkpoint_is_read(kwargs, error, said, tmp_path):
+    """Path(None) raised TypeError; formats='onnx' said "unknown export format 'o'" (devices='host': "unknown
+    device 'h'"); opset '18' was blamed on the model's modules; calibration_samples=-5 silently dropped 5 rows and
+    min_agreement=2 failed every artifact's parity after the whole export."""
+    args = {"checkpoint": tmp_path / "student.pt", "output_dir": tmp_path / "out", **kwargs}
+    with pytest.raises(error, match=re.escape(said)) as err:
+        edgekd.export(args.pop("checkpoint"), args.pop("output_dir"), **args)
+    assert err.value.fix
+    if isinstance(kwargs.get("formats", kwargs.get("precisions", kwargs.get("devices"))), str):
+        assert err.value.fix == f"give {next(iter(kwargs))}=[{next(iter(kwargs.values()))!r}]"
+    assert not (tmp_path / "out").exists()
