@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -18,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from edgekd import __version__
-from edgekd.errors import RecipeError
+from edgekd.errors import OutputDirError, RecipeError
 from edgekd.interrupts import raise_if_received
 from edgekd.progress import Reporter, SilentReporter
 from edgekd.recipe import Recipe, dump_recipe
@@ -206,15 +207,34 @@ def _stages(recipe: Recipe) -> list[Stage]:
 
 
 @kept_global_rngs()  # training seeds them; the caller's own draws must not repeat the recipe's
+def _stages_to_force(force: Any) -> set[str]:
+    """`force` as a set of names: a string alone was read letter by letter ('unknown stage(s) to force: e, o, p')."""
+    if isinstance(force, str):
+        raise RecipeError(f"force must be a set of stage names, got the string {force!r}",
+                          why="a string would be read letter by letter",
+                          fix=f"give force={{{force!r}}}; stages: {', '.join(STAGE_NAMES)}, or 'all'")
+    try:
+        names = set(force or ())
+    except TypeError:
+        names = None
+    if names is None or not all(isinstance(name, str) for name in names):
+        raise RecipeError(f"force must be a set of stage names, got {type(force).__name__} {repr(force)[:60]}",
+                          fix=f"e.g. force={{'export'}}; stages: {', '.join(STAGE_NAMES)}, or 'all'")
+    return names
+
+
 def run(recipe: Recipe, *, force: set[str] | None = None, reporter: Reporter | None = None,
         output_dir: Path | None = None) -> RunResult:
     """Execute every stage of `recipe` (resumable); `force` names stages to rerun ('all' for every one)."""
-    force = set(force or ())
+    force = _stages_to_force(force)
     unknown = force - set(STAGE_NAMES) - {"all"}
     if unknown:
         raise RecipeError(f"unknown stage(s) to force: {', '.join(sorted(unknown))}",
                           why=f"stages: {', '.join(STAGE_NAMES)}", fix="use one of those names, or 'all'")
     if output_dir is not None:
+        if not isinstance(output_dir, (str, os.PathLike)):  # Path() would raise a bare TypeError
+            raise OutputDirError(f"output_dir must be a folder's path, got {type(output_dir).__name__} "
+                                 f"{repr(output_dir)[:60]}", fix="e.g. edgekd.run(recipe, output_dir='export')")
         recipe = recipe.model_copy(update={"output_dir": Path(output_dir)})
     rank, world = _join_distributed()
     reporter = reporter if reporter is not None and rank == 0 else SilentReporter()

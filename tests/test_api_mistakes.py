@@ -188,3 +188,18 @@ def test_export_arguments_are_checked_before_the_checkpoint_is_read(kwargs, erro
     if isinstance(kwargs.get("formats", kwargs.get("precisions", kwargs.get("devices"))), str):
         assert err.value.fix == f"give {next(iter(kwargs))}=[{next(iter(kwargs.values()))!r}]"
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kwargs, error, said", [
+    ({"force": "export"}, RecipeError, "force must be a set of stage names, got the string 'export'"),
+    ({"force": 3}, RecipeError, "force must be a set of stage names, got int 3"),
+    ({"force": [["export"]]}, RecipeError, "force must be a set of stage names, got list"),
+    ({"output_dir": 3}, OutputDirError, "output_dir must be a folder's path, got int 3"),
+])
+def test_run_arguments_of_the_wrong_type_are_refused(kwargs, error, said, tmp_path, monkeypatch):
+    """force='export' said 'unknown stage(s) to force: e, o, p, r, t, x'; force=3 and output_dir=3 raised TypeError."""
+    monkeypatch.chdir(tmp_path)  # nothing may be written; if it were, it would be here
+    with pytest.raises(error, match=re.escape(said)) as err:
+        edgekd.run({"name": "x"}, **kwargs)
+    assert "e.g." in err.value.fix or "force={'export'}" in err.value.fix
+    assert list(tmp_path.iterdir()) == []
