@@ -203,3 +203,19 @@ def test_run_arguments_of_the_wrong_type_are_refused(kwargs, error, said, tmp_pa
         edgekd.run({"name": "x"}, **kwargs)
     assert "e.g." in err.value.fix or "force={'export'}" in err.value.fix
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("call", ["sessions", "compare", "bench"])
+def test_a_history_that_is_no_path_is_refused(call, bare_onnx):
+    """sessions(None), compare(path=None) and bench(history=3) raised a bare TypeError from Path(), the bench's
+    only after it had measured every artifact."""
+    from edgekd.bench import history
+
+    with pytest.raises(BenchError, match="the bench history must be a file's path, got") as err:
+        if call == "sessions":
+            history.sessions(None)
+        elif call == "compare":
+            history.compare(path=None)
+        else:
+            edgekd.bench([bare_onnx], device="no-such-device", history=3)  # said before a device is opened
+    assert "history.sqlite" in err.value.fix

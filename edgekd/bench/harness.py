@@ -501,6 +501,10 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
 
     settings = check_settings(BenchSettings() if settings is None else settings)
     _check_data_files(inputs, eval_data)
+    if history is not None:  # said now, not after every artifact was measured
+        from edgekd.bench.history import check_path
+
+        check_path(history)
     resolved = _distinct_names([resolve_artifact(a) for a in artifact_list(artifacts)])
     target = open_device(device)
     try:

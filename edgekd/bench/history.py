@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sqlite3
 import time
 import uuid
@@ -54,7 +55,15 @@ IDENTITY = ("format", "precision", "device", "threads", "batch_size", "inputs", 
 _IDENTITY_LABELS = {"batch_size": "batch", "inputs": "input shapes"}
 
 
+def check_path(path: Any) -> None:
+    """A history given as no path is refused by name: Path() would raise a bare TypeError (path=None)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise BenchError(f"the bench history must be a file's path, got {type(path).__name__} {repr(path)[:60]}",
+                         fix=f"leave the default, {DEFAULT_PATH}, or give the path of a history file")
+
+
 def _connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
+    check_path(path)
     if not create and not Path(path).is_file():
         raise BenchError(f"no bench history at {path}",
                          why="it is a folder" if Path(path).is_dir() else "no benchmark has been recorded there yet",
