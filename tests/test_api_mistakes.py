@@ -219,3 +219,29 @@ def test_a_history_that_is_no_path_is_refused(call, bare_onnx):
         else:
             edgekd.bench([bare_onnx], device="no-such-device", history=3)  # said before a device is opened
     assert "history.sqlite" in err.value.fix
+
+
+def test_an_artifact_record_without_inputs_is_refused_as_damaged(tmp_path, bare_onnx):
+    """The device said 'input names do not match the model (missing x); fix: use the model's input names as keys
+    of 'inputs'', and with inputs= given the bench raised IndexError."""
+    import json
+    import shutil
+
+    import numpy as np
+
+    from edgekd.bench.harness import resolve_artifact
+    from edgekd.export.artifact import Artifact
+
+    folder = tmp_path / "model-onnx-fp32"
+    folder.mkdir()
+    shutil.copy(bare_onnx, folder / "model.onnx")
+    record = resolve_artifact(folder / "model.onnx").model_dump(mode="json", by_alias=True)
+    record.update(name="model-onnx-fp32", inputs=[])
+    (folder / "artifact.json").write_text(json.dumps(record))
+    np.save(tmp_path / "x.npy", np.zeros((1, 4), np.float32))
+    for inputs in (None, tmp_path / "x.npy"):
+        with pytest.raises(ArtifactError, match="the record of model-onnx-fp32 lists no model inputs") as err:
+            edgekd.bench([folder], device="no-such-device", inputs=inputs)
+        assert "re-export the artifact" in err.value.fix and str(folder / "model.onnx") in err.value.fix
+    with pytest.raises(ArtifactError, match="lists no model inputs"):
+        edgekd.bench([Artifact.load(folder)], device="no-such-device")

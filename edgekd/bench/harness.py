@@ -168,8 +168,7 @@ def artifact_list(artifacts: Any) -> list[Artifact | str | Path]:
 def resolve_artifact(item: Artifact | str | Path) -> Artifact:
     """An Artifact record from a record, an artifact folder, or a bare model file (described on the fly)."""
     if isinstance(item, Artifact):
-        item.verify_file()
-        return item
+        return _usable(item)
     if not isinstance(item, (str, os.PathLike)):  # Path() would raise a bare TypeError
         raise ArtifactError(f"cannot benchmark {type(item).__name__} {repr(item)[:60]}",
                             why=f"each artifact is one of: {ARTIFACT_KINDS}",
@@ -179,12 +178,25 @@ def resolve_artifact(item: Artifact | str | Path) -> Artifact:
         raise ArtifactError(f"artifact not found: {path}", fix="give an artifact folder or an .onnx / .tflite file")
     record = path / RECORD_NAME if path.is_dir() else path.parent / RECORD_NAME
     if record.is_file() and (path.is_dir() or path.name == RECORD_NAME or Artifact.load(record).file == path.name):
-        artifact = Artifact.load(record)
-        artifact.verify_file()
-        return artifact
+        return _usable(Artifact.load(record))
     if path.is_dir():
         raise _not_an_artifact_folder(path)
     return _describe_bare_file(path)
+
+
+def _usable(artifact: Artifact) -> Artifact:
+    """A record whose file is there and whose inputs are listed: a bench feeds the inputs the record names, so
+    a record without them failed on the device with 'input names do not match the model (missing x)', or
+    raised IndexError when the inputs were given."""
+    artifact.verify_file()
+    if not artifact.inputs:
+        record = artifact.path.parent / RECORD_NAME
+        raise ArtifactError(f"the record of {artifact.name} lists no model inputs ({record})",
+                            why="a bench feeds the model the inputs its record lists; edgekd lists every input "
+                                "when it exports",
+                            fix=f"re-export the artifact, or benchmark the model file alone ({artifact.path}), which "
+                                "edgekd describes on the fly")
+    return artifact
 
 
 def _not_an_artifact_folder(path: Path) -> ArtifactError:
