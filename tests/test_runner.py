@@ -265,8 +265,9 @@ def test_unknown_runtime_lists_known_runtimes(identity_dir: Path):
 @pytest.mark.parametrize(
     "patch",
     [{"threads": "2"}, {"threads": 0}, {"min_seconds": True}, {"inputs": ["x.npy"]},
-     {"min_runs": 10, "max_runs": 5}, {"predict": {"inputs": {"x": "x.npy"}}}],
-    ids=["threads-str", "threads-0", "bool-number", "inputs-list", "min-gt-max", "predict-no-output"],
+     {"min_runs": 10, "max_runs": 5}, {"predict": {"inputs": {"x": "x.npy"}}}, {"threads": 10**6}],
+    ids=["threads-str", "threads-0", "bool-number", "inputs-list", "min-gt-max", "predict-no-output",
+         "threads-a-million"],  # a million made onnxruntime hang while the kernel refused the threads' stacks
 )
 def test_bad_spec_values(identity_dir: Path, patch: dict):
     code, r = run_runner({"artifact": "id.onnx", "runtime": "onnxruntime", "inputs": {"x": "x.npy"}, **patch}, identity_dir)

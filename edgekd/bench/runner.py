@@ -198,6 +198,9 @@ def _validate_fields(raw: Any, fields: Dict[str, Any], where: str) -> Dict[str, 
     return out
 
 
+THREADS_PER_CORE = 8  # oversubscribing a device is a measurement one may want; thousands of threads are a typo
+
+
 def validate_spec(raw: Any) -> Dict[str, Any]:
     """Return the spec with defaults filled in, or raise a "spec" RunnerError."""
     spec = _validate_fields(raw, SPEC_FIELDS, "spec")
@@ -213,6 +216,14 @@ def validate_spec(raw: Any) -> Dict[str, Any]:
     if spec["min_seconds"] > spec["max_seconds"]:
         raise RunnerError("spec", f"min_seconds ({spec['min_seconds']}) exceeds max_seconds ({spec['max_seconds']})",
                           fix="raise max_seconds or lower min_seconds")
+    cores = os.cpu_count() or 1
+    if spec["threads"] > THREADS_PER_CORE * cores:
+        raise RunnerError("spec", f"threads {spec['threads']} is more than {THREADS_PER_CORE}x the {cores} cores of "
+                                  "this device",
+                          why="the runtime starts that many threads: a million made the bench hang while the kernel "
+                              "refused their stacks; past the cores, threads only contend for them",
+                          fix=f"use at most {cores} threads (the device's cores), or up to {THREADS_PER_CORE * cores} "
+                              "to measure oversubscription")
     return spec
 
 
