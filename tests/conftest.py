@@ -48,6 +48,21 @@ def hold_device_lock(lock: Path) -> int:
     return fd
 
 
+class NoteKeeper:
+    """A progress reporter that keeps what a bench notes (and shows no progress)."""
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    def task(self, description, total):
+        from edgekd.progress import SilentReporter
+
+        return SilentReporter().task(description, total)
+
+    def note(self, message):
+        self.notes.append(message)
+
+
 def waiting_on(lock: Path) -> bool:
     """Someone is blocked in flock on `lock` (a '->' line of /proc/locks names its inode)."""
     inode = f":{lock.stat().st_ino} "

@@ -14,7 +14,7 @@ import yaml
 import edgekd
 from edgekd.bench.harness import BenchSettings
 from edgekd.export.formats import FORMATS, ExportOptions
-from conftest import hold_device_lock, skip_or_fail_on_ci, waiting_on
+from conftest import NoteKeeper, hold_device_lock, skip_or_fail_on_ci, waiting_on
 from test_adb_device import WD, _attached, _sandbox, adb_server, phone  # noqa: F401  (fixtures)
 from test_native import fake_binary, tflite_model  # noqa: F401  (fixtures: the benchmark_model stand-in, an MLP)
 
@@ -249,26 +249,6 @@ def test_sustained_on_a_phone_without_python_is_refused(adb_server, phone, fake_
 
 # ------------------------------------------------------------------ the phone's own bench lock on the native path
 
-class _Notes:
-    """A progress reporter that keeps what the bench notes."""
-
-    def __init__(self) -> None:
-        self.notes: list[str] = []
-
-    def task(self, description, total):
-        class Task:
-            def advance(self, steps=1, **fields):
-                pass
-
-            def close(self):
-                pass
-
-        return Task()
-
-    def note(self, message):
-        self.notes.append(message)
-
-
 @pytest.fixture()
 def android_phone(adb_server, tmp_path_factory):  # noqa: F811
     """A phone with Android's shell (mksh) and toybox's flock and timeout: no `flock -w`, and fd 9 of `exec 9<`
@@ -316,7 +296,7 @@ def test_a_native_bench_that_had_to_wait_for_the_phone_records_it(adb_server, an
 
     lock = Path(os.environ["EDGEKD_DEVICE_LOCK"])
     profile = _profile(tmp_path, adb_server, android_phone, python=None, native={"tflite": str(fake_binary)})
-    reporter = _Notes()
+    reporter = NoteKeeper()
     fd = hold_device_lock(lock)
     try:
         with ThreadPoolExecutor(1) as pool:

@@ -21,7 +21,7 @@ from edgekd.devices.base import DeviceUnreachable, RuntimeMissing
 from edgekd.devices.loopback import alive
 from edgekd.errors import EdgeKDError
 from edgekd.export.onnx import write_identity_model
-from conftest import hold_device_lock, skip_or_fail_on_ci, waiting_on
+from conftest import NoteKeeper, hold_device_lock, skip_or_fail_on_ci, waiting_on
 from sshd import LoopbackSSHD
 from test_native import fake_binary, tflite_model  # noqa: F401  (fixtures: the benchmark_model stand-in, an MLP)
 
@@ -606,26 +606,6 @@ def test_a_native_tool_on_a_board_over_ssh_takes_the_device_lock(tmp_path, fake_
     assert holder["pid"] != os.getpid() and holder["from"] == "127.0.0.1"  # the host machine that started it
 
 
-class _Notes:
-    """A progress reporter that keeps what the bench notes."""
-
-    def __init__(self) -> None:
-        self.notes: list[str] = []
-
-    def task(self, description, total):
-        class Task:
-            def advance(self, steps=1, **fields):
-                pass
-
-            def close(self):
-                pass
-
-        return Task()
-
-    def note(self, message):
-        self.notes.append(message)
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/locks")
 def test_a_bench_that_had_to_wait_for_the_device_says_so_and_its_result_records_it(tmp_path, monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
@@ -633,7 +613,7 @@ def test_a_bench_that_had_to_wait_for_the_device_says_so_and_its_result_records_
     lock = tmp_path / "device.lock"
     monkeypatch.setenv("EDGEKD_DEVICE_LOCK", str(lock))
     model = write_identity_model(tmp_path / "m.onnx", (8,), 18)
-    reporter = _Notes()
+    reporter = NoteKeeper()
     fd = hold_device_lock(lock)
     try:
         with ThreadPoolExecutor(1) as pool:
@@ -663,7 +643,7 @@ def _bench_while_the_device_is_held(lock: Path, bench) -> tuple[list[str], list]
     before the lock was released, and the bench looked hung for up to lock_wait_seconds."""
     from concurrent.futures import ThreadPoolExecutor
 
-    reporter = _Notes()
+    reporter = NoteKeeper()
     with ThreadPoolExecutor(1) as pool:
         fd = hold_device_lock(lock)
         try:
@@ -724,7 +704,7 @@ def test_a_device_without_a_lock_of_its_own_is_warned_about_once(tmp_path, monke
     lock = tmp_path / "device.lock"
     lock.symlink_to(tmp_path / "elsewhere")  # no lock can be had there
     monkeypatch.setenv("EDGEKD_DEVICE_LOCK", str(lock))
-    reporter = _Notes()
+    reporter = NoteKeeper()
     [result] = edgekd.bench([write_identity_model(tmp_path / "m.onnx", (8,), 18)], "host", settings=FAST,
                             reporter=reporter)
     assert [r["state"] for r in result.device_lock] == ["unavailable", "unavailable"]  # both rounds
