@@ -206,7 +206,6 @@ def _stages(recipe: Recipe) -> list[Stage]:
     ]
 
 
-@kept_global_rngs()  # training seeds them; the caller's own draws must not repeat the recipe's
 def _stages_to_force(force: Any) -> set[str]:
     """`force` as a set of names: a string alone was read letter by letter ('unknown stage(s) to force: e, o, p')."""
     if isinstance(force, str):
@@ -223,6 +222,7 @@ def _stages_to_force(force: Any) -> set[str]:
     return names
 
 
+@kept_global_rngs()  # training seeds them; the caller's own draws must not repeat the recipe's
 def run(recipe: Recipe, *, force: set[str] | None = None, reporter: Reporter | None = None,
         output_dir: Path | None = None) -> RunResult:
     """Execute every stage of `recipe` (resumable); `force` names stages to rerun ('all' for every one)."""
