@@ -101,6 +101,13 @@ def find_profile(name_or_path: str) -> DeviceProfile:
     if name_or_path == "host":
         return _builtin_host()
     known = known_profiles()
+    if path.is_dir():  # a folder of profiles, say: "unknown device" would hide what was given
+        inside = sorted(p.stem for p in path.glob("*.y*ml") if p.suffix in (".yaml", ".yml"))
+        raise RegistryError(f"device '{name_or_path}' is a folder, not a device profile",
+                            why=f"it holds the profiles {', '.join(inside)}" if inside else
+                                "a device is a profile's name or the path of its YAML file",
+                            fix=f"give one profile's file, e.g. {path / (inside[0] + '.yaml')}" if inside else
+                                f"give a profile's YAML file, or one of the known devices: {', '.join(known)}")
     meant = _closest(name_or_path, known)
     raise RegistryError(f"unknown device '{name_or_path}'" + (f" (did you mean '{meant}'?)" if meant else ""),
                         why=f"known devices: {', '.join(known)} (from ./devices/ and ~/.config/edgekd/devices/)",
