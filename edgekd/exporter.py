@@ -22,7 +22,7 @@ from edgekd.export.artifact import Artifact
 from edgekd.export.formats import FORMATS, ExportOptions
 from edgekd.export.verify import max_rel_error_for, parity
 from edgekd.names import PATH_COMPONENT
-from edgekd.progress import Reporter, SilentReporter
+from edgekd.progress import Reporter, SilentReporter, usable_reporter
 from edgekd.rng import kept_global_rngs
 from edgekd.rundir import exclusive_folder, process_temp_dir, remove_orphan_temp_files, sha256_file
 
@@ -341,6 +341,7 @@ def export_checkpoint(checkpoint: str | Path, output_dir: str | Path, *, formats
     _check_export_args(checkpoint, output_dir, {"formats": formats, "precisions": precisions, "devices": devices},
                        opset, {"min_agreement": min_agreement, "min_agreement_int4": min_agreement_int4},
                        calibration_samples)
+    reporter = usable_reporter(reporter)
     for device in devices or ():
         find_profile(device)  # an unknown name or a bad profile is the user's mistake, said now
     targets = tuple(target_cpu(device) for device in devices or ())

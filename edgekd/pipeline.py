@@ -21,7 +21,7 @@ import numpy as np
 from edgekd import __version__
 from edgekd.errors import OutputDirError, RecipeError
 from edgekd.interrupts import raise_if_received
-from edgekd.progress import Reporter, SilentReporter
+from edgekd.progress import Reporter, SilentReporter, usable_reporter
 from edgekd.recipe import Recipe, dump_recipe
 from edgekd.rng import kept_global_rngs
 from edgekd.rundir import (RunDir, atomic_write, atomic_write_json, exclusive_folder, hash_obj, process_temp_dir,
@@ -227,6 +227,7 @@ def run(recipe: Recipe, *, force: set[str] | None = None, reporter: Reporter | N
         output_dir: Path | None = None) -> RunResult:
     """Execute every stage of `recipe` (resumable); `force` names stages to rerun ('all' for every one)."""
     force = _stages_to_force(force)
+    reporter = usable_reporter(reporter)
     unknown = force - set(STAGE_NAMES) - {"all"}
     if unknown:
         raise RecipeError(f"unknown stage(s) to force: {', '.join(sorted(unknown))}",
@@ -237,7 +238,7 @@ def run(recipe: Recipe, *, force: set[str] | None = None, reporter: Reporter | N
                                  f"{repr(output_dir)[:60]}", fix="e.g. edgekd.run(recipe, output_dir='export')")
         recipe = recipe.model_copy(update={"output_dir": Path(output_dir)})
     rank, world = _join_distributed()
-    reporter = reporter if reporter is not None and rank == 0 else SilentReporter()
+    reporter = reporter if rank == 0 else SilentReporter()
     rundir = RunDir(recipe.run_dir)
     with contextlib.ExitStack() as held:
         if rank == 0:  # the other ranks are this same run; they write nothing

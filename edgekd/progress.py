@@ -36,3 +36,19 @@ class SilentReporter:
 
     def note(self, message: str) -> None:
         pass
+
+
+def usable_reporter(reporter: Any) -> Reporter:
+    """`reporter`, or the silent one for None. Anything without task() and note() is refused here, where the
+    API is called: it failed deep inside a run with an AttributeError (reporter="rich")."""
+    if reporter is None:
+        return SilentReporter()
+    if not all(callable(getattr(reporter, method, None)) for method in ("task", "note")):
+        from edgekd.errors import EdgeKDError
+
+        raise EdgeKDError(f"reporter must have task() and note() methods, got {type(reporter).__name__} "
+                          f"{repr(reporter)[:60]}",
+                          why="edgekd reports progress through edgekd.progress.Reporter: task(description, total) "
+                              "returns a task with advance() and close(), note(message) says one line",
+                          fix="leave reporter out (progress is then silent), or pass an object with those methods")
+    return reporter

@@ -245,3 +245,29 @@ def test_an_artifact_record_without_inputs_is_refused_as_damaged(tmp_path, bare_
         assert "re-export the artifact" in err.value.fix and str(folder / "model.onnx") in err.value.fix
     with pytest.raises(ArtifactError, match="lists no model inputs"):
         edgekd.bench([Artifact.load(folder)], device="no-such-device")
+
+
+def test_a_folder_given_as_the_device_says_so(tmp_path):
+    """It said "unknown device '/some/folder'", as if a name were misspelt."""
+    from edgekd.devices.profiles import find_profile
+
+    with pytest.raises(RegistryError, match="is a folder, not a device profile") as err:
+        find_profile(str(tmp_path))
+    assert "known devices" in err.value.fix and "host" in err.value.fix
+    (tmp_path / "pi.yaml").write_text("name: pi\nkind: local\n")
+    with pytest.raises(RegistryError, match="is a folder, not a device profile") as err:
+        find_profile(tmp_path)
+    assert "pi" in err.value.why and str(tmp_path / "pi.yaml") in err.value.fix
+
+
+def test_a_reporter_without_task_and_note_is_refused_before_any_work(tmp_path):
+    """reporter="rich" failed deep inside a run with an AttributeError."""
+    from edgekd.errors import EdgeKDError
+
+    for call in (lambda: edgekd.run({"name": "x"}, reporter="rich", output_dir=tmp_path),
+                 lambda: edgekd.bench([], reporter="rich"),
+                 lambda: edgekd.export(tmp_path / "student.pt", tmp_path / "out", reporter="rich")):
+        with pytest.raises(EdgeKDError, match="reporter must have task\\(\\) and note\\(\\) methods, got str") as err:
+            call()
+        assert "leave reporter out" in err.value.fix
+    assert not (tmp_path / "x").exists() and not (tmp_path / "out").exists()  # nothing was started

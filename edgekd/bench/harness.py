@@ -33,7 +33,7 @@ from edgekd.devices.base import (RUNNER_SOURCE, TETHER_S, Device, DeviceTimeout,
 from edgekd.errors import ArtifactError, BenchError, EdgeKDError, first_line, printable
 from edgekd.export.artifact import RECORD_NAME, Artifact
 from edgekd.names import PATH_COMPONENT
-from edgekd.progress import Reporter, SilentReporter
+from edgekd.progress import Reporter, SilentReporter, usable_reporter
 from edgekd.rundir import (atomic_write_json, exclusive_folder, process_temp_dir, read_json, remove_orphan_temp_files,
                            sha256_file)
 
@@ -512,6 +512,7 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
     from edgekd.devices.profiles import open_device
 
     settings = check_settings(BenchSettings() if settings is None else settings)
+    reporter = usable_reporter(reporter)
     _check_data_files(inputs, eval_data)
     if history is not None:  # said now, not after every artifact was measured
         from edgekd.bench.history import check_path
