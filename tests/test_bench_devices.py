@@ -244,6 +244,8 @@ class KillItself:
             def close(self):
                 pass
         return Task()
+    def note(self, message):
+        pass
 
 edgekd.bench([sys.argv[1]], device="host", reporter=KillItself(),
              settings=BenchSettings(warmup_runs=1, min_runs=3, min_seconds=0.01, rounds=1))
