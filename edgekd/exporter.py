@@ -23,6 +23,7 @@ from edgekd.export.formats import FORMATS, ExportOptions
 from edgekd.export.verify import max_rel_error_for, parity
 from edgekd.names import PATH_COMPONENT
 from edgekd.progress import Reporter, SilentReporter, usable_reporter
+from edgekd.recipe import OPSETS
 from edgekd.rng import kept_global_rngs
 from edgekd.rundir import exclusive_folder, process_temp_dir, remove_orphan_temp_files, sha256_file
 
@@ -290,9 +291,6 @@ def floor_artifact(out_root: Path, fmt: str, in_shape: tuple[int, ...], options:
                        lineage={"purpose": "runtime per-call floor (Identity graph)"})
     artifact.save()
     return artifact
-
-
-OPSETS = (17, 23)  # the ONNX opsets an export may ask for (the recipe's export.opset allows the same)
 
 
 def _check_export_args(checkpoint: Any, output_dir: Any, lists: dict[str, Any], opset: Any,

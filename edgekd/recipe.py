@@ -307,10 +307,13 @@ class QatFallbackConfig(_Strict):
     lr: float = Field(1e-3, gt=0)
 
 
+OPSETS = (17, 23)  # the ONNX opsets exports are checked with, from a recipe and from edgekd.export alike
+
+
 class ExportConfig(_Strict):
     formats: list[Format] = Field(default_factory=lambda: ["onnx"], min_length=1,
                                   description="tflite needs the [tflite] extra (pip install 'edgekd[tflite]')")
-    opset: int = Field(18, ge=17, le=23, description="ONNX opset of exported graphs")
+    opset: int = Field(18, ge=OPSETS[0], le=OPSETS[1], description="ONNX opset of exported graphs")
     targets: dict[Role, list[Precision]] = Field(
         default_factory=lambda: {
             "teacher": ["fp32"],
