@@ -386,6 +386,19 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     return atomic_write(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def schema_problem(record: Any, expected: str) -> str | None:
+    """Why a JSON record is not one this edgekd reads (None when it is, or names no schema): a record of a newer
+    version may mean something else by the same fields, so reading it as ours would give wrong answers quietly."""
+    found = record.get("schema") if isinstance(record, dict) else None
+    if found is None or found == expected:
+        return None
+    kind, _, version = expected.rpartition("/")
+    found_kind, _, found_version = str(found).rpartition("/")
+    if found_kind == kind and found_version.isdigit() and int(found_version) > int(version):
+        return f"it was written by a newer edgekd (schema {found}; this edgekd reads {expected})"
+    return f"its schema is {str(found)[:60]!r}, not {expected!r}"
+
+
 def read_json(path: str | os.PathLike[str]) -> Any:
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)

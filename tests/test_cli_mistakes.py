@@ -274,6 +274,35 @@ def test_an_artifact_record_that_contradicts_itself_is_corrupt(tmp_path, edit, p
     assert problem in err.value.why and "Value error" not in err.value.why, err.value.why
 
 
+@pytest.mark.parametrize("schema, problem", [
+    ("edgekd.artifact/2", "written by a newer edgekd (schema edgekd.artifact/2; this edgekd reads edgekd.artifact/1)"),
+    ("edgekd.bench/1", "its schema is 'edgekd.bench/1', not 'edgekd.artifact/1'"),
+])
+def test_an_artifact_record_of_another_version_or_kind_is_refused(tmp_path, schema, problem):
+    """Records of a newer version were read as this version's: a field that changed meaning would have given
+    wrong results without a word."""
+    from edgekd.errors import ArtifactError
+    from edgekd.export.artifact import Artifact
+
+    (tmp_path / "artifact.json").write_text(json.dumps({**_RECORD, "schema": "edgekd.artifact/1"}))
+    Artifact.load(tmp_path)  # this version's own schema is read
+    (tmp_path / "artifact.json").write_text(json.dumps({**_RECORD, "schema": schema}))
+    with pytest.raises(ArtifactError, match="cannot read the artifact record") as err:
+        Artifact.load(tmp_path)
+    assert problem in err.value.why, err.value.why
+
+
+def test_a_bench_result_of_a_newer_version_is_refused(tmp_path):
+    from edgekd.bench.result import BenchResult
+
+    path = _result("m", 10.0, 0, [10.0]).save(tmp_path / "bench-m.json")
+    assert BenchResult.load(path).artifact["name"] == "m"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "schema": "edgekd.bench/7"}))
+    with pytest.raises(BenchError, match="cannot read bench result") as err:
+        BenchResult.load(path)
+    assert "written by a newer edgekd" in err.value.why and "pip install -U edgekd" in err.value.fix
+
+
 def test_weights_past_protobufs_limit_are_refused_before_export():
     import torch
 

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgekd.errors import BenchError, first_line
-from edgekd.rundir import atomic_write
+from edgekd.rundir import atomic_write, schema_problem
 
 BENCH_SCHEMA = "edgekd.bench/1"
 
@@ -74,7 +74,13 @@ class BenchResult(BaseModel):
     def load(cls, path: str | Path) -> "BenchResult":
         path = Path(path)
         try:
-            result = cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
+            data = json.loads(path.read_text(encoding="utf-8"))
+            problem = schema_problem(data, BENCH_SCHEMA)
+            if problem:
+                raise BenchError(f"cannot read bench result {path}", why=problem,
+                                 fix="read it with the edgekd that measured it (or a newer one: pip install -U "
+                                     "edgekd), or measure again with this one (edgekd run --force bench)")
+            result = cls.model_validate(data)
         except (OSError, json.JSONDecodeError, ValidationError) as exc:
             raise BenchError(f"cannot read bench result {path}", why=first_line(exc),
                              fix="rerun the benchmark (edgekd run --force bench)") from None

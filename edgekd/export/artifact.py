@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from edgekd.errors import ArtifactError, first_line, pydantic_message
 from edgekd.names import PATH_COMPONENT, ArtifactPrecision
-from edgekd.rundir import atomic_write, sha256_file
+from edgekd.rundir import atomic_write, schema_problem, sha256_file
 
 ARTIFACT_SCHEMA = "edgekd.artifact/1"
 RECORD_NAME = "artifact.json"
@@ -124,6 +124,11 @@ class Artifact(BaseModel):
             )
         try:
             data = json.loads(record_path.read_text(encoding="utf-8"))
+            problem = schema_problem(data, ARTIFACT_SCHEMA)
+            if problem:
+                raise ArtifactError(f"cannot read the artifact record {record_path}", why=problem,
+                                    fix="benchmark it with the edgekd that exported it (or a newer one: "
+                                        "pip install -U edgekd), or re-export the artifact with this one")
             artifact = cls.model_validate(data)
         except (json.JSONDecodeError, ValidationError, UnicodeDecodeError) as exc:
             raise ArtifactError(f"corrupt artifact record {record_path}", why=_first_problem(exc),
