@@ -7,7 +7,7 @@ import importlib
 import os
 from pathlib import Path
 from types import ModuleType
-from typing import NoReturn
+from typing import Callable, NoReturn
 
 import pytest
 
@@ -61,6 +61,41 @@ class NoteKeeper:
 
     def note(self, message):
         self.notes.append(message)
+
+
+class StepReporter:
+    """A progress reporter that runs `action` once, when a task has taken `at` steps: the moment a user pulls the
+    cable or presses Ctrl-C (see ctrl_c) in a bench or run. `at` may be a function of the task's description and
+    total, returning None for tasks it should leave alone."""
+
+    def __init__(self, action: Callable[[], None], at: int | Callable[[str, int], int | None] = 1) -> None:
+        self.action: Callable[[], None] | None = action
+        self.at = at
+
+    def task(self, description, total):
+        reporter, target = self, self.at(description, total) if callable(self.at) else self.at
+
+        class Task:
+            done = 0
+
+            def advance(self, steps=1, **fields):
+                self.done += steps
+                if reporter.action is not None and target is not None and self.done >= target:
+                    action, reporter.action = reporter.action, None
+                    action()
+
+            def close(self):
+                pass
+
+        return Task()
+
+    def note(self, message):
+        pass
+
+
+def ctrl_c() -> None:
+    """A Ctrl-C as the CLI turns one into an exception (edgekd.interrupts): raised at the next progress step."""
+    raise KeyboardInterrupt
 
 
 def waiting_on(lock: Path) -> bool:

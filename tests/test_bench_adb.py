@@ -14,7 +14,7 @@ import yaml
 import edgekd
 from edgekd.bench.harness import BenchSettings
 from edgekd.export.formats import FORMATS, ExportOptions
-from conftest import NoteKeeper, hold_device_lock, skip_or_fail_on_ci, waiting_on
+from conftest import NoteKeeper, StepReporter, hold_device_lock, skip_or_fail_on_ci, waiting_on
 from test_adb_device import WD, _attached, _sandbox, adb_server, phone  # noqa: F401  (fixtures)
 from test_native import fake_binary, tflite_model  # noqa: F401  (fixtures: the benchmark_model stand-in, an MLP)
 
@@ -117,30 +117,6 @@ def test_a_bench_on_an_old_phone_that_waits_for_it_says_so_and_measures(adb_serv
     assert [r["state"] for r in result.device_lock] == ["held"] and result.latency_us["n"] >= 30
 
 
-class _AfterFirstRun:
-    """A progress reporter that calls `action` after the first runner call (a phone unplugged mid-run)."""
-
-    def __init__(self, action) -> None:
-        self.action = action
-
-    def task(self, description, total):
-        outer = self
-
-        class Task:
-            def advance(self, steps=1, **fields):
-                if outer.action is not None:
-                    outer.action()
-                    outer.action = None
-
-            def close(self):
-                pass
-
-        return Task()
-
-    def note(self, message):
-        pass
-
-
 def test_a_phone_lost_midway_keeps_what_was_measured(adb_server, tmp_path_factory, tmp_path):  # noqa: F811
     import pytest
 
@@ -155,7 +131,7 @@ def test_a_phone_lost_midway_keeps_what_was_measured(adb_server, tmp_path_factor
         profile = _profile(tmp_path, adb_server, flaky, python=sys.executable)
         with pytest.raises(DeviceUnreachable) as err:
             edgekd.bench(_models(tmp_path), device=str(profile), settings=one_round,
-                         results_dir=tmp_path / "results", reporter=_AfterFirstRun(flaky.stop))
+                         results_dir=tmp_path / "results", reporter=StepReporter(flaky.stop))
     assert "adb" in err.value.fix and "--resume" in err.value.fix
     kept = BenchResult.load(tmp_path / "results" / "bench-identity-onnx@phone.json")
     assert kept.complete and kept.artifact["format"] == "onnx"

@@ -21,7 +21,7 @@ from edgekd.devices.base import DeviceUnreachable, RuntimeMissing
 from edgekd.devices.loopback import alive
 from edgekd.errors import EdgeKDError
 from edgekd.export.onnx import write_identity_model
-from conftest import NoteKeeper, hold_device_lock, skip_or_fail_on_ci, waiting_on
+from conftest import NoteKeeper, StepReporter, ctrl_c, hold_device_lock, skip_or_fail_on_ci, waiting_on
 from sshd import LoopbackSSHD
 from test_native import fake_binary, tflite_model  # noqa: F401  (fixtures: the benchmark_model stand-in, an MLP)
 
@@ -37,28 +37,6 @@ def _profile(server: LoopbackSSHD, folder: Path, python: str | list[str] = sys.e
 
 def _models(folder: Path) -> list[Path]:
     return [write_identity_model(folder / f"m{i}.onnx", (8 * (i + 1),), 18) for i in range(2)]
-
-
-class _StopAfterFirstRun:
-    """A progress reporter that takes the device down after its first runner call: a board lost mid-run."""
-
-    def __init__(self, server: LoopbackSSHD) -> None:
-        self.server = server
-
-    def task(self, description, total):
-        reporter = self
-
-        class Task:
-            def advance(self, steps=1, **fields):
-                reporter.server.stop()
-
-            def close(self):
-                pass
-
-        return Task()
-
-    def note(self, message):
-        pass
 
 
 def test_a_full_benchmark_over_ssh(tmp_path):
@@ -119,7 +97,7 @@ def test_a_device_lost_midway_keeps_what_was_measured_and_resume_measures_the_re
         profile = _profile(server, tmp_path)
         with pytest.raises(DeviceUnreachable) as err:
             edgekd.bench(models, device=str(profile), settings=one_round, results_dir=tmp_path / "results",
-                         reporter=_StopAfterFirstRun(server), history=tmp_path / "h.sqlite")
+                         reporter=StepReporter(server.stop), history=tmp_path / "h.sqlite")
         assert "--resume" in err.value.fix and "kept" in err.value.fix
         # the finished result reaches the history now: --resume records only what it measures itself
         began = history.sessions(tmp_path / "h.sqlite")
@@ -145,7 +123,7 @@ def test_a_run_whose_device_is_lost_midway_is_told_to_run_the_recipe_again_not_t
     with LoopbackSSHD(tmp_path / "sshd") as server:
         with pytest.raises(DeviceUnreachable) as err:
             edgekd.bench(_models(tmp_path), device=str(_profile(server, tmp_path)), settings=one_round,
-                         results_dir=tmp_path / "results", reporter=_StopAfterFirstRun(server),
+                         results_dir=tmp_path / "results", reporter=StepReporter(server.stop),
                          rerun_hint=RUN_BENCH_AGAIN)
     assert err.value.fix.endswith(RUN_BENCH_AGAIN) and "--resume" not in err.value.fix
     assert "kept" in err.value.fix
@@ -272,26 +250,10 @@ def test_a_bench_killed_with_sigkill_leaves_its_temp_folder_only_until_the_next_
 
 
 def test_ctrl_c_midway_keeps_what_was_measured(tmp_path):
-    class CtrlCAfterFirstRun:
-        """Raises where edgekd.interrupts raises a Ctrl-C the CLI received: at the next progress step."""
-
-        def task(self, description, total):
-            class Task:
-                def advance(self, steps=1, **fields):
-                    raise KeyboardInterrupt
-
-                def close(self):
-                    pass
-
-            return Task()
-
-        def note(self, message):
-            pass
-
     one_round = BenchSettings(warmup_runs=5, min_runs=30, min_seconds=0.02, rounds=1)
     with pytest.raises(KeyboardInterrupt) as err:
         edgekd.bench(_models(tmp_path), settings=one_round, results_dir=tmp_path / "results",
-                     reporter=CtrlCAfterFirstRun())
+                     reporter=StepReporter(ctrl_c))
     from edgekd.bench.result import BenchResult
 
     assert BenchResult.load(tmp_path / "results" / "bench-m0.json").complete  # was lost with the rest

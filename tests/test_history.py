@@ -12,6 +12,8 @@ from edgekd.bench import history, stats
 from edgekd.bench.result import BenchResult
 from edgekd.errors import BenchError
 
+from conftest import StepReporter, ctrl_c
+
 
 def _result(name: str, center_us: float, seed: int, rounds: list[float], *, fmt: str = "onnx",
             precision: str = "fp32", device: str = "host", threads: int = 1, batch_size: int = 1,
@@ -389,31 +391,6 @@ def test_resume_records_a_kept_result_that_never_reached_the_history(tmp_path):
     assert [s["results"] for s in history.sessions(db)] == [2], "a result already in the history counted twice"
 
 
-class _CtrlCAt:
-    """A progress reporter that raises Ctrl-C at its `n`-th step (where edgekd.interrupts raises a Ctrl-C the CLI
-    received): with two artifacts and two rounds, step 3 is the first artifact's last round, in the last round."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def task(self, description, total):
-        reporter = self
-
-        class Task:
-            def advance(self, steps=1, **fields):
-                reporter.n -= steps
-                if reporter.n == 0:
-                    raise KeyboardInterrupt
-
-            def close(self):
-                pass
-
-        return Task()
-
-    def note(self, message):
-        pass
-
-
 def test_a_bench_resumed_after_ctrl_c_in_its_last_round_is_one_session(tmp_path):
     """A bench stopped in its last round recorded the artifact it had finished as a session of its own, and
     --resume the rest as another: `edgekd history` listed two half sessions for one bench."""
@@ -425,7 +402,8 @@ def test_a_bench_resumed_after_ctrl_c_in_its_last_round_is_one_session(tmp_path)
     fast = BenchSettings(warmup_runs=2, min_runs=5, min_seconds=0.0, rounds=2)
     db, results = tmp_path / "h.sqlite", tmp_path / "res"
     with pytest.raises(KeyboardInterrupt):
-        edgekd.bench(models, settings=fast, results_dir=results, history=db, reporter=_CtrlCAt(3))
+        # 2 artifacts x 2 rounds: step 3 is the first artifact's last round, in the last round
+        edgekd.bench(models, settings=fast, results_dir=results, history=db, reporter=StepReporter(ctrl_c, at=3))
     began = history.sessions(db)
     assert [s["results"] for s in began] == [1]  # the finished artifact is in the history at once: nothing lost
     resumed = edgekd.bench(models, settings=fast, results_dir=results, history=db, resume=True)

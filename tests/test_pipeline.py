@@ -14,7 +14,7 @@ import edgekd
 from edgekd.export.artifact import Artifact
 from edgekd.rundir import read_json
 
-from conftest import TINY_RECIPE
+from conftest import TINY_RECIPE, StepReporter, ctrl_c
 
 EXPECTED = {f"{role}-{fmt}-{precision}" for fmt in ("onnx", "tflite") for role, precisions in (
     ("teacher", ["fp32"]), ("student", ["fp32", "int8_static", "int8_dynamic", "int4"]), ("scratch", ["fp32"]),
@@ -305,33 +305,15 @@ def test_a_run_stopped_in_its_last_bench_round_records_one_whole_session(tiny_ru
 
     from edgekd.bench import history
 
-    class CtrlCInLastRound:
-        """Ctrl-C (raised where edgekd.interrupts raises one the CLI received) once the bench has finished one
-        artifact's last round."""
-
-        def task(self, description, total):
-            left = [total // 2 + 1 if description.startswith("bench on") else 0]
-
-            class Task:
-                def advance(self, steps=1, **fields):
-                    left[0] -= steps
-                    if left[0] == 0:
-                        raise KeyboardInterrupt
-
-                def close(self):
-                    pass
-
-            return Task()
-
-        def note(self, message):
-            pass
+    def last_round_of_the_first_artifact(description: str, total: int) -> int | None:
+        return total // 2 + 1 if description.startswith("bench on") else None
 
     shutil.copytree(tiny_run.rundir.root, tmp_path / "tiny")
     recipe = tiny_run.recipe.model_copy(deep=True)
     recipe.output_dir = tmp_path
     assert recipe.bench.rounds == 2
     with pytest.raises(KeyboardInterrupt):
-        edgekd.run(recipe, force={"bench"}, reporter=CtrlCInLastRound())
+        edgekd.run(recipe, force={"bench"}, reporter=StepReporter(ctrl_c, at=last_round_of_the_first_artifact))
     result = edgekd.run(recipe)
     assert result.stages["bench"] == "ran" and all(r.complete for r in result.results)
     found = history.sessions(tmp_path / "history.sqlite")
