@@ -436,6 +436,17 @@ def test_cli_import_does_not_load_torch(tmp_path: Path) -> None:
     assert proc.stdout.strip() == "False"
 
 
+def test_python_m_edgekd_is_the_command_and_its_help_is_light(tmp_path: Path) -> None:
+    """`python -m edgekd` (no console script on PATH) runs the command through its entry, without torch."""
+    code = ("import runpy, sys; sys.argv = ['edgekd', '--help']\n"
+            "try:\n    runpy.run_module('edgekd', run_name='__main__')\n"
+            "except SystemExit as exc:\n    print('exit', exc.code, 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "Commands" in proc.stdout and proc.stdout.strip().endswith("exit 0 False"), proc.stdout[-500:]
+
+
 def test_help_exits_zero(tmp_path: Path) -> None:
     proc = run_cli(tmp_path, "--help", timeout=60)
     assert proc.returncode == 0, proc.stderr
