@@ -8,6 +8,7 @@ The public API is small and lazy: importing edgekd imports neither torch nor any
     for art in run.artifacts:
         print(art.name, art.size_bytes, art.parity.agreement if art.parity else None)  # floors have no parity
     results = edgekd.bench(run.artifacts, device="host")
+    outcome = edgekd.distill(recipe)  # the distill stage alone, in memory: outcome.student, .steps
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def run(recipe: Any, **kwargs: Any) -> "RunResult":
 
 
 def _make_callable(package: str, target: str) -> None:
-    """Let a subpackage double as the public function of the same name (edgekd.export, edgekd.bench).
+    """Let a subpackage double as the public function of the same name (edgekd.distill, edgekd.export, edgekd.bench).
 
     Importing a submodule such as `edgekd.export.onnx` rebinds the attribute `edgekd.export` to the
     package, hiding a plain function of that name; a callable package works whichever came first.
@@ -59,12 +60,12 @@ def _make_callable(package: str, target: str) -> None:
 
 
 def __getattr__(name: str) -> Any:
-    """edgekd.export and edgekd.bench (callable packages) are imported on first use."""
-    if name in ("export", "bench"):
+    """edgekd.distill, edgekd.export and edgekd.bench (callable packages) are imported on first use."""
+    if name in ("distill", "export", "bench"):
         import importlib
 
         return importlib.import_module(f"edgekd.{name}")
     raise AttributeError(f"module 'edgekd' has no attribute {name!r}")
 
 
-__all__ = ["__version__", "load_recipe", "run", "export", "bench"]
+__all__ = ["__version__", "load_recipe", "run", "distill", "export", "bench"]

@@ -1,4 +1,4 @@
-"""Mistakes a caller of the Python API (edgekd.load_recipe, run, export, bench; bench.history; device profiles)
+"""Mistakes a caller of the Python API (edgekd.load_recipe, run, distill, export, bench; bench.history; device profiles)
 makes: each must raise an EdgeKDError that says what, why and how to fix, never a bare TypeError or
 FileNotFoundError from deep inside. Found by an audit with real calls; tiny models, no mocks."""
 
@@ -266,8 +266,17 @@ def test_a_reporter_without_task_and_note_is_refused_before_any_work(tmp_path):
 
     for call in (lambda: edgekd.run({"name": "x"}, reporter="rich", output_dir=tmp_path),
                  lambda: edgekd.bench([], reporter="rich"),
-                 lambda: edgekd.export(tmp_path / "student.pt", tmp_path / "out", reporter="rich")):
+                 lambda: edgekd.export(tmp_path / "student.pt", tmp_path / "out", reporter="rich"),
+                 lambda: edgekd.distill({"name": "x"}, reporter="rich")):
         with pytest.raises(EdgeKDError, match="reporter must have task\\(\\) and note\\(\\) methods, got str") as err:
             call()
         assert "leave reporter out" in err.value.fix
     assert not (tmp_path / "x").exists() and not (tmp_path / "out").exists()  # nothing was started
+
+
+def test_distill_refuses_a_wrong_recipe_or_teacher_before_any_work():
+    with pytest.raises(RecipeError, match="cannot load a recipe from int"):
+        edgekd.distill(3)
+    with pytest.raises(RecipeError, match="teacher must be a torch.nn.Module, got str") as err:
+        edgekd.distill({"name": "x"}, teacher="teacher.pt")
+    assert "leave teacher out" in err.value.fix

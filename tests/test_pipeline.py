@@ -216,6 +216,25 @@ def test_ctrl_c_or_sigterm_ends_a_run_with_one_line_and_no_temp_files(tmp_path, 
     assert not list((tmp_path / "out").rglob("*.tmp")), "a temp file was left behind"
 
 
+def test_python_api_distill_is_the_runs_distill_stage(tiny_run):
+    """edgekd.distill (the stage alone, in memory) given the run's teacher makes the run's student, weight for
+    weight: the same split, budget, seed and strategy."""
+    import torch
+
+    from edgekd.checkpoints import load_weights
+    from edgekd.distill.api import load_splits, new_model
+
+    splits = load_splits(tiny_run.recipe)
+    trained = {}
+    for role in ("teacher", "student"):
+        trained[role] = new_model(tiny_run.recipe, splits, role)
+        load_weights(trained[role], tiny_run.rundir.checkpoints / f"{role}.pt", role=role)
+    outcome = edgekd.distill(tiny_run.recipe, teacher=trained["teacher"])
+    assert outcome.steps == tiny_run.rundir.stage_record("distill")["metrics"]["steps"] > 0
+    ours, theirs = outcome.student.state_dict(), trained["student"].state_dict()
+    assert list(ours) == list(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
 def test_python_api_export_and_bench(tiny_run, tmp_path):
     artifacts = edgekd.export(tiny_run.rundir.checkpoints / "student.pt", tmp_path / "arts",
                               precisions=["fp32", "int8_dynamic"], min_agreement=0.9)

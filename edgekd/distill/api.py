@@ -1,6 +1,8 @@
 """Distillation from Python, without a run directory: train a teacher, distil a student with any strategy,
 train the scratch baseline. The pipeline's stages call the same functions and add checkpoints and manifests.
 
+    outcome = edgekd.distill("kd_hint")                      # the public call (distill_student): all in one
+
     from edgekd.distill.api import distill, train_scratch, train_teacher
     recipe = edgekd.load_recipe("kd_hint")
     splits = load_splits(recipe)
@@ -12,7 +14,7 @@ train the scratch baseline. The pipeline's stages call the same functions and ad
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -210,3 +212,25 @@ def distill(recipe: Recipe, splits: "Splits | None" = None, *, teacher: "nn.Modu
 
     job = build_job(recipe, splits, get_teacher, reporter=reporter, cache_root=cache_root)
     return STRATEGIES[recipe.distill.strategy](job)
+
+
+def distill_student(recipe: Any, *, teacher: "nn.Module | None" = None,
+                    reporter: Reporter | None = None) -> "DistillOutcome":
+    """`edgekd.distill`: the recipe (a Recipe, a path, a built-in name or a dict) loaded and checked, its data
+    split, its teacher trained unless one is given, its student distilled. Arguments are checked before any
+    work, and the caller's random generators are left as they were (as edgekd.run leaves them)."""
+    from edgekd.errors import RecipeError
+    from edgekd.progress import usable_reporter
+    from edgekd.recipe import load_recipe
+    from edgekd.rng import kept_global_rngs
+
+    recipe = load_recipe(recipe)
+    reporter = usable_reporter(reporter)
+    if teacher is not None:
+        from torch import nn
+
+        if not isinstance(teacher, nn.Module):
+            raise RecipeError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__} {repr(teacher)[:60]}",
+                              fix="pass the teacher model itself, or leave teacher out to train the recipe's")
+    with kept_global_rngs():
+        return distill(recipe, teacher=teacher, reporter=reporter)
