@@ -415,8 +415,14 @@ def _runs_meant(path: Path) -> list[str]:
 
 def _summary_problem(summary: Any) -> str | None:
     """Why a summary.json that parsed is no run summary (a hand edit, another tool's file), else None."""
+    from edgekd.bench.report import SUMMARY_SCHEMA
+    from edgekd.rundir import schema_problem
+
     if not isinstance(summary, dict):
         return f"it holds a JSON {type(summary).__name__}, not an object"
+    newer_or_other = schema_problem(summary, SUMMARY_SCHEMA)
+    if newer_or_other:
+        return newer_or_other
     rows = summary.get("rows")
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         return "its `rows` is not a list of objects (one per artifact)"

@@ -392,11 +392,17 @@ def schema_problem(record: Any, expected: str) -> str | None:
     found = record.get("schema") if isinstance(record, dict) else None
     if found is None or found == expected:
         return None
-    kind, _, version = expected.rpartition("/")
-    found_kind, _, found_version = str(found).rpartition("/")
-    if found_kind == kind and found_version.isdigit() and int(found_version) > int(version):
+    if written_by_newer(record, expected):
         return f"it was written by a newer edgekd (schema {found}; this edgekd reads {expected})"
     return f"its schema is {str(found)[:60]!r}, not {expected!r}"
+
+
+def written_by_newer(record: Any, expected: str) -> bool:
+    """The record's schema is `expected`'s kind at a higher version ("edgekd.manifest/2" for ".../1")."""
+    found = record.get("schema") if isinstance(record, dict) else None
+    kind, _, version = expected.rpartition("/")
+    found_kind, _, found_version = str(found).rpartition("/")
+    return found_kind == kind and found_version.isdigit() and int(found_version) > int(version)
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
@@ -480,6 +486,14 @@ class RunDir:
             return empty, f"it cannot be read ({first_line(exc)})"
         if not isinstance(manifest, dict):
             return empty, f"it holds a JSON {type(manifest).__name__}, not an object"
+        if written_by_newer(manifest, MANIFEST_SCHEMA):  # starting over would redo (and overwrite) its whole run
+            raise OutputDirError(f"cannot resume the run in {self.root}",
+                                 why=f"{self.manifest_path}: {schema_problem(manifest, MANIFEST_SCHEMA)}",
+                                 fix="run it with the edgekd that wrote it (pip install -U edgekd), or give this "
+                                     "run another name or --output-dir")
+        problem = schema_problem(manifest, MANIFEST_SCHEMA)
+        if problem:
+            return empty, problem
         stages = manifest.get("stages")
         if not isinstance(stages, dict):
             manifest["stages"] = {}

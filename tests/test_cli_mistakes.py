@@ -135,6 +135,7 @@ def test_export_parity_threshold_must_be_a_share():
     ('{"rows": [{"name": "x", "size_bytes": "big"}]}', "a field has the wrong type"),
     ('{"rows": [], "machine": 5}', "a field has the wrong type"),
     ('{"rows": [], "findings": 5}', "its `findings` is not a list"),
+    ('{"schema": "edgekd.summary/2", "rows": []}', "written by a newer edgekd (schema edgekd.summary/2"),
 ])
 def test_an_unreadable_summary_is_a_clear_error(tmp_path, content, why):
     """The why says what is wrong with the file, not a Python exception ("TypeError: 'int' object is not

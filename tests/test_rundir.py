@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from edgekd.rundir import RunDir, atomic_path, atomic_write, sha256_file
@@ -85,7 +87,7 @@ def test_an_atomic_write_syncs_the_folder_that_holds_the_rename(tmp_path, monkey
 @pytest.mark.parametrize("content", [b"[]", b"null", b'{"stages": []}', b'{"stages": {"teacher": "done"}}',
                                      b'{"stages": {"teacher": {"input_hash": "h", "output_hash": "o", "outputs": []}}}',
                                      b'{"stages": {"teacher": {"input_hash": "h", "outputs": {}}}}',
-                                     b"\xff\xfe{}"])
+                                     b"\xff\xfe{}", b'{"schema": "edgekd.bench/1", "stages": {}}'])
 def test_a_manifest_of_the_wrong_shape_means_not_done_and_is_rewritten(tmp_path, content):
     """Valid JSON of another shape (a hand edit, another tool) or bytes that are not UTF-8: the stage reruns, as
     with a truncated manifest, instead of an internal error on every later run."""
@@ -99,6 +101,23 @@ def test_a_manifest_of_the_wrong_shape_means_not_done_and_is_rewritten(tmp_path,
     run.forget("distill")
     run.mark_done("teacher", "h", [out], 1.0)
     assert run.is_done("teacher", "h") and run.manifest_problem() is None
+
+
+def test_a_run_folder_a_newer_edgekd_wrote_is_not_redone_from_the_start(tmp_path):
+    """A newer version's manifest, read as this one's "wrong shape", would have rerun (and overwritten) its run."""
+    from edgekd.errors import OutputDirError
+
+    run = RunDir(tmp_path / "run")
+    run.create()
+    out = atomic_write(run.checkpoints / "teacher.pt", b"weights")
+    run.mark_done("teacher", "h", [out], 1.0)
+    newer = {**json.loads(run.manifest_path.read_text()), "schema": "edgekd.manifest/2"}
+    run.manifest_path.write_text(json.dumps(newer))
+    with pytest.raises(OutputDirError, match="cannot resume the run in") as err:
+        run.manifest_problem()
+    assert "written by a newer edgekd (schema edgekd.manifest/2" in err.value.why
+    assert "pip install -U edgekd" in err.value.fix and "--output-dir" in err.value.fix
+    assert json.loads(run.manifest_path.read_text()) == newer  # left as it was
 
 
 def test_a_run_says_why_it_does_not_trust_its_manifest(tmp_path):
