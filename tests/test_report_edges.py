@@ -219,6 +219,35 @@ def _assert_labels_apart_and_inside(fig, n: int) -> None:
                    for b in boxes), ax.get_title()
 
 
+@pytest.mark.parametrize("fastest_us, slowest_us", [(1.2, 90.0), (15.0, 43_000.0), (0.8, 100_000.0),
+                                                     (0.5, 2_000_000.0), (3.0, 4.0)])
+def test_the_log_axis_tick_labels_never_run_into_each_other(fastest_us, slowest_us):
+    """The MiniLM news run's plot (a student at 15 µs, the teacher at 43 ms) labelled 11 ticks of 1, 2 and 5 per
+    decade: '500 10002000 5000 1000020000 50000'. Fewer ticks are labelled as the span grows; a few stay."""
+    import itertools
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from edgekd.bench.report import latency_figure, pareto_figure
+
+    rows = [{"name": f"m{i}-onnx-fp32", "role": role, "format": "onnx", "precision": "fp32", "accuracy": acc,
+             "p50_us": p50, "size_bytes": size}
+            for i, (role, acc, p50, size) in enumerate((("student", 0.84, fastest_us, 2_000_000),
+                                                         ("teacher", 0.86, slowest_us, 90_000_000)))]
+    calls = {"fast": [int(fastest_us * 1000)] * 20, "slow": [int(slowest_us * 1000)] * 20}
+    for fig in (pareto_figure({"rows": rows, "floors": {}}), latency_figure(calls)):
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        ax = fig.axes[0]
+        shown = [t for t in ax.get_xticklabels() if t.get_text() and t.get_visible()
+                 and ax.get_xlim()[0] <= t.get_position()[0] <= ax.get_xlim()[1]]
+        boxes = [t.get_window_extent(renderer) for t in shown]
+        assert len(shown) >= 2, [t.get_text() for t in ax.get_xticklabels()]
+        assert not [(a, b) for a, b in itertools.combinations(boxes, 2) if a.padded(2).overlaps(b)], \
+            [t.get_text() for t in shown]
+
+
 def test_the_pareto_labels_of_the_demo_stay_inside_the_axes_apart():
     """The demo's four LiteRT students sit within 1.27-1.37 µs at one accuracy, beside the axis: every place for a
     label with a leader line was measured with the line, which reaches back over the neighbours' markers, so none
