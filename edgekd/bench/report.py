@@ -869,6 +869,9 @@ def write_html(summary: dict[str, Any], rundir: RunDir) -> Path:
         for r in summary["rows"] if r["per_class_accuracy"])
     floors = summary.get("floors") or {}
     floor_txt = "; ".join(f"{RUNTIME_OF.get(f, f)} floor (Identity graph) p50 {v['p50_us']:.2f} µs" for f, v in floors.items())
+    latency_txt = (f'Latency: {floor_txt}; "× floor" and the speed-up compare with the floor and the teacher in the '
+                   "same runtime." if floors else "Latency: the speed-up compares with the teacher in the same runtime "
+                   "(no floor was timed).")
     comparison = "".join(
         f"<tr><td>{e(c['role'])} {e(c['precision'])}</td><td>{c['onnx_p50_us']:.2f}</td><td>{c['tflite_p50_us']:.2f}</td>"
         f"<td>{c['onnx_over_tflite']:.2f}×</td><td>{_fmt(c['onnx_accuracy'], '.2%')}</td>"
@@ -894,7 +897,7 @@ th {{ background: #f3f3f3; }}
 <h2>Artifacts</h2>
 <table><tr>{''.join(f'<th>{e(h)}</th>' for h in header)}</tr>{''.join(rows_html)}</table>
 <p class="meta">Accuracy and agreement are measured on the exported artifact (test split) against its PyTorch model.
-Latency: {e(floor_txt)}; "× floor" and the speed-up compare with the floor and the teacher in the same runtime.
+{e(latency_txt)}
 {e(LATENCY_METHOD)}</p>
 {f'<h2>onnxruntime vs LiteRT</h2><table><tr><th>model</th><th>onnxruntime p50 µs</th><th>LiteRT p50 µs</th><th>ORT / LiteRT</th><th>ORT acc</th><th>LiteRT acc</th></tr>{comparison}</table>' if comparison else ''}
 {_compression_html(summary.get("compression"))}
