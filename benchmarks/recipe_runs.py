@@ -97,15 +97,20 @@ def size(n_bytes: int) -> str:
     return f"{n_bytes / 2**20:.1f} MiB" if n_bytes >= 2**20 else f"{n_bytes / 2**10:.1f} KiB"
 
 
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
 def show(name: str, entry: dict, markdown: bool) -> None:
-    stage_rows = [(stage, f"{s['seconds'] / 60:.1f}" if s["seconds"] is not None else "–")
-                  for stage, s in entry["stages"].items()]
-    stage_rows.append(("all stages", f"{entry['stage_seconds'] / 60:.1f}"))
-    stage_rows.append(("edgekd run, wall (start-up included)", f"{entry['wall_seconds'] / 60:.1f}"))
-    stage_rows.append(("the same command again (all up to date)", f"{entry['rerun_wall_seconds'] / 60:.2f}"))
-    title = f"{name}: minutes per stage ({'from nothing' if entry['cold_caches'] else 'caches were warm'}" \
+    stage_rows = [(stage, duration(s["seconds"])) for stage, s in entry["stages"].items()]
+    stage_rows.append(("all stages", duration(entry["stage_seconds"])))
+    stage_rows.append(("edgekd run, wall (start-up included)", duration(entry["wall_seconds"])))
+    stage_rows.append(("the same command again (all up to date)", duration(entry["rerun_wall_seconds"])))
+    title = f"{name}: time per stage ({'from nothing' if entry['cold_caches'] else 'caches were warm'}" \
             f"{', resumed' if entry['resumed'] else ''})"
-    print_table(title, ("stage", "minutes"), stage_rows)
+    print_table(title, ("stage", "time"), stage_rows)
     models = entry["models"] or {}
     model_rows = [(role, percent((m or {}).get("test_accuracy")), str((m or {}).get("parameters", "–")))
                   for role, m in models.items() if m]
@@ -115,7 +120,7 @@ def show(name: str, entry: dict, markdown: bool) -> None:
     columns = ("file", "size", "device acc", "p50 µs")
     print_table(f"{name}: exported files on this host (the run's own bench)", columns, file_rows)
     if markdown:
-        print_markdown(("stage", "minutes"), stage_rows)
+        print_markdown(("stage", "time"), stage_rows)
         print_markdown(columns, file_rows)
 
 
