@@ -15,6 +15,22 @@ TESTS = Path(__file__).parent
 TINY_RECIPE = TESTS / "recipes" / "tiny.yaml"
 
 
+def _restore_launcher_ignored_signals() -> None:
+    """A suite started under nohup, or as a background job of a script (`./.ci/run &`), inherits SIGHUP, SIGINT
+    and SIGQUIT ignored, and so does every process the tests start: a loopback phone's shell then outlives the
+    hang-up adbd sends it, and a host edgekd ignores the Ctrl-C a test sends, and those tests failed for the
+    launcher's sake. Python sets its Ctrl-C handler only when SIGINT is not ignored at start-up."""
+    import signal
+
+    for signum, handler in ((signal.SIGHUP, signal.SIG_DFL), (signal.SIGINT, signal.default_int_handler),
+                            (signal.SIGQUIT, signal.SIG_DFL)):
+        if signal.getsignal(signum) == signal.SIG_IGN:
+            signal.signal(signum, handler)
+
+
+_restore_launcher_ignored_signals()
+
+
 def on_ci() -> bool:
     """CI runs with CI=true (and .ci/run fails on any skip): there a test that cannot run must fail."""
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
