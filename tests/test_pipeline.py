@@ -217,8 +217,8 @@ def test_ctrl_c_or_sigterm_ends_a_run_with_one_line_and_no_temp_files(tmp_path, 
 
 
 def test_python_api_distill_is_the_runs_distill_stage(tiny_run):
-    """edgekd.distill (the stage alone, in memory) given the run's teacher makes the run's student, weight for
-    weight: the same split, budget, seed and strategy."""
+    """edgekd.distill (the stage alone, in memory) given the run's teacher makes the run's student: the same split,
+    budget, seed and strategy."""
     import torch
 
     from edgekd.checkpoints import load_weights
@@ -232,7 +232,14 @@ def test_python_api_distill_is_the_runs_distill_stage(tiny_run):
     outcome = edgekd.distill(tiny_run.recipe, teacher=trained["teacher"])
     assert outcome.steps == tiny_run.rundir.stage_record("distill")["metrics"]["steps"] > 0
     ours, theirs = outcome.student.state_dict(), trained["student"].state_dict()
-    assert list(ours) == list(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert list(ours) == list(theirs)
+    # Bit for bit under the same torch thread count; the tiny run may have trained under a module's one_thread,
+    # and another count sums in another order (measured: 6e-8 at most): rounding, never another student.
+    worst = max(float((ours[k] - theirs[k]).abs().max()) for k in ours)
+    assert worst < 1e-5, f"max |weight difference| {worst:.3g} (torch threads {torch.get_num_threads()})"
+    with torch.no_grad():
+        x = torch.as_tensor(splits.x_test)
+        assert torch.equal(outcome.student(x).argmax(1), trained["student"](x).argmax(1))
 
 
 def test_python_api_export_and_bench(tiny_run, tmp_path):
