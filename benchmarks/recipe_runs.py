@@ -21,7 +21,6 @@ written atomically.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 sys.path.insert(0, str(REPO / "benchmarks"))  # interleave.py: machine info and tables shared by the scripts
 
-from edgekd.rundir import atomic_write_json  # noqa: E402
+from edgekd.rundir import atomic_write_json, read_json  # noqa: E402
 
 from interleave import git_state, host_fields, loadavg, print_markdown, print_table  # noqa: E402
 
@@ -79,8 +78,8 @@ def run_recipe(recipe: str, root: Path) -> dict:
 
 def read_run(rundir: Path) -> dict:
     """Each stage's seconds and metrics (manifest.json) and each exported file's measured row (summary.json)."""
-    manifest = json.loads((rundir / "manifest.json").read_text())
-    summary = json.loads((rundir / "results" / "summary.json").read_text())
+    manifest = read_json(rundir / "manifest.json")
+    summary = read_json(rundir / "results" / "summary.json")
     stages = {name: {"seconds": stage.get("seconds"), "finished_at": stage.get("finished_at"),
                      "metrics": stage.get("metrics")}
               for name, stage in manifest["stages"].items()}
@@ -129,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     from edgekd.bench.runner import system_info
     from edgekd.recipe import load_recipe
 
-    results = json.loads(args.result.read_text()) if args.result.exists() else {"schema": SCHEMA, "recipes": {}}
+    results = read_json(args.result) if args.result.exists() else {"schema": SCHEMA, "recipes": {}}
     for recipe in args.recipes:
         name = load_recipe(recipe).name
         root = args.output_root or ROOTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -486,12 +486,11 @@ class RunDir:
             return empty, f"it cannot be read ({first_line(exc)})"
         if not isinstance(manifest, dict):
             return empty, f"it holds a JSON {type(manifest).__name__}, not an object"
-        if written_by_newer(manifest, MANIFEST_SCHEMA):  # starting over would redo (and overwrite) its whole run
-            raise OutputDirError(f"cannot resume the run in {self.root}",
-                                 why=f"{self.manifest_path}: {schema_problem(manifest, MANIFEST_SCHEMA)}",
+        problem = schema_problem(manifest, MANIFEST_SCHEMA)
+        if problem and written_by_newer(manifest, MANIFEST_SCHEMA):  # starting over would redo (and overwrite) it
+            raise OutputDirError(f"cannot resume the run in {self.root}", why=f"{self.manifest_path}: {problem}",
                                  fix="run it with the edgekd that wrote it (pip install -U edgekd), or give this "
                                      "run another name or --output-dir")
-        problem = schema_problem(manifest, MANIFEST_SCHEMA)
         if problem:
             return empty, problem
         stages = manifest.get("stages")
