@@ -14,7 +14,7 @@ import torch
 
 from edgekd.errors import DataError, TextModelError
 from edgekd.text.corpus import build_corpus, is_held_out, split_sentences
-from edgekd.text.metrics import recall_at_k, recall_at_k_teacher_index
+from edgekd.text.metrics import best_match_at_k, recall_at_k, recall_at_k_teacher_index
 from edgekd.text.student import TextBagStudent, TextStudent
 from edgekd.text.teacher import check_teacher_folder, default_teacher_folder, load_teacher
 from edgekd.text.train import TextKDObjective, TextLossWeights, predict, trim_padding
@@ -346,6 +346,18 @@ def test_recall_against_a_teacher_index_searches_the_teacher_rows() -> None:
     assert recall_at_k_teacher_index(shuffled, teacher, k=5) < 0.5
 
 
+
+def test_best_match_at_k_asks_only_for_the_teachers_best_match() -> None:
+    def at(degrees):
+        return np.array([[np.cos(np.radians(d)), np.sin(np.radians(d))] for d in degrees])
+
+    teacher = at([0, 10, 30, 100])  # best matches: 0 -> 10, 10 -> 0, 30 -> 10, 100 -> 30
+    student = at([0, 10, 100, 30])  # the last two sentences swapped places
+    assert best_match_at_k(teacher, teacher, k=1) == 1.0
+    assert best_match_at_k(student, teacher, k=1) == 0.5  # the first two still find each other
+    assert best_match_at_k(3.0 * student, teacher, k=2) == 0.75  # 100 now ranks 10 second; 30 misses 100
+    assert recall_at_k(student, teacher, k=2) < 0.75
+
 # -- the whole text run, reduced --------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -373,7 +385,7 @@ def test_text_run_end_to_end(text_run) -> None:
     assert student["steps"] == scratch["steps"]  # the same budget
     assert teacher["sentences"] == len(build_corpus(per_class=24, unlabelled=24)) + 16  # + 16 typer sentences
     assert -1.0 <= student["cosine_to_teacher"] <= 1.0  # a few steps: any sign
-    for key in ("recall_at_10", "recall_at_10_teacher_index", "test_accuracy"):
+    for key in ("recall_at_10", "recall_at_10_teacher_index", "best_match_at_10", "test_accuracy"):
         assert 0.0 <= student[key] <= 1.0
     names = {a.name for a in text_run.artifacts}
     assert {"teacher-onnx-fp32", "teacher-tflite-fp32", "student-onnx-int8_dynamic", "student-onnx-int4",
@@ -465,10 +477,12 @@ def test_cli_text_student_family_checked(tmp_path: Path) -> None:
 def test_findings_mark_the_scratch_embedding_as_a_floor() -> None:
     from edgekd.text.stages import _text_findings
 
-    model = {"cosine_to_teacher": 0.5, "recall_at_10": 0.2, "recall_at_10_teacher_index": 0.3, "test_accuracy": 0.7}
+    model = {"cosine_to_teacher": 0.5, "recall_at_10": 0.2, "recall_at_10_teacher_index": 0.3,
+             "best_match_at_10": 0.45, "test_accuracy": 0.7}
     models = {"teacher": {"test_accuracy": 0.72}, "student": model, "scratch": {**model, "cosine_to_teacher": 0.0}}
     summary = {"models": models, "text": {"retrieval_pool": 2000, "tokenization": "on the host"}}
     student, scratch, tokens = _text_findings(summary)
     assert student.startswith("Text student: embedding cosine to the teacher 0.500") and "floor" not in student
     assert scratch.startswith("Text scratch (labels alone") and "a floor, not a rival" in scratch
     assert "0.300 when its queries search an index the teacher built" in scratch and tokens.endswith("on the host.")
+    assert "the teacher's best match among its top 10 for 45.0% of queries" in student

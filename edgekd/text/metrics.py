@@ -41,6 +41,15 @@ def recall_at_k_teacher_index(student: np.ndarray, teacher: np.ndarray, k: int =
     return _overlap(neighbours(student, k, index=teacher), neighbours(teacher, k))
 
 
+def best_match_at_k(student: np.ndarray, teacher: np.ndarray, k: int = 10) -> float:
+    """Semantic search's own question: the share of queries whose best match by the teacher is among the
+    student's top k. Looser than `recall_at_k`, which asks for all of the teacher's top k, order aside."""
+    if len(student) < 2:
+        return float("nan")
+    best = neighbours(teacher, 1)
+    return float((neighbours(student, k) == best).any(axis=1).mean())
+
+
 def _overlap(found: np.ndarray, wanted: np.ndarray) -> float:
     return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found.tolist(), wanted.tolist())]))
 
@@ -57,4 +66,5 @@ def text_metrics(logits: np.ndarray, embeddings: np.ndarray, labels: np.ndarray,
         out["cosine_to_teacher"] = mean_cosine(embeddings, teacher_embeddings)
         out[f"recall_at_{k}"] = recall_at_k(embeddings, teacher_embeddings, k)
         out[f"recall_at_{k}_teacher_index"] = recall_at_k_teacher_index(embeddings, teacher_embeddings, k)
+        out[f"best_match_at_{k}"] = best_match_at_k(embeddings, teacher_embeddings, k)
     return out

@@ -438,10 +438,12 @@ def _text_findings(summary: dict[str, Any]) -> list[str]:
         indexed = m.get("recall_at_10_teacher_index")
         against_index = ("" if indexed is None else
                          f"; {indexed:.3f} when its queries search an index the teacher built")
+        best = m.get("best_match_at_10")
+        best_match = "" if best is None else f"; the teacher's best match among its top 10 for {best:.1%} of queries"
         floor = (" (labels alone: its embedding was never taught the teacher's, so its cosine and recall are a "
                  "floor, not a rival)" if role == "scratch" else "")
         out.append(f"Text {role}{floor}: embedding cosine to the teacher {m['cosine_to_teacher']:.3f}, recall@10 of "
                    f"the teacher's neighbours {m['recall_at_10']:.3f} (searching {text['retrieval_pool']} held-out "
-                   f"sentences{against_index}), accuracy {m['test_accuracy']:.2%} vs the teacher's {teacher:.2%}.")
+                   f"sentences{against_index}{best_match}), accuracy {m['test_accuracy']:.2%} vs the teacher's {teacher:.2%}.")
     out.append(f"Tokenization ran {text['tokenization']}.")
     return out
