@@ -154,7 +154,8 @@ def scores(embeddings: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     the top 10 (the pool searching itself)."""
     from edgekd.text.metrics import best_match_at_k, mean_cosine, recall_at_k
 
-    return {"cosine_to_teacher": mean_cosine(embeddings, reference), "recall_at_10": recall_at_k(embeddings, reference, 10),
+    return {"cosine_to_teacher": mean_cosine(embeddings, reference),
+            "recall_at_10": recall_at_k(embeddings, reference, 10),
             "best_match_at_10": best_match_at_k(embeddings, reference, 10)}
 
 

@@ -346,7 +346,6 @@ def test_recall_against_a_teacher_index_searches_the_teacher_rows() -> None:
     assert recall_at_k_teacher_index(shuffled, teacher, k=5) < 0.5
 
 
-
 def test_best_match_at_k_asks_only_for_the_teachers_best_match() -> None:
     def at(degrees):
         return np.array([[np.cos(np.radians(d)), np.sin(np.radians(d))] for d in degrees])
@@ -357,6 +356,7 @@ def test_best_match_at_k_asks_only_for_the_teachers_best_match() -> None:
     assert best_match_at_k(student, teacher, k=1) == 0.5  # the first two still find each other
     assert best_match_at_k(3.0 * student, teacher, k=2) == 0.75  # 100 now ranks 10 second; 30 misses 100
     assert recall_at_k(student, teacher, k=2) < 0.75
+
 
 # -- the whole text run, reduced --------------------------------------------------------------
 

@@ -444,6 +444,7 @@ def _text_findings(summary: dict[str, Any]) -> list[str]:
                  "floor, not a rival)" if role == "scratch" else "")
         out.append(f"Text {role}{floor}: embedding cosine to the teacher {m['cosine_to_teacher']:.3f}, recall@10 of "
                    f"the teacher's neighbours {m['recall_at_10']:.3f} (searching {text['retrieval_pool']} held-out "
-                   f"sentences{against_index}{best_match}), accuracy {m['test_accuracy']:.2%} vs the teacher's {teacher:.2%}.")
+                   f"sentences{against_index}{best_match}), accuracy {m['test_accuracy']:.2%} vs the teacher's "
+                   f"{teacher:.2%}.")
     out.append(f"Tokenization ran {text['tokenization']}.")
     return out
