@@ -150,19 +150,17 @@ def timing(files: dict[str, Path], ids: np.ndarray, rounds: int, block_ms: float
 
 
 def scores(embeddings: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    """Mean cosine to the teacher's embeddings, recall@10 of its neighbours and how often its best match is in
-    the top 10 (the pool searching itself)."""
-    from edgekd.text.metrics import best_match_at_k, mean_cosine, recall_at_k
+    """Mean cosine to the teacher's embeddings, recall@10 of its neighbours (the pool searching itself and
+    searching the teacher's index) and how often its best match is in the top 10."""
+    from edgekd.text.metrics import embedding_metrics
 
-    return {"cosine_to_teacher": mean_cosine(embeddings, reference),
-            "recall_at_10": recall_at_k(embeddings, reference, 10),
-            "best_match_at_10": best_match_at_k(embeddings, reference, 10)}
+    return embedding_metrics(embeddings, reference, 10)
 
 
 def quality(ctx, files: dict[str, Path], length: int) -> dict:
     """Exported-file quality on held-out text: cosine, recall@10 (pool of held-out sentences), accuracy."""
     from edgekd.text.export import run_text_artifact
-    from edgekd.text.metrics import accuracy, recall_at_k_teacher_index
+    from edgekd.text.metrics import accuracy
     from edgekd.text.stages import retrieval_pool
 
     data = ctx.text
@@ -174,8 +172,8 @@ def quality(ctx, files: dict[str, Path], length: int) -> dict:
     out = {}
     for name, path in files.items():
         logits, emb = run_text_artifact(path, ids)
-        out[name] = {**scores(emb, reference), "recall_at_10_teacher_index": recall_at_k_teacher_index(emb, reference, 10),
-                     "accuracy": accuracy(logits[keep], labels[keep]), "size_bytes": path.stat().st_size}
+        out[name] = {**scores(emb, reference), "accuracy": accuracy(logits[keep], labels[keep]),
+                     "size_bytes": path.stat().st_size}
     return out
 
 

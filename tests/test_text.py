@@ -387,6 +387,12 @@ def test_text_run_end_to_end(text_run) -> None:
     assert -1.0 <= student["cosine_to_teacher"] <= 1.0  # a few steps: any sign
     for key in ("recall_at_10", "recall_at_10_teacher_index", "best_match_at_10", "test_accuracy"):
         assert 0.0 <= student[key] <= 1.0
+    exported = manifest["export"]["retrieval"]  # each exported file's embeddings scored against the teacher
+    assert set(exported["files"]) == {a.name for a in text_run.artifacts if a.role != "teacher"}
+    assert exported["length"] == 32 and exported["pool"] > 0  # text_tiny.yaml: device_length 32, as train_length
+    fp32 = exported["files"]["student-onnx-fp32"]  # the same ids as the PyTorch student was scored on
+    assert abs(fp32["cosine_to_teacher"] - student["cosine_to_teacher"]) < 1e-3, (fp32, student)
+    assert fp32["best_match_at_10"] == student["best_match_at_10"]
     names = {a.name for a in text_run.artifacts}
     assert {"teacher-onnx-fp32", "teacher-tflite-fp32", "student-onnx-int8_dynamic", "student-onnx-int4",
             "student-tflite-int8_dynamic", "student-tflite-int4", "scratch-onnx-fp32"} <= names
@@ -486,3 +492,16 @@ def test_findings_mark_the_scratch_embedding_as_a_floor() -> None:
     assert scratch.startswith("Text scratch (labels alone") and "a floor, not a rival" in scratch
     assert "0.300 when its queries search an index the teacher built" in scratch and tokens.endswith("on the host.")
     assert "the teacher's best match among its top 10 for 45.0% of queries" in student
+
+
+def test_findings_list_each_exported_files_retrieval() -> None:
+    from edgekd.text.stages import _text_findings
+
+    scores = {"cosine_to_teacher": 0.878, "recall_at_10": 0.517, "recall_at_10_teacher_index": 0.65,
+              "best_match_at_10": 0.84}
+    text = {"retrieval_pool": 2000, "tokenization": "on the host",
+            "exported_retrieval": {"pool": 2000, "length": 128, "files": {"student-onnx-int8_dynamic": scores}}}
+    summary = {"models": {"teacher": {"test_accuracy": 0.7}}, "text": text}
+    exported, tokens = _text_findings(summary)
+    assert exported == ("Exported files against the teacher (2000 held-out sentences at 128 tokens; embedding "
+                        "cosine, recall@10, best match in the top 10): student-onnx-int8_dynamic 0.878, 0.517, 84.0%.")

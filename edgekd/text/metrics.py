@@ -59,12 +59,17 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits[keep].argmax(1) == labels[keep]).mean()) if keep.any() else float("nan")
 
 
+def embedding_metrics(embeddings: np.ndarray, teacher_embeddings: np.ndarray, k: int = 10) -> dict[str, float]:
+    """How close embeddings are to the teacher's, as a search over the same sentences sees it."""
+    return {"cosine_to_teacher": mean_cosine(embeddings, teacher_embeddings),
+            f"recall_at_{k}": recall_at_k(embeddings, teacher_embeddings, k),
+            f"recall_at_{k}_teacher_index": recall_at_k_teacher_index(embeddings, teacher_embeddings, k),
+            f"best_match_at_{k}": best_match_at_k(embeddings, teacher_embeddings, k)}
+
+
 def text_metrics(logits: np.ndarray, embeddings: np.ndarray, labels: np.ndarray,
                  teacher_embeddings: np.ndarray | None, k: int = 10) -> dict[str, float]:
     out = {"accuracy": accuracy(logits, labels)}
     if teacher_embeddings is not None:
-        out["cosine_to_teacher"] = mean_cosine(embeddings, teacher_embeddings)
-        out[f"recall_at_{k}"] = recall_at_k(embeddings, teacher_embeddings, k)
-        out[f"recall_at_{k}_teacher_index"] = recall_at_k_teacher_index(embeddings, teacher_embeddings, k)
-        out[f"best_match_at_{k}"] = best_match_at_k(embeddings, teacher_embeddings, k)
+        out.update(embedding_metrics(embeddings, teacher_embeddings, k))
     return out

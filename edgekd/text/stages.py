@@ -388,7 +388,26 @@ def export_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
                      "checkpoint_sha256": sha256_file(checkpoint), "generation": 1 if role == "student" else 0,
                      **({"hf_folder": str(data.teacher_folder)} if role == "teacher" else {})},
             reporter=ctx.reporter)
-    return export_outcome(ctx, artifacts)
+    outputs, summary = export_outcome(ctx, artifacts)
+    return outputs, {**summary, "retrieval": exported_retrieval(ctx, [a for a in artifacts if a.role != "teacher"])}
+
+
+def exported_retrieval(ctx: Context, artifacts: list) -> dict[str, Any]:
+    """Cosine, recall@10 and best@10 to the teacher of each exported file's embeddings, run on the retrieval
+    pool at the device length: the embedding's accuracy as the phone would deliver it (parity only compares a
+    file with its own PyTorch model). The teacher's files are left out: each would take a minute or more here."""
+    from edgekd.text.export import run_text_artifact
+    from edgekd.text.metrics import embedding_metrics
+
+    pool, reference = retrieval_pool(ctx)
+    ids = ctx.text.tokenize(pool, ctx.text.device_length)
+    task = ctx.reporter.task("score exported files on the retrieval pool", len(artifacts))
+    scores = {}
+    for artifact in artifacts:
+        scores[artifact.name] = embedding_metrics(run_text_artifact(artifact.path, ids)[1], reference)
+        task.advance(1)
+    task.close()
+    return {"pool": len(pool), "length": ctx.text.device_length, "files": scores}
 
 
 def bench_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
@@ -420,7 +439,8 @@ def report_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     summary["text"] = {"tokenization": "on the host, outside the timed region: the device times the model on "
                                        f"token ids padded to {ctx.text.device_length}",
                        "retrieval_pool": min(RETRIEVAL_POOL, len(ctx.text.held_out_rows)),
-                       "embedding_parity": {a.name: a.output_checks.get("embedding") for a in run_artifacts(ctx)}}
+                       "embedding_parity": {a.name: a.output_checks.get("embedding") for a in run_artifacts(ctx)},
+                       "exported_retrieval": manifest.get("export", {}).get("retrieval")}
     summary["findings"] = _text_findings(summary) + summary.get("findings", [])
     path = atomic_write_json(ctx.rundir.results / "summary.json", summary)
     return [path, write_html(summary, ctx.rundir)], {}
@@ -446,5 +466,11 @@ def _text_findings(summary: dict[str, Any]) -> list[str]:
                    f"the teacher's neighbours {m['recall_at_10']:.3f} (searching {text['retrieval_pool']} held-out "
                    f"sentences{against_index}{best_match}), accuracy {m['test_accuracy']:.2%} vs the teacher's "
                    f"{teacher:.2%}.")
+    exported = text.get("exported_retrieval")
+    if exported and exported.get("files"):
+        files = "; ".join(f"{name} {m['cosine_to_teacher']:.3f}, {m['recall_at_10']:.3f}, {m['best_match_at_10']:.1%}"
+                          for name, m in exported["files"].items())
+        out.append(f"Exported files against the teacher ({exported['pool']} held-out sentences at "
+                   f"{exported['length']} tokens; embedding cosine, recall@10, best match in the top 10): {files}.")
     out.append(f"Tokenization ran {text['tokenization']}.")
     return out
