@@ -40,6 +40,7 @@ from interleave import loadavg, print_markdown, print_table  # noqa: E402
 from kd_uplift import compare  # noqa: E402
 
 from edgekd.rundir import atomic_write_json  # noqa: E402
+from edgekd.text.metrics import accuracy, embedding_metrics  # noqa: E402
 
 RESULT = REPO / "benchmarks" / "results" / "text_student.json"
 LENGTHS = (128, 32)
@@ -149,18 +150,9 @@ def timing(files: dict[str, Path], ids: np.ndarray, rounds: int, block_ms: float
                                                                                "fastest model", slots)}
 
 
-def scores(embeddings: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    """Mean cosine to the teacher's embeddings, recall@10 of its neighbours (the pool searching itself and
-    searching the teacher's index) and how often its best match is in the top 10."""
-    from edgekd.text.metrics import embedding_metrics
-
-    return embedding_metrics(embeddings, reference, 10)
-
-
 def quality(ctx, files: dict[str, Path], length: int) -> dict:
     """Exported-file quality on held-out text: cosine, recall@10 (pool of held-out sentences), accuracy."""
     from edgekd.text.export import run_text_artifact
-    from edgekd.text.metrics import accuracy
     from edgekd.text.stages import retrieval_pool
 
     data = ctx.text
@@ -172,7 +164,7 @@ def quality(ctx, files: dict[str, Path], length: int) -> dict:
     out = {}
     for name, path in files.items():
         logits, emb = run_text_artifact(path, ids)
-        out[name] = {**scores(emb, reference), "accuracy": accuracy(logits[keep], labels[keep]),
+        out[name] = {**embedding_metrics(emb, reference), "accuracy": accuracy(logits[keep], labels[keep]),
                      "size_bytes": path.stat().st_size}
     return out
 
@@ -184,7 +176,7 @@ def noise_calibration(ctx, sigmas=(0.02, 0.03, 0.04, 0.05, 0.06)) -> list[dict]:
 
     reference = retrieval_pool(ctx)[1]
     rng = np.random.default_rng(0)
-    return [{"sigma": sigma, **scores(reference + sigma * rng.normal(size=reference.shape), reference)}
+    return [{"sigma": sigma, **embedding_metrics(reference + sigma * rng.normal(size=reference.shape), reference)}
             for sigma in sigmas]
 
 

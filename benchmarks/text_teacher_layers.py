@@ -30,10 +30,10 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import interleave  # noqa: E402
-from text_student import context, scores, study_header, write_study  # noqa: E402
+from text_student import context, study_header, write_study  # noqa: E402
 from text_word_order import student_rows  # noqa: E402
 
-from edgekd.text.metrics import unit  # noqa: E402
+from edgekd.text.metrics import embedding_metrics, unit  # noqa: E402
 
 RESULT = REPO / "benchmarks" / "results" / "text_teacher_layers.json"
 COLUMNS = ("pooled state", "linear: cos", "R@10", "best@10", "MLP: cos", "R@10", "best@10", "MLP train cos")
@@ -108,13 +108,14 @@ def layer_study(ctx, sentences: int, mlp_steps: int, seed: int) -> dict:
     layers = []
     for k in range(len(fit_states)):
         fit_k, pool_k = unit(fit_states[k]), unit(pool_states[k])
-        linear = scores(linear_readout(fit_k, target, pool_k), reference)
+        linear = embedding_metrics(linear_readout(fit_k, target, pool_k), reference)
         mlp, train_cosine = mlp_readout(fit_k, target, pool_k, mlp_steps, seed)
-        layers.append({"layer": k, "linear": linear, "mlp": {**scores(mlp, reference), "train_cosine": train_cosine}})
+        layers.append({"layer": k, "linear": linear,
+                       "mlp": {**embedding_metrics(mlp, reference), "train_cosine": train_cosine}})
         print(f"  layer {k}: linear cosine {linear['cosine_to_teacher']:.3f} recall@10 {linear['recall_at_10']:.3f}"
               f"  MLP {layers[-1]['mlp']['cosine_to_teacher']:.3f} {layers[-1]['mlp']['recall_at_10']:.3f}",
               file=sys.stderr)
-    calibration = scores(linear_readout(fit_states[-1], target, pool_states[-1]), reference)
+    calibration = embedding_metrics(linear_readout(fit_states[-1], target, pool_states[-1]), reference)
     return {"pool": len(pool), "fit_sentences": len(train), "length": data.train_length, "mlp_steps": mlp_steps,
             "ridge": RIDGE, "layers": layers, "last_layer_not_normalised_linear": calibration}
 

@@ -30,7 +30,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import interleave  # noqa: E402
-from text_student import context, quality, scores, study_header, write_study  # noqa: E402
+from text_student import context, quality, study_header, write_study  # noqa: E402
+
+from edgekd.text.metrics import embedding_metrics, unit  # noqa: E402
 
 RESULT = REPO / "benchmarks" / "results" / "text_word_order.json"
 STUDENT_FILES = ("student-onnx-fp32", "student-onnx-int8_dynamic")
@@ -73,7 +75,6 @@ def shuffle_pieces(ids: np.ndarray, pad_id: int, k: int, rng: np.random.Generato
 
 
 def word_order_study(ctx, pieces: list[int], orders: int, seed: int) -> dict:
-    from edgekd.text.metrics import unit
     from edgekd.text.stages import retrieval_pool
     from edgekd.text.teacher import load_teacher
 
@@ -84,18 +85,19 @@ def word_order_study(ctx, pieces: list[int], orders: int, seed: int) -> dict:
     real = (ids != teacher.pad_id).sum(1)
     out = {"pool": len(pool), "length": data.train_length, "tokens_mean": float(real.mean()),
            "tokens_median": float(np.median(real)), "orders": orders,
-           "as_written": scores(teacher.embed(ids), reference), "pieces": {}}  # 1.0 / 1.0: the reference's teacher
+           # all 1.0: the reference's own teacher
+           "as_written": embedding_metrics(teacher.embed(ids), reference), "pieces": {}}
     rng = np.random.default_rng(seed)
     for k in pieces:
         per_order, total = [], np.zeros_like(reference)
         for n in range(orders):
             shuffled = teacher.embed(shuffle_pieces(ids, teacher.pad_id, k, rng))
             total += shuffled
-            per_order.append(scores(shuffled, reference))
+            per_order.append(embedding_metrics(shuffled, reference))
             print(f"  pieces of {k}, order {n + 1}/{orders}: cosine {per_order[-1]['cosine_to_teacher']:.3f}  "
                   f"recall@10 {per_order[-1]['recall_at_10']:.3f}", file=sys.stderr)
         out["pieces"][str(k)] = {"per_order": per_order,
-                                 "order_average": scores(unit(total), reference)}
+                                 "order_average": embedding_metrics(unit(total), reference)}
     return out
 
 
