@@ -76,7 +76,7 @@ def _handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def _run_and_show(recipe_source: Any, output_dir: Optional[Path], force: List[str],
                   allow_generation: bool = False) -> None:
-    from edgekd.console import RichReporter, summary_table
+    from edgekd.console import RichReporter
     from edgekd.pipeline import run
     from edgekd.recipe import load_recipe
     from edgekd.rundir import read_json
@@ -94,10 +94,22 @@ def _run_and_show(recipe_source: Any, output_dir: Optional[Path], force: List[st
         return
     if result.summary_path.is_file():
         summary = read_json(result.summary_path)
-        console.print(summary_table(summary))
-        for finding in summary.get("findings", []):
-            console.print(f"• {finding}", highlight=False)
+        _print_summary(_summary_tables(summary), summary)
     console.print(f"run directory: {result.rundir.root}   report: {result.report_path}")
+
+
+def _summary_tables(summary: dict[str, Any]) -> list[Any]:
+    """The run's artifact table and, for a text run, its embedding table."""
+    from edgekd.console import embedding_table, summary_table
+
+    return [table for table in (summary_table(summary), embedding_table(summary)) if table is not None]
+
+
+def _print_summary(tables: list[Any], summary: dict[str, Any]) -> None:
+    for table in tables:
+        console.print(table)
+    for finding in summary.get("findings", []):
+        console.print(f"• {finding}", highlight=False)
 
 
 _FORCE = typer.Option([], "--force", help="rerun this stage even if it is up to date (repeatable; 'all' for every stage)")
@@ -351,7 +363,6 @@ def compare(a: Optional[str] = typer.Argument(None, help="earlier session (defau
 @_handles_errors
 def report(run_dir: Path = typer.Argument(..., help="a run directory (export/<name>)")) -> None:
     """Print the teacher-vs-student table of a finished run and the path of its HTML report."""
-    from edgekd.console import summary_table
     from edgekd.errors import EdgeKDError as _Err
     from edgekd.rundir import folder_holder, read_json
 
@@ -370,7 +381,7 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory (export/<na
     try:
         summary = read_json(summary_path)
         problem = _summary_problem(summary)
-        table = None if problem else summary_table(summary)
+        tables = [] if problem else _summary_tables(summary)
     except json.JSONDecodeError as exc:
         problem = f"it is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
     except (OSError, UnicodeDecodeError) as exc:
@@ -382,9 +393,7 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory (export/<na
     if problem:
         raise _Err(f"the report of {run_dir} is unreadable", why=f"{summary_path}: {problem}",
                    fix="write it again: edgekd run RECIPE --force report") from None
-    console.print(table)
-    for finding in summary.get("findings", []):
-        console.print(f"• {finding}", highlight=False)
+    _print_summary(tables, summary)
     html = run_dir / "report" / "index.html"
     console.print(f"report: {html}" if html.is_file() else f"no HTML report ({html} is missing: edgekd run RECIPE "
                   "--force report writes it)")

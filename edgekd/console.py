@@ -125,6 +125,22 @@ def summary_table(summary: dict[str, Any]) -> Table:
     return table
 
 
+def embedding_table(summary: dict[str, Any]) -> Table | None:
+    """A text run's embeddings against the teacher's, one row per model (None for other runs)."""
+    from edgekd.text.report import EMBEDDING_HEADER, embedding_caption, embedding_rows
+
+    rows = embedding_rows(summary)
+    if not rows:
+        return None
+    table = Table(title="embedding against the teacher", title_justify="left", caption=embedding_caption(summary),
+                  caption_justify="left")
+    for col in EMBEDDING_HEADER:
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for row in rows:
+        table.add_row(Text(row[0]), *row[1:])  # names come from files: not markup
+    return table
+
+
 def _spread(rounds: list[float]) -> str:
     """How far the p50 moved between the fresh processes (rounds/sessions) of one result."""
     if len(rounds) < 2 or min(rounds) <= 0:

@@ -416,6 +416,16 @@ def test_text_run_end_to_end(text_run) -> None:
     assert summary["models"]["student"]["recall_at_10"] == student["recall_at_10"]
 
 
+def test_text_report_shows_the_embedding_table(text_run, tmp_path: Path) -> None:
+    proc = run_cli(tmp_path, "report", str(text_run.rundir.root))
+    assert proc.returncode == 0, proc.stderr
+    table = proc.stdout[proc.stdout.index("embedding against the teacher"):]
+    assert "student (PyTorch)" in table and "student-onnx-int8_dynamic" in table and "teacher-onnx-fp32" in table
+    assert "The student's 6 exported files against the teacher" in proc.stdout
+    page = (text_run.rundir.root / "report" / "index.html").read_text()
+    assert "<h2>Embedding against the teacher</h2>" in page and "<td>student-tflite-int4</td>" in page
+
+
 def test_text_run_resumes(text_run) -> None:
     import edgekd
 
@@ -494,14 +504,44 @@ def test_findings_mark_the_scratch_embedding_as_a_floor() -> None:
     assert "the teacher's best match among its top 10 for 45.0% of queries" in student
 
 
-def test_findings_list_each_exported_files_retrieval() -> None:
+def _exported_summary() -> dict:
+    """A text run's summary with two exported student files, a scratch file and a teacher file."""
+    def scores(cosine, recall, best):
+        return {"cosine_to_teacher": cosine, "recall_at_10": recall, "recall_at_10_teacher_index": 0.65,
+                "best_match_at_10": best}
+
+    files = {"student-onnx-int8_dynamic": scores(0.878, 0.517, 0.84), "student-onnx-int4": scores(0.864, 0.503, 0.834),
+             "scratch-onnx-fp32": scores(0.001, 0.03, 0.081)}
+    text = {"retrieval_pool": 2000, "tokenization": "on the host",
+            "exported_retrieval": {"pool": 2000, "length": 128, "files": files},
+            "embedding_parity": {"teacher-onnx-fp32": {"mean_cosine": 1.0, "min_cosine": 0.99999},
+                                 "student-onnx-int4": {"mean_cosine": 0.98421, "min_cosine": 0.95238}}}
+    rows = [{"name": name, "role": name.split("-")[0]} for name in ("teacher-onnx-fp32", *files)]
+    student = {**scores(0.879, 0.517, 0.8405), "test_accuracy": 0.71}
+    return {"models": {"teacher": {"test_accuracy": 0.7}, "student": student}, "text": text, "rows": rows,
+            "recipe": {"data": {"text": {"train_length": 64, "device_length": 128}}}}
+
+
+def test_findings_sum_up_the_students_exported_files() -> None:
     from edgekd.text.stages import _text_findings
 
-    scores = {"cosine_to_teacher": 0.878, "recall_at_10": 0.517, "recall_at_10_teacher_index": 0.65,
-              "best_match_at_10": 0.84}
-    text = {"retrieval_pool": 2000, "tokenization": "on the host",
-            "exported_retrieval": {"pool": 2000, "length": 128, "files": {"student-onnx-int8_dynamic": scores}}}
-    summary = {"models": {"teacher": {"test_accuracy": 0.7}}, "text": text}
-    exported, tokens = _text_findings(summary)
-    assert exported == ("Exported files against the teacher (2000 held-out sentences at 128 tokens; embedding "
-                        "cosine, recall@10, best match in the top 10): student-onnx-int8_dynamic 0.878, 0.517, 84.0%.")
+    _, exported, tokens = _text_findings(_exported_summary())
+    assert exported == ("The student's 2 exported files against the teacher (2000 held-out sentences at 128 tokens): "
+                        "cosine 0.864–0.878, recall@10 0.503–0.517, best@10 83.4%–84.0% (the PyTorch student: "
+                        "0.879, 0.517, 84.0%); lowest cosine: student-onnx-int4. Each file is in the embedding "
+                        "table.")  # the scratch file is not the student's
+
+
+def test_embedding_table_lists_every_model_against_the_teacher() -> None:
+    from edgekd.text.report import EMBEDDING_HEADER, embedding_caption, embedding_rows
+
+    rows = embedding_rows(_exported_summary())
+    assert all(len(row) == len(EMBEDDING_HEADER) for row in rows)
+    assert rows == [("student (PyTorch)", "0.879", "0.517", "0.650", "84.0%", "–"),
+                    ("teacher-onnx-fp32", "–", "–", "–", "–", "1.0000 / 1.0000"),  # not scored: parity only
+                    ("student-onnx-int8_dynamic", "0.878", "0.517", "0.650", "84.0%", "–"),
+                    ("student-onnx-int4", "0.864", "0.503", "0.650", "83.4%", "0.9842 / 0.9524"),
+                    ("scratch-onnx-fp32", "0.001", "0.030", "0.650", "8.1%", "–")]
+    caption = embedding_caption(_exported_summary())
+    assert "2000 held-out sentences" in caption and "(64 tokens)" in caption and "(128 tokens)" in caption
+    assert embedding_rows({"models": {}, "rows": [{"name": "student-onnx-fp32", "role": "student"}]}) == []

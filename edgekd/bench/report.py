@@ -773,6 +773,19 @@ def _compression_html(c: dict[str, Any] | None) -> str:
             + '<p class="meta">Test accuracy of the PyTorch model at each step of the compress stage.</p>')
 
 
+def _embedding_html(summary: dict[str, Any]) -> str:
+    """A text run's embedding table (edgekd.text.report); nothing for other runs."""
+    from edgekd.text.report import EMBEDDING_HEADER, embedding_caption, embedding_rows
+
+    rows = embedding_rows(summary)
+    if not rows:
+        return ""
+    e = html.escape
+    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return ("<h2>Embedding against the teacher</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in EMBEDDING_HEADER)
+            + f"</tr>{body}</table><p class=\"meta\">{e(embedding_caption(summary))}</p>")
+
+
 def _layers_txt(row: dict[str, Any]) -> str:
     parts = []
     for layer in row.get("worst_layers") or []:
@@ -899,6 +912,7 @@ th {{ background: #f3f3f3; }}
 <p class="meta">Accuracy and agreement are measured on the exported artifact (test split) against its PyTorch model.
 {e(latency_txt)}
 {e(LATENCY_METHOD)}</p>
+{_embedding_html(summary)}
 {f'<h2>onnxruntime vs LiteRT</h2><table><tr><th>model</th><th>onnxruntime p50 µs</th><th>LiteRT p50 µs</th><th>ORT / LiteRT</th><th>ORT acc</th><th>LiteRT acc</th></tr>{comparison}</table>' if comparison else ''}
 {_compression_html(summary.get("compression"))}
 {_int8_html(summary["rows"])}

@@ -466,11 +466,32 @@ def _text_findings(summary: dict[str, Any]) -> list[str]:
                    f"the teacher's neighbours {m['recall_at_10']:.3f} (searching {text['retrieval_pool']} held-out "
                    f"sentences{against_index}{best_match}), accuracy {m['test_accuracy']:.2%} vs the teacher's "
                    f"{teacher:.2%}.")
-    exported = text.get("exported_retrieval")
-    if exported and exported.get("files"):
-        files = "; ".join(f"{name} {m['cosine_to_teacher']:.3f}, {m['recall_at_10']:.3f}, {m['best_match_at_10']:.1%}"
-                          for name, m in exported["files"].items())
-        out.append(f"Exported files against the teacher ({exported['pool']} held-out sentences at "
-                   f"{exported['length']} tokens; embedding cosine, recall@10, best match in the top 10): {files}.")
+    out += _exported_findings(summary)
     out.append(f"Tokenization ran {text['tokenization']}.")
     return out
+
+
+def _span(values: list[float], spec: str) -> str:
+    low, high = format(min(values), spec), format(max(values), spec)
+    return low if low == high else f"{low}–{high}"
+
+
+def _exported_findings(summary: dict[str, Any]) -> list[str]:
+    """What exporting (and quantizing) cost the student's embedding, in one line; each file is in the
+    report's embedding table."""
+    exported = summary["text"].get("exported_retrieval") or {}
+    roles = {row["name"]: row["role"] for row in summary.get("rows", [])}
+    files = {name: m for name, m in (exported.get("files") or {}).items() if roles.get(name) == "student"}
+    if not files:
+        return []
+    scores = list(files.values())
+    lowest = min(files, key=lambda name: files[name]["cosine_to_teacher"])
+    pytorch = (summary["models"].get("student") or {})
+    before = ("" if pytorch.get("best_match_at_10") is None else
+              f" (the PyTorch student: {pytorch['cosine_to_teacher']:.3f}, {pytorch['recall_at_10']:.3f}, "
+              f"{pytorch['best_match_at_10']:.1%})")
+    return [f"The student's {len(files)} exported files against the teacher ({exported['pool']} held-out sentences "
+            f"at {exported['length']} tokens): cosine {_span([m['cosine_to_teacher'] for m in scores], '.3f')}, "
+            f"recall@10 {_span([m['recall_at_10'] for m in scores], '.3f')}, best@10 "
+            f"{_span([m['best_match_at_10'] for m in scores], '.1%')}{before}; lowest cosine: {lowest}. Each file "
+            "is in the embedding table."]
