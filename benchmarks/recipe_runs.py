@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 sys.path.insert(0, str(REPO / "benchmarks"))  # interleave.py: machine info and tables shared by the scripts
 
 from edgekd.rundir import atomic_write_json, read_json  # noqa: E402
+from edgekd.text.report import EMBEDDING_HEADER, embedding_rows  # noqa: E402
 
 from interleave import git_state, host_fields, loadavg, print_markdown, print_table  # noqa: E402
 
@@ -85,7 +86,7 @@ def read_run(rundir: Path) -> dict:
               for name, stage in manifest["stages"].items()}
     rows = [{k: row.get(k) for k in ROW_FIELDS} for row in summary["rows"]]
     return {"stages": stages, "models": summary.get("models"), "rows": rows, "findings": summary.get("findings"),
-            "bench_machine": summary.get("machine")}
+            "bench_machine": summary.get("machine"), "text": summary.get("text")}
 
 
 def percent(value: float | None) -> str:
@@ -118,9 +119,14 @@ def show(name: str, entry: dict, markdown: bool) -> None:
                   f"{r['p50_us']:.1f}" if r["p50_us"] is not None else "–") for r in entry["rows"]]
     columns = ("file", "size", "device acc", "p50 µs")
     print_table(f"{name}: exported files on this host (the run's own bench)", columns, file_rows)
+    embedding = embedding_rows(entry)  # a text run: each model's embedding against the teacher's
+    if embedding:
+        print_table(f"{name}: embedding against the teacher", EMBEDDING_HEADER, embedding)
     if markdown:
         print_markdown(("stage", "time"), stage_rows)
         print_markdown(columns, file_rows)
+        if embedding:
+            print_markdown(EMBEDDING_HEADER, embedding)
 
 
 def main(argv: list[str] | None = None) -> None:
