@@ -486,7 +486,7 @@ def _exported_findings(summary: dict[str, Any]) -> list[str]:
         return []
     scores = list(files.values())
     lowest = min(files, key=lambda name: files[name]["cosine_to_teacher"])
-    pytorch = (summary["models"].get("student") or {})
+    pytorch = summary["models"].get("student") or {}
     before = ("" if pytorch.get("best_match_at_10") is None else
               f" (the PyTorch student: {pytorch['cosine_to_teacher']:.3f}, {pytorch['recall_at_10']:.3f}, "
               f"{pytorch['best_match_at_10']:.1%})")
