@@ -276,9 +276,9 @@ def _layer_errors(fp32_path: Path, path: Path, x_test: np.ndarray, name: str) ->
 
 
 def _remove_artifact(folder: Path) -> None:
-    for child in folder.iterdir():
-        child.unlink()
-    folder.rmdir()
+    import shutil
+
+    shutil.rmtree(folder)  # a text model's folder also holds its tokenizer's
 
 
 def floor_artifact(out_root: Path, fmt: str, in_shape: tuple[int, ...], options: ExportOptions) -> Artifact:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -414,6 +415,43 @@ def test_text_run_end_to_end(text_run) -> None:
     summary = json.loads(text_run.summary_path.read_text())
     assert "outside the timed region" in summary["text"]["tokenization"]
     assert summary["models"]["student"]["recall_at_10"] == student["recall_at_10"]
+
+
+def _readme_example(marker: str) -> str:
+    """The Python block that follows `<!-- marker -->` in README.md."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme[readme.index(f"<!-- {marker} -->"):]
+    return block[block.index("```python\n") + len("```python\n"):block.index("\n```\n")]
+
+
+def test_text_artifact_is_usable_alone_as_the_readme_shows(text_run, tmp_path: Path) -> None:
+    """README's example, run on the tiny run's INT8 file in a fresh interpreter: the ids and embeddings it gets
+    from the artifact folder alone (no edgekd, no torch) are the run's own."""
+    from transformers import AutoTokenizer
+
+    from edgekd.rundir import sha256_file
+    from edgekd.text.export import run_text_artifact
+    from edgekd.text.teacher import tokenize, tokenizer_files
+
+    folder = text_run.rundir.artifacts / "student-onnx-int8_dynamic"
+    example = _readme_example("text-artifact-example")
+    assert 'folder = "export/minilm/artifacts/student-onnx-int8_dynamic"' in example
+    long = " ".join(["the tokenizer cuts a sentence longer than the model's length"] * 8)  # and so must the app
+    script = example.replace("export/minilm/artifacts/student-onnx-int8_dynamic", str(folder)).replace(
+        '"Invert a matrix."]', f'"Invert a matrix.", {long!r}]') + (
+        "\nimport sys\nassert not {'torch', 'edgekd'} & set(sys.modules), sorted(sys.modules)\n"
+        f"np.save({str(tmp_path / 'ids.npy')!r}, ids)\nnp.save({str(tmp_path / 'embeddings.npy')!r}, embeddings)\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    teacher = default_teacher_folder()
+    shipped = {p.name: sha256_file(p) for p in (folder / "tokenizer").iterdir()}
+    assert shipped == {p.name: sha256_file(p) for p in tokenizer_files(teacher)} and "vocab.txt" in shipped
+    sentences = ["Open a file for reading.", "Read the lines of a text file.", "Invert a matrix.", long]
+    assert repr(long) in script
+    expected = tokenize(AutoTokenizer.from_pretrained(str(teacher), local_files_only=True), sentences, 32)
+    np.testing.assert_array_equal(np.load(tmp_path / "ids.npy"), expected)  # text_tiny.yaml: device_length 32
+    np.testing.assert_allclose(np.load(tmp_path / "embeddings.npy"), run_text_artifact(folder / "model.onnx",
+                                                                                       expected)[1], atol=1e-6)
 
 
 def test_text_report_shows_the_embedding_table(text_run, tmp_path: Path) -> None:

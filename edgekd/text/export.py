@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 INPUT = "input_ids"
 OUTPUTS = ("logits", "sentence_embedding")
+TOKENIZER_DIR = "tokenizer"  # beside each text model file: the teacher's tokenizer files
 _NOISY = ("torch.onnx", "torch._dynamo", "torch.export", "torch.fx", "onnxscript")
 # Mean cosine of an artifact's embeddings to its PyTorch model's, below which it fails parity.
 MIN_EMBEDDING_COSINE = {"fp32": 0.999, "int8_dynamic": 0.98, "int8_static": 0.98, "int4": 0.95}
@@ -133,7 +134,7 @@ def text_parity(path: Path, precision: str, reference: tuple[np.ndarray, np.ndar
 def export_text_model(model: "nn.Module", *, role: str, formats: list[str], precisions: list[str], out_root: Path,
                       length: int, ids: np.ndarray, labels: np.ndarray, num_classes: int, options: ExportOptions,
                       min_agreement: float, min_agreement_int4: float, lineage: dict[str, Any],
-                      reporter: Reporter | None = None) -> list:
+                      text_input: dict[str, Any] | None = None, reporter: Reporter | None = None) -> list:
     """Every format × precision of one text model, each checked against PyTorch on `ids` (held-out)."""
     from edgekd.exporter import export_steps, save_artifact
     from edgekd.models import count_parameters
@@ -158,10 +159,37 @@ def export_text_model(model: "nn.Module", *, role: str, formats: list[str], prec
         artifacts.append(save_artifact(
             step.backend, step.path, reporter, name=step.name, role=role, precision=step.precision,
             parameters=count_parameters(model), opset=options.opset if step.fmt == "onnx" else None,
-            quantization=quantization, parity=check, output_checks=extra,
+            quantization=quantization, parity=check, output_checks=extra, text_input=text_input,
             lineage={**lineage, "conversion_seconds": round(time.perf_counter() - started, 3),
                      "derived_from": step.derived_from(role)}))
     return artifacts
+
+
+def text_input_record(length: int, pad_id: int) -> dict[str, Any]:
+    """What an app needs to feed an exported text model as the run did (artifact.json's `text_input`)."""
+    return {"tokenizer": TOKENIZER_DIR, "input": INPUT, "length": length, "pad_id": pad_id, "padding": "right",
+            "truncation": "to `length` tokens, special tokens included",
+            "embedding_output": OUTPUTS[1], "embedding_normalized": True}
+
+
+def ship_tokenizer(teacher_folder: Path, artifact_folder: Path) -> list[Path]:
+    """Copy the teacher folder's tokenizer files into the artifact's `tokenizer/` folder (each atomically) and
+    return them: a text model's input is token ids, and an app must make exactly the ids the run made, with no
+    path back to a teacher folder on the machine that exported it."""
+    import shutil
+
+    from edgekd.text.teacher import tokenizer_files
+
+    folder = artifact_folder / TOKENIZER_DIR
+    folder.mkdir(exist_ok=True)
+    shipped = []
+    for source in tokenizer_files(teacher_folder):
+        with atomic_path(folder / source.name) as tmp:
+            shutil.copyfile(source, tmp)
+        shipped.append(folder / source.name)
+    for stale in set(folder.iterdir()) - set(shipped):  # a file of the tokenizer an earlier export shipped
+        stale.unlink()
+    return sorted(shipped)
 
 
 def _tables_int8(path: Path) -> int:

@@ -368,7 +368,7 @@ def parity_ids(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
 
 def export_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     from edgekd.stages import export_options, export_outcome
-    from edgekd.text.export import export_text_model
+    from edgekd.text.export import export_text_model, ship_tokenizer, text_input_record
 
     cfg, data = ctx.recipe.export, ctx.text
     ids, labels = parity_ids(ctx)
@@ -387,8 +387,9 @@ def export_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
             lineage={"run": ctx.recipe.name, "checkpoint": str(checkpoint.relative_to(ctx.rundir.root)),
                      "checkpoint_sha256": sha256_file(checkpoint), "generation": 1 if role == "student" else 0,
                      **({"hf_folder": str(data.teacher_folder)} if role == "teacher" else {})},
-            reporter=ctx.reporter)
+            text_input=text_input_record(data.device_length, data.pad_id), reporter=ctx.reporter)
     outputs, summary = export_outcome(ctx, artifacts)
+    outputs += [path for a in artifacts for path in ship_tokenizer(data.teacher_folder, a.path.parent)]
     return outputs, {**summary, "retrieval": exported_retrieval(ctx, [a for a in artifacts if a.role != "teacher"])}
 
 

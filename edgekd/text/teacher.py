@@ -29,6 +29,8 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 DEFINING_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                   "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
                   "sentencepiece.bpe.model")
+# The files of DEFINING_FILES that define the tokenizer: copied beside every exported text model.
+TOKENIZER_DEFINING_FILES = tuple(f for f in DEFINING_FILES if f != "config.json")
 NOT_TEXT_KEYS = ("image_size", "num_channels", "sampling_rate", "num_mel_bins")  # vision / audio configs
 
 
@@ -213,6 +215,11 @@ def tokenize(tokenizer: Any, sentences: list[str], length: int) -> np.ndarray:
 def weights_file(folder: Path) -> Path:
     """The folder's weight file (check_teacher_folder has made sure there is one)."""
     return next(Path(folder) / f for f in WEIGHT_FILES if (Path(folder) / f).is_file())
+
+
+def tokenizer_files(folder: Path) -> list[Path]:
+    """The tokenizer files present in a teacher folder (check_teacher_folder has made sure there is one)."""
+    return [Path(folder) / f for f in TOKENIZER_DEFINING_FILES if (Path(folder) / f).is_file()]
 
 
 def defining_files(folder: Path) -> list[Path]:
