@@ -454,6 +454,36 @@ def test_text_artifact_is_usable_alone_as_the_readme_shows(text_run, tmp_path: P
                                                                                        expected)[1], atol=1e-6)
 
 
+def test_text_artifact_benched_alone_times_its_example_sentence(text_run, tmp_path: Path) -> None:
+    """`edgekd bench ARTIFACT` on a text artifact: its recorded sentence at the device length (not one token of
+    the dynamic length) and the run's held-out sentences for its accuracy on the device, as the run's bench."""
+    from edgekd.bench.harness import BenchSettings, bench
+
+    for name, dtype in (("student-onnx-int8_dynamic", "int64"), ("student-tflite-fp32", "int32")):
+        folder = text_run.rundir.artifacts / name
+        record = json.loads((folder / "artifact.json").read_text())["text_input"]
+        assert record["length"] == 32 and len(record["example"]["ids"]) == 32 and record["example"]["sentence"]
+        alone = bench([folder], "host", settings=BenchSettings(rounds=1, min_seconds=0.05, min_runs=20),
+                      results_dir=tmp_path / name)[0]
+        assert [(i["shape"], i["dtype"]) for i in alone.inputs] == [([1, 32], dtype)], alone.inputs
+        in_run = next(r for r in text_run.results if r.artifact["name"] == name)
+        assert alone.device_accuracy["accuracy"] == in_run.device_accuracy["accuracy"]
+
+
+def test_a_damaged_example_in_a_text_record_is_named(tmp_path: Path) -> None:
+    from edgekd.bench.harness import _synthetic_inputs
+    from edgekd.errors import ArtifactError
+    from edgekd.export.artifact import Artifact
+
+    artifact = Artifact(name="student-onnx-fp32", role="student", format="onnx", precision="fp32", file="model.onnx",
+                        size_bytes=1, sha256="0" * 64,
+                        inputs=[{"name": "input_ids", "shape": ["batch", "length"], "dtype": "int64"}],
+                        text_input={"input": "input_ids", "example": {"sentence": "x", "ids": [101, "102"]}})
+    with pytest.raises(ArtifactError, match="text_input.example.ids is not a list of token ids") as info:
+        _synthetic_inputs(artifact, 1, tmp_path)
+    assert "re-export" in info.value.fix
+
+
 def test_text_report_shows_the_embedding_table(text_run, tmp_path: Path) -> None:
     proc = run_cli(tmp_path, "report", str(text_run.rundir.root))
     assert proc.returncode == 0, proc.stderr

@@ -231,8 +231,21 @@ def _describe_bare_file(path: Path) -> Artifact:
                     weight_bits=info.weight_bits, directory=path.parent)
 
 
+def _text_example(artifact: Artifact, input_name: str) -> np.ndarray | None:
+    """A text model's recorded example sentence ids (artifact.json's text_input) for its ids input, else None."""
+    record = artifact.text_input or {}
+    if input_name != record.get("input") or not isinstance(record.get("example"), dict):
+        return None
+    ids = record["example"].get("ids")
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise ArtifactError(f"the record of {artifact.name} is damaged: text_input.example.ids is not a list of "
+                            "token ids", fix="re-export the artifact (edgekd run RECIPE --force export)")
+    return np.asarray(ids, dtype=np.int64)
+
+
 def _synthetic_inputs(artifact: Artifact, batch_size: int, folder: Path) -> dict[str, str]:
-    """Inputs for a bare model file: deterministic uniform data of the declared shapes.
+    """Inputs for a bare model file: deterministic uniform data of the declared shapes; for a text model, its
+    recorded example sentence at its device length, as the run's bench timed it.
 
     Quantized inputs (an int8 TFLite input with a scale) get float data: the runner quantizes it with the
     tensor's scale and zero point, as an application would.
@@ -245,6 +258,13 @@ def _synthetic_inputs(artifact: Artifact, batch_size: int, folder: Path) -> dict
             raise BenchError(f"{artifact.name} has a fixed batch of {fixed}: batch size {batch_size} cannot be applied",
                              why=f"its input '{spec['name']}' has shape {spec['shape']}",
                              fix=f"use --batch-size {fixed}, or export the model with a dynamic batch (ONNX)")
+        path = folder / f"input{len(out)}.npy"  # by position: an input's name comes from the model file
+        example = _text_example(artifact, spec["name"])
+        if example is not None:  # its dynamic length would otherwise take the batch size: one token
+            np.save(path, np.repeat(example[None], batch_size, axis=0).astype(spec.get("dtype", "int64")),
+                    allow_pickle=False)
+            out[spec["name"]] = str(path)
+            continue
         shape = [d if isinstance(d, int) and d > 0 else batch_size for d in spec["shape"]]
         try:
             dtype = np.dtype("float32" if spec.get("quantization") else spec.get("dtype", "float32"))
@@ -253,7 +273,6 @@ def _synthetic_inputs(artifact: Artifact, batch_size: int, folder: Path) -> dict
         if dtype.kind not in "biuf":
             raise BenchError(f"{artifact.name} takes {dtype} input '{spec['name']}': edgekd can only make up numbers",
                              fix="benchmark a model whose inputs are numeric tensors")
-        path = folder / f"input{len(out)}.npy"  # by position: an input's name comes from the model file
         np.save(path, rng.random(shape).astype(dtype), allow_pickle=False)
         out[spec["name"]] = str(path)
     return out
@@ -780,7 +799,7 @@ def _eval_data(artifact: Artifact, given: tuple[Path, Path] | None) -> tuple[Pat
     if artifact.role in ("floor", "model") or artifact.directory is None:
         return None
     data = artifact.directory.parent.parent / "data"
-    x, y = data / "test_x.npy", data / "test_y.npy"
+    x, y = data / ("test_ids.npy" if artifact.text_input else "test_x.npy"), data / "test_y.npy"  # text: token ids
     return (x, y) if x.is_file() and y.is_file() else None
 
 

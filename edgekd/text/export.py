@@ -165,11 +165,13 @@ def export_text_model(model: "nn.Module", *, role: str, formats: list[str], prec
     return artifacts
 
 
-def text_input_record(length: int, pad_id: int) -> dict[str, Any]:
-    """What an app needs to feed an exported text model as the run did (artifact.json's `text_input`)."""
+def text_input_record(length: int, pad_id: int, sentence: str, ids: np.ndarray) -> dict[str, Any]:
+    """What an app needs to feed an exported text model as the run did (artifact.json's `text_input`), with one
+    held-out sentence and its ids: an app checks its tokenizer against them, and `edgekd bench` times them."""
     return {"tokenizer": TOKENIZER_DIR, "input": INPUT, "length": length, "pad_id": pad_id, "padding": "right",
             "truncation": "to `length` tokens, special tokens included",
-            "embedding_output": OUTPUTS[1], "embedding_normalized": True}
+            "embedding_output": OUTPUTS[1], "embedding_normalized": True,
+            "example": {"sentence": sentence, "ids": [int(i) for i in ids]}}
 
 
 def ship_tokenizer(teacher_folder: Path, artifact_folder: Path) -> list[Path]:

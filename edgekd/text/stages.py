@@ -375,6 +375,9 @@ def export_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     rng = np.random.default_rng(ctx.recipe.seed)
     options = export_options(ctx, calibration=data.tokenize(
         rng.permutation(data.train_rows)[: cfg.calibration_samples], data.device_length))
+    first = data.held_out_rows[:1]  # the sentence the bench stage times
+    text_input = text_input_record(data.device_length, data.pad_id, data.corpus.sentences[first[0]],
+                                   data.tokenize(first, data.device_length)[0])
     artifacts = []
     for role in _roles(ctx):
         model = trained_teacher(ctx) if role == "teacher" else trained_student(ctx, role)
@@ -387,7 +390,7 @@ def export_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
             lineage={"run": ctx.recipe.name, "checkpoint": str(checkpoint.relative_to(ctx.rundir.root)),
                      "checkpoint_sha256": sha256_file(checkpoint), "generation": 1 if role == "student" else 0,
                      **({"hf_folder": str(data.teacher_folder)} if role == "teacher" else {})},
-            text_input=text_input_record(data.device_length, data.pad_id), reporter=ctx.reporter)
+            text_input=text_input, reporter=ctx.reporter)
     outputs, summary = export_outcome(ctx, artifacts)
     outputs += [path for a in artifacts for path in ship_tokenizer(data.teacher_folder, a.path.parent)]
     return outputs, {**summary, "retrieval": exported_retrieval(ctx, [a for a in artifacts if a.role != "teacher"])}
