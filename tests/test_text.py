@@ -470,6 +470,16 @@ def test_text_artifact_benched_alone_times_its_example_sentence(text_run, tmp_pa
         assert alone.device_accuracy["accuracy"] == in_run.device_accuracy["accuracy"]
 
 
+def test_a_bare_text_model_file_is_benched_with_a_warning(text_run, tmp_path: Path) -> None:
+    """A model file without its record: the ids' length is dynamic and edgekd can only guess it, so it says so."""
+    bare = tmp_path / "bare.onnx"
+    shutil.copyfile(text_run.rundir.artifacts / "student-onnx-fp32" / "model.onnx", bare)
+    proc = run_cli(tmp_path, "bench", str(bare), "--rounds", "1", "--min-seconds", "0.05")
+    assert proc.returncode == 0, proc.stderr
+    said = " ".join((proc.stdout + proc.stderr).split())
+    assert "bare: dimension 1 ('length') of input 'input_ids' is dynamic and was timed at 1" in said, said
+
+
 def test_a_damaged_example_in_a_text_record_is_named(tmp_path: Path) -> None:
     from edgekd.bench.harness import _synthetic_inputs
     from edgekd.errors import ArtifactError

@@ -243,6 +243,13 @@ def _text_example(artifact: Artifact, input_name: str) -> np.ndarray | None:
     return np.asarray(ids, dtype=np.int64)
 
 
+def _guessed_dims(artifact: Artifact) -> list[str]:
+    """The dynamic dimensions beyond the batch that _synthetic_inputs had to give a size of its own."""
+    return [f"dimension {i} ({d!r}) of input '{spec['name']}'" for spec in artifact.inputs
+            if _text_example(artifact, spec["name"]) is None
+            for i, d in enumerate(spec["shape"][1:], start=1) if not (isinstance(d, int) and d > 0)]
+
+
 def _synthetic_inputs(artifact: Artifact, batch_size: int, folder: Path) -> dict[str, str]:
     """Inputs for a bare model file: deterministic uniform data of the declared shapes; for a text model, its
     recorded example sentence at its device length, as the run's bench timed it.
@@ -877,6 +884,12 @@ def _spec(session: _Session, artifact: Artifact, settings: BenchSettings, inputs
         folder = local_tmp / artifact.sha256[:16]
         folder.mkdir(parents=True, exist_ok=True)
         local_feeds = {k: Path(v) for k, v in _synthetic_inputs(artifact, settings.batch_size, folder).items()}
+        guessed = _guessed_dims(artifact)
+        if guessed:
+            session.reporter.note(
+                f"[warning] {artifact.name}: {', '.join(guessed)} is dynamic and was timed at {settings.batch_size} "
+                "(the batch size), a made-up size, not the one an app would use. For a text model, bench its "
+                "artifact folder from a run: its record gives the length and a sentence")
     feeds = {name: session.relative(session.push(path, f"inputs/{sha256_file(path)[:16]}.npy"))
              for name, path in local_feeds.items()}
     remote_artifact = session.push(artifact.path, f"artifacts/{artifact.sha256[:16]}{artifact.path.suffix}")
