@@ -69,7 +69,7 @@ class Artifact(BaseModel):
                                           "first with PyTorch (text: the sentence embedding's cosine)")
     text_input: dict[str, Any] | None = Field(None, description="text models: how a sentence becomes the input "
                                               "ids (the tokenizer folder beside the model file, the length the ids "
-                                              "are padded or cut to, the pad id)")
+                                              "are padded or cut to, the pad id) and one sentence with its ids")
     created_at: str = Field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     directory: Path | None = Field(None, exclude=True)
 
