@@ -477,7 +477,7 @@ def test_a_bare_text_model_file_is_benched_with_a_warning(text_run, tmp_path: Pa
     proc = run_cli(tmp_path, "bench", str(bare), "--rounds", "1", "--min-seconds", "0.05")
     assert proc.returncode == 0, proc.stderr
     said = " ".join((proc.stdout + proc.stderr).split())
-    assert "bare: dimension 1 ('length') of input 'input_ids' is dynamic and was timed at 1" in said, said
+    assert "bare: dimension 1 ('length') of input 'input_ids' is dynamic, timed at 1 (the batch size)" in said, said
 
 
 def test_a_damaged_example_in_a_text_record_is_named(tmp_path: Path) -> None:

@@ -887,9 +887,9 @@ def _spec(session: _Session, artifact: Artifact, settings: BenchSettings, inputs
         guessed = _guessed_dims(artifact)
         if guessed:
             session.reporter.note(
-                f"[warning] {artifact.name}: {', '.join(guessed)} is dynamic and was timed at {settings.batch_size} "
-                "(the batch size), a made-up size, not the one an app would use. For a text model, bench its "
-                "artifact folder from a run: its record gives the length and a sentence")
+                f"[warning] {artifact.name}: {', '.join(guessed)} {'is' if len(guessed) == 1 else 'are'} dynamic, "
+                f"timed at {settings.batch_size} (the batch size): a made-up size, not the one an app would use. "
+                "For a text model, bench its artifact folder from a run: its record gives the length and a sentence")
     feeds = {name: session.relative(session.push(path, f"inputs/{sha256_file(path)[:16]}.npy"))
              for name, path in local_feeds.items()}
     remote_artifact = session.push(artifact.path, f"artifacts/{artifact.sha256[:16]}{artifact.path.suffix}")
