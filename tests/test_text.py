@@ -463,6 +463,8 @@ def test_text_artifact_benched_alone_times_its_example_sentence(text_run, tmp_pa
         folder = text_run.rundir.artifacts / name
         record = json.loads((folder / "artifact.json").read_text())["text_input"]
         assert record["length"] == 32 and len(record["example"]["ids"]) == 32 and record["example"]["sentence"]
+        timed_in_run = np.load(next(text_run.rundir.data.glob("bench_ids_b*.npy")))
+        assert (timed_in_run == record["example"]["ids"]).all()  # the sentence the run's bench timed
         alone = bench([folder], "host", settings=BenchSettings(rounds=1, min_seconds=0.05, min_runs=20),
                       results_dir=tmp_path / name)[0]
         assert [(i["shape"], i["dtype"]) for i in alone.inputs] == [([1, 32], dtype)], alone.inputs

@@ -366,6 +366,14 @@ def parity_ids(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
     return data.tokenize(rows, data.device_length), data.corpus.labels[rows]
 
 
+def bench_sentence(ctx: Context) -> tuple[str, np.ndarray]:
+    """The held-out sentence a text run's bench times and its ids at the device length ([1, length]): the bench
+    stage feeds them, and every exported record keeps them for `edgekd bench ARTIFACT` to time the same."""
+    data = ctx.text
+    first = data.held_out_rows[:1]
+    return data.corpus.sentences[first[0]], data.tokenize(first, data.device_length)
+
+
 def export_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     from edgekd.stages import export_options, export_outcome
     from edgekd.text.export import export_text_model, ship_tokenizer, text_input_record
@@ -375,9 +383,8 @@ def export_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     rng = np.random.default_rng(ctx.recipe.seed)
     options = export_options(ctx, calibration=data.tokenize(
         rng.permutation(data.train_rows)[: cfg.calibration_samples], data.device_length))
-    first = data.held_out_rows[:1]  # the sentence the bench stage times
-    text_input = text_input_record(data.device_length, data.pad_id, data.corpus.sentences[first[0]],
-                                   data.tokenize(first, data.device_length)[0])
+    sentence, sentence_ids = bench_sentence(ctx)
+    text_input = text_input_record(data.device_length, data.pad_id, sentence, sentence_ids[0])
     artifacts = []
     for role in _roles(ctx):
         model = trained_teacher(ctx) if role == "teacher" else trained_student(ctx, role)
@@ -421,9 +428,8 @@ def bench_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     from edgekd.stages import bench_artifacts, run_artifacts
 
     b, data = ctx.recipe.bench, ctx.text
-    first = data.tokenize(data.held_out_rows[:1], data.device_length)
     inputs = atomic_save_array(ctx.rundir.data / f"bench_ids_b{b.batch_size}.npy",
-                               np.ascontiguousarray(np.repeat(first, b.batch_size, axis=0)))
+                               np.ascontiguousarray(np.repeat(bench_sentence(ctx)[1], b.batch_size, axis=0)))
     rows = data.labelled_held_out_rows
     eval_data = (atomic_save_array(ctx.rundir.data / "test_ids.npy", data.tokenize(rows, data.device_length)),
                  atomic_save_array(ctx.rundir.data / "test_y.npy", data.corpus.labels[rows].astype(np.int64)))
