@@ -149,6 +149,31 @@ def test_teacher_folder_checks(tmp_path: Path) -> None:
         check_teacher_folder(tmp_path / "nowhere")
 
 
+def test_a_teacher_with_only_vocab_txt_ships_a_tokenizer_json_making_the_same_ids(tmp_path: Path) -> None:
+    """The README's app example reads tokenizer/tokenizer.json with Hugging Face `tokenizers`. A teacher folder
+    with vocab.txt and no tokenizer.json (as a slow tokenizer's save_pretrained leaves it) shipped no such
+    file; the export now makes it from the folder, and it tokenizes as the package's own tokenizer.json does."""
+    from tokenizers import Tokenizer
+
+    from edgekd.text.export import ship_tokenizer
+    from edgekd.text.teacher import tokenizer_json
+
+    folder = _copy_folder(tmp_path, ("tokenizer.json", "model.safetensors"))
+    artifact = tmp_path / "artifact"
+    artifact.mkdir()
+    shipped = ship_tokenizer(folder, artifact, tokenizer_json(folder))
+    assert "tokenizer.json" in [p.name for p in shipped] and "vocab.txt" in [p.name for p in shipped]
+    made = Tokenizer.from_file(str(artifact / "tokenizer" / "tokenizer.json"))
+    package = Tokenizer.from_file(str(default_teacher_folder() / "tokenizer.json"))
+    for tokenizer in (made, package):  # as the README's example sets both
+        tokenizer.enable_truncation(64)
+        tokenizer.enable_padding(pad_id=0, length=64)
+    sentences = ["Return the sum of a and b.", "UTF-8 décodage, naïve café — über 3.14 tokens!", "x " * 300]
+    assert [made.encode(s).ids for s in sentences] == [package.encode(s).ids for s in sentences]
+    first = made.encode(sentences[0]).ids
+    assert first[0] == 101 and 102 in first and len(set(first)) > 3  # [CLS] the words [SEP], then padding
+
+
 # -- students -------------------------------------------------------------------------------
 
 STUDENT_SHAPES = {"transformer": (TextStudent, {"hidden": 32, "heads": 2, "ffn": 64}),

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 INPUT = "input_ids"
 OUTPUTS = ("logits", "sentence_embedding")
 TOKENIZER_DIR = "tokenizer"  # beside each text model file: the teacher's tokenizer files
+TOKENIZER_JSON = "tokenizer.json"  # what Hugging Face `tokenizers` reads; made when the teacher has none
 _NOISY = ("torch.onnx", "torch._dynamo", "torch.export", "torch.fx", "onnxscript")
 # Mean cosine of an artifact's embeddings to its PyTorch model's, below which it fails parity.
 MIN_EMBEDDING_COSINE = {"fp32": 0.999, "int8_dynamic": 0.98, "int8_static": 0.98, "int4": 0.95}
@@ -174,10 +175,14 @@ def text_input_record(length: int, pad_id: int, sentence: str, ids: np.ndarray) 
             "example": {"sentence": sentence, "ids": [int(i) for i in ids]}}
 
 
-def ship_tokenizer(teacher_folder: Path, artifact_folder: Path) -> list[Path]:
+def ship_tokenizer(teacher_folder: Path, artifact_folder: Path, made_json: str | None = None) -> list[Path]:
     """Copy the teacher folder's tokenizer files into the artifact's `tokenizer/` folder (each atomically) and
     return them: a text model's input is token ids, and an app must make exactly the ids the run made, with no
-    path back to a teacher folder on the machine that exported it."""
+    path back to a teacher folder on the machine that exported it.
+
+    For a teacher folder without tokenizer.json (only vocab.txt, say) the caller passes `made_json`
+    (teacher.tokenizer_json), shipped as tokenizer.json: Hugging Face `tokenizers`, which the README's example
+    uses, reads no other file."""
     import shutil
 
     from edgekd.text.teacher import tokenizer_files
@@ -189,6 +194,10 @@ def ship_tokenizer(teacher_folder: Path, artifact_folder: Path) -> list[Path]:
         with atomic_path(folder / source.name) as tmp:
             shutil.copyfile(source, tmp)
         shipped.append(folder / source.name)
+    if made_json is not None:
+        with atomic_path(folder / TOKENIZER_JSON) as tmp:
+            tmp.write_text(made_json, encoding="utf-8")
+        shipped.append(folder / TOKENIZER_JSON)
     for stale in set(folder.iterdir()) - set(shipped):  # a file of the tokenizer an earlier export shipped
         stale.unlink()
     return sorted(shipped)
