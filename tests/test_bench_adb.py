@@ -8,6 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -16,7 +17,7 @@ from edgekd.bench.harness import BenchSettings
 from edgekd.export.formats import FORMATS, ExportOptions
 from conftest import NoteKeeper, StepReporter, hold_device_lock, skip_or_fail_on_ci, waiting_on
 from test_adb_device import WD, _attached, _sandbox, adb_server, phone  # noqa: F401  (fixtures)
-from test_native import fake_binary, tflite_model  # noqa: F401  (fixtures: the benchmark_model stand-in, an MLP)
+from test_native import fake_binary, fake_perf_test, tflite_model  # noqa: F401  (fixtures: the tools' stand-ins, an MLP)
 
 FAST = BenchSettings(warmup_runs=5, min_runs=30, min_seconds=0.02, rounds=2)
 
@@ -189,6 +190,45 @@ def test_a_phone_without_taskset_says_so_when_cpus_are_set(adb_server, tmp_path_
             edgekd.bench(_models(tmp_path)[:1], device=str(profile), settings=FAST)
     assert "has no taskset" in err.value.what and "taskset" in err.value.why
     assert "remove `cpus:`" in err.value.fix and "Python" not in err.value.fix
+
+
+def test_native_onnx_path_over_adb_is_told_the_batch(adb_server, phone, fake_perf_test, fake_binary,  # noqa: F811
+                                                      tflite_model, tmp_path):  # noqa: F811
+    """onnxruntime_perf_test times a free dimension at 1 unless told (-f NAME:SIZE): a dynamic batch of 2 was
+    timed as 1 and recorded as 2. Given inputs (a run's bench stage always gives them) set the shape, the tool
+    makes the data. A TFLite model with its fixed batch of 1 cannot be timed at 2: refused before anything
+    runs, as the runner refuses it."""
+    from dataclasses import replace
+
+    from edgekd.errors import BenchError
+
+    profile = _profile(tmp_path, adb_server, phone, python=None,
+                       native={"onnx": str(fake_perf_test), "tflite": str(fake_binary)})
+    onnx_model = _models(tmp_path)[0]
+    (result,) = edgekd.bench([onnx_model], device=str(profile), settings=replace(FAST, batch_size=2))
+    assert (result.harness, result.runtime["tool"]) == ("native", "onnxruntime_perf_test")
+    argv = result.runtime["argv"]
+    assert argv[argv.index("-I") + 1:argv.index("-s")] == ["-f", "batch:2"]
+    assert [i["shape"] for i in result.inputs] == [[2, 16]]  # as timed: `edgekd compare` pairs on it
+    assert result.latency_us["n"] == result.runtime["runs"] >= 30 and result.memory_kb["peak"] > 0
+
+    inputs = tmp_path / "x.npy"
+    np.save(inputs, np.ones((3, 16), dtype=np.float32))
+    notes = NoteKeeper()
+    (given,) = edgekd.bench([onnx_model], device=str(profile), settings=FAST, inputs=inputs, reporter=notes)
+    argv = given.runtime["argv"]
+    assert argv[argv.index("-I") + 1:argv.index("-s")] == ["-f", "batch:3"] and given.inputs[0]["shape"] == [3, 16]
+    assert any("makes its own input data, at the shape of the inputs given, [3, 16]" in n for n in notes.notes)
+
+    before = phone.opened_services.count("sync:")
+    with pytest.raises(BenchError) as err:
+        edgekd.bench([tflite_model], device=str(profile), settings=replace(FAST, batch_size=2))
+    assert "has a fixed batch of 1: batch size 2 cannot be applied" in err.value.what
+    np.save(inputs, np.ones((3, 8), dtype=np.float32))
+    with pytest.raises(BenchError) as err:
+        edgekd.bench([onnx_model], device=str(profile), settings=FAST, inputs=inputs)
+    assert "the inputs have shape [3, 8]; identity's input 'x' takes ['batch', 16]" in err.value.what
+    assert phone.opened_services.count("sync:") == before  # refused before anything was pushed
 
 
 def test_a_phone_without_taskset_says_so_on_the_native_path(adb_server, tmp_path_factory, fake_binary,  # noqa: F811

@@ -41,6 +41,7 @@ from conftest import hold_device_lock, import_or_skip  # noqa: E402
 
 SAMPLES = TESTS / "native_samples"
 FAKE = TESTS / "fake_benchmark_model.py"
+FAKE_PERF_TEST = TESTS / "fake_perf_test.py"
 approx = pytest.approx
 
 
@@ -246,6 +247,24 @@ def test_native_argv():
         "-I", "-s", "/data/local/tmp/m.onnx"]
 
 
+def test_native_argv_sizes_perf_tests_free_dimensions():
+    """perf_test -I times every free dimension at 1 unless -f NAME:SIZE names it: a text model's [batch, length]
+    was timed as one padding token."""
+    argv = native_argv(PERF_TEST, "/d/bin/onnxruntime_perf_test", "/d/m.onnx", threads=1, runs=10, warmup=1,
+                       free_dims={"batch": 2, "length": 128})
+    assert argv == ["/d/bin/onnxruntime_perf_test", "-m", "times", "-r", "10", "-x", "1", "-e", "cpu", "-I",
+                    "-f", "batch:2", "-f", "length:128", "-s", "/d/m.onnx"]
+    with pytest.raises(BenchError, match="benchmark_model cannot size a named dimension") as err:
+        native_argv(BENCHMARK_MODEL, "/d/bin/benchmark_model", "/d/m.tflite", 1, 10, 1, free_dims={"batch": 2})
+    assert "fixed input shapes" in err.value.fix
+    for name in ("", "a b", "a:b", "-s", 3):
+        with pytest.raises(BenchError, match="invalid dimension name"):
+            native_argv(PERF_TEST, "/d/bin/p", "/d/m.onnx", 1, 10, 1, free_dims={name: 1})
+    for size in (0, True, 1.5):
+        with pytest.raises(BenchError, match="the size of dimension 'batch' must be an integer"):
+            native_argv(PERF_TEST, "/d/bin/p", "/d/m.onnx", 1, 10, 1, free_dims={"batch": size})
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"tool": "trtexec"}, "unknown native benchmark tool"),
     ({"threads": 0}, "threads must be an integer ≥ 1"),
@@ -287,6 +306,49 @@ def fake_binary(tmp_path_factory) -> Path:
     path.write_text(f"#!{sys.executable}\n{body}")
     path.chmod(0o755)
     return path
+
+
+@pytest.fixture(scope="module")
+def fake_perf_test(tmp_path_factory) -> Path:
+    """The onnxruntime_perf_test stand-in as a "native binary", as fake_binary is benchmark_model's."""
+    path = tmp_path_factory.mktemp("native-bin") / "onnxruntime_perf_test"
+    body = FAKE_PERF_TEST.read_text().split("\n", 1)[1]
+    path.write_text(f"#!{sys.executable}\n{body}")
+    path.chmod(0o755)
+    return path
+
+
+def test_fake_perf_test_on_this_host_times_the_sized_dimensions(fake_perf_test, tmp_path):
+    """The stand-in sizes -f dimensions through onnxruntime's own option and times the rest at 1, like the tool;
+    its output parses; without -I it fails the way the tool does."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Shape", ["ids"], ["shape"])], "g",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "length"])],
+                              [helper.make_tensor_value_info("shape", TensorProto.INT64, [2])])
+    model = tmp_path / "shape.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    base = [str(fake_perf_test), "-m", "times", "-r", "20", "-x", "1", "-e", "cpu", "-I"]
+    proc = subprocess.run([*base, "-f", "length:32", "-s", str(model)], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "Overriding dimension with name, length, to 32" in proc.stdout
+    r = parse_perf_test(proc.stdout)
+    assert r["runs"] == 20 and r["extra"]["threads"] == 1 and r["memory_kb"]["peak"] > 0
+    lat = latency(r)
+    assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["max"]
+    sys.path.insert(0, str(TESTS))
+    import fake_perf_test as fake
+
+    assert fake.parse(["-I", "-f", "batch:2", "-f", "length:32", "m.onnx"])[1] == [("batch", 2), ("length", 32)]
+    timed = fake.generated_inputs(fake.open_session(str(model), 1, [("length", 32)]))["ids"]
+    assert timed.shape == (1, 32) and timed.dtype == "int64" and not timed.any()
+    no_inputs = subprocess.run([*base[:-1], str(model)], capture_output=True, text=True, timeout=60, check=False)
+    assert no_inputs.returncode != 0
+    with pytest.raises(BenchError, match="did not report its timings") as err:
+        parse_perf_test(no_inputs.stdout + no_inputs.stderr)
+    assert "there is no test data" in err.value.why
 
 
 def test_fake_stat_lines_parse_back_exactly():
@@ -482,7 +544,8 @@ def _native_bench(rounds: list[dict], tmp_path):
                         size_bytes=1, sha256="0" * 64, directory=tmp_path)
     device = open_device("host")
     try:
-        return to_result([{"native": r} for r in rounds], artifact, device, BenchSettings(rounds=len(rounds)))
+        return to_result([{"native": r, "inputs": []} for r in rounds], artifact, device,
+                         BenchSettings(rounds=len(rounds)))
     finally:
         device.close()
 

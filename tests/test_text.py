@@ -22,6 +22,9 @@ from edgekd.text.train import TextKDObjective, TextLossWeights, predict, trim_pa
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_cli_errors import assert_user_error, run_cli  # noqa: E402
+from test_adb_device import adb_server, phone  # noqa: E402,F401  (fixtures: the real adb server, a loopback phone)
+from test_bench_adb import _profile  # noqa: E402
+from test_native import fake_binary, fake_perf_test  # noqa: E402,F401  (fixtures: the native tools' stand-ins)
 
 TEXT_RECIPE = Path(__file__).parent / "recipes" / "text_tiny.yaml"
 
@@ -495,6 +498,28 @@ def test_text_artifact_benched_alone_times_its_example_sentence(text_run, tmp_pa
         assert [(i["shape"], i["dtype"]) for i in alone.inputs] == [([1, 32], dtype)], alone.inputs
         in_run = next(r for r in text_run.results if r.artifact["name"] == name)
         assert alone.device_accuracy["accuracy"] == in_run.device_accuracy["accuracy"]
+
+
+def test_text_artifact_on_a_phone_without_python_is_timed_at_its_length(text_run, adb_server, phone,  # noqa: F811
+                                                                         fake_perf_test, fake_binary,  # noqa: F811
+                                                                         tmp_path: Path) -> None:
+    """A phone without Python runs the runtime's own benchmark binary. onnxruntime_perf_test times a free
+    dimension at 1 unless told its size: it is told the batch and the length, so the text student is timed at
+    its device length, not as one padding token. (The binaries are the tests' stand-ins, see test_native.)"""
+    from edgekd.bench.harness import BenchSettings, bench
+
+    profile = _profile(tmp_path, adb_server, phone, python=None,
+                       native={"onnx": str(fake_perf_test), "tflite": str(fake_binary)})
+    names = ("student-onnx-int8_dynamic", "student-tflite-fp32")
+    results = bench([text_run.rundir.artifacts / n for n in names], str(profile),
+                    settings=BenchSettings(rounds=1, min_seconds=0.05, min_runs=20))
+    assert [(r.harness, r.runtime["tool"]) for r in results] == [("native", "onnxruntime_perf_test"),
+                                                                  ("native", "benchmark_model")]
+    argv = results[0].runtime["argv"]
+    assert argv[argv.index("-I") + 1:argv.index("-s")] == ["-f", "batch:1", "-f", "length:32"]
+    assert [[(i["shape"], i["dtype"]) for i in r.inputs] for r in results] == [[([1, 32], "int64")],
+                                                                               [([1, 32], "int32")]]
+    assert all(r.latency_us["p50"] > 0 for r in results)
 
 
 def test_a_bare_text_model_file_is_benched_with_a_warning(text_run, tmp_path: Path) -> None:

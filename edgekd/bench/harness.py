@@ -25,7 +25,7 @@ import numpy as np
 
 from edgekd.bench import stats
 from edgekd.bench.device_lock import device_lock
-from edgekd.bench.native import cpu_mask, no_taskset
+from edgekd.bench.native import TOOL_FOR_FORMAT, cpu_mask, no_taskset
 from edgekd.bench.result import BenchResult
 from edgekd.bench.runner import NOTICE as RUNNER_NOTICE
 from edgekd.devices.base import (RUNNER_SOURCE, TETHER_S, Device, DeviceTimeout, RuntimeMissing, cool_down,
@@ -250,6 +250,63 @@ def _guessed_dims(artifact: Artifact) -> list[str]:
             for i, d in enumerate(spec["shape"][1:], start=1) if not (isinstance(d, int) and d > 0)]
 
 
+def _timed_shape(artifact: Artifact, spec: dict[str, Any], batch_size: int) -> list[int]:
+    """The shape an input of a model is timed at when edgekd makes the data (runner) or sizes a native tool's:
+    a text model's ids at the length of its recorded example; else the declared sizes, each dynamic one the
+    batch size (a made-up size beyond the batch: _guessed_dims)."""
+    fixed = spec["shape"][0] if spec["shape"] and isinstance(spec["shape"][0], int) and spec["shape"][0] > 0 else None
+    if fixed is not None and fixed != batch_size:  # it would run at its own batch, recorded as batch_size
+        raise BenchError(f"{artifact.name} has a fixed batch of {fixed}: batch size {batch_size} cannot be applied",
+                         why=f"its input '{spec['name']}' has shape {spec['shape']}",
+                         fix=f"use --batch-size {fixed}, or export the model with a dynamic batch (ONNX)")
+    example = _text_example(artifact, spec["name"])
+    if example is not None:  # its dynamic length would otherwise take the batch size: one token
+        return [batch_size, len(example)]
+    return [d if isinstance(d, int) and d > 0 else batch_size for d in spec["shape"]]
+
+
+def _warn_guessed_dims(reporter: Reporter, artifact: Artifact, batch_size: int) -> None:
+    guessed = _guessed_dims(artifact)
+    if guessed:
+        reporter.note(
+            f"[warning] {artifact.name}: {', '.join(guessed)} {'is' if len(guessed) == 1 else 'are'} dynamic, "
+            f"timed at {batch_size} (the batch size): a made-up size, not the one an app would use. "
+            "For a text model, bench its artifact folder from a run: its record gives the length and a sentence")
+
+
+def _native_sizes(artifact: Artifact, batch_size: int,
+                  given: tuple[int, ...] | None = None) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """(free_dims, timed inputs): the sizes that make a native tool time the shapes the runner would feed
+    (_timed_shape; `given`: the shape of the inputs file for the first input). onnxruntime_perf_test sizes a
+    named dynamic dimension (-f NAME:SIZE) and times any other at 1; benchmark_model times the declared sizes
+    (1 for a dynamic one). A shape a tool cannot be given is refused, not timed at another size and recorded
+    as asked."""
+    tool = TOOL_FOR_FORMAT.get(artifact.format, artifact.format)
+    free: dict[str, int] = {}
+    timed = []
+    for index, spec in enumerate(artifact.inputs):
+        shape = list(given) if given is not None and index == 0 else _timed_shape(artifact, spec, batch_size)
+        if len(shape) != len(spec["shape"]) or any(isinstance(d, int) and d > 0 and d != size
+                                                   for d, size in zip(spec["shape"], shape)):
+            raise BenchError(f"the inputs have shape {shape}; {artifact.name}'s input '{spec['name']}' takes "
+                             f"{spec['shape']}", fix="give inputs of the model's shape")
+        for declared, size in zip(spec["shape"], shape):
+            if isinstance(declared, int) and declared > 0:
+                continue
+            if artifact.format == "onnx" and isinstance(declared, str) and declared:
+                if free.setdefault(declared, size) != size:
+                    raise BenchError(f"{tool} cannot time {artifact.name}: its dimension '{declared}' would need "
+                                     f"two sizes ({free[declared]} and {size})",
+                                     fix="give the device a Python (`python:` in its profile) to use edgekd's runner")
+            elif size != 1:
+                raise BenchError(f"{tool} cannot time {artifact.name} at the shape {shape} of its input "
+                                 f"'{spec['name']}'", why=f"{tool} times a dynamic dimension it cannot name at 1",
+                                 fix="bench it with --batch-size 1, or give the device a Python (`python:` in its "
+                                     "profile) to use edgekd's runner")
+        timed.append({"name": spec["name"], "shape": shape, "dtype": spec.get("dtype")})
+    return free, timed
+
+
 def _synthetic_inputs(artifact: Artifact, batch_size: int, folder: Path) -> dict[str, str]:
     """Inputs for a bare model file: deterministic uniform data of the declared shapes; for a text model, its
     recorded example sentence at its device length, as the run's bench timed it.
@@ -260,19 +317,14 @@ def _synthetic_inputs(artifact: Artifact, batch_size: int, folder: Path) -> dict
     rng = np.random.default_rng(0)
     out = {}
     for spec in artifact.inputs:
-        fixed = spec["shape"][0] if spec["shape"] and isinstance(spec["shape"][0], int) and spec["shape"][0] > 0 else None
-        if fixed is not None and fixed != batch_size:  # it would run at its own batch, recorded as batch_size
-            raise BenchError(f"{artifact.name} has a fixed batch of {fixed}: batch size {batch_size} cannot be applied",
-                             why=f"its input '{spec['name']}' has shape {spec['shape']}",
-                             fix=f"use --batch-size {fixed}, or export the model with a dynamic batch (ONNX)")
+        shape = _timed_shape(artifact, spec, batch_size)
         path = folder / f"input{len(out)}.npy"  # by position: an input's name comes from the model file
         example = _text_example(artifact, spec["name"])
-        if example is not None:  # its dynamic length would otherwise take the batch size: one token
+        if example is not None:
             np.save(path, np.repeat(example[None], batch_size, axis=0).astype(spec.get("dtype", "int64")),
                     allow_pickle=False)
             out[spec["name"]] = str(path)
             continue
-        shape = [d if isinstance(d, int) and d > 0 else batch_size for d in spec["shape"]]
         try:
             dtype = np.dtype("float32" if spec.get("quantization") else spec.get("dtype", "float32"))
         except TypeError:
@@ -615,6 +667,15 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
         with process_temp_dir("bench") as tmp:  # a bench killed with SIGKILL leaves it to the next one
             session = _Session(target, Path(tmp), reporter)
             natives = {i: _native_tool(target, resolved[i]) for i in todo}
+            # Sized (or refused) before any device time is spent. A tool makes its own data: given inputs
+            # (a run's bench sentence, --inputs) set only the shape it times.
+            given = None if inputs is None else _npy_shape(Path(inputs), "inputs")
+            sizes = {i: _native_sizes(resolved[i], settings.batch_size, given) for i in todo if natives[i]}
+            if given is not None and sizes:
+                reporter.note(f"{target.name} has no Python: its benchmark tool makes its own input data, at the "
+                              f"shape of the inputs given, {list(given)}")
+            for i in sizes if given is None else ():
+                _warn_guessed_dims(reporter, resolved[i], settings.batch_size)
             if settings.sustained and any(natives.values()):  # it would time ~a second and print one summary
                 raise BenchError(f"--sustained needs edgekd's runner: device '{target.name}' has no Python",
                                  why="a native benchmark tool times its own loop and prints one summary for it, "
@@ -633,8 +694,9 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
                 for i in (todo if round_index == 0 else
                           [int(k) for k in np.random.default_rng(round_index).permutation(todo)]):
                     if natives[i] is not None:  # no Python on the device: the runtime's own benchmark binary
-                        out = _run_native(session, resolved[i], natives[i], per_round)
-                        raws[i].append({"native": out, "device_lock": out.pop("device_lock", None)})
+                        out = _run_native(session, resolved[i], natives[i], per_round, sizes[i][0])
+                        raws[i].append({"native": out, "device_lock": out.pop("device_lock", None),
+                                        "inputs": sizes[i][1]})
                         _note_device_lock(raws[i][-1], target.name, reporter, said)
                     else:
                         spec = specs[i]
@@ -757,9 +819,7 @@ def _native_tool(device: Device, artifact: Artifact) -> tuple[str, Path] | None:
     for this format (`native: {tflite: PATH, onnx: PATH}`); None when the runner is used."""
     if device.profile.python:
         return None
-    from edgekd.bench import native
-
-    tool = {"tflite": native.BENCHMARK_MODEL, "onnx": native.PERF_TEST}.get(artifact.format)
+    tool = TOOL_FOR_FORMAT.get(artifact.format)
     binary = (device.profile.options.get("native") or {}).get(artifact.format)
     if tool is None or not binary:
         raise RuntimeMissing(
@@ -774,7 +834,7 @@ def _native_tool(device: Device, artifact: Artifact) -> tuple[str, Path] | None:
 
 
 def _run_native(session: _Session, artifact: Artifact, tool_binary: tuple[str, Path],
-                settings: BenchSettings) -> dict[str, Any]:
+                settings: BenchSettings, free_dims: dict[str, int]) -> dict[str, Any]:
     from edgekd.bench import native
 
     remote = session.push(artifact.path, f"artifacts/{artifact.sha256[:16]}{artifact.path.suffix}")
@@ -782,7 +842,7 @@ def _run_native(session: _Session, artifact: Artifact, tool_binary: tuple[str, P
     return native.run_native(session.device, binary, remote, tool, settings.threads, settings.min_runs,
                              settings.warmup_runs, timeout=runner_budget(settings.max_seconds),
                              lock_wait=device_wait(settings),  # the runner's budget and wait for the device
-                             notice=session.say)
+                             notice=session.say, free_dims=free_dims)
 
 
 def _finished(path: Path | None, artifact: Artifact, settings: BenchSettings) -> BenchResult | None:
@@ -884,12 +944,7 @@ def _spec(session: _Session, artifact: Artifact, settings: BenchSettings, inputs
         folder = local_tmp / artifact.sha256[:16]
         folder.mkdir(parents=True, exist_ok=True)
         local_feeds = {k: Path(v) for k, v in _synthetic_inputs(artifact, settings.batch_size, folder).items()}
-        guessed = _guessed_dims(artifact)
-        if guessed:
-            session.reporter.note(
-                f"[warning] {artifact.name}: {', '.join(guessed)} {'is' if len(guessed) == 1 else 'are'} dynamic, "
-                f"timed at {settings.batch_size} (the batch size): a made-up size, not the one an app would use. "
-                "For a text model, bench its artifact folder from a run: its record gives the length and a sentence")
+        _warn_guessed_dims(session.reporter, artifact, settings.batch_size)
     feeds = {name: session.relative(session.push(path, f"inputs/{sha256_file(path)[:16]}.npy"))
              for name, path in local_feeds.items()}
     remote_artifact = session.push(artifact.path, f"artifacts/{artifact.sha256[:16]}{artifact.path.suffix}")
@@ -974,9 +1029,9 @@ def _native_result(raws: list[dict[str, Any]], artifact: Artifact, device: Devic
     from edgekd.bench import native
 
     fields = native.bench_result_fields([raw["native"] for raw in raws])
-    declared = _timed_inputs(artifact.inputs)  # the tool's own feed: the shapes the model declares
+    timed = raws[0]["inputs"]  # the tool's own data, at the shapes it was given
     return BenchResult(artifact=_artifact_summary(artifact), device=_device_summary(device, {}),
-                       emulated=device.profile.emulated, settings=asdict(settings), inputs=declared,
+                       emulated=device.profile.emulated, settings=asdict(settings), inputs=timed,
                        device_lock=[raw["device_lock"] for raw in raws if raw.get("device_lock")], **fields)
 
 

@@ -48,7 +48,7 @@ import re
 import shlex
 import statistics
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from edgekd.errors import BenchError
 
@@ -58,6 +58,7 @@ NATIVE_SCHEMA = "edgekd.native/1"
 BENCHMARK_MODEL = "benchmark_model"
 PERF_TEST = "onnxruntime_perf_test"
 TOOLS = (BENCHMARK_MODEL, PERF_TEST)
+TOOL_FOR_FORMAT = {"tflite": BENCHMARK_MODEL, "onnx": PERF_TEST}  # the runtime's own benchmark binary
 LATENCY_KEYS = ("n", "mean", "min", "max", "std", "p5", "p50", "p90", "p95", "p99", "p999")
 NATIVE_TIMEOUT_S = 600.0
 NATIVE_LOCK_WAIT_S = 300.0  # as the runner's lock_wait_seconds when a spec does not say
@@ -330,19 +331,23 @@ def _positive_int(name: str, value: Any, minimum: int) -> int:
     return value
 
 
-def native_argv(tool: str, device_binary: str, model: str, threads: int, runs: int, warmup: int) -> list[str]:
+def native_argv(tool: str, device_binary: str, model: str, threads: int, runs: int, warmup: int,
+                free_dims: Mapping[str, int] | None = None) -> list[str]:
     """The argv that runs `tool` (already on the device at `device_binary`) on `model` (a device path).
 
     benchmark_model: --graph --num_threads --num_runs --warmup_runs --use_xnnpack=true (it still runs for at
     least its min_secs = 1 s and warm-up min 0.5 s, so it may do more runs than asked; the parsed "runs" is
     what it did). onnxruntime_perf_test: -m times -r RUNS -x THREADS -e cpu, plus -I (generate inputs: there
     are no test_data_set_* folders on the device) and -s (print percentiles); it always does one warm-up run,
-    so `warmup` is not passed to it.
+    so `warmup` is not passed to it. `free_dims` sizes the model's named dynamic dimensions, one
+    ``-f NAME:SIZE`` each: without it perf_test times every free dimension at 1 (a text model's length too).
+    benchmark_model has no such option (it times a model's declared sizes), so it takes none.
     """
     _check_tool(tool)
     threads = _positive_int("threads", threads, 1)
     runs = _positive_int("runs", runs, 1)
     warmup = _positive_int("warmup", warmup, 0)
+    sizes = _free_dim_args(tool, free_dims or {})
     for name, value in (("device_binary", device_binary), ("model", model)):
         if not isinstance(value, str) or not value or value.startswith("-") or "\n" in value or "\0" in value:
             raise BenchError(f"invalid {name} {value!r} for {tool}", fix="give an absolute path on the device")
@@ -351,7 +356,24 @@ def native_argv(tool: str, device_binary: str, model: str, threads: int, runs: i
                 f"--warmup_runs={warmup}", "--use_xnnpack=true"]
     if warmup != 1:
         logger.debug("%s always runs exactly one warm-up inference; warmup=%d is not passed", tool, warmup)
-    return [device_binary, "-m", "times", "-r", str(runs), "-x", str(threads), "-e", "cpu", "-I", "-s", model]
+    return [device_binary, "-m", "times", "-r", str(runs), "-x", str(threads), "-e", "cpu", "-I", *sizes, "-s",
+            model]
+
+
+def _free_dim_args(tool: str, free_dims: Mapping[str, int]) -> list[str]:
+    """``-f NAME:SIZE`` per named free dimension (perf_test splits the option at ':' and at spaces)."""
+    if free_dims and tool != PERF_TEST:
+        raise BenchError(f"{tool} cannot size a named dimension ({', '.join(free_dims)})",
+                         why=f"{tool} times the sizes the model declares",
+                         fix="export the model with fixed input shapes")
+    args = []
+    for name, size in free_dims.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[^\s:-][^\s:]*", name):
+            raise BenchError(f"invalid dimension name {name!r} for {tool}",
+                             why="perf_test reads -f NAME:SIZE and splits it at ':' and at spaces",
+                             fix="rename the model's dynamic dimension (letters, digits, '_')")
+        args += ["-f", f"{name}:{_positive_int(f'the size of dimension {name!r}', size, 1)}"]
+    return args
 
 
 # What a shell says for a command it cannot find: dash/ash "taskset: not found", bash "taskset: command not found",
@@ -412,7 +434,7 @@ def push_binary(device: Any, local: Path) -> tuple[str, str]:
 def run_native(device: Any, binary_local_path: Path, artifact_remote_path: str, tool: str, threads: int,
                runs: int, warmup: int, timeout: float | None = NATIVE_TIMEOUT_S,
                lock_wait: float = NATIVE_LOCK_WAIT_S, notice: Callable[[str], None] | None = None,
-               ) -> dict[str, Any]:
+               free_dims: Mapping[str, int] | None = None) -> dict[str, Any]:
     """Run `tool` on the device against an artifact already pushed there, and parse what it printed.
 
     The binary is pushed once (skipped when the device's copy has the same sha256) and chmod'ed; the command
@@ -422,12 +444,13 @@ def run_native(device: Any, binary_local_path: Path, artifact_remote_path: str, 
     for the tool once it has the device. stdout and stderr are parsed together (benchmark_model logs to stderr,
     perf_test to stdout). Returns the parsed dict plus "argv", "returncode", "device", "binary" {remote,
     sha256} and "device_lock" (runner.DeviceLock's record). `notice` is told at once when the tool has to wait
-    for the device (shell_lock.notices). A non-zero exit or an output without timings raises BenchError.
+    for the device (shell_lock.notices). `free_dims` sizes perf_test's free dimensions (native_argv). A
+    non-zero exit or an output without timings raises BenchError.
     """
     from edgekd.bench import shell_lock
 
     argv = native_argv(tool, remote_binary_path(device, Path(binary_local_path)), artifact_remote_path, threads,
-                       runs, warmup)  # validates the arguments before anything is pushed
+                       runs, warmup, free_dims)  # validates the arguments before anything is pushed
     try:
         wait = shell_lock.wait_arg(lock_wait)
     except ValueError as exc:
