@@ -1,7 +1,7 @@
 """What a built-in recipe costs and gives when a user runs it from nothing: `edgekd run NAME`, the real CLI in a
 child process, into an output root with empty caches, timed stage by stage.
 
-    .venv/bin/python benchmarks/recipe_runs.py minilm_news            # ~25 min on 2 cores (needs the [hf] extra)
+    .venv/bin/python benchmarks/recipe_runs.py minilm_news            # ~30 min on 2 cores (needs the [hf] extra)
     .venv/bin/python benchmarks/recipe_runs.py demo --markdown
     .venv/bin/python benchmarks/recipe_runs.py minilm_news --output-root export/recipe-runs/news   # resumable
 
