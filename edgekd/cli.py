@@ -203,6 +203,9 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
           threads: Optional[int] = typer.Option(None, min=1, help="intra-op threads (default: the device "
                                                 "profile's threads:, 1 without one)"),
           batch_size: int = typer.Option(1, min=1, help="batch size (bare model files get synthetic inputs)"),
+          dim: List[str] = typer.Option([], "--dim", help="NAME=SIZE: the size of a named dynamic dimension "
+                                        "(repeatable; e.g. --dim length=128 for a text model file without its "
+                                        "record; a text artifact's example sentence is cut or padded to it)"),
           min_seconds: float = typer.Option(1.0, min=0, help="time each artifact at least this long (all rounds)"),
           rounds: Optional[int] = typer.Option(None, min=1, help="fresh processes per artifact, interleaved "
                                                "across artifacts (default 5)"),
@@ -226,7 +229,7 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
     _one_of(rounds=rounds, sessions=sessions)
     _one_of(check_threads=check_threads, sustained=sustained)
     settings = BenchSettings(threads=threads, batch_size=batch_size, min_seconds=min_seconds,
-                             rounds=sessions or rounds or 5, cooldown_seconds=cooldown)
+                             rounds=sessions or rounds or 5, cooldown_seconds=cooldown, dims=_dim_sizes(dim))
     if check_threads:
         from edgekd.bench.harness import check_threads as run_check
 
@@ -262,6 +265,20 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
         if r.sustained:
             console.print(f"{r.artifact['name']} on {r.device['name']}: {sustained_text(r.sustained)}", markup=False,
                           highlight=False)
+
+
+def _dim_sizes(given: list[str]) -> dict[str, int]:
+    """--dim NAME=SIZE options as {name: size}."""
+    sizes: dict[str, int] = {}
+    for text in given:
+        name, _, size = text.partition("=")
+        if not name or not size.isdigit() or int(size) < 1 or name in sizes:
+            from edgekd.errors import BenchError
+
+            raise BenchError(f"--dim {text!r} is not NAME=SIZE", why="each named dimension once, sized 1 or more",
+                             fix="e.g. --dim length=128 (a model's input dimensions are in its artifact.json)")
+        sizes[name] = int(size)
+    return sizes
 
 
 def _one_of(**options: Any) -> None:

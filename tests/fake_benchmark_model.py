@@ -6,8 +6,8 @@ loopback adb device (tests/adb_device.py) in its place: the test copies it with 
 test's Python, so the device shell runs it like a native binary.
 
 What is real: it loads the ``--graph`` .tflite with LiteRT's Python interpreter (ai_edge_litert), fills the
-inputs with random data, and times every ``invoke()`` with ``time.perf_counter_ns``; memory is this
-process's peak RSS (``ru_maxrss``), as the real tool reads it.
+inputs with random data in the tool's ranges (integers 0-99, floats -0.5-0.5), and times every ``invoke()``
+with ``time.perf_counter_ns``; memory is this process's peak RSS (``ru_maxrss``), as the real tool reads it.
 
 What is imitated: the command line (``--name=value`` flags of the real tool; the subset edgekd uses plus
 its loop bounds) and the log. The log copies, line for line, the format of LiteRT 2.20's benchmark_model
@@ -121,14 +121,20 @@ def timed_loop(invoke, min_runs: int, min_secs: float, max_secs: float) -> array
         times.append((time.perf_counter_ns() - t0) // 1000)
 
 
+# The tool's value ranges for random inputs (LiteRT's tools/utils.cc, GetDataRangesForType): token ids in
+# [0, 99] are valid indices of any embedding table, which a text model's Gather needs.
+RANGES = {"f": (-0.5, 0.5), "int32": (0, 99), "int64": (0, 99), "uint32": (0, 99), "uint64": (0, 99),
+          "uint8": (0, 254), "int8": (-127, 127)}
+
+
 def random_input(np, detail: dict, rng):
     shape = [d if d > 0 else 1 for d in detail["shape"]]
     dtype = np.dtype(detail["dtype"])
     if dtype.kind == "f":
-        return rng.uniform(-1.0, 1.0, size=shape).astype(dtype)
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        return rng.integers(info.min, info.max, size=shape, endpoint=True, dtype=dtype)
+        return rng.uniform(*RANGES["f"], size=shape).astype(dtype)
+    if dtype.name in RANGES:
+        low, high = RANGES[dtype.name]
+        return rng.integers(low, high, size=shape, endpoint=True).astype(dtype)
     if dtype.kind == "b":
         return rng.integers(0, 2, size=shape).astype(bool)
     raise ValueError(f"input {detail['name']!r} has unsupported type {dtype}")

@@ -17,7 +17,7 @@ from edgekd.bench.harness import BenchSettings
 from edgekd.export.formats import FORMATS, ExportOptions
 from conftest import NoteKeeper, StepReporter, hold_device_lock, skip_or_fail_on_ci, waiting_on
 from test_adb_device import WD, _attached, _sandbox, adb_server, phone  # noqa: F401  (fixtures)
-from test_native import fake_binary, fake_perf_test, tflite_model  # noqa: F401  (fixtures: the tools' stand-ins, an MLP)
+from test_native import fake_binary, fake_perf_test, tflite_model  # noqa: F401  (fixtures: stand-ins, an MLP)
 
 FAST = BenchSettings(warmup_runs=5, min_runs=30, min_seconds=0.02, rounds=2)
 

@@ -523,13 +523,53 @@ def test_text_artifact_on_a_phone_without_python_is_timed_at_its_length(text_run
 
 
 def test_a_bare_text_model_file_is_benched_with_a_warning(text_run, tmp_path: Path) -> None:
-    """A model file without its record: the ids' length is dynamic and edgekd can only guess it, so it says so."""
+    """A model file without its record: the ids' length is dynamic and edgekd can only guess it, so it says so,
+    and how to give it: --dim length=16 times it at 16, without the warning."""
     bare = tmp_path / "bare.onnx"
     shutil.copyfile(text_run.rundir.artifacts / "student-onnx-fp32" / "model.onnx", bare)
     proc = run_cli(tmp_path, "bench", str(bare), "--rounds", "1", "--min-seconds", "0.05")
     assert proc.returncode == 0, proc.stderr
     said = " ".join((proc.stdout + proc.stderr).split())
     assert "bare: dimension 1 ('length') of input 'input_ids' is dynamic, timed at 1 (the batch size)" in said, said
+    assert "Give its size with --dim NAME=SIZE" in said
+    proc = run_cli(tmp_path, "bench", str(bare), "--dim", "length=16", "--rounds", "1", "--min-seconds", "0.05",
+                   "--results-dir", "sized")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning" not in proc.stdout + proc.stderr
+    result = json.loads((tmp_path / "sized" / "bench-bare.json").read_text())
+    assert [i["shape"] for i in result["inputs"]] == [[1, 16]] and result["settings"]["dims"] == {"length": 16}
+
+
+def test_dim_times_a_text_artifact_at_another_length(text_run, tmp_path: Path) -> None:
+    """--dim length=N cuts or pads the record's example sentence to N tokens (the README's bench times 32 and
+    128); a TFLite file has a fixed length, so it is timed at its own and the bench says so."""
+    from edgekd.bench.harness import BenchSettings, bench
+    from conftest import NoteKeeper
+
+    from edgekd.errors import BenchError
+
+    folders = [text_run.rundir.artifacts / n for n in ("student-onnx-int8_dynamic", "student-tflite-fp32")]
+    notes = NoteKeeper()
+    fast = BenchSettings(rounds=1, min_seconds=0.05, min_runs=20, dims={"length": 16})
+    onnx_result, tflite_result = bench(folders, "host", reporter=notes, settings=fast)
+    assert onnx_result.inputs[0]["shape"] == [1, 16] and tflite_result.inputs[0]["shape"] == [1, 32]
+    assert notes.notes == ["[warning] student-tflite-fp32 has no dynamic dimension named 'length' (its inputs: "
+                           "'input_ids' [1, 32]): timed at its own sizes"]
+    with pytest.raises(BenchError) as err:  # its export's longest: onnxruntime failed deep in a broadcast
+        bench(folders[:1], "host", settings=BenchSettings(rounds=1, dims={"length": 40}))
+    assert err.value.what == "student-onnx-int8_dynamic takes at most 32 tokens: --dim length=40 is longer"
+    assert "--dim length=32 or less" in err.value.fix
+
+
+def test_dim_option_mistakes(text_run, tmp_path: Path) -> None:
+    folder = str(text_run.rundir.artifacts / "student-onnx-fp32")
+    for given in ("length", "length=0", "=8", "length=x"):
+        said = assert_user_error(run_cli(tmp_path, "bench", folder, "--dim", given))
+        assert f"--dim '{given}' is not NAME=SIZE" in said and "--dim length=128" in said
+    said = assert_user_error(run_cli(tmp_path, "bench", folder, "--dim", "length=8", "--dim", "length=9"))
+    assert "--dim 'length=9' is not NAME=SIZE" in said and "each named dimension once" in said
+    said = assert_user_error(run_cli(tmp_path, "bench", folder, "--dim", "batch=4"))
+    assert "--dim batch= sizes the batch of student-onnx-fp32's input 'input_ids'" in said and "--batch-size" in said
 
 
 def test_a_damaged_example_in_a_text_record_is_named(tmp_path: Path) -> None:

@@ -17,9 +17,9 @@ import re
 import shlex
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -69,6 +69,9 @@ class BenchSettings:
     cooldown_seconds: float = 0.0  # pause between rounds (sessions), e.g. to let a phone cool down
     max_runs: int = 200_000
     sustained: bool = False  # one long round, reported as latency over time
+    # Sizes of named dynamic dimensions beyond the batch ({"length": 128}): what a model file without a record
+    # cannot say (each would be timed at the batch size), or another length for a text artifact's example.
+    dims: dict[str, int] = field(default_factory=dict)
 
 
 # What each BenchSettings field must be: (integer or number, the least value, whether the least is allowed).
@@ -102,6 +105,11 @@ def check_settings(settings: Any) -> BenchSettings:
     if not isinstance(settings.sustained, bool):
         raise BenchError(f"BenchSettings.sustained must be True or False, got {settings.sustained!r}",
                          fix="use sustained_settings(minutes) for a sustained bench")
+    dims = settings.dims
+    if not isinstance(dims, dict) or not all(isinstance(k, str) and k and isinstance(v, int) and
+                                             not isinstance(v, bool) and v >= 1 for k, v in dims.items()):
+        raise BenchError(f"BenchSettings.dims must be a mapping of dimension names to sizes ≥ 1, got {dims!r}",
+                         fix="set dims= in BenchSettings like {'length': 128} (edgekd bench --dim length=128)")
     return settings
 
 
@@ -231,8 +239,9 @@ def _describe_bare_file(path: Path) -> Artifact:
                     weight_bits=info.weight_bits, directory=path.parent)
 
 
-def _text_example(artifact: Artifact, input_name: str) -> np.ndarray | None:
-    """A text model's recorded example sentence ids (artifact.json's text_input) for its ids input, else None."""
+def _text_example(artifact: Artifact, input_name: str, length: int | None = None) -> np.ndarray | None:
+    """A text model's recorded example sentence ids (artifact.json's text_input) for its ids input, else None;
+    cut or padded (with its pad id, on the right) to `length` when given."""
     record = artifact.text_input or {}
     if input_name != record.get("input") or not isinstance(record.get("example"), dict):
         return None
@@ -240,41 +249,74 @@ def _text_example(artifact: Artifact, input_name: str) -> np.ndarray | None:
     if not isinstance(ids, list) or not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
         raise ArtifactError(f"the record of {artifact.name} is damaged: text_input.example.ids is not a list of "
                             "token ids", fix="re-export the artifact (edgekd run RECIPE --force export)")
+    if length is not None:
+        ids = (ids + [int(record.get("pad_id") or 0)] * length)[:length]
     return np.asarray(ids, dtype=np.int64)
 
 
-def _guessed_dims(artifact: Artifact) -> list[str]:
+def _dynamic(size: Any) -> bool:
+    return not (isinstance(size, int) and size > 0)
+
+
+def _given_size(spec: dict[str, Any], index: int, dims: Mapping[str, int]) -> int | None:
+    """The size --dim gives dimension `index` of an input (by its name), None when it gives none."""
+    declared = spec["shape"][index] if index < len(spec["shape"]) else None
+    return dims.get(declared) if isinstance(declared, str) and _dynamic(declared) else None
+
+
+def _guessed_dims(artifact: Artifact, dims: Mapping[str, int] | None = None) -> list[str]:
     """The dynamic dimensions beyond the batch that _synthetic_inputs had to give a size of its own."""
+    dims = dims or {}
     return [f"dimension {i} ({d!r}) of input '{spec['name']}'" for spec in artifact.inputs
             if _text_example(artifact, spec["name"]) is None
-            for i, d in enumerate(spec["shape"][1:], start=1) if not (isinstance(d, int) and d > 0)]
+            for i, d in enumerate(spec["shape"][1:], start=1) if _dynamic(d) and _given_size(spec, i, dims) is None]
 
 
-def _timed_shape(artifact: Artifact, spec: dict[str, Any], batch_size: int) -> list[int]:
+def _timed_shape(artifact: Artifact, spec: dict[str, Any], batch_size: int,
+                 dims: Mapping[str, int] | None = None) -> list[int]:
     """The shape an input of a model is timed at when edgekd makes the data (runner) or sizes a native tool's:
     a text model's ids at the length of its recorded example; else the declared sizes, each dynamic one the
-    batch size (a made-up size beyond the batch: _guessed_dims)."""
-    fixed = spec["shape"][0] if spec["shape"] and isinstance(spec["shape"][0], int) and spec["shape"][0] > 0 else None
-    if fixed is not None and fixed != batch_size:  # it would run at its own batch, recorded as batch_size
-        raise BenchError(f"{artifact.name} has a fixed batch of {fixed}: batch size {batch_size} cannot be applied",
+    size `dims` gives it by name, else the batch size (a made-up size beyond the batch: _guessed_dims)."""
+    dims = dims or {}
+    first = spec["shape"][0] if spec["shape"] else None
+    if _given_size(spec, 0, dims) is not None:
+        raise BenchError(f"--dim {first}= sizes the batch of {artifact.name}'s input '{spec['name']}'",
+                         fix=f"use --batch-size for it, not --dim {first}=")
+    if not _dynamic(first) and first != batch_size:  # it would run at its own batch, recorded as batch_size
+        raise BenchError(f"{artifact.name} has a fixed batch of {first}: batch size {batch_size} cannot be applied",
                          why=f"its input '{spec['name']}' has shape {spec['shape']}",
-                         fix=f"use --batch-size {fixed}, or export the model with a dynamic batch (ONNX)")
-    example = _text_example(artifact, spec["name"])
+                         fix=f"use --batch-size {first}, or export the model with a dynamic batch (ONNX)")
+    length = _given_size(spec, 1, dims)
+    longest = (artifact.text_input or {}).get("length")
+    if length is not None and isinstance(longest, int) and length > longest:
+        raise BenchError(f"{artifact.name} takes at most {longest} tokens: --dim {spec['shape'][1]}={length} is "
+                         "longer", why="the model was exported for ids up to its device length (its record's "
+                         "text_input.length)", fix=f"use --dim {spec['shape'][1]}={longest} or less, or export "
+                         "with a longer data.text.device_length")
+    example = _text_example(artifact, spec["name"], length)
     if example is not None:  # its dynamic length would otherwise take the batch size: one token
         return [batch_size, len(example)]
-    return [d if isinstance(d, int) and d > 0 else batch_size for d in spec["shape"]]
+    return [d if not _dynamic(d) else batch_size if i == 0 else _given_size(spec, i, dims) or batch_size
+            for i, d in enumerate(spec["shape"])]
 
 
-def _warn_guessed_dims(reporter: Reporter, artifact: Artifact, batch_size: int) -> None:
-    guessed = _guessed_dims(artifact)
+def _warn_dims(reporter: Reporter, artifact: Artifact, settings: BenchSettings) -> None:
+    """Say which dynamic sizes were made up, and which --dim names the artifact has no dynamic dimension of."""
+    guessed = _guessed_dims(artifact, settings.dims)
     if guessed:
         reporter.note(
             f"[warning] {artifact.name}: {', '.join(guessed)} {'is' if len(guessed) == 1 else 'are'} dynamic, "
-            f"timed at {batch_size} (the batch size): a made-up size, not the one an app would use. "
-            "For a text model, bench its artifact folder from a run: its record gives the length and a sentence")
+            f"timed at {settings.batch_size} (the batch size): a made-up size, not the one an app would use. "
+            "Give its size with --dim NAME=SIZE; a text model's artifact folder from a run has it in its record")
+    names = {d for spec in artifact.inputs for d in spec["shape"] if isinstance(d, str)}
+    unused = [name for name in settings.dims if name not in names]
+    if unused:
+        shapes = ", ".join(f"'{spec['name']}' {spec['shape']}" for spec in artifact.inputs)
+        reporter.note(f"[warning] {artifact.name} has no dynamic dimension named {', '.join(map(repr, unused))} "
+                      f"(its inputs: {shapes}): timed at its own sizes")
 
 
-def _native_sizes(artifact: Artifact, batch_size: int,
+def _native_sizes(artifact: Artifact, settings: BenchSettings,
                   given: tuple[int, ...] | None = None) -> tuple[dict[str, int], list[dict[str, Any]]]:
     """(free_dims, timed inputs): the sizes that make a native tool time the shapes the runner would feed
     (_timed_shape; `given`: the shape of the inputs file for the first input). onnxruntime_perf_test sizes a
@@ -285,13 +327,14 @@ def _native_sizes(artifact: Artifact, batch_size: int,
     free: dict[str, int] = {}
     timed = []
     for index, spec in enumerate(artifact.inputs):
-        shape = list(given) if given is not None and index == 0 else _timed_shape(artifact, spec, batch_size)
-        if len(shape) != len(spec["shape"]) or any(isinstance(d, int) and d > 0 and d != size
+        shape = (list(given) if given is not None and index == 0 else
+                 _timed_shape(artifact, spec, settings.batch_size, settings.dims))
+        if len(shape) != len(spec["shape"]) or any(not _dynamic(d) and d != size
                                                    for d, size in zip(spec["shape"], shape)):
             raise BenchError(f"the inputs have shape {shape}; {artifact.name}'s input '{spec['name']}' takes "
                              f"{spec['shape']}", fix="give inputs of the model's shape")
         for declared, size in zip(spec["shape"], shape):
-            if isinstance(declared, int) and declared > 0:
+            if not _dynamic(declared):
                 continue
             if artifact.format == "onnx" and isinstance(declared, str) and declared:
                 if free.setdefault(declared, size) != size:
@@ -307,7 +350,8 @@ def _native_sizes(artifact: Artifact, batch_size: int,
     return free, timed
 
 
-def _synthetic_inputs(artifact: Artifact, batch_size: int, folder: Path) -> dict[str, str]:
+def _synthetic_inputs(artifact: Artifact, batch_size: int, folder: Path,
+                      dims: Mapping[str, int] | None = None) -> dict[str, str]:
     """Inputs for a bare model file: deterministic uniform data of the declared shapes; for a text model, its
     recorded example sentence at its device length, as the run's bench timed it.
 
@@ -317,9 +361,9 @@ def _synthetic_inputs(artifact: Artifact, batch_size: int, folder: Path) -> dict
     rng = np.random.default_rng(0)
     out = {}
     for spec in artifact.inputs:
-        shape = _timed_shape(artifact, spec, batch_size)
+        shape = _timed_shape(artifact, spec, batch_size, dims)
         path = folder / f"input{len(out)}.npy"  # by position: an input's name comes from the model file
-        example = _text_example(artifact, spec["name"])
+        example = _text_example(artifact, spec["name"], shape[1] if len(shape) > 1 else None)
         if example is not None:
             np.save(path, np.repeat(example[None], batch_size, axis=0).astype(spec.get("dtype", "int64")),
                     allow_pickle=False)
@@ -670,12 +714,12 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
             # Sized (or refused) before any device time is spent. A tool makes its own data: given inputs
             # (a run's bench sentence, --inputs) set only the shape it times.
             given = None if inputs is None else _npy_shape(Path(inputs), "inputs")
-            sizes = {i: _native_sizes(resolved[i], settings.batch_size, given) for i in todo if natives[i]}
+            sizes = {i: _native_sizes(resolved[i], settings, given) for i in todo if natives[i]}
             if given is not None and sizes:
                 reporter.note(f"{target.name} has no Python: its benchmark tool makes its own input data, at the "
                               f"shape of the inputs given, {list(given)}")
             for i in sizes if given is None else ():
-                _warn_guessed_dims(reporter, resolved[i], settings.batch_size)
+                _warn_dims(reporter, resolved[i], settings)
             if settings.sustained and any(natives.values()):  # it would time ~a second and print one summary
                 raise BenchError(f"--sustained needs edgekd's runner: device '{target.name}' has no Python",
                                  why="a native benchmark tool times its own loop and prints one summary for it, "
@@ -943,8 +987,9 @@ def _spec(session: _Session, artifact: Artifact, settings: BenchSettings, inputs
     else:
         folder = local_tmp / artifact.sha256[:16]
         folder.mkdir(parents=True, exist_ok=True)
-        local_feeds = {k: Path(v) for k, v in _synthetic_inputs(artifact, settings.batch_size, folder).items()}
-        _warn_guessed_dims(session.reporter, artifact, settings.batch_size)
+        local_feeds = {k: Path(v) for k, v in _synthetic_inputs(artifact, settings.batch_size, folder,
+                                                                settings.dims).items()}
+        _warn_dims(session.reporter, artifact, settings)
     feeds = {name: session.relative(session.push(path, f"inputs/{sha256_file(path)[:16]}.npy"))
              for name, path in local_feeds.items()}
     remote_artifact = session.push(artifact.path, f"artifacts/{artifact.sha256[:16]}{artifact.path.suffix}")
