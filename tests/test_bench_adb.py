@@ -339,3 +339,56 @@ def test_a_native_bench_that_had_to_wait_for_the_phone_records_it(adb_server, an
         f"{device_wait(FAST):.0f} s for it to end"]
     assert [n for n in reporter.notes if "waited" in n] == [
         f"phone: waited {record['waited_s']:.1f} s for another bench on the device ({record['waited_for']}) to end"]
+
+
+def test_a_run_benched_on_a_phone_without_python(tiny_run, adb_server, phone, fake_perf_test,  # noqa: F811
+                                                 fake_binary, tmp_path):  # noqa: F811
+    """A recipe whose bench.device is a stock phone: each artifact is timed by its runtime's own tool, at the shape
+    of the run's bench inputs (the tool makes the data), and the run's report is written."""
+    shutil.copytree(tiny_run.rundir.root, tmp_path / "tiny")
+    profile = _profile(tmp_path, adb_server, phone, python=None,
+                       native={"onnx": str(fake_perf_test), "tflite": str(fake_binary)})
+    recipe = tiny_run.recipe.model_copy(deep=True)
+    recipe.output_dir = tmp_path
+    recipe.bench.device = str(profile)
+    recipe.bench.rounds = 1
+    notes = NoteKeeper()
+    result = edgekd.run(recipe, reporter=notes)  # its report crashed on a native result (no device system info)
+    assert result.stages["bench"] == "ran" and result.stages["report"] == "ran"
+    assert {r.harness for r in result.results} == {"native"}
+    timed = {r.artifact["name"]: r.inputs[0]["shape"] for r in result.results}
+    expected = {r.artifact["name"]: [1, 64] for r in tiny_run.results}
+    # benchmark_model prints whole µs: a TFLite floor (no operator) or MLP may time at 0, and then has no result
+    unresolved = {n for n in expected if n not in timed}
+    assert all("tflite" in n for n in unresolved) and timed == {n: expected[n] for n in timed}
+    assert all(any(note.startswith(f"[warning] {n}: benchmark_model timed its calls at 0 µs") for note in notes.notes)
+               for n in unresolved)
+    assert "phone has no Python: its benchmark tool makes its own input data, at the shape of the inputs given, " \
+           "[1, 64]" in notes.notes
+    assert (tmp_path / "tiny" / "report" / "index.html").is_file()
+
+
+def test_a_model_a_native_tool_times_at_0_us_has_no_result():
+    """benchmark_model times whole microseconds: a model it prints at 0 µs (a floor, a tiny MLP) used to fail the
+    whole bench (a result's round p50 must be above 0), so the tiny run on a stock phone failed; it is said and
+    left without a result."""
+    from edgekd.bench.harness import _unresolved
+    from edgekd.bench.native import parse_benchmark_model
+    from edgekd.export.artifact import Artifact
+
+    zero = parse_benchmark_model("INFO: count=50 curr=0(all same) p5=0 median=0 p95=0\n"
+                                 "INFO: Inference timings in us: Init: 5, First inference: 1, Warmup (avg): 0.4, "
+                                 "Inference (avg): 0.3\n")
+    slow = {**zero, "latency_us": {**zero["latency_us"], "p50": 1.0}}
+    notes = NoteKeeper()
+    floor = Artifact(name="floor-tflite-fp32", role="floor", format="tflite", precision="fp32", file="model.tflite",
+                     size_bytes=1, sha256="0" * 64)
+    model = floor.model_copy(update={"name": "student-tflite-fp32", "role": "student"})
+    assert (_unresolved(floor, zero, notes), _unresolved(model, zero, notes)) == (True, True)
+    assert (_unresolved(floor, slow, notes), _unresolved(model, slow, notes)) == (False, False)
+    assert notes.notes == [
+        "[warning] floor-tflite-fp32: benchmark_model timed its calls at 0 µs, below the 1 µs it can show; it has no "
+        "result on this device (a call with no operator costs less there)",
+        "[warning] student-tflite-fp32: benchmark_model timed its calls at 0 µs, below the 1 µs it can show; it has "
+        "no result on this device: with Python on the device (Termux, `python:` in its profile) edgekd's runner "
+        "times in ns"]

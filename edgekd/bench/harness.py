@@ -686,6 +686,7 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
     task = reporter.task(f"bench on {target.name}", len(todo) * settings.rounds)
     raws: dict[int, list[dict[str, Any]]] = {i: [] for i in todo}
     said: set[str] = set()  # what _note_device_lock said once already
+    unresolved: set[int] = set()  # timed at 0 µs by a native tool (_unresolved): no result
     accuracies: dict[int, dict[str, Any]] = {}
     parities: dict[int, dict[str, Any]] = {}
     thermal: list[dict[str, Any]] = []
@@ -737,8 +738,15 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
                 # always run coolest, and the last one hottest, on a device that throttles.
                 for i in (todo if round_index == 0 else
                           [int(k) for k in np.random.default_rng(round_index).permutation(todo)]):
+                    if i in unresolved:
+                        task.advance(1)
+                        continue
                     if natives[i] is not None:  # no Python on the device: the runtime's own benchmark binary
                         out = _run_native(session, resolved[i], natives[i], per_round, sizes[i][0])
+                        if _unresolved(resolved[i], out, reporter):
+                            unresolved.add(i)
+                            task.advance(1)
+                            continue
                         raws[i].append({"native": out, "device_lock": out.pop("device_lock", None),
                                         "inputs": sizes[i][1]})
                         _note_device_lock(raws[i][-1], target.name, reporter, said)
@@ -779,7 +787,8 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
         raise
     finally:
         task.close()
-    fresh = results_of(todo)
+    measured = [i for i in todo if i not in unresolved]
+    fresh = results_of(measured)
     if history is not None:
         from edgekd.bench import history as bench_history
 
@@ -789,8 +798,8 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
             bench_history.record(missing + fresh, history, history_session)
         if results_dir is not None:  # the session is whole: a later bench here begins its own
             _session_path(results_dir, target.name).unlink(missing_ok=True)
-    by_index = {**done, **dict(zip(todo, fresh))}
-    return [by_index[i] for i in range(len(resolved))]
+    by_index = {**done, **dict(zip(measured, fresh))}
+    return [by_index[i] for i in range(len(resolved)) if i in by_index]
 
 
 def _distinct_names(artifacts: list[Artifact]) -> list[Artifact]:
@@ -875,6 +884,19 @@ def _native_tool(device: Device, artifact: Artifact) -> tuple[str, Path] | None:
         raise RuntimeMissing(f"native benchmark binary not found: {path}",
                              fix=f"fix `native: {{{artifact.format}: ...}}` in the profile of '{device.name}'")
     return tool, path
+
+
+def _unresolved(artifact: Artifact, out: dict[str, Any], reporter: Reporter) -> bool:
+    """An artifact the native tool timed at 0 µs: benchmark_model prints whole microseconds, and a floor (no
+    operator) or a tiny model takes less on a phone. It is said and left without a result (a result's round
+    p50s must be above 0), rather than failing the whole bench; the other artifacts are measured."""
+    if (out.get("latency_us") or {}).get("p50") != 0:
+        return False
+    reporter.note(f"[warning] {artifact.name}: {out.get('tool')} timed its calls at 0 µs, below the 1 µs it can "
+                  "show; it has no result on this device" +
+                  (" (a call with no operator costs less there)" if artifact.role == "floor" else
+                   ": with Python on the device (Termux, `python:` in its profile) edgekd's runner times in ns"))
+    return True
 
 
 def _run_native(session: _Session, artifact: Artifact, tool_binary: tuple[str, Path],

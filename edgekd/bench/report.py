@@ -70,9 +70,14 @@ def _row(artifact: Artifact, result: BenchResult | None) -> dict[str, Any]:
                     "first_inference_us": result.first_inference_us, "device": result.device.get("name"),
                     "emulated": result.emulated or bool(result.device.get("emulated")),
                     "cross_arch_parity": result.cross_arch_parity,
-                    "device_machine": (result.device.get("info") or {}).get("system", {}).get("machine"),
-                    "device_cpu_features": (result.device.get("info") or {}).get("system", {}).get("cpu_features")})
+                    "device_machine": _device_system(result).get("machine"),
+                    "device_cpu_features": _device_system(result).get("cpu_features")})
     return row
+
+
+def _device_system(result: BenchResult) -> dict[str, Any]:
+    """What the runner reported of the device's system; empty for a native tool's result (it reports none)."""
+    return (result.device.get("info") or {}).get("system") or {}
 
 
 def _int8_fields(artifact: Artifact) -> dict[str, Any]:
