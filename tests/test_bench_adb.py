@@ -392,3 +392,17 @@ def test_a_model_a_native_tool_times_at_0_us_has_no_result():
         "[warning] student-tflite-fp32: benchmark_model timed its calls at 0 µs, below the 1 µs it can show; it has "
         "no result on this device: with Python on the device (Termux, `python:` in its profile) edgekd's runner "
         "times in ns"]
+
+
+def test_check_threads_on_a_model_without_a_timing_says_so(monkeypatch, tmp_path):
+    """check_threads compares two benches of one model; where a native tool timed it at 0 µs the bench has no
+    result (see above), and check_threads failed with an IndexError. (The 0 µs bench is stood in for here: a
+    real one depends on the device's speed.)"""
+    from edgekd.bench import harness
+    from edgekd.errors import BenchError
+
+    monkeypatch.setattr(harness, "bench", lambda *args, **kwargs: [])
+    with pytest.raises(BenchError) as err:
+        harness.check_threads(tmp_path / "mlp.tflite", "phone", 2, FAST)
+    assert err.value.what == "mlp.tflite has no timing on phone to compare threads with"
+    assert "0 µs" in err.value.why

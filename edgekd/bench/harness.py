@@ -576,7 +576,12 @@ def check_threads(artifact: Artifact | str | Path, device: str, threads: int,
     runs: dict[int, list[BenchResult]] = {1: [], threads: []}
     for _ in range(CHECK_THREADS_PAIRS):
         for n in runs:
-            runs[n].append(bench([artifact], device, settings=replace(base, threads=n))[0])
+            measured = bench([artifact], device, settings=replace(base, threads=n))
+            if not measured:  # a native tool timed it at 0 µs (_unresolved said so): nothing to compare
+                raise BenchError(f"{getattr(artifact, 'name', artifact)} has no timing on {device} to compare "
+                                 "threads with", why="its benchmark tool timed its calls at 0 µs, below the 1 µs "
+                                 "it can show", fix="check the threads with a larger model")
+            runs[n].append(measured[0])
     p50s = {n: [r.latency_us["p50"] for r in results] for n, results in runs.items()}
     cmp = stats.compare_rounds(p50s[1], p50s[threads], paired=True)
     first = runs[1][0]
@@ -713,7 +718,7 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
             session = _Session(target, Path(tmp), reporter)
             natives = {i: _native_tool(target, resolved[i]) for i in todo}
             # Sized (or refused) before any device time is spent. A tool makes its own data: given inputs
-            # (a run's bench sentence, --inputs) set only the shape it times.
+            # (`inputs=`, as a run's bench stage gives its bench inputs) set only the shape it times.
             given = None if inputs is None else _npy_shape(Path(inputs), "inputs")
             sizes = {i: _native_sizes(resolved[i], settings, given) for i in todo if natives[i]}
             if given is not None and sizes:
