@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from edgekd.errors import EdgeKDError, first_line, printable
+from edgekd.errors import BenchError, EdgeKDError, first_line, printable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distill a teacher into a small student, export it (ONNX, TFLite), verify it and benchmark it.")
@@ -273,8 +273,6 @@ def _dim_sizes(given: list[str]) -> dict[str, int]:
     for text in given:
         name, _, size = text.partition("=")
         if not name or not size.isdigit() or int(size) < 1 or name in sizes:
-            from edgekd.errors import BenchError
-
             raise BenchError(f"--dim {text!r} is not NAME=SIZE", why="each named dimension once, sized 1 or more",
                              fix="e.g. --dim length=128 (a model's input dimensions are in its artifact.json)")
         sizes[name] = int(size)

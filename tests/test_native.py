@@ -298,24 +298,23 @@ def tflite_model(tmp_path_factory) -> Path:
     return export_tflite(model, (64,), tmp_path_factory.mktemp("native-model") / "mlp.tflite")
 
 
-@pytest.fixture(scope="module")
-def fake_binary(tmp_path_factory) -> Path:
-    """The stand-in as a "native binary": a copy whose #! line names this test's Python, mode 755."""
-    path = tmp_path_factory.mktemp("native-bin") / "benchmark_model"
-    body = FAKE.read_text().split("\n", 1)[1]  # drop its generic #!/usr/bin/env python3
+def _as_native_binary(tmp_path_factory, stand_in: Path, name: str) -> Path:
+    """A stand-in as a "native binary": a copy whose #! line names this test's Python, mode 755."""
+    path = tmp_path_factory.mktemp("native-bin") / name
+    body = stand_in.read_text().split("\n", 1)[1]  # drop its generic #!/usr/bin/env python3
     path.write_text(f"#!{sys.executable}\n{body}")
     path.chmod(0o755)
     return path
+
+
+@pytest.fixture(scope="module")
+def fake_binary(tmp_path_factory) -> Path:
+    return _as_native_binary(tmp_path_factory, FAKE, "benchmark_model")
 
 
 @pytest.fixture(scope="module")
 def fake_perf_test(tmp_path_factory) -> Path:
-    """The onnxruntime_perf_test stand-in as a "native binary", as fake_binary is benchmark_model's."""
-    path = tmp_path_factory.mktemp("native-bin") / "onnxruntime_perf_test"
-    body = FAKE_PERF_TEST.read_text().split("\n", 1)[1]
-    path.write_text(f"#!{sys.executable}\n{body}")
-    path.chmod(0o755)
-    return path
+    return _as_native_binary(tmp_path_factory, FAKE_PERF_TEST, "onnxruntime_perf_test")
 
 
 def test_fake_perf_test_on_this_host_times_the_sized_dimensions(fake_perf_test, tmp_path):

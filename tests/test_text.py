@@ -157,14 +157,15 @@ def test_a_teacher_with_only_vocab_txt_ships_a_tokenizer_json_making_the_same_id
     with vocab.txt and no tokenizer.json (as a slow tokenizer's save_pretrained leaves it) shipped no such
     file; the export now makes it from the folder, and it tokenizes as the package's own tokenizer.json does."""
     from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
 
-    from edgekd.text.export import ship_tokenizer
-    from edgekd.text.teacher import tokenizer_json
+    from edgekd.text.export import ship_tokenizer, tokenizer_json
 
     folder = _copy_folder(tmp_path, ("tokenizer.json", "model.safetensors"))
     artifact = tmp_path / "artifact"
     artifact.mkdir()
-    shipped = ship_tokenizer(folder, artifact, tokenizer_json(folder))
+    # the tokenizer a run loads from such a folder (text.data.load_text_data), from vocab.txt and its config
+    shipped = ship_tokenizer(folder, artifact, tokenizer_json(AutoTokenizer.from_pretrained(str(folder))))
     assert "tokenizer.json" in [p.name for p in shipped] and "vocab.txt" in [p.name for p in shipped]
     made = Tokenizer.from_file(str(artifact / "tokenizer" / "tokenizer.json"))
     package = Tokenizer.from_file(str(default_teacher_folder() / "tokenizer.json"))

@@ -264,9 +264,8 @@ def _given_size(spec: dict[str, Any], index: int, dims: Mapping[str, int]) -> in
     return dims.get(declared) if isinstance(declared, str) and _dynamic(declared) else None
 
 
-def _guessed_dims(artifact: Artifact, dims: Mapping[str, int] | None = None) -> list[str]:
+def _guessed_dims(artifact: Artifact, dims: Mapping[str, int]) -> list[str]:
     """The dynamic dimensions beyond the batch that _synthetic_inputs had to give a size of its own."""
-    dims = dims or {}
     return [f"dimension {i} ({d!r}) of input '{spec['name']}'" for spec in artifact.inputs
             if _text_example(artifact, spec["name"]) is None
             for i, d in enumerate(spec["shape"][1:], start=1) if _dynamic(d) and _given_size(spec, i, dims) is None]

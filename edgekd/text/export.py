@@ -181,8 +181,8 @@ def ship_tokenizer(teacher_folder: Path, artifact_folder: Path, made_json: str |
     path back to a teacher folder on the machine that exported it.
 
     For a teacher folder without tokenizer.json (only vocab.txt, say) the caller passes `made_json`
-    (teacher.tokenizer_json), shipped as tokenizer.json: Hugging Face `tokenizers`, which the README's example
-    uses, reads no other file."""
+    (tokenizer_json), shipped as tokenizer.json: Hugging Face `tokenizers`, which the README's example uses,
+    reads no other file."""
     import shutil
 
     from edgekd.text.teacher import tokenizer_files
@@ -201,6 +201,12 @@ def ship_tokenizer(teacher_folder: Path, artifact_folder: Path, made_json: str |
     for stale in set(folder.iterdir()) - set(shipped):  # a file of the tokenizer an earlier export shipped
         stale.unlink()
     return sorted(shipped)
+
+
+def tokenizer_json(tokenizer: Any) -> str | None:
+    """A transformers tokenizer (the one that made the run's ids) as a Hugging Face `tokenizers` JSON document;
+    None for one without a fast (Rust) tokenizer behind it."""
+    return tokenizer.backend_tokenizer.to_str() if getattr(tokenizer, "is_fast", False) else None
 
 
 def _tables_int8(path: Path) -> int:

@@ -376,8 +376,8 @@ def bench_sentence(ctx: Context) -> tuple[str, np.ndarray]:
 
 def export_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     from edgekd.stages import export_options, export_outcome
-    from edgekd.text.export import TOKENIZER_JSON, export_text_model, ship_tokenizer, text_input_record
-    from edgekd.text.teacher import tokenizer_json
+    from edgekd.text.export import (TOKENIZER_JSON, export_text_model, ship_tokenizer, text_input_record,
+                                    tokenizer_json)
 
     cfg, data = ctx.recipe.export, ctx.text
     ids, labels = parity_ids(ctx)
@@ -400,7 +400,7 @@ def export_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
                      **({"hf_folder": str(data.teacher_folder)} if role == "teacher" else {})},
             text_input=text_input, reporter=ctx.reporter)
     outputs, summary = export_outcome(ctx, artifacts)
-    made_json = None if (data.teacher_folder / TOKENIZER_JSON).is_file() else tokenizer_json(data.teacher_folder)
+    made_json = None if (data.teacher_folder / TOKENIZER_JSON).is_file() else tokenizer_json(data.tokenizer)
     outputs += [path for a in artifacts for path in ship_tokenizer(data.teacher_folder, a.path.parent, made_json)]
     return outputs, {**summary, "retrieval": exported_retrieval(ctx, [a for a in artifacts if a.role != "teacher"])}
 

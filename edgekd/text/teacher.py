@@ -222,22 +222,6 @@ def tokenizer_files(folder: Path) -> list[Path]:
     return [Path(folder) / f for f in TOKENIZER_DEFINING_FILES if (Path(folder) / f).is_file()]
 
 
-def tokenizer_json(folder: Path) -> str | None:
-    """The teacher's tokenizer as a Hugging Face `tokenizers` JSON document, made by transformers from the
-    folder's files (a folder with only vocab.txt, say); None when transformers has no fast tokenizer for it."""
-    from edgekd.export.tflite import _quiet
-
-    with _transformers() as transformers:
-        try:
-            with _quiet():
-                tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        except Exception as exc:  # transformers raises many kinds for a broken folder
-            raise TextModelError(f"transformers cannot load the tokenizer of {folder}", why=first_line(exc),
-                                 fix="check the folder's tokenizer files (re-save it with save_pretrained())"
-                                 ) from None
-    return tokenizer.backend_tokenizer.to_str() if tokenizer.is_fast else None
-
-
 def defining_files(folder: Path) -> list[Path]:
     """The weight file and every present file of DEFINING_FILES: what the teacher's outputs depend on."""
     return [weights_file(folder), *(Path(folder) / f for f in DEFINING_FILES if (Path(folder) / f).is_file())]
