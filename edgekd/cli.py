@@ -219,6 +219,9 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
           history: Path = typer.Option(Path("export/history.sqlite"), help="SQLite history the results are added to"),
           check_threads: Optional[int] = typer.Option(None, min=2, help="only check that N intra-op threads "
                                                       "change the latency vs 1 thread (on each artifact)"),
+          eval_samples: Optional[int] = typer.Option(None, min=0, help="score the artifacts of a run on the device "
+                                                     "with the first N samples of its test split (default: all; 0: "
+                                                     "none)"),
           ) -> None:
     """Benchmark artifacts on devices: latency percentiles with intervals, peak memory, load time."""
     from edgekd.bench.harness import RESUME_ADVICE, BenchSettings, bench_devices
@@ -229,7 +232,8 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
     _one_of(rounds=rounds, sessions=sessions)
     _one_of(check_threads=check_threads, sustained=sustained)
     settings = BenchSettings(threads=threads, batch_size=batch_size, min_seconds=min_seconds,
-                             rounds=sessions or rounds or 5, cooldown_seconds=cooldown, dims=_dim_sizes(dim))
+                             rounds=sessions or rounds or 5, cooldown_seconds=cooldown, dims=_dim_sizes(dim),
+                             eval_samples=eval_samples)
     if check_threads:
         from edgekd.bench.harness import check_threads as run_check
 

@@ -363,6 +363,8 @@ class BenchConfig(_Strict):
     max_seconds: float = Field(10.0, gt=0, description="timed seconds per artifact at most (all rounds together)")
     rounds: int = Field(5, ge=1, description="fresh runner processes per artifact, interleaved across artifacts")
     floor: bool = Field(True, description="also time an Identity graph: the runtime's per-call floor")
+    eval_samples: int | None = Field(None, ge=0, description="device accuracy on the first N test samples (null: all; "
+                                     "0: none); a phone without Python starts its benchmark tool once per sample")
 
 
 class Recipe(_Strict):

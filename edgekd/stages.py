@@ -396,7 +396,7 @@ def bench_artifacts(ctx: Context, artifacts: list, inputs: Path,
     b = ctx.recipe.bench
     settings = BenchSettings(threads=b.threads, batch_size=b.batch_size, warmup_runs=b.warmup_runs,
                              min_runs=b.min_runs, min_seconds=b.min_seconds, max_seconds=b.max_seconds,
-                             rounds=b.rounds)
+                             rounds=b.rounds, eval_samples=b.eval_samples)
     for old in ctx.rundir.results.glob("bench-*.json"):
         old.unlink()
     results = bench(artifacts, device=b.device, settings=settings, inputs=inputs, results_dir=ctx.rundir.results,

@@ -6,8 +6,10 @@ loopback adb device (tests/adb_device.py) in its place: the test copies it with 
 test's Python, so the device shell runs it like a native binary.
 
 What is real: it loads the ``--graph`` .tflite with LiteRT's Python interpreter (ai_edge_litert), fills the
-inputs with random data in the tool's ranges (integers 0-99, floats -0.5-0.5), and times every ``invoke()``
-with ``time.perf_counter_ns``; memory is this process's peak RSS (``ru_maxrss``), as the real tool reads it.
+inputs with random data in the tool's ranges (integers 0-99, floats -0.5-0.5), or with the raw bytes of the
+files ``--input_layer_value_files`` names, and times every ``invoke()`` with ``time.perf_counter_ns``; memory
+is this process's peak RSS (``ru_maxrss``), as the real tool reads it. ``--output_filepath`` gets the raw
+bytes of every output after the last call, in the model's output order.
 
 What is imitated: the command line (``--name=value`` flags of the real tool; the subset edgekd uses plus
 its loop bounds) and the log. The log copies, line for line, the format of LiteRT 2.20's benchmark_model
@@ -19,6 +21,12 @@ values are equal. The loops follow benchmark_model: at least N runs AND at least
 max_secs. Error messages are approximations; the exit status is 1 on failure, like the real tool.
 
     fake_benchmark_model.py --graph=model.tflite --num_threads=1 --num_runs=50 --warmup_runs=1 --use_xnnpack=true
+
+As in the real tool (tflite/tools/benchmark/benchmark_tflite_model.cc): ``--input_layer`` (names, split at
+',') and ``--input_layer_shape`` (shapes, split at ':') must have as many items as each other and as the model
+has inputs, which they describe in order (a name that is not the tensor's only warns); each input is resized to
+its shape; ``--input_layer_value_files`` is ``NAME:PATH`` items split at ',' (``::`` for a ':' in a name), and a
+file must hold exactly the tensor's bytes.
 """
 
 from __future__ import annotations
@@ -40,6 +48,10 @@ FLAGS = {  # name: (type, default) as in benchmark_model
     "warmup_min_secs": (float, 0.5),
     "use_xnnpack": (bool, True),
     "verbose": (bool, False),
+    "input_layer": (str, ""),
+    "input_layer_shape": (str, ""),
+    "input_layer_value_files": (str, ""),
+    "output_filepath": (str, ""),
 }
 
 
@@ -140,6 +152,37 @@ def random_input(np, detail: dict, rng):
     raise ValueError(f"input {detail['name']!r} has unsupported type {dtype}")
 
 
+def input_layers(values: dict) -> list[tuple[str, list[int], str | None]]:
+    """(name, shape, value file) per --input_layer item, in order; ValueError as the real tool's errors."""
+    names = values["input_layer"].split(",") if values["input_layer"] else []
+    shapes = values["input_layer_shape"].split(":") if values["input_layer_shape"] else []
+    if len(names) != len(shapes):
+        raise ValueError(f"The number of items in --input_layer_shape ({values['input_layer_shape']}, with "
+                         f"{len(shapes)} items) must match the number of items in --input_layer "
+                         f"({values['input_layer']}, with {len(names)} items).")
+    files: dict[str, str] = {}
+    for item in values["input_layer_value_files"].split(",") if values["input_layer_value_files"] else []:
+        marked = item.replace("::", "\0")
+        if marked.count(":") != 1:
+            raise ValueError(f"Wrong input value file item specified: {item}")
+        name, path = (part.replace("\0", ":") for part in marked.split(":"))
+        if name not in names:
+            raise ValueError(f"Cannot find the corresponding input_layer name({name}) in --input_layer as "
+                             f"{values['input_layer']}")
+        files[name] = path
+    return [(name, [int(d) for d in shape.split(",")], files.get(name)) for name, shape in zip(names, shapes)]
+
+
+def file_input(np, detail: dict, path: str):
+    with open(path, "rb") as fh:
+        data = fh.read()
+    dtype = np.dtype(detail["dtype"])
+    expected = int(np.prod(detail["shape"])) * dtype.itemsize
+    if len(data) != expected:
+        raise ValueError(f"The size of {path} is {len(data)} bytes. It should be {expected} bytes.")
+    return np.frombuffer(data, dtype=dtype).reshape(detail["shape"])
+
+
 def max_rss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
@@ -179,14 +222,27 @@ def main(argv: list[str]) -> int:
                     else litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         threads = values["num_threads"] if values["num_threads"] > 0 else None
         interp = litert.Interpreter(model_path=graph, num_threads=threads, experimental_op_resolver_type=resolver)
-        for detail in interp.get_input_details():
-            if any(d < 1 for d in detail["shape_signature"]):
+        layers = input_layers(values)
+        details = interp.get_input_details()
+        if layers and len(layers) != len(details):
+            raise ValueError(f"Inputs mismatch: Model inputs #:{len(layers)} expected: {len(details)}")
+        for k, detail in enumerate(details):
+            if layers:
+                name, shape, _ = layers[k]
+                if name != detail["name"]:
+                    print(f"WARNING: Tensor # {detail['index']} is named {detail['name']} but flags call it {name}",
+                          file=sys.stderr, flush=True)
+                if len(shape) != len(detail["shape"]):
+                    raise ValueError(f"Input tensor #{detail['index']} should have {len(detail['shape'])} dimensions!")
+                interp.resize_tensor_input(detail["index"], shape)
+            elif any(d < 1 for d in detail["shape_signature"]):
                 interp.resize_tensor_input(detail["index"], [d if d > 0 else 1 for d in detail["shape"]])
         interp.allocate_tensors()
         rng = np.random.default_rng(0)
-        for detail in interp.get_input_details():
-            interp.set_tensor(detail["index"], random_input(np, detail, rng))
-    except (ValueError, RuntimeError) as exc:
+        for k, detail in enumerate(interp.get_input_details()):
+            path = layers[k][2] if layers else None
+            interp.set_tensor(detail["index"], file_input(np, detail, path) if path else random_input(np, detail, rng))
+    except (OSError, ValueError, RuntimeError) as exc:
         return fail(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
     init_us = (time.perf_counter_ns() - t0) // 1000
     init_kb = max_rss_kb()
@@ -205,6 +261,10 @@ def main(argv: list[str]) -> int:
     except RuntimeError as exc:
         return fail(str(exc).strip().splitlines()[0])
     overall_kb = max_rss_kb()
+    if values.get("output_filepath"):  # the real tool's OutputSaver: every output's raw bytes, in the model's order
+        with open(values["output_filepath"], "wb") as fh:
+            for detail in interp.get_output_details():
+                fh.write(np.ascontiguousarray(interp.get_tensor(detail["index"])).tobytes())
 
     def avg(xs: array) -> float:
         return sum(xs) / len(xs) if xs else float("nan")

@@ -95,6 +95,7 @@ def test_artifacts_of_the_wrong_type_are_refused(artifacts, said):
     ("min_seconds", float("nan"), "a number ≥ 0"), ("warmup_runs", -1, "an integer ≥ 0"),
     *[("dims", dims, "a mapping of dimension names to sizes ≥ 1")
       for dims in ({"length": 0}, {"": 8}, [("length", 8)], {"length": True})],
+    *[("eval_samples", count, "an integer ≥ 0 or None") for count in (-1, 2.0, True)],
 ])
 def test_bench_settings_out_of_range_are_refused_before_the_device(field, value, rule, bare_onnx):
     """rounds=1.5 and batch_size='1' raised TypeError, batch_size=0 benched empty inputs, a negative cooldown was
@@ -126,7 +127,8 @@ def test_valid_bench_settings_pass_the_check():
                      max_seconds=st.floats(1e-6, 1e6), memory_runs=st.integers(0, 1000), rounds=st.integers(1, 100),
                      cooldown_seconds=st.floats(0, 1e4) | st.integers(0, 100), max_runs=st.integers(1, 10**7),
                      sustained=st.booleans(),
-                     dims=st.dictionaries(st.text(min_size=1, max_size=12), st.integers(1, 4096), max_size=3)))
+                     dims=st.dictionaries(st.text(min_size=1, max_size=12), st.integers(1, 4096), max_size=3),
+                     eval_samples=st.none() | st.integers(0, 10**6)))
     def check(s):
         assert check_settings(s) is s
 

@@ -352,6 +352,7 @@ def test_a_run_benched_on_a_phone_without_python(tiny_run, adb_server, phone, fa
     recipe.output_dir = tmp_path
     recipe.bench.device = str(profile)
     recipe.bench.rounds = 1
+    recipe.bench.eval_samples = 3  # the tool starts once per sample: the stand-in, in Python, takes ~0.5 s
     notes = NoteKeeper()
     result = edgekd.run(recipe, reporter=notes)  # its report crashed on a native result (no device system info)
     assert result.stages["bench"] == "ran" and result.stages["report"] == "ran"
@@ -366,6 +367,55 @@ def test_a_run_benched_on_a_phone_without_python(tiny_run, adb_server, phone, fa
     assert "phone has no Python: its benchmark tool makes its own input data, at the shape of the inputs given, " \
            "[1, 64]" in notes.notes
     assert (tmp_path / "tiny" / "report" / "index.html").is_file()
+
+
+def test_a_phone_without_python_scores_tflite_artifacts_with_benchmark_model(tiny_run, adb_server, phone,  # noqa: F811
+                                                                             fake_perf_test, fake_binary,  # noqa: F811
+                                                                             tmp_path):
+    """benchmark_model runs each test sample from a file (--input_layer_value_files) and writes the outputs
+    (--output_filepath): a TFLite artifact gets its accuracy on the phone, the quantized one through its int8
+    input and output, the same as edgekd's runner finds on this host for the same samples. perf_test writes no
+    outputs: the ONNX artifact has none, and the bench says why."""
+    from dataclasses import replace
+
+    names = ("student-tflite-int8_static", "student-tflite-fp32", "student-onnx-fp32")
+    artifacts = [tiny_run.rundir.artifacts / n for n in names]
+    settings = replace(FAST, rounds=1, eval_samples=16)
+    profile = _profile(tmp_path, adb_server, phone, python=None,
+                       native={"onnx": str(fake_perf_test), "tflite": str(fake_binary)})
+    notes = NoteKeeper()
+    on_phone = {r.artifact["name"]: r for r in edgekd.bench(artifacts, device=str(profile), settings=settings,
+                                                            reporter=notes)}
+    on_host = {r.artifact["name"]: r for r in edgekd.bench(artifacts, settings=settings)}
+    assert {n: r.harness for n, r in on_phone.items()} == {n: "native" for n in names}
+    for name in names[:2]:
+        assert on_phone[name].device_accuracy["samples"] == on_host[name].device_accuracy["samples"] == 16
+        assert on_phone[name].device_accuracy["accuracy"] == on_host[name].device_accuracy["accuracy"], name
+    assert on_phone["student-onnx-fp32"].device_accuracy is None
+    assert ("no accuracy on phone (it has no Python to run edgekd's runner) for student-onnx-fp32: "
+            "onnxruntime_perf_test writes no outputs") in notes.notes
+
+
+def test_a_benchmark_model_without_output_filepath_still_times_and_says_why_there_is_no_accuracy(
+        tiny_run, adb_server, phone, tmp_path_factory, tmp_path):  # noqa: F811
+    """An older benchmark_model build (no --output_filepath) refuses the scoring call: the artifact keeps the
+    timings it gave, without an accuracy, and a warning quotes the tool."""
+    from dataclasses import replace
+
+    from test_native import FAKE, _as_native_binary
+
+    flag = '    "output_filepath": (str, ""),\n'
+    assert flag in FAKE.read_text()
+    old_source = tmp_path / "old_benchmark_model.py"
+    old_source.write_text(FAKE.read_text().replace(flag, ""))
+    old_build = _as_native_binary(tmp_path_factory, old_source, "benchmark_model")
+    profile = _profile(tmp_path, adb_server, phone, python=None, native={"tflite": str(old_build)})
+    notes = NoteKeeper()
+    (result,) = edgekd.bench([tiny_run.rundir.artifacts / "student-tflite-fp32"], device=str(profile),
+                             settings=replace(FAST, rounds=1, eval_samples=2), reporter=notes)
+    assert result.harness == "native" and result.latency_us["p50"] > 0 and result.device_accuracy is None
+    (warning,) = [n for n in notes.notes if n.startswith("[warning] student-tflite-fp32: no accuracy on phone: ")]
+    assert "benchmark_model failed on phone (exit code 1)" in warning and "Unconsumed cmdline flags" in warning
 
 
 def test_a_model_a_native_tool_times_at_0_us_has_no_result():

@@ -80,6 +80,27 @@ def test_bench_results_name_artifacts_by_sha_and_carry_statistics(tiny_run):
             assert res.device_accuracy["accuracy"] == pytest.approx(by_name[name].parity.accuracy), name
 
 
+def test_eval_samples_scores_the_first_samples_of_the_test_split(tiny_run):
+    """BenchSettings.eval_samples: the first N samples of the run's test split are scored on the device (0: none),
+    the same N for every artifact."""
+    from dataclasses import replace
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from edgekd.bench.harness import BenchSettings
+
+    folders = [tiny_run.rundir.artifacts / n for n in ("student-onnx-fp32", "student-tflite-int8_static")]
+    quick = BenchSettings(warmup_runs=1, min_runs=5, min_seconds=0.0, rounds=1)
+    assert [r.device_accuracy for r in edgekd.bench(folders, settings=replace(quick, eval_samples=0))] == [None, None]
+    onnx, tflite = edgekd.bench(folders, settings=replace(quick, eval_samples=40))
+    assert onnx.device_accuracy["samples"] == tflite.device_accuracy["samples"] == 40
+    x, y = (np.load(tiny_run.rundir.data / f"test_{k}.npy")[:40] for k in "xy")
+    session = ort.InferenceSession(str(folders[0] / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})[0]
+    assert onnx.device_accuracy["accuracy"] == float((logits.argmax(axis=1) == y).mean())
+
+
 def test_summary_and_html_report(tiny_run):
     summary = read_json(tiny_run.summary_path)
     names = [r["name"] for r in summary["rows"]]

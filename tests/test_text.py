@@ -512,8 +512,8 @@ def test_text_artifact_on_a_phone_without_python_is_timed_at_its_length(text_run
     profile = _profile(tmp_path, adb_server, phone, python=None,
                        native={"onnx": str(fake_perf_test), "tflite": str(fake_binary)})
     names = ("student-onnx-int8_dynamic", "student-tflite-fp32")
-    results = bench([text_run.rundir.artifacts / n for n in names], str(profile),
-                    settings=BenchSettings(rounds=1, min_seconds=0.05, min_runs=20))
+    settings = BenchSettings(rounds=1, min_seconds=0.05, min_runs=20, eval_samples=8)
+    results = bench([text_run.rundir.artifacts / n for n in names], str(profile), settings=settings)
     assert [(r.harness, r.runtime["tool"]) for r in results] == [("native", "onnxruntime_perf_test"),
                                                                   ("native", "benchmark_model")]
     argv = results[0].runtime["argv"]
@@ -521,6 +521,11 @@ def test_text_artifact_on_a_phone_without_python_is_timed_at_its_length(text_run
     assert [[(i["shape"], i["dtype"]) for i in r.inputs] for r in results] == [[([1, 32], "int64")],
                                                                                [([1, 32], "int32")]]
     assert all(r.latency_us["p50"] > 0 for r in results)
+    # benchmark_model ran the TFLite student on each of 8 test sentences (int64 ids cast to its int32) and wrote
+    # both outputs; the logits, read from the place the model writes them, score as the runner's on this host
+    (host,) = bench([text_run.rundir.artifacts / names[1]], "host", settings=settings)
+    assert results[1].device_accuracy == host.device_accuracy and host.device_accuracy["samples"] == 8
+    assert results[0].device_accuracy is None  # perf_test writes no outputs
 
 
 def test_a_bare_text_model_file_is_benched_with_a_warning(text_run, tmp_path: Path) -> None:

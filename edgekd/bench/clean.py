@@ -23,9 +23,10 @@ from edgekd.errors import FolderInUseError
 HEX16 = "[0-9a-f]" * 16
 # What benches write under the work directory, as shell globs relative to it: the runner (named after its
 # content since ca099ba, plain before), artifacts/, inputs/, specs/ (harness._Session.push), outputs/ of predict
-# passes and the runner's temp file there when it was killed mid-write (runner `_save_npy`).
-CACHED = ("edgekd_runner.py", f"edgekd_runner-{HEX16}.py", f"artifacts/{HEX16}.*", f"inputs/{HEX16}.npy",
-          f"specs/{HEX16}.json", f"outputs/{HEX16}.npy", "outputs/.tmp-*.npy")
+# passes (the runner's .npy, and its temp file there when it was killed mid-write: runner `_save_npy`; a native
+# tool's per-sample files: native_predict).
+CACHED = ("edgekd_runner.py", f"edgekd_runner-{HEX16}.py", f"artifacts/{HEX16}.*", f"inputs/{HEX16}.*",
+          f"specs/{HEX16}.json", f"outputs/{HEX16}.*", "outputs/.tmp-*.npy")
 SUBFOLDERS = ("artifacts", "inputs", "specs", "outputs", "bin")  # removed when emptied (rmdir: only if empty)
 # Folders that hold other people's files: a profile's `workdir:` set to one of them is refused, though only
 # edgekd's names would go, since the names are then no longer edgekd's alone.

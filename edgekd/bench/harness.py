@@ -26,6 +26,7 @@ import numpy as np
 from edgekd.bench import stats
 from edgekd.bench.device_lock import device_lock
 from edgekd.bench.native import TOOL_FOR_FORMAT, cpu_mask, no_taskset
+from edgekd.bench.native_predict import device_outputs, unscorable
 from edgekd.bench.result import BenchResult
 from edgekd.bench.runner import NOTICE as RUNNER_NOTICE
 from edgekd.devices.base import (RUNNER_SOURCE, TETHER_S, Device, DeviceTimeout, RuntimeMissing, cool_down,
@@ -72,6 +73,9 @@ class BenchSettings:
     # Sizes of named dynamic dimensions beyond the batch ({"length": 128}): what a model file without a record
     # cannot say (each would be timed at the batch size), or another length for a text artifact's example.
     dims: dict[str, int] = field(default_factory=dict)
+    # Device accuracy on the first N test samples (None: all of them; 0: none). A phone without Python runs
+    # its benchmark tool once per sample, which a large test set makes slow.
+    eval_samples: int | None = None
 
 
 # What each BenchSettings field must be: (integer or number, the least value, whether the least is allowed).
@@ -105,6 +109,11 @@ def check_settings(settings: Any) -> BenchSettings:
     if not isinstance(settings.sustained, bool):
         raise BenchError(f"BenchSettings.sustained must be True or False, got {settings.sustained!r}",
                          fix="use sustained_settings(minutes) for a sustained bench")
+    count = settings.eval_samples
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
+        raise BenchError(f"BenchSettings.eval_samples must be an integer ≥ 0 or None, got {count!r}",
+                         fix="set eval_samples= in BenchSettings to the number of test samples to score on the "
+                             "device (0: none; None: all)")
     dims = settings.dims
     if not isinstance(dims, dict) or not all(isinstance(k, str) and k and isinstance(v, int) and
                                              not isinstance(v, bool) and v >= 1 for k, v in dims.items()):
@@ -732,7 +741,9 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
                                  fix="set `python:` in its profile (e.g. Termux's) to run the runner there, or "
                                      "bench it without --sustained")
             specs = {i: _spec(session, resolved[i], per_round, inputs, Path(tmp)) for i in todo if natives[i] is None}
-            evals = {i: _eval_data(resolved[i], eval_data) for i in todo}
+            evals = {i: _first_samples(_eval_data(resolved[i], eval_data), settings.eval_samples, Path(tmp))
+                     for i in todo}
+            _note_unscored(reporter, target.name, {i: natives[i] for i in todo if natives[i] and evals[i]}, resolved)
             remote_outputs: dict[int, str] = {}
             for round_index in range(settings.rounds):
                 if round_index and settings.cooldown_seconds:
@@ -754,6 +765,11 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
                         raws[i].append({"native": out, "device_lock": out.pop("device_lock", None),
                                         "inputs": sizes[i][1]})
                         _note_device_lock(raws[i][-1], target.name, reporter, said)
+                        if round_index == 0 and evals[i] is not None and not unscorable(natives[i][0], resolved[i]):
+                            scored = _native_accuracy(session, resolved[i], natives[i][1], evals[i], per_round,
+                                                      Path(tmp) / f"out{i}.npy")
+                            if scored is not None:
+                                accuracies[i] = scored
                     else:
                         spec = specs[i]
                         if round_index == 0 and evals[i] is not None:
@@ -915,6 +931,21 @@ def _run_native(session: _Session, artifact: Artifact, tool_binary: tuple[str, P
                              notice=session.say, free_dims=free_dims)
 
 
+def _native_accuracy(session: _Session, artifact: Artifact, binary: Path, data: tuple[Path, Path],
+                     settings: BenchSettings, local: Path) -> dict[str, Any] | None:
+    """The artifact's accuracy on the test data, run on the device by its benchmark_model (native_predict). A
+    tool that cannot do it (an old build without --output_filepath) leaves the result without one, with a
+    warning: the timings it gave stand."""
+    try:
+        outputs = device_outputs(session, artifact, binary, data[0], settings.threads or 1, device_wait(settings),
+                                 local)
+    except BenchError as exc:
+        session.reporter.note(f"[warning] {artifact.name}: no accuracy on {session.device.name}: {exc.what}"
+                              + (f" ({exc.why})" if exc.why else "") + (f"; {exc.fix}" if exc.fix else ""))
+        return None
+    return _scored(outputs, data[1])
+
+
 def _finished(path: Path | None, artifact: Artifact, settings: BenchSettings) -> BenchResult | None:
     """An earlier complete result of this very file with these settings (for --resume), else None."""
     if path is None or not path.is_file():
@@ -938,6 +969,36 @@ def _eval_data(artifact: Artifact, given: tuple[Path, Path] | None) -> tuple[Pat
     data = artifact.directory.parent.parent / "data"
     x, y = data / ("test_ids.npy" if artifact.text_input else "test_x.npy"), data / "test_y.npy"  # text: token ids
     return (x, y) if x.is_file() and y.is_file() else None
+
+
+def _first_samples(data: tuple[Path, Path] | None, count: int | None,
+                   folder: Path) -> tuple[Path, Path] | None:
+    """The test inputs and labels cut to their first `count` samples (BenchSettings.eval_samples), in `folder`;
+    None for none (count 0), the files themselves for all (None, or no fewer samples than that)."""
+    if data is None or count is None:
+        return data
+    if count == 0:
+        return None
+    arrays = [np.load(path, allow_pickle=False, mmap_mode="r") for path in data]
+    if len(arrays[1]) <= count:
+        return data
+    out = []
+    for path, array in zip(data, arrays):
+        first = folder / f"first{count}-{sha256_file(path)[:16]}.npy"
+        if not first.is_file():  # a bench's own temp folder: several artifacts share one cut
+            np.save(first, np.ascontiguousarray(array[:count]))
+        out.append(first)
+    return out[0], out[1]
+
+
+def _note_unscored(reporter: Reporter, device: str, natives: dict[int, tuple[str, Path]],
+                   artifacts: list[Artifact]) -> None:
+    """Say which artifacts get no device accuracy from the device's benchmark tool, and why (once per bench)."""
+    reasons = {artifacts[i].name: why for i, (tool, _) in natives.items()
+               if (why := unscorable(tool, artifacts[i])) is not None}
+    if reasons:
+        reporter.note(f"no accuracy on {device} (it has no Python to run edgekd's runner) for " +
+                      "; ".join(f"{name}: {why}" for name, why in reasons.items()))
 
 
 def _predict_spec(session: _Session, artifact: Artifact, x: Path) -> dict[str, Any]:
@@ -996,6 +1057,11 @@ def cross_arch_parity(artifact: Artifact, x: Path, device_outputs: Path, device_
 def _score(session: _Session, remote_output: str, labels: Path, local: Path) -> dict[str, Any]:
     """Pull the device's outputs and score them against the labels (here, not on the device)."""
     session.device.pull(remote_output, local)
+    return _scored(local, labels)
+
+
+def _scored(local: Path, labels: Path) -> dict[str, Any]:
+    """The accuracy of the device's outputs (an .npy here) against the labels."""
     outputs, y = np.load(local, allow_pickle=False), np.load(labels, allow_pickle=False)
     if len(outputs) != len(y):
         raise BenchError(f"the device returned {len(outputs)} outputs for {len(y)} test samples",

@@ -452,35 +452,49 @@ def run_native(device: Any, binary_local_path: Path, artifact_remote_path: str, 
     argv = native_argv(tool, remote_binary_path(device, Path(binary_local_path)), artifact_remote_path, threads,
                        runs, warmup, free_dims)  # validates the arguments before anything is pushed
     try:
-        wait = shell_lock.wait_arg(lock_wait)
+        shell_lock.wait_arg(lock_wait)
     except ValueError as exc:
         raise BenchError(f"invalid lock wait for {tool}", why=str(exc), fix="pass seconds >= 0") from None
     remote, digest = push_binary(device, Path(binary_local_path))
     cpus = getattr(device.profile, "cpus", None)
     if cpus:
         argv = ["taskset", cpu_mask(cpus), *argv]
+    text, lock = run_holding_lock(device, argv, tool, timeout=timeout, lock_wait=lock_wait, notice=notice,
+                                  pinned=bool(cpus))
+    try:
+        parsed = PARSERS[tool](text)
+    except BenchError as exc:
+        raise BenchError(f"{device.name}: {exc.what}", why=exc.why, fix=exc.fix) from None
+    parsed.update(argv=argv, returncode=0, device=device.name,
+                  binary={"remote": remote, "sha256": digest}, device_lock=lock.record())
+    return parsed
+
+
+def run_holding_lock(device: Any, argv: list[str], tool: str, *, timeout: float | None, lock_wait: float,
+                     notice: Callable[[str], None] | None = None, pinned: bool = False,
+                     by_hand: list[str] | None = None) -> tuple[str, Any]:
+    """Run `argv` on the device holding its bench lock (shell_lock) and return (stdout + stderr without the
+    lock's lines, the shell_lock.LockReport). A busy device, a missing taskset (`pinned`) and a non-zero exit
+    raise BenchError; its fix names `by_hand` (default: argv) as the command to try on the device."""
+    from edgekd.bench import shell_lock
+
+    wait = float(shell_lock.wait_arg(lock_wait))
     logger.debug("%s: %s", device.name, shlex.join(argv))
-    proc = device.run(shell_lock.locked_argv(argv, lock_wait), timeout=None if timeout is None else timeout + float(wait),
+    proc = device.run(shell_lock.locked_argv(argv, lock_wait), timeout=None if timeout is None else timeout + wait,
                       on_line=shell_lock.notices(notice) if notice is not None else None)
     lock = shell_lock.report(proc.stderr)
     if lock.busy:
         raise busy_error(device.name, lock)
     stderr = lock.output
     text = proc.stdout + ("\n" if proc.stdout and not proc.stdout.endswith("\n") else "") + stderr
-    missing = no_taskset(device.name, proc.returncode, text) if cpus else None
+    missing = no_taskset(device.name, proc.returncode, text) if pinned else None
     if missing is not None:
         raise missing
     if proc.returncode != 0:
         raise BenchError(f"{tool} failed on {device.name} (exit code {proc.returncode})",
                          why=_exit_why(proc.returncode, text),
-                         fix=_exit_fix(proc.returncode, tool, device.name, argv))
-    try:
-        parsed = PARSERS[tool](text)
-    except BenchError as exc:
-        raise BenchError(f"{device.name}: {exc.what}", why=exc.why, fix=exc.fix) from None
-    parsed.update(argv=argv, returncode=proc.returncode, device=device.name,
-                  binary={"remote": remote, "sha256": digest}, device_lock=lock.record())
-    return parsed
+                         fix=_exit_fix(proc.returncode, tool, device.name, by_hand or argv))
+    return text, lock
 
 
 def busy_error(device: str, lock: Any) -> BenchError:
