@@ -375,13 +375,15 @@ def test_a_phone_without_python_scores_tflite_artifacts_with_benchmark_model(tin
     """benchmark_model runs each test sample from a file (--input_layer_value_files) and writes the outputs
     (--output_filepath): a TFLite artifact gets its accuracy on the phone, the quantized one through its int8
     input and output, the same as edgekd's runner finds on this host for the same samples. perf_test writes no
-    outputs: the ONNX artifact has none, and the bench says why."""
+    outputs: the ONNX artifact has none, and the bench says why. The phone's shell tells what it is (uname,
+    /proc/cpuinfo); marked emulated (an Android emulator), its outputs are compared with this host's runner's."""
+    import platform
     from dataclasses import replace
 
     names = ("student-tflite-int8_static", "student-tflite-fp32", "student-onnx-fp32")
     artifacts = [tiny_run.rundir.artifacts / n for n in names]
     settings = replace(FAST, rounds=1, eval_samples=16)
-    profile = _profile(tmp_path, adb_server, phone, python=None,
+    profile = _profile(tmp_path, adb_server, phone, python=None, emulated=True,
                        native={"onnx": str(fake_perf_test), "tflite": str(fake_binary)})
     notes = NoteKeeper()
     on_phone = {r.artifact["name"]: r for r in edgekd.bench(artifacts, device=str(profile), settings=settings,
@@ -391,7 +393,14 @@ def test_a_phone_without_python_scores_tflite_artifacts_with_benchmark_model(tin
     for name in names[:2]:
         assert on_phone[name].device_accuracy["samples"] == on_host[name].device_accuracy["samples"] == 16
         assert on_phone[name].device_accuracy["accuracy"] == on_host[name].device_accuracy["accuracy"], name
+        parity = on_phone[name].cross_arch_parity
+        assert parity["samples"] == 16 and parity["agreement"] == 1.0 and parity["max_abs_error"] == 0.0, parity
+        assert parity["device_runtime"] == "benchmark_model (native)" and parity["device_arch"] == platform.machine()
     assert on_phone["student-onnx-fp32"].device_accuracy is None
+    assert on_phone["student-onnx-fp32"].cross_arch_parity is None
+    system = on_phone["student-onnx-fp32"].device["info"]["system"]
+    assert on_phone["student-onnx-fp32"].device["arch"] == system["machine"] == platform.machine()
+    assert system["cpu_model"] and system["cpu_count_logical"] == os.cpu_count(), system
     assert ("no accuracy on phone (it has no Python to run edgekd's runner) for student-onnx-fp32: "
             "onnxruntime_perf_test writes no outputs") in notes.notes
 

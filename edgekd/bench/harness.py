@@ -27,6 +27,7 @@ from edgekd.bench import stats
 from edgekd.bench.device_lock import device_lock
 from edgekd.bench.native import TOOL_FOR_FORMAT, cpu_mask, no_taskset
 from edgekd.bench.native_predict import device_outputs, unscorable
+from edgekd.bench.native_system import native_system
 from edgekd.bench.result import BenchResult
 from edgekd.bench.runner import NOTICE as RUNNER_NOTICE
 from edgekd.devices.base import (RUNNER_SOURCE, TETHER_S, Device, DeviceTimeout, RuntimeMissing, cool_down,
@@ -734,6 +735,7 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
                               f"shape of the inputs given, {list(given)}")
             for i in sizes if given is None else ():
                 _warn_dims(reporter, resolved[i], settings)
+            system = native_system(target) if sizes else None  # the runner reports it; a tool does not
             if settings.sustained and any(natives.values()):  # it would time ~a second and print one summary
                 raise BenchError(f"--sustained needs edgekd's runner: device '{target.name}' has no Python",
                                  why="a native benchmark tool times its own loop and prints one summary for it, "
@@ -763,7 +765,7 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
                             task.advance(1)
                             continue
                         raws[i].append({"native": out, "device_lock": out.pop("device_lock", None),
-                                        "inputs": sizes[i][1]})
+                                        "inputs": sizes[i][1], "system": system})
                         _note_device_lock(raws[i][-1], target.name, reporter, said)
                         if round_index == 0 and evals[i] is not None and not unscorable(natives[i][0], resolved[i]):
                             scored = _native_accuracy(session, resolved[i], natives[i][1], evals[i], per_round,
@@ -1027,7 +1029,8 @@ def cross_arch_parity(artifact: Artifact, x: Path, device_outputs: Path, device_
 
     parity: dict[str, Any] = {"host_arch": platform.machine(),
                               "device_arch": (device_raw.get("system") or {}).get("machine"),
-                              "device_runtime": _runtime_label(device_raw.get("runtime") or {})}
+                              "device_runtime": (f"{device_raw['native']['tool']} (native)" if "native" in device_raw
+                                                 else _runtime_label(device_raw.get("runtime") or {}))}
     folder.mkdir(parents=True, exist_ok=True)
     host = open_device("host")
     try:
@@ -1167,7 +1170,7 @@ def _native_result(raws: list[dict[str, Any]], artifact: Artifact, device: Devic
 
     fields = native.bench_result_fields([raw["native"] for raw in raws])
     timed = raws[0]["inputs"]  # the tool's own data, at the shapes it was given
-    return BenchResult(artifact=_artifact_summary(artifact), device=_device_summary(device, {}),
+    return BenchResult(artifact=_artifact_summary(artifact), device=_device_summary(device, raws[0]),
                        emulated=device.profile.emulated, settings=asdict(settings), inputs=timed,
                        device_lock=[raw["device_lock"] for raw in raws if raw.get("device_lock")], **fields)
 

@@ -76,7 +76,8 @@ def _row(artifact: Artifact, result: BenchResult | None) -> dict[str, Any]:
 
 
 def _device_system(result: BenchResult) -> dict[str, Any]:
-    """What the runner reported of the device's system; empty for a native tool's result (it reports none)."""
+    """What the runner reported of the device's system (for a native tool's result, what the device's shell
+    told: native_system); empty when neither did."""
     return (result.device.get("info") or {}).get("system") or {}
 
 

@@ -659,7 +659,13 @@ def _read_text(path: str) -> Optional[str]:
 
 def _cpuinfo() -> "tuple[Optional[str], List[str]]":
     """CPU model and inference-relevant feature flags from /proc/cpuinfo (x86 'flags', ARM 'Features')."""
-    text = _read_text("/proc/cpuinfo") or ""
+    model, features = parse_cpuinfo(_read_text("/proc/cpuinfo") or "")
+    return model or platform.processor() or None, features
+
+
+def parse_cpuinfo(text: str) -> "tuple[Optional[str], List[str]]":
+    """(CPU model, feature flags of interest) from the text of a /proc/cpuinfo (also a device's, read by the
+    harness where the device has no Python)."""
     model: Optional[str] = None
     flags: set = set()
     for line in text.splitlines():
@@ -669,8 +675,7 @@ def _cpuinfo() -> "tuple[Optional[str], List[str]]":
             model = value
         elif key in ("flags", "features"):
             flags.update(value.split())
-    features = [f for f in CPU_FEATURES_OF_INTEREST if f in flags]
-    return model or platform.processor() or None, features
+    return model, [f for f in CPU_FEATURES_OF_INTEREST if f in flags]
 
 
 def system_info() -> Dict[str, Any]:
