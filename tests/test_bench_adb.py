@@ -3,6 +3,7 @@ device, as with Termux) and the native path (no Python: a benchmark binary pushe
 
 from __future__ import annotations
 
+import html
 import os
 import shutil
 import sys
@@ -366,7 +367,13 @@ def test_a_run_benched_on_a_phone_without_python(tiny_run, adb_server, phone, fa
                for n in unresolved)
     assert "phone has no Python: its benchmark tool makes its own input data, at the shape of the inputs given, " \
            "[1, 64]" in notes.notes
-    assert (tmp_path / "tiny" / "report" / "index.html").is_file()
+    # the CPU the phone's shell named (/proc/cpuinfo): the report says what the latencies were measured on
+    from edgekd.bench.runner import parse_cpuinfo
+
+    cpu = parse_cpuinfo(Path("/proc/cpuinfo").read_text())[0]
+    assert cpu and {r.device["info"]["system"]["cpu_model"] for r in result.results} == {cpu}
+    assert f"CPU {html.escape(cpu)} ({os.cpu_count()} logical cores" in (tmp_path / "tiny" / "report" /
+                                                                          "index.html").read_text()
 
 
 def test_a_phone_without_python_scores_tflite_artifacts_with_benchmark_model(tiny_run, adb_server, phone,  # noqa: F811

@@ -103,6 +103,8 @@ def _model_inputs(x: np.ndarray, spec: dict[str, Any], name: str) -> np.ndarray:
     """The test inputs as the model's input tensor holds them, one sample per row: quantized with its scale and
     zero point when it takes integers for floats (as the runner's feed), in its dtype."""
     declared = spec["shape"]
+    if not len(x):
+        raise BenchError(f"no test samples to score {name} with", fix="give test inputs with at least one row")
     if x.ndim != len(declared) or any(d is not None and d != s for d, s in zip(declared[1:], x.shape[1:])):
         raise BenchError(f"the test inputs have shape {list(x.shape)}; {name}'s input '{spec['name']}' takes "
                          f"{declared}", fix="give test inputs of the model's shape, one sample per row")
@@ -139,8 +141,12 @@ def _first_output(raw: bytes, samples: int, layout: list[dict[str, Any]], spec: 
                   name: str) -> np.ndarray:
     """Output `spec` (the record's first: the logits the runner scores), dequantized, from the tool's raw bytes:
     per sample, every output in `layout` order."""
+    if any(d is None for o in layout for d in o["shape"]):
+        raise BenchError(f"cannot split the outputs of {name} that benchmark_model wrote",
+                         why=f"an output's size is not fixed: {[o['shape'] for o in layout]}",
+                         fix="export it with fixed output shapes, or give the device a Python for edgekd's runner")
     sizes = [int(np.prod(o["shape"])) * np.dtype(o["dtype"]).itemsize for o in layout]
-    if any(d is None for o in layout for d in o["shape"]) or len(raw) != samples * sum(sizes):
+    if len(raw) != samples * sum(sizes):
         raise BenchError(f"benchmark_model wrote {len(raw)} bytes of outputs of {name} for {samples} test samples",
                          why=f"{sum(sizes)} bytes per sample were expected from the shapes of its outputs",
                          fix="check the artifact's outputs in its artifact.json, or export it again")

@@ -839,7 +839,8 @@ def _int8_html(rows: list[dict[str, Any]]) -> str:
 def _machine_html(machine: dict[str, Any], runtime_txt: str) -> str:
     e = html.escape
     system = machine.get("system") or {}
-    return (f"device {e(str(machine.get('device')))}"
+    model = f" ({e(str(system['device_model']))})" if system.get("device_model") else ""  # a phone's, from getprop
+    return (f"device {e(str(machine.get('device')))}{model}"
             f"{' (EMULATED: latency is not a board&#39;s)' if machine.get('emulated') else ''} ·\n"
             f"CPU {e(str(system.get('cpu_model')))} ({e(str(system.get('cpu_count_logical')))} logical cores;\n"
             f"features: {e(', '.join(system.get('cpu_features') or []) or 'none detected')}) · "
