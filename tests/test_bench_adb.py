@@ -410,6 +410,8 @@ def test_a_phone_without_python_scores_tflite_artifacts_with_benchmark_model(tin
     assert system["cpu_model"] and system["cpu_count_logical"] == os.cpu_count(), system
     assert ("no accuracy on phone (it has no Python to run edgekd's runner) for student-onnx-fp32: "
             "onnxruntime_perf_test writes no outputs") in notes.notes
+    assert ("phone has no Python: benchmark_model scores 2 artifact(s) on 16 test samples, starting it once per "
+            "sample; bench.eval_samples (--eval-samples) scores fewer") in notes.notes
 
 
 def test_a_benchmark_model_without_output_filepath_still_times_and_says_why_there_is_no_accuracy(

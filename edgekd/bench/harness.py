@@ -745,7 +745,8 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
             specs = {i: _spec(session, resolved[i], per_round, inputs, Path(tmp)) for i in todo if natives[i] is None}
             evals = {i: _first_samples(_eval_data(resolved[i], eval_data), settings.eval_samples, Path(tmp))
                      for i in todo}
-            _note_unscored(reporter, target.name, {i: natives[i] for i in todo if natives[i] and evals[i]}, resolved)
+            _note_native_scoring(reporter, target.name, {i: natives[i] for i in todo if natives[i] and evals[i]},
+                                 resolved, evals)
             remote_outputs: dict[int, str] = {}
             for round_index in range(settings.rounds):
                 if round_index and settings.cooldown_seconds:
@@ -993,11 +994,18 @@ def _first_samples(data: tuple[Path, Path] | None, count: int | None,
     return out[0], out[1]
 
 
-def _note_unscored(reporter: Reporter, device: str, natives: dict[int, tuple[str, Path]],
-                   artifacts: list[Artifact]) -> None:
-    """Say which artifacts get no device accuracy from the device's benchmark tool, and why (once per bench)."""
+def _note_native_scoring(reporter: Reporter, device: str, natives: dict[int, tuple[str, Path]],
+                         artifacts: list[Artifact], evals: dict[int, Any]) -> None:
+    """Say, once per bench, which artifacts the device's benchmark tool scores (it starts once per test sample,
+    which takes a while) and which it cannot, and why."""
     reasons = {artifacts[i].name: why for i, (tool, _) in natives.items()
                if (why := unscorable(tool, artifacts[i])) is not None}
+    scored = [i for i in natives if artifacts[i].name not in reasons]
+    if scored:
+        samples = sorted({int(np.load(evals[i][0], mmap_mode="r", allow_pickle=False).shape[0]) for i in scored})
+        reporter.note(f"{device} has no Python: benchmark_model scores {len(scored)} artifact(s) on "
+                      f"{'/'.join(map(str, samples))} test samples, starting it once per sample; bench.eval_samples "
+                      "(--eval-samples) scores fewer")
     if reasons:
         reporter.note(f"no accuracy on {device} (it has no Python to run edgekd's runner) for " +
                       "; ".join(f"{name}: {why}" for name, why in reasons.items()))
