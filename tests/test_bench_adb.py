@@ -376,12 +376,13 @@ def test_a_run_benched_on_a_phone_without_python(tiny_run, adb_server, phone, fa
                                                                           "index.html").read_text()
 
 
-def test_a_phone_without_python_scores_tflite_artifacts_with_benchmark_model(tiny_run, adb_server, phone,  # noqa: F811
-                                                                             fake_perf_test, fake_binary,  # noqa: F811
-                                                                             tmp_path):
+def test_a_phone_without_python_scores_tflite_artifacts_with_benchmark_model(tiny_run, adb_server,  # noqa: F811
+                                                                             android_phone, fake_perf_test,
+                                                                             fake_binary, tmp_path):  # noqa: F811
     """benchmark_model runs each test sample from a file (--input_layer_value_files) and writes the outputs
     (--output_filepath): a TFLite artifact gets its accuracy on the phone, the quantized one through its int8
-    input and output, the same as edgekd's runner finds on this host for the same samples. perf_test writes no
+    input and output (the loop over the samples runs in Android's shell, mksh), the same as edgekd's runner finds
+    on this host for the same samples. perf_test writes no
     outputs: the ONNX artifact has none, and the bench says why. The phone's shell tells what it is (uname,
     /proc/cpuinfo); marked emulated (an Android emulator), its outputs are compared with this host's runner's."""
     import platform
@@ -390,7 +391,7 @@ def test_a_phone_without_python_scores_tflite_artifacts_with_benchmark_model(tin
     names = ("student-tflite-int8_static", "student-tflite-fp32", "student-onnx-fp32")
     artifacts = [tiny_run.rundir.artifacts / n for n in names]
     settings = replace(FAST, rounds=1, eval_samples=16)
-    profile = _profile(tmp_path, adb_server, phone, python=None, emulated=True,
+    profile = _profile(tmp_path, adb_server, android_phone, python=None, emulated=True,
                        native={"onnx": str(fake_perf_test), "tflite": str(fake_binary)})
     notes = NoteKeeper()
     on_phone = {r.artifact["name"]: r for r in edgekd.bench(artifacts, device=str(profile), settings=settings,
@@ -408,6 +409,7 @@ def test_a_phone_without_python_scores_tflite_artifacts_with_benchmark_model(tin
     system = on_phone["student-onnx-fp32"].device["info"]["system"]
     assert on_phone["student-onnx-fp32"].device["arch"] == system["machine"] == platform.machine()
     assert system["cpu_model"] and system["cpu_count_logical"] == os.cpu_count(), system
+    assert system["device_model"] == "edgekd-loopback"  # getprop ro.product.model
     assert ("no accuracy on phone (it has no Python to run edgekd's runner) for student-onnx-fp32: "
             "onnxruntime_perf_test writes no outputs") in notes.notes
     assert ("phone has no Python: benchmark_model scores 2 artifact(s) on 16 test samples, starting it once per "
