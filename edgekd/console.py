@@ -174,5 +174,6 @@ def bench_table(results: list[Any]) -> Table:
                       p50, _spread(r.round_p50_us), "–" if p99 is None else f"{p99:.2f}",
                       runs, peak_mib(peak, model_memory_kb(r.memory_kb)),
                       f"{r.load_ms:.1f}" if r.load_ms else "–",
-                      f"{r.device_accuracy['accuracy']:.2%}" if r.device_accuracy else "–")
+                      f"{r.device_accuracy['accuracy']:.2%} of {r.device_accuracy['samples']}"
+                      if r.device_accuracy else "–")
     return table

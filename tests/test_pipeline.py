@@ -101,6 +101,24 @@ def test_eval_samples_scores_the_first_samples_of_the_test_split(tiny_run):
     assert onnx.device_accuracy["accuracy"] == float((logits.argmax(axis=1) == y).mean())
 
 
+def test_a_run_scoring_the_first_test_samples_on_the_device_says_so(tiny_run, tmp_path):
+    """bench.eval_samples: the report gives the device accuracy with its samples, and does not take a subset's
+    accuracy differing from the whole split's for the device computing differently."""
+    import shutil
+
+    shutil.copytree(tiny_run.rundir.root, tmp_path / "tiny")
+    recipe = tiny_run.recipe.model_copy(deep=True)
+    recipe.output_dir, recipe.bench.eval_samples, recipe.bench.rounds = tmp_path, 30, 1
+    result = edgekd.run(recipe)
+    assert result.stages["bench"] == "ran" and result.stages["report"] == "ran"
+    assert {r.device_accuracy["samples"] for r in result.results if r.device_accuracy} == {30}
+    summary = read_json(result.summary_path)
+    rows = [r for r in summary["rows"] if r.get("device_accuracy") is not None]
+    assert rows and any(abs(r["device_accuracy"] - r["accuracy"]) > 1e-9 for r in rows)  # 30 samples, not 270
+    assert not any("differs from the export-time check" in f for f in summary["findings"])
+    assert "(first 30 samples)" in (tmp_path / "tiny" / "report" / "index.html").read_text()
+
+
 def test_summary_and_html_report(tiny_run):
     summary = read_json(tiny_run.summary_path)
     names = [r["name"] for r in summary["rows"]]
