@@ -31,8 +31,8 @@ def native_system(device: Any) -> dict[str, Any] | None:
         return None
     found = dict(zip(_PARTS, parts))
     cpu_model, features = parse_cpuinfo(found["cpuinfo"])
-    processors = sum(1 for line in found["cpuinfo"].splitlines()
-                     if line.partition(":")[0].strip().lower() == "processor")
+    processors = sum(1 for key, _, value in (line.partition(":") for line in found["cpuinfo"].splitlines())
+                     if key.strip().lower() == "processor" and value.strip().isdigit())  # old ARM: "Processor: <name>"
     return {"machine": found["machine"] or None, "system": found["system"] or None,
             "release": found["release"] or None, "cpu_model": cpu_model or found["soc_model"] or None,
             "cpu_count_logical": processors or None, "cpu_features": features, "governor": found["governor"] or None,
