@@ -410,6 +410,12 @@ def test_a_phone_without_python_scores_tflite_artifacts_with_benchmark_model(tin
     assert on_phone["student-onnx-fp32"].device["arch"] == system["machine"] == platform.machine()
     assert system["cpu_model"] and system["cpu_count_logical"] == os.cpu_count(), system
     assert system["device_model"] == "edgekd-loopback"  # getprop ro.product.model
+    # what the scoring left on the phone (its inputs and outputs) is edgekd's to remove: `devices --clean` does
+    from edgekd.bench.clean import clean
+
+    left = [android_phone.host_path(f"{WD}/{folder}") for folder in ("inputs", "outputs")]
+    assert all(any(folder.glob("*.bin")) for folder in left), [list(f.iterdir()) for f in left]
+    assert clean(str(profile)).failed == 0 and not any(folder.exists() for folder in left)
     assert ("no accuracy on phone (it has no Python to run edgekd's runner) for student-onnx-fp32: "
             "onnxruntime_perf_test writes no outputs") in notes.notes
     assert ("phone has no Python: benchmark_model scores 2 artifact(s) on 16 test samples, starting it once per "
