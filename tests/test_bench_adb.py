@@ -382,9 +382,9 @@ def test_a_phone_without_python_scores_tflite_artifacts_with_benchmark_model(tin
     """benchmark_model runs each test sample from a file (--input_layer_value_files) and writes the outputs
     (--output_filepath): a TFLite artifact gets its accuracy on the phone, the quantized one through its int8
     input and output (the loop over the samples runs in Android's shell, mksh), the same as edgekd's runner finds
-    on this host for the same samples. perf_test writes no
-    outputs: the ONNX artifact has none, and the bench says why. The phone's shell tells what it is (uname,
-    /proc/cpuinfo); marked emulated (an Android emulator), its outputs are compared with this host's runner's."""
+    on this host for the same samples. perf_test writes no outputs: the ONNX artifact has none, and the bench
+    says why. The phone's shell tells what it is (uname, /proc/cpuinfo, getprop); marked emulated (an Android
+    emulator), its outputs are compared with this host's runner's. `devices --clean` removes what was left."""
     import platform
     from dataclasses import replace
 
