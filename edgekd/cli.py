@@ -222,6 +222,9 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
           eval_samples: Optional[int] = typer.Option(None, min=0, help="score the artifacts of a run on the device "
                                                      "with the first N samples of its test split (default: all; 0: "
                                                      "none)"),
+          eval_inputs: Optional[Path] = typer.Option(None, help="test inputs (.npy, one sample per row) to score "
+                                                     "every artifact with on the device, with --eval-labels"),
+          eval_labels: Optional[Path] = typer.Option(None, help="their class labels (.npy), with --eval-inputs"),
           ) -> None:
     """Benchmark artifacts on devices: latency percentiles with intervals, peak memory, load time."""
     from edgekd.bench.harness import RESUME_ADVICE, BenchSettings, bench_devices
@@ -234,6 +237,7 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
     settings = BenchSettings(threads=threads, batch_size=batch_size, min_seconds=min_seconds,
                              rounds=sessions or rounds or 5, cooldown_seconds=cooldown, dims=_dim_sizes(dim),
                              eval_samples=eval_samples)
+    eval_data = _eval_pair(eval_inputs, eval_labels)
     if check_threads:
         from edgekd.bench.harness import check_threads as run_check
 
@@ -255,7 +259,7 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
         with tentative_dir(results_dir, fix="choose a writable folder with --results-dir"), \
                 RichReporter(console) as reporter:
             results = bench_devices(artifacts, list(device), settings=settings, results_dir=results_dir,
-                                    history=history, resume=resume, reporter=reporter)
+                                    history=history, resume=resume, reporter=reporter, eval_data=eval_data)
     except KeyboardInterrupt as exc:  # the harness kept what was measured: say where, and that --resume resumes
         if getattr(exc, "kept", None):
             exc.resume = f"{exc.kept}; {RESUME_ADVICE}"  # type: ignore[attr-defined]
@@ -269,6 +273,17 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
         if r.sustained:
             console.print(f"{r.artifact['name']} on {r.device['name']}: {sustained_text(r.sustained)}", markup=False,
                           highlight=False)
+
+
+def _eval_pair(inputs: Path | None, labels: Path | None) -> tuple[Path, Path] | None:
+    """--eval-inputs and --eval-labels: both or neither (the files themselves are checked by the bench)."""
+    if (inputs is None) != (labels is None):
+        raise BenchError(f"--{'eval-inputs' if labels is None else 'eval-labels'} needs "
+                         f"--{'eval-labels' if labels is None else 'eval-inputs'}",
+                         why="the device's outputs on the test inputs are scored against their labels",
+                         fix="give both .npy files (inputs one sample per row, labels in the same order), or "
+                             "neither")
+    return None if inputs is None else (inputs, labels)
 
 
 def _dim_sizes(given: list[str]) -> dict[str, int]:

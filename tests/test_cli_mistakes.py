@@ -190,6 +190,36 @@ def test_a_batch_size_a_fixed_batch_model_cannot_take_is_refused(tmp_path):
                 "has a fixed batch of 1", "--batch-size 1")
 
 
+def test_bench_scores_a_model_file_on_test_data_given_on_the_command_line(tmp_path):
+    """--eval-inputs/--eval-labels: a model exported elsewhere gets its accuracy on the device (of the first
+    --eval-samples); one without the other, or labels for other samples, are refused."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "m.onnx")
+    inputs = np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0, 1]]  # argmax: 0 1 2 3 0 1
+    np.save(tmp_path / "x.npy", inputs)
+    np.save(tmp_path / "y.npy", np.array([0, 1, 2, 3, 3, 3]))
+    base = ["bench", str(tmp_path / "m.onnx"), "--rounds", "1", "--min-seconds", "0.05",
+            "--results-dir", str(tmp_path / "res"), "--history", str(tmp_path / "h.sqlite")]
+    proc = _cli(*base, "--eval-inputs", str(tmp_path / "x.npy"), "--eval-labels", str(tmp_path / "y.npy"),
+                cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "66.67% of 6" in proc.stdout, proc.stdout
+    proc = _cli(*base, "--eval-inputs", str(tmp_path / "x.npy"), "--eval-labels", str(tmp_path / "y.npy"),
+                "--eval-samples", "4", cwd=tmp_path)
+    assert proc.returncode == 0 and "100.00% of 4" in proc.stdout, (proc.stdout, proc.stderr)
+    _user_error(_cli(*base, "--eval-inputs", str(tmp_path / "x.npy"), cwd=tmp_path),
+                "--eval-inputs needs --eval-labels", "give both .npy files")
+    np.save(tmp_path / "y.npy", np.zeros(5, dtype=np.int64))
+    _user_error(_cli(*base, "--eval-inputs", str(tmp_path / "x.npy"), "--eval-labels", str(tmp_path / "y.npy"),
+                     cwd=tmp_path), "eval_data holds 6 test inputs but 5 labels")
+
+
 def test_compare_says_which_results_it_could_not_pair_and_why(tmp_path):
     db = tmp_path / "h.sqlite"
     a = history.record([_result("m", 10.0, 0, [10.0, 10.1]), _result("n", 5.0, 1, [5.0, 5.1])], db)
