@@ -278,8 +278,8 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
 def _eval_pair(inputs: Path | None, labels: Path | None) -> tuple[Path, Path] | None:
     """--eval-inputs and --eval-labels: both or neither (the files themselves are checked by the bench)."""
     if (inputs is None) != (labels is None):
-        raise BenchError(f"--{'eval-inputs' if labels is None else 'eval-labels'} needs "
-                         f"--{'eval-labels' if labels is None else 'eval-inputs'}",
+        given, missing = ("inputs", "labels") if labels is None else ("labels", "inputs")
+        raise BenchError(f"--eval-{given} needs --eval-{missing}",
                          why="the device's outputs on the test inputs are scored against their labels",
                          fix="give both .npy files (inputs one sample per row, labels in the same order), or "
                              "neither")

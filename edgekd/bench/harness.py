@@ -982,14 +982,13 @@ def _first_samples(data: tuple[Path, Path] | None, count: int | None,
         return data
     if count == 0:
         return None
-    arrays = [np.load(path, allow_pickle=False, mmap_mode="r") for path in data]
-    if len(arrays[1]) <= count:
+    if (_npy_shape(data[1], "eval_data labels") or (0,))[0] <= count:  # a 0-d array holds no rows
         return data
     out = []
-    for path, array in zip(data, arrays):
+    for path in data:
         first = folder / f"first{count}-{sha256_file(path)[:16]}.npy"
         if not first.is_file():  # a bench's own temp folder: several artifacts share one cut
-            np.save(first, np.ascontiguousarray(array[:count]))
+            np.save(first, np.ascontiguousarray(np.load(path, allow_pickle=False, mmap_mode="r")[:count]))
         out.append(first)
     return out[0], out[1]
 
@@ -1002,7 +1001,7 @@ def _note_native_scoring(reporter: Reporter, device: str, natives: dict[int, tup
                if (why := unscorable(tool, artifacts[i])) is not None}
     scored = [i for i in natives if artifacts[i].name not in reasons]
     if scored:
-        samples = sorted({int(np.load(evals[i][0], mmap_mode="r", allow_pickle=False).shape[0]) for i in scored})
+        samples = sorted({(_npy_shape(evals[i][0], "eval_data inputs") or (0,))[0] for i in scored})
         reporter.note(f"{device} has no Python: benchmark_model scores {len(scored)} artifact(s) on "
                       f"{'/'.join(map(str, samples))} test samples, starting it once per sample; bench.eval_samples "
                       "(--eval-samples) scores fewer")

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekd.bench.native import BENCHMARK_MODEL, push_binary, run_holding_lock
+from edgekd.bench.native import BENCHMARK_MODEL, remote_binary_path, run_holding_lock
 from edgekd.errors import BenchError
 from edgekd.rundir import sha256_file
 
@@ -79,7 +79,7 @@ def device_outputs(session: Any, artifact: Any, binary: Path, x_path: Path, thre
     raw = local.with_suffix(".inputs.bin")
     samples.tofile(raw)
     device = session.device
-    tool, _ = push_binary(device, binary)  # pushed by the timing call before; checked by sha256
+    tool = remote_binary_path(device, binary)  # pushed and made executable by the round's timing call
     model = session.push(artifact.path, f"artifacts/{artifact.sha256[:16]}{artifact.path.suffix}")
     remote_inputs = session.push(raw, f"inputs/{sha256_file(raw)[:16]}.bin")
     folder, prefix = str(PurePosixPath(device.workdir) / "outputs"), artifact.sha256[:16]
