@@ -366,6 +366,14 @@ def parity_ids(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
     return data.tokenize(rows, data.device_length), data.corpus.labels[rows]
 
 
+def write_test_split(ctx: Context) -> tuple[Path, Path]:
+    """The labelled held-out sentences as token ids and their labels (.npy): what a device scores an artifact
+    with, written by the export too, so `edgekd bench` scores the files of a run whose recipe has no bench."""
+    ids, labels = parity_ids(ctx)
+    return (atomic_save_array(ctx.rundir.data / "test_ids.npy", ids),
+            atomic_save_array(ctx.rundir.data / "test_y.npy", labels.astype(np.int64)))
+
+
 def bench_sentence(ctx: Context) -> tuple[str, np.ndarray]:
     """The held-out sentence a text run's bench times and its ids at the device length ([1, length]): the bench
     stage feeds them, and every exported record keeps them for `edgekd bench ARTIFACT` to time the same."""
@@ -400,6 +408,7 @@ def export_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
                      **({"hf_folder": str(data.teacher_folder)} if role == "teacher" else {})},
             text_input=text_input, reporter=ctx.reporter)
     outputs, summary = export_outcome(ctx, artifacts)
+    write_test_split(ctx)
     made_json = None if (data.teacher_folder / TOKENIZER_JSON).is_file() else tokenizer_json(data.tokenizer)
     outputs += [path for a in artifacts for path in ship_tokenizer(data.teacher_folder, a.path.parent, made_json)]
     return outputs, {**summary, "retrieval": exported_retrieval(ctx, [a for a in artifacts if a.role != "teacher"])}
@@ -429,13 +438,10 @@ def bench_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     the text models take int64 ids, not the floor's float input."""
     from edgekd.stages import bench_artifacts, run_artifacts
 
-    b, data = ctx.recipe.bench, ctx.text
+    b = ctx.recipe.bench
     inputs = atomic_save_array(ctx.rundir.data / f"bench_ids_b{b.batch_size}.npy",
                                np.ascontiguousarray(np.repeat(bench_sentence(ctx)[1], b.batch_size, axis=0)))
-    rows = data.labelled_held_out_rows
-    eval_data = (atomic_save_array(ctx.rundir.data / "test_ids.npy", data.tokenize(rows, data.device_length)),
-                 atomic_save_array(ctx.rundir.data / "test_y.npy", data.corpus.labels[rows].astype(np.int64)))
-    return bench_artifacts(ctx, [a for a in run_artifacts(ctx) if a.role != "floor"], inputs, eval_data)
+    return bench_artifacts(ctx, [a for a in run_artifacts(ctx) if a.role != "floor"], inputs, write_test_split(ctx))
 
 
 def report_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
