@@ -376,7 +376,23 @@ def test_a_run_benched_on_a_phone_without_python(tiny_run, adb_server, phone, fa
                                                                           "index.html").read_text()
 
 
-def test_a_phone_without_python_scores_tflite_artifacts_with_benchmark_model(tiny_run, adb_server,  # noqa: F811
+@pytest.fixture(scope="module")
+def wide_run(tmp_path_factory):
+    """The tiny recipe with a student wide enough for benchmark_model's whole-µs timer on any machine (64-1024-1024-10,
+    1.1M multiply-adds a call). The tiny students take well under 1 µs in LiteRT on an AVX-512 host: the tool (and
+    its stand-in) prints 0 µs, and such an artifact has no result, so no accuracy either."""
+    from conftest import TINY_RECIPE
+
+    recipe = yaml.safe_load(TINY_RECIPE.read_text())
+    recipe.update(name="wide", output_dir=str(tmp_path_factory.mktemp("wide")))
+    recipe["student"]["model"]["params"] = {"width": 1024, "depth": 2}
+    recipe["scratch"] = {"enabled": False}
+    recipe["bench"] = {"enabled": False}
+    recipe["export"]["targets"] = {"teacher": [], "student": ["fp32", "int8_static"], "scratch": []}
+    return edgekd.run(edgekd.load_recipe(recipe))
+
+
+def test_a_phone_without_python_scores_tflite_artifacts_with_benchmark_model(wide_run, adb_server,  # noqa: F811
                                                                              android_phone, fake_perf_test,
                                                                              fake_binary, tmp_path):  # noqa: F811
     """benchmark_model runs each test sample from a file (--input_layer_value_files) and writes the outputs
@@ -389,7 +405,8 @@ def test_a_phone_without_python_scores_tflite_artifacts_with_benchmark_model(tin
     from dataclasses import replace
 
     names = ("student-tflite-int8_static", "student-tflite-fp32", "student-onnx-fp32")
-    artifacts = [tiny_run.rundir.artifacts / n for n in names]
+    artifacts = [wide_run.rundir.artifacts / n for n in names]
+    assert wide_run.stages["bench"] == "disabled"  # the export wrote the test split the phone scores with
     settings = replace(FAST, rounds=1, eval_samples=16)
     profile = _profile(tmp_path, adb_server, android_phone, python=None, emulated=True,
                        native={"onnx": str(fake_perf_test), "tflite": str(fake_binary)})
@@ -423,7 +440,7 @@ def test_a_phone_without_python_scores_tflite_artifacts_with_benchmark_model(tin
 
 
 def test_a_benchmark_model_without_output_filepath_still_times_and_says_why_there_is_no_accuracy(
-        tiny_run, adb_server, phone, tmp_path_factory, tmp_path):  # noqa: F811
+        wide_run, adb_server, phone, tmp_path_factory, tmp_path):  # noqa: F811
     """An older benchmark_model build (no --output_filepath) refuses the scoring call: the artifact keeps the
     timings it gave, without an accuracy, and a warning quotes the tool."""
     from dataclasses import replace
@@ -437,7 +454,7 @@ def test_a_benchmark_model_without_output_filepath_still_times_and_says_why_ther
     old_build = _as_native_binary(tmp_path_factory, old_source, "benchmark_model")
     profile = _profile(tmp_path, adb_server, phone, python=None, native={"tflite": str(old_build)})
     notes = NoteKeeper()
-    (result,) = edgekd.bench([tiny_run.rundir.artifacts / "student-tflite-fp32"], device=str(profile),
+    (result,) = edgekd.bench([wide_run.rundir.artifacts / "student-tflite-fp32"], device=str(profile),
                              settings=replace(FAST, rounds=1, eval_samples=2), reporter=notes)
     assert result.harness == "native" and result.latency_us["p50"] > 0 and result.device_accuracy is None
     (warning,) = [n for n in notes.notes if n.startswith("[warning] student-tflite-fp32: no accuracy on phone: ")]
