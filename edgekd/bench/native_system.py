@@ -12,12 +12,14 @@ from edgekd.bench.runner import parse_cpuinfo
 
 logger = logging.getLogger(__name__)
 
-_PARTS = ("machine", "system", "release", "cpuinfo", "device_model", "soc_model", "governor")
+_PARTS = ("machine", "system", "release", "cpuinfo", "device_model", "soc_model", "board", "governor")
 _SEPARATOR = "@@edgekd@@"
 # One fixed script (no value of the caller's in it). getprop answers on Android only; elsewhere it is absent.
+# The device tree names an ARM board ("Raspberry Pi 4 Model B Rev 1.4"); x86 has none.
 _SCRIPT = f'; echo "{_SEPARATOR}"; '.join((
     "uname -m", "uname -s", "uname -r", "cat /proc/cpuinfo 2>/dev/null", "getprop ro.product.model 2>/dev/null",
-    "getprop ro.soc.model 2>/dev/null", "cat /sys/devices/system/cpu/cpu0/cpufreq/scaling_governor 2>/dev/null",
+    "getprop ro.soc.model 2>/dev/null", "cat /proc/device-tree/model 2>/dev/null",
+    "cat /sys/devices/system/cpu/cpu0/cpufreq/scaling_governor 2>/dev/null",
 )) + "; exit 0"
 
 
@@ -30,10 +32,11 @@ def native_system(device: Any) -> dict[str, Any] | None:
         logger.debug("%s: no system description (exit %s, %d parts)", device.name, proc.returncode, len(parts))
         return None
     found = dict(zip(_PARTS, parts))
-    cpu_model, features = parse_cpuinfo(found["cpuinfo"])
+    board = found["soc_model"] or found["board"].strip("\x00") or None
+    cpu_model, features = parse_cpuinfo(found["cpuinfo"], board)
     processors = sum(1 for key, _, value in (line.partition(":") for line in found["cpuinfo"].splitlines())
                      if key.strip().lower() == "processor" and value.strip().isdigit())  # old ARM: "Processor: <name>"
     return {"machine": found["machine"] or None, "system": found["system"] or None,
-            "release": found["release"] or None, "cpu_model": cpu_model or found["soc_model"] or None,
+            "release": found["release"] or None, "cpu_model": cpu_model,
             "cpu_count_logical": processors or None, "cpu_features": features, "governor": found["governor"] or None,
             "affinity": None, "device_model": found["device_model"] or None}

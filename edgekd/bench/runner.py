@@ -659,23 +659,70 @@ def _read_text(path: str) -> Optional[str]:
 
 def _cpuinfo() -> "tuple[Optional[str], List[str]]":
     """CPU model and inference-relevant feature flags from /proc/cpuinfo (x86 'flags', ARM 'Features')."""
-    model, features = parse_cpuinfo(_read_text("/proc/cpuinfo") or "")
+    board = (_read_text("/proc/device-tree/model") or "").strip("\x00 \n") or None  # ARM boards: their name
+    model, features = parse_cpuinfo(_read_text("/proc/cpuinfo") or "", board)
     return model or platform.processor() or None, features
 
 
-def parse_cpuinfo(text: str) -> "tuple[Optional[str], List[str]]":
+def parse_cpuinfo(text: str, board: Optional[str] = None) -> "tuple[Optional[str], List[str]]":
     """(CPU model, feature flags of interest) from the text of a /proc/cpuinfo (also a device's, read by the
-    harness where the device has no Python)."""
-    model: Optional[str] = None
+    harness where the device has no Python). An arm64 kernel prints no model name, only each core's part number:
+    there the model is the board or SoC (`Model`, `Hardware`, else `board`: the device tree's model, Android's
+    ro.soc.model) with the cores it has, as lscpu names them, e.g. "Raspberry Pi 4 Model B Rev 1.4: 4× Cortex-A72".
+    A phone's big.LITTLE mix is what its latency depends on, and "BCM2835" alone (what a Pi 4's kernel says) is
+    wrong. A 32-bit kernel's "ARMv7 Processor rev 3 (v7l)" names no core either."""
+    names: Dict[str, str] = {}
     flags: set = set()
+    cores: List[str] = []
+    implementer = None
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key, value = key.strip().lower(), value.strip()
-        if key in ("model name", "hardware", "cpu model", "processor") and model is None and value and not value.isdigit():
-            model = value
+        if key in ("model name", "model", "hardware", "cpu model", "processor") and value and not value.isdigit():
+            names.setdefault(key, value)  # x86 "model: 85" and ARM "processor: 0" are numbers, not names
         elif key in ("flags", "features"):
             flags.update(value.split())
-    return model, [f for f in CPU_FEATURES_OF_INTEREST if f in flags]
+        elif key == "cpu implementer":
+            implementer = value
+        elif key == "cpu part":
+            cores.append(arm_core_name(implementer, value))
+    features = [f for f in CPU_FEATURES_OF_INTEREST if f in flags]
+    named = names.get("model name") or names.get("cpu model") or names.get("processor")
+    if named and cores and named.startswith("ARMv"):
+        named = None
+    if named or not cores:
+        return named or names.get("model") or names.get("hardware") or board, features
+    counts: Dict[str, int] = {}
+    for core in cores:
+        counts[core] = counts.get(core, 0) + 1
+    mix = " + ".join(f"{count}× {core}" for core, count in counts.items())
+    board = names.get("model") or names.get("hardware") or board
+    return (f"{board}: {mix}" if board else mix), features
+
+
+# (CPU implementer, CPU part) of the cores edge devices have -> their name (lscpu's, util-linux lscpu-arm.c).
+ARM_CORES = {
+    0x41: {0xd03: "Cortex-A53", 0xd04: "Cortex-A35", 0xd05: "Cortex-A55", 0xd07: "Cortex-A57", 0xd08: "Cortex-A72",
+           0xd09: "Cortex-A73", 0xd0a: "Cortex-A75", 0xd0b: "Cortex-A76", 0xd0c: "Neoverse-N1", 0xd0d: "Cortex-A77",
+           0xd0e: "Cortex-A76AE", 0xd40: "Neoverse-V1", 0xd41: "Cortex-A78", 0xd42: "Cortex-A78AE",
+           0xd44: "Cortex-X1", 0xd46: "Cortex-A510", 0xd47: "Cortex-A710", 0xd48: "Cortex-X2", 0xd49: "Neoverse-N2",
+           0xd4b: "Cortex-A78C", 0xd4c: "Cortex-X1C", 0xd4d: "Cortex-A715", 0xd4e: "Cortex-X3",
+           0xd4f: "Neoverse-V2", 0xd80: "Cortex-A520", 0xd81: "Cortex-A720", 0xd82: "Cortex-X4",
+           0xd84: "Neoverse-V3", 0xd85: "Cortex-X925", 0xd87: "Cortex-A725", 0xc07: "Cortex-A7",
+           0xc09: "Cortex-A9", 0xc0f: "Cortex-A15", 0xc0e: "Cortex-A17"},
+    0x4e: {0x000: "Denver", 0x003: "Denver 2", 0x004: "Carmel"},
+    0x51: {0x800: "Kryo-2XX-Gold", 0x801: "Kryo-2XX-Silver", 0x802: "Kryo-3XX-Gold", 0x803: "Kryo-3XX-Silver",
+           0x804: "Kryo-4XX-Gold", 0x805: "Kryo-4XX-Silver", 0x001: "Oryon"},
+    0x53: {0x001: "Exynos-M1", 0x002: "Exynos-M3", 0x003: "Exynos-M4", 0x004: "Exynos-M5"},
+}
+
+
+def arm_core_name(implementer: Optional[str], part: str) -> str:
+    """A core's name from its cpuinfo `CPU implementer` and `CPU part` (hex), or the raw ids when unknown."""
+    try:
+        return ARM_CORES[int(implementer or "", 16)][int(part, 16)]
+    except (KeyError, ValueError):
+        return f"core {implementer}:{part}" if implementer else f"core part {part}"
 
 
 def system_info() -> Dict[str, Any]:
