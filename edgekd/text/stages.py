@@ -366,10 +366,11 @@ def parity_ids(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
     return data.tokenize(rows, data.device_length), data.corpus.labels[rows]
 
 
-def write_test_split(ctx: Context) -> tuple[Path, Path]:
-    """The labelled held-out sentences as token ids and their labels (.npy): what a device scores an artifact
-    with, written by the export too, so `edgekd bench` scores the files of a run whose recipe has no bench."""
-    ids, labels = parity_ids(ctx)
+def write_test_split(ctx: Context, split: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[Path, Path]:
+    """The labelled held-out sentences as token ids and their labels (.npy; `split`: parity_ids already made):
+    what a device scores an artifact with, written by the export too, so `edgekd bench` scores the files of a
+    run whose recipe has no bench."""
+    ids, labels = split if split is not None else parity_ids(ctx)
     return (atomic_save_array(ctx.rundir.data / "test_ids.npy", ids),
             atomic_save_array(ctx.rundir.data / "test_y.npy", labels.astype(np.int64)))
 
@@ -408,7 +409,7 @@ def export_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
                      **({"hf_folder": str(data.teacher_folder)} if role == "teacher" else {})},
             text_input=text_input, reporter=ctx.reporter)
     outputs, summary = export_outcome(ctx, artifacts)
-    write_test_split(ctx)
+    write_test_split(ctx, (ids, labels))
     made_json = None if (data.teacher_folder / TOKENIZER_JSON).is_file() else tokenizer_json(data.tokenizer)
     outputs += [path for a in artifacts for path in ship_tokenizer(data.teacher_folder, a.path.parent, made_json)]
     return outputs, {**summary, "retrieval": exported_retrieval(ctx, [a for a in artifacts if a.role != "teacher"])}
