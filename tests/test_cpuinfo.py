@@ -53,6 +53,9 @@ EPYC = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t:
     # a core this table does not know keeps its ids, so the result still tells cores apart
     (arm_cores([("0x41", "0xd05"), ("0x41", "0xfff")], "fp asimd"), None, "1× Cortex-A55 + 1× core 0x41:0xfff",
      ["asimd"]),
+    # an Android 3.x arm64 kernel's generic "Processor" line names no core
+    ("Processor\t: AArch64 Processor rev 4 (aarch64)\n" + arm_cores([("0x41", "0xd03")] * 4, "fp asimd"), "MSM8953",
+     "MSM8953: 4× Cortex-A53", ["asimd"]),
     (EPYC, None, "AMD EPYC 7B13", ["sse4_2", "avx", "avx2", "fma", "f16c"]),
     # the emulated board's cpuinfo (devices/arm64/cpuinfo.py) has a model name saying it is emulated: kept
     (arm_cores([("0x41", "0xd0b")] * 2, ARMV8_2, model_name="Cortex-A76 (emulated by qemu-aarch64)"), None,

@@ -670,7 +670,8 @@ def parse_cpuinfo(text: str, board: Optional[str] = None) -> "tuple[Optional[str
     there the model is the board or SoC (`Model`, `Hardware`, else `board`: the device tree's model, Android's
     ro.soc.model) with the cores it has, as lscpu names them, e.g. "Raspberry Pi 4 Model B Rev 1.4: 4× Cortex-A72".
     A phone's big.LITTLE mix is what its latency depends on, and "BCM2835" alone (what a Pi 4's kernel says) is
-    wrong. A 32-bit kernel's "ARMv7 Processor rev 3 (v7l)" names no core either."""
+    wrong. A 32-bit kernel's "ARMv7 Processor rev 3 (v7l)" (an old arm64 one's "AArch64 Processor rev 4") names
+    no core either."""
     names: Dict[str, str] = {}
     flags: set = set()
     cores: List[str] = []
@@ -688,7 +689,7 @@ def parse_cpuinfo(text: str, board: Optional[str] = None) -> "tuple[Optional[str
             cores.append(arm_core_name(implementer, value))
     features = [f for f in CPU_FEATURES_OF_INTEREST if f in flags]
     named = names.get("model name") or names.get("cpu model") or names.get("processor")
-    if named and cores and named.startswith("ARMv"):
+    if named and cores and named.startswith(("ARMv", "AArch64 Processor")):  # generic: "ARMv7 Processor rev 3"
         named = None
     if named or not cores:
         return named or names.get("model") or names.get("hardware") or board, features
