@@ -345,6 +345,12 @@ def test_info_from_getprop_without_python(dev, phone):
     assert info["system"]["machine"] == "x86_64"
     assert info["system"]["release"] == "14"
     assert info["system"]["governor"] == "schedutil"
+    # the CPU as the phone's /proc/cpuinfo names it (here: this host's), as a bench result on it does
+    from edgekd.bench.runner import parse_cpuinfo
+
+    cpu, features = parse_cpuinfo(Path("/proc/cpuinfo").read_text())
+    assert cpu and info["system"]["cpu_model"] == cpu and info["system"]["cpu_features"] == features
+    assert info["system"]["cpu_count_logical"] == os.cpu_count()
     assert info["android"]["model"] == "edgekd-loopback"
     assert info["android"]["abi"] == "x86_64"
     assert info["android"]["sdk"] == "34"

@@ -139,10 +139,19 @@ class AdbDevice:
                 },
                 "emulated": self.profile.emulated,
             }
+            info["system"].update(self._cpu_from_shell())
         info["android"] = android
         info["serial"] = self.serial
         info["thermal"] = self.thermal()
         return info
+
+    def _cpu_from_shell(self) -> dict[str, Any]:
+        """CPU model (the SoC with its core mix), logical CPUs and features as /proc/cpuinfo tells them, the way a
+        bench result on this phone names its CPU (native_system); empty when the shell did not answer."""
+        from edgekd.bench.native_system import native_system
+
+        described = native_system(self) or {}
+        return {key: described[key] for key in ("cpu_model", "cpu_count_logical", "cpu_features") if described.get(key)}
 
     def push(self, local: Path, remote: str) -> None:
         local = Path(local)
