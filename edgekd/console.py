@@ -106,6 +106,8 @@ def summary_table(summary: dict[str, Any]) -> Table:
         p50 = f"{r['p50_us']:.2f} {_ci(r.get('ci95_p50'))}" if r.get("p50_us") is not None else "–"
         if r.get("unstable"):
             p50 += " unstable"
+        if r.get("resolution_limited"):
+            p50 += stats.BELOW_RESOLUTION_MARK
         speed = r.get("speedup_vs_teacher")
         speed_txt = "–" if speed is None or r["role"] == "teacher" else (
             f"{speed:.2f}×" + ("" if r.get("speedup_significant") else
@@ -162,7 +164,8 @@ def bench_table(results: list[Any]) -> Table:
         peak = peak_kb(r.memory_kb)
         shown = stats.shown_p50(lat, r.round_p50_us)
         p50 = "–" if shown is None else f"{shown:.2f} {_ci(stats.shown_p50_interval(lat))}" + (
-            " unstable" if lat.get("unstable") else "")
+            " unstable" if lat.get("unstable") else "") + (
+            stats.BELOW_RESOLUTION_MARK if lat.get("resolution_limited") else "")
         p99 = stats.shown_p99(lat)
         runs = str(lat.get("n") or "–")
         calls, sampled = (r.sustained or {}).get("calls"), (r.sustained or {}).get("sampled")

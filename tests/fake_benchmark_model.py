@@ -15,7 +15,9 @@ What is imitated: the command line (``--name=value`` flags of the real tool; the
 its loop bounds) and the log. The log copies, line for line, the format of LiteRT 2.20's benchmark_model
 as captured in tests/native_samples/benchmark_model_tf2.20_xnnpack_percentiles.txt ("INFO: " prefix on
 stderr, warm-up and timed ``count=…`` lines with ``p5= median= p95=``, the "Inference timings in us"
-summary and the memory-footprint line). The statistics follow LiteRT's ``Stat``: integer microseconds,
+summary and the memory-footprint line). A call's time is, as in the tool's loop, the difference of two
+readings of a whole-µs clock (``NowMicros``): a 0.3 µs call reads 1 or 0, 1 with chance 0.3. The
+statistics follow LiteRT's ``Stat``: integer microseconds,
 population std truncated to an integer, percentile = sorted[n * p / 100], ``count=N curr=X`` when all
 values are equal. The loops follow benchmark_model: at least N runs AND at least min_secs, stopping past
 max_secs. Error messages are approximations; the exit status is 1 on failure, like the real tool.
@@ -128,9 +130,9 @@ def timed_loop(invoke, min_runs: int, min_secs: float, max_secs: float) -> array
         elapsed = time.perf_counter() - start
         if not ((len(times) < min_runs or elapsed < min_secs) and elapsed <= max_secs):
             return times
-        t0 = time.perf_counter_ns()
+        t0 = time.perf_counter_ns() // 1000  # a whole-µs clock, read before and after (the tool's NowMicros)
         invoke()
-        times.append((time.perf_counter_ns() - t0) // 1000)
+        times.append(time.perf_counter_ns() // 1000 - t0)
 
 
 # The tool's value ranges for random inputs (LiteRT's tools/utils.cc, GetDataRangesForType): token ids in

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 import edgekd
+from edgekd.bench import stats
 from edgekd.bench.harness import BenchSettings
 from edgekd.export.formats import FORMATS, ExportOptions
 from conftest import NoteKeeper, StepReporter, hold_device_lock, skip_or_fail_on_ci, waiting_on
@@ -360,11 +361,19 @@ def test_a_run_benched_on_a_phone_without_python(tiny_run, adb_server, phone, fa
     assert {r.harness for r in result.results} == {"native"}
     timed = {r.artifact["name"]: r.inputs[0]["shape"] for r in result.results}
     expected = {r.artifact["name"]: [1, 64] for r in tiny_run.results}
-    # benchmark_model prints whole µs: a TFLite floor (no operator) or MLP may time at 0, and then has no result
+    # benchmark_model prints whole µs: a TFLite floor (no operator) may time at 0 in every call, and then has no
+    # result; a tiny MLP with some calls at 1 µs, the mean of its readings (on a fast CPU: it depends on the speed)
     unresolved = {n for n in expected if n not in timed}
     assert all("tflite" in n for n in unresolved) and timed == {n: expected[n] for n in timed}
     assert all(any(note.startswith(f"[warning] {n}: benchmark_model timed its calls at 0 µs") for note in notes.notes)
                for n in unresolved)
+    report = (tmp_path / "tiny" / "report" / "index.html").read_text()
+    for r in result.results:
+        mean_timed = any(note.startswith(f"{r.artifact['name']}: benchmark_model timed most calls at 0 µs")
+                         for note in notes.notes)
+        assert r.latency_us["resolution_limited"] == mean_timed
+        if mean_timed:
+            assert r.latency_us["p5"] is None and html.escape(stats.BELOW_RESOLUTION_MARK) in report
     assert "phone has no Python: its benchmark tool makes its own input data, at the shape of the inputs given, " \
            "[1, 64]" in notes.notes
     # the CPU the phone's shell named (/proc/cpuinfo): the report says what the latencies were measured on
@@ -372,8 +381,7 @@ def test_a_run_benched_on_a_phone_without_python(tiny_run, adb_server, phone, fa
 
     cpu = parse_cpuinfo(Path("/proc/cpuinfo").read_text())[0]
     assert cpu and {r.device["info"]["system"]["cpu_model"] for r in result.results} == {cpu}
-    assert f"CPU {html.escape(cpu)} ({os.cpu_count()} logical cores" in (tmp_path / "tiny" / "report" /
-                                                                          "index.html").read_text()
+    assert f"CPU {html.escape(cpu)} ({os.cpu_count()} logical cores" in report
 
 
 @pytest.fixture(scope="module")
@@ -462,29 +470,58 @@ def test_a_benchmark_model_without_output_filepath_still_times_and_says_why_ther
 
 
 def test_a_model_a_native_tool_times_at_0_us_has_no_result():
-    """benchmark_model times whole microseconds: a model it prints at 0 µs (a floor, a tiny MLP) used to fail the
+    """benchmark_model times whole microseconds: a model it prints at 0 µs in every call (a floor) used to fail the
     whole bench (a result's round p50 must be above 0), so the tiny run on a stock phone failed; it is said and
-    left without a result."""
+    left without a result. One with readings of 1 µs among the zeros (a tiny MLP) is timed by their mean."""
     from edgekd.bench.harness import _unresolved
     from edgekd.bench.native import parse_benchmark_model
     from edgekd.export.artifact import Artifact
 
-    zero = parse_benchmark_model("INFO: count=50 curr=0(all same) p5=0 median=0 p95=0\n"
-                                 "INFO: Inference timings in us: Init: 5, First inference: 1, Warmup (avg): 0.4, "
-                                 "Inference (avg): 0.3\n")
-    slow = {**zero, "latency_us": {**zero["latency_us"], "p50": 1.0}}
+    def printed(stat: str, avg: str) -> dict:
+        return parse_benchmark_model(f"INFO: {stat}\nINFO: Inference timings in us: Init: 5, First inference: 1, "
+                                     f"Warmup (avg): 0.4, Inference (avg): {avg}\n")
+
+    zero = printed("count=50 curr=0(all same) p5=0 median=0 p95=0", "0")
+    sub_us = printed("count=50 first=1 curr=0 min=0 max=1 avg=0.3 std=0 p5=0 median=0 p95=1", "0.3")
+    slow = printed("count=50 first=1 curr=1 min=1 max=2 avg=1.2 std=0 p5=1 median=1 p95=2", "1.2")
     notes = NoteKeeper()
     floor = Artifact(name="floor-tflite-fp32", role="floor", format="tflite", precision="fp32", file="model.tflite",
                      size_bytes=1, sha256="0" * 64)
     model = floor.model_copy(update={"name": "student-tflite-fp32", "role": "student"})
-    assert (_unresolved(floor, zero, notes), _unresolved(model, zero, notes)) == (True, True)
-    assert (_unresolved(floor, slow, notes), _unresolved(model, slow, notes)) == (False, False)
+    said: set[str] = set()
+    assert (_unresolved(floor, zero, notes, said), _unresolved(model, zero, notes, said)) == (True, True)
+    assert (_unresolved(floor, slow, notes, said), _unresolved(model, slow, notes, said)) == (False, False)
+    assert [_unresolved(model, sub_us, notes, said) for _ in range(2)] == [False, False]  # timed, said once
     assert notes.notes == [
         "[warning] floor-tflite-fp32: benchmark_model timed its calls at 0 µs, below the 1 µs it can show; it has no "
         "result on this device (a call with no operator costs less there)",
         "[warning] student-tflite-fp32: benchmark_model timed its calls at 0 µs, below the 1 µs it can show; it has "
         "no result on this device: with Python on the device (Termux, `python:` in its profile) edgekd's runner "
-        "times in ns"]
+        "times in ns",
+        "student-tflite-fp32: benchmark_model timed most calls at 0 µs (its timer reads whole µs): its p50 is the mean "
+        "of its readings, 0.30 µs in this round, without percentiles. Each reading is the difference of two whole-µs "
+        "clock readings, so the mean is the calls' mean"]
+
+
+def test_calls_under_a_microsecond_are_timed_by_the_mean_of_the_tools_readings():
+    """Rounds of benchmark_model where calls take under 1 µs (median 0): every round's p50 is its mean, also a
+    round whose whole-µs median happened to be 1, and the percentiles the tool's resolution cannot give are None.
+    Each call reads end − start of a whole-µs clock, so these readings average to the calls' mean (the stand-in
+    reads its clock the same way)."""
+    from edgekd.bench.native import bench_result_fields, parse_benchmark_model
+
+    def printed(median: int, avg: float) -> dict:
+        return parse_benchmark_model(f"INFO: count=1000 first=1 curr=0 min=0 max=3 avg={avg} std=0 p5=0 "
+                                     f"median={median} p95=1\nINFO: Inference timings in us: Init: 5, "
+                                     f"First inference: 1, Warmup (avg): 0.4, Inference (avg): {avg}\n")
+
+    fields = bench_result_fields([printed(0, 0.4), printed(1, 0.55), printed(0, 0.45)])
+    lat = fields["latency_us"]
+    assert fields["round_p50_us"] == [0.4, 0.55, 0.45] and lat["resolution_limited"] is True
+    assert lat["p50"] == 0.45 and lat["mean"] == pytest.approx(0.4666666) and lat["ci95_p50_rounds"] is not None
+    assert all(lat[k] is None for k in ("p5", "p90", "p95", "p99", "p999"))
+    resolved = bench_result_fields([printed(1, 1.2), printed(1, 1.1)])
+    assert resolved["round_p50_us"] == [1.0, 1.0] and resolved["latency_us"]["resolution_limited"] is False
 
 
 def test_check_threads_on_a_model_without_a_timing_says_so(monkeypatch, tmp_path):

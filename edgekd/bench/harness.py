@@ -699,7 +699,7 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
                       f"{', '.join(resolved[i].name for i in sorted(done))}")
     task = reporter.task(f"bench on {target.name}", len(todo) * settings.rounds)
     raws: dict[int, list[dict[str, Any]]] = {i: [] for i in todo}
-    said: set[str] = set()  # what _note_device_lock said once already
+    said: set[str] = set()  # what _note_device_lock and _unresolved said once already
     unresolved: set[int] = set()  # timed at 0 µs by a native tool (_unresolved): no result
     accuracies: dict[int, dict[str, Any]] = {}
     parities: dict[int, dict[str, Any]] = {}
@@ -761,7 +761,7 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
                         continue
                     if natives[i] is not None:  # no Python on the device: the runtime's own benchmark binary
                         out = _run_native(session, resolved[i], natives[i], per_round, sizes[i][0])
-                        if _unresolved(resolved[i], out, reporter):
+                        if _unresolved(resolved[i], out, reporter, said):
                             unresolved.add(i)
                             task.advance(1)
                             continue
@@ -909,11 +909,21 @@ def _native_tool(device: Device, artifact: Artifact) -> tuple[str, Path] | None:
     return tool, path
 
 
-def _unresolved(artifact: Artifact, out: dict[str, Any], reporter: Reporter) -> bool:
+def _unresolved(artifact: Artifact, out: dict[str, Any], reporter: Reporter, said: set[str]) -> bool:
     """An artifact the native tool timed at 0 µs: benchmark_model prints whole microseconds, and a floor (no
-    operator) or a tiny model takes less on a phone. It is said and left without a result (a result's round
+    operator) or a tiny model takes less on a phone. With readings of 1 µs among the zeros, its latency is their
+    mean (native.below_resolution), said once; with none, it is said and left without a result (a result's round
     p50s must be above 0), rather than failing the whole bench; the other artifacts are measured."""
-    if (out.get("latency_us") or {}).get("p50") != 0:
+    from edgekd.bench.native import below_resolution
+
+    latency = out.get("latency_us") or {}
+    if below_resolution(latency) and f"resolution {artifact.name}" not in said:
+        said.add(f"resolution {artifact.name}")
+        reporter.note(f"{artifact.name}: {out.get('tool')} timed most calls at 0 µs (its timer reads whole µs): "
+                      f"its p50 is the mean of its readings, {latency['mean']:.2f} µs in this round, without "
+                      "percentiles. Each reading is the difference of two whole-µs clock readings, so the mean is "
+                      "the calls' mean")
+    if latency.get("p50") != 0 or below_resolution(latency):
         return False
     reporter.note(f"[warning] {artifact.name}: {out.get('tool')} timed its calls at 0 µs, below the 1 µs it can "
                   "show; it has no result on this device" +

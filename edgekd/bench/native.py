@@ -542,6 +542,24 @@ def _median(values: list[float] | None) -> float | None:
     return None if values is None else float(statistics.median(values))
 
 
+def below_resolution(latency: dict[str, Any]) -> bool:
+    """A run benchmark_model timed at a median of 0 µs but a mean above 0: its calls take under a microsecond.
+    The tool times each call as the difference of two whole-µs clock readings (NowMicros before and after), so a
+    0.3 µs call reads 1 with chance 0.3 and 0 otherwise: the median is 0 while the mean of the readings is still
+    the calls' mean. Such a run has a latency (that mean); all zeros (mean 0) has none."""
+    return latency.get("p50") == 0 and bool(latency.get("mean"))
+
+
+def _round_latencies(rounds: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
+    """Each round's latencies, and whether they are below the tool's resolution: then every round's p50 is its
+    mean (one estimate for all rounds, not a whole-µs median in some), and no percentile is kept."""
+    lats = [r["latency_us"] for r in rounds]
+    if not any(below_resolution(lat) for lat in lats) or not all(lat.get("mean") for lat in lats):
+        return lats, False
+    unresolved = dict.fromkeys(("p5", "p90", "p95", "p99", "p999"))
+    return [{**lat, **unresolved, "p50": lat["mean"]} for lat in lats], True
+
+
 def latency_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """The parsed latencies of every round (one tool run each) under the keys of `stats.summarize` (the runner
     path), combined the way the runner path combines its rounds, so reports read both alike.
@@ -554,11 +572,12 @@ def latency_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     p99.9: `stats.MIN_P999_SAMPLES`): one of a few calls' largest values is not an estimate, and a median with
     such a round in it would pass for one. What needs per-call latencies (the interval within a process,
     trimmed mean, the per-call stability metrics) is None; the verdict comes from the rounds' p50s alone
-    (`_round_drift`), none from a single round.
+    (`_round_drift`), none from a single round. Calls under the tool's whole µs (`below_resolution`): each
+    round's p50 is its mean, without percentiles, and `resolution_limited` says so.
     """
     from edgekd.bench import stats
 
-    lats = [r["latency_us"] for r in rounds]
+    lats, limited = _round_latencies(rounds)
     col = {key: _all([lat.get(key) for lat in lats]) for key in LATENCY_KEYS}
     n = sum(col["n"]) if col["n"] is not None else None
     mean = std = None
@@ -582,6 +601,7 @@ def latency_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "trimmed_cv": None, "rel_ci95_half_width": None, "p99_p50": None, "tail_time_share": None, "drift": drift,
         "unstable": unstable, "unstable_reasons": reasons,
         "timer_overhead_us": None,  # the tool's own clock: its cost per call is not known here
+        "resolution_limited": limited,
     }
 
 
@@ -624,7 +644,7 @@ def bench_result_fields(rounds: dict[str, Any] | list[dict[str, Any]]) -> dict[s
                     "warmup_avg_us": _median(_all([r.get("warmup_avg_us") for r in rounds])),
                     **first.get("extra", {})},
         "latency_us": latency_summary(rounds),
-        "round_p50_us": [p for p in (r["latency_us"].get("p50") for r in rounds) if p is not None],
+        "round_p50_us": [p for p in (lat.get("p50") for lat in _round_latencies(rounds)[0]) if p is not None],
         "load_ms": _median(_all([r.get("init_ms") for r in rounds])),
         "first_inference_us": _median(_all([r.get("first_inference_us") for r in rounds])),
         "memory_kb": memory,

@@ -64,6 +64,7 @@ def _row(artifact: Artifact, result: BenchResult | None) -> dict[str, Any]:
         row.update({"p50_us": stats.shown_p50(lat, result.round_p50_us), "round_p50_us": list(result.round_p50_us),
                     "ci95_p50": stats.shown_p50_interval(lat), "p90_us": lat["p90"], "p99_us": stats.shown_p99(lat),
                     "cv": lat["cv"], "unstable": lat["unstable"], "unstable_reasons": lat.get("unstable_reasons", []),
+                    "resolution_limited": bool(lat.get("resolution_limited")),
                     "runs": lat["n"], "timer_overhead_us": lat.get("timer_overhead_us"),
                     "vmhwm_kb": peak_kb(result.memory_kb),
                     "vmhwm_model_kb": model_memory_kb(result.memory_kb), "load_ms": result.load_ms,
@@ -891,6 +892,7 @@ def write_html(summary: dict[str, Any], rundir: RunDir) -> Path:
                 (f"{r['p50_us']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "") if r.get("p50_us") is not None
                  else "–")  # no interval: one round of a native tool (no per-call times)
                 + (" unstable" if r.get("unstable") else "")
+                + (stats.BELOW_RESOLUTION_MARK if r.get("resolution_limited") else "")
                 + (" (emulated: not a board's latency)" if r.get("emulated") else ""),
                 _fmt(r.get("p99_us"), ".2f"), _fmt(r.get("x_floor"), ".2f"), speed_txt,
                 peak_mib(r.get("vmhwm_kb"), r.get("vmhwm_model_kb")), worst_txt, status]) + "</tr>")

@@ -177,6 +177,10 @@ def shown_p50_interval(latency_us: Dict[str, Any]) -> Any:
     return latency_us.get("ci95_p50_rounds") or latency_us.get("ci95_p50")
 
 
+# Beside a p50 that is the mean of a native tool's whole-µs readings (native.below_resolution), in every table.
+BELOW_RESOLUTION_MARK = " (mean: calls under the tool's 1 µs)"
+
+
 def shown_p50(latency_us: Dict[str, Any], round_p50s: Sequence[float]) -> float | None:
     """The p50 a table shows beside `shown_p50_interval`: when that is the rounds' interval, its centre
     (`rounds_center`), which speed-ups and comparisons use too; else the p50 of the calls. The median of all
