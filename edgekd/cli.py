@@ -481,15 +481,21 @@ def devices(example: Optional[str] = typer.Option(None, "--example", help="print
                                                   "edgekd devices --example pi > devices/pi.yaml"),
             clean: Optional[str] = typer.Option(None, "--clean", help="remove the files benches left in this "
                                                 "device's work directory (artifacts, inputs, the runner; nothing "
-                                                "else); refused while a bench runs on the device")
+                                                "else); refused while a bench runs on the device"),
+            info: Optional[str] = typer.Option(None, "--info", help="describe this device as a bench finds it: "
+                                               "CPU (model, cores, features), Python, numpy and runtimes (or the "
+                                               "native tools), Android facts, thermal state")
             ) -> None:
     """List the devices --device can name (./devices/, ~/.config/edgekd/devices/, the built-in host), print an
-    example profile, or clean a device's work directory."""
+    example profile, describe a device, or clean its work directory."""
     from rich.table import Table
 
     from edgekd.devices.profiles import example_profile, listed_profiles, load_profile
 
-    _one_of(example=example, clean=clean)
+    _one_of(example=example, clean=clean, info=info)
+    if info is not None:
+        _describe_device(info)
+        return
     if clean is not None:
         from edgekd.bench.clean import clean as clean_device
 
@@ -513,6 +519,25 @@ def devices(example: Optional[str] = typer.Option(None, "--example", help="print
     console.print(table)
     console.print("a new one: edgekd devices --example pi > devices/pi.yaml (or --example phone), then edit it",
                   markup=False, highlight=False)
+
+
+def _describe_device(name: str) -> None:
+    from rich.table import Table
+
+    from edgekd.devices.describe import describe
+    from edgekd.devices.profiles import open_device
+
+    device = open_device(name)
+    try:
+        rows = describe(device)
+    finally:
+        device.close()
+    table = Table(title=f"{name}: what a bench finds there", title_justify="left", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value", overflow="fold")
+    for what, value in rows:
+        table.add_row(Text(what), Text(value))
+    console.print(table)
 
 
 @app.command()
