@@ -94,6 +94,11 @@ def test_info_reports_the_boards_own_architecture_and_emulation(board):
     assert info["emulator"]["cpu"] == "cortex-a76" and info["emulator"]["version"]
     assert "emulated" in info["system"]["cpu_model"] and "asimddp" in info["system"]["cpu_features"]
     assert info["runtimes"]["onnxruntime"] and info["runtimes"]["ai_edge_litert"] and info["numpy"]
+    # the same, as `edgekd devices --info` shows it
+    proc = _edgekd("devices", "--info", "arm64-emulated")
+    assert proc.returncode == 0, proc.stderr
+    shown = " ".join(proc.stdout.split())
+    assert "│ architecture │ aarch64 (emulated) │" in shown and f"│ CPU │ {info['system']['cpu_model']} │" in shown
 
 
 def test_the_demo_artifacts_run_on_the_board_and_are_compared_with_this_host(board, tiny_run, tmp_path):

@@ -24,7 +24,7 @@ def describe(device: Device) -> list[tuple[str, str]]:
             ("governor", system.get("governor") or "unknown")]
     rows += _software(info, profile)
     rows += _android(info.get("android"))
-    rows.append(("thermal", _thermal(info.get("thermal") if "thermal" in info else temperature(device))))
+    rows.append(("thermal", _thermal(info.get("thermal") or temperature(device))))  # adb's status, else zones
     if "ssh_host_key_checking" in info:
         rows.append(("ssh host keys", info["ssh_host_key_checking"]))
     return rows
