@@ -517,8 +517,8 @@ def devices(example: Optional[str] = typer.Option(None, "--example", help="print
             kind = f"invalid: {exc.what}" + (f"; {exc.why}" if exc.why else "")  # the what names the bad field
         table.add_row(Text(name), Text(kind), Text(str(path)))
     console.print(table)
-    console.print("a new one: edgekd devices --example pi > devices/pi.yaml (or --example phone), then edit it",
-                  markup=False, highlight=False)
+    console.print("a new one: edgekd devices --example pi > devices/pi.yaml (or --example phone), then edit it; "
+                  "edgekd devices --info NAME shows what a bench finds on a device", markup=False, highlight=False)
 
 
 def _describe_device(name: str) -> None:
