@@ -11,8 +11,12 @@ from pathlib import Path
 
 import yaml
 
+import pytest
+
+from adb_device import LoopbackAdbDevice
 from edgekd.bench.runner import parse_cpuinfo
-from test_adb_device import WD, adb_server, phone  # noqa: F401  (fixtures)
+from test_adb_device import WD, _attached, adb_server, phone  # noqa: F401  (fixtures)
+from test_cpuinfo import SM8550
 
 CLI = [sys.executable, "-m", "edgekd.cli"]
 
@@ -55,6 +59,32 @@ def test_a_phone_without_python_is_described_from_its_shell(adb_server, phone, t
     assert rows["Python"].startswith("none") and rows["native tools"] == "tflite: /opt/benchmark_model"
     assert rows["Android"] == "edgekd edgekd-loopback (Android 14, SDK 34, ABI x86_64)"
     assert rows["thermal"] == "status 1 (light)"  # dumpsys thermalservice
+
+
+@pytest.fixture()
+def snapdragon(adb_server, tmp_path_factory):  # noqa: F811
+    """A loopback phone whose shell shows a Snapdragon 8 Gen 2's /proc/cpuinfo (its /proc is the sandbox's) and
+    whose getprop names the SoC, as Android 12+ does (ro.soc.model)."""
+    sandbox = tmp_path_factory.mktemp("snapdragon")
+    (sandbox / "proc").mkdir()
+    (sandbox / "proc" / "cpuinfo").write_text(SM8550)
+    device = LoopbackAdbDevice(sandbox, mapped_prefixes=("/data/local/tmp", "/proc"),
+                               props={"ro.soc.model": "SM8550", "ro.product.model": "SM-S911B",
+                                      "ro.product.manufacturer": "samsung", "ro.product.cpu.abi": "arm64-v8a"})
+    with _attached(adb_server, device):
+        yield device
+
+
+def test_an_android_phones_cpu_is_named_by_its_soc_and_cores(adb_server, snapdragon, tmp_path):  # noqa: F811
+    """What a bench result on such a phone names (native_system, over the real adb client): the SoC with its
+    big.LITTLE mix, its 8 cores and the INT8 features its cores have (dotprod, i8mm)."""
+    profile = tmp_path / "s23.yaml"
+    profile.write_text(yaml.safe_dump({"name": "s23", "kind": "adb", "serial": snapdragon.address,
+                                       "server_port": adb_server.port, "workdir": WD, "python": None}))
+    rows = _rows(_info(tmp_path, str(profile)).stdout)
+    assert rows["CPU"] == "SM8550: 3× Cortex-A510 + 2× Cortex-A715 + 2× Cortex-A710 + 1× Cortex-X3"
+    assert rows["logical CPUs"] == "8" and rows["CPU features"] == "asimd, asimdhp, asimddp, i8mm, bf16"
+    assert rows["Android"] == "samsung SM-S911B (Android 14, SDK 34, ABI arm64-v8a)"
 
 
 def test_an_unknown_device_is_named_with_the_known_ones(tmp_path):
