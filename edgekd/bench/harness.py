@@ -917,13 +917,15 @@ def _unresolved(artifact: Artifact, out: dict[str, Any], reporter: Reporter, sai
     from edgekd.bench.native import below_resolution
 
     latency = out.get("latency_us") or {}
-    if below_resolution(latency) and f"resolution {artifact.name}" not in said:
-        said.add(f"resolution {artifact.name}")
-        reporter.note(f"{artifact.name}: {out.get('tool')} timed most calls at 0 µs (its timer reads whole µs): "
-                      f"its p50 is the mean of its readings, {latency['mean']:.2f} µs in this round, without "
-                      "percentiles. Each reading is the difference of two whole-µs clock readings, so the mean is "
-                      "the calls' mean")
-    if latency.get("p50") != 0 or below_resolution(latency):
+    if below_resolution(latency):
+        if f"resolution {artifact.name}" not in said:
+            said.add(f"resolution {artifact.name}")
+            reporter.note(f"{artifact.name}: {out.get('tool')} timed most calls at 0 µs (its timer reads whole "
+                          f"µs): its p50 is the mean of its readings, {latency['mean']:.2f} µs in this round, "
+                          "without percentiles. Each reading is the difference of two whole-µs clock readings, so "
+                          "the mean is the calls' mean")
+        return False
+    if latency.get("p50") != 0:
         return False
     reporter.note(f"[warning] {artifact.name}: {out.get('tool')} timed its calls at 0 µs, below the 1 µs it can "
                   "show; it has no result on this device" +
