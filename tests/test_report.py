@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 import edgekd
+from edgekd.bench import stats
 from edgekd.bench.report import (INT8_PRECISIONS, PARETO_PNG, SATURATION_GAP_DB, WORST_LAYERS, findings,
                                  pareto_figure)
 from edgekd.bench.runner import CPU_FEATURES_OF_INTEREST
@@ -342,3 +343,16 @@ def test_the_timer_cost_is_named_where_it_is_a_noticeable_part_of_the_p50(tmp_pa
     old_row = _row(artifact, BenchResult.load(tmp_path / "bench-old.json"))
     assert old_row["timer_overhead_us"] is None and old_row["p50_us"] == pytest.approx(3.4)
     assert not [f for f in findings({"rows": [old_row]}) if "timer's own cost" in f]
+
+
+def test_a_floor_timed_below_the_tools_resolution_is_marked_in_the_findings():
+    """A native tool's floor timed as the mean of whole-µs readings (native.below_resolution) says so where the
+    findings name it, as the rows' p50s do: a "× floor" against it divides by a mean, not a median."""
+    rows = [{"name": "student-tflite-fp32", "role": "student", "format": "tflite", "precision": "fp32",
+             "p50_us": 0.7, "parity_passed": True, "size_bytes": 1000, "ops": 1, "layout_ops": 0}]
+    for limited in (True, False):
+        (said,) = [f for f in findings({"rows": rows, "floors": {"tflite": {"p50_us": 0.49,
+                                                                            "resolution_limited": limited}}})
+                   if "per-call floor" in f]
+        assert ("0.49 µs" + stats.BELOW_RESOLUTION_MARK + " for an Identity graph" in said) == limited, said
+        assert "1.43× the runtime's per-call floor" in said

@@ -160,7 +160,8 @@ def build_summary(rundir: RunDir, *, recipe: dict[str, Any], model_metrics: dict
         "models": model_metrics,
         "class_names": class_names,
         "floors": {fmt: {"p50_us": stats.shown_p50(f.latency_us, f.round_p50_us),
-                         "ci95_p50": stats.shown_p50_interval(f.latency_us)}
+                         "ci95_p50": stats.shown_p50_interval(f.latency_us),
+                         "resolution_limited": bool(f.latency_us.get("resolution_limited"))}
                    for fmt, f in floors.items() if f and stats.shown_p50(f.latency_us, f.round_p50_us) is not None},
         "rows": rows,
         "runtime_comparison": _runtime_comparison(rows),
@@ -327,7 +328,8 @@ def findings(summary: dict[str, Any]) -> list[str]:
         x_floor = fastest["p50_us"] / floor["p50_us"]
         out.append(f"{runtime}: fastest student artifact {fastest['name']} at p50 {fastest['p50_us']:.2f} µs"
                    f"{_fastest_within_noise(fastest, timed)}, "
-                   f"{x_floor:.2f}× the runtime's per-call floor ({floor['p50_us']:.2f} µs for an Identity graph)"
+                   f"{x_floor:.2f}× the runtime's per-call floor ({floor['p50_us']:.2f} µs"
+                   f"{stats.BELOW_RESOLUTION_MARK if floor.get('resolution_limited') else ''} for an Identity graph)"
                    + (": at this size the runtime's call overhead, not the model, sets the latency."
                       if x_floor < stats.OVERHEAD_BOUND else
                       f": the model, not the runtime's call overhead (~{1 / x_floor:.0%} of it), sets the latency."))
