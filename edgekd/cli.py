@@ -244,9 +244,10 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
         for name in device:
             for artifact in artifacts:
                 c = run_check(artifact, name, check_threads, settings)
-                lo, hi = c["speedup_ci95"]
+                interval = (f" [{c['speedup_ci95'][0]:.2f}, {c['speedup_ci95'][1]:.2f}]" if c["speedup_ci95"]
+                            else ", no interval: its rounds do not vary under the clock's resolution")
                 console.print(f"{c['artifact']} on {c['device']}: 1 thread {c['p50_us'][0]:.2f} µs, {check_threads} "
-                              f"threads {c['p50_us'][1]:.2f} µs ({c['speedup']:.2f}× [{lo:.2f}, {hi:.2f}]) → "
+                              f"threads {c['p50_us'][1]:.2f} µs ({c['speedup']:.2f}×{interval}) → "
                               + ("the thread setting takes effect" if c["took_effect"] else
                                  "no difference beyond the noise (too small to split, or threads not applied)"),
                               markup=False, highlight=False)
@@ -372,7 +373,9 @@ def compare(a: Optional[str] = typer.Argument(None, help="earlier session (defau
         interval = r["p50_change_pct_ci95"]
         change = f"{r['p50_change_pct']:+.1f}%" + (f" [{interval[0]:+.1f}, {interval[1]:+.1f}]" if interval else "")
         verdict = (("faster" if r["p50_change_pct"] < 0 else "slower") if r["significant"] else
-                   "within noise" if interval else "no verdict: one round (bench --rounds 3 or more)")
+                   "within noise" if interval else
+                   "no verdict: the rounds do not vary (the clock's resolution)" if r["no_interval"] == "no spread"
+                   else "no verdict: one round (bench --rounds 3 or more)")
         ident = r["identity"]
         what = " ".join(str(v) for v in (ident.get("format"), ident.get("precision")) if v)
         label = f"{r['artifact']} ({what})" if what else r["artifact"]

@@ -417,6 +417,17 @@ def test_compare_shows_the_round_spread_as_measured(tmp_path):
     assert " 30% " in row and "±" not in row, row
 
 
+def test_compare_gives_no_verdict_on_rounds_a_coarse_clock_cannot_tell_apart(tmp_path):
+    """A native tool's whole-µs p50s: 3, 3, 3 µs then 4, 4, 4 µs. No spread is not no noise."""
+    db = tmp_path / "h.sqlite"
+    a = history.record([_result("m", 3.0, 0, [3.0, 3.0, 3.0])], db)
+    b = history.record([_result("m", 4.0, 1, [4.0, 4.0, 4.0])], db)
+    proc = _cli("compare", a, b, "--history", str(db), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = [line for line in proc.stdout.splitlines() if "m (onnx fp32)" in line]
+    assert "+33.3%" in row and "slower" not in row and "no verdict: the rounds do not vary" in proc.stdout, row
+
+
 @pytest.mark.parametrize("content, what, why", [
     ("name: b\nkind: [local\n", "YAML syntax error at line 3, column 1: expected ',' or ']'",
      "not valid YAML"),

@@ -411,3 +411,20 @@ def test_a_bench_resumed_after_ctrl_c_in_its_last_round_is_one_session(tmp_path)
     assert [(s["session"], s["results"]) for s in history.sessions(db)] == [(began[0]["session"], 2)]
     edgekd.bench(models, settings=fast, results_dir=results, history=db)  # a new bench: a session of its own
     assert [s["results"] for s in history.sessions(db)] == [2, 2]
+
+
+def test_the_history_stores_the_p50_and_interval_the_tables_show(tmp_path):
+    """A row held the pooled calls' median and its bootstrap interval (3.744 [3.742, 3.746] µs where the bench
+    table showed 4.38 [2.08, 9.25]): the rounds' centre and interval are what every table and `compare` show."""
+    import sqlite3
+
+    db = tmp_path / "h.sqlite"
+    rounds = [10.0, 13.0, 11.0]
+    result = _result("m", 10.0, 0, rounds)
+    result.latency_us["ci95_p50_rounds"] = stats.rounds_interval(rounds)
+    history.record([result], db)
+    with sqlite3.connect(db) as con:
+        p50, lo, hi = con.execute("SELECT p50_us, ci_lo_us, ci_hi_us FROM results").fetchone()
+    assert p50 == pytest.approx(stats.rounds_center(rounds))
+    assert (lo, hi) == pytest.approx(stats.rounds_interval(rounds))
+    assert lo < 10.0 and hi > 13.0  # the spread of the rounds, not of the calls of one process

@@ -288,6 +288,8 @@ def test_the_speed_up_says_when_one_round_gives_no_interval():
     from edgekd.bench.report import _speedup_note
 
     assert _speedup_note({"speedup_ci95": None}) == " (one round: no interval)"
+    assert _speedup_note({"speedup_ci95": None, "speedup_no_interval": "no spread"}) == \
+        " (rounds without spread, under the clock's resolution: no interval)"
     assert _speedup_note({"speedup_ci95": (1.8, 2.2), "speedup_significant": True}) == " [1.80, 2.20]"
     assert _speedup_note({"speedup_ci95": (0.9, 1.1), "speedup_significant": False}).endswith("(within noise)")
 

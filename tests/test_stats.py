@@ -148,7 +148,7 @@ def test_compare_detects_a_2x_speedup():
     assert back["p50_change_pct"] == pytest.approx(100.0, abs=1.0)
 
 
-latency_lists = st.lists(st.integers(min_value=1, max_value=10**9), min_size=1, max_size=300)
+latency_lists = st.lists(st.integers(min_value=1, max_value=10**9), min_size=2, max_size=300)
 
 
 @settings(max_examples=150, deadline=None)
@@ -235,3 +235,27 @@ def test_mcnemar_exact_matches_the_binomial_test_on_the_discordant_samples():
     assert stats.mcnemar_exact(3, 13) == stats.mcnemar_exact(13, 3)
     assert stats.mcnemar_exact(4, 4) == 1.0 and stats.mcnemar_exact(0, 0) == 1.0
     assert stats.mcnemar_exact(6, 0) == pytest.approx(2 / 64)
+
+
+def test_one_call_has_no_interval_and_compares_to_nothing():
+    """One call's bootstrap "interval" was the call itself ([5.0, 5.0] µs), and one call against one other was a
+    significant 2× with the interval [2.0, 2.0]."""
+    s = stats.summarize([5000])
+    assert s["p50"] == 5.0 and s["ci95_p50"] is None and s["rel_ci95_half_width"] == 0.0
+    assert any("samples" in r for r in s["unstable_reasons"])
+    with pytest.raises(ValueError, match="at least 2 calls"):
+        stats.compare([5000], [2500])
+
+
+@pytest.mark.parametrize("paired", [True, False])
+def test_rounds_without_spread_have_no_interval_and_no_verdict(paired):
+    """A native tool prints whole-µs p50s: rounds of 3, 3, 3 against 4, 4, 4 (or a hair apart) gave a
+    zero-width interval, so any difference was "significant"."""
+    for baseline, candidate in (([4.0] * 3, [3.0] * 3), ([2.0, 2.0], [2.0000001, 2.0000001]),
+                                ([6.0, 4.0, 8.0], [3.0, 2.0, 4.0]) if paired else ([2.0] * 3, [1.0] * 3)):
+        c = stats.compare_rounds(baseline, candidate, paired=paired)
+        assert c["ratio_ci95"] is None and c["p50_change_pct_ci95"] is None and not c["significant"]
+        assert c["no_interval"] == "no spread"
+    assert stats.compare_rounds([4.0], [3.0], paired=paired)["no_interval"] == "one round"
+    varying = stats.compare_rounds([4.0, 4.1, 3.9], [3.0, 3.0, 3.0], paired=paired)
+    assert varying["ratio_ci95"] is not None and varying["no_interval"] is None

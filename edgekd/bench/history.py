@@ -154,7 +154,10 @@ def record(results: Iterable[BenchResult], path: Path = DEFAULT_PATH, session: s
     with _open(path) as db:
         for r in results:
             lat = r.latency_us
-            ci = lat.get("ci95_p50") or (None, None)
+            # the p50 and interval the tables, the report and `compare` show: the rounds' centre and interval
+            # when there are several rounds (rows written by earlier builds hold the pooled calls' median and
+            # its bootstrap interval, which is narrower than the spread of fresh processes)
+            ci = stats.shown_p50_interval(lat) or (None, None)
             # a --sustained result's latency summary is of a sample of its calls; `calls` counts them all
             calls = (r.sustained or {}).get("calls")
             db.execute(
@@ -162,7 +165,8 @@ def record(results: Iterable[BenchResult], path: Path = DEFAULT_PATH, session: s
                 " harness, p50_us, ci_lo_us, ci_hi_us, runs, unstable, device_info, round_p50_us, latencies, identity,"
                 " sampled) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (session, r.created_at, r.device["name"], r.artifact["name"], r.artifact["sha256"],
-                 r.artifact.get("format"), r.artifact.get("precision"), r.harness, lat.get("p50"), ci[0], ci[1],
+                 r.artifact.get("format"), r.artifact.get("precision"), r.harness,
+                 stats.shown_p50(lat, r.round_p50_us), ci[0], ci[1],
                  calls if calls is not None else lat.get("n"), int(bool(lat.get("unstable"))), json.dumps(r.device),
                  json.dumps(r.round_p50_us), _pack(r.latencies_ns), json.dumps(identity(r)), lat.get("n")))
     return session
@@ -353,7 +357,8 @@ def compare(a: str | None = None, b: str | None = None, *, path: Path = DEFAULT_
                     "p50_a_us": stats.rounds_center(old.rounds), "p50_b_us": stats.rounds_center(new.rounds),
                     "p50_change_pct": cmp["p50_change_pct"], "p50_change_pct_ci95": cmp["p50_change_pct_ci95"],
                     "round_spread_pct": max(_round_spread_pct(old.rounds), _round_spread_pct(new.rounds)),
-                    "rounds": [len(old.rounds), len(new.rounds)], "significant": cmp["significant"]})
+                    "rounds": [len(old.rounds), len(new.rounds)], "significant": cmp["significant"],
+                    "no_interval": cmp["no_interval"]})
     if not out:
         reasons = [f"{u['artifact']}: {u['reason']}" for u in unpaired if u["side"] == "both"]
         if reasons:

@@ -36,7 +36,8 @@ LATENCY_METHOD = ("The p50 is the geometric mean of the rounds' p50s (each round
                   "speed-up is the teacher's p50 over the artifact's (above 1: faster than the teacher), its 95% "
                   "interval a paired t interval over the rounds' ratios (each round times every artifact side by "
                   "side; Welch's when the two have different numbers of rounds); \"within noise\" means that "
-                  "interval contains 1, and one round gives no interval.")
+                  "interval contains 1. One round gives no interval, nor do rounds whose p50s are all equal (a "
+                  "native tool's whole µs).")
 # Under the latency plot: its boxes are not the table's p50s.
 POOLED_NOTE = ("Every timed call of every round, pooled: the median of the calls leans to the rounds the machine was "
                "fast in (they time more calls), so it can differ from the p50 in the table, the centre of the rounds.")
@@ -135,7 +136,8 @@ def build_summary(rundir: RunDir, *, recipe: dict[str, Any], model_metrics: dict
             paired = len(res.round_p50_us) == len(teacher.round_p50_us)
             cmp = stats.compare_rounds(teacher.round_p50_us, res.round_p50_us, paired=paired)
             row.update({"speedup_vs_teacher": cmp["ratio"], "speedup_ci95": cmp["ratio_ci95"],
-                        "speedup_significant": cmp["significant"], "speedup_rounds": cmp["rounds"]})
+                        "speedup_significant": cmp["significant"], "speedup_rounds": cmp["rounds"],
+                        "speedup_no_interval": cmp["no_interval"]})
         floor_p50 = stats.shown_p50(floor.latency_us, floor.round_p50_us) if floor is not None else None
         if row.get("p50_us") and floor_p50:
             row["x_floor"] = row["p50_us"] / floor_p50
@@ -294,7 +296,8 @@ def _speedup_note(row: dict[str, Any]) -> str:
     """The interval of a speed-up over the rounds, and whether it exceeds their noise (none from one round)."""
     interval = row.get("speedup_ci95")
     if not interval:
-        return " (one round: no interval)"
+        return (" (rounds without spread, under the clock's resolution: no interval)"
+                if row.get("speedup_no_interval") == "no spread" else " (one round: no interval)")
     return f" [{interval[0]:.2f}, {interval[1]:.2f}]" + ("" if row.get("speedup_significant") else " (within noise)")
 
 

@@ -139,10 +139,11 @@ def summarize(latencies_ns: Sequence[int] | np.ndarray, *, seed: int = 0, n_boot
     std = float(x.std())
     core = trimmed(x)
     core_mean = float(core.mean())
-    ci = _interval(bootstrap_medians(x, rng, n_boot))
+    # one call has no spread to resample: its "interval" would be the call itself
+    ci = _interval(bootstrap_medians(x, rng, n_boot)) if x.size >= 2 else None
     metrics = {
         "trimmed_cv": _ratio(float(core.std()), core_mean, 0.0),
-        "rel_ci95_half_width": _ratio((ci[1] - ci[0]) / 2, p50, 0.0),
+        "rel_ci95_half_width": _ratio((ci[1] - ci[0]) / 2, p50, 0.0) if ci else 0.0,
         "p99_p50": _ratio(p99, p50, 1.0),
         "tail_time_share": _ratio(float(x[x > TAIL_FACTOR * p50].sum()), float(x.sum()), 0.0),
         "drift": drift(x),
@@ -244,6 +245,8 @@ def compare(
     faster.  `significant` is True when the 95% interval of the ratio excludes 1.
     """
     b, c = _as_us(baseline_ns), _as_us(candidate_ns)
+    if min(b.size, c.size) < 2:
+        raise ValueError("a bootstrap interval needs at least 2 calls on each side")
     rng = np.random.Generator(np.random.PCG64(seed))
     boot_b = bootstrap_medians(b, rng, n_boot)
     boot_c = bootstrap_medians(c, rng, n_boot)
@@ -280,6 +283,10 @@ def t975(df: float) -> float:
     return _T975[int(df) - 1] if df <= len(_T975) else 1.96 + 2.4 / df
 
 
+# Log p50s closer than this are equal (float rounding of equal ratios such as 6/3 and 4/2): no spread.
+_NO_SPREAD = 1e-12
+
+
 def compare_rounds(baseline_p50s: Sequence[float], candidate_p50s: Sequence[float], *,
                    paired: bool) -> Dict[str, Any]:
     """Speed-up of candidate over baseline from the p50 of each round (ratio > 1: the candidate is faster).
@@ -287,7 +294,10 @@ def compare_rounds(baseline_p50s: Sequence[float], candidate_p50s: Sequence[floa
     paired: round r of both ran side by side (interleaved in one bench call), so the log of each round's ratio
     is one observation and a state of the machine common to both cancels; a t interval of their mean.
     Otherwise (two sessions) Welch's interval of the difference of the mean log p50s. With fewer than two
-    rounds on a side there is no estimate of the noise between processes: no interval, never significant.
+    rounds on a side there is no estimate of the noise between processes: no interval, never significant
+    (`no_interval` "one round"). Nor when the rounds do not vary at all (`no_interval` "no spread"): a native
+    tool's whole-µs p50s read 3, 3, 3 against 4, 4, 4, and a zero-width interval would call any difference
+    real; their noise is there, under the clock's resolution.
     """
     b = np.log(np.asarray(baseline_p50s, dtype=np.float64))
     c = np.log(np.asarray(candidate_p50s, dtype=np.float64))
@@ -298,17 +308,20 @@ def compare_rounds(baseline_p50s: Sequence[float], candidate_p50s: Sequence[floa
     if paired:
         d = b - c
         center, n = float(d.mean()), d.size
-        half = t975(n - 1) * float(d.std(ddof=1)) / np.sqrt(n) if n > 1 else None
+        spread = np.ptp(d) > _NO_SPREAD
+        half = t975(n - 1) * float(d.std(ddof=1)) / np.sqrt(n) if n > 1 and spread else None
     else:
         center, n = float(b.mean() - c.mean()), min(b.size, c.size)
+        spread = max(np.ptp(b), np.ptp(c)) > _NO_SPREAD
         half = None
-        if n > 1:
+        if n > 1 and spread:
             vb, vc = float(b.var(ddof=1)) / b.size, float(c.var(ddof=1)) / c.size
-            df = (vb + vc) ** 2 / (vb ** 2 / (b.size - 1) + vc ** 2 / (c.size - 1)) if vb + vc > 0 else b.size + c.size - 2
+            df = (vb + vc) ** 2 / (vb ** 2 / (b.size - 1) + vc ** 2 / (c.size - 1))
             half = t975(df) * float(np.sqrt(vb + vc))
     ratio = float(np.exp(center))
     ci = None if half is None else (float(np.exp(center - half)), float(np.exp(center + half)))
     return {
+        "no_interval": None if ci is not None else "one round" if n < 2 else "no spread",
         "ratio": ratio,
         "ratio_ci95": ci,
         "p50_change_pct": (1.0 / ratio - 1.0) * 100.0,
