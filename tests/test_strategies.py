@@ -147,3 +147,27 @@ def test_incompatible_teacher_and_student_outputs(tiny_run, tmp_path):
 def test_strategy_without_its_section_is_a_recipe_error():
     with pytest.raises(RecipeError, match="progressive.pairs"):
         edgekd.load_recipe({"distill": {"strategy": "progressive"}})
+
+
+@pytest.mark.parametrize("example", ["progressive", "kd_hint"])
+def test_a_teacher_handed_over_in_train_mode_is_left_as_it_was_trained(example, demo_teacher, tmp_path):
+    """The hint stages, and the feature terms when the teacher's logits came from the cache, ran a teacher
+    given in train mode as it was: its BatchNorm running statistics moved with every student batch, and its
+    feature maps used batch statistics."""
+    import torch
+
+    from edgekd.checkpoints import load_weights
+    from edgekd.distill.api import distill, load_splits, new_model
+
+    r = yaml.safe_load(builtin_recipe_path(example).read_text())
+    r["distill"]["train"]["epochs"] = 1
+    recipe = edgekd.load_recipe(r)
+    splits = load_splits(recipe)
+    teacher = new_model(recipe, splits, "teacher")
+    load_weights(teacher, demo_teacher, role="teacher")
+    distill(recipe, splits, teacher=copy.deepcopy(teacher), cache_root=tmp_path)  # the next call's logits: a hit
+    teacher.train()  # as a user's freshly trained model would be
+    before = copy.deepcopy(teacher.state_dict())
+    distill(recipe, splits, teacher=teacher, cache_root=tmp_path)
+    changed = [k for k, v in teacher.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed == [] and not teacher.training

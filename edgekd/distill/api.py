@@ -207,7 +207,10 @@ def distill(recipe: Recipe, splits: "Splits | None" = None, *, teacher: "nn.Modu
 
     def get_teacher() -> "nn.Module":
         if "teacher" not in holder:
-            holder["teacher"] = teacher if teacher is not None else train_teacher(recipe, splits, reporter)
+            model = teacher if teacher is not None else train_teacher(recipe, splits, reporter)
+            # a teacher only answers: in train mode its feature maps would use batch statistics and every
+            # forward of a feature term or a progressive stage would move its BatchNorm running statistics
+            holder["teacher"] = model.eval()
         return holder["teacher"]
 
     job = build_job(recipe, splits, get_teacher, reporter=reporter, cache_root=cache_root)
