@@ -11,8 +11,12 @@ Approach (and why):
   first (`fuse_modules_qat`), so BatchNorm is folded into the conv weights that get fake-quantized, as it is
   in the exported graph. Training is edgekd's `fit` with a `ResponseObjective` on precomputed teacher
   logits (the recipe's response loss, `kd` by default), exactly as distillation and KD recovery run;
-  `after_step` freezes the observers and BatchNorm statistics for the last quarter of the steps (the usual
-  QAT schedule).
+  `after_step` freezes the activation observers and BatchNorm statistics for the last quarter of the steps
+  (the usual QAT schedule). The weights' scale is never frozen nor averaged: it is max|w| of the weights as
+  they are at each step (`_CurrentWeightRange`), as onnxruntime computes it from the final weights at export.
+  torch's moving-average weight observer trailed the weights (scales 0.90-1.00 of max|w|/127 after 80 steps,
+  clipping the weights that outgrew it) and was frozen for the last quarter: 95% of the weights then rounded
+  to another grid point in the artifact than in training.
 - The qconfig mirrors what the artifact will hold, not torch's x86 default: weights per-channel symmetric
   int8 in [-127, 127] (onnxruntime's grid for symmetric int8 weights: scale = max|w| / 127), activations
   per-tensor asymmetric int8 in [-128, 127] without reduce_range (onnxruntime's S8S8 QDQ with minmax
@@ -39,6 +43,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.ao.quantization.observer import PerChannelMinMaxObserver
 
 from edgekd.errors import CompressionError, first_line
 
@@ -50,17 +55,26 @@ FUSION_PATTERNS: tuple[tuple[type[nn.Module], ...], ...] = (
 )
 
 
+class _CurrentWeightRange(PerChannelMinMaxObserver):
+    """A per-channel range with no history: the weights' range at this step, as onnxruntime takes max|w| from
+    the final weights at export (torch's observers keep the extremes, or a moving average, of all they saw)."""
+
+    def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
+        self.reset_min_max_vals()
+        return super().forward(x_orig)
+
+
 def artifact_qconfig(reduce_range: bool = False):
     """Fake-quant settings matching onnxruntime's S8S8 static QDQ (per-channel symmetric weights, minmax int8
     activations), the format `edgekd.export.onnx.quantize_static_int8` writes; with `reduce_range`, the weights'
     7-bit grid that onnxruntime then uses ([-64, 64])."""
     from torch.ao.quantization import FakeQuantize, QConfig
-    from torch.ao.quantization.observer import MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
+    from torch.ao.quantization.observer import MovingAverageMinMaxObserver
 
     activation = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver, quant_min=-128, quant_max=127,
                                         dtype=torch.qint8, qscheme=torch.per_tensor_affine, reduce_range=False)
     low, high = (-64, 64) if reduce_range else (-127, 127)  # onnxruntime's symmetric int8 weight grids
-    weight = FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver, quant_min=low, quant_max=high,
+    weight = FakeQuantize.with_args(observer=_CurrentWeightRange, quant_min=low, quant_max=high,
                                     dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0)
     return QConfig(activation=activation, weight=weight)
 
@@ -122,11 +136,16 @@ def prepare_qat_model(model: nn.Module, reduce_range: bool = False) -> tuple[nn.
 
 
 def freeze(qat_model: nn.Module) -> None:
-    """Stop updating activation/weight ranges and BatchNorm statistics (the end of a QAT schedule)."""
+    """Stop updating the activation ranges and BatchNorm statistics (the end of a QAT schedule). The weights'
+    range keeps following the weights, as the export's will (`_CurrentWeightRange`)."""
     from torch.ao.nn.intrinsic.qat import freeze_bn_stats
     from torch.ao.quantization import disable_observer
 
     qat_model.apply(disable_observer)
+    for module in qat_model.modules():
+        weight_fake_quant = getattr(module, "weight_fake_quant", None)
+        if weight_fake_quant is not None:
+            weight_fake_quant.enable_observer()
     qat_model.apply(freeze_bn_stats)
 
 
