@@ -352,6 +352,50 @@ def test_a_copy_after_the_device_went_away_says_so(own_board, tmp_path, workdir)
         device.pull(f"{workdir}/f", tmp_path / "back")
 
 
+def test_a_connection_lost_during_a_copy_says_so(own_board, tmp_path, workdir):
+    # `scp -q` ends with exit 1 and only "lost connection" when the connection drops mid-copy: that was reported
+    # as "check the paths and permissions on both sides".
+    from sshd import descendants
+
+    server, device = own_board
+    (tmp_path / "f").write_text("x")
+    device.push(tmp_path / "f", f"{workdir}/f")  # the work directory is made
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as f:
+        f.truncate(8 * 2**30)  # sparse here; far more than scp copies before the connection is cut
+    target = workdir / "big.bin"
+    with ThreadPoolExecutor(1) as pool:
+        copying = pool.submit(device.push, big, f"{workdir}/big.bin")
+        _wait_for(lambda: target.exists() and target.stat().st_size > 0)
+        for pid in descendants(server.proc.pid):  # the connection's processes; the listener stays up
+            os.kill(pid, signal.SIGKILL)
+        with pytest.raises(DeviceUnreachable, match="lost the connection to loopback") as err:
+            copying.result()
+    assert "while 'scp' was running" in err.value.what and f"-p {server.port}" in err.value.fix
+
+
+def test_key_files_and_the_control_socket_in_folders_with_spaces_and_quotes(sshd, workdir, tmp_path, monkeypatch):
+    # ssh splits an -o value into words: a key in "my keys/" was "extra arguments at end of line", a
+    # known_hosts file there made every host key "unknown", and a $TMPDIR with a space broke every ssh device.
+    import tempfile
+
+    keys = tmp_path / "my 'keys\\"
+    keys.mkdir()
+    options = sshd.profile_options()
+    key, known = keys / "id key", keys / 'known "hosts"'
+    shutil.copy(options["identity_file"], key)
+    key.chmod(0o600)
+    shutil.copy(options["known_hosts"], known)
+    control_parent = Path(tempfile.mkdtemp(prefix="edgekd t ", dir="/tmp"))  # short: a socket path has a limit
+    monkeypatch.setattr(tempfile, "tempdir", str(control_parent))
+    try:
+        with make_device(sshd, workdir, identity_file=str(key), known_hosts=str(known)) as device:
+            assert device.run(["true"]).returncode == 0
+            assert " " in device._control_dir
+    finally:
+        shutil.rmtree(control_parent, ignore_errors=True)
+
+
 def _wait_for(condition, seconds: float = 30.0):
     """condition()'s first true value, polled (bounded, so that a device that never gets there fails the test)."""
     import time

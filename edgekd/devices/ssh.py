@@ -246,16 +246,16 @@ class SSHDevice(ProfiledDevice):
         for key, value in _DEFAULTS.items():
             if key.lower() not in given:
                 args += ["-o", f"{key}={value}"]
-        args += ["-o", "ControlMaster=auto", "-o", f"ControlPath={control_dir or self._control()}/%C",
+        args += ["-o", "ControlMaster=auto", "-o", f"ControlPath={_option_value(control_dir or self._control())}/%C",
                  "-o", f"ControlPersist={CONTROL_PERSIST_S}", "-o", f"ConnectTimeout={self.connect_timeout:g}"]
         if self.port is not None:
             args += ["-o", f"Port={self.port}"]
         if self.user:
             args += ["-o", f"User={self.user}"]
         if self.identity_file:
-            args += ["-o", f"IdentityFile={self.identity_file}"]
+            args += ["-o", f"IdentityFile={_option_value(self.identity_file)}"]
         if self.known_hosts:
-            args += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
+            args += ["-o", f"UserKnownHostsFile={_option_value(self.known_hosts)}"]
         return args
 
     def _remote_spec(self, remote: str) -> str:
@@ -344,7 +344,7 @@ class SSHDevice(ProfiledDevice):
             known = self.known_hosts or "~/.ssh/known_hosts"
             port = f"-p {self.port} " if self.port else ""
             entry = f"[{self.host}]:{self.port}" if self.port and self.port != 22 else self.host
-            keyscan = f"`ssh-keyscan {port}{self.host} >> {known}`"
+            keyscan = f"`ssh-keyscan {port}{self.host} >> {shlex.quote(known) if self.known_hosts else known}`"
             if "IDENTIFICATION HAS CHANGED" in stderr or "Host key for" in stderr:
                 raise HostKeyMismatch(
                     f"SSH refused {self.name} ({self._target()}): its host key differs from the one in {known}",
@@ -404,7 +404,8 @@ class SSHDevice(ProfiledDevice):
         stderr = proc.stderr
         if proc.returncode == SSH_ERROR or _matches(stderr, _HOST_KEY) or "lost connection" in stderr:
             self._raise_ssh_error(stderr)
-            if proc.returncode == SSH_ERROR:  # `scp -q` keeps ssh's reason to itself: ask ssh (raises it)
+            # `scp -q` keeps ssh's reason to itself (exit 255, or 1 with only "lost connection"): ask ssh (raises it)
+            if proc.returncode == SSH_ERROR or "lost connection" in stderr:
                 self._ssh("true", timeout=60, what="scp")
                 raise self._lost("scp")  # it connects again: the connection dropped during the copy
         if remote is not None and (_matches(stderr, _NO_SPACE) or self._lacks_space(remote, size)):
@@ -528,6 +529,14 @@ def _host_key_checking(options: list[tuple[str, str]]) -> str:
 
 
 # ---------------------------------------------------------------------- helpers
+def _option_value(value: str) -> str:
+    """A path as the value of `ssh -o Key=Value`: ssh splits that value into words, so a path with a space is
+    quoted (a quote or backslash in it escaped, as ssh_config reads them)."""
+    if not any(c.isspace() or c in "\"'\\" for c in value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def _matches(text: str, patterns: tuple[str, ...]) -> bool:
     return any(re.search(p, text) for p in patterns)
 
