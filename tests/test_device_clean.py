@@ -86,7 +86,8 @@ def test_a_bench_started_during_a_clean_is_told_what_holds_the_device(tmp_path):
 
 def test_a_shared_or_root_work_directory_is_refused(tmp_path):
     (tmp_path / "devices").mkdir()
-    for name, workdir in (("phone", "/data/local/tmp"), ("board", "/"), ("up", "/srv/edgekd/..")):
+    for name, workdir in (("phone", "/data/local/tmp"), ("board", "/"), ("up", "/srv/edgekd/.."),
+                          ("slashes", "//tmp"), ("trailing", "/tmp/./")):  # "//tmp" was cleaned: it is /tmp
         # SSH: nothing connects before the refusal (no such host needed), and nothing local is touched
         (tmp_path / "devices" / f"{name}.yaml").write_text(yaml.safe_dump(
             {"kind": "ssh", "host": "nowhere.invalid", "workdir": workdir}))

@@ -56,6 +56,26 @@ def test_cpus_of_this_host_must_be_distinct_cpus_it_has(tmp_path, value, rule):
     assert rule in err.why, err
 
 
+@pytest.mark.parametrize("kind, value, rule", [
+    ("ssh", "-cimport os; os.system('id')#", "must not start with '-'"),  # argv[1] of the board's Python
+    ("local", "-work", "must not start with '-'"),
+    ("ssh", "~/edgekd-work", "relative to the login's home without '~/'"),  # mkdir made a folder named '~'
+    ("adb", "~/edgekd", "must not start with '~'"),
+    ("ssh", "/tmp/work\\x", "scp reads them"),  # scp's remote glob dropped the backslash: pulls failed
+    ("ssh", "/tmp/w*", "scp reads them"),
+])
+def test_a_workdir_the_device_would_read_otherwise_is_refused(tmp_path, kind, value, rule):
+    remote = {"ssh": {"host": "board.invalid"}, "adb": {"serial": "R58M12345AB"}, "local": {}}[kind]
+    err = _rejected(_write(tmp_path, kind=kind, workdir=value, **remote), "workdir")
+    assert rule in err.why, err
+
+
+def test_a_workdir_with_spaces_and_quotes_stays_allowed(tmp_path):
+    assert load_profile(_write(tmp_path, kind="ssh", host="b.invalid", workdir="/tmp/my 'work' \"dir\"")).workdir \
+        == "/tmp/my 'work' \"dir\""
+    assert load_profile(_write(tmp_path, kind="ssh", host="b.invalid", workdir="edgekd-work")).workdir == "edgekd-work"
+
+
 def test_cpus_of_a_remote_board_are_not_checked_against_this_host(tmp_path):
     profile = load_profile(_write(tmp_path, kind="ssh", host="board.invalid", cpus=[4096]))
     assert profile.cpus == [4096]

@@ -132,7 +132,8 @@ def checked_workdir(device: Device) -> str:
     """The device's work directory, the one benches push to (from its profile), unless it is no folder of
     edgekd's own: empty, the root, a parent (`..`), or a folder others share (/tmp, /data/local/tmp, home)."""
     workdir = device.workdir
-    path = PurePosixPath(workdir or ".")
+    # POSIX keeps a leading "//" apart ("//tmp" is not "/tmp" to PurePosixPath); on Linux and Android it is "/"
+    path = PurePosixPath("/" + workdir.lstrip("/") if workdir and workdir.startswith("/") else workdir or ".")
     shared = set(SHARED)
     if device.profile.kind == "local":  # this machine's own shared folders, as they are spelt here
         shared |= {str(PurePosixPath(p)) for p in (tempfile.gettempdir(), os.path.expanduser("~"))}

@@ -250,6 +250,23 @@ class CommonProfile(_Checked):
     thermal: Thermal | None = _field("a mapping of thermal limits", {"max_celsius": 60, "wait_seconds": 120})
     native: Native | None = _field("a mapping of runtimes to benchmark binaries", {"tflite": "~/benchmark_model"})
 
+    @field_validator("workdir")
+    @classmethod
+    def _workdir_the_device_reads_as_written(cls, workdir: str, info: ValidationInfo) -> str:
+        """The folder is argv to the device's Python and mkdir (quoted), and a remote source path to scp."""
+        kind = info.data.get("kind")
+        if workdir.startswith("-"):
+            raise ValueError("must not start with '-' (the device's Python would read the runner's path in it as "
+                             "an option): give an absolute path")
+        if kind != "local" and workdir.startswith("~"):
+            raise ValueError("must not start with '~': the device's shell gets it quoted (a folder named '~'), "
+                             "scp expands it; give an absolute path" +
+                             (", or one relative to the login's home without '~/'" if kind == "ssh" else ""))
+        if kind == "ssh" and set(workdir) & set("*?[]\\"):
+            raise ValueError("must not hold * ? [ ] or \\ (scp reads them in a remote path as a pattern): "
+                             "give a plain path")
+        return workdir
+
     @field_validator("cpus")
     @classmethod
     def _distinct_cpus_of_this_host(cls, cpus: list[int] | None, info: ValidationInfo) -> list[int] | None:
