@@ -70,13 +70,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def adb_server(tmp_path_factory):
+@contextlib.contextmanager
+def _private_adb_server(home: Path):
     """A private adb server: its own port (so tests never touch the user's 5037 server), HOME and TMPDIR."""
     if ADB is None:
         pytest.fail("the adb client is not installed: these tests drive the real adb client and server; "
                     "install it with `apt-get install adb` (Debian/Ubuntu)", pytrace=False)
-    home = tmp_path_factory.mktemp("adb-home")
     for _ in range(3):  # the free port can be taken between _free_port() and the server's bind(): retry
         port = _free_port()
         env = {**os.environ, "HOME": str(home), "TMPDIR": str(home), "ANDROID_ADB_SERVER_PORT": str(port)}
@@ -96,6 +95,12 @@ def adb_server(tmp_path_factory):
         yield server
     finally:
         server.adb("kill-server")
+
+
+@pytest.fixture(scope="module")
+def adb_server(tmp_path_factory):
+    with _private_adb_server(tmp_path_factory.mktemp("adb-home")) as server:
+        yield server
 
 
 def _sandbox(tmp_path_factory, name: str) -> Path:
@@ -436,7 +441,7 @@ def test_unknown_serial_is_unreachable(adb_server):
     dev = _adb_device(adb_server, f"127.0.0.1:{_free_port()}")
     with pytest.raises(DeviceUnreachable) as err:
         dev.run(["true"])
-    assert "adb connect" in err.value.fix and "adb devices" in err.value.fix
+    assert f"-P {adb_server.port} connect" in err.value.fix and f"-P {adb_server.port} devices" in err.value.fix
 
 
 def test_an_unauthorized_phone_says_to_accept_the_prompt(adb_server, tmp_path_factory, tmp_path):
@@ -473,7 +478,7 @@ def test_an_offline_device_says_to_reconnect(adb_server, tmp_path):
             for attempt in (lambda: dev.run(["true"]), lambda: dev.push(tmp_path / "f", f"{WD}/f")):
                 with pytest.raises(DeviceUnreachable, match="is offline or the connection broke") as err:
                     attempt()
-                assert f"adb connect {serial}" in err.value.fix
+                assert f"-P {adb_server.port} connect {serial}" in err.value.fix
         finally:
             adb_server.adb("disconnect", serial)
 
@@ -512,7 +517,7 @@ def test_disconnect_mid_run_is_unreachable(adb_server, tmp_path_factory, tmp_pat
         assert isinstance(err, DeviceUnreachable), outcome
         assert "lost the connection" in err.what and flaky.address in err.what
         assert "without the exit status" in err.why
-        assert "adb connect" in err.fix
+        assert f"-P {adb_server.port} connect {flaky.address}" in err.fix  # the profile's server, not 5037's
 
         # the device gone for good: the adb server reports it offline, which is DeviceUnreachable too
         flaky.stop()
@@ -684,7 +689,7 @@ def test_a_copy_through_a_hung_adb_is_a_clear_timeout(adb_server, dev, tmp_path,
         with pytest.raises(DeviceTimeout, match=r"adb push of model.onnx \(0.0 MB\) did not finish within 3 s"
                            ) as err:
             dev.push(local, f"{WD}/again.onnx")
-        assert "stopped answering" in err.value.why and "adb kill-server" in err.value.fix
+        assert "stopped answering" in err.value.why and f"adb -P {adb_server.port} kill-server" in err.value.fix
         with pytest.raises(DeviceTimeout, match="adb pull of .*model.onnx did not finish within 3 s"):
             dev.pull(f"{WD}/model.onnx", tmp_path / "back.onnx")
         assert not (tmp_path / "back.onnx").exists()
@@ -692,3 +697,27 @@ def test_a_copy_through_a_hung_adb_is_a_clear_timeout(adb_server, dev, tmp_path,
         os.kill(server, signal.SIGCONT)
     dev.pull(f"{WD}/model.onnx", tmp_path / "back.onnx")  # the server answers again: copies work
     assert (tmp_path / "back.onnx").read_bytes() == local.read_bytes()
+
+
+def test_an_adb_server_that_dies_mid_copy_is_a_lost_connection(tmp_path_factory, tmp_path):
+    """adb exits 1 and says nothing when its server dies under a push: that was "exit code 1; check the remote
+    path and that the device is unlocked". A server of the test's own, which it kills."""
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _private_adb_server(tmp_path_factory.mktemp("adb-home-dying")) as server:
+        phone = LoopbackAdbDevice(_sandbox(tmp_path_factory, "copy-phone"))
+        with _attached(server, phone):
+            dev = _adb_device(server, phone.address)
+            big = tmp_path / "big.bin"
+            with open(big, "wb") as f:
+                f.truncate(8 * 2**30)  # sparse here; far more than adb copies before its server dies
+            partial = phone.host_path(f"{WD}/.big.bin.adb-tmp")  # where the phone writes until the copy is done
+            with ThreadPoolExecutor(1) as pool:
+                copying = pool.submit(dev.push, big, f"{WD}/big.bin")
+                _poll(lambda: partial.exists() and partial.stat().st_size > 0, 30, "the copy to start")
+                os.kill(_adb_server_pid(server), signal.SIGKILL)
+                with pytest.raises(DeviceUnreachable, match="lost the connection to loopback") as err:
+                    copying.result()
+    assert "while pushing big.bin" in err.value.what and "no message" in err.value.why
+    assert f"-P {server.port} -s {phone.address} get-state" in err.value.fix

@@ -167,12 +167,14 @@ class AdbDevice:
             return
         output = proc.stdout + proc.stderr
         self._raise_transport_error(output, f"cannot push {local.name} to {self.name}")
+        if not output.strip():  # the adb server died, or the link dropped, mid-copy: adb exits 1 and says nothing
+            raise self._lost(proc, f"pushing {local.name}")
         if any(s in output for s in _NO_SPACE):
             raise DeviceOutOfSpace(
                 f"no space left on {self.name} for {local.name} ({local.stat().st_size / 1e6:.1f} MB)",
                 why=_adb_message(output, proc.returncode),
-                fix=free_space_fix(self.name, f"see what is left with `adb -s {self.serial} shell df -h "
-                                              f"{PurePosixPath(remote).parent}`; "))
+                fix=free_space_fix(self.name, "see what is left with "
+                                              f"`{self.by_hand('shell', 'df', '-h', str(PurePosixPath(remote).parent))}`; "))
         fix = ("push under /data/local/tmp (the shell user cannot write elsewhere on a stock phone)"
                if any(s in output for s in _DENIED) else "check the remote path and that the device is unlocked")
         raise DeviceError(f"cannot push {local.name} to {self.name}:{remote}",
@@ -192,6 +194,8 @@ class AdbDevice:
             partial.unlink(missing_ok=True)
         output = proc.stdout + proc.stderr
         self._raise_transport_error(output, f"cannot pull {remote} from {self.name}")
+        if not output.strip():  # as in push()
+            raise self._lost(proc, f"pulling {PurePosixPath(remote).name}")
         missing = "does not exist" in output or "No such file" in output
         raise DeviceError(f"cannot pull {self.name}:{remote} to {local}", why=_adb_message(output, proc.returncode),
                           fix="check the remote path (the command that writes it may have failed)" if missing
@@ -206,8 +210,8 @@ class AdbDevice:
             raise DeviceTimeout(f"adb {args[0]} of {what} did not finish within {timeout:.0f} s on {self.name}",
                                 why="the adb server or the link to the device stopped answering (the copy was "
                                     "given far longer than a working USB or Wi-Fi link needs)",
-                                fix=f"check the device with `adb -s {self.serial} get-state`, and restart the adb "
-                                    "server (`adb kill-server`) if that hangs too") from None
+                                fix=f"check the device with `{self.by_hand('get-state')}`, and restart the adb "
+                                    f"server (`{self.by_hand('kill-server', serial=False)}`) if that hangs too") from None
 
     def run(self, argv: list[str], *, timeout: float | None = None, tether: bool = False,
             on_line: Callable[[str], None] | None = None) -> RunResult:
@@ -243,12 +247,7 @@ class AdbDevice:
         match = _RC_AT_END.search(marked)
         if match is None:
             self._raise_transport_error(stdout + stderr, f"cannot run '{argv[0]}' on {self.name}")
-            raise DeviceUnreachable(
-                f"lost the connection to {self.name} ({self.serial}) while '{argv[0]}' was running",
-                why=self._state_why(proc),
-                fix=f"check the cable or Wi-Fi and `adb -s {self.serial} get-state`; reconnect with "
-                    f"`adb connect {self.serial}` for a Wi-Fi device, keep the phone awake, then run again",
-            )
+            raise self._lost(proc, f"'{argv[0]}' was running", "without the exit status")
         code = int(match.group(1))
         if self._shell_v2:
             stderr = stderr[: match.start()]
@@ -324,8 +323,15 @@ class AdbDevice:
 
     # ------------------------------------------------------------------ the adb client
     def adb_argv(self, args: list[str]) -> list[str]:
-        port = ["-P", str(self.server_port)] if self.server_port is not None else []
-        return [self.adb, *port, "-s", self.serial, *args]
+        return [*self._server_argv(), "-s", self.serial, *args]
+
+    def _server_argv(self) -> list[str]:
+        """The adb binary and server port of the profile: what every command, and every one a fix names, uses."""
+        return [self.adb, *(["-P", str(self.server_port)] if self.server_port is not None else [])]
+
+    def by_hand(self, *args: str, serial: bool = True) -> str:
+        """An adb command line for a fix to show (the profile's adb, server port and serial)."""
+        return shlex.join(self.adb_argv(list(args)) if serial else [*self._server_argv(), *args])
 
     def _adb(self, args: list[str], *, timeout: float | None, what: str, tether: bool = False,
              on_line: Callable[[str], None] | None = None, merged: bool = False) -> subprocess.CompletedProcess:
@@ -342,24 +348,36 @@ class AdbDevice:
         if _UNAUTHORIZED.search(output):
             raise DeviceUnreachable(f"{what}: {self.serial} has not authorized this computer", why=why,
                                     fix="unlock the phone and accept the 'Allow USB debugging?' prompt, then check "
-                                        f"`adb devices` lists {self.serial} as 'device'")
+                                        f"`{self.by_hand('devices', serial=False)}` lists {self.serial} as 'device'")
         if _NOT_FOUND.search(output):
             raise DeviceUnreachable(f"{what}: adb does not see {self.serial}", why=why,
-                                    fix=f"check `adb devices`; for a Wi-Fi device run `adb connect {self.serial}`; "
+                                    fix=f"check `{self.by_hand('devices', serial=False)}`; for a Wi-Fi device run "
+                                        f"`{self.by_hand('connect', self.serial, serial=False)}`; "
                                         "for USB check the cable and that USB debugging is on")
         if _OFFLINE.search(output):
             raise DeviceUnreachable(f"{what}: {self.serial} is offline or the connection broke", why=why,
-                                    fix=f"check `adb devices`; reconnect (`adb connect {self.serial}` for Wi-Fi, "
-                                        "replug USB), or restart the server with `adb kill-server`")
+                                    fix=f"check `{self.by_hand('devices', serial=False)}`; reconnect "
+                                        f"(`{self.by_hand('connect', self.serial, serial=False)}` for Wi-Fi, replug "
+                                        f"USB), or restart the server with `{self.by_hand('kill-server', serial=False)}`")
 
-    def _state_why(self, proc: subprocess.CompletedProcess) -> str:
-        """Why a command ended without its exit marker: the server's view of the device, and what we got."""
+    def _lost(self, proc: subprocess.CompletedProcess, during: str, missing: str = "and no message") -> DeviceUnreachable:
+        """The link or the adb server went away while a command or a copy ran (adb said nothing of its own)."""
+        return DeviceUnreachable(
+            f"lost the connection to {self.name} ({self.serial}) while {during}",
+            why=self._state_why(proc, missing),
+            fix=f"check the cable or Wi-Fi and `{self.by_hand('get-state')}`; reconnect with "
+                f"`{self.by_hand('connect', self.serial, serial=False)}` for a Wi-Fi device, keep the phone awake, "
+                "then run again")
+
+    def _state_why(self, proc: subprocess.CompletedProcess, missing: str) -> str:
+        """Why a command ended without its exit marker, or a copy without a message: the server's view of the
+        device, and what we got."""
         try:
             state = self._adb(["get-state"], timeout=ADB_TIMEOUT_S, what="adb get-state")
             now = (state.stdout.strip() or _adb_message(state.stdout + state.stderr, state.returncode))
         except DeviceError as exc:
             now = exc.what
-        got = f"adb exited {proc.returncode} after {len(proc.stdout)} bytes of output without the exit status"
+        got = f"adb exited {proc.returncode} after {len(proc.stdout)} bytes of output {missing}"
         return f"{got}; `adb get-state` now says: {now}"
 
 
