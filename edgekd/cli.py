@@ -234,9 +234,10 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
 
     _one_of(rounds=rounds, sessions=sessions)
     _one_of(check_threads=check_threads, sustained=sustained)
+    # --min-seconds past the default cap raises the cap with it: the user asked for that much timing
     settings = BenchSettings(threads=threads, batch_size=batch_size, min_seconds=min_seconds,
-                             rounds=sessions or rounds or 5, cooldown_seconds=cooldown, dims=_dim_sizes(dim),
-                             eval_samples=eval_samples)
+                             max_seconds=max(BenchSettings.max_seconds, min_seconds), rounds=sessions or rounds or 5,
+                             cooldown_seconds=cooldown, dims=_dim_sizes(dim), eval_samples=eval_samples)
     eval_data = _eval_pair(eval_inputs, eval_labels)
     if check_threads:
         from edgekd.bench.harness import check_threads as run_check

@@ -366,6 +366,13 @@ class BenchConfig(_Strict):
     eval_samples: int | None = Field(None, ge=0, description="device accuracy on the first N test samples (null: all; "
                                      "0: none); a phone without Python starts its benchmark tool once per sample")
 
+    @model_validator(mode="after")
+    def _min_within_max_seconds(self) -> "BenchConfig":
+        if self.min_seconds > self.max_seconds:  # the runner refused it only on the device, after the pushes
+            raise ValueError(f"min_seconds ({self.min_seconds:g}) exceeds max_seconds ({self.max_seconds:g}): "
+                             "raise max_seconds or lower min_seconds")
+        return self
+
 
 class Recipe(_Strict):
     name: str = Field("run", pattern=IDENTIFIER,

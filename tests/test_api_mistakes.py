@@ -109,6 +109,16 @@ def test_bench_settings_out_of_range_are_refused_before_the_device(field, value,
     assert f"set {field}= in BenchSettings" in err.value.fix
 
 
+def test_a_minimum_time_past_the_maximum_is_refused_before_the_device(bare_onnx):
+    """The runner refused it on the device, after the pushes, with a fix naming a field of its own."""
+    from edgekd.bench.harness import BenchSettings
+
+    with pytest.raises(BenchError, match=re.escape("BenchSettings.min_seconds (11) exceeds max_seconds (10)")):
+        edgekd.bench([bare_onnx], device="no-such-device", settings=BenchSettings(min_seconds=11.0))
+    with pytest.raises(RecipeError, match=re.escape("min_seconds (20) exceeds max_seconds (10)")):
+        edgekd.load_recipe({"name": "r", "bench": {"min_seconds": 20}})
+
+
 def test_bench_settings_that_are_no_bench_settings_are_refused():
     with pytest.raises(BenchError, match="settings must be a BenchSettings, got dict"):
         edgekd.bench([], settings={"rounds": 1})
@@ -128,7 +138,7 @@ def test_valid_bench_settings_pass_the_check():
                      cooldown_seconds=st.floats(0, 1e4) | st.integers(0, 100), max_runs=st.integers(1, 10**7),
                      sustained=st.booleans(),
                      dims=st.dictionaries(st.text(min_size=1, max_size=12), st.integers(1, 4096), max_size=3),
-                     eval_samples=st.none() | st.integers(0, 10**6)))
+                     eval_samples=st.none() | st.integers(0, 10**6)).filter(lambda s: s.min_seconds <= s.max_seconds))
     def check(s):
         assert check_settings(s) is s
 

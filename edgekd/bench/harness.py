@@ -107,6 +107,9 @@ def check_settings(settings: Any) -> BenchSettings:
             raise BenchError(f"BenchSettings.{name} must be {rule}, got {value!r}",
                              fix=f"set {name}= in BenchSettings to {rule}" +
                                  (", or to None for the device profile's threads:" if name == "threads" else ""))
+    if settings.min_seconds > settings.max_seconds:  # the runner refused it only on the device, after the pushes
+        raise BenchError(f"BenchSettings.min_seconds ({settings.min_seconds:g}) exceeds max_seconds "
+                         f"({settings.max_seconds:g})", fix="raise max_seconds= or lower min_seconds= in BenchSettings")
     if not isinstance(settings.sustained, bool):
         raise BenchError(f"BenchSettings.sustained must be True or False, got {settings.sustained!r}",
                          fix="use sustained_settings(minutes) for a sustained bench")
