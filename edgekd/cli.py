@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from edgekd.errors import BenchError, EdgeKDError, first_line, printable
+from edgekd.errors import BenchError, EdgeKDError, first_line, machine_limit, printable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distill a teacher into a small student, export it (ONNX, TFLite), verify it and benchmark it.")
@@ -53,25 +53,33 @@ def _handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except EdgeKDError as exc:
             if _state["debug"]:
                 raise
-            err_console.print(f"[bold red]error:[/] {escape(printable(exc.what))}", highlight=False, markup=True)
-            if exc.why:  # may quote a device's stderr: no escape sequence of its reaches the terminal
-                err_console.print(f"  why: {printable(exc.why)}", highlight=False, markup=False)
-            if exc.fix:
-                err_console.print(f"  fix: {printable(exc.fix)}", highlight=False, markup=False)
+            _print_error(exc)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:
             terminated = isinstance(exc, interrupts.Terminated)
             kept = getattr(exc, "resume", None) or interrupts.STOPPED
             err_console.print(interrupts.stop_message(terminated, kept), markup=False, highlight=False)
             raise typer.Exit(143 if terminated else 130) from None
-        except Exception as exc:  # an edgekd bug, not a user mistake
+        except Exception as exc:  # an edgekd bug, not a user mistake, unless the machine ran out of room
             if _state["debug"]:
                 raise
+            limit = machine_limit(exc)
+            if limit is not None:
+                _print_error(limit)
+                raise typer.Exit(limit.exit_code) from None
             err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}", highlight=False)
             err_console.print("  rerun with --debug for the traceback, and please report it")
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _print_error(exc: EdgeKDError) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(printable(exc.what))}", highlight=False, markup=True)
+    if exc.why:  # may quote a device's stderr: no escape sequence of its reaches the terminal
+        err_console.print(f"  why: {printable(exc.why)}", highlight=False, markup=False)
+    if exc.fix:
+        err_console.print(f"  fix: {printable(exc.fix)}", highlight=False, markup=False)
 
 
 def _run_and_show(recipe_source: Any, output_dir: Optional[Path], force: List[str],

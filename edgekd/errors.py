@@ -58,6 +58,10 @@ class CheckpointError(EdgeKDError):
     """A checkpoint is missing, unsafe, or does not fit the model."""
 
 
+class TrainingError(EdgeKDError):
+    """A training diverged: its loss became NaN or infinite."""
+
+
 class ExportError(EdgeKDError):
     """A model cannot be exported or quantized."""
 
@@ -137,3 +141,27 @@ def yaml_problem(exc: BaseException) -> str:
 
 class TextModelError(EdgeKDError):
     """A Hugging Face teacher folder is incomplete, or is not a text encoder."""
+
+
+class MachineLimitError(EdgeKDError):
+    """This machine ran out of disk space or memory: nothing edgekd did wrong, and nothing a retry alone fixes."""
+
+
+# torch's allocator reports a failed allocation as a RuntimeError, not a MemoryError
+_OUT_OF_MEMORY = ("can't allocate memory", "DefaultCPUAllocator: not enough memory")
+
+
+def machine_limit(exc: BaseException) -> MachineLimitError | None:
+    """A full disk (ENOSPC, EDQUOT) or exhausted memory as a user-facing error; None for anything else."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return MachineLimitError(f"no space left on the disk{where}", why=first_line(exc),
+                                 fix="free space there, or write elsewhere (--output-dir, --results-dir), and run "
+                                     "again: a run resumes from its last finished stage")
+    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and any(s in str(exc) for s in _OUT_OF_MEMORY)):
+        return MachineLimitError("out of memory", why=first_line(exc),
+                                 fix="ask for less: smaller model widths or depths in the recipe, a smaller "
+                                     "--batch-size, fewer samples; or free memory on this machine")
+    return None

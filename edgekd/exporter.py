@@ -146,6 +146,7 @@ def export_model(
         raise RecipeError(f"unknown precision(s): {', '.join(unknown)}", why=f"known: {', '.join(PRECISIONS)}",
                           fix="use known ones (--precision on the command line, export.targets in a recipe)")
     reporter = reporter or SilentReporter()
+    check_finite_weights(model, role)
     reference = predict_logits(model, x_test)
     selection = _selection(model, options, x_select, select_rows)
     artifacts: list[Artifact] = []
@@ -179,6 +180,21 @@ def export_model(
             lineage={**lineage, **({"steps": steps} if steps else {}), "conversion_seconds": round(seconds, 3),
                      "derived_from": step.derived_from(role)}))
     return artifacts
+
+
+def check_finite_weights(model: "nn.Module", role: str) -> None:
+    """NaN or infinite weights (a diverged training, a damaged checkpoint) fail every parity check and crash the
+    INT8 quantizer's scale computation: say so once, before any file is written."""
+    import torch
+
+    bad = [name for name, value in model.state_dict().items()
+           if torch.is_floating_point(value) and not bool(torch.isfinite(value).all())]
+    if bad:
+        raise ExportError(f"the {role}'s weights hold NaN or infinite values ({', '.join(bad[:3])}"
+                          + (f" and {len(bad) - 3} more" if len(bad) > 3 else "") + ")",
+                          why="its training diverged, or the checkpoint was damaged",
+                          fix="train it again with a lower lr, or export a checkpoint from a training that ended "
+                              "with a finite loss")
 
 
 def export_retrained(

@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
 from edgekd.bench import history
 from edgekd.errors import BenchError, RecipeError
@@ -690,3 +691,56 @@ def test_ctrl_c_in_a_command_without_stages_does_not_speak_of_stages(tmp_path, m
     assert result.exit_code == 130
     assert "interrupted: stopped before it finished; run the same command again" in result.output
     assert "stages" not in result.output
+
+
+def test_a_training_that_diverges_stops_there_and_says_so(tmp_path):
+    """A distillation at lr 1e30 was "done" at 10% accuracy, then the export crashed in onnxruntime's quantizer
+    ("internal error: AssertionError: scale issue")."""
+    recipe = yaml.safe_load((Path(__file__).parent / "recipes" / "tiny.yaml").read_text())
+    recipe["distill"]["train"]["lr"] = 1.0e30
+    recipe["bench"] = {"enabled": False}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    proc = _cli("run", "r.yaml", "--output-dir", "out", cwd=tmp_path)
+    _user_error(proc, "distill student diverged: its loss is nan at step", "lower this training's lr")
+    assert not (tmp_path / "out" / "tiny" / "artifacts" / "student-onnx-fp32").exists()
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_before_any_file_is_written(tiny_run, tmp_path):
+    import torch
+
+    state = torch.load(tiny_run.rundir.checkpoints / "student.pt", weights_only=True)
+    state["state_dict"] = {k: torch.full_like(v, float("nan")) if torch.is_floating_point(v) else v
+                           for k, v in state["state_dict"].items()}
+    torch.save(state, tmp_path / "nan.pt")
+    proc = _cli("export", "nan.pt", "--output-dir", "eout", "--precision", "int8_static", cwd=tmp_path)
+    _user_error(proc, "the student's weights hold NaN or infinite values", "its training diverged")
+    assert not (tmp_path / "eout").exists() or not any((tmp_path / "eout").iterdir())
+
+
+def test_a_full_disk_or_exhausted_memory_is_a_clear_error_not_an_internal_one():
+    """`No space left on device` while saving a checkpoint, artifact or result, and a failed allocation, were
+    "internal error: ... please report it" (exit 1): nothing edgekd can fix, but something the user can."""
+    import numpy as np
+    import torch
+
+    from edgekd.errors import machine_limit
+
+    with pytest.raises(OSError) as full:
+        with open("/dev/full", "wb") as f:  # a real ENOSPC from the kernel
+            f.write(b"x")
+            f.flush()
+    full.value.filename = "/runs/tiny/checkpoints/teacher.pt"
+    limit = machine_limit(full.value)
+    assert limit.exit_code == 2 and limit.what == "no space left on the disk writing /runs/tiny/checkpoints/teacher.pt"
+    assert "--output-dir" in limit.fix
+    for allocate in (lambda: np.empty(2**60, dtype=np.uint8), lambda: torch.empty(2**60, dtype=torch.uint8)):
+        with pytest.raises((MemoryError, RuntimeError)) as err:
+            allocate()
+        assert machine_limit(err.value).what == "out of memory"
+    assert machine_limit(ValueError("a bug")) is None and machine_limit(OSError(2, "No such file")) is None
+
+
+def test_a_model_too_large_for_memory_says_so_from_the_command_line(tmp_path):
+    (tmp_path / "r.yaml").write_text("name: huge\nstudent:\n  model: {family: mlp, params: {width: 100000000000}}\n"
+                                     "bench: {enabled: false}\n")
+    _user_error(_cli("run", "r.yaml", "--output-dir", "out", cwd=tmp_path), "error: out of memory", "smaller model")

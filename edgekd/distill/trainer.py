@@ -17,6 +17,7 @@ from torch import nn
 
 from edgekd.distill.batch_share import Share, batch_share
 from edgekd.distill.losses import UNLABELLED, LossFn
+from edgekd.errors import TrainingError
 from edgekd.progress import Reporter, SilentReporter
 
 logger = logging.getLogger(__name__)
@@ -189,7 +190,9 @@ def fit(
             if after_step is not None:
                 after_step()
             schedule.step()
-            loss_value = _batch_loss(loss, share)
+            loss_value = _batch_loss(loss, share)  # the whole batch's: every rank decides alike
+            if not math.isfinite(loss_value):
+                raise _diverged(description, step, steps, loss_value)
             if step % per_pass == 0 or step == steps:
                 if val is not None:
                     val_acc = accuracy(predict_logits(model, val[0]), val[1])
@@ -206,6 +209,15 @@ def fit(
     model.eval()
     return TrainResult(steps=steps, seconds=time.perf_counter() - start, final_loss=loss_value,
                        val_accuracy=val_acc, history=history)
+
+
+def _diverged(description: str, step: int, steps: int, loss_value: float) -> TrainingError:
+    """A NaN or infinite loss: every later step would be NaN too, and the export would fail on its weights."""
+    return TrainingError(f"{description} diverged: its loss is {loss_value} at step {step} of {steps}",
+                         why="the learning rate is too high for this model and data, or the inputs or the "
+                             "teacher's outputs hold NaN or infinite values",
+                         fix="lower this training's lr in the recipe (teacher/distill/scratch/compress `train: "
+                             "{lr: ...}`) and run again")
 
 
 def _share_of(idx: np.ndarray, target: torch.Tensor, rank: int, world: int) -> Share | None:

@@ -137,11 +137,12 @@ def export_text_model(model: "nn.Module", *, role: str, formats: list[str], prec
                       min_agreement: float, min_agreement_int4: float, lineage: dict[str, Any],
                       text_input: dict[str, Any] | None = None, reporter: Reporter | None = None) -> list:
     """Every format × precision of one text model, each checked against PyTorch on `ids` (held-out)."""
-    from edgekd.exporter import export_steps, save_artifact
+    from edgekd.exporter import check_finite_weights, export_steps, save_artifact
     from edgekd.models import count_parameters
     from edgekd.text.train import predict
 
     reporter = reporter or SilentReporter()
+    check_finite_weights(model, role)
     reference = predict(model, ids)
     artifacts: list = []
     for step in export_steps(role, formats, precisions, out_root, reporter, artifacts):
