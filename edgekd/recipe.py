@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edgekd.errors import EdgeKDError, RecipeError, RegistryError, first_line, pydantic_message, yaml_problem
 from edgekd.names import IDENTIFIER, Precision
+from edgekd.yaml_strict import load_yaml
 
 _MAX_SEED = 2**32 - 1 - 1000  # numpy and scikit-learn take seeds in [0, 2**32 - 1]; room for seed_offset
 TEXT_REFUSED_PRECISIONS = ("int8_static", "int8_qat")  # they calibrate on float inputs; text models take token ids
@@ -71,6 +72,14 @@ class TextDataConfig(_Strict):
         "teacher", description="the rows of the student's token table: teacher = the teacher tokenizer's whole "
         "vocabulary; corpus = only the tokens the training sentences use (a map in the graph sends the others to "
         "the unknown token), so the same bytes hold a wider table")
+
+    @field_validator("packages", "transfer_packages")
+    @classmethod
+    def _each_once(cls, names: list[str]) -> list[str]:
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:  # [asyncio, asyncio] made a one-class task that ran to "100% accuracy"
+            raise ValueError(f"names {', '.join(twice)} more than once; give each package once")
+        return names
 
 
 class ModelConfig(_Strict):
@@ -259,6 +268,13 @@ class PruneConfig(_Strict):
     skip: list[str] = Field(default_factory=list, description="layers (named_modules paths) never pruned")
     nm: tuple[int, int] = Field((2, 4), description="N:M sparsity: keep N of every M weights")
 
+    @field_validator("nm")
+    @classmethod
+    def _n_below_m(cls, nm: tuple[int, int]) -> tuple[int, int]:
+        if not 1 <= nm[0] < nm[1]:  # was refused only at the compress stage, after training
+            raise ValueError(f"N:M must keep 1 ≤ N < M weights of every M, got {nm[0]}:{nm[1]} (e.g. [2, 4])")
+        return nm
+
 
 class RecoveryConfig(_Strict):
     """KD fine-tuning after compression, to win back the accuracy it cost."""
@@ -287,6 +303,13 @@ class Int4Config(_Strict):
     """INT4 knobs, recorded in each INT4 artifact (INT4 is not always faster than INT8 on CPUs: measure)."""
 
     block_size: int = Field(32, ge=16, description="ONNX MatMulNBits block size (power of two)")
+
+    @field_validator("block_size")
+    @classmethod
+    def _power_of_two(cls, size: int) -> int:
+        if size & (size - 1):  # was refused only at the export stage, after training
+            raise ValueError(f"must be a power of two (16, 32, 64, 128, …), got {size}")
+        return size
     accuracy_level: int = Field(4, ge=0, le=4, description="ONNX MatMulNBits compute: 0 = as stored type, 4 = int8")
     tflite_block_size: Literal[32, 64] | None = Field(
         None, description="TFLite: None = per-channel int4; 32/64 = block-wise int4 for fully connected "
@@ -407,6 +430,18 @@ class Recipe(_Strict):
                                    for role, precisions in self.export.targets.items()}
         return self
 
+    @model_validator(mode="after")
+    def _targets_this_run_makes(self) -> "Recipe":
+        """export.targets naming only models the run does not make exported nothing, and said nothing."""
+        made = {"teacher", "student", *(["scratch"] if self.scratch.enabled else []),
+                *(["compressed"] if self.compress.enabled else [])}
+        named = [role for role, precisions in self.export.targets.items() if precisions]
+        if named and not set(named) & made:
+            off = [f"{role}.enabled" if role == "scratch" else "compress.enabled" for role in named]
+            raise ValueError(f"export.targets names only {', '.join(named)}, which this run does not make "
+                             f"({' and '.join(sorted(set(off)))} is false): nothing would be exported")
+        return self
+
     @property
     def run_dir(self) -> Path:
         return self.output_dir / self.name
@@ -508,7 +543,7 @@ def _read_yaml(path: Path) -> Any:
         raise RecipeError(f"cannot read recipe {path}", why=first_line(exc),
                           fix="check the file's permissions and encoding") from None
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError as exc:
         raise RecipeError(
             f"{path}: YAML syntax error {yaml_problem(exc)}",
@@ -536,8 +571,8 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{loc}: required field is missing"
     if kind == "literal_error":
         return f"{loc}: must be one of {ctx.get('expected')}, got {got!r}"
-    if kind == "value_error":
-        return f"{loc}: {pydantic_message(error)}"
+    if kind == "value_error":  # a check across sections (a whole-recipe validator) has no path of its own
+        return f"{loc}: {pydantic_message(error)}" if loc else pydantic_message(error)
     if kind == "path_type":  # pydantic says "input is not a valid path for <class 'pathlib.Path'>"
         return f"{loc}: must be a path (text), got {got!r}"
     if kind == "string_pattern_mismatch":

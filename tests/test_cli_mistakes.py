@@ -744,3 +744,30 @@ def test_a_model_too_large_for_memory_says_so_from_the_command_line(tmp_path):
     (tmp_path / "r.yaml").write_text("name: huge\nstudent:\n  model: {family: mlp, params: {width: 100000000000}}\n"
                                      "bench: {enabled: false}\n")
     _user_error(_cli("run", "r.yaml", "--output-dir", "out", cwd=tmp_path), "error: out of memory", "smaller model")
+
+
+@pytest.mark.parametrize("fields, said", [
+    ({"export": {"targets": {"compressed": ["fp32"]}}},
+     "export.targets names only compressed, which this run does not make (compress.enabled is false)"),
+    ({"scratch": {"enabled": False}, "export": {"targets": {"scratch": ["fp32"]}}},
+     "export.targets names only scratch, which this run does not make (scratch.enabled is false)"),
+    ({"compress": {"prune": {"method": "nm", "nm": [5, 4]}}}, "compress.prune.nm: N:M must keep 1 ≤ N < M"),
+    ({"export": {"int4": {"block_size": 33}}}, "export.int4.block_size: must be a power of two"),
+    ({"task": "text", "data": {"text": {"packages": ["asyncio", "asyncio"]}}},
+     "data.text.packages: names asyncio more than once"),
+])
+def test_settings_that_failed_only_after_training_fail_when_the_recipe_loads(fields, said):
+    """Each ran the teacher and the student first (or, for the targets, exported nothing and said nothing; for the
+    packages, made a one-class task that reached "100% accuracy")."""
+    with pytest.raises(RecipeError, match=re.escape(said)):
+        load_recipe({"name": "r", **fields})
+
+
+def test_a_key_given_twice_in_a_recipe_or_profile_is_refused(tmp_path):
+    """YAML keeps the last of two equal keys: `seed: 1` then `seed: 2` ran with seed 2, and said nothing."""
+    (tmp_path / "r.yaml").write_text("name: t\nseed: 1\nstudent:\n  model: {family: mlp}\nseed: 2\n")
+    _user_error(_cli("run", "r.yaml", cwd=tmp_path), "at line 5, column 1: 'seed' is given twice (first at line 2)")
+    (tmp_path / "devices").mkdir()
+    (tmp_path / "devices" / "b.yaml").write_text("kind: local\nthreads: 1\nthreads: 2\n")
+    _user_error(_cli("devices", "--info", "b", cwd=tmp_path), "'threads' is given twice (first at line 2)")
+    assert load_recipe({"name": "t", "seed": 1}).seed == 1  # nested mappings with equal keys elsewhere are fine

@@ -122,7 +122,7 @@ def _classifier(model: nn.Module, in_shape: Sequence[int] | None = None) -> nn.M
 def _skipped(model: nn.Module, skip: Sequence[str]) -> list[nn.Module]:
     from edgekd.distill.features import resolve
 
-    return list(resolve(model, list(skip), role="model to prune").values()) if skip else []
+    return list(resolve(model, list(skip), role="pruned").values()) if skip else []
 
 
 def prune_structured(model: nn.Module, in_shape: Sequence[int], ratio: float, *, round_to: int | None = 8,

@@ -25,6 +25,7 @@ from edgekd.compress.isa import CPU_ARCHES, PROFILE_FLAGS
 from edgekd.devices.base import Device, DeviceError, DeviceProfile
 from edgekd.errors import RegistryError, first_line, pydantic_message, yaml_problem
 from edgekd.names import IDENTIFIER, IDENTIFIER_RULE
+from edgekd.yaml_strict import load_yaml
 
 KINDS = ("local", "ssh", "adb")
 _COMMON = {"name", "kind", "python", "workdir", "threads", "cpus", "emulated"}
@@ -121,7 +122,7 @@ def load_profile(path: Path) -> DeviceProfile:
         raise DeviceError(f"device profile {path} is a folder", why="a profile is one YAML file",
                           fix="give the profile's .yaml file, or a device name (profiles live in devices/)")
     try:
-        raw: Any = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        raw: Any = load_yaml(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DeviceError(f"device profile not found: {path}", fix="check the path (profiles live in devices/)") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -1,0 +1,31 @@
+"""YAML for recipes and device profiles: safe, and a key given twice in one mapping is an error.
+
+PyYAML keeps the last of two equal keys in silence, so `seed: 1` a few lines above `seed: 2` ran with seed 2.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys, naming the line of the second one (yaml_problem shows it)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "in a mapping", node.start_mark,
+                    f"'{key}' is given twice (first at line {seen[key] + 1}); YAML would keep only the last",
+                    key_node.start_mark)
+            seen.setdefault(key, key_node.start_mark.line)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text like yaml.safe_load, refusing a key given twice in one mapping (a yaml.YAMLError)."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
