@@ -366,6 +366,16 @@ def test_recall_at_k_counts_shared_neighbours() -> None:
     assert recall_at_k(2.0 * x, x, k=5) == 1.0  # cosine: the scale of an embedding does not matter
 
 
+def test_a_pool_of_k_sentences_or_fewer_has_no_recall_at_k() -> None:
+    """Four sentences: each had its 3 others as "10 nearest", so any student, even an untrained one (cosine
+    0.08), scored recall@10 1.000 and best@10 100%."""
+    rng = np.random.default_rng(0)
+    teacher, untrained = rng.normal(size=(4, 8)), rng.normal(size=(4, 8))
+    for metric in (recall_at_k, recall_at_k_teacher_index, best_match_at_k):
+        assert np.isnan(metric(untrained, teacher, k=10)) and np.isnan(metric(teacher[:3], teacher[:3], k=3))
+        assert metric(teacher[:4], teacher[:4], k=3) == 1.0
+
+
 def test_recall_against_a_teacher_index_searches_the_teacher_rows() -> None:
     rng = np.random.default_rng(0)
     teacher = rng.normal(size=(60, 8))

@@ -182,3 +182,21 @@ def test_the_teacher_cache_key_covers_its_tokenizer_and_config_not_only_its_weig
         config = json.loads((edited / "config.json").read_text())
         (edited / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 5}))
     assert (key(original) == key(edited)) == (edit == "nothing")
+
+
+def test_the_teacher_cache_key_leaves_out_the_device_length() -> None:
+    """The embeddings are of the training length; a change of data.text.device_length alone re-embedded the
+    whole corpus with the teacher (16 minutes for the minilm recipe) into an identical file."""
+    from types import SimpleNamespace
+
+    from edgekd.text.data import TextData
+    from edgekd.text.stages import _teacher_key
+
+    corpus = SimpleNamespace(fingerprint=lambda: "the corpus")
+
+    def key(train_length: int, device_length: int) -> str:
+        data = TextData(corpus=corpus, tokenizer=None, train_length=train_length,  # type: ignore[arg-type]
+                        device_length=device_length, teacher_folder=default_teacher_folder())
+        return _teacher_key(SimpleNamespace(text=data))  # type: ignore[arg-type]
+
+    assert key(32, 32) == key(32, 128) != key(64, 128)

@@ -100,8 +100,12 @@ class TextData:
         return self.corpus.part(held_out=True, labelled_only=True)
 
     def fingerprint(self) -> str:
-        """The corpus and its tokenisation (what the teacher's embeddings depend on)."""
-        return f"{self.corpus.fingerprint()}-{self.train_length}-{self.device_length}"
+        """The corpus and its tokenisations, for training and for the exported graphs."""
+        return f"{self.embedding_fingerprint()}-{self.device_length}"
+
+    def embedding_fingerprint(self) -> str:
+        """What the teacher's embeddings of the corpus depend on: its sentences at the training length."""
+        return f"{self.corpus.fingerprint()}-{self.train_length}"
 
 
 def load_text_data(recipe, reporter: Reporter | None = None) -> TextData:

@@ -20,15 +20,15 @@ def neighbours(embeddings: np.ndarray, k: int, index: np.ndarray | None = None) 
     e = unit(embeddings)
     sim = e @ (e if index is None else unit(index)).T
     np.fill_diagonal(sim, -np.inf)
-    k = min(k, len(e) - 1)
     top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
     return top
 
 
 def recall_at_k(student: np.ndarray, teacher: np.ndarray, k: int = 10) -> float:
     """Retrieval agreement: the share of the teacher's k nearest neighbours that the student's search also
-    returns in its top k, averaged over queries (each held-out sentence queries the others)."""
-    if len(student) < 2:
+    returns in its top k, averaged over queries (each held-out sentence queries the others). NaN for a pool
+    of k sentences or fewer: every other one is a neighbour then, and any student would score 1.0."""
+    if len(student) <= k:
         return float("nan")
     return _overlap(neighbours(student, k), neighbours(teacher, k))
 
@@ -36,7 +36,7 @@ def recall_at_k(student: np.ndarray, teacher: np.ndarray, k: int = 10) -> float:
 def recall_at_k_teacher_index(student: np.ndarray, teacher: np.ndarray, k: int = 10) -> float:
     """The same agreement when the index was built by the teacher (offline, on a server) and only the query
     is embedded by the student on the device: student queries searched among the teacher's embeddings."""
-    if len(student) < 2:
+    if len(student) <= k:
         return float("nan")
     return _overlap(neighbours(student, k, index=teacher), neighbours(teacher, k))
 
@@ -44,7 +44,7 @@ def recall_at_k_teacher_index(student: np.ndarray, teacher: np.ndarray, k: int =
 def best_match_at_k(student: np.ndarray, teacher: np.ndarray, k: int = 10) -> float:
     """Semantic search's own question: the share of queries whose best match by the teacher is among the
     student's top k. Looser than `recall_at_k`, which asks for all of the teacher's top k, order aside."""
-    if len(student) < 2:
+    if len(student) <= k:
         return float("nan")
     best = neighbours(teacher, 1)
     return float((neighbours(student, k) == best).any(axis=1).mean())

@@ -12,7 +12,7 @@ EMBEDDING_HEADER = ("model", "cosine to teacher", "recall@10", "recall@10, teach
 
 def _score(metrics: dict[str, Any], key: str, spec: str) -> str:
     value = metrics.get(key)
-    return "–" if value is None else format(value, spec)
+    return "–" if value is None or value != value else format(value, spec)  # NaN: not measured
 
 
 def _retrieval(metrics: dict[str, Any] | None) -> tuple[str, str, str, str]:

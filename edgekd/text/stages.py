@@ -27,7 +27,8 @@ def _data_inputs(ctx: Context) -> dict[str, Any]:
 
 def _teacher_key(ctx: Context) -> str:
     """Cache key of the teacher's embeddings: its files' sha256, the corpus and the training length."""
-    return hashlib.sha256(f"{ctx.text.teacher_sha256}-{ctx.text.fingerprint()}".encode()).hexdigest()[:24]
+    # not the device length: a change of it alone re-embedded the whole corpus (16 minutes for minilm)
+    return hashlib.sha256(f"{ctx.text.teacher_sha256}-{ctx.text.embedding_fingerprint()}".encode()).hexdigest()[:24]
 
 
 # -- teacher -------------------------------------------------------------------------------
@@ -481,10 +482,12 @@ def _text_findings(summary: dict[str, Any]) -> list[str]:
         best_match = "" if best is None else f"; the teacher's best match among its top 10 for {best:.1%} of queries"
         floor = (" (labels alone: its embedding was never taught the teacher's, so its cosine and recall are a "
                  "floor, not a rival)" if role == "scratch" else "")
-        out.append(f"Text {role}{floor}: embedding cosine to the teacher {m['cosine_to_teacher']:.3f}, recall@10 of "
-                   f"the teacher's neighbours {m['recall_at_10']:.3f} (searching {text['retrieval_pool']} held-out "
-                   f"sentences{against_index}{best_match}), accuracy {m['test_accuracy']:.2%} vs the teacher's "
-                   f"{teacher:.2%}.")
+        pool = text["retrieval_pool"]
+        recall = (f"recall@10 of the teacher's neighbours {m['recall_at_10']:.3f} (searching {pool} held-out "
+                  f"sentences{against_index}{best_match})" if m["recall_at_10"] == m["recall_at_10"] else
+                  f"no recall@10 ({pool} held-out sentences: a search of 10 neighbours needs more than 10)")
+        out.append(f"Text {role}{floor}: embedding cosine to the teacher {m['cosine_to_teacher']:.3f}, {recall}, "
+                   f"accuracy {m['test_accuracy']:.2%} vs the teacher's {teacher:.2%}.")
     out += _exported_findings(summary)
     out.append(f"Tokenization ran {text['tokenization']}.")
     return out
