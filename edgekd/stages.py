@@ -398,15 +398,17 @@ def bench_artifacts(ctx: Context, artifacts: list, inputs: Path,
     settings = BenchSettings(threads=b.threads, batch_size=b.batch_size, warmup_runs=b.warmup_runs,
                              min_runs=b.min_runs, min_seconds=b.min_seconds, max_seconds=b.max_seconds,
                              rounds=b.rounds, eval_samples=b.eval_samples)
+    from edgekd.bench.history import check_usable, record
+
+    history = ctx.recipe.output_dir / "history.sqlite"
+    check_usable(history)  # before measuring: a damaged history was found after every artifact was measured
     for old in ctx.rundir.results.glob("bench-*.json"):
         old.unlink()
     results = bench(artifacts, device=b.device, settings=settings, inputs=inputs, results_dir=ctx.rundir.results,
                     eval_data=eval_data, reporter=ctx.reporter, rerun_hint=RUN_BENCH_AGAIN)
     # Recorded once every artifact is measured, not as each one finishes: a run stopped midway measures them all
     # again when resumed, so what it had recorded would stay in the history as a half session beside the whole.
-    from edgekd.bench.history import record
-
-    record(results, ctx.recipe.output_dir / "history.sqlite")
+    record(results, history)
     return [r.saved_path for r in results], {"results": len(results)}
 
 

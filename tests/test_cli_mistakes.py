@@ -771,3 +771,25 @@ def test_a_key_given_twice_in_a_recipe_or_profile_is_refused(tmp_path):
     (tmp_path / "devices" / "b.yaml").write_text("kind: local\nthreads: 1\nthreads: 2\n")
     _user_error(_cli("devices", "--info", "b", cwd=tmp_path), "'threads' is given twice (first at line 2)")
     assert load_recipe({"name": "t", "seed": 1}).seed == 1  # nested mappings with equal keys elsewhere are fine
+
+
+def test_a_damaged_history_is_refused_before_anything_is_measured(tiny_run, tmp_path):
+    """`--history afile` measured every artifact, then could not record them; a run's bench stage did the same
+    with a damaged <output_dir>/history.sqlite, threw the measurements away, and measured again next time."""
+    (tmp_path / "afile").write_text("not a database\n")
+    artifact = str(tiny_run.rundir.artifacts / "student-onnx-fp32")
+    proc = _cli("bench", artifact, "--history", "afile", "--results-dir", "res", "--rounds", "1", cwd=tmp_path)
+    _user_error(proc, "cannot open the bench history afile", "move afile aside")
+    assert not (tmp_path / "res").exists() or not list((tmp_path / "res").glob("bench-*.json"))
+
+    recipe = yaml.safe_load((Path(__file__).parent / "recipes" / "tiny.yaml").read_text())
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "history.sqlite").write_text("not a database\n")
+    recipe["export"]["targets"] = {"teacher": [], "student": ["fp32"], "scratch": []}
+    recipe["export"]["formats"] = ["onnx"]
+    recipe["teacher"]["train"]["epochs"] = recipe["distill"]["train"]["epochs"] = 1
+    recipe["scratch"] = {"enabled": False}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    proc = _cli("run", "r.yaml", "--output-dir", "out", cwd=tmp_path)
+    _user_error(proc, "cannot open the bench history out/history.sqlite")
+    assert not list((tmp_path / "out" / "tiny" / "results").glob("bench-*.json"))

@@ -654,9 +654,9 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
     reporter = usable_reporter(reporter)
     _check_data_files(inputs, eval_data)
     if history is not None:  # said now, not after every artifact was measured
-        from edgekd.bench.history import check_path
+        from edgekd.bench.history import check_usable
 
-        check_path(history)
+        check_usable(history)
     resolved = _distinct_names([resolve_artifact(a) for a in artifact_list(artifacts)])
     target = open_device(device)
     try:

@@ -62,6 +62,13 @@ def check_path(path: Any) -> None:
                          fix=f"leave the default, {DEFAULT_PATH}, or give the path of a history file")
 
 
+def check_usable(path: Path) -> None:
+    """Open (or start) the history before a bench measures anything: a damaged file or another program's
+    database was found only when the results were recorded, after every artifact had been measured."""
+    with _open(path):
+        pass
+
+
 def _connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
     check_path(path)
     if not create and not Path(path).is_file():
@@ -83,7 +90,8 @@ def _connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
             raise
     except (sqlite3.Error, OSError) as exc:
         raise BenchError(f"cannot open the bench history {path}", why=first_line(exc),
-                         fix="check the path (--history) or delete a corrupt history file") from None
+                         fix=f"move {path} aside if it is damaged (the next bench starts a new history), or "
+                             "give edgekd bench another --history file") from None
     return db
 
 
