@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import edgekd
@@ -175,6 +176,12 @@ def test_bench_eval_data_must_be_a_pair_of_matching_npy_files(tmp_path, bare_onn
                         ((x3, y5), "eval_data holds 3 test inputs but 5 labels")]:
         with pytest.raises(BenchError, match=said):
             edgekd.bench([bare_onnx], device="no-such-device", eval_data=given)
+    # labels that are no class indices scored every sample wrong: "device acc 0.00% of 5", exit 0
+    for labels, got in ((np.array(["a"] * 5), "<U1 values"), (np.array([0, 1, -1, 2, 3]), "the label -1"),
+                        (np.zeros((5, 2), np.int64), "shape (5, 2)"), (np.zeros(5, np.float32), "float32 values")):
+        np.save(tmp_path / "bad_y.npy", labels)
+        with pytest.raises(BenchError, match=re.escape(f"holds no class indices ({got})")):
+            edgekd.bench([bare_onnx], device="no-such-device", eval_data=(x5, tmp_path / "bad_y.npy"))
 
 
 @pytest.mark.parametrize("kwargs, error, said", [

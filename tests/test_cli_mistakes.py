@@ -793,3 +793,15 @@ def test_a_damaged_history_is_refused_before_anything_is_measured(tiny_run, tmp_
     proc = _cli("run", "r.yaml", "--output-dir", "out", cwd=tmp_path)
     _user_error(proc, "cannot open the bench history out/history.sqlite")
     assert not list((tmp_path / "out" / "tiny" / "results").glob("bench-*.json"))
+
+
+def test_an_empty_device_a_file_that_is_no_profile_and_endless_minutes_are_named_as_such(tmp_path):
+    """--device "" listed the recipes in the current folder as "the profiles" it holds, a file that is no profile
+    was an "unknown device", and --sustained inf was "BenchSettings.min_seconds must be a number ≥ 0"."""
+    (tmp_path / "r.yaml").write_text("name: r\n")
+    (tmp_path / "notes.txt").write_text("not a profile\n")
+    _user_error(_cli("devices", "--info", "", cwd=tmp_path), "the device name is empty")
+    _user_error(_cli("devices", "--info", "notes.txt", cwd=tmp_path),
+                "device 'notes.txt' is a file but no device profile")
+    _user_error(_cli("bench", "whatever.onnx", "--sustained", "inf", cwd=tmp_path),
+                "a sustained bench needs a finite number of minutes > 0, got inf")

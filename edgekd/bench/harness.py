@@ -152,6 +152,20 @@ def _check_data_files(inputs: Any, eval_data: Any) -> None:
                          f"{rows['eval_data labels']} labels",
                          why="each test input needs its label, in the same order",
                          fix="give the test inputs and the labels of the same samples")
+    if eval_data is not None:
+        _check_labels(Path(eval_data[1]))
+
+
+def _check_labels(path: Path) -> None:
+    """Class indices: text labels or negative ones scored every sample wrong ("device acc 0.00%"), exit 0."""
+    labels = np.load(path, mmap_mode="r", allow_pickle=False)
+    if labels.dtype.kind not in "iu" or labels.ndim != 1 or (labels.size and int(labels.min()) < 0):
+        got = (f"{labels.dtype} values" if labels.dtype.kind not in "iu" else f"shape {labels.shape}"
+               if labels.ndim != 1 else f"the label {int(labels.min())}")
+        raise BenchError(f"the eval_data labels file {path} holds no class indices ({got})",
+                         why="the device's outputs are scored by their top class against these labels",
+                         fix="save one integer class index ≥ 0 per test input: numpy.save(path, "
+                             "labels.astype(numpy.int64))")
 
 
 def _npy_shape(path: Path, what: str) -> tuple[int, ...]:
@@ -521,6 +535,9 @@ def sustained_settings(minutes: float, base: BenchSettings | None = None) -> Ben
     """One long round of `minutes`, to see throttling: latency over time instead of one number. max_runs is
     the size of the sample kept, not a stop: the runner summarises each window on the device and runs the
     whole time at any speed."""
+    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not 0 < minutes < math.inf:
+        raise BenchError(f"a sustained bench needs a finite number of minutes > 0, got {minutes!r}",
+                         fix="e.g. --sustained 10 (edgekd bench) or sustained_settings(10)")
     seconds = minutes * 60
     return replace(base or BenchSettings(), rounds=1, min_seconds=seconds, max_seconds=seconds, min_runs=1,
                    max_runs=SUSTAINED_SAMPLE, sustained=True)

@@ -92,6 +92,9 @@ def find_profile(name_or_path: str) -> DeviceProfile:
                                 "~/.config/edgekd/devices/)",
                             fix="give one of them as a string, e.g. device='host'" +
                                 ("; name one device at a time" if isinstance(name_or_path, (list, tuple)) else ""))
+    if not str(name_or_path).strip():  # Path("") is the current folder: "a folder holding profiles …"
+        raise RegistryError("the device name is empty", why=f"known devices: {', '.join(known_profiles())}",
+                            fix="give a device name (e.g. host) or a profile's .yaml path")
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
         return load_profile(path)
@@ -109,6 +112,10 @@ def find_profile(name_or_path: str) -> DeviceProfile:
                                 "a device is a profile's name or the path of its YAML file",
                             fix=f"give one profile's file, e.g. {path / (inside[0] + '.yaml')}" if inside else
                                 f"give a profile's YAML file, or one of the known devices: {', '.join(known)}")
+    if path.is_file():  # a file, but not named .yaml: it was "unknown device"
+        raise RegistryError(f"device '{name_or_path}' is a file but no device profile",
+                            why="a device is a profile's name or the path of its .yaml file",
+                            fix=f"give a profile's .yaml file (rename it if it is one), or one of: {', '.join(known)}")
     meant = _closest(name_or_path, known)
     raise RegistryError(f"unknown device '{name_or_path}'" + (f" (did you mean '{meant}'?)" if meant else ""),
                         why=f"known devices: {', '.join(known)} (from ./devices/ and ~/.config/edgekd/devices/)",
