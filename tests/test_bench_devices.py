@@ -258,7 +258,18 @@ def test_ctrl_c_midway_keeps_what_was_measured(tmp_path):
 
     assert BenchResult.load(tmp_path / "results" / "bench-m0.json").complete  # was lost with the rest
     assert not (tmp_path / "results" / "bench-m1.json").exists()
-    assert "1 result(s) measured so far are kept" in err.value.kept
+    assert "the 1 result(s) measured in full so far are kept" in err.value.kept and "more" not in err.value.kept
+
+
+def test_ctrl_c_midway_says_which_results_resume_will_measure_again(tmp_path):
+    """After round 1 of 2 of the first artifact, "the 1 result(s) measured so far are kept": --resume measured
+    it again, since a result with rounds missing is not reused."""
+    two_rounds = BenchSettings(warmup_runs=5, min_runs=30, min_seconds=0.02, rounds=2)
+    with pytest.raises(KeyboardInterrupt) as err:
+        edgekd.bench(_models(tmp_path), settings=two_rounds, results_dir=tmp_path / "results",
+                     reporter=StepReporter(ctrl_c))
+    assert err.value.kept == (f"nothing was measured in full: 1 result(s) with fewer than 2 rounds, saved in "
+                              f"{tmp_path / 'results'} to look at, will be measured again")
 
 
 def test_ctrl_c_on_the_command_line_says_where_the_results_are_and_to_resume(tmp_path):
@@ -275,7 +286,7 @@ def test_ctrl_c_on_the_command_line_says_where_the_results_are_and_to_resume(tmp
         return len(seen) >= 2
 
     stderr = _ctrl_c_once(cli, second_runner_started, "the second runner never started")
-    assert "interrupted: the 1 result(s) measured so far are kept in" in " ".join(stderr.split())
+    assert "interrupted: the 1 result(s) measured in full so far are kept in" in " ".join(stderr.split())
     assert "rerun with --resume" in stderr and "Traceback" not in stderr
     assert sorted(p.name for p in (tmp_path / "results").glob("bench-*.json")) == ["bench-m0.json"]
     assert (tmp_path / "results" / ".edgekd-bench-session@host.json").is_file()  # for --resume to add to

@@ -821,7 +821,12 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
         if _record_complete(kept, history, history_session) and results_dir is not None:
             atomic_write_json(_session_path(results_dir, target.name), {"session": history_session})
         if kept:
-            saved = f"the {len(kept)} result(s) measured so far are kept in {results_dir}"
+            # only a result with all its rounds is reused by --resume; one cut short is saved to look at
+            whole = sum(len(raws[i]) == settings.rounds for i in todo)
+            cut = (f"{len(kept) - whole} result(s) with fewer than {settings.rounds} rounds, saved in {results_dir} "
+                   "to look at, will be measured again")
+            saved = (f"the {whole} result(s) measured in full so far are kept in {results_dir}"
+                     + (f"; {cut}" if len(kept) > whole else "") if whole else f"nothing was measured in full: {cut}")
             if isinstance(exc, EdgeKDError):
                 exc.fix = ((exc.fix + "; ") if exc.fix else "") + (
                     f"{saved}; {rerun_hint}")
