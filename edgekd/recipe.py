@@ -303,6 +303,10 @@ class Int4Config(_Strict):
     """INT4 knobs, recorded in each INT4 artifact (INT4 is not always faster than INT8 on CPUs: measure)."""
 
     block_size: int = Field(32, ge=16, description="ONNX MatMulNBits block size (power of two)")
+    accuracy_level: int = Field(4, ge=0, le=4, description="ONNX MatMulNBits compute: 0 = as stored type, 4 = int8")
+    tflite_block_size: Literal[32, 64] | None = Field(
+        None, description="TFLite: None = per-channel int4; 32/64 = block-wise int4 for fully connected "
+                          "layers (where ai-edge-quantizer has it), per-channel int4 for convolutions")
 
     @field_validator("block_size")
     @classmethod
@@ -310,10 +314,6 @@ class Int4Config(_Strict):
         if size & (size - 1):  # was refused only at the export stage, after training
             raise ValueError(f"must be a power of two (16, 32, 64, 128, …), got {size}")
         return size
-    accuracy_level: int = Field(4, ge=0, le=4, description="ONNX MatMulNBits compute: 0 = as stored type, 4 = int8")
-    tflite_block_size: Literal[32, 64] | None = Field(
-        None, description="TFLite: None = per-channel int4; 32/64 = block-wise int4 for fully connected "
-                          "layers (where ai-edge-quantizer has it), per-channel int4 for convolutions")
 
 
 class QatFallbackConfig(_Strict):

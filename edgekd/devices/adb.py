@@ -173,8 +173,8 @@ class AdbDevice:
             raise DeviceOutOfSpace(
                 f"no space left on {self.name} for {local.name} ({local.stat().st_size / 1e6:.1f} MB)",
                 why=_adb_message(output, proc.returncode),
-                fix=free_space_fix(self.name, "see what is left with "
-                                              f"`{self.by_hand('shell', 'df', '-h', str(PurePosixPath(remote).parent))}`; "))
+                fix=free_space_fix(self.name, "see what is left with `"
+                                   + self.by_hand("shell", "df", "-h", str(PurePosixPath(remote).parent)) + "`; "))
         fix = ("push under /data/local/tmp (the shell user cannot write elsewhere on a stock phone)"
                if any(s in output for s in _DENIED) else "check the remote path and that the device is unlocked")
         raise DeviceError(f"cannot push {local.name} to {self.name}:{remote}",
@@ -211,7 +211,8 @@ class AdbDevice:
                                 why="the adb server or the link to the device stopped answering (the copy was "
                                     "given far longer than a working USB or Wi-Fi link needs)",
                                 fix=f"check the device with `{self.by_hand('get-state')}`, and restart the adb "
-                                    f"server (`{self.by_hand('kill-server', serial=False)}`) if that hangs too") from None
+                                    f"server (`{self.by_hand('kill-server', serial=False)}`) if that hangs too"
+                                ) from None
 
     def run(self, argv: list[str], *, timeout: float | None = None, tether: bool = False,
             on_line: Callable[[str], None] | None = None) -> RunResult:
@@ -358,9 +359,11 @@ class AdbDevice:
             raise DeviceUnreachable(f"{what}: {self.serial} is offline or the connection broke", why=why,
                                     fix=f"check `{self.by_hand('devices', serial=False)}`; reconnect "
                                         f"(`{self.by_hand('connect', self.serial, serial=False)}` for Wi-Fi, replug "
-                                        f"USB), or restart the server with `{self.by_hand('kill-server', serial=False)}`")
+                                        "USB), or restart the server with "
+                                        f"`{self.by_hand('kill-server', serial=False)}`")
 
-    def _lost(self, proc: subprocess.CompletedProcess, during: str, missing: str = "and no message") -> DeviceUnreachable:
+    def _lost(self, proc: subprocess.CompletedProcess, during: str,
+              missing: str = "and no message") -> DeviceUnreachable:
         """The link or the adb server went away while a command or a copy ran (adb said nothing of its own)."""
         return DeviceUnreachable(
             f"lost the connection to {self.name} ({self.serial}) while {during}",
