@@ -287,7 +287,7 @@ def test_ctrl_c_on_the_command_line_says_where_the_results_are_and_to_resume(tmp
 
     stderr = _ctrl_c_once(cli, second_runner_started, "the second runner never started")
     assert "interrupted: the 1 result(s) measured in full so far are kept in" in " ".join(stderr.split())
-    assert "rerun with --resume" in stderr and "Traceback" not in stderr
+    assert "rerun with --resume" in " ".join(stderr.split()) and "Traceback" not in stderr
     assert sorted(p.name for p in (tmp_path / "results").glob("bench-*.json")) == ["bench-m0.json"]
     assert (tmp_path / "results" / ".edgekd-bench-session@host.json").is_file()  # for --resume to add to
 

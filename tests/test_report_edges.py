@@ -339,7 +339,8 @@ def test_int4_is_called_slower_than_fp32_only_beyond_the_noise_of_the_rounds(tmp
     (overlapping,) = findings_for((0.9, 1.45, 0.85))
     assert "is not faster than FP32" in overlapping and "within the noise of the rounds" in overlapping
     assert "slower" not in overlapping
-    (slower,) = findings_for((1.5, 1.95, 1.35))  # 1.5x FP32 in every round
+    # 1.5-1.6x FP32 in every round (an exact multiple in every round would be rounds without spread: no verdict)
+    (slower,) = findings_for((1.5, 1.95, 1.4))
     assert "is slower than FP32" in slower
 
 

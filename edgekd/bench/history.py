@@ -63,10 +63,13 @@ def check_path(path: Any) -> None:
 
 
 def check_usable(path: Path) -> None:
-    """Open (or start) the history before a bench measures anything: a damaged file or another program's
-    database was found only when the results were recorded, after every artifact had been measured."""
-    with _open(path):
-        pass
+    """Open an existing history before a bench measures anything: a damaged file or another program's
+    database was found only when the results were recorded, after every artifact had been measured. A new
+    history is made when the first results are recorded (a bench refused before that leaves no file)."""
+    check_path(path)
+    if Path(path).exists():
+        with _open(path):
+            pass
 
 
 def _connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
