@@ -31,9 +31,22 @@ def _stop(signum: int) -> KeyboardInterrupt:
     return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
+FORCE_AFTER = 3
+"""Signals after which a stopping command ends at once, its cleanup unfinished (what it wrote is whole: every
+file is written atomically)."""
+
+
 def _on_signal(signum: int, frame: Any) -> None:
     _received.append(signum)
-    raise _stop(signum)
+    if len(_received) == 1:
+        raise _stop(signum)
+    if len(_received) >= FORCE_AFTER:  # asked again and again: the user wants it gone now
+        os.write(2, (stop_message(signum == signal.SIGTERM, "stopped at once, before its cleanup ended") +
+                     "\n").encode())
+        os._exit(exit_code(signum))
+    # A second signal while the first one's stop unwinds is not raised again: it would cut that cleanup short,
+    # and raised inside a library's callback (jax's gc callback, seen here) Python prints it with a traceback.
+    # If a library swallowed the first, `raise_if_received` raises it at the next progress step.
 
 
 @contextlib.contextmanager
