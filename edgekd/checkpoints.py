@@ -51,7 +51,8 @@ def _check_is_torch_file(path: Path) -> None:
     if path.is_dir():
         raise _directory_error(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}", fix=f"check the path ({_WHERE})")
+        raise CheckpointError(f"checkpoint not found: {path}", why="no such file" if not path.exists() else
+                              "it is not a file", fix=f"check the path ({_WHERE})")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes)",
                               why="an interrupted save or copy leaves an empty file",

@@ -10,8 +10,9 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import traceback
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -51,27 +52,32 @@ def _handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except typer.Exit:
             raise
         except EdgeKDError as exc:
-            if _state["debug"]:
-                raise
-            _print_error(exc)
-            raise typer.Exit(exc.exit_code) from None
+            _fail(exc)
         except KeyboardInterrupt as exc:
             terminated = isinstance(exc, interrupts.Terminated)
             kept = getattr(exc, "resume", None) or interrupts.STOPPED
             err_console.print(interrupts.stop_message(terminated, kept), markup=False, highlight=False)
             raise typer.Exit(143 if terminated else 130) from None
         except Exception as exc:  # an edgekd bug, not a user mistake, unless the machine ran out of room
-            if _state["debug"]:
-                raise
             limit = machine_limit(exc)
             if limit is not None:
-                _print_error(limit)
-                raise typer.Exit(limit.exit_code) from None
+                _fail(limit)
+            if _state["debug"]:
+                raise
             err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}", highlight=False)
             err_console.print("  rerun with --debug for the traceback, and please report it")
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _fail(exc: EdgeKDError) -> NoReturn:
+    """Say a user-facing error as one block and exit with its code; with --debug, the traceback first (the
+    exit code stays the error's: --debug made every mistake exit 1, which the README's table does not say)."""
+    if _state["debug"]:
+        traceback.print_exc()  # the exception being handled (this runs inside the except block)
+    _print_error(exc)
+    raise typer.Exit(exc.exit_code) from None
 
 
 def _print_error(exc: EdgeKDError) -> None:

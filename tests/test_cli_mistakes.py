@@ -805,3 +805,18 @@ def test_an_empty_device_a_file_that_is_no_profile_and_endless_minutes_are_named
                 "device 'notes.txt' is a file but no device profile")
     _user_error(_cli("bench", "whatever.onnx", "--sustained", "inf", cwd=tmp_path),
                 "a sustained bench needs a finite number of minutes > 0, got inf")
+
+
+def test_debug_shows_the_traceback_and_keeps_the_exit_code_of_a_mistake(tmp_path):
+    """With --debug a user mistake exited 1, as an internal error does; the README's table says 2."""
+    proc = _cli("--debug", "run", "nosuch.yaml", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith("Traceback"), proc.stderr
+    assert "error: recipe not found: nosuch.yaml" in proc.stderr and "why: no such file" in proc.stderr
+
+
+@pytest.mark.parametrize("args, said", [
+    (("export", "nosuch.pt", "--output-dir", "out"), "why: no such file"),
+    (("bench", "nosuch.onnx", "--results-dir", "res"), "why: no such file or folder"),
+])
+def test_a_missing_file_says_why_as_every_error_does(tmp_path, args, said):
+    _user_error(_cli(*args, cwd=tmp_path), said)

@@ -210,7 +210,8 @@ def resolve_artifact(item: Artifact | str | Path) -> Artifact:
                             fix="give the path of an artifact folder (<run>/artifacts/NAME) or of a model file")
     path = Path(item)
     if not path.exists():
-        raise ArtifactError(f"artifact not found: {path}", fix="give an artifact folder or an .onnx / .tflite file")
+        raise ArtifactError(f"artifact not found: {path}", why="no such file or folder",
+                            fix="give an artifact folder or an .onnx / .tflite file")
     record = path / RECORD_NAME if path.is_dir() else path.parent / RECORD_NAME
     if record.is_file() and (path.is_dir() or path.name == RECORD_NAME or Artifact.load(record).file == path.name):
         return _usable(Artifact.load(record))

@@ -222,7 +222,8 @@ def _session_rows(db: sqlite3.Connection, session: str) -> list[_Row]:
     rows = db.execute("SELECT artifact_name, artifact_sha256, device, round_p50_us, format, precision, harness,"
                       " identity FROM results WHERE session = ? ORDER BY id", (session,)).fetchall()
     if not rows:
-        raise BenchError(f"no bench session '{session}' in the history", fix="list sessions with `edgekd history`")
+        raise BenchError(f"no bench session '{session}' in the history", why="no result in it carries that session id",
+                         fix="list sessions with `edgekd history`")
     out = []
     for name, sha, device, rounds, fmt, precision, harness, ident in rows:
         # A row recorded before the identity column knows only its format, precision, device and harness.
@@ -332,7 +333,8 @@ def compare(a: str | None = None, b: str | None = None, *, path: Path = DEFAULT_
                                  why="devices in it: " + ", ".join(sorted({s["device"] for s in every})),
                                  fix="pick one of them with --device, or run `edgekd bench --device "
                                      f"{device}` first")
-            raise BenchError("the bench history is empty", fix="run `edgekd bench` first")
+            raise BenchError("the bench history is empty", why="no bench has recorded a result in it yet",
+                             fix="run `edgekd bench` first")
         b = past[0]["session"]
     if a is not None and a == b:
         raise BenchError(f"both sessions are '{a}'", why="a session compared with itself shows no change",
@@ -377,5 +379,6 @@ def compare(a: str | None = None, b: str | None = None, *, path: Path = DEFAULT_
                              why="results of the same name measured different things: " + "; ".join(reasons),
                              fix="compare sessions benchmarked with the same settings (threads, batch size, "
                                  "input shapes) on the same device, of the same format and precision")
-        raise BenchError(f"sessions {a} and {b} share no artifact", fix="compare sessions that measured the same artifacts")
+        raise BenchError(f"sessions {a} and {b} share no artifact", why="no artifact name was measured in both",
+                         fix="compare sessions that measured the same artifacts (`edgekd history` lists them)")
     return {"a": a, "b": b, "rows": out, "unpaired": unpaired}

@@ -269,7 +269,8 @@ def load_onnx_checked(path: Path):
     import onnx
 
     if not path.is_file():
-        raise ArtifactError(f"artifact not found: {path}", fix="give the path of an exported .onnx file")
+        raise ArtifactError(f"artifact not found: {path}", why="no such file",
+                            fix="give the path of an exported .onnx file")
     try:
         model = onnx.load(str(path))
         onnx.checker.check_model(model)

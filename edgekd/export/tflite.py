@@ -320,7 +320,8 @@ def _interpreter(path: Path, *, num_threads: int = 1, delegates: bool = True) ->
     with _quiet():
         module = _require("ai_edge_litert.interpreter")
     if not Path(path).is_file():
-        raise ArtifactError(f"artifact not found: {path}", fix="give the path of an exported .tflite file")
+        raise ArtifactError(f"artifact not found: {path}", why="no such file",
+                            fix="give the path of an exported .tflite file")
     kwargs: dict[str, Any] = {"model_path": str(path), "num_threads": num_threads}
     if not delegates:
         kwargs["experimental_op_resolver_type"] = module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
