@@ -15,8 +15,8 @@ Approach (and why):
   (the usual QAT schedule). The weights' scale is never frozen nor averaged: it is max|w| of the weights as
   they are at each step (`_CurrentWeightRange`), as onnxruntime computes it from the final weights at export.
   torch's moving-average weight observer trailed the weights (scales 0.90-1.00 of max|w|/127 after 80 steps,
-  clipping the weights that outgrew it) and was frozen for the last quarter: 95% of the weights then rounded
-  to another grid point in the artifact than in training.
+  clipping the weights that outgrew it) and was frozen for the last quarter: 78-89% of an MLP's weights then
+  rounded to another grid point in the artifact than in training (tests/test_qat.py).
 - The qconfig mirrors what the artifact will hold, not torch's x86 default: weights per-channel symmetric
   int8 in [-127, 127] (onnxruntime's grid for symmetric int8 weights: scale = max|w| / 127), activations
   per-tensor asymmetric int8 in [-128, 127] without reduce_range (onnxruntime's S8S8 QDQ with minmax
