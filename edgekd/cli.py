@@ -76,16 +76,12 @@ def _fail(exc: EdgeKDError) -> NoReturn:
     exit code stays the error's: --debug made every mistake exit 1, which the README's table does not say)."""
     if _state["debug"]:
         traceback.print_exc()  # the exception being handled (this runs inside the except block)
-    _print_error(exc)
-    raise typer.Exit(exc.exit_code) from None
-
-
-def _print_error(exc: EdgeKDError) -> None:
     err_console.print(f"[bold red]error:[/] {escape(printable(exc.what))}", highlight=False, markup=True)
     if exc.why:  # may quote a device's stderr: no escape sequence of its reaches the terminal
         err_console.print(f"  why: {printable(exc.why)}", highlight=False, markup=False)
     if exc.fix:
         err_console.print(f"  fix: {printable(exc.fix)}", highlight=False, markup=False)
+    raise typer.Exit(exc.exit_code) from None
 
 
 def _run_and_show(recipe_source: Any, output_dir: Optional[Path], force: List[str],

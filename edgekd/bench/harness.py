@@ -826,8 +826,12 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
             whole = sum(len(raws[i]) == settings.rounds for i in todo)
             cut = (f"{len(kept) - whole} result(s) with fewer than {settings.rounds} rounds, saved in {results_dir} "
                    "to look at, will be measured again")
-            saved = (f"the {whole} result(s) measured in full so far are kept in {results_dir}"
-                     + (f"; {cut}" if len(kept) > whole else "") if whole else f"nothing was measured in full: {cut}")
+            if not whole:
+                saved = f"nothing was measured in full: {cut}"
+            else:
+                saved = f"the {whole} result(s) measured in full so far are kept in {results_dir}"
+                if len(kept) > whole:
+                    saved += f"; {cut}"
             if isinstance(exc, EdgeKDError):
                 exc.fix = ((exc.fix + "; ") if exc.fix else "") + (
                     f"{saved}; {rerun_hint}")
