@@ -91,3 +91,16 @@ def test_an_unknown_device_is_named_with_the_known_ones(tmp_path):
     proc = _info(tmp_path, "no-such-phone")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "unknown device 'no-such-phone'" in proc.stderr and "edgekd devices --example" in proc.stderr
+
+
+def test_a_work_directory_made_in_python_is_never_an_option_to_the_devices_python(tmp_path, monkeypatch):
+    """load_profile refuses a workdir starting with '-'; a DeviceProfile made in Python skips that check, so
+    the path the runner is started from must not turn into an option of the device's Python (`-c…` ran code)."""
+    from edgekd.devices.base import DeviceProfile, info_via_runner
+    from edgekd.devices.local import LocalDevice
+
+    monkeypatch.chdir(tmp_path)
+    device = LocalDevice(DeviceProfile(name="py-made", kind="local", python=sys.executable, workdir="-Wignore"))
+    assert device.workdir == "./-Wignore"
+    assert info_via_runner(device)["system"]["machine"] == platform.machine()
+    assert any((tmp_path / "-Wignore").glob("edgekd_runner-*.py"))

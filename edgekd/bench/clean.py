@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from edgekd.bench import shell_lock
 from edgekd.bench.device_lock import device_lock
 from edgekd.bench.native import remote_binary_path
-from edgekd.devices.base import Device, DeviceError
+from edgekd.devices.base import Device, DeviceError, not_an_option
 from edgekd.errors import FolderInUseError
 
 HEX16 = "[0-9a-f]" * 16
@@ -99,7 +99,7 @@ def clean_workdir(device: Device) -> Cleaned:
     done = Cleaned(device.name, workdir)
     if device.profile.kind == "local":
         _remove_local_temp_files(Path(workdir), done)
-    result = device.run(["sh", "-c", _SCRIPT, "sh", shell_lock.wait_arg(0), _not_an_option(workdir), *bins],
+    result = device.run(["sh", "-c", _SCRIPT, "sh", shell_lock.wait_arg(0), not_an_option(workdir), *bins],
                         timeout=600)
     lock = shell_lock.report(result.stderr)
     stderr = lock.output
@@ -144,11 +144,6 @@ def checked_workdir(device: Device) -> str:
                           fix="point `workdir:` in the device profile at a folder of edgekd's alone, e.g. "
                               "/tmp/edgekd-work (boards) or /data/local/tmp/edgekd (Android)")
     return str(path)
-
-
-def _not_an_option(workdir: str) -> str:
-    """A relative work directory (under the SSH user's home) as ./NAME: never read as an option by du or rm."""
-    return workdir if workdir.startswith("/") else f"./{workdir}"
 
 
 def _remove_local_temp_files(workdir: Path, done: Cleaned) -> None:

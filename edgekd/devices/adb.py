@@ -48,6 +48,7 @@ from edgekd.devices.base import (
     RunResult,
     free_space_fix,
     info_via_runner,
+    not_an_option,
     run_client,
 )
 
@@ -104,7 +105,8 @@ class AdbDevice:
         self.serial = _serial(opts.get("serial"), profile.name)
         self.adb = _adb_path(opts.get("adb"), profile.name)
         self.server_port = _server_port(opts.get("server_port"), profile.name)
-        self._workdir = profile.workdir if profile.workdir and profile.workdir != _GENERIC_WORKDIR else ADB_WORKDIR
+        self._workdir = not_an_option(profile.workdir if profile.workdir and profile.workdir != _GENERIC_WORKDIR
+                                      else ADB_WORKDIR)
         self._shell_v2: bool | None = None
 
     # ------------------------------------------------------------------ protocol

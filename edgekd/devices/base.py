@@ -106,7 +106,13 @@ class ProfiledDevice:
 
     @property
     def workdir(self) -> str:
-        return self.profile.workdir
+        return not_an_option(self.profile.workdir)
+
+
+def not_an_option(path: str) -> str:
+    """A relative device path as ./PATH: the device's Python, mkdir, du or rm never read it as an option, even
+    from a profile made in Python (load_profile refuses a leading '-'; nothing checks a DeviceProfile)."""
+    return path if not path or path.startswith(("/", "./")) else f"./{path}"
 
 
 RUNNER_SOURCE = Path(__file__).resolve().parent.parent / "bench" / "runner.py"
