@@ -436,7 +436,7 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory (export/<na
         problem = f"it cannot be read ({first_line(exc)})"
     except KeyError as exc:
         problem = f"a row has no `{exc.args[0]}` field"
-    except (ValueError, TypeError, AttributeError):
+    except (ValueError, TypeError, AttributeError, IndexError):  # IndexError: an interval of one number
         problem = "a field has the wrong type (not the one edgekd writes)"
     if problem:
         raise _Err(f"the report of {run_dir} is unreadable", why=f"{summary_path}: {problem}",

@@ -135,6 +135,7 @@ def test_export_parity_threshold_must_be_a_share():
     ('{"rows": [{"name": "x"}]}', "a row has no `size_bytes` field"),
     ('{"rows": [{"name": "x", "size_bytes": "big"}]}', "a field has the wrong type"),
     ('{"rows": [], "machine": 5}', "a field has the wrong type"),
+    ('{"rows": [{"name": "x", "size_bytes": 1, "p50_us": 5.0, "ci95_p50": [4.0]}]}', "a field has the wrong type"),
     ('{"rows": [], "findings": 5}', "its `findings` is not a list"),
     ('{"schema": "edgekd.summary/2", "rows": []}', "written by a newer edgekd (schema edgekd.summary/2"),
 ])
