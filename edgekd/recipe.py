@@ -318,7 +318,8 @@ class Int4Config(_Strict):
 
 class QatFallbackConfig(_Strict):
     """Quantization-aware distillation when post-training INT8 loses too much: the role's model is fine-tuned
-    with fake quantization against the run's teacher and exported as `<role>-onnx-int8_qat`."""
+    with fake quantization against what the role learned from (edgekd.compress.qat_fallback.qat_teacher; the
+    scratch baseline from its own FP32 model) and exported as `<role>-onnx-int8_qat`."""
 
     enabled: Literal["auto", True, False] = Field(
         "auto", description="auto: when a role's ONNX int8_static artifact loses more than max_int8_loss points "

@@ -300,15 +300,15 @@ def _qat_artifacts(ctx: Context, role: str, model, made: list, options, lineage:
     (edgekd.compress.qat_fallback); otherwise none."""
     from functools import partial
 
-    from edgekd.compress.qat_fallback import decide, qat_artifact, validation_accuracies
+    from edgekd.compress.qat_fallback import decide, qat_artifact, qat_teacher, validation_accuracies
 
     decision = decide(ctx.recipe, role, made, partial(validation_accuracies, model=model, splits=ctx.splits))
     if not decision.run:
         return []
-    teacher = ctx.rundir.checkpoints / "teacher.pt"
-    return [qat_artifact(ctx.recipe, ctx.splits, role=role, model=model, teacher=lambda: ctx.trained("teacher"),
-                         decision=decision, out_root=ctx.rundir.artifacts, options=options, lineage=lineage,
-                         teacher_sha256=sha256_file(teacher), reporter=ctx.reporter)]
+    teacher = qat_teacher(ctx.recipe, ctx.splits, role, model, ctx.trained,
+                          lambda of: sha256_file(ctx.rundir.checkpoints / f"{of}.pt"))
+    return [qat_artifact(ctx.recipe, ctx.splits, role=role, model=model, teacher=teacher, decision=decision,
+                         out_root=ctx.rundir.artifacts, options=options, lineage=lineage, reporter=ctx.reporter)]
 
 
 def export_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:

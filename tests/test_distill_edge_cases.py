@@ -246,7 +246,7 @@ class _Stop(Exception):
 def test_qat_fallback_passes_the_recipes_response_loss_to_quantization_aware_distillation(monkeypatch, tmp_path):
     import edgekd
     import edgekd.compress.qat as qat
-    from edgekd.compress.qat_fallback import QatDecision, qat_artifact
+    from edgekd.compress.qat_fallback import QatDecision, QatTeacher, qat_artifact
     from edgekd.distill.api import new_model
 
     seen: dict = {}
@@ -260,7 +260,8 @@ def test_qat_fallback_passes_the_recipes_response_loss_to_quantization_aware_dis
     splits = _splits()
     student = new_model(recipe, splits, "student")
     with pytest.raises(_Stop):
-        qat_artifact(recipe, splits, role="student", model=student, teacher=lambda: student,
+        qat_artifact(recipe, splits, role="student", model=student,
+                     teacher=QatTeacher("itself", lambda x, rows: np.zeros((len(x), 10), np.float32)),
                      decision=QatDecision(True, "test"), out_root=tmp_path,
                      options=SimpleNamespace(int8_reduce_range=False, int8_targets=(), calibration=None),
                      lineage={})

@@ -153,3 +153,47 @@ def test_recipe_checks_int8_qat_targets():
         edgekd.load_recipe({"export": {"qat": {"max_int8_loss": -1}}})
     with pytest.raises(RecipeError, match="export.int8_reduce_range: must be one of"):
         edgekd.load_recipe({"export": {"int8_reduce_range": "maybe"}})
+
+
+@pytest.mark.parametrize("strategy, recovery, role, expected", [
+    ("standard", "teacher", "student", "teacher checkpoint"),
+    ("standard", "teacher", "scratch", "its own FP32 model"),  # the baseline never sees the teacher
+    ("standard", "teacher", "teacher", "its own FP32 model"),
+    ("self", "teacher", "student", "its own FP32 model"),
+    ("mutual", "teacher", "student", "its own FP32 model"),
+    ("blackbox", "teacher", "student", "black-box teacher's outputs"),  # not the white-box teacher
+    ("blackbox", "teacher", "compressed", "black-box teacher's outputs"),
+    ("standard", "teacher", "compressed", "teacher checkpoint"),
+    ("standard", "uncompressed", "compressed", "student checkpoint (uncompressed)"),
+])
+def test_qat_learns_from_what_the_role_learned_from(tmp_path, strategy, recovery, role, expected):
+    """QAT recovers what quantization lost; learning from another teacher than the role's own would add
+    knowledge its FP32 model never had (a scratch baseline's int8_qat artifact was a KD student)."""
+    import numpy as np
+    import torch
+
+    from edgekd.compress.qat_fallback import qat_teacher
+
+    recipe = edgekd.load_recipe(_recipe(tmp_path, "who", {"enabled": True}))
+    recipe = recipe.model_copy(update={
+        "distill": recipe.distill.model_copy(update={"strategy": strategy}),
+        "compress": recipe.compress.model_copy(update={
+            "recovery": recipe.compress.recovery.model_copy(update={"teacher": recovery})})})
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    loaded: list[str] = []
+
+    def trained(of: str):
+        loaded.append(of)
+        return model
+
+    teacher = qat_teacher(recipe, None, role, model, trained, lambda of: f"sha-of-{of}")
+    assert teacher.name == expected
+    if expected == "its own FP32 model":
+        x = np.random.default_rng(0).standard_normal((4, 1, 8, 8)).astype(np.float32)
+        with torch.no_grad():
+            own = model(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(teacher.logits(x, np.arange(4)), own, rtol=1e-6)
+        assert loaded == [] and teacher.checkpoint_sha256 is None
+    elif "checkpoint" in expected:
+        of = expected.split()[0]
+        assert teacher.checkpoint_sha256 == f"sha-of-{of}"

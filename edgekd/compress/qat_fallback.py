@@ -1,6 +1,7 @@
 """The export stage's quantization-aware distillation: when a role's post-training INT8 (ONNX int8_static) loses
 more accuracy than `export.qat.max_int8_loss` allows, or when the recipe asks for it, fine-tune that role's model
-with fake quantization against the run's teacher (edgekd.compress.qat) and export it as `<role>-onnx-int8_qat`.
+with fake quantization against the teacher that role learned from (`qat_teacher`; edgekd.compress.qat) and export
+it as `<role>-onnx-int8_qat`.
 
 The QAT artifact is an addition, not a replacement: the post-training one stays, so the report shows both.
 Its parity reference is the fake-quant PyTorch model it was trained as (what the artifact implements); its
@@ -13,6 +14,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
 
 from edgekd.export.artifact import Artifact
 from edgekd.progress import Reporter, SilentReporter
@@ -93,11 +96,49 @@ def validation_accuracies(ptq: Artifact, *, model: "nn.Module", splits: "Splits"
             accuracy(onnx_predict(ptq.path, splits.x_val), splits.y_val))
 
 
-def qat_artifact(recipe: "Recipe", splits: "Splits", *, role: str, model: "nn.Module",
-                 teacher: Callable[[], "nn.Module"], decision: QatDecision, out_root: Path,
-                 options: "ExportOptions", lineage: dict[str, Any], teacher_sha256: str | None = None,
+@dataclass(frozen=True)
+class QatTeacher:
+    """Whom a role's QAT learns from, for its lineage: `logits(inputs, rows)` on the transfer set (rows index the
+    training split), and the checkpoint it is (None for black-box outputs and the role's own model)."""
+
+    name: str
+    logits: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    checkpoint_sha256: str | None = None
+
+
+def qat_teacher(recipe: "Recipe", splits: "Splits", role: str, model: "nn.Module",
+                trained: Callable[[str], "nn.Module"], checkpoint_sha256: Callable[[str], str]) -> QatTeacher:
+    """The teacher a role learned from, so QAT recovers what quantization lost without bringing in knowledge
+    the FP32 model never had: the scratch baseline (which never sees the teacher), the teacher itself and a
+    self-distilled or mutual student learn from their own FP32 model; a black-box student from the black-box
+    outputs; a compressed model from its recovery teacher; other students from the run's teacher."""
+    from edgekd.compress.recovery import recovers_from_blackbox
+    from edgekd.distill.api import blackbox_logits_fn
+    from edgekd.distill.trainer import predict_logits
+
+    def checkpoint(name: str, of: str) -> QatTeacher:
+        return QatTeacher(name, lambda x, rows: predict_logits(trained(of), x), checkpoint_sha256(of))
+
+    blackbox = QatTeacher("black-box teacher's outputs",
+                          lambda x, rows: blackbox_logits_fn(recipe, splits, rows)())
+    strategy = recipe.distill.strategy
+    if role == "compressed":
+        if recovers_from_blackbox(recipe):
+            return blackbox
+        if recipe.compress.recovery.teacher == "uncompressed":
+            return checkpoint(f"{recipe.compress.source} checkpoint (uncompressed)", recipe.compress.source)
+        return checkpoint("teacher checkpoint", "teacher")
+    if role == "student" and strategy == "blackbox":
+        return blackbox
+    if role == "student" and strategy not in ("self", "mutual"):
+        return checkpoint("teacher checkpoint", "teacher")
+    return QatTeacher("its own FP32 model", lambda x, rows: predict_logits(model, x))
+
+
+def qat_artifact(recipe: "Recipe", splits: "Splits", *, role: str, model: "nn.Module", teacher: QatTeacher,
+                 decision: QatDecision, out_root: Path, options: "ExportOptions", lineage: dict[str, Any],
                  reporter: Reporter | None = None) -> Artifact:
-    """Distil `model` with fake quantization from `teacher()` (export.qat.epochs over the transfer set, the
+    """Distil `model` with fake quantization from `teacher` (export.qat.epochs over the transfer set, the
     recipe's response loss distill.loss with its parameters), export it as `<role>-onnx-int8_qat` and record
     how it compares."""
     from edgekd.compress.isa import choose_reduce_range
@@ -109,10 +150,10 @@ def qat_artifact(recipe: "Recipe", splits: "Splits", *, role: str, model: "nn.Mo
 
     reporter = reporter or SilentReporter()
     cfg, train, loss = recipe.export.qat, recipe.distill.train, recipe.distill.loss
-    x, target, _ = transfer_set(recipe, splits)
+    x, target, rows = transfer_set(recipe, splits)
     steps = steps_for(len(x), train.batch_size, cfg.epochs)
     reduce_range = choose_reduce_range(options.int8_reduce_range, options.int8_targets)["reduce_range"]
-    teacher_logits = predict_logits(teacher(), x)
+    teacher_logits = teacher.logits(x, rows)  # before training: `model` may be the teacher
     params = response_params(loss)
     trained, fake_quant = qat_distill(model, teacher_logits, x, target, steps=steps, batch_size=train.batch_size,
                                       lr=cfg.lr, loss=loss.name, loss_params=params, seed=recipe.seed,
@@ -120,8 +161,8 @@ def qat_artifact(recipe: "Recipe", splits: "Splits", *, role: str, model: "nn.Mo
                                       return_qat=True, reduce_range=reduce_range)
     named = {"temperature": loss.temperature, "alpha": loss.alpha} if loss.name == "kd" else {}
     qat_step = {"step": "qat", "reason": decision.reason, "epochs": cfg.epochs, "steps": steps, "lr": cfg.lr,
-                **named, "loss": loss.name, "loss_params": params, "teacher": "teacher checkpoint",
-                "teacher_checkpoint_sha256": teacher_sha256, "weight_grid": "7-bit" if reduce_range else "8-bit"}
+                **named, "loss": loss.name, "loss_params": params, "teacher": teacher.name,
+                "teacher_checkpoint_sha256": teacher.checkpoint_sha256, "weight_grid": "7-bit" if reduce_range else "8-bit"}
     name = artifact_name(role, FORMAT, PRECISION)
     artifact = export_retrained(
         trained, name=name, role=role, fmt=FORMAT, precision=PRECISION, quantize_as="int8_static",
