@@ -794,7 +794,15 @@ def _check_loss_params(recipe: Recipe, origin: str) -> None:
     """Loss parameters the loss does not take (`betta:` for dkd) fail now, not as a TypeError in training."""
     from edgekd.distill.losses import LOSSES
 
-    named = [("distill.loss.params", recipe.distill.loss.name, recipe.distill.loss.params)]
+    loss = recipe.distill.loss
+    ignored = {"dkd": {"alpha"}, "ce": {"alpha", "temperature"}}.get(loss.name, set())
+    for key in sorted(ignored & loss.model_fields_set):  # dkd's own alpha is a param: this one trained with α = 1
+        raise RecipeError(f"invalid recipe: distill.loss.{key}: the {loss.name} loss does not read it",
+                          why="`alpha` is kd's weight of the soft term; dkd takes its weights in `params` (alpha, "
+                              "beta, ce_weight), and ce ignores the teacher",
+                          fix=(f"move it to distill.loss.params.{key}" if loss.name == "dkd" else
+                               f"remove distill.loss.{key}") + f" in {origin}")
+    named = [("distill.loss.params", loss.name, loss.params)]
     named += [(f"distill.features.{i}.params", f.loss, f.params) for i, f in enumerate(recipe.distill.features)]
     for path, name, params in named:
         signature = inspect.signature(LOSSES[name]).parameters.values()

@@ -358,6 +358,19 @@ def test_a_loss_parameter_the_loss_does_not_take_fails_at_load():
     load_recipe({"name": "x", "distill": {"loss": {"name": "dkd", "params": {"beta": 2.0}}}})
 
 
+@pytest.mark.parametrize("loss, key, fix", [
+    ({"name": "dkd", "alpha": 0.25, "params": {"beta": 8.0}}, "alpha", "move it to distill.loss.params.alpha"),
+    ({"name": "ce", "alpha": 0.5}, "alpha", "remove distill.loss.alpha"),
+    ({"name": "ce", "temperature": 2.0}, "temperature", "remove distill.loss.temperature"),
+])
+def test_a_loss_field_the_loss_does_not_read_fails_at_load(loss, key, fix):
+    """dkd's α is `params.alpha`: `loss.alpha` beside `name: dkd` was accepted and DKD trained with α = 1."""
+    with pytest.raises(RecipeError, match=rf"distill\.loss\.{key}: the {loss['name']} loss does not read it") as err:
+        load_recipe({"name": "x", "distill": {"loss": loss}})
+    assert fix in err.value.fix
+    load_recipe({"name": "x", "distill": {"loss": {"name": "kd", "alpha": 0.5, "temperature": 2.0}}})
+
+
 def test_text_recipes_refuse_precisions_that_calibrate_on_float_inputs():
     with pytest.raises(RecipeError, match=r"export\.targets\.student: int8_static is not available for text"):
         load_recipe({"name": "x", "task": "text", "export": {"targets": {"student": ["fp32", "int8_static"]}}})

@@ -140,7 +140,7 @@ def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, 
     classes only (both batch means, as in the authors' mdistiller code; their warm-up factor is the caller's).
     With β = 1 − p_target(teacher) per sample, α = 1 and ce_weight = 0 this is exactly `soft_kl`.
     `target` is required; a sample marked -1 (unlabelled) is decoupled at the *teacher's argmax* class and
-    adds nothing to the CE term. YAML: `loss: {name: dkd, alpha: 1, beta: 8, temperature: 4}`.
+    adds nothing to the CE term. YAML: `loss: {name: dkd, temperature: 4, params: {alpha: 1, beta: 8}}`.
     """
     if teacher_logits is None:
         raise ValueError("dkd needs teacher logits")
