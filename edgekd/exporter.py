@@ -59,7 +59,7 @@ def _record(backend, path: Path, **fields: Any) -> Artifact:
     return Artifact(format=backend.name, file=path.name, size_bytes=path.stat().st_size, sha256=sha256_file(path),
                     runtime_versions=runtime_versions(backend.name), inputs=info.inputs, outputs=info.outputs,
                     op_histogram=info.op_histogram, layout_ops=info.layout_ops, weight_bits=info.weight_bits,
-                    directory=path.parent, **fields)
+                    opset=info.opset, directory=path.parent, **fields)
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,7 @@ def export_model(
             steps = [*steps, {"step": precision, "format": fmt}]
         artifacts.append(save_artifact(
             backend, path, reporter, name=name, role=role, precision=precision, parameters=count_parameters(model),
-            opset=options.opset if fmt == "onnx" else None, quantization=quantization, parity=check,
+            quantization=quantization, parity=check,
             lineage={**lineage, **({"steps": steps} if steps else {}), "conversion_seconds": round(seconds, 3),
                      "derived_from": step.derived_from(role)}))
     return artifacts
@@ -237,9 +237,9 @@ def export_retrained(
                        threshold=min_agreement, reference_name=reference_name)
         if fmt == "onnx" and quantize_as in ("int8_static", "int8_dynamic"):
             settings["layer_errors"] = _layer_errors(fp32_path, path, x_test, name)
-    return save_artifact(backend, path, name=name, role=role, precision=precision,
-                         parameters=count_parameters(model), opset=options.opset if fmt == "onnx" else None,
-                         quantization=settings, parity=check, lineage={**lineage, "conversion_seconds": round(seconds, 3)})
+    return save_artifact(backend, path, name=name, role=role, precision=precision, parameters=count_parameters(model),
+                         quantization=settings, parity=check,
+                         lineage={**lineage, "conversion_seconds": round(seconds, 3)})
 
 
 def _selection(model: "nn.Module", options: ExportOptions, x_select: np.ndarray | None,
@@ -303,8 +303,7 @@ def floor_artifact(out_root: Path, fmt: str, in_shape: tuple[int, ...], options:
     path = out_root / artifact_name("floor", fmt, "fp32") / f"model{backend.suffix}"
     backend.write_floor(path, in_shape, options)
     artifact = _record(backend, path, name=artifact_name("floor", fmt, "fp32"), role="floor", precision="fp32",
-                       parameters=0, opset=options.opset if fmt == "onnx" else None,
-                       lineage={"purpose": "runtime per-call floor (Identity graph)"})
+                       parameters=0, lineage={"purpose": "runtime per-call floor (Identity graph)"})
     artifact.save()
     return artifact
 

@@ -304,3 +304,26 @@ def test_unsupported_gemm_raises_export_error(tmp_path, kwargs, message):
         quantize_int4(tmp_path / "fp32.onnx", tmp_path / "int4.onnx")
     assert "'fc'" in info.value.what and info.value.why and info.value.fix
     assert not (tmp_path / "int4.onnx").exists() and [p.name for p in tmp_path.iterdir()] == ["fp32.onnx"]
+
+
+def test_an_int4_records_opset_is_the_files(tmp_path):
+    """INT4 raises a graph with Conv to opset 21; the record said the opset asked for (18), and a runtime chosen
+    from it (no opset 21 in older onnxruntime builds) fails to load the file."""
+    import onnx
+    import torch
+
+    from edgekd.export.formats import ExportOptions
+    from edgekd.exporter import export_model
+    from edgekd.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("tiny_cnn", in_shape=(64,), num_classes=10).eval()
+    x = np.random.default_rng(0).normal(size=(16, 64)).astype(np.float32)
+    arts = {a.precision: a for a in export_model(
+        model, role="student", formats=["onnx"], precisions=["fp32", "int4"], out_root=tmp_path, in_shape=(64,),
+        x_test=x, y_test=np.zeros(16, dtype=np.int64), num_classes=10, options=ExportOptions(opset=18),
+        min_agreement=0.0, min_agreement_int4=0.0, lineage={"run": "r"})}
+    for art in arts.values():
+        written = next(o.version for o in onnx.load(str(art.path)).opset_import if o.domain in ("", "ai.onnx"))
+        assert art.opset == written
+    assert arts["fp32"].opset == 18 and arts["int4"].opset == 21

@@ -45,6 +45,7 @@ class Inspection:
     outputs: list[dict[str, Any]]
     op_histogram: dict[str, int]
     weight_bits: dict[str, Any] = field(default_factory=dict)
+    opset: int | None = None  # ONNX: the file's default-domain opset (INT4 raises it to 21), not the one asked for
 
     @property
     def layout_ops(self) -> int:
@@ -140,7 +141,8 @@ class OnnxBackend:
         graph = load_onnx_checked(path)
         inputs, outputs = describe_io(graph)
         bits = {k: v for k, v in onnx_weight_bits(path).items() if k != "summary"}
-        return Inspection(inputs, outputs, op_histogram(graph), summarize_weight_bits(bits))
+        opset = next((int(e.version) for e in graph.opset_import if e.domain in ("", "ai.onnx")), None)
+        return Inspection(inputs, outputs, op_histogram(graph), summarize_weight_bits(bits), opset)
 
     def write_floor(self, path, in_shape, opts):
         from edgekd.export.onnx import write_identity_model

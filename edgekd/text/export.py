@@ -160,8 +160,8 @@ def export_text_model(model: "nn.Module", *, role: str, formats: list[str], prec
                                    role=role)
         artifacts.append(save_artifact(
             step.backend, step.path, reporter, name=step.name, role=role, precision=step.precision,
-            parameters=count_parameters(model), opset=options.opset if step.fmt == "onnx" else None,
-            quantization=quantization, parity=check, output_checks=extra, text_input=text_input,
+            parameters=count_parameters(model), quantization=quantization, parity=check, output_checks=extra,
+            text_input=text_input,
             lineage={**lineage, "conversion_seconds": round(time.perf_counter() - started, 3),
                      "derived_from": step.derived_from(role)}))
     return artifacts
