@@ -114,6 +114,26 @@ def test_weight_bits_and_operators(exported):
         assert tflite_op_histogram(path) == {"FULLY_CONNECTED": 2}, precision
     sizes = {p: path.stat().st_size for p, path in paths.items()}
     assert sizes["int4"] < sizes["int8_dynamic"] < sizes["fp32"]
+    assert all(exported["settings"][p]["float_weight_ops_left"] == [] for p in ("int8_dynamic", "int8_static", "int4"))
+
+
+def test_a_weight_the_quantizer_leaves_float32_is_named_in_the_record(tmp_path: Path):
+    """ai-edge-quantizer's int4 leaves a 1-input-channel convolution (a DEPTHWISE_CONV_2D) float32; the record
+    said `weights: int4` for the whole file."""
+    _require_extra()
+    import torch
+
+    from edgekd.export import tflite
+    from edgekd.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("tiny_cnn", in_shape=(64,), num_classes=10).eval()
+    fp32 = tflite.export_tflite(model, (64,), tmp_path / "fp32.tflite")
+    settings = tflite.quantize_tflite(fp32, tmp_path / "int4.tflite", "int4")
+    assert settings["weights"] == "int4"
+    (left,) = settings["float_weight_ops_left"]
+    assert left.startswith("DEPTHWISE_CONV_2D (op ") and left.endswith(", weight 1×3×3×8)")
+    assert len(tflite.tflite_float_weight_ops(fp32)) == 3  # every weight of the FP32 file: 2 convs, 1 dense
 
 
 def _quantization_parameters(path):

@@ -277,6 +277,7 @@ def quantize_tflite(fp32_path: Path, out_path: Path, precision: str, calibration
                 "block_size": block_size, **settings}
     if calibration_method is not None:
         settings.update(calibration=calibration_method, calibration_samples=int(len(calibration)))
+    settings["float_weight_ops_left"] = tflite_float_weight_ops(out_path)
     with contextlib.suppress(Exception):  # informative only: never fail an export over it
         delegation = tflite_delegation(out_path)
         settings["xnnpack_on_host"] = {"delegated_ops": delegation["delegated_ops"], "ops": delegation["ops"],
@@ -500,9 +501,8 @@ def _add_quantization(quantization: Any, add: Any) -> None:
         add(ZERO_POINTS, zero_points, 8 * zero_points)
 
 
-def tflite_op_histogram(path: Path) -> dict[str, int]:
-    """Operator counts of a .tflite (from the flatbuffer; custom ops by their custom code)."""
-    schema, model = _read_model(path)
+def _opcode_names(schema: Any, model: Any) -> list[str]:
+    """The name of each operator code of a model (custom ops by their custom code)."""
     builtin = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_") and isinstance(v, int)}
     codes = []
     for i in range(model.OperatorCodesLength()):
@@ -512,6 +512,13 @@ def tflite_op_histogram(path: Path) -> dict[str, int]:
         if name == "CUSTOM" and code.CustomCode():
             name = f"CUSTOM:{code.CustomCode().decode()}"
         codes.append(name)
+    return codes
+
+
+def tflite_op_histogram(path: Path) -> dict[str, int]:
+    """Operator counts of a .tflite (from the flatbuffer; custom ops by their custom code)."""
+    schema, model = _read_model(path)
+    codes = _opcode_names(schema, model)
     counts: dict[str, int] = {}
     for s in range(model.SubgraphsLength()):
         graph = model.Subgraphs(s)
@@ -519,6 +526,31 @@ def tflite_op_histogram(path: Path) -> dict[str, int]:
             name = codes[graph.Operators(o).OpcodeIndex()]
             counts[name] = counts.get(name, 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+_WEIGHT_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D")  # their input 1 is the weight
+
+
+def tflite_float_weight_ops(path: Path) -> list[str]:
+    """Labels ("OP (op N, weight AxBxC)") of the ops whose stored weight is still float32 in a quantized file: the
+    quantizer leaves some as they were (a 1-input-channel DEPTHWISE_CONV_2D stays float32 under int4), which a
+    record's precision alone does not say (ONNX INT4 records have `fp32_weight_ops_left`)."""
+    schema, model = _read_model(path)
+    codes, float32 = _opcode_names(schema, model), schema.TensorType.FLOAT32
+    left = []
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        for o in range(graph.OperatorsLength()):
+            op = graph.Operators(o)
+            if codes[op.OpcodeIndex()] not in _WEIGHT_OPS or op.InputsLength() < 2 or op.Inputs(1) < 0:
+                continue
+            weight = graph.Tensors(op.Inputs(1))
+            buffer = model.Buffers(weight.Buffer()) if 0 < weight.Buffer() < model.BuffersLength() else None
+            stored = buffer is not None and (buffer.DataLength() or buffer.Offset() > 1)
+            if stored and weight.Type() == float32:
+                shape = "×".join(str(d) for d in weight.ShapeAsNumpy()) if weight.ShapeLength() else "scalar"
+                left.append(f"{codes[op.OpcodeIndex()]} (op {o}, weight {shape})")  # tensor names are torch paths
+    return left
 
 
 def tflite_delegation(path: Path, *, num_threads: int = 1) -> dict[str, Any]:
