@@ -122,7 +122,8 @@ class LossConfig(_Strict):
 
 class FeatureTermConfig(_Strict):
     """A feature or relation term between a student layer and a teacher layer (paths as in named_modules();
-    `logits` names the model's output). An adapter is inserted where hint/mse/cosine shapes differ."""
+    `logits` names the model's output). An adapter is inserted where hint/mse/cosine shapes of two layers differ;
+    against `logits` (or no teacher layer) those need a layer of the logits' shape."""
 
     loss: str = Field(description="hint | mse | cosine | attention | similarity | rkd")
     student: str = Field(description="student layer (`edgekd layers TEACHER STUDENT` lists candidates)")

@@ -3,6 +3,7 @@ teacher outputs taken for what they are not. Each test fails without its fix."""
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -165,6 +166,35 @@ def test_plan_check_matches_born_again_feature_paths_against_the_student_archite
     standard = {"features": [{"loss": "hint", "student": "net.1", "teacher": "net.1"}]}
     with pytest.raises(FeatureError, match="teacher model has no module named 'net.1'"):
         check_plan(edgekd.load_recipe(_recipe(standard)), _splits())
+
+
+@pytest.mark.parametrize("term, problem", [
+    ({"loss": "hint", "student": "net.1", "teacher": "logits"}, "student 'net.1' (64) and the teacher's logits (10)"),
+    ({"loss": "mse", "student": "net.1"}, "student 'net.1' (64) and the teacher's logits (10)"),  # no teacher: logits
+    ({"loss": "cosine", "student": "logits", "teacher": "head.1"}, "teacher 'head.1' (32) and the student's logits"),
+    ({"loss": "hint", "student": "net.3", "teacher": "logits"}, None),  # the student's last Linear: logits' shape
+    ({"loss": "similarity", "student": "net.1", "teacher": "logits"}, None),  # relations take any shape
+])
+def test_an_element_wise_term_against_the_logits_needs_their_shape_up_front(term, problem):
+    """No adapter is made to the logits: such a term passed the plan check and failed at the first training
+    step, after the teacher had trained ("hint loss: feature shapes differ")."""
+    import edgekd
+    from edgekd.distill.plan import check_plan
+    from edgekd.distill.strategies import feature_terms
+
+    recipe, splits = edgekd.load_recipe(_recipe({"features": [term]})), _splits()
+    if problem is None:
+        check_plan(recipe, splits)
+        return
+    with pytest.raises(FeatureError, match=re.escape(problem)):
+        check_plan(recipe, splits)
+    from edgekd.distill.api import new_model
+
+    teacher, student = (new_model(recipe, splits, role) for role in ("teacher", "student"))
+    job = SimpleNamespace(in_shape=splits.input_shape)
+    with pytest.raises(FeatureError, match=re.escape(problem)):  # the Python API says the same before training
+        feature_terms(job, teacher, student, [(term["loss"], term["student"], term.get("teacher") or "logits",
+                                               1.0, {})])
 
 
 # --------------------------------------------------------------------------- attention transfer needs p ≥ 1

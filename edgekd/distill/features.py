@@ -366,6 +366,30 @@ def match_features(teacher: nn.Module, student: nn.Module, pairs: Sequence[tuple
     return result, adapters
 
 
+def check_logits_terms(terms: Sequence[tuple[str, str, str]], teacher: nn.Module | None, student: nn.Module,
+                       in_shape: Sequence[int], logits: str = "logits") -> None:
+    """(loss, student path, teacher path) terms with the logits on one side and a layer on the other: no adapter
+    is made to the logits, so an element-wise loss (hint, mse, cosine) needs the layer in the logits' shape."""
+    from edgekd.distill.losses import needs_same_shape
+
+    for loss, s, t in terms:
+        if not needs_same_shape(loss) or (s == logits) == (t == logits):
+            continue
+        if teacher is None:  # black-box: refused elsewhere (feature terms need the teacher's layers)
+            continue
+        layer_side, logits_side = ("student", "teacher") if t == logits else ("teacher", "student")
+        models = {"student": student, "teacher": teacher}
+        layer = s if t == logits else t
+        shape = probe_shapes(models[layer_side], [layer], in_shape, role=layer_side)[layer]
+        logits_shape = tuple(_first_tensor(_run_dummy(models[logits_side], in_shape, 2, logits_side)).shape[1:])
+        if shape != logits_shape:
+            raise FeatureError(f"the {loss} term between {layer_side} '{layer}' ({_fmt(shape)}) and the "
+                               f"{logits_side}'s logits ({_fmt(logits_shape)}) compares tensors of different shapes",
+                               why="adapters are made between layers, not to the logits",
+                               fix="name a layer of the other model (`edgekd layers TEACHER STUDENT` lists pairs), "
+                                   "a layer of the logits' shape, or use a relation loss (similarity, rkd)")
+
+
 _SKIPPED_TYPES: tuple[type, ...] = (nn.Identity, nn.Flatten, nn.Unflatten)
 
 

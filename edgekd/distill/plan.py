@@ -17,22 +17,29 @@ _OUTPUT_FILES = (".npy", ".npz", ".jsonl")
 def check_plan(recipe: Recipe, splits: "Splits") -> None:
     """Raise the error the distill stage would raise later, for everything knowable up front."""
     from edgekd.distill.api import new_model
-    from edgekd.distill.features import match_features, resolve
+    from edgekd.distill.features import check_logits_terms, match_features, resolve
+    from edgekd.distill.objectives import LOGITS
 
     d = recipe.distill
     student = new_model(recipe, splits, "student")
-    pairs = [(f.student, f.teacher) for f in d.features if "logits" not in (f.student, f.teacher)]
+    terms = [(f.loss, f.student, f.teacher or LOGITS) for f in d.features]  # no teacher layer: its logits
+    pairs = [(s, t) for _, s, t in terms if LOGITS not in (s, t)]
     if d.strategy == "progressive":
         pairs += [tuple(p) for p in d.progressive.pairs]
+    # born-again: each generation is taught by the previous one, a student, so teacher paths name its layers
+    teacher_role = "student" if d.strategy == "self" else "teacher"
     if pairs:
-        # born-again: each generation is taught by the previous one, a student, so teacher paths name its layers
-        teacher_role = "student" if d.strategy == "self" else "teacher"
         match_features(new_model(recipe, splits, teacher_role), student, pairs, splits.input_shape)
-    student_only = [f.student for f in d.features if f.teacher == "logits" and f.student != "logits"]
+    student_only = [s for _, s, t in terms if t == LOGITS and s != LOGITS]
     if d.strategy == "self" and d.self_distill.mode == "deep_supervision":
         student_only += d.self_distill.heads
     if student_only:
         resolve(student, student_only, role="student")
+    teacher_only = [t for _, s, t in terms if s == LOGITS and t != LOGITS]
+    if teacher_only and d.strategy != "blackbox":
+        resolve(new_model(recipe, splits, teacher_role), teacher_only, role="teacher")
+    if any(LOGITS in (s, t) for _, s, t in terms) and d.strategy != "blackbox":
+        check_logits_terms(terms, new_model(recipe, splits, teacher_role), student, splits.input_shape)
     if d.strategy == "blackbox" and Path(d.blackbox.source).suffix in _OUTPUT_FILES:
         from edgekd.distill.blackbox import load_teacher_outputs
 

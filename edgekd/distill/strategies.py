@@ -104,7 +104,7 @@ def feature_terms(job: DistillJob, teacher: nn.Module | None, student: nn.Module
     Adapters are inserted only where the loss compares tensors element-wise (hint, mse, cosine) and shapes
     differ; relation losses (attention, similarity, rkd) compare structure and take the raw features.
     """
-    from edgekd.distill.features import match_features
+    from edgekd.distill.features import check_logits_terms, match_features
     from edgekd.distill.losses import loss_kind, needs_same_shape
 
     for loss, *_ in pairs:
@@ -112,6 +112,7 @@ def feature_terms(job: DistillJob, teacher: nn.Module | None, student: nn.Module
             raise FeatureError(f"'{loss}' is not a feature loss",
                                why="distill.features takes feature/relation losses",
                                fix="use hint, mse, cosine, attention, similarity or rkd there")
+    check_logits_terms([(loss, s, t) for loss, s, t, _, _ in pairs], teacher, student, job.in_shape, LOGITS)
     layer_pairs = [(s, t) for _, s, t, _, _ in pairs if s != LOGITS and t != LOGITS]
     matched, adapters = match_features(teacher, student, layer_pairs, job.in_shape) if layer_pairs else ([], nn.ModuleDict())
     by_paths = {(m.student, m.teacher): m for m in matched}
