@@ -113,23 +113,27 @@ def export_rows(role: str, variants, splits, work: Path, calibration: np.ndarray
 
 
 def qat_rows(role: str, model, teacher, splits, recipe, work: Path, calibration: np.ndarray) -> list[dict]:
-    """QAT INT8 when edgekd.compress.qat exists (quantization-aware distillation)."""
-    try:
-        from edgekd.compress import qat
-    except ImportError:
-        return []
+    """QAT INT8 (quantization-aware distillation) on the weight grid the post-training rows use, its agreement
+    measured against the fake-quant model it was trained as (what the artifact implements)."""
+    from edgekd.compress import qat
+    from edgekd.compress.isa import choose_reduce_range
     from edgekd.distill.api import budget, transfer_set
     from edgekd.distill.trainer import predict_logits
+    from edgekd.export.formats import ExportOptions
     from edgekd.export.verify import onnx_predict, parity
     from edgekd.models import count_parameters
 
+    options = ExportOptions(calibration=calibration)  # as export_rows: the same weight grid for both INT8 rows
+    reduce_range = choose_reduce_range(options.int8_reduce_range, options.int8_targets)["reduce_range"]
     x, target, _ = transfer_set(recipe, splits)
-    trained = qat.qat_distill(copy.deepcopy(model), teacher, x, target, steps=budget(recipe, splits) // 3,
-                              batch_size=64, lr=1e-4, temperature=recipe.distill.loss.temperature,
-                              alpha=recipe.distill.loss.alpha, seed=recipe.seed, calibration=calibration)
-    path = qat.qat_export_onnx(trained, splits.input_shape, work / role / "qat_int8.onnx", calibration)
-    check = parity(onnx_predict(path, splits.x_test), predict_logits(model, splits.x_test), splits.y_test,
-                   num_classes=splits.num_classes, threshold=0.0, reference_name=f"PyTorch {role}")
+    trained, fake_quant = qat.qat_distill(
+        copy.deepcopy(model), teacher, x, target, steps=budget(recipe, splits) // 3, batch_size=64, lr=1e-4,
+        temperature=recipe.distill.loss.temperature, alpha=recipe.distill.loss.alpha, seed=recipe.seed,
+        calibration=calibration, reduce_range=reduce_range, return_qat=True)
+    path = qat.qat_export_onnx(trained, splits.input_shape, work / role / "qat_int8.onnx", calibration,
+                               reduce_range=reduce_range)
+    check = parity(onnx_predict(path, splits.x_test), predict_logits(fake_quant, splits.x_test), splits.y_test,
+                   num_classes=splits.num_classes, threshold=0.0, reference_name=f"PyTorch {role} (QAT fake-quant)")
     return [{"model": role, "variant": "QAT int8", "precision": "int8_static", "path": path,
              "parameters": count_parameters(model), "size_bytes": path.stat().st_size, "accuracy": check.accuracy,
              "agreement": check.agreement, "steps": ["QAT with KD"]}]
