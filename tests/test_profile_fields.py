@@ -136,6 +136,27 @@ def test_the_cli_reports_an_unknown_key_in_one_block(tmp_path):
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
+def test_a_profile_found_by_name_must_carry_that_name(tmp_path, monkeypatch):
+    """A copied profile that kept its original's `name:` was benched, and its history filed, under the
+    original's name while `edgekd devices` listed it by its file's."""
+    import subprocess
+
+    from edgekd.devices.profiles import find_profile
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "devices").mkdir()
+    (tmp_path / "devices" / "pixel.yaml").write_text("name: phone\nkind: local\n")
+    with pytest.raises(DeviceError, match="device 'pixel' is read from .*pixel.yaml, whose `name:` is 'phone'") as err:
+        find_profile("pixel")
+    assert "set `name: pixel`" in err.value.fix and "phone.yaml" in err.value.fix
+    proc = subprocess.run([sys.executable, "-m", "edgekd.cli", "devices", "--info", "pixel"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "whose `name:` is 'phone'" in proc.stderr and "Traceback" not in proc.stderr
+    (tmp_path / "devices" / "pixel.yaml").write_text("kind: local\n")  # without `name:`, named after its file
+    assert find_profile("pixel").name == "pixel"
+    assert find_profile(str(tmp_path / "devices" / "pixel.yaml")).name == "pixel"
+
+
 @pytest.mark.parametrize("cpu, field, rule", [
     ("arm64", "cpu", "must be a mapping `arch:`"),
     ({"flags": ["asimd"]}, "cpu", "must be a mapping `arch:`"),                      # no arch

@@ -101,7 +101,7 @@ def find_profile(name_or_path: str) -> DeviceProfile:
     for folder in search_dirs():
         candidate = folder / f"{name_or_path}.yaml"
         if candidate.is_file():
-            return load_profile(candidate)
+            return _named_as_asked(load_profile(candidate), str(name_or_path), candidate)
     if name_or_path == "host":
         return _builtin_host()
     known = known_profiles()
@@ -120,6 +120,19 @@ def find_profile(name_or_path: str) -> DeviceProfile:
     raise RegistryError(f"unknown device '{name_or_path}'" + (f" (did you mean '{meant}'?)" if meant else ""),
                         why=f"known devices: {', '.join(known)} (from ./devices/ and ~/.config/edgekd/devices/)",
                         fix=f"use one of them, or give the path of a profile YAML; {START}")
+
+
+def _named_as_asked(profile: DeviceProfile, asked: str, path: Path) -> DeviceProfile:
+    """A profile found by its file's name must carry that name: results and history rows are filed under
+    `name:`, so a copied profile that kept its original's (`edgekd devices` lists it by file) would mix its
+    measurements with another device's."""
+    if profile.name != asked:
+        raise DeviceError(f"device '{asked}' is read from {path}, whose `name:` is '{profile.name}'",
+                          why=f"results are filed under `name:`, so this device's would mix with those of "
+                              f"'{profile.name}'",
+                          fix=f"set `name: {asked}` in {path} (or remove the line), or rename the file to "
+                              f"{profile.name}.yaml")
+    return profile
 
 
 def load_profile(path: Path) -> DeviceProfile:
