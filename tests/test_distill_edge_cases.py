@@ -168,6 +168,21 @@ def test_plan_check_matches_born_again_feature_paths_against_the_student_archite
         check_plan(edgekd.load_recipe(_recipe(standard)), _splits())
 
 
+def test_plan_check_resolves_the_layers_kept_from_pruning_before_any_training():
+    """compress.prune.skip was resolved by the compress stage, after the teacher, student and baseline trained."""
+    import edgekd
+    from edgekd.distill.plan import check_plan
+
+    compress = {"enabled": True, "prune": {"method": "structured", "ratio": 0.5, "skip": ["net.1", "net.9"]}}
+    with pytest.raises(FeatureError, match="the pruned model has no module named 'net.9'"):
+        check_plan(edgekd.load_recipe(_recipe({}, compress=compress)), _splits())
+    compress["prune"]["skip"] = ["net.1"]
+    check_plan(edgekd.load_recipe(_recipe({}, compress=compress)), _splits())
+    compress.update(source="teacher")  # named in the model compressed
+    with pytest.raises(FeatureError, match="the pruned model has no module named 'net.1'"):
+        check_plan(edgekd.load_recipe(_recipe({}, compress=compress)), _splits())
+
+
 @pytest.mark.parametrize("term, problem", [
     ({"loss": "hint", "student": "net.1", "teacher": "logits"}, "student 'net.1' (64) and the teacher's logits (10)"),
     ({"loss": "mse", "student": "net.1"}, "student 'net.1' (64) and the teacher's logits (10)"),  # no teacher: logits

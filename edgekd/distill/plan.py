@@ -1,5 +1,6 @@
 """Check a recipe's distillation plan before any training, so a mistake fails in seconds, not after the
-teacher has trained: layer paths and their shapes, black-box output files, and the teacher's generation."""
+teacher has trained: layer paths and their shapes, layers kept from pruning, black-box output files, and the
+teacher's generation."""
 
 from __future__ import annotations
 
@@ -40,6 +41,9 @@ def check_plan(recipe: Recipe, splits: "Splits") -> None:
         resolve(new_model(recipe, splits, teacher_role), teacher_only, role="teacher")
     if any(LOGITS in (s, t) for _, s, t in terms) and d.strategy != "blackbox":
         check_logits_terms(terms, new_model(recipe, splits, teacher_role), student, splits.input_shape)
+    prune = recipe.compress.prune
+    if recipe.compress.enabled and prune.skip:  # the compress stage resolves them after all the training
+        resolve(new_model(recipe, splits, recipe.compress.source), prune.skip, role="pruned")
     if d.strategy == "blackbox" and Path(d.blackbox.source).suffix in _OUTPUT_FILES:
         from edgekd.distill.blackbox import load_teacher_outputs
 
