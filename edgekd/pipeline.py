@@ -90,6 +90,7 @@ class Context:
         from edgekd.export.formats import FORMATS, ExportOptions
 
         check_plan(self.recipe, self.splits)
+        check_bench_threads(self.recipe)
         checked = exportability_key(self.recipe, self.splits.input_shape, self.splits.num_classes)
         key = hash_obj(checked)
         passed = self.rundir.root / EXPORTABLE_PATH
@@ -111,6 +112,25 @@ class Context:
         task.close()
         atomic_write_json(passed, {"passed": key, "checked": checked})
         self._preflight_done = True
+
+
+def check_bench_threads(recipe: Recipe) -> None:
+    """bench.threads past what the runner accepts on this machine (a local bench device runs here), refused
+    before training rather than by the bench stage after it. A remote device's cores are known only there."""
+    from edgekd.bench.runner import THREADS_PER_CORE
+    from edgekd.devices.profiles import find_profile
+
+    b = recipe.bench
+    if not b.enabled or b.threads is None or find_profile(b.device).kind != "local":
+        return
+    cores = os.cpu_count() or 1
+    if b.threads > THREADS_PER_CORE * cores:
+        raise RecipeError(f"invalid recipe: bench.threads: {b.threads} is more than {THREADS_PER_CORE}x the {cores} "
+                          f"cores of device '{b.device}' (this machine)",
+                          why="the bench stage would refuse it after all the training: past the cores, threads "
+                              "only contend for them",
+                          fix=f"set bench.threads to at most {cores} (or up to {THREADS_PER_CORE * cores} to measure "
+                              "oversubscription)")
 
 
 # Where a run folder records that the trial exports of its architectures passed (Context.preflight).

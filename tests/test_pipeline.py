@@ -450,3 +450,20 @@ def test_the_exportability_key_changes_with_what_reaches_the_trial_exports_only(
     assert changed(lambda r: r.teacher.model.params.update(depth=3)) != base
     assert changed(lambda r: r.student.model.params.update(width=32)) != base
     assert exportability_key(recipe, (8, 8), 10) != base and exportability_key(recipe, (64,), 3) != base
+
+
+def test_bench_threads_this_machine_refuses_fail_before_any_training(tmp_path):
+    """The bench stage (the runner) refuses threads past 8x the device's cores; on a local device that is
+    known up front, and the run trained teacher, student and baseline before saying so."""
+    import os
+
+    import yaml
+
+    from edgekd.errors import RecipeError
+
+    recipe = yaml.safe_load(TINY_RECIPE.read_text())
+    recipe.update(output_dir=str(tmp_path))
+    recipe["bench"].update(device="host", threads=8 * (os.cpu_count() or 1) + 1)
+    with pytest.raises(RecipeError, match=r"bench\.threads: \d+ is more than 8x the \d+ cores of device 'host'"):
+        edgekd.run(edgekd.load_recipe(recipe))
+    assert not list(tmp_path.rglob("*.pt"))  # nothing trained
