@@ -250,13 +250,14 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
                              cooldown_seconds=cooldown, dims=_dim_sizes(dim), eval_samples=eval_samples)
     eval_data = _eval_pair(eval_inputs, eval_labels)
     if check_threads:
+        from edgekd.bench import stats
         from edgekd.bench.harness import check_threads as run_check
 
         for name in device:
             for artifact in artifacts:
                 c = run_check(artifact, name, check_threads, settings)
                 interval = (f" [{c['speedup_ci95'][0]:.2f}, {c['speedup_ci95'][1]:.2f}]" if c["speedup_ci95"]
-                            else ", no interval: its rounds do not vary under the clock's resolution")
+                            else f", no interval: {stats.why_no_interval(c['no_interval'])}")
                 console.print(f"{c['artifact']} on {c['device']}: 1 thread {c['p50_us'][0]:.2f} µs, {check_threads} "
                               f"threads {c['p50_us'][1]:.2f} µs ({c['speedup']:.2f}×{interval}) → "
                               + ("the thread setting takes effect" if c["took_effect"] else
@@ -374,6 +375,7 @@ def compare(a: Optional[str] = typer.Argument(None, help="earlier session (defau
     """Compare two bench sessions: p50 change per artifact with its 95% interval, and whether it exceeds the noise."""
     from rich.table import Table
 
+    from edgekd.bench import stats
     from edgekd.bench.history import compare as compare_sessions
 
     found = compare_sessions(a, b, path=history, device=device)
@@ -385,8 +387,8 @@ def compare(a: Optional[str] = typer.Argument(None, help="earlier session (defau
         change = f"{r['p50_change_pct']:+.1f}%" + (f" [{interval[0]:+.1f}, {interval[1]:+.1f}]" if interval else "")
         verdict = (("faster" if r["p50_change_pct"] < 0 else "slower") if r["significant"] else
                    "within noise" if interval else
-                   "no verdict: the rounds do not vary (the clock's resolution)" if r["no_interval"] == "no spread"
-                   else "no verdict: one round (bench --rounds 3 or more)")
+                   f"no verdict: {stats.why_no_interval(r['no_interval'])}"
+                   + (" (bench --rounds 3 or more)" if r["no_interval"] == "one round" else ""))
         ident = r["identity"]
         what = " ".join(str(v) for v in (ident.get("format"), ident.get("precision")) if v)
         label = f"{r['artifact']} ({what})" if what else r["artifact"]

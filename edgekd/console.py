@@ -112,7 +112,7 @@ def summary_table(summary: dict[str, Any]) -> Table:
         speed_txt = "–" if speed is None or r["role"] == "teacher" else (
             f"{speed:.2f}×" + ("" if r.get("speedup_significant") else
                                " (noise)" if r.get("speedup_ci95") else
-                               " (no spread)" if r.get("speedup_no_interval") == "no spread" else " (1 round)"))
+                               f" ({r.get('speedup_no_interval') or 'one round'})"))
         worst = r.get("worst_class")
         worst_txt = worst_class_text(worst)
         parity = "ok" if r.get("parity_passed") else ("FAILED" if r.get("parity_passed") is False else "–")

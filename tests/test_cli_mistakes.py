@@ -440,7 +440,7 @@ def test_compare_gives_no_verdict_on_rounds_a_coarse_clock_cannot_tell_apart(tmp
     proc = _cli("compare", a, b, "--history", str(db), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     (row,) = [line for line in proc.stdout.splitlines() if "m (onnx fp32)" in line]
-    assert "+33.3%" in row and "slower" not in row and "no verdict: the rounds do not vary" in proc.stdout, row
+    assert "+33.3%" in row and "slower" not in row and "no verdict: rounds without spread" in proc.stdout, row
 
 
 @pytest.mark.parametrize("content, what, why", [
@@ -834,3 +834,25 @@ def test_debug_shows_the_traceback_and_keeps_the_exit_code_of_a_mistake(tmp_path
 ])
 def test_a_missing_file_says_why_as_every_error_does(tmp_path, args, said):
     _user_error(_cli(*args, cwd=tmp_path), said)
+
+
+@pytest.mark.parametrize("no_interval, said", [
+    ("no spread", "no interval: rounds without spread, under the clock's resolution"),
+    ("one round", "no interval: one round"),  # it said "do not vary" whatever the reason
+])
+def test_check_threads_says_why_it_has_no_interval(tmp_path, monkeypatch, no_interval, said):
+    """The wording is the report's and `edgekd compare`'s (stats.why_no_interval). The measurement is stood in
+    for: rounds without spread need a native tool's whole-µs timings (test_bench_adb has the real ones)."""
+    from typer.testing import CliRunner
+
+    from edgekd.bench import harness
+    from edgekd.cli import app
+    from edgekd.export.onnx import write_identity_model
+
+    monkeypatch.setattr(harness, "check_threads", lambda artifact, device, threads, settings: {
+        "artifact": "m", "device": device, "threads": [1, threads], "p50_us": [3.0, 3.0], "speedup": 1.0,
+        "speedup_ci95": None, "no_interval": no_interval, "took_effect": False})
+    write_identity_model(tmp_path / "m.onnx", (8,), 18)
+    result = CliRunner().invoke(app, ["bench", str(tmp_path / "m.onnx"), "--check-threads", "2"])
+    assert result.exit_code == 0, result.output
+    assert said in " ".join(result.output.split()), result.output

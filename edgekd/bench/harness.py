@@ -618,7 +618,8 @@ def check_threads(artifact: Artifact | str | Path, device: str, threads: int,
     return {"artifact": first.artifact["name"], "device": first.device["name"], "threads": [1, threads],
             # the centres the ratio compares (as in every table), so the two p50s shown divide to the speed-up
             "p50_us": [stats.rounds_center(p50s[1]), stats.rounds_center(p50s[threads])], "speedup": cmp["ratio"],
-            "speedup_ci95": cmp["ratio_ci95"], "took_effect": bool(cmp["significant"])}
+            "speedup_ci95": cmp["ratio_ci95"], "no_interval": cmp["no_interval"],
+            "took_effect": bool(cmp["significant"])}
 
 
 CHECK_THREADS_PAIRS = 3

@@ -296,8 +296,7 @@ def _speedup_note(row: dict[str, Any]) -> str:
     """The interval of a speed-up over the rounds, and whether it exceeds their noise (none from one round)."""
     interval = row.get("speedup_ci95")
     if not interval:
-        return (" (rounds without spread, under the clock's resolution: no interval)"
-                if row.get("speedup_no_interval") == "no spread" else " (one round: no interval)")
+        return f" ({stats.why_no_interval(row.get('speedup_no_interval') or 'one round')}: no interval)"
     return f" [{interval[0]:.2f}, {interval[1]:.2f}]" + ("" if row.get("speedup_significant") else " (within noise)")
 
 

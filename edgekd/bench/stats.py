@@ -283,6 +283,13 @@ def t975(df: float) -> float:
     return _T975[int(df) - 1] if df <= len(_T975) else 1.96 + 2.4 / df
 
 
+def why_no_interval(reason: str | None) -> str:
+    """Why a comparison of rounds has no interval (`compare_rounds`'s `no_interval`), in the words the report,
+    `edgekd compare` and `--check-threads` use (the narrow console table shows the reason itself)."""
+    return {"one round": "one round", "no spread": "rounds without spread, under the clock's resolution"}.get(
+        reason or "", "no interval")
+
+
 # Log p50s closer than this are equal (float rounding of equal ratios such as 6/3 and 4/2): no spread.
 _NO_SPREAD = 1e-12
 
