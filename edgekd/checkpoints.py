@@ -27,8 +27,14 @@ _HINTS = {_ONNX: _ARTIFACT_HINT.format(".onnx"), _TFLITE: _ARTIFACT_HINT.format(
 
 
 def save_checkpoint(model: "nn.Module", path: Path, **meta: Any) -> Path:
+    """Weights, spec and `meta`, without the timings in `meta["metrics"]` (`seconds`, `*_seconds`): a stage
+    that retrains to the same weights writes the same bytes, so the stages after it are not redone (the run's
+    manifest keeps the timings)."""
     import torch
 
+    if isinstance(meta.get("metrics"), dict):
+        meta = {**meta, "metrics": {k: v for k, v in meta["metrics"].items()
+                                    if k != "seconds" and not k.endswith("_seconds")}}
     payload = {"format": CHECKPOINT_FORMAT, "spec": getattr(model, "edgekd_spec", None),
                "state_dict": model.state_dict(), "meta": meta}
     # Saved through a file object: given a path, torch names the archive's inner folder after the (random)

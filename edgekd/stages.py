@@ -158,7 +158,11 @@ def _json_safe(value: Any) -> Any:
 # -- scratch baseline ----------------------------------------------------------------------
 
 def scratch_inputs(ctx: Context) -> dict[str, Any]:
-    return {**_data_inputs(ctx), "seed": ctx.recipe.seed, **ctx.recipe.section("student", "distill")}
+    """What train_scratch reads: the student, the training settings and the transfer set (its size sets the
+    shared step budget); a distillation loss or strategy changed beside them retrained it for nothing."""
+    distill = ctx.recipe.section("distill")["distill"]
+    return {**_data_inputs(ctx), "seed": ctx.recipe.seed, **ctx.recipe.section("student"),
+            "distill": {"train": distill["train"], "transfer_set": distill["transfer_set"]}}
 
 
 def scratch_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
@@ -346,13 +350,17 @@ def export_outcome(ctx: Context, artifacts: list) -> tuple[list[Path], dict[str,
 # -- bench ---------------------------------------------------------------------------------
 
 def bench_inputs(ctx: Context) -> dict[str, Any]:
-    """The artifacts, the bench settings and the device's profile as resolved (devices/NAME.yaml): bench.device
-    is only a name, and results measured with a profile's old threads, cpus or address must not be reused."""
+    """The artifacts' files and inputs, the bench settings and the device's profile as resolved
+    (devices/NAME.yaml): bench.device is only a name, and results measured with a profile's old threads, cpus
+    or address must not be reused. The files, not their records: a re-export of the same models writes the same
+    files and new records (a creation time, the seconds it took), and measuring them again tells nothing new."""
     from dataclasses import asdict
 
     from edgekd.devices.profiles import find_profile
 
-    return {"export": ctx.hashes["export"], "bench": ctx.recipe.section("bench")["bench"],
+    artifacts = {a.name: {"sha256": a.sha256, "inputs": a.inputs, "text_input": a.text_input}
+                 for a in run_artifacts(ctx)}
+    return {"artifacts": artifacts, "data": _data_inputs(ctx), "bench": ctx.recipe.section("bench")["bench"],
             "device": asdict(find_profile(ctx.recipe.bench.device))}
 
 

@@ -467,3 +467,26 @@ def test_bench_threads_this_machine_refuses_fail_before_any_training(tmp_path):
     with pytest.raises(RecipeError, match=r"bench\.threads: \d+ is more than 8x the \d+ cores of device 'host'"):
         edgekd.run(edgekd.load_recipe(recipe))
     assert not list(tmp_path.rglob("*.pt"))  # nothing trained
+
+
+def test_a_stage_redone_to_the_same_result_does_not_redo_the_stages_after_it(tiny_run, tmp_path):
+    """Checkpoints held their training seconds and artifact records their creation time: `--force scratch`
+    (the same weights again) re-exported and re-benched everything after it, `--force export` (the same
+    files again) re-benched, and a changed distillation loss retrained the baseline, which does not use it."""
+    import shutil
+
+    from edgekd.rundir import sha256_file
+
+    shutil.copytree(tiny_run.rundir.root, tmp_path / "tiny")
+    recipe = tiny_run.recipe.model_copy(deep=True)
+    recipe.output_dir = tmp_path
+    scratch = tmp_path / "tiny" / "checkpoints" / "scratch.pt"
+    before = sha256_file(scratch)
+    again = edgekd.run(recipe, force={"scratch"})
+    assert again.stages["scratch"] == "ran" and sha256_file(scratch) == before
+    assert again.stages["export"] == again.stages["bench"] == "skipped", again.stages
+    again = edgekd.run(recipe, force={"export"})
+    assert again.stages["export"] == "ran" and again.stages["bench"] == "skipped", again.stages
+    recipe.distill.loss.temperature = 2.0
+    again = edgekd.run(recipe)
+    assert again.stages["distill"] == "ran" and again.stages["scratch"] == "skipped", again.stages
