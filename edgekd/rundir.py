@@ -202,6 +202,23 @@ def _claimed(path: Path) -> bool:
     return False
 
 
+# How long a writer whose pid is alive may leave its temp file (or folder) unlocked: the moment between creating
+# it and locking it. Past that, an unlocked one with a live pid is a dead writer's whose pid was reused (after
+# a container restart or a reboot pids start again), and it would stay for good.
+UNCLAIMED_GRACE_S = 60.0
+
+
+def _maybe_unclaimed_yet(path: Path, pid: int) -> bool:
+    """Whether an unlocked temp file or folder may still be its writer's, about to lock it: its pid lives and it
+    was made within UNCLAIMED_GRACE_S."""
+    if not _process_alive(pid):
+        return False
+    try:
+        return time.time() - path.stat().st_mtime < UNCLAIMED_GRACE_S
+    except OSError:  # gone meanwhile
+        return True
+
+
 def remove_orphan_temp_files(folder: str | os.PathLike[str], *, recursive: bool = True) -> list[Path]:
     """Delete the temp files that `atomic_path` writers killed mid-write (SIGKILL, power cut) left under `folder`
     (in it alone when not `recursive`: a folder the user named, whose subfolders are not edgekd's).
@@ -209,13 +226,14 @@ def remove_orphan_temp_files(folder: str | os.PathLike[str], *, recursive: bool 
     Nothing reads them, but each is as large as the file it was to become (a checkpoint, a model) and a run
     killed again and again would pile them up. Only files whose writer process is gone are removed: another
     process writing into the same folder right now keeps its file, whether its pid is seen here (this machine)
-    or not (another container or machine sharing the folder, seen by the lock it holds on the file).
+    or not (another container or machine sharing the folder, seen by the lock it holds on the file). A file
+    nobody locks whose pid lives is a dead writer's once it is older than UNCLAIMED_GRACE_S (the pid was reused).
     """
     removed = []
     folder = Path(folder)
     for path in (folder.rglob if recursive else folder.glob)(f".*{TEMP_SUFFIX}"):
         match = _TEMP_NAME.fullmatch(path.name)
-        if match is None or _process_alive(int(match.group(1))) or not path.is_file() or _claimed(path):
+        if match is None or not path.is_file() or _claimed(path) or _maybe_unclaimed_yet(path, int(match.group(1))):
             continue
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
@@ -256,15 +274,16 @@ def process_temp_dir(kind: str) -> Iterator[Path]:
 
 
 def remove_orphan_temp_dirs(parent: str | os.PathLike[str]) -> list[Path]:
-    """Remove the folders `process_temp_dir` made in `parent` whose owner is gone (its pid is no process here and
-    no process holds the lock in it); a name of another form is not one of them and stays."""
+    """Remove the folders `process_temp_dir` made in `parent` whose owner is gone (no process holds the lock in it,
+    and its pid is no process here or the folder is older than UNCLAIMED_GRACE_S); a name of another form is not
+    one of them and stays."""
     removed = []
     for folder in Path(parent).iterdir():
         pid = folder.name.partition("-")[0]
-        if not pid.isdigit() or folder.is_symlink() or not folder.is_dir() or _process_alive(int(pid)):
+        if not pid.isdigit() or folder.is_symlink() or not folder.is_dir():
             continue
         claim = folder / CLAIM_NAME
-        if claim.exists() and _claimed(claim):
+        if (claim.exists() and _claimed(claim)) or _maybe_unclaimed_yet(folder, int(pid)):
             continue
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)

@@ -354,3 +354,37 @@ def test_an_int8_export_sweeps_the_scratch_folder_a_killed_export_left(tmp_path,
     quantize_static_int8(fp32, tmp_path / "int8.onnx", np.random.default_rng(0).random((16, 8), dtype=np.float32))
     assert (tmp_path / "int8.onnx").is_file() and not left.exists()
     assert list(left.parent.iterdir()) == []  # and its own went when it ended
+
+
+def test_a_dead_writers_temp_file_goes_even_when_its_pid_was_reused(tmp_path):
+    """After a container restart or reboot pids start again: a temp file named after a pid a live process has
+    now was kept for good. Unlocked and older than the moment a writer takes to lock it, it goes; a fresh one
+    (its writer may be about to lock it) and a locked one stay."""
+    import os
+    import time
+
+    from edgekd.rundir import UNCLAIMED_GRACE_S, remove_orphan_temp_files
+
+    reused, fresh = tmp_path / f".student.pt.{os.getpid()}-abc123.tmp", tmp_path / f".teacher.pt.{os.getpid()}-x9.tmp"
+    reused.write_bytes(b"a killed writer's half")
+    fresh.write_bytes(b"being made")
+    old = time.time() - UNCLAIMED_GRACE_S - 5
+    os.utime(reused, (old, old))
+    with atomic_path(tmp_path / "model.onnx") as live:
+        os.utime(live, (old, old))  # locked by its writer: kept however old
+        assert remove_orphan_temp_files(tmp_path) == [reused]
+        assert fresh.is_file() and live.is_file()
+
+
+def test_a_temp_folder_whose_pid_was_reused_goes_once_old(tmp_path):
+    import os
+    import time
+
+    from edgekd.rundir import UNCLAIMED_GRACE_S, remove_orphan_temp_dirs
+
+    old_folder, fresh = tmp_path / f"{os.getpid()}-old", tmp_path / f"{os.getpid()}-new"
+    old_folder.mkdir()
+    fresh.mkdir()
+    old = time.time() - UNCLAIMED_GRACE_S - 5
+    os.utime(old_folder, (old, old))
+    assert remove_orphan_temp_dirs(tmp_path) == [old_folder] and fresh.is_dir()
