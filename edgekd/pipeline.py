@@ -278,7 +278,7 @@ def _run_stages(recipe: Recipe, rundir: RunDir, force: set[str], reporter: Repor
             remove_orphan_temp_files(folder)
         problem = rundir.manifest_problem()
         if problem:
-            reporter.note(f"[warning] {rundir.manifest_path}: {problem}; stages it does not vouch for run again")
+            reporter.note(f"[warning] {rundir.manifest_path}: {problem}")
         atomic_write(rundir.recipe_path, dump_recipe(recipe))
     ctx = Context(recipe=recipe, rundir=rundir, reporter=reporter, recheck="all" in force)
     result = RunResult(rundir=rundir, recipe=recipe, rank=rank)

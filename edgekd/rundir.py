@@ -455,6 +455,12 @@ class RunDir:
         return self.root / "manifest.json"
 
     @property
+    def manifest_copy_path(self) -> Path:
+        """A second copy of the manifest, written with it: a manifest damaged from outside (a hand edit, a bad
+        copy) cost the whole run, every stage redone though its outputs were intact."""
+        return self.root / ".manifest.json.copy"
+
+    @property
     def recipe_path(self) -> Path:
         return self.root / "recipe.yaml"
 
@@ -491,23 +497,34 @@ class RunDir:
         return self._read_manifest()[0]
 
     def manifest_problem(self) -> str | None:
-        """Why an existing manifest was not used, or some of its stage records (None when it was, or there is
-        none yet): a run that starts over says so, rather than silently redoing minutes of work."""
+        """Why an existing manifest was not used, or some of its stage records, and what is done instead (None
+        when it was, or there is none yet): a run that starts over says so, rather than silently redoing minutes
+        of work."""
         return self._read_manifest()[1]
 
     def _read_manifest(self) -> tuple[dict[str, Any], str | None]:
+        manifest, problem = self._read_manifest_file(self.manifest_path)
+        if problem is None:
+            return manifest, None
+        if self.manifest_copy_path.is_file():
+            copy, copy_problem = self._read_manifest_file(self.manifest_copy_path)
+            if copy_problem is None:  # safe: is_done still checks every output a record names against its sha256
+                return copy, f"{problem}; its copy {self.manifest_copy_path.name}, written with it, is used instead"
+        return manifest, f"{problem}; stages it does not vouch for run again"
+
+    def _read_manifest_file(self, path: Path) -> tuple[dict[str, Any], str | None]:
         empty = {"schema": MANIFEST_SCHEMA, "stages": {}}
-        if not self.manifest_path.exists():
+        if not path.exists():
             return empty, None
         try:
-            manifest = read_json(self.manifest_path)
+            manifest = read_json(path)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             return empty, f"it cannot be read ({first_line(exc)})"
         if not isinstance(manifest, dict):
             return empty, f"it holds a JSON {type(manifest).__name__}, not an object"
         problem = schema_problem(manifest, MANIFEST_SCHEMA)
         if problem and written_by_newer(manifest, MANIFEST_SCHEMA):  # starting over would redo (and overwrite) it
-            raise OutputDirError(f"cannot resume the run in {self.root}", why=f"{self.manifest_path}: {problem}",
+            raise OutputDirError(f"cannot resume the run in {self.root}", why=f"{path}: {problem}",
                                  fix="run it with the edgekd that wrote it (pip install -U edgekd), or give this "
                                      "run another name or --output-dir")
         if problem:
@@ -547,8 +564,12 @@ class RunDir:
             **extra,
         }
         manifest["stages"][stage] = record
-        atomic_write_json(self.manifest_path, manifest)
+        self._write_manifest(manifest)
         return record["output_hash"]
+
+    def _write_manifest(self, manifest: dict[str, Any]) -> None:
+        atomic_write_json(self.manifest_copy_path, manifest)
+        atomic_write_json(self.manifest_path, manifest)
 
     def recorded_outputs(self, stage: str, pattern: str) -> list[Path]:
         """Files `stage` wrote in its last finished run whose names match `pattern`, in name order. Later stages
@@ -561,7 +582,7 @@ class RunDir:
     def forget(self, stage: str) -> None:
         manifest = self.load_manifest()
         if manifest["stages"].pop(stage, None) is not None:
-            atomic_write_json(self.manifest_path, manifest)
+            self._write_manifest(manifest)
 
 
 def _well_formed(record: Any) -> bool:

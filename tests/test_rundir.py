@@ -388,3 +388,26 @@ def test_a_temp_folder_whose_pid_was_reused_goes_once_old(tmp_path):
     old = time.time() - UNCLAIMED_GRACE_S - 5
     os.utime(old_folder, (old, old))
     assert remove_orphan_temp_dirs(tmp_path) == [old_folder] and fresh.is_dir()
+
+
+def test_a_damaged_manifest_is_read_from_its_copy_and_nothing_is_redone(tiny_run, tmp_path):
+    """A manifest damaged from outside (a hand edit, a bad copy) made every stage run again, though every
+    output it named was intact; the copy written beside it vouches for them (their sha256 still decide)."""
+    import shutil
+
+    import edgekd
+    from edgekd.progress import SilentReporter
+
+    shutil.copytree(tiny_run.rundir.root, tmp_path / "tiny")
+    recipe = tiny_run.recipe.model_copy(deep=True)
+    recipe.output_dir = tmp_path
+    assert (tmp_path / "tiny" / ".manifest.json.copy").is_file()
+    (tmp_path / "tiny" / "manifest.json").write_text('{"schema": "edgekd.manifest/1", "stages": {"teacher": 5')
+    notes: list[str] = []
+    reporter = SilentReporter()
+    reporter.note = notes.append  # type: ignore[method-assign]
+    again = edgekd.run(recipe, reporter=reporter)
+    assert set(again.stages.values()) <= {"skipped", "disabled"}, again.stages
+    assert any("it cannot be read" in n and "its copy .manifest.json.copy" in n and "is used instead" in n
+               for n in notes), notes
+    assert edgekd.run(recipe).stages["teacher"] == "skipped"  # the manifest itself is whole again
