@@ -157,6 +157,7 @@ def test_probe_with_a_wrong_input_shape_explains_itself():
     ((32, 8, 8), (32, 2, 2), "pool 2×2"),
     ((32,), (16, 2, 2), "linear 32→16×2×2 + reshape"),
     ((16, 4, 4), (128,), "global pool + linear 16→128"),
+    ((12, 8), (12, 24), "linear 8→24 per position"),  # a transformer's token states, as TinyBERT distils them
 ])
 def test_make_adapter_maps_student_shape_to_teacher_shape(student_shape, teacher_shape, description):
     adapter = make_adapter(student_shape, teacher_shape)
@@ -203,6 +204,35 @@ def test_match_features_cnn_teacher_with_mlp_and_tiny_cnn_students():
     loss.backward()
     assert all(p.grad is not None for p in adapters.parameters())
     assert tiny.features[0].weight.grad.abs().sum() > 0
+
+
+class _Sequence(nn.Module):
+    """A 1-D conv stack: features (channels, length), neither a vector nor a (C, H, W) map."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, channels, 3, padding=1)
+        self.head = nn.Linear(channels * 64, 10)
+
+    def forward(self, x):
+        return self.head(self.conv(x.unsqueeze(1)).flatten(1))
+
+
+def test_a_relation_loss_takes_features_no_adapter_could_match():
+    """attention, similarity and rkd compare structure and need no adapter, so shapes none could match
+    (Conv1d maps (4, 64) and (16, 64)) were refused: "cannot be matched"."""
+    from edgekd.distill.feature_losses import attention_loss
+
+    student, teacher = _Sequence(4), _Sequence(16)
+    pairs, adapters = match_features(teacher, student, [("conv", "conv")], IN_SHAPE, adapt=[False])
+    assert pairs[0].adapter == "none" and isinstance(adapters[pairs[0].key], nn.Identity)
+    with pytest.raises(FeatureError, match="cannot be matched"):  # an element-wise loss would need one
+        match_features(teacher, student, [("conv", "conv")], IN_SHAPE, adapt=[True])
+    x = batch(8)
+    with FeatureTap(student, ["conv"], role="student") as s_tap, FeatureTap(teacher, ["conv"], role="teacher") as t:
+        student(x)
+        teacher(x)
+        assert torch.isfinite(attention_loss(s_tap["conv"], t["conv"]))
 
 
 def test_match_features_reports_bad_paths_and_unmatchable_shapes():

@@ -273,6 +273,8 @@ def _plan(student_shape: Sequence[int], teacher_shape: Sequence[int]) -> tuple[s
         return "none", None
     if len(s) == 1 and len(t) == 1:
         return f"linear {s[0]}→{t[0]}", lambda: nn.Linear(s[0], t[0])
+    if len(s) == 2 and len(t) == 2 and s[0] == t[0]:  # (tokens, width): a transformer's states, TinyBERT-style
+        return f"linear {s[1]}→{t[1]} per position", lambda: nn.Linear(s[1], t[1])
     if len(s) == 3 and len(t) == 3:
         conv = s[0] != t[0]
         pool = s[1:] != t[1:]
@@ -296,8 +298,9 @@ def _plan(student_shape: Sequence[int], teacher_shape: Sequence[int]) -> tuple[s
                 lambda: nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(s[0], t[0])))
     raise FeatureError(
         f"cannot match a student feature of shape ({_fmt(s)}) to a teacher feature of shape ({_fmt(t)})",
-        why="adapters exist for vectors (D,) and feature maps (C, H, W), in any combination of the two",
-        fix="pick layers whose outputs are vectors or (C, H, W) maps; "
+        why="adapters exist for vectors (D,) and feature maps (C, H, W), in any combination of the two, and for "
+            "(L, D) sequences of the same length",
+        fix="pick layers whose outputs are vectors, (C, H, W) maps or (L, D) sequences; "
             "run `edgekd layers TEACHER STUDENT` to see shapes")
 
 
@@ -309,7 +312,8 @@ def describe_adapter(student_shape: Sequence[int], teacher_shape: Sequence[int])
 def make_adapter(student_shape: Sequence[int], teacher_shape: Sequence[int]) -> nn.Module | None:
     """A small trainable module mapping (N, *student_shape) to (N, *teacher_shape); None when they already agree.
 
-    (D,)→(D',): Linear. (C,H,W)→(C',H',W'): 1×1 conv for channels, adaptive average pool for the spatial size.
+    (D,)→(D',): Linear. (L,D)→(L,D'): Linear at each position. (C,H,W)→(C',H',W'): 1×1 conv for channels,
+    adaptive average pool for the spatial size.
     (D,)→(C,H,W): Linear to C·H·W, reshaped. (C,H,W)→(D,): global average pool, then Linear C→D.
     It sits on the student side because the teacher is frozen; it is trained with the student and never exported.
     """
@@ -333,11 +337,13 @@ class FeaturePair:
 
 
 def match_features(teacher: nn.Module, student: nn.Module, pairs: Sequence[tuple[str, str]],
-                   in_shape: Sequence[int]) -> tuple[list[FeaturePair], nn.ModuleDict]:
+                   in_shape: Sequence[int], adapt: Sequence[bool] | None = None,
+                   ) -> tuple[list[FeaturePair], nn.ModuleDict]:
     """Check (student_path, teacher_path) pairs, probe their shapes and build one adapter per pair, before training.
 
     Returns the pairs and a ModuleDict of adapters keyed by `pair.key` ("0", "1", …); pairs that need no adapter
-    get `nn.Identity()` there so the training loop can apply `adapters[pair.key]` uniformly.
+    get `nn.Identity()` there so the training loop can apply `adapters[pair.key]` uniformly. `adapt[i]` False:
+    pair i's loss compares structure (attention, similarity, rkd) and takes any shapes, so none is planned.
     """
     checked: list[tuple[str, str]] = []
     for item in pairs:
@@ -354,6 +360,10 @@ def match_features(teacher: nn.Module, student: nn.Module, pairs: Sequence[tuple
     result: list[FeaturePair] = []
     adapters = nn.ModuleDict()
     for i, (s, t) in enumerate(checked):
+        if adapt is not None and not adapt[i]:
+            adapters[str(i)] = nn.Identity()
+            result.append(FeaturePair(s, t, s_shapes[s], t_shapes[t], "none", str(i)))
+            continue
         try:
             description, build = _plan(s_shapes[s], t_shapes[t])
         except FeatureError as exc:

@@ -19,18 +19,20 @@ def check_plan(recipe: Recipe, splits: "Splits") -> None:
     """Raise the error the distill stage would raise later, for everything knowable up front."""
     from edgekd.distill.api import new_model
     from edgekd.distill.features import check_logits_terms, match_features, resolve
+    from edgekd.distill.losses import needs_same_shape
     from edgekd.distill.objectives import LOGITS
 
     d = recipe.distill
     student = new_model(recipe, splits, "student")
     terms = [(f.loss, f.student, f.teacher or LOGITS) for f in d.features]  # no teacher layer: its logits
-    pairs = [(s, t) for _, s, t in terms if LOGITS not in (s, t)]
-    if d.strategy == "progressive":
-        pairs += [tuple(p) for p in d.progressive.pairs]
+    layers = [(loss, s, t) for loss, s, t in terms if LOGITS not in (s, t)]
+    if d.strategy == "progressive":  # hint stages
+        layers += [("hint", *p) for p in d.progressive.pairs]
     # born-again: each generation is taught by the previous one, a student, so teacher paths name its layers
     teacher_role = "student" if d.strategy == "self" else "teacher"
-    if pairs:
-        match_features(new_model(recipe, splits, teacher_role), student, pairs, splits.input_shape)
+    if layers:
+        match_features(new_model(recipe, splits, teacher_role), student, [(s, t) for _, s, t in layers],
+                       splits.input_shape, adapt=[needs_same_shape(loss) for loss, _, _ in layers])
     student_only = [s for _, s, t in terms if t == LOGITS and s != LOGITS]
     if d.strategy == "self" and d.self_distill.mode == "deep_supervision":
         student_only += d.self_distill.heads

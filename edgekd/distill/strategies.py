@@ -113,8 +113,10 @@ def feature_terms(job: DistillJob, teacher: nn.Module | None, student: nn.Module
                                why="distill.features takes feature/relation losses",
                                fix="use hint, mse, cosine, attention, similarity or rkd there")
     check_logits_terms([(loss, s, t) for loss, s, t, _, _ in pairs], teacher, student, job.in_shape, LOGITS)
-    layer_pairs = [(s, t) for _, s, t, _, _ in pairs if s != LOGITS and t != LOGITS]
-    matched, adapters = match_features(teacher, student, layer_pairs, job.in_shape) if layer_pairs else ([], nn.ModuleDict())
+    layers = [(loss, s, t) for loss, s, t, _, _ in pairs if s != LOGITS and t != LOGITS]
+    matched, adapters = (match_features(teacher, student, [(s, t) for _, s, t in layers], job.in_shape,
+                                        adapt=[needs_same_shape(loss) for loss, _, _ in layers])
+                         if layers else ([], nn.ModuleDict()))
     by_paths = {(m.student, m.teacher): m for m in matched}
     terms, described = [], []
     for i, (loss, s, t, weight, params) in enumerate(pairs):
