@@ -231,9 +231,17 @@ def _int8_speed_notes(rows: list[dict[str, Any]], floor_p50s: dict[str, float | 
         features = device_int8_features(row)
         floor = (floor_p50s or {}).get(row["format"])
         note = explain_int8_speed(row["p50_us"], ref["p50_us"], features, floor)
-        if note:
-            row["int8_speed"] = {"note": note, "reasons": int8_slow_reasons(ref["p50_us"], features, floor),
-                                 "fp32_p50_us": ref["p50_us"], "fp32_size_bytes": ref.get("size_bytes")}
+        if not note:
+            continue
+        reasons = int8_slow_reasons(ref["p50_us"], features, floor)
+        if _faster_beyond_noise(ref, row) is False:  # a higher p50 within the rounds' noise: no slowdown to explain
+            reasons = ["the gap is within the noise of the rounds, so there is no slowdown to explain"]
+            note = note.split(": ", 1)[0] + ": within the noise of the rounds."
+        elif _untested(ref, row):
+            reasons = [*reasons, _untested(ref, row)]
+            note = note[:-1] + f"; {_untested(ref, row)}."
+        row["int8_speed"] = {"note": note, "reasons": reasons, "fp32_p50_us": ref["p50_us"],
+                             "fp32_size_bytes": ref.get("size_bytes")}
 
 
 def _all_fp32(row: dict[str, Any]) -> bool:
@@ -346,8 +354,10 @@ def findings(summary: dict[str, Any]) -> list[str]:
                            f"{row.get('parameters') or 0:,} parameters the narrower arithmetic buys no speed (its "
                            f"file is smaller either way: {sizes}).")
                 continue
+            untested = _untested(fp32, row)
             out.append(
-                f"{runtime}: {row['name']} is slower than FP32 ({row['p50_us']:.2f} vs {fp32['p50_us']:.2f} µs): "
+                f"{runtime}: {row['name']} is slower than FP32 ({row['p50_us']:.2f} vs {fp32['p50_us']:.2f} µs"
+                f"{'; ' + untested if untested else ''}): "
                 f"the student has only {row.get('parameters') or 0:,} parameters, so quantize/dequantize steps "
                 "and extra operators cost more than the narrower arithmetic saves; quantization pays off when a "
                 "model's time goes into large matrix multiplies or convolutions (and its file is smaller "
@@ -411,19 +421,36 @@ def _fastest_within_noise(fastest: dict[str, Any], timed: list[dict[str, Any]]) 
     """The other candidates the fastest is not shown faster than (their rounds' speed-up interval contains 1, or
     one round gives none), as a clause: the lowest of p50s within noise of each other is picked by chance, and a
     reader would ship it for being "fastest"."""
-    tied = [f"{row['name']} ({row['p50_us']:.2f} µs)" for row in timed
-            if row is not fastest and _faster_beyond_noise(fastest, row) is False]
-    return f" (not faster than {', '.join(tied)} beyond the noise of the rounds)" if tied else ""
+    others = [row for row in timed if row is not fastest]
+    tied = [f"{row['name']} ({row['p50_us']:.2f} µs)" for row in others if _faster_beyond_noise(fastest, row) is False]
+    if tied:
+        return f" (not faster than {', '.join(tied)} beyond the noise of the rounds)"
+    untested = next((clause for clause in (_untested(fastest, row) for row in others) if clause), "")
+    return f" ({untested})" if untested else ""
+
+
+def _rounds_comparison(fast: dict[str, Any], slow: dict[str, Any]) -> dict[str, Any] | None:
+    """stats.compare_rounds of `slow` over `fast` (paired when one bench call timed both side by side); None when
+    either kept no rounds (a summary from before they were)."""
+    a, b = fast.get("round_p50_us") or [], slow.get("round_p50_us") or []
+    return stats.compare_rounds(b, a, paired=len(a) == len(b)) if a and b else None
 
 
 def _faster_beyond_noise(fast: dict[str, Any], slow: dict[str, Any]) -> bool | None:
-    """Whether `fast` is faster than `slow` beyond the noise of their rounds (stats.compare_rounds, paired when
-    one bench call timed both side by side); None when either kept no rounds (a summary from before they were)."""
-    a, b = fast.get("round_p50_us") or [], slow.get("round_p50_us") or []
-    if not a or not b:
+    """Whether `fast` is faster than `slow` beyond the noise of their rounds; None when that cannot be told: no
+    rounds kept, or rounds that give no interval (one round, or rounds without spread)."""
+    cmp = _rounds_comparison(fast, slow)
+    if cmp is None or cmp["no_interval"]:
         return None
-    cmp = stats.compare_rounds(b, a, paired=len(a) == len(b))
     return cmp["significant"] and cmp["ratio"] > 1
+
+
+def _untested(fast: dict[str, Any], slow: dict[str, Any]) -> str:
+    """A clause for a gap the rounds cannot test (their comparison has no interval), else ''."""
+    cmp = _rounds_comparison(fast, slow)
+    if cmp is None or not cmp["no_interval"]:
+        return ""
+    return f"{stats.why_no_interval(cmp['no_interval'])}: not tested against the noise between rounds"
 
 
 def _timer_findings(rows: list[dict[str, Any]]) -> list[str]:
