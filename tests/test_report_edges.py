@@ -527,3 +527,18 @@ def test_an_int8_gap_within_the_noise_of_the_rounds_is_not_explained(tmp_path):
     (int8,) = [f for f in summary["findings"] if "INT8 is not faster" in f]
     assert "within the noise of the rounds, so there is no slowdown to explain" in int8
     assert "floor" not in int8 and "VNNI" not in int8
+
+
+def test_a_pareto_front_of_one_point_is_drawn():
+    """One artifact both fastest and most accurate is the whole front; a step through one point draws nothing,
+    so the legend named a front the plot did not show."""
+    from edgekd.bench.report import pareto_figure
+
+    rows = [{"name": "student-onnx-fp32", "role": "student", "format": "onnx", "precision": "fp32", "accuracy": 0.9,
+             "p50_us": 5.0, "size_bytes": 20_000},
+            {"name": "teacher-onnx-fp32", "role": "teacher", "format": "onnx", "precision": "fp32", "accuracy": 0.8,
+             "p50_us": 50.0, "size_bytes": 400_000}]
+    for ax in pareto_figure({"rows": rows, "floors": {}}).axes:
+        (front,) = [line for line in ax.get_lines() if line.get_label() == "Pareto front"]
+        assert list(front.get_xdata()) == [5.0 if "p50" in ax.get_xlabel() else 20_000 / 1024]
+        assert front.get_marker() == "o"  # a single point shows as a ring

@@ -650,8 +650,9 @@ def _scatter_labelled(ax, rows: list[dict[str, Any]], x: Callable[[dict[str, Any
         labels.append((x(r), r["accuracy"] * 100,
                        f"{r['role']} {r['format']} {r['precision']}" + (" (failed parity)" if failed else "")))
     front = _pareto([(x(r), r["accuracy"] * 100) for r in rows if r.get("parity_passed") is not False])
+    # the points ringed too: a front of one point (one artifact fastest and most accurate) draws no step
     ax.step([p for p, _ in front], [a for _, a in front], where="post", color="tab:green", alpha=0.6,
-            label="Pareto front")
+            marker="o", markersize=11, markerfacecolor="none", label="Pareto front")
     _log_axis_plain(ax.xaxis)
     ax.set_ylabel("test accuracy of the artifact (%)")
     ax.grid(alpha=0.3)
@@ -794,8 +795,8 @@ def _pareto_html(image: str | None) -> str:
     if image is None:
         return ""
     return (f'<h2>Accuracy vs latency and file size</h2><img alt="accuracy vs p50 and vs file size" src="{image}">'
-            f'<p class="meta">Also saved as {PARETO_PNG} beside this page. The green steps are the Pareto front: '
-            "no other artifact is both faster (or smaller) and more accurate.</p>")
+            f'<p class="meta">Also saved as {PARETO_PNG} beside this page. The green steps and rings are the '
+            "Pareto front: no other artifact is both faster (or smaller) and more accurate.</p>")
 
 
 def _compression_html(c: dict[str, Any] | None) -> str:
