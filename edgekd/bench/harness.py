@@ -403,9 +403,22 @@ def _synthetic_inputs(artifact: Artifact, batch_size: int, folder: Path,
         if dtype.kind not in "biuf":
             raise BenchError(f"{artifact.name} takes {dtype} input '{spec['name']}': edgekd can only make up numbers",
                              fix="benchmark a model whose inputs are numeric tensors")
-        np.save(path, rng.random(shape).astype(dtype), allow_pickle=False)
+        np.save(path, made_up_input(rng, shape, dtype), allow_pickle=False)
         out[spec["name"]] = str(path)
     return out
+
+
+def made_up_input(rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """Timing data for an input nobody gave: floats uniform in [0, 1), 8-bit integers over their whole range
+    (a uint8 image), wider integers 1 and booleans True. Those are token ids and attention masks: 1 is a valid
+    id of any vocabulary and no pad id, so every position counts. (rng.random cast to an integer type made them
+    all 0, all padding: a model that skips padding was timed 100x too fast.)"""
+    if dtype.kind == "f":
+        return rng.random(shape).astype(dtype)
+    if dtype.kind in "iu" and dtype.itemsize == 1:
+        info = np.iinfo(dtype)
+        return rng.integers(info.min, info.max, size=shape, endpoint=True).astype(dtype)
+    return np.ones(shape, dtype=dtype)
 
 
 class _Session:
