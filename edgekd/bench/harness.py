@@ -780,6 +780,7 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
             specs = {i: _spec(session, resolved[i], per_round, inputs, Path(tmp)) for i in todo if natives[i] is None}
             evals = {i: _first_samples(_eval_data(resolved[i], eval_data), settings.eval_samples, Path(tmp))
                      for i in todo}
+            evals = {i: _scorable(resolved[i], data, reporter) for i, data in evals.items()}
             _note_native_scoring(reporter, target.name, {i: natives[i] for i in todo if natives[i] and evals[i]},
                                  resolved, evals)
             remote_outputs: dict[int, str] = {}
@@ -1028,6 +1029,44 @@ def _eval_data(artifact: Artifact, given: tuple[Path, Path] | None) -> tuple[Pat
     data = artifact.directory.parent.parent / "data"
     x, y = data / ("test_ids.npy" if artifact.text_input else "test_x.npy"), data / "test_y.npy"  # text: token ids
     return (x, y) if x.is_file() and y.is_file() else None
+
+
+def scoring_problem(artifact: Artifact) -> str | None:
+    """Why the device's outputs of `artifact` cannot be scored as a classifier's, or None: the test inputs feed
+    its one input, and the top class of its first output, [batch, classes] scores, is compared with a label."""
+    if len(artifact.inputs) != 1:
+        return (f"it takes {len(artifact.inputs)} inputs ({', '.join(i['name'] for i in artifact.inputs)}) and the "
+                "test inputs feed one")
+    out = artifact.outputs[0] if artifact.outputs else {"name": "?", "shape": [], "dtype": "none"}
+    if not str(out.get("dtype", "")).startswith(("float", "bfloat")) and not out.get("quantization"):
+        return f"its first output '{out['name']}' holds {out.get('dtype')}, not class scores"
+    shape = out.get("shape") or []
+    if len(shape) != 2 or not isinstance(shape[1], int) or shape[1] < 2:
+        return (f"its first output '{out['name']}' has shape {shape}: the top class of [batch, classes] scores (two "
+                "or more) is what is compared with a label")
+    return None
+
+
+def _scorable(artifact: Artifact, data: tuple[Path, Path] | None,
+              reporter: Reporter) -> tuple[Path, Path] | None:
+    """The test data of an artifact whose outputs can be scored (else None, and a note why); labels past its
+    classes are a mistake in the data given (every sample was scored wrong, exit 0)."""
+    if data is None:
+        return None
+    problem = scoring_problem(artifact)
+    if problem:
+        reporter.note(f"no accuracy for {artifact.name}: {problem}")
+        return None
+    if artifact.role == BARE_FILE_ROLE and len(artifact.outputs) > 1:  # edgekd's own put their logits first
+        reporter.note(f"{artifact.name}: the accuracy is of its first output, '{artifact.outputs[0]['name']}', of "
+                      f"{len(artifact.outputs)}: export the class scores first if they are another")
+    classes, labels = int(artifact.outputs[0]["shape"][1]), np.load(data[1], mmap_mode="r", allow_pickle=False)
+    if labels.size and int(labels.max()) >= classes:
+        raise BenchError(f"the eval_data labels {data[1]} go up to {int(labels.max())}, but {artifact.name} scores "
+                         f"{classes} classes (0-{classes - 1})",
+                         why="a label past the model's classes is never its top class: every such sample scores wrong",
+                         fix="give the labels of this model's classes, or the model these labels are for")
+    return data
 
 
 def _first_samples(data: tuple[Path, Path] | None, count: int | None,

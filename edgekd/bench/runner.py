@@ -630,6 +630,8 @@ def _fits_integer(array: Any, dtype: str) -> bool:
 
 
 def tensor_json(name: str, array: Any, model_shape: Any) -> Dict[str, Any]:
+    if not hasattr(array, "shape"):  # no tensor: a scikit-learn ZipMap's list of {class: probability}
+        return {"name": name, "shape": None, "dtype": type(array).__name__, "model_shape": model_shape}
     return {"name": name, "shape": list(array.shape), "dtype": str(array.dtype), "model_shape": model_shape}
 
 

@@ -284,16 +284,24 @@ def load_onnx_checked(path: Path):
 
 
 def describe_io(model) -> tuple[list[dict], list[dict]]:
-    """Names, shapes (symbolic dims as strings) and dtypes of an ONNX model's inputs and outputs."""
+    """Names, shapes (symbolic dims as strings) and dtypes of an ONNX model's inputs and outputs, as onnxruntime
+    sees them: a graph input that is also an initializer (torch.onnx's keep_initializers_as_inputs, older model
+    zoo files) is a weight with a default, not an input; a value that is no tensor (a scikit-learn ZipMap's
+    sequence of maps) has the kind of value as its dtype and no shape."""
     import onnx
 
     def one(value) -> dict:
+        kind = value.type.WhichOneof("value")
+        if kind != "tensor_type":
+            return {"name": value.name, "shape": [], "dtype": (kind or "unknown").removesuffix("_type")}
         tensor = value.type.tensor_type
         dims = [d.dim_param or d.dim_value for d in tensor.shape.dim]
         return {"name": value.name, "shape": dims,
                 "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name}
 
-    return [one(v) for v in model.graph.input], [one(v) for v in model.graph.output]
+    weights = {init.name for init in model.graph.initializer}
+    return ([one(v) for v in model.graph.input if v.name not in weights],
+            [one(v) for v in model.graph.output])
 
 
 def op_histogram(model) -> dict[str, int]:

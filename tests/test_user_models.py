@@ -1,0 +1,104 @@
+"""Models users bring, not made by edgekd: the harness describes them as onnxruntime sees them, times them,
+and scores their outputs only when they are a classifier's [batch, classes] scores (else it says why), on the
+real runner and onnxruntime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import edgekd
+from edgekd.bench.harness import BenchSettings
+from edgekd.errors import BenchError
+
+FAST = BenchSettings(warmup_runs=5, min_runs=30, min_seconds=0.02, rounds=1)
+
+
+def _save(path, nodes, inputs, outputs, initializers=()):
+    graph = helper.make_graph(nodes, path.stem, inputs, outputs, initializer=list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def _linear(path, classes: int, *, weights_as_inputs: bool = False, second_input: bool = False):
+    """x [batch, 8] -> x @ W [batch, classes]; optionally W listed as a graph input too (keep_initializers_as_inputs)."""
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, classes)).astype(np.float32), "W")
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])]
+    if weights_as_inputs:
+        inputs.append(helper.make_tensor_value_info("W", TensorProto.FLOAT, [8, classes]))
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["scores"])]
+    if second_input:
+        inputs.append(helper.make_tensor_value_info("scale", TensorProto.FLOAT, ["batch", 1]))
+        nodes = [helper.make_node("MatMul", ["x", "W"], ["raw"]), helper.make_node("Mul", ["raw", "scale"], ["scores"])]
+    return _save(path, nodes, inputs, [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", classes])],
+                 [w])
+
+
+def _eval(tmp_path, classes: int, top: int | None = None):
+    x = np.random.default_rng(1).standard_normal((20, 8)).astype(np.float32)
+    y = np.arange(20) % (top or classes)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    return tmp_path / "x.npy", tmp_path / "y.npy"
+
+
+class _Notes:
+    def __init__(self):
+        self.notes: list[str] = []
+
+    def task(self, description, total):
+        from edgekd.progress import SilentReporter
+
+        return SilentReporter().task(description, total)
+
+    def note(self, message):
+        self.notes.append(message)
+
+
+def test_weights_listed_as_inputs_are_not_inputs(tmp_path):
+    """torch.onnx's keep_initializers_as_inputs: each weight was taken for an input of fixed batch ("fixed batch
+    of 8 … input 'W'", and --batch-size 8 led to the next weight)."""
+    from edgekd.bench.harness import _describe_bare_file
+
+    path = _linear(tmp_path / "kiai.onnx", 4, weights_as_inputs=True)
+    assert [i["name"] for i in _describe_bare_file(path).inputs] == ["x"]
+    [result] = edgekd.bench([path], settings=FAST, eval_data=_eval(tmp_path, 4))
+    assert result.complete and result.latency_us["p50"] > 0 and result.device_accuracy is not None
+
+
+def test_a_scikit_learn_zipmap_classifier_is_timed():
+    """Its output is a sequence of maps: describing it was an internal error (KeyError: 0), and the runner
+    crashed on it ('list' object has no attribute 'shape')."""
+    from onnxruntime.datasets import get_example
+
+    from edgekd.bench.harness import _describe_bare_file
+
+    path = get_example("logreg_iris.onnx")  # ships with onnxruntime: inputs [3, 2], a ZipMap output
+    assert [o["dtype"] for o in _describe_bare_file(Path(path)).outputs] == ["int64", "sequence"]
+    [result] = edgekd.bench([path], settings=BenchSettings(**{**FAST.__dict__, "batch_size": 3}))
+    assert result.complete and result.latency_us["p50"] > 0
+
+
+@pytest.mark.parametrize("make, why", [
+    (lambda p: _linear(p, 1), "has shape ['batch', 1]: the top class of [batch, classes] scores"),  # one logit
+    (lambda p: _linear(p, 4, second_input=True), "it takes 2 inputs (x, scale) and the test inputs feed one"),
+])
+def test_outputs_that_are_no_class_scores_are_timed_and_not_scored(tmp_path, make, why):
+    """A one-logit binary model scored 45.5% (the share of class 0), a per-position output crashed, and a
+    model with two inputs aborted the whole bench; each is timed and said to be unscored."""
+    reporter = _Notes()
+    [result] = edgekd.bench([make(tmp_path / "m.onnx")], settings=FAST, eval_data=_eval(tmp_path, 2),
+                            reporter=reporter)
+    assert result.complete and result.device_accuracy is None
+    assert any(n.startswith("no accuracy for m: ") and why in n for n in reporter.notes), reporter.notes
+
+
+def test_labels_past_the_models_classes_are_refused(tmp_path):
+    """Labels 0-6 for a 5-class model scored every sample of classes 5 and 6 wrong, exit 0."""
+    with pytest.raises(BenchError, match=r"go up to 6, but m scores 5 classes \(0-4\)"):
+        edgekd.bench([_linear(tmp_path / "m.onnx", 5)], settings=FAST, eval_data=_eval(tmp_path, 5, top=7))
