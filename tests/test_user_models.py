@@ -102,3 +102,29 @@ def test_labels_past_the_models_classes_are_refused(tmp_path):
     """Labels 0-6 for a 5-class model scored every sample of classes 5 and 6 wrong, exit 0."""
     with pytest.raises(BenchError, match=r"go up to 6, but m scores 5 classes \(0-4\)"):
         edgekd.bench([_linear(tmp_path / "m.onnx", 5)], settings=FAST, eval_data=_eval(tmp_path, 5, top=7))
+
+
+def test_a_model_with_external_data_is_benched_with_its_weights(tmp_path):
+    """A model saved with external data (large transformer exports) failed on the device ("External data path
+    does not exist": only the model file was pushed, renamed), and its size left out the weights. Two models of
+    one graph file and different weights are scored apart: each ran with its own data file."""
+    import onnx
+
+    x, y = _eval(tmp_path, 4)
+    for name, sign in (("plus", 1.0), ("minus", -1.0)):
+        folder = tmp_path / name
+        folder.mkdir()
+        model = onnx.load(str(_linear(folder / "tmp.onnx", 4)))
+        model.graph.initializer[0].CopyFrom(numpy_helper.from_array(sign * numpy_helper.to_array(
+            model.graph.initializer[0]), "W"))
+        onnx.save_model(model, str(folder / "m.onnx"), save_as_external_data=True, location="m.onnx.data",
+                        size_threshold=0)
+        (folder / "tmp.onnx").unlink()
+    results = [edgekd.bench([tmp_path / n / "m.onnx"], settings=FAST, eval_data=(x, y))[0] for n in ("plus", "minus")]
+    files = [sum(f.stat().st_size for f in (tmp_path / n).iterdir()) for n in ("plus", "minus")]
+    assert [r.artifact["size_bytes"] for r in results] == files and files[0] > 128  # the weights counted
+    accuracies = [r.device_accuracy["accuracy"] for r in results]
+    w = numpy_helper.to_array(onnx.load(str(tmp_path / "plus" / "m.onnx")).graph.initializer[0])
+    scores, labels = np.load(x) @ w, np.load(y)
+    assert accuracies == pytest.approx([(scores.argmax(1) == labels).mean(), ((-scores).argmax(1) == labels).mean()])
+    assert accuracies[0] != accuracies[1]

@@ -36,8 +36,8 @@ from edgekd.errors import ArtifactError, BenchError, EdgeKDError, first_line, pr
 from edgekd.export.artifact import RECORD_NAME, Artifact
 from edgekd.names import PATH_COMPONENT
 from edgekd.progress import Reporter, SilentReporter, usable_reporter
-from edgekd.rundir import (atomic_write_json, exclusive_folder, process_temp_dir, read_json, remove_orphan_temp_files,
-                           sha256_file)
+from edgekd.rundir import (atomic_write_json, exclusive_folder, hash_obj, process_temp_dir, read_json,
+                           remove_orphan_temp_files, sha256_file)
 
 logger = logging.getLogger(__name__)
 
@@ -261,10 +261,16 @@ def _describe_bare_file(path: Path) -> Artifact:
         raise ArtifactError(f"cannot benchmark {path}: {exc.what}", why=exc.why, fix=exc.fix) from None
     info = backend.inspect(path)
     name = path.stem if re.match(PATH_COMPONENT, path.stem) else "model"  # a stem ".." (of "...onnx") is no name
+    external = []
+    if backend.name == "onnx":
+        from edgekd.export.onnx import external_data_files
+
+        external = external_data_files(path)
     return Artifact(name=name, role=BARE_FILE_ROLE, format=backend.name, precision="unknown", file=path.name,
-                    size_bytes=path.stat().st_size, sha256=sha256_file(path), inputs=info.inputs,
-                    outputs=info.outputs, op_histogram=info.op_histogram, layout_ops=info.layout_ops,
-                    weight_bits=info.weight_bits, directory=path.parent)
+                    size_bytes=sum((path.parent / f).stat().st_size for f in [path.name, *external]),
+                    sha256=sha256_file(path), inputs=info.inputs, outputs=info.outputs,
+                    op_histogram=info.op_histogram, layout_ops=info.layout_ops, weight_bits=info.weight_bits,
+                    external_data=external, directory=path.parent)
 
 
 def _text_example(artifact: Artifact, input_name: str, length: int | None = None) -> np.ndarray | None:
@@ -436,14 +442,17 @@ class _Session:
         """The runner on the device (pushed on first use: a device without Python never gets it)."""
         return self.push(RUNNER_SOURCE, runner_name())
 
-    def push(self, local: Path, name: str) -> str:
+    def push(self, local: Path, name: str, *, exactly_there: bool = False) -> str:
+        """The device path of `local`'s content: where it was pushed before in this session, or `name` in the
+        work directory (pushed unless the device holds it already); `exactly_there`: at `name` whatever else
+        holds the same content (a model beside its external data)."""
         digest = sha256_file(local)
-        if digest in self.pushed:
+        if digest in self.pushed and not exactly_there:
             return self.pushed[digest]
         remote = f"{self.device.workdir}/{name}"
         if self.device.sha256(remote) != digest:
             self.device.push(local, remote)
-        self.pushed[digest] = remote
+        self.pushed.setdefault(digest, remote)
         return remote
 
     def relative(self, remote: str) -> str:
@@ -1189,13 +1198,24 @@ def _spec(session: _Session, artifact: Artifact, settings: BenchSettings, inputs
         _warn_dims(session.reporter, artifact, settings)
     feeds = {name: session.relative(session.push(path, f"inputs/{sha256_file(path)[:16]}.npy"))
              for name, path in local_feeds.items()}
-    remote_artifact = session.push(artifact.path, f"artifacts/{artifact.sha256[:16]}{artifact.path.suffix}")
-    return {"artifact": session.relative(remote_artifact), "runtime": FORMATS[artifact.format]().runtime,
+    return {"artifact": session.relative(_push_model(session, artifact)), "runtime": FORMATS[artifact.format]().runtime,
             "threads": settings.threads, "inputs": feeds, "warmup_runs": settings.warmup_runs,
             "warmup_min_seconds": settings.warmup_min_seconds, "min_runs": settings.min_runs,
             "min_seconds": settings.min_seconds, "max_seconds": settings.max_seconds,
             "max_runs": settings.max_runs, "memory_runs": settings.memory_runs,
             "windows": SUSTAINED_WINDOWS if settings.sustained else 0, "lock_wait_seconds": device_wait(settings)}
+
+
+def _push_model(session: _Session, artifact: Artifact) -> str:
+    """Push the model file, named after its content; one with external data goes into a folder named after the
+    content of all its files, under its own name with its data files beside it, where onnxruntime looks."""
+    if not artifact.external_data:
+        return session.push(artifact.path, f"artifacts/{artifact.sha256[:16]}{artifact.path.suffix}")
+    files = [artifact.file, *artifact.external_data]
+    folder = f"artifacts/{hash_obj([sha256_file(artifact.directory / f) for f in files])[:16]}"
+    for data in artifact.external_data:
+        session.push(artifact.directory / data, f"{folder}/{data}", exactly_there=True)
+    return session.push(artifact.path, f"{folder}/{artifact.file}", exactly_there=True)
 
 
 def runner_budget(max_seconds: float) -> float:

@@ -70,6 +70,8 @@ class Artifact(BaseModel):
     text_input: dict[str, Any] | None = Field(None, description="text models: how a sentence becomes the input "
                                               "ids (the tokenizer folder beside the model file, the length the ids "
                                               "are padded or cut to, the pad id) and one sentence with its ids")
+    external_data: list[str] = Field(default_factory=list, description="ONNX: the files its weights are in, "
+                                     "relative to the model file (a model saved with external data)")
     created_at: str = Field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     directory: Path | None = Field(None, exclude=True)
 

@@ -283,6 +283,24 @@ def load_onnx_checked(path: Path):
     return model
 
 
+def external_data_files(path: Path) -> list[str]:
+    """The files an ONNX model keeps its weights in (saved with external data), relative to its folder, where
+    onnxruntime looks for them; one outside that folder is refused (it would not travel with the model)."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    model = onnx.load(str(path), load_external_data=False)
+    tensors = [*model.graph.initializer, *(a.t for n in model.graph.node for a in n.attribute if a.HasField("t"))]
+    files = sorted({ExternalDataInfo(t).location for t in tensors if uses_external_data(t)})
+    for name in files:
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ArtifactError(f"{path} keeps weights in {name}, outside its own folder",
+                                why="a model's external data travels with it to the device, in its folder",
+                                fix="save the model with its external data beside it (onnx.save_model(..., "
+                                    "save_as_external_data=True, location=NAME))")
+    return files
+
+
 def describe_io(model) -> tuple[list[dict], list[dict]]:
     """Names, shapes (symbolic dims as strings) and dtypes of an ONNX model's inputs and outputs, as onnxruntime
     sees them: a graph input that is also an initializer (torch.onnx's keep_initializers_as_inputs, older model
