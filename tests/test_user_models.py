@@ -128,3 +128,20 @@ def test_a_model_with_external_data_is_benched_with_its_weights(tmp_path):
     scores, labels = np.load(x) @ w, np.load(y)
     assert accuracies == pytest.approx([(scores.argmax(1) == labels).mean(), ((-scores).argmax(1) == labels).mean()])
     assert accuracies[0] != accuracies[1]
+
+
+def test_a_model_the_device_cannot_load_is_named_as_the_user_knows_it(tmp_path):
+    """The error named the device's copy (artifacts/786728ec4e126316.onnx, named after its content), not which
+    of the files given failed, and told to re-export a model that needs its custom operator's library."""
+    graph = helper.make_graph([helper.make_node("MyGelu", ["x"], ["y"], domain="com.acme")], "custom",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.acme", 1)])
+    model.ir_version = 9
+    path = tmp_path / "custom op.onnx"
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(BenchError) as err:
+        edgekd.bench([path], settings=FAST)
+    assert err.value.what.startswith(f"host: custom op: onnxruntime could not load {path}"), err.value.what
+    assert str(path) in err.value.why and "artifacts/" not in err.value.why
+    assert err.value.fix.startswith("register the library that implements its custom operators")

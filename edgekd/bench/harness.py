@@ -18,7 +18,7 @@ import shlex
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -461,8 +461,10 @@ class _Session:
         prefix = f"{self.device.workdir}/"
         return "../" + remote[len(prefix):] if remote.startswith(prefix) else remote
 
-    def run_spec(self, spec: dict[str, Any], tag: str, timeout: float) -> dict[str, Any]:
-        """Push the spec, run the runner on the device, parse its one JSON object (or raise BenchError)."""
+    def run_spec(self, spec: dict[str, Any], tag: str, timeout: float,
+                 artifact: Artifact | None = None) -> dict[str, Any]:
+        """Push the spec, run the runner on the device, parse its one JSON object (or raise BenchError, naming
+        `artifact` and its file as the user knows them: the device's copy is named after its content)."""
         local = self.local_tmp / f"spec-{tag}.json"
         local.write_text(json.dumps(spec))
         remote_spec = self.push(local, f"specs/{sha256_file(local)[:16]}.json")
@@ -502,8 +504,12 @@ class _Session:
                 raise BenchError(str(err.get("what", "")).replace("the device", f"device '{self.device.name}'", 1),
                                  why=err.get("why"), fix=f"{err.get('fix')}; or set {DEVICE_WAIT_ENV} to the seconds "
                                  "to wait for it")
-            raise BenchError(f"{self.device.name}: {err.get('what', 'the runner failed')}", why=err.get("why"),
-                             fix=err.get("fix"))
+            what, why = str(err.get("what", "the runner failed")), err.get("why")
+            if artifact is not None:
+                copy = re.compile(rf"\S*{re.escape(PurePosixPath(str(spec['artifact'])).name)}")
+                what = f"{artifact.name}: " + copy.sub(lambda _: str(artifact.path), what)
+                why = copy.sub(lambda _: str(artifact.path), why) if isinstance(why, str) else why
+            raise BenchError(f"{self.device.name}: {what}", why=why, fix=err.get("fix"))
         return out
 
     def _notice(self, line: str) -> None:
@@ -824,7 +830,8 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
                             predict = _predict_spec(session, resolved[i], evals[i][0])
                             remote_outputs[i] = predict.pop("_remote_output")
                             spec = {**spec, "predict": predict}
-                        raws[i].append(session.run_spec(spec, str(i), timeout=runner_timeout(spec)))
+                        raws[i].append(session.run_spec(spec, str(i), timeout=runner_timeout(spec),
+                                                        artifact=resolved[i]))
                         _note_device_lock(raws[i][-1], target.name, reporter, said)
                         if spec.get("predict"):
                             accuracies[i] = _score(session, remote_outputs[i], evals[i][1],

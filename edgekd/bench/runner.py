@@ -559,7 +559,10 @@ def load_model(name: str, module: Any, path: str, threads: int) -> Model:
             "artifact_load",
             f"{name} could not load {path}",
             why=f"{type(e).__name__}: {e}".strip(),
-            fix="re-export the artifact; check it is complete (size, sha256) and that this runtime version supports its opset/ops",
+            fix=("register the library that implements its custom operators with the runtime, or export the model "
+                 "with standard ones" if "is not a registered function/op" in str(e) else
+                 "re-export the artifact; check it is complete (size, sha256) and that this runtime version supports "
+                 "its opset/ops"),
         )
 
 
