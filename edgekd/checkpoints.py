@@ -134,8 +134,9 @@ def _load_weights_only(path: Path) -> Any:
             raise CheckpointError(
                 f"cannot load checkpoint {path}",
                 why=f"it holds {what}; edgekd loads weights only, for safety",
-                fix="give a state dict saved with torch.save(model.state_dict(), PATH) or an edgekd checkpoint, "
-                    "without custom classes; checkpoints holding pickled code are refused for safety",
+                fix="give an edgekd checkpoint, or (as teacher.checkpoint in a recipe) a state dict saved with "
+                    "torch.save(model.state_dict(), PATH), without custom classes; for `edgekd export` of a model "
+                    "of your own, export it with torch.onnx.export and run `edgekd bench MODEL.onnx`",
             ) from None
         raise CheckpointError(f"cannot load checkpoint {path}", why=first_line(exc),
                               fix=f"give {_EXPECTED}; if it was copied, copy it again") from None

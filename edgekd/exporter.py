@@ -369,8 +369,10 @@ def export_checkpoint(checkpoint: str | Path, output_dir: str | Path, *, formats
     if not spec or not data_cfg:
         raise CheckpointError(
             f"{checkpoint} does not record its architecture and data set",
-            why="a bare state dict cannot be rebuilt into a model on its own",
-            fix="export from a run instead (edgekd run RECIPE), which knows the architecture",
+            why="a bare state dict cannot be rebuilt into a model on its own: edgekd export takes the checkpoints "
+                "edgekd's runs write (<run>/checkpoints/*.pt)",
+            fix="for a model of your own, export it with torch.onnx.export (or litert-torch) and run `edgekd bench "
+                "MODEL.onnx`; or name it as teacher.checkpoint in a recipe whose teacher.model is its architecture",
         )
     model = model_of_checkpoint(spec, meta)
     role = str(meta.get("role", checkpoint.stem))

@@ -206,3 +206,22 @@ def test_cli_export_of_empty_file_is_a_user_error(tmp_path: Path) -> None:
     assert "Traceback" not in both, both
     assert "is empty (0 bytes)" in proc.stderr
     assert UNSAFE_ADVICE not in both
+
+
+def test_export_of_a_users_own_state_dict_says_what_works(tmp_path: Path) -> None:
+    """A pickled model was told to give a state dict, and the state dict was told to "export from a run": a
+    circle for a model of one's own. Both now name what works (torch.onnx.export, then edgekd bench)."""
+    import subprocess
+    import sys
+
+    import torch
+
+    path = tmp_path / "mine.pt"
+    torch.save(torch.nn.Linear(4, 2).state_dict(), path)
+    proc = subprocess.run([sys.executable, "-m", "edgekd.cli", "export", str(path), "--output-dir", str(tmp_path)],
+                          capture_output=True, text=True)
+    text = " ".join(proc.stderr.split())
+    assert proc.returncode == 2 and "does not record its architecture" in text, proc.stderr
+    assert "torch.onnx.export" in text and "edgekd bench MODEL.onnx" in text and "export from a run" not in text
+    torch.save({"weight": torch.zeros(3), "extra": CustomObject()}, path)
+    assert "edgekd bench MODEL.onnx" in _refused(path)
