@@ -293,7 +293,7 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path: Path) -> None:
 
     msg = assert_user_error(run_cli(tmp_path, "run", "recipe.yaml"))
     assert f"cannot load checkpoint {checkpoint}" in msg
-    assert "pickled code are refused" in msg
+    assert "edgekd loads weights only, for safety" in msg
     assert not (tmp_path / "out" / "tiny" / "checkpoints" / "teacher.pt").exists()
 
 
