@@ -17,11 +17,13 @@ from conftest import StepReporter, ctrl_c
 
 def _result(name: str, center_us: float, seed: int, rounds: list[float], *, fmt: str = "onnx",
             precision: str = "fp32", device: str = "host", threads: int = 1, batch_size: int = 1,
-            inputs: list[dict] | None = None, harness: str = "runner") -> BenchResult:
+            inputs: list[dict] | None = None, harness: str = "runner",
+            cpu: tuple[str, str] | None = None) -> BenchResult:
     rng = np.random.default_rng(seed)
     ns = (rng.normal(center_us, center_us * 0.02, 3000) * 1000).astype(np.int64).tolist()
+    system = {"info": {"system": {"machine": cpu[0], "cpu_model": cpu[1]}}} if cpu else {}
     return BenchResult(artifact={"name": name, "sha256": name * 4, "format": fmt, "precision": precision},
-                       device={"name": device}, settings={"threads": threads, "batch_size": batch_size},
+                       device={"name": device, **system}, settings={"threads": threads, "batch_size": batch_size},
                        latency_us=stats.summarize(ns), round_p50_us=rounds, latencies_ns=ns, harness=harness,
                        inputs=inputs if inputs is not None else [{"name": "x", "shape": [batch_size, 16],
                                                                   "dtype": "float32"}])
@@ -99,6 +101,20 @@ def test_results_of_one_name_that_measured_different_things_are_not_paired(tmp_p
     with pytest.raises(BenchError, match="share no comparable result") as err:
         history.compare(a, other, path=db)
     assert "m: device host → pi" in err.value.why
+
+
+def test_one_device_name_on_two_cpus_is_not_compared(tmp_path):
+    """`host` on a laptop and on a CI machine sharing a history: an x86 Xeon's session and an Arm board's were
+    compared as one device's change ("within noise, -12%")."""
+    db = tmp_path / "h.sqlite"
+    xeon, arm = ("x86_64", "Intel(R) Xeon(R) Processor"), ("aarch64", "Cortex-A53")
+    a = history.record([_result("m", 10.0, 0, [10.0, 10.1], cpu=xeon), _result("n", 5.0, 1, [5.0, 5.1], cpu=xeon)], db)
+    b = history.record([_result("m", 30.0, 2, [30.0, 30.2], cpu=arm), _result("n", 5.0, 3, [5.0, 5.1], cpu=xeon)], db)
+    found = history.compare(a, b, path=db)
+    assert [r["artifact"] for r in found["rows"]] == ["n"]
+    (unpaired,) = found["unpaired"]
+    assert unpaired["artifact"] == "m" and unpaired["reason"] == (
+        "cpu x86_64 Intel(R) Xeon(R) Processor → aarch64 Cortex-A53")
 
 
 def _schema_before(column: str) -> str:

@@ -427,6 +427,12 @@ def test_text_run_end_to_end(text_run) -> None:
     assert -1.0 <= student["cosine_to_teacher"] <= 1.0  # a few steps: any sign
     for key in ("recall_at_10", "recall_at_10_teacher_index", "best_match_at_10", "test_accuracy"):
         assert 0.0 <= student[key] <= 1.0
+    # KD against scratch is tested on the same held-out sentences, as in image runs (the gain stood untested)
+    assert len(student["test_correct"]) == len(scratch["test_correct"]) > 0
+    from edgekd.rundir import read_json
+
+    (kd,) = [f for f in read_json(text_run.summary_path)["findings"] if f.startswith("Distillation (")]
+    assert "exact McNemar p" in kd and "the noise of the test set" in kd, kd
     exported = manifest["export"]["retrieval"]  # each exported file's embeddings scored against the teacher
     assert set(exported["files"]) == {a.name for a in text_run.artifacts if a.role != "teacher"}
     assert exported["length"] == 32 and exported["pool"] > 0  # text_tiny.yaml: device_length 32, as train_length

@@ -2,7 +2,7 @@
 
 One row per BenchResult; the raw latencies are stored as a compressed .npy blob (never a pickle) and each
 round's p50, which is what a comparison uses as its samples. A row also keeps what it measured beyond the
-artifact's name (IDENTITY: format, precision, device, threads, batch, input shapes): two results are only
+artifact's name (IDENTITY: format, precision, device and its CPU, threads, batch, input shapes): two results are only
 compared when all of it matches.
 """
 
@@ -50,8 +50,9 @@ CREATE INDEX IF NOT EXISTS results_session ON results(session);
 _ADDED_COLUMNS = (("identity", "TEXT"), ("sampled", "INTEGER"))
 # What makes two results of one artifact name comparable: a different value of any of these measures a
 # different thing (INT8 vs FP32, 4 threads vs 1, batch 8 vs 1, sequence length 128 vs 64, another device,
-# edgekd's runner vs a runtime's own benchmark binary).
-IDENTITY = ("format", "precision", "device", "threads", "batch_size", "inputs", "harness")
+# edgekd's runner vs a runtime's own benchmark binary, another CPU under the same device name: `host` on a laptop
+# and on a CI machine sharing a history).
+IDENTITY = ("format", "precision", "device", "cpu", "threads", "batch_size", "inputs", "harness")
 _IDENTITY_LABELS = {"batch_size": "batch", "inputs": "input shapes"}
 
 
@@ -148,8 +149,10 @@ def _pack(latencies_ns: list[int]) -> bytes:
 def identity(result: BenchResult) -> dict[str, Any]:
     """What a result measured beyond the artifact's name (IDENTITY); None where the result does not say."""
     inputs = [[i.get("name"), i.get("shape")] for i in result.inputs] if result.inputs else None
+    system = ((result.device.get("info") or {}).get("system") or {}) if isinstance(result.device, dict) else {}
+    cpu = " ".join(str(v) for v in (system.get("machine"), system.get("cpu_model")) if v) or None
     return {"format": result.artifact.get("format"), "precision": result.artifact.get("precision"),
-            "device": result.device.get("name"), "threads": result.settings.get("threads"),
+            "device": result.device.get("name"), "cpu": cpu, "threads": result.settings.get("threads"),
             "batch_size": result.settings.get("batch_size"), "inputs": inputs, "harness": result.harness}
 
 

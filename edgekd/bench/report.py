@@ -403,11 +403,11 @@ def findings(summary: dict[str, Any]) -> list[str]:
 
 def _kd_noise(student: dict[str, Any], scratch: dict[str, Any]) -> str:
     """Whether the KD student and the scratch one differ beyond the noise of the test set: an exact McNemar test on
-    the samples only one of them gets right (both scored on the same samples, so not two independent rates). Empty
-    for metrics recorded before the per-sample results were kept."""
+    the samples only one of them gets right (both scored on the same samples, so not two independent rates); said
+    untested for metrics recorded before the per-sample results were kept."""
     a, b = student.get("test_correct"), scratch.get("test_correct")
     if not a or not b or len(a) != len(b):
-        return ""
+        return "; not tested against the noise of the test set (no per-sample results recorded)"
     only_kd = sum(x == "1" and y == "0" for x, y in zip(a, b))
     only_scratch = sum(x == "0" and y == "1" for x, y in zip(a, b))
     p = stats.mcnemar_exact(only_kd, only_scratch)

@@ -266,7 +266,10 @@ def student_metrics(ctx: Context, model) -> dict[str, Any]:
     logits, embeddings = predict(model, data.ids[held])
     metrics = text_metrics(logits, embeddings, data.corpus.labels[held], teacher)
     labelled = data.labelled_held_out_rows
-    metrics["accuracy"] = accuracy(predict(model, data.ids[labelled])[0], data.corpus.labels[labelled])
+    labelled_logits, labels = predict(model, data.ids[labelled])[0], data.corpus.labels[labelled]
+    metrics["accuracy"] = accuracy(labelled_logits, labels)
+    # per sentence, as the image stages keep it: the report tests KD against scratch on the same sentences
+    metrics["test_correct"] = "".join("1" if ok else "0" for ok in labelled_logits.argmax(axis=1) == labels)
     return {"test_accuracy": metrics.pop("accuracy"), **metrics,
             "parameters": sum(p.numel() for p in model.parameters())}
 
@@ -274,8 +277,9 @@ def student_metrics(ctx: Context, model) -> dict[str, Any]:
 def _save_student(ctx: Context, model, role: str, metrics: dict[str, Any], **meta: Any) -> Path:
     from edgekd.checkpoints import save_checkpoint
 
+    kept = {k: v for k, v in metrics.items() if k != "test_correct"}  # the manifest has it; a checkpoint need not
     return save_checkpoint(model, ctx.rundir.checkpoints / f"{role}.pt", role=role, run=ctx.recipe.name,
-                           family=ctx.recipe.student.model.family, metrics=metrics, **meta)
+                           family=ctx.recipe.student.model.family, metrics=kept, **meta)
 
 
 def distill_inputs(ctx: Context) -> dict[str, Any]:
