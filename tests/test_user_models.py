@@ -26,7 +26,8 @@ def _save(path, nodes, inputs, outputs, initializers=()):
 
 
 def _linear(path, classes: int, *, weights_as_inputs: bool = False, second_input: bool = False):
-    """x [batch, 8] -> x @ W [batch, classes]; optionally W listed as a graph input too (keep_initializers_as_inputs)."""
+    """x [batch, 8] -> x @ W [batch, classes]; optionally W listed as a graph input too (torch.onnx's
+    keep_initializers_as_inputs) or a second input scaling the scores."""
     w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, classes)).astype(np.float32), "W")
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])]
     if weights_as_inputs:

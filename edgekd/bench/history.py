@@ -2,8 +2,8 @@
 
 One row per BenchResult; the raw latencies are stored as a compressed .npy blob (never a pickle) and each
 round's p50, which is what a comparison uses as its samples. A row also keeps what it measured beyond the
-artifact's name (IDENTITY: format, precision, device and its CPU, threads, batch, input shapes): two results are only
-compared when all of it matches.
+artifact's name (IDENTITY: format, precision, device and its CPU, threads, batch, input shapes): two results
+are only compared when all of it matches.
 """
 
 from __future__ import annotations

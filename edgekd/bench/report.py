@@ -233,13 +233,13 @@ def _int8_speed_notes(rows: list[dict[str, Any]], floor_p50s: dict[str, float | 
         note = explain_int8_speed(row["p50_us"], ref["p50_us"], features, floor)
         if not note:
             continue
-        reasons = int8_slow_reasons(ref["p50_us"], features, floor)
+        reasons, untested = int8_slow_reasons(ref["p50_us"], features, floor), _untested(ref, row)
         if _faster_beyond_noise(ref, row) is False:  # a higher p50 within the rounds' noise: no slowdown to explain
             reasons = ["the gap is within the noise of the rounds, so there is no slowdown to explain"]
             note = note.split(": ", 1)[0] + ": within the noise of the rounds."
-        elif _untested(ref, row):
-            reasons = [*reasons, _untested(ref, row)]
-            note = note[:-1] + f"; {_untested(ref, row)}."
+        elif untested:
+            reasons = [*reasons, untested]
+            note = note[:-1] + f"; {untested}."
         row["int8_speed"] = {"note": note, "reasons": reasons, "fp32_p50_us": ref["p50_us"],
                              "fp32_size_bytes": ref.get("size_bytes")}
 

@@ -162,7 +162,8 @@ def qat_artifact(recipe: "Recipe", splits: "Splits", *, role: str, model: "nn.Mo
     named = {"temperature": loss.temperature, "alpha": loss.alpha} if loss.name == "kd" else {}
     qat_step = {"step": "qat", "reason": decision.reason, "epochs": cfg.epochs, "steps": steps, "lr": cfg.lr,
                 **named, "loss": loss.name, "loss_params": params, "teacher": teacher.name,
-                "teacher_checkpoint_sha256": teacher.checkpoint_sha256, "weight_grid": "7-bit" if reduce_range else "8-bit"}
+                "teacher_checkpoint_sha256": teacher.checkpoint_sha256,
+                "weight_grid": "7-bit" if reduce_range else "8-bit"}
     name = artifact_name(role, FORMAT, PRECISION)
     artifact = export_retrained(
         trained, name=name, role=role, fmt=FORMAT, precision=PRECISION, quantize_as="int8_static",
