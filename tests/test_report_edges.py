@@ -413,7 +413,7 @@ def test_the_kd_gain_is_tested_against_the_noise_of_the_test_set_sample_by_sampl
     assert "p = 0.727, within the noise of the test set" in kd_finding(5, 3)
     assert "exact McNemar p < 0.001, beyond" in kd_finding(40, 2)
     old = findings({"rows": [], "models": {"student": {"test_accuracy": 0.9}, "scratch": {"test_accuracy": 0.8}}})
-    assert "+10.0 points)" in old[0]  # metrics recorded before the per-sample results: the gain alone
+    assert "+10.0 points; not tested against the noise of the test set (no per-sample results recorded))" in old[0]
 
 
 def test_results_of_two_devices_are_refused_not_merged_into_one_row(tmp_path):
