@@ -34,7 +34,10 @@ def test_a_stage_is_done_only_with_the_same_inputs_and_intact_outputs(tmp_path):
     out.write_bytes(b"tampered")
     assert not run.is_done("teacher", "hash-1")
     run.manifest_path.write_text("{not json")
-    assert run.load_manifest()["stages"] == {}
+    assert set(run.load_manifest()["stages"]) == {"teacher"}  # its copy, written with it, vouches
+    assert "is used instead" in run.manifest_problem()
+    run.manifest_copy_path.write_text("{not json")  # both damaged: nothing is done
+    assert run.load_manifest()["stages"] == {} and "does not vouch" in run.manifest_problem()
 
 
 def test_an_atomic_write_gets_the_mode_a_plain_write_would(tmp_path):
