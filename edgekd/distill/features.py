@@ -382,10 +382,10 @@ def check_logits_terms(terms: Sequence[tuple[str, str, str]], teacher: nn.Module
     is made to the logits, so an element-wise loss (hint, mse, cosine) needs the layer in the logits' shape."""
     from edgekd.distill.losses import needs_same_shape
 
+    if teacher is None:  # black-box: refused elsewhere (feature terms need the teacher's layers)
+        return
     for loss, s, t in terms:
         if not needs_same_shape(loss) or (s == logits) == (t == logits):
-            continue
-        if teacher is None:  # black-box: refused elsewhere (feature terms need the teacher's layers)
             continue
         layer_side, logits_side = ("student", "teacher") if t == logits else ("teacher", "student")
         models = {"student": student, "teacher": teacher}

@@ -5,7 +5,7 @@ teacher's generation."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edgekd.recipe import Recipe
 
@@ -23,7 +23,15 @@ def check_plan(recipe: Recipe, splits: "Splits") -> None:
     from edgekd.distill.objectives import LOGITS
 
     d = recipe.distill
-    student = new_model(recipe, splits, "student")
+    built: dict[str, Any] = {}
+
+    def model(role: str):
+        """A fresh model of `role`, built once for every check that needs it."""
+        if role not in built:
+            built[role] = new_model(recipe, splits, role)
+        return built[role]
+
+    student = model("student")
     terms = [(f.loss, f.student, f.teacher or LOGITS) for f in d.features]  # no teacher layer: its logits
     layers = [(loss, s, t) for loss, s, t in terms if LOGITS not in (s, t)]
     if d.strategy == "progressive":  # hint stages
@@ -31,7 +39,7 @@ def check_plan(recipe: Recipe, splits: "Splits") -> None:
     # born-again: each generation is taught by the previous one, a student, so teacher paths name its layers
     teacher_role = "student" if d.strategy == "self" else "teacher"
     if layers:
-        match_features(new_model(recipe, splits, teacher_role), student, [(s, t) for _, s, t in layers],
+        match_features(model(teacher_role), student, [(s, t) for _, s, t in layers],
                        splits.input_shape, adapt=[needs_same_shape(loss) for loss, _, _ in layers])
     student_only = [s for _, s, t in terms if t == LOGITS and s != LOGITS]
     if d.strategy == "self" and d.self_distill.mode == "deep_supervision":
@@ -40,12 +48,12 @@ def check_plan(recipe: Recipe, splits: "Splits") -> None:
         resolve(student, student_only, role="student")
     teacher_only = [t for _, s, t in terms if s == LOGITS and t != LOGITS]
     if teacher_only and d.strategy != "blackbox":
-        resolve(new_model(recipe, splits, teacher_role), teacher_only, role="teacher")
+        resolve(model(teacher_role), teacher_only, role="teacher")
     if any(LOGITS in (s, t) for _, s, t in terms) and d.strategy != "blackbox":
-        check_logits_terms(terms, new_model(recipe, splits, teacher_role), student, splits.input_shape)
+        check_logits_terms(terms, model(teacher_role), student, splits.input_shape)
     prune = recipe.compress.prune
     if recipe.compress.enabled and prune.skip:  # the compress stage resolves them after all the training
-        resolve(new_model(recipe, splits, recipe.compress.source), prune.skip, role="pruned")
+        resolve(model(recipe.compress.source), prune.skip, role="pruned")
     if d.strategy == "blackbox" and Path(d.blackbox.source).suffix in _OUTPUT_FILES:
         from edgekd.distill.blackbox import load_teacher_outputs
 
