@@ -271,16 +271,20 @@ def load_onnx_checked(path: Path):
     if not path.is_file():
         raise ArtifactError(f"artifact not found: {path}", why="no such file",
                             fix="give the path of an exported .onnx file")
+    def invalid(exc: Exception) -> ArtifactError:
+        return ArtifactError(f"{path} is not a valid ONNX model", why=first_line(exc),
+                             fix="re-export it (edgekd export / edgekd run --force) or check that the file was "
+                                 "copied completely")
+
     try:
         model = onnx.load(str(path))
+    except Exception as exc:
+        raise invalid(exc) from None
+    try:
         onnx.checker.check_model(model)
     except Exception as exc:
-        if "model" not in locals() or not _onnxruntime_loads(path):  # old files (IR 3) fail the checker alone
-            raise ArtifactError(
-                f"{path} is not a valid ONNX model",
-                why=first_line(exc),
-                fix="re-export it (edgekd export / edgekd run --force) or check that the file was copied completely",
-            ) from None
+        if not _onnxruntime_loads(path):  # old files (IR version 3) fail the checker alone
+            raise invalid(exc) from None
     return model
 
 
