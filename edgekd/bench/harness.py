@@ -442,11 +442,11 @@ class _Session:
         """The runner on the device (pushed on first use: a device without Python never gets it)."""
         return self.push(RUNNER_SOURCE, runner_name())
 
-    def push(self, local: Path, name: str, *, exactly_there: bool = False) -> str:
+    def push(self, local: Path, name: str, *, exactly_there: bool = False, digest: str | None = None) -> str:
         """The device path of `local`'s content: where it was pushed before in this session, or `name` in the
         work directory (pushed unless the device holds it already); `exactly_there`: at `name` whatever else
-        holds the same content (a model beside its external data)."""
-        digest = sha256_file(local)
+        holds the same content (a model beside its external data). `digest`: its sha256, if already known."""
+        digest = digest or sha256_file(local)
         if digest in self.pushed and not exactly_there:
             return self.pushed[digest]
         remote = f"{self.device.workdir}/{name}"
@@ -1218,11 +1218,11 @@ def _push_model(session: _Session, artifact: Artifact) -> str:
     content of all its files, under its own name with its data files beside it, where onnxruntime looks."""
     if not artifact.external_data:
         return session.push(artifact.path, f"artifacts/{artifact.sha256[:16]}{artifact.path.suffix}")
-    files = [artifact.file, *artifact.external_data]
-    folder = f"artifacts/{hash_obj([sha256_file(artifact.directory / f) for f in files])[:16]}"
-    for data in artifact.external_data:
-        session.push(artifact.directory / data, f"{folder}/{data}", exactly_there=True)
-    return session.push(artifact.path, f"{folder}/{artifact.file}", exactly_there=True)
+    digests = {f: sha256_file(artifact.directory / f) for f in [artifact.file, *artifact.external_data]}
+    folder = f"artifacts/{hash_obj(list(digests.values()))[:16]}"  # data files may be GBs: each is hashed once
+    pushed = {name: session.push(artifact.directory / name, f"{folder}/{name}", exactly_there=True, digest=digest)
+              for name, digest in digests.items()}
+    return pushed[artifact.file]
 
 
 def runner_budget(max_seconds: float) -> float:
