@@ -26,15 +26,19 @@ _HINTS = {_ONNX: _ARTIFACT_HINT.format(".onnx"), _TFLITE: _ARTIFACT_HINT.format(
           _YAML: "; a recipe is run with `edgekd run RECIPE`"}
 
 
+# Metrics a run's manifest keeps and its checkpoints do not: per-sample results (of no use beside the weights).
+PER_SAMPLE_METRICS = ("per_class_accuracy", "test_correct")
+
+
 def save_checkpoint(model: "nn.Module", path: Path, **meta: Any) -> Path:
-    """Weights, spec and `meta`, without the timings in `meta["metrics"]` (`seconds`, `*_seconds`): a stage
-    that retrains to the same weights writes the same bytes, so the stages after it are not redone (the run's
-    manifest keeps the timings)."""
+    """Weights, spec and `meta`, without the timings (`seconds`, `*_seconds`) and per-sample results in
+    `meta["metrics"]`: a stage that retrains to the same weights writes the same bytes, so the stages after it
+    are not redone (the run's manifest keeps them all)."""
     import torch
 
     if isinstance(meta.get("metrics"), dict):
-        meta = {**meta, "metrics": {k: v for k, v in meta["metrics"].items()
-                                    if k != "seconds" and not k.endswith("_seconds")}}
+        meta = {**meta, "metrics": {k: v for k, v in meta["metrics"].items() if k not in PER_SAMPLE_METRICS
+                                    and k != "seconds" and not k.endswith("_seconds")}}
     payload = {"format": CHECKPOINT_FORMAT, "spec": getattr(model, "edgekd_spec", None),
                "state_dict": model.state_dict(), "meta": meta}
     # Saved through a file object: given a path, torch names the archive's inner folder after the (random)

@@ -42,10 +42,7 @@ def _save(model, ctx: Context, role: str, metrics: dict[str, Any], **meta: Any) 
     data = ctx.recipe.data
     data_meta = {"name": data.name, "seed": data.seed, "val_fraction": data.val_fraction,
                  "test_fraction": data.test_fraction, "label_fraction": data.label_fraction}
-    per_sample = ("per_class_accuracy", "test_correct")  # the manifest has them; a checkpoint need not
-    return save_checkpoint(model, path, role=role, run=ctx.recipe.name,
-                           data=data_meta, metrics={k: v for k, v in metrics.items() if k not in per_sample},
-                           **meta)
+    return save_checkpoint(model, path, role=role, run=ctx.recipe.name, data=data_meta, metrics=metrics, **meta)
 
 
 # -- teacher -------------------------------------------------------------------------------

@@ -277,9 +277,8 @@ def student_metrics(ctx: Context, model) -> dict[str, Any]:
 def _save_student(ctx: Context, model, role: str, metrics: dict[str, Any], **meta: Any) -> Path:
     from edgekd.checkpoints import save_checkpoint
 
-    kept = {k: v for k, v in metrics.items() if k != "test_correct"}  # the manifest has it; a checkpoint need not
     return save_checkpoint(model, ctx.rundir.checkpoints / f"{role}.pt", role=role, run=ctx.recipe.name,
-                           family=ctx.recipe.student.model.family, metrics=kept, **meta)
+                           family=ctx.recipe.student.model.family, metrics=metrics, **meta)
 
 
 def distill_inputs(ctx: Context) -> dict[str, Any]:
