@@ -44,3 +44,21 @@ def test_a_text_runs_resolved_recipe_loads_again(tmp_path: Path) -> None:
 
 def test_the_same_sections_load_in_a_classification_recipe() -> None:
     load_recipe({"name": "x", "compress": {"enabled": True}, "distill": {"strategy": "mutual"}})
+
+
+def test_the_text_baseline_is_retrained_only_for_what_it_reads() -> None:
+    """The text scratch stage hashed the whole distill section, so a change to the KD loss or the text KD terms
+    (which it never reads) retrained it; its training settings still do."""
+    from types import SimpleNamespace
+
+    from edgekd.recipe import load_recipe
+    from edgekd.text.stages import scratch_inputs
+
+    def inputs(distill: dict) -> dict:
+        recipe = load_recipe({"name": "t", "task": "text", "distill": distill,
+                              "student": {"model": {"family": "text_bag"}}})
+        return scratch_inputs(SimpleNamespace(recipe=recipe, text=SimpleNamespace(fingerprint=lambda: "corpus")))
+
+    base = inputs({"train": {"epochs": 2}})
+    assert inputs({"train": {"epochs": 2}, "loss": {"temperature": 2.0}}) == base
+    assert inputs({"train": {"epochs": 3}}) != base

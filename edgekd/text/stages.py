@@ -336,7 +336,10 @@ def distill_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
 
 
 def scratch_inputs(ctx: Context) -> dict[str, Any]:
-    return {**_data_inputs(ctx), "seed": ctx.recipe.seed, **ctx.recipe.section("student", "distill")}
+    """What scratch_student reads: the student and the training settings (a distillation loss or the text KD
+    terms changed beside them retrained it for nothing, as in the image stages)."""
+    return {**_data_inputs(ctx), "seed": ctx.recipe.seed, **ctx.recipe.section("student"),
+            "distill": {"train": ctx.recipe.section("distill")["distill"]["train"]}}
 
 
 def scratch_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
