@@ -213,9 +213,11 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
           threads: Optional[int] = typer.Option(None, min=1, help="intra-op threads (default: the device "
                                                 "profile's threads:, 1 without one)"),
           batch_size: int = typer.Option(1, min=1, help="batch size (bare model files get synthetic inputs)"),
-          dim: List[str] = typer.Option([], "--dim", help="NAME=SIZE: the size of a named dynamic dimension "
-                                        "(repeatable; e.g. --dim length=128 for a text model file without its "
-                                        "record; a text artifact's example sentence is cut or padded to it)"),
+          dim: List[str] = typer.Option([], "--dim", help="NAME=SIZE: the size of a dynamic dimension, by its "
+                                        "name or, for one without a name, by input and position as INPUT:INDEX "
+                                        "(repeatable; e.g. --dim length=128 or --dim input_ids:1=128 for a text "
+                                        "model file without its record; a text artifact's example sentence is cut "
+                                        "or padded to it)"),
           min_seconds: float = typer.Option(1.0, min=0, help="time each artifact at least this long (all rounds)"),
           rounds: Optional[int] = typer.Option(None, min=1, help="fresh processes per artifact, interleaved "
                                                "across artifacts (default 5)"),
@@ -303,10 +305,11 @@ def _dim_sizes(given: list[str]) -> dict[str, int]:
     """--dim NAME=SIZE options as {name: size}."""
     sizes: dict[str, int] = {}
     for text in given:
-        name, _, size = text.partition("=")
+        name, _, size = text.rpartition("=")  # an input's name may hold '=', a size does not
         if not name or not size.isdigit() or int(size) < 1 or name in sizes:
             raise BenchError(f"--dim {text!r} is not NAME=SIZE", why="each named dimension once, sized 1 or more",
-                             fix="e.g. --dim length=128 (a model's input dimensions are in its artifact.json)")
+                             fix="e.g. --dim length=128, or --dim INPUT:1=128 for an unnamed dimension (a model's input "
+                                 "dimensions are in its artifact.json)")
         sizes[name] = int(size)
     return sizes
 

@@ -293,14 +293,41 @@ def _dynamic(size: Any) -> bool:
 
 
 def _given_size(spec: dict[str, Any], index: int, dims: Mapping[str, int]) -> int | None:
-    """The size --dim gives dimension `index` of an input (by its name), None when it gives none."""
+    """The size --dim gives dimension `index` of an input, None when it gives none: by its position
+    (INPUT:INDEX), else by the dimension's name. The position is how a dimension without a name is sized: an
+    ONNX dynamic dimension without a dim_param (recorded 0), a TFLite one (recorded 'batch' wherever it is)."""
     declared = spec["shape"][index] if index < len(spec["shape"]) else None
-    return dims.get(declared) if isinstance(declared, str) and _dynamic(declared) else None
+    if not _dynamic(declared):
+        return None
+    by_position = dims.get(dim_key(spec["name"], index))
+    return by_position if by_position is not None else dims.get(declared) if isinstance(declared, str) else None
+
+
+def _given_key(spec: dict[str, Any], index: int, dims: Mapping[str, int]) -> str:
+    """The --dim name that sized dimension `index` of an input (see _given_size)."""
+    key = dim_key(spec["name"], index)
+    return key if key in dims else str(spec["shape"][index])
+
+
+def dim_key(input_name: str, index: int) -> str:
+    """The --dim name of an input's dimension by position (input names may hold ':' themselves, as TFLite's
+    'serving_default_x:0'; the key is matched whole)."""
+    return f"{input_name}:{index}"
+
+
+def _dim_advice(spec: dict[str, Any], index: int) -> str:
+    """How to size dimension `index` of an input: by its own name when it has one only it uses, else by
+    position (the batch's name 'batch', which a TFLite file gives every dynamic dimension, sizes the batch)."""
+    declared = spec["shape"][index]
+    named = isinstance(declared, str) and declared and declared != spec["shape"][0]
+    return f"--dim {declared if named else dim_key(spec['name'], index)}=SIZE"
 
 
 def _guessed_dims(artifact: Artifact, dims: Mapping[str, int]) -> list[str]:
-    """The dynamic dimensions beyond the batch that _synthetic_inputs had to give a size of its own."""
-    return [f"dimension {i} ({d!r}) of input '{spec['name']}'" for spec in artifact.inputs
+    """The dynamic dimensions beyond the batch that _synthetic_inputs had to give a size of its own, each with
+    the --dim that sizes it."""
+    return [f"dimension {i} ({repr(d) if isinstance(d, str) and d else 'unnamed'}) of input '{spec['name']}' "
+            f"({_dim_advice(spec, i)})" for spec in artifact.inputs
             if _text_example(artifact, spec["name"]) is None
             for i, d in enumerate(spec["shape"][1:], start=1) if _dynamic(d) and _given_size(spec, i, dims) is None]
 
@@ -313,8 +340,8 @@ def _timed_shape(artifact: Artifact, spec: dict[str, Any], batch_size: int,
     dims = dims or {}
     first = spec["shape"][0] if spec["shape"] else None
     if _given_size(spec, 0, dims) is not None:
-        raise BenchError(f"--dim {first}= sizes the batch of {artifact.name}'s input '{spec['name']}'",
-                         fix=f"use --batch-size for it, not --dim {first}=")
+        raise BenchError(f"--dim {_given_key(spec, 0, dims)}= sizes the batch of {artifact.name}'s input "
+                         f"'{spec['name']}'", fix=f"use --batch-size for it, not --dim {_given_key(spec, 0, dims)}=")
     if not _dynamic(first) and first != batch_size:  # it would run at its own batch, recorded as batch_size
         raise BenchError(f"{artifact.name} has a fixed batch of {first}: batch size {batch_size} cannot be applied",
                          why=f"its input '{spec['name']}' has shape {spec['shape']}",
@@ -322,9 +349,10 @@ def _timed_shape(artifact: Artifact, spec: dict[str, Any], batch_size: int,
     length = _given_size(spec, 1, dims)
     longest = (artifact.text_input or {}).get("length")
     if length is not None and isinstance(longest, int) and length > longest:
-        raise BenchError(f"{artifact.name} takes at most {longest} tokens: --dim {spec['shape'][1]}={length} is "
+        key = _given_key(spec, 1, dims)
+        raise BenchError(f"{artifact.name} takes at most {longest} tokens: --dim {key}={length} is "
                          "longer", why="the model was exported for ids up to its device length (its record's "
-                         "text_input.length)", fix=f"use --dim {spec['shape'][1]}={longest} or less, or export "
+                         "text_input.length)", fix=f"use --dim {key}={longest} or less, or export "
                          "with a longer data.text.device_length")
     example = _text_example(artifact, spec["name"], length)
     if example is not None:  # its dynamic length would otherwise take the batch size: one token
@@ -340,8 +368,10 @@ def _warn_dims(reporter: Reporter, artifact: Artifact, settings: BenchSettings) 
         reporter.note(
             f"[warning] {artifact.name}: {', '.join(guessed)} {'is' if len(guessed) == 1 else 'are'} dynamic, "
             f"timed at {settings.batch_size} (the batch size): a made-up size, not the one an app would use. "
-            "Give its size with --dim NAME=SIZE; a text model's artifact folder from a run has it in its record")
+            "Give its size as shown; a text model's artifact folder from a run has it in its record")
     names = {d for spec in artifact.inputs for d in spec["shape"] if isinstance(d, str)}
+    names |= {dim_key(spec["name"], i) for spec in artifact.inputs for i, d in enumerate(spec["shape"])
+              if i > 0 and _dynamic(d)}
     unused = [name for name in settings.dims if name not in names]
     if unused:
         shapes = ", ".join(f"'{spec['name']}' {spec['shape']}" for spec in artifact.inputs)
