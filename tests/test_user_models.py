@@ -4,6 +4,7 @@ real runner and onnxruntime."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,35 @@ def test_a_model_with_external_data_is_benched_with_its_weights(tmp_path):
     scores, labels = np.load(x) @ w, np.load(y)
     assert accuracies == pytest.approx([(scores.argmax(1) == labels).mean(), ((-scores).argmax(1) == labels).mean()])
     assert accuracies[0] != accuracies[1]
+    assert (tmp_path / "plus" / "m.onnx").read_bytes() == (tmp_path / "minus" / "m.onnx").read_bytes()
+    assert results[0].artifact["sha256"] != results[1].artifact["sha256"]  # the files are the same model file
+
+
+def test_new_weights_in_external_data_are_benched_again_on_resume(tmp_path):
+    """A bare model was keyed on its model file alone: new weights in its data file kept the model file's bytes,
+    so --resume took the old result for the new model, and the history filed both as one model."""
+    import onnx
+
+    x, y = _eval(tmp_path, 4)
+    w = numpy_helper.to_array(onnx.load(str(_linear(tmp_path / "tmp.onnx", 4))).graph.initializer[0])
+    saved = {}
+    for sign in (1.0, -1.0):
+        model = onnx.load(str(tmp_path / "tmp.onnx"))
+        model.graph.initializer[0].CopyFrom(numpy_helper.from_array(sign * w, "W"))
+        folder = tmp_path / str(sign)
+        folder.mkdir()
+        onnx.save_model(model, str(folder / "m.onnx"), save_as_external_data=True, location="m.onnx.data",
+                        size_threshold=0)
+        saved[sign] = folder
+    assert (saved[1.0] / "m.onnx").read_bytes() == (saved[-1.0] / "m.onnx").read_bytes()
+    path = tmp_path / "m.onnx"
+    for sign in (1.0, -1.0):  # the user's model file stays; its data file gets new weights
+        for name in ("m.onnx", "m.onnx.data"):
+            shutil.copyfile(saved[sign] / name, tmp_path / name)
+        (result,) = edgekd.bench([path], settings=FAST, eval_data=(x, y), results_dir=tmp_path / "results",
+                                 resume=True)
+        assert result.device_accuracy["accuracy"] == pytest.approx(
+            ((np.load(x) @ (sign * w)).argmax(1) == np.load(y)).mean())
 
 
 def test_a_model_the_device_cannot_load_is_named_as_the_user_knows_it(tmp_path):

@@ -36,7 +36,7 @@ from edgekd.errors import ArtifactError, BenchError, EdgeKDError, first_line, pr
 from edgekd.export.artifact import RECORD_NAME, Artifact
 from edgekd.names import PATH_COMPONENT
 from edgekd.progress import Reporter, SilentReporter, usable_reporter
-from edgekd.rundir import (atomic_write_json, exclusive_folder, hash_obj, process_temp_dir, read_json,
+from edgekd.rundir import (atomic_write_json, exclusive_folder, process_temp_dir, read_json,
                            remove_orphan_temp_files, sha256_file)
 
 logger = logging.getLogger(__name__)
@@ -266,11 +266,13 @@ def _describe_bare_file(path: Path) -> Artifact:
         from edgekd.export.onnx import external_data_files
 
         external = external_data_files(path)
-    return Artifact(name=name, role=BARE_FILE_ROLE, format=backend.name, precision="unknown", file=path.name,
-                    size_bytes=sum((path.parent / f).stat().st_size for f in [path.name, *external]),
-                    sha256=sha256_file(path), inputs=info.inputs, outputs=info.outputs,
-                    op_histogram=info.op_histogram, layout_ops=info.layout_ops, weight_bits=info.weight_bits,
-                    external_data=external, directory=path.parent)
+    artifact = Artifact(name=name, role=BARE_FILE_ROLE, format=backend.name, precision="unknown", file=path.name,
+                        size_bytes=sum((path.parent / f).stat().st_size for f in [path.name, *external]),
+                        sha256="", inputs=info.inputs, outputs=info.outputs,
+                        op_histogram=info.op_histogram, layout_ops=info.layout_ops, weight_bits=info.weight_bits,
+                        external_data=external, directory=path.parent)
+    artifact.sha256 = artifact.model_digest()
+    return artifact
 
 
 def _text_example(artifact: Artifact, input_name: str, length: int | None = None) -> np.ndarray | None:
@@ -1248,8 +1250,8 @@ def _push_model(session: _Session, artifact: Artifact) -> str:
     content of all its files, under its own name with its data files beside it, where onnxruntime looks."""
     if not artifact.external_data:
         return session.push(artifact.path, f"artifacts/{artifact.sha256[:16]}{artifact.path.suffix}")
-    digests = {f: sha256_file(artifact.directory / f) for f in [artifact.file, *artifact.external_data]}
-    folder = f"artifacts/{hash_obj(list(digests.values()))[:16]}"  # data files may be GBs: each is hashed once
+    digests = artifact.file_digests()  # data files may be GBs: each is hashed once
+    folder = f"artifacts/{artifact.sha256[:16]}"
     pushed = {name: session.push(artifact.directory / name, f"{folder}/{name}", exactly_there=True, digest=digest)
               for name, digest in digests.items()}
     return pushed[artifact.file]

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
 
 from edgekd.errors import ArtifactError, first_line, pydantic_message
 from edgekd.names import PATH_COMPONENT, ArtifactPrecision
-from edgekd.rundir import atomic_write, schema_problem, sha256_file
+from edgekd.rundir import atomic_write, hash_obj, schema_problem, sha256_file
 
 ARTIFACT_SCHEMA = "edgekd.artifact/1"
 RECORD_NAME = "artifact.json"
@@ -53,7 +53,8 @@ class Artifact(BaseModel):
     precision: ArtifactPrecision
     file: str = Field(pattern=PATH_COMPONENT)
     size_bytes: int
-    sha256: str
+    sha256: str = Field(description="of the model file; of the model file and its external data files together "
+                        "when it has any (model_digest)")
     parameters: int | None = None
     opset: int | None = None
     runtime_versions: dict[str, str] = Field(default_factory=dict)
@@ -74,6 +75,7 @@ class Artifact(BaseModel):
                                      "relative to the model file (a model saved with external data)")
     created_at: str = Field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     directory: Path | None = Field(None, exclude=True)
+    _file_digests: dict[str, str] = PrivateAttr(default_factory=dict)  # file name -> sha256, hashed once
 
     @field_validator("file")
     @classmethod
@@ -141,11 +143,29 @@ class Artifact(BaseModel):
         artifact.directory = record_path.parent
         return artifact
 
+    def file_digests(self) -> dict[str, str]:
+        """sha256 of the model file and of each external data file, by name (each file, possibly GBs, is read
+        once per record)."""
+        for name in [self.file, *self.external_data]:
+            if name not in self._file_digests:
+                self._file_digests[name] = sha256_file(self.path.parent / name)
+        return self._file_digests
+
+    def model_digest(self) -> str:
+        """What the record's sha256 is: the model file's, or, with external data, one digest of all its files
+        (a model file alone is the same file when only its weights changed, and results, resume and history
+        are keyed on this)."""
+        digests = self.file_digests()
+        if not self.external_data:
+            return digests[self.file]
+        return hash_obj({"model": digests[self.file], "external_data": {f: digests[f] for f in self.external_data}})
+
     def verify_file(self) -> None:
-        """Check that the model file still matches the record (size and sha256)."""
-        if not self.path.is_file():
-            raise ArtifactError(f"artifact file missing: {self.path}", fix="re-export the artifact")
-        digest = sha256_file(self.path)
+        """Check that the model file (and its external data files) still match the record (sha256)."""
+        for name in [self.file, *self.external_data]:
+            if not (self.path.parent / name).is_file():
+                raise ArtifactError(f"artifact file missing: {self.path.parent / name}", fix="re-export the artifact")
+        digest = self.model_digest()
         if digest != self.sha256:
             raise ArtifactError(
                 f"artifact file {self.path} does not match its record",
