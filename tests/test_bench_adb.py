@@ -220,7 +220,7 @@ def test_native_onnx_path_over_adb_is_told_the_batch(adb_server, phone, fake_per
     (given,) = edgekd.bench([onnx_model], device=str(profile), settings=FAST, inputs=inputs, reporter=notes)
     argv = given.runtime["argv"]
     assert argv[argv.index("-I") + 1:argv.index("-s")] == ["-f", "batch:3"] and given.inputs[0]["shape"] == [3, 16]
-    assert any("makes its own input data, at the shape of the inputs given, [3, 16]" in n for n in notes.notes)
+    assert any("makes its own input data, at the shape of the inputs given ('x' [3, 16])" in n for n in notes.notes)
 
     before = phone.opened_services.count("sync:")
     with pytest.raises(BenchError) as err:
@@ -374,8 +374,8 @@ def test_a_run_benched_on_a_phone_without_python(tiny_run, adb_server, phone, fa
         assert r.latency_us["resolution_limited"] == mean_timed
         if mean_timed:
             assert r.latency_us["p5"] is None and html.escape(stats.BELOW_RESOLUTION_MARK) in report
-    assert "phone has no Python: its benchmark tool makes its own input data, at the shape of the inputs given, " \
-           "[1, 64]" in notes.notes
+    assert "phone has no Python: its benchmark tool makes its own input data, at the shape of the inputs given " \
+           "('x' [1, 64])" in notes.notes
     # the CPU the phone's shell named (/proc/cpuinfo): the report says what the latencies were measured on
     from edgekd.bench.runner import parse_cpuinfo
 

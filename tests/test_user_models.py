@@ -189,3 +189,21 @@ def test_an_old_model_onnxruntime_runs_is_benched_though_the_checker_refuses_it(
         onnx.checker.check_model(onnx.load(path))
     [result] = edgekd.bench([path], settings=BenchSettings(**{**FAST.__dict__, "batch_size": 3}))
     assert result.complete and result.latency_us["p50"] > 0
+
+
+def test_each_input_of_a_two_input_model_can_be_fed(tmp_path):
+    """inputs= fed the first input only: the second was missing and onnxruntime refused the run. A mapping now
+    feeds the inputs it names, and one file feeds the first with the other made up at its batch."""
+    path = _linear(tmp_path / "m.onnx", 4, second_input=True)
+    np.save(tmp_path / "x3.npy", np.ones((3, 8), np.float32))
+    np.save(tmp_path / "scale3.npy", np.full((3, 1), 2.0, np.float32))
+    both = {"x": tmp_path / "x3.npy", "scale": tmp_path / "scale3.npy"}
+    (fed,) = edgekd.bench([path], settings=FAST, inputs=both)
+    assert [(i["name"], i["shape"]) for i in fed.inputs] == [("x", [3, 8]), ("scale", [3, 1])]
+    (first,) = edgekd.bench([path], settings=FAST, inputs=tmp_path / "x3.npy", results_dir=tmp_path / "first")
+    assert [(i["name"], i["shape"]) for i in first.inputs] == [("x", [3, 8]), ("scale", [3, 1])]
+    with pytest.raises(BenchError) as err:
+        edgekd.bench([path], settings=FAST, inputs={"x": tmp_path / "x3.npy", "scales": tmp_path / "scale3.npy"})
+    assert err.value.what == "m has no input named 'scales'" and err.value.why == "its inputs are 'x', 'scale'"
+    with pytest.raises(BenchError, match=r"the inputs\['scale'\] file .*missing.npy does not exist"):
+        edgekd.bench([path], settings=FAST, inputs={"scale": tmp_path / "missing.npy"})

@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, Mapping
+from typing import Any, Collection, Iterable, Mapping, Union
 
 import numpy as np
 
@@ -133,7 +133,14 @@ def _check_data_files(inputs: Any, eval_data: Any) -> None:
                                   or len(eval_data) != 2):
         raise BenchError(f"eval_data must be a pair of .npy files (test inputs, labels), got {repr(eval_data)[:80]}",
                          fix="give eval_data=(Path('test_x.npy'), Path('test_y.npy'))")
-    named = [("inputs", inputs)] if inputs is not None else []
+    if isinstance(inputs, Mapping):
+        if not inputs or not all(isinstance(name, str) and name for name in inputs):
+            raise BenchError(f"inputs must map input names to .npy files, got {repr(inputs)[:80]}",
+                             fix="give inputs={'input_ids': Path('ids.npy'), ...}, or one .npy file for the first "
+                                 "input")
+        named = [(f"inputs['{name}']", given) for name, given in inputs.items()]
+    else:
+        named = [("inputs", inputs)] if inputs is not None else []
     named += [("eval_data inputs", eval_data[0]), ("eval_data labels", eval_data[1])] if eval_data is not None else []
     shapes: dict[str, tuple[int, ...]] = {}
     for what, given in named:
@@ -290,6 +297,25 @@ def _text_example(artifact: Artifact, input_name: str, length: int | None = None
     return np.asarray(ids, dtype=np.int64)
 
 
+InputFiles = Union[str, os.PathLike, Mapping[str, Union[str, os.PathLike]]]  # bench(inputs=...)
+
+
+def _given_feeds(artifact: Artifact, inputs: InputFiles | None) -> dict[str, Path]:
+    """The .npy file of each input `inputs` feeds: one file feeds the first input, a mapping the inputs it
+    names (the others are made up, as for a bare model)."""
+    if inputs is None:
+        return {}
+    if not isinstance(inputs, Mapping):
+        return {artifact.inputs[0]["name"]: Path(inputs)}
+    names = [spec["name"] for spec in artifact.inputs]
+    unknown = [name for name in inputs if name not in names]
+    if unknown:
+        raise BenchError(f"{artifact.name} has no input named {', '.join(map(repr, unknown))}",
+                         why=f"its inputs are {', '.join(map(repr, names))}",
+                         fix="name its inputs in inputs={...} as its artifact.json (or the model file) names them")
+    return {name: Path(path) for name, path in inputs.items()}
+
+
 def _dynamic(size: Any) -> bool:
     return not (isinstance(size, int) and size > 0)
 
@@ -325,12 +351,12 @@ def _dim_advice(spec: dict[str, Any], index: int) -> str:
     return f"--dim {declared if named else dim_key(spec['name'], index)}=SIZE"
 
 
-def _guessed_dims(artifact: Artifact, dims: Mapping[str, int]) -> list[str]:
-    """The dynamic dimensions beyond the batch that _synthetic_inputs had to give a size of its own, each with
-    the --dim that sizes it."""
+def _guessed_dims(artifact: Artifact, dims: Mapping[str, int], given: Collection[str] = ()) -> list[str]:
+    """The dynamic dimensions beyond the batch that _synthetic_inputs had to give a size of its own (of the
+    inputs not `given` a file), each with the --dim that sizes it."""
     return [f"dimension {i} ({repr(d) if isinstance(d, str) and d else 'unnamed'}) of input '{spec['name']}' "
             f"({_dim_advice(spec, i)})" for spec in artifact.inputs
-            if _text_example(artifact, spec["name"]) is None
+            if _text_example(artifact, spec["name"]) is None and spec["name"] not in given
             for i, d in enumerate(spec["shape"][1:], start=1) if _dynamic(d) and _given_size(spec, i, dims) is None]
 
 
@@ -363,9 +389,9 @@ def _timed_shape(artifact: Artifact, spec: dict[str, Any], batch_size: int,
             for i, d in enumerate(spec["shape"])]
 
 
-def _warn_dims(reporter: Reporter, artifact: Artifact, settings: BenchSettings) -> None:
+def _warn_dims(reporter: Reporter, artifact: Artifact, settings: BenchSettings, given: Collection[str] = ()) -> None:
     """Say which dynamic sizes were made up, and which --dim names the artifact has no dynamic dimension of."""
-    guessed = _guessed_dims(artifact, settings.dims)
+    guessed = _guessed_dims(artifact, settings.dims, given)
     if guessed:
         reporter.note(
             f"[warning] {artifact.name}: {', '.join(guessed)} {'is' if len(guessed) == 1 else 'are'} dynamic, "
@@ -382,17 +408,17 @@ def _warn_dims(reporter: Reporter, artifact: Artifact, settings: BenchSettings) 
 
 
 def _native_sizes(artifact: Artifact, settings: BenchSettings,
-                  given: tuple[int, ...] | None = None) -> tuple[dict[str, int], list[dict[str, Any]]]:
+                  given: Mapping[str, tuple[int, ...]] | None = None) -> tuple[dict[str, int], list[dict[str, Any]]]:
     """(free_dims, timed inputs): the sizes that make a native tool time the shapes the runner would feed
-    (_timed_shape; `given`: the shape of the inputs file for the first input). onnxruntime_perf_test sizes a
+    (_timed_shape; `given`: the shapes of the inputs files, by input name). onnxruntime_perf_test sizes a
     named dynamic dimension (-f NAME:SIZE) and times any other at 1; benchmark_model times the declared sizes
     (1 for a dynamic one). A shape a tool cannot be given is refused, not timed at another size and recorded
     as asked."""
     tool = TOOL_FOR_FORMAT.get(artifact.format, artifact.format)
     free: dict[str, int] = {}
     timed = []
-    for index, spec in enumerate(artifact.inputs):
-        shape = (list(given) if given is not None and index == 0 else
+    for spec in artifact.inputs:
+        shape = (list(given[spec["name"]]) if given and spec["name"] in given else
                  _timed_shape(artifact, spec, settings.batch_size, settings.dims))
         if len(shape) != len(spec["shape"]) or any(not _dynamic(d) and d != size
                                                    for d, size in zip(spec["shape"], shape)):
@@ -713,11 +739,14 @@ def bench_devices(artifacts: Iterable[Artifact | str | Path], devices: list[str]
 
 
 def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, settings: BenchSettings | None = None,
-          inputs: Path | None = None, results_dir: Path | None = None, history: Path | None = None,
+          inputs: InputFiles | None = None, results_dir: Path | None = None, history: Path | None = None,
           eval_data: tuple[Path, Path] | None = None, resume: bool = False,
           reporter: Reporter | None = None, rerun_hint: str = RESUME_HINT) -> list[BenchResult]:
     """Benchmark each artifact on `device` (a profile name or path); save results under results_dir and
     record them in the SQLite `history` when given.
+
+    `inputs` feeds the model from .npy files: one file its first input, a mapping {input name: file} the inputs
+    it names; any other input gets made-up data (as a bare model file does), at the batch of the files given.
 
     With `eval_data` (test inputs .npy, labels .npy) — or, for artifacts of a run, the run's own test split —
     the first round also runs every test input through the artifact ON THE DEVICE; the outputs are pulled
@@ -760,9 +789,10 @@ def _results_lock(results_dir: Path | None, device: str) -> contextlib.AbstractC
                                 "this one another folder with --results-dir")
 
 
-def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings, *, inputs: Path | None,
-              results_dir: Path | None, history: Path | None, eval_data: tuple[Path, Path] | None, resume: bool,
-              reporter: Reporter | None, rerun_hint: str) -> list[BenchResult]:
+def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings, *,
+              inputs: InputFiles | None, results_dir: Path | None, history: Path | None,
+              eval_data: tuple[Path, Path] | None, resume: bool, reporter: Reporter | None,
+              rerun_hint: str) -> list[BenchResult]:
     """The body of `bench`, on an open device, holding the lock of its results."""
     if settings.threads is None:
         settings = replace(settings, threads=getattr(getattr(target, "profile", None), "threads", None) or 1)
@@ -810,13 +840,15 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
             natives = {i: _native_tool(target, resolved[i]) for i in todo}
             # Sized (or refused) before any device time is spent. A tool makes its own data: given inputs
             # (`inputs=`, as a run's bench stage gives its bench inputs) set only the shape it times.
-            given = None if inputs is None else _npy_shape(Path(inputs), "inputs")
-            sizes = {i: _native_sizes(resolved[i], settings, given) for i in todo if natives[i]}
-            if given is not None and sizes:
+            given = {i: {name: _npy_shape(path, f"inputs['{name}']")
+                         for name, path in _given_feeds(resolved[i], inputs).items()} for i in todo if natives[i]}
+            sizes = {i: _native_sizes(resolved[i], settings, given[i]) for i in todo if natives[i]}
+            shapes = {", ".join(f"'{name}' {list(shape)}" for name, shape in given[i].items()) for i in sizes}
+            for said in sorted(shapes - {""}):  # once for the artifacts fed the same files (a run's bench stage)
                 reporter.note(f"{target.name} has no Python: its benchmark tool makes its own input data, at the "
-                              f"shape of the inputs given, {list(given)}")
-            for i in sizes if given is None else ():
-                _warn_dims(reporter, resolved[i], settings)
+                              f"shape of the inputs given ({said})")
+            for i in sizes:
+                _warn_dims(reporter, resolved[i], settings, given[i])
             system = native_system(target) if sizes else None  # the runner reports it; a tool does not
             if settings.sustained and any(natives.values()):  # it would time ~a second and print one summary
                 raise BenchError(f"--sustained needs edgekd's runner: device '{target.name}' has no Python",
@@ -1222,19 +1254,20 @@ def _scored(local: Path, labels: Path) -> dict[str, Any]:
     return {"samples": int(len(y)), "accuracy": float((outputs.argmax(axis=1) == y).mean())}
 
 
-def _spec(session: _Session, artifact: Artifact, settings: BenchSettings, inputs: Path | None,
+def _spec(session: _Session, artifact: Artifact, settings: BenchSettings, inputs: InputFiles | None,
           local_tmp: Path) -> dict[str, Any]:
     """The runner spec of one artifact, with the artifact and its inputs pushed to the device."""
     from edgekd.export.formats import FORMATS
 
-    if inputs is not None:
-        local_feeds = {artifact.inputs[0]["name"]: Path(inputs)}
-    else:
+    local_feeds = _given_feeds(artifact, inputs)
+    if len(local_feeds) < len(artifact.inputs):  # made up at the batch of the inputs given, if any
         folder = local_tmp / artifact.sha256[:16]
         folder.mkdir(parents=True, exist_ok=True)
-        local_feeds = {k: Path(v) for k, v in _synthetic_inputs(artifact, settings.batch_size, folder,
-                                                                settings.dims).items()}
-        _warn_dims(session.reporter, artifact, settings)
+        shapes = [_npy_shape(path, f"inputs['{name}']") for name, path in local_feeds.items()]
+        batch = next((shape[0] for shape in shapes if shape), settings.batch_size)
+        made_up = _synthetic_inputs(artifact, batch, folder, settings.dims)
+        local_feeds.update({k: Path(v) for k, v in made_up.items() if k not in local_feeds})
+        _warn_dims(session.reporter, artifact, settings, given=_given_feeds(artifact, inputs))
     feeds = {name: session.relative(session.push(path, f"inputs/{sha256_file(path)[:16]}.npy"))
              for name, path in local_feeds.items()}
     return {"artifact": session.relative(_push_model(session, artifact)), "runtime": FORMATS[artifact.format]().runtime,
