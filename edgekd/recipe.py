@@ -43,8 +43,27 @@ class DataConfig(_Strict):
     label_fraction: float = Field(
         0.1, gt=0, le=1, description="share of the training split whose labels students see (1 = full labels)"
     )
+    teacher_labels: Literal["all", "students"] = Field(
+        "all", description="labels the teacher (and ensemble members the run trains) learns from: all = every "
+        "label of the training split; students = only the students' label_fraction subset (same samples), so "
+        "the KD student's gain over scratch is not labels the scratch baseline never saw")
     text: "TextDataConfig" = Field(default_factory=lambda: TextDataConfig(),
                                    description="task: text only: which sentences, and how they are tokenised")
+
+
+    @property
+    def teacher_subset(self) -> bool:
+        """Whether the teacher trains on fewer labels than the training split holds: at label_fraction 1 the
+        students' labels are all of them, and `students` trains the very teacher `all` does."""
+        return self.teacher_labels == "students" and self.label_fraction < 1
+
+    def hashed(self) -> dict[str, Any]:
+        """This section as stage hashes take it: without teacher_labels, which only the stages training a teacher
+        read (they hash it themselves when it changes the teacher's data), so the field's default keeps the hash
+        of every run made before it existed and `students` does not retrain the scratch baseline."""
+        dumped = self.model_dump(mode="json")
+        del dumped["teacher_labels"]
+        return dumped
 
 
 class TextDataConfig(_Strict):
@@ -670,6 +689,7 @@ def check_registered_names(recipe: Recipe, origin: str = "<recipe>") -> None:
     for path, cfg in text_models:
         _check_text_student_builds(path, cfg, recipe.data.text, origin)
     _check_checkpoints_exist(recipe, origin)
+    _check_teacher_labels(recipe, origin)
     from edgekd.devices.profiles import find_profile
 
     try:
@@ -701,6 +721,12 @@ def _check_text_scope(recipe: Recipe, origin: str) -> None:
                               "training sentence from the teacher.hf encoder and has no compress stage, so these "
                               "settings would be ignored",
                           fix=f"remove them from {origin} (the text teacher is teacher.hf), or use task: classify")
+    if recipe.data.teacher_labels != "all":
+        raise RecipeError("invalid recipe: data.teacher_labels: students cannot be used with task: text",
+                          why="the text teacher is a pretrained encoder (teacher.hf) whose class head is fitted on "
+                              "every labelled training sentence; fitting it on the students' labels alone is not "
+                              "implemented, so the setting would be ignored",
+                          fix=f"remove data.teacher_labels from {origin} (or set it to all), or use task: classify")
 
 
 def _check_text_precisions(recipe: Recipe, origin: str) -> None:
@@ -772,6 +798,19 @@ def _check_checkpoints_exist(recipe: Recipe, origin: str) -> None:
                               fix=f"set distill.blackbox.source in {origin} to the teacher's outputs (an artifact "
                                   "folder, .onnx/.tflite, .npy/.npz/.jsonl) or 'package.module:function'; the "
                                   "built-in blackbox recipe reads the demo's teacher: run `edgekd demo` first")
+
+
+def _check_teacher_labels(recipe: Recipe, origin: str) -> None:
+    """data.teacher_labels: students where the run trains no teacher (a teacher.checkpoint, and no ensemble
+    member without one) would change nothing: the loaded teacher saw whatever labels it was trained on."""
+    members = recipe.distill.ensemble.members if recipe.distill.strategy == "ensemble" else []
+    trains_one = recipe.teacher.checkpoint is None or any(m.checkpoint is None for m in members)
+    if recipe.data.teacher_labels == "students" and not trains_one:
+        raise RecipeError("invalid recipe: data.teacher_labels: students, but the run trains no teacher",
+                          why=f"teacher.checkpoint ({recipe.teacher.checkpoint}) is loaded as it is: the labels it "
+                              "saw were chosen when it was trained, and this setting would be ignored",
+                          fix=f"remove teacher.checkpoint from {origin} to train the teacher on the students' "
+                              "labels, or remove data.teacher_labels")
 
 
 _SET_BY_EDGEKD = ("in_shape", "num_classes", "vocab_size", "pad_id", "max_length", "token_rows")  # from data/teacher

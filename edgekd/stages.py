@@ -13,7 +13,13 @@ from edgekd.rundir import atomic_write_json, sha256_file
 
 
 def _data_inputs(ctx: Context) -> dict[str, Any]:
-    return {"data": ctx.recipe.section("data")["data"], "data_fingerprint": ctx.data_fingerprint}
+    return {"data": ctx.recipe.data.hashed(), "data_fingerprint": ctx.data_fingerprint}
+
+
+def teacher_labels_inputs(ctx: Context) -> dict[str, Any]:
+    """data.teacher_labels in the hash of a stage that trains a teacher, only when it narrows the teacher's
+    labels: the default (or `students` at label_fraction 1, the same teacher) keeps the hash runs had before."""
+    return {"teacher_labels": ctx.recipe.data.teacher_labels} if ctx.recipe.data.teacher_subset else {}
 
 
 def _evaluate(model, ctx: Context) -> dict[str, Any]:
@@ -50,13 +56,15 @@ def _save(model, ctx: Context, role: str, metrics: dict[str, Any], **meta: Any) 
 def teacher_inputs(ctx: Context) -> dict[str, Any]:
     checkpoint = ctx.recipe.teacher.checkpoint
     return {**_data_inputs(ctx), "teacher": ctx.recipe.section("teacher")["teacher"], "seed": ctx.recipe.seed,
-            "checkpoint_sha256": sha256_file(checkpoint) if checkpoint and Path(checkpoint).is_file() else None}
+            "checkpoint_sha256": sha256_file(checkpoint) if checkpoint and Path(checkpoint).is_file() else None,
+            **teacher_labels_inputs(ctx)}
 
 
 def teacher_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
-    """Train the teacher on the full labelled training split, or load the recipe's checkpoint."""
+    """Train the teacher on the labels of data.teacher_labels (all, or the students'), or load the recipe's
+    checkpoint."""
     from edgekd.checkpoints import load_weights
-    from edgekd.distill.api import train_classifier
+    from edgekd.distill.api import teacher_labelled, train_classifier
     from edgekd.distill.lineage import checkpoint_generation
 
     ctx.preflight()
@@ -70,7 +78,9 @@ def teacher_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     else:
         result = train_classifier(model, ctx.recipe, ctx.splits, seed=ctx.recipe.seed, description="train teacher",
                                   reporter=ctx.reporter)
-        source = {"source": "trained", "steps": result.steps}
+        # which labels it saw, for the report beside the students' (a checkpoint's are not known to the run)
+        source = {"source": "trained", "steps": result.steps, "teacher_labels": ctx.recipe.data.teacher_labels,
+                  "labelled_samples": int(len(teacher_labelled(ctx.recipe, ctx.splits)[1]))}
         train_seconds = result.seconds
         generation = 0
     metrics = {**_evaluate(model, ctx), "train_seconds": round(train_seconds, 2), "generation": generation, **source}
@@ -97,8 +107,9 @@ def distill_inputs(ctx: Context) -> dict[str, Any]:
     if d.strategy == "ensemble":
         extra["member_checkpoints"] = [sha256_file(m.checkpoint) if m.checkpoint and Path(m.checkpoint).is_file()
                                        else None for m in d.ensemble.members]
+    # teacher_labels too: an ensemble's members without a checkpoint are trained here, on those labels
     return {**_data_inputs(ctx), "teacher": ctx.hashes["teacher"], "seed": ctx.recipe.seed,
-            **ctx.recipe.section("student", "distill"), **extra}
+            **ctx.recipe.section("student", "distill"), **extra, **teacher_labels_inputs(ctx)}
 
 
 def _teacher_generation(ctx: Context) -> int:

@@ -323,7 +323,8 @@ def findings(summary: dict[str, Any]) -> list[str]:
                    f"vs {scratch['test_accuracy']:.2%} for the same architecture trained from scratch with the same "
                    f"budget per student ({gain:+.1f} points{_kd_noise(student, scratch)}), both seeing labels for "
                    f"{student.get('labelled_samples', '?')} training samples; the KD student also learns from "
-                   f"{source} on {student.get('transfer_samples', '?')} samples.")
+                   f"{source} on {student.get('transfer_samples', '?')} samples."
+                   + _teacher_labels_note(models.get("teacher"), student, summary.get("recipe") or {}))
     for row in rows:
         if row.get("parity_passed") is False:
             out.append(f"FAILED: {row['name']} did not pass its parity check ({row['parity_reason']}); "
@@ -399,6 +400,26 @@ def findings(summary: dict[str, Any]) -> list[str]:
         out.append(f"Unstable timings: {'; '.join(unstable)}.")
     out += _timer_findings(rows)
     return out
+
+
+def _teacher_labels_note(teacher: dict[str, Any] | None, student: dict[str, Any], recipe: dict[str, Any]) -> str:
+    """Which labels the teacher saw, beside the students': one trained on every label passes on labels the
+    scratch baseline never saw, so part of the KD gain is those labels (benchmarks/kd_teacher_labels.py)."""
+    if not teacher or student.get("strategy", "standard") in ("mutual", "self", "blackbox"):
+        return ""  # no run's teacher taught it
+    if teacher.get("source") == "checkpoint":
+        return " The teacher was loaded from a checkpoint: which labels it saw is not recorded in this run."
+    seen, students = teacher.get("labelled_samples"), student.get("labelled_samples")
+    setting = teacher.get("teacher_labels") or (recipe.get("data") or {}).get("teacher_labels") or "all"
+    if seen is not None and seen == students:
+        how = " (data.teacher_labels: students)" if setting == "students" else ""
+        return (f" The teacher trained on the labels of the same {seen} samples{how}, so the gain is not labels "
+                "the scratch baseline never saw.")
+    every = f"all {seen}" if seen is not None else "all the"  # a teacher recorded before the count was kept
+    theirs = f"{students} " if students is not None else ""
+    return (f" The teacher trained on the labels of {every} training samples, so part of the gain can be labels "
+            "reaching the student through it; data.teacher_labels: students trains it on the students' "
+            f"{theirs}labels alone.")
 
 
 def _kd_noise(student: dict[str, Any], scratch: dict[str, Any]) -> str:

@@ -70,14 +70,25 @@ def budget(recipe: Recipe, splits: "Splits") -> int:
     return steps_for(len(transfer_set(recipe, splits)[0]), t.batch_size, t.epochs)
 
 
+def teacher_labelled(recipe: Recipe, splits: "Splits") -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, labels) a teacher trains on: the whole training split, or with data.teacher_labels: students the
+    students' labelled samples (the same mask, drawn with data.seed), so KD cannot pass on labels scratch lacks."""
+    if recipe.data.teacher_subset:
+        return splits.x_train[splits.labelled], splits.y_train[splits.labelled]
+    return splits.x_train, splits.y_train
+
+
 def train_classifier(model: "nn.Module", recipe: Recipe, splits: "Splits", *, seed: int, description: str,
                      reporter: Reporter | None = None, val: bool = True):
-    """Train a teacher-like model on the whole labelled training split with the teacher's budget."""
+    """Train a teacher-like model on the labels of data.teacher_labels with the teacher's budget. The budget
+    counts teacher.train.epochs over the whole training split either way, so a teacher on the students' labels
+    takes as many steps as one on all of them and differs from it in the labels alone."""
     from edgekd.distill.losses import LOSSES
     from edgekd.distill.trainer import fit, steps_for
 
     t = recipe.teacher.train
-    return fit(model, splits.x_train, splits.y_train, loss_fn=LOSSES["ce"],
+    x, y = teacher_labelled(recipe, splits)
+    return fit(model, x, y, loss_fn=LOSSES["ce"],
                steps=steps_for(len(splits.x_train), t.batch_size, t.epochs), batch_size=t.batch_size, lr=t.lr,
                weight_decay=t.weight_decay, seed=seed, val=(splits.x_val, splits.y_val) if val else None,
                reporter=reporter, description=description)

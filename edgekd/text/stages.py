@@ -22,7 +22,7 @@ RETRIEVAL_POOL = 2000  # held-out sentences searched for recall@10 (each one que
 
 
 def _data_inputs(ctx: Context) -> dict[str, Any]:
-    return {"task": "text", "data": ctx.recipe.section("data")["data"], "data_fingerprint": ctx.text.fingerprint()}
+    return {"task": "text", "data": ctx.recipe.data.hashed(), "data_fingerprint": ctx.text.fingerprint()}
 
 
 def _teacher_key(ctx: Context) -> str:
