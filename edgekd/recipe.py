@@ -50,7 +50,6 @@ class DataConfig(_Strict):
     text: "TextDataConfig" = Field(default_factory=lambda: TextDataConfig(),
                                    description="task: text only: which sentences, and how they are tokenised")
 
-
     @property
     def teacher_subset(self) -> bool:
         """Whether the teacher trains on fewer labels than the training split holds: at label_fraction 1 the
