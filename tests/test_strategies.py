@@ -171,3 +171,21 @@ def test_a_teacher_handed_over_in_train_mode_is_left_as_it_was_trained(example, 
     distill(recipe, splits, teacher=teacher, cache_root=tmp_path)
     changed = [k for k, v in teacher.state_dict().items() if not torch.equal(v, before[k])]
     assert changed == [] and not teacher.training
+
+
+def test_progressive_stages_spend_the_whole_budget():
+    """The hint stages' floor division left up to (stages - 1) steps of the scratch baseline's budget unspent."""
+    from hypothesis import given, strategies as st
+
+    from edgekd.distill.strategies import progressive_budgets
+
+    @given(total=st.integers(1, 5000), fraction=st.floats(0.05, 0.95), stages=st.integers(1, 8))
+    def check(total, fraction, stages):
+        hints, final = progressive_budgets(total, fraction, stages)
+        assert len(hints) == stages and min(hints) >= 1 and final >= 1
+        assert max(hints) - min(hints) <= 1
+        if total >= stages + max(1, round(total * fraction)):
+            assert sum(hints) + final == total
+
+    check()
+    assert progressive_budgets(9, 0.25, 2) == ([4, 3], 2)  # was [3, 3] + 2 = 8

@@ -183,10 +183,9 @@ def progressive(job: DistillJob) -> DistillOutcome:
     cfg = job.config.progressive
     teacher = job.teacher()
     student = job.make_student(job.seed)
-    final_steps = max(1, round(job.steps * cfg.final_fraction))
-    stage_steps = max(1, (job.steps - final_steps) // len(cfg.pairs))
+    stage_budgets, final_steps = progressive_budgets(job.steps, cfg.final_fraction, len(cfg.pairs))
     steps, seconds, stages = 0, 0.0, []
-    for k, (s_path, t_path) in enumerate(cfg.pairs, start=1):
+    for k, ((s_path, t_path), stage_steps) in enumerate(zip(cfg.pairs, stage_budgets), start=1):
         terms, described = feature_terms(job, teacher, student, [("hint", s_path, t_path, 1.0, {})])
         objective = HintObjective(terms)
         terms.attach(student)
@@ -200,6 +199,15 @@ def progressive(job: DistillJob) -> DistillOutcome:
     result, _ = _distill(job, student, logits, "progressive: logits", teacher=teacher, steps=final_steps)
     stages.append({"stage": "logits", "steps": final_steps})
     return DistillOutcome(student, steps + result.steps, seconds + result.seconds, details={"stages": stages})
+
+
+def progressive_budgets(total: int, final_fraction: float, stages: int) -> tuple[list[int], int]:
+    """(steps of each hint stage, steps of the logits stage): `total` split with nothing lost to rounding, so
+    the strategy trains the scratch baseline's budget (a floor division left up to stages - 1 steps unspent).
+    Each stage gets at least one step: only a budget smaller than the stages exceeds it."""
+    final = max(1, round(total * final_fraction))
+    base, extra = divmod(max(0, total - final), stages)
+    return [max(1, base + (k < extra)) for k in range(stages)], final
 
 
 @STRATEGIES.register("self")
