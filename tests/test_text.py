@@ -376,6 +376,19 @@ def test_a_pool_of_k_sentences_or_fewer_has_no_recall_at_k() -> None:
         assert metric(teacher[:4], teacher[:4], k=3) == 1.0
 
 
+def test_embedding_metrics_are_the_metrics_one_by_one() -> None:
+    """embedding_metrics searches each neighbour list once; its numbers are those of the functions it stands for."""
+    from edgekd.text.metrics import embedding_metrics, mean_cosine
+
+    rng = np.random.default_rng(0)
+    for pool in (5, 11, 300):
+        teacher = rng.normal(size=(pool, 16))
+        student = teacher + 0.7 * rng.normal(size=teacher.shape)
+        one_by_one = [mean_cosine(student, teacher)] + [f(student, teacher, k=10) for f in
+                                                         (recall_at_k, recall_at_k_teacher_index, best_match_at_k)]
+        np.testing.assert_array_equal(list(embedding_metrics(student, teacher).values()), one_by_one)
+
+
 def test_recall_against_a_teacher_index_searches_the_teacher_rows() -> None:
     rng = np.random.default_rng(0)
     teacher = rng.normal(size=(60, 8))
