@@ -358,11 +358,23 @@ def history_cmd(device: Optional[str] = typer.Option(None, "--device", help="onl
         console.print(f"no bench sessions{f' on device {device}' if device else ''} in {history}", highlight=False)
         return
     table = Table(title=f"bench history ({history})", title_justify="left")
-    for col in ("session", "when", "device", "results"):
+    for col in ("session", "when", "device", "results", "runs"):
         table.add_column(col)
-    for s in found:
-        table.add_row(s["session"], s["created_at"], Text(s["device"]), str(s["results"]))
+    for s in found:  # names come from files: not markup
+        table.add_row(s["session"], s["created_at"], Text(s["device"]), str(s["results"]),
+                      Text(", ".join(s["runs"]) or "–"))
     console.print(table)
+
+
+def _file_change(row: dict[str, Any]) -> str:
+    """' (file changed: run A → run B)' for a pair of different files: which run exported each side, so the change
+    can be traced to what was done between them; '' for the same file."""
+    if row["same_file"]:
+        return ""
+    a, b = (f"run {run}" if run else "no run recorded" for run in (row["run_a"], row["run_b"]))
+    if not row["run_a"] and not row["run_b"]:
+        return " (file changed)"
+    return f" (file changed: {a} → {b})" if a != b else f" (file changed: both from {a}, re-exported)"
 
 
 @app.command()
@@ -392,7 +404,7 @@ def compare(a: Optional[str] = typer.Argument(None, help="earlier session (defau
         ident = r["identity"]
         what = " ".join(str(v) for v in (ident.get("format"), ident.get("precision")) if v)
         label = f"{r['artifact']} ({what})" if what else r["artifact"]
-        table.add_row(Text(label + ("" if r["same_file"] else " (file changed)")), f"{r['p50_a_us']:.2f}",
+        table.add_row(Text(label + _file_change(r)), f"{r['p50_a_us']:.2f}",
                       f"{r['p50_b_us']:.2f}", change, f"{r['round_spread_pct']:.0f}%", verdict)
     console.print(table)
     for r in found["rows"]:

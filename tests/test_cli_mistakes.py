@@ -432,6 +432,24 @@ def test_compare_shows_the_round_spread_as_measured(tmp_path):
     assert " 30% " in row and "±" not in row, row
 
 
+def test_compare_and_history_name_the_run_each_result_came_from(tmp_path):
+    """`compare` flagged "(file changed)" without a word of which run made either file; `history` named no run."""
+    from test_history import bench_two_runs
+
+    db, (first, second, no_run) = bench_two_runs(tmp_path)
+    for a, b, said in ((first, second, "(file changed: run r1 → run r2)"),
+                       (second, no_run, "(file changed: run r2 → no run recorded)")):
+        proc = _cli("compare", a, b, "--history", str(db), cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        (row,) = [line for line in proc.stdout.splitlines() if "floor-onnx-fp32" in line]
+        assert said in row, row
+    proc = _cli("history", "--history", str(db), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    cells = [[cell.strip() for cell in line.strip(" │").split("│")] for line in proc.stdout.splitlines()]
+    runs = {row[0]: row[-1] for row in cells if row[0] in (first, second, no_run)}
+    assert runs == {first: "r1", second: "r2", no_run: "–"}, proc.stdout
+
+
 def test_compare_gives_no_verdict_on_rounds_a_coarse_clock_cannot_tell_apart(tmp_path):
     """A native tool's whole-µs p50s: 3, 3, 3 µs then 4, 4, 4 µs. No spread is not no noise."""
     db = tmp_path / "h.sqlite"
