@@ -366,15 +366,14 @@ def history_cmd(device: Optional[str] = typer.Option(None, "--device", help="onl
     console.print(table)
 
 
-def _file_change(row: dict[str, Any]) -> str:
-    """' (file changed: run A → run B)' for a pair of different files: which run exported each side, so the change
-    can be traced to what was done between them; '' for the same file."""
-    if row["same_file"]:
-        return ""
+def _file_change(label: str, row: dict[str, Any]) -> str | None:
+    """For a pair of different files, the runs that exported each side (so the change can be traced to what was
+    done between them), said under the table; None for the same file, or when neither side recorded a run."""
+    if row["same_file"] or not (row["run_a"] or row["run_b"]):
+        return None
     a, b = (f"run {run}" if run else "no run recorded" for run in (row["run_a"], row["run_b"]))
-    if not row["run_a"] and not row["run_b"]:
-        return " (file changed)"
-    return f" (file changed: {a} → {b})" if a != b else f" (file changed: both from {a}, re-exported)"
+    runs = f"{a} → {b}" if a != b else f"both from {a}, re-exported"
+    return f"file changed: {label}: {runs} ({row['a']} → {row['b']})"
 
 
 @app.command()
@@ -394,6 +393,7 @@ def compare(a: Optional[str] = typer.Argument(None, help="earlier session (defau
     table = Table(title=f"{found['a']} → {found['b']}", title_justify="left")
     for col in ("artifact", "p50 before µs", "p50 after µs", "change [95% CI]", "round spread", "verdict"):
         table.add_column(col, justify="left" if col in ("artifact", "verdict") else "right")
+    notes: list[str] = []
     for r in found["rows"]:
         interval = r["p50_change_pct_ci95"]
         change = f"{r['p50_change_pct']:+.1f}%" + (f" [{interval[0]:+.1f}, {interval[1]:+.1f}]" if interval else "")
@@ -404,9 +404,13 @@ def compare(a: Optional[str] = typer.Argument(None, help="earlier session (defau
         ident = r["identity"]
         what = " ".join(str(v) for v in (ident.get("format"), ident.get("precision")) if v)
         label = f"{r['artifact']} ({what})" if what else r["artifact"]
-        table.add_row(Text(label + _file_change(r)), f"{r['p50_a_us']:.2f}",
+        changed = _file_change(label, r)
+        notes += [changed] if changed else []
+        table.add_row(Text(label + ("" if r["same_file"] else " (file changed)")), f"{r['p50_a_us']:.2f}",
                       f"{r['p50_b_us']:.2f}", change, f"{r['round_spread_pct']:.0f}%", verdict)
     console.print(table)
+    for note in notes:
+        console.print(note, markup=False, highlight=False)
     for r in found["rows"]:
         if r["unrecorded"]:
             console.print(f"note: {r['artifact']}: {', '.join(r['unrecorded'])} not recorded in one session "

@@ -437,12 +437,11 @@ def test_compare_and_history_name_the_run_each_result_came_from(tmp_path):
     from test_history import bench_two_runs
 
     db, (first, second, no_run) = bench_two_runs(tmp_path)
-    for a, b, said in ((first, second, "(file changed: run r1 → run r2)"),
-                       (second, no_run, "(file changed: run r2 → no run recorded)")):
+    for a, b, runs in ((first, second, "run r1 → run r2"), (second, no_run, "run r2 → no run recorded")):
         proc = _cli("compare", a, b, "--history", str(db), cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
-        (row,) = [line for line in proc.stdout.splitlines() if "floor-onnx-fp32" in line]
-        assert said in row, row
+        assert f"file changed: floor-onnx-fp32 (onnx fp32): {runs} ({a} → {b})" in proc.stdout.splitlines(), \
+            proc.stdout
     proc = _cli("history", "--history", str(db), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     cells = [[cell.strip() for cell in line.strip(" │").split("│")] for line in proc.stdout.splitlines()]
