@@ -366,6 +366,11 @@ def history_cmd(device: Optional[str] = typer.Option(None, "--device", help="onl
     console.print(table)
 
 
+def _plusminus(spread: float | None) -> str:
+    """A round spread as the bench table shows it (±, half the range: stats.round_spread_pct)."""
+    return "–" if spread is None else f"±{spread:.0f}%"
+
+
 def _file_change(label: str, row: dict[str, Any]) -> str | None:
     """For a pair of different files, the runs that exported each side (so the change can be traced to what was
     done between them), said under the table; None for the same file, or when neither side recorded a run."""
@@ -391,7 +396,7 @@ def compare(a: Optional[str] = typer.Argument(None, help="earlier session (defau
 
     found = compare_sessions(a, b, path=history, device=device)
     table = Table(title=f"{found['a']} → {found['b']}", title_justify="left")
-    for col in ("artifact", "p50 before µs", "p50 after µs", "change [95% CI]", "round spread", "verdict"):
+    for col in ("artifact", "p50 before µs", "p50 after µs", "change [95% CI]", "round p50 spread", "verdict"):
         table.add_column(col, justify="left" if col in ("artifact", "verdict") else "right")
     notes: list[str] = []
     for r in found["rows"]:
@@ -407,7 +412,7 @@ def compare(a: Optional[str] = typer.Argument(None, help="earlier session (defau
         changed = _file_change(label, r)
         notes += [changed] if changed else []
         table.add_row(Text(label + ("" if r["same_file"] else " (file changed)")), f"{r['p50_a_us']:.2f}",
-                      f"{r['p50_b_us']:.2f}", change, f"{r['round_spread_pct']:.0f}%", verdict)
+                      f"{r['p50_b_us']:.2f}", change, _plusminus(r["round_spread_plusminus_pct"]), verdict)
     console.print(table)
     for note in notes:
         console.print(note, markup=False, highlight=False)

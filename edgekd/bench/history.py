@@ -303,9 +303,11 @@ def pair(older: list[_Row], newer: list[_Row]) -> tuple[list[tuple[_Row, _Row, l
     return pairs, unpaired
 
 
-def _round_spread_pct(rounds: list[float]) -> float:
-    """How much the p50 moved between the fresh processes of one session (%): the machine's own noise."""
-    return (max(rounds) / min(rounds) - 1.0) * 100 if len(rounds) > 1 and min(rounds) > 0 else 0.0
+def _round_spread(*sessions: list[float]) -> float | None:
+    """The larger ± of the round p50s of two sessions (stats.round_spread_pct, as the bench table shows it): the
+    machine's own noise beside a change; None when neither had two rounds."""
+    spreads = [s for s in map(stats.round_spread_pct, sessions) if s is not None]
+    return max(spreads) if spreads else None
 
 
 def _last_to_measure(db: sqlite3.Connection, earlier: list[str], newer: list[_Row]) -> str | None:
@@ -341,8 +343,9 @@ def compare(a: str | None = None, b: str | None = None, *, path: Path = DEFAULT_
     on a side there is no interval and no verdict.
 
     Returns {"a", "b", "rows": [one per pair; p50_a_us and p50_b_us are the centres of the rounds the change
-    compares; run_a and run_b the runs that exported each side's file, None when unknown], "unpaired":
-    [{"artifact", "side" ("a", "b" or "both"), "reason"}]}.
+    compares; round_spread_plusminus_pct the larger ± of either session's round p50s, as the bench table shows it
+    (None from one round each); run_a and run_b the runs that exported each side's file, None when unknown],
+    "unpaired": [{"artifact", "side" ("a", "b" or "both"), "reason"}]}.
     """
     past = sessions(path, device)
     if b is None:
@@ -390,7 +393,7 @@ def compare(a: str | None = None, b: str | None = None, *, path: Path = DEFAULT_
                     "identity": new.identity, "unrecorded": unknown,
                     "p50_a_us": stats.rounds_center(old.rounds), "p50_b_us": stats.rounds_center(new.rounds),
                     "p50_change_pct": cmp["p50_change_pct"], "p50_change_pct_ci95": cmp["p50_change_pct_ci95"],
-                    "round_spread_pct": max(_round_spread_pct(old.rounds), _round_spread_pct(new.rounds)),
+                    "round_spread_plusminus_pct": _round_spread(old.rounds, new.rounds),
                     "rounds": [len(old.rounds), len(new.rounds)], "significant": cmp["significant"],
                     "no_interval": cmp["no_interval"]})
     if not out:
