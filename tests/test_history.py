@@ -460,10 +460,7 @@ def bench_two_runs(tmp_path):
     fast = BenchSettings(warmup_runs=2, min_runs=5, min_seconds=0.0, rounds=2)
     db, made = tmp_path / "h.sqlite", []
     for run, opset in (("r1", 17), ("r2", 18), (None, 16)):
-        artifact = floor_artifact(tmp_path / str(run) / "artifacts", "onnx", (8,), ExportOptions(opset=opset))
-        if run:
-            artifact.lineage["run"] = run  # what the export stage of `edgekd run` records (edgekd.stages)
-            artifact.save()
+        artifact = floor_artifact(tmp_path / str(run) / "artifacts", "onnx", (8,), ExportOptions(opset=opset), run)
         bare = [] if run else [write_identity_model(tmp_path / "bare.onnx", (8,), 18)]
         made.append(edgekd.bench([artifact.path, *bare], settings=fast, results_dir=tmp_path / str(run) / "results",
                                  history=db))
