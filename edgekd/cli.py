@@ -361,11 +361,27 @@ def history_cmd(device: Optional[str] = typer.Option(None, "--device", help="onl
         console.print(f"no bench sessions{f' on device {device}' if device else ''} in {history}", highlight=False)
         return
     table = Table(title=f"bench history ({history})", title_justify="left")
-    for col in ("session", "when", "device", "results"):
+    for col in ("session", "when", "device", "results", "runs"):
         table.add_column(col)
-    for s in found:
-        table.add_row(s["session"], s["created_at"], Text(s["device"]), str(s["results"]))
+    for s in found:  # names come from files: not markup
+        table.add_row(s["session"], s["created_at"], Text(s["device"]), str(s["results"]),
+                      Text(", ".join(s["runs"]) or "–"))
     console.print(table)
+
+
+def _plusminus(spread: float | None) -> str:
+    """A round spread as the bench table shows it (±, half the range: stats.round_spread_pct)."""
+    return "–" if spread is None else f"±{spread:.0f}%"
+
+
+def _file_change(label: str, row: dict[str, Any]) -> str | None:
+    """For a pair of different files, the runs that exported each side (so the change can be traced to what was
+    done between them), said under the table; None for the same file, or when neither side recorded a run."""
+    if row["same_file"] or not (row["run_a"] or row["run_b"]):
+        return None
+    a, b = (f"run {run}" if run else "no run recorded" for run in (row["run_a"], row["run_b"]))
+    runs = f"{a} → {b}" if a != b else f"both from {a}, re-exported"
+    return f"file changed: {label}: {runs} ({row['a']} → {row['b']})"
 
 
 @app.command()
@@ -383,8 +399,9 @@ def compare(a: Optional[str] = typer.Argument(None, help="earlier session (defau
 
     found = compare_sessions(a, b, path=history, device=device)
     table = Table(title=f"{found['a']} → {found['b']}", title_justify="left")
-    for col in ("artifact", "p50 before µs", "p50 after µs", "change [95% CI]", "round spread", "verdict"):
+    for col in ("artifact", "p50 before µs", "p50 after µs", "change [95% CI]", "round p50 spread", "verdict"):
         table.add_column(col, justify="left" if col in ("artifact", "verdict") else "right")
+    notes: list[str] = []
     for r in found["rows"]:
         interval = r["p50_change_pct_ci95"]
         change = f"{r['p50_change_pct']:+.1f}%" + (f" [{interval[0]:+.1f}, {interval[1]:+.1f}]" if interval else "")
@@ -395,9 +412,13 @@ def compare(a: Optional[str] = typer.Argument(None, help="earlier session (defau
         ident = r["identity"]
         what = " ".join(str(v) for v in (ident.get("format"), ident.get("precision")) if v)
         label = f"{r['artifact']} ({what})" if what else r["artifact"]
+        changed = _file_change(label, r)
+        notes += [changed] if changed else []
         table.add_row(Text(label + ("" if r["same_file"] else " (file changed)")), f"{r['p50_a_us']:.2f}",
-                      f"{r['p50_b_us']:.2f}", change, f"{r['round_spread_pct']:.0f}%", verdict)
+                      f"{r['p50_b_us']:.2f}", change, _plusminus(r["round_spread_plusminus_pct"]), verdict)
     console.print(table)
+    for note in notes:
+        console.print(note, markup=False, highlight=False)
     for r in found["rows"]:
         if r["unrecorded"]:
             console.print(f"note: {r['artifact']}: {', '.join(r['unrecorded'])} not recorded in one session "

@@ -145,10 +145,10 @@ def embedding_table(summary: dict[str, Any]) -> Table | None:
 
 
 def _spread(rounds: list[float]) -> str:
-    """How far the p50 moved between the fresh processes (rounds/sessions) of one result."""
-    if len(rounds) < 2 or min(rounds) <= 0:
-        return "–"
-    return f"{min(rounds):.2f}–{max(rounds):.2f} (±{(max(rounds) / min(rounds) - 1) * 50:.0f}%)"
+    """How far the p50 moved between the fresh processes (rounds/sessions) of one result: their range and its ±
+    (stats.round_spread_pct, which `edgekd compare` shows too)."""
+    spread = stats.round_spread_pct(rounds)
+    return "–" if spread is None else f"{min(rounds):.2f}–{max(rounds):.2f} (±{spread:.0f}%)"
 
 
 def bench_table(results: list[Any]) -> Table:

@@ -297,13 +297,16 @@ def _remove_artifact(folder: Path) -> None:
     shutil.rmtree(folder)  # a text model's folder also holds its tokenizer's
 
 
-def floor_artifact(out_root: Path, fmt: str, in_shape: tuple[int, ...], options: ExportOptions) -> Artifact:
-    """An Identity graph of the models' input shape: benchmarking it measures the runtime's per-call floor."""
+def floor_artifact(out_root: Path, fmt: str, in_shape: tuple[int, ...], options: ExportOptions,
+                   run: str | None = None) -> Artifact:
+    """An Identity graph of the models' input shape: benchmarking it measures the runtime's per-call floor. `run`:
+    the run it is part of, recorded in its lineage like its models' (the bench history names it)."""
     backend = FORMATS[fmt]()
     path = out_root / artifact_name("floor", fmt, "fp32") / f"model{backend.suffix}"
     backend.write_floor(path, in_shape, options)
     artifact = _record(backend, path, name=artifact_name("floor", fmt, "fp32"), role="floor", precision="fp32",
-                       parameters=0, lineage={"purpose": "runtime per-call floor (Identity graph)"})
+                       parameters=0, lineage={"purpose": "runtime per-call floor (Identity graph)",
+                                              **({"run": run} if run else {})})
     artifact.save()
     return artifact
 

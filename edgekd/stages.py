@@ -341,7 +341,8 @@ def export_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
             min_agreement_int4=cfg.parity.min_agreement_int4, lineage=lineage, reporter=ctx.reporter)
         artifacts += made + _qat_artifacts(ctx, role, model, made, options, lineage)
     _check_pruned_graphs(ctx, artifacts)
-    artifacts += [floor_artifact(ctx.rundir.artifacts, fmt, s.input_shape, options) for fmt in cfg.formats]
+    artifacts += [floor_artifact(ctx.rundir.artifacts, fmt, s.input_shape, options, run=ctx.recipe.name)
+                  for fmt in cfg.formats]
     write_test_split(ctx)  # what `edgekd bench` scores the run's files with on a device, bench stage or not
     return export_outcome(ctx, artifacts)
 

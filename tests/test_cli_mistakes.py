@@ -420,16 +420,42 @@ def test_one_model_in_two_runtimes_gets_a_result_each(tmp_path):
     assert saved == {"onnx", "tflite"}
 
 
-def test_compare_shows_the_round_spread_as_measured(tmp_path):
-    """Round p50s 10 and 13 µs moved 30% (13/10): the table used to print it as ±30%, twice what it was (the
-    bench table prints the same rounds as ±15%)."""
+def test_compare_shows_the_round_spread_as_the_bench_table_does(tmp_path):
+    """Round p50s 10 and 13 µs: the bench table shows them as ±15% (half their range), compare showed "30%"
+    (largest / smallest − 1): two numbers for one spread, the second read as twice the noise."""
+    from rich.console import Console
+
+    from edgekd.console import bench_table
+
     db = tmp_path / "h.sqlite"
-    a = history.record([_result("m", 10.0, 0, [10.0, 13.0])], db)
+    before = _result("m", 10.0, 0, [10.0, 13.0])
+    a = history.record([before], db)
     b = history.record([_result("m", 11.0, 1, [11.0, 11.2])], db)
     proc = _cli("compare", a, b, "--history", str(db), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     (row,) = [line for line in proc.stdout.splitlines() if "m (onnx fp32)" in line]
-    assert " 30% " in row and "±" not in row, row
+    shown = Console(width=200, record=True)
+    shown.print(bench_table([before]))
+    (bench_row,) = [line for line in shown.export_text().splitlines() if "10.00–13.00" in line]
+    assert "(±15%)" in bench_row and " ±15% " in row and "30%" not in row, (bench_row, row)
+    assert "round p50 spread" in proc.stdout  # the bench table's name for it
+
+
+def test_compare_and_history_name_the_run_each_result_came_from(tmp_path):
+    """`compare` flagged "(file changed)" without a word of which run made either file; `history` named no run."""
+    from test_history import bench_two_runs
+
+    db, (first, second, no_run) = bench_two_runs(tmp_path)
+    for a, b, runs in ((first, second, "run r1 → run r2"), (second, no_run, "run r2 → no run recorded")):
+        proc = _cli("compare", a, b, "--history", str(db), cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert f"file changed: floor-onnx-fp32 (onnx fp32): {runs} ({a} → {b})" in proc.stdout.splitlines(), \
+            proc.stdout
+    proc = _cli("history", "--history", str(db), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    cells = [[cell.strip() for cell in line.strip(" │").split("│")] for line in proc.stdout.splitlines()]
+    runs = {row[0]: row[-1] for row in cells if row[0] in (first, second, no_run)}
+    assert runs == {first: "r1", second: "r2", no_run: "–"}, proc.stdout
 
 
 def test_compare_gives_no_verdict_on_rounds_a_coarse_clock_cannot_tell_apart(tmp_path):

@@ -47,7 +47,8 @@ def test_a_change_smaller_than_the_round_spread_is_within_noise(tmp_path):
     assert stats.compare(before.latencies_ns, after.latencies_ns)["significant"]  # calls as samples: a "change"…
     low, high = row["p50_change_pct_ci95"]
     assert low < 0 < high and not row["significant"]  # …the rounds, fresh processes, say noise
-    assert row["round_spread_pct"] == pytest.approx(30.0) and row["rounds"] == [2, 2]
+    # ± half the range of the larger spread (10 and 13 µs: ±15%), as the bench table shows it
+    assert row["round_spread_plusminus_pct"] == pytest.approx(15.0) and row["rounds"] == [2, 2]
 
 
 def test_one_round_gives_no_verdict(tmp_path):
@@ -444,3 +445,50 @@ def test_the_history_stores_the_p50_and_interval_the_tables_show(tmp_path):
     assert p50 == pytest.approx(stats.rounds_center(rounds))
     assert (lo, hi) == pytest.approx(stats.rounds_interval(rounds))
     assert lo < 10.0 and hi > 13.0  # the spread of the rounds, not of the calls of one process
+
+
+def bench_two_runs(tmp_path):
+    """Bench one artifact name as two runs exported it (an Identity graph at opset 17, then 18: two files), then as
+    `edgekd export` alone made it (opset 16; its record names no run) beside a bare model file that no record
+    describes; returns (history, [session of run r1, of run r2, of the files no run made])."""
+    import edgekd
+    from edgekd.bench.harness import BenchSettings
+    from edgekd.export.formats import ExportOptions
+    from edgekd.export.onnx import write_identity_model
+    from edgekd.exporter import floor_artifact
+
+    fast = BenchSettings(warmup_runs=2, min_runs=5, min_seconds=0.0, rounds=2)
+    db, made = tmp_path / "h.sqlite", []
+    for run, opset in (("r1", 17), ("r2", 18), (None, 16)):
+        artifact = floor_artifact(tmp_path / str(run) / "artifacts", "onnx", (8,), ExportOptions(opset=opset), run)
+        bare = [] if run else [write_identity_model(tmp_path / "bare.onnx", (8,), 18)]
+        made.append(edgekd.bench([artifact.path, *bare], settings=fast, results_dir=tmp_path / str(run) / "results",
+                                 history=db))
+    sessions = [s["session"] for s in reversed(history.sessions(db))]  # oldest first
+    assert [r.artifact.get("run") for results in made for r in results] == ["r1", "r2", None, None]
+    return db, sessions
+
+
+def test_the_history_keeps_the_run_a_result_came_from(tmp_path):
+    """compare flagged a changed file but could not say which run made either side: the history kept no run."""
+    db, (first, second, no_run) = bench_two_runs(tmp_path)
+    (row,) = history.compare(first, second, path=db)["rows"]
+    assert not row["same_file"] and (row["run_a"], row["run_b"]) == ("r1", "r2")
+    (row,) = history.compare(second, no_run, path=db)["rows"]
+    assert (row["run_a"], row["run_b"]) == ("r2", None)  # `edgekd export` alone, or a bare file: no run
+    assert {s["session"]: s["runs"] for s in history.sessions(db)} == {first: ["r1"], second: ["r2"], no_run: []}
+
+
+def test_a_history_from_before_the_run_column_gains_it_and_keeps_its_rows(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "h.sqlite"
+    with sqlite3.connect(db) as con:
+        con.executescript(_schema_before("run_name TEXT"))
+        con.execute("INSERT INTO results (session, created_at, device, artifact_name, artifact_sha256, runs,"
+                    " round_p50_us) VALUES ('old', 't', 'host', 'm', 'mmmm', 3, '[10.0, 10.1]')")
+    new = _result("m", 10.0, 0, [10.0, 10.1])
+    new.artifact["run"] = "demo"
+    later = history.record([new], db)
+    (row,) = history.compare("old", later, path=db)["rows"]
+    assert (row["run_a"], row["run_b"]) == (None, "demo")

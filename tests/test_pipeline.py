@@ -80,6 +80,17 @@ def test_bench_results_name_artifacts_by_sha_and_carry_statistics(tiny_run):
             assert res.device_accuracy["accuracy"] == pytest.approx(by_name[name].parity.accuracy), name
 
 
+def test_every_result_of_a_run_names_the_run_in_the_history(tiny_run):
+    """The history kept no run, so `edgekd compare` could not say which run a changed file came from; a run's
+    per-call floors, exported beside its models, named none either."""
+    import sqlite3
+
+    run = tiny_run.rundir.root.name
+    assert {r.artifact["run"] for r in tiny_run.results} == {run}
+    with sqlite3.connect(tiny_run.rundir.root.parent / "history.sqlite") as con:
+        assert con.execute("SELECT DISTINCT run_name FROM results").fetchall() == [(run,)]
+
+
 def test_eval_samples_scores_the_first_samples_of_the_test_split(tiny_run):
     """BenchSettings.eval_samples: the first N samples of the run's test split are scored on the device (0: none),
     the same N for every artifact."""

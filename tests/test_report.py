@@ -112,7 +112,8 @@ def test_int8_not_faster_than_fp32_is_explained_from_the_device(run):
         assert set(row["device_cpu_features"]) == set(CPU_FEATURES_OF_INTEREST) & cpu_flags(CPUINFO.read_text())
         fp32 = rows[f"{row['role']}-onnx-fp32"]
         all_fp32 = len(row["kept_fp32"] or []) == row["layers_total"]  # nothing runs in INT8: no ISA to blame
-        slower = row["p50_us"] >= fp32["p50_us"] and not all_fp32
+        # a failed FP32 is no reference (nobody ships it): no note against it
+        slower = row["p50_us"] >= fp32["p50_us"] and not all_fp32 and fp32["parity_passed"] is not False
         assert bool(row.get("int8_speed")) == slower, row["name"]
         grouped = [f for f in summary["findings"] if "INT8 is not faster than FP32 for" in f and row["name"] in f]
         assert bool(grouped) == slower
@@ -189,6 +190,24 @@ def test_slow_int8_findings_name_the_device_instruction_set():
     emulated[1]["emulated"] = True  # an emulator's latency says nothing about the board's instructions
     _int8_speed_notes(emulated)
     assert not any("not faster" in f for f in findings({"rows": emulated}))
+
+
+def test_a_speed_note_never_takes_a_failed_fp32_as_its_reference():
+    """The INT8 note ("INT8 is not faster than FP32 …") measured INT8 against an FP32 artifact that failed its
+    parity check, a model nobody ships; the INT4 note already left such an FP32 out. Both choose alike now."""
+    from edgekd.bench.report import _int8_speed_notes
+
+    def notes(fp32_passed: bool) -> list[str]:
+        rows = _rows(("student-onnx-fp32", "fp32", 40.0, ["asimd"], "aarch64"),
+                     ("student-onnx-int8_static", "int8_static", 52.0, ["asimd"], "aarch64"),
+                     ("student-onnx-int4", "int4", 60.0, ["asimd"], "aarch64"))
+        rows[0].update(parity_passed=fp32_passed, parity_reason=None if fp32_passed else "max |err| 3.1 > 1e-4")
+        _int8_speed_notes(rows)
+        assert bool(rows[1].get("int8_speed")) == fp32_passed
+        return [f for f in findings({"rows": rows, "floors": {"onnx": {"p50_us": 5.0}}}) if "than FP32" in f]
+
+    assert len(notes(True)) == 2  # INT8 not faster, INT4 slower: against the FP32 that passed
+    assert notes(False) == []  # no reference left to be slower than
 
 
 def test_int8_accuracy_findings_from_rows():

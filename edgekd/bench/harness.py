@@ -1370,9 +1370,13 @@ def _native_result(raws: list[dict[str, Any]], artifact: Artifact, device: Devic
 
 
 def _artifact_summary(artifact: Artifact) -> dict[str, Any]:
+    """What a result keeps of its artifact; `run` is the `edgekd run` that exported it (None: no run made the
+    file), so the history can say which run a changed file came from."""
+    run = artifact.lineage.get("run")
     return {"name": artifact.name, "sha256": artifact.sha256, "format": artifact.format,
             "precision": artifact.precision, "role": artifact.role, "size_bytes": artifact.size_bytes,
-            "parameters": artifact.parameters, "path": str(artifact.path)}
+            "parameters": artifact.parameters, "path": str(artifact.path),
+            "run": run if isinstance(run, str) and run else None}
 
 
 def _device_summary(device: Device, raw: dict[str, Any]) -> dict[str, Any]:

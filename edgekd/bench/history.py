@@ -40,14 +40,16 @@ CREATE TABLE IF NOT EXISTS results (
     round_p50_us TEXT,
     latencies BLOB,
     identity TEXT,
-    sampled INTEGER
+    sampled INTEGER,
+    run_name TEXT
 );
 CREATE INDEX IF NOT EXISTS results_session ON results(session);
 """
 # Columns added after the first histories were written: a history without one gains it when opened (ALTER TABLE),
 # its old rows holding NULL there. `runs` is every timed call; `sampled` the calls whose times the percentiles and
-# the stored latencies are of (fewer than runs when --sustained kept a uniform sample of a long run).
-_ADDED_COLUMNS = (("identity", "TEXT"), ("sampled", "INTEGER"))
+# the stored latencies are of (fewer than runs when --sustained kept a uniform sample of a long run). `run_name` is
+# the `edgekd run` that exported the artifact (its record's lineage), NULL for a model file no run made.
+_ADDED_COLUMNS = (("identity", "TEXT"), ("sampled", "INTEGER"), ("run_name", "TEXT"))
 # What makes two results of one artifact name comparable: a different value of any of these measures a
 # different thing (INT8 vs FP32, 4 threads vs 1, batch 8 vs 1, sequence length 128 vs 64, another device,
 # edgekd's runner vs a runtime's own benchmark binary, another CPU under the same device name: `host` on a laptop
@@ -156,6 +158,13 @@ def identity(result: BenchResult) -> dict[str, Any]:
             "batch_size": result.settings.get("batch_size"), "inputs": inputs, "harness": result.harness}
 
 
+def run_of(result: BenchResult) -> str | None:
+    """The `edgekd run` that exported the artifact, as its record named it; None for a bare model file (or a
+    result saved before results kept it), so a changed file can be traced to the run that made it."""
+    run = result.artifact.get("run")
+    return run if isinstance(run, str) and run else None
+
+
 def new_session() -> str:
     """A session id: when it began (sorts by time, reads as a date) and a random tail (two in one second)."""
     return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
@@ -177,12 +186,13 @@ def record(results: Iterable[BenchResult], path: Path = DEFAULT_PATH, session: s
             db.execute(
                 "INSERT INTO results (session, created_at, device, artifact_name, artifact_sha256, format, precision,"
                 " harness, p50_us, ci_lo_us, ci_hi_us, runs, unstable, device_info, round_p50_us, latencies, identity,"
-                " sampled) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " sampled, run_name) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (session, r.created_at, r.device["name"], r.artifact["name"], r.artifact["sha256"],
                  r.artifact.get("format"), r.artifact.get("precision"), r.harness,
                  stats.shown_p50(lat, r.round_p50_us), ci[0], ci[1],
                  calls if calls is not None else lat.get("n"), int(bool(lat.get("unstable"))), json.dumps(r.device),
-                 json.dumps(r.round_p50_us), _pack(r.latencies_ns), json.dumps(identity(r)), lat.get("n")))
+                 json.dumps(r.round_p50_us), _pack(r.latencies_ns), json.dumps(identity(r)), lat.get("n"),
+                 run_of(r)))
     return session
 
 
@@ -203,13 +213,18 @@ def unrecorded(results: Iterable[BenchResult], path: Path = DEFAULT_PATH) -> lis
 
 
 def sessions(path: Path = DEFAULT_PATH, device: str | None = None) -> list[dict[str, Any]]:
-    """Past bench sessions, newest first."""
+    """Past bench sessions, newest first, each with the runs its artifacts came from (sorted; empty when none
+    came from a run, or the history is older than the run column)."""
+    where, args = ("device = ?", (device,)) if device else ("1", ())
     with _open(path, create=False) as db:
-        rows = db.execute(
-            "SELECT session, MIN(created_at), device, COUNT(*) FROM results"
-            + (" WHERE device = ?" if device else "") + " GROUP BY session, device ORDER BY MIN(id) DESC",
-            (device,) if device else ()).fetchall()
-    return [{"session": s, "created_at": c, "device": d, "results": n} for s, c, d, n in rows]
+        rows = db.execute("SELECT session, MIN(created_at), device, COUNT(*) FROM results WHERE " + where
+                          + " GROUP BY session, device ORDER BY MIN(id) DESC", args).fetchall()
+        runs: dict[tuple[str, str], list[str]] = {}
+        for s, d, run in db.execute("SELECT DISTINCT session, device, run_name FROM results WHERE run_name IS NOT NULL"
+                                    " AND " + where + " ORDER BY run_name", args):
+            runs.setdefault((s, d), []).append(run)
+    return [{"session": s, "created_at": c, "device": d, "results": n, "runs": runs.get((s, d), [])}
+            for s, c, d, n in rows]
 
 
 class _Row(NamedTuple):
@@ -218,17 +233,18 @@ class _Row(NamedTuple):
     device: str
     rounds: list[float]
     identity: dict[str, Any]
+    run: str | None  # the run that exported the artifact (None: a bare model file, or an older history)
 
 
 def _session_rows(db: sqlite3.Connection, session: str) -> list[_Row]:
     # Not the latencies: a comparison uses the rounds, and the calls of a long run are megabytes to unpack.
     rows = db.execute("SELECT artifact_name, artifact_sha256, device, round_p50_us, format, precision, harness,"
-                      " identity FROM results WHERE session = ? ORDER BY id", (session,)).fetchall()
+                      " identity, run_name FROM results WHERE session = ? ORDER BY id", (session,)).fetchall()
     if not rows:
         raise BenchError(f"no bench session '{session}' in the history", why="no result in it carries that session id",
                          fix="list sessions with `edgekd history`")
     out = []
-    for name, sha, device, rounds, fmt, precision, harness, ident in rows:
+    for name, sha, device, rounds, fmt, precision, harness, ident, run in rows:
         # A row recorded before the identity column knows only its format, precision, device and harness.
         part = "identity"
         try:  # a hand edit or a damaged file: say which part, not the decoder's exception
@@ -236,7 +252,7 @@ def _session_rows(db: sqlite3.Connection, session: str) -> list[_Row]:
                                                      "harness": harness}
             measured = {key: known.get(key) for key in IDENTITY}
             part = "round p50s"
-            out.append(_Row(name, sha, device, [float(p) for p in json.loads(rounds or "[]")], measured))
+            out.append(_Row(name, sha, device, [float(p) for p in json.loads(rounds or "[]")], measured, run))
         except (ValueError, TypeError, AttributeError):
             raise BenchError(f"the result of {name} in bench session '{session}' is damaged",
                              why=f"its stored {part} cannot be decoded",
@@ -287,9 +303,11 @@ def pair(older: list[_Row], newer: list[_Row]) -> tuple[list[tuple[_Row, _Row, l
     return pairs, unpaired
 
 
-def _round_spread_pct(rounds: list[float]) -> float:
-    """How much the p50 moved between the fresh processes of one session (%): the machine's own noise."""
-    return (max(rounds) / min(rounds) - 1.0) * 100 if len(rounds) > 1 and min(rounds) > 0 else 0.0
+def _round_spread(*sessions: list[float]) -> float | None:
+    """The larger ± of the round p50s of two sessions (stats.round_spread_pct, as the bench table shows it): the
+    machine's own noise beside a change; None when neither had two rounds."""
+    spreads = [s for s in map(stats.round_spread_pct, sessions) if s is not None]
+    return max(spreads) if spreads else None
 
 
 def _last_to_measure(db: sqlite3.Connection, earlier: list[str], newer: list[_Row]) -> str | None:
@@ -325,7 +343,9 @@ def compare(a: str | None = None, b: str | None = None, *, path: Path = DEFAULT_
     on a side there is no interval and no verdict.
 
     Returns {"a", "b", "rows": [one per pair; p50_a_us and p50_b_us are the centres of the rounds the change
-    compares], "unpaired": [{"artifact", "side" ("a", "b" or "both"), "reason"}]}.
+    compares; round_spread_plusminus_pct the larger ± of either session's round p50s, as the bench table shows it
+    (None from one round each); run_a and run_b the runs that exported each side's file, None when unknown],
+    "unpaired": [{"artifact", "side" ("a", "b" or "both"), "reason"}]}.
     """
     past = sessions(path, device)
     if b is None:
@@ -369,10 +389,11 @@ def compare(a: str | None = None, b: str | None = None, *, path: Path = DEFAULT_
         # so an interval over calls would call the machine's own drift a change.
         cmp = stats.compare_rounds(old.rounds, new.rounds, paired=False)
         out.append({"artifact": new.name, "a": a, "b": b, "same_file": old.sha256 == new.sha256,
+                    "run_a": old.run, "run_b": new.run,
                     "identity": new.identity, "unrecorded": unknown,
                     "p50_a_us": stats.rounds_center(old.rounds), "p50_b_us": stats.rounds_center(new.rounds),
                     "p50_change_pct": cmp["p50_change_pct"], "p50_change_pct_ci95": cmp["p50_change_pct_ci95"],
-                    "round_spread_pct": max(_round_spread_pct(old.rounds), _round_spread_pct(new.rounds)),
+                    "round_spread_plusminus_pct": _round_spread(old.rounds, new.rounds),
                     "rounds": [len(old.rounds), len(new.rounds)], "significant": cmp["significant"],
                     "no_interval": cmp["no_interval"]})
     if not out:

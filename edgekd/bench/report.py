@@ -222,9 +222,8 @@ def _int8_speed_notes(rows: list[dict[str, Any]], floor_p50s: dict[str, float | 
     overhead, from the per-call floor of its format (`floor_p50s`) where one was measured."""
     from edgekd.compress.isa import explain_int8_speed, int8_slow_reasons
 
-    fp32 = {(r["role"], r["format"]): r for r in rows if r["precision"] == "fp32" and r.get("p50_us")}
     for row in rows:
-        ref = fp32.get((row["role"], row["format"]))
+        ref = _fp32_reference(rows, row)
         if row["precision"] not in INT8_PRECISIONS or not row.get("p50_us") or ref is None or row.get("emulated") \
                 or ref.get("device") != row.get("device") or _all_fp32(row):
             continue
@@ -242,6 +241,14 @@ def _int8_speed_notes(rows: list[dict[str, Any]], floor_p50s: dict[str, float | 
             note = note[:-1] + f"; {untested}."
         row["int8_speed"] = {"note": note, "reasons": reasons, "fp32_p50_us": ref["p50_us"],
                              "fp32_size_bytes": ref.get("size_bytes")}
+
+
+def _fp32_reference(rows: list[dict[str, Any]], row: dict[str, Any]) -> dict[str, Any] | None:
+    """The FP32 twin a quantized row's speed is told against (INT8 and INT4 alike): same role and format, timed,
+    and not failed parity. A failed FP32 is a model nobody ships: "slower than FP32" against it compares with
+    nothing on offer, so such a row gets no note rather than one against it."""
+    return next((r for r in rows if r["precision"] == "fp32" and r["role"] == row["role"]
+                 and r["format"] == row["format"] and r.get("p50_us") and r.get("parity_passed") is not False), None)
 
 
 def _all_fp32(row: dict[str, Any]) -> bool:
@@ -344,8 +351,8 @@ def findings(summary: dict[str, Any]) -> list[str]:
                    + (": at this size the runtime's call overhead, not the model, sets the latency."
                       if x_floor < stats.OVERHEAD_BOUND else
                       f": the model, not the runtime's call overhead (~{1 / x_floor:.0%} of it), sets the latency."))
-        fp32 = next((r for r in timed if r["precision"] == "fp32"), None)
         for row in timed:
+            fp32 = _fp32_reference(timed, row)
             if not (fp32 and row["precision"] not in ("fp32", *INT8_PRECISIONS) and row["p50_us"] > fp32["p50_us"]):
                 continue
             sizes = f"{row['size_bytes'] / 1024:.1f} vs {fp32['size_bytes'] / 1024:.1f} KiB"

@@ -19,7 +19,7 @@ class BenchResult(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
     schema_: str = Field(BENCH_SCHEMA, alias="schema")
-    artifact: dict[str, Any]  # name, sha256, format, precision, role, size_bytes, parameters, path
+    artifact: dict[str, Any]  # name, sha256, format, precision, role, size_bytes, parameters, path, run
     device: dict[str, Any]  # name, kind, arch, emulated, info (system, python, runtime versions)
     # On an emulator the latency is the emulator's: never read it as the board's (the report marks it).
     emulated: bool = False

@@ -354,6 +354,14 @@ def rounds_interval(round_p50s: Sequence[float]) -> tuple[float, float] | None:
     return float(np.exp(x.mean() - half)), float(np.exp(x.mean() + half))
 
 
+def round_spread_pct(round_p50s: Sequence[float]) -> float | None:
+    """How far the p50 moved between fresh processes, the one definition every table shows (as ±): half the range
+    of the round p50s, in % of the smallest (10 and 13 µs: ±15%). None from fewer than two rounds (or a zero p50)."""
+    if len(round_p50s) < 2 or min(round_p50s) <= 0:
+        return None
+    return (max(round_p50s) / min(round_p50s) - 1.0) * 50.0
+
+
 def mcnemar_exact(only_a: int, only_b: int) -> float:
     """Two-sided exact McNemar p-value for two classifiers scored on the same samples: only_a samples are right only
     for the first, only_b only for the second (the samples both get right or both wrong say nothing about which is
