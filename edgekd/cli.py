@@ -218,6 +218,9 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
                                         "(repeatable; e.g. --dim length=128 or --dim input_ids:1=128 for a text "
                                         "model file without its record; a text artifact's example sentence is cut "
                                         "or padded to it)"),
+          input_file: List[str] = typer.Option([], "--input", help="NAME=FILE.npy: time the model on your data, "
+                                               "input NAME fed from a .npy file (repeatable; FILE.npy alone feeds "
+                                               "the first input); inputs not given are made up"),
           min_seconds: float = typer.Option(1.0, min=0, help="time each artifact at least this long (all rounds)"),
           rounds: Optional[int] = typer.Option(None, min=1, help="fresh processes per artifact, interleaved "
                                                "across artifacts (default 5)"),
@@ -251,6 +254,11 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
                              max_seconds=max(BenchSettings.max_seconds, min_seconds), rounds=sessions or rounds or 5,
                              cooldown_seconds=cooldown, dims=_dim_sizes(dim), eval_samples=eval_samples)
     eval_data = _eval_pair(eval_inputs, eval_labels)
+    inputs = _input_files(input_file)
+    if check_threads and inputs is not None:
+        raise BenchError("--input and --check-threads cannot be used together",
+                         why="the thread check times each artifact on made-up inputs of its own shape",
+                         fix="drop --input for --check-threads")
     if check_threads:
         from edgekd.bench import stats
         from edgekd.bench.harness import check_threads as run_check
@@ -274,7 +282,8 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
         with tentative_dir(results_dir, fix="choose a writable folder with --results-dir"), \
                 RichReporter(console) as reporter:
             results = bench_devices(artifacts, list(device), settings=settings, results_dir=results_dir,
-                                    history=history, resume=resume, reporter=reporter, eval_data=eval_data)
+                                    history=history, resume=resume, reporter=reporter, eval_data=eval_data,
+                                    inputs=inputs)
     except KeyboardInterrupt as exc:  # the harness kept what was measured: say where, and that --resume resumes
         if getattr(exc, "kept", None):
             exc.resume = f"{exc.kept}; {RESUME_ADVICE}"  # type: ignore[attr-defined]
@@ -299,6 +308,25 @@ def _eval_pair(inputs: Path | None, labels: Path | None) -> tuple[Path, Path] | 
                          fix="give both .npy files (inputs one sample per row, labels in the same order), or "
                              "neither")
     return None if inputs is None else (inputs, labels)
+
+
+def _input_files(given: list[str]) -> Path | dict[str, Path] | None:
+    """--input options: one FILE.npy (the first input), or NAME=FILE.npy for each input named (the files
+    themselves are checked by the bench)."""
+    if not given:
+        return None
+    named = [text.partition("=") for text in given]
+    if len(given) == 1 and not named[0][1]:
+        return Path(given[0])
+    files: dict[str, Path] = {}
+    for text, (name, sign, path) in zip(given, named):
+        if not sign or not name or not path or name in files:
+            raise BenchError(f"--input {text!r} is not NAME=FILE.npy",
+                             why="with more than one --input, each names its input, once",
+                             fix="e.g. --input input_ids=ids.npy --input attention_mask=mask.npy (a model's input "
+                                 "names are in its artifact.json, or in the bench's warning)")
+        files[name] = Path(path)
+    return files
 
 
 def _dim_sizes(given: list[str]) -> dict[str, int]:

@@ -207,3 +207,25 @@ def test_each_input_of_a_two_input_model_can_be_fed(tmp_path):
     assert err.value.what == "m has no input named 'scales'" and err.value.why == "its inputs are 'x', 'scale'"
     with pytest.raises(BenchError, match=r"the inputs\['scale'\] file .*missing.npy does not exist"):
         edgekd.bench([path], settings=FAST, inputs={"scale": tmp_path / "missing.npy"})
+
+
+def test_the_cli_feeds_each_input_from_a_file(tmp_path):
+    """`edgekd bench --input NAME=FILE.npy` (repeatable) times the model on the user's data; a mistake in the
+    option is one clear error."""
+    import json
+
+    from test_cli_errors import assert_user_error, run_cli
+
+    path = _linear(tmp_path / "m.onnx", 4, second_input=True)
+    np.save(tmp_path / "x2.npy", np.ones((2, 8), np.float32))
+    np.save(tmp_path / "scale2.npy", np.ones((2, 1), np.float32))
+    fast = ["--rounds", "1", "--min-seconds", "0.05", "--history", str(tmp_path / "h.sqlite")]
+    proc = run_cli(tmp_path, "bench", str(path), "--input", "x=x2.npy", "--input", "scale=scale2.npy", *fast)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "export" / "results" / "bench-m.json").read_text())
+    assert [i["shape"] for i in result["inputs"]] == [[2, 8], [2, 1]]
+    said = assert_user_error(run_cli(tmp_path, "bench", str(path), "--input", "x=x2.npy", "--input", "scale2.npy",
+                                     *fast))
+    assert "--input 'scale2.npy' is not NAME=FILE.npy" in said
+    said = assert_user_error(run_cli(tmp_path, "bench", str(path), "--input", "size=x2.npy", *fast))
+    assert "m has no input named 'size'" in said
