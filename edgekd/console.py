@@ -89,6 +89,15 @@ def _ci(values: list[float] | None) -> str:
     return f"[{values[0]:.2f}, {values[1]:.2f}]" if values else ""
 
 
+def _uncut(column: str, names: list[str]) -> dict[str, Any]:
+    """Column options that lose no text in a narrow console (a log is 160 wide): the artifact column as wide as its
+    longest name (up to 40), any cell too long folded onto another line. Cut to `student-onnx-in…`, the INT8 and
+    INT4 rows looked the same."""
+    if column != "artifact":
+        return {"overflow": "fold"}
+    return {"overflow": "fold", "min_width": min(40, max(map(len, names), default=8))}
+
+
 def summary_table(summary: dict[str, Any]) -> Table:
     """One row per artifact: accuracy, size, p50 with interval, speed-up vs teacher and its noise verdict."""
     from edgekd.bench.report import worst_class_text
@@ -101,7 +110,8 @@ def summary_table(summary: dict[str, Any]) -> Table:
     table = Table(title=title, title_justify="left")
     for col in ("artifact", "params", "size KiB", "4-bit", "test acc", "agree", "p50 µs [95% CI]", "× floor",
                 "vs teacher", "worst class Δ", "parity"):
-        table.add_column(col, justify="left" if col in ("artifact", "parity", "worst class Δ") else "right")
+        table.add_column(col, justify="left" if col in ("artifact", "parity", "worst class Δ") else "right",
+                         **_uncut(col, [r["name"] for r in summary["rows"]]))
     for r in summary["rows"]:
         p50 = f"{r['p50_us']:.2f} {_ci(r.get('ci95_p50'))}" if r.get("p50_us") is not None else "–"
         if r.get("unstable"):
@@ -159,7 +169,8 @@ def bench_table(results: list[Any]) -> Table:
     for col in ("artifact", "device", "runtime", "p50 µs [95% CI]", "round p50 spread",
                 f"p99 µs (n ≥ {stats.MIN_P99_SAMPLES})", "runs", "peak MiB (+ over runtime)",
                 "load ms", "device acc"):
-        table.add_column(col, justify="left" if col in ("artifact", "device", "runtime") else "right")
+        table.add_column(col, justify="left" if col in ("artifact", "device", "runtime") else "right",
+                         **_uncut(col, [r.artifact.get("name") or "" for r in results]))
     for r in results:
         lat = r.latency_us
         peak = peak_kb(r.memory_kb)

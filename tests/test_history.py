@@ -492,3 +492,20 @@ def test_a_history_from_before_the_run_column_gains_it_and_keeps_its_rows(tmp_pa
     later = history.record([new], db)
     (row,) = history.compare("old", later, path=db)["rows"]
     assert (row["run_a"], row["run_b"]) == (None, "demo")
+
+
+def test_the_bench_table_never_cuts_an_artifact_name():
+    """In a log (160 columns) or a 120-column terminal, the artifact column was cut to `student-onnx-in…`: three
+    INT8/INT4 rows looked the same. Names now fold onto a second line."""
+    from rich.console import Console
+
+    from edgekd.console import bench_table
+
+    names = ["student-onnx-int8_dynamic", "student-onnx-int8_static", "student-onnx-int4"]
+    results = [_result(name, 10.0, i, [10.0, 10.4]) for i, name in enumerate(names)]
+    for width in (160, 120, 100):
+        console = Console(record=True, width=width)
+        console.print(bench_table(results))
+        text = console.export_text()
+        assert "…" not in text, text
+        assert all(f"│ {name} " in text for name in names), text  # each whole, on its row's first line
