@@ -212,3 +212,17 @@ def test_a_local_workdir_under_home_is_expanded(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     device = open_device(str(_write(tmp_path, workdir="~/edgekd-work")))
     assert device.workdir == str(tmp_path / "edgekd-work") and (tmp_path / "edgekd-work").is_dir()
+
+
+@pytest.mark.parametrize("key, shown", [("~", "null"), ("1.5", "1.5"), ("2024-01-01", "2024-01-01"),
+                                        ("thermal:\n  yes", "thermal.true")])
+def test_a_key_yaml_reads_as_a_value_is_named_not_an_internal_error(tmp_path, key, shown):
+    """`~: 1` in any profile made `edgekd devices` itself fail with an internal error (ValueError: 'None' is not in
+    list), and `yes:` was called an unknown field `1:`."""
+    from edgekd.devices.profiles import load_profile
+
+    path = tmp_path / "b.yaml"
+    path.write_text(f"kind: ssh\nhost: 127.0.0.1\n{key}: 1\n")
+    with pytest.raises(DeviceError) as err:
+        load_profile(path)
+    assert err.value.what == f"the key `{shown}:` in device profile {path} is not a field name"

@@ -346,11 +346,27 @@ def host_cpus() -> list[int]:
 
 def check_fields(raw: dict[Any, Any], path: Path) -> None:
     """Validate with the kind's model; its first complaint (in file order) becomes one DeviceError."""
+    _check_keys_are_text(raw, path)
     try:
         MODELS[raw["kind"]].model_validate(raw)
     except ValidationError as exc:
         first = min(exc.errors(), key=lambda e: list(raw).index(e["loc"][0]))
         raise _profile_error(first, raw, path) from None
+
+
+def _check_keys_are_text(raw: dict[Any, Any], path: Path, within: str = "") -> None:
+    """A key YAML reads as a value (`~`, `1.5`, `yes`, a date) names no field: pydantic's complaint about it could
+    not be placed in the file (an internal error listed no device at all) or named `yes:` as `1:`."""
+    for key, value in raw.items():
+        if not isinstance(key, str):
+            shown = yaml.safe_dump(key, default_flow_style=True).removesuffix("\n...\n").strip()
+            raise DeviceError(f"the key `{within}{shown}:` in device profile {path} is not a field name",
+                              why=f"YAML reads it as the value {key!r}, not as text (~ is null; yes, no, numbers "
+                                  "and dates are values too), and every field of a profile is named in text",
+                              fix=f"remove it from {path}, or correct it to the field meant (`edgekd devices "
+                                  "--example pi` shows a profile's fields)")
+        if isinstance(value, dict):
+            _check_keys_are_text(value, path, f"{within}{key}.")
 
 
 def _profile_error(error: Any, raw: dict[Any, Any], path: Path) -> DeviceError:
