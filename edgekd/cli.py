@@ -558,7 +558,7 @@ def devices(example: Optional[str] = typer.Option(None, "--example", help="print
     example profile, describe a device, or clean its work directory."""
     from rich.table import Table
 
-    from edgekd.devices.profiles import example_profile, listed_profiles, load_profile
+    from edgekd.devices.profiles import example_profile, find_profile, listed_profiles
 
     _one_of(example=example, clean=clean, info=info)
     if info is not None:
@@ -580,7 +580,7 @@ def devices(example: Optional[str] = typer.Option(None, "--example", help="print
             table.add_row(name, "local", "built in: this machine")
             continue
         try:
-            kind = load_profile(path).kind
+            kind = find_profile(name).kind  # as --device NAME reads it (a file whose `name:` differs is refused)
         except EdgeKDError as exc:  # listed anyway: the name exists, and `bench --device` gives the whole message
             kind = f"invalid: {exc.what}" + (f"; {exc.why}" if exc.why else "")  # the what names the bad field
         table.add_row(Text(name), Text(kind), Text(str(path)))

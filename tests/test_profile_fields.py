@@ -226,3 +226,35 @@ def test_a_key_yaml_reads_as_a_value_is_named_not_an_internal_error(tmp_path, ke
     with pytest.raises(DeviceError) as err:
         load_profile(path)
     assert err.value.what == f"the key `{shown}:` in device profile {path} is not a field name"
+
+
+def test_a_profile_cannot_take_the_name_host_for_another_device(tmp_path, monkeypatch):
+    """devices/host.yaml of kind ssh replaced this machine: `--device host` benched the board and filed its results
+    as this machine's (bench-NAME.json, history rows under host). A local host profile (threads, cpus) stays."""
+    from edgekd.devices.profiles import find_profile
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "devices").mkdir()
+    (tmp_path / "devices" / "host.yaml").write_text("kind: ssh\nhost: 127.0.0.1\n")
+    with pytest.raises(DeviceError) as err:
+        find_profile("host")
+    assert err.value.what.endswith("gives the name 'host' to a device of kind ssh"), err.value.what
+    assert "this machine" in err.value.why
+    (tmp_path / "devices" / "host.yaml").write_text("kind: local\nthreads: 2\n")
+    assert find_profile("host").options == {} and find_profile("host").threads == 2
+
+
+def test_the_device_list_marks_a_profile_that_device_refuses(tmp_path):
+    """A copied profile that kept its original's `name:` was listed as a usable ssh device, and `--device e`
+    refused it."""
+    from test_cli_errors import run_cli
+
+    (tmp_path / "devices").mkdir()
+    (tmp_path / "devices" / "e.yaml").write_text("name: other\nkind: ssh\nhost: 127.0.0.1\n")
+    (tmp_path / "devices" / "host.yaml").write_text("kind: adb\nserial: x\n")
+    proc = run_cli(tmp_path, "devices")
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split("│")[1].strip(): line for line in proc.stdout.splitlines() if line.startswith("│ ")
+            and line.split("│")[1].strip()}
+    assert "invalid: device 'e' is read from" in rows["e"], proc.stdout
+    assert "invalid: device profile" in rows["host"], proc.stdout

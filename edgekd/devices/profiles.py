@@ -170,6 +170,11 @@ def load_profile(path: Path) -> DeviceProfile:
                           why=f"without `name:` a profile is named after its file, and a device name is one word "
                               f"of {IDENTIFIER_RULE} (it names files)",
                           fix="add `name:` to the profile, or rename the file")
+    if common["name"] == "host" and raw["kind"] != "local":  # found before the built-in host, it would replace it
+        raise DeviceError(f"device profile {path} gives the name 'host' to a device of kind {raw['kind']}",
+                          why="'host' is this machine: results and history rows filed under it would mix the "
+                              f"{raw['kind']} device's measurements with this machine's",
+                          fix=f"give it a name of its own (`name:` in {path}, or rename the file)")
     if raw["kind"] == "adb":
         common.setdefault("workdir", "/data/local/tmp/edgekd")
     if raw["kind"] == "local":
