@@ -258,3 +258,17 @@ def test_the_device_list_marks_a_profile_that_device_refuses(tmp_path):
             and line.split("│")[1].strip()}
     assert "invalid: device 'e' is read from" in rows["e"], proc.stdout
     assert "invalid: device profile" in rows["host"], proc.stdout
+
+
+def test_one_device_given_by_name_and_by_path_is_refused(tmp_path, monkeypatch):
+    """`--device board --device devices/board.yaml` benched one device twice at once: the second bench was told
+    that "another edgekd process" (its own pid) held the results folder."""
+    from edgekd.bench.harness import bench_devices
+    from edgekd.errors import BenchError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "devices").mkdir()
+    (tmp_path / "devices" / "board.yaml").write_text("kind: local\n")
+    with pytest.raises(BenchError) as err:
+        bench_devices([tmp_path / "m.onnx"], ["board", "devices/board.yaml"])
+    assert err.value.what == "device 'board' is given twice: as board and as devices/board.yaml"

@@ -715,9 +715,18 @@ def bench_devices(artifacts: Iterable[Artifact | str | Path], devices: list[str]
     """Benchmark on several devices at once (one thread per device: they are different machines)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from edgekd.devices.profiles import find_profile
+
     items = artifact_list(artifacts)
     if len(set(devices)) != len(devices):
         raise BenchError("a device is named twice", fix="name each device once")
+    named = [find_profile(d).name for d in devices]  # by name and by its profile's path: one device, twice
+    twice = next((d for d, n in zip(devices, named) if named.count(n) > 1), None)
+    if twice is not None:
+        given = [d for d, n in zip(devices, named) if n == named[devices.index(twice)]]
+        raise BenchError(f"device '{named[devices.index(twice)]}' is given twice: as {' and as '.join(given)}",
+                         why="a device's results are filed under its name, and one bench at a time measures it",
+                         fix="name each device once")
     if len(devices) == 1:
         return bench(items, devices[0], **kwargs)
     with ThreadPoolExecutor(max_workers=len(devices)) as pool:
