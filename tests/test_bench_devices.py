@@ -115,6 +115,20 @@ def test_a_device_lost_midway_keeps_what_was_measured_and_resume_measures_the_re
     assert resumed[1].complete and resumed[1].latency_us["n"] >= 30
 
 
+def test_resume_with_every_result_kept_needs_no_device(tmp_path):
+    """A bench whose results were all complete still read the board's temperature once per round: with the
+    board off, --resume said it kept every result and then failed with "cannot reach board"."""
+    models = _models(tmp_path)
+    one_round = BenchSettings(warmup_runs=5, min_runs=30, min_seconds=0.02, rounds=2)
+    with LoopbackSSHD(tmp_path / "sshd") as server:
+        profile = _profile(server, tmp_path)
+        measured = edgekd.bench(models, device=str(profile), settings=one_round, results_dir=tmp_path / "results")
+        server.stop()
+        kept = edgekd.bench(models, device=str(profile), settings=one_round, results_dir=tmp_path / "results",
+                            resume=True)
+    assert [r.created_at for r in kept] == [r.created_at for r in measured]
+
+
 def test_a_run_whose_device_is_lost_midway_is_told_to_run_the_recipe_again_not_to_resume(tmp_path):
     """`edgekd run` has no --resume: its bench stage passes its own next step (stages.RUN_BENCH_AGAIN)."""
     from edgekd.stages import RUN_BENCH_AGAIN

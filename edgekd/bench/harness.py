@@ -872,7 +872,7 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
             _note_native_scoring(reporter, target.name, {i: natives[i] for i in todo if natives[i] and evals[i]},
                                  resolved, evals)
             remote_outputs: dict[int, str] = {}
-            for round_index in range(settings.rounds):
+            for round_index in range(settings.rounds if todo else 0):  # all kept (--resume): the device may be off
                 if round_index and settings.cooldown_seconds:
                     time.sleep(settings.cooldown_seconds)
                 thermal.append(cool_down(target))  # bounded wait below the profile's threshold, recorded
@@ -916,7 +916,8 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
                         # A cross-architecture result waits for its parity, computed after every round.
                         results_of([i])
                     task.advance(1)
-            thermal.append({"after_run": temperature(target)})  # throttling shows as a hotter device here
+            if todo:
+                thermal.append({"after_run": temperature(target)})  # throttling shows as a hotter device here
             for i in accuracies:
                 if _is_cross_arch(target, raws[i][0]):
                     parities[i] = cross_arch_parity(resolved[i], evals[i][0], Path(tmp) / f"out{i}.npy",
