@@ -167,8 +167,10 @@ def ensemble_members(recipe: Recipe, splits: "Splits", reporter: Reporter) -> li
                              **member.model.params)
         if member.checkpoint is not None:
             load_weights(model, Path(member.checkpoint), role=f"ensemble member {i}")
-            check_teacher_generation(checkpoint_generation(Path(member.checkpoint)), source=str(member.checkpoint),
-                                     allow=recipe.distill.allow_generation)
+            warning = check_teacher_generation(checkpoint_generation(Path(member.checkpoint)),
+                                               source=str(member.checkpoint), allow=recipe.distill.allow_generation)
+            if warning:
+                reporter.note(f"warning: {warning}")
         else:
             train_classifier(model, recipe, splits, seed=seed, description=f"train ensemble teacher {i}",
                              reporter=reporter, val=False)

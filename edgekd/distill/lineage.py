@@ -10,12 +10,9 @@ cousin of model collapse. edgekd refuses it unless the user says `--allow-genera
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 from edgekd.errors import LineageError
-
-logger = logging.getLogger(__name__)
 
 GUARDED_GENERATION = 2
 
@@ -38,7 +35,9 @@ def artifact_generation(source: str | Path) -> int:
 
 
 def check_teacher_generation(generation: int, *, source: str, allow: bool) -> str | None:
-    """Raise LineageError for a teacher of generation ≥ 2 unless allowed; return the warning when allowed."""
+    """Raise LineageError for a teacher of generation ≥ 2 unless allowed; return the warning when allowed, for
+    the caller to say once (the plan check, the distill stage and the ensemble all ask: logged here too, a run
+    printed it three times)."""
     if generation < GUARDED_GENERATION:
         return None
     if not allow:
@@ -51,5 +50,4 @@ def check_teacher_generation(generation: int, *, source: str, allow: bool) -> st
         )
     message = (f"distilling from a generation {generation} teacher ({source}): watch the per-class accuracy "
                f"of rare classes in the report")
-    logger.warning(message)
     return message
