@@ -221,7 +221,8 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
           input_file: List[str] = typer.Option([], "--input", help="NAME=FILE.npy: time the model on your data, "
                                                "input NAME fed from a .npy file (repeatable; FILE.npy alone feeds "
                                                "the first input); inputs not given are made up"),
-          min_seconds: float = typer.Option(1.0, min=0, help="time each artifact at least this long (all rounds)"),
+          min_seconds: float = typer.Option(1.0, min=0, help="time each artifact at least this long (all rounds; "
+                                            "a round also stops at 200,000 calls, and says so)"),
           rounds: Optional[int] = typer.Option(None, min=1, help="fresh processes per artifact, interleaved "
                                                "across artifacts (default 5)"),
           sessions: Optional[int] = typer.Option(None, min=1, help="like --rounds, with --cooldown between them; "

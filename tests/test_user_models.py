@@ -229,3 +229,15 @@ def test_the_cli_feeds_each_input_from_a_file(tmp_path):
     assert "--input 'scale2.npy' is not NAME=FILE.npy" in said
     said = assert_user_error(run_cli(tmp_path, "bench", str(path), "--input", "size=x2.npy", *fast))
     assert "m has no input named 'size'" in said
+
+
+def test_rounds_stopped_by_max_runs_before_min_seconds_are_told(tmp_path):
+    """`--min-seconds 8` on a fast model ran about a second: each round stopped at max_runs calls, silently."""
+    from conftest import NoteKeeper
+
+    notes = NoteKeeper()
+    settings = BenchSettings(warmup_runs=5, min_runs=10, max_runs=50, min_seconds=10.0, max_seconds=20.0, rounds=2)
+    (result,) = edgekd.bench([_linear(tmp_path / "m.onnx", 4)], settings=settings, reporter=notes)
+    assert result.latency_us["n"] == 100
+    (said,) = [n for n in notes.notes if "max_runs" in n]
+    assert said.startswith("m: 2 of 2 rounds stopped at max_runs (50 calls) after ") and "of the 5.00 s asked" in said

@@ -946,6 +946,7 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
     finally:
         task.close()
     measured = [i for i in todo if i not in unresolved]
+    _note_capped_rounds(reporter, {resolved[i].name: raws[i] for i in measured}, per_round)
     fresh = results_of(measured)
     if history is not None:
         from edgekd.bench import history as bench_history
@@ -958,6 +959,20 @@ def _bench_on(target: Device, resolved: list[Artifact], settings: BenchSettings,
             _session_path(results_dir, target.name).unlink(missing_ok=True)
     by_index = {**done, **dict(zip(measured, fresh))}
     return [by_index[i] for i in range(len(resolved)) if i in by_index]
+
+
+def _note_capped_rounds(reporter: Reporter, raws: dict[str, list[dict[str, Any]]], per_round: BenchSettings) -> None:
+    """Say when rounds stopped at max_runs calls before their share of min_seconds: a fast model timed with a
+    long --min-seconds ran a fraction of the time asked, and nothing said so."""
+    for name, rounds in raws.items():
+        timed = [raw.get("timed") or {} for raw in rounds]
+        short = [t["seconds"] for t in timed if t.get("runs", 0) >= per_round.max_runs
+                 and t.get("seconds", per_round.min_seconds) < per_round.min_seconds]
+        if short:
+            reporter.note(f"{name}: {len(short)} of {len(rounds)} rounds stopped at max_runs ({per_round.max_runs:,} "
+                          f"calls) after {min(short):.2f}–{max(short):.2f} s of the {per_round.min_seconds:.2f} s asked "
+                          "per round: enough calls for its percentiles; a longer --min-seconds adds no time past "
+                          "that cap (more --rounds do)")
 
 
 def _distinct_names(artifacts: list[Artifact]) -> list[Artifact]:
