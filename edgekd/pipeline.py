@@ -276,7 +276,7 @@ def _run_stages(recipe: Recipe, rundir: RunDir, force: set[str], reporter: Repor
     if rank == 0:
         for folder in (rundir.root, recipe.output_dir / "cache"):  # what a killed run was writing
             remove_orphan_temp_files(folder)
-        problem = rundir.manifest_problem()
+        problem = rundir.repair_manifest()
         if problem:
             reporter.note(f"[warning] {rundir.manifest_path}: {problem}")
         atomic_write(rundir.recipe_path, dump_recipe(recipe))

@@ -443,6 +443,9 @@ def hash_obj(obj: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+COPY_USED = "is used instead"  # the end of manifest_problem when .manifest.json.copy stood in for the manifest
+
+
 class RunDir:
     """Paths and manifest of one run directory."""
 
@@ -502,6 +505,16 @@ class RunDir:
         of work."""
         return self._read_manifest()[1]
 
+    def repair_manifest(self) -> str | None:
+        """manifest_problem, and when the copy stood in for a damaged manifest, the manifest rewritten from it:
+        a run whose stages were all up to date wrote no manifest, so every later run warned again and the file
+        stayed damaged. Called by the run holding the folder's lock."""
+        manifest, problem = self._read_manifest()
+        if problem and problem.endswith(COPY_USED):
+            atomic_write_json(self.manifest_path, manifest)
+            problem = f"{problem}, and {self.manifest_path.name} is rewritten from it"
+        return problem
+
     def _read_manifest(self) -> tuple[dict[str, Any], str | None]:
         manifest, problem = self._read_manifest_file(self.manifest_path)
         if problem is None:
@@ -509,7 +522,7 @@ class RunDir:
         if self.manifest_copy_path.is_file():
             copy, copy_problem = self._read_manifest_file(self.manifest_copy_path)
             if copy_problem is None:  # safe: is_done still checks every output a record names against its sha256
-                return copy, f"{problem}; its copy {self.manifest_copy_path.name}, written with it, is used instead"
+                return copy, f"{problem}; its copy {self.manifest_copy_path.name}, written with it, {COPY_USED}"
         return manifest, f"{problem}; stages it does not vouch for run again"
 
     def _read_manifest_file(self, path: Path) -> tuple[dict[str, Any], str | None]:
