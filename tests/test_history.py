@@ -125,6 +125,18 @@ def _schema_before(column: str) -> str:
     return old
 
 
+def _history_with_one_old_row(tmp_path: Path, column: str) -> Path:
+    """A history file written before `column` was added, holding one result of 'm' in session 'old'."""
+    import sqlite3
+
+    db = tmp_path / "h.sqlite"
+    with sqlite3.connect(db) as con:
+        con.executescript(_schema_before(column))
+        con.execute("INSERT INTO results (session, created_at, device, artifact_name, artifact_sha256, runs,"
+                    " round_p50_us) VALUES ('old', 't', 'host', 'm', 'mmmm', 3, '[10.0, 10.1]')")
+    return db
+
+
 def test_a_history_from_before_identities_still_compares(tmp_path):
     """A history written by an older edgekd (no identity column, results without input shapes) gains the
     column; its rows pair on what they recorded (format, precision, device, harness) and the rest is named."""
@@ -321,11 +333,7 @@ def test_a_sustained_result_records_every_call_as_runs_and_its_sample_apart(tmp_
 def test_a_history_from_before_the_sampled_column_gains_it_and_keeps_its_rows(tmp_path):
     import sqlite3
 
-    db = tmp_path / "h.sqlite"
-    with sqlite3.connect(db) as con:
-        con.executescript(_schema_before("sampled INTEGER"))
-        con.execute("INSERT INTO results (session, created_at, device, artifact_name, artifact_sha256, runs,"
-                    " round_p50_us) VALUES ('old', 't', 'host', 'm', 'mmmm', 3, '[10.0, 10.1]')")
+    db = _history_with_one_old_row(tmp_path, "sampled INTEGER")
     history.record([_result("m", 10.0, 0, [10.0, 10.1])], db)
     with sqlite3.connect(db) as con:
         assert con.execute("SELECT runs, sampled FROM results ORDER BY id").fetchall() == [(3, None), (3000, 3000)]
@@ -482,11 +490,7 @@ def test_the_history_keeps_the_run_a_result_came_from(tmp_path):
 def test_a_history_from_before_the_run_column_gains_it_and_keeps_its_rows(tmp_path):
     import sqlite3
 
-    db = tmp_path / "h.sqlite"
-    with sqlite3.connect(db) as con:
-        con.executescript(_schema_before("run_name TEXT"))
-        con.execute("INSERT INTO results (session, created_at, device, artifact_name, artifact_sha256, runs,"
-                    " round_p50_us) VALUES ('old', 't', 'host', 'm', 'mmmm', 3, '[10.0, 10.1]')")
+    db = _history_with_one_old_row(tmp_path, "run_name TEXT")
     new = _result("m", 10.0, 0, [10.0, 10.1])
     new.artifact["run"] = "demo"
     later = history.record([new], db)

@@ -12,12 +12,15 @@ def _token_model(path):
     """ids [1, seq] int64, mask [1, seq] int64, image [1, 4] uint8, flag [1] bool -> the count of kept tokens."""
     nodes = [helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
              helper.make_node("ReduceSum", ["m"], ["kept"], keepdims=0)]
-    graph = helper.make_graph(nodes, "tokens", [
+    return _save(path, helper.make_graph(nodes, "tokens", [
         helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "seq"]),
         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [1, "seq"]),
         helper.make_tensor_value_info("pixels", TensorProto.UINT8, [1, 4]),
         helper.make_tensor_value_info("flag", TensorProto.BOOL, [1])],
-        [helper.make_tensor_value_info("kept", TensorProto.FLOAT, [])])
+        [helper.make_tensor_value_info("kept", TensorProto.FLOAT, [])]))
+
+
+def _save(path, graph):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
     path.write_bytes(model.SerializeToString())
@@ -49,13 +52,9 @@ def test_a_model_fed_made_up_ids_sees_every_token(tmp_path):
 
 def _unnamed_dims_model(path):
     """x [?, ?] float with neither dimension named (no dim_param, as hand-built and older exports have) -> sum."""
-    graph = helper.make_graph([helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0)], "unnamed",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None])],
-                              [helper.make_tensor_value_info("total", TensorProto.FLOAT, [])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    path.write_bytes(model.SerializeToString())
-    return path
+    return _save(path, helper.make_graph([helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0)], "unnamed",
+                                         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None])],
+                                         [helper.make_tensor_value_info("total", TensorProto.FLOAT, [])]))
 
 
 def test_an_unnamed_dynamic_dimension_is_sized_by_its_position(tmp_path):
