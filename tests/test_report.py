@@ -210,6 +210,19 @@ def test_a_speed_note_never_takes_a_failed_fp32_as_its_reference():
     assert notes(False) == []  # no reference left to be slower than
 
 
+def test_a_run_without_a_floor_is_told_its_int4_is_slower_than_fp32():
+    """A text run times no floor graph (its models take token ids), and the INT4-slower-than-FP32 finding lived
+    inside the floor's loop: a text student's INT4 at 1.6× its FP32 went unsaid."""
+    rows = _rows(("student-onnx-fp32", "fp32", 400.0, ["avx2"], "x86_64"),
+                 ("student-onnx-int4", "int4", 650.0, ["avx2"], "x86_64"))
+    without = [f for f in findings({"rows": rows}) if "than FP32" in f]
+    assert len(without) == 1 and without[0].startswith("onnxruntime: student-onnx-int4 is slower than FP32"), without
+    with_floor = findings({"rows": rows, "floors": {"onnx": {"p50_us": 5.0}}})
+    assert [f for f in with_floor if "than FP32" in f] == without
+    assert any("per-call floor" in f for f in with_floor) and not any("per-call floor" in f for f in findings(
+        {"rows": rows}))
+
+
 def test_int8_accuracy_findings_from_rows():
     saturated = {"name": "student-onnx-int8_static", "role": "student", "format": "onnx", "precision": "int8_static",
                  "kept_fp32": [], "layers_total": 2, "reduce_range": False, "ops": 1, "layout_ops": 0,

@@ -336,21 +336,17 @@ def findings(summary: dict[str, Any]) -> list[str]:
         if row.get("parity_passed") is False:
             out.append(f"FAILED: {row['name']} did not pass its parity check ({row['parity_reason']}); "
                        "do not ship it.")
-    for fmt, floor in (summary.get("floors") or {}).items():
+    floors = summary.get("floors") or {}
+    # every format a student was timed in: a text run times no floor, and its INT4 slower than FP32 went unsaid
+    for fmt in dict.fromkeys([*floors, *(r["format"] for r in rows if r["role"] == "student")]):
         timed = [r for r in rows if r.get("p50_us") is not None and r["role"] == "student" and r["format"] == fmt
                  and r.get("parity_passed") is not False]  # a failed artifact is no candidate, however fast
         if not timed:
             continue
         runtime = RUNTIME_OF.get(fmt, fmt)
-        fastest = min(timed, key=lambda r: r["p50_us"])
-        x_floor = fastest["p50_us"] / floor["p50_us"]
-        out.append(f"{runtime}: fastest student artifact {fastest['name']} at p50 {fastest['p50_us']:.2f} µs"
-                   f"{_fastest_within_noise(fastest, timed)}, "
-                   f"{x_floor:.2f}× the runtime's per-call floor ({floor['p50_us']:.2f} µs"
-                   f"{stats.BELOW_RESOLUTION_MARK if floor.get('resolution_limited') else ''} for an Identity graph)"
-                   + (": at this size the runtime's call overhead, not the model, sets the latency."
-                      if x_floor < stats.OVERHEAD_BOUND else
-                      f": the model, not the runtime's call overhead (~{1 / x_floor:.0%} of it), sets the latency."))
+        floor = floors.get(fmt)
+        if floor and floor.get("p50_us"):
+            out.append(_floor_finding(runtime, timed, floor))
         for row in timed:
             fp32 = _fp32_reference(timed, row)
             if not (fp32 and row["precision"] not in ("fp32", *INT8_PRECISIONS) and row["p50_us"] > fp32["p50_us"]):
@@ -407,6 +403,19 @@ def findings(summary: dict[str, Any]) -> list[str]:
         out.append(f"Unstable timings: {'; '.join(unstable)}.")
     out += _timer_findings(rows)
     return out
+
+
+def _floor_finding(runtime: str, timed: list[dict[str, Any]], floor: dict[str, Any]) -> str:
+    """The fastest student artifact of a runtime against that runtime's per-call floor (an Identity graph)."""
+    fastest = min(timed, key=lambda r: r["p50_us"])
+    x_floor = fastest["p50_us"] / floor["p50_us"]
+    return (f"{runtime}: fastest student artifact {fastest['name']} at p50 {fastest['p50_us']:.2f} µs"
+            f"{_fastest_within_noise(fastest, timed)}, "
+            f"{x_floor:.2f}× the runtime's per-call floor ({floor['p50_us']:.2f} µs"
+            f"{stats.BELOW_RESOLUTION_MARK if floor.get('resolution_limited') else ''} for an Identity graph)"
+            + (": at this size the runtime's call overhead, not the model, sets the latency."
+               if x_floor < stats.OVERHEAD_BOUND else
+               f": the model, not the runtime's call overhead (~{1 / x_floor:.0%} of it), sets the latency."))
 
 
 def _teacher_labels_note(teacher: dict[str, Any] | None, student: dict[str, Any], recipe: dict[str, Any]) -> str:
