@@ -146,3 +146,18 @@ def test_label_fraction_1_with_students_is_the_all_labels_teacher():
     x, y = teacher_labelled(recipe, load_splits(recipe))
     splits = load_splits(recipe)
     assert np.array_equal(x, splits.x_train) and np.array_equal(y, splits.y_train)
+
+
+def test_a_text_runs_kd_finding_does_not_offer_the_switch_it_refuses():
+    """A text run's finding told to set data.teacher_labels: students, which text recipes refuse."""
+    from edgekd.bench.report import findings
+
+    models = {"teacher": {"test_accuracy": 0.8, "labelled_samples": 3000, "source": "/hf/minilm"},
+              "student": {"test_accuracy": 0.7, "strategy": "text_kd", "labelled_samples": 300,
+                          "transfer_samples": 9000},
+              "scratch": {"test_accuracy": 0.6, "labelled_samples": 300}}
+    (said,) = [f for f in findings({"rows": [], "models": models, "recipe": {"task": "text"}})
+               if f.startswith("Distillation")]
+    assert said.endswith("The teacher's class head was fitted on the labels of all 3000 labelled training "
+                         "sentences, so part of the gain can be labels reaching the student through it."), said
+    assert "teacher_labels" not in said

@@ -433,6 +433,9 @@ def _teacher_labels_note(teacher: dict[str, Any] | None, student: dict[str, Any]
                 "the scratch baseline never saw.")
     every = f"all {seen}" if seen is not None else "all the"  # a teacher recorded before the count was kept
     theirs = f"{students} " if students is not None else ""
+    if recipe.get("task") == "text":  # its head is fitted on every labelled sentence: no switch narrows it
+        return (f" The teacher's class head was fitted on the labels of {every} labelled training sentences, so "
+                "part of the gain can be labels reaching the student through it.")
     return (f" The teacher trained on the labels of {every} training samples, so part of the gain can be labels "
             "reaching the student through it; data.teacher_labels: students trains it on the students' "
             f"{theirs}labels alone.")

@@ -111,7 +111,8 @@ def teacher_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
                                         labels[data.labelled_train_rows]).mean()),
                "parameters": (_teacher_parameters(data.teacher_folder) or 0) + sum(p.numel() for p in head.parameters()),
                "source": str(data.teacher_folder), "seconds": round(time.perf_counter() - started, 2),
-               "sentences": len(data.corpus), "generation": 0}
+               "sentences": len(data.corpus), "labelled_samples": int(len(data.labelled_train_rows)),
+               "generation": 0}
     path = save_checkpoint(head, ctx.rundir.checkpoints / "teacher.pt", role="teacher", run=ctx.recipe.name,
                            hf_folder=str(data.teacher_folder), metrics=metrics, generation=0)
     return [path, emb_path, logit_path], {"metrics": metrics}
