@@ -396,6 +396,36 @@ def test_key_files_and_the_control_socket_in_folders_with_spaces_and_quotes(sshd
         shutil.rmtree(control_parent, ignore_errors=True)
 
 
+def _command_in(fix: str, starts: str) -> str:
+    """The command a fix quotes between backticks that starts with `starts`."""
+    return next(part for part in fix.split("`")[1::2] if part.startswith(starts))
+
+
+def test_a_key_others_can_read_is_the_problem_said_not_the_devices_keys(sshd, workdir, tmp_path):
+    # ssh ignores such a key (`Load key "…": bad permissions`): the login was "refused", with the fix "install
+    # your public key (ssh-copy-id)", on a device that has it. The fix given now, run as given, repairs it.
+    key = tmp_path / "my keys" / "id key"
+    key.parent.mkdir()
+    shutil.copy(sshd.profile_options()["identity_file"], key)
+    key.chmod(0o644)
+    with make_device(sshd, workdir, identity_file=str(key)) as device:
+        with pytest.raises(DeviceError) as err:
+            device.run(["true"])
+        assert f"ignored the key {key}, which other users can read" in err.value.what
+        assert "0644" in err.value.why and "ssh-copy-id" not in err.value.fix
+        chmod = subprocess.run(["sh", "-c", _command_in(err.value.fix, "chmod 600")], capture_output=True, text=True)
+        assert chmod.returncode == 0, chmod.stderr
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600 and device.run(["true"]).returncode == 0
+
+
+def test_a_folder_as_identity_file_is_refused_before_connecting(tmp_path):
+    profile = DeviceProfile(name="bad", kind="ssh", options={"host": "nowhere.invalid", "identity_file": str(tmp_path)})
+    with pytest.raises(DeviceError) as err:
+        SSHDevice(profile)
+    assert err.value.what == f"device 'bad': `identity_file` {tmp_path} is not a file"
+    assert "private key file" in err.value.fix
+
+
 def _wait_for(condition, seconds: float = 30.0):
     """condition()'s first true value, polled (bounded, so that a device that never gets there fails the test)."""
     import time
