@@ -92,6 +92,11 @@ def accepted_logins(server: LoopbackSSHD) -> int:
     return server.log.read_text(errors="replace").count("Accepted publickey")
 
 
+def _command_in(fix: str, starts: str) -> str:
+    """The command a fix quotes between backticks that starts with `starts`."""
+    return next(part for part in fix.split("`")[1::2] if part.startswith(starts))
+
+
 # ---------------------------------------------------------------------- files and commands
 
 def test_push_run_pull_round_trip(device, workdir, tmp_path):
@@ -303,6 +308,23 @@ def test_wrong_host_key_is_refused(sshd, workdir, tmp_path):
         device.close()
 
 
+def test_the_changed_host_key_fix_runs_as_given_with_a_known_hosts_path_with_spaces(sshd, workdir, tmp_path):
+    # `ssh-keygen -R '[127.0.0.1]:PORT' -f /tmp/k h/known hosts` was "Too many arguments": the path was not quoted.
+    impostor = keygen(tmp_path / "other_host_key", "not-the-server")
+    known = tmp_path / "k h" / "known hosts"
+    known.parent.mkdir()
+    known.write_text(sshd.known_hosts_line(impostor))
+    with make_device(sshd, workdir, known_hosts=str(known)) as device:
+        with pytest.raises(HostKeyMismatch, match="host key differs") as err:
+            device.run(["true"])
+        for starts in ("ssh-keygen -R", "ssh-keyscan"):  # the user's shell runs them as the fix gives them
+            command = _command_in(err.value.fix, starts)
+            done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, (command, done.stderr)
+        assert sshd.known_hosts_line(impostor).split()[-1] not in known.read_text()  # the old key is gone
+        assert device.run(["true"]).returncode == 0  # and the device's own key is known
+
+
 def test_unknown_host_key_is_refused_not_trusted(sshd, workdir, tmp_path):
     known = tmp_path / "empty_known_hosts"
     known.write_text("")
@@ -394,11 +416,6 @@ def test_key_files_and_the_control_socket_in_folders_with_spaces_and_quotes(sshd
             assert " " in device._control_dir
     finally:
         shutil.rmtree(control_parent, ignore_errors=True)
-
-
-def _command_in(fix: str, starts: str) -> str:
-    """The command a fix quotes between backticks that starts with `starts`."""
-    return next(part for part in fix.split("`")[1::2] if part.startswith(starts))
 
 
 def test_a_key_others_can_read_is_the_problem_said_not_the_devices_keys(sshd, workdir, tmp_path):

@@ -345,16 +345,19 @@ class SSHDevice(ProfiledDevice):
         why = _ssh_message(stderr)
         if _matches(stderr, _HOST_KEY):
             known = self.known_hosts or "~/.ssh/known_hosts"
+            # The commands are for the user's shell: every word quoted (a known_hosts path with a space was
+            # three arguments to ssh-keygen), but the default's ~ left for the shell to expand.
+            file = shlex.quote(self.known_hosts) if self.known_hosts else known
             port = f"-p {self.port} " if self.port else ""
             entry = f"[{self.host}]:{self.port}" if self.port and self.port != 22 else self.host
-            keyscan = f"`ssh-keyscan {port}{self.host} >> {shlex.quote(known) if self.known_hosts else known}`"
+            keyscan = f"`ssh-keyscan {port}{shlex.quote(self.host)} >> {file}`"
             if "IDENTIFICATION HAS CHANGED" in stderr or "Host key for" in stderr:
                 raise HostKeyMismatch(
                     f"SSH refused {self.name} ({self._target()}): its host key differs from the one in {known}",
                     why=why,
                     fix="if the device was reinstalled, compare the key fingerprint on its console, then run "
-                        f"`ssh-keygen -R '{entry}' -f {known}` and {keyscan}; a change you did not expect may "
-                        "be an attack: do not accept it",
+                        f"`ssh-keygen -R {shlex.quote(entry)} -f {file}` and {keyscan}; a change you did not expect "
+                        "may be an attack: do not accept it",
                 )
             raise HostKeyMismatch(
                 f"SSH refused {self.name} ({self._target()}): its host key is unknown (not in {known})",
