@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -160,6 +161,30 @@ def test_out_of_space_and_missing_runtime_on_the_phone_are_clear(adb_server, pho
         edgekd.bench(_models(tmp_path)[:1], device=str(_profile(tmp_path, adb_server, phone, python=bare)),
                      settings=FAST)
     assert "pip install" in (err.value.fix or "") and "numpy" in (err.value.what + (err.value.fix or ""))
+
+
+def test_a_phone_whose_workdir_is_the_shared_tmp_is_refused(adb_server, phone, fake_binary,  # noqa: F811
+                                                             tflite_model, tmp_path):  # noqa: F811
+    # `workdir: /data/local/tmp` benched: its runner, artifacts/, inputs/ and specs/ went straight into the phone's
+    # shared folder, which `edgekd devices --clean` then refused to clean (and the out-of-space fix sent there).
+    from edgekd.devices.base import DeviceError
+
+    shared = phone.sandbox / "data" / "local" / "tmp"  # the phone's /data/local/tmp
+    before = sorted(p.name for p in shared.iterdir())
+    runner_path = _profile(tmp_path, adb_server, phone, python=sys.executable, workdir="/data/local/tmp")
+    tool_path = tmp_path / "native.yaml"
+    tool_path.write_text(yaml.safe_dump({**yaml.safe_load(runner_path.read_text()), "python": None,
+                                         "native": {"tflite": str(fake_binary)}}))
+    for profile, model in ((runner_path, _models(tmp_path)[0]), (tool_path, tflite_model)):
+        with pytest.raises(DeviceError) as err:
+            edgekd.bench([model], device=str(profile), settings=FAST)
+        assert err.value.what == "will not use the work directory '/data/local/tmp' of device 'phone'"
+        assert "devices --clean" in err.value.why and "/data/local/tmp/edgekd" in err.value.fix
+        assert sorted(p.name for p in shared.iterdir()) == before
+    info = subprocess.run([sys.executable, "-m", "edgekd.cli", "devices", "--info", str(runner_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert info.returncode == 2 and "will not use the work directory" in info.stderr, info.stderr
+    assert "Traceback" not in info.stderr and sorted(p.name for p in shared.iterdir()) == before
 
 
 def test_cpu_pinning_on_a_phone_with_androids_taskset(adb_server, tmp_path_factory, tmp_path):  # noqa: F811

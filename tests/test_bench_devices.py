@@ -88,6 +88,27 @@ def test_clean_over_ssh_stops_while_a_runner_measures_on_the_board(tmp_path):
         assert clean(str(profile)).files == len(left)
 
 
+def test_a_board_whose_workdir_is_the_root_is_refused_before_any_copy(tmp_path):
+    # `workdir: /` passed (the owner check skipped "/"): `devices --info` left its runner in the board's /, and
+    # `edgekd devices --clean` would not clean there. The loopback board is this machine: its / is ours.
+    from edgekd.devices.base import runner_name
+
+    left = Path("/") / runner_name()
+    assert not left.exists()
+    try:
+        with LoopbackSSHD(tmp_path / "sshd") as server:
+            profile = _profile(server, tmp_path)
+            profile.write_text(yaml.safe_dump({**yaml.safe_load(profile.read_text()), "workdir": "/"}))
+            proc = subprocess.run([sys.executable, "-m", "edgekd.cli", "devices", "--info", str(profile)],
+                                  capture_output=True, text=True, timeout=120)
+    finally:
+        runner_left = left.exists()
+        left.unlink(missing_ok=True)
+    err = " ".join(proc.stderr.split())
+    assert proc.returncode == 2 and "will not use the work directory '/' of device 'board'" in err, proc.stderr
+    assert "Traceback" not in proc.stderr and "fix: point `workdir:`" in err and not runner_left
+
+
 def test_a_device_lost_midway_keeps_what_was_measured_and_resume_measures_the_rest(tmp_path):
     from edgekd.bench.result import BenchResult
 

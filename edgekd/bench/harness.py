@@ -30,8 +30,8 @@ from edgekd.bench.native_predict import device_outputs, unscorable
 from edgekd.bench.native_system import native_system
 from edgekd.bench.result import BenchResult
 from edgekd.bench.runner import NOTICE as RUNNER_NOTICE
-from edgekd.devices.base import (RUNNER_SOURCE, TETHER_S, Device, DeviceTimeout, RuntimeMissing, cool_down,
-                                 python_argv, runner_name, temperature)
+from edgekd.devices.base import (RUNNER_SOURCE, TETHER_S, Device, DeviceTimeout, RuntimeMissing, bench_workdir,
+                                 cool_down, python_argv, runner_name, temperature)
 from edgekd.errors import ArtifactError, BenchError, EdgeKDError, first_line, printable
 from edgekd.export.artifact import RECORD_NAME, Artifact
 from edgekd.names import PATH_COMPONENT
@@ -768,6 +768,7 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
     resolved = _distinct_names([resolve_artifact(a) for a in artifact_list(artifacts)])
     target = open_device(device)
     try:
+        bench_workdir(target)  # before any copy: a shared folder is refused, as `edgekd devices --clean` refuses it
         # The folder's lock first: a second bench into the same folder is told so, as before the device lock.
         with _results_lock(results_dir, target.name), device_lock(target.name, results_dir):
             return _bench_on(target, resolved, settings, inputs=inputs, results_dir=results_dir, history=history,
