@@ -258,6 +258,19 @@ def test_native_onnx_path_over_adb_is_told_the_batch(adb_server, phone, fake_per
     assert phone.opened_services.count("sync:") == before  # refused before anything was pushed
 
 
+def test_cpus_the_phone_does_not_have_are_refused_on_the_native_path(adb_server, phone, fake_binary,  # noqa: F811
+                                                                     tflite_model, tmp_path):  # noqa: F811
+    from edgekd.devices.base import DeviceError
+
+    have = sorted(os.sched_getaffinity(0))  # the loopback phone's shell runs on this machine
+    profile = _profile(tmp_path, adb_server, phone, python=None, native={"tflite": str(fake_binary)},
+                       cpus=[have[0], have[-1] + 1])
+    with pytest.raises(DeviceError) as err:
+        edgekd.bench([tflite_model], device=str(profile), settings=FAST)
+    assert f"names CPU {have[-1] + 1}, which it does not have (its CPUs: {', '.join(map(str, have))})" in \
+        err.value.what and "`cpus:`" in err.value.fix
+
+
 def test_a_phone_without_taskset_says_so_on_the_native_path(adb_server, tmp_path_factory, fake_binary,  # noqa: F811
                                                             tflite_model, tmp_path):  # noqa: F811
     from adb_device import LoopbackAdbDevice

@@ -25,7 +25,7 @@ import numpy as np
 
 from edgekd.bench import stats
 from edgekd.bench.device_lock import device_lock
-from edgekd.bench.native import TOOL_FOR_FORMAT, cpu_mask, no_taskset
+from edgekd.bench.native import TOOL_FOR_FORMAT, check_cpus, cpu_mask, no_taskset
 from edgekd.bench.native_predict import device_outputs, unscorable
 from edgekd.bench.native_system import native_system
 from edgekd.bench.result import BenchResult
@@ -769,6 +769,7 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
     target = open_device(device)
     try:
         bench_workdir(target)  # before any copy: a shared folder is refused, as `edgekd devices --clean` refuses it
+        check_cpus(target)
         # The folder's lock first: a second bench into the same folder is told so, as before the device lock.
         with _results_lock(results_dir, target.name), device_lock(target.name, results_dir):
             return _bench_on(target, resolved, settings, inputs=inputs, results_dir=results_dir, history=history,
