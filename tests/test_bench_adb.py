@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -217,6 +218,27 @@ def test_a_phone_without_taskset_says_so_when_cpus_are_set(adb_server, tmp_path_
             edgekd.bench(_models(tmp_path)[:1], device=str(profile), settings=FAST)
     assert "has no taskset" in err.value.what and "taskset" in err.value.why
     assert "remove `cpus:`" in err.value.fix and "Python" not in err.value.fix
+
+
+def test_native_tools_without_a_python_field_are_used(adb_server, tmp_path_factory, fake_binary,  # noqa: F811
+                                                       tflite_model, tmp_path):  # noqa: F811
+    # `native:` without `python:` was ignored: the default python3 was tried, and a phone without Python failed
+    # with "cannot be started: python3 … install Python 3", which never said how to use the tools it names.
+    from adb_device import LoopbackAdbDevice
+
+    from edgekd.devices.base import RuntimeMissing
+
+    stock = LoopbackAdbDevice(_sandbox(tmp_path_factory, "stock-phone"), without=("python3",))
+    with _attached(adb_server, stock) as dev:
+        profile = _profile(tmp_path, adb_server, dev, native={"tflite": str(fake_binary)})
+        assert "python" not in yaml.safe_load(profile.read_text())
+        (result,) = edgekd.bench([tflite_model], device=str(profile), settings=replace(FAST, rounds=1))
+        assert result.harness == "native" and result.latency_us["p50"] > 0
+        # `python:` set by hand to one the phone lacks: the fix says how to use its tools instead
+        profile = _profile(tmp_path, adb_server, dev, python="python3", native={"tflite": str(fake_binary)})
+        with pytest.raises(RuntimeMissing, match="cannot be started: python3") as err:
+            edgekd.bench([tflite_model], device=str(profile), settings=replace(FAST, rounds=1))
+    assert "`python: null` to use the benchmark tools under `native:`" in err.value.fix
 
 
 def test_native_onnx_path_over_adb_is_told_the_batch(adb_server, phone, fake_perf_test, fake_binary,  # noqa: F811

@@ -548,10 +548,12 @@ class _Session:
             if missing is not None:
                 raise missing from None
             if proc.returncode in (126, 127):  # the shell's "cannot execute" / "not found": no Python started
+                tools = ("; or `python: null` to use the benchmark tools under `native:`"
+                         if self.device.profile.options.get("native") else "")
                 raise RuntimeMissing(
                     f"the Python of device '{self.device.name}' cannot be started: {shlex.join(argv[:-2])}",
                     why=last, fix="install Python 3 with numpy on the device, or set `python:` in its profile "
-                                  "to the path of the device's Python") from None
+                                  f"to the path of the device's Python{tools}") from None
             killed = _killed_by(proc.returncode)
             raise BenchError(f"the runner crashed on {self.device.name}",
                              why=f"{killed}; {last}" if killed and proc.stderr.strip() else killed or last,

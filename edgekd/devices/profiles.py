@@ -170,6 +170,10 @@ def load_profile(path: Path) -> DeviceProfile:
                           why=f"without `name:` a profile is named after its file, and a device name is one word "
                               f"of {IDENTIFIER_RULE} (it names files)",
                           fix="add `name:` to the profile, or rename the file")
+    if raw.get("native") and "python" not in raw:
+        # `native:` names the benchmark tools of a device without Python: without `python:` they are what it
+        # uses (the default python3 was tried instead, and failed with "install Python" on a stock phone).
+        common["python"] = None
     if raw["kind"] == "adb":
         common.setdefault("workdir", "/data/local/tmp/edgekd")
     if raw["kind"] == "local":
