@@ -238,7 +238,10 @@ def test_native_tools_without_a_python_field_are_used(adb_server, tmp_path_facto
         profile = _profile(tmp_path, adb_server, dev, python="python3", native={"tflite": str(fake_binary)})
         with pytest.raises(RuntimeMissing, match="cannot be started: python3") as err:
             edgekd.bench([tflite_model], device=str(profile), settings=replace(FAST, rounds=1))
+        info = subprocess.run([sys.executable, "-m", "edgekd.cli", "devices", "--info", str(profile)],
+                              capture_output=True, text=True, timeout=120)
     assert "`python: null` to use the benchmark tools under `native:`" in err.value.fix
+    assert info.returncode == 2 and "`python: null` to use the benchmark tools" in " ".join(info.stderr.split())
 
 
 def test_native_onnx_path_over_adb_is_told_the_batch(adb_server, phone, fake_perf_test, fake_binary,  # noqa: F811

@@ -221,7 +221,9 @@ def info_via_runner(device: Device) -> dict[str, Any]:
             f"the device's Python could not run edgekd's runner on '{device.name}'",
             why=(result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1],
             fix="install Python 3.9+ with numpy on the device (e.g. `pip install numpy onnxruntime` or "
-                "`pip install numpy ai-edge-litert`), or set `python:` in the device profile",
+                "`pip install numpy ai-edge-litert`), or set `python:` in the device profile"
+                + ("; or `python: null` to use the benchmark tools under `native:`"
+                   if device.profile.options.get("native") else ""),
         ) from None
     info["arch"] = (info.get("system") or {}).get("machine")  # the device's Python says, not this host's uname
     info["emulated"] = device.profile.emulated
