@@ -6,7 +6,9 @@ from __future__ import annotations
 import html
 import os
 import shutil
+import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +164,30 @@ def test_out_of_space_and_missing_runtime_on_the_phone_are_clear(adb_server, pho
     assert "pip install" in (err.value.fix or "") and "numpy" in (err.value.what + (err.value.fix or ""))
 
 
+def test_a_phone_whose_workdir_is_the_shared_tmp_is_refused(adb_server, phone, fake_binary,  # noqa: F811
+                                                             tflite_model, tmp_path):  # noqa: F811
+    # `workdir: /data/local/tmp` benched: its runner, artifacts/, inputs/ and specs/ went straight into the phone's
+    # shared folder, which `edgekd devices --clean` then refused to clean (and the out-of-space fix sent there).
+    from edgekd.devices.base import DeviceError
+
+    shared = phone.sandbox / "data" / "local" / "tmp"  # the phone's /data/local/tmp
+    before = sorted(p.name for p in shared.iterdir())
+    runner_path = _profile(tmp_path, adb_server, phone, python=sys.executable, workdir="/data/local/tmp")
+    tool_path = tmp_path / "native.yaml"
+    tool_path.write_text(yaml.safe_dump({**yaml.safe_load(runner_path.read_text()), "python": None,
+                                         "native": {"tflite": str(fake_binary)}}))
+    for profile, model in ((runner_path, _models(tmp_path)[0]), (tool_path, tflite_model)):
+        with pytest.raises(DeviceError) as err:
+            edgekd.bench([model], device=str(profile), settings=FAST)
+        assert err.value.what == "will not use the work directory '/data/local/tmp' of device 'phone'"
+        assert "devices --clean" in err.value.why and "/data/local/tmp/edgekd" in err.value.fix
+        assert sorted(p.name for p in shared.iterdir()) == before
+    info = subprocess.run([sys.executable, "-m", "edgekd.cli", "devices", "--info", str(runner_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert info.returncode == 2 and "will not use the work directory" in info.stderr, info.stderr
+    assert "Traceback" not in info.stderr and sorted(p.name for p in shared.iterdir()) == before
+
+
 def test_cpu_pinning_on_a_phone_with_androids_taskset(adb_server, tmp_path_factory, tmp_path):  # noqa: F811
     # Android's taskset is toybox's: a hex mask, no -c. The runner path pinned with `taskset -c LIST`, so a phone
     # with Termux's Python and `cpus:` (as in edgekd/devices/examples/phone.yaml) failed every run: "the runner
@@ -192,6 +218,30 @@ def test_a_phone_without_taskset_says_so_when_cpus_are_set(adb_server, tmp_path_
             edgekd.bench(_models(tmp_path)[:1], device=str(profile), settings=FAST)
     assert "has no taskset" in err.value.what and "taskset" in err.value.why
     assert "remove `cpus:`" in err.value.fix and "Python" not in err.value.fix
+
+
+def test_native_tools_without_a_python_field_are_used(adb_server, tmp_path_factory, fake_binary,  # noqa: F811
+                                                       tflite_model, tmp_path):  # noqa: F811
+    # `native:` without `python:` was ignored: the default python3 was tried, and a phone without Python failed
+    # with "cannot be started: python3 … install Python 3", which never said how to use the tools it names.
+    from adb_device import LoopbackAdbDevice
+
+    from edgekd.devices.base import RuntimeMissing
+
+    stock = LoopbackAdbDevice(_sandbox(tmp_path_factory, "stock-phone"), without=("python3",))
+    with _attached(adb_server, stock) as dev:
+        profile = _profile(tmp_path, adb_server, dev, native={"tflite": str(fake_binary)})
+        assert "python" not in yaml.safe_load(profile.read_text())
+        (result,) = edgekd.bench([tflite_model], device=str(profile), settings=replace(FAST, rounds=1))
+        assert result.harness == "native" and result.latency_us["p50"] > 0
+        # `python:` set by hand to one the phone lacks: the fix says how to use its tools instead
+        profile = _profile(tmp_path, adb_server, dev, python="python3", native={"tflite": str(fake_binary)})
+        with pytest.raises(RuntimeMissing, match="cannot be started: python3") as err:
+            edgekd.bench([tflite_model], device=str(profile), settings=replace(FAST, rounds=1))
+        info = subprocess.run([sys.executable, "-m", "edgekd.cli", "devices", "--info", str(profile)],
+                              capture_output=True, text=True, timeout=120)
+    assert "`python: null` to use the benchmark tools under `native:`" in err.value.fix
+    assert info.returncode == 2 and "`python: null` to use the benchmark tools" in " ".join(info.stderr.split())
 
 
 def test_native_onnx_path_over_adb_is_told_the_batch(adb_server, phone, fake_perf_test, fake_binary,  # noqa: F811
@@ -231,6 +281,19 @@ def test_native_onnx_path_over_adb_is_told_the_batch(adb_server, phone, fake_per
         edgekd.bench([onnx_model], device=str(profile), settings=FAST, inputs=inputs)
     assert "the inputs have shape [3, 8]; identity's input 'x' takes ['batch', 16]" in err.value.what
     assert phone.opened_services.count("sync:") == before  # refused before anything was pushed
+
+
+def test_cpus_the_phone_does_not_have_are_refused_on_the_native_path(adb_server, phone, fake_binary,  # noqa: F811
+                                                                     tflite_model, tmp_path):  # noqa: F811
+    from edgekd.devices.base import DeviceError
+
+    have = sorted(os.sched_getaffinity(0))  # the loopback phone's shell runs on this machine
+    profile = _profile(tmp_path, adb_server, phone, python=None, native={"tflite": str(fake_binary)},
+                       cpus=[have[0], have[-1] + 1])
+    with pytest.raises(DeviceError) as err:
+        edgekd.bench([tflite_model], device=str(profile), settings=FAST)
+    assert f"names CPU {have[-1] + 1}, which it does not have (its CPUs: {', '.join(map(str, have))})" in \
+        err.value.what and "`cpus:`" in err.value.fix
 
 
 def test_a_phone_without_taskset_says_so_on_the_native_path(adb_server, tmp_path_factory, fake_binary,  # noqa: F811

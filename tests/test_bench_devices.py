@@ -88,6 +88,27 @@ def test_clean_over_ssh_stops_while_a_runner_measures_on_the_board(tmp_path):
         assert clean(str(profile)).files == len(left)
 
 
+def test_a_board_whose_workdir_is_the_root_is_refused_before_any_copy(tmp_path):
+    # `workdir: /` passed (the owner check skipped "/"): `devices --info` left its runner in the board's /, and
+    # `edgekd devices --clean` would not clean there. The loopback board is this machine: its / is ours.
+    from edgekd.devices.base import runner_name
+
+    left = Path("/") / runner_name()
+    assert not left.exists()
+    try:
+        with LoopbackSSHD(tmp_path / "sshd") as server:
+            profile = _profile(server, tmp_path)
+            profile.write_text(yaml.safe_dump({**yaml.safe_load(profile.read_text()), "workdir": "/"}))
+            proc = subprocess.run([sys.executable, "-m", "edgekd.cli", "devices", "--info", str(profile)],
+                                  capture_output=True, text=True, timeout=120)
+    finally:
+        runner_left = left.exists()
+        left.unlink(missing_ok=True)
+    err = " ".join(proc.stderr.split())
+    assert proc.returncode == 2 and "will not use the work directory '/' of device 'board'" in err, proc.stderr
+    assert "Traceback" not in proc.stderr and "fix: point `workdir:`" in err and not runner_left
+
+
 def test_a_device_lost_midway_keeps_what_was_measured_and_resume_measures_the_rest(tmp_path):
     from edgekd.bench.result import BenchResult
 
@@ -386,6 +407,27 @@ def test_cpu_pinning_is_applied_and_checked(tmp_path):
                                        "workdir": str(tmp_path / "work")}))
     (result,) = edgekd.bench(_models(tmp_path)[:1], device=str(profile), settings=FAST)
     assert result.device["affinity"] == [cpu] and result.device["pinning_applied"] is True
+
+
+@pytest.mark.parametrize("beyond", [[0, 1], [1, 2]], ids=["some-missing", "all-missing"])
+def test_cpus_the_board_does_not_have_are_refused_naming_its_cpus(tmp_path, beyond):
+    # `cpus: [0, 5]` on a 2-CPU board benched on CPU 0 alone, exit 0 ("pinning_applied": false only in the JSON);
+    # `cpus: [5, 6]` was "the runner crashed … taskset: failed to set pid's affinity: Invalid argument".
+    from edgekd.devices.base import DeviceError
+
+    have = sorted(os.sched_getaffinity(0))  # the loopback board is this machine
+    cpus = [have[0] if b == 0 else have[-1] + b for b in beyond]
+    with LoopbackSSHD(tmp_path / "sshd") as server:
+        profile = _profile(server, tmp_path)
+        profile.write_text(yaml.safe_dump({**yaml.safe_load(profile.read_text()), "cpus": cpus}))
+        with pytest.raises(DeviceError) as err:
+            edgekd.bench(_models(tmp_path)[:1], device=str(profile), settings=FAST)
+    missing = [c for c in cpus if c not in have]
+    listed = ", ".join(map(str, have))
+    assert err.value.what.startswith(f"`cpus: {cpus}` in the profile of device 'board' names CPU")
+    assert f"{', '.join(map(str, missing))}, which it does not have (its CPUs: {listed})" in err.value.what
+    assert err.value.fix == f"set `cpus:` in the device profile to CPUs among {listed}, or remove it"
+    assert not (tmp_path / "remote" / "artifacts").exists()  # refused before anything was copied
 
 
 def test_several_devices_in_one_call(tmp_path):

@@ -92,6 +92,11 @@ def accepted_logins(server: LoopbackSSHD) -> int:
     return server.log.read_text(errors="replace").count("Accepted publickey")
 
 
+def _command_in(fix: str, starts: str) -> str:
+    """The command a fix quotes between backticks that starts with `starts`."""
+    return next(part for part in fix.split("`")[1::2] if part.startswith(starts))
+
+
 # ---------------------------------------------------------------------- files and commands
 
 def test_push_run_pull_round_trip(device, workdir, tmp_path):
@@ -303,6 +308,23 @@ def test_wrong_host_key_is_refused(sshd, workdir, tmp_path):
         device.close()
 
 
+def test_the_changed_host_key_fix_runs_as_given_with_a_known_hosts_path_with_spaces(sshd, workdir, tmp_path):
+    # `ssh-keygen -R '[127.0.0.1]:PORT' -f /tmp/k h/known hosts` was "Too many arguments": the path was not quoted.
+    impostor = keygen(tmp_path / "other_host_key", "not-the-server")
+    known = tmp_path / "k h" / "known hosts"
+    known.parent.mkdir()
+    known.write_text(sshd.known_hosts_line(impostor))
+    with make_device(sshd, workdir, known_hosts=str(known)) as device:
+        with pytest.raises(HostKeyMismatch, match="host key differs") as err:
+            device.run(["true"])
+        for starts in ("ssh-keygen -R", "ssh-keyscan"):  # the user's shell runs them as the fix gives them
+            command = _command_in(err.value.fix, starts)
+            done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, (command, done.stderr)
+        assert sshd.known_hosts_line(impostor).split()[-1] not in known.read_text()  # the old key is gone
+        assert device.run(["true"]).returncode == 0  # and the device's own key is known
+
+
 def test_unknown_host_key_is_refused_not_trusted(sshd, workdir, tmp_path):
     known = tmp_path / "empty_known_hosts"
     known.write_text("")
@@ -394,6 +416,31 @@ def test_key_files_and_the_control_socket_in_folders_with_spaces_and_quotes(sshd
             assert " " in device._control_dir
     finally:
         shutil.rmtree(control_parent, ignore_errors=True)
+
+
+def test_a_key_others_can_read_is_the_problem_said_not_the_devices_keys(sshd, workdir, tmp_path):
+    # ssh ignores such a key (`Load key "…": bad permissions`): the login was "refused", with the fix "install
+    # your public key (ssh-copy-id)", on a device that has it. The fix given now, run as given, repairs it.
+    key = tmp_path / "my keys" / "id key"
+    key.parent.mkdir()
+    shutil.copy(sshd.profile_options()["identity_file"], key)
+    key.chmod(0o644)
+    with make_device(sshd, workdir, identity_file=str(key)) as device:
+        with pytest.raises(DeviceError) as err:
+            device.run(["true"])
+        assert f"ignored the key {key}, which other users can read" in err.value.what
+        assert "0644" in err.value.why and "ssh-copy-id" not in err.value.fix
+        chmod = subprocess.run(["sh", "-c", _command_in(err.value.fix, "chmod 600")], capture_output=True, text=True)
+        assert chmod.returncode == 0, chmod.stderr
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600 and device.run(["true"]).returncode == 0
+
+
+def test_a_folder_as_identity_file_is_refused_before_connecting(tmp_path):
+    profile = DeviceProfile(name="bad", kind="ssh", options={"host": "nowhere.invalid", "identity_file": str(tmp_path)})
+    with pytest.raises(DeviceError) as err:
+        SSHDevice(profile)
+    assert err.value.what == f"device 'bad': `identity_file` {tmp_path} is not a file"
+    assert "private key file" in err.value.fix
 
 
 def _wait_for(condition, seconds: float = 30.0):

@@ -9,15 +9,13 @@ and only while the device's bench lock is held, so that no bench of this user lo
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from edgekd.bench import shell_lock
 from edgekd.bench.device_lock import device_lock
 from edgekd.bench.native import remote_binary_path
-from edgekd.devices.base import Device, DeviceError, not_an_option
+from edgekd.devices.base import Device, DeviceError, not_an_option, own_workdir
 from edgekd.errors import FolderInUseError
 
 HEX16 = "[0-9a-f]" * 16
@@ -28,11 +26,6 @@ HEX16 = "[0-9a-f]" * 16
 CACHED = ("edgekd_runner.py", f"edgekd_runner-{HEX16}.py", f"artifacts/{HEX16}.*", f"inputs/{HEX16}.*",
           f"specs/{HEX16}.json", f"outputs/{HEX16}.*", "outputs/.tmp-*.npy")
 SUBFOLDERS = ("artifacts", "inputs", "specs", "outputs", "bin")  # removed when emptied (rmdir: only if empty)
-# Folders that hold other people's files: a profile's `workdir:` set to one of them is refused, though only
-# edgekd's names would go, since the names are then no longer edgekd's alone.
-SHARED = frozenset({"/", "/tmp", "/var/tmp", "/private/tmp", "/var", "/home", "/root", "/Users", "/usr", "/etc",
-                    "/opt", "/mnt", "/media", "/srv", "/data", "/data/local", "/data/local/tmp", "/sdcard",
-                    "/storage", "/storage/emulated/0", "/storage/self/primary"})
 
 # One fixed script (no user input in it), run holding the device's own bench lock, the runner's (shell_lock: with
 # the device's flock tool, not waiting: held by a runner or native tool measuring there, whichever machine or user
@@ -129,21 +122,9 @@ def clean_workdir(device: Device) -> Cleaned:
 
 
 def checked_workdir(device: Device) -> str:
-    """The device's work directory, the one benches push to (from its profile), unless it is no folder of
-    edgekd's own: empty, the root, a parent (`..`), or a folder others share (/tmp, /data/local/tmp, home)."""
-    workdir = device.workdir
-    # POSIX keeps a leading "//" apart ("//tmp" is not "/tmp" to PurePosixPath); on Linux and Android it is "/"
-    path = PurePosixPath("/" + workdir.lstrip("/") if workdir and workdir.startswith("/") else workdir or ".")
-    shared = set(SHARED)
-    if device.profile.kind == "local":  # this machine's own shared folders, as they are spelt here
-        shared |= {str(PurePosixPath(p)) for p in (tempfile.gettempdir(), os.path.expanduser("~"))}
-    if not workdir or not path.name or ".." in path.parts or str(path) in shared:
-        raise DeviceError(f"will not clean the work directory {workdir!r} of device '{device.name}'",
-                          why="it is not a folder of edgekd's own (empty, the root, a parent or a folder others "
-                              "share), so files in it with edgekd's names may not be edgekd's",
-                          fix="point `workdir:` in the device profile at a folder of edgekd's alone, e.g. "
-                              "/tmp/edgekd-work (boards) or /data/local/tmp/edgekd (Android)")
-    return str(path)
+    """The device's work directory, unless it is no folder of edgekd's own (base.own_workdir: the rule a bench
+    follows too), since files in it with edgekd's names may then not be edgekd's."""
+    return own_workdir(device, "will not clean", "so files in it with edgekd's names may not be edgekd's")
 
 
 def _remove_local_temp_files(workdir: Path, done: Cleaned) -> None:

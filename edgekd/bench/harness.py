@@ -25,13 +25,13 @@ import numpy as np
 
 from edgekd.bench import stats
 from edgekd.bench.device_lock import device_lock
-from edgekd.bench.native import TOOL_FOR_FORMAT, cpu_mask, no_taskset
+from edgekd.bench.native import TOOL_FOR_FORMAT, check_cpus, cpu_mask, no_taskset
 from edgekd.bench.native_predict import device_outputs, unscorable
 from edgekd.bench.native_system import native_system
 from edgekd.bench.result import BenchResult
 from edgekd.bench.runner import NOTICE as RUNNER_NOTICE
-from edgekd.devices.base import (RUNNER_SOURCE, TETHER_S, Device, DeviceTimeout, RuntimeMissing, cool_down,
-                                 python_argv, runner_name, temperature)
+from edgekd.devices.base import (RUNNER_SOURCE, TETHER_S, Device, DeviceTimeout, RuntimeMissing, bench_workdir,
+                                 cool_down, python_argv, runner_name, temperature)
 from edgekd.errors import ArtifactError, BenchError, EdgeKDError, first_line, printable
 from edgekd.export.artifact import RECORD_NAME, Artifact
 from edgekd.names import PATH_COMPONENT
@@ -548,10 +548,12 @@ class _Session:
             if missing is not None:
                 raise missing from None
             if proc.returncode in (126, 127):  # the shell's "cannot execute" / "not found": no Python started
+                tools = ("; or `python: null` to use the benchmark tools under `native:`"
+                         if self.device.profile.options.get("native") else "")
                 raise RuntimeMissing(
                     f"the Python of device '{self.device.name}' cannot be started: {shlex.join(argv[:-2])}",
                     why=last, fix="install Python 3 with numpy on the device, or set `python:` in its profile "
-                                  "to the path of the device's Python") from None
+                                  f"to the path of the device's Python{tools}") from None
             killed = _killed_by(proc.returncode)
             raise BenchError(f"the runner crashed on {self.device.name}",
                              why=f"{killed}; {last}" if killed and proc.stderr.strip() else killed or last,
@@ -777,6 +779,8 @@ def bench(artifacts: Iterable[Artifact | str | Path], device: str = "host", *, s
     resolved = _distinct_names([resolve_artifact(a) for a in artifact_list(artifacts)])
     target = open_device(device)
     try:
+        bench_workdir(target)  # before any copy: a shared folder is refused, as `edgekd devices --clean` refuses it
+        check_cpus(target)
         # The folder's lock first: a second bench into the same folder is told so, as before the device lock.
         with _results_lock(results_dir, target.name), device_lock(target.name, results_dir):
             return _bench_on(target, resolved, settings, inputs=inputs, results_dir=results_dir, history=history,

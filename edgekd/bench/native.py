@@ -402,6 +402,46 @@ def cpu_mask(cpus: list[int]) -> str:
     return format(sum(1 << c for c in set(cpus)), "x")
 
 
+_ALLOWED_CPUS = re.compile(r"^Cpus_allowed_list:\s*([0-9][0-9,\-]*)\s*$", re.MULTILINE)
+
+
+def device_cpus(device: Any) -> list[int] | None:
+    """The CPUs the device lets our processes run on (Linux's and Android's /proc/self/status of a process its
+    shell starts: what taskset may pin to), or None where it cannot tell (no /proc)."""
+    result = device.run(["cat", "/proc/self/status"], timeout=60)
+    match = _ALLOWED_CPUS.search(result.stdout) if result.returncode == 0 else None
+    if match is None:
+        return None
+    cpus: list[int] = []
+    for part in match.group(1).strip(",").split(","):
+        first, _, last = part.partition("-")
+        cpus.extend(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def check_cpus(device: Any) -> None:
+    """Refuse `cpus:` naming CPUs the device does not have, before any measurement: taskset pins to the ones it
+    has and drops the others (the bench measured on fewer CPUs than asked, and only its JSON said so), and with
+    none of them it fails ("taskset: failed to set pid's affinity: Invalid argument", called a runner crash)."""
+    from edgekd.devices.base import DeviceError
+
+    wanted = getattr(device.profile, "cpus", None)
+    if not wanted:
+        return
+    cpu_mask(wanted)  # a list of CPU numbers at all
+    have = device_cpus(device)
+    missing = sorted(set(wanted) - set(have)) if have is not None else []
+    if missing:
+        listed = ", ".join(map(str, have or []))
+        raise DeviceError(
+            f"`cpus: {list(wanted)}` in the profile of device '{device.name}' names "
+            f"{'CPU' if len(missing) == 1 else 'CPUs'} {', '.join(map(str, missing))}, which it does not have "
+            f"(its CPUs: {listed})",
+            why="taskset pins the benchmark to the listed CPUs the device has and drops the others, so it would "
+                "run on fewer CPUs than `cpus:` asks; with none of them it fails",
+            fix=f"set `cpus:` in the device profile to CPUs among {listed}, or remove it")
+
+
 def remote_binary_path(device: Any, local: Path) -> str:
     """Where the benchmark binary lives on the device: WORKDIR/bin/<its local file name>."""
     return str(PurePosixPath(device.workdir) / "bin" / Path(local).name)

@@ -132,6 +132,46 @@ WORKDIR_OWNER_FIX = ("point `workdir:` in the device profile at a new folder (ed
                      "the stale folder; edgekd does not change the permissions of a folder it did not make")
 
 
+# Folders that hold other people's files: a profile's `workdir:` set to one of them is refused, both by a bench
+# (which writes its runner, artifacts/, inputs/ and specs/ straight into the work directory) and by `edgekd devices
+# --clean` (which removes only edgekd's names from it, but in such a folder those names are no longer edgekd's alone).
+SHARED_FOLDERS = frozenset({
+    "/", "/tmp", "/var/tmp", "/private/tmp", "/var", "/home", "/root", "/Users", "/usr", "/etc", "/opt", "/mnt",
+    "/media", "/srv", "/data", "/data/local", "/data/local/tmp", "/sdcard", "/storage", "/storage/emulated/0",
+    "/storage/self/primary"})
+NOT_OWN_WORKDIR = "it is not a folder of edgekd's own (empty, the root, a parent or a folder others share)"
+OWN_WORKDIR_FIX = ("point `workdir:` in the device profile at a folder of edgekd's alone, e.g. /tmp/edgekd-work "
+                   "(boards) or /data/local/tmp/edgekd (Android)")
+
+
+def own_workdir(device: Device, refusal: str, consequence: str) -> str:
+    """The device's work directory (as benches push to it), unless it is no folder of edgekd's own: empty, the
+    root, a parent (`..`), or a folder others share (/tmp, /data/local/tmp, home). One rule for whatever writes
+    there or cleans it, so that a bench never fills a folder `edgekd devices --clean` will not clean. Refused as
+    DeviceError "{refusal} the work directory …", why: NOT_OWN_WORKDIR + `consequence`."""
+    import os
+    import tempfile
+    from pathlib import PurePosixPath
+
+    workdir = device.workdir
+    # POSIX keeps a leading "//" apart ("//tmp" is not "/tmp" to PurePosixPath); on Linux and Android it is "/"
+    path = PurePosixPath("/" + workdir.lstrip("/") if workdir and workdir.startswith("/") else workdir or ".")
+    shared = set(SHARED_FOLDERS)
+    if device.profile.kind == "local":  # this machine's own shared folders, as they are spelt here
+        shared |= {str(PurePosixPath(p)) for p in (tempfile.gettempdir(), os.path.expanduser("~"))}
+    if not workdir or not path.name or ".." in path.parts or str(path) in shared:
+        raise DeviceError(f"{refusal} the work directory {workdir!r} of device '{device.name}'",
+                          why=f"{NOT_OWN_WORKDIR}, {consequence}", fix=OWN_WORKDIR_FIX)
+    return str(path)
+
+
+def bench_workdir(device: Device) -> str:
+    """own_workdir for what pushes files there (a bench, the runner of `devices --info`), before any copy."""
+    return own_workdir(device, "will not use",
+                       "and a bench writes its runner, artifacts/, inputs/ and specs/ straight into it, among the "
+                       "files of others, where `edgekd devices --clean` could not remove them")
+
+
 def free_space_fix(device: str, first: str = "") -> str:
     """DeviceOutOfSpace's fix: every bench leaves its files in the work directory (edgekd/bench/clean.py)."""
     return (f"{first}free space on the device: `edgekd devices --clean {device}` removes the files earlier benches "
@@ -169,6 +209,7 @@ def info_via_runner(device: Device) -> dict[str, Any]:
     """Push the runner (if needed) and ask it to describe the device: the same code a benchmark runs."""
     import json
 
+    bench_workdir(device)
     remote = f"{device.workdir}/{runner_name()}"
     if device.sha256(remote) != runner_sha256():
         device.push(RUNNER_SOURCE, remote)
@@ -180,7 +221,9 @@ def info_via_runner(device: Device) -> dict[str, Any]:
             f"the device's Python could not run edgekd's runner on '{device.name}'",
             why=(result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1],
             fix="install Python 3.9+ with numpy on the device (e.g. `pip install numpy onnxruntime` or "
-                "`pip install numpy ai-edge-litert`), or set `python:` in the device profile",
+                "`pip install numpy ai-edge-litert`), or set `python:` in the device profile"
+                + ("; or `python: null` to use the benchmark tools under `native:`"
+                   if device.profile.options.get("native") else ""),
         ) from None
     info["arch"] = (info.get("system") or {}).get("machine")  # the device's Python says, not this host's uname
     info["emulated"] = device.profile.emulated

@@ -175,6 +175,10 @@ def load_profile(path: Path) -> DeviceProfile:
                           why="'host' is this machine: results and history rows filed under it would mix the "
                               f"{raw['kind']} device's measurements with this machine's",
                           fix=f"give it a name of its own (`name:` in {path}, or rename the file)")
+    if raw.get("native") and "python" not in raw:
+        # `native:` names the benchmark tools of a device without Python: without `python:` they are what it
+        # uses (the default python3 was tried instead, and failed with "install Python" on a stock phone).
+        common["python"] = None
     if raw["kind"] == "adb":
         common.setdefault("workdir", "/data/local/tmp/edgekd")
     if raw["kind"] == "local":

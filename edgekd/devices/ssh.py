@@ -91,6 +91,9 @@ _AUTH = ("Permission denied", "Too many authentication failures", "no mutual sig
 _CONFIG = ("Bad configuration option", "command-line line", "nsupported option", "Bad port",
            "Can't open user config file", "garbage at end of line", "Missing argument")
 _NO_SPACE = ("No space left on device", "Disk quota exceeded")
+# A key ssh did not use, and why; with "bad permissions" it said "Permissions 0644 for 'KEY' are too open" first.
+_LOAD_KEY = re.compile(r'^Load key "(.*)": (.+)$', re.MULTILINE)
+_TOO_OPEN = re.compile(r"^Permissions (0[0-7]+) for .* are too open", re.MULTILINE)
 
 # The work directory: create it private (the runner starts from it), refuse it when another user owns it (exit 3)
 # and take group/other write access away when we own it.
@@ -122,7 +125,7 @@ class SSHDevice(ProfiledDevice):
         self.host = _word(opts.get("host"), "host", profile.name, required=True)
         self.user = _word(opts.get("user"), "user", profile.name)
         self.port = _port(opts.get("port"), profile.name)
-        self.identity_file = _path_option(opts.get("identity_file"), "identity_file", profile.name, must_exist=True)
+        self.identity_file = _key_file(opts.get("identity_file"), profile.name)
         self.known_hosts = _path_option(opts.get("known_hosts"), "known_hosts", profile.name)
         self.config_file = _path_option(opts.get("config_file"), "config_file", profile.name, must_exist=True)
         self.connect_timeout = _timeout(opts.get("connect_timeout"), profile.name)
@@ -342,16 +345,19 @@ class SSHDevice(ProfiledDevice):
         why = _ssh_message(stderr)
         if _matches(stderr, _HOST_KEY):
             known = self.known_hosts or "~/.ssh/known_hosts"
+            # The commands are for the user's shell: every word quoted (a known_hosts path with a space was
+            # three arguments to ssh-keygen), but the default's ~ left for the shell to expand.
+            file = shlex.quote(self.known_hosts) if self.known_hosts else known
             port = f"-p {self.port} " if self.port else ""
             entry = f"[{self.host}]:{self.port}" if self.port and self.port != 22 else self.host
-            keyscan = f"`ssh-keyscan {port}{self.host} >> {shlex.quote(known) if self.known_hosts else known}`"
+            keyscan = f"`ssh-keyscan {port}{shlex.quote(self.host)} >> {file}`"
             if "IDENTIFICATION HAS CHANGED" in stderr or "Host key for" in stderr:
                 raise HostKeyMismatch(
                     f"SSH refused {self.name} ({self._target()}): its host key differs from the one in {known}",
                     why=why,
                     fix="if the device was reinstalled, compare the key fingerprint on its console, then run "
-                        f"`ssh-keygen -R '{entry}' -f {known}` and {keyscan}; a change you did not expect may "
-                        "be an attack: do not accept it",
+                        f"`ssh-keygen -R {shlex.quote(entry)} -f {file}` and {keyscan}; a change you did not expect "
+                        "may be an attack: do not accept it",
                 )
             raise HostKeyMismatch(
                 f"SSH refused {self.name} ({self._target()}): its host key is unknown (not in {known})",
@@ -361,6 +367,7 @@ class SSHDevice(ProfiledDevice):
                     "`ssh_options: {StrictHostKeyChecking: accept-new}`",
             )
         if _matches(stderr, _AUTH):
+            self._raise_key_not_loaded(stderr)
             raise DeviceError(
                 f"SSH login to {self.name} ({self._target()}) was refused",
                 why=why,
@@ -377,6 +384,25 @@ class SSHDevice(ProfiledDevice):
         if _matches(stderr, _CONFIG):
             raise DeviceError(f"the ssh client rejected the options for {self.name}", why=why,
                               fix="fix `ssh_options:` (or the ssh config file) of the profile")
+
+    def _raise_key_not_loaded(self, stderr: str) -> None:
+        """A login refused after ssh ignored a key (`Load key "KEY": bad permissions`) is about that key, not
+        about the device: "install your public key" would send the user to a device that has it already."""
+        match = _LOAD_KEY.search(stderr)
+        if match is None:
+            return
+        key, reason = match.group(1), match.group(2).strip()
+        login = f"SSH login to {self.name} ({self._target()}) was refused"
+        if reason == "bad permissions" and not os.path.isdir(key):  # a folder (from ~/.ssh/config): below
+            mode = _TOO_OPEN.search(stderr)
+            raise DeviceError(
+                f"{login}: ssh ignored the key {key}, which other users can read",
+                why=(f"its permissions are {mode.group(1)}: " if mode else "")
+                + "ssh uses no private key that others may read (a key others have read is no secret)",
+                fix=f"`chmod 600 {shlex.quote(key)}`")
+        raise DeviceError(f"{login}: ssh could not load the key {key}", why=f"ssh said: {match.group(0).strip()}",
+                          fix="point `identity_file:` in the profile (or IdentityFile in the ssh config) at a private "
+                              "key file, e.g. ~/.ssh/id_ed25519")
 
     def _raise_if_connection_lost(self, what: str) -> None:
         """After an exit 255 that ssh did not explain: was it the connection? Through the multiplexing master,
@@ -483,6 +509,18 @@ def _path_option(value: Any, field: str, profile: str, *, must_exist: bool = Fal
         raise _bad(profile, field, value, "must be a path on one line")
     if must_exist and not os.path.exists(path):
         raise DeviceError(f"device '{profile}': `{field}` {path} does not exist", fix=f"fix `{field}:` in its profile")
+    return path
+
+
+def _key_file(value: Any, profile: str) -> str | None:
+    """identity_file: a file. ssh reads a folder as a key it cannot load, and the login was refused as if the
+    device lacked the user's public key."""
+    path = _path_option(value, "identity_file", profile, must_exist=True)
+    if path is not None and not os.path.isfile(path):
+        raise DeviceError(f"device '{profile}': `identity_file` {path} is not a file",
+                          why="ssh takes `identity_file:` as the private key file itself (a folder holds none "
+                              "it would read)",
+                          fix="point `identity_file:` at the private key file, e.g. ~/.ssh/id_ed25519")
     return path
 
 
