@@ -86,28 +86,36 @@ class Context:
         run: always done."""
         if self._preflight_done or not is_writer():
             return
-        from edgekd.distill.plan import check_plan
         from edgekd.export.formats import FORMATS, ExportOptions
 
-        check_plan(self.recipe, self.splits)
         check_bench_threads(self.recipe)
-        checked = exportability_key(self.recipe, self.splits.input_shape, self.splits.num_classes)
+        if self.recipe.task == "text":  # the student alone: the teacher is exported by optimum, never trained
+            from edgekd.text.stages import text_trial
+            checked, roles, export = text_trial(self)
+        else:
+            from edgekd.distill.plan import check_plan
+
+            check_plan(self.recipe, self.splits)
+            checked = exportability_key(self.recipe, self.splits.input_shape, self.splits.num_classes)
+            roles = ("teacher", "student")
+
+            def export(role: str, backend: Any, path: Path) -> None:
+                backend.export_fp32(self.model(role), self.splits.input_shape, path,
+                                    ExportOptions(opset=self.recipe.export.opset))
         key = hash_obj(checked)
         passed = self.rundir.root / EXPORTABLE_PATH
         if not self.recheck and _recorded_key(passed) == key:
             self._preflight_done = True
             return
 
-        formats = list(self.recipe.export.formats)
-        backends = [FORMATS[f]() for f in formats]
+        backends = [FORMATS[f]() for f in self.recipe.export.formats]
         for backend in backends:  # a missing optional extra fails here, before any training
             backend.check_available()
-        task = self.reporter.task("check exportability", 2 * len(backends))
+        task = self.reporter.task("check exportability", len(roles) * len(backends))
         with process_temp_dir("preflight") as tmp:  # one a SIGKILL left goes at the next
-            for role in ("teacher", "student"):
+            for role in roles:
                 for backend in backends:
-                    backend.export_fp32(self.model(role), self.splits.input_shape,
-                                        Path(tmp) / f"{role}{backend.suffix}", ExportOptions(opset=self.recipe.export.opset))
+                    export(role, backend, Path(tmp) / f"{role}{backend.suffix}")
                     task.advance(1)
         task.close()
         atomic_write_json(passed, {"passed": key, "checked": checked})

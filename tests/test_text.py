@@ -750,3 +750,32 @@ def test_embedding_table_lists_every_model_against_the_teacher() -> None:
     caption = embedding_caption(_exported_summary())
     assert "2000 held-out sentences" in caption and "(64 tokens)" in caption and "(128 tokens)" in caption
     assert embedding_rows({"models": {}, "rows": [{"name": "student-onnx-fp32", "role": "student"}]}) == []
+
+
+def test_a_text_student_that_cannot_be_exported_fails_before_the_teacher_embeds(tmp_path, monkeypatch) -> None:
+    """A text run had no trial export: a student its exporters refuse failed at the export stage, after the
+    teacher had embedded the corpus and both students had trained. It now fails at the exportability check,
+    before any of that, and a run that passed records it (exportable.json) to skip the check on resume."""
+    import yaml
+
+    import edgekd
+    from edgekd.errors import ExportError
+    from edgekd.text.student import TEXT_STUDENTS, TextBagStudent
+
+    class DataDependent(TextBagStudent):  # a branch on the data: torch.export cannot trace it
+        def encode(self, ids):
+            embedding = super().encode(ids)
+            return embedding if float(ids.sum()) > 0 else -embedding
+
+    monkeypatch.setitem(TEXT_STUDENTS._entries, "data_dependent", DataDependent)
+    recipe = yaml.safe_load(TEXT_RECIPE.read_text())
+    recipe["student"]["model"] = {"family": "data_dependent", "params": {"embed_dim": 8, "hidden": 16}}
+    recipe["export"]["formats"] = ["onnx"]
+    with pytest.raises(ExportError, match="cannot be exported to ONNX"):
+        edgekd.run(edgekd.load_recipe(recipe), output_dir=tmp_path)
+    run = tmp_path / "text-tiny"
+    assert not (run / "checkpoints" / "teacher.pt").exists() and not (run / "exportable.json").exists()
+    recipe["student"]["model"] = {"family": "text_bag", "params": {"embed_dim": 8, "hidden": 16}}
+    recipe["bench"]["enabled"] = False
+    done = edgekd.run(edgekd.load_recipe(recipe), output_dir=tmp_path)
+    assert done.stages["export"] == "ran" and (run / "exportable.json").is_file()

@@ -21,6 +21,32 @@ EMBED_BATCH = 32
 RETRIEVAL_POOL = 2000  # held-out sentences searched for recall@10 (each one queries the others)
 
 
+def text_trial(ctx: Context) -> tuple[dict[str, Any], tuple[str, ...], Callable[[str, Any, Path], None]]:
+    """What Context.preflight trial-exports in a text run: the untrained student (built as the run will build
+    it, for this vocabulary, its classes and device length) in every format, before the teacher embeds the
+    corpus and the students train for minutes. Returns (what decides the outcome, roles, how to export one)."""
+    from edgekd import __version__
+    from edgekd.exporter import runtime_versions
+    from edgekd.text.export import export_text_onnx, export_text_tflite
+
+    data, cfg = ctx.text, ctx.recipe.export
+    model_cfg = ctx.recipe.student.model
+    checked = {"task": "text", "student": ctx.recipe.section("student")["student"]["model"], "seed": ctx.recipe.seed,
+               "vocab_size": data.vocab_size, "num_classes": data.num_classes, "device_length": data.device_length,
+               "token_rows": None if data.student_token_rows is None else data.student_token_rows.size,
+               "formats": list(cfg.formats), "opset": cfg.opset,
+               "versions": {f: runtime_versions(f) for f in cfg.formats}, "edgekd": __version__}
+
+    def export(role: str, backend: Any, path: Path) -> None:
+        model = build_student(data, model_cfg.family, model_cfg.params)
+        if backend.name == "onnx":
+            export_text_onnx(model, data.device_length, path, opset=cfg.opset)
+        else:
+            export_text_tflite(model, data.device_length, path)
+
+    return checked, ("student",), export
+
+
 def _data_inputs(ctx: Context) -> dict[str, Any]:
     return {"task": "text", "data": ctx.recipe.data.hashed(), "data_fingerprint": ctx.text.fingerprint()}
 
@@ -96,6 +122,7 @@ def teacher_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     from edgekd.text.metrics import accuracy
     from edgekd.text.train import train_head
 
+    ctx.preflight()  # the student trial-exported before the corpus is embedded (minutes on a CPU)
     started = time.perf_counter()
     data = ctx.text
     embeddings = teacher_embeddings(ctx)
@@ -325,6 +352,7 @@ def scratch_student(ctx: Context, seed: int | None = None):
 
 
 def distill_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
+    ctx.preflight()
     data = ctx.text
     model, result = distilled_student(ctx)
     rows = data.train_rows
@@ -344,6 +372,7 @@ def scratch_inputs(ctx: Context) -> dict[str, Any]:
 
 
 def scratch_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
+    ctx.preflight()
     model, result = scratch_student(ctx)
     metrics = {**student_metrics(ctx, model), "train_seconds": round(result.seconds, 2), "steps": result.steps,
                "labelled_samples": int(len(ctx.text.student_label_rows))}
