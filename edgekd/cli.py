@@ -194,8 +194,11 @@ def export(checkpoint: Path = typer.Argument(..., help="an edgekd checkpoint (<r
             artifacts = export_checkpoint(checkpoint, output_dir, formats=list(fmt), precisions=list(precision),
                                           min_agreement=min_agreement, devices=list(device), reporter=reporter)
     except KeyboardInterrupt as exc:  # no stages and no resume: say what Ctrl-C leaves and what a rerun does
-        exc.resume = (f"the artifacts finished so far are kept in {output_dir}; "  # type: ignore[attr-defined]
-                      "run the same command again to export them all (every one is exported again)")
+        finished = sorted(p.parent.name for p in output_dir.glob("*/artifact.json")) if output_dir.is_dir() else []
+        kept = (f"the artifacts finished so far are kept in {output_dir} ({', '.join(finished)})" if finished
+                else "no artifact was finished")
+        exc.resume = (f"{kept}; run the same command again to export them "  # type: ignore[attr-defined]
+                      "all (every one is exported again)")
         raise
     for a in artifacts:
         p = a.parity
@@ -337,8 +340,8 @@ def _dim_sizes(given: list[str]) -> dict[str, int]:
         name, _, size = text.rpartition("=")  # an input's name may hold '=', a size does not
         if not name or not size.isdigit() or int(size) < 1 or name in sizes:
             raise BenchError(f"--dim {text!r} is not NAME=SIZE", why="each named dimension once, sized 1 or more",
-                             fix="e.g. --dim length=128, or --dim INPUT:1=128 for an unnamed dimension (a model's input "
-                                 "dimensions are in its artifact.json)")
+                             fix="e.g. --dim length=128, or --dim INPUT:1=128 for an unnamed dimension (a "
+                                 "model's input dimensions are in its artifact.json)")
         sizes[name] = int(size)
     return sizes
 

@@ -6,6 +6,7 @@ An artifact whose parity check fails is kept on disk for inspection but its reco
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
@@ -80,22 +81,42 @@ class ExportStep:
 def export_steps(role: str, formats: list[str], precisions: list[str], out_root: Path, reporter: Reporter,
                  artifacts: list[Artifact]) -> Iterator[ExportStep]:
     """Every format × precision of `role`, FP32 first in each format (the quantizers start from it), with a
-    progress bar. The FP32 file of a format whose FP32 was not asked for is removed afterwards (it is not a
-    deliverable), and its record dropped from `artifacts`, which the caller fills."""
+    progress bar. A format's FP32 file that was not asked for is made in a scratch folder, not among the
+    deliverables (where it replaced, then deleted, an FP32 artifact an earlier export had left there), and its
+    record is dropped from `artifacts`, which the caller fills."""
     ordered = ["fp32"] + [p for p in precisions if p != "fp32"]
     task = reporter.task(f"export {role}", len(ordered) * len(formats))
-    for fmt in formats:
-        backend = FORMATS[fmt]()
-        fp32_path = out_root / artifact_name(role, fmt, "fp32") / f"model{backend.suffix}"
-        for precision in ordered:
-            name = artifact_name(role, fmt, precision)
-            remove_orphan_temp_files(out_root / name, recursive=False)  # a killed export's (SIGKILL) half files
-            yield ExportStep(backend, fmt, precision, name, out_root / name / f"model{backend.suffix}", fp32_path)
-            task.advance(1)
-        if "fp32" not in precisions:
-            _remove_artifact(fp32_path.parent)
-            artifacts[:] = [a for a in artifacts if a.name != artifact_name(role, fmt, "fp32")]
+    with contextlib.ExitStack() as scratch:
+        fp32_root = out_root if "fp32" in precisions else Path(scratch.enter_context(process_temp_dir("export")))
+        for fmt in formats:
+            backend = FORMATS[fmt]()
+            fp32_path = fp32_root / artifact_name(role, fmt, "fp32") / f"model{backend.suffix}"
+            for precision in ordered:
+                name = artifact_name(role, fmt, precision)
+                path = fp32_path if precision == "fp32" else out_root / name / f"model{backend.suffix}"
+                remove_orphan_temp_files(path.parent, recursive=False)  # a killed export's (SIGKILL) half files
+                with _unfinished_removed(path):
+                    yield ExportStep(backend, fmt, precision, name, path, fp32_path)
+                task.advance(1)
+            artifacts[:] = [a for a in artifacts if a.directory is None or a.directory.parent == out_root]
     task.close()
+
+
+@contextlib.contextmanager
+def _unfinished_removed(path: Path) -> Iterator[None]:
+    """An artifact folder whose model file this step wrote but whose record it did not (a failure, Ctrl-C) is
+    removed: a model file without its record (or beside the record of the file it replaced) was left behind."""
+    before = path.stat().st_mtime_ns if path.is_file() else None
+    try:
+        yield
+    except BaseException:
+        record = path.parent / "artifact.json"
+        written = path.is_file() and path.stat().st_mtime_ns != before
+        if written and not (record.is_file() and record.stat().st_mtime_ns >= path.stat().st_mtime_ns):
+            import shutil
+
+            shutil.rmtree(path.parent, ignore_errors=True)
+        raise
 
 
 def save_artifact(backend, path: Path, reporter: Reporter | None = None, **fields: Any) -> Artifact:
@@ -291,12 +312,6 @@ def _layer_errors(fp32_path: Path, path: Path, x_test: np.ndarray, name: str) ->
             for row in rows]
 
 
-def _remove_artifact(folder: Path) -> None:
-    import shutil
-
-    shutil.rmtree(folder)  # a text model's folder also holds its tokenizer's
-
-
 def floor_artifact(out_root: Path, fmt: str, in_shape: tuple[int, ...], options: ExportOptions,
                    run: str | None = None) -> Artifact:
     """An Identity graph of the models' input shape: benchmarking it measures the runtime's per-call floor. `run`:
@@ -327,6 +342,7 @@ def _check_export_args(checkpoint: Any, output_dir: Any, lists: dict[str, Any], 
             raise ExportError(f"{name} must be a list, got {type(value).__name__} {repr(value)[:60]}",
                               why="a string would be read letter by letter" if isinstance(value, str) else None,
                               fix=f"give {name}={shown}")
+        _check_names(name, value)
     if not isinstance(opset, int) or isinstance(opset, bool) or not OPSETS[0] <= opset <= OPSETS[1]:
         raise ExportError(f"opset must be an integer from {OPSETS[0]} to {OPSETS[1]}, got {opset!r}",
                           why="edgekd's exporters and runtimes are checked with those ONNX opsets",
@@ -343,6 +359,28 @@ def _check_export_args(checkpoint: Any, output_dir: Any, lists: dict[str, Any], 
 
 
 @kept_global_rngs()  # the model rebuilt here and the exporters draw from them
+def _check_names(name: str, value: list[Any] | tuple[Any, ...] | None) -> None:
+    """formats and precisions: known names, each once, before any folder is made (an unknown precision was
+    refused only once the output folder and its lock existed, None in the list was a bare TypeError, and a name
+    given twice was exported twice). An empty list is refused: it exported the defaults."""
+    known = {"formats": list(FORMATS.names()), "precisions": list(PRECISIONS)}.get(name)
+    if value is None or known is None:
+        return
+    flag = f"--{name.removesuffix('s')}"
+    if not value:
+        raise ExportError(f"{name} is empty", why=f"an export makes one artifact per format × precision",
+                          fix=f"give some of {', '.join(known)} ({flag} on the command line), or leave it out "
+                              "for the defaults")
+    for item in value:
+        if item not in known:
+            raise ExportError(f"unknown {name.removesuffix('s')} {item!r}", why=f"known: {', '.join(known)}",
+                              fix=f"use known ones ({flag} on the command line)")
+    twice = sorted({item for item in value if value.count(item) > 1})
+    if twice:
+        raise ExportError(f"{name} names {', '.join(twice)} more than once",
+                          why="each would be exported again into the same folder", fix=f"give each {flag} once")
+
+
 def export_checkpoint(checkpoint: str | Path, output_dir: str | Path, *, formats: list[str] | None = None,
                       precisions: list[str] | None = None, opset: int = 18, min_agreement: float = 0.99,
                       min_agreement_int4: float = 0.97, calibration_samples: int = 256,

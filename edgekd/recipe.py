@@ -386,6 +386,11 @@ class ExportConfig(_Strict):
 
     @model_validator(mode="after")
     def _qat_targets(self) -> "ExportConfig":
+        twice = [f"formats ({f})" for f in dict.fromkeys(self.formats) if self.formats.count(f) > 1]
+        twice += [f"targets.{role} ({p})" for role, precisions in self.targets.items()
+                  for p in dict.fromkeys(precisions) if precisions.count(p) > 1]
+        if twice:  # each would be exported again into the same folder
+            raise ValueError(f"{twice[0]} is listed more than once: give each once")
         roles = [role for role, precisions in self.targets.items() if "int8_qat" in precisions]
         if roles and "onnx" not in self.formats:
             raise ValueError(f"targets.{roles[0]} lists int8_qat, an ONNX artifact, but export.formats has no onnx")

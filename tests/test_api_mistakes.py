@@ -198,6 +198,13 @@ def test_bench_eval_data_must_be_a_pair_of_matching_npy_files(tmp_path, bare_onn
     ({"min_agreement_int4": -0.5}, ExportError, "min_agreement_int4 must be a fraction from 0 to 1"),
     ({"calibration_samples": -5}, ExportError, "calibration_samples must be an integer ≥ 1, got -5"),
     ({"calibration_samples": 0}, ExportError, "calibration_samples must be an integer ≥ 1, got 0"),
+    # an unknown precision was refused after the output folder and its lock were made; None was a TypeError;
+    # a name given twice was exported twice; an empty list exported the defaults
+    ({"precisions": ["fp16"]}, ExportError, "unknown precision 'fp16'"),
+    ({"precisions": [None]}, ExportError, "unknown precision None"),
+    ({"precisions": ["fp32", "int8_dynamic", "fp32"]}, ExportError, "precisions names fp32 more than once"),
+    ({"formats": ["onnx", "onnx"]}, ExportError, "formats names onnx more than once"),
+    ({"formats": []}, ExportError, "formats is empty"),
 ])
 def test_export_arguments_are_checked_before_the_checkpoint_is_read(kwargs, error, said, tmp_path):
     """Path(None) raised TypeError; formats='onnx' said "unknown export format 'o'" (devices='host': "unknown

@@ -711,8 +711,14 @@ def test_ctrl_c_during_export_says_what_is_kept_and_that_a_rerun_exports_again(t
             proc.communicate()
     message = " ".join(stderr.split())
     assert proc.returncode == 130, stderr
-    assert "interrupted: the artifacts finished so far are kept in arts; run the same command again" in message
+    finished = sorted(p.parent.name for p in (tmp_path / "arts").glob("*/artifact.json"))
+    kept = f"the artifacts finished so far are kept in arts ({', '.join(finished)})" if finished else \
+        "no artifact was finished"
+    assert f"interrupted: {kept}; run the same command again" in message, message
     assert "stages" not in message and "resume" not in message and "Traceback" not in stderr
+    # the artifact under way was removed with its model file: none is left without its record
+    left = sorted(p.name for p in (tmp_path / "arts").iterdir() if p.is_dir()) if (tmp_path / "arts").exists() else []
+    assert left == finished
 
 
 def test_ctrl_c_in_a_command_without_stages_does_not_speak_of_stages(tmp_path, monkeypatch):

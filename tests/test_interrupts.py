@@ -51,8 +51,7 @@ def _interrupted_in_import(module: str, args: list[str], cwd: Path) -> subproces
 
 
 STOPPED = "stopped before it finished; run the same command again"
-EXPORT_STOPPED = ("the artifacts finished so far are kept in arts; run the same command again to export them all "
-                  "(every one is exported again)")
+EXPORT_STOPPED = "no artifact was finished; run the same command again to export them all (every one is exported again)"
 
 
 @pytest.mark.parametrize("module, kept", [

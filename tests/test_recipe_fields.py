@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from importlib import resources
 from pathlib import Path
 
+import pytest
 import yaml
 
+import edgekd
+from edgekd.errors import RecipeError
 from edgekd.recipe import Recipe
 from edgekd.recipe_fields import recipe_fields
 
@@ -73,3 +77,12 @@ def test_listing_fields_does_not_import_torch():
     code = "import sys; from edgekd.recipe_fields import recipe_fields; recipe_fields(); print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("export, said", [({"formats": ["onnx", "onnx"]}, "formats (onnx) is listed more than once"),
+                                          ({"targets": {"student": ["fp32", "int4", "fp32"]}},
+                                           "targets.student (fp32) is listed more than once")])
+def test_a_format_or_precision_listed_twice_is_refused(export, said):
+    """Each was exported twice into the same folder, the second over the first."""
+    with pytest.raises(RecipeError, match=re.escape(said)):
+        edgekd.load_recipe({"export": export})
