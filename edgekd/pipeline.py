@@ -78,7 +78,7 @@ class Context:
 
     def preflight(self) -> None:
         """Check the distillation plan and trial-export both architectures before any training, so a wrong
-        layer path or an unexportable model fails in seconds.
+        layer path or an unexportable model fails in seconds (a text run: its student, see text_trial).
 
         The trial exports take 10-25 s, and every resume of a run that trains would redo them: the run folder
         records that they passed (EXPORTABLE_PATH) for what decides it (`exportability_key`), and they are
