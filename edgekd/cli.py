@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from edgekd.errors import BenchError, EdgeKDError, first_line, machine_limit, printable
+from edgekd.errors import BenchError, EdgeKDError, first_line, machine_limit, path_problem, printable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distill a teacher into a small student, export it (ONNX, TFLite), verify it and benchmark it.")
@@ -58,8 +58,8 @@ def _handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             kept = getattr(exc, "resume", None) or interrupts.STOPPED
             err_console.print(interrupts.stop_message(terminated, kept), markup=False, highlight=False)
             raise typer.Exit(143 if terminated else 130) from None
-        except Exception as exc:  # an edgekd bug, not a user mistake, unless the machine ran out of room
-            limit = machine_limit(exc)
+        except Exception as exc:  # an edgekd bug, not a user mistake, unless the machine ran out of room or the
+            limit = machine_limit(exc) or path_problem(exc)  # OS refused a path as written (a name too long)
             if limit is not None:
                 _fail(limit)
             if _state["debug"]:
