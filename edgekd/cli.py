@@ -172,7 +172,8 @@ def layers(teacher: str = typer.Argument(..., help="teacher: a model family (see
 
 @app.command()
 @_handles_errors
-def export(checkpoint: Path = typer.Argument(..., help="an edgekd checkpoint (<run>/checkpoints/*.pt)"),
+def export(checkpoint: Path = typer.Argument(..., help="a checkpoint of an image run (<run>/checkpoints/*.pt); a "
+                                              "text run exports its own: edgekd run RECIPE --force export"),
            output_dir: Path = typer.Option(Path("export/artifacts"), "--output-dir", help="where artifact folders go"),
            fmt: List[str] = typer.Option(["onnx"], "--format", help="onnx or tflite (repeatable; tflite needs the \\[tflite] extra)"),
            precision: List[str] = typer.Option(["fp32", "int8_static", "int8_dynamic"], "--precision",
@@ -183,11 +184,13 @@ def export(checkpoint: Path = typer.Argument(..., help="an edgekd checkpoint (<r
            device: List[str] = typer.Option([], "--device", help="device profile the artifacts are for "
                                             "(repeatable): ONNX INT8 picks its weight grid for that CPU; "
                                             "without one, 7-bit weights, right on every CPU")) -> None:
-    """Export a checkpoint to ONNX / TFLite artifacts, each verified against the PyTorch model."""
+    """Export an image run's checkpoint to ONNX / TFLite artifacts, each verified against the PyTorch model."""
+    from edgekd.checkpoints import refuse_text_run_checkpoint
     from edgekd.console import RichReporter
     from edgekd.exporter import export_checkpoint
     from edgekd.rundir import tentative_dir
 
+    refuse_text_run_checkpoint(checkpoint, command="export")  # export_checkpoint would call it a bare state dict
     try:
         with tentative_dir(output_dir, fix="choose a writable folder with --output-dir"), \
                 RichReporter(console) as reporter:

@@ -41,9 +41,12 @@ def model_from_name_or_checkpoint(arg: str, *, data: str, role: str) -> "nn.Modu
     from pathlib import Path
 
     if Path(arg).suffix == ".pt" or Path(arg).exists():  # a folder, too: read_checkpoint says what is inside
-        from edgekd.checkpoints import load_weights, read_checkpoint
+        from edgekd.checkpoints import load_weights, read_checkpoint, text_run_checkpoint_error
 
         payload = read_checkpoint(Path(arg))
+        text_run = text_run_checkpoint_error(Path(arg), payload, command="layers")
+        if text_run is not None:
+            raise text_run
         spec = payload.get("spec")
         if not spec:
             raise RecipeError(f"{arg} holds no architecture", why="it is a plain state dict",
