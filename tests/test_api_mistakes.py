@@ -368,3 +368,12 @@ def test_distill_gives_the_teacher_back_in_the_mode_it_came_in():
     assert {name: module.training for name, module in teacher.named_modules()} == before
     assert before[""] and not before["2"]
     assert torch.equal(teacher[2].running_mean, statistics)
+
+
+def test_distill_refuses_a_text_recipe_by_its_task():
+    """edgekd.distill runs the image stages: a text recipe was "unknown model family 'text_transformer'" (its student
+    looked up among the image families), which says nothing of why."""
+    recipe = Path(__file__).parent / "recipes" / "text_tiny.yaml"
+    with pytest.raises(RecipeError, match=r"edgekd.distill takes image recipes; text-tiny is a text recipe") as err:
+        edgekd.distill(recipe)
+    assert "edgekd.run(recipe)" in err.value.fix and "model family" not in str(err.value)

@@ -243,6 +243,12 @@ def distill_student(recipe: Any, *, teacher: "nn.Module | None" = None,
 
     recipe = load_recipe(recipe)
     reporter = usable_reporter(reporter)
+    if recipe.task == "text":  # the image stages would look its text student family up among image families
+        raise RecipeError(f"edgekd.distill takes image recipes; {recipe.name} is a text recipe (task: text)",
+                          why="a text run distils with its own stages, after its teacher encoder has embedded the "
+                              "corpus, and those run in edgekd.run",
+                          fix="run it with edgekd.run(recipe) (or `edgekd run RECIPE`): the student is "
+                              "<run>/checkpoints/student.pt")
     if teacher is None:
         with kept_global_rngs():
             return distill(recipe, reporter=reporter)
