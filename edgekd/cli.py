@@ -150,18 +150,21 @@ def run_cmd(recipe: Path = typer.Argument(..., help="recipe YAML file (or a buil
 
 @app.command()
 @_handles_errors
-def layers(teacher: str = typer.Argument(..., help="teacher: a model family (see the recipes; at its default "
-                                                   "sizes) or a checkpoint"),
-           student: str = typer.Argument(..., help="student: a model family (at its default sizes) or a checkpoint"),
-           data: str = typer.Option("digits", "--data", help="data set that fixes the input shape")) -> None:
+def layers(teacher: str = typer.Argument(..., help="teacher: an image model family (see the recipes; at its "
+                                                   "default sizes) or a checkpoint (./NAME for a file named as a "
+                                                   "family)"),
+           student: str = typer.Argument(..., help="student: an image model family (at its default sizes) or a "
+                                                   "checkpoint"),
+           data: Optional[str] = typer.Option(None, "--data", help="data set that fixes the input shape of a model "
+                                              "family given by name (default: digits); a checkpoint records its "
+                                              "own")) -> None:
     """List candidate teacher/student layer pairs for feature KD, with shapes and the adapter each needs."""
     from rich.table import Table
 
     from edgekd.distill.features import PAIR_TABLE_HEADER, candidate_pairs, format_pairs
-    from edgekd.models import model_from_name_or_checkpoint
+    from edgekd.models import layer_models
 
-    built = {role: model_from_name_or_checkpoint(arg, data=data, role=role)
-             for role, arg in (("teacher", teacher), ("student", student))}
+    built = layer_models(teacher, student, data)
     in_shape = built["teacher"].edgekd_spec["in_shape"]
     table = Table(*PAIR_TABLE_HEADER, title=f"{teacher} → {student}: layers by relative depth")
     for row in format_pairs(candidate_pairs(built["teacher"], built["student"], tuple(in_shape))):
