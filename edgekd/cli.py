@@ -472,8 +472,9 @@ def compare(a: Optional[str] = typer.Argument(None, help="earlier session (defau
 @_handles_errors
 def report(run_dir: Path = typer.Argument(..., help="a run directory (export/<name>)")) -> None:
     """Print the teacher-vs-student table of a finished run and the path of its HTML report."""
+    from edgekd.bench.report import SUMMARY_SCHEMA
     from edgekd.errors import EdgeKDError as _Err
-    from edgekd.rundir import folder_holder, read_json
+    from edgekd.rundir import folder_holder, read_json, written_by_newer
 
     summary_path = run_dir / "results" / "summary.json"
     running = folder_holder(run_dir)
@@ -487,6 +488,7 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory (export/<na
                    fix=(f"give the run's folder: edgekd report {meant[0]}" if len(meant) == 1 else
                         f"give one of the runs in it: {', '.join(meant)}" if meant else
                         "run the recipe first (edgekd run RECIPE), or give the run's folder under export/"))
+    summary: Any = None
     try:
         summary = read_json(summary_path)
         problem = _summary_problem(summary)
@@ -499,6 +501,9 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory (export/<na
         problem = f"a row has no `{exc.args[0]}` field"
     except (ValueError, TypeError, AttributeError, IndexError):  # IndexError: an interval of one number
         problem = "a field has the wrong type (not the one edgekd writes)"
+    if problem and written_by_newer(summary, SUMMARY_SCHEMA):  # writing it again here would lose what it says
+        raise _Err(f"the report of {run_dir} was written by a newer edgekd", why=f"{summary_path}: {problem}",
+                   fix="read it with the edgekd that wrote it, or a newer one (pip install -U edgekd)")
     if problem:
         raise _Err(f"the report of {run_dir} is unreadable", why=f"{summary_path}: {problem}",
                    fix="write it again: edgekd run RECIPE --force report") from None

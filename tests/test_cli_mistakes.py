@@ -137,7 +137,7 @@ def test_export_parity_threshold_must_be_a_share():
     ('{"rows": [], "machine": 5}', "a field has the wrong type"),
     ('{"rows": [{"name": "x", "size_bytes": 1, "p50_us": 5.0, "ci95_p50": [4.0]}]}', "a field has the wrong type"),
     ('{"rows": [], "findings": 5}', "its `findings` is not a list"),
-    ('{"schema": "edgekd.summary/2", "rows": []}', "written by a newer edgekd (schema edgekd.summary/2"),
+    ('{"schema": "edgekd.other/1", "rows": []}', "its schema is 'edgekd.other/1', not 'edgekd.summary/1'"),
 ])
 def test_an_unreadable_summary_is_a_clear_error(tmp_path, content, why):
     """The why says what is wrong with the file, not a Python exception ("TypeError: 'int' object is not
@@ -147,6 +147,18 @@ def test_an_unreadable_summary_is_a_clear_error(tmp_path, content, why):
     proc = _cli("report", str(tmp_path / "run"), cwd=tmp_path)
     _user_error(proc, "is unreadable", "--force report", why)
     assert not re.search(r"[A-Z]\w*Error\b|object has no attribute|is not iterable", proc.stderr), proc.stderr
+
+
+def test_a_summary_of_a_newer_edgekd_says_to_read_it_with_that_edgekd(tmp_path):
+    """It advised `edgekd run RECIPE --force report`, which rewrites the newer run's report with this older
+    edgekd (whose resume the newer manifest refuses anyway); the fix is the newer edgekd."""
+    (tmp_path / "run" / "results").mkdir(parents=True)
+    (tmp_path / "run" / "results" / "summary.json").write_text('{"schema": "edgekd.summary/2", "rows": []}')
+    proc = _cli("report", str(tmp_path / "run"), cwd=tmp_path)
+    _user_error(proc, "was written by a newer edgekd", "written by a newer edgekd (schema edgekd.summary/2; "
+                "this edgekd reads edgekd.summary/1)", "fix: read it with the edgekd that wrote it, or a newer one "
+                "(pip install -U edgekd)")
+    assert "--force report" not in proc.stderr, proc.stderr
 
 
 def test_report_of_a_path_near_a_run_names_the_run(tmp_path):
