@@ -203,6 +203,62 @@ def _spec_problems(spec: dict[str, Any]) -> list[tuple[str, str]]:
     return [(key, rule) for key, (ok, rule) in rules.items() if not ok(spec[key])]
 
 
+def text_run_role(payload: dict[str, Any]) -> str | None:
+    """The role ("teacher", "student", "scratch") of a checkpoint a text run wrote, else None. Such a checkpoint
+    records no spec, as a bare state dict: its model is rebuilt from what its run holds (the teacher's encoder
+    folder, the corpus vocabulary). It is known by its meta: the teacher's class head names its `hf_folder`, a
+    student its text student `family`."""
+    from edgekd.text.student import TEXT_STUDENTS
+
+    meta = payload.get("meta")
+    if payload.get("format") != CHECKPOINT_FORMAT or payload.get("spec") is not None or not isinstance(meta, dict):
+        return None
+    if "hf_folder" not in meta and meta.get("family") not in TEXT_STUDENTS:
+        return None
+    return str(meta.get("role") or "")
+
+
+# Why `edgekd layers` lists no layers of a text model (a text family name or a text run's checkpoint).
+TEXT_NO_LAYERS_WHY = ("edgekd layers pairs an image teacher's and student's layers for distill.features; a text run "
+                      "distils the teacher's embeddings and logits (distill.text) and takes no distill.features")
+
+
+def text_run_checkpoint_error(path: Path, payload: dict[str, Any], *, command: str) -> CheckpointError | None:
+    """What `edgekd export` or `edgekd layers` (`command`) says of a text run's checkpoint; None for any other.
+    Both said it was a bare state dict, not written by a run, which sent the user looking for another file."""
+    role = text_run_role(payload)
+    if role is None:
+        return None
+    run = (payload.get("meta") or {}).get("run")
+    whose = f"the {role} checkpoint of the text run {run}" if role and run else "a text run's checkpoint"
+    if command == "layers":
+        from edgekd.models import MODELS
+
+        return CheckpointError(f"{path} is {whose}: text models have no feature-KD layer listing",
+                               why=TEXT_NO_LAYERS_WHY,
+                               fix=f"give image models: model families ({', '.join(MODELS.names())}) or "
+                                   "checkpoints of image runs (<run>/checkpoints/*.pt)")
+    copy = Path(path).parent.parent / "recipe.yaml" if Path(path).parent.name == "checkpoints" else None
+    kept = f" (a copy of it: {copy})" if copy is not None and copy.is_file() else ""
+    return CheckpointError(f"{path} is {whose}: edgekd export takes the checkpoints of image runs",
+                           why="a text model is rebuilt from what its run holds (the teacher's encoder folder, the "
+                               "corpus vocabulary), not from its checkpoint alone; the run's export stage exports it",
+                           fix=f"export it with its run: edgekd run RECIPE --force export, RECIPE being the recipe "
+                               f"that made the run{kept}; export.targets there says which files")
+
+
+def refuse_text_run_checkpoint(path: Path, *, command: str) -> None:
+    """Raise `text_run_checkpoint_error` for a text run's checkpoint at `path`; a checkpoint that cannot be read
+    passes, for the command to refuse in its own order (its other arguments first)."""
+    try:
+        payload = read_checkpoint(path)
+    except (CheckpointError, OSError):
+        return
+    error = text_run_checkpoint_error(path, payload, command=command)
+    if error is not None:
+        raise error
+
+
 def _misfit_fix(payload: dict[str, Any], path: Path, role: str) -> str:
     """How to use a checkpoint that does not fit: a structurally pruned one (it records its prune_plan) has no
     recipe architecture to name; otherwise the recipe field of the role, where it has one."""

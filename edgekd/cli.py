@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from edgekd.errors import BenchError, EdgeKDError, first_line, machine_limit, printable
+from edgekd.errors import BenchError, EdgeKDError, first_line, machine_limit, path_problem, printable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distill a teacher into a small student, export it (ONNX, TFLite), verify it and benchmark it.")
@@ -58,8 +58,8 @@ def _handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             kept = getattr(exc, "resume", None) or interrupts.STOPPED
             err_console.print(interrupts.stop_message(terminated, kept), markup=False, highlight=False)
             raise typer.Exit(143 if terminated else 130) from None
-        except Exception as exc:  # an edgekd bug, not a user mistake, unless the machine ran out of room
-            limit = machine_limit(exc)
+        except Exception as exc:  # an edgekd bug, not a user mistake, unless the machine ran out of room or the
+            limit = machine_limit(exc) or path_problem(exc)  # OS refused a path as written (a name too long)
             if limit is not None:
                 _fail(limit)
             if _state["debug"]:
@@ -150,18 +150,21 @@ def run_cmd(recipe: Path = typer.Argument(..., help="recipe YAML file (or a buil
 
 @app.command()
 @_handles_errors
-def layers(teacher: str = typer.Argument(..., help="teacher: a model family (see the recipes; at its default "
-                                                   "sizes) or a checkpoint"),
-           student: str = typer.Argument(..., help="student: a model family (at its default sizes) or a checkpoint"),
-           data: str = typer.Option("digits", "--data", help="data set that fixes the input shape")) -> None:
+def layers(teacher: str = typer.Argument(..., help="teacher: an image model family (see the recipes; at its "
+                                                   "default sizes) or a checkpoint (./NAME for a file named as a "
+                                                   "family)"),
+           student: str = typer.Argument(..., help="student: an image model family (at its default sizes) or a "
+                                                   "checkpoint"),
+           data: Optional[str] = typer.Option(None, "--data", help="data set that fixes the input shape of a model "
+                                              "family given by name (default: digits); a checkpoint records its "
+                                              "own")) -> None:
     """List candidate teacher/student layer pairs for feature KD, with shapes and the adapter each needs."""
     from rich.table import Table
 
     from edgekd.distill.features import PAIR_TABLE_HEADER, candidate_pairs, format_pairs
-    from edgekd.models import model_from_name_or_checkpoint
+    from edgekd.models import layer_models
 
-    built = {role: model_from_name_or_checkpoint(arg, data=data, role=role)
-             for role, arg in (("teacher", teacher), ("student", student))}
+    built = layer_models(teacher, student, data)
     in_shape = built["teacher"].edgekd_spec["in_shape"]
     table = Table(*PAIR_TABLE_HEADER, title=f"{teacher} → {student}: layers by relative depth")
     for row in format_pairs(candidate_pairs(built["teacher"], built["student"], tuple(in_shape))):
@@ -172,7 +175,8 @@ def layers(teacher: str = typer.Argument(..., help="teacher: a model family (see
 
 @app.command()
 @_handles_errors
-def export(checkpoint: Path = typer.Argument(..., help="an edgekd checkpoint (<run>/checkpoints/*.pt)"),
+def export(checkpoint: Path = typer.Argument(..., help="a checkpoint of an image run (<run>/checkpoints/*.pt); a "
+                                              "text run exports its own: edgekd run RECIPE --force export"),
            output_dir: Path = typer.Option(Path("export/artifacts"), "--output-dir", help="where artifact folders go"),
            fmt: List[str] = typer.Option(["onnx"], "--format", help="onnx or tflite (repeatable; tflite needs the \\[tflite] extra)"),
            precision: List[str] = typer.Option(["fp32", "int8_static", "int8_dynamic"], "--precision",
@@ -183,11 +187,13 @@ def export(checkpoint: Path = typer.Argument(..., help="an edgekd checkpoint (<r
            device: List[str] = typer.Option([], "--device", help="device profile the artifacts are for "
                                             "(repeatable): ONNX INT8 picks its weight grid for that CPU; "
                                             "without one, 7-bit weights, right on every CPU")) -> None:
-    """Export a checkpoint to ONNX / TFLite artifacts, each verified against the PyTorch model."""
+    """Export an image run's checkpoint to ONNX / TFLite artifacts, each verified against the PyTorch model."""
+    from edgekd.checkpoints import refuse_text_run_checkpoint
     from edgekd.console import RichReporter
     from edgekd.exporter import export_checkpoint
     from edgekd.rundir import tentative_dir
 
+    refuse_text_run_checkpoint(checkpoint, command="export")  # export_checkpoint would call it a bare state dict
     try:
         with tentative_dir(output_dir, fix="choose a writable folder with --output-dir"), \
                 RichReporter(console) as reporter:
@@ -469,8 +475,9 @@ def compare(a: Optional[str] = typer.Argument(None, help="earlier session (defau
 @_handles_errors
 def report(run_dir: Path = typer.Argument(..., help="a run directory (export/<name>)")) -> None:
     """Print the teacher-vs-student table of a finished run and the path of its HTML report."""
+    from edgekd.bench.report import SUMMARY_SCHEMA
     from edgekd.errors import EdgeKDError as _Err
-    from edgekd.rundir import folder_holder, read_json
+    from edgekd.rundir import folder_holder, read_json, written_by_newer
 
     summary_path = run_dir / "results" / "summary.json"
     running = folder_holder(run_dir)
@@ -484,6 +491,7 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory (export/<na
                    fix=(f"give the run's folder: edgekd report {meant[0]}" if len(meant) == 1 else
                         f"give one of the runs in it: {', '.join(meant)}" if meant else
                         "run the recipe first (edgekd run RECIPE), or give the run's folder under export/"))
+    summary: Any = None
     try:
         summary = read_json(summary_path)
         problem = _summary_problem(summary)
@@ -496,6 +504,9 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory (export/<na
         problem = f"a row has no `{exc.args[0]}` field"
     except (ValueError, TypeError, AttributeError, IndexError):  # IndexError: an interval of one number
         problem = "a field has the wrong type (not the one edgekd writes)"
+    if problem and written_by_newer(summary, SUMMARY_SCHEMA):  # writing it again here would lose what it says
+        raise _Err(f"the report of {run_dir} was written by a newer edgekd", why=f"{summary_path}: {problem}",
+                   fix="read it with the edgekd that wrote it, or a newer one (pip install -U edgekd)")
     if problem:
         raise _Err(f"the report of {run_dir} is unreadable", why=f"{summary_path}: {problem}",
                    fix="write it again: edgekd run RECIPE --force report") from None

@@ -143,6 +143,11 @@ class TextModelError(EdgeKDError):
     """A Hugging Face teacher folder is incomplete, or is not a text encoder."""
 
 
+class PathError(EdgeKDError):
+    """The operating system refuses a path as written: a name in it too long, a symbolic link loop, a file where a
+    folder must be."""
+
+
 class MachineLimitError(EdgeKDError):
     """This machine ran out of disk space or memory: nothing edgekd did wrong, and nothing a retry alone fixes."""
 
@@ -165,3 +170,34 @@ def machine_limit(exc: BaseException) -> MachineLimitError | None:
                                  fix="ask for less: smaller model widths or depths in the recipe, a smaller "
                                      "--batch-size, fewer samples; or free memory on this machine")
     return None
+
+
+def _shortened(path: str, keep: int = 60) -> str:
+    """`path` with its middle elided when longer than `keep` characters: its start and end say which it is."""
+    return path if len(path) <= keep else f"{path[:keep // 2]}…{path[-keep // 2:]}"
+
+
+def path_problem(exc: BaseException) -> PathError | None:
+    """An OSError about how a path is written (ENAMETOOLONG, ELOOP, ENOTDIR) as a user-facing error naming it;
+    None for anything else. Such a path is one the user typed, or a file edgekd makes inside it: every command
+    would otherwise report it as an edgekd bug."""
+    import errno
+    import os
+
+    if not isinstance(exc, OSError) or exc.errno not in (errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR):
+        return None
+    path = os.fsdecode(exc.filename) if isinstance(exc.filename, (str, bytes, os.PathLike)) else None
+    where = f" {_shortened(path)}" if path else ""
+    if exc.errno == errno.ENAMETOOLONG:
+        names = [part for part in (path or "").split(os.sep) if len(os.fsencode(part)) > 255]
+        why = (f"the name {_shortened(names[0], 40)} in it is {len(os.fsencode(names[0]))} bytes long; most file "
+               "systems take at most 255 bytes for one name" if names else
+               f"it is {len(os.fsencode(path))} bytes long, past what this system takes for a whole path" if path
+               else first_line(exc))
+        return PathError(f"the path{where} is too long", why=why,
+                         fix="give a shorter path (a shorter name, or a folder nearer the root)")
+    if exc.errno == errno.ELOOP:
+        return PathError(f"cannot follow the path{where}", why="its symbolic links lead in a loop",
+                         fix="point the link at a real file or folder, or give the path without it")
+    return PathError(f"cannot use the path{where}", why="a part of it that must be a folder is a file",
+                     fix="check the path: remove or rename that file, or give another path")

@@ -309,3 +309,78 @@ def test_distill_refuses_a_wrong_recipe_or_teacher_before_any_work():
     with pytest.raises(RecipeError, match="teacher must be a torch.nn.Module, got str") as err:
         edgekd.distill({"name": "x"}, teacher="teacher.pt")
     assert "leave teacher out" in err.value.fix
+
+
+_DIGITS = {"name": "x", "data": {"name": "digits"}, "student": {"model": {"family": "mlp", "params": {"width": 16}}},
+           "distill": {"train": {"epochs": 1}}}
+
+
+def _pair_teacher():
+    """A teacher module that returns a tuple (its logits and its input), not one tensor of logits."""
+    from torch import nn
+
+    class Pair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = nn.Linear(64, 10)
+
+        def forward(self, x):
+            return self.head(x), x
+
+    return Pair()
+
+
+@pytest.mark.parametrize("make, said", [
+    (lambda nn: nn.Linear(3, 3), ["the teacher cannot take the recipe's data (digits: samples of shape [64])",
+                                  "mat1 and mat2 shapes cannot be multiplied"]),
+    (lambda nn: nn.Sequential(nn.Flatten(), nn.Linear(64, 3)),
+     ["the teacher's output on 2 samples has shape [2, 3], not logits [2, 10]", "digits: 10 classes"]),
+    (lambda nn: _pair_teacher(), ["the teacher's output on 2 samples is a tuple, not logits [2, 10]"]),
+], ids=["input", "classes", "tuple"])
+def test_distill_refuses_a_teacher_that_does_not_fit_the_data_before_training(make, said):
+    """A teacher of the wrong shape was a raw torch RuntimeError from inside training (`mat1 and mat2 shapes cannot
+    be multiplied (512x64 and 3x3)`), though the arguments are promised to be checked before any work."""
+    from torch import nn
+
+    from edgekd.progress import SilentReporter
+
+    class Tasks(SilentReporter):
+        started: list[str] = []
+
+        def task(self, description, total):
+            self.started.append(description)
+            return super().task(description, total)
+
+    teacher, reporter = make(nn), Tasks()
+    with pytest.raises(RecipeError) as err:
+        edgekd.distill(_DIGITS, teacher=teacher, reporter=reporter)
+    for words in said:
+        assert words in str(err.value), str(err.value)
+    assert "leave teacher out" in err.value.fix and not reporter.started  # nothing was trained
+    assert teacher.training  # the check's eval mode is not left behind
+
+
+def test_distill_gives_the_teacher_back_in_the_mode_it_came_in():
+    """README: in-process calls leave things as they found them. A teacher passed in train mode came back in eval
+    mode (distillation evaluates it); a part the caller froze in eval mode stays so, and its statistics are kept."""
+    import torch
+    from torch import nn
+
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10))
+    teacher[2].eval()  # a frozen BatchNorm: the caller's choice, module by module
+    before = {name: module.training for name, module in teacher.named_modules()}
+    statistics = teacher[2].running_mean.clone()
+    outcome = edgekd.distill(_DIGITS, teacher=teacher)
+    assert outcome.steps > 0
+    assert {name: module.training for name, module in teacher.named_modules()} == before
+    assert before[""] and not before["2"]
+    assert torch.equal(teacher[2].running_mean, statistics)
+
+
+def test_distill_refuses_a_text_recipe_by_its_task():
+    """edgekd.distill runs the image stages: a text recipe was "unknown model family 'text_transformer'" (its student
+    looked up among the image families), which says nothing of why."""
+    recipe = Path(__file__).parent / "recipes" / "text_tiny.yaml"
+    with pytest.raises(RecipeError, match=r"edgekd.distill takes image recipes; text-tiny is a text recipe") as err:
+        edgekd.distill(recipe)
+    assert "edgekd.run(recipe)" in err.value.fix and "model family" not in str(err.value)

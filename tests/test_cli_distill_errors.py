@@ -77,3 +77,48 @@ def test_teacher_of_generation_two_needs_allow_generation(tmp_path: Path) -> Non
 def test_layers_with_an_unknown_family(tmp_path: Path) -> None:
     msg = assert_user_error(run_cli(tmp_path, "layers", "cnn", "mlpp"))
     assert "unknown model family 'mlpp'" in msg
+
+
+def _image_checkpoints(folder: Path) -> tuple[Path, Path]:
+    """A tiny cnn teacher and mlp student checkpoint on digits, as an image run saves them (spec and data set)."""
+    from edgekd.checkpoints import save_checkpoint
+    from edgekd.data import load_data
+    from edgekd.models import create_model
+
+    splits = load_data("digits")
+    saved = []
+    for role, family, params in (("teacher", "cnn", {"width": 8, "depth": 2, "hidden": 32}),
+                                 ("student", "mlp", {"width": 16, "depth": 1})):
+        model = create_model(family, in_shape=splits.input_shape, num_classes=splits.num_classes, **params)
+        saved.append(save_checkpoint(model, folder / f"{role}.pt", role=role, run="tiny", data={"name": "digits"}))
+    return saved[0], saved[1]
+
+
+def test_layers_of_a_text_student_family_says_text_models_have_no_layer_listing(tmp_path: Path) -> None:
+    """It said "unknown model family 'text_transformer'", though that is a registered (text) student family."""
+    for args, family in ((["cnn", "text_transformer"], "text_transformer"), (["text_bag", "mlp"], "text_bag")):
+        msg = assert_user_error(run_cli(tmp_path, "layers", *args))
+        assert f"{family} is a text student family: text models have no feature-KD layer listing" in msg, msg
+        assert "unknown model family" not in msg and "cnn, mlp, tiny_cnn" in msg, msg
+
+
+def test_layers_refuses_data_that_two_checkpoints_would_ignore(tmp_path: Path) -> None:
+    """`--data nosuch` with two checkpoints exited 0, the option ignored in silence."""
+    teacher, student = _image_checkpoints(tmp_path)
+    msg = assert_user_error(run_cli(tmp_path, "layers", str(teacher), str(student), "--data", "nosuch"))
+    assert "--data nosuch is not used: the teacher and the student are both checkpoints" in msg and \
+           "leave --data out" in msg, msg
+    listed = run_cli(tmp_path, "layers", str(teacher), str(student))  # without it, the two checkpoints' pairs
+    assert listed.returncode == 0 and "head.1" in listed.stdout and "net.1" in listed.stdout, listed.stderr
+    msg = assert_user_error(run_cli(tmp_path, "layers", str(teacher), "mlp", "--data", "nosuch"))  # sizes mlp
+    assert "unknown data set 'nosuch'" in msg, msg
+
+
+def test_layers_takes_a_family_name_over_a_folder_of_that_name(tmp_path: Path) -> None:
+    """With a folder `cnn` in the current folder, `edgekd layers cnn mlp` said "checkpoint cnn is a directory";
+    `./cnn` still names the folder."""
+    (tmp_path / "cnn").mkdir()
+    listed = run_cli(tmp_path, "layers", "cnn", "mlp")
+    assert listed.returncode == 0 and "cnn → mlp" in listed.stdout, listed.stdout + listed.stderr
+    msg = assert_user_error(run_cli(tmp_path, "layers", "./cnn", "mlp"))
+    assert "checkpoint cnn is a directory" in msg, msg

@@ -137,7 +137,7 @@ def test_export_parity_threshold_must_be_a_share():
     ('{"rows": [], "machine": 5}', "a field has the wrong type"),
     ('{"rows": [{"name": "x", "size_bytes": 1, "p50_us": 5.0, "ci95_p50": [4.0]}]}', "a field has the wrong type"),
     ('{"rows": [], "findings": 5}', "its `findings` is not a list"),
-    ('{"schema": "edgekd.summary/2", "rows": []}', "written by a newer edgekd (schema edgekd.summary/2"),
+    ('{"schema": "edgekd.other/1", "rows": []}', "its schema is 'edgekd.other/1', not 'edgekd.summary/1'"),
 ])
 def test_an_unreadable_summary_is_a_clear_error(tmp_path, content, why):
     """The why says what is wrong with the file, not a Python exception ("TypeError: 'int' object is not
@@ -147,6 +147,18 @@ def test_an_unreadable_summary_is_a_clear_error(tmp_path, content, why):
     proc = _cli("report", str(tmp_path / "run"), cwd=tmp_path)
     _user_error(proc, "is unreadable", "--force report", why)
     assert not re.search(r"[A-Z]\w*Error\b|object has no attribute|is not iterable", proc.stderr), proc.stderr
+
+
+def test_a_summary_of_a_newer_edgekd_says_to_read_it_with_that_edgekd(tmp_path):
+    """It advised `edgekd run RECIPE --force report`, which rewrites the newer run's report with this older
+    edgekd (whose resume the newer manifest refuses anyway); the fix is the newer edgekd."""
+    (tmp_path / "run" / "results").mkdir(parents=True)
+    (tmp_path / "run" / "results" / "summary.json").write_text('{"schema": "edgekd.summary/2", "rows": []}')
+    proc = _cli("report", str(tmp_path / "run"), cwd=tmp_path)
+    _user_error(proc, "was written by a newer edgekd", "written by a newer edgekd (schema edgekd.summary/2; "
+                "this edgekd reads edgekd.summary/1)", "fix: read it with the edgekd that wrote it, or a newer one "
+                "(pip install -U edgekd)")
+    assert "--force report" not in proc.stderr, proc.stderr
 
 
 def test_report_of_a_path_near_a_run_names_the_run(tmp_path):
@@ -888,3 +900,46 @@ def test_check_threads_says_why_it_has_no_interval(tmp_path, monkeypatch, no_int
     result = CliRunner().invoke(app, ["bench", str(tmp_path / "m.onnx"), "--check-threads", "2"])
     assert result.exit_code == 0, result.output
     assert said in " ".join(result.output.split()), result.output
+
+
+def _student_checkpoint(path: Path) -> Path:
+    """A tiny real checkpoint as a run's image stages write it (architecture and data set recorded)."""
+    from edgekd.checkpoints import save_checkpoint
+    from edgekd.models import create_model
+
+    model = create_model("mlp", in_shape=(1, 8, 8), num_classes=10, width=16, depth=1)
+    return save_checkpoint(model, path, role="student", run="tiny", data={"name": "digits"})
+
+
+LONG = "a" * 300  # past the 255 bytes a name that Linux file systems allow
+
+
+@pytest.mark.parametrize("args, named", [
+    (["export", "student.pt", "--output-dir", f"o_{LONG}"], f"o_{LONG[:28]}…"),
+    (["report", LONG], LONG[:30] + "…"),
+    (["history", "--history", f"{LONG}.sqlite"], f"…{LONG[:23]}.sqlite"),
+    (["layers", f"{LONG}.pt", "mlp"], f"…{LONG[:27]}.pt"),
+    (["run", "demo", "--output-dir", f"x/{LONG}/y"], f"x/{LONG[:28]}…"),
+], ids=["export", "report", "history", "layers", "run"])
+def test_a_path_too_long_is_a_user_error_naming_it_in_every_command(tmp_path, args, named):
+    """ENAMETOOLONG was "internal error: OSError: [Errno 36] File name too long … please report it" (exit 1) from
+    whichever command met it first; the CLI's one error handler now says which path and why, for all of them."""
+    _student_checkpoint(tmp_path / "student.pt")
+    proc = _cli(*args, cwd=tmp_path)
+    _user_error(proc, "is too long", named, "bytes long; most file systems take at most 255 bytes for one name",
+                "fix: give a shorter path")
+    assert proc.stderr.count("error:") == 1 and LONG not in proc.stderr  # one block; the long name elided
+
+
+def test_a_symbolic_link_loop_or_a_file_in_a_path_is_a_user_error():
+    """ELOOP and ENOTDIR, which most commands catch before they open the path, are said by the same handler when
+    one reaches it."""
+    import errno
+
+    from edgekd.errors import path_problem
+
+    loop = path_problem(OSError(errno.ELOOP, "Too many levels of symbolic links", "runs/loop/x"))
+    assert loop.exit_code == 2 and loop.what == "cannot follow the path runs/loop/x" and "loop" in loop.why
+    not_dir = path_problem(OSError(errno.ENOTDIR, "Not a directory", "notes.txt/x"))
+    assert not_dir.what == "cannot use the path notes.txt/x" and "is a file" in not_dir.why and not_dir.fix
+    assert path_problem(OSError(errno.ENOENT, "No such file", "x")) is None and path_problem(ValueError()) is None

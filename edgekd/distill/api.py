@@ -234,7 +234,8 @@ def distill_student(recipe: Any, *, teacher: "nn.Module | None" = None,
                     reporter: Reporter | None = None) -> "DistillOutcome":
     """`edgekd.distill`: the recipe (a Recipe, a path, a built-in name or a dict) loaded and checked, its data
     split, its teacher trained unless one is given, its student distilled. Arguments are checked before any
-    work, and the caller's random generators are left as they were (as edgekd.run leaves them)."""
+    work (a given teacher by one forward on two samples of the data), and the caller's random generators and
+    teacher's train/eval modes are left as they were (as edgekd.run leaves them)."""
     from edgekd.errors import RecipeError
     from edgekd.progress import usable_reporter
     from edgekd.recipe import load_recipe
@@ -242,11 +243,54 @@ def distill_student(recipe: Any, *, teacher: "nn.Module | None" = None,
 
     recipe = load_recipe(recipe)
     reporter = usable_reporter(reporter)
-    if teacher is not None:
-        from torch import nn
+    if recipe.task == "text":  # the image stages would look its text student family up among image families
+        raise RecipeError(f"edgekd.distill takes image recipes; {recipe.name} is a text recipe (task: text)",
+                          why="a text run distils with its own stages, after its teacher encoder has embedded the "
+                              "corpus, and those run in edgekd.run",
+                          fix="run it with edgekd.run(recipe) (or `edgekd run RECIPE`): the student is "
+                              "<run>/checkpoints/student.pt")
+    if teacher is None:
+        with kept_global_rngs():
+            return distill(recipe, reporter=reporter)
+    from torch import nn
 
-        if not isinstance(teacher, nn.Module):
-            raise RecipeError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__} {repr(teacher)[:60]}",
-                              fix="pass the teacher model itself, or leave teacher out to train the recipe's")
-    with kept_global_rngs():
-        return distill(recipe, teacher=teacher, reporter=reporter)
+    if not isinstance(teacher, nn.Module):
+        raise RecipeError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__} {repr(teacher)[:60]}",
+                          fix="pass the teacher model itself, or leave teacher out to train the recipe's")
+    modes = {module: module.training for module in teacher.modules()}  # distillation puts it in eval mode
+    try:
+        with kept_global_rngs():
+            splits = load_splits(recipe)
+            check_teacher(teacher, splits)
+            return distill(recipe, splits, teacher=teacher, reporter=reporter)
+    finally:  # the caller's teacher as it came, in train mode if it was (module by module: a frozen part stays so)
+        for module, training in modes.items():
+            module.training = training
+
+
+def check_teacher(teacher: "nn.Module", splits: "Splits") -> None:
+    """One forward of a caller's teacher on two training samples (eval mode, no gradients): a teacher of another
+    input shape or number of classes is refused by name, not as a raw torch error from inside training."""
+    import torch
+
+    from edgekd.errors import RecipeError, first_line
+
+    x = torch.from_numpy(splits.x_train[:2])
+    shape, classes = list(splits.input_shape), splits.num_classes
+    leave_out = "or leave teacher out to train the recipe's"
+    teacher.eval()
+    try:
+        with torch.no_grad():
+            out = teacher(x)
+    except Exception as exc:  # the caller's module: any failure on the recipe's samples is that misfit
+        raise RecipeError(f"the teacher cannot take the recipe's data ({splits.name}: samples of shape {shape})",
+                          why=f"its forward on a batch of {len(x)} samples [{len(x)}, {', '.join(map(str, shape))}] "
+                              f"failed: {first_line(exc)}",
+                          fix=f"pass a teacher trained on {splits.name} (input [batch, {', '.join(map(str, shape))}], "
+                              f"{classes} classes), {leave_out}") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(x), classes):
+        got = f"has shape {list(out.shape)}" if isinstance(out, torch.Tensor) else f"is a {type(out).__name__}"
+        raise RecipeError(f"the teacher's output on {len(x)} samples {got}, not logits [{len(x)}, {classes}]",
+                          why=f"a teacher gives one logit per class of the recipe's data ({splits.name}: "
+                              f"{classes} classes), as a single tensor",
+                          fix=f"pass a teacher with a {classes}-class output for {splits.name}, {leave_out}")

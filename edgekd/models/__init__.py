@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any, Callable
 
-from edgekd.errors import RecipeError
+from edgekd.errors import RecipeError, RegistryError
 from edgekd.registry import Registry
 
 if TYPE_CHECKING:
@@ -35,15 +35,42 @@ def create_model(family: str, *, in_shape: tuple[int, ...], num_classes: int, **
     return model
 
 
-def model_from_name_or_checkpoint(arg: str, *, data: str, role: str) -> "nn.Module":
-    """A model for inspection: a family name with default parameters on `data`'s input shape, or the
-    architecture and weights of an edgekd checkpoint."""
+def _text_student_families() -> list[str]:
+    """The text student families' names (their registry imports torch: read when asked)."""
+    from edgekd.text.student import TEXT_STUDENTS
+
+    return TEXT_STUDENTS.names()
+
+
+def _names_a_checkpoint(arg: str) -> bool:
+    """`edgekd layers` takes `arg` for a checkpoint: a *.pt or an existing path (a folder too: read_checkpoint
+    says what is inside) that is no family name. A family name is the family even where a file or folder of that
+    name lies in the current folder; `./cnn` names that one."""
     from pathlib import Path
 
-    if Path(arg).suffix == ".pt" or Path(arg).exists():  # a folder, too: read_checkpoint says what is inside
-        from edgekd.checkpoints import load_weights, read_checkpoint
+    if arg in MODELS or arg in _text_student_families():
+        return False
+    return Path(arg).suffix == ".pt" or Path(arg).exists()
+
+
+def model_from_name_or_checkpoint(arg: str, *, data: str, role: str) -> "nn.Module":
+    """A model for inspection: a family name with default parameters on `data`'s input shape, or the
+    architecture and weights of an edgekd checkpoint; a text student family is refused by name."""
+    from pathlib import Path
+
+    from edgekd.checkpoints import TEXT_NO_LAYERS_WHY
+
+    if arg in _text_student_families():
+        raise RegistryError(f"{arg} is a text student family: text models have no feature-KD layer listing",
+                            why=TEXT_NO_LAYERS_WHY, fix=f"give image model families ({', '.join(MODELS.names())}) "
+                                                        "or checkpoints of image runs (<run>/checkpoints/*.pt)")
+    if _names_a_checkpoint(arg):
+        from edgekd.checkpoints import load_weights, read_checkpoint, text_run_checkpoint_error
 
         payload = read_checkpoint(Path(arg))
+        text_run = text_run_checkpoint_error(Path(arg), payload, command="layers")
+        if text_run is not None:
+            raise text_run
         spec = payload.get("spec")
         if not spec:
             raise RecipeError(f"{arg} holds no architecture", why="it is a plain state dict",
@@ -55,6 +82,17 @@ def model_from_name_or_checkpoint(arg: str, *, data: str, role: str) -> "nn.Modu
 
     splits = load_data(data)
     return create_model(arg, in_shape=splits.input_shape, num_classes=splits.num_classes)
+
+
+def layer_models(teacher: str, student: str, data: str | None) -> dict[str, "nn.Module"]:
+    """The teacher and student `edgekd layers` pairs. `data` (default digits) sizes a model family given by name;
+    with two checkpoints, which record their input shapes, it would be ignored in silence, so it is refused."""
+    if data is not None and _names_a_checkpoint(teacher) and _names_a_checkpoint(student):
+        raise RecipeError(f"--data {data} is not used: the teacher and the student are both checkpoints",
+                          why="a checkpoint records the input shape it was trained on; --data sizes a model family "
+                              "given by name", fix="leave --data out")
+    return {role: model_from_name_or_checkpoint(arg, data=data or "digits", role=role)
+            for role, arg in (("teacher", teacher), ("student", student))}
 
 
 def model_of_checkpoint(spec: dict[str, Any], meta: dict[str, Any]) -> "nn.Module":
