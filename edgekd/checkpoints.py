@@ -247,18 +247,6 @@ def text_run_checkpoint_error(path: Path, payload: dict[str, Any], *, command: s
                                f"that made the run{kept}; export.targets there says which files")
 
 
-def refuse_text_run_checkpoint(path: Path, *, command: str) -> None:
-    """Raise `text_run_checkpoint_error` for a text run's checkpoint at `path`; a checkpoint that cannot be read
-    passes, for the command to refuse in its own order (its other arguments first)."""
-    try:
-        payload = read_checkpoint(path)
-    except (CheckpointError, OSError):
-        return
-    error = text_run_checkpoint_error(path, payload, command=command)
-    if error is not None:
-        raise error
-
-
 def _misfit_fix(payload: dict[str, Any], path: Path, role: str) -> str:
     """How to use a checkpoint that does not fit: a structurally pruned one (it records its prune_plan) has no
     recipe architecture to name; otherwise the recipe field of the role, where it has one."""

@@ -188,12 +188,10 @@ def export(checkpoint: Path = typer.Argument(..., help="a checkpoint of an image
                                             "(repeatable): ONNX INT8 picks its weight grid for that CPU; "
                                             "without one, 7-bit weights, right on every CPU")) -> None:
     """Export an image run's checkpoint to ONNX / TFLite artifacts, each verified against the PyTorch model."""
-    from edgekd.checkpoints import refuse_text_run_checkpoint
     from edgekd.console import RichReporter
     from edgekd.exporter import export_checkpoint
     from edgekd.rundir import tentative_dir
 
-    refuse_text_run_checkpoint(checkpoint, command="export")  # export_checkpoint would call it a bare state dict
     try:
         with tentative_dir(output_dir, fix="choose a writable folder with --output-dir"), \
                 RichReporter(console) as reporter:

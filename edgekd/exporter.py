@@ -399,12 +399,15 @@ def export_checkpoint(checkpoint: str | Path, output_dir: str | Path, *, formats
     for device in devices or ():
         find_profile(device)  # an unknown name or a bad profile is the user's mistake, said now
     targets = tuple(target_cpu(device) for device in devices or ())
-    from edgekd.checkpoints import load_weights, read_checkpoint
+    from edgekd.checkpoints import load_weights, read_checkpoint, text_run_checkpoint_error
     from edgekd.data import load_data
     from edgekd.models import model_of_checkpoint
 
     checkpoint = Path(checkpoint)
     payload = read_checkpoint(checkpoint)
+    text_run = text_run_checkpoint_error(checkpoint, payload, command="export")
+    if text_run is not None:  # it records no spec either, but it is no bare state dict
+        raise text_run
     spec, meta = payload.get("spec"), payload.get("meta") or {}
     data_cfg = meta.get("data")
     if not spec or not data_cfg:

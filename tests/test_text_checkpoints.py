@@ -44,6 +44,12 @@ def test_export_of_a_text_runs_checkpoint_says_its_run_exports_it(text_run: Path
     assert "edgekd run RECIPE --force export" in said and str(text_run / "recipe.yaml") in said, said
     assert "bare state dict" not in said and "does not record" not in said, said
     assert not (tmp_path / "arts").exists()  # refused before the output folder is made
+    import edgekd
+    from edgekd.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="edgekd export takes the checkpoints of image runs"):
+        edgekd.export(checkpoint, tmp_path / "api")  # the Python API says it too (it said "bare state dict")
+    assert not (tmp_path / "api").exists()
 
 
 def test_layers_of_text_runs_checkpoints_says_text_models_have_no_layer_listing(text_run: Path,
