@@ -384,3 +384,19 @@ def test_distill_refuses_a_text_recipe_by_its_task():
     with pytest.raises(RecipeError, match=r"edgekd.distill takes image recipes; text-tiny is a text recipe") as err:
         edgekd.distill(recipe)
     assert "edgekd.run(recipe)" in err.value.fix and "model family" not in str(err.value)
+
+
+@pytest.mark.parametrize("distill, why", [
+    ({"strategy": "self"}, "the student's own earlier generations"),
+    ({"strategy": "mutual"}, "peers teach each other"),
+])
+def test_distill_refuses_a_teacher_its_strategy_would_ignore(distill, why):
+    """A teacher passed with a strategy that learns from none was ignored in silence: the caller believed the
+    student was distilled from it."""
+    from torch import nn
+
+    recipe = {**_DIGITS, "distill": {**_DIGITS["distill"], **distill}}
+    with pytest.raises(RecipeError) as err:
+        edgekd.distill(recipe, teacher=nn.Sequential(nn.Flatten(), nn.Linear(64, 10)))
+    assert err.value.what == f"teacher= is not used by distill.strategy: {distill['strategy']}"
+    assert why in err.value.why and "leave teacher out" in err.value.fix

@@ -257,6 +257,11 @@ def distill_student(recipe: Any, *, teacher: "nn.Module | None" = None,
     if not isinstance(teacher, nn.Module):
         raise RecipeError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__} {repr(teacher)[:60]}",
                           fix="pass the teacher model itself, or leave teacher out to train the recipe's")
+    strategy = recipe.distill.strategy
+    if strategy in TEACHERLESS:  # it would be ignored in silence
+        raise RecipeError(f"teacher= is not used by distill.strategy: {strategy}",
+                          why=TEACHERLESS[strategy],
+                          fix="leave teacher out, or distil from it with a strategy that reads it (e.g. standard)")
     modes = {module: module.training for module in teacher.modules()}  # distillation puts it in eval mode
     try:
         with kept_global_rngs():
@@ -266,6 +271,12 @@ def distill_student(recipe: Any, *, teacher: "nn.Module | None" = None,
     finally:  # the caller's teacher as it came, in train mode if it was (module by module: a frozen part stays so)
         for module, training in modes.items():
             module.training = training
+
+
+# The strategies that learn from no teacher module, and what they learn from instead.
+TEACHERLESS = {"self": "self-distillation learns from the student's own earlier generations",
+               "mutual": "mutual learning's peers teach each other",
+               "blackbox": "a black-box student learns from the teacher's saved outputs (distill.blackbox.source)"}
 
 
 def check_teacher(teacher: "nn.Module", splits: "Splits") -> None:
