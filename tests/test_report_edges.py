@@ -482,6 +482,19 @@ def test_a_row_where_no_class_changed_says_so_instead_of_naming_class_0_the_wors
     assert "<td>no class changed vs student-onnx-fp32</td>" in page and "class a: -10.0 pt vs teacher-onnx-fp32" in page
 
 
+def test_no_class_delta_is_measured_against_an_fp32_that_failed_parity(tmp_path):
+    """"worst class Δ vs student-onnx-fp32" compared an INT8 file with an FP32 one that failed its parity check, a
+    model nobody ships (the speed notes already leave such an FP32 out)."""
+    run = make_run(tmp_path / "run", [("teacher-onnx-fp32", _runner_fields(40.0), _parity(0.9)),
+                                      ("student-onnx-fp32", _runner_fields(10.0), _parity(0.9, passed=False)),
+                                      ("student-onnx-int8_static", _runner_fields(9.0), _parity(0.8))])
+    rows = {r["name"]: r for r in build_summary(run, recipe={"name": "classes"}, model_metrics={},
+                                                class_names=["a", "b"])["rows"]}
+    assert rows["student-onnx-int8_static"].get("worst_class") is None
+    assert rows["student-onnx-int8_static"].get("class_delta_reference") is None
+    assert rows["student-onnx-fp32"]["class_delta_reference"] == "teacher-onnx-fp32"  # its own still is
+
+
 def test_int8_notes_blame_the_call_overhead_from_the_formats_measured_floor(tmp_path):
     """The INT8 note called any model under a fixed 50 µs overhead-bound: here a 40 µs student beside a 3.5 µs
     onnxruntime floor (9% of its time). The report gives the floor of the row's format to the note."""

@@ -142,6 +142,8 @@ def build_summary(rundir: RunDir, *, recipe: dict[str, Any], model_metrics: dict
         if row.get("p50_us") and floor_p50:
             row["x_floor"] = row["p50_us"] / floor_p50
         ref = by_name.get(_per_class_reference(row) or "")
+        if ref and ref.get("parity_passed") is False:  # a model nobody ships: no reference (as for the speed notes)
+            ref = None
         if ref and row["per_class_accuracy"] and ref["per_class_accuracy"]:
             deltas = [(a - b) * 100 for a, b in zip(row["per_class_accuracy"], ref["per_class_accuracy"])]
             worst = min(range(len(deltas)), key=deltas.__getitem__)
