@@ -608,8 +608,11 @@ def _describe_device(name: str) -> None:
     from edgekd.devices.describe import describe
     from edgekd.devices.profiles import open_device
 
+    from edgekd.bench.native import check_cpus
+
     device = open_device(name)
     try:
+        check_cpus(device)  # `cpus:` the device lacks: what a bench would refuse, said here too
         rows = describe(device)
     finally:
         device.close()

@@ -428,6 +428,14 @@ def test_cpus_the_board_does_not_have_are_refused_naming_its_cpus(tmp_path, beyo
     assert f"{', '.join(map(str, missing))}, which it does not have (its CPUs: {listed})" in err.value.what
     assert err.value.fix == f"set `cpus:` in the device profile to CPUs among {listed}, or remove it"
     assert not (tmp_path / "remote" / "artifacts").exists()  # refused before anything was copied
+    if beyond == [0, 1]:  # `edgekd devices --info` says it too (it described the board as if pinned)
+        from test_cli_errors import assert_user_error, run_cli
+
+        with LoopbackSSHD(tmp_path / "sshd2") as server:
+            profile = _profile(server, tmp_path)
+            profile.write_text(yaml.safe_dump({**yaml.safe_load(profile.read_text()), "cpus": cpus}))
+            said = assert_user_error(run_cli(tmp_path, "devices", "--info", str(profile)))
+        assert f"which it does not have (its CPUs: {listed})" in said, said
 
 
 def test_several_devices_in_one_call(tmp_path):
