@@ -122,9 +122,17 @@ def _unwritable(what: str, folder: Path, exc: OSError, fix: str) -> OutputDirErr
     reason."""
     blocker = _file_in_the_way(folder)
     if blocker is not None:
-        return OutputDirError(what, why=f"{blocker} is a file, where a folder is needed",
-                              fix=f"remove or rename the file {blocker}, or {fix}")
+        kind = "link" if blocker.is_symlink() and not blocker.exists() else "file"
+        return OutputDirError(what, why=_in_the_way(blocker), fix=f"remove or rename the {kind} {blocker}, or {fix}")
     return OutputDirError(what, why=f"{exc.strerror or exc} ({exc.filename or folder})", fix=fix)
+
+
+def _in_the_way(blocker: Path) -> str:
+    """Why `blocker` (from _file_in_the_way) stops a folder being made: a file, or a link to nothing (a loop)."""
+    if blocker.is_symlink() and not blocker.exists():
+        return f"{blocker} is a symbolic link that leads nowhere (to a missing path, or in a loop), where a folder " \
+               "is needed"
+    return f"{blocker} is a file, where a folder is needed"
 
 
 def _file_in_the_way(folder: Path) -> Path | None:
@@ -314,7 +322,7 @@ def exclusive_folder(folder: str | os.PathLike[str], *, what: str, fix: str, loc
     except OSError as exc:
         blocker = _file_in_the_way(path.parent)
         raise OutputDirError(f"cannot create the lock file {path}",
-                             why=f"{blocker} is a file, where a folder is needed" if blocker else first_line(exc),
+                             why=_in_the_way(blocker) if blocker else first_line(exc),
                              fix="choose a writable output folder, or fix its permissions") from None
     try:
         try:

@@ -305,6 +305,20 @@ def test_a_lock_under_a_file_names_the_file(tmp_path):
     assert err.value.why == f"{tmp_path / 'afile'} is a file, where a folder is needed"
 
 
+def test_a_link_in_a_loop_where_a_folder_goes_is_named_as_a_link(tmp_path):
+    """A symbolic link in a loop was called "a file, where a folder is needed"."""
+    import os
+
+    from edgekd.errors import OutputDirError
+    from edgekd.rundir import writable_dir
+
+    os.symlink(tmp_path / "loop", tmp_path / "loop")
+    with pytest.raises(OutputDirError) as err:
+        writable_dir(tmp_path / "loop" / "b", fix="choose another folder")
+    assert err.value.why.startswith(f"{tmp_path / 'loop'} is a symbolic link that leads nowhere"), err.value.why
+    assert err.value.fix.startswith(f"remove or rename the link {tmp_path / 'loop'}, or "), err.value.fix
+
+
 def test_an_export_removes_the_temp_files_a_killed_export_left(tmp_path):
     """`edgekd run` cleans its folder of a killed writer's temp files, but `edgekd export` into an output folder
     did not: a model file's temp copy from an export killed mid-write stayed there through every later export."""
