@@ -974,9 +974,9 @@ def _note_capped_rounds(reporter: Reporter, raws: dict[str, list[dict[str, Any]]
                  and t.get("seconds", per_round.min_seconds) < per_round.min_seconds]
         if short:
             reporter.note(f"{name}: {len(short)} of {len(rounds)} rounds stopped at max_runs ({per_round.max_runs:,} "
-                          f"calls) after {min(short):.2f}–{max(short):.2f} s of the {per_round.min_seconds:.2f} s asked "
-                          "per round: enough calls for its percentiles; a longer --min-seconds adds no time past "
-                          "that cap (more --rounds do)")
+                          f"calls) after {min(short):.2f}–{max(short):.2f} s of the {per_round.min_seconds:.2f} s "
+                          "asked per round: enough calls for its percentiles; a longer --min-seconds adds no time "
+                          "past that cap (more --rounds do)")
 
 
 def _distinct_names(artifacts: list[Artifact]) -> list[Artifact]:
