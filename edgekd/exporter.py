@@ -358,7 +358,6 @@ def _check_export_args(checkpoint: Any, output_dir: Any, lists: dict[str, Any], 
                           fix="leave the default, 256, or give a positive number")
 
 
-@kept_global_rngs()  # the model rebuilt here and the exporters draw from them
 def _check_names(name: str, value: list[Any] | tuple[Any, ...] | None) -> None:
     """formats and precisions: known names, each once, before any folder is made (an unknown precision was
     refused only once the output folder and its lock existed, None in the list was a bare TypeError, and a name
@@ -368,7 +367,7 @@ def _check_names(name: str, value: list[Any] | tuple[Any, ...] | None) -> None:
         return
     flag = f"--{name.removesuffix('s')}"
     if not value:
-        raise ExportError(f"{name} is empty", why=f"an export makes one artifact per format × precision",
+        raise ExportError(f"{name} is empty", why="an export makes one artifact per format × precision",
                           fix=f"give some of {', '.join(known)} ({flag} on the command line), or leave it out "
                               "for the defaults")
     for item in value:
@@ -381,6 +380,7 @@ def _check_names(name: str, value: list[Any] | tuple[Any, ...] | None) -> None:
                           why="each would be exported again into the same folder", fix=f"give each {flag} once")
 
 
+@kept_global_rngs()  # the model rebuilt here and the exporters draw from them
 def export_checkpoint(checkpoint: str | Path, output_dir: str | Path, *, formats: list[str] | None = None,
                       precisions: list[str] | None = None, opset: int = 18, min_agreement: float = 0.99,
                       min_agreement_int4: float = 0.97, calibration_samples: int = 256,
