@@ -1288,15 +1288,16 @@ def _spec(session: _Session, artifact: Artifact, settings: BenchSettings, inputs
     """The runner spec of one artifact, with the artifact and its inputs pushed to the device."""
     from edgekd.export.formats import FORMATS
 
-    local_feeds = _given_feeds(artifact, inputs)
-    if len(local_feeds) < len(artifact.inputs):  # made up at the batch of the inputs given, if any
+    given = _given_feeds(artifact, inputs)
+    local_feeds = dict(given)
+    if len(given) < len(artifact.inputs):  # made up at the batch of the inputs given, if any
         folder = local_tmp / artifact.sha256[:16]
         folder.mkdir(parents=True, exist_ok=True)
-        shapes = [_npy_shape(path, f"inputs['{name}']") for name, path in local_feeds.items()]
+        shapes = [_npy_shape(path, f"inputs['{name}']") for name, path in given.items()]
         batch = next((shape[0] for shape in shapes if shape), settings.batch_size)
         made_up = _synthetic_inputs(artifact, batch, folder, settings.dims)
-        local_feeds.update({k: Path(v) for k, v in made_up.items() if k not in local_feeds})
-        _warn_dims(session.reporter, artifact, settings, given=_given_feeds(artifact, inputs))
+        local_feeds.update({k: Path(v) for k, v in made_up.items() if k not in given})
+        _warn_dims(session.reporter, artifact, settings, given=given)
     feeds = {name: session.relative(session.push(path, f"inputs/{sha256_file(path)[:16]}.npy"))
              for name, path in local_feeds.items()}
     return {"artifact": session.relative(_push_model(session, artifact)), "runtime": FORMATS[artifact.format]().runtime,
