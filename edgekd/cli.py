@@ -122,8 +122,17 @@ def _print_summary(tables: list[Any], summary: dict[str, Any]) -> None:
         console.print(f"• {finding}", highlight=False)
 
 
-_FORCE = typer.Option([], "--force", help="rerun this stage even if it is up to date (repeatable; 'all' for every stage)")
-_OUTPUT = typer.Option(None, "--output-dir", help="root folder for run directories (default: the recipe's output_dir)")
+def _folder_given(value: str) -> Path:
+    """An output folder or file as typed; an empty one (often an unset shell variable) is refused, not read as '.'."""
+    if not value.strip():
+        raise typer.BadParameter("is empty (an unset shell variable?); give a path, or '.' for the current folder")
+    return Path(value)
+
+
+_FORCE = typer.Option([], "--force",
+                      help="rerun this stage even if it is up to date (repeatable; 'all' for every stage)")
+_OUTPUT = typer.Option(None, "--output-dir", parser=_folder_given,
+                       help="root folder for run directories (default: the recipe's output_dir)")
 
 
 @app.command()
@@ -177,8 +186,10 @@ def layers(teacher: str = typer.Argument(..., help="teacher: an image model fami
 @_handles_errors
 def export(checkpoint: Path = typer.Argument(..., help="a checkpoint of an image run (<run>/checkpoints/*.pt); a "
                                               "text run exports its own: edgekd run RECIPE --force export"),
-           output_dir: Path = typer.Option(Path("export/artifacts"), "--output-dir", help="where artifact folders go"),
-           fmt: List[str] = typer.Option(["onnx"], "--format", help="onnx or tflite (repeatable; tflite needs the \\[tflite] extra)"),
+           output_dir: Path = typer.Option(Path("export/artifacts"), "--output-dir", parser=_folder_given,
+                                           help="where artifact folders go"),
+           fmt: List[str] = typer.Option(["onnx"], "--format",
+                                         help="onnx or tflite (repeatable; tflite needs the \\[tflite] extra)"),
            precision: List[str] = typer.Option(["fp32", "int8_static", "int8_dynamic"], "--precision",
                                                help="fp32, int8_static, int8_dynamic or int4 (repeatable)"),
            min_agreement: float = typer.Option(0.99, min=0.0, max=1.0,
@@ -215,7 +226,8 @@ def export(checkpoint: Path = typer.Argument(..., help="a checkpoint of an image
 
 @app.command()
 @_handles_errors
-def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, artifact.json files, .onnx or .tflite files"),
+def bench(artifacts: List[Path] = typer.Argument(...,
+                                                 help="artifact folders, artifact.json files, .onnx or .tflite files"),
           device: List[str] = typer.Option(["host"], "--device", help="device profile name or path (repeatable)"),
           threads: Optional[int] = typer.Option(None, min=1, help="intra-op threads (default: the device "
                                                 "profile's threads:, 1 without one)"),
@@ -237,9 +249,11 @@ def bench(artifacts: List[Path] = typer.Argument(..., help="artifact folders, ar
           cooldown: float = typer.Option(0.0, min=0, help="seconds to pause between rounds/sessions"),
           sustained: Optional[float] = typer.Option(None, min=1, help="minutes of continuous load: latency over "
                                                     "time, to see thermal throttling"),
-          results_dir: Path = typer.Option(Path("export/results"), help="where BenchResult JSON files are saved"),
+          results_dir: Path = typer.Option(Path("export/results"), parser=_folder_given,
+                                            help="where BenchResult JSON files are saved"),
           resume: bool = typer.Option(False, "--resume", help="skip artifacts that already have a complete result"),
-          history: Path = typer.Option(Path("export/history.sqlite"), help="SQLite history the results are added to"),
+          history: Path = typer.Option(Path("export/history.sqlite"), parser=_folder_given,
+                                        help="SQLite history the results are added to"),
           check_threads: Optional[int] = typer.Option(None, min=2, help="only check that N intra-op threads "
                                                       "change the latency vs 1 thread (on each artifact)"),
           eval_samples: Optional[int] = typer.Option(None, min=0, help="score the artifacts of a run on the device "
@@ -626,7 +640,8 @@ def _describe_device(name: str) -> None:
 
 @app.command()
 @_handles_errors
-def fields(section: Optional[str] = typer.Argument(None, help="only fields under this path, e.g. distill.text")) -> None:
+def fields(section: Optional[str] = typer.Argument(None,
+                                                   help="only fields under this path, e.g. distill.text")) -> None:
     """List every recipe field with its type, default and meaning (the schema that validates recipes)."""
     from rich.table import Table
 

@@ -943,3 +943,12 @@ def test_a_symbolic_link_loop_or_a_file_in_a_path_is_a_user_error():
     not_dir = path_problem(OSError(errno.ENOTDIR, "Not a directory", "notes.txt/x"))
     assert not_dir.what == "cannot use the path notes.txt/x" and "is a file" in not_dir.why and not_dir.fix
     assert path_problem(OSError(errno.ENOENT, "No such file", "x")) is None and path_problem(ValueError()) is None
+
+
+@pytest.mark.parametrize("args", [["export", "x.pt", "--output-dir", ""], ["run", "demo", "--output-dir", " "],
+                                  ["bench", "x.onnx", "--results-dir", ""], ["bench", "x.onnx", "--history", ""]])
+def test_an_empty_output_path_is_refused_not_read_as_the_current_folder(tmp_path, args):
+    """`--output-dir "$OUT"` with OUT unset used to write the artifacts into the current folder."""
+    proc = _cli(*args, cwd=tmp_path)
+    assert proc.returncode == 2 and "is empty" in proc.stderr, (proc.returncode, proc.stderr)
+    assert list(tmp_path.iterdir()) == []
