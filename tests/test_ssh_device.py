@@ -117,6 +117,21 @@ def test_push_run_pull_round_trip(device, workdir, tmp_path):
     assert device.run(["sh", "-c", "echo oops >&2; exit 7"]).returncode == 7  # remote status passes through
 
 
+@pytest.mark.parametrize("shared", ["/", "/tmp"])
+def test_a_push_from_python_refuses_a_shared_work_directory(sshd, tmp_path, shared):
+    """A bench refuses such a work directory before its first copy; a caller of SSHDevice.push used to write into
+    `/` unchecked (its mkdir skipped "/"), where `edgekd devices --clean` will not clean."""
+    local = tmp_path / "in.txt"
+    local.write_text("x")
+    dev = make_device(sshd, Path(shared))
+    try:
+        with pytest.raises(DeviceError, match="will not use the work directory"):
+            dev.push(local, f"{shared.rstrip('/')}/edgekd-should-not-be-here.txt")
+    finally:
+        dev.close()
+    assert not Path(shared, "edgekd-should-not-be-here.txt").exists()
+
+
 def test_pull_missing_file_is_a_clear_error(device, workdir, tmp_path):
     with pytest.raises(DeviceError) as err:
         device.pull(f"{workdir}/nope.bin", tmp_path / "nope.bin")

@@ -59,6 +59,7 @@ from edgekd.devices.base import (
     HostKeyMismatch,
     ProfiledDevice,
     RunResult,
+    bench_workdir,
     free_space_fix,
     info_via_runner,
     run_client,
@@ -309,6 +310,8 @@ class SSHDevice(ProfiledDevice):
 
     def _mkdir(self, folder: str) -> None:
         """mkdir -p once per folder and connection (the work directory on first use, then its subfolders)."""
+        if not self._made_dirs:  # a caller of the Python API gets the rule a bench applies before its first copy
+            bench_workdir(self)
         if folder in self._made_dirs or folder in ("", ".", "/"):
             return
         workdir = self.workdir.rstrip("/") or "/"
