@@ -122,3 +122,18 @@ def test_layers_takes_a_family_name_over_a_folder_of_that_name(tmp_path: Path) -
     assert listed.returncode == 0 and "cnn → mlp" in listed.stdout, listed.stdout + listed.stderr
     msg = assert_user_error(run_cli(tmp_path, "layers", "./cnn", "mlp"))
     assert "checkpoint cnn is a directory" in msg, msg
+
+
+def test_layers_sizes_a_family_as_the_checkpoint_beside_it(tmp_path: Path) -> None:
+    """A checkpoint trained on 1×16×16 inputs beside `mlp`: the mlp was sized for digits (64 features) and the pairs
+    were computed on an input the checkpoint's model never takes. A --data of another shape is refused."""
+    from edgekd.checkpoints import save_checkpoint
+    from edgekd.models import create_model
+
+    model = create_model("cnn", in_shape=(1, 16, 16), num_classes=5, width=8, depth=2, hidden=32)
+    teacher = save_checkpoint(model, tmp_path / "teacher.pt", role="teacher", run="big", data={"name": "mine"})
+    listed = run_cli(tmp_path, "layers", str(teacher), "mlp")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert "net.1" in listed.stdout and "head.1" in listed.stdout, listed.stdout
+    msg = assert_user_error(run_cli(tmp_path, "layers", str(teacher), "mlp", "--data", "digits"))
+    assert "--data digits has inputs of shape [64]; the checkpoint's model takes [1, 16, 16]" in msg, msg

@@ -53,9 +53,10 @@ def _names_a_checkpoint(arg: str) -> bool:
     return Path(arg).suffix == ".pt" or Path(arg).exists()
 
 
-def model_from_name_or_checkpoint(arg: str, *, data: str, role: str) -> "nn.Module":
-    """A model for inspection: a family name with default parameters on `data`'s input shape, or the
-    architecture and weights of an edgekd checkpoint; a text student family is refused by name."""
+def model_from_name_or_checkpoint(arg: str, *, data: str, role: str, like: "nn.Module | None" = None) -> "nn.Module":
+    """A model for inspection: a family name with default parameters on `data`'s input shape (or on the input
+    shape and classes of the edgekd model `like`), or the architecture and weights of an edgekd checkpoint; a
+    text student family is refused by name."""
     from pathlib import Path
 
     from edgekd.checkpoints import TEXT_NO_LAYERS_WHY
@@ -78,6 +79,9 @@ def model_from_name_or_checkpoint(arg: str, *, data: str, role: str) -> "nn.Modu
         model = model_of_checkpoint(spec, payload.get("meta") or {})
         load_weights(model, Path(arg), role=role)
         return model
+    if like is not None:
+        return create_model(arg, in_shape=tuple(like.edgekd_spec["in_shape"]),
+                            num_classes=like.edgekd_spec["num_classes"])
     from edgekd.data import load_data
 
     splits = load_data(data)
@@ -91,8 +95,27 @@ def layer_models(teacher: str, student: str, data: str | None) -> dict[str, "nn.
         raise RecipeError(f"--data {data} is not used: the teacher and the student are both checkpoints",
                           why="a checkpoint records the input shape it was trained on; --data sizes a model family "
                               "given by name", fix="leave --data out")
-    return {role: model_from_name_or_checkpoint(arg, data=data or "digits", role=role)
-            for role, arg in (("teacher", teacher), ("student", student))}
+    roles = (("teacher", teacher), ("student", student))
+    models = {role: model_from_name_or_checkpoint(arg, data="digits", role=role)
+              for role, arg in roles if _names_a_checkpoint(arg)}
+    # a family beside a checkpoint takes the checkpoint model's input (and --data, if given, must agree with it)
+    like = next(iter(models.values()), None)
+    for role, arg in roles:
+        if role not in models:
+            models[role] = model_from_name_or_checkpoint(arg, data=data or "digits", role=role,
+                                                         like=None if data else like)
+            if like is not None and data is not None:
+                _check_same_input(like, models[role], data)
+    return {role: models[role] for role, _ in roles}
+
+
+def _check_same_input(checkpoint_model: "nn.Module", family_model: "nn.Module", data: str) -> None:
+    """The layer pairs are computed on one input, which both models must take."""
+    want, given = checkpoint_model.edgekd_spec["in_shape"], family_model.edgekd_spec["in_shape"]
+    if list(want) != list(given):
+        raise RecipeError(f"--data {data} has inputs of shape {list(given)}; the checkpoint's model takes "
+                          f"{list(want)}", why="both models of a layer listing must take the same input",
+                          fix="leave --data out: the family is then sized as the checkpoint's model")
 
 
 def model_of_checkpoint(spec: dict[str, Any], meta: dict[str, Any]) -> "nn.Module":
