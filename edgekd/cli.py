@@ -109,10 +109,11 @@ def _run_and_show(recipe_source: Any, output_dir: Optional[Path], force: List[st
 
 
 def _summary_tables(summary: dict[str, Any]) -> list[Any]:
-    """The run's artifact table and, for a text run, its embedding table."""
-    from edgekd.console import embedding_table, summary_table
+    """The run's PyTorch models, its artifact table and, for a text run, its embedding table."""
+    from edgekd.console import embedding_table, model_table, summary_table
 
-    return [table for table in (summary_table(summary), embedding_table(summary)) if table is not None]
+    return [table for table in (model_table(summary), summary_table(summary), embedding_table(summary))
+            if table is not None]
 
 
 def _print_summary(tables: list[Any], summary: dict[str, Any]) -> None:

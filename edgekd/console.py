@@ -138,6 +138,21 @@ def summary_table(summary: dict[str, Any]) -> Table:
     return table
 
 
+def model_table(summary: dict[str, Any]) -> Table | None:
+    """The run's PyTorch models side by side (edgekd.bench.model_table); None when the summary holds none."""
+    from edgekd.bench.model_table import model_cells
+
+    header, rows = model_cells(summary)
+    if not rows:
+        return None
+    table = Table(title="PyTorch models (test split)", title_justify="left")
+    for col in header:
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
 def embedding_table(summary: dict[str, Any]) -> Table | None:
     """A text run's embeddings against the teacher's, one row per model (None for other runs)."""
     from edgekd.text.report import EMBEDDING_HEADER, embedding_caption, embedding_rows

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import os
 import subprocess
 import sys
 import time
@@ -310,6 +311,25 @@ def test_cli_run_prints_the_teacher_vs_student_table(tiny_run):
     out = subprocess.run([sys.executable, "-m", "edgekd.cli", "report", str(tiny_run.rundir.root)],
                          capture_output=True, text=True, check=True).stdout
     assert "teacher-onnx-fp32" in out and "student-tflite-int4" in out and "index.html" in out
+
+
+def test_the_report_puts_the_pytorch_models_side_by_side(tiny_run):
+    """Teacher, KD student and scratch with the labels each learned from: before, the label counts behind the KD
+    gain and the teacher's PyTorch accuracy were only sentences in the findings."""
+    summary = read_json(tiny_run.rundir.results / "summary.json")
+    models = summary["models"]
+    out = subprocess.run([sys.executable, "-m", "edgekd.cli", "report", str(tiny_run.rundir.root)],
+                         capture_output=True, text=True, check=True, env={**os.environ, "COLUMNS": "200"}).stdout
+    table = out[out.index("PyTorch models"):out.index("teacher-onnx-fp32")]
+    page = (tiny_run.rundir.report / "index.html").read_text()
+    section = page[page.index("<h2>PyTorch models</h2>"):page.index("<h2>Artifacts</h2>")]
+    for role, label in (("teacher", "teacher"), ("student", "KD student"), ("scratch", "scratch baseline")):
+        m = models[role]
+        cells = [label, f"{m['parameters']:,}", f"{m['labelled_samples']:,}", f"{m['steps']:,}",
+                 f"{m['test_accuracy']:.2%}"]
+        assert " ".join(f"<td>{c}</td>" for c in cells).replace("> <", "><") in section, (role, section)
+        assert all(c in table for c in cells), (role, table)
+    assert models["teacher"]["labelled_samples"] > models["student"]["labelled_samples"]
 
 
 def test_parity_batches_rows_as_the_device_runner_does():

@@ -857,17 +857,30 @@ def _compression_html(c: dict[str, Any] | None) -> str:
             + '<p class="meta">Test accuracy of the PyTorch model at each step of the compress stage.</p>')
 
 
+def _text_table_html(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]], caption: str = "") -> str:
+    """A section of ready-formatted cells (console and HTML show the same rows); nothing without rows."""
+    if not rows:
+        return ""
+    e = html.escape
+    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return (f"<h2>{e(title)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + f"</tr>{body}</table>"
+            + (f'<p class="meta">{e(caption)}</p>' if caption else ""))
+
+
 def _embedding_html(summary: dict[str, Any]) -> str:
     """A text run's embedding table (edgekd.text.report); nothing for other runs."""
     from edgekd.text.report import EMBEDDING_HEADER, embedding_caption, embedding_rows
 
     rows = embedding_rows(summary)
-    if not rows:
-        return ""
-    e = html.escape
-    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return ("<h2>Embedding against the teacher</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in EMBEDDING_HEADER)
-            + f"</tr>{body}</table><p class=\"meta\">{e(embedding_caption(summary))}</p>")
+    return _text_table_html("Embedding against the teacher", EMBEDDING_HEADER, rows,
+                            embedding_caption(summary) if rows else "")
+
+
+def _models_html(summary: dict[str, Any]) -> str:
+    """The PyTorch models side by side (edgekd.bench.model_table)."""
+    from edgekd.bench.model_table import MODEL_CAPTION, model_cells
+
+    return _text_table_html("PyTorch models", *model_cells(summary), MODEL_CAPTION)
 
 
 def _layers_txt(row: dict[str, Any]) -> str:
@@ -1003,6 +1016,7 @@ th {{ background: #f3f3f3; }}
 <h1>Teacher vs student: {e(str(summary.get('run')))}</h1>
 <p class="meta">{e(summary.get('created_at', ''))} · {_machine_html(machine, runtime_txt) if machine else 'not benchmarked (bench.enabled: false)'}</p>
 <h2>Findings</h2><ul class="findings">{''.join(f'<li>{e(f)}</li>' for f in summary.get('findings', []))}</ul>
+{_models_html(summary)}
 <h2>Artifacts</h2>
 <table><tr>{''.join(f'<th>{e(h)}</th>' for h in header)}</tr>{''.join(rows_html)}</table>
 <p class="meta">Accuracy and agreement are measured on the exported artifact (test split) against its PyTorch model.
