@@ -123,8 +123,11 @@ def _print_summary(tables: list[Any], summary: dict[str, Any]) -> None:
         console.print(f"• {finding}", highlight=False)
 
 
-def _folder_given(value: str) -> Path:
-    """An output folder or file as typed; an empty one (often an unset shell variable) is refused, not read as '.'."""
+def _folder_given(value: "str | Path") -> Path:
+    """An output folder or file as typed; an empty one (often an unset shell variable) is refused, not read as '.'.
+    Typer passes the option's default through here too, as the Path it is."""
+    if isinstance(value, Path):
+        return value
     if not value.strip():
         raise typer.BadParameter("is empty (an unset shell variable?); give a path, or '.' for the current folder")
     return Path(value)

@@ -14,7 +14,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
@@ -313,12 +313,16 @@ def _layer_errors(fp32_path: Path, path: Path, x_test: np.ndarray, name: str) ->
 
 
 def floor_artifact(out_root: Path, fmt: str, in_shape: tuple[int, ...], options: ExportOptions,
-                   run: str | None = None) -> Artifact:
+                   run: str | None = None, write: Callable[[Path], Any] | None = None) -> Artifact:
     """An Identity graph of the models' input shape: benchmarking it measures the runtime's per-call floor. `run`:
-    the run it is part of, recorded in its lineage like its models' (the bench history names it)."""
+    the run it is part of, recorded in its lineage like its models' (the bench history names it). `write` makes
+    the file instead of the format's float floor (a text run's floor takes token ids)."""
     backend = FORMATS[fmt]()
     path = out_root / artifact_name("floor", fmt, "fp32") / f"model{backend.suffix}"
-    backend.write_floor(path, in_shape, options)
+    if write is not None:
+        write(path)
+    else:
+        backend.write_floor(path, in_shape, options)
     artifact = _record(backend, path, name=artifact_name("floor", fmt, "fp32"), role="floor", precision="fp32",
                        parameters=0, lineage={"purpose": "runtime per-call floor (Identity graph)",
                                               **({"run": run} if run else {})})

@@ -952,3 +952,11 @@ def test_an_empty_output_path_is_refused_not_read_as_the_current_folder(tmp_path
     proc = _cli(*args, cwd=tmp_path)
     assert proc.returncode == 2 and "is empty" in proc.stderr, (proc.returncode, proc.stderr)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [["export", "x.pt"], ["bench", "x.onnx"]])
+def test_the_default_output_paths_still_work(tmp_path, args):
+    """The check of a typed path is also handed each option's default (a Path): every bench and export without
+    --output-dir/--results-dir/--history ended in an internal error when it assumed a string."""
+    proc = _cli(*args, cwd=tmp_path)
+    assert proc.returncode == 2 and "not found" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

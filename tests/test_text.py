@@ -631,6 +631,25 @@ def test_text_report_shows_the_embedding_table(text_run, tmp_path: Path) -> None
     assert "<h2>Embedding against the teacher</h2>" in page and "<td>student-tflite-int4</td>" in page
 
 
+def test_a_text_run_times_a_floor_that_takes_token_ids(text_run) -> None:
+    """The floor is an Identity over the models' own input (int token ids), timed with the same ids, so the report
+    says how far above the runtime's per-call cost each text file is; text runs used to time no floor."""
+    from edgekd.export.artifact import Artifact
+    from edgekd.rundir import read_json
+
+    floors = {a.format: a for a in map(Artifact.load, text_run.rundir.artifacts.glob("floor-*/artifact.json"))}
+    assert set(floors) == {"onnx", "tflite"}
+    for fmt, floor in floors.items():
+        assert floor.inputs[0]["name"] == "input_ids" and "int" in floor.inputs[0]["dtype"], floor.inputs
+        assert not (floor.path.parent / "tokenizer").exists()
+    summary = read_json(text_run.rundir.results / "summary.json")
+    assert set(summary["floors"]) == {"onnx", "tflite"} and all(f["p50_us"] > 0 for f in summary["floors"].values())
+    students = [r for r in summary["rows"] if r["role"] == "student"]
+    assert students and all(r["x_floor"] > 1 for r in students), [(r["name"], r.get("x_floor")) for r in students]
+    assert not any(n.startswith("floor") for n in summary["text"]["embedding_parity"])
+    assert all(r["role"] != "floor" for r in summary["rows"])
+
+
 def test_text_run_resumes(text_run) -> None:
     import edgekd
 

@@ -339,7 +339,8 @@ def findings(summary: dict[str, Any]) -> list[str]:
             out.append(f"FAILED: {row['name']} did not pass its parity check ({row['parity_reason']}); "
                        "do not ship it.")
     floors = summary.get("floors") or {}
-    # every format a student was timed in: a text run times no floor, and its INT4 slower than FP32 went unsaid
+    # every format a student was timed in: a run with bench.floor off times no floor, and its INT4 slower than FP32
+    # went unsaid
     for fmt in dict.fromkeys([*floors, *(r["format"] for r in rows if r["role"] == "student")]):
         timed = [r for r in rows if r.get("p50_us") is not None and r["role"] == "student" and r["format"] == fmt
                  and r.get("parity_passed") is not False]  # a failed artifact is no candidate, however fast

@@ -348,16 +348,19 @@ def op_histogram(model) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def write_identity_model(path: Path, in_shape: tuple[int, ...], opset: int) -> Path:
-    """An Identity graph of the model's input shape: timing it gives the runtime's per-call floor."""
+def write_identity_model(path: Path, in_shape: tuple[int | str, ...], opset: int, *, input_name: str = INPUT_NAME,
+                         int64: bool = False) -> Path:
+    """An Identity graph of the model's input shape (and name, and type: a text model's int64 token ids): timing
+    it gives the runtime's per-call floor."""
     import onnx
     from onnx import TensorProto, helper
 
     dims = ["batch", *in_shape]
+    kind = TensorProto.INT64 if int64 else TensorProto.FLOAT
     graph = helper.make_graph(
-        [helper.make_node("Identity", [INPUT_NAME], [OUTPUT_NAME])], "floor",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, dims)],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, dims)],
+        [helper.make_node("Identity", [input_name], [OUTPUT_NAME])], "floor",
+        [helper.make_tensor_value_info(input_name, kind, dims)],
+        [helper.make_tensor_value_info(OUTPUT_NAME, kind, dims)],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     with atomic_path(path) as tmp:

@@ -93,6 +93,28 @@ def export_text_tflite(model: "nn.Module", length: int, path: Path) -> Path:
     return path
 
 
+def write_text_floor(path: Path, length: int, *, opset: int) -> Path:
+    """The runtime's per-call floor for a text model: token ids in, the same ids out, no operator (an Identity
+    node in ONNX; in TFLite the output is the input tensor, int32 as the converter narrows text models' ids)."""
+    if path.suffix == ".onnx":
+        from edgekd.export.onnx import write_identity_model
+
+        return write_identity_model(path, (length,), opset, input_name=INPUT, int64=True)
+    import torch
+
+    from edgekd.export.tflite import SIGNATURE, _import_converter
+
+    class IdsBack(torch.nn.Module):
+        def forward(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {INPUT: input_ids}
+
+    sample = {INPUT: torch.ones(1, length, dtype=torch.int64)}
+    content = _import_converter().signature(SIGNATURE, IdsBack().eval(), sample_kwargs=sample).convert()
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(content.model_content())
+    return path
+
+
 def run_text_artifact(path: Path, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(logits, embeddings) of an exported text model over int64 ids, one row at a time for TFLite."""
     if path.suffix == ".onnx":

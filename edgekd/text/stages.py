@@ -8,6 +8,7 @@ scratch: the student's architecture on the labels alone, same steps; export/benc
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 from pathlib import Path
 from typing import Any, Callable
@@ -422,8 +423,9 @@ def bench_sentence(ctx: Context) -> tuple[str, np.ndarray]:
 
 def export_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     from edgekd.stages import export_options, export_outcome
+    from edgekd.exporter import floor_artifact
     from edgekd.text.export import (TOKENIZER_JSON, export_text_model, ship_tokenizer, text_input_record,
-                                    tokenizer_json)
+                                    tokenizer_json, write_text_floor)
 
     cfg, data = ctx.recipe.export, ctx.text
     ids, labels = parity_ids(ctx)
@@ -445,7 +447,10 @@ def export_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
                      "checkpoint_sha256": sha256_file(checkpoint), "generation": 1 if role == "student" else 0,
                      **({"hf_folder": str(data.teacher_folder)} if role == "teacher" else {})},
             text_input=text_input, reporter=ctx.reporter)
-    outputs, summary = export_outcome(ctx, artifacts)
+    floors = [floor_artifact(ctx.rundir.artifacts, fmt, (data.device_length,), options, run=ctx.recipe.name,
+                             write=functools.partial(write_text_floor, length=data.device_length, opset=options.opset))
+              for fmt in cfg.formats]
+    outputs, summary = export_outcome(ctx, artifacts + floors)
     write_test_split(ctx, (ids, labels))
     made_json = None if (data.teacher_folder / TOKENIZER_JSON).is_file() else tokenizer_json(data.tokenizer)
     outputs += [path for a in artifacts for path in ship_tokenizer(data.teacher_folder, a.path.parent, made_json)]
@@ -472,14 +477,15 @@ def exported_retrieval(ctx: Context, artifacts: list) -> dict[str, Any]:
 
 def bench_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     """Time every artifact on the recipe's device with one tokenised sentence (tokenisation is done here, on
-    the host, and is not in the timed region), and score the held-out sentences on the device. No floor graph:
-    the text models take int64 ids, not the floor's float input."""
+    the host, and is not in the timed region), and score the held-out sentences on the device. The floor graph
+    (token ids in, the same ids out) is timed with the same ids, as in image runs unless bench.floor is off."""
     from edgekd.stages import bench_artifacts, run_artifacts
 
     b = ctx.recipe.bench
     inputs = atomic_save_array(ctx.rundir.data / f"bench_ids_b{b.batch_size}.npy",
                                np.ascontiguousarray(np.repeat(bench_sentence(ctx)[1], b.batch_size, axis=0)))
-    return bench_artifacts(ctx, [a for a in run_artifacts(ctx) if a.role != "floor"], inputs, write_test_split(ctx))
+    artifacts = [a for a in run_artifacts(ctx) if b.floor or a.role != "floor"]
+    return bench_artifacts(ctx, artifacts, inputs, write_test_split(ctx))
 
 
 def report_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
@@ -495,7 +501,8 @@ def report_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     summary["text"] = {"tokenization": "on the host, outside the timed region: the device times the model on "
                                        f"token ids padded to {ctx.text.device_length}",
                        "retrieval_pool": min(RETRIEVAL_POOL, len(ctx.text.held_out_rows)),
-                       "embedding_parity": {a.name: a.output_checks.get("embedding") for a in run_artifacts(ctx)},
+                       "embedding_parity": {a.name: a.output_checks.get("embedding") for a in run_artifacts(ctx)
+                                            if a.role != "floor"},
                        "exported_retrieval": manifest.get("export", {}).get("retrieval")}
     summary["findings"] = _text_findings(summary) + summary.get("findings", [])
     path = atomic_write_json(ctx.rundir.results / "summary.json", summary)
