@@ -1,0 +1,37 @@
+"""Compression and quantization settings that were wrong or ignored in silence (an audit of edgekd/compress and the
+ONNX INT8/INT4 paths), each on tiny real models and the real runtimes."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+import edgekd
+from edgekd.errors import RecipeError
+
+
+@pytest.mark.parametrize("prune, said", [
+    ({"method": "nm", "ratio": 0.75}, "ratio 0.75 is ignored by method nm"),
+    ({"method": "unstructured", "max_parameters": 1000}, "max_parameters is a budget of structured pruning"),
+    ({"method": "nm", "max_parameters": 1000}, "max_parameters is a budget of structured pruning"),
+    ({"method": "structured", "ratio": 0.3, "max_parameters": 1000}, "ratio 0.3 and max_parameters are both given"),
+    ({"method": "structured", "nm": [1, 4]}, "nm [1, 4] is read by method nm only"),
+    ({"method": "unstructured", "round_to": 4}, "round_to rounds the channel counts of structured pruning"),
+])
+def test_a_prune_field_its_method_ignores_is_refused_when_the_recipe_loads(prune, said):
+    """{method: nm, ratio: 0.75} pruned 2:4 (50%) and {method: unstructured, max_parameters: N} pruned half the
+    weights whatever N: the compress stage read only the fields of its method, and said nothing."""
+    with pytest.raises(RecipeError, match=re.escape(f"compress.prune: {said}")):
+        edgekd.load_recipe({"name": "r", "compress": {"enabled": True, "prune": prune}})
+
+
+def test_a_resolved_recipe_with_every_prune_field_still_loads(tmp_path):
+    """A run's recipe.yaml holds every field at its value; the fields a method ignores are at their defaults."""
+    for prune in ({"method": "nm", "nm": [1, 4]}, {"method": "unstructured", "ratio": 0.8},
+                  {"method": "structured", "max_parameters": 5000, "round_to": 4}):
+        recipe = edgekd.load_recipe({"name": "r", "compress": {"enabled": True, "prune": prune}})
+        path = tmp_path / "recipe.yaml"
+        path.write_text(yaml.safe_dump(recipe.model_dump(mode="json")))
+        assert edgekd.load_recipe(path).compress.prune == recipe.compress.prune
