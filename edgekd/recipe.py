@@ -429,8 +429,38 @@ class ExportConfig(_Strict):
             raise ValueError(f"targets.{roles[0]} lists int8_qat, an ONNX artifact, but export.formats has no onnx")
         if roles and self.qat.enabled is False:
             raise ValueError(f"targets.{roles[0]} lists int8_qat but export.qat.enabled is false")
+        ignored = _ignored_export_settings(self)
+        if ignored:
+            raise ValueError(ignored[0])
         return self
 
+
+
+def _ignored_export_settings(e: ExportConfig) -> list[str]:
+    """Settings of `e` that differ from their default but that no exporter of `e.formats` reads: a
+    calibration_percentile without calibration_method: percentile calibrated by minmax, in silence. Compared with
+    the defaults, not with the fields given: a resolved recipe.yaml holds every field."""
+    out = []
+    default = ExportConfig.model_fields["calibration_percentile"].default
+    if e.calibration_percentile != default and e.calibration_method != "percentile":
+        out.append(f"calibration_percentile {e.calibration_percentile:g} is read by calibration_method: percentile "
+                   f"only, and calibration_method is {e.calibration_method}: set calibration_method: percentile, "
+                   "or remove calibration_percentile")
+    if "onnx" not in e.formats:
+        onnx_only = [name for name, changed in (
+            (f"calibration_method: {e.calibration_method}", e.calibration_method != "minmax"),
+            (f"int8_reduce_range: {str(e.int8_reduce_range).lower()}", e.int8_reduce_range != "auto"),
+            (f"int4.block_size: {e.int4.block_size} (TFLite's is int4.tflite_block_size)",
+             e.int4.block_size != Int4Config().block_size),
+            (f"int4.accuracy_level: {e.int4.accuracy_level}",
+             e.int4.accuracy_level != Int4Config().accuracy_level)) if changed]
+        if onnx_only:
+            out.append(f"{onnx_only[0]} is an ONNX setting, and formats has no onnx: add onnx to formats, or remove "
+                       "it")
+    if "tflite" not in e.formats and e.int4.tflite_block_size is not None:
+        out.append(f"int4.tflite_block_size: {e.int4.tflite_block_size} is a TFLite setting, and formats has no "
+                   "tflite: add tflite to formats, or set ONNX's block with int4.block_size")
+    return out
 
 class BenchConfig(_Strict):
     enabled: bool = Field(True, description="false: no bench stage; the report has accuracy and size only")

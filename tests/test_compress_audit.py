@@ -35,3 +35,26 @@ def test_a_resolved_recipe_with_every_prune_field_still_loads(tmp_path):
         path = tmp_path / "recipe.yaml"
         path.write_text(yaml.safe_dump(recipe.model_dump(mode="json")))
         assert edgekd.load_recipe(path).compress.prune == recipe.compress.prune
+
+
+@pytest.mark.parametrize("export, said", [
+    ({"calibration_percentile": 99.9}, "calibration_percentile 99.9 is read by calibration_method: percentile only"),
+    ({"formats": ["tflite"], "calibration_method": "entropy"}, "calibration_method: entropy is an ONNX setting"),
+    ({"formats": ["tflite"], "int4": {"block_size": 64}}, "int4.block_size: 64 (TFLite's is int4.tflite_block_size)"),
+    ({"formats": ["onnx"], "int4": {"tflite_block_size": 32}}, "int4.tflite_block_size: 32 is a TFLite setting"),
+    ({"formats": ["tflite"], "int8_reduce_range": False}, "int8_reduce_range: false is an ONNX setting"),
+])
+def test_a_quantization_setting_no_exporter_reads_is_refused_when_the_recipe_loads(export, said):
+    """calibration_percentile without calibration_method: percentile calibrated by minmax, and ONNX's INT4 block
+    size in a TFLite-only run quantized per channel: both in silence."""
+    with pytest.raises(RecipeError, match=re.escape(f"export: {said}")):
+        edgekd.load_recipe({"name": "r", "export": export})
+
+
+def test_the_quantization_settings_their_exporters_read_still_load(tmp_path):
+    for export in ({"calibration_method": "percentile", "calibration_percentile": 99.9},
+                   {"formats": ["onnx", "tflite"], "int4": {"block_size": 64, "tflite_block_size": 32}}):
+        recipe = edgekd.load_recipe({"name": "r", "export": export})
+        path = tmp_path / "recipe.yaml"
+        path.write_text(yaml.safe_dump(recipe.model_dump(mode="json")))
+        assert edgekd.load_recipe(path).export == recipe.export
