@@ -58,3 +58,21 @@ def test_the_quantization_settings_their_exporters_read_still_load(tmp_path):
         path = tmp_path / "recipe.yaml"
         path.write_text(yaml.safe_dump(recipe.model_dump(mode="json")))
         assert edgekd.load_recipe(path).export == recipe.export
+
+
+@pytest.mark.parametrize("method", ["unstructured", "nm"])
+def test_skipping_a_container_keeps_every_layer_inside_it_dense(method):
+    """skip: [features] kept the cnn's convolutions whole in structured pruning but zeroed half their weights in
+    unstructured and N:M pruning: only the container itself, which holds no weight, was left out."""
+    import torch
+
+    from edgekd.compress.prune import prune
+    from edgekd.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("cnn", in_shape=(64,), num_classes=10, width=16, depth=2, hidden=64).eval()
+    result = prune(model, (64,), method, 0.5, skip=["features"])
+    weights = dict(model.named_parameters())
+    assert not (weights["features.4.weight"] == 0).any() and not (weights["features.0.weight"] == 0).any()
+    assert float((weights["head.1.weight"] == 0).float().mean()) == pytest.approx(0.5, abs=0.02)
+    assert result.plan["sparsity"] == pytest.approx(0.5, abs=0.02)  # of the weights it prunes: head.1's

@@ -171,7 +171,8 @@ def prune_structured(model: nn.Module, in_shape: Sequence[int], ratio: float, *,
 
 
 def _weights(model: nn.Module, skip_modules: list[nn.Module], in_shape: Sequence[int] | None) -> list[torch.Tensor]:
-    keep_dense = {id(m) for m in skip_modules} | {id(_classifier(model, in_shape))}
+    # a skipped container (skip: [features]) keeps every layer inside it dense, as structured pruning does
+    keep_dense = {id(sub) for m in skip_modules for sub in m.modules()} | {id(_classifier(model, in_shape))}
     weights = [m.weight for m in model.modules() if isinstance(m, PRUNABLE) and id(m) not in keep_dense]
     if not weights:
         raise CompressionError(f"{type(model).__name__} has no weights to prune",
