@@ -76,3 +76,16 @@ def test_skipping_a_container_keeps_every_layer_inside_it_dense(method):
     assert not (weights["features.4.weight"] == 0).any() and not (weights["features.0.weight"] == 0).any()
     assert float((weights["head.1.weight"] == 0).float().mean()) == pytest.approx(0.5, abs=0.02)
     assert result.plan["sparsity"] == pytest.approx(0.5, abs=0.02)  # of the weights it prunes: head.1's
+
+
+@pytest.mark.parametrize("budget", [0, -5, 100.5])
+def test_a_budget_that_is_no_parameter_count_is_a_clear_error(budget):
+    """prune_to_budget(max_parameters=0) raised ZeroDivisionError, -5 said it was "-122.00x the budget"."""
+    from edgekd.compress.prune import prune_to_budget
+    from edgekd.errors import CompressionError
+    from edgekd.models import create_model
+
+    model = create_model("mlp", in_shape=(64,), num_classes=10)
+    said = f"a parameter budget must be a whole number ≥ 1, got {budget!r}"
+    with pytest.raises(CompressionError, match=re.escape(said)):
+        prune_to_budget(model, (64,), budget)

@@ -96,6 +96,14 @@ def _check_ratio(ratio: float) -> None:
                                fix="use e.g. 0.25, 0.5 or 0.75")
 
 
+def _check_budget(max_parameters: int) -> None:
+    """A budget of 0 divided by zero in the message saying it cannot be met; a negative one said "-122x"."""
+    if isinstance(max_parameters, bool) or not isinstance(max_parameters, int) or max_parameters < 1:
+        raise CompressionError(f"a parameter budget must be a whole number ≥ 1, got {max_parameters!r}",
+                               why="max_parameters is how many parameters the pruned model may keep at most",
+                               fix="give e.g. max_parameters=50000 (compress.prune.max_parameters)")
+
+
 def _classifier(model: nn.Module, in_shape: Sequence[int] | None = None) -> nn.Module:
     """The Linear layer whose outputs are the classes, never pruned: the last one the forward runs (a model may
     define its head before its body), or without `in_shape` the last one defined."""
@@ -258,6 +266,7 @@ def prune_to_budget(model: nn.Module, in_shape: Sequence[int], max_parameters: i
     def size(ratio: float) -> int:
         return prune_structured(copy.deepcopy(model), in_shape, ratio, round_to=round_to, skip=skip).parameters_after
 
+    _check_budget(max_parameters)
     before = count_parameters(model)
     if before <= max_parameters:
         return PruneResult(model, {"method": "structured", "ratio": 0.0, "history": [], "skip": list(skip),
