@@ -89,3 +89,59 @@ def test_a_budget_that_is_no_parameter_count_is_a_clear_error(budget):
     said = f"a parameter budget must be a whole number ≥ 1, got {budget!r}"
     with pytest.raises(CompressionError, match=re.escape(said)):
         prune_to_budget(model, (64,), budget)
+
+
+_QUANTIZE = """
+import sys
+import numpy as np
+from pathlib import Path
+from edgekd.export.onnx import quantize_static_int8
+rows = int(sys.argv[3])
+x = np.random.default_rng(0).random((rows, 16), dtype=np.float32)
+quantize_static_int8(Path(sys.argv[1]), Path(sys.argv[2]), x, method="minmax")
+"""
+
+
+def _mlp_onnx(path) -> None:
+    """A two-layer float MLP graph (input `x`, output `logits`), made with onnx.helper in no time."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.normal(size=(16, 32)).astype(np.float32), rng.normal(size=(32, 10)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("MatMul", ["r", "w2"], ["logits"], name="mm2")], "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+
+
+def test_an_int8_calibration_killed_midway_leaves_nothing_the_next_export_keeps(tmp_path):
+    """quantize_static calibrated in a TemporaryDirectory of its own (TMP/ort.quant.*): a SIGKILL during an INT8
+    export's calibration left its augmented model there for good, although the README says the next export removes
+    what a killed one left (edgekd's process_temp_dir folders)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    _mlp_onnx(tmp_path / "fp32.onnx")
+    env = {**os.environ, "TMPDIR": str(temp), "PYTHONPATH": str(Path(edgekd.__file__).parent.parent)}
+    run = [sys.executable, "-c", _QUANTIZE, str(tmp_path / "fp32.onnx"), str(tmp_path / "int8.onnx")]
+    killed = subprocess.Popen([*run, "400000"], env=env)
+    deadline = time.monotonic() + 60
+    while not any(temp.rglob("augmented*.onnx")) and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL, "the export ended before its calibration could be killed"
+    subprocess.run([*run, "64"], env=env, check=True)
+    assert (tmp_path / "int8.onnx").is_file()
+    assert sorted(str(p.relative_to(temp)) for p in temp.rglob("*.onnx")) == []
