@@ -145,3 +145,18 @@ def test_an_int8_calibration_killed_midway_leaves_nothing_the_next_export_keeps(
     subprocess.run([*run, "64"], env=env, check=True)
     assert (tmp_path / "int8.onnx").is_file()
     assert sorted(str(p.relative_to(temp)) for p in temp.rglob("*.onnx")) == []
+
+
+def test_quantization_aware_distillation_without_steps_names_the_recipe_field():
+    """Its fix named compress.qat, a recipe field that does not exist (QAT is export.qat)."""
+    import numpy as np
+    from torch import nn
+
+    from edgekd.compress.qat import qat_distill
+    from edgekd.errors import CompressionError
+
+    x = np.zeros((4, 4), np.float32)
+    with pytest.raises(CompressionError) as err:
+        qat_distill(nn.Sequential(nn.Linear(4, 3)), np.zeros((4, 3), np.float32), x, np.zeros(4, np.int64), steps=0,
+                    batch_size=2, lr=1e-3)
+    assert "export.qat.epochs" in err.value.fix and "compress.qat" not in str(err.value)
