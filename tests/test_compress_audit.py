@@ -160,3 +160,15 @@ def test_quantization_aware_distillation_without_steps_names_the_recipe_field():
         qat_distill(nn.Sequential(nn.Linear(4, 3)), np.zeros((4, 3), np.float32), x, np.zeros(4, np.int64), steps=0,
                     batch_size=2, lr=1e-3)
     assert "export.qat.epochs" in err.value.fix and "compress.qat" not in str(err.value)
+
+
+def test_a_pruning_plan_that_does_not_fit_the_model_is_a_checkpoint_error():
+    """A compressed.pt whose recorded plan names a layer the model lacks (edited, damaged) ended `edgekd export` as
+    an internal error (AttributeError: 'Sequential' object has no attribute '9')."""
+    from edgekd.compress.prune import rebuild
+    from edgekd.errors import CheckpointError
+    from edgekd.models import create_model
+
+    model = create_model("mlp", in_shape=(64,), num_classes=10)
+    with pytest.raises(CheckpointError, match="the pruning plan recorded with the checkpoint does not fit a MLP"):
+        rebuild(model, (64,), {"method": "structured", "history": [["net.9", True, [0]]]})

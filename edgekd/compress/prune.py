@@ -20,7 +20,7 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import nn
 
-from edgekd.errors import CompressionError, first_line
+from edgekd.errors import CheckpointError, CompressionError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -297,6 +297,12 @@ def rebuild(model: nn.Module, in_shape: Sequence[int], plan: dict[str, Any]) -> 
     if plan.get("method") != "structured" or not plan.get("history"):
         return model
     tp = _torch_pruning()
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(2, *in_shape))
-    graph.load_pruning_history([(name, is_out, idxs) for name, is_out, idxs in plan["history"]])
+    try:
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(2, *in_shape))
+        graph.load_pruning_history([(name, is_out, idxs) for name, is_out, idxs in plan["history"]])
+    except Exception as exc:  # an edited or damaged checkpoint's plan: it was an "internal error" AttributeError
+        raise CheckpointError(f"the pruning plan recorded with the checkpoint does not fit a {type(model).__name__}",
+                              why=first_line(exc),
+                              fix="use the compressed.pt its run wrote, unedited, or prune again (edgekd run "
+                                  "RECIPE --force compress)") from None
     return model
