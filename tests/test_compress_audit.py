@@ -172,3 +172,16 @@ def test_a_pruning_plan_that_does_not_fit_the_model_is_a_checkpoint_error():
     model = create_model("mlp", in_shape=(64,), num_classes=10)
     with pytest.raises(CheckpointError, match="the pruning plan recorded with the checkpoint does not fit a MLP"):
         rebuild(model, (64,), {"method": "structured", "history": [["net.9", True, [0]]]})
+
+
+def test_nm_sparsity_that_finds_no_group_is_a_clear_error():
+    """2:128 on a 64-wide MLP zeroed nothing and the run reported "2:128 sparsity (0% of the prunable weights zero)"
+    after recovering from a pruning that never happened; structured and unstructured pruning refuse to do nothing."""
+    from edgekd.compress.prune import prune
+    from edgekd.errors import CompressionError
+    from edgekd.models import create_model
+
+    model = create_model("mlp", in_shape=(64,), num_classes=10, width=64)
+    with pytest.raises(CompressionError, match=re.escape("2:128 sparsity finds no group of 128 input channels in MLP")):
+        prune(model, (64,), "nm", nm=(2, 128))
+    assert prune(model, (64,), "nm", nm=(2, 64)).plan["sparsity"] == pytest.approx(31 / 32)

@@ -224,6 +224,7 @@ def prune_nm(model: nn.Module, n: int = 2, m: int = 4, *, skip: Sequence[str] = 
         raise CompressionError(f"N:M sparsity needs 0 < N < M, got {n}:{m}", fix="use 2:4")
     zeros = 0
     weights = _weights(model, _skipped(model, skip), in_shape)
+    _check_groups(model, weights, n, m)
     for w in weights:
         moved = w.movedim(1, -1).contiguous()  # input channels last (a Linear weight stays as it is)
         flat = moved.reshape(-1, moved.shape[-1])
@@ -244,6 +245,16 @@ def prune_nm(model: nn.Module, n: int = 2, m: int = 4, *, skip: Sequence[str] = 
                        parameters_before=total, parameters_after=total, zeros=zeros,
                        notes=[f"{n}:{m} sparsity pays off on sparse tensor cores (e.g. Ampere GPUs); CPU runtimes "
                               "run the zeros densely"])
+
+
+def _check_groups(model: nn.Module, weights: list[torch.Tensor], n: int, m: int) -> None:
+    """N:M with M above every prunable layer's input channels zeroed nothing, and the run reported 0% sparsity."""
+    widest = max(w.shape[1] for w in weights)
+    if widest < m:
+        raise CompressionError(f"{n}:{m} sparsity finds no group of {m} input channels in {type(model).__name__}",
+                               why=f"its widest prunable layer has {widest} input channels; a layer with fewer than "
+                                   f"M stays dense, so nothing would be zeroed",
+                               fix=f"use M ≤ {widest} (e.g. nm: [2, 4]), or skip fewer layers")
 
 
 def prune(model: nn.Module, in_shape: Sequence[int], method: Method, ratio: float = 0.5, *,
