@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
 import yaml
 
 import edgekd
@@ -185,3 +186,23 @@ def test_nm_sparsity_that_finds_no_group_is_a_clear_error():
     with pytest.raises(CompressionError, match=re.escape("2:128 sparsity finds no group of 128 input channels in MLP")):
         prune(model, (64,), "nm", nm=(2, 128))
     assert prune(model, (64,), "nm", nm=(2, 64)).plan["sparsity"] == pytest.approx(31 / 32)
+
+
+@pytest.mark.parametrize("prune, said", [
+    ({"method": "nm", "nm": [2, 128]}, "2:128 sparsity finds no group of 128 input channels"),
+    ({"method": "structured", "max_parameters": 100}, "a budget of 100 parameters cannot be met"),
+])
+def test_pruning_settings_that_cannot_work_are_found_on_a_fresh_model(prune, said):
+    """What makes a pruning setting fail is the architecture, not the weights: an untrained model of the source's
+    architecture says so before the teacher and the student train (the compress stage only runs after them)."""
+    from edgekd.compress.recovery import check_pruning
+    from edgekd.errors import CompressionError
+    from edgekd.models import create_model
+
+    recipe = edgekd.load_recipe({"name": "r", "compress": {"enabled": True, "prune": prune}})
+    fresh = create_model("mlp", in_shape=(64,), num_classes=10, width=64, depth=2)
+    weights = [p.detach().clone() for p in fresh.parameters()]
+    with pytest.raises(CompressionError, match=re.escape(said)):
+        check_pruning(fresh, (64,), recipe.compress.prune)
+    check_pruning(fresh, (64,), edgekd.load_recipe({"name": "r", "compress": {"enabled": True}}).compress.prune)
+    assert all(torch.equal(a, b) for a, b in zip(weights, fresh.parameters()))  # it prunes a copy
