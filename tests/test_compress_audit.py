@@ -206,3 +206,12 @@ def test_pruning_settings_that_cannot_work_are_found_on_a_fresh_model(prune, sai
         check_pruning(fresh, (64,), recipe.compress.prune)
     check_pruning(fresh, (64,), edgekd.load_recipe({"name": "r", "compress": {"enabled": True}}).compress.prune)
     assert all(torch.equal(a, b) for a, b in zip(weights, fresh.parameters()))  # it prunes a copy
+
+
+@pytest.mark.parametrize("machine, arch", [("armv6l", "arm32"), ("armv7l", "arm32"), ("armv7", "arm32"),
+                                           ("armv8l", "arm32"), ("aarch64", "arm64"), ("arm64", "arm64")])
+def test_a_32_bit_arm_board_is_arm32(machine, arch):
+    """A Raspberry Pi Zero (armv6l) and 32-bit Linux on an ARMv8 CPU (armv8l) were called arm64."""
+    from edgekd.compress.isa import cpu_int8_features
+
+    assert cpu_int8_features("Features : half thumb fastmult vfp edsp java tls", machine)["arch"] == arch
