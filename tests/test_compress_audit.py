@@ -238,3 +238,18 @@ def test_a_qat_artifact_that_beats_fp32_closes_the_whole_int8_gap_not_more(tmp_p
     halfway = SimpleNamespace(path=artifact.path, parity=SimpleNamespace(accuracy=0.6704 + 0.00185))
     assert _comparison(QatDecision(True, "asked", 0.6741, 0.6704), halfway, model, splits)["gap_closed"] == \
         pytest.approx(0.5)
+
+
+def test_unstructured_pruning_that_zeroes_a_whole_layer_is_a_clear_error():
+    """At ratio 0.95 the global threshold was above every weight of a cnn's last conv (as initialised): the pruned
+    model's output no longer depended on its input, recovery kept the zeros, and the run reported "95% zero"."""
+    from edgekd.compress.prune import prune
+    from edgekd.errors import CompressionError
+    from edgekd.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("cnn", in_shape=(64,), num_classes=10, width=32, depth=3, hidden=128)
+    with pytest.raises(CompressionError, match=re.escape("ratio 0.95 zeroes every weight of features.7.weight")):
+        prune(model, (64,), "unstructured", 0.95)
+    assert not any(bool((p == 0).any()) for p in model.parameters() if p.dim() > 1)  # refused before any change
+    assert prune(model, (64,), "unstructured", 0.9).plan["sparsity"] == pytest.approx(0.9, abs=0.01)

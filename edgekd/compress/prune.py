@@ -189,6 +189,21 @@ def _weights(model: nn.Module, skip_modules: list[nn.Module], in_shape: Sequence
     return weights
 
 
+def _check_no_layer_emptied(model: nn.Module, weights: list[torch.Tensor], threshold: torch.Tensor,
+                            ratio: float) -> None:
+    """A global threshold above a whole layer's weights zeroes it: the output then no longer depends on the input,
+    and recovery, which keeps the zeros, cannot bring it back (a cnn at init lost its last conv at ratio 0.95)."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    emptied = [names.get(id(w), "?") for w in weights
+               if bool((w != 0).any()) and not bool((w.abs() > threshold).any())]
+    if emptied:
+        raise CompressionError(f"unstructured pruning at ratio {ratio:g} zeroes every weight of {', '.join(emptied)}",
+                               why="the global magnitude threshold is above all of that layer's weights: the model's "
+                                   "output would no longer depend on its input, and recovery keeps the zeros",
+                               fix="lower compress.prune.ratio, keep the layer dense (compress.prune.skip), or use "
+                                   "method: structured or nm")
+
+
 @torch.no_grad()
 def prune_unstructured(model: nn.Module, ratio: float, *, skip: Sequence[str] = (),
                        in_shape: Sequence[int] | None = None) -> PruneResult:
@@ -198,6 +213,7 @@ def prune_unstructured(model: nn.Module, ratio: float, *, skip: Sequence[str] = 
     flat = torch.cat([w.abs().flatten() for w in weights])
     threshold = torch.quantile(flat, float(ratio)) if flat.numel() < 16_000_000 else flat.kthvalue(
         max(1, int(ratio * flat.numel()))).values
+    _check_no_layer_emptied(model, weights, threshold, ratio)
     zeros = 0
     for w in weights:
         mask = w.abs() > threshold
