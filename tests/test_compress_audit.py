@@ -253,3 +253,26 @@ def test_unstructured_pruning_that_zeroes_a_whole_layer_is_a_clear_error():
         prune(model, (64,), "unstructured", 0.95)
     assert not any(bool((p == 0).any()) for p in model.parameters() if p.dim() > 1)  # refused before any change
     assert prune(model, (64,), "unstructured", 0.9).plan["sparsity"] == pytest.approx(0.9, abs=0.01)
+
+
+class _Residual(torch.nn.Module):
+    """x + branch(x): a branch zeroed whole leaves the output depending on the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.branch = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64))
+        self.head = torch.nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x + self.branch(x))
+
+
+def test_a_layer_zeroed_whole_on_a_residual_branch_is_allowed():
+    from edgekd.compress.prune import prune
+
+    torch.manual_seed(0)
+    model = _Residual()
+    with torch.no_grad():
+        model.branch[2].weight.mul_(1e-3)  # far below the other layer's weights: the threshold empties it
+    result = prune(model, (64,), "unstructured", 0.6)
+    assert not bool((model.branch[2].weight != 0).any()) and result.plan["sparsity"] == pytest.approx(0.6, abs=0.01)

@@ -190,18 +190,36 @@ def _weights(model: nn.Module, skip_modules: list[nn.Module], in_shape: Sequence
 
 
 def _check_no_layer_emptied(model: nn.Module, weights: list[torch.Tensor], threshold: torch.Tensor,
-                            ratio: float) -> None:
-    """A global threshold above a whole layer's weights zeroes it: the output then no longer depends on the input,
-    and recovery, which keeps the zeros, cannot bring it back (a cnn at init lost its last conv at ratio 0.95)."""
+                            ratio: float, in_shape: Sequence[int] | None) -> None:
+    """A global threshold above a whole layer's weights zeroes it; without a path around that layer (a residual)
+    the output then no longer depends on the input, and recovery, which keeps the zeros, cannot bring it back
+    (a cnn at init lost its last conv at ratio 0.95). Checked on a copy, with two inputs, where `in_shape` is known."""
     names = {id(p): name for name, p in model.named_parameters()}
     emptied = [names.get(id(w), "?") for w in weights
                if bool((w != 0).any()) and not bool((w.abs() > threshold).any())]
-    if emptied:
-        raise CompressionError(f"unstructured pruning at ratio {ratio:g} zeroes every weight of {', '.join(emptied)}",
-                               why="the global magnitude threshold is above all of that layer's weights: the model's "
-                                   "output would no longer depend on its input, and recovery keeps the zeros",
-                               fix="lower compress.prune.ratio, keep the layer dense (compress.prune.skip), or use "
-                                   "method: structured or nm")
+    if not emptied or in_shape is None or not _constant_output(model, weights, threshold, in_shape):
+        return
+    raise CompressionError(f"unstructured pruning at ratio {ratio:g} zeroes every weight of {', '.join(emptied)}",
+                           why="the global magnitude threshold is above all of that layer's weights: the model's "
+                               "output would no longer depend on its input, and recovery keeps the zeros",
+                           fix="lower compress.prune.ratio, keep the layer dense (compress.prune.skip), or use "
+                               "method: structured or nm")
+
+
+def _constant_output(model: nn.Module, weights: list[torch.Tensor], threshold: torch.Tensor,
+                     in_shape: Sequence[int]) -> bool:
+    """Whether a copy of `model` pruned at `threshold` gives every input the same output."""
+    import copy
+
+    names = {id(p): name for name, p in model.named_parameters()}
+    pruned = copy.deepcopy(model).eval()
+    params = dict(pruned.named_parameters())
+    for w in weights:
+        target = params[names[id(w)]]
+        target.mul_(target.abs() > threshold)
+    x = torch.randn(2, *in_shape, generator=torch.Generator().manual_seed(0))
+    out = pruned(x)
+    return bool(torch.equal(out[0], out[1]))
 
 
 @torch.no_grad()
@@ -213,7 +231,7 @@ def prune_unstructured(model: nn.Module, ratio: float, *, skip: Sequence[str] = 
     flat = torch.cat([w.abs().flatten() for w in weights])
     threshold = torch.quantile(flat, float(ratio)) if flat.numel() < 16_000_000 else flat.kthvalue(
         max(1, int(ratio * flat.numel()))).values
-    _check_no_layer_emptied(model, weights, threshold, ratio)
+    _check_no_layer_emptied(model, weights, threshold, ratio, in_shape)
     zeros = 0
     for w in weights:
         mask = w.abs() > threshold
