@@ -294,6 +294,39 @@ class PruneConfig(_Strict):
             raise ValueError(f"N:M must keep 1 ≤ N < M weights of every M, got {nm[0]}:{nm[1]} (e.g. [2, 4])")
         return nm
 
+    @model_validator(mode="after")
+    def _fields_the_method_reads(self) -> "PruneConfig":
+        """A field the method does not read was ignored in silence ({method: nm, ratio: 0.75} pruned 2:4, 50%).
+        Compared with the defaults, not with the fields given: a resolved recipe.yaml holds every field."""
+        ignored = _ignored_prune_fields(self)
+        if ignored:
+            raise ValueError(ignored[0])
+        return self
+
+
+def _ignored_prune_fields(p: PruneConfig) -> list[str]:
+    """Settings of `p` that differ from their default but that its method (or its budget) does not read."""
+    default = {name: info.get_default(call_default_factory=True) for name, info in PruneConfig.model_fields.items()}
+    changed = {name for name in ("ratio", "round_to", "nm") if getattr(p, name) != default[name]}
+    out = []
+    if p.max_parameters is not None and p.method != "structured":
+        out.append(f"max_parameters is a budget of structured pruning, which method {p.method} ignores: remove it, "
+                   "or use method: structured")
+    if p.max_parameters is not None and p.method == "structured" and "ratio" in changed:
+        out.append(f"ratio {p.ratio:g} and max_parameters are both given, and the budget decides the ratio: "
+                   "give one of them")
+    if p.method == "nm" and "ratio" in changed:
+        out.append(f"ratio {p.ratio:g} is ignored by method nm, which keeps N of every M weights (nm: "
+                   f"[{p.nm[0]}, {p.nm[1]}] zeroes {1 - p.nm[0] / p.nm[1]:.0%}): set nm instead, or use method: "
+                   "unstructured for a ratio")
+    if p.method != "structured" and "round_to" in changed:
+        out.append(f"round_to rounds the channel counts of structured pruning, which method {p.method} ignores: "
+                   "remove it, or use method: structured")
+    if p.method != "nm" and "nm" in changed:
+        out.append(f"nm [{p.nm[0]}, {p.nm[1]}] is read by method nm only, and method {p.method} ignores it: "
+                   "remove it, or use method: nm")
+    return out
+
 
 class RecoveryConfig(_Strict):
     """KD fine-tuning after compression, to win back the accuracy it cost."""
@@ -396,8 +429,38 @@ class ExportConfig(_Strict):
             raise ValueError(f"targets.{roles[0]} lists int8_qat, an ONNX artifact, but export.formats has no onnx")
         if roles and self.qat.enabled is False:
             raise ValueError(f"targets.{roles[0]} lists int8_qat but export.qat.enabled is false")
+        ignored = _ignored_export_settings(self)
+        if ignored:
+            raise ValueError(ignored[0])
         return self
 
+
+
+def _ignored_export_settings(e: ExportConfig) -> list[str]:
+    """Settings of `e` that differ from their default but that no exporter of `e.formats` reads: a
+    calibration_percentile without calibration_method: percentile calibrated by minmax, in silence. Compared with
+    the defaults, not with the fields given: a resolved recipe.yaml holds every field."""
+    out = []
+    default = ExportConfig.model_fields["calibration_percentile"].default
+    if e.calibration_percentile != default and e.calibration_method != "percentile":
+        out.append(f"calibration_percentile {e.calibration_percentile:g} is read by calibration_method: percentile "
+                   f"only, and calibration_method is {e.calibration_method}: set calibration_method: percentile, "
+                   "or remove calibration_percentile")
+    if "onnx" not in e.formats:
+        onnx_only = [name for name, changed in (
+            (f"calibration_method: {e.calibration_method}", e.calibration_method != "minmax"),
+            (f"int8_reduce_range: {str(e.int8_reduce_range).lower()}", e.int8_reduce_range != "auto"),
+            (f"int4.block_size: {e.int4.block_size} (TFLite's is int4.tflite_block_size)",
+             e.int4.block_size != Int4Config().block_size),
+            (f"int4.accuracy_level: {e.int4.accuracy_level}",
+             e.int4.accuracy_level != Int4Config().accuracy_level)) if changed]
+        if onnx_only:
+            out.append(f"{onnx_only[0]} is an ONNX setting, and formats has no onnx: add onnx to formats, or remove "
+                       "it")
+    if "tflite" not in e.formats and e.int4.tflite_block_size is not None:
+        out.append(f"int4.tflite_block_size: {e.int4.tflite_block_size} is a TFLite setting, and formats has no "
+                   "tflite: add tflite to formats, or set ONNX's block with int4.block_size")
+    return out
 
 class BenchConfig(_Strict):
     enabled: bool = Field(True, description="false: no bench stage; the report has accuracy and size only")

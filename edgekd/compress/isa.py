@@ -26,6 +26,8 @@ X86_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8
 ARM_FLAGS = ("asimd", "asimddp", "i8mm", "sve", "svei8mm")
 X86_MACHINES = ("x86_64", "amd64", "i386", "i686", "x86")
 ARM_MACHINES = ("aarch64", "arm64", "armv8l", "armv8", "armv7l")
+# 32-bit Arm user space (uname -m): an ARMv6/v7 board, or 32-bit Linux on an ARMv8 CPU (armv8l)
+ARM32_MACHINES = ("armv8l", "arm", "armhf", "armel")
 # What a device profile's `cpu:` may say (edgekd.devices.profiles): the architectures `_arch` names, each with the
 # flags the runner reports for it (edgekd.bench.runner.CPU_FEATURES_OF_INTEREST), so a profile and a bench result
 # describe a CPU in the same words. The machine name stands in for the arch when features are computed.
@@ -56,7 +58,7 @@ def _arch(machine: str, flags: set[str]) -> str:
     if m in X86_MACHINES or (not m and "sse2" in flags):
         return "x86_64"
     if m in ARM_MACHINES or m.startswith("arm") or (not m and "asimd" in flags):
-        return "arm64" if m not in ("armv7l",) else "arm32"
+        return "arm32" if m in ARM32_MACHINES or m.startswith(("armv6", "armv7")) else "arm64"
     return m or "unknown"
 
 

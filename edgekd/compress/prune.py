@@ -20,7 +20,7 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import nn
 
-from edgekd.errors import CompressionError, first_line
+from edgekd.errors import CheckpointError, CompressionError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,14 @@ def _check_ratio(ratio: float) -> None:
         raise CompressionError(f"prune ratio {ratio} is outside (0, 1)",
                                why="the ratio is the share of channels (structured) or weights (unstructured) removed",
                                fix="use e.g. 0.25, 0.5 or 0.75")
+
+
+def _check_budget(max_parameters: int) -> None:
+    """A budget of 0 divided by zero in the message saying it cannot be met; a negative one said "-122x"."""
+    if isinstance(max_parameters, bool) or not isinstance(max_parameters, int) or max_parameters < 1:
+        raise CompressionError(f"a parameter budget must be a whole number ≥ 1, got {max_parameters!r}",
+                               why="max_parameters is how many parameters the pruned model may keep at most",
+                               fix="give e.g. max_parameters=50000 (compress.prune.max_parameters)")
 
 
 def _classifier(model: nn.Module, in_shape: Sequence[int] | None = None) -> nn.Module:
@@ -171,13 +179,47 @@ def prune_structured(model: nn.Module, in_shape: Sequence[int], ratio: float, *,
 
 
 def _weights(model: nn.Module, skip_modules: list[nn.Module], in_shape: Sequence[int] | None) -> list[torch.Tensor]:
-    keep_dense = {id(m) for m in skip_modules} | {id(_classifier(model, in_shape))}
+    # a skipped container (skip: [features]) keeps every layer inside it dense, as structured pruning does
+    keep_dense = {id(sub) for m in skip_modules for sub in m.modules()} | {id(_classifier(model, in_shape))}
     weights = [m.weight for m in model.modules() if isinstance(m, PRUNABLE) and id(m) not in keep_dense]
     if not weights:
         raise CompressionError(f"{type(model).__name__} has no weights to prune",
                                why="its only Linear/Conv2d layers are the classifier (kept dense) and the skipped ones",
                                fix="remove layers from compress.prune.skip, or compress a model with hidden layers")
     return weights
+
+
+def _check_no_layer_emptied(model: nn.Module, weights: list[torch.Tensor], threshold: torch.Tensor,
+                            ratio: float, in_shape: Sequence[int] | None) -> None:
+    """A global threshold above a whole layer's weights zeroes it; without a path around that layer (a residual)
+    the output then no longer depends on the input, and recovery, which keeps the zeros, cannot bring it back
+    (a cnn at init lost its last conv at ratio 0.95). Checked on a copy, with two inputs, where `in_shape` is known."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    emptied = [names.get(id(w), "?") for w in weights
+               if bool((w != 0).any()) and not bool((w.abs() > threshold).any())]
+    if not emptied or in_shape is None or not _constant_output(model, weights, threshold, in_shape):
+        return
+    raise CompressionError(f"unstructured pruning at ratio {ratio:g} zeroes every weight of {', '.join(emptied)}",
+                           why="the global magnitude threshold is above all of that layer's weights: the model's "
+                               "output would no longer depend on its input, and recovery keeps the zeros",
+                           fix="lower compress.prune.ratio, keep the layer dense (compress.prune.skip), or use "
+                               "method: structured or nm")
+
+
+def _constant_output(model: nn.Module, weights: list[torch.Tensor], threshold: torch.Tensor,
+                     in_shape: Sequence[int]) -> bool:
+    """Whether a copy of `model` pruned at `threshold` gives every input the same output."""
+    import copy
+
+    names = {id(p): name for name, p in model.named_parameters()}
+    pruned = copy.deepcopy(model).eval()
+    params = dict(pruned.named_parameters())
+    for w in weights:
+        target = params[names[id(w)]]
+        target.mul_(target.abs() > threshold)
+    x = torch.randn(2, *in_shape, generator=torch.Generator().manual_seed(0))
+    out = pruned(x)
+    return bool(torch.equal(out[0], out[1]))
 
 
 @torch.no_grad()
@@ -189,6 +231,7 @@ def prune_unstructured(model: nn.Module, ratio: float, *, skip: Sequence[str] = 
     flat = torch.cat([w.abs().flatten() for w in weights])
     threshold = torch.quantile(flat, float(ratio)) if flat.numel() < 16_000_000 else flat.kthvalue(
         max(1, int(ratio * flat.numel()))).values
+    _check_no_layer_emptied(model, weights, threshold, ratio, in_shape)
     zeros = 0
     for w in weights:
         mask = w.abs() > threshold
@@ -215,6 +258,7 @@ def prune_nm(model: nn.Module, n: int = 2, m: int = 4, *, skip: Sequence[str] = 
         raise CompressionError(f"N:M sparsity needs 0 < N < M, got {n}:{m}", fix="use 2:4")
     zeros = 0
     weights = _weights(model, _skipped(model, skip), in_shape)
+    _check_groups(model, weights, n, m)
     for w in weights:
         moved = w.movedim(1, -1).contiguous()  # input channels last (a Linear weight stays as it is)
         flat = moved.reshape(-1, moved.shape[-1])
@@ -237,6 +281,16 @@ def prune_nm(model: nn.Module, n: int = 2, m: int = 4, *, skip: Sequence[str] = 
                               "run the zeros densely"])
 
 
+def _check_groups(model: nn.Module, weights: list[torch.Tensor], n: int, m: int) -> None:
+    """N:M with M above every prunable layer's input channels zeroed nothing, and the run reported 0% sparsity."""
+    widest = max(w.shape[1] for w in weights)
+    if widest < m:
+        raise CompressionError(f"{n}:{m} sparsity finds no group of {m} input channels in {type(model).__name__}",
+                               why=f"its widest prunable layer has {widest} input channels; a layer with fewer than "
+                                   f"M stays dense, so nothing would be zeroed",
+                               fix=f"use M ≤ {widest} (e.g. nm: [2, 4]), or skip fewer layers")
+
+
 def prune(model: nn.Module, in_shape: Sequence[int], method: Method, ratio: float = 0.5, *,
           round_to: int | None = 8, skip: Sequence[str] = (), nm: tuple[int, int] = (2, 4)) -> PruneResult:
     if method == "structured":
@@ -257,6 +311,7 @@ def prune_to_budget(model: nn.Module, in_shape: Sequence[int], max_parameters: i
     def size(ratio: float) -> int:
         return prune_structured(copy.deepcopy(model), in_shape, ratio, round_to=round_to, skip=skip).parameters_after
 
+    _check_budget(max_parameters)
     before = count_parameters(model)
     if before <= max_parameters:
         return PruneResult(model, {"method": "structured", "ratio": 0.0, "history": [], "skip": list(skip),
@@ -287,6 +342,12 @@ def rebuild(model: nn.Module, in_shape: Sequence[int], plan: dict[str, Any]) -> 
     if plan.get("method") != "structured" or not plan.get("history"):
         return model
     tp = _torch_pruning()
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(2, *in_shape))
-    graph.load_pruning_history([(name, is_out, idxs) for name, is_out, idxs in plan["history"]])
+    try:
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(2, *in_shape))
+        graph.load_pruning_history([(name, is_out, idxs) for name, is_out, idxs in plan["history"]])
+    except Exception as exc:  # an edited or damaged checkpoint's plan: it was an "internal error" AttributeError
+        raise CheckpointError(f"the pruning plan recorded with the checkpoint does not fit a {type(model).__name__}",
+                              why=first_line(exc),
+                              fix="use the compressed.pt its run wrote, unedited, or prune again (edgekd run "
+                                  "RECIPE --force compress)") from None
     return model

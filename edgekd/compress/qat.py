@@ -130,7 +130,8 @@ def prepare_qat_model(model: nn.Module, reduce_range: bool = False) -> tuple[nn.
     except Exception as exc:
         raise CompressionError(f"torch cannot prepare {type(model).__name__} for quantization-aware training",
                                why=first_line(exc),
-                               fix="use post-training INT8 (quantize: int8_static) for this model, or build it from "
+                               fix="keep post-training INT8 for this model (in a recipe: remove int8_qat from "
+                                   "export.targets and set export.qat.enabled: false), or build it from "
                                    "Conv2d/BatchNorm2d/ReLU/Linear modules in nn.Sequential blocks") from None
     return wrapped, groups
 
@@ -206,7 +207,7 @@ def qat_distill(model: nn.Module, teacher: nn.Module | np.ndarray, x: np.ndarray
 
     if steps <= 0:
         raise CompressionError(f"quantization-aware distillation needs steps ≥ 1, got {steps}",
-                               fix="give compress.qat a positive number of steps or epochs")
+                               fix="give steps ≥ 1 (in a recipe, export.qat.epochs ≥ 1)")
     teacher_logits = teacher if isinstance(teacher, np.ndarray) else predict_logits(teacher, x)
     if len(teacher_logits) != len(x):
         raise CompressionError(f"{len(teacher_logits)} teacher logits for {len(x)} training samples",

@@ -19,7 +19,9 @@ from edgekd.progress import Reporter, SilentReporter
 from edgekd.recipe import Recipe
 
 if TYPE_CHECKING:
+    from edgekd.compress.prune import PruneResult
     from edgekd.data import Splits
+    from edgekd.recipe import PruneConfig
 
 
 @dataclass
@@ -60,13 +62,37 @@ def recovery_logits(recipe: Recipe, splits: "Splits", teacher: nn.Module | None,
     return predict_logits(teacher, x)
 
 
+def prune_as_configured(model: nn.Module, in_shape: tuple[int, ...], p: "PruneConfig") -> tuple["PruneResult", str]:
+    """Prune `model` in place as compress.prune says; returns the result and its lineage step."""
+    from edgekd.compress.prune import prune, prune_to_budget
+
+    if p.method == "structured" and p.max_parameters is not None:
+        result = prune_to_budget(model, in_shape, p.max_parameters, round_to=p.round_to, skip=p.skip)
+        return result, (f"structured pruning to ≤ {p.max_parameters:,} parameters (ratio {result.plan['ratio']:.3f}, "
+                        f"{result.plan['channels_removed']:.0%} of channels removed)")
+    result = prune(model, in_shape, p.method, p.ratio, round_to=p.round_to, skip=p.skip, nm=p.nm)
+    return result, {"structured": f"structured pruning {p.ratio:.0%} of channels (multiples of {p.round_to}; "
+                                  f"{result.plan.get('channels_removed', 0):.0%} removed)",
+                    "unstructured": f"unstructured magnitude pruning {p.ratio:.0%} of weights "
+                                    f"({result.plan.get('sparsity', 0):.0%} zero)",
+                    "nm": f"{p.nm[0]}:{p.nm[1]} sparsity ({result.plan.get('sparsity', 0):.0%} of the prunable "
+                          "weights zero)"}[p.method]
+
+
+def check_pruning(model: nn.Module, in_shape: tuple[int, ...], p: "PruneConfig") -> None:
+    """Prune a copy of a fresh (untrained) model of the source's architecture as compress.prune says, so that a
+    setting that cannot work there (a model torch-pruning cannot trace, a budget out of reach, N:M without a group
+    of M inputs) fails before any training: what it depends on is the architecture, not the weights."""
+    prune_as_configured(copy.deepcopy(model), in_shape, p)
+
+
 def compress_and_recover(recipe: Recipe, splits: "Splits", source: nn.Module, teacher: nn.Module | None, *,
                          reporter: Reporter | None = None) -> CompressOutcome:
     """Prune a copy of `source` as `recipe.compress.prune` says, then distil from `teacher` (in a black-box run
     with recovery.teacher "teacher": from the black-box outputs, see recovers_from_blackbox) for
     `recovery.epochs` passes over the transfer set with the recipe's response loss (distill.loss: its name,
     temperature, alpha and params; distill.features terms are not used, the pruned layers may have changed)."""
-    from edgekd.compress.prune import keep_zeros, prune, prune_to_budget, zero_masks
+    from edgekd.compress.prune import keep_zeros, zero_masks
     from edgekd.distill.api import transfer_set
     from edgekd.distill.losses import LOSSES
     from edgekd.distill.strategies import response_params
@@ -80,19 +106,7 @@ def compress_and_recover(recipe: Recipe, splits: "Splits", source: nn.Module, te
         return accuracy(predict_logits(model, splits.x_test), splits.y_test)
 
     before = test_accuracy(source)
-    model = copy.deepcopy(source)
-    if p.method == "structured" and p.max_parameters is not None:
-        result = prune_to_budget(model, splits.input_shape, p.max_parameters, round_to=p.round_to, skip=p.skip)
-        what = (f"structured pruning to ≤ {p.max_parameters:,} parameters (ratio {result.plan['ratio']:.3f}, "
-                f"{result.plan['channels_removed']:.0%} of channels removed)")
-    else:
-        result = prune(model, splits.input_shape, p.method, p.ratio, round_to=p.round_to, skip=p.skip, nm=p.nm)
-        what = {"structured": f"structured pruning {p.ratio:.0%} of channels (multiples of {p.round_to}; "
-                              f"{result.plan.get('channels_removed', 0):.0%} removed)",
-                "unstructured": f"unstructured magnitude pruning {p.ratio:.0%} of weights "
-                                f"({result.plan.get('sparsity', 0):.0%} zero)",
-                "nm": f"{p.nm[0]}:{p.nm[1]} sparsity ({result.plan.get('sparsity', 0):.0%} of the prunable weights "
-                      "zero)"}[p.method]
+    result, what = prune_as_configured(copy.deepcopy(source), splits.input_shape, p)
     steps = [f"{cfg.source} checkpoint", what]
     after_prune = test_accuracy(result.model)
     metrics: dict[str, Any] = {

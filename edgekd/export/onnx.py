@@ -187,7 +187,6 @@ def quantize_static_int8(fp32: Path, out: Path, calibration: np.ndarray, *, meth
                           fix="give export.calibration_percentile such as 99.99")
     calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                  "percentile": CalibrationMethod.Percentile}[method]
-    extra = {"CalibPercentile": float(percentile)} if method == "percentile" else {}
     reader = _calibration_reader(calibration)
     settings: dict[str, object] = {"format": "QDQ", "per_channel": True, "weights": "int8", "activations": "int8",
                                    "calibration": method, "calibration_samples": int(len(calibration)),
@@ -199,15 +198,12 @@ def quantize_static_int8(fp32: Path, out: Path, calibration: np.ndarray, *, meth
     if method == "entropy":
         settings["entropy_bins"] = {"histogram": ENTROPY_BINS, "quantized": ENTROPY_QUANTIZED_BINS}
     with atomic_path(out) as tmp, captured_output(*_QUANT_LOGGERS), process_temp_dir("export") as work:
-        cache = None
-        if method == "entropy":
-            cache = Path(work) / "ranges.json"
-            _entropy_ranges(fp32, reader, cache, Path(work))
-            reader = None
-        quantize_static(str(fp32), str(tmp), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+        cache = Path(work) / "ranges.json"
+        _calibrated_ranges(fp32, reader, cache, Path(work), calibrate, percentile)
+        quantize_static(str(fp32), str(tmp), None, quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=calibrate, nodes_to_exclude=list(nodes_to_exclude) or None,
-                        extra_options=extra or None, calibration_cache_path=cache, reduce_range=bool(reduce_range))
+                        calibration_cache_path=cache, reduce_range=bool(reduce_range))
     return settings
 
 
@@ -218,13 +214,17 @@ def quantize_static_int8(fp32: Path, out: Path, calibration: np.ndarray, *, meth
 ENTROPY_BINS, ENTROPY_QUANTIZED_BINS = 512, 128
 
 
-def _entropy_ranges(fp32: Path, reader, cache: Path, work: Path) -> None:
+def _calibrated_ranges(fp32: Path, reader, cache: Path, work: Path, method, percentile: float) -> None:
+    """Activation ranges computed in this process's scratch folder `work` and handed to quantize_static as a
+    calibration cache: quantize_static's own calibration writes its augmented model to a TemporaryDirectory of
+    the system's temp area, which a SIGKILL left there for good (`process_temp_dir` folders are removed by the
+    next export)."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
 
+    extra = {CalibrationMethod.Entropy: {"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS},
+             CalibrationMethod.Percentile: {"percentile": float(percentile)}}.get(method, {})
     calibrator = create_calibrator(fp32, None, augmented_model_path=str(work / "augmented.onnx"),
-                                   calibrate_method=CalibrationMethod.Entropy,
-                                   extra_options={"num_bins": ENTROPY_BINS,
-                                                  "num_quantized_bins": ENTROPY_QUANTIZED_BINS})
+                                   calibrate_method=method, extra_options=extra)
     calibrator.collect_data(reader)
     save_tensors_data(calibrator.compute_data(), cache)
 
