@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 import os
 from importlib import resources
 from pathlib import Path
@@ -133,7 +134,8 @@ class LossConfig(_Strict):
     `dkd` (decoupled KD) takes its own weights in `params` (alpha, beta, ce_weight); `ce` ignores the teacher."""
 
     name: str = Field("kd", description="kd | dkd | ce")
-    temperature: float = Field(4.0, gt=0, description="kd: T, softens both distributions; the KL is scaled by T²")
+    temperature: float = Field(4.0, gt=0, allow_inf_nan=False,
+                               description="kd: T, softens both distributions; the KL is scaled by T²")
     alpha: float = Field(0.9, ge=0, le=1, description="kd: weight of the soft (teacher) term; 1 − α on the labels")
     params: dict[str, float] = Field(default_factory=dict, description="extra parameters of the loss (dkd: beta, ...)")
 
@@ -850,9 +852,10 @@ def _check_loss_params(recipe: Recipe, origin: str) -> None:
     named += [(f"distill.features.{i}.params", f.loss, f.params) for i, f in enumerate(recipe.distill.features)]
     for path, name, params in named:
         signature = inspect.signature(LOSSES[name]).parameters.values()
-        if any(p.kind is p.VAR_KEYWORD for p in signature):
+        if name != "ce" and any(p.kind is p.VAR_KEYWORD for p in signature):
             continue
-        accepted = [p.name for p in signature if p.kind is p.KEYWORD_ONLY]
+        # ce swallows keywords (callers pass every response loss the same ones) but reads none of them
+        accepted = [] if name == "ce" else [p.name for p in signature if p.kind is p.KEYWORD_ONLY]
         for key in params:
             if key not in accepted:
                 close = difflib.get_close_matches(key, accepted, n=1)
@@ -861,6 +864,34 @@ def _check_loss_params(recipe: Recipe, origin: str) -> None:
                                   fix=(f"did you mean {close[0]}? " if close else "") + f"edit {path} in {origin}")
         if name == "attention" and "p" in params:  # the one value a loss refuses: p < 1 trains to NaN
             _check_attention_p(f"{path}.p", params["p"], origin)
+        _check_param_values(path, name, params, origin)
+
+
+# Loss parameters that have a recipe field of their own: the field is range-checked and every strategy reads it,
+# while in `params` a value skipped the check (kd alpha 5) and mutual and deep supervision ignored it.
+_FIELDS_NOT_PARAMS = {"kd": ("temperature", "alpha"), "dkd": ("temperature",)}
+# Loss parameters that weight a term: a negative weight trains the student away from the teacher.
+_WEIGHT_PARAMS = {"dkd": ("alpha", "beta", "ce_weight"), "rkd": ("distance_weight", "angle_weight")}
+
+
+def _check_param_values(path: str, name: str, params: dict[str, float], origin: str) -> None:
+    """Values of loss parameters that would train wrongly without an error: non-finite, negative weights,
+    and kd/dkd parameters that belong in their own distill.loss field."""
+    for key, value in params.items():
+        if path == "distill.loss.params" and key in _FIELDS_NOT_PARAMS.get(name, ()):
+            raise RecipeError(f"invalid recipe: {path}.{key}: the {name} loss takes {key} from distill.loss.{key}",
+                              why=f"distill.loss.{key} is range-checked and read by every strategy; in params a "
+                                  "value skipped that check and overrode the field (mutual learning and deep "
+                                  "supervision ignored it)",
+                              fix=f"move it to distill.loss.{key} in {origin}")
+        if not math.isfinite(value):
+            raise RecipeError(f"invalid recipe: {path}.{key}: must be a finite number, got {value}",
+                              fix=f"set {path}.{key} to a finite number in {origin}")
+        if key in _WEIGHT_PARAMS.get(name, ()) and value < 0:
+            raise RecipeError(f"invalid recipe: {path}.{key}: must be >= 0, got {value}",
+                              why=f"it weights a term of the {name} loss: a negative weight trains the student "
+                                  "away from the teacher",
+                              fix=f"set {path}.{key} to 0 (no such term) or more in {origin}")
 
 
 def _check_attention_p(path: str, p: Any, origin: str) -> None:

@@ -1,0 +1,62 @@
+"""Distillation audit (helper-distill): recipe values that trained wrongly or were ignored in silence, and
+mistakes that failed only after the teacher had trained, or as an internal error. Each test fails without
+its fix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgekd.errors import RecipeError
+
+
+def _recipe(distill: dict, **extra) -> dict:
+    return {"name": "audit", "seed": 0, "data": {"name": "digits"},
+            "teacher": {"model": {"family": "cnn", "params": {"width": 8, "depth": 2, "hidden": 32}}},
+            "student": {"model": {"family": "mlp", "params": {"width": 64}}}, "distill": distill, **extra}
+
+
+def _load(distill: dict, **extra):
+    from edgekd.recipe import load_recipe
+
+    return load_recipe(_recipe(distill, **extra))
+
+
+_FEATURE = {"loss": "rkd", "student": "net.1", "teacher": "head.1"}
+
+
+# --------------------------------------------------------------------------- loss parameters
+
+
+@pytest.mark.parametrize("loss, path, said", [
+    # kd's params.alpha went around alpha's [0, 1] check: α = 5 trained the student to *raise* its label CE
+    ({"name": "kd", "params": {"alpha": 5.0}}, "distill.loss.params.alpha", "distill.loss.alpha"),
+    ({"name": "kd", "params": {"temperature": 0.0}}, "distill.loss.params.temperature", "distill.loss.temperature"),
+    ({"name": "dkd", "params": {"temperature": -1.0}}, "distill.loss.params.temperature", "distill.loss.temperature"),
+    ({"name": "dkd", "params": {"beta": -8.0}}, "distill.loss.params.beta", ">= 0"),
+    ({"name": "dkd", "params": {"ce_weight": float("inf")}}, "distill.loss.params.ce_weight", "finite"),
+    ({"name": "ce", "params": {"label_smoothing": 0.1}}, "distill.loss.params.label_smoothing", "no parameter"),
+])
+def test_a_loss_parameter_that_would_train_wrongly_or_be_ignored_fails_at_load(loss, path, said):
+    with pytest.raises(RecipeError) as err:
+        _load({"loss": loss})
+    text = f"{err.value.what} {err.value.why} {err.value.fix}"
+    assert path in text and said in text
+
+
+@pytest.mark.parametrize("params", [{"angle_weight": -2.0}, {"distance_weight": float("nan")}])
+def test_a_negative_or_non_finite_feature_loss_weight_fails_at_load(params):
+    with pytest.raises(RecipeError, match=r"distill\.features\.0\.params\."):
+        _load({"features": [{**_FEATURE, "params": params}]})
+
+
+def test_loss_parameters_in_their_ranges_still_load():
+    _load({"loss": {"name": "dkd", "temperature": 2.0, "params": {"alpha": 1.0, "beta": 8.0, "ce_weight": 0.0}}})
+    _load({"loss": {"name": "kd", "temperature": 2.0, "alpha": 0.5},
+           "features": [{**_FEATURE, "params": {"distance_weight": 25.0, "angle_weight": 0.0}}]})
+
+
+def test_an_infinite_temperature_fails_at_load():
+    """T = inf passed `> 0`; every step's loss was then 0 · inf = NaN, reported as a learning rate too high."""
+    with pytest.raises(RecipeError, match=r"distill\.loss\.temperature"):
+        _load({"loss": {"name": "kd", "temperature": float("inf")}})
