@@ -245,9 +245,14 @@ class DistillConfig(_Strict):
         missing, message = needs.get(self.strategy, (False, ""))
         if missing:
             raise ValueError(f"strategy '{self.strategy}' needs {message}")
-        if self.ensemble.weights is not None and len(self.ensemble.weights) != len(self.ensemble.members) + 1:
+        weights = self.ensemble.weights
+        if weights is not None and len(weights) != len(self.ensemble.members) + 1:
             raise ValueError(f"distill.ensemble.weights needs {len(self.ensemble.members) + 1} values "
-                             f"(teacher first, then each member), got {len(self.ensemble.weights)}")
+                             f"(teacher first, then each member), got {len(weights)}")
+        if weights is not None and (not all(math.isfinite(w) and w >= 0 for w in weights) or not sum(weights) > 0):
+            # else the loss refused them as an internal error, after the teacher and every member had trained
+            raise ValueError(f"distill.ensemble.weights must be finite, >= 0 and not all 0 (each teacher's share "
+                             f"of the soft target), got {weights}")
         return self
 
     @model_validator(mode="after")

@@ -60,3 +60,16 @@ def test_an_infinite_temperature_fails_at_load():
     """T = inf passed `> 0`; every step's loss was then 0 · inf = NaN, reported as a learning rate too high."""
     with pytest.raises(RecipeError, match=r"distill\.loss\.temperature"):
         _load({"loss": {"name": "kd", "temperature": float("inf")}})
+
+
+# --------------------------------------------------------------------------- ensemble weights
+
+
+@pytest.mark.parametrize("weights", [[-1.0, 2.0], [0.0, 0.0], [float("nan"), 1.0], [float("inf"), 1.0]])
+def test_bad_ensemble_weights_fail_at_load_not_as_an_internal_error_after_the_teachers_train(weights):
+    with pytest.raises(RecipeError, match=r"distill\.ensemble\.weights"):
+        _load({"strategy": "ensemble", "ensemble": {"members": [{"model": {"family": "mlp"}}], "weights": weights}})
+
+
+def test_ensemble_weights_with_a_zero_still_load():
+    _load({"strategy": "ensemble", "ensemble": {"members": [{"model": {"family": "mlp"}}], "weights": [1.0, 0.0]}})
