@@ -269,6 +269,8 @@ class DistillConfig(_Strict):
                              f"{kd_only[label]}; set distill.loss.name to kd, or use strategy standard "
                              f"for {self.loss.name}")
         no_teacher = {"mutual": "there is no teacher network whose layers a feature term could match",
+                      "blackbox": "a black-box teacher is only its outputs: it has no layers a feature term could "
+                                  "match",
                       "self (deep_supervision)": "the network teaches its own heads through their outputs; there "
                                                  "is no teacher network whose layers a feature term could match"}
         if label in no_teacher and self.features:

@@ -73,3 +73,13 @@ def test_bad_ensemble_weights_fail_at_load_not_as_an_internal_error_after_the_te
 
 def test_ensemble_weights_with_a_zero_still_load():
     _load({"strategy": "ensemble", "ensemble": {"members": [{"model": {"family": "mlp"}}], "weights": [1.0, 0.0]}})
+
+
+# --------------------------------------------------------------------------- settings the strategy would ignore
+
+
+def test_feature_terms_with_a_black_box_teacher_fail_at_load_not_after_the_teacher_trains(tmp_path):
+    source = tmp_path / "teacher.npy"
+    np.save(source, np.zeros((1257, 10), np.float32))
+    with pytest.raises(RecipeError, match="distill.features cannot be used with strategy 'blackbox'"):
+        _load({"strategy": "blackbox", "blackbox": {"source": str(source)}, "features": [_FEATURE]})
