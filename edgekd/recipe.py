@@ -278,6 +278,47 @@ class DistillConfig(_Strict):
                              "remove distill.features, or use strategy standard (or self with mode born_again)")
         return self
 
+    @model_validator(mode="after")
+    def _strategy_reads(self) -> "DistillConfig":
+        """A section only another strategy reads fails here: `ensemble: {members: ...}` without `strategy:
+        ensemble` trained from one teacher without a word. Sections equal to their defaults pass (a dumped
+        recipe lists them all)."""
+        for section, strategy in _STRATEGY_SECTIONS.items():
+            if self.strategy != strategy and getattr(self, section) != type(getattr(self, section))():
+                raise ValueError(f"distill.{section} is set, but distill.strategy is '{self.strategy}' and only "
+                                 f"strategy '{strategy}' reads it; set distill.strategy: {strategy}, or remove "
+                                 f"distill.{section}")
+        mode, own = self.self_distill.mode, SelfDistillConfig()
+        unread = {"born_again": ("heads", self.self_distill.heads != own.heads),
+                  "deep_supervision": ("generations", self.self_distill.generations != own.generations)}
+        key, is_set = unread[mode]
+        if self.strategy == "self" and is_set:
+            other = "deep_supervision" if mode == "born_again" else "born_again"
+            raise ValueError(f"distill.self_distill.{key} is set, but distill.self_distill.mode is '{mode}' and only "
+                             f"mode '{other}' reads it; remove distill.self_distill.{key}, or set "
+                             f"distill.self_distill.mode: {other} (distill.strategy stays self)")
+        return self
+
+    @model_validator(mode="after")
+    def _topk_is_cached(self) -> "DistillConfig":
+        """cache_topk shapes the soft targets only when the teacher's outputs go through the cache."""
+        if self.cache_topk is None:
+            return self
+        if not self.cache:
+            raise ValueError("distill.cache_topk is set, but distill.cache is false: only cached teacher outputs are "
+                             "cut to the top k, so the student would learn from the full logits; remove "
+                             "distill.cache_topk, or set distill.cache: true")
+        if self.strategy in ("self", "mutual", "blackbox"):
+            raise ValueError(f"distill.cache_topk is set, but strategy '{self.strategy}' caches no teacher outputs "
+                             "(self and mutual teach from students trained in the run, blackbox reads its source "
+                             "as it is); remove distill.cache_topk")
+        return self
+
+
+# Strategy-specific sections of DistillConfig and the strategy that reads each.
+_STRATEGY_SECTIONS = {"ensemble": "ensemble", "progressive": "progressive", "self_distill": "self",
+                      "mutual": "mutual", "blackbox": "blackbox"}
+
 
 class ScratchConfig(_Strict):
     """The baseline: the student's architecture trained on labels alone, same data, steps and seed."""

@@ -83,3 +83,40 @@ def test_feature_terms_with_a_black_box_teacher_fail_at_load_not_after_the_teach
     np.save(source, np.zeros((1257, 10), np.float32))
     with pytest.raises(RecipeError, match="distill.features cannot be used with strategy 'blackbox'"):
         _load({"strategy": "blackbox", "blackbox": {"source": str(source)}, "features": [_FEATURE]})
+
+
+_MEMBERS = {"members": [{"model": {"family": "mlp"}}]}
+
+
+@pytest.mark.parametrize("distill, section", [
+    ({"ensemble": _MEMBERS}, "distill.ensemble"),  # strategy: ensemble forgotten: one teacher, no word said
+    ({"progressive": {"pairs": [["net.1", "head.1"]]}}, "distill.progressive"),
+    ({"self_distill": {"generations": 3}}, "distill.self_distill"),
+    ({"mutual": {"peers": 3}}, "distill.mutual"),
+    ({"blackbox": {"source": "teacher.npy"}}, "distill.blackbox"),
+    ({"strategy": "mutual", "ensemble": {"mode": "confidence"}}, "distill.ensemble"),
+    ({"strategy": "self", "self_distill": {"heads": ["net.1"]}}, "distill.self_distill.heads"),
+    ({"strategy": "self", "self_distill": {"mode": "deep_supervision", "heads": ["net.1"], "generations": 3}},
+     "distill.self_distill.generations"),
+])
+def test_a_section_of_another_strategy_fails_at_load(distill, section):
+    with pytest.raises(RecipeError) as err:
+        _load(distill)
+    assert section in err.value.what and "distill.strategy" in f"{err.value.what} {err.value.fix}"
+
+
+def test_the_sections_of_the_chosen_strategy_still_load():
+    _load({"strategy": "ensemble", "ensemble": _MEMBERS})
+    _load({"strategy": "progressive", "progressive": {"pairs": [["net.1", "head.1"]], "final_fraction": 0.3}})
+    _load({"strategy": "self", "self_distill": {"mode": "born_again", "generations": 3}})
+    _load({"strategy": "self", "self_distill": {"mode": "deep_supervision", "heads": ["net.1"]}})
+    _load({"strategy": "mutual", "mutual": {"peers": 3}})
+
+
+@pytest.mark.parametrize("distill", [
+    {"cache": False, "cache_topk": 3},  # the teacher's full logits trained: top-k is applied only when caching
+    {"strategy": "mutual", "cache_topk": 3},  # no teacher outputs are cached
+])
+def test_cache_topk_where_nothing_is_cached_fails_at_load(distill):
+    with pytest.raises(RecipeError, match=r"distill\.cache_topk"):
+        _load(distill)
