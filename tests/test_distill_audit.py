@@ -120,3 +120,50 @@ def test_the_sections_of_the_chosen_strategy_still_load():
 def test_cache_topk_where_nothing_is_cached_fails_at_load(distill):
     with pytest.raises(RecipeError, match=r"distill\.cache_topk"):
         _load(distill)
+
+
+# --------------------------------------------------------------------------- the plan check (before the teacher)
+
+
+def _splits(n: int = 24):
+    from edgekd.data import Splits
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, 64)).astype(np.float32)
+    y = np.arange(n) % 10
+    return Splits("synthetic", x, y, x[:10], y[:10], x[:10], y[:10], np.arange(n) < n // 2, 10)
+
+
+def test_cache_topk_above_the_number_of_classes_fails_in_the_plan_check():
+    """It was a ValueError from the teacher cache (an internal error, exit 1) once the teacher had trained."""
+    from edgekd.distill.plan import check_plan
+
+    with pytest.raises(RecipeError, match=r"distill\.cache_topk: 20 .*10 classes"):
+        check_plan(_load({"cache_topk": 20}), _splits())
+    check_plan(_load({"cache_topk": 10}), _splits())
+
+
+def test_a_black_box_teacher_function_that_cannot_be_imported_fails_in_the_plan_check():
+    from edgekd.distill.plan import check_plan
+    from edgekd.errors import TeacherOutputError
+
+    recipe = _load({"strategy": "blackbox", "blackbox": {"source": "edgekd_no_such_module.sub:teacher"}})
+    with pytest.raises(TeacherOutputError, match="cannot import the teacher function"):
+        check_plan(recipe, _splits())
+
+
+def test_an_ensemble_member_of_generation_two_fails_in_the_plan_check(tmp_path):
+    """The guard ran only when the distill stage trained the members, after the teacher had trained."""
+    from edgekd.checkpoints import save_checkpoint
+    from edgekd.distill.plan import check_plan
+    from edgekd.errors import LineageError
+    from edgekd.models import create_model
+
+    model = create_model("mlp", in_shape=(64,), num_classes=10, width=8)
+    path = save_checkpoint(model, tmp_path / "member.pt", role="student", generation=2)
+    member = {"model": {"family": "mlp", "params": {"width": 8}}, "checkpoint": str(path)}
+    recipe = _load({"strategy": "ensemble", "ensemble": {"members": [member]}})
+    with pytest.raises(LineageError, match="generation 2"):
+        check_plan(recipe, _splits())
+    check_plan(recipe.model_copy(update={"distill": recipe.distill.model_copy(update={"allow_generation": True})}),
+               _splits())
