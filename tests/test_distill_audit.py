@@ -167,3 +167,16 @@ def test_an_ensemble_member_of_generation_two_fails_in_the_plan_check(tmp_path):
         check_plan(recipe, _splits())
     check_plan(recipe.model_copy(update={"distill": recipe.distill.model_copy(update={"allow_generation": True})}),
                _splits())
+
+
+# --------------------------------------------------------------------------- the progressive budget
+
+
+@pytest.mark.parametrize("total, fraction, stages", [(10, 0.95, 2), (3, 0.9, 2), (40, 0.99, 3), (5, 0.8, 4)])
+def test_progressive_spends_the_scratch_budget_when_the_logits_share_rounds_to_all_of_it(total, fraction, stages):
+    """final_fraction 0.95 of 10 steps rounded to 10 for the logits stage, and each hint stage still took one:
+    12 optimizer steps against the scratch baseline's 10."""
+    from edgekd.distill.strategies import progressive_budgets
+
+    hints, final = progressive_budgets(total, fraction, stages)
+    assert sum(hints) + final == total and min(hints) >= 1 and final >= 1
