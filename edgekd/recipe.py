@@ -890,7 +890,10 @@ def _check_loss_params(recipe: Recipe, origin: str) -> None:
 
     loss = recipe.distill.loss
     ignored = {"dkd": {"alpha"}, "ce": {"alpha", "temperature"}}.get(loss.name, set())
-    for key in sorted(ignored & loss.model_fields_set):  # dkd's own alpha is a param: this one trained with α = 1
+    # dkd's own alpha is a param: this one trained with α = 1. A default value passes: a dumped recipe (a run's
+    # recipe.yaml) lists every field, and refusing those made the run's own recipe unloadable.
+    written = {key for key in loss.model_fields_set if getattr(loss, key) != LossConfig.model_fields[key].default}
+    for key in sorted(ignored & written):
         raise RecipeError(f"invalid recipe: distill.loss.{key}: the {loss.name} loss does not read it",
                           why="`alpha` is kd's weight of the soft term; dkd takes its weights in `params` (alpha, "
                               "beta, ce_weight), and ce ignores the teacher",

@@ -180,3 +180,20 @@ def test_progressive_spends_the_scratch_budget_when_the_logits_share_rounds_to_a
 
     hints, final = progressive_budgets(total, fraction, stages)
     assert sum(hints) + final == total and min(hints) >= 1 and final >= 1
+
+
+# --------------------------------------------------------------------------- a run's recipe.yaml runs again
+
+
+@pytest.mark.parametrize("loss", [{"name": "dkd", "params": {"beta": 4.0}}, {"name": "ce"}])
+def test_a_dumped_dkd_or_ce_recipe_loads_again(loss):
+    """A run folder's recipe.yaml (dump_recipe: every field, defaults too) of a dkd or ce run was refused:
+    `distill.loss.alpha: the dkd loss does not read it`, for the default α the user never wrote."""
+    import yaml
+
+    from edgekd.recipe import dump_recipe, load_recipe
+
+    recipe = _load({"loss": loss})
+    assert load_recipe(yaml.safe_load(dump_recipe(recipe))) == recipe
+    with pytest.raises(RecipeError, match=r"distill\.loss\.alpha: the .* loss does not read it"):
+        _load({"loss": {**loss, "alpha": 0.5}})
