@@ -726,6 +726,7 @@ def check_registered_names(recipe: Recipe, origin: str = "<recipe>") -> None:
             )
     _check_loss_kinds(recipe, origin)
     _check_loss_params(recipe, origin)
+    _check_ce_reads_a_teacher(recipe, origin)
     factories = [(path, cfg, MODELS[cfg.family]) for path, cfg in models]
     if text_models:
         factories += [(path, cfg, TEXT_STUDENTS[cfg.family]) for path, cfg in text_models]
@@ -916,6 +917,22 @@ def _check_loss_params(recipe: Recipe, origin: str) -> None:
         if name == "attention" and "p" in params:  # the one value a loss refuses: p < 1 trains to NaN
             _check_attention_p(f"{path}.p", params["p"], origin)
         _check_param_values(path, name, params, origin)
+
+
+def _check_ce_reads_a_teacher(recipe: Recipe, origin: str) -> None:
+    """`loss: ce` learns the labels alone: where no feature term reads the teacher either, the strategy's teacher
+    (a black-box source, the teacher trained for it, the previous born-again generation) taught nothing."""
+    d = recipe.distill
+    silent = d.strategy == "blackbox" or (d.strategy in ("standard", "self") and not d.features)
+    if recipe.task == "classify" and d.loss.name == "ce" and silent:
+        taught_by = {"blackbox": "the black-box outputs (distill.blackbox.source)",
+                     "self": "the previous born-again generation"}.get(d.strategy, "the teacher")
+        raise RecipeError(f"invalid recipe: distill.loss.name 'ce' with strategy '{d.strategy}' and no feature terms "
+                          f"learns from the labels alone",
+                          why=f"ce ignores the teacher's outputs, so nothing would learn from {taught_by}; the "
+                              "scratch baseline already trains the student on the labels",
+                          fix=f"set distill.loss.name to kd (or dkd) in {origin}"
+                              + ("" if d.strategy == "blackbox" else ", or add distill.features terms"))
 
 
 # Loss parameters that have a recipe field of their own: the field is range-checked and every strategy reads it,

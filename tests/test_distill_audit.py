@@ -186,14 +186,43 @@ def test_progressive_spends_the_scratch_budget_when_the_logits_share_rounds_to_a
 
 
 @pytest.mark.parametrize("loss", [{"name": "dkd", "params": {"beta": 4.0}}, {"name": "ce"}])
-def test_a_dumped_dkd_or_ce_recipe_loads_again(loss):
+def test_a_dumped_dkd_or_ce_recipe_loads_again(loss, tmp_path):
     """A run folder's recipe.yaml (dump_recipe: every field, defaults too) of a dkd or ce run was refused:
     `distill.loss.alpha: the dkd loss does not read it`, for the default α the user never wrote."""
     import yaml
 
     from edgekd.recipe import dump_recipe, load_recipe
 
-    recipe = _load({"loss": loss})
+    recipe = _load({"loss": loss, "features": [_FEATURE]})
     assert load_recipe(yaml.safe_load(dump_recipe(recipe))) == recipe
     with pytest.raises(RecipeError, match=r"distill\.loss\.alpha: the .* loss does not read it"):
-        _load({"loss": {**loss, "alpha": 0.5}})
+        _load({"loss": {**loss, "alpha": 0.5}, "features": [_FEATURE]})
+
+
+@pytest.mark.parametrize("distill", [
+    {"strategy": "blackbox", "blackbox": {"source": "SOURCE"}},  # the black-box outputs were never read
+    {},  # standard: the teacher trained for nothing
+    {"strategy": "self"},  # born-again: each generation learnt the labels again, not from the one before
+])
+def test_the_ce_loss_where_no_term_reads_the_teacher_fails_at_load(distill, tmp_path):
+    source = tmp_path / "teacher.npy"
+    np.save(source, np.zeros((1257, 10), np.float32))
+    if "blackbox" in distill:
+        distill = {**distill, "blackbox": {"source": str(source)}}
+    with pytest.raises(RecipeError, match="distill.loss.name 'ce'") as err:
+        _load({**distill, "loss": {"name": "ce"}})
+    assert "kd" in err.value.fix
+
+
+@pytest.mark.parametrize("distill", [
+    {"features": [_FEATURE]},  # feature-only distillation
+    {"strategy": "self", "features": [{"loss": "rkd", "student": "net.1", "teacher": "net.1"}]},
+    {"strategy": "progressive", "progressive": {"pairs": [["net.1", "head.1"]]}},  # the hint stages read it
+    {"strategy": "mutual"},  # refused for another reason below (kd only): not by this check
+])
+def test_the_ce_loss_beside_a_term_that_reads_the_teacher_still_loads(distill):
+    if distill.get("strategy") == "mutual":
+        with pytest.raises(RecipeError, match="cannot be used with strategy 'mutual'"):
+            _load({**distill, "loss": {"name": "ce"}})
+        return
+    _load({**distill, "loss": {"name": "ce"}})
