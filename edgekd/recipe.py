@@ -727,6 +727,7 @@ def check_registered_names(recipe: Recipe, origin: str = "<recipe>") -> None:
     _check_loss_kinds(recipe, origin)
     _check_loss_params(recipe, origin)
     _check_ce_reads_a_teacher(recipe, origin)
+    _check_relation_batches(recipe, origin)
     factories = [(path, cfg, MODELS[cfg.family]) for path, cfg in models]
     if text_models:
         factories += [(path, cfg, TEXT_STUDENTS[cfg.family]) for path, cfg in text_models]
@@ -933,6 +934,21 @@ def _check_ce_reads_a_teacher(recipe: Recipe, origin: str) -> None:
                               "scratch baseline already trains the student on the labels",
                           fix=f"set distill.loss.name to kd (or dkd) in {origin}"
                               + ("" if d.strategy == "blackbox" else ", or add distill.features terms"))
+
+
+def _check_relation_batches(recipe: Recipe, origin: str) -> None:
+    """A relation term (rkd, similarity) compares a batch's samples with each other: below 2 samples (rkd's
+    angles alone: 3) it is exactly 0, so it trained nothing without a word."""
+    from edgekd.distill.losses import is_relational
+
+    batch = recipe.distill.train.batch_size
+    for i, f in enumerate(recipe.distill.features):
+        need = 3 if f.loss == "rkd" and f.params.get("distance_weight", 1.0) == 0 else 2
+        if is_relational(f.loss) and batch < need:
+            raise RecipeError(f"invalid recipe: distill.features.{i}: the {f.loss} term needs batches of {need} "
+                              f"samples or more, distill.train.batch_size is {batch}",
+                              why=f"{f.loss} relates the samples of a batch to each other; with fewer it is 0",
+                              fix=f"raise distill.train.batch_size to {need} or more, or remove the term, in {origin}")
 
 
 # Loss parameters that have a recipe field of their own: the field is range-checked and every strategy reads it,

@@ -226,3 +226,25 @@ def test_the_ce_loss_beside_a_term_that_reads_the_teacher_still_loads(distill):
             _load({**distill, "loss": {"name": "ce"}})
         return
     _load({**distill, "loss": {"name": "ce"}})
+
+
+# --------------------------------------------------------------------------- relation terms need a batch
+
+
+@pytest.mark.parametrize("term, batch_size", [
+    ({"loss": "similarity", "student": "net.1", "teacher": "head.1"}, 1),
+    (_FEATURE, 1),  # rkd: distances need 2 samples
+    ({**_FEATURE, "params": {"distance_weight": 0.0}}, 2),  # angles need 3
+])
+def test_a_relation_term_that_its_batch_size_makes_zero_fails_at_load(term, batch_size):
+    """A relation loss compares a batch's samples with each other: with too few it is exactly 0, and the term
+    trained nothing without a word."""
+    import torch
+
+    from edgekd.distill.losses import LOSSES
+
+    s, t = torch.randn(batch_size, 8, requires_grad=True), torch.randn(batch_size, 4)
+    assert float(LOSSES[term["loss"]](s, t, **term.get("params", {}))) == 0.0
+    with pytest.raises(RecipeError, match=r"distill\.features\.0: .*batch_size"):
+        _load({"features": [term], "train": {"batch_size": batch_size}})
+    _load({"features": [term], "train": {"batch_size": 3}})
