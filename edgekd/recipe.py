@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 import os
 from importlib import resources
 from pathlib import Path
@@ -133,7 +134,8 @@ class LossConfig(_Strict):
     `dkd` (decoupled KD) takes its own weights in `params` (alpha, beta, ce_weight); `ce` ignores the teacher."""
 
     name: str = Field("kd", description="kd | dkd | ce")
-    temperature: float = Field(4.0, gt=0, description="kd: T, softens both distributions; the KL is scaled by T²")
+    temperature: float = Field(4.0, gt=0, allow_inf_nan=False,
+                               description="kd: T, softens both distributions; the KL is scaled by T²")
     alpha: float = Field(0.9, ge=0, le=1, description="kd: weight of the soft (teacher) term; 1 − α on the labels")
     params: dict[str, float] = Field(default_factory=dict, description="extra parameters of the loss (dkd: beta, ...)")
 
@@ -243,9 +245,14 @@ class DistillConfig(_Strict):
         missing, message = needs.get(self.strategy, (False, ""))
         if missing:
             raise ValueError(f"strategy '{self.strategy}' needs {message}")
-        if self.ensemble.weights is not None and len(self.ensemble.weights) != len(self.ensemble.members) + 1:
+        weights = self.ensemble.weights
+        if weights is not None and len(weights) != len(self.ensemble.members) + 1:
             raise ValueError(f"distill.ensemble.weights needs {len(self.ensemble.members) + 1} values "
-                             f"(teacher first, then each member), got {len(self.ensemble.weights)}")
+                             f"(teacher first, then each member), got {len(weights)}")
+        if weights is not None and (not all(math.isfinite(w) and w >= 0 for w in weights) or not sum(weights) > 0):
+            # else the loss refused them as an internal error, after the teacher and every member had trained
+            raise ValueError(f"distill.ensemble.weights must be finite, >= 0 and not all 0 (each teacher's share "
+                             f"of the soft target), got {weights}")
         return self
 
     @model_validator(mode="after")
@@ -262,12 +269,55 @@ class DistillConfig(_Strict):
                              f"{kd_only[label]}; set distill.loss.name to kd, or use strategy standard "
                              f"for {self.loss.name}")
         no_teacher = {"mutual": "there is no teacher network whose layers a feature term could match",
+                      "blackbox": "a black-box teacher is only its outputs: it has no layers a feature term could "
+                                  "match",
                       "self (deep_supervision)": "the network teaches its own heads through their outputs; there "
                                                  "is no teacher network whose layers a feature term could match"}
         if label in no_teacher and self.features:
             raise ValueError(f"distill.features cannot be used with strategy '{label}': {no_teacher[label]}; "
                              "remove distill.features, or use strategy standard (or self with mode born_again)")
         return self
+
+    @model_validator(mode="after")
+    def _strategy_reads(self) -> "DistillConfig":
+        """A section only another strategy reads fails here: `ensemble: {members: ...}` without `strategy:
+        ensemble` trained from one teacher without a word. Sections equal to their defaults pass (a dumped
+        recipe lists them all)."""
+        for section, strategy in _STRATEGY_SECTIONS.items():
+            if self.strategy != strategy and getattr(self, section) != type(getattr(self, section))():
+                raise ValueError(f"distill.{section} is set, but distill.strategy is '{self.strategy}' and only "
+                                 f"strategy '{strategy}' reads it; set distill.strategy: {strategy}, or remove "
+                                 f"distill.{section}")
+        mode, own = self.self_distill.mode, SelfDistillConfig()
+        unread = {"born_again": ("heads", self.self_distill.heads != own.heads),
+                  "deep_supervision": ("generations", self.self_distill.generations != own.generations)}
+        key, is_set = unread[mode]
+        if self.strategy == "self" and is_set:
+            other = "deep_supervision" if mode == "born_again" else "born_again"
+            raise ValueError(f"distill.self_distill.{key} is set, but distill.self_distill.mode is '{mode}' and only "
+                             f"mode '{other}' reads it; remove distill.self_distill.{key}, or set "
+                             f"distill.self_distill.mode: {other} (distill.strategy stays self)")
+        return self
+
+    @model_validator(mode="after")
+    def _topk_is_cached(self) -> "DistillConfig":
+        """cache_topk shapes the soft targets only when the teacher's outputs go through the cache."""
+        if self.cache_topk is None:
+            return self
+        if not self.cache:
+            raise ValueError("distill.cache_topk is set, but distill.cache is false: only cached teacher outputs are "
+                             "cut to the top k, so the student would learn from the full logits; remove "
+                             "distill.cache_topk, or set distill.cache: true")
+        if self.strategy in ("self", "mutual", "blackbox"):
+            raise ValueError(f"distill.cache_topk is set, but strategy '{self.strategy}' caches no teacher outputs "
+                             "(self and mutual teach from students trained in the run, blackbox reads its source "
+                             "as it is); remove distill.cache_topk")
+        return self
+
+
+# Strategy-specific sections of DistillConfig and the strategy that reads each.
+_STRATEGY_SECTIONS = {"ensemble": "ensemble", "progressive": "progressive", "self_distill": "self",
+                      "mutual": "mutual", "blackbox": "blackbox"}
 
 
 class ScratchConfig(_Strict):
@@ -739,6 +789,8 @@ def check_registered_names(recipe: Recipe, origin: str = "<recipe>") -> None:
             )
     _check_loss_kinds(recipe, origin)
     _check_loss_params(recipe, origin)
+    _check_ce_reads_a_teacher(recipe, origin)
+    _check_relation_batches(recipe, origin)
     factories = [(path, cfg, MODELS[cfg.family]) for path, cfg in models]
     if text_models:
         factories += [(path, cfg, TEXT_STUDENTS[cfg.family]) for path, cfg in text_models]
@@ -903,7 +955,10 @@ def _check_loss_params(recipe: Recipe, origin: str) -> None:
 
     loss = recipe.distill.loss
     ignored = {"dkd": {"alpha"}, "ce": {"alpha", "temperature"}}.get(loss.name, set())
-    for key in sorted(ignored & loss.model_fields_set):  # dkd's own alpha is a param: this one trained with α = 1
+    # dkd's own alpha is a param: this one trained with α = 1. A default value passes: a dumped recipe (a run's
+    # recipe.yaml) lists every field, and refusing those made the run's own recipe unloadable.
+    written = {key for key in loss.model_fields_set if getattr(loss, key) != LossConfig.model_fields[key].default}
+    for key in sorted(ignored & written):
         raise RecipeError(f"invalid recipe: distill.loss.{key}: the {loss.name} loss does not read it",
                           why="`alpha` is kd's weight of the soft term; dkd takes its weights in `params` (alpha, "
                               "beta, ce_weight), and ce ignores the teacher",
@@ -913,9 +968,10 @@ def _check_loss_params(recipe: Recipe, origin: str) -> None:
     named += [(f"distill.features.{i}.params", f.loss, f.params) for i, f in enumerate(recipe.distill.features)]
     for path, name, params in named:
         signature = inspect.signature(LOSSES[name]).parameters.values()
-        if any(p.kind is p.VAR_KEYWORD for p in signature):
+        if name != "ce" and any(p.kind is p.VAR_KEYWORD for p in signature):
             continue
-        accepted = [p.name for p in signature if p.kind is p.KEYWORD_ONLY]
+        # ce swallows keywords (callers pass every response loss the same ones) but reads none of them
+        accepted = [] if name == "ce" else [p.name for p in signature if p.kind is p.KEYWORD_ONLY]
         for key in params:
             if key not in accepted:
                 close = difflib.get_close_matches(key, accepted, n=1)
@@ -924,6 +980,65 @@ def _check_loss_params(recipe: Recipe, origin: str) -> None:
                                   fix=(f"did you mean {close[0]}? " if close else "") + f"edit {path} in {origin}")
         if name == "attention" and "p" in params:  # the one value a loss refuses: p < 1 trains to NaN
             _check_attention_p(f"{path}.p", params["p"], origin)
+        _check_param_values(path, name, params, origin)
+
+
+def _check_ce_reads_a_teacher(recipe: Recipe, origin: str) -> None:
+    """`loss: ce` learns the labels alone: where no feature term reads the teacher either, the strategy's teacher
+    (a black-box source, the teacher trained for it, the previous born-again generation) taught nothing."""
+    d = recipe.distill
+    silent = d.strategy == "blackbox" or (d.strategy in ("standard", "self") and not d.features)
+    if recipe.task == "classify" and d.loss.name == "ce" and silent:
+        taught_by = {"blackbox": "the black-box outputs (distill.blackbox.source)",
+                     "self": "the previous born-again generation"}.get(d.strategy, "the teacher")
+        raise RecipeError(f"invalid recipe: distill.loss.name 'ce' with strategy '{d.strategy}' and no feature terms "
+                          f"learns from the labels alone",
+                          why=f"ce ignores the teacher's outputs, so nothing would learn from {taught_by}; the "
+                              "scratch baseline already trains the student on the labels",
+                          fix=f"set distill.loss.name to kd (or dkd) in {origin}"
+                              + ("" if d.strategy == "blackbox" else ", or add distill.features terms"))
+
+
+def _check_relation_batches(recipe: Recipe, origin: str) -> None:
+    """A relation term (rkd, similarity) compares a batch's samples with each other: below 2 samples (rkd's
+    angles alone: 3) it is exactly 0, so it trained nothing without a word."""
+    from edgekd.distill.losses import is_relational
+
+    batch = recipe.distill.train.batch_size
+    for i, f in enumerate(recipe.distill.features):
+        need = 3 if f.loss == "rkd" and f.params.get("distance_weight", 1.0) == 0 else 2
+        if is_relational(f.loss) and batch < need:
+            raise RecipeError(f"invalid recipe: distill.features.{i}: the {f.loss} term needs batches of {need} "
+                              f"samples or more, distill.train.batch_size is {batch}",
+                              why=f"{f.loss} relates the samples of a batch to each other; with fewer it is 0",
+                              fix=f"raise distill.train.batch_size to {need} or more, or remove the term, in {origin}")
+
+
+# Loss parameters that have a recipe field of their own: the field is range-checked and every strategy reads it,
+# while in `params` a value skipped the check (kd alpha 5) and mutual and deep supervision ignored it.
+_FIELDS_NOT_PARAMS = {"kd": ("temperature", "alpha"), "dkd": ("temperature",)}
+# Loss parameters that weight a term: a negative weight trains the student away from the teacher.
+_WEIGHT_PARAMS = {"dkd": ("alpha", "beta", "ce_weight"), "rkd": ("distance_weight", "angle_weight")}
+
+
+def _check_param_values(path: str, name: str, params: dict[str, float], origin: str) -> None:
+    """Values of loss parameters that would train wrongly without an error: non-finite, negative weights,
+    and kd/dkd parameters that belong in their own distill.loss field."""
+    for key, value in params.items():
+        if path == "distill.loss.params" and key in _FIELDS_NOT_PARAMS.get(name, ()):
+            raise RecipeError(f"invalid recipe: {path}.{key}: the {name} loss takes {key} from distill.loss.{key}",
+                              why=f"distill.loss.{key} is range-checked and read by every strategy; in params a "
+                                  "value skipped that check and overrode the field (mutual learning and deep "
+                                  "supervision ignored it)",
+                              fix=f"move it to distill.loss.{key} in {origin}")
+        if not math.isfinite(value):
+            raise RecipeError(f"invalid recipe: {path}.{key}: must be a finite number, got {value}",
+                              fix=f"set {path}.{key} to a finite number in {origin}")
+        if key in _WEIGHT_PARAMS.get(name, ()) and value < 0:
+            raise RecipeError(f"invalid recipe: {path}.{key}: must be >= 0, got {value}",
+                              why=f"it weights a term of the {name} loss: a negative weight trains the student "
+                                  "away from the teacher",
+                              fix=f"set {path}.{key} to 0 (no such term) or more in {origin}")
 
 
 def _check_attention_p(path: str, p: Any, origin: str) -> None:

@@ -54,12 +54,34 @@ def check_plan(recipe: Recipe, splits: "Splits") -> None:
     prune = recipe.compress.prune
     if recipe.compress.enabled and prune.skip:  # the compress stage resolves them after all the training
         resolve(model(recipe.compress.source), prune.skip, role="pruned")
-    if d.strategy == "blackbox" and Path(d.blackbox.source).suffix in _OUTPUT_FILES:
-        from edgekd.distill.blackbox import load_teacher_outputs
-
-        load_teacher_outputs(d.blackbox.source, num_samples=len(splits.x_train), num_classes=splits.num_classes,
-                             kind=d.blackbox.kind)
+    if d.strategy == "blackbox":
+        _check_blackbox_source(recipe, splits)
+    _check_cache_topk(recipe, splits.num_classes)
     _check_lineage(recipe)
+
+
+def _check_blackbox_source(recipe: Recipe, splits: "Splits") -> None:
+    """Output files are read whole; a 'package.module:function' teacher is imported (a typo in its name failed
+    only once the teacher, trained for the report, had finished)."""
+    from edgekd.distill.blackbox import _import_function, load_teacher_outputs, names_a_function
+
+    cfg = recipe.distill.blackbox
+    if Path(cfg.source).suffix in _OUTPUT_FILES:
+        load_teacher_outputs(cfg.source, num_samples=len(splits.x_train), num_classes=splits.num_classes,
+                             kind=cfg.kind)
+    elif names_a_function(cfg.source):
+        _import_function(cfg.source)
+
+
+def _check_cache_topk(recipe: Recipe, num_classes: int) -> None:
+    """The cache keeps k of the data's classes: more was a ValueError from the cache after the teacher trained."""
+    from edgekd.errors import RecipeError
+
+    k = recipe.distill.cache_topk
+    if recipe.task != "text" and k is not None and k > num_classes:
+        raise RecipeError(f"distill.cache_topk: {k} is more than the data's {num_classes} classes",
+                          why="the teacher cache keeps the k largest of each sample's class outputs",
+                          fix=f"set distill.cache_topk to at most {num_classes}, or remove it to cache every class")
 
 
 def _check_lineage(recipe: Recipe) -> None:
@@ -69,6 +91,11 @@ def _check_lineage(recipe: Recipe) -> None:
     d = recipe.distill
     if not uses_teacher(d):
         return
+    if d.strategy == "ensemble":  # the members too: else checked only once the teacher had trained
+        for member in d.ensemble.members:
+            if member.checkpoint is not None and Path(member.checkpoint).is_file():
+                check_teacher_generation(checkpoint_generation(member.checkpoint), source=str(member.checkpoint),
+                                         allow=d.allow_generation)
     if d.strategy == "blackbox":
         generation, source = artifact_generation(d.blackbox.source), d.blackbox.source
     elif recipe.teacher.checkpoint is not None and Path(recipe.teacher.checkpoint).is_file():

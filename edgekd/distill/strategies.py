@@ -204,8 +204,9 @@ def progressive(job: DistillJob) -> DistillOutcome:
 def progressive_budgets(total: int, final_fraction: float, stages: int) -> tuple[list[int], int]:
     """(steps of each hint stage, steps of the logits stage): `total` split with nothing lost to rounding, so
     the strategy trains the scratch baseline's budget (a floor division left up to stages - 1 steps unspent).
-    Each stage gets at least one step: only a budget smaller than the stages exceeds it."""
-    final = max(1, round(total * final_fraction))
+    Each stage gets at least one step: only a budget of at most `stages` steps exceeds it. The logits stage leaves
+    the hint stages their step each (a final_fraction that rounded to the whole budget added `stages` steps)."""
+    final = min(max(1, round(total * final_fraction)), max(1, total - stages))
     base, extra = divmod(max(0, total - final), stages)
     return [max(1, base + (k < extra)) for k in range(stages)], final
 
