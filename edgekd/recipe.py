@@ -485,7 +485,6 @@ class ExportConfig(_Strict):
         return self
 
 
-
 def _ignored_export_settings(e: ExportConfig) -> list[str]:
     """Settings of `e` that differ from their default but that no exporter of `e.formats` reads: a
     calibration_percentile without calibration_method: percentile calibrated by minmax, in silence. Compared with
@@ -511,6 +510,7 @@ def _ignored_export_settings(e: ExportConfig) -> list[str]:
         out.append(f"int4.tflite_block_size: {e.int4.tflite_block_size} is a TFLite setting, and formats has no "
                    "tflite: add tflite to formats, or set ONNX's block with int4.block_size")
     return out
+
 
 class BenchConfig(_Strict):
     enabled: bool = Field(True, description="false: no bench stage; the report has accuracy and size only")

@@ -276,3 +276,15 @@ def test_a_layer_zeroed_whole_on_a_residual_branch_is_allowed():
         model.branch[2].weight.mul_(1e-3)  # far below the other layer's weights: the threshold empties it
     result = prune(model, (64,), "unstructured", 0.6)
     assert not bool((model.branch[2].weight != 0).any()) and result.plan["sparsity"] == pytest.approx(0.6, abs=0.01)
+
+
+def test_a_run_refuses_an_impossible_pruning_before_any_training(tmp_path):
+    """The plan check prunes an untrained copy: `nm: [2, 128]` on a 64-wide student failed only in the compress
+    stage, after the teacher and the students had trained."""
+    from edgekd.errors import CompressionError
+
+    recipe = edgekd.load_recipe({"name": "r", "student": {"model": {"family": "mlp", "params": {"width": 64}}},
+                                 "compress": {"enabled": True, "prune": {"method": "nm", "nm": [2, 128]}}})
+    with pytest.raises(CompressionError, match="2:128 sparsity finds no group"):
+        edgekd.run(recipe, output_dir=tmp_path)
+    assert not list(tmp_path.rglob("*.pt"))

@@ -1,5 +1,5 @@
 """Check a recipe's distillation plan before any training, so a mistake fails in seconds, not after the
-teacher has trained: layer paths and their shapes, layers kept from pruning, black-box output files, and the
+teacher has trained: layer paths and their shapes, pruning (on an untrained copy), black-box output files, and the
 teacher's generation."""
 
 from __future__ import annotations
@@ -54,6 +54,10 @@ def check_plan(recipe: Recipe, splits: "Splits") -> None:
     prune = recipe.compress.prune
     if recipe.compress.enabled and prune.skip:  # the compress stage resolves them after all the training
         resolve(model(recipe.compress.source), prune.skip, role="pruned")
+    if recipe.compress.enabled:  # N:M without a group of M inputs, a budget out of reach: the architecture's
+        from edgekd.compress.recovery import check_pruning
+
+        check_pruning(model(recipe.compress.source), splits.input_shape, prune)
     if d.strategy == "blackbox":
         _check_blackbox_source(recipe, splits)
     _check_cache_topk(recipe, splits.num_classes)
