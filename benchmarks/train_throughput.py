@@ -165,7 +165,7 @@ def build_slots(args, recipe, splits, x, target, teacher_logits, teacher):
     from edgekd.distill import api
     from edgekd.distill.losses import LOSSES, kd_loss
     from edgekd.distill.objectives import DistillObjective
-    from edgekd.distill.trainer import Objective, ResponseObjective, fit
+    from edgekd.distill.trainer import Objective, ResponseObjective, batches_per_pass, fit
     from rich.console import Console
 
     t = recipe.distill.train
@@ -176,8 +176,8 @@ def build_slots(args, recipe, splits, x, target, teacher_logits, teacher):
     lx, ly = splits.x_train[splits.labelled], splits.y_train[splits.labelled]
     n_x, n_l = len(x), len(lx)
 
-    def samples(n: int, steps: int) -> int:  # what _batches yields: passes of ceil(n / bs) batches, last one short
-        per_pass = -(-n // bs)
+    def samples(n: int, steps: int) -> int:  # what _batches yields: passes of batches_per_pass batches, the last
+        per_pass = batches_per_pass(n, bs)  # one short (or one longer: a lone sample left over joins it)
         full, rest = divmod(steps, per_pass)
         return full * n + min(rest * bs, n)
 

@@ -11,7 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from edgekd.errors import FeatureError, RecipeError
+# Imported before any test patches trainer.fit: strategies binds `fit` by name when first imported, and a first
+# import under a test's patch kept that test's spy for every test after it.
+import edgekd.distill.strategies  # noqa: F401
+from edgekd.errors import CompressionError, FeatureError, RecipeError
 
 # --------------------------------------------------------------------------- black-box ONNX artifacts
 
@@ -177,7 +180,10 @@ def test_plan_check_resolves_the_layers_kept_from_pruning_before_any_training():
     with pytest.raises(FeatureError, match="the pruned model has no module named 'net.9'"):
         check_plan(edgekd.load_recipe(_recipe({}, compress=compress)), _splits())
     compress["prune"]["skip"] = ["net.1"]
-    check_plan(edgekd.load_recipe(_recipe({}, compress=compress)), _splits())
+    deeper = {"model": {"family": "mlp", "params": {"width": 64, "depth": 2}}}  # net.3 left to prune
+    check_plan(edgekd.load_recipe(_recipe({}, compress=compress, student=deeper)), _splits())
+    with pytest.raises(CompressionError, match="found no channels it could remove"):  # the one layer skipped
+        check_plan(edgekd.load_recipe(_recipe({}, compress=compress)), _splits())
     compress.update(source="teacher")  # named in the model compressed
     with pytest.raises(FeatureError, match="the pruned model has no module named 'net.1'"):
         check_plan(edgekd.load_recipe(_recipe({}, compress=compress)), _splits())
@@ -440,3 +446,22 @@ def test_a_rank_share_adds_its_part_of_the_whole_batch_loss(name):
     whole = s.clone().requires_grad_(True)
     loss_of(whole, torch.arange(13)).backward()
     assert torch.allclose(_shares_gradient(loss_of, s, y, 3), whole.grad, atol=1e-12)
+
+
+def test_a_deep_cnn_builds_and_trains_when_a_pass_leaves_one_sample_over():
+    """A cnn of depth 5 on digits pools its maps to 1×1: its shape probe (one sample through batch norm in
+    training mode) and a pass's last batch of one sample both failed as internal errors ("Expected more than 1
+    value per channel when training")."""
+    import numpy as np
+
+    from edgekd.distill.trainer import batches_per_pass, fit
+    from edgekd.models import create_model
+
+    model = create_model("cnn", in_shape=(64,), num_classes=3, width=4, depth=5, hidden=8)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(9, 64)).astype(np.float32), rng.integers(0, 3, 9)
+    assert batches_per_pass(9, 4) == 2  # 4 + 5: the ninth sample joins the last batch
+    from edgekd.distill.losses import ce_loss
+
+    result = fit(model, x, y, steps=4, batch_size=4, lr=1e-2, weight_decay=0.0, seed=0, loss_fn=ce_loss)
+    assert result.steps == 4

@@ -39,19 +39,31 @@ def seed_everything(seed: int) -> None:
 
 def steps_for(n_samples: int, batch_size: int, epochs: int) -> int:
     """Optimizer steps of `epochs` passes over `n_samples` (the shared training budget)."""
-    return epochs * math.ceil(n_samples / batch_size)
+    return epochs * batches_per_pass(n_samples, batch_size)
+
+
+def batches_per_pass(n: int, batch_size: int) -> int:
+    """Batches of one pass over n samples: a last batch of one sample is merged into the one before (_batches)."""
+    size = min(batch_size, n)
+    full, left = divmod(n, size)
+    return full + (1 if left > 1 or (left == 1 and full == 0) else 0)
 
 
 def _batches(n: int, batch_size: int, steps: int, rng: np.random.Generator):
-    """Yield `steps` index batches, reshuffling at every pass over the n samples."""
+    """Yield `steps` index batches, reshuffling at every pass over the n samples. A pass's one sample left over
+    joins its last batch: alone, it crashed batch norm over 1×1 maps ("more than 1 value per channel")."""
     size = min(batch_size, n)
+    starts = list(range(0, n, size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    ends = starts[1:] + [n]
     done = 0
     while done < steps:
         order = rng.permutation(n)
-        for start in range(0, n, size):
+        for start, end in zip(starts, ends):
             if done == steps:
                 return
-            yield order[start:start + size]
+            yield order[start:end]
             done += 1
 
 
@@ -167,7 +179,7 @@ def fit(
     frozen: list[nn.Parameter] = []
     x_t = torch.from_numpy(np.ascontiguousarray(x))
     y_t = torch.from_numpy(np.ascontiguousarray(target)).long()
-    per_pass = math.ceil(len(x) / min(batch_size, len(x)))
+    per_pass = batches_per_pass(len(x), batch_size)
     task = reporter.task(description, steps)
     history: list[dict[str, float]] = []
     loss_value = float("nan")

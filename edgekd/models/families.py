@@ -53,8 +53,8 @@ class ConvNet(nn.Module):
         image = _image_shape(in_shape)
         self.to_image = nn.Unflatten(1, image) if tuple(in_shape) != image else nn.Identity()
         self.features = _conv_stack(image[0], image[1:], widths, batch_norm)
-        with torch.no_grad():
-            flat = self.features(torch.zeros(1, *image)).numel()
+        with torch.no_grad():  # two samples: batch norm in training mode refuses one over 1×1 maps (deep stacks)
+            flat = self.features(torch.zeros(2, *image)).numel() // 2
         head: list[nn.Module] = [nn.Flatten()]
         if hidden:
             head += [nn.Linear(flat, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes)]
