@@ -107,9 +107,19 @@ def distill_inputs(ctx: Context) -> dict[str, Any]:
     if d.strategy == "ensemble":
         extra["member_checkpoints"] = [sha256_file(m.checkpoint) if m.checkpoint and Path(m.checkpoint).is_file()
                                        else None for m in d.ensemble.members]
+        extra.update(_member_training(ctx))
     # teacher_labels too: an ensemble's members without a checkpoint are trained here, on those labels
     return {**_data_inputs(ctx), "teacher": ctx.hashes["teacher"], "seed": ctx.recipe.seed,
             **ctx.recipe.section("student", "distill"), **extra, **teacher_labels_inputs(ctx)}
+
+
+def _member_training(ctx: Context) -> dict[str, Any]:
+    """teacher.train when the distill stage trains an ensemble member (one without a checkpoint) with it: the
+    teacher stage's output does not carry it when the teacher is loaded from a checkpoint (the same bytes
+    whatever teacher.train says), and the stage was reused with members trained on the old budget."""
+    if all(m.checkpoint is not None for m in ctx.recipe.distill.ensemble.members):
+        return {}
+    return {"member_training": ctx.recipe.section("teacher")["teacher"]["train"]}
 
 
 def _teacher_generation(ctx: Context) -> int:
