@@ -589,8 +589,10 @@ class RunDir:
         return record["output_hash"]
 
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
-        atomic_write_json(self.manifest_copy_path, manifest)
+        """The manifest first, then its copy: a run stopped between the two (Ctrl-C, SIGKILL) resumes from the
+        manifest, which then already records the stage; copy first, that finished stage was run again."""
         atomic_write_json(self.manifest_path, manifest)
+        atomic_write_json(self.manifest_copy_path, manifest)
 
     def recorded_outputs(self, stage: str, pattern: str) -> list[Path]:
         """Files `stage` wrote in its last finished run whose names match `pattern`, in name order. Later stages

@@ -50,3 +50,34 @@ def test_an_ensemble_member_trained_by_the_run_retrains_when_the_teacher_budget_
     recipe["teacher"]["train"]["epochs"] = 3
     stages = _run(recipe)
     assert stages["distill"] == "ran", stages
+
+
+def test_a_stop_between_the_manifest_and_its_copy_keeps_the_stage_that_finished(tmp_path, monkeypatch):
+    """A Ctrl-C (or SIGKILL) between the two writes of a stage's record: the manifest, which a resumed run reads,
+    must already hold it; the copy is read only when the manifest is damaged."""
+    from edgekd import rundir
+    from edgekd.rundir import RunDir, atomic_write
+
+    run = RunDir(tmp_path / "run")
+    run.create()
+    out = atomic_write(run.checkpoints / "teacher.pt", b"weights")
+    run.mark_done("teacher", "hash-t", [out], 1.0)
+    student = atomic_write(run.checkpoints / "student.pt", b"student weights")
+    written = []
+    real = rundir.atomic_write_json
+
+    def stopped_at_the_second_write(path, obj):
+        written.append(path)
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        return real(path, obj)
+
+    monkeypatch.setattr(rundir, "atomic_write_json", stopped_at_the_second_write)
+    try:
+        run.mark_done("distill", "hash-d", [student], 1.0)
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.undo()
+    resumed = RunDir(run.root)
+    assert resumed.is_done("teacher", "hash-t") and resumed.is_done("distill", "hash-d")
+    assert resumed.manifest_problem() is None
