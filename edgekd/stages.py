@@ -429,14 +429,26 @@ def bench_artifacts(ctx: Context, artifacts: list, inputs: Path,
 
     history = ctx.recipe.output_dir / "history.sqlite"
     check_usable(history)  # before measuring: a damaged history was found after every artifact was measured
-    for old in ctx.rundir.results.glob("bench-*.json"):
-        old.unlink()
+    _remove_old_results(ctx.rundir.results)
     results = bench(artifacts, device=b.device, settings=settings, inputs=inputs, results_dir=ctx.rundir.results,
                     eval_data=eval_data, reporter=ctx.reporter, rerun_hint=RUN_BENCH_AGAIN)
     # Recorded once every artifact is measured, not as each one finishes: a run stopped midway measures them all
     # again when resumed, so what it had recorded would stay in the history as a half session beside the whole.
     record(results, history)
     return [r.saved_path for r in results], {"results": len(results)}
+
+
+def _remove_old_results(results: Path) -> None:
+    """Delete the run's earlier bench results; a folder under a result's name is refused before any measuring
+    (unlink raised IsADirectoryError, an internal error), as atomic_path refuses one where it writes a file."""
+    from edgekd.errors import OutputDirError
+
+    for old in results.glob("bench-*.json"):
+        if old.is_dir() and not old.is_symlink():
+            raise OutputDirError(f"cannot write {old}: a folder of that name is in the way",
+                                 why="the bench stage writes its result there, and a file cannot replace a folder",
+                                 fix=f"remove or rename the folder {old}, then run the recipe again")
+        old.unlink()
 
 
 # -- report --------------------------------------------------------------------------------

@@ -81,3 +81,20 @@ def test_a_stop_between_the_manifest_and_its_copy_keeps_the_stage_that_finished(
     resumed = RunDir(run.root)
     assert resumed.is_done("teacher", "hash-t") and resumed.is_done("distill", "hash-d")
     assert resumed.manifest_problem() is None
+
+
+def test_a_folder_named_as_a_bench_result_is_named_not_an_internal_error(tmp_path):
+    """The bench stage removes the run's old results before measuring; a folder among them stopped the run with
+    IsADirectoryError (exit 1, 'internal error') instead of saying which folder is in the way."""
+    import pytest
+
+    from edgekd.errors import EdgeKDError
+
+    recipe = _tiny(tmp_path, **{"bench": {"warmup_runs": 1, "min_runs": 5, "min_seconds": 0.0, "rounds": 1,
+                                          "floor": False, "eval_samples": 0}})
+    in_the_way = tmp_path / "out" / "audit" / "results" / "bench-student-onnx-fp32.json"
+    in_the_way.mkdir(parents=True)
+    with pytest.raises(EdgeKDError) as caught:
+        _run(recipe)
+    assert str(in_the_way) in caught.value.what and "folder" in caught.value.what
+    assert caught.value.exit_code == 2
