@@ -310,6 +310,9 @@ def _run_stages(recipe: Recipe, rundir: RunDir, force: set[str], reporter: Repor
             result.stages[stage.name] = "skipped"
             reporter.note(f"{stage.name}: up to date, skipped")
             continue
+        damaged = None if forced else rundir.damaged_output(stage.name, input_hash)
+        if damaged:
+            reporter.note(f"{stage.name}: {damaged}; running the stage again")
         started = time.perf_counter()
         outputs, extra = stage.run(ctx)
         seconds = time.perf_counter() - started

@@ -566,11 +566,15 @@ class RunDir:
         record = self.stage_record(stage)
         if not record or record.get("input_hash") != input_hash:
             return False
-        for rel, digest in record.get("outputs", {}).items():
-            path = self.root / rel
-            if not _inside_run(rel) or not path.is_file() or sha256_file(path) != digest:
-                return False
-        return True
+        return _damaged_output(self.root, record) is None
+
+    def damaged_output(self, stage: str, input_hash: str) -> str | None:
+        """Why `stage`, finished with these very inputs, is not done ('checkpoints/teacher.pt is missing'), else
+        None: a run that redoes minutes of training because a file was deleted or damaged says which file."""
+        record = self.stage_record(stage)
+        if not record or record.get("input_hash") != input_hash:
+            return None
+        return _damaged_output(self.root, record)
 
     def mark_done(self, stage: str, input_hash: str, outputs: list[Path], seconds: float, **extra: Any) -> str:
         """Record `stage` as finished; returns the stage's output hash (used downstream as an input)."""
@@ -615,6 +619,19 @@ def _well_formed(record: Any) -> bool:
     outputs = record.get("outputs")
     return (isinstance(record.get("input_hash"), str) and isinstance(record.get("output_hash"), str)
             and isinstance(outputs, dict) and all(isinstance(v, str) for v in outputs.values()))
+
+
+def _damaged_output(root: Path, record: dict[str, Any]) -> str | None:
+    """The first output of a stage record that is not as recorded (missing, or another sha256), else None."""
+    for rel, digest in record.get("outputs", {}).items():
+        path = root / rel
+        if not _inside_run(rel):
+            return f"its record names {rel!r}, a path outside the run folder"
+        if not path.is_file():
+            return f"{rel} is missing"
+        if sha256_file(path) != digest:
+            return f"{rel} changed since the stage wrote it (another sha256)"
+    return None
 
 
 def _inside_run(rel: str) -> bool:

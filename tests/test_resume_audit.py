@@ -98,3 +98,34 @@ def test_a_folder_named_as_a_bench_result_is_named_not_an_internal_error(tmp_pat
         _run(recipe)
     assert str(in_the_way) in caught.value.what and "folder" in caught.value.what
     assert caught.value.exit_code == 2
+
+
+class _Notes:
+    """A reporter that keeps the notes a run gives."""
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    def task(self, description: str, total: int | None):
+        from edgekd.progress import SilentReporter
+
+        return SilentReporter().task(description, total)
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+
+
+def test_a_stage_run_again_for_a_damaged_or_missing_output_says_which_file(tmp_path):
+    """A deleted or damaged output reruns its stage (minutes of training, for a teacher): the run names the file
+    instead of starting it over in silence."""
+    recipe = edgekd.load_recipe(_tiny(tmp_path))
+    first = edgekd.run(recipe, reporter=SilentReporter())
+    (first.rundir.checkpoints / "student.pt").write_bytes(b"damaged")
+    (first.rundir.results / "summary.json").unlink()
+    notes = _Notes()
+    again = edgekd.run(recipe, reporter=notes)
+    assert again.stages["distill"] == "ran" and again.stages["export"] == "skipped"  # the same student again
+    assert "distill: checkpoints/student.pt changed since the stage wrote it (another sha256); running the stage " \
+           "again" in notes.notes, notes.notes
+    assert "report: results/summary.json is missing; running the stage again" in notes.notes, notes.notes
+    assert not any("teacher:" in n and "again" in n for n in notes.notes)
