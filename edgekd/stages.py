@@ -252,7 +252,27 @@ def _roles(ctx: Context) -> list[str]:
 def export_inputs(ctx: Context) -> dict[str, Any]:
     stage_of = {"student": "distill", "compressed": "compress"}
     return {**_data_inputs(ctx), "models": {r: ctx.hashes.get(stage_of.get(r, r)) for r in _roles(ctx)},
-            "export": ctx.recipe.section("export")["export"], "int8_reduce_range": int8_reduce_range(ctx)}
+            "export": ctx.recipe.section("export")["export"], "int8_reduce_range": int8_reduce_range(ctx),
+            **_qat_inputs(ctx)}
+
+
+def _qat_inputs(ctx: Context) -> dict[str, Any]:
+    """What quantization-aware distillation reads beyond the export section, when it may run for a role
+    (edgekd.compress.qat_fallback.decide): the response loss, training settings and transfer set of distill, the
+    checkpoints it learns from, and for a compressed model its recovery. Without them, a run exporting only the
+    teacher kept its int8_qat artifact when those changed. Nothing when QAT cannot run (the hash stays)."""
+    cfg = ctx.recipe.export
+    roles = _roles(ctx)
+    if "onnx" not in cfg.formats or not any(
+            "int8_qat" in cfg.targets[r] or (cfg.qat.enabled is not False and "int8_static" in cfg.targets[r])
+            for r in roles):
+        return {}
+    distill = ctx.recipe.section("distill")["distill"]
+    reads = {k: distill[k] for k in ("loss", "train", "transfer_set", "strategy", "blackbox")}
+    if "compressed" in roles:
+        reads["compress"] = ctx.recipe.section("compress")["compress"]
+    return {"qat": {**reads, "checkpoints": {s: ctx.hashes.get(s) for s in ("teacher", "distill")},
+                    **_blackbox_inputs(ctx)}}
 
 
 def int8_reduce_range(ctx: Context) -> bool:

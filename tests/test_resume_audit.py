@@ -129,3 +129,14 @@ def test_a_stage_run_again_for_a_damaged_or_missing_output_says_which_file(tmp_p
            "again" in notes.notes, notes.notes
     assert "report: results/summary.json is missing; running the stage again" in notes.notes, notes.notes
     assert not any("teacher:" in n and "again" in n for n in notes.notes)
+
+
+def test_a_quantization_aware_artifact_is_made_again_when_the_distillation_settings_it_trains_with_change(tmp_path):
+    """QAT (export stage) trains with distill.loss, distill.train and the transfer set; with only the teacher
+    exported, the export stage's hash held none of them and kept the int8_qat artifact of the old settings."""
+    recipe = _tiny(tmp_path, **{"export.targets": {"teacher": ["fp32", "int8_qat"]},
+                                "export.qat": {"enabled": "auto", "epochs": 1}})
+    assert _run(recipe)["export"] == "ran"
+    recipe["distill"]["loss"] = {"name": "kd", "temperature": 2.0}
+    stages = _run(recipe)
+    assert stages["distill"] == "ran" and stages["export"] == "ran", stages
