@@ -84,7 +84,10 @@ def teacher_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
         train_seconds = result.seconds
         generation = 0
     metrics = {**_evaluate(model, ctx), "train_seconds": round(train_seconds, 2), "generation": generation, **source}
-    path = _save(model, ctx, "teacher", metrics, generation=generation)
+    # the path it was loaded from stays in the manifest: in the checkpoint, the same weights at another path (a
+    # moved file, an absolute path for a relative one) gave other bytes and redid every stage after this one
+    kept = {k: v for k, v in metrics.items() if k != "checkpoint"}
+    path = _save(model, ctx, "teacher", kept, generation=generation)
     return [path], {"metrics": metrics}
 
 

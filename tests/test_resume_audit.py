@@ -140,3 +140,19 @@ def test_a_quantization_aware_artifact_is_made_again_when_the_distillation_setti
     recipe["distill"]["loss"] = {"name": "kd", "temperature": 2.0}
     stages = _run(recipe)
     assert stages["distill"] == "ran" and stages["export"] == "ran", stages
+
+
+def test_the_same_teacher_checkpoint_at_another_path_does_not_redo_the_distillation(tmp_path):
+    """The teacher stage's checkpoint carried the path it was loaded from: the same weights moved (or named by
+    another path) gave other bytes, and distillation, export and report all ran again."""
+    import shutil
+
+    recipe = _tiny(tmp_path)
+    recipe["teacher"]["checkpoint"] = str(_teacher_checkpoint(tmp_path, recipe))
+    _run(recipe)
+    moved = tmp_path / "moved" / "teacher.pt"
+    moved.parent.mkdir()
+    shutil.copy(recipe["teacher"]["checkpoint"], moved)
+    recipe["teacher"]["checkpoint"] = str(moved)
+    stages = _run(recipe)
+    assert stages["teacher"] == "ran" and stages["distill"] == "skipped" and stages["export"] == "skipped", stages
