@@ -51,9 +51,12 @@ def writable_dir(folder: str | os.PathLike[str], fix: str, what: str | None = No
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-probe"
-        probe.write_text("ok")
-        probe.unlink()
+        # a name of this process's own: with one fixed name, of two processes starting at once one removed the
+        # other's probe, which was then told it could not write; named as a temp file, the orphan sweeps remove
+        # one a SIGKILL left
+        fd, probe = tempfile.mkstemp(prefix=f".write-probe.{os.getpid()}-", suffix=TEMP_SUFFIX, dir=folder)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         raise _unwritable(what or f"cannot write to {folder}", folder, exc, fix) from None
     return folder

@@ -156,3 +156,30 @@ def test_the_same_teacher_checkpoint_at_another_path_does_not_redo_the_distillat
     recipe["teacher"]["checkpoint"] = str(moved)
     stages = _run(recipe)
     assert stages["teacher"] == "ran" and stages["distill"] == "skipped" and stages["export"] == "skipped", stages
+
+
+def test_two_processes_checking_one_folder_at_once_both_find_it_writable(tmp_path):
+    """writable_dir proved a folder writable with one fixed file name: of two edgekd processes starting at once
+    (two runs of one recipe, benches of two devices into one --results-dir), one could delete the other's probe
+    and be told the folder cannot be written ('No such file or directory'), instead of getting to its lock."""
+    import threading
+
+    from edgekd.errors import EdgeKDError
+    from edgekd.rundir import writable_dir
+
+    failures: list[str] = []
+
+    def check() -> None:
+        for _ in range(4000):
+            try:
+                writable_dir(tmp_path, fix="-")
+            except EdgeKDError as exc:
+                failures.append(f"{exc.what}: {exc.why}")
+
+    threads = [threading.Thread(target=check) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures[:3]
+    assert list(tmp_path.iterdir()) == []
