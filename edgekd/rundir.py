@@ -457,6 +457,9 @@ def hash_obj(obj: Any) -> str:
 COPY_USED = "is used instead"  # the end of manifest_problem when .manifest.json.copy stood in for the manifest
 
 
+SET_ASIDE = "set_aside"  # manifest key: records of the stages a recipe turned off (RunDir.forget)
+
+
 class RunDir:
     """Paths and manifest of one run directory."""
 
@@ -592,6 +595,8 @@ class RunDir:
             **extra,
         }
         manifest["stages"][stage] = record
+        if isinstance(manifest.get(SET_ASIDE), dict):  # an older record of it, no longer worth taking back
+            manifest[SET_ASIDE].pop(stage, None)
         self._write_manifest(manifest)
         return record["output_hash"]
 
@@ -610,9 +615,30 @@ class RunDir:
                       if _inside_run(rel) and Path(rel).match(pattern))
 
     def forget(self, stage: str) -> None:
+        """Drop a stage the recipe turned off from the stages done (the report must not show it), setting its
+        record aside for `take_back`."""
         manifest = self.load_manifest()
-        if manifest["stages"].pop(stage, None) is not None:
+        record = manifest["stages"].pop(stage, None)
+        if record is not None:
+            aside = manifest.get(SET_ASIDE)
+            manifest[SET_ASIDE] = {**(aside if isinstance(aside, dict) else {}), stage: record}
             self._write_manifest(manifest)
+
+    def take_back(self, stage: str, input_hash: str, *, write: bool = True) -> dict[str, Any] | None:
+        """The record `forget` set aside, made done again (`write`: in the manifest; the other ranks of a
+        distributed run only read) when it is for these inputs and its outputs are intact, else None: a stage
+        turned off and on again (scratch.enabled, bench.enabled) was redone from the start."""
+        manifest = self.load_manifest()
+        aside = manifest.get(SET_ASIDE)
+        taken = manifest["stages"].get(stage)  # already taken back (by rank 0, since this rank's is_done)
+        record = taken if taken is not None else aside.get(stage) if isinstance(aside, dict) else None
+        if (not _well_formed(record) or record.get("input_hash") != input_hash
+                or _damaged_output(self.root, record) is not None):
+            return None
+        if write and taken is None:
+            manifest["stages"][stage] = aside.pop(stage)
+            self._write_manifest(manifest)
+        return record
 
 
 def _well_formed(record: Any) -> bool:

@@ -183,3 +183,16 @@ def test_two_processes_checking_one_folder_at_once_both_find_it_writable(tmp_pat
         thread.join()
     assert not failures, failures[:3]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stage_turned_off_and_on_again_is_taken_back_not_redone(tmp_path):
+    """scratch.enabled: false dropped the baseline's record (so the report leaves it out); turned on again with
+    the same inputs and its checkpoint intact, the baseline was trained again from the start."""
+    recipe = _tiny(tmp_path, **{"scratch.enabled": True})
+    assert _run(recipe)["scratch"] == "ran"
+    recipe["scratch"]["enabled"] = False
+    assert _run(recipe)["scratch"] == "disabled"
+    recipe["scratch"]["enabled"] = True
+    again = edgekd.run(edgekd.load_recipe(recipe), reporter=SilentReporter())
+    assert again.stages["scratch"] == "skipped", again.stages
+    assert again.rundir.load_manifest()["stages"]["scratch"]["metrics"]["steps"] > 0  # the report has it again
