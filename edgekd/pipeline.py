@@ -305,11 +305,15 @@ def _run_stages(recipe: Recipe, rundir: RunDir, force: set[str], reporter: Repor
             continue
         input_hash = hash_obj({"edgekd": __version__, **stage.inputs(ctx)})
         forced = "all" in force or stage.name in force
-        if not forced and rundir.is_done(stage.name, input_hash):
-            ctx.hashes[stage.name] = rundir.stage_record(stage.name)["output_hash"]
+        done = None if forced else _done_record(rundir, stage.name, input_hash, rank)
+        if done is not None:
+            ctx.hashes[stage.name] = done["output_hash"]
             result.stages[stage.name] = "skipped"
             reporter.note(f"{stage.name}: up to date, skipped")
             continue
+        damaged = None if forced else rundir.damaged_output(stage.name, input_hash)
+        if damaged:
+            reporter.note(f"{stage.name}: {damaged}; running the stage again")
         started = time.perf_counter()
         outputs, extra = stage.run(ctx)
         seconds = time.perf_counter() - started
@@ -321,6 +325,14 @@ def _run_stages(recipe: Recipe, rundir: RunDir, force: set[str], reporter: Repor
             ctx.hashes[stage.name] = rundir.stage_record(stage.name)["output_hash"]
         result.stages[stage.name] = "ran"
     return result
+
+
+def _done_record(rundir: RunDir, stage: str, input_hash: str, rank: int) -> dict[str, Any] | None:
+    """The record of `stage` when it is done with these inputs: its own, or the one set aside while the recipe
+    had the stage off (taken back into the manifest by rank 0; every rank decides alike, from the same files)."""
+    if rundir.is_done(stage, input_hash):
+        return rundir.stage_record(stage)
+    return rundir.take_back(stage, input_hash, write=rank == 0)
 
 
 def _bench_inputs(ctx: Context) -> dict[str, Any]:

@@ -51,9 +51,12 @@ def writable_dir(folder: str | os.PathLike[str], fix: str, what: str | None = No
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-probe"
-        probe.write_text("ok")
-        probe.unlink()
+        # a name of this process's own: with one fixed name, of two processes starting at once one removed the
+        # other's probe, which was then told it could not write; named as a temp file, the orphan sweeps remove
+        # one a SIGKILL left
+        fd, probe = tempfile.mkstemp(prefix=f".write-probe.{os.getpid()}-", suffix=TEMP_SUFFIX, dir=folder)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         raise _unwritable(what or f"cannot write to {folder}", folder, exc, fix) from None
     return folder
@@ -454,6 +457,9 @@ def hash_obj(obj: Any) -> str:
 COPY_USED = "is used instead"  # the end of manifest_problem when .manifest.json.copy stood in for the manifest
 
 
+SET_ASIDE = "set_aside"  # manifest key: records of the stages a recipe turned off (RunDir.forget)
+
+
 class RunDir:
     """Paths and manifest of one run directory."""
 
@@ -566,11 +572,15 @@ class RunDir:
         record = self.stage_record(stage)
         if not record or record.get("input_hash") != input_hash:
             return False
-        for rel, digest in record.get("outputs", {}).items():
-            path = self.root / rel
-            if not _inside_run(rel) or not path.is_file() or sha256_file(path) != digest:
-                return False
-        return True
+        return _damaged_output(self.root, record) is None
+
+    def damaged_output(self, stage: str, input_hash: str) -> str | None:
+        """Why `stage`, finished with these very inputs, is not done ('checkpoints/teacher.pt is missing'), else
+        None: a run that redoes minutes of training because a file was deleted or damaged says which file."""
+        record = self.stage_record(stage)
+        if not record or record.get("input_hash") != input_hash:
+            return None
+        return _damaged_output(self.root, record)
 
     def mark_done(self, stage: str, input_hash: str, outputs: list[Path], seconds: float, **extra: Any) -> str:
         """Record `stage` as finished; returns the stage's output hash (used downstream as an input)."""
@@ -585,12 +595,16 @@ class RunDir:
             **extra,
         }
         manifest["stages"][stage] = record
+        if isinstance(manifest.get(SET_ASIDE), dict):  # an older record of it, no longer worth taking back
+            manifest[SET_ASIDE].pop(stage, None)
         self._write_manifest(manifest)
         return record["output_hash"]
 
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
-        atomic_write_json(self.manifest_copy_path, manifest)
+        """The manifest first, then its copy: a run stopped between the two (Ctrl-C, SIGKILL) resumes from the
+        manifest, which then already records the stage; copy first, that finished stage was run again."""
         atomic_write_json(self.manifest_path, manifest)
+        atomic_write_json(self.manifest_copy_path, manifest)
 
     def recorded_outputs(self, stage: str, pattern: str) -> list[Path]:
         """Files `stage` wrote in its last finished run whose names match `pattern`, in name order. Later stages
@@ -601,9 +615,30 @@ class RunDir:
                       if _inside_run(rel) and Path(rel).match(pattern))
 
     def forget(self, stage: str) -> None:
+        """Drop a stage the recipe turned off from the stages done (the report must not show it), setting its
+        record aside for `take_back`."""
         manifest = self.load_manifest()
-        if manifest["stages"].pop(stage, None) is not None:
+        record = manifest["stages"].pop(stage, None)
+        if record is not None:
+            aside = manifest.get(SET_ASIDE)
+            manifest[SET_ASIDE] = {**(aside if isinstance(aside, dict) else {}), stage: record}
             self._write_manifest(manifest)
+
+    def take_back(self, stage: str, input_hash: str, *, write: bool = True) -> dict[str, Any] | None:
+        """The record `forget` set aside, made done again (`write`: in the manifest; the other ranks of a
+        distributed run only read) when it is for these inputs and its outputs are intact, else None: a stage
+        turned off and on again (scratch.enabled, bench.enabled) was redone from the start."""
+        manifest = self.load_manifest()
+        aside = manifest.get(SET_ASIDE)
+        taken = manifest["stages"].get(stage)  # already taken back (by rank 0, since this rank's is_done)
+        record = taken if taken is not None else aside.get(stage) if isinstance(aside, dict) else None
+        if (not _well_formed(record) or record.get("input_hash") != input_hash
+                or _damaged_output(self.root, record) is not None):
+            return None
+        if write and taken is None:
+            manifest["stages"][stage] = aside.pop(stage)
+            self._write_manifest(manifest)
+        return record
 
 
 def _well_formed(record: Any) -> bool:
@@ -613,6 +648,19 @@ def _well_formed(record: Any) -> bool:
     outputs = record.get("outputs")
     return (isinstance(record.get("input_hash"), str) and isinstance(record.get("output_hash"), str)
             and isinstance(outputs, dict) and all(isinstance(v, str) for v in outputs.values()))
+
+
+def _damaged_output(root: Path, record: dict[str, Any]) -> str | None:
+    """The first output of a stage record that is not as recorded (missing, or another sha256), else None."""
+    for rel, digest in record.get("outputs", {}).items():
+        path = root / rel
+        if not _inside_run(rel):
+            return f"its record names {rel!r}, a path outside the run folder"
+        if not path.is_file():
+            return f"{rel} is missing"
+        if sha256_file(path) != digest:
+            return f"{rel} changed since the stage wrote it (another sha256)"
+    return None
 
 
 def _inside_run(rel: str) -> bool:

@@ -84,7 +84,10 @@ def teacher_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
         train_seconds = result.seconds
         generation = 0
     metrics = {**_evaluate(model, ctx), "train_seconds": round(train_seconds, 2), "generation": generation, **source}
-    path = _save(model, ctx, "teacher", metrics, generation=generation)
+    # the path it was loaded from stays in the manifest: in the checkpoint, the same weights at another path (a
+    # moved file, an absolute path for a relative one) gave other bytes and redid every stage after this one
+    kept = {k: v for k, v in metrics.items() if k != "checkpoint"}
+    path = _save(model, ctx, "teacher", kept, generation=generation)
     return [path], {"metrics": metrics}
 
 
@@ -107,9 +110,19 @@ def distill_inputs(ctx: Context) -> dict[str, Any]:
     if d.strategy == "ensemble":
         extra["member_checkpoints"] = [sha256_file(m.checkpoint) if m.checkpoint and Path(m.checkpoint).is_file()
                                        else None for m in d.ensemble.members]
+        extra.update(_member_training(ctx))
     # teacher_labels too: an ensemble's members without a checkpoint are trained here, on those labels
     return {**_data_inputs(ctx), "teacher": ctx.hashes["teacher"], "seed": ctx.recipe.seed,
             **ctx.recipe.section("student", "distill"), **extra, **teacher_labels_inputs(ctx)}
+
+
+def _member_training(ctx: Context) -> dict[str, Any]:
+    """teacher.train when the distill stage trains an ensemble member (one without a checkpoint) with it: the
+    teacher stage's output does not carry it when the teacher is loaded from a checkpoint (the same bytes
+    whatever teacher.train says), and the stage was reused with members trained on the old budget."""
+    if all(m.checkpoint is not None for m in ctx.recipe.distill.ensemble.members):
+        return {}
+    return {"member_training": ctx.recipe.section("teacher")["teacher"]["train"]}
 
 
 def _teacher_generation(ctx: Context) -> int:
@@ -242,7 +255,27 @@ def _roles(ctx: Context) -> list[str]:
 def export_inputs(ctx: Context) -> dict[str, Any]:
     stage_of = {"student": "distill", "compressed": "compress"}
     return {**_data_inputs(ctx), "models": {r: ctx.hashes.get(stage_of.get(r, r)) for r in _roles(ctx)},
-            "export": ctx.recipe.section("export")["export"], "int8_reduce_range": int8_reduce_range(ctx)}
+            "export": ctx.recipe.section("export")["export"], "int8_reduce_range": int8_reduce_range(ctx),
+            **_qat_inputs(ctx)}
+
+
+def _qat_inputs(ctx: Context) -> dict[str, Any]:
+    """What quantization-aware distillation reads beyond the export section, when it may run for a role
+    (edgekd.compress.qat_fallback.decide): the response loss, training settings and transfer set of distill, the
+    checkpoints it learns from, and for a compressed model its recovery. Without them, a run exporting only the
+    teacher kept its int8_qat artifact when those changed. Nothing when QAT cannot run (the hash stays)."""
+    cfg = ctx.recipe.export
+    roles = _roles(ctx)
+    if "onnx" not in cfg.formats or not any(
+            "int8_qat" in cfg.targets[r] or (cfg.qat.enabled is not False and "int8_static" in cfg.targets[r])
+            for r in roles):
+        return {}
+    distill = ctx.recipe.section("distill")["distill"]
+    reads = {k: distill[k] for k in ("loss", "train", "transfer_set", "strategy", "blackbox")}
+    if "compressed" in roles:
+        reads["compress"] = ctx.recipe.section("compress")["compress"]
+    return {"qat": {**reads, "checkpoints": {s: ctx.hashes.get(s) for s in ("teacher", "distill")},
+                    **_blackbox_inputs(ctx)}}
 
 
 def int8_reduce_range(ctx: Context) -> bool:
@@ -419,14 +452,26 @@ def bench_artifacts(ctx: Context, artifacts: list, inputs: Path,
 
     history = ctx.recipe.output_dir / "history.sqlite"
     check_usable(history)  # before measuring: a damaged history was found after every artifact was measured
-    for old in ctx.rundir.results.glob("bench-*.json"):
-        old.unlink()
+    _remove_old_results(ctx.rundir.results)
     results = bench(artifacts, device=b.device, settings=settings, inputs=inputs, results_dir=ctx.rundir.results,
                     eval_data=eval_data, reporter=ctx.reporter, rerun_hint=RUN_BENCH_AGAIN)
     # Recorded once every artifact is measured, not as each one finishes: a run stopped midway measures them all
     # again when resumed, so what it had recorded would stay in the history as a half session beside the whole.
     record(results, history)
     return [r.saved_path for r in results], {"results": len(results)}
+
+
+def _remove_old_results(results: Path) -> None:
+    """Delete the run's earlier bench results; a folder under a result's name is refused before any measuring
+    (unlink raised IsADirectoryError, an internal error), as atomic_path refuses one where it writes a file."""
+    from edgekd.errors import OutputDirError
+
+    for old in results.glob("bench-*.json"):
+        if old.is_dir() and not old.is_symlink():
+            raise OutputDirError(f"cannot write {old}: a folder of that name is in the way",
+                                 why="the bench stage writes its result there, and a file cannot replace a folder",
+                                 fix=f"remove or rename the folder {old}, then run the recipe again")
+        old.unlink()
 
 
 # -- report --------------------------------------------------------------------------------
