@@ -502,7 +502,8 @@ def _ignored_export_settings(e: ExportConfig) -> list[str]:
             (f"int4.block_size: {e.int4.block_size} (TFLite's is int4.tflite_block_size)",
              e.int4.block_size != Int4Config().block_size),
             (f"int4.accuracy_level: {e.int4.accuracy_level}",
-             e.int4.accuracy_level != Int4Config().accuracy_level)) if changed]
+             e.int4.accuracy_level != Int4Config().accuracy_level),
+            ("qat.enabled: true (quantization-aware INT8 is an ONNX artifact)", e.qat.enabled is True)) if changed]
         if onnx_only:
             out.append(f"{onnx_only[0]} is an ONNX setting, and formats has no onnx: add onnx to formats, or remove "
                        "it")

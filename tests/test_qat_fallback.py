@@ -137,8 +137,10 @@ def test_decide_without_fp32_artifact_uses_the_pytorch_accuracy():
     recipe = edgekd.load_recipe({"export": {"targets": {"student": ["int8_static"]}}})
     decision = decide(recipe, "student", [_artifact("int8_static", 0.95)], validation=lambda artifact: (0.97, 0.95))
     assert decision.run and decision.fp32_accuracy == 0.97 and decision.ptq_loss_points == pytest.approx(2.0)
-    tflite_only = edgekd.load_recipe({"export": {"formats": ["tflite"], "qat": {"enabled": True}}})
+    tflite_only = edgekd.load_recipe({"export": {"formats": ["tflite"]}})
     assert not decide(tflite_only, "student", [_artifact("int8_static", 0.5, "tflite")]).run
+    with pytest.raises(RecipeError, match="qat.enabled: true .* is an ONNX setting, and formats has no onnx"):
+        edgekd.load_recipe({"export": {"formats": ["tflite"], "qat": {"enabled": True}}})  # was accepted, did nothing
 
 
 def test_recipe_checks_int8_qat_targets():
