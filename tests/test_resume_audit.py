@@ -6,6 +6,8 @@ from __future__ import annotations
 import edgekd
 from edgekd.progress import SilentReporter
 
+from conftest import NoteKeeper
+
 
 def _tiny(tmp_path, **overrides) -> dict:
     """A small recipe: an MLP teacher, one ONNX FP32 student artifact, no scratch baseline and no bench."""
@@ -100,21 +102,6 @@ def test_a_folder_named_as_a_bench_result_is_named_not_an_internal_error(tmp_pat
     assert caught.value.exit_code == 2
 
 
-class _Notes:
-    """A reporter that keeps the notes a run gives."""
-
-    def __init__(self) -> None:
-        self.notes: list[str] = []
-
-    def task(self, description: str, total: int | None):
-        from edgekd.progress import SilentReporter
-
-        return SilentReporter().task(description, total)
-
-    def note(self, message: str) -> None:
-        self.notes.append(message)
-
-
 def test_a_stage_run_again_for_a_damaged_or_missing_output_says_which_file(tmp_path):
     """A deleted or damaged output reruns its stage (minutes of training, for a teacher): the run names the file
     instead of starting it over in silence."""
@@ -122,7 +109,7 @@ def test_a_stage_run_again_for_a_damaged_or_missing_output_says_which_file(tmp_p
     first = edgekd.run(recipe, reporter=SilentReporter())
     (first.rundir.checkpoints / "student.pt").write_bytes(b"damaged")
     (first.rundir.results / "summary.json").unlink()
-    notes = _Notes()
+    notes = NoteKeeper()
     again = edgekd.run(recipe, reporter=notes)
     assert again.stages["distill"] == "ran" and again.stages["export"] == "skipped"  # the same student again
     assert "distill: checkpoints/student.pt changed since the stage wrote it (another sha256); running the stage " \
