@@ -422,8 +422,8 @@ def bench_sentence(ctx: Context) -> tuple[str, np.ndarray]:
 
 
 def export_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
-    from edgekd.stages import export_options, export_outcome
     from edgekd.exporter import floor_artifact
+    from edgekd.stages import export_options, export_outcome
     from edgekd.text.export import (TOKENIZER_JSON, export_text_model, ship_tokenizer, text_input_record,
                                     tokenizer_json, write_text_floor)
 
