@@ -43,24 +43,27 @@ def steps_for(n_samples: int, batch_size: int, epochs: int) -> int:
 
 
 def batches_per_pass(n: int, batch_size: int) -> int:
-    """Batches of one pass over n samples: a last batch of one sample is merged into the one before (_batches)."""
-    size = min(batch_size, n)
-    full, left = divmod(n, size)
-    return full + (1 if left > 1 or (left == 1 and full == 0) else 0)
+    """Batches of one pass over n samples (_pass_slices)."""
+    return len(_pass_slices(n, batch_size))
 
 
-def _batches(n: int, batch_size: int, steps: int, rng: np.random.Generator):
-    """Yield `steps` index batches, reshuffling at every pass over the n samples. A pass's one sample left over
-    joins its last batch: alone, it crashed batch norm over 1×1 maps ("more than 1 value per channel")."""
+def _pass_slices(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """(start, end) of each batch of one pass over n samples. A pass's one sample left over joins its last batch:
+    alone, it crashed batch norm over 1×1 maps ("more than 1 value per channel")."""
     size = min(batch_size, n)
     starts = list(range(0, n, size))
     if len(starts) > 1 and n - starts[-1] == 1:
         starts.pop()
-    ends = starts[1:] + [n]
+    return list(zip(starts, starts[1:] + [n]))
+
+
+def _batches(n: int, batch_size: int, steps: int, rng: np.random.Generator):
+    """Yield `steps` index batches, reshuffling at every pass over the n samples (_pass_slices)."""
+    slices = _pass_slices(n, batch_size)
     done = 0
     while done < steps:
         order = rng.permutation(n)
-        for start, end in zip(starts, ends):
+        for start, end in slices:
             if done == steps:
                 return
             yield order[start:end]
