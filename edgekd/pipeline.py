@@ -305,13 +305,12 @@ def _run_stages(recipe: Recipe, rundir: RunDir, force: set[str], reporter: Repor
             continue
         input_hash = hash_obj({"edgekd": __version__, **stage.inputs(ctx)})
         forced = "all" in force or stage.name in force
-        done = None if forced else _done_record(rundir, stage.name, input_hash, rank)
+        done, damaged = (None, None) if forced else _done_record(rundir, stage.name, input_hash, rank)
         if done is not None:
             ctx.hashes[stage.name] = done["output_hash"]
             result.stages[stage.name] = "skipped"
             reporter.note(f"{stage.name}: up to date, skipped")
             continue
-        damaged = None if forced else rundir.damaged_output(stage.name, input_hash)
         if damaged:
             reporter.note(f"{stage.name}: {damaged}; running the stage again")
         started = time.perf_counter()
@@ -327,12 +326,15 @@ def _run_stages(recipe: Recipe, rundir: RunDir, force: set[str], reporter: Repor
     return result
 
 
-def _done_record(rundir: RunDir, stage: str, input_hash: str, rank: int) -> dict[str, Any] | None:
-    """The record of `stage` when it is done with these inputs: its own, or the one set aside while the recipe
-    had the stage off (taken back into the manifest by rank 0; every rank decides alike, from the same files)."""
-    if rundir.is_done(stage, input_hash):
-        return rundir.stage_record(stage)
-    return rundir.take_back(stage, input_hash, write=rank == 0)
+def _done_record(rundir: RunDir, stage: str, input_hash: str,
+                 rank: int) -> tuple[dict[str, Any] | None, str | None]:
+    """(the record of `stage` when it is done with these inputs: its own, or the one set aside while the recipe
+    had the stage off, taken back into the manifest by rank 0, every rank deciding alike from the same files;
+    why its own record of these inputs is not done: RunDir.done_record)."""
+    record, damaged = rundir.done_record(stage, input_hash)
+    if record is None and damaged is None:
+        record = rundir.take_back(stage, input_hash, write=rank == 0)
+    return record, damaged
 
 
 def _bench_inputs(ctx: Context) -> dict[str, Any]:

@@ -569,18 +569,17 @@ class RunDir:
 
     def is_done(self, stage: str, input_hash: str) -> bool:
         """True when `stage` finished with these inputs and its recorded outputs are intact."""
-        record = self.stage_record(stage)
-        if not record or record.get("input_hash") != input_hash:
-            return False
-        return _damaged_output(self.root, record) is None
+        return self.done_record(stage, input_hash)[0] is not None
 
-    def damaged_output(self, stage: str, input_hash: str) -> str | None:
-        """Why `stage`, finished with these very inputs, is not done ('checkpoints/teacher.pt is missing'), else
-        None: a run that redoes minutes of training because a file was deleted or damaged says which file."""
+    def done_record(self, stage: str, input_hash: str) -> tuple[dict[str, Any] | None, str | None]:
+        """(`stage`'s record when it finished with these inputs and its outputs are intact, else None; why a
+        record of these very inputs is not done, 'checkpoints/teacher.pt is missing', else None), from one pass
+        over the outputs: a run that redoes minutes of training because a file was deleted or damaged says which."""
         record = self.stage_record(stage)
         if not record or record.get("input_hash") != input_hash:
-            return None
-        return _damaged_output(self.root, record)
+            return None, None
+        damaged = _damaged_output(self.root, record)
+        return (record, None) if damaged is None else (None, damaged)
 
     def mark_done(self, stage: str, input_hash: str, outputs: list[Path], seconds: float, **extra: Any) -> str:
         """Record `stage` as finished; returns the stage's output hash (used downstream as an input)."""
