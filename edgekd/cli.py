@@ -623,10 +623,9 @@ def devices(example: Optional[str] = typer.Option(None, "--example", help="print
 def _describe_device(name: str) -> None:
     from rich.table import Table
 
+    from edgekd.bench.native import check_cpus
     from edgekd.devices.describe import describe
     from edgekd.devices.profiles import open_device
-
-    from edgekd.bench.native import check_cpus
 
     device = open_device(name)
     try:

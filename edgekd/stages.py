@@ -407,11 +407,13 @@ def bench_inputs(ctx: Context) -> dict[str, Any]:
 
 
 def bench_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
-    artifacts = run_artifacts(ctx)
-    if not ctx.recipe.bench.floor:
-        artifacts = [a for a in artifacts if a.role != "floor"]
-    return bench_artifacts(ctx, artifacts, input_arrays_for_bench(ctx, ctx.recipe.bench.batch_size),
+    return bench_artifacts(ctx, benched_artifacts(ctx), input_arrays_for_bench(ctx, ctx.recipe.bench.batch_size),
                            write_test_split(ctx))
+
+
+def benched_artifacts(ctx: Context) -> list:
+    """The run's artifacts its bench stage times: all, without the floor graphs when bench.floor is off."""
+    return [a for a in run_artifacts(ctx) if ctx.recipe.bench.floor or a.role != "floor"]
 
 
 def run_artifacts(ctx: Context) -> list:

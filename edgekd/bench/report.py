@@ -872,9 +872,8 @@ def _embedding_html(summary: dict[str, Any]) -> str:
     """A text run's embedding table (edgekd.text.report); nothing for other runs."""
     from edgekd.text.report import EMBEDDING_HEADER, embedding_caption, embedding_rows
 
-    rows = embedding_rows(summary)
-    return _text_table_html("Embedding against the teacher", EMBEDDING_HEADER, rows,
-                            embedding_caption(summary) if rows else "")
+    return _text_table_html("Embedding against the teacher", EMBEDDING_HEADER, embedding_rows(summary),
+                            embedding_caption(summary))
 
 
 def _models_html(summary: dict[str, Any]) -> str:

@@ -91,13 +91,14 @@ def model_from_name_or_checkpoint(arg: str, *, data: str, role: str, like: "nn.M
 def layer_models(teacher: str, student: str, data: str | None) -> dict[str, "nn.Module"]:
     """The teacher and student `edgekd layers` pairs. `data` (default digits) sizes a model family given by name;
     with two checkpoints, which record their input shapes, it would be ignored in silence, so it is refused."""
-    if data is not None and _names_a_checkpoint(teacher) and _names_a_checkpoint(student):
+    roles = (("teacher", teacher), ("student", student))
+    checkpoints = [role for role, arg in roles if _names_a_checkpoint(arg)]
+    if data is not None and len(checkpoints) == len(roles):
         raise RecipeError(f"--data {data} is not used: the teacher and the student are both checkpoints",
                           why="a checkpoint records the input shape it was trained on; --data sizes a model family "
                               "given by name", fix="leave --data out")
-    roles = (("teacher", teacher), ("student", student))
     models = {role: model_from_name_or_checkpoint(arg, data="digits", role=role)
-              for role, arg in roles if _names_a_checkpoint(arg)}
+              for role, arg in roles if role in checkpoints}
     # a family beside a checkpoint takes the checkpoint model's input (and --data, if given, must agree with it)
     like = next(iter(models.values()), None)
     for role, arg in roles:

@@ -479,13 +479,12 @@ def bench_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     """Time every artifact on the recipe's device with one tokenised sentence (tokenisation is done here, on
     the host, and is not in the timed region), and score the held-out sentences on the device. The floor graph
     (token ids in, the same ids out) is timed with the same ids, as in image runs unless bench.floor is off."""
-    from edgekd.stages import bench_artifacts, run_artifacts
+    from edgekd.stages import bench_artifacts, benched_artifacts
 
     b = ctx.recipe.bench
     inputs = atomic_save_array(ctx.rundir.data / f"bench_ids_b{b.batch_size}.npy",
                                np.ascontiguousarray(np.repeat(bench_sentence(ctx)[1], b.batch_size, axis=0)))
-    artifacts = [a for a in run_artifacts(ctx) if b.floor or a.role != "floor"]
-    return bench_artifacts(ctx, artifacts, inputs, write_test_split(ctx))
+    return bench_artifacts(ctx, benched_artifacts(ctx), inputs, write_test_split(ctx))
 
 
 def report_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
