@@ -194,9 +194,9 @@ class TfliteBackend:
 
 
 def _calibration(opts: ExportOptions, precision: str) -> np.ndarray:
-    if opts.calibration is None or len(opts.calibration) == 0:
-        raise ExportError(f"{precision} needs calibration inputs", fix="give calibration rows (export.calibration_samples)")
-    return opts.calibration
+    from edgekd.export.calibration import checked_calibration
+
+    return checked_calibration(opts.calibration, precision)
 
 
 def _unknown(backend: Backend, precision: str) -> ExportError:

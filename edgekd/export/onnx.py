@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 from edgekd.errors import ArtifactError, ExportError, first_line
+from edgekd.export.calibration import checked_calibration
 from edgekd.export.quiet import captured_output
 from edgekd.rundir import atomic_path, process_temp_dir
 
@@ -185,6 +186,7 @@ def quantize_static_int8(fp32: Path, out: Path, calibration: np.ndarray, *, meth
     if method == "percentile" and not 0 < percentile <= 100:
         raise ExportError(f"calibration percentile {percentile} is outside (0, 100]",
                           fix="give export.calibration_percentile such as 99.99")
+    calibration = checked_calibration(calibration)
     calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                  "percentile": CalibrationMethod.Percentile}[method]
     reader = _calibration_reader(calibration)

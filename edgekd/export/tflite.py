@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 
 from edgekd.errors import ArtifactError, ExportError, MissingExtraError, first_line
+from edgekd.export.calibration import checked_calibration
 from edgekd.export.quiet import captured_output
 from edgekd.rundir import atomic_path
 
@@ -252,9 +253,8 @@ def quantize_tflite(fp32_path: Path, out_path: Path, precision: str, calibration
         quantizer_module = _require("ai_edge_quantizer")
         _require("ai_edge_litert.interpreter")
     name, recipe, settings = _recipe(precision, block_size)
-    if precision == "int8_static" and (calibration is None or len(calibration) == 0):
-        raise ExportError("int8_static needs calibration inputs",
-                          fix="pass calibration rows (e.g. 256 training samples)")
+    if precision == "int8_static":
+        calibration = checked_calibration(calibration)
     if not Path(fp32_path).is_file():
         raise ArtifactError(f"FP32 model not found: {fp32_path}", fix="export it first with export_tflite")
     calibration_method = None
