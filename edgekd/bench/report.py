@@ -7,6 +7,7 @@ import base64
 import html
 import io
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -400,11 +401,42 @@ def findings(summary: dict[str, Any]) -> list[str]:
             out.append(f"{row['name']} on {parity['device_arch']} {verdict} this {parity['host_arch']} host: top-1 "
                        f"agreement {parity['agreement']:.2%}, max |err| {parity['max_abs_error']:.2e} "
                        f"({parity['device_runtime']} vs {parity['host_runtime']}).")
-    unstable = [r["name"] + (f" ({'; '.join(r['unstable_reasons'])})" if r.get("unstable_reasons") else "")
-                for r in rows if r.get("unstable")]
-    if unstable:  # each with what was measured: a spread, a drift, or a run max_seconds cut short
-        out.append(f"Unstable timings: {'; '.join(unstable)}.")
+    out += _unstable_findings(rows)
     out += _timer_findings(rows)
+    return out
+
+
+# the numbers in an instability reason: measured ("35% of the time", "differ by 1.64x") or limits ("(> 10%)")
+_NUMBER = re.compile(r"\d[\d.,]*(?:%|x)?")
+
+
+def _unstable_findings(rows: list[dict[str, Any]]) -> list[str]:
+    """One finding per kind of instability, each with what was measured (a spread, a drift, a run max_seconds
+    cut short). On a busy machine every row has the same two or three reasons, which differ only in their
+    measured value, and were written out in full for each row: rows sharing a reason are listed once with their
+    values (the one number that differs between them is shown as N)."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    bare = []
+    for row in (r for r in rows if r.get("unstable")):
+        if not row.get("unstable_reasons"):
+            bare.append(row["name"])
+        for reason in row.get("unstable_reasons") or ():
+            groups.setdefault(_NUMBER.sub("\0", reason), []).append((row["name"], reason))
+    out = [f"Unstable timings: {', '.join(bare)}."] if bare else []
+    for template, members in groups.items():
+        numbers = [_NUMBER.findall(reason) for _, reason in members]
+        varying = [i for i, column in enumerate(zip(*numbers)) if len(set(column)) > 1]
+        if len(varying) == 1 and len(members) > 1:
+            slot = varying[0]
+            parts = template.split("\0")
+            text = "".join(part + ("" if i == len(numbers[0]) else "N" if i == slot else numbers[0][i])
+                           for i, part in enumerate(parts))
+            values = ", ".join(f"{name} {found[slot]}" for (name, _), found in zip(members, numbers))
+            out.append(f"Unstable timings of {len(members)} artifacts: {text}; N: {values}.")
+        elif not varying:
+            out.append(f"Unstable timings: {', '.join(name for name, _ in members)} ({members[0][1]}).")
+        else:
+            out.append(f"Unstable timings: {'; '.join(f'{name} ({reason})' for name, reason in members)}.")
     return out
 
 
