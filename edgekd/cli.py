@@ -105,7 +105,11 @@ def _run_and_show(recipe_source: Any, output_dir: Optional[Path], force: List[st
     if result.summary_path.is_file():
         summary = read_json(result.summary_path)
         _print_summary(_summary_tables(summary), summary)
-    console.print(f"run directory: {result.rundir.root}   report: {result.report_path}")
+    from edgekd.bench.report_markdown import MARKDOWN_NAME
+
+    markdown = result.report_path.with_name(MARKDOWN_NAME)
+    console.print(f"run directory: {result.rundir.root}   report: {result.report_path}"
+                  + (f"   markdown: {markdown}" if markdown.is_file() else ""))
 
 
 def _summary_tables(summary: dict[str, Any]) -> list[Any]:
@@ -492,6 +496,7 @@ def compare(a: Optional[str] = typer.Argument(None, help="earlier session (defau
 def report(run_dir: Path = typer.Argument(..., help="a run directory (export/<name>)")) -> None:
     """Print the teacher-vs-student table of a finished run and the path of its HTML report."""
     from edgekd.bench.report import SUMMARY_SCHEMA
+    from edgekd.bench.report_markdown import MARKDOWN_NAME
     from edgekd.errors import EdgeKDError as _Err
     from edgekd.rundir import folder_holder, read_json, written_by_newer
 
@@ -528,8 +533,11 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory (export/<na
                    fix="write it again: edgekd run RECIPE --force report") from None
     _print_summary(tables, summary)
     html = run_dir / "report" / "index.html"
+    markdown = html.with_name(MARKDOWN_NAME)
     console.print(f"report: {html}" if html.is_file() else f"no HTML report ({html} is missing: edgekd run RECIPE "
                   "--force report writes it)")
+    if markdown.is_file():
+        console.print(f"markdown: {markdown}")
     if running:
         console.print(f"note: a run is writing {run_dir} now ({running}): this is the report of the run before it",
                       markup=False, highlight=False)

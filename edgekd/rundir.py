@@ -6,7 +6,7 @@ Layout of `export/<run-name>/`:
     checkpoints/     model weights (state dicts, loaded with weights_only=True)
     artifacts/       one folder per exported artifact (model file + artifact.json)
     results/         bench results (JSON)
-    report/          index.html, plots
+    report/          index.html, report.md, plots
     .edgekd.lock     locked (flock) by the one process writing the folder; see `exclusive_folder`
 A stage is skipped when the manifest records the same input hash and its outputs are intact.
 """

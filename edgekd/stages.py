@@ -485,7 +485,7 @@ def report_inputs(ctx: Context) -> dict[str, Any]:
 
 
 def report_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
-    from edgekd.bench.report import PARETO_PNG, build_summary, write_html
+    from edgekd.bench.report import build_summary, write_pages
 
     manifest = ctx.rundir.load_manifest()["stages"]
     metrics = {role: manifest.get(stage, {}).get("metrics") for role, stage in
@@ -493,6 +493,4 @@ def report_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     summary = build_summary(ctx.rundir, recipe=ctx.recipe.model_dump(mode="json"), model_metrics=metrics,
                             class_names=ctx.splits.class_names)
     summary_path = atomic_write_json(ctx.rundir.results / "summary.json", summary)
-    html = write_html(summary, ctx.rundir)
-    pareto = html.parent / PARETO_PNG
-    return [summary_path, html] + ([pareto] if pareto.is_file() else []), {}
+    return [summary_path, *write_pages(summary, ctx.rundir)], {}

@@ -1,5 +1,6 @@
-"""Teacher-vs-student report: a summary (JSON) built from artifact records and bench results, and a
-self-contained HTML page with embedded matplotlib plots (opens without network)."""
+"""Teacher-vs-student report: a summary (JSON) built from artifact records and bench results, its findings, and a
+self-contained HTML page with embedded matplotlib plots (opens without network); the tables are built in
+edgekd.bench.report_tables, and edgekd.bench.report_markdown writes them as Markdown too."""
 
 from __future__ import annotations
 
@@ -874,116 +875,54 @@ def _pareto_html(image: str | None) -> str:
             "Pareto front: no other artifact is both faster (or smaller) and more accurate.</p>")
 
 
-def _compression_html(c: dict[str, Any] | None) -> str:
-    if not c:
+def _table_html(table) -> str:
+    """A report_tables.Table as a section of the page; nothing for a table without rows."""
+    if not table.rows:
         return ""
     e = html.escape
-    cells = [c.get("method"), _fmt(c.get("parameters_before"), ","), _fmt(c.get("parameters_after"), ","),
-             _pruned_share(c) or "–", _fmt(c.get("accuracy_before"), ".2%"), _fmt(c.get("accuracy_after_prune"), ".2%"),
-             _fmt(c.get("accuracy_after_recovery"), ".2%", "no recovery")]
-    header = ["method", "params before", "params after", "removed (measured)", "accuracy before pruning", "after pruning",
-              "after KD recovery"]
-    notes = "".join(f"<li>{e(str(n))}</li>" for n in c.get("notes") or [])
-    return ("<h2>Compression</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr><tr>"
-            + "".join(f"<td>{e(str(v))}</td>" for v in cells) + "</tr></table>"
+    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in table.rows)
+    notes = "".join(f"<li>{e(n)}</li>" for n in table.notes)
+    return (f"<h2>{e(table.title)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in table.header)
+            + f"</tr>{body}</table>"
+            + (f'<p class="meta">{e(table.notes_title)}</p>' if table.notes_title else "")
             + (f'<ul class="meta">{notes}</ul>' if notes else "")
-            + '<p class="meta">Test accuracy of the PyTorch model at each step of the compress stage.</p>')
+            + (f'<p class="meta">{e(table.caption)}</p>' if table.caption else ""))
 
 
-def _text_table_html(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]], caption: str = "") -> str:
-    """A section of ready-formatted cells (console and HTML show the same rows); nothing without rows."""
-    if not rows:
-        return ""
-    e = html.escape
-    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return (f"<h2>{e(title)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + f"</tr>{body}</table>"
-            + (f'<p class="meta">{e(caption)}</p>' if caption else ""))
-
-
-def _embedding_html(summary: dict[str, Any]) -> str:
-    """A text run's embedding table (edgekd.text.report); nothing for other runs."""
-    from edgekd.text.report import EMBEDDING_HEADER, embedding_caption, embedding_rows
-
-    return _text_table_html("Embedding against the teacher", EMBEDDING_HEADER, embedding_rows(summary),
-                            embedding_caption(summary))
-
-
-def _models_html(summary: dict[str, Any]) -> str:
-    """The PyTorch models side by side (edgekd.bench.model_table)."""
-    from edgekd.bench.model_table import MODEL_CAPTION, model_cells
-
-    return _text_table_html("PyTorch models", *model_cells(summary), MODEL_CAPTION)
-
-
-def _layers_txt(row: dict[str, Any]) -> str:
-    parts = []
-    for layer in row.get("worst_layers") or []:
-        simulated = layer.get("sqnr_db_simulated")
-        parts.append(f"{layer['node']} ({layer['op']}) {layer['sqnr_db']:.1f} dB"
-                     + ("" if simulated is None else f" ({simulated:.1f} as written)"))
-    return "; ".join(parts) or "–"
-
-
-def _int8_html(rows: list[dict[str, Any]]) -> str:
-    """Per INT8 artifact: weight grid, layers kept FP32, lowest per-layer SQNR, QAT comparison, speed vs FP32."""
-    e = html.escape
-    body, grids = [], {}
-    for r in rows:
-        if r.get("precision") not in INT8_PRECISIONS:
-            continue
-        grid = "–" if r.get("reduce_range") is None else ("7-bit" if r["reduce_range"] else "8-bit")
-        if r.get("reduce_range_reason"):
-            grids.setdefault(f"{grid}: {r['reduce_range_reason']}", []).append(r["name"])
-        kept = r.get("kept_fp32")
-        kept_txt = "–" if kept is None else (", ".join(kept) or "none") + (
-            f" (of {r['layers_total']} layers)" if r.get("layers_total") else "")
-        qat = r.get("qat")
-        qat_txt = "–" if not qat else (f"{qat['qat_accuracy']:.2%} vs FP32 {qat['fp32_accuracy']:.2%}"
-                                        + ("" if qat.get("ptq_accuracy") is None
-                                           else f", int8_static {qat['ptq_accuracy']:.2%}"))
-        slow = r.get("int8_speed")
-        speed_txt = "–" if not slow else f"not faster: {r['p50_us'] / slow['fp32_p50_us']:.2f}× FP32's p50"
-        cells = [r["name"], _fmt(r.get("accuracy"), ".2%"), grid, kept_txt, _layers_txt(r), qat_txt, speed_txt]
-        body.append("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in cells) + "</tr>")
-    if not body:
-        return ""
-    header = ["artifact", "test acc", "weights", "kept FP32", f"lowest per-layer SQNR (worst {WORST_LAYERS})",
-              "QAT", "speed on the device"]
-    reasons = "".join(f"<li>{e(reason)} ({e(', '.join(names))})</li>" for reason, names in grids.items())
-    return ("<h2>INT8: where accuracy went</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>"
-            + "".join(body) + "</table>"
-            + (f'<p class="meta">Weight grid:</p><ul class="meta">{reasons}</ul>' if reasons else "")
-            + '<p class="meta">SQNR of each Conv/Gemm/MatMul output against the FP32 graph on the test split, as '
-            "onnxruntime runs the artifact (fused integer kernels) and as the QDQ graph is written; errors "
-            "accumulate from layer to layer. Kept FP32: layers the mixed-precision fallback left unquantized to "
-            "pass parity. Why an INT8 artifact is not faster: see the findings.</p>")
-
-
-def _device_accuracy_text(row: dict[str, Any]) -> str:
-    """The accuracy on the device, with the samples it is of when they are fewer than the test accuracy's
-    (bench.eval_samples): 100% of 5 samples is not the artifact's accuracy."""
-    text = _fmt(row.get("device_accuracy"), ".2%")
-    samples = row.get("device_accuracy_samples")
-    if row.get("device_accuracy") is None or samples is None or samples == row.get("accuracy_samples"):
-        return text
-    return f"{text} (first {samples} samples)"
-
-
-def _machine_html(machine: dict[str, Any], runtime_txt: str) -> str:
-    e = html.escape
+def machine_text(summary: dict[str, Any]) -> str:
+    """The line under a report's title: when, on which device and CPU, how many threads, which runtimes."""
+    machine = summary.get("machine") or {}
+    if not machine:
+        return f"{summary.get('created_at', '')} · not benchmarked (bench.enabled: false)"
     system = machine.get("system") or {}
-    model = f" ({e(str(system['device_model']))})" if system.get("device_model") else ""  # a phone's, from getprop
-    return (f"device {e(str(machine.get('device')))}{model}"
-            f"{' (EMULATED: latency is not a board&#39;s)' if machine.get('emulated') else ''} ·\n"
-            f"CPU {e(str(system.get('cpu_model')))} ({e(str(system.get('cpu_count_logical')))} logical cores;\n"
-            f"features: {e(', '.join(system.get('cpu_features') or []) or 'none detected')}) · "
-            f"governor {e(str(system.get('governor')))} ·\n"
-            f"{e(str(machine.get('threads')))} thread(s), batch {e(str(machine.get('batch_size')))} ·\n"
-            f"runtimes {runtime_txt}")
+    model = f" ({system['device_model']})" if system.get("device_model") else ""  # a phone's, from getprop
+    runtimes = ", ".join(f"{r.get('name')} {r.get('version')}" + (f" (delegate {r.get('delegate')})"
+                                                                 if r.get("delegate") else "")
+                         for r in (summary.get("runtimes") or {}).values())
+    emulated = " (EMULATED: latency is not a board's)" if machine.get("emulated") else ""
+    features = ", ".join(system.get("cpu_features") or []) or "none detected"
+    return " · ".join([str(summary.get("created_at", "")), f"device {machine.get('device')}{model}{emulated}",
+                       f"CPU {system.get('cpu_model')} ({system.get('cpu_count_logical')} logical cores; "
+                       f"features: {features})", f"governor {system.get('governor')}",
+                       f"{machine.get('threads')} thread(s), batch {machine.get('batch_size')}",
+                       f"runtimes {runtimes}"])
+
+
+def write_pages(summary: dict[str, Any], rundir: RunDir) -> list[Path]:
+    """The run's report pages: report/index.html (self-contained), report/report.md (tables and findings as text,
+    for a pull request or a wiki) and, when there is one, the Pareto plot beside them (the Markdown links it)."""
+    from edgekd.bench.report_markdown import write_markdown
+
+    page = write_html(summary, rundir)
+    pareto = page.parent / PARETO_PNG
+    drawn = pareto if pareto.is_file() else None
+    return [page, write_markdown(summary, rundir, drawn)] + ([pareto] if drawn else [])
 
 
 def write_html(summary: dict[str, Any], rundir: RunDir) -> Path:
     """The run's self-contained report/index.html (plots embedded), with the Pareto plot beside it."""
+    from edgekd.bench import report_tables as tables
+
     path = rundir.report / "index.html"
     latencies = {}
     for p in rundir.recorded_outputs("bench", "bench-*.json"):
@@ -993,47 +932,9 @@ def write_html(summary: dict[str, Any], rundir: RunDir) -> Path:
     _write_pareto_png(pngs.get("pareto"), path.parent / PARETO_PNG)
     images = {key: _data_uri(png) for key, png in pngs.items()}
     e = html.escape
-    machine = summary.get("machine") or {}
-    rows_html = []
-    for r in summary["rows"]:
-        status = "ok" if r.get("parity_passed") else ("FAILED: " + (r.get("parity_reason") or "") if r.get("parity_passed") is False else "–")
-        speed = r.get("speedup_vs_teacher")
-        speed_txt = "–" if speed is None else f"{speed:.2f}×" + _speedup_note(r)
-        worst = r.get("worst_class")
-        worst_txt = worst_class_text(worst, "class ") + (f" vs {r['class_delta_reference']}" if worst else "")
-        ci = r.get("ci95_p50")
-        bits = "–" if r.get("share_4bit") is None else f"{r['share_4bit']:.0%} / {r['share_8bit']:.0%}"
-        rows_html.append(
-            "<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in [
-                r["name"], _fmt(r.get("parameters"), ","), f"{r['size_bytes'] / 1024:.1f} KiB", bits,
-                _fmt(r.get("accuracy"), ".2%"), _device_accuracy_text(r), _fmt(r.get("agreement"), ".2%"),
-                _fmt(r.get("max_abs_error"), ".2e"),
-                (f"{r['p50_us']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "") if r.get("p50_us") is not None
-                 else "–")  # no interval: one round of a native tool (no per-call times)
-                + (" unstable" if r.get("unstable") else "")
-                + (stats.BELOW_RESOLUTION_MARK if r.get("resolution_limited") else "")
-                + (" (emulated: not a board's latency)" if r.get("emulated") else ""),
-                _fmt(r.get("p99_us"), ".2f"), _fmt(r.get("x_floor"), ".2f"), speed_txt,
-                peak_mib(r.get("vmhwm_kb"), r.get("vmhwm_model_kb")), worst_txt, status]) + "</tr>")
-    header = ["artifact", "params", "size", "4-bit / 8-bit weight bytes", "test acc", "acc on device", "agreement", "max |err|", "p50 µs [95% CI]", "p99 µs",
-              "× floor", "speed-up vs teacher [95% CI]", "peak MiB (+ over the runtime alone)", "worst class Δ", "parity"]
-    class_names = summary.get("class_names") or []
-    per_class = "".join(
-        "<tr><td>" + e(r["name"]) + "</td>" + "".join(f"<td>{v:.0%}</td>" for v in r["per_class_accuracy"]) + "</tr>"
-        for r in summary["rows"] if r["per_class_accuracy"])
-    floors = summary.get("floors") or {}
-    floor_txt = "; ".join(f"{RUNTIME_OF.get(f, f)} floor (Identity graph) p50 {v['p50_us']:.2f} µs" for f, v in floors.items())
-    latency_txt = (f'Latency: {floor_txt}; "× floor" and the speed-up compare with the floor and the teacher in the '
-                   "same runtime." if floors else "Latency: the speed-up compares with the teacher in the same runtime "
-                   "(no floor was timed).")
-    comparison = "".join(
-        f"<tr><td>{e(c['role'])} {e(c['precision'])}</td><td>{c['onnx_p50_us']:.2f}</td><td>{c['tflite_p50_us']:.2f}</td>"
-        f"<td>{c['onnx_over_tflite']:.2f}×</td><td>{_fmt(c['onnx_accuracy'], '.2%')}</td>"
-        f"<td>{_fmt(c['tflite_accuracy'], '.2%')}</td></tr>" for c in summary.get("runtime_comparison", []))
-    runtimes = summary.get("runtimes") or {}
-    runtime_txt = ", ".join(f"{e(str(r.get('name')))} {e(str(r.get('version')))}"
-                            + (f" (delegate {e(str(r.get('delegate')))})" if r.get("delegate") else "")
-                            for r in runtimes.values())
+    before_plots = "\n".join(_table_html(build(summary)) for build in (
+        tables.models_table, tables.artifacts_table, tables.embedding_table, tables.runtime_table,
+        tables.compression_table, tables.int8_table))
     doc = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>edgekd report: {e(str(summary.get('run')))}</title>
 <style>
@@ -1046,22 +947,12 @@ th {{ background: #f3f3f3; }}
 .meta {{ color: #555; font-size: 13px; }}
 </style></head><body>
 <h1>Teacher vs student: {e(str(summary.get('run')))}</h1>
-<p class="meta">{e(summary.get('created_at', ''))} · {_machine_html(machine, runtime_txt) if machine else 'not benchmarked (bench.enabled: false)'}</p>
+<p class="meta">{e(machine_text(summary))}</p>
 <h2>Findings</h2><ul class="findings">{''.join(f'<li>{e(f)}</li>' for f in summary.get('findings', []))}</ul>
-{_models_html(summary)}
-<h2>Artifacts</h2>
-<table><tr>{''.join(f'<th>{e(h)}</th>' for h in header)}</tr>{''.join(rows_html)}</table>
-<p class="meta">Accuracy and agreement are measured on the exported artifact (test split) against its PyTorch model.
-{e(latency_txt)}
-{e(LATENCY_METHOD)}</p>
-{_embedding_html(summary)}
-{f'<h2>onnxruntime vs LiteRT</h2><table><tr><th>model</th><th>onnxruntime p50 µs</th><th>LiteRT p50 µs</th><th>ORT / LiteRT</th><th>ORT acc</th><th>LiteRT acc</th></tr>{comparison}</table>' if comparison else ''}
-{_compression_html(summary.get("compression"))}
-{_int8_html(summary["rows"])}
+{before_plots}
 {_pareto_html(images.get("pareto"))}
 {f'<h2>Latency distributions</h2><img alt="latency distributions" src="{images["latency"]}"><p class="meta">{e(POOLED_NOTE)}</p>' if 'latency' in images else ''}
-<h2>Per-class test accuracy</h2>
-<table><tr><th>artifact</th>{''.join(f'<th>{e(c)}</th>' for c in class_names)}</tr>{per_class}</table>
+{_table_html(tables.per_class_table(summary))}
 </body></html>
 """
     return atomic_write(path, doc)

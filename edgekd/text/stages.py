@@ -488,7 +488,7 @@ def bench_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
 
 
 def report_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
-    from edgekd.bench.report import build_summary, write_html
+    from edgekd.bench.report import build_summary, write_pages
     from edgekd.rundir import atomic_write_json
     from edgekd.stages import run_artifacts
 
@@ -505,7 +505,7 @@ def report_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
                        "exported_retrieval": manifest.get("export", {}).get("retrieval")}
     summary["findings"] = _text_findings(summary) + summary.get("findings", [])
     path = atomic_write_json(ctx.rundir.results / "summary.json", summary)
-    return [path, write_html(summary, ctx.rundir)], {}
+    return [path, *write_pages(summary, ctx.rundir)], {}
 
 
 def _text_findings(summary: dict[str, Any]) -> list[str]:
