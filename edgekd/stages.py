@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from edgekd.pipeline import Context, input_arrays_for_bench, write_test_split
-from edgekd.recipe import Recipe
+from edgekd.recipe import DistillConfig, Recipe
 from edgekd.rundir import atomic_write_json, sha256_file
 
 
@@ -114,7 +114,18 @@ def distill_inputs(ctx: Context) -> dict[str, Any]:
         extra.update(_member_training(ctx))
     # teacher_labels too: an ensemble's members without a checkpoint are trained here, on those labels
     return {**_data_inputs(ctx), "teacher": ctx.hashes["teacher"], "seed": ctx.recipe.seed,
-            **ctx.recipe.section("student", "distill"), **extra, **teacher_labels_inputs(ctx)}
+            **ctx.recipe.section("student"), "distill": hashed_distill_section(ctx.recipe), **extra,
+            **teacher_labels_inputs(ctx)}
+
+
+def hashed_distill_section(recipe: Recipe) -> dict[str, Any]:
+    """The distill section as stage hashes take it, with distill.cache at its default: the cached teacher logits
+    are the float32 bytes computed without the cache, so the student is the same bit for bit (standard, feature
+    terms, ensemble, progressive; other strategies and text runs do not read it). cache_topk, which cuts the soft
+    targets, stays."""
+    section = recipe.section("distill")["distill"]
+    section["cache"] = DistillConfig.model_fields["cache"].default
+    return section
 
 
 def _member_training(ctx: Context) -> dict[str, Any]:
@@ -206,7 +217,7 @@ def compress_inputs(ctx: Context) -> dict[str, Any]:
     source = ctx.recipe.compress.source
     return {**_data_inputs(ctx), "source": ctx.hashes.get("distill" if source == "student" else "teacher"),
             "teacher": ctx.hashes.get("teacher"), "seed": ctx.recipe.seed,
-            **ctx.recipe.section("compress", "distill"), **_blackbox_inputs(ctx)}
+            **ctx.recipe.section("compress"), "distill": hashed_distill_section(ctx.recipe), **_blackbox_inputs(ctx)}
 
 
 def compress_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:

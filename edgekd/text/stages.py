@@ -311,8 +311,10 @@ def _save_student(ctx: Context, model, role: str, metrics: dict[str, Any], **met
 
 
 def distill_inputs(ctx: Context) -> dict[str, Any]:
+    from edgekd.stages import hashed_distill_section
+
     return {**_data_inputs(ctx), "teacher": ctx.hashes["teacher"], "seed": ctx.recipe.seed,
-            **ctx.recipe.section("student", "distill")}
+            **ctx.recipe.section("student"), "distill": hashed_distill_section(ctx.recipe)}
 
 
 def distilled_student(ctx: Context, seed: int | None = None):
