@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from edgekd.pipeline import Context, input_arrays_for_bench, write_test_split
+from edgekd.recipe import DistillConfig, Recipe
 from edgekd.rundir import atomic_write_json, sha256_file
 
 
@@ -113,7 +114,18 @@ def distill_inputs(ctx: Context) -> dict[str, Any]:
         extra.update(_member_training(ctx))
     # teacher_labels too: an ensemble's members without a checkpoint are trained here, on those labels
     return {**_data_inputs(ctx), "teacher": ctx.hashes["teacher"], "seed": ctx.recipe.seed,
-            **ctx.recipe.section("student", "distill"), **extra, **teacher_labels_inputs(ctx)}
+            **ctx.recipe.section("student"), "distill": hashed_distill_section(ctx.recipe), **extra,
+            **teacher_labels_inputs(ctx)}
+
+
+def hashed_distill_section(recipe: Recipe) -> dict[str, Any]:
+    """The distill section as stage hashes take it, with distill.cache at its default: the cached teacher logits
+    are the float32 bytes computed without the cache, so the student is the same bit for bit (standard, feature
+    terms, ensemble, progressive; other strategies and text runs do not read it). cache_topk, which cuts the soft
+    targets, stays."""
+    section = recipe.section("distill")["distill"]
+    section["cache"] = DistillConfig.model_fields["cache"].default
+    return section
 
 
 def _member_training(ctx: Context) -> dict[str, Any]:
@@ -205,7 +217,7 @@ def compress_inputs(ctx: Context) -> dict[str, Any]:
     source = ctx.recipe.compress.source
     return {**_data_inputs(ctx), "source": ctx.hashes.get("distill" if source == "student" else "teacher"),
             "teacher": ctx.hashes.get("teacher"), "seed": ctx.recipe.seed,
-            **ctx.recipe.section("compress", "distill"), **_blackbox_inputs(ctx)}
+            **ctx.recipe.section("compress"), "distill": hashed_distill_section(ctx.recipe), **_blackbox_inputs(ctx)}
 
 
 def compress_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
@@ -246,17 +258,84 @@ def compressed_generation(ctx: Context) -> int:
 
 # -- export --------------------------------------------------------------------------------
 
+def made_roles(recipe: Recipe) -> list[str]:
+    """The roles whose model the run makes (a text run has no compress stage): their export.targets are read,
+    even an empty list (it exports nothing), and the other roles' are not."""
+    made = {"scratch": recipe.scratch.enabled, "compressed": recipe.compress.enabled and recipe.task != "text"}
+    return [r for r in ("teacher", "student", "scratch", "compressed") if made.get(r, True)]
+
+
 def _roles(ctx: Context) -> list[str]:
-    enabled = {"scratch": ctx.recipe.scratch.enabled, "compressed": ctx.recipe.compress.enabled}
-    return [r for r in ("teacher", "student", "scratch", "compressed")
-            if ctx.recipe.export.targets.get(r) and enabled.get(r, True)]
+    return [r for r in made_roles(ctx.recipe) if ctx.recipe.export.targets.get(r)]
 
 
 def export_inputs(ctx: Context) -> dict[str, Any]:
     stage_of = {"student": "distill", "compressed": "compress"}
+    export = hashed_export_section(ctx.recipe)
     return {**_data_inputs(ctx), "models": {r: ctx.hashes.get(stage_of.get(r, r)) for r in _roles(ctx)},
-            "export": ctx.recipe.section("export")["export"], "int8_reduce_range": int8_reduce_range(ctx),
+            "export": export, "int8_reduce_range": int8_reduce_range(ctx, export["int8_reduce_range"]),
             **_qat_inputs(ctx)}
+
+
+def qat_may_run(recipe: Recipe) -> bool:
+    """Whether quantization-aware distillation may run for a role of the run (edgekd.compress.qat_fallback.decide):
+    an int8_qat target, or an int8_static one unless export.qat.enabled is false; ONNX only."""
+    cfg = recipe.export
+    return "onnx" in cfg.formats and any(
+        "int8_qat" in cfg.targets[r] or (cfg.qat.enabled is not False and "int8_static" in cfg.targets[r])
+        for r in made_roles(recipe) if cfg.targets.get(r))
+
+
+def export_fields_read(recipe: Recipe) -> dict[str, bool]:
+    """Each export field (dotted: `int4.block_size`, `targets.scratch`) and whether the run's export reads it,
+    from its formats and its made roles' targets (edgekd.export.formats, edgekd.exporter, edgekd.text.export,
+    edgekd.compress.qat_fallback). A field this does not name counts as read."""
+    cfg, made = recipe.export, made_roles(recipe)
+    targets = [set(cfg.targets.get(r) or ()) for r in made]
+    precisions = set().union(*targets)
+    onnx, qat, int4 = "onnx" in cfg.formats, qat_may_run(recipe), "int4" in precisions
+    calibrated = "int8_static" in precisions or qat  # static INT8 (any format) and QAT's observers
+    ptq_onnx = onnx and bool(precisions & {"int8_static", "int8_dynamic"})
+    qat_decides = onnx and any("int8_static" in t and "int8_qat" not in t for t in targets)  # as decide() does
+    return {"formats": True, "opset": onnx,  # TFLite converts without an opset
+            **{f"targets.{role}": role in made for role in cfg.targets},
+            "calibration_samples": calibrated, "calibration_method": onnx and calibrated,
+            "calibration_percentile": onnx and calibrated and cfg.calibration_method == "percentile",
+            # QAT's artifact and the text exporter have no mixed-precision fallback
+            "mixed_precision_fallback": ptq_onnx and recipe.task != "text", "int8_reduce_range": ptq_onnx or qat,
+            "qat.enabled": qat_decides, "qat.max_int8_loss": qat_decides and cfg.qat.enabled == "auto",
+            "qat.epochs": qat, "qat.lr": qat,
+            "int4.block_size": onnx and int4, "int4.accuracy_level": onnx and int4,
+            "int4.tflite_block_size": "tflite" in cfg.formats and int4,
+            # the FP32 file made only for int4 targets is dropped: its parity decides nothing
+            "parity.min_agreement": bool(precisions - {"int4"}), "parity.min_agreement_int4": int4}
+
+
+def hashed_export_section(recipe: Recipe) -> dict[str, Any]:
+    """The export section as the export stage's hash takes it: a field the run does not read holds its default
+    (for the recipe's task), so changing it re-exports nothing, and a run whose unread fields are at their
+    defaults keeps the hash it had before fields were told apart."""
+    section = recipe.section("export")["export"]
+    default = Recipe(task=recipe.task).section("export")["export"]
+    for name, read in export_fields_read(recipe).items():
+        if not read:
+            _put(section, name, _get(default, name))
+    return section
+
+
+def _get(section: dict[str, Any], name: str) -> Any:
+    """The value of the dotted field `name` of a dumped section."""
+    for part in name.split("."):
+        section = section[part]
+    return section
+
+
+def _put(section: dict[str, Any], name: str, value: Any) -> None:
+    """Set the dotted field `name` of a dumped section."""
+    *parents, key = name.split(".")
+    for part in parents:
+        section = section[part]
+    section[key] = value
 
 
 def _qat_inputs(ctx: Context) -> dict[str, Any]:
@@ -264,26 +343,24 @@ def _qat_inputs(ctx: Context) -> dict[str, Any]:
     (edgekd.compress.qat_fallback.decide): the response loss, training settings and transfer set of distill, the
     checkpoints it learns from, and for a compressed model its recovery. Without them, a run exporting only the
     teacher kept its int8_qat artifact when those changed. Nothing when QAT cannot run (the hash stays)."""
-    cfg = ctx.recipe.export
-    roles = _roles(ctx)
-    if "onnx" not in cfg.formats or not any(
-            "int8_qat" in cfg.targets[r] or (cfg.qat.enabled is not False and "int8_static" in cfg.targets[r])
-            for r in roles):
+    if not qat_may_run(ctx.recipe):
         return {}
     distill = ctx.recipe.section("distill")["distill"]
     reads = {k: distill[k] for k in ("loss", "train", "transfer_set", "strategy", "blackbox")}
-    if "compressed" in roles:
+    if "compressed" in _roles(ctx):
         reads["compress"] = ctx.recipe.section("compress")["compress"]
     return {"qat": {**reads, "checkpoints": {s: ctx.hashes.get(s) for s in ("teacher", "distill")},
                     **_blackbox_inputs(ctx)}}
 
 
-def int8_reduce_range(ctx: Context) -> bool:
-    """export.int8_reduce_range resolved for the recipe's target device, for the export stage's hash: "auto"
-    decides per target CPU, so a recipe moved to a board with another CPU re-exports on the right grid."""
+def int8_reduce_range(ctx: Context, setting: str | bool | None = None) -> bool:
+    """export.int8_reduce_range (or `setting`: the value the export hash holds) resolved for the recipe's target
+    device, for the export stage's hash: "auto" decides per target CPU, so a recipe moved to a board with another
+    CPU re-exports on the right grid."""
     from edgekd.compress.isa import choose_reduce_range, recipe_targets
 
-    return choose_reduce_range(ctx.recipe.export.int8_reduce_range, recipe_targets(ctx.recipe))["reduce_range"]
+    setting = ctx.recipe.export.int8_reduce_range if setting is None else setting
+    return choose_reduce_range(setting, recipe_targets(ctx.recipe))["reduce_range"]
 
 
 def export_options(ctx: Context, calibration: np.ndarray | None = None):

@@ -311,8 +311,10 @@ def _save_student(ctx: Context, model, role: str, metrics: dict[str, Any], **met
 
 
 def distill_inputs(ctx: Context) -> dict[str, Any]:
+    from edgekd.stages import hashed_distill_section
+
     return {**_data_inputs(ctx), "teacher": ctx.hashes["teacher"], "seed": ctx.recipe.seed,
-            **ctx.recipe.section("student", "distill")}
+            **ctx.recipe.section("student"), "distill": hashed_distill_section(ctx.recipe)}
 
 
 def distilled_student(ctx: Context, seed: int | None = None):
@@ -383,17 +385,18 @@ def scratch_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
 # -- export, bench, report -----------------------------------------------------------------
 
 def _roles(ctx: Context) -> list[str]:
-    targets = ctx.recipe.export.targets
-    return [r for r in ("teacher", "student", "scratch") if targets.get(r) and
-            (r != "scratch" or ctx.recipe.scratch.enabled)]
+    from edgekd.stages import made_roles
+
+    return [r for r in made_roles(ctx.recipe) if ctx.recipe.export.targets.get(r)]
 
 
 def export_inputs(ctx: Context) -> dict[str, Any]:
-    from edgekd.stages import int8_reduce_range
+    from edgekd.stages import hashed_export_section, int8_reduce_range
 
     stage_of = {"student": "distill"}
+    export = hashed_export_section(ctx.recipe)
     return {**_data_inputs(ctx), "models": {r: ctx.hashes.get(stage_of.get(r, r)) for r in _roles(ctx)},
-            "export": ctx.recipe.section("export")["export"], "int8_reduce_range": int8_reduce_range(ctx)}
+            "export": export, "int8_reduce_range": int8_reduce_range(ctx, export["int8_reduce_range"])}
 
 
 def parity_ids(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
