@@ -262,3 +262,21 @@ def test_every_export_field_has_a_rule():
 
     recipe = load_recipe({"name": "all", "compress": {"enabled": True}})
     assert set(export_fields_read(recipe)) == leaves(ExportConfig)
+
+
+def test_the_same_teacher_at_another_path_redoes_no_stage_after_the_teacher(text_run, tmp_path):
+    """The teacher checkpoint named its encoder by path: the same weights in another folder (a moved venv or model
+    folder) wrote other bytes, and distillation, export and the rest ran again for nothing. The teacher stage
+    reruns (the recipe's teacher.hf changed; its outputs are cached by the weights' sha256) to the same bytes."""
+    from edgekd.text.teacher import default_teacher_folder
+
+    recipe, out = _copy(text_run, tmp_path)
+    before = _records(recipe, out)
+    source = default_teacher_folder()
+    moved = tmp_path / "elsewhere" / source.name
+    shutil.copytree(source, moved)
+    stages, after = _run(_set(recipe, "teacher.hf", str(moved)), out)
+    assert stages["teacher"] == "ran", stages
+    assert stages["distill"] == stages["export"] == stages["report"] == "skipped", stages
+    assert after["teacher"]["output_hash"] == before["teacher"]["output_hash"]
+    assert after["teacher"]["metrics"]["source"] == str(moved)  # the manifest still says where it was read from

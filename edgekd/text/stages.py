@@ -141,8 +141,12 @@ def teacher_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
                "source": str(data.teacher_folder), "seconds": round(time.perf_counter() - started, 2),
                "sentences": len(data.corpus), "labelled_samples": int(len(data.labelled_train_rows)),
                "generation": 0}
+    # The encoder is named by its folder's name and weights, not its path: the same weights found elsewhere (a
+    # moved venv or model folder) write the same bytes, and the stages after this one are not redone for it.
+    # The path stays in the manifest's metrics (`source`).
     path = save_checkpoint(head, ctx.rundir.checkpoints / "teacher.pt", role="teacher", run=ctx.recipe.name,
-                           hf_folder=str(data.teacher_folder), metrics=metrics, generation=0)
+                           hf_folder=data.teacher_folder.name, teacher_sha256=data.teacher_sha256,
+                           metrics={k: v for k, v in metrics.items() if k != "source"}, generation=0)
     return [path, emb_path, logit_path], {"metrics": metrics}
 
 
