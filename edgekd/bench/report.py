@@ -11,13 +11,16 @@ import math
 import re
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from edgekd.bench import stats
 from edgekd.bench.result import BenchResult
 from edgekd.errors import BenchError
 from edgekd.export.artifact import Artifact
 from edgekd.rundir import RunDir, atomic_write
+
+if TYPE_CHECKING:  # report_tables imports this module's helpers
+    from edgekd.bench.report_tables import Table
 
 SUMMARY_SCHEMA = "edgekd.summary/1"
 ROLE_ORDER = {"teacher": 0, "student": 1, "scratch": 2, "compressed": 3}
@@ -875,7 +878,7 @@ def _pareto_html(image: str | None) -> str:
             "Pareto front: no other artifact is both faster (or smaller) and more accurate.</p>")
 
 
-def _table_html(table) -> str:
+def _table_html(table: Table) -> str:
     """A report_tables.Table as a section of the page; nothing for a table without rows."""
     if not table.rows:
         return ""
