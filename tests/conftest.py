@@ -155,6 +155,33 @@ def _device_locks_of_this_session(tmp_path_factory):
     env.undo()
 
 
+# torch's own intra-op thread count in this process before _one_torch_thread set it to 1 (test_process_state runs
+# edgekd as a user's process has it).
+TORCH_DEFAULT_THREADS: int | None = None
+ONE_THREAD_ENV = "OMP_NUM_THREADS"
+ONE_THREAD_ENV_SET = False  # conftest set it (it was not in the environment)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """One intra-op torch thread in each test process, and in the processes it starts (edgekd's CLI, runs): make
+    test runs two xdist workers on two cores, and torch's default of a thread per core had each worker's OpenMP
+    threads spin against the other worker's (a tiny run took twice as long, in wall and CPU time). The models are
+    tiny; no test checks the thread count it trains with (test_process_state restores torch's default)."""
+    import torch
+
+    global TORCH_DEFAULT_THREADS, ONE_THREAD_ENV_SET
+    TORCH_DEFAULT_THREADS = torch.get_num_threads()
+    env = pytest.MonkeyPatch()
+    if ONE_THREAD_ENV not in os.environ:
+        env.setenv(ONE_THREAD_ENV, "1")
+        ONE_THREAD_ENV_SET = True
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(TORCH_DEFAULT_THREADS)
+    env.undo()
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """The tiny recipe run end to end (real training, export, onnxruntime, runner) into a temp folder."""
