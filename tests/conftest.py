@@ -37,7 +37,7 @@ _restore_launcher_ignored_signals()
 # keeps the two workers' loads even at the end, where a slow file handed out last ran alone on one worker. An
 # estimate, not a bound: a file missing here, or a changed time, only makes the split less even.
 FILE_SECONDS = {
-    "test_pipeline.py": 210, "test_cli_mistakes.py": 160, "test_text.py": 145, "test_bench_devices.py": 100,
+    "test_pipeline.py": 210, "test_cli_mistakes.py": 160, "test_text.py": 135, "test_bench_devices.py": 100,
     "test_bench_adb.py": 85, "test_arm64_board.py": 75, "test_strategies.py": 75, "test_cli_distill_errors.py": 55,
     "test_rundir.py": 45, "test_cli_errors.py": 45, "test_folder_lock.py": 35, "test_ssh_device.py": 35,
     "test_adb_device.py": 30, "test_ddp.py": 30, "test_resume_audit.py": 25, "test_text_checkpoints.py": 20,
