@@ -31,6 +31,31 @@ def _restore_launcher_ignored_signals() -> None:
 _restore_launcher_ignored_signals()
 
 
+# Seconds each of the slowest files took in `make test` (one xdist worker's share, 2-core machine; the rest take
+# under 15 s). make test hands whole files to its two workers (--dist loadfile) in collection order
+# (--no-loadscope-reorder), and _slowest_files_first puts these first, longest first: the longest jobs first is what
+# keeps the two workers' loads even at the end, where a slow file handed out last ran alone on one worker. An
+# estimate, not a bound: a file missing here, or a changed time, only makes the split less even.
+FILE_SECONDS = {
+    "test_pipeline.py": 210, "test_cli_mistakes.py": 160, "test_text.py": 135, "test_bench_devices.py": 100,
+    "test_bench_adb.py": 85, "test_arm64_board.py": 75, "test_strategies.py": 75, "test_cli_distill_errors.py": 55,
+    "test_rundir.py": 45, "test_cli_errors.py": 45, "test_folder_lock.py": 35, "test_ssh_device.py": 35,
+    "test_adb_device.py": 30, "test_ddp.py": 30, "test_resume_audit.py": 25, "test_text_checkpoints.py": 20,
+    "test_runner.py": 20, "test_qat.py": 15,
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """_slowest_files_first, in xdist's workers (each collects the same order, which the controller hands out)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        _slowest_files_first(items)
+
+
+def _slowest_files_first(items: list) -> None:
+    """Stable: each file's tests keep their order, and the files not in FILE_SECONDS theirs after the listed ones."""
+    items.sort(key=lambda item: -FILE_SECONDS.get(Path(str(item.path)).name, 0))
+
+
 def on_ci() -> bool:
     """CI runs with CI=true (and .ci/run fails on any skip): there a test that cannot run must fail."""
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
@@ -152,6 +177,33 @@ def _device_locks_of_this_session(tmp_path_factory):
     env.setenv(LOCK_DIR_ENV, str(folder))
     env.setenv(LOCK_ENV, str(folder / "device-side.lock"))  # the runners' lock on the device (runner.DeviceLock)
     yield
+    env.undo()
+
+
+# torch's own intra-op thread count in this process before _one_torch_thread set it to 1 (test_process_state runs
+# edgekd as a user's process has it).
+TORCH_DEFAULT_THREADS: int | None = None
+ONE_THREAD_ENV = "OMP_NUM_THREADS"
+ONE_THREAD_ENV_SET = False  # conftest set it (it was not in the environment)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """One intra-op torch thread in each test process, and in the processes it starts (edgekd's CLI, runs): make
+    test runs two xdist workers on two cores, and torch's default of a thread per core had each worker's OpenMP
+    threads spin against the other worker's (a tiny run took twice as long, in wall and CPU time). The models are
+    tiny; no test checks the thread count it trains with (test_process_state restores torch's default)."""
+    import torch
+
+    global TORCH_DEFAULT_THREADS, ONE_THREAD_ENV_SET
+    TORCH_DEFAULT_THREADS = torch.get_num_threads()
+    env = pytest.MonkeyPatch()
+    if ONE_THREAD_ENV not in os.environ:
+        env.setenv(ONE_THREAD_ENV, "1")
+        ONE_THREAD_ENV_SET = True
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(TORCH_DEFAULT_THREADS)
     env.undo()
 
 

@@ -58,6 +58,22 @@ def _state() -> dict:
     }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _as_a_users_process_has_it():
+    """torch's default thread count and no OMP_NUM_THREADS, as in a user's process: conftest's _one_torch_thread set
+    both to 1 for the suite, and a run that set them to 1 itself would leave them "as it found them"."""
+    import conftest
+
+    env = pytest.MonkeyPatch()
+    if conftest.ONE_THREAD_ENV_SET:
+        env.delenv(conftest.ONE_THREAD_ENV, raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(conftest.TORCH_DEFAULT_THREADS or before)
+    yield
+    torch.set_num_threads(before)
+    env.undo()
+
+
 @pytest.fixture(scope="module")
 def around_run(tmp_path_factory):
     """(state before, state after, the run) of one real edgekd.run. Before it the caller has drawn from its
