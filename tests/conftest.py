@@ -41,7 +41,7 @@ FILE_SECONDS = {
     "test_bench_adb.py": 85, "test_arm64_board.py": 75, "test_strategies.py": 75, "test_cli_distill_errors.py": 55,
     "test_rundir.py": 45, "test_cli_errors.py": 45, "test_folder_lock.py": 35, "test_ssh_device.py": 35,
     "test_adb_device.py": 30, "test_ddp.py": 30, "test_resume_audit.py": 25, "test_text_checkpoints.py": 20,
-    "test_runner.py": 20, "test_qat.py": 15,
+    "test_runner.py": 20, "test_qat.py": 15, "test_rerun_relevance.py": 60, "test_report_markdown.py": 15,
 }
 
 
