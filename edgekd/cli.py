@@ -537,7 +537,7 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory (export/<na
     console.print(f"report: {html}" if html.is_file() else f"no HTML report ({html} is missing: edgekd run RECIPE "
                   "--force report writes it)")
     if markdown.is_file():
-        console.print(f"markdown: {markdown}")
+        console.print(f"markdown: {markdown}", markup=False, highlight=False)
     if running:
         console.print(f"note: a run is writing {run_dir} now ({running}): this is the report of the run before it",
                       markup=False, highlight=False)

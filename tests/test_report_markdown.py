@@ -124,3 +124,17 @@ def test_a_run_reported_before_report_md_existed_writes_it_on_its_next_run(tmp_p
     again = edgekd.run(recipe, output_dir=tmp_path, reporter=SilentReporter())
     assert again.stages["report"] == "ran" and again.stages["export"] == "skipped", again.stages
     assert markdown.is_file()
+
+
+def test_edgekd_report_names_the_markdown_page(pages):
+    from typer.testing import CliRunner
+
+    from edgekd.cli import app
+    from edgekd.rundir import atomic_write_json
+
+    summary, written = pages
+    run_dir = written[0].parent.parent
+    atomic_write_json(run_dir / "results" / "summary.json", summary)
+    result = CliRunner().invoke(app, ["report", str(run_dir)], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert f"markdown: {written[1]}" in " ".join(result.output.split())
