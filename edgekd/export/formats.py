@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from edgekd.errors import ExportError
+from edgekd.export.calibration import checked_calibration
 from edgekd.registry import Registry
 
 if TYPE_CHECKING:
@@ -194,8 +195,6 @@ class TfliteBackend:
 
 
 def _calibration(opts: ExportOptions, precision: str) -> np.ndarray:
-    from edgekd.export.calibration import checked_calibration
-
     return checked_calibration(opts.calibration, precision)
 
 
