@@ -105,7 +105,7 @@ def _run_and_show(recipe_source: Any, output_dir: Optional[Path], force: List[st
     if result.summary_path.is_file():
         summary = read_json(result.summary_path)
         _print_summary(_summary_tables(summary), summary)
-    from edgekd.bench.report_markdown import MARKDOWN_NAME
+    from edgekd.bench.report import MARKDOWN_NAME
 
     markdown = result.report_path.with_name(MARKDOWN_NAME)
     console.print(f"run directory: {result.rundir.root}   report: {result.report_path}"
@@ -495,8 +495,7 @@ def compare(a: Optional[str] = typer.Argument(None, help="earlier session (defau
 @_handles_errors
 def report(run_dir: Path = typer.Argument(..., help="a run directory (export/<name>)")) -> None:
     """Print the teacher-vs-student table of a finished run and the path of its HTML report."""
-    from edgekd.bench.report import SUMMARY_SCHEMA
-    from edgekd.bench.report_markdown import MARKDOWN_NAME
+    from edgekd.bench.report import HTML_NAME, MARKDOWN_NAME, SUMMARY_SCHEMA
     from edgekd.errors import EdgeKDError as _Err
     from edgekd.rundir import folder_holder, read_json, written_by_newer
 
@@ -532,7 +531,7 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory (export/<na
         raise _Err(f"the report of {run_dir} is unreadable", why=f"{summary_path}: {problem}",
                    fix="write it again: edgekd run RECIPE --force report") from None
     _print_summary(tables, summary)
-    html = run_dir / "report" / "index.html"
+    html = run_dir / "report" / HTML_NAME
     markdown = html.with_name(MARKDOWN_NAME)
     console.print(f"report: {html}" if html.is_file() else f"no HTML report ({html} is missing: edgekd run RECIPE "
                   "--force report writes it)")

@@ -206,7 +206,9 @@ class RunResult:
 
     @property
     def report_path(self) -> Path:
-        return self.rundir.report / "index.html"
+        from edgekd.bench.report import HTML_NAME
+
+        return self.rundir.report / HTML_NAME
 
 
 def _stages(recipe: Recipe) -> list[Stage]:

@@ -555,16 +555,15 @@ def _remove_old_results(results: Path) -> None:
 
 # -- report --------------------------------------------------------------------------------
 
-# The pages the report stage writes, in its hash: a run reported before a page existed (report.md) writes it on
-# its next run instead of keeping the report it has until some other input changes.
-REPORT_PAGES = ("index.html", "report.md")
-
-
 def report_inputs(ctx: Context) -> dict[str, Any]:
     """Every stage whose record the report reads: compress too, whose accuracy steps it shows even when the
-    compressed model is not exported (then no export or bench change would rerun it)."""
+    compressed model is not exported (then no export or bench change would rerun it); and the pages it writes,
+    so a run reported before a page existed (report.md) writes it on its next run instead of keeping the report
+    it has until some other input changes."""
+    from edgekd.bench.report import HTML_NAME, MARKDOWN_NAME
+
     return {**{k: ctx.hashes.get(k) for k in ("teacher", "distill", "scratch", "compress", "export", "bench")},
-            "pages": list(REPORT_PAGES)}
+            "pages": [HTML_NAME, MARKDOWN_NAME]}
 
 
 def report_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:

@@ -61,9 +61,10 @@ def test_tflite_static_int8_refuses_nan_rows(tmp_path):
         quantize_tflite(tmp_path / "fp32.tflite", tmp_path / "int8.tflite", "int8_static", _nan_rows())
 
 
-def test_export_options_without_rows_say_which_field(tmp_path):
-    from edgekd.export.formats import ExportOptions, _calibration
+def test_export_options_without_rows_say_which_field(fp32_onnx, tmp_path):
+    from edgekd.export.formats import FORMATS, ExportOptions
 
     with pytest.raises(ExportError, match="int8_static needs calibration") as caught:
-        _calibration(ExportOptions(calibration=np.zeros((0, 8), np.float32)), "int8_static")
+        FORMATS["onnx"]().quantize(fp32_onnx, tmp_path / "int8.onnx", "int8_static",
+                                   ExportOptions(calibration=np.zeros((0, 8), np.float32)))
     assert "export.calibration_samples" in caught.value.fix

@@ -29,6 +29,7 @@ INT8_PRECISIONS = ("int8_static", "int8_qat", "int8_dynamic")
 WORST_LAYERS = 3  # lowest-SQNR layers listed per INT8 artifact
 SATURATION_GAP_DB = 6.0  # deployed SQNR this far below the QDQ math as written: the integer kernels lose it
 PARETO_PNG = "pareto.png"  # written beside index.html (and embedded in it)
+HTML_NAME, MARKDOWN_NAME = "index.html", "report.md"  # the report's pages (edgekd.bench.report_markdown)
 FORMAT_ORDER = {"onnx": 0, "tflite": 1}
 RUNTIME_OF = {"onnx": "onnxruntime", "tflite": "LiteRT"}
 LAYOUT_SHARE_WARNING = 0.2  # warn when Transpose-like ops are this share of a graph's operators
@@ -926,7 +927,7 @@ def write_html(summary: dict[str, Any], rundir: RunDir) -> Path:
     """The run's self-contained report/index.html (plots embedded), with the Pareto plot beside it."""
     from edgekd.bench import report_tables as tables
 
-    path = rundir.report / "index.html"
+    path = rundir.report / HTML_NAME
     latencies = {}
     for p in rundir.recorded_outputs("bench", "bench-*.json"):
         r = BenchResult.load(p)

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.bench import report_tables as tables
-from edgekd.bench.report import machine_text
+from edgekd.bench.report import MARKDOWN_NAME, machine_text
 from edgekd.rundir import RunDir, atomic_write
 
-MARKDOWN_NAME = "report.md"
 _TAG_START = re.compile(r"<(?=[A-Za-z/!?])")
 
 

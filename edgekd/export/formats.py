@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from edgekd.errors import ExportError
-from edgekd.export.calibration import checked_calibration
 from edgekd.registry import Registry
 
 if TYPE_CHECKING:
@@ -114,7 +113,7 @@ class OnnxBackend:
 
             choice = choose_reduce_range(opts.int8_reduce_range, opts.int8_targets)
             if precision == "int8_static":
-                settings = onnx_export.quantize_static_int8(fp32, out, _calibration(opts, precision),
+                settings = onnx_export.quantize_static_int8(fp32, out, opts.calibration,
                                                             method=opts.calibration_method,
                                                             percentile=opts.calibration_percentile,
                                                             nodes_to_exclude=opts.keep_fp32,
@@ -172,7 +171,7 @@ class TfliteBackend:
         if precision not in self.precisions[1:]:
             raise _unknown(self, precision)
         return quantize_tflite(fp32, out, precision,
-                               _calibration(opts, precision) if precision == "int8_static" else None,
+                               opts.calibration if precision == "int8_static" else None,
                                block_size=opts.tflite_int4_block_size if precision == "int4" else None)
 
     def predict(self, path, x):
@@ -192,10 +191,6 @@ class TfliteBackend:
         from edgekd.export.tflite import export_tflite
 
         export_tflite(nn.Identity(), in_shape, path)  # converts to a graph with no operator: pure call overhead
-
-
-def _calibration(opts: ExportOptions, precision: str) -> np.ndarray:
-    return checked_calibration(opts.calibration, precision)
 
 
 def _unknown(backend: Backend, precision: str) -> ExportError:
