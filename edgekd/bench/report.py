@@ -936,9 +936,8 @@ def write_html(summary: dict[str, Any], rundir: RunDir) -> Path:
     _write_pareto_png(pngs.get("pareto"), path.parent / PARETO_PNG)
     images = {key: _data_uri(png) for key, png in pngs.items()}
     e = html.escape
-    before_plots = "\n".join(_table_html(build(summary)) for build in (
-        tables.models_table, tables.artifacts_table, tables.embedding_table, tables.runtime_table,
-        tables.compression_table, tables.int8_table))
+    before_plots = "\n".join(_table_html(build(summary)) for build in tables.BEFORE_PLOTS)
+    after_plots = "\n".join(_table_html(build(summary)) for build in tables.AFTER_PLOTS)
     doc = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>edgekd report: {e(str(summary.get('run')))}</title>
 <style>
@@ -956,7 +955,7 @@ th {{ background: #f3f3f3; }}
 {before_plots}
 {_pareto_html(images.get("pareto"))}
 {f'<h2>Latency distributions</h2><img alt="latency distributions" src="{images["latency"]}"><p class="meta">{e(POOLED_NOTE)}</p>' if 'latency' in images else ''}
-{_table_html(tables.per_class_table(summary))}
+{after_plots}
 </body></html>
 """
     return atomic_write(path, doc)

@@ -20,8 +20,7 @@ def write_markdown(summary: dict[str, Any], rundir: RunDir, pareto: Path | None 
     lines = [f"# Teacher vs student: {_text(str(summary.get('run')))}", "", _text(machine_text(summary)), "",
              "The plots are in index.html beside this file.", "", "## Findings", ""]
     lines += [f"- {_text(finding)}" for finding in summary.get("findings", [])] or ["(none)"]
-    for build in (tables.models_table, tables.artifacts_table, tables.embedding_table, tables.runtime_table,
-                  tables.compression_table, tables.int8_table, tables.per_class_table):
+    for build in tables.BEFORE_PLOTS + tables.AFTER_PLOTS:
         lines += _table_markdown(build(summary))
     if pareto is not None:
         lines += ["", "## Accuracy vs latency and file size", "", f"![accuracy vs p50 and vs file size]({pareto.name})",

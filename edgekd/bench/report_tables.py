@@ -155,3 +155,9 @@ def per_class_table(summary: dict[str, Any]) -> Table:
     rows = [(r["name"], *(f"{v:.0%}" for v in r["per_class_accuracy"])) for r in summary["rows"]
             if r["per_class_accuracy"]]
     return Table("Per-class test accuracy", ("artifact", *(summary.get("class_names") or [])), rows)
+
+
+# The tables in page order, before and after the plots (the HTML page puts its plots between them; the Markdown
+# page links the Pareto plot after all of them).
+BEFORE_PLOTS = (models_table, artifacts_table, embedding_table, runtime_table, compression_table, int8_table)
+AFTER_PLOTS = (per_class_table,)
