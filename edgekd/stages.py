@@ -265,15 +265,17 @@ def made_roles(recipe: Recipe) -> list[str]:
     return [r for r in ("teacher", "student", "scratch", "compressed") if made.get(r, True)]
 
 
-def _roles(ctx: Context) -> list[str]:
-    return [r for r in made_roles(ctx.recipe) if ctx.recipe.export.targets.get(r)]
+def exported_roles(recipe: Recipe) -> list[str]:
+    """The roles the export stage exports: made by the run, with targets (image and text runs)."""
+    return [r for r in made_roles(recipe) if recipe.export.targets.get(r)]
 
 
 def export_inputs(ctx: Context) -> dict[str, Any]:
     stage_of = {"student": "distill", "compressed": "compress"}
     export = hashed_export_section(ctx.recipe)
-    return {**_data_inputs(ctx), "models": {r: ctx.hashes.get(stage_of.get(r, r)) for r in _roles(ctx)},
-            "export": export, "int8_reduce_range": int8_reduce_range(ctx, export["int8_reduce_range"]),
+    models = {r: ctx.hashes.get(stage_of.get(r, r)) for r in exported_roles(ctx.recipe)}
+    return {**_data_inputs(ctx), "models": models, "export": export,
+            "int8_reduce_range": int8_reduce_range(ctx, export["int8_reduce_range"]),
             **_qat_inputs(ctx)}
 
 
@@ -283,7 +285,7 @@ def qat_may_run(recipe: Recipe) -> bool:
     cfg = recipe.export
     return "onnx" in cfg.formats and any(
         "int8_qat" in cfg.targets[r] or (cfg.qat.enabled is not False and "int8_static" in cfg.targets[r])
-        for r in made_roles(recipe) if cfg.targets.get(r))
+        for r in exported_roles(recipe))
 
 
 def export_fields_read(recipe: Recipe) -> dict[str, bool]:
@@ -347,7 +349,7 @@ def _qat_inputs(ctx: Context) -> dict[str, Any]:
         return {}
     distill = ctx.recipe.section("distill")["distill"]
     reads = {k: distill[k] for k in ("loss", "train", "transfer_set", "strategy", "blackbox")}
-    if "compressed" in _roles(ctx):
+    if "compressed" in exported_roles(ctx.recipe):
         reads["compress"] = ctx.recipe.section("compress")["compress"]
     return {"qat": {**reads, "checkpoints": {s: ctx.hashes.get(s) for s in ("teacher", "distill")},
                     **_blackbox_inputs(ctx)}}
@@ -439,7 +441,7 @@ def export_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     cfg, s = ctx.recipe.export, ctx.splits
     options = export_options(ctx)
     artifacts = []
-    for role in _roles(ctx):
+    for role in exported_roles(ctx.recipe):
         checkpoint = ctx.rundir.checkpoints / f"{role}.pt"
         lineage = {"run": ctx.recipe.name, "checkpoint": str(checkpoint.relative_to(ctx.rundir.root)),
                    "checkpoint_sha256": sha256_file(checkpoint), **_lineage(checkpoint)}

@@ -388,19 +388,14 @@ def scratch_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
 
 # -- export, bench, report -----------------------------------------------------------------
 
-def _roles(ctx: Context) -> list[str]:
-    from edgekd.stages import made_roles
-
-    return [r for r in made_roles(ctx.recipe) if ctx.recipe.export.targets.get(r)]
-
-
 def export_inputs(ctx: Context) -> dict[str, Any]:
-    from edgekd.stages import hashed_export_section, int8_reduce_range
+    from edgekd.stages import exported_roles, hashed_export_section, int8_reduce_range
 
     stage_of = {"student": "distill"}
     export = hashed_export_section(ctx.recipe)
-    return {**_data_inputs(ctx), "models": {r: ctx.hashes.get(stage_of.get(r, r)) for r in _roles(ctx)},
-            "export": export, "int8_reduce_range": int8_reduce_range(ctx, export["int8_reduce_range"])}
+    models = {r: ctx.hashes.get(stage_of.get(r, r)) for r in exported_roles(ctx.recipe)}
+    return {**_data_inputs(ctx), "models": models, "export": export,
+            "int8_reduce_range": int8_reduce_range(ctx, export["int8_reduce_range"])}
 
 
 def parity_ids(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
@@ -430,7 +425,7 @@ def bench_sentence(ctx: Context) -> tuple[str, np.ndarray]:
 
 def export_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     from edgekd.exporter import floor_artifact
-    from edgekd.stages import export_options, export_outcome
+    from edgekd.stages import export_options, export_outcome, exported_roles
     from edgekd.text.export import (TOKENIZER_JSON, export_text_model, ship_tokenizer, text_input_record,
                                     tokenizer_json, write_text_floor)
 
@@ -442,7 +437,7 @@ def export_run(ctx: Context) -> tuple[list[Path], dict[str, Any]]:
     sentence, sentence_ids = bench_sentence(ctx)
     text_input = text_input_record(data.device_length, data.pad_id, sentence, sentence_ids[0])
     artifacts = []
-    for role in _roles(ctx):
+    for role in exported_roles(ctx.recipe):
         model = trained_teacher(ctx) if role == "teacher" else trained_student(ctx, role)
         checkpoint = ctx.rundir.checkpoints / f"{role}.pt"
         artifacts += export_text_model(
